@@ -1,0 +1,158 @@
+"""castar's error hierarchy: containerd errdefs categories, Python-shaped.
+
+A category answers "what should the caller do?" (SEMANTICS ERR-1, STYLE §3.4);
+attributes are structured and ``str(err)`` names where it happened. This module
+imports nothing from the rest of castar, so every layer can raise these.
+
+Rendered messages follow Go's ``%w`` wrapping: ``<context>: <suffix>`` where the
+suffix is the category's canonical text (``not found``, ``invalid argument``…).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "AlreadyExists",
+    "CastarError",
+    "Conflict",
+    "DataLoss",
+    "DigestMismatch",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "MalformedArchive",
+    "MalformedManifest",
+    "NotFound",
+    "NotImplementedKind",
+    "SizeMismatch",
+    "Unavailable",
+    "UnsupportedMediaType",
+]
+
+
+class CastarError(Exception):
+    """Base of every error castar raises on purpose.
+
+    Args:
+        message: the context, without the category suffix. ``str(err)`` is
+            ``"<message>: <suffix>"`` unless the message already ends with the suffix.
+    """
+
+    suffix: ClassVar[str] = "internal"
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        if not self.message:
+            return self.suffix
+        if self.message.endswith(self.suffix):
+            return self.message
+        return f"{self.message}: {self.suffix}"
+
+
+class NotFound(CastarError, LookupError):
+    """The named blob, image, lease, ingest or platform does not exist."""
+
+    suffix = "not found"
+
+
+class AlreadyExists(CastarError):
+    """The object exists already; helpers that only want it present treat this as success."""
+
+    suffix = "already exists"
+
+
+class InvalidArgument(CastarError, ValueError):
+    """The caller's input is wrong: fix the input, retrying will not help."""
+
+    suffix = "invalid argument"
+
+
+class MalformedArchive(InvalidArgument):
+    """A tar stream or image archive is not well formed.
+
+    Attributes:
+        offset: byte offset in the (decompressed) archive where the problem was seen.
+        member: the tar member name involved, or ``None``.
+    """
+
+    def __init__(
+        self, message: str, *, offset: int | None = None, member: str | None = None
+    ) -> None:
+        where = []
+        if member is not None:
+            where.append(f"member {member!r}")
+        if offset is not None:
+            where.append(f"offset {offset}")
+        full = f"{message} ({', '.join(where)})" if where else message
+        super().__init__(full)
+        self.offset = offset
+        self.member = member
+
+
+class MalformedManifest(InvalidArgument):
+    """A JSON document (manifest, index, config, layout) cannot be decoded."""
+
+
+class UnsupportedMediaType(InvalidArgument):
+    """A document has a media type castar does not handle (e.g. schema 1)."""
+
+
+class FailedPrecondition(CastarError):
+    """The system is not in the state the operation needs (e.g. a digest check failed)."""
+
+    suffix = "failed precondition"
+
+
+class DigestMismatch(FailedPrecondition):
+    """Bytes did not hash to the digest they were expected to have.
+
+    Attributes:
+        expected: the digest that was promised.
+        actual: the digest the bytes really have.
+    """
+
+    def __init__(self, message: str, *, expected: str, actual: str) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.actual = actual
+
+
+class SizeMismatch(FailedPrecondition):
+    """Bytes were not of the size they were expected to have.
+
+    Attributes:
+        expected: the size that was promised.
+        actual: the size seen.
+    """
+
+    def __init__(self, message: str, *, expected: int, actual: int) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.actual = actual
+
+
+class Unavailable(CastarError):
+    """A resource is busy (e.g. an ingest ref is locked by another writer): retry later."""
+
+    suffix = "unavailable"
+
+
+class Conflict(CastarError):
+    """The request is ambiguous or conflicts with the current state (e.g. two matches)."""
+
+    suffix = "conflict"
+
+
+class NotImplementedKind(CastarError):
+    """The request names a feature castar does not implement (errdefs NotImplemented)."""
+
+    suffix = "not implemented"
+
+
+class DataLoss(CastarError):
+    """A recorded blob is missing or corrupt on disk: the store needs repair."""
+
+    suffix = "data loss"
