@@ -1,0 +1,710 @@
+"""The tar codec: a sans-IO streaming decoder and a deterministic header encoder.
+
+Owns the tar wire format (SEMANTICS TAR-1..4, EDGE-12/13): USTAR, PAX ``x``/``g``,
+GNU ``L``/``K``, base-256 numbers, V7. Pure: it must never import anyio, the store
+or any other engine module (a test asserts it); ``_tario.py`` drives it over I/O.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, final
+
+from castar.store.errors import MalformedArchive
+
+if TYPE_CHECKING:
+    from castar.store.digest import Buffer
+
+__all__ = [
+    "AREGTYPE",
+    "BLOCKSIZE",
+    "DIRTYPE",
+    "END_OF_ARCHIVE",
+    "LNKTYPE",
+    "MAX_RECORD",
+    "NEED_DATA",
+    "REGTYPE",
+    "SYMTYPE",
+    "ArchiveEnd",
+    "Chunk",
+    "Event",
+    "MemberEnd",
+    "MemberStart",
+    "NeedData",
+    "TarDecoder",
+    "encode_header",
+    "padding",
+]
+
+BLOCKSIZE: Final = 512
+#: Cap on one PAX or GNU long-name/long-link record body (bytes).
+MAX_RECORD: Final = 1 << 20
+
+REGTYPE: Final = b"0"
+AREGTYPE: Final = b"\0"
+LNKTYPE: Final = b"1"
+SYMTYPE: Final = b"2"
+DIRTYPE: Final = b"5"
+_PAX_FILE: Final = b"x"
+_PAX_GLOBAL: Final = b"g"
+_GNU_LONGNAME: Final = b"L"
+_GNU_LONGLINK: Final = b"K"
+_META_TYPES: Final = frozenset((_PAX_FILE, _PAX_GLOBAL, _GNU_LONGNAME, _GNU_LONGLINK))
+# Types that never carry a body, whatever their size field says (tarfile and Go agree).
+_HEADER_ONLY: Final = frozenset((b"1", b"2", b"3", b"4", b"5", b"6"))
+
+#: Two zero blocks: what ends every archive castar writes.
+END_OF_ARCHIVE: Final[bytes] = bytes(2 * BLOCKSIZE)
+_ZERO_BLOCK: Final = bytes(BLOCKSIZE)
+_USTAR_MAGIC: Final = b"ustar\x00"
+_MAX_OCTAL_SIZE: Final = 0o77777777777  # 8 GiB - 1: the largest size a USTAR field holds
+
+
+# -- events ----------------------------------------------------------------------------------
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class MemberStart:
+    """A member's header (after PAX/GNU records are applied).
+
+    Attributes:
+        name: the member path as stored (PAX ``path`` > GNU ``L`` > ustar prefix/name).
+        size: body length in bytes (0 for header-only types: links, directories, devices).
+        type: the one-byte typeflag; the legacy NUL typeflag is reported as ``b"0"`` (or
+            ``b"5"`` for a V7 name ending in ``/``).
+        linkname: link target for hard and symbolic links, else ``""``.
+        mode: permission bits from the header.
+        mtime: modification time in whole seconds.
+        header_offset: archive offset of the member's first header block (its PAX or
+            GNU record header when it has one, as ``TarInfo.offset``).
+        data_offset: archive offset of the first body byte.
+    """
+
+    name: str
+    size: int
+    type: bytes
+    linkname: str
+    mode: int
+    mtime: int
+    header_offset: int
+    data_offset: int
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Body bytes of the current member: a slice of a buffer given to ``feed``, not a copy."""
+
+    data: memoryview
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class MemberEnd:
+    """The current member's body is complete."""
+
+    name: str
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ArchiveEnd:
+    """The archive ended; ``offset`` is where its end marker (or EOF) begins."""
+
+    offset: int
+
+
+@final
+class NeedData:
+    """Type of the ``NEED_DATA`` sentinel: feed more bytes (or ``feed_eof``)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+#: Returned by ``TarDecoder.next_event`` when it needs more input.
+NEED_DATA: Final = NeedData()
+
+Event = MemberStart | Chunk | MemberEnd | ArchiveEnd | NeedData
+
+
+# -- decoder ---------------------------------------------------------------------------------
+
+# Strategy: fed buffers are kept as memoryviews in a deque with a read position into the
+# first one, so body bytes are handed out as slices without copying (one Chunk per fed
+# buffer per member). Only header blocks and PAX/GNU records are copied, and only they
+# are joined across feeds. Each state needs a bounded number of bytes before it can
+# make progress, so next_event is O(fed bytes) overall and never loops without input.
+_S_HEADER: Final = 0
+_S_META: Final = 1  # collecting a PAX / GNU record body
+_S_BODY: Final = 2
+_S_PAD: Final = 3
+_S_END: Final = 4
+
+
+@final
+class TarDecoder:
+    """Sans-IO tar decoder (STYLE §3.2 seam 1): ``feed`` bytes, pull events.
+
+    Accepts USTAR, PAX (``x`` and ``g``: path, linkpath, size, mtime), GNU long
+    names and links, base-256 numbers, V7 headers and the ustar prefix field (TAR-4).
+    Checksums are verified (unsigned or signed sums, as tarfile). The archive ends at
+    the first zero block or at EOF on a member boundary (tarfile's leniency); a
+    truncated header, body or padding is an error. Any malformed input raises
+    ``MalformedArchive`` naming the offset and member.
+
+    Buffers passed to ``feed`` are referenced, not copied: do not mutate them until
+    the decoder has moved past them.
+    """
+
+    __slots__ = (
+        "_avail",
+        "_bufs",
+        "_end",
+        "_eof",
+        "_global",
+        "_head",
+        "_long_link",
+        "_long_name",
+        "_meta",
+        "_meta_need",
+        "_meta_type",
+        "_name",
+        "_need",
+        "_offset",
+        "_pax",
+        "_pending_offset",
+        "_skippable",
+        "_state",
+    )
+
+    def __init__(self) -> None:
+        self._bufs: deque[memoryview] = deque()
+        self._head = 0  # read position in self._bufs[0]
+        self._avail = 0  # bytes buffered after the read position
+        self._offset = 0  # archive bytes consumed
+        self._eof = False
+        self._end = ArchiveEnd(0)
+        self._state = _S_HEADER
+        self._need = 0  # bytes left in the current body / padding / record
+        self._name = ""
+        self._skippable = False
+        self._meta = bytearray()
+        self._meta_need = 0
+        self._meta_type = b""
+        self._pending_offset: int | None = None
+        self._global: dict[str, str] = {}
+        self._pax: dict[str, str] | None = None
+        self._long_name: str | None = None
+        self._long_link: str | None = None
+
+    @property
+    def offset(self) -> int:
+        """Bytes of the archive consumed so far (the next event's position)."""
+        return self._offset
+
+    @property
+    def buffered(self) -> int:
+        """Bytes fed but not consumed yet."""
+        return self._avail
+
+    def feed(self, data: Buffer) -> None:
+        """Give the decoder more archive bytes (kept by reference)."""
+        if self._eof:
+            raise RuntimeError("feed() after feed_eof()")
+        if not data:
+            return
+        view = data if isinstance(data, memoryview) else memoryview(data)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        if self._state == _S_END:
+            return  # bytes after the end marker are ignored
+        self._bufs.append(view)
+        self._avail += len(view)
+
+    def feed_eof(self) -> None:
+        """Say that no more bytes will come."""
+        self._eof = True
+
+    def skip_body(self) -> int:
+        """Skip the body and padding of the member whose ``MemberStart`` was just returned.
+
+        Whatever of them is already buffered is dropped; no ``Chunk`` or ``MemberEnd``
+        follows for this member, and the decoder expects the next header.
+
+        Returns:
+            How many bytes of body and padding have not been fed yet: the caller
+            skips exactly that many in its source (seek, or read and discard) before
+            feeding again. ``offset`` is then the next header's archive offset.
+
+        Raises:
+            RuntimeError: not called right after a ``MemberStart``.
+        """
+        if not self._skippable:
+            raise RuntimeError("skip_body() is only valid right after a MemberStart")
+        self._skippable = False
+        total = self._need + (-self._need % BLOCKSIZE)
+        dropped = self._drop(total)
+        self._offset += total - dropped
+        self._need = 0
+        self._state = _S_HEADER
+        return total - dropped
+
+    def next_event(self) -> Event:
+        """Return the next event, or ``NEED_DATA`` when more input is needed.
+
+        Raises:
+            MalformedArchive: the bytes are not a well-formed tar archive.
+        """
+        self._skippable = False
+        while True:
+            state = self._state
+            if state == _S_BODY:
+                if self._need == 0:
+                    self._state = _S_PAD
+                    self._need = -self._offset % BLOCKSIZE
+                    return MemberEnd(self._name)
+                if not self._avail:
+                    if self._eof:
+                        raise MalformedArchive(
+                            f"truncated archive: {self._need} bytes of member body missing",
+                            offset=self._offset,
+                            member=self._name,
+                        )
+                    return NEED_DATA
+                return Chunk(self._take_view(self._need))
+            if state == _S_HEADER:
+                event = self._header()
+                if event is None:
+                    continue
+                return event
+            if state == _S_PAD:
+                self._need -= self._drop(self._need)
+                if self._need:
+                    if self._eof:
+                        raise MalformedArchive(
+                            "truncated archive: padding missing",
+                            offset=self._offset,
+                            member=self._name,
+                        )
+                    return NEED_DATA
+                self._state = _S_HEADER
+                continue
+            if state == _S_META:
+                if not self._collect_meta():
+                    return NEED_DATA
+                continue
+            return self._end
+
+    # -- buffer primitives --
+
+    def _take_view(self, limit: int) -> memoryview:
+        """Consume and return up to ``limit`` bytes from the first buffer (no copy)."""
+        buf = self._bufs[0]
+        head = self._head
+        n = len(buf) - head
+        if n > limit:
+            n = limit
+            view = buf[head : head + n]
+            self._head = head + n
+        else:
+            view = buf[head:] if head else buf
+            self._bufs.popleft()
+            self._head = 0
+        self._avail -= n
+        self._offset += n
+        self._need -= n
+        return view
+
+    def _take_bytes(self, n: int) -> bytes:
+        """Consume exactly ``n`` buffered bytes as a copy (``n <= self._avail``)."""
+        buf = self._bufs[0]
+        head = self._head
+        if len(buf) - head >= n:
+            out = bytes(buf[head : head + n])
+            if len(buf) - head == n:
+                self._bufs.popleft()
+                self._head = 0
+            else:
+                self._head = head + n
+        else:
+            parts = []
+            left = n
+            while left:
+                buf = self._bufs[0]
+                piece = buf[self._head : self._head + left]
+                parts.append(piece)
+                left -= len(piece)
+                if self._head + len(piece) == len(buf):
+                    self._bufs.popleft()
+                    self._head = 0
+                else:
+                    self._head += len(piece)
+            out = b"".join(parts)
+        self._avail -= n
+        self._offset += n
+        return out
+
+    def _drop(self, n: int) -> int:
+        """Consume up to ``n`` buffered bytes without looking at them; return how many."""
+        dropped = 0
+        while n > dropped and self._bufs:
+            buf = self._bufs[0]
+            left = len(buf) - self._head
+            want = n - dropped
+            if left > want:
+                self._head += want
+                dropped += want
+            else:
+                self._bufs.popleft()
+                self._head = 0
+                dropped += left
+        self._avail -= dropped
+        self._offset += dropped
+        return dropped
+
+    # -- headers --
+
+    def _finish(self, at: int) -> ArchiveEnd:
+        """Enter the end state: later input is ignored."""
+        self._state = _S_END
+        self._bufs.clear()
+        self._avail = 0
+        self._head = 0
+        self._end = ArchiveEnd(at)
+        return self._end
+
+    def _header(self) -> Event | None:
+        """Decode one header block; None when it was a PAX/GNU record header."""
+        if self._avail < BLOCKSIZE:
+            if not self._eof:
+                return NEED_DATA
+            if self._avail == 0 and self._pending_offset is None:
+                if self._offset == 0:
+                    raise MalformedArchive("empty archive", offset=0)
+                return self._finish(self._offset)
+            raise MalformedArchive(
+                "truncated archive: incomplete header",
+                offset=self._offset,
+                member=self._name or None,
+            )
+        start = self._offset
+        block = self._take_bytes(BLOCKSIZE)
+        if block == _ZERO_BLOCK:
+            if self._pending_offset is not None:
+                raise MalformedArchive(
+                    "zero block after an extended header", offset=start, member=self._name or None
+                )
+            return self._finish(start)
+        chksum = _number(block, 148, 156, start, self._name)
+        total = sum(block) - sum(block[148:156]) + 256
+        if total != chksum and _signed_sum(block) != chksum:
+            raise MalformedArchive(
+                "invalid tar header: checksum mismatch", offset=start, member=self._name or None
+            )
+        type_ = block[156:157]
+        size = _number(block, 124, 136, start, self._name)
+        if size < 0:
+            raise MalformedArchive("invalid tar header: negative size", offset=start)
+        if type_ in _META_TYPES:
+            if size > MAX_RECORD:
+                raise MalformedArchive(
+                    f"extended header record of {size} bytes exceeds the {MAX_RECORD}-byte cap",
+                    offset=start,
+                    member=self._name or None,
+                )
+            if self._pending_offset is None:
+                self._pending_offset = start
+            self._meta_type = type_
+            self._meta_need = size
+            self._meta = bytearray()
+            self._state = _S_META
+            return None
+        header_offset = self._pending_offset if self._pending_offset is not None else start
+        self._pending_offset = None
+        name = _text(block, 0, 100)
+        if block[257:263] == _USTAR_MAGIC and block[345] != 0:
+            prefix = _text(block, 345, 500)
+            name = f"{prefix}/{name}"
+        linkname = _text(block, 157, 257)
+        mode = _number(block, 100, 108, start, name)
+        mtime = _number(block, 136, 148, start, name)
+        if type_ == AREGTYPE:
+            type_ = DIRTYPE if name.endswith("/") else REGTYPE
+        if self._long_name is not None:
+            name = self._long_name
+            self._long_name = None
+        if self._long_link is not None:
+            linkname = self._long_link
+            self._long_link = None
+        pax = self._pax
+        if pax is not None or self._global:
+            merged = {**self._global, **pax} if pax is not None else self._global
+            self._pax = None
+            name, linkname, size, mtime = _apply_pax(merged, name, linkname, size, mtime, start)
+        if type_ in _HEADER_ONLY:
+            size = 0
+        self._name = name
+        self._need = size
+        self._state = _S_BODY
+        self._skippable = True
+        return MemberStart(name, size, type_, linkname, mode, mtime, header_offset, self._offset)
+
+    def _collect_meta(self) -> bool:
+        """Gather a PAX/GNU record body and its padding; False when more input is needed."""
+        need = self._meta_need
+        if need:
+            n = min(need, self._avail)
+            if n:
+                self._meta += self._take_bytes(n)
+                self._meta_need = need = need - n
+            if need:
+                if self._eof:
+                    raise MalformedArchive(
+                        "truncated archive: extended header record incomplete",
+                        offset=self._offset,
+                        member=self._name or None,
+                    )
+                return False
+        pad = -self._offset % BLOCKSIZE
+        if pad:
+            if self._avail < pad:
+                if self._eof:
+                    raise MalformedArchive(
+                        "truncated archive: padding missing",
+                        offset=self._offset,
+                        member=self._name or None,
+                    )
+                return False
+            self._drop(pad)
+        data = bytes(self._meta)
+        self._meta = bytearray()
+        kind = self._meta_type
+        at = self._pending_offset if self._pending_offset is not None else self._offset
+        if kind == _GNU_LONGNAME:
+            self._long_name = _cstring(data)
+        elif kind == _GNU_LONGLINK:
+            self._long_link = _cstring(data)
+        else:
+            records = _parse_pax(data, at)
+            if kind == _PAX_GLOBAL:
+                self._global = {**self._global, **records}
+                self._global = {k: v for k, v in self._global.items() if v}
+                # A global header is not part of the next member.
+                self._pending_offset = None
+            else:
+                self._pax = {**self._pax, **records} if self._pax is not None else records
+        self._state = _S_HEADER
+        return True
+
+
+def _text(block: bytes, start: int, stop: int) -> str:
+    end = block.find(b"\0", start, stop)
+    raw = block[start : stop if end < 0 else end]
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _cstring(data: bytes) -> str:
+    end = data.find(b"\0")
+    return (data if end < 0 else data[:end]).decode("utf-8", "surrogateescape")
+
+
+def _number(block: bytes, start: int, stop: int, offset: int, member: str) -> int:
+    """Decode an octal or base-256 numeric field (tarfile ``nti``)."""
+    first = block[start]
+    if first == 0o200 or first == 0o377:
+        n = int.from_bytes(block[start + 1 : stop], "big")
+        if first == 0o377:
+            n -= 256 ** (stop - start - 1)
+        return n
+    end = block.find(b"\0", start, stop)
+    raw = block[start : stop if end < 0 else end].strip()
+    if not raw:
+        return 0
+    if not raw.isdigit() or b"8" in raw or b"9" in raw:
+        raise MalformedArchive(
+            f"invalid tar header: bad numeric field {raw!r}", offset=offset, member=member or None
+        )
+    return int(raw, 8)
+
+
+_SIGNED: Final = struct.Struct("148b8x356b")
+
+
+def _signed_sum(block: bytes) -> int:
+    signed: tuple[int, ...] = _SIGNED.unpack(block)
+    return 256 + sum(signed)
+
+
+def _parse_pax(data: bytes, offset: int) -> dict[str, str]:
+    """Parse ``<len> <key>=<value>`` newline-ended records; an empty value unsets the key."""
+    records: dict[str, str] = {}
+    pos = 0
+    n = len(data)
+    while pos < n:
+        if data[pos] == 0:  # some writers pad the record block with NULs
+            break
+        space = data.find(b" ", pos, min(n, pos + 24))
+        length_field = data[pos:space] if space > pos else b""
+        if not length_field.isdigit():
+            raise MalformedArchive("invalid PAX record: bad length", offset=offset)
+        length = int(length_field)
+        end = pos + length
+        if end > n or length <= space - pos + 1 or data[end - 1] != 0x0A:
+            raise MalformedArchive("invalid PAX record: bad length", offset=offset)
+        eq = data.find(b"=", space + 1, end - 1)
+        if eq < 0:
+            raise MalformedArchive("invalid PAX record: no '='", offset=offset)
+        key = data[space + 1 : eq].decode("utf-8", "surrogateescape")
+        records[key] = data[eq + 1 : end - 1].decode("utf-8", "surrogateescape")
+        pos = end
+    return records
+
+
+def _apply_pax(
+    pax: dict[str, str], name: str, linkname: str, size: int, mtime: int, offset: int
+) -> tuple[str, str, int, int]:
+    value = pax.get("path")
+    if value:
+        name = value
+    value = pax.get("linkpath")
+    if value:
+        linkname = value
+    value = pax.get("size")
+    if value:
+        if not value.isdigit():
+            raise MalformedArchive(f"invalid PAX size {value!r}", offset=offset, member=name)
+        size = int(value)
+    value = pax.get("mtime")
+    if value:
+        try:
+            mtime = int(float(value))
+        except (ValueError, OverflowError):
+            raise MalformedArchive(
+                f"invalid PAX mtime {value!r}", offset=offset, member=name
+            ) from None
+    return name, linkname, size, mtime
+
+
+# -- encoder ---------------------------------------------------------------------------------
+
+_ZEROS8: Final = b"0000000\x00"
+_MTIME0: Final = b"00000000000\x00"
+_SPACES8: Final = b" " * 8
+# magic, version, uname, gname, devmajor, devminor (TAR-1: empty names, ids 0)
+_MIDDLE: Final = b"ustar\x0000" + bytes(64) + _ZEROS8 + _ZEROS8
+
+
+def padding(size: int) -> bytes:
+    """Return the zero bytes that pad a body of ``size`` bytes to a block boundary."""
+    return bytes(-size % BLOCKSIZE)
+
+
+def _block(name: bytes, mode: int, size: int, type_: bytes, link: bytes, prefix: bytes) -> bytes:
+    if size > _MAX_OCTAL_SIZE:
+        size_field = b"\x80" + size.to_bytes(11, "big")
+    else:
+        size_field = b"%011o\x00" % size
+    head = b"".join(
+        (
+            name.ljust(100, b"\x00"),
+            b"%07o\x00" % (mode & 0o7777777),
+            _ZEROS8,
+            _ZEROS8,
+            size_field,
+            _MTIME0,
+        )
+    )
+    tail = b"".join(
+        (type_, link.ljust(100, b"\x00"), _MIDDLE, prefix.ljust(155, b"\x00"), bytes(12))
+    )
+    chksum = sum(head) + sum(tail) + 256
+    return b"".join((head, b"%06o\x00 " % chksum, tail))
+
+
+def _split_ustar(name: bytes) -> tuple[bytes, bytes] | None:
+    """Split ``name`` into a prefix of <= 155 bytes and a name of 1..100 bytes, or None."""
+    limit = min(len(name), 156)
+    if name.endswith(b"/") and limit == len(name):
+        limit -= 1
+    idx = name.rfind(b"/", 0, limit)
+    if idx <= 0 or not 0 < len(name) - idx - 1 <= 100:
+        return None
+    return name[:idx], name[idx + 1 :]
+
+
+def _pax_record(key: str, value: str) -> bytes:
+    body = f" {key}={value}\n".encode("utf-8", "surrogateescape")
+    n = len(body) + 1
+    while len(str(n)) + len(body) != n:
+        n = len(str(n)) + len(body)
+    return str(n).encode() + body
+
+
+def encode_header(
+    name: str,
+    size: int,
+    *,
+    mode: int = 0o444,
+    type: bytes = REGTYPE,
+    linkname: str = "",
+) -> bytes:
+    """Encode a deterministic header for one member (TAR-1, TAR-2).
+
+    uid/gid 0, empty uname/gname, mtime 0. USTAR (with a prefix split) when the name,
+    link name and size fit; otherwise a PAX ``x`` record carries ``path``,
+    ``linkpath`` and/or ``size`` (names > 255 bytes or unsplittable, non-ASCII text,
+    sizes of 8 GiB and more, which are also written base-256 in the ustar field).
+
+    Args:
+        name: member path; directories should end with ``/`` (TAR-1).
+        size: body length in bytes.
+        mode: permission bits (TAR-3: 0o444 for blobs).
+        type: one-byte typeflag.
+        linkname: link target for link types.
+
+    Returns:
+        512 bytes, or 1024 + PAX record blocks when PAX is needed.
+
+    Raises:
+        ValueError: negative size or a typeflag that is not one byte.
+    """
+    if size < 0:
+        raise ValueError(f"tar member {name!r}: negative size {size}")
+    if len(type) != 1:
+        raise ValueError(f"tar member {name!r}: typeflag must be one byte, got {type!r}")
+    if name.isascii() and linkname.isascii() and size <= _MAX_OCTAL_SIZE:
+        raw = name.encode("ascii")
+        link = linkname.encode("ascii")
+        if len(link) <= 100:
+            if len(raw) <= 100:
+                return _block(raw, mode, size, type, link, b"")
+            split = _split_ustar(raw)
+            if split is not None:
+                return _block(split[1], mode, size, type, link, split[0])
+    records = []
+    raw_name = name.encode("utf-8", "surrogateescape")
+    raw_link = linkname.encode("utf-8", "surrogateescape")
+    if not name.isascii() or len(raw_name) > 100:
+        records.append(_pax_record("path", name))
+    if not linkname.isascii() or len(raw_link) > 100:
+        records.append(_pax_record("linkpath", linkname))
+    if size > _MAX_OCTAL_SIZE:
+        records.append(_pax_record("size", str(size)))
+    data = b"".join(records)
+    pax_header = _block(b"././@PaxHeader", 0o644, len(data), _PAX_FILE, b"", b"")
+    short_name = name.encode("ascii", "replace")[:100]
+    short_link = linkname.encode("ascii", "replace")[:100]
+    return b"".join(
+        (
+            pax_header,
+            data,
+            padding(len(data)),
+            _block(short_name, mode, size, type, short_link, b""),
+        )
+    )
