@@ -1,0 +1,679 @@
+"""LocalWriter: one ingest of the file backend, and the on-disk ingest format.
+
+Owns ``<root>/ingest/<sha256(ref)>/`` (LAY-1: ref, data, startedat, updatedat, total,
+expected, lock), the cross-process per-ref lock (ING-3), resume (ING-5) and the commit
+sequence (ING-8, containerd ``plugins/content/local/writer.go`` Commit). Imports only
+``castar.store.digest`` and ``castar.store.errors``: never the metadata layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Final
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+from anyio.lowlevel import RunVar
+
+from castar.store.digest import CANONICAL, Buffer, Digest, from_hasher, hasher, parse
+from castar.store.errors import (
+    CastarError,
+    DataLoss,
+    DigestMismatch,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    SizeMismatch,
+    Unavailable,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+    from types import TracebackType
+
+__all__ = [
+    "CHUNK",
+    "CommitResult",
+    "IngestStatus",
+    "LocalWriter",
+    "abort_ingest",
+    "blob_limiter",
+    "ingest_dir",
+    "list_ingests",
+    "map_os_errors",
+    "open_ingest",
+    "read_status",
+]
+
+#: Bytes per worker-thread hop: writes coalesce to at least this, reads move this much.
+CHUNK: Final = 1 << 20
+
+_LIMITER: RunVar[anyio.CapacityLimiter] = RunVar("castar_blob_limiter")
+
+
+def blob_limiter() -> anyio.CapacityLimiter:
+    """The event loop's limiter for blob I/O hops: two at a time (IO-LIMITS §2.5)."""
+    try:
+        return _LIMITER.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(2)
+        _LIMITER.set(limiter)
+        return limiter
+
+
+@dataclass(frozen=True, slots=True)
+class IngestStatus:
+    """The state of one ingest (ING-6).
+
+    Attributes:
+        ref: the ingest's key, as given to ``open_writer``.
+        offset: bytes in the ingest's data file (buffered, unflushed bytes excluded).
+        total: the expected size, 0 when unknown.
+        expected: the expected digest given at open, if any.
+        started_at: when the ingest was created (or restarted).
+        updated_at: the latest of the ``updatedat`` file and the data's mtime.
+    """
+
+    ref: str
+    offset: int
+    total: int
+    expected: Digest | None
+    started_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    """What a commit did.
+
+    Attributes:
+        digest: the digest of the committed bytes (in the expected digest's algorithm).
+        size: their size.
+        existed: the blob file was already there; the ingest was removed and nothing moved.
+    """
+
+    digest: Digest
+    size: int
+    existed: bool
+
+
+# --- errors -----------------------------------------------------------------------------
+
+_NOT_FOUND: Final = frozenset({errno.ENOENT, errno.ENOTDIR})
+_DATA_LOSS: Final = frozenset({errno.EIO, errno.EUCLEAN, errno.EBADMSG})
+_UNAVAILABLE: Final = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EAGAIN, errno.EMFILE, errno.ENFILE, errno.EINTR}
+)
+_PRECONDITION: Final = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+@contextlib.contextmanager
+def map_os_errors(context: str) -> Iterator[None]:
+    """Translate an ``OSError`` into its category once, at the backend's seam (STYLE §3.4).
+
+    ``context`` names what was being done (``content digest <d>``, ``ingest ref "<r>"``):
+    ENOENT becomes ``NotFound("<context>")``, EIO ``DataLoss``, ENOSPC ``Unavailable``,
+    EACCES ``FailedPrecondition``, anything else an internal ``CastarError``; the
+    OS message and path follow the context.
+    """
+    try:
+        yield
+    except OSError as exc:
+        code = exc.errno
+        if code in _NOT_FOUND:
+            raise NotFound(context) from exc
+        detail = f"{context}: {exc.strerror or exc}"
+        if exc.filename is not None:
+            detail += f" ({exc.filename})"
+        if code in _DATA_LOSS:
+            raise DataLoss(detail) from exc
+        if code in _UNAVAILABLE:
+            raise Unavailable(detail) from exc
+        if code in _PRECONDITION:
+            raise FailedPrecondition(detail) from exc
+        raise CastarError(detail) from exc
+
+
+# --- small file helpers (all sync: they run in worker threads) --------------------------
+
+
+def _format_time(ns: int) -> str:
+    """RFC 3339 with nanoseconds, UTC (what containerd writes to startedat/updatedat)."""
+    sec, frac = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{frac:09d}Z"
+
+
+_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)")
+
+
+def _parse_time(text: str) -> datetime:
+    m = _TIME.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f"not an RFC 3339 time: {text!r}")
+    frac = (m.group(2) or "")[:6].ljust(6, "0")
+    zone = "+00:00" if m.group(3) == "Z" else m.group(3)
+    return datetime.fromisoformat(f"{m.group(1)}.{frac}{zone}").astimezone(UTC)
+
+
+def _go_duration(seconds: float) -> str:
+    """A duration the way Go's ``time.Duration.String`` prints it (``1.5s``, ``2m3s``)."""
+    if seconds < 1:
+        ms = f"{max(seconds, 0.0) * 1000:.3f}".rstrip("0").rstrip(".")
+        return "0s" if ms == "0" else f"{ms}ms"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    out = f"{int(hours)}h" if hours else ""
+    if hours or minutes:
+        out += f"{int(minutes)}m"
+    return out + (f"{secs:.3f}".rstrip("0").rstrip(".") or "0") + "s"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write a small file by tmp + rename, so a reader never sees a torn value (LAY-1)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
+
+
+def ingest_dir(root: Path, ref: str) -> Path:
+    """``<root>/ingest/<sha256-hex of ref>`` (LAY-1)."""
+    return root / "ingest" / hashlib.sha256(ref.encode()).hexdigest()
+
+
+def _ref_context(ref: str) -> str:
+    return f'ingest ref "{ref}"'
+
+
+# --- the per-ref lock -------------------------------------------------------------------
+
+
+def _lock_ref(path: Path, ref: str) -> int:
+    """Take the ref's exclusive flock and return its fd (ING-3, across processes).
+
+    The lock file lives in the ingest directory, which a commit or an abort in another
+    process may remove between our ``open`` and our ``flock``: then we hold a lock on an
+    unlinked file, so we check the inode and start over.
+    """
+    lock_path = path / "lock"
+    while True:
+        path.mkdir(mode=0o755, parents=True, exist_ok=True)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:
+            continue  # the directory went away under us: recreate it
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise _locked(fd, ref) from None
+            try:
+                same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            since = _format_time(time.time_ns()).encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, since, 0)
+            return fd
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+
+
+def _locked(fd: int, ref: str) -> Unavailable:
+    """The ING-3 error; the holder wrote the time it took the lock into the lock file."""
+    stamp = ""
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        stamp = os.pread(fd, 64, 0).decode().strip()
+    try:
+        since = _parse_time(stamp)
+    except ValueError:  # the holder has not written its time yet
+        since = datetime.fromtimestamp(os.fstat(fd).st_mtime, UTC)
+        stamp = _format_time(os.fstat(fd).st_mtime_ns)
+    held = (datetime.now(UTC) - since).total_seconds()
+    return Unavailable(f"ref {ref} locked for {_go_duration(held)} (since {stamp})")
+
+
+# --- opening, status, abort (sync; run in worker threads by LocalContentStore) ----------
+
+
+def _rehash(fd: int, h: hashlib._Hash, check: Callable[[], None] | None = None) -> int:
+    """Feed the whole data file to ``h`` in CHUNK reads; return its size."""
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    pos = 0
+    while n := os.preadv(fd, [view], pos):
+        h.update(view[:n])
+        pos += n
+        if check is not None:
+            check()
+    return pos
+
+
+def open_ingest(
+    root: Path, ref: str, *, total: int | None = None, expected: Digest | None = None
+) -> LocalWriter:
+    """Open (or resume, ING-5) the ingest of ``ref`` and lock it (ING-3). Sync: run in a thread.
+
+    Resuming re-hashes the bytes already in ``data``. A different non-zero ``total``
+    than the stored one restarts the ingest at offset 0. The hash algorithm is that of
+    ``expected`` (else the stored expected digest, else sha256) (ING-7).
+    """
+    path = ingest_dir(root, ref)
+    with map_os_errors(_ref_context(ref)):
+        lock_fd = _lock_ref(path, ref)
+        try:
+            stored_ref = _read_text(path / "ref")
+            stored_total = int(_read_text(path / "total") or 0)
+            stored_expected_text = _read_text(path / "expected")
+            stored_expected = parse(stored_expected_text.strip()) if stored_expected_text else None
+            restart = bool(total and stored_total and total != stored_total)
+            fresh = stored_ref != ref or restart
+            if fresh:
+                now = _format_time(time.time_ns())
+                for name in ("total", "expected"):
+                    with contextlib.suppress(FileNotFoundError):
+                        (path / name).unlink()
+                stored_total, stored_expected = 0, None
+                _write_atomic(path / "ref", ref)
+                _write_atomic(path / "startedat", now)
+                _write_atomic(path / "updatedat", now)
+            if total and not stored_total:
+                _write_atomic(path / "total", str(total))
+                stored_total = total
+            if expected is not None and expected != stored_expected:
+                _write_atomic(path / "expected", str(expected))
+            want = expected or stored_expected
+            h = hasher(want.algorithm if want is not None else CANONICAL)
+            fd = os.open(path / "data", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                if fresh:
+                    os.ftruncate(fd, 0)
+                offset = _rehash(fd, h)
+                os.lseek(fd, offset, os.SEEK_SET)
+            except BaseException:
+                os.close(fd)
+                raise
+        except BaseException:
+            os.close(lock_fd)
+            raise
+    return LocalWriter(
+        root=root, ref=ref, path=path, fd=fd, lock_fd=lock_fd, hash_=h, offset=offset
+    )
+
+
+def read_status(path: Path, ref: str | None = None) -> IngestStatus:
+    """Read the status files of one ingest directory (ING-6). Sync: run in a thread.
+
+    Raises:
+        NotFound: ``ingest ref "<ref>": not found`` when the directory or its ``ref`` is gone.
+    """
+    with map_os_errors(_ref_context(ref if ref is not None else path.name)):
+        stored_ref = (path / "ref").read_text()
+        if ref is not None and stored_ref != ref:
+            raise NotFound(_ref_context(ref))
+        try:
+            data = os.stat(path / "data")
+            offset, mtime = data.st_size, datetime.fromtimestamp(data.st_mtime, UTC)
+        except FileNotFoundError:
+            offset, mtime = 0, None
+        expected = _read_text(path / "expected")
+        started = _parse_time((path / "startedat").read_text())
+        updated = _parse_time((path / "updatedat").read_text())
+    return IngestStatus(
+        ref=stored_ref,
+        offset=offset,
+        total=int(_read_text(path / "total") or 0),
+        expected=parse(expected.strip()) if expected else None,
+        started_at=started,
+        updated_at=max(updated, mtime) if mtime is not None else updated,
+    )
+
+
+def list_ingests(root: Path) -> list[IngestStatus]:
+    """Every readable ingest, sorted by ref (ING-6); half-created directories are skipped."""
+    out = []
+    with map_os_errors(f"listing ingests in {root / 'ingest'}"):
+        try:
+            entries = sorted(os.listdir(root / "ingest"))
+        except FileNotFoundError:
+            return []
+    for name in entries:
+        with contextlib.suppress(NotFound, ValueError, InvalidArgument):
+            out.append(read_status(root / "ingest" / name))
+    out.sort(key=lambda s: s.ref)
+    return out
+
+
+def abort_ingest(root: Path, ref: str, *, if_unlocked: bool) -> bool:
+    """Remove the ingest of ``ref`` (ING-10). Sync: run in a thread.
+
+    With ``if_unlocked`` a ref whose lock is held (by any process) is left alone and
+    False returned. Without it the directory is removed even under a live writer, as
+    containerd does; that writer's commit then fails NotFound.
+    """
+    path = ingest_dir(root, ref)
+    ctx = _ref_context(ref)
+    with map_os_errors(ctx):
+        if not path.is_dir():
+            raise NotFound(ctx)
+        lock_fd = None
+        try:
+            lock_fd = _lock_ref(path, ref)
+        except Unavailable:
+            if if_unlocked:
+                return False
+        try:
+            shutil.rmtree(path)
+        finally:
+            if lock_fd is not None:
+                os.close(lock_fd)
+    return True
+
+
+# --- the writer -------------------------------------------------------------------------
+
+
+def _view(data: Buffer) -> memoryview:
+    view = memoryview(data)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+def _write_all(fd: int, data: Buffer) -> None:
+    with memoryview(data) as view:
+        while view.nbytes:
+            n = os.write(fd, view)
+            view = view[n:]
+
+
+class LocalWriter:
+    """An open, locked ingest: bytes are hashed as they are written (ING-3..9).
+
+    Writes coalesce into a buffer; each time it reaches 1 MiB one worker-thread hop
+    hashes it and writes it to ``data`` (hashlib releases the GIL on big buffers).
+    A writer is used by one task at a time, and ``write`` and ``write_sync`` are never
+    interleaved. Use ``async with`` or call :meth:`close` (or :meth:`commit`): they
+    release the ref lock.
+
+    Attributes:
+        ref: the ingest's key.
+    """
+
+    def __init__(
+        self,
+        *,
+        root: Path,
+        ref: str,
+        path: Path,
+        fd: int,
+        lock_fd: int,
+        hash_: hashlib._Hash,
+        offset: int,
+    ) -> None:
+        self.ref = ref
+        self._root = root
+        self._path = path
+        self._fd: int | None = fd
+        self._lock_fd: int | None = lock_fd
+        self._hash = hash_
+        self._flushed = offset
+        self._buf = bytearray()
+        self._broken = False  # a failed os.write: the hash may not match the file
+
+    @property
+    def offset(self) -> int:
+        """Bytes written so far, buffered ones included."""
+        return self._flushed + len(self._buf)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._fd is None else f"offset={self.offset}"
+        return f"<LocalWriter ref={self.ref!r} {state}>"
+
+    async def __aenter__(self) -> LocalWriter:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __del__(self) -> None:
+        # Last resort for a writer dropped without close(): never keep the ref locked.
+        for fd in (self._fd, self._lock_fd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    # -- writing
+
+    def _open_fd(self, verb: str) -> int:
+        if self._fd is None:
+            raise FailedPrecondition(f"cannot {verb} on closed writer")
+        if self._broken:
+            raise FailedPrecondition(
+                f"{_ref_context(self.ref)}: an earlier write failed; close and reopen to resume"
+            )
+        return self._fd
+
+    def _flush_sync(self, extra: memoryview | None = None) -> None:
+        """Hash and write the buffer then ``extra``; runs in a worker thread."""
+        fd = self._fd
+        assert fd is not None
+        parts = [p for p in (self._buf, extra) if p is not None and len(p)]
+        try:
+            with map_os_errors(f"{_ref_context(self.ref)}: writing {self._path / 'data'}"):
+                for part in parts:
+                    self._hash.update(part)
+                    _write_all(fd, part)
+                    self._flushed += len(part)
+        except BaseException:
+            self._broken = True
+            raise
+        self._buf.clear()
+
+    async def write(self, data: Buffer) -> None:
+        """Append ``data``: buffered below 1 MiB, else one thread hop that hashes and writes.
+
+        Cancellation is safe: the hop runs to completion or not at all, and ``offset``
+        always matches what was accepted.
+
+        Raises:
+            FailedPrecondition: the writer is closed or an earlier write failed.
+        """
+        self._open_fd("write")
+        view = _view(data)
+        if len(self._buf) + view.nbytes < CHUNK:
+            self._buf += view
+            return
+        await anyio.to_thread.run_sync(self._flush_sync, view, limiter=blob_limiter())
+
+    def write_sync(self, data: Buffer) -> None:
+        """Like :meth:`write`, for a caller already in a worker thread (the importer)."""
+        self._open_fd("write")
+        view = _view(data)
+        if len(self._buf) + view.nbytes < CHUNK:
+            self._buf += view
+            return
+        self._flush_sync(view)
+
+    def digest(self) -> Digest:
+        """The digest of the bytes written so far (hashes the < 1 MiB buffer in place)."""
+        h = self._hash.copy()
+        h.update(self._buf)
+        return from_hasher(h)
+
+    async def truncate(self, size: int) -> None:
+        """Discard everything written: only ``size == 0`` is supported (ING-9).
+
+        Raises:
+            InvalidArgument: ``Truncate: unsupported size`` for any other size.
+        """
+        fd = self._open_fd("truncate")
+        if size != 0:
+            raise InvalidArgument("Truncate: unsupported size")
+
+        def reset() -> None:
+            with map_os_errors(f"{_ref_context(self.ref)}: truncating"):
+                os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
+            self._buf.clear()
+            self._hash = hashlib.new(self._hash.name)
+            self._flushed = 0
+
+        await anyio.to_thread.run_sync(reset, limiter=blob_limiter())
+
+    # -- closing and committing
+
+    def _holds_ref(self) -> bool:
+        return self._fd is not None or self._lock_fd is not None
+
+    def _release_sync(self, *, flush: bool) -> None:
+        """Flush (optionally), stamp updatedat, close data and drop the ref lock."""
+        try:
+            if flush and self._fd is not None and self._buf and not self._broken:
+                self._flush_sync()
+            if self._fd is not None:
+                with contextlib.suppress(OSError):
+                    _write_atomic(self._path / "updatedat", _format_time(time.time_ns()))
+        finally:
+            fd, self._fd = self._fd, None
+            lock_fd, self._lock_fd = self._lock_fd, None
+            self._buf.clear()
+            for f in (fd, lock_fd):
+                if f is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(f)
+
+    async def close(self) -> None:
+        """Flush and release the ref; the ingest stays resumable (ING-5). Idempotent."""
+        if not self._holds_ref():
+            return
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(
+                lambda: self._release_sync(flush=True), limiter=blob_limiter()
+            )
+
+    async def commit(self, size: int, expected: str | None) -> CommitResult:
+        """Verify the ingest and move it to ``blobs/<alg>/<hex>`` (ING-8), in one thread hop.
+
+        Order (containerd ``writer.go`` Commit): flush, fsync data, size check, digest
+        check (re-hashing the data when ``expected`` uses another algorithm), then, if the
+        blob file exists already, remove the ingest and report ``existed``; else make the
+        data read-only, rename it into place, fsync the directory and remove the ingest.
+        On a size or digest mismatch the ingest data is kept (as containerd does) so the
+        ref can be inspected, resumed or aborted. The ref lock is always released.
+        A cancel is honoured up to the rename, never after: a cancelled commit leaves no
+        file at the blob address and a resumable ingest.
+
+        Args:
+            size: the expected size; 0 or less skips the size check.
+            expected: the expected digest; ``None`` or ``""`` skips the digest check.
+
+        Raises:
+            FailedPrecondition: ``cannot commit on closed writer``.
+            SizeMismatch: ``unexpected commit size <written>, expected <size>``.
+            DigestMismatch: ``unexpected commit digest <computed>, expected <expected>``.
+            NotFound: the ingest was aborted under the writer.
+        """
+        if self._fd is None:
+            raise FailedPrecondition("cannot commit on closed writer")
+        try:
+            want = parse(expected) if expected else None
+            return await anyio.to_thread.run_sync(
+                self._commit_sync, size, want, limiter=blob_limiter()
+            )
+        finally:
+            if self._holds_ref():
+                # The hop never ran (cancelled before it started, or a bad digest).
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(
+                        lambda: self._release_sync(flush=True), limiter=blob_limiter()
+                    )
+
+    def _commit_sync(self, size: int, expected: Digest | None) -> CommitResult:
+        check = anyio.from_thread.check_cancelled
+        data = self._path / "data"
+        ctx = _ref_context(self.ref)
+        try:
+            fd = self._fd
+            assert fd is not None
+            if self._broken:  # the running hash may disagree with the file: trust the file
+                self._hash = hashlib.new(self._hash.name)
+                with map_os_errors(f"{ctx}: re-reading {data}"):
+                    self._flushed = _rehash(fd, self._hash)
+                self._buf.clear()
+                self._broken = False
+            else:
+                self._flush_sync()
+            check()
+            with map_os_errors(f"{ctx}: syncing {data}"):
+                os.fsync(fd)
+                written = os.fstat(fd).st_size
+            if size > 0 and size != written:
+                raise SizeMismatch(
+                    f"unexpected commit size {written}, expected {size}",
+                    expected=size,
+                    actual=written,
+                )
+            digest = from_hasher(self._hash)
+            if expected is not None and expected.algorithm != digest.algorithm:
+                h = hasher(expected.algorithm)
+                with map_os_errors(f"{ctx}: re-hashing {data}"):
+                    _rehash(fd, h, check)
+                digest = from_hasher(h)
+            if expected is not None and expected != digest:
+                raise DigestMismatch(
+                    f"unexpected commit digest {digest}, expected {expected}",
+                    expected=expected,
+                    actual=digest,
+                )
+            target = self._root / "blobs" / digest.algorithm / digest.encoded
+            with map_os_errors(f"content {digest}: committing {ctx}"):
+                target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+                # Last cancel point: past it the blob becomes visible, so the commit finishes.
+                check()
+                if target.exists():
+                    # Already committed (ING-12: another ref won). The metadata layer decides
+                    # whether that is AlreadyExists.
+                    shutil.rmtree(self._path, ignore_errors=True)
+                    return CommitResult(digest=digest, size=written, existed=True)
+                # Read-only and timestamped before the rename, so a visible blob is never
+                # writable (containerd chmods after; the order does not matter to readers).
+                now = time.time_ns()
+                os.fchmod(fd, 0o444)
+                os.utime(fd, ns=(now, now))  # LAY-3
+                os.rename(data, target)
+                dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+            # The blob is in place: cleaning the ingest up can only be logged, not undone.
+            shutil.rmtree(self._path, ignore_errors=True)
+            return CommitResult(digest=digest, size=written, existed=False)
+        finally:
+            self._release_sync(flush=False)

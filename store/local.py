@@ -1,0 +1,361 @@
+"""LocalContentStore: the file backend of the content store (SEMANTICS CS, ING, LAY).
+
+Owns ``<root>/blobs/<alg>/<hex>`` (read-only committed blobs), ``<root>/ingest/`` (through
+``_ingest``) and ``<root>/commit.lock``. Knows nothing of labels, leases or the metadata
+DB: ``content.py`` layers those on top. Imports only digest, errors and _ingest.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, final
+
+import anyio
+import anyio.to_thread
+
+from castar.store._ingest import (
+    CHUNK,
+    CommitResult,
+    IngestStatus,
+    LocalWriter,
+    abort_ingest,
+    blob_limiter,
+    ingest_dir,
+    list_ingests,
+    map_os_errors,
+    open_ingest,
+    read_status,
+)
+from castar.store.digest import ALGORITHMS, Digest, parse
+from castar.store.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from contextlib import AbstractAsyncContextManager
+
+__all__ = ["CommitResult", "IngestStatus", "LocalContentStore", "LocalWriter"]
+
+_LOCK_POLL_MAX: Final = 0.05  # seconds between tries for a contended commit lock
+
+
+def _digest_arg(digest: str) -> Digest:
+    """Validate a digest argument; DIG-4 words the error for store operations."""
+    try:
+        return parse(digest)
+    except InvalidArgument as exc:
+        raise InvalidArgument(
+            f"cannot calculate blob path from invalid digest: {exc.message}"
+        ) from exc
+
+
+def _content(digest: str) -> str:
+    return f"content digest {digest}"
+
+
+@final
+class LocalContentStore:
+    """Committed blobs and in-progress ingests under one root directory (LAY-1).
+
+    Every method that touches the disk runs in worker threads (blob I/O shares a
+    limiter of two per event loop). The store is safe to use from several tasks and
+    several processes on the same root: ingests are locked per ref with ``flock`` and
+    commits become visible by an atomic rename.
+
+    Args:
+        root: the store's directory; created lazily by the first write.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._blobs = self.root / "blobs"
+
+    def __repr__(self) -> str:
+        return f"LocalContentStore({str(self.root)!r})"
+
+    def blob_path(self, digest: str) -> Path:
+        """Where the committed blob lives (DIG-6); pure, the file may not exist.
+
+        Raises:
+            InvalidArgument: ``cannot calculate blob path from invalid digest: <why>`` (DIG-4).
+        """
+        d = _digest_arg(digest)
+        return self._blobs / d.algorithm / d.encoded
+
+    # -- reading
+
+    async def stat(self, digest: str) -> int:
+        """The size of a committed blob.
+
+        Raises:
+            NotFound: ``content digest <d>: not found``.
+        """
+        path = self.blob_path(digest)
+
+        def size() -> int:
+            with map_os_errors(_content(digest)):
+                return os.stat(path).st_size
+
+        return await anyio.to_thread.run_sync(size)
+
+    def read(
+        self,
+        digest: str,
+        *,
+        offset: int = 0,
+        length: int | None = None,
+        chunk_size: int = CHUNK,
+    ) -> AsyncIterator[bytes]:
+        """Stream ``length`` bytes of a blob from ``offset`` (all to the end when ``None``).
+
+        Yields chunks of at most ``chunk_size`` bytes; each worker-thread hop reads at
+        least 1 MiB, so memory stays near ``max(chunk_size, 1 MiB)`` whatever the blob's
+        size. Reading past the end is short, not an error (CS-2). The blob file is opened
+        on the first iteration, which raises ``NotFound`` if it is absent; call
+        ``aclose()`` on the iterator when stopping early.
+
+        Raises:
+            InvalidArgument: a bad digest, a negative offset or length, chunk_size < 1.
+            NotFound: ``content digest <d>: not found`` (on the first iteration).
+        """
+        path = self.blob_path(digest)
+        if offset < 0 or (length is not None and length < 0) or chunk_size < 1:
+            raise InvalidArgument(
+                f"{_content(digest)}: bad read range (offset {offset}, length {length}, "
+                f"chunk size {chunk_size})"
+            )
+        return _BlobChunks(path, digest, offset, length, chunk_size)
+
+    async def read_at(self, digest: str, offset: int, n: int) -> bytes:
+        """Up to ``n`` bytes at ``offset``, in one thread hop; short or empty past the end (CS-2).
+
+        Raises:
+            InvalidArgument: a bad digest, a negative offset or n.
+            NotFound: ``content digest <d>: not found``.
+        """
+        path = self.blob_path(digest)
+        if offset < 0 or n < 0:
+            raise InvalidArgument(f"{_content(digest)}: bad read offset {offset} or size {n}")
+
+        def pread() -> bytes:
+            with map_os_errors(_content(digest)):
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    return os.pread(fd, n, offset)
+                finally:
+                    os.close(fd)
+
+        return await anyio.to_thread.run_sync(pread, limiter=blob_limiter())
+
+    async def walk(self) -> list[tuple[Digest, int]]:
+        """Every committed blob and its size, in ascending digest-string order (CS-3).
+
+        Directories under ``blobs/`` that are not an available algorithm, and files whose
+        name is not a valid digest, are skipped (LAY-2).
+        """
+
+        def scan() -> list[tuple[Digest, int]]:
+            found: list[tuple[Digest, int]] = []
+            for alg in ALGORITHMS:
+                with map_os_errors(f"walking {self._blobs / alg}"):
+                    try:
+                        entries = list(os.scandir(self._blobs / alg))
+                    except FileNotFoundError:
+                        continue
+                    for entry in entries:
+                        try:
+                            digest = parse(f"{alg}:{entry.name}")
+                            if not entry.is_file(follow_symlinks=False):
+                                continue
+                            found.append((digest, entry.stat(follow_symlinks=False).st_size))
+                        except (InvalidArgument, FileNotFoundError):
+                            continue  # LAY-2: a stray name, or deleted while we walked
+            found.sort(key=lambda item: str(item[0]))
+            return found
+
+        return await anyio.to_thread.run_sync(scan)
+
+    # -- deleting
+
+    async def delete(self, digest: str) -> None:
+        """Unlink a committed blob (GC's content sweep; CS-6 for the file part).
+
+        Raises:
+            NotFound: ``content digest <d>: not found``.
+        """
+        path = self.blob_path(digest)
+
+        def unlink() -> None:
+            with map_os_errors(_content(digest)):
+                os.unlink(path)
+
+        await anyio.to_thread.run_sync(unlink)
+
+    # -- ingests
+
+    async def open_writer(
+        self, ref: str, *, total: int | None = None, expected: str | None = None
+    ) -> LocalWriter:
+        """Open the ingest of ``ref``, resuming it if it exists (ING-5).
+
+        Args:
+            ref: the ingest key; unique per import session (ING-14).
+            total: the expected size, if known; a different non-zero total than the
+                stored one restarts the ingest at offset 0.
+            expected: the expected digest, if known; its algorithm is the writer's (ING-7).
+
+        Raises:
+            InvalidArgument: ``ref must not be empty`` (ING-1), a bad digest or total.
+            Unavailable: ``ref <ref> locked for <duration> (since <time>)`` while another
+                writer, in this process or another, holds the ref (ING-3).
+        """
+        if not ref:
+            raise InvalidArgument("ref must not be empty")
+        if total is not None and total < 0:
+            raise InvalidArgument(f'ingest ref "{ref}": negative total {total}')
+        want = parse(expected) if expected else None
+        return await anyio.to_thread.run_sync(
+            lambda: open_ingest(self.root, ref, total=total, expected=want)
+        )
+
+    async def ingest_status(self, ref: str) -> IngestStatus:
+        """The status of one ingest (ING-6).
+
+        Raises:
+            NotFound: ``ingest ref "<ref>": not found``.
+        """
+        path = ingest_dir(self.root, ref)
+        return await anyio.to_thread.run_sync(read_status, path, ref)
+
+    async def list_ingests(self) -> list[IngestStatus]:
+        """Every ingest, sorted by ref (ING-6)."""
+        return await anyio.to_thread.run_sync(list_ingests, self.root)
+
+    async def abort(self, ref: str, *, if_unlocked: bool = False) -> bool:
+        """Remove an ingest and its data (ING-10).
+
+        Args:
+            ref: the ingest to remove.
+            if_unlocked: leave a ref held by a live writer alone and return False
+                (GC uses this); otherwise it is removed even under its writer.
+
+        Returns:
+            True when the ingest was removed.
+
+        Raises:
+            NotFound: ``ingest ref "<ref>": not found``.
+        """
+        return await anyio.to_thread.run_sync(
+            lambda: abort_ingest(self.root, ref, if_unlocked=if_unlocked)
+        )
+
+    # -- the commit lock
+
+    def commit_lock(self, *, exclusive: bool) -> AbstractAsyncContextManager[None]:
+        """A cross-process reader/writer lock: ``flock`` on ``<root>/commit.lock``.
+
+        Commits hold it shared from the rename until their DB row is written; GC's content
+        sweep holds it exclusive so it never sees a renamed-but-unrecorded blob. The first
+        try runs in a worker thread; while contended, the task polls with a non-blocking
+        ``flock`` (backing off to 50 ms), so waiting is cancellable and leaks nothing.
+        """
+        return self._commit_lock(exclusive)
+
+    @contextlib.asynccontextmanager
+    async def _commit_lock(self, exclusive: bool) -> AsyncIterator[None]:
+        op = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+        path = self.root / "commit.lock"
+
+        def open_and_try() -> tuple[int, bool]:
+            with map_os_errors(f"commit lock {path}"):
+                self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            return fd, _try_flock(fd, op)
+
+        fd, held = await anyio.to_thread.run_sync(open_and_try)
+        try:
+            delay = 0.001
+            while not held:
+                await anyio.sleep(delay)
+                delay = min(delay * 2, _LOCK_POLL_MAX)
+                held = _try_flock(fd, op)
+            yield
+        finally:
+            os.close(fd)  # drops the flock; closing a lock file does no I/O
+
+
+def _try_flock(fd: int, op: int) -> bool:
+    try:
+        fcntl.flock(fd, op)
+    except BlockingIOError:
+        return False
+    return True
+
+
+class _BlobChunks:
+    """The iterator :meth:`LocalContentStore.read` returns: one thread hop per >= 1 MiB."""
+
+    def __init__(
+        self, path: Path, digest: str, offset: int, length: int | None, chunk_size: int
+    ) -> None:
+        self._path = path
+        self._digest = digest
+        self._pos = offset
+        self._end: int | None = None if length is None else offset + length
+        self._chunk = chunk_size
+        self._hop = max(chunk_size, CHUNK // chunk_size * chunk_size)
+        self._fd: int | None = None
+        self._pending: collections.deque[bytes] = collections.deque()
+        self._done = False
+
+    def __aiter__(self) -> _BlobChunks:
+        return self
+
+    def _read_sync(self) -> bytes:
+        with map_os_errors(_content(self._digest)):
+            if self._fd is None:
+                self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+                size = os.fstat(self._fd).st_size
+                self._end = size if self._end is None else min(self._end, size)
+            assert self._end is not None
+            n = min(self._hop, self._end - self._pos)
+            data = os.pread(self._fd, n, self._pos) if n > 0 else b""
+        self._pos += len(data)
+        if len(data) < self._hop or self._pos >= self._end:
+            self._close_fd()
+        return data
+
+    def _close_fd(self) -> None:
+        self._done = True
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    async def __anext__(self) -> bytes:
+        if not self._pending:
+            if self._done:
+                raise StopAsyncIteration
+            data = await anyio.to_thread.run_sync(self._read_sync, limiter=blob_limiter())
+            if not data:
+                raise StopAsyncIteration
+            if len(data) <= self._chunk:
+                return data
+            view = memoryview(data)
+            self._pending.extend(
+                bytes(view[i : i + self._chunk]) for i in range(0, len(data), self._chunk)
+            )
+        return self._pending.popleft()
+
+    async def aclose(self) -> None:
+        """Close the blob file; iterating again ends at once."""
+        self._pending.clear()
+        self._close_fd()
+
+    def __del__(self) -> None:
+        fd = self._fd
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
