@@ -7,6 +7,7 @@ load and save); this module re-exports what users need.
 
 from __future__ import annotations
 
+from castar.engine.platforms import Platform as Platform
 from castar.store.errors import AlreadyExists as AlreadyExists
 from castar.store.errors import CastarError as CastarError
 from castar.store.errors import Conflict as Conflict
@@ -34,6 +35,7 @@ __all__ = [
     "MalformedArchive",
     "MalformedManifest",
     "NotFound",
+    "Platform",
     "SizeMismatch",
     "Unavailable",
     "UnsupportedMediaType",
