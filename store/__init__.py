@@ -5,3 +5,33 @@ in castar.engine, which builds on this package.
 """
 
 from __future__ import annotations
+
+from castar.store._store import Store as Store
+from castar.store._store import default_root as default_root
+from castar.store._store import open_store as open_store
+from castar.store.content import ContentStore as ContentStore
+from castar.store.content import Descriptor as Descriptor
+from castar.store.content import Info as Info
+from castar.store.content import Writer as Writer
+from castar.store.gc import GCReport as GCReport
+from castar.store.images import Image as Image
+from castar.store.images import ImageStore as ImageStore
+from castar.store.leases import Lease as Lease
+from castar.store.leases import LeaseManager as LeaseManager
+from castar.store.leases import current_lease as current_lease
+
+__all__ = [
+    "ContentStore",
+    "Descriptor",
+    "GCReport",
+    "Image",
+    "ImageStore",
+    "Info",
+    "Lease",
+    "LeaseManager",
+    "Store",
+    "Writer",
+    "current_lease",
+    "default_root",
+    "open_store",
+]

@@ -1,0 +1,136 @@
+"""The ``Store``: one root's content, images, leases and GC, and ``open_store``/``default_root``.
+
+Composes the file backend (``local.py``) and the metadata DB (``sqlite.py``) under one root;
+owns the lease context manager that makes a lease current. Never imports castar.engine.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, final
+
+import anyio
+
+from castar.store.content import ContentStore
+from castar.store.errors import NotFound
+from castar.store.gc import Collector, GCReport
+from castar.store.images import ImageStore
+from castar.store.leases import Lease, LeaseManager, _reset_current, _set_current
+from castar.store.local import LocalContentStore
+from castar.store.sqlite import SQLiteMetadataDB
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Mapping
+
+__all__ = ["Store", "default_root", "open_store"]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def default_root() -> Path:
+    """``$CASTAR_ROOT``, else ``$XDG_DATA_HOME/castar``, else ``~/.local/share/castar``."""
+    root = os.environ.get("CASTAR_ROOT")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_DATA_HOME")
+    if xdg:
+        return Path(xdg) / "castar"
+    return Path.home() / ".local" / "share" / "castar"
+
+
+@final
+class Store:
+    """A content store with images, leases and GC under one root directory.
+
+    Use :func:`open_store`. Several ``Store`` objects, in this process or others, may share a
+    root: the metadata DB and the backend's locks make that safe, GC included.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        backend: LocalContentStore,
+        db: SQLiteMetadataDB,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.root = root
+        self._db = db
+        self.content = ContentStore(backend, db, clock)
+        self.images = ImageStore(db, clock)
+        self.leases = LeaseManager(db, clock)
+        self._collector = Collector(db, backend, clock)
+
+    def lease(
+        self,
+        *,
+        expire: timedelta | None = timedelta(hours=24),
+        labels: Mapping[str, str] | None = None,
+    ) -> AbstractAsyncContextManager[Lease]:
+        """Create a lease and make it current for the block; delete it on exit.
+
+        Everything written in the block (blobs, ingests, images with ``gc.expire``) joins the
+        lease (LEASE-5), and child tasks started in the block inherit it. Deletion at exit is
+        shielded from cancellation; a lease GC already removed (expired) is no error.
+        """
+        return self._lease(expire, labels)
+
+    @asynccontextmanager
+    async def _lease(
+        self, expire: timedelta | None, labels: Mapping[str, str] | None
+    ) -> AsyncIterator[Lease]:
+        lease = await self.leases.create(expire=expire, labels=labels)
+        token = _set_current(lease)
+        try:
+            yield lease
+        finally:
+            _reset_current(token)
+            with anyio.CancelScope(shield=True):
+                with suppress(NotFound):
+                    await self.leases.delete(lease.id)
+
+    async def gc(self, *, dry_run: bool = False) -> GCReport:
+        """Collect garbage now (GC-1..10); with ``dry_run`` only report what would go."""
+        return await self._collector.collect(dry_run=dry_run)
+
+    async def explain(self, digest: str) -> list[str]:
+        """The path from a GC root to ``digest`` (``["image a:1", "sha256:…"]``); [] if garbage."""
+        return await self._collector.explain(digest)
+
+    async def aclose(self) -> None:
+        """Close the metadata database."""
+        await self._db.aclose()
+
+
+@asynccontextmanager
+async def _open_store(
+    root: str | os.PathLike[str] | None, clock: Callable[[], datetime] | None
+) -> AsyncIterator[Store]:
+    path = Path(root) if root is not None else default_root()
+    await anyio.Path(path).mkdir(parents=True, exist_ok=True)
+    backend = await anyio.to_thread.run_sync(LocalContentStore, path)
+    db = await SQLiteMetadataDB.open(path / "meta.db")
+    store = Store(path, backend, db, clock or _utcnow)
+    try:
+        yield store
+    finally:
+        with anyio.CancelScope(shield=True):
+            await store.aclose()
+
+
+def open_store(
+    root: str | os.PathLike[str] | None = None,
+    *,
+    clock: Callable[[], datetime] | None = None,
+) -> AbstractAsyncContextManager[Store]:
+    """Open (creating it if needed) the store at ``root``, else at :func:`default_root`.
+
+    Args:
+        root: the store's directory.
+        clock: returns the current time, aware and in UTC (tests inject one to expire things).
+    """
+    return _open_store(root, clock)

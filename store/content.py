@@ -1,0 +1,434 @@
+"""The public content store: blobs in the file backend, their records in the metadata DB.
+
+Owns ``ContentStore``, its ``Writer``, and the ``Info``/``Descriptor`` values (SEMANTICS CS, ING).
+A blob exists for callers only once it is recorded; recording happens after the backend has
+fsynced and renamed it, under the shared commit lock GC respects. Imports the backend, the
+metadata DB and leases; never OCI documents, tar or platforms.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Final, final
+
+import anyio
+
+from castar.store.digest import Buffer, Digest, parse
+from castar.store.errors import (
+    AlreadyExists,
+    DataLoss,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    SizeMismatch,
+    Unavailable,
+)
+from castar.store.leases import current_lease
+from castar.store.sqlite import ContentRecord, validate_labels
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+    from pathlib import Path
+
+    from castar.store.local import IngestStatus, LocalContentStore, LocalWriter
+    from castar.store.sqlite import SQLiteMetadataDB
+
+__all__ = ["INGEST_TTL", "ContentStore", "Descriptor", "Info", "Writer"]
+
+#: ING-13: an ingest opened outside a lease expires this long after it was opened.
+INGEST_TTL: Final = timedelta(hours=24)
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    """What the store keeps of a target (DESC-5): media type, digest, size, annotations."""
+
+    media_type: str
+    digest: Digest
+    size: int
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Info:
+    """A recorded blob (CS-1)."""
+
+    digest: Digest
+    size: int
+    labels: Mapping[str, str]
+    created_at: datetime
+    updated_at: datetime
+
+
+def _info(rec: ContentRecord) -> Info:
+    return Info(rec.digest, rec.size, rec.labels, rec.created_at, rec.updated_at)
+
+
+def _lease_id() -> str | None:
+    lease = current_lease()
+    return None if lease is None else lease.id
+
+
+@final
+class Writer:
+    """An open ingest: a backend ``LocalWriter`` plus its metadata record.
+
+    ``write``/``write_sync``/``digest``/``offset`` are the backend writer's. ``commit`` verifies,
+    publishes and records the blob; the writer cannot be used afterwards.
+    """
+
+    def __init__(
+        self, store: ContentStore, backend: LocalWriter, ref: str, expected: str | None
+    ) -> None:
+        self._store = store
+        self._backend = backend
+        self.ref = ref
+        self._expected = expected
+        self._done = False
+
+    @property
+    def offset(self) -> int:
+        """Bytes written so far (after a resume: including the earlier ones)."""
+        return self._backend.offset
+
+    async def write(self, data: Buffer) -> None:
+        """Append ``data`` (coalesced to ≥ 1 MiB per worker-thread hop by the backend)."""
+        await self._backend.write(data)
+
+    def write_sync(self, data: Buffer) -> None:
+        """Append ``data`` from a worker thread; never interleave with :meth:`write`."""
+        self._backend.write_sync(data)
+
+    def digest(self) -> Digest:
+        """Digest of the bytes written so far."""
+        return self._backend.digest()
+
+    async def truncate(self, size: int) -> None:
+        """``truncate(0)`` restarts the ingest (ING-9)."""
+        await self._backend.truncate(size)
+
+    async def commit(
+        self, size: int, digest: str | None, labels: Mapping[str, str] | None = None
+    ) -> Digest:
+        """Verify, publish and record the blob (ING-8).
+
+        Args:
+            size: expected size; 0 skips the check.
+            digest: expected digest; None (or "") skips the check.
+            labels: labels of the new record (LBL-1); ``gc.ref.*`` labels become GC edges.
+
+        Returns:
+            The digest of the committed blob, now recorded and in the current lease.
+
+        Raises:
+            FailedPrecondition: the writer was already committed.
+            SizeMismatch, DigestMismatch: the data is not what was promised; the ingest is
+                removed and nothing is recorded.
+            InvalidArgument: a label breaks LBL-1.
+            AlreadyExists: ``content <d>: already exists`` when the digest was recorded
+                before (the digest still joins the current lease).
+        """
+        if self._done:
+            raise FailedPrecondition("cannot commit on closed writer")
+        self._done = True
+        expected = parse(digest) if digest else None
+        labels = dict(labels or {})
+        try:
+            validate_labels(labels)
+        except InvalidArgument:
+            with anyio.CancelScope(shield=True):
+                await self._backend.close()
+            raise
+        await self._store._commit(self._backend, self.ref, size, expected, labels)
+        return parse(self._backend.digest()) if expected is None else expected
+
+    async def _close(self) -> None:
+        if not self._done:
+            self._done = True
+            await self._backend.close()
+
+
+@final
+class ContentStore:
+    """Blobs with records: the content store callers see (SEMANTICS CS, ING).
+
+    Args:
+        backend: the file backend holding blobs and ingests.
+        db: the metadata database holding records, labels and ingest rows.
+        clock: returns the current time (aware, UTC).
+    """
+
+    def __init__(
+        self,
+        backend: LocalContentStore,
+        db: SQLiteMetadataDB,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._backend = backend
+        self._db = db
+        self._clock = clock
+
+    async def info(self, digest: str) -> Info:
+        """The record of a blob (CS-1).
+
+        Raises:
+            NotFound: ``content digest <d>: not found``.
+        """
+        d = parse(digest)
+        rec = await self._db.content_info(d)
+        if rec is None:
+            raise NotFound(f"content digest {d}")
+        return _info(rec)
+
+    async def exists(self, digest: str) -> bool:
+        """True when the blob is recorded (CS-7)."""
+        try:
+            await self.info(digest)
+        except NotFound:
+            return False
+        return True
+
+    async def update_labels(self, digest: str, labels: Mapping[str, str]) -> Info:
+        """Merge ``labels`` into the blob's labels; an empty value deletes the key (CS-5).
+
+        Raises:
+            NotFound: the blob is not recorded.
+            InvalidArgument: a label breaks LBL-1.
+        """
+        validate_labels(labels)
+        rec = await self._db.content_labels(parse(digest), labels, replace=False, now=self._clock())
+        return _info(rec)
+
+    async def set_labels(self, digest: str, labels: Mapping[str, str]) -> Info:
+        """Replace the blob's labels with ``labels`` (CS-5, no field paths)."""
+        validate_labels(labels)
+        rec = await self._db.content_labels(parse(digest), labels, replace=True, now=self._clock())
+        return _info(rec)
+
+    async def delete(self, digest: str) -> None:
+        """Forget a blob at once; its file goes at the next GC (CS-6).
+
+        Raises:
+            NotFound: the blob is not recorded.
+        """
+        await self._db.content_delete(parse(digest), lease=_lease_id())
+
+    async def walk(self) -> list[Info]:
+        """Every recorded blob, ascending by digest string (CS-3)."""
+        return [_info(r) for r in await self._db.content_list()]
+
+    async def read(
+        self,
+        digest: str,
+        *,
+        offset: int = 0,
+        length: int | None = None,
+        chunk_size: int = 1 << 20,
+    ) -> AsyncIterator[bytes]:
+        """Stream a recorded blob in chunks of up to ``chunk_size`` bytes.
+
+        Raises:
+            NotFound: the blob is not recorded.
+            DataLoss: recorded, but its file is missing.
+        """
+        d = parse(digest)
+        await self.info(d)
+        try:
+            async for chunk in self._backend.read(
+                d, offset=offset, length=length, chunk_size=chunk_size
+            ):
+                yield chunk
+        except NotFound as exc:
+            raise DataLoss(f"content {d}: recorded but missing on disk") from exc
+
+    async def read_at(self, digest: str, offset: int, n: int) -> bytes:
+        """Up to ``n`` bytes at ``offset``; short at the end of the blob (CS-2)."""
+        d = parse(digest)
+        await self.info(d)
+        try:
+            return await self._backend.read_at(d, offset, n)
+        except NotFound as exc:
+            raise DataLoss(f"content {d}: recorded but missing on disk") from exc
+
+    async def read_all(self, digest: str, *, limit: int) -> bytes:
+        """The whole blob, for small documents only.
+
+        Raises:
+            InvalidArgument: the blob is larger than ``limit`` bytes.
+        """
+        info = await self.info(digest)
+        if info.size > limit:
+            raise InvalidArgument(
+                f"content {info.digest}: size {info.size} exceeds the limit of {limit} bytes"
+            )
+        data = await self.read_at(info.digest, 0, info.size)
+        if len(data) != info.size:
+            raise DataLoss(f"content {info.digest}: short read {len(data)} of {info.size} bytes")
+        return data
+
+    def path(self, digest: str) -> Path:
+        """The committed file of a blob, for zero-copy export (the record is not checked)."""
+        return self._backend.blob_path(parse(digest))
+
+    def writer(
+        self, ref: str, *, size: int | None = None, digest: str | None = None
+    ) -> AbstractAsyncContextManager[Writer]:
+        """Open an ingest ``ref``; leaving the block without commit keeps it resumable (ING-5).
+
+        The ingest row is recorded before the backend ingest exists, so GC never meets an
+        unrecorded in-flight ingest: it joins the current lease, else it expires in 24 h (ING-13).
+
+        Raises:
+            InvalidArgument: ``ref must not be empty``.
+            AlreadyExists: ``digest`` is recorded (it joins the current lease first, ING-2).
+            Unavailable: another writer holds ``ref`` (ING-3).
+        """
+        return self._writer(ref, size, digest)
+
+    @asynccontextmanager
+    async def _writer(
+        self, ref: str, size: int | None, digest: str | None
+    ) -> AsyncIterator[Writer]:
+        w = await self._open(ref, size, digest)
+        try:
+            yield w
+        finally:
+            with anyio.CancelScope(shield=True):
+                await w._close()
+
+    async def _open(self, ref: str, size: int | None, digest: str | None) -> Writer:
+        if not ref:
+            raise InvalidArgument("ref must not be empty")
+        expected = parse(digest) if digest else None
+        now = self._clock()
+        exists = await self._db.ingest_open(
+            ref, expected=expected, lease=_lease_id(), expires_at=now + INGEST_TTL, now=now
+        )
+        if exists:
+            raise AlreadyExists(f"content {expected}")
+        total = size if size else None
+        backend = await self._backend.open_writer(ref, total=total, expected=expected)
+        return Writer(self, backend, ref, expected)
+
+    async def _commit(
+        self,
+        backend: LocalWriter,
+        ref: str,
+        size: int,
+        expected: Digest | None,
+        labels: Mapping[str, str],
+    ) -> None:
+        # STYLE §3.7.4: the backend fsyncs and renames before any DB write transaction starts.
+        # The shared commit lock is held from the rename until the row is written, so GC's
+        # content sweep (exclusive) never sees the renamed-but-unrecorded file.
+        async with self._backend.commit_lock(exclusive=False):
+            try:
+                result = await backend.commit(size, expected)
+            except FailedPrecondition:
+                # Bad data is never resumed: drop the ingest and its row (nothing is left).
+                with anyio.CancelScope(shield=True):
+                    await self._forget_ingest(ref)
+                raise
+            with anyio.CancelScope(shield=True):
+                created = await self._db.content_commit(
+                    ref, result.digest, result.size, labels, lease=_lease_id(), now=self._clock()
+                )
+        if not created:
+            raise AlreadyExists(f"content {result.digest}")
+
+    async def _forget_ingest(self, ref: str) -> None:
+        with suppress(NotFound):
+            await self._backend.abort(ref)
+        await self._db.ingest_delete(ref)
+
+    async def write_blob(
+        self,
+        data: Buffer | AsyncIterable[Buffer],
+        *,
+        digest: str | None = None,
+        size: int | None = None,
+        labels: Mapping[str, str] | None = None,
+        media_type: str = "application/octet-stream",
+        ref: str | None = None,
+    ) -> Descriptor:
+        """Store ``data`` and return its descriptor; an existing blob counts as success (ING-11).
+
+        When ``digest`` is given and already recorded, ``data`` is not read at all (TV-44). A
+        resumed ingest skips the bytes it already holds. Busy refs are retried (ING-4).
+
+        Raises:
+            SizeMismatch: fewer (or more) bytes than ``size``.
+            DigestMismatch: the bytes do not hash to ``digest``.
+        """
+        expected = parse(digest) if digest else None
+        if ref is None:
+            ref = f"castar-blob-{expected or uuid.uuid4().hex}"
+        delay = 0.016
+        while True:
+            try:
+                async with self.writer(ref, size=size, digest=expected) as w:
+                    await _copy(w, data, size)
+                    try:
+                        got = await w.commit(size or 0, expected, labels)
+                    except AlreadyExists:
+                        got = expected or w.digest()
+                    info = await self.info(got)
+                    return Descriptor(media_type, info.digest, info.size)
+            except AlreadyExists:
+                assert expected is not None  # only a given digest can exist at open
+                info = await self.info(expected)
+                return Descriptor(media_type, info.digest, info.size)
+            except Unavailable:
+                # ING-4: the ref is held (another task or process writing the same digest).
+                await anyio.sleep(random.uniform(0, delay))
+                delay = min(delay * 2, 2.048)
+
+    async def status(self, ref: str) -> IngestStatus:
+        """Progress of ingest ``ref`` (ING-6); NotFound when unknown."""
+        return await self._backend.ingest_status(ref)
+
+    async def list_statuses(self) -> list[IngestStatus]:
+        """Every ingest, sorted by ref (ING-6)."""
+        return await self._backend.list_ingests()
+
+    async def abort(self, ref: str) -> None:
+        """Remove ingest ``ref`` and its data (ING-10).
+
+        Raises:
+            NotFound: ``reference <ref>: not found``.
+        """
+        try:
+            found = await self._backend.abort(ref)
+        except NotFound:
+            found = False
+        recorded = await self._db.ingest_delete(ref)
+        if not (found or recorded):
+            raise NotFound(f"reference {ref}")
+
+
+async def _copy(w: Writer, data: Buffer | AsyncIterable[Buffer], size: int | None) -> None:
+    """ING-11 copy: skip what a resumed ingest holds, stream the rest, check for a short read."""
+    skip = w.offset
+    if isinstance(data, bytes | bytearray | memoryview):
+        view = memoryview(data)
+        if skip < len(view):
+            await w.write(view[skip:])
+    else:
+        async for chunk in data:
+            if skip:
+                if len(chunk) <= skip:
+                    skip -= len(chunk)
+                    continue
+                chunk = memoryview(chunk)[skip:]
+                skip = 0
+            await w.write(chunk)
+    if size and w.offset < size:
+        raise SizeMismatch(
+            f"short read: expected {size} bytes but got {w.offset}: unexpected EOF",
+            expected=size,
+            actual=w.offset,
+        )

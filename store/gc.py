@@ -1,0 +1,324 @@
+"""Garbage collection: the label vocabulary, pure ``mark``/``sweep`` and the ``Collector``.
+
+``mark`` and ``sweep`` are containerd ``pkg/gc`` Tricolor/Sweep in Python: pure functions over
+nodes and edges (STYLE §3.2 seam 4). ``roots_and_edges`` turns one metadata snapshot into the
+graph (GC-1..6); the ``Collector`` binds them to the metadata DB and the file backend (GC-10).
+Imports no I/O at module level except anyio; never imports OCI or tar code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Final, NamedTuple
+
+import anyio
+
+from castar.store.digest import Digest
+from castar.store.errors import NotFound
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping, Sequence
+
+    from castar.store.local import LocalContentStore
+    from castar.store.sqlite import GCGraph, SQLiteMetadataDB
+
+__all__ = [
+    "EXPIRE",
+    "FLAT",
+    "ROOT",
+    "Collector",
+    "Edge",
+    "GCReport",
+    "Node",
+    "label_edges",
+    "mark",
+    "parse_expire",
+    "path_to",
+    "roots_and_edges",
+    "sweep",
+]
+
+EXPIRE: Final = "containerd.io/gc.expire"
+FLAT: Final = "containerd.io/gc.flat"
+ROOT: Final = "containerd.io/gc.root"
+_REF: Final = "containerd.io/gc.ref."
+_BREF: Final = "containerd.io/gc.bref."
+_KINDS: Final = {"content": "content", "image": "image"}
+
+
+class Node(NamedTuple):
+    """A graph node: kind is ``lease``, ``image``, ``content`` or ``ingest``; flat per GC-1."""
+
+    kind: str
+    key: str
+    flat: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    """A reference derived from one label: ``src`` keeps ``dst`` alive (GC-5, GC-6)."""
+
+    key: str
+    src_kind: str
+    src: str
+    dst_kind: str
+    dst: str
+
+
+def _label_target(key: str, prefix: str) -> str | None:
+    """``content``/``image`` when ``key`` is ``<prefix><kind>`` or ``<prefix><kind>[./]…``."""
+    rest = key[len(prefix) :]
+    for kind in _KINDS:
+        if rest == kind or rest.startswith((kind + ".", kind + "/")):
+            return kind
+    return None
+
+
+def label_edges(owner_kind: str, owner: str, labels: Mapping[str, str]) -> list[Edge]:
+    """The edges one object's labels declare.
+
+    ``containerd.io/gc.ref.content[./…]=<d>`` and ``…gc.ref.image[./…]=<name>`` make the owner
+    keep the target (GC-5); ``containerd.io/gc.bref.content[./…]=<d>`` and ``…gc.bref.image…``
+    make the target keep the owner (GC-6). Keys without a separator (``gc.ref.contentX``) and
+    snapshot references are ignored; values are not validated.
+    """
+    out = []
+    for key, value in labels.items():
+        if key.startswith(_REF):
+            kind = _label_target(key, _REF)
+            if kind is not None:
+                out.append(Edge(key, owner_kind, owner, kind, value))
+        elif key.startswith(_BREF):
+            kind = _label_target(key, _BREF)
+            if kind is not None:
+                out.append(Edge(key, kind, value, owner_kind, owner))
+    return out
+
+
+def parse_expire(value: str) -> datetime | None:
+    """An RFC 3339 ``gc.expire`` value as an aware datetime; None when unparsable (GC-2)."""
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return dt if dt.tzinfo is not None else None
+
+
+def _expired(labels: Mapping[str, str], now: datetime) -> bool:
+    value = labels.get(EXPIRE)
+    if value is None:
+        return False
+    at = parse_expire(value)
+    return at is not None and at <= now
+
+
+def mark(roots: Iterable[Node], edges: Mapping[Node, Iterable[Node]]) -> set[Node]:
+    """Every node reachable from ``roots`` (iterative tri-colour DFS, GC-9).
+
+    Nodes are visited with their flat bit (a flat node has its own, smaller edge list), and the
+    bit is stripped when a node turns black, so flat and non-flat visits mark the same node.
+    """
+    grays = list(roots)
+    seen: set[Node] = set()
+    black: set[Node] = set()
+    while grays:
+        node = grays.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        black.add(Node(node.kind, node.key))
+        grays.extend(n for n in edges.get(node, ()) if n not in seen)
+    return black
+
+
+def sweep(reachable: set[Node], all_nodes: Iterable[Node]) -> list[Node]:
+    """The nodes of ``all_nodes`` not in ``reachable``, in input order (containerd ``Sweep``)."""
+    return [n for n in all_nodes if Node(n.kind, n.key) not in reachable]
+
+
+def path_to(
+    roots: Sequence[Node], edges: Mapping[Node, Iterable[Node]], target: Node
+) -> list[Node]:
+    """A shortest path from one of ``roots`` to ``target`` (flat bits stripped); [] if none."""
+    parent: dict[Node, Node | None] = {}
+    queue: deque[Node] = deque()
+    for r in roots:
+        if r not in parent:
+            parent[r] = None
+            queue.append(r)
+    while queue:
+        node = queue.popleft()
+        if Node(node.kind, node.key) == target:
+            path = []
+            cur: Node | None = node
+            while cur is not None:
+                path.append(Node(cur.kind, cur.key))
+                cur = parent[cur]
+            return path[::-1]
+        for n in edges.get(node, ()):
+            if n not in parent:
+                parent[n] = node
+                queue.append(n)
+    return []
+
+
+def roots_and_edges(
+    graph: GCGraph, now: datetime
+) -> tuple[list[Node], dict[Node, list[Node]], list[Node]]:
+    """Roots (GC-2), edges (GC-4..6) and every node of a metadata snapshot, evaluated at ``now``."""
+    roots: list[Node] = []
+    edges: dict[Node, list[Node]] = {}
+    all_nodes: list[Node] = []
+
+    def add(src: Node, dst: Node) -> None:
+        edges.setdefault(src, []).append(dst)
+
+    flat_leases = set()
+    for lease in graph.leases:
+        node = Node("lease", lease.id)
+        all_nodes.append(node)
+        if lease.labels.get(FLAT):
+            flat_leases.add(lease.id)
+        if not _expired(lease.labels, now):
+            roots.append(node)
+    for lease_id, type_, resource in graph.resources:
+        flat = lease_id in flat_leases
+        if type_ == "content":
+            add(Node("lease", lease_id), Node("content", resource, flat))
+        elif type_ == "images":
+            add(Node("lease", lease_id), Node("image", resource, flat))
+        elif type_ == "ingests":
+            add(Node("lease", lease_id), Node("ingest", resource))
+    for name, target, labels in graph.images:
+        node = Node("image", name)
+        all_nodes.append(node)
+        if not _expired(labels, now):
+            roots.append(node)
+        add(node, Node("content", target))
+        add(Node("image", name, True), Node("content", target, True))
+    for digest, (_, labels) in graph.content.items():
+        all_nodes.append(Node("content", digest))
+        if any(k.startswith(ROOT) for k in labels):
+            roots.append(Node("content", digest))
+    for ref, expected, expires_at in graph.ingests:
+        node = Node("ingest", ref)
+        all_nodes.append(node)
+        if expires_at is not None and expires_at > now:
+            roots.append(node)
+        if expected is not None:
+            add(node, Node("content", expected))
+    for e in graph.edges:
+        add(Node(e.src_kind, e.src), Node(e.dst_kind, e.dst))
+    return roots, edges, all_nodes
+
+
+def decide(graph: GCGraph, now: datetime) -> list[tuple[str, str]]:
+    """The (kind, key) pairs a collection at ``now`` removes from the metadata."""
+    roots, edges, all_nodes = roots_and_edges(graph, now)
+    return [(n.kind, n.key) for n in sweep(mark(roots, edges), all_nodes)]
+
+
+def describe(node: Node) -> str:
+    """How ``Store.explain`` names a node: content by its digest, others as ``<kind> <key>``."""
+    return node.key if node.kind == "content" else f"{node.kind} {node.key}"
+
+
+@dataclass(frozen=True, slots=True)
+class GCReport:
+    """What one collection removed (or, with ``dry_run``, would remove)."""
+
+    removed: list[Digest]
+    bytes_freed: int
+    images_removed: list[str]
+    leases_removed: list[str]
+    ingests_removed: list[str]
+    dry_run: bool
+
+
+class Collector:
+    """Runs collections over one store's metadata DB and file backend (GC-10).
+
+    Args:
+        db: the metadata database.
+        backend: the file backend.
+        clock: returns the current time (aware, UTC); expiries are evaluated against it.
+    """
+
+    def __init__(
+        self,
+        db: SQLiteMetadataDB,
+        backend: LocalContentStore,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._db = db
+        self._backend = backend
+        self._clock = clock
+        self._lock = anyio.Lock()
+
+    async def collect(self, *, dry_run: bool = False) -> GCReport:
+        """Sweep the metadata in one write transaction, then the backend under the commit lock.
+
+        The content sweep holds ``commit_lock(exclusive=True)`` and re-reads the recorded
+        digests inside it, so a blob renamed by a concurrent commit (which holds the lock shared
+        until its row is written) is never taken for garbage. Backend ingests are listed BEFORE
+        the ingest rows are read: writers record their row before they create the ingest, so
+        every ingest listed has its row visible by then. Held ingests are never aborted.
+        """
+        async with self._lock:
+            now = self._clock()
+            graph, doomed = await self._db.gc_sweep(lambda g: decide(g, now), dry_run=dry_run)
+            removed = {Digest(k) for kind, k in doomed if kind == "content"}
+            freed = sum(graph.content[d][0] for d in removed)
+            ingests = [k for kind, k in doomed if kind == "ingest"]
+            async with self._backend.commit_lock(exclusive=True):
+                blobs = await self._backend.walk()
+                keep, _ = await self._db.gc_kept()
+                if dry_run:
+                    keep -= removed
+                for digest, size in blobs:
+                    if digest in keep:
+                        continue
+                    if digest not in removed:
+                        freed += size
+                        removed.add(digest)
+                    if not dry_run:
+                        with contextlib.suppress(NotFound):
+                            await self._backend.delete(digest)
+            backend_ingests = await self._backend.list_ingests()
+            _, refs = await self._db.gc_kept()
+            if dry_run:
+                refs -= set(ingests)
+            for status in backend_ingests:
+                if status.ref in refs:
+                    continue
+                if dry_run:
+                    aborted = True
+                else:
+                    try:
+                        aborted = await self._backend.abort(status.ref, if_unlocked=True)
+                    except NotFound:
+                        aborted = False
+                if aborted and status.ref not in ingests:
+                    ingests.append(status.ref)
+            return GCReport(
+                removed=sorted(removed),
+                bytes_freed=freed,
+                images_removed=sorted(k for kind, k in doomed if kind == "image"),
+                leases_removed=sorted(k for kind, k in doomed if kind == "lease"),
+                ingests_removed=sorted(ingests),
+                dry_run=dry_run,
+            )
+
+    async def explain(self, digest: str) -> list[str]:
+        """The path from a root to ``digest`` that keeps it alive; [] when it is garbage."""
+        graph = await self._db.gc_graph()
+        if digest not in graph.content:
+            return []
+        roots, edges, _ = roots_and_edges(graph, self._clock())
+        return [describe(n) for n in path_to(roots, edges, Node("content", digest))]

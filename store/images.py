@@ -1,0 +1,160 @@
+"""Image records (SEMANTICS IMG-1..6): ``Image`` values and the ``ImageStore``.
+
+An image is a name pointing at a target descriptor; only the target's media type, digest, size
+and annotations are kept (DESC-5). Images are GC roots unless expired. Imports the metadata DB
+and leases; never the file backend, OCI documents or platforms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, final
+
+from castar.store.content import Descriptor
+from castar.store.digest import parse
+from castar.store.errors import InvalidArgument, NotFound
+from castar.store.leases import current_lease
+from castar.store.sqlite import ImageRecord, validate_labels
+
+if TYPE_CHECKING:
+    import builtins
+    from collections.abc import Callable, Mapping
+    from datetime import datetime
+
+    from castar.store.sqlite import SQLiteMetadataDB
+
+__all__ = ["DescriptorLike", "Image", "ImageStore"]
+
+
+class DescriptorLike(Protocol):
+    """Anything with the four fields an image record keeps (castar.engine.oci.Descriptor is one)."""
+
+    @property
+    def media_type(self) -> str: ...  # noqa: D102
+    @property
+    def digest(self) -> str: ...  # noqa: D102
+    @property
+    def size(self) -> int: ...  # noqa: D102
+    @property
+    def annotations(self) -> Mapping[str, str]: ...  # noqa: D102
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """An image record (IMG-1)."""
+
+    name: str
+    target: Descriptor
+    labels: Mapping[str, str]
+    created_at: datetime
+    updated_at: datetime
+
+
+def _image(rec: ImageRecord) -> Image:
+    target = Descriptor(rec.media_type, rec.digest, rec.size, dict(rec.annotations))
+    return Image(rec.name, target, rec.labels, rec.created_at, rec.updated_at)
+
+
+def _target(target: DescriptorLike) -> Descriptor:
+    try:
+        digest = parse(target.digest)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f'target.Digest "{target.digest}" invalid: {exc}') from exc
+    if target.size <= 0:
+        raise InvalidArgument("target.Size must be greater than zero")
+    if not target.media_type:
+        raise InvalidArgument("target.MediaType must be set")
+    return Descriptor(target.media_type, digest, target.size, dict(target.annotations or {}))
+
+
+@final
+class ImageStore:
+    """Image records: create, get, list (by name), update, delete.
+
+    Args:
+        db: the metadata database.
+        clock: returns the current time (aware, UTC).
+    """
+
+    def __init__(self, db: SQLiteMetadataDB, clock: Callable[[], datetime]) -> None:
+        self._db = db
+        self._clock = clock
+
+    async def _put(
+        self, name: str, target: Descriptor, labels: Mapping[str, str], *, create: bool
+    ) -> Image:
+        if not name:
+            raise InvalidArgument("image name must not be empty")
+        validate_labels(labels)
+        now = self._clock()
+        lease = current_lease()
+        rec = ImageRecord(
+            name,
+            target.media_type,
+            target.digest,
+            target.size,
+            dict(target.annotations),
+            dict(labels),
+            now,
+            now,
+        )
+        out = await self._db.image_put(
+            rec, create=create, lease=None if lease is None else lease.id
+        )
+        return _image(out)
+
+    async def create(
+        self, name: str, target: DescriptorLike, *, labels: Mapping[str, str] | None = None
+    ) -> Image:
+        """Record image ``name`` → ``target`` (IMG-1, IMG-2).
+
+        Under a lease, an image labelled ``containerd.io/gc.expire`` joins it (IMG-6).
+
+        Raises:
+            InvalidArgument: empty name, bad target digest, size <= 0, empty media type, LBL-1.
+            AlreadyExists: ``image "<name>": already exists``.
+        """
+        if not name:
+            raise InvalidArgument("image name must not be empty")
+        return await self._put(name, _target(target), labels or {}, create=True)
+
+    async def get(self, name: str) -> Image:
+        """The image named ``name``.
+
+        Raises:
+            NotFound: ``image "<name>": not found``.
+        """
+        rec = await self._db.image_get(name)
+        if rec is None:
+            raise NotFound(f'image "{name}"')
+        return _image(rec)
+
+    async def list(self) -> builtins.list[Image]:
+        """All images, ascending by name (IMG-5)."""
+        return [_image(r) for r in await self._db.image_list()]
+
+    async def update(
+        self,
+        name: str,
+        *,
+        target: DescriptorLike | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> Image:
+        """Replace the target and/or the labels of an image (IMG-3); created_at is kept.
+
+        Raises:
+            NotFound: ``image "<name>": not found``.
+            InvalidArgument: as for :meth:`create`.
+        """
+        old = await self.get(name)
+        new_target = old.target if target is None else _target(target)
+        new_labels = old.labels if labels is None else labels
+        return await self._put(name, new_target, new_labels, create=False)
+
+    async def delete(self, name: str, *, target: str | None = None) -> None:
+        """Delete an image; with ``target`` only if it still points there (IMG-4).
+
+        Raises:
+            NotFound: ``image "<name>": not found`` or ``image "<name>" has target <a>, not <t>``.
+        """
+        await self._db.image_delete(name, target=target)

@@ -1,0 +1,167 @@
+"""Leases (SEMANTICS LEASE-1..7): the ``Lease`` value, ``LeaseManager`` and the current lease.
+
+A lease protects what is written under it from GC until it is deleted or expires. The current
+lease lives in a ContextVar so child tasks inherit it (no lease ids threaded through calls).
+Imports the metadata DB and the GC label vocabulary; never the file backend or OCI code.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Final, final
+
+from castar.store.digest import parse
+from castar.store.errors import InvalidArgument, NotImplementedKind
+from castar.store.gc import EXPIRE, FLAT, parse_expire
+from castar.store.sqlite import LeaseRecord, validate_labels
+
+if TYPE_CHECKING:
+    import builtins
+    from collections.abc import Callable, Mapping
+
+    from castar.store.sqlite import SQLiteMetadataDB
+
+__all__ = ["RESOURCE_TYPES", "Lease", "LeaseManager", "current_lease", "random_lease_id"]
+
+#: Resource types a lease can hold in castar (LEASE-4; snapshots are out of scope).
+RESOURCE_TYPES: Final = ("content", "images", "ingests")
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A lease: ``id``, creation time (UTC) and labels (LEASE-1)."""
+
+    id: str
+    created_at: datetime
+    labels: Mapping[str, str]
+
+    @property
+    def expires_at(self) -> datetime | None:
+        """The ``containerd.io/gc.expire`` time, or None when absent or unparsable."""
+        value = self.labels.get(EXPIRE)
+        return None if value is None else parse_expire(value)
+
+    @property
+    def flat(self) -> bool:
+        """True when labelled ``containerd.io/gc.flat`` (GC-4: only the listed objects live)."""
+        return bool(self.labels.get(FLAT))
+
+
+_current: ContextVar[Lease | None] = ContextVar("castar_current_lease", default=None)
+
+
+def current_lease() -> Lease | None:
+    """The lease of the innermost ``async with store.lease()`` in this context, or None."""
+    return _current.get()
+
+
+def _set_current(lease: Lease | None) -> object:
+    return _current.set(lease)
+
+
+def _reset_current(token: object) -> None:
+    _current.reset(token)  # type: ignore[arg-type]
+
+
+def random_lease_id() -> str:
+    """``<nanosecond field of now>-<base64url of 3 random bytes>`` (LEASE-1)."""
+    ns = time.time_ns() % 1_000_000_000
+    return f"{ns}-{base64.urlsafe_b64encode(os.urandom(3)).decode()}"
+
+
+def rfc3339(dt: datetime) -> str:
+    """Second-precision RFC 3339 in UTC, as ``gc.expire`` labels are written (LEASE-2)."""
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _lease(rec: LeaseRecord) -> Lease:
+    return Lease(rec.id, rec.created_at, rec.labels)
+
+
+@final
+class LeaseManager:
+    """Creates, lists and deletes leases and their resources.
+
+    Args:
+        db: the metadata database.
+        clock: returns the current time (aware, UTC).
+    """
+
+    def __init__(self, db: SQLiteMetadataDB, clock: Callable[[], datetime]) -> None:
+        self._db = db
+        self._clock = clock
+
+    async def create(
+        self,
+        id: str | None = None,
+        *,
+        expire: timedelta | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> Lease:
+        """Create a lease (random id when None) expiring after ``expire`` if given.
+
+        Raises:
+            InvalidArgument: empty id or a label breaking LBL-1.
+            AlreadyExists: ``lease "<id>": already exists``.
+        """
+        if id is None:
+            id = random_lease_id()
+        if not id:
+            raise InvalidArgument("lease id must be provided")
+        now = self._clock()
+        merged = dict(labels or {})
+        if expire is not None:
+            merged[EXPIRE] = rfc3339(now + expire)
+        validate_labels(merged)
+        return _lease(await self._db.lease_create(id, merged, now=now))
+
+    async def list(self) -> builtins.list[Lease]:
+        """All leases, ascending by id (LEASE-7)."""
+        return [_lease(r) for r in await self._db.lease_list()]
+
+    async def delete(self, id: str) -> None:
+        """Delete a lease; what only it protected becomes garbage (LEASE-3).
+
+        Raises:
+            NotFound: ``lease "<id>": not found``.
+        """
+        await self._db.lease_delete(id)
+
+    async def add_resource(self, id: str, type: str, resource: str) -> None:
+        """Add ``resource`` of ``type`` (``content``, ``images``, ``ingests``) to lease ``id``.
+
+        Raises:
+            InvalidArgument: a content resource that is not a digest, or a ``x/y`` type.
+            NotImplementedKind: an unknown type.
+            NotFound: no such lease.
+        """
+        _check_resource(type, resource)
+        await self._db.lease_add(id, type, resource)
+
+    async def delete_resource(self, id: str, type: str, resource: str) -> None:
+        """Remove a resource from a lease (absent resources are ignored)."""
+        _check_resource(type, resource)
+        await self._db.lease_remove(id, type, resource)
+
+    async def list_resources(self, id: str) -> builtins.list[tuple[str, str]]:
+        """``(type, resource)`` pairs: content, then images, then ingests (LEASE-4)."""
+        return await self._db.lease_resources(id)
+
+
+def _check_resource(type: str, resource: str) -> None:
+    if type.startswith("snapshots/"):
+        raise NotImplementedKind(f"resource type {type} not supported yet")
+    if "/" in type:
+        raise InvalidArgument(f"invalid resource type {type}")
+    if type not in RESOURCE_TYPES:
+        raise NotImplementedKind(f"resource type {type} not supported yet")
+    if type == "content":
+        try:
+            parse(resource)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"invalid content resource id {resource}: {exc}") from exc
