@@ -8,6 +8,8 @@ load and save); this module re-exports what users need.
 from __future__ import annotations
 
 from castar.engine.platforms import Platform as Platform
+from castar.store.content import Descriptor as Descriptor
+from castar.store.content import Info as Info
 from castar.store.errors import AlreadyExists as AlreadyExists
 from castar.store.errors import CastarError as CastarError
 from castar.store.errors import Conflict as Conflict
@@ -21,6 +23,9 @@ from castar.store.errors import NotFound as NotFound
 from castar.store.errors import SizeMismatch as SizeMismatch
 from castar.store.errors import Unavailable as Unavailable
 from castar.store.errors import UnsupportedMediaType as UnsupportedMediaType
+from castar.store.gc import GCReport as GCReport
+from castar.store.images import Image as Image
+from castar.store.leases import Lease as Lease
 
 __version__ = "0.1.0"
 
@@ -29,9 +34,14 @@ __all__ = [
     "CastarError",
     "Conflict",
     "DataLoss",
+    "Descriptor",
     "DigestMismatch",
     "FailedPrecondition",
+    "GCReport",
+    "Image",
+    "Info",
     "InvalidArgument",
+    "Lease",
     "MalformedArchive",
     "MalformedManifest",
     "NotFound",
