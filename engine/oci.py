@@ -1,0 +1,809 @@
+"""The OCI/Docker image model: media types, descriptors, manifests, indexes, image configs.
+
+Owns media-type classification (SEMANTICS MT-1..6), strict capped decoding of JSON
+documents, the canonical encoder whose bytes match Go's ``encoding/json`` (DESC-1/2),
+the children of a node (MT-4) and the GC child labels (GC-7).
+Pure: imports only castar.store.{digest,errors} and castar.engine.platforms; never anyio or I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from json.encoder import encode_basestring
+from typing import Any, Final
+
+from castar.engine import platforms
+from castar.engine.platforms import Platform
+from castar.store.digest import Digest
+from castar.store.errors import (
+    InvalidArgument,
+    MalformedManifest,
+    NotImplementedKind,
+    UnsupportedMediaType,
+)
+
+__all__ = [
+    "ANNOTATION_IMAGE_NAME",
+    "ANNOTATION_MANIFEST_SUBJECT",
+    "ANNOTATION_PREDICATE_TYPE",
+    "ANNOTATION_REFERENCE_DIGEST",
+    "ANNOTATION_REFERENCE_TYPE",
+    "ANNOTATION_REF_NAME",
+    "CHECKPOINT",
+    "CHECKPOINT_CONFIG",
+    "DOCKER_CONFIG",
+    "DOCKER_LAYER",
+    "DOCKER_LAYER_FOREIGN",
+    "DOCKER_LAYER_FOREIGN_GZIP",
+    "DOCKER_LAYER_GZIP",
+    "DOCKER_LAYER_ZSTD",
+    "DOCKER_MANIFEST",
+    "DOCKER_MANIFEST_LIST",
+    "DOCKER_SCHEMA1_MANIFEST",
+    "EROFS_LAYER",
+    "IN_TOTO",
+    "MAX_DOCUMENT",
+    "OCI_CONFIG",
+    "OCI_EMPTY",
+    "OCI_INDEX",
+    "OCI_LAYER",
+    "OCI_LAYER_GZIP",
+    "OCI_LAYER_ND",
+    "OCI_LAYER_ND_GZIP",
+    "OCI_LAYER_ND_ZSTD",
+    "OCI_LAYER_ZSTD",
+    "OCI_LAYOUT_HEADER",
+    "OCI_MANIFEST",
+    "Descriptor",
+    "ImageConfig",
+    "Index",
+    "Manifest",
+    "Struct",
+    "canonical_json",
+    "children",
+    "children_labels",
+    "decode_config",
+    "decode_index",
+    "decode_manifest",
+    "encode_index",
+    "encode_manifest",
+    "is_attestation",
+    "is_config",
+    "is_index",
+    "is_known_config",
+    "is_layer",
+    "is_manifest",
+    "is_non_distributable",
+    "is_pseudo_image",
+    "is_referrer",
+    "layer_compression",
+]
+
+# --- media types (MT-1) -------------------------------------------------------------------------
+
+OCI_INDEX: Final = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST: Final = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG: Final = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER: Final = "application/vnd.oci.image.layer.v1.tar"
+OCI_LAYER_GZIP: Final = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_LAYER_ZSTD: Final = "application/vnd.oci.image.layer.v1.tar+zstd"
+OCI_LAYER_ND: Final = "application/vnd.oci.image.layer.nondistributable.v1.tar"
+OCI_LAYER_ND_GZIP: Final = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+OCI_LAYER_ND_ZSTD: Final = "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
+OCI_EMPTY: Final = "application/vnd.oci.empty.v1+json"
+OCI_LAYOUT_HEADER: Final = "application/vnd.oci.layout.header.v1+json"
+DOCKER_MANIFEST: Final = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST: Final = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_CONFIG: Final = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER: Final = "application/vnd.docker.image.rootfs.diff.tar"
+DOCKER_LAYER_GZIP: Final = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+DOCKER_LAYER_ZSTD: Final = "application/vnd.docker.image.rootfs.diff.tar.zstd"
+DOCKER_LAYER_FOREIGN: Final = "application/vnd.docker.image.rootfs.foreign.diff.tar"
+DOCKER_LAYER_FOREIGN_GZIP: Final = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+DOCKER_SCHEMA1_MANIFEST: Final = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+IN_TOTO: Final = "application/vnd.in-toto+json"
+CHECKPOINT: Final = "application/vnd.containerd.container.criu.checkpoint.criu.tar"
+CHECKPOINT_CONFIG: Final = "application/vnd.containerd.container.checkpoint.config.v1+proto"
+EROFS_LAYER: Final = "application/vnd.erofs.layer.v1"
+
+# --- annotations --------------------------------------------------------------------------------
+
+ANNOTATION_IMAGE_NAME: Final = "io.containerd.image.name"
+ANNOTATION_REF_NAME: Final = "org.opencontainers.image.ref.name"
+ANNOTATION_MANIFEST_SUBJECT: Final = "io.containerd.manifest.subject"
+ANNOTATION_REFERENCE_TYPE: Final = "vnd.docker.reference.type"
+ANNOTATION_REFERENCE_DIGEST: Final = "vnd.docker.reference.digest"
+ANNOTATION_PREDICATE_TYPE: Final = "in-toto.io/predicate-type"
+
+#: Largest JSON document (manifest, index, config, layout) castar reads (EDGE-13).
+MAX_DOCUMENT: Final = 20 << 20
+
+_MAX_INT64: Final = (1 << 63) - 1
+_DOCKER_LAYERS: Final = frozenset(
+    {DOCKER_LAYER, DOCKER_LAYER_GZIP, DOCKER_LAYER_ZSTD, DOCKER_LAYER_FOREIGN}
+    | {DOCKER_LAYER_FOREIGN_GZIP}
+)
+
+
+# --- classification (MT-2, MT-3) ----------------------------------------------------------------
+
+
+def is_manifest(media_type: str) -> bool:
+    """True for exactly the OCI or Docker schema2 manifest type (MT-2)."""
+    return media_type in (OCI_MANIFEST, DOCKER_MANIFEST)
+
+
+def is_index(media_type: str) -> bool:
+    """True for exactly the OCI index or the Docker manifest list type (MT-2)."""
+    return media_type in (OCI_INDEX, DOCKER_MANIFEST_LIST)
+
+
+def is_config(media_type: str) -> bool:
+    """True for the OCI or Docker image config type (MT-2)."""
+    return media_type in (OCI_CONFIG, DOCKER_CONFIG)
+
+
+def is_known_config(media_type: str) -> bool:
+    """True for an image config or a containerd checkpoint config type (MT-2)."""
+    return media_type in (OCI_CONFIG, DOCKER_CONFIG, CHECKPOINT, CHECKPOINT_CONFIG)
+
+
+def is_layer(media_type: str) -> bool:
+    """True for any OCI layer type, a Docker layer type with any ``+suffix``, or erofs (MT-2)."""
+    if media_type.startswith("application/vnd.oci.image.layer."):
+        return True
+    base = media_type.partition("+")[0]
+    return base in _DOCKER_LAYERS or base == EROFS_LAYER
+
+
+def is_non_distributable(media_type: str) -> bool:
+    """True for OCI non-distributable and Docker foreign layer types (MT-2)."""
+    return media_type.startswith(
+        (
+            "application/vnd.oci.image.layer.nondistributable.",
+            "application/vnd.docker.image.rootfs.foreign.",
+        )
+    )
+
+
+def layer_compression(media_type: str) -> str:
+    """The compression a layer media type implies (MT-3).
+
+    Returns:
+        ``"gzip"``, ``"zstd"``, ``""`` (none, or a wrapped Docker type such as ``+encrypted``)
+        or ``"unknown"`` for Docker ``.tar`` types that may be compressed anyway (sniff them).
+
+    Raises:
+        NotImplementedKind: ``unrecognised mediatype <mt>`` for anything that is not a layer.
+    """
+    base, plus, ext = media_type.partition("+")
+    suffixes = sorted(ext.split("+")) if plus else []
+    if base in (DOCKER_LAYER, DOCKER_LAYER_FOREIGN):
+        return "" if suffixes else "unknown"
+    if base in (DOCKER_LAYER_GZIP, DOCKER_LAYER_FOREIGN_GZIP):
+        return "" if suffixes else "gzip"
+    if base == DOCKER_LAYER_ZSTD:
+        return "" if suffixes else "zstd"
+    if base in (OCI_LAYER, OCI_LAYER_ND):
+        # containerd sorts the suffixes and looks at the last one: tar+gzip+encrypted is gzip.
+        if suffixes and suffixes[-1] in ("gzip", "zstd"):
+            return suffixes[-1]
+        return ""
+    raise NotImplementedKind(f"unrecognised mediatype {media_type}")
+
+
+# --- canonical JSON (DESC-2) --------------------------------------------------------------------
+
+
+class Struct(dict[str, Any]):
+    """A JSON object whose members keep their insertion order, like a Go struct.
+
+    :func:`canonical_json` sorts the keys of every plain mapping (Go maps) but writes a
+    ``Struct`` in the order it was built: documents (index, manifest, descriptor,
+    platform, Docker ``manifest.json`` entries) are structs in Go, so their members
+    come in field order (DESC-1) while annotation and label maps are key-sorted.
+    """
+
+    __slots__ = ()
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_HTML_ESCAPES: Final = {
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+}
+_HTML = re.compile("[<>&\u2028\u2029]")
+
+
+def _json_string(s: str) -> str:
+    if _SURROGATE.search(s):
+        # Go replaces invalid UTF-8 with U+FFFD; a lone surrogate is Python's equivalent.
+        s = _SURROGATE.sub("\ufffd", s)
+    out = encode_basestring(s)
+    if _HTML.search(out):
+        out = _HTML.sub(lambda m: _HTML_ESCAPES[m.group()], out)
+    return out
+
+
+def _json_float(f: float) -> str:
+    # Go's encoding/json: fixed notation for 1e-6 <= |f| < 1e21, else strconv's shortest
+    # 'e' form with "e-07" trimmed to "e-7". Python's repr gives the same shortest digits.
+    if math.isnan(f) or math.isinf(f):
+        raise InvalidArgument(f"json: unsupported value: {f!r}")
+    r = repr(f)
+    if f == 0 or 1e-6 <= abs(f) < 1e21:
+        text = format(Decimal(r), "f")
+        return text.rstrip("0").rstrip(".") if "." in text else text
+    mant, _, exp = r.partition("e")
+    if mant.endswith(".0"):
+        mant = mant[:-2]
+    if exp.startswith("-0"):
+        exp = "-" + exp[2:]
+    return f"{mant}e{exp}"
+
+
+def _encode(obj: object, out: Callable[[str], object]) -> None:
+    if obj is None:
+        out("null")
+    elif isinstance(obj, str):
+        out(_json_string(obj))
+    elif obj is True:
+        out("true")
+    elif obj is False:
+        out("false")
+    elif isinstance(obj, int):
+        out(str(int(obj)))
+    elif isinstance(obj, float):
+        out(_json_float(obj))
+    elif isinstance(obj, Struct):
+        _encode_members(obj.items(), out)
+    elif isinstance(obj, Mapping):
+        for k in obj:
+            if not isinstance(k, str):
+                raise InvalidArgument(f"json: unsupported map key {k!r}")
+        _encode_members(sorted(obj.items()), out)
+    elif isinstance(obj, (bytes, bytearray, memoryview)):
+        out('"' + base64.b64encode(obj).decode("ascii") + '"')
+    elif isinstance(obj, (list, tuple)):
+        out("[")
+        for i, item in enumerate(obj):
+            if i:
+                out(",")
+            _encode(item, out)
+        out("]")
+    elif hasattr(obj, "to_json"):
+        _encode(obj.to_json(), out)
+    else:
+        raise InvalidArgument(f"json: unsupported type {type(obj).__name__}")
+
+
+def _encode_members(items: Iterable[tuple[str, object]], out: Callable[[str], object]) -> None:
+    out("{")
+    first = True
+    for k, v in items:
+        if not first:
+            out(",")
+        first = False
+        out(_json_string(k))
+        out(":")
+        _encode(v, out)
+    out("}")
+
+
+def canonical_json(obj: object) -> bytes:
+    r"""Encode ``obj`` byte-for-byte as Go's ``json.Marshal`` would (DESC-2).
+
+    Compact, no trailing newline; mapping keys sorted by byte value except in a
+    :class:`Struct` (field order); ``<``, ``>``, ``&``, U+2028 and U+2029 escaped as
+    ``\u003c`` etc.; other non-ASCII kept as UTF-8; ``None`` → ``null``; ``bytes`` →
+    base64 (Go ``[]byte``); objects with a ``to_json()`` method are encoded through it.
+
+    Raises:
+        InvalidArgument: a value JSON cannot hold (NaN, a non-string key, an unknown type).
+    """
+    parts: list[str] = []
+    _encode(obj, parts.append)
+    return "".join(parts).encode("utf-8")
+
+
+# --- strict field readers -----------------------------------------------------------------------
+
+
+def _kind(v: object) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, (int, float)):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list):
+        return "array"
+    return "object"
+
+
+def _bad(where: str, key: str, want: str, v: object) -> MalformedManifest:
+    return MalformedManifest(f"{where}: {key}: expected {want}, found {_kind(v)}")
+
+
+def _get_str(obj: Mapping[str, Any], key: str, where: str) -> str:
+    v = obj.get(key)
+    if v is None:
+        return ""
+    if not isinstance(v, str):
+        raise _bad(where, key, "string", v)
+    return v
+
+
+def _get_int(obj: Mapping[str, Any], key: str, where: str) -> int:
+    v = obj.get(key)
+    if v is None:
+        return 0
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _bad(where, key, "integer", v)
+    if not -_MAX_INT64 - 1 <= v <= _MAX_INT64:
+        raise MalformedManifest(f"{where}: {key}: {v} overflows int64")
+    return v
+
+
+def _get_strs(obj: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
+    v = obj.get(key)
+    if v is None:
+        return ()
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise _bad(where, key, "array of strings", v)
+    return tuple(v)
+
+
+def _get_map(obj: Mapping[str, Any], key: str, where: str) -> dict[str, str]:
+    v = obj.get(key)
+    if v is None:
+        return {}
+    if not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values()):
+        raise _bad(where, key, "object of strings", v)
+    return dict(v)
+
+
+def _object(v: object, where: str) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise MalformedManifest(f"{where}: expected object, found {_kind(v)}")
+    return v
+
+
+def _load(data: bytes, what: str, name: str) -> dict[str, Any]:
+    where = f"{what} {name}" if name else what
+    if len(data) > MAX_DOCUMENT:
+        raise MalformedManifest(
+            f"{where}: document of {len(data)} bytes exceeds the {MAX_DOCUMENT} byte limit"
+        )
+    try:
+        text = bytes(data).decode("utf-8", errors="replace")
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise MalformedManifest(f"{where}: invalid JSON: {exc}") from exc
+    return _object(obj, where)
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"invalid JSON literal {name}")
+
+
+# --- platforms in JSON (DESC-1 field order) -----------------------------------------------------
+
+
+def _platform_from_json(obj: object, where: str) -> Platform:
+    o = _object(obj, where)
+    return Platform(
+        os=_get_str(o, "os", where),
+        architecture=_get_str(o, "architecture", where),
+        variant=_get_str(o, "variant", where),
+        os_version=_get_str(o, "os.version", where),
+        os_features=_get_strs(o, "os.features", where),
+    )
+
+
+def _platform_to_json(p: Platform) -> Struct:
+    out = Struct(architecture=p.architecture, os=p.os)
+    if p.os_version:
+        out["os.version"] = p.os_version
+    if p.os_features:
+        out["os.features"] = list(p.os_features)
+    if p.variant:
+        out["variant"] = p.variant
+    return out
+
+
+# --- the model ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    """A typed, sized, content-addressed reference to a blob (OCI descriptor, DESC-1).
+
+    Equal descriptors hash alike; the hash covers media type, digest, size, urls and
+    artifact type (annotations are a mapping and are compared, not hashed).
+    """
+
+    media_type: str
+    digest: Digest
+    size: int
+    urls: tuple[str, ...] = ()
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    data: bytes | None = None
+    platform: Platform | None = None
+    artifact_type: str = ""
+
+    def __hash__(self) -> int:
+        return hash((self.media_type, self.digest, self.size, self.urls, self.artifact_type))
+
+    def to_json(self) -> Struct:
+        """The JSON object in DESC-1 field order, empty optional fields omitted."""
+        out = Struct(mediaType=self.media_type, digest=str(self.digest), size=self.size)
+        if self.urls:
+            out["urls"] = list(self.urls)
+        if self.annotations:
+            out["annotations"] = dict(self.annotations)
+        if self.data:
+            out["data"] = bytes(self.data)
+        if self.platform is not None:
+            out["platform"] = _platform_to_json(self.platform)
+        if self.artifact_type:
+            out["artifactType"] = self.artifact_type
+        return out
+
+    @classmethod
+    def from_json(cls, obj: object, *, where: str = "descriptor") -> Descriptor:
+        """Decode a descriptor object strictly.
+
+        Raises:
+            MalformedManifest: not an object, a field of the wrong type, an invalid
+                digest, a negative size (DESC-3) or bad base64 ``data``.
+        """
+        o = _object(obj, where)
+        media_type = _get_str(o, "mediaType", where)
+        raw_digest = _get_str(o, "digest", where)
+        try:
+            digest = Digest(raw_digest)
+        except InvalidArgument as exc:
+            raise MalformedManifest(f"{where}: invalid digest {raw_digest!r}: {exc}") from exc
+        size = _get_int(o, "size", where)
+        if size < 0:
+            raise MalformedManifest(f"{where}: invalid size {size} in {digest} ({media_type})")
+        data: bytes | None = None
+        raw_data = o.get("data")
+        if raw_data is not None:
+            if not isinstance(raw_data, str):
+                raise _bad(where, "data", "base64 string", raw_data)
+            try:
+                data = base64.b64decode(raw_data, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise MalformedManifest(f"{where}: data: invalid base64: {exc}") from exc
+        raw_platform = o.get("platform")
+        platform = (
+            None
+            if raw_platform is None
+            else _platform_from_json(raw_platform, f"{where}: platform")
+        )
+        return cls(
+            media_type=media_type,
+            digest=digest,
+            size=size,
+            urls=_get_strs(o, "urls", where),
+            annotations=_get_map(o, "annotations", where),
+            data=data or None,
+            platform=platform,
+            artifact_type=_get_str(o, "artifactType", where),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """An OCI image manifest or Docker schema2 manifest (DESC-1 field order when encoded)."""
+
+    config: Descriptor
+    layers: tuple[Descriptor, ...] = ()
+    media_type: str = OCI_MANIFEST
+    schema_version: int = 2
+    artifact_type: str = ""
+    subject: Descriptor | None = None
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+    def __hash__(self) -> int:
+        return hash((self.media_type, self.config, self.layers, self.subject))
+
+    def to_json(self) -> Struct:
+        """The JSON object in DESC-1 order; ``layers`` is always written (``[]`` when empty)."""
+        out = Struct(schemaVersion=self.schema_version)
+        if self.media_type:
+            out["mediaType"] = self.media_type
+        if self.artifact_type:
+            out["artifactType"] = self.artifact_type
+        out["config"] = self.config.to_json()
+        # containerd's importer builds layers with make(len) → "[]", never null.
+        out["layers"] = [d.to_json() for d in self.layers]
+        if self.subject is not None:
+            out["subject"] = self.subject.to_json()
+        if self.annotations:
+            out["annotations"] = dict(self.annotations)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Index:
+    """An OCI image index or Docker manifest list (DESC-1 field order when encoded)."""
+
+    manifests: tuple[Descriptor, ...] = ()
+    media_type: str = OCI_INDEX
+    schema_version: int = 2
+    artifact_type: str = ""
+    subject: Descriptor | None = None
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+    def __hash__(self) -> int:
+        return hash((self.media_type, self.manifests, self.subject))
+
+    def to_json(self) -> Struct:
+        """The JSON object in DESC-1 order; an empty ``manifests`` is written as ``null``.
+
+        Every index castar generates (IMP-9 from an empty ``manifest.json``, EXP-9 when
+        every entry was dropped, EDGE-6) is built by appending to a Go nil slice, which
+        marshals as ``null``. ``mediaType`` is omitted when empty (IMP-9).
+        """
+        out = Struct(schemaVersion=self.schema_version)
+        if self.media_type:
+            out["mediaType"] = self.media_type
+        if self.artifact_type:
+            out["artifactType"] = self.artifact_type
+        out["manifests"] = [d.to_json() for d in self.manifests] if self.manifests else None
+        if self.subject is not None:
+            out["subject"] = self.subject.to_json()
+        if self.annotations:
+            out["annotations"] = dict(self.annotations)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ImageConfig:
+    """The few image-config fields castar reads: the platform (IMP-8) and the diff ids."""
+
+    os: str = ""
+    architecture: str = ""
+    variant: str = ""
+    os_version: str = ""
+    os_features: tuple[str, ...] = ()
+    diff_ids: tuple[str, ...] = ()
+
+    def platform(self) -> Platform | None:
+        """The config's platform normalised (NORM-3), or ``None`` if it names no os/arch (IMP-8)."""
+        if not self.os and not self.architecture:
+            return None
+        return platforms.normalize(
+            Platform(
+                os=self.os,
+                architecture=self.architecture,
+                variant=self.variant,
+                os_version=self.os_version,
+                os_features=self.os_features,
+            )
+        )
+
+
+def _descriptors(o: Mapping[str, Any], key: str, where: str) -> tuple[Descriptor, ...]:
+    v = o.get(key)
+    if v is None:
+        return ()
+    if not isinstance(v, list):
+        raise _bad(where, key, "array", v)
+    return tuple(Descriptor.from_json(x, where=f"{where}: {key}[{i}]") for i, x in enumerate(v))
+
+
+def _subject(o: Mapping[str, Any], where: str) -> Descriptor | None:
+    v = o.get("subject")
+    return None if v is None else Descriptor.from_json(v, where=f"{where}: subject")
+
+
+def _manifest_from(o: Mapping[str, Any], where: str) -> Manifest:
+    config = o.get("config")
+    if config is None:
+        raise MalformedManifest(f"{where}: config: missing")
+    return Manifest(
+        schema_version=_get_int(o, "schemaVersion", where),
+        media_type=_get_str(o, "mediaType", where),
+        artifact_type=_get_str(o, "artifactType", where),
+        config=Descriptor.from_json(config, where=f"{where}: config"),
+        layers=_descriptors(o, "layers", where),
+        subject=_subject(o, where),
+        annotations=_get_map(o, "annotations", where),
+    )
+
+
+def _index_from(o: Mapping[str, Any], where: str) -> Index:
+    return Index(
+        schema_version=_get_int(o, "schemaVersion", where),
+        media_type=_get_str(o, "mediaType", where),
+        artifact_type=_get_str(o, "artifactType", where),
+        manifests=_descriptors(o, "manifests", where),
+        subject=_subject(o, where),
+        annotations=_get_map(o, "annotations", where),
+    )
+
+
+def decode_manifest(data: bytes, *, name: str = "") -> Manifest:
+    """Decode a manifest document strictly (at most :data:`MAX_DOCUMENT` bytes).
+
+    Unknown members are ignored and ``null`` counts as absent, as in Go.
+
+    Args:
+        data: the document bytes.
+        name: the digest or path, for messages.
+
+    Raises:
+        MalformedManifest: over the cap, not JSON, no config, a field of the wrong type,
+            an invalid digest or a negative size.
+    """
+    return _manifest_from(_load(data, "manifest", name), f"manifest {name}".rstrip())
+
+
+def decode_index(data: bytes, *, name: str = "") -> Index:
+    """Decode an index (or Docker manifest list) document strictly (at most 20 MiB).
+
+    Raises:
+        MalformedManifest: over the cap, not JSON, or a field of the wrong type.
+    """
+    return _index_from(_load(data, "index", name), f"index {name}".rstrip())
+
+
+def decode_config(data: bytes, *, name: str = "") -> ImageConfig:
+    """Decode the platform and ``rootfs.diff_ids`` of an image config (at most 20 MiB).
+
+    Raises:
+        MalformedManifest: over the cap, not JSON, or one of those fields of the wrong type.
+    """
+    where = f"config {name}" if name else "config"
+    o = _load(data, "config", name)
+    rootfs = o.get("rootfs")
+    diff_ids: tuple[str, ...] = ()
+    if rootfs is not None:
+        diff_ids = _get_strs(_object(rootfs, f"{where}: rootfs"), "diff_ids", f"{where}: rootfs")
+    return ImageConfig(
+        os=_get_str(o, "os", where),
+        architecture=_get_str(o, "architecture", where),
+        variant=_get_str(o, "variant", where),
+        os_version=_get_str(o, "os.version", where),
+        os_features=_get_strs(o, "os.features", where),
+        diff_ids=diff_ids,
+    )
+
+
+def encode_manifest(manifest: Manifest) -> bytes:
+    """The canonical bytes of a manifest (DESC-1 order, DESC-2 encoding)."""
+    return canonical_json(manifest.to_json())
+
+
+def encode_index(index: Index) -> bytes:
+    """The canonical bytes of an index (DESC-1 order, DESC-2 encoding)."""
+    return canonical_json(index.to_json())
+
+
+# --- children (MT-4) ----------------------------------------------------------------------------
+
+
+def _check_document_type(o: Mapping[str, Any], media_type: str) -> None:
+    # containerd's ValidateMediaType decodes into raw members: a present member of any
+    # value (even null) counts for config/manifests/fsLayers, a non-empty array for layers.
+    doc_type = o.get("mediaType")
+    if doc_type is not None and not isinstance(doc_type, str):
+        raise MalformedManifest(f"mediaType: expected string, found {_kind(doc_type)}")
+    doc_type = doc_type or ""
+    layers = o.get("layers")
+    if layers is not None and not isinstance(layers, list):
+        raise MalformedManifest(f"layers: expected array, found {_kind(layers)}")
+    if "fsLayers" in o:
+        raise UnsupportedMediaType("media-type: schema 1 not supported")
+    if is_manifest(media_type) and ("manifests" in o or is_index(doc_type)):
+        raise MalformedManifest(f"media-type: expected manifest but found index ({media_type})")
+    if is_index(media_type) and ("config" in o or layers or is_manifest(doc_type)):
+        raise MalformedManifest(f"media-type: expected index but found manifest ({media_type})")
+
+
+def children(desc: Descriptor, data: bytes) -> list[Descriptor]:
+    """The children of a node (MT-4): config then layers, or an index's manifests in order.
+
+    ``data`` is the node's document; it is only looked at for manifests and indexes,
+    anything else has no children. The ``subject`` of a manifest is not a child.
+
+    Raises:
+        UnsupportedMediaType: ``children: invalid desc <d>: media-type: schema 1 not supported``.
+        MalformedManifest: the document contradicts its media type (MT-4 texts), is over
+            20 MiB, is not JSON, or does not decode.
+    """
+    if not (is_manifest(desc.media_type) or is_index(desc.media_type)):
+        return []
+    name = str(desc.digest)
+    try:
+        o = _load(data, "document", name)
+        _check_document_type(o, desc.media_type)
+        if is_manifest(desc.media_type):
+            m = _manifest_from(o, f"manifest {name}")
+            return [m.config, *m.layers]
+        return list(_index_from(o, f"index {name}").manifests)
+    except (MalformedManifest, UnsupportedMediaType) as exc:
+        raise type(exc)(f"children: invalid desc {name}: {exc.message}") from exc
+
+
+# --- attestations, referrers, pseudo images (MT-5, MT-6) ----------------------------------------
+
+
+def is_attestation(desc: Descriptor) -> bool:
+    """True when the descriptor carries ``vnd.docker.reference.type`` (MT-5, moby)."""
+    return ANNOTATION_REFERENCE_TYPE in desc.annotations
+
+
+def is_referrer(desc: Descriptor) -> bool:
+    """True when the descriptor is annotated ``io.containerd.manifest.subject`` (MT-6)."""
+    return ANNOTATION_MANIFEST_SUBJECT in desc.annotations
+
+
+def is_pseudo_image(desc: Descriptor, manifest: Manifest | None = None) -> bool:
+    """True for manifests that are not runnable images (MT-5).
+
+    An attestation, a platform ``unknown/unknown``, or (when ``manifest`` is given) a
+    manifest with at least one layer and none of a layer type (MT-2).
+    """
+    if is_attestation(desc):
+        return True
+    p = desc.platform
+    if p is not None and p.os == "unknown" and p.architecture == "unknown":
+        return True
+    if manifest is not None and manifest.layers:
+        return not any(is_layer(layer.media_type) for layer in manifest.layers)
+    return False
+
+
+# --- GC child labels (GC-7) ---------------------------------------------------------------------
+
+_GC_REF: Final = "containerd.io/gc.ref.content"
+
+
+def _child_label_key(child: Descriptor) -> str:
+    if ANNOTATION_MANIFEST_SUBJECT in child.annotations:
+        return f"{_GC_REF}.referrer.sha256."
+    if is_known_config(child.media_type):
+        return f"{_GC_REF}.config"
+    if is_manifest(child.media_type):
+        return f"{_GC_REF}.m."
+    if is_layer(child.media_type):
+        return f"{_GC_REF}.l."
+    return f"{_GC_REF}."
+
+
+def children_labels(children: Sequence[Descriptor]) -> dict[str, str]:
+    """The GC reference labels a parent gets for its children (GC-7).
+
+    Keys: ``….config`` (then ``.config1``…), ``….m.<n>``, ``….l.<n>``, ``….<n>`` with a
+    counter per key in child order, and ``….referrer.sha256.<first 12 hex>`` for
+    children annotated with a subject. Values are the child digests.
+    """
+    labels: dict[str, str] = {}
+    counters: dict[str, int] = {}
+    for child in children:
+        key = _child_label_key(child)
+        n = counters.get(key, 0)
+        counters[key] = n + 1
+        if key.endswith(".sha256."):
+            key += child.digest.encoded[:12]
+        elif n > 0 or key.endswith("."):
+            key += str(n)
+        labels[key] = str(child.digest)
+    return labels
