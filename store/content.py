@@ -237,13 +237,17 @@ class ContentStore:
         """
         d = parse(digest)
         await self.info(d)
+        chunks = self._backend.read(d, offset=offset, length=length, chunk_size=chunk_size)
         try:
-            async for chunk in self._backend.read(
-                d, offset=offset, length=length, chunk_size=chunk_size
-            ):
+            async for chunk in chunks:
                 yield chunk
         except NotFound as exc:
             raise DataLoss(f"content {d}: recorded but missing on disk") from exc
+        finally:
+            close = getattr(chunks, "aclose", None)
+            if close is not None:
+                with anyio.CancelScope(shield=True):
+                    await close()
 
     async def read_at(self, digest: str, offset: int, n: int) -> bytes:
         """Up to ``n`` bytes at ``offset``; short at the end of the blob (CS-2)."""

@@ -1,0 +1,160 @@
+"""Image records through the public store: SEMANTICS IMG-1..6, DESC-5."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from castar.store import Descriptor, Store, open_store
+from castar.store.digest import compute
+from castar.store.errors import AlreadyExists, InvalidArgument, NotFound
+
+D1 = compute(b"one")
+D2 = compute(b"two")
+MT = "application/vnd.oci.image.index.v1+json"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def store(tmp_path: Path, clock: Clock) -> AsyncIterator[Store]:
+    async with open_store(tmp_path / "root", clock=clock) as s:
+        yield s
+
+
+@dataclass(frozen=True)
+class RichDescriptor:
+    """Like castar.engine.oci.Descriptor: more fields than an image record keeps."""
+
+    media_type: str
+    digest: str
+    size: int
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    urls: tuple[str, ...] = ("https://example.invalid/blob",)
+    platform: str = "linux/amd64"
+    data: bytes = b"x"
+
+
+async def test_create_get_list_delete(store: Store, clock: Clock) -> None:
+    img = await store.images.create("b:1", Descriptor(MT, D1, 10), labels={"l": "v"})
+    assert (img.name, img.target, dict(img.labels)) == ("b:1", Descriptor(MT, D1, 10), {"l": "v"})
+    assert img.created_at == img.updated_at == clock.now  # IMG-2
+    await store.images.create("a:1", Descriptor(MT, D2, 20))
+    assert await store.images.get("b:1") == img
+    assert [i.name for i in await store.images.list()] == ["a:1", "b:1"]  # IMG-5
+    await store.images.delete("b:1")
+    with pytest.raises(NotFound) as err:
+        await store.images.get("b:1")
+    assert str(err.value) == 'image "b:1": not found'
+    assert [i.name for i in await store.images.list()] == ["a:1"]
+
+
+async def test_only_four_target_fields_are_kept(store: Store) -> None:
+    rich = RichDescriptor(MT, D1, 10, {"org.opencontainers.image.ref.name": "1"})
+    img = await store.images.create("x", rich)  # DESC-5
+    assert img.target == Descriptor(MT, D1, 10, {"org.opencontainers.image.ref.name": "1"})
+    assert (await store.images.get("x")).target == img.target
+
+
+async def test_duplicate_name_is_already_exists(store: Store) -> None:
+    await store.images.create("x", Descriptor(MT, D1, 10))
+    with pytest.raises(AlreadyExists) as err:  # IMG-2
+        await store.images.create("x", Descriptor(MT, D2, 10))
+    assert str(err.value) == 'image "x": already exists'
+    assert (await store.images.get("x")).target.digest == D1
+
+
+@pytest.mark.parametrize(
+    ("name", "target", "text"),
+    [
+        ("", Descriptor(MT, D1, 1), "image name must not be empty"),
+        ("x", RichDescriptor(MT, "sha256:zz", 1), 'target.Digest "sha256:zz" invalid: '),
+        ("x", Descriptor(MT, D1, 0), "target.Size must be greater than zero"),
+        ("x", Descriptor("", D1, 1), "target.MediaType must be set"),
+    ],
+)
+async def test_invalid_image_is_invalid_argument(
+    store: Store, name: str, target: RichDescriptor | Descriptor, text: str
+) -> None:
+    with pytest.raises(InvalidArgument) as err:  # IMG-1
+        await store.images.create(name, target)
+    assert str(err.value).startswith(text)
+    assert await store.images.list() == []
+
+
+async def test_image_label_over_limit_is_invalid_argument(store: Store) -> None:
+    with pytest.raises(InvalidArgument, match="greater than maximum size"):  # LBL-1
+        await store.images.create("x", Descriptor(MT, D1, 1), labels={"k": "v" * 4096})
+
+
+async def test_update_keeps_created_at(store: Store, clock: Clock) -> None:
+    first = await store.images.create("x", Descriptor(MT, D1, 10), labels={"a": "1"})
+    clock.now += timedelta(minutes=1)
+    img = await store.images.update("x", target=Descriptor(MT, D2, 20))  # IMG-3
+    assert (img.target.digest, dict(img.labels)) == (D2, {"a": "1"})
+    assert (img.created_at, img.updated_at) == (first.created_at, clock.now)
+    img = await store.images.update("x", labels={"b": "2"})
+    assert (img.target.digest, dict(img.labels)) == (D2, {"b": "2"})
+    assert await store.images.get("x") == img
+
+
+async def test_update_of_missing_image_is_not_found(store: Store) -> None:
+    with pytest.raises(NotFound, match='image "nope": not found'):  # IMG-3
+        await store.images.update("nope", labels={})
+
+
+async def test_delete_with_target_guard(store: Store) -> None:
+    await store.images.create("x", Descriptor(MT, D1, 10))
+    with pytest.raises(NotFound) as err:  # IMG-4
+        await store.images.delete("x", target=D2)
+    assert str(err.value) == f'image "x" has target {D1}, not {D2}: not found'
+    await store.images.delete("x", target=D1)
+    with pytest.raises(NotFound):
+        await store.images.delete("x")
+
+
+async def test_image_is_a_gc_root_for_its_target(store: Store) -> None:
+    desc = await store.content.write_blob(b"one")
+    await store.images.create("x", Descriptor(MT, desc.digest, desc.size))
+    assert (await store.gc()).removed == []  # IMG-6
+    assert await store.explain(desc.digest) == ["image x", desc.digest]
+    await store.images.delete("x")
+    assert (await store.gc()).removed == [desc.digest]
+
+
+async def test_expiring_image_created_under_lease_joins_it(store: Store, clock: Clock) -> None:
+    expire = (clock.now + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    async with store.lease() as lease:
+        await store.images.create(
+            "tmp", Descriptor(MT, D1, 1), labels={"containerd.io/gc.expire": expire}
+        )
+        await store.images.create("plain", Descriptor(MT, D2, 1))
+        assert await store.leases.list_resources(lease.id) == [("images", "tmp")]  # IMG-6
+
+
+async def test_expired_image_is_deleted_by_gc(store: Store, clock: Clock) -> None:
+    past = (clock.now - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    await store.images.create(
+        "old", Descriptor(MT, D1, 1), labels={"containerd.io/gc.expire": past}
+    )
+    await store.images.create(
+        "bad", Descriptor(MT, D1, 1), labels={"containerd.io/gc.expire": "not-a-time"}
+    )
+    report = await store.gc()  # GC-3; an unparsable expiry is not expired (GC-2b)
+    assert report.images_removed == ["old"]
+    assert [i.name for i in await store.images.list()] == ["bad"]
