@@ -230,9 +230,34 @@ def normalize(p: Platform) -> Platform:
 # -- parsing (PLAT-1..6) ----------------------------------------------------------------
 
 
+_GO_ESCAPES: Final = {
+    "\a": "\\a",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\v": "\\v",
+}
+
+
 def _quote(s: str) -> str:
-    """Go's ``%q`` for the strings we quote."""
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """Go's ``%q`` (strconv.Quote): escapes quotes, backslashes and unprintable characters."""
+    out = []
+    for ch in s:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[ch])
+        elif ch.isprintable():
+            out.append(ch)
+        elif ord(ch) < 0x80:
+            out.append(f"\\x{ord(ch):02x}")
+        elif ord(ch) < 0x10000:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(f"\\U{ord(ch):08x}")
+    return '"' + "".join(out) + '"'
 
 
 def _unescape(s: str, spec: str) -> str:
