@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from castar.store import Store, open_store
@@ -214,7 +215,7 @@ async def test_second_ref_same_bytes_commit_is_already_exists(store: Store) -> N
         await w1.write(HELLO)
         await w2.write(HELLO)
         await w1.commit(5, H_HELLO)
-        with pytest.raises(AlreadyExists, match="content .*: already exists"):  # ING-8.6
+        with pytest.raises(AlreadyExists, match=r"content .*: already exists"):  # ING-8.6
             await w2.commit(5, H_HELLO)  # TV-44, ING-12
     assert await store.content.list_statuses() == []  # the loser's ingest is removed
     assert await read_all(store, H_HELLO) == HELLO
@@ -229,7 +230,7 @@ async def test_write_blob_of_recorded_digest_does_not_read_source(store: Store) 
 async def test_concurrent_write_blob_of_one_digest_both_succeed(store: Store) -> None:
     async def source() -> AsyncIterator[bytes]:
         for _ in range(20):
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
             yield b"x" * 100
 
     data = b"x" * 2000

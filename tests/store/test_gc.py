@@ -1,0 +1,323 @@
+"""Garbage collection: pure mark/sweep, the label vocabulary, and containerd TestGCRoots-style
+tables through the public store (SEMANTICS GC-1..10, TV-48..51)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from castar.store import Descriptor, Store, open_store
+from castar.store.digest import Digest, compute
+from castar.store.gc import Edge, Node, label_edges, mark, sweep
+from castar.store.local import LocalContentStore
+
+REF = "containerd.io/gc.ref.content"
+MT = "application/octet-stream"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def store(tmp_path: Path, clock: Clock) -> AsyncIterator[Store]:
+    async with open_store(tmp_path / "root", clock=clock) as s:
+        yield s
+
+
+def D(name: str) -> Digest:  # noqa: N802 - short like the names in the tables
+    """Blob ``name`` holds the bytes of its name, so its digest is known before it exists."""
+    return compute(name.encode())
+
+
+def rfc(dt: datetime) -> str:
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- pure core -----------------------------------------------------------------------------
+
+
+def C(key: str, flat: bool = False) -> Node:  # noqa: N802
+    return Node("content", key, flat)
+
+
+def test_mark_follows_edges_through_cycles() -> None:
+    edges = {C("a"): [C("b")], C("b"): [C("c"), C("a")], C("x"): [C("a")]}
+    assert mark([C("a")], edges) == {C("a"), C("b"), C("c")}  # GC-9
+    assert mark([], edges) == set()
+
+
+def test_mark_strips_flat_bit_and_flat_nodes_keep_own_edges() -> None:
+    # A flat content node has no edges (GC-4); the non-flat visit of the same blob does.
+    edges = {C("i"): [C("m")], Node("image", "img", True): [C("i", True)]}
+    assert mark([Node("image", "img", True)], edges) == {Node("image", "img"), C("i")}
+    assert mark([C("i", True), C("i")], edges) == {C("i"), C("m")}
+
+
+def test_sweep_returns_unmarked_in_input_order() -> None:
+    nodes = [C("a"), C("b"), Node("lease", "l"), C("c")]
+    assert sweep({C("b")}, nodes) == [C("a"), Node("lease", "l"), C("c")]
+
+
+@pytest.mark.parametrize(
+    ("key", "edge"),
+    [
+        (REF, Edge(REF, "content", "P", "content", "V")),
+        (f"{REF}.m.0", Edge(f"{REF}.m.0", "content", "P", "content", "V")),
+        (f"{REF}/a", Edge(f"{REF}/a", "content", "P", "content", "V")),
+        (f"{REF}X", None),  # GC-5: no separator
+        ("containerd.io/gc.ref.snapshot.overlayfs", None),
+        (
+            "containerd.io/gc.ref.image",
+            Edge("containerd.io/gc.ref.image", "content", "P", "image", "V"),
+        ),
+        (
+            "containerd.io/gc.bref.content.x",  # GC-6: the target keeps the owner
+            Edge("containerd.io/gc.bref.content.x", "content", "V", "content", "P"),
+        ),
+        ("containerd.io/gc.root", None),
+        ("other", None),
+    ],
+)
+def test_label_edges(key: str, edge: Edge | None) -> None:
+    assert label_edges("content", "P", {key: "V"}) == ([] if edge is None else [edge])
+
+
+# --- TestGCRoots-style tables through the public store --------------------------------------
+
+Build = Callable[[Store, datetime], Awaitable[None]]
+
+
+def blob(name: str, **refs: str) -> Build:
+    """A blob; ``l0="L1"`` adds label ``…gc.ref.content.l.0`` = digest of blob L1."""
+    labels = {}
+    for short, target in refs.items():
+        key = _key(short)
+        digest_valued = key.startswith((REF, "containerd.io/gc.bref.content"))
+        labels[key] = D(target) if digest_valued else target
+
+    async def build(store: Store, now: datetime) -> None:
+        await store.content.write_blob(name.encode(), labels=labels)
+
+    return build
+
+
+def _key(short: str) -> str:
+    table = {
+        "root": "containerd.io/gc.root",
+        "m0": f"{REF}.m.0",
+        "m1": f"{REF}.m.1",
+        "config": f"{REF}.config",
+        "l0": f"{REF}.l.0",
+        "slash": f"{REF}/a",
+        "nosep": f"{REF}X",
+        "bref": "containerd.io/gc.bref.content",
+        "refimage": "containerd.io/gc.ref.image",
+    }
+    return table[short]
+
+
+def labelled(name: str, labels: Mapping[str, str]) -> Build:
+    async def build(store: Store, now: datetime) -> None:
+        await store.content.write_blob(name.encode(), labels=dict(labels))
+
+    return build
+
+
+def image(name: str, target: str, expire: timedelta | None = None) -> Build:
+    async def build(store: Store, now: datetime) -> None:
+        labels = {} if expire is None else {"containerd.io/gc.expire": rfc(now + expire)}
+        await store.images.create(name, Descriptor(MT, D(target), len(target)), labels=labels)
+
+    return build
+
+
+@dataclass
+class lease:  # noqa: N801 - reads as a builder in the tables
+    id: str
+    content: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+    expire: str | timedelta | None = None
+    flat: bool = False
+
+    async def __call__(self, store: Store, now: datetime) -> None:
+        labels = {"containerd.io/gc.flat": "1"} if self.flat else {}
+        if isinstance(self.expire, timedelta):
+            labels["containerd.io/gc.expire"] = rfc(now + self.expire)
+        elif self.expire is not None:
+            labels["containerd.io/gc.expire"] = self.expire
+        await store.leases.create(self.id, labels=labels)
+        for name in self.content:
+            await store.leases.add_resource(self.id, "content", D(name))
+        for name in self.images:
+            await store.leases.add_resource(self.id, "images", name)
+
+
+# TV-48's graph: index I -> manifests M1, M2; M1 -> config C1, layer L1; Z unreferenced.
+TV48 = [
+    blob("I", m0="M1", m1="M2"),
+    blob("M1", config="C1", l0="L1"),
+    blob("M2"),
+    blob("C1"),
+    blob("L1"),
+    blob("Z"),
+]
+
+CASES: list[tuple[str, list[Build], set[str]]] = [
+    ("tv48-image-keeps-its-tree", [*TV48, image("img", "I")], {"I", "M1", "M2", "C1", "L1", "img"}),
+    ("tv48-no-image-nothing-kept", TV48, set()),
+    ("tv49-expired-lease-goes", [blob("Z"), lease("l", ["Z"], expire=timedelta(hours=-1))], set()),
+    (
+        "tv49-live-lease-keeps",
+        [blob("Z"), lease("l", ["Z"], expire=timedelta(hours=1))],
+        {"Z", "lease:l"},
+    ),
+    (
+        "tv49-unparsable-expiry-keeps",
+        [blob("Z"), lease("l", ["Z"], expire="not-a-time")],
+        {"Z", "lease:l"},
+    ),
+    ("tv50-gc-root-keeps-its-refs", [blob("R", root="x", l0="L1"), blob("L1")], {"R", "L1"}),
+    ("tv50-no-separator-is-no-ref", [blob("R", root="x", nosep="L1"), blob("L1")], {"R"}),
+    ("tv50-slash-separator-is-a-ref", [blob("R", root="x", slash="L1"), blob("L1")], {"R", "L1"}),
+    ("tv51-flat-lease-keeps-only-listed", [*TV48, lease("f", ["I"], flat=True)], {"I", "lease:f"}),
+    (
+        "gc4-flat-lease-image-keeps-only-target",
+        [
+            *TV48,
+            image("img", "I", expire=timedelta(hours=-1)),
+            lease("f", images=["img"], flat=True),
+        ],
+        {"I", "img", "lease:f"},
+    ),
+    (
+        "gc4-lease-image-keeps-tree",
+        [*TV48, image("img", "I", expire=timedelta(hours=-1)), lease("l", images=["img"])],
+        {"I", "M1", "M2", "C1", "L1", "img", "lease:l"},
+    ),
+    ("gc3-expired-image-goes", [blob("I"), image("img", "I", expire=timedelta(hours=-1))], set()),
+    (
+        "gc3-expired-image-kept-by-ref-label",
+        [
+            blob("I"),
+            image("img", "I", expire=timedelta(hours=-1)),
+            labelled("R", {"containerd.io/gc.root": "", "containerd.io/gc.ref.image": "img"}),
+        ],
+        {"R", "img", "I"},
+    ),
+    (
+        "gc6-back-reference-lives-with-target",
+        [blob("A"), blob("B", bref="A"), image("img", "A")],
+        {"A", "B", "img"},
+    ),
+    ("gc6-back-reference-dies-with-target", [blob("A"), blob("B", bref="A")], set()),
+]
+
+
+@pytest.mark.parametrize(("builds", "survivors"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+async def test_gc_roots(
+    store: Store, clock: Clock, builds: list[Build], survivors: set[str]
+) -> None:
+    for build in builds:
+        await build(store, clock.now)
+    names = {D(n): n for n in ["I", "M1", "M2", "C1", "L1", "Z", "R", "A", "B"]}
+    await store.gc()
+    kept = {names[i.digest] for i in await store.content.walk()}
+    kept |= {i.name for i in await store.images.list()}
+    kept |= {f"lease:{x.id}" for x in await store.leases.list()}
+    assert kept == survivors
+    for digest, name in names.items():  # the content sweep follows the records
+        assert (store.root / "blobs/sha256" / digest.encoded).exists() == (name in survivors)
+    second = await store.gc()  # converged: nothing more to do
+    assert (second.removed, second.images_removed, second.leases_removed) == ([], [], [])
+
+
+async def test_report_counts_removals_and_bytes(store: Store, clock: Clock) -> None:
+    for build in [*TV48, image("img", "I")]:
+        await build(store, clock.now)
+    await store.images.delete("img")
+    await lease("old", ["Z"], expire=timedelta(hours=-1))(store, clock.now)
+    report = await store.gc()
+    assert report.removed == sorted(D(n) for n in ["I", "M1", "M2", "C1", "L1", "Z"])
+    assert report.bytes_freed == len("IM1M2C1L1Z")
+    assert (report.leases_removed, report.images_removed, report.dry_run) == (["old"], [], False)
+
+
+async def test_dry_run_reports_the_same_and_deletes_nothing(store: Store, clock: Clock) -> None:
+    for build in [*TV48, image("img", "I", expire=timedelta(hours=-1))]:
+        await build(store, clock.now)
+    before = await store.content.walk()
+    dry = await store.gc(dry_run=True)
+    assert dry.dry_run
+    assert await store.content.walk() == before
+    assert [i.name for i in await store.images.list()] == ["img"]
+    real = await store.gc()
+    assert (dry.removed, dry.bytes_freed, dry.images_removed) == (
+        real.removed,
+        real.bytes_freed,
+        real.images_removed,
+    )
+    assert real.images_removed == ["img"]
+    assert len(real.removed) == 6
+
+
+async def test_explain_names_the_root_path(store: Store, clock: Clock) -> None:
+    for build in [*TV48, image("docker.io/library/alpine:latest", "I")]:
+        await build(store, clock.now)
+    assert await store.explain(D("L1")) == [
+        "image docker.io/library/alpine:latest",
+        D("I"),
+        D("M1"),
+        D("L1"),
+    ]
+    assert await store.explain(D("Z")) == []
+    assert await store.explain(D("never-written")) == []
+
+
+async def test_unrecorded_backend_blob_is_removed(store: Store) -> None:
+    backend = LocalContentStore(store.root)
+    w = await backend.open_writer("raw")
+    await w.write(b"orphan")
+    await w.commit(6, None)  # in the backend only: no record
+    report = await store.gc()
+    assert report.removed == [D("orphan")]
+    assert report.bytes_freed == 6
+    assert not (store.root / "blobs/sha256" / D("orphan").encoded).exists()
+
+
+async def test_unrecorded_backend_ingest_is_aborted_unless_held(store: Store) -> None:
+    backend = LocalContentStore(store.root)
+    idle = await backend.open_writer("idle")
+    await idle.write(b"x")
+    await idle.close()
+    held = await backend.open_writer("held")
+    await held.write(b"y")
+    try:
+        report = await store.gc()  # GC-10: never abort an ingest a live writer holds
+        assert report.ingests_removed == ["idle"]
+        assert [s.ref for s in await backend.list_ingests()] == ["held"]
+    finally:
+        await held.close()
+    assert (await store.gc()).ingests_removed == ["held"]
+
+
+async def test_gc_keeps_blob_recorded_after_metadata_sweep(store: Store) -> None:
+    # A blob deleted (record gone) and re-written before the next GC keeps its file.
+    await store.content.write_blob(b"Z", labels={"containerd.io/gc.root": "1"})
+    await store.content.delete(D("Z"))
+    await store.content.write_blob(b"Z", labels={"containerd.io/gc.root": "1"})
+    assert (await store.gc()).removed == []
+    assert store.content.path(D("Z")).read_bytes() == b"Z"
