@@ -12,7 +12,7 @@ import os
 import platform as _stdlib_platform
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 from urllib.parse import unquote_to_bytes
 
@@ -22,32 +22,11 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
 
 __all__ = [
-    "ALL",
-    "HOST_ENV",
-    "KNOWN_ARCHITECTURES",
-    "KNOWN_OS",
-    "MatchComparer",
-    "Matcher",
-    "Platform",
-    "any_of",
-    "format",
-    "format_all",
-    "from_json",
-    "host",
-    "match_any_with_preference",
-    "normalize",
-    "only",
-    "only_os",
-    "only_strict",
-    "ordered",
-    "parse",
-    "parse_all",
-    "parse_list",
-    "pinned_host",
-    "set_host",
-    "sort_best_first",
-    "to_json",
-]
+    "ALL", "HOST_ENV", "KNOWN_ARCHITECTURES", "KNOWN_OS", "MatchComparer", "Matcher", "Platform",
+    "any_of", "format", "format_all", "from_json", "host", "match_any_with_preference",
+    "normalize", "only", "only_os", "only_strict", "ordered", "parse", "parse_all", "parse_list",
+    "pinned_host", "set_host", "sort_best_first", "to_json",
+]  # fmt: skip
 
 T = TypeVar("T")
 
@@ -92,7 +71,7 @@ class Platform:
     architecture: str
     variant: str = ""
     os_version: str = ""
-    os_features: tuple[str, ...] = field(default=())
+    os_features: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         return format_all(self)
@@ -101,17 +80,10 @@ class Platform:
 # -- host (HOST-1..3) -------------------------------------------------------------------
 
 _MACHINES: Final[dict[str, tuple[str, str]]] = {
-    "i686": ("386", ""),
-    "i586": ("386", ""),
-    "i486": ("386", ""),
-    "armv7l": ("arm", "v7"),
-    "armv7": ("arm", "v7"),
-    "armv6l": ("arm", "v6"),
-    "armv5tel": ("arm", "v5"),
-    "loongarch64": ("loong64", ""),
-    "aarch64": ("arm64", "v8"),
-    "arm64": ("arm64", "v8"),
-}
+    "i686": ("386", ""), "i586": ("386", ""), "i486": ("386", ""), "armv7l": ("arm", "v7"),
+    "armv7": ("arm", "v7"), "armv6l": ("arm", "v6"), "armv5tel": ("arm", "v5"),
+    "loongarch64": ("loong64", ""), "aarch64": ("arm64", "v8"), "arm64": ("arm64", "v8"),
+}  # fmt: skip
 
 _pinned: Platform | None = None
 
@@ -231,14 +203,8 @@ def normalize(p: Platform) -> Platform:
 
 
 _GO_ESCAPES: Final = {
-    "\a": "\\a",
-    "\b": "\\b",
-    "\f": "\\f",
-    "\n": "\\n",
-    "\r": "\\r",
-    "\t": "\\t",
-    "\v": "\\v",
-}
+    "\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"
+}  # fmt: skip
 
 
 def _quote(s: str) -> str:
@@ -275,14 +241,14 @@ def _parse(spec: str, base: Platform) -> Platform:
     if "*" in spec:
         raise InvalidArgument(f"{_quote(spec)}: wildcards not yet supported")
     parts = spec.split("/", 3)
-    m = _OS_RE.match(parts[0]) if "\n" not in parts[0] else None
+    m = _OS_RE.fullmatch(parts[0])
     if m is None:
         raise InvalidArgument(
             f"{_quote(parts[0])} is an invalid OS component of {_quote(spec)}: "
             f"OSAndVersion specifier component must match {_quote(_OS_PATTERN)}"
         )
     for part in parts[1:]:
-        if "\n" in part or not _COMPONENT_RE.match(part):
+        if not _COMPONENT_RE.fullmatch(part):
             raise InvalidArgument(
                 f"{_quote(part)} is an invalid component of {_quote(spec)}: "
                 f"platform specifier component must match {_quote(_COMPONENT_PATTERN)}"
