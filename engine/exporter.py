@@ -24,6 +24,7 @@ import anyio.to_thread
 
 from castar.engine import oci, reference, tarcodec
 from castar.engine import platforms as plat
+from castar.engine._streams import open_sink
 from castar.store import digest as digests
 from castar.store.errors import (
     Conflict,
@@ -36,7 +37,6 @@ from castar.store.leases import current_lease
 
 if TYPE_CHECKING:
     from castar.engine._streams import Sink
-
     from castar.store._store import Store
     from castar.store.content import ContentStore
     from castar.store.digest import Buffer, Digest
@@ -502,6 +502,7 @@ class _Planner:
     def _add_single(self, target: _Target, desc: oci.Descriptor) -> ImagePlan:
         self._emit(desc)
         entry = self._entry(target, desc, target.desc.digest)
+        self._entries.append(entry)
         self._register(desc, target.name)
         return ImagePlan(
             reference=target.reference,
@@ -510,7 +511,7 @@ class _Planner:
             digest=entry.digest,
             size=entry.size,
             platforms=(self._platform_plan(desc),),
-            docker_manifest=desc.digest,
+            docker_manifest=desc.digest if self._opts.docker_manifest else None,
         )
 
     def _add_manifest(self, target: _Target) -> ImagePlan:
@@ -1231,10 +1232,7 @@ async def save(
             for m in plan.members
             if m.digest is not None and m.data is None
         }
-        from castar.engine._streams import open_sink
-
-        out = open_sink(sink)
-        try:
+        async with open_sink(sink) as out:
             size, sha = await _write(
                 plan,
                 out,
@@ -1244,9 +1242,6 @@ async def save(
                 limiter=limiter,
                 progress=progress,
             )
-        finally:
-            with anyio.CancelScope(shield=True):
-                await out.aclose()
     return ExportResult(plan, size, sha)
 
 

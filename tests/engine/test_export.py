@@ -1,0 +1,579 @@
+"""Exporter tests: SEMANTICS §14 (EXP, SAVE), TAR-1..3, EDGE-1/3/4/5/6, vectors TV-54..60.
+
+The store is filled directly with ``content.write_blob`` + ``images.create`` (the
+importer is only used for the round trip). Host pinned to linux/amd64 (HOST-3).
+Every archive is read back with Python's ``tarfile`` (the oracle).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+import tarfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import pytest
+
+if not (Path(__file__).parents[2] / "engine" / "graph.py").exists():  # TEMP: until graph lands
+    import sys
+    import types
+
+    sys.modules["castar.engine.graph"] = types.ModuleType("castar.engine.graph")
+
+from castar.engine import exporter, oci
+from castar.engine import platforms as plat
+from castar.store._store import Store, open_store
+from castar.store.digest import Digest, compute
+from castar.store.errors import (
+    Conflict,
+    DigestMismatch,
+    InvalidArgument,
+    NotFound,
+)
+
+ALPINE = "docker.io/library/alpine:latest"
+ATTESTATION = {
+    "vnd.docker.reference.type": "attestation-manifest",
+}
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _host() -> Iterator[None]:
+    with plat.pinned_host(plat.Platform(os="linux", architecture="amd64")):
+        yield
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    async with open_store(tmp_path / "store") as s:
+        yield s
+
+
+async def put(
+    store: Store, data: bytes, media_type: str, children: tuple[oci.Descriptor, ...] = ()
+) -> oci.Descriptor:
+    labels = oci.children_labels(children) if children else None
+    d = await store.content.write_blob(data, media_type=media_type, labels=labels)
+    return oci.Descriptor(media_type, d.digest, d.size)
+
+
+async def put_manifest(
+    store: Store,
+    config: oci.Descriptor,
+    layers: tuple[oci.Descriptor, ...],
+    media_type: str = oci.OCI_MANIFEST,
+) -> oci.Descriptor:
+    doc = oci.Manifest(config=config, layers=layers, media_type=media_type)
+    return await put(store, oci.encode_manifest(doc), media_type, (config, *layers))
+
+
+async def put_config(store: Store, os_: str, arch: str, variant: str = "") -> oci.Descriptor:
+    cfg: dict[str, object] = {"architecture": arch, "os": os_, "rootfs": {"type": "layers"}}
+    if variant:
+        cfg["variant"] = variant
+    return await put(store, oci.canonical_json(cfg), oci.OCI_CONFIG)
+
+
+@dataclass
+class World:
+    """The TV-54..60 store: alpine → I [M1 amd64 (C1 L1 LS), M2 arm64/v8 (C2 L2 LS), A1]."""
+
+    I: oci.Descriptor  # noqa: E741 - the vector's name
+    M1: oci.Descriptor
+    M2: oci.Descriptor
+    A1: oci.Descriptor
+    C1: oci.Descriptor
+    C2: oci.Descriptor
+    CA: oci.Descriptor
+    L1: oci.Descriptor
+    L2: oci.Descriptor
+    LS: oci.Descriptor
+    LA: oci.Descriptor
+    extra: dict[str, oci.Descriptor] = field(default_factory=dict)
+
+    def hexes(self, *names: str) -> set[str]:
+        return {getattr(self, n).digest.encoded for n in names}
+
+
+async def build_world(store: Store, name: str = ALPINE) -> World:
+    c1 = await put_config(store, "linux", "amd64")
+    c2 = await put_config(store, "linux", "arm64", "v8")
+    ca = await put(store, b'{"architecture":"unknown","os":"unknown"}', oci.OCI_CONFIG)
+    l1 = await put(store, b"layer-1" * 3000, oci.OCI_LAYER_GZIP)
+    l2 = await put(store, b"layer-2" * 5000, oci.OCI_LAYER_GZIP)
+    ls = await put(store, b"shared" * 100000, oci.OCI_LAYER_GZIP)  # > 256 KiB: zero-copy
+    la = await put(store, b'{"_type":"https://in-toto.io/Statement/v0.1"}', oci.IN_TOTO)
+    m1 = await put_manifest(store, c1, (l1, ls))
+    m2 = await put_manifest(store, c2, (l2, ls))
+    a1 = await put_manifest(store, ca, (la,))
+    entries = (
+        oci.Descriptor(m1.media_type, m1.digest, m1.size, platform=plat.parse("linux/amd64")),
+        oci.Descriptor(m2.media_type, m2.digest, m2.size, platform=plat.parse("linux/arm64/v8")),
+        oci.Descriptor(
+            a1.media_type,
+            a1.digest,
+            a1.size,
+            platform=plat.Platform(os="unknown", architecture="unknown"),
+            annotations={**ATTESTATION, "vnd.docker.reference.digest": str(m1.digest)},
+        ),
+    )
+    index = await put(store, oci.encode_index(oci.Index(manifests=entries)), oci.OCI_INDEX, entries)
+    await store.images.create(name, index)
+    return World(index, entries[0], entries[1], entries[2], c1, c2, ca, l1, l2, ls, la)
+
+
+@dataclass
+class Archive:
+    names: list[str]
+    members: dict[str, tarfile.TarInfo]
+    files: dict[str, bytes]
+
+    @property
+    def index(self) -> dict[str, object]:
+        return json.loads(self.files["index.json"])  # type: ignore[no-any-return]
+
+    @property
+    def docker(self) -> list[dict[str, object]]:
+        return json.loads(self.files["manifest.json"])  # type: ignore[no-any-return]
+
+    @property
+    def blob_hexes(self) -> set[str]:
+        return {
+            n.rpartition("/")[2] for n in self.names if n.startswith("blobs/sha256/") and n[13:]
+        }
+
+
+def read_archive(data: bytes) -> Archive:
+    """Parse with the stdlib oracle and check every blob's bytes against its name."""
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
+        infos = tf.getmembers()
+        files = {}
+        for info in infos:
+            if info.isfile():
+                f = tf.extractfile(info)
+                assert f is not None
+                files[info.name] = f.read()
+    for name, body in files.items():
+        if name.startswith("blobs/"):
+            _, alg, hex_ = name.split("/")
+            assert hashlib.new(alg, body).hexdigest() == hex_, name
+    return Archive([i.name for i in infos], {i.name: i for i in infos}, files)
+
+
+async def save_bytes(store: Store, tmp_path: Path, names: list[str], **kw: object) -> bytes:
+    out = tmp_path / f"out-{next(_counter)}.tar"
+    await exporter.save(store, names, out, **kw)  # type: ignore[arg-type]
+    return await anyio.Path(out).read_bytes()
+
+
+_counter = itertools.count()
+
+
+# -- TV-54..60 --------------------------------------------------------------------------------
+
+
+async def test_tv54_single_manifest_image_writes_metadata_first_then_sorted_blobs(
+    store: Store, tmp_path: Path
+) -> None:
+    c1 = await put_config(store, "linux", "amd64")
+    l1 = await put(store, b"layer-1" * 3000, oci.OCI_LAYER_GZIP)
+    ls = await put(store, b"shared" * 100000, oci.OCI_LAYER_GZIP)
+    m1 = await put_manifest(store, c1, (l1, ls))
+    await store.images.create("docker.io/library/single:1", m1)
+
+    ar = read_archive(await save_bytes(store, tmp_path, ["single:1"]))
+
+    blobs = sorted(d.digest.encoded for d in (c1, l1, ls, m1))
+    # TV-54 / EXP-12 [castar]: metadata first, then directories and blobs by name.
+    assert ar.names == [
+        "oci-layout",
+        "index.json",
+        "manifest.json",
+        "blobs",
+        "blobs/sha256",
+        *(f"blobs/sha256/{h}" for h in blobs),
+    ]
+    for info in ar.members.values():  # TAR-1
+        assert (info.mtime, info.uid, info.gid, info.uname, info.gname) == (0, 0, 0, "", "")
+    # TAR-3 modes
+    assert ar.members["oci-layout"].mode == 0o444
+    assert ar.members["index.json"].mode == 0o644
+    assert ar.members["manifest.json"].mode == 0o644
+    assert ar.members["blobs"].isdir()
+    assert ar.members["blobs"].mode == 0o755
+    assert ar.members[f"blobs/sha256/{blobs[0]}"].mode == 0o444
+    assert ar.files["oci-layout"] == b'{"imageLayoutVersion":"1.0.0"}'  # EXP-11
+    # EXP-3 annotations, EXP-9 index.json
+    (entry,) = ar.index["manifests"]  # type: ignore[misc]
+    assert entry["digest"] == m1.digest
+    assert entry["annotations"] == {
+        "io.containerd.image.name": "docker.io/library/single:1",
+        "org.opencontainers.image.ref.name": "1",
+    }
+    # EXP-10 manifest.json, byte for byte in Docker's field order
+    assert (
+        ar.files["manifest.json"]
+        == (
+            f'[{{"Config":"blobs/sha256/{c1.digest.encoded}","RepoTags":["single:1"],'
+            f'"Layers":["blobs/sha256/{l1.digest.encoded}","blobs/sha256/{ls.digest.encoded}"]}}]'
+        ).encode()
+    )
+
+
+async def test_tv55_platform_list_keeps_original_index_and_only_matching_subtrees(
+    store: Store, tmp_path: Path
+) -> None:
+    w = await build_world(store)
+    result_path = tmp_path / "a.tar"
+    result = await exporter.save(
+        store, ["alpine"], result_path, platforms=["linux/amd64", "linux/s390x"]
+    )
+    ar = read_archive(result_path.read_bytes())
+    # TV-55 / EXP-6: {I, M1, C1, L1, LS}; I is the unmodified original; attestation dropped (EDGE-4)
+    assert ar.blob_hexes == w.hexes("I", "M1", "C1", "L1", "LS")
+    (entry,) = ar.index["manifests"]  # type: ignore[misc]
+    assert entry["digest"] == w.I.digest
+    index_doc = json.loads(ar.files[f"blobs/sha256/{w.I.digest.encoded}"])
+    assert [m["digest"] for m in index_doc["manifests"]] == [w.M1.digest, w.M2.digest, w.A1.digest]
+    assert ar.docker[0]["Config"] == f"blobs/sha256/{w.C1.digest.encoded}"
+    assert ("docker.io/library/alpine:latest", "linux/s390x", None, "not in image") in {
+        (s.image, s.platform, s.digest, s.reason) for s in result.skipped
+    }
+
+
+async def test_tv55_no_platform_exports_every_platform_and_points_manifest_json_at_host(
+    store: Store, tmp_path: Path
+) -> None:
+    w = await build_world(store)
+    ar = read_archive(await save_bytes(store, tmp_path, [ALPINE]))
+    assert ar.blob_hexes == w.hexes("I", "M1", "C1", "L1", "LS", "M2", "C2", "L2", "A1", "CA", "LA")
+    # SAVE-1/SAVE-3: moby always registers the host-preferred child (castar follows moby).
+    (item,) = ar.docker
+    assert item["Config"] == f"blobs/sha256/{w.C1.digest.encoded}"
+    assert item["RepoTags"] == ["alpine:latest"]
+
+
+async def test_save2_one_platform_makes_its_manifest_the_only_entry(
+    store: Store, tmp_path: Path
+) -> None:
+    w = await build_world(store)
+    ar = read_archive(await save_bytes(store, tmp_path, [ALPINE], platforms=["linux/arm64"]))
+    assert ar.blob_hexes == w.hexes("M2", "C2", "L2", "LS")
+    (entry,) = ar.index["manifests"]  # type: ignore[misc]
+    assert entry["digest"] == w.M2.digest
+    assert entry["platform"] == {"architecture": "arm64", "os": "linux", "variant": "v8"}
+    assert entry["annotations"]["io.containerd.image.name"] == ALPINE
+    assert ar.docker[0]["Config"] == f"blobs/sha256/{w.C2.digest.encoded}"
+
+
+async def test_tv56_single_platform_absent_raises_not_found_with_save2_text(
+    store: Store, tmp_path: Path
+) -> None:
+    await build_world(store)
+    out = tmp_path / "never.tar"
+    with pytest.raises(NotFound) as err:
+        await exporter.save(store, [ALPINE], out, platforms=["linux/s390x"])
+    assert str(err.value) == (
+        "no suitable export target found: image with reference alpine:latest was found "
+        "but does not provide the specified platform (linux/s390x): not found"
+    )
+    assert not out.exists()  # EXP-13 [castar]: before the sink is even opened
+
+
+async def test_tv56_platform_list_matching_nothing_raises_no_manifest_found(
+    store: Store, tmp_path: Path
+) -> None:
+    await build_world(store)
+    with pytest.raises(NotFound, match="no manifest found for platform: not found"):
+        await exporter.plan_save(store, [ALPINE], platforms=["linux/s390x", "linux/ppc64le"])
+
+
+async def test_save2_two_manifests_for_one_platform_is_a_conflict(store: Store) -> None:
+    w = await build_world(store)
+    twin = await put_manifest(store, w.C1, (w.L1,))
+    entries = (
+        w.M1,
+        oci.Descriptor(twin.media_type, twin.digest, twin.size, platform=plat.parse("linux/amd64")),
+    )
+    idx = await put(store, oci.encode_index(oci.Index(manifests=entries)), oci.OCI_INDEX, entries)
+    await store.images.create("docker.io/library/twins:1", idx)
+    with pytest.raises(Conflict, match="multiple manifests found for platform linux/amd64"):
+        await exporter.plan_save(store, ["twins:1"], platforms=["linux/amd64"])
+
+
+async def test_tv59_non_distributable_layer_is_not_written_but_listed(
+    store: Store, tmp_path: Path
+) -> None:
+    c = await put_config(store, "windows", "amd64")
+    foreign = await put(store, b"foreign", oci.DOCKER_LAYER_FOREIGN_GZIP)
+    layer = await put(store, b"ordinary", oci.DOCKER_LAYER_GZIP)
+    m = await put_manifest(store, c, (foreign, layer), media_type=oci.DOCKER_MANIFEST)
+    await store.images.create("docker.io/library/win:1", m)
+    ar = read_archive(await save_bytes(store, tmp_path, ["win:1"]))
+    assert foreign.digest.encoded not in ar.blob_hexes  # SAVE-1 skip_non_distributable
+    assert layer.digest.encoded in ar.blob_hexes
+    assert ar.docker[0]["Layers"] == [
+        f"blobs/sha256/{foreign.digest.encoded}",
+        f"blobs/sha256/{layer.digest.encoded}",
+    ]
+
+
+async def test_tv60_layer_target_raises_only_manifests_may_be_exported(
+    store: Store, tmp_path: Path
+) -> None:
+    layer = await put(store, b"just a layer", oci.OCI_LAYER_GZIP)
+    await store.images.create("docker.io/library/odd:1", layer)
+    with pytest.raises(InvalidArgument, match="only manifests may be exported"):
+        await exporter.save(store, ["odd:1"], tmp_path / "x.tar")
+    assert not (tmp_path / "x.tar").exists()
+
+
+# -- determinism, names -------------------------------------------------------------------------
+
+
+async def test_two_saves_give_identical_bytes(store: Store, tmp_path: Path) -> None:
+    await build_world(store)
+    first = await save_bytes(store, tmp_path, [ALPINE, "alpine"])
+    second = await save_bytes(store, tmp_path, [ALPINE, "alpine"])
+    assert first == second
+    assert len(first) % 512 == 0
+    assert first.endswith(bytes(1024))
+
+
+async def test_save4_bare_repository_exports_every_tag_by_name(
+    store: Store, tmp_path: Path
+) -> None:
+    w = await build_world(store)
+    await store.images.create("docker.io/library/alpine:3.18", w.I)
+    await store.images.create("docker.io/library/other:1", w.I)
+    ar = read_archive(await save_bytes(store, tmp_path, ["alpine"]))
+    names = [e["annotations"]["io.containerd.image.name"] for e in ar.index["manifests"]]  # type: ignore[attr-defined]
+    assert names == ["docker.io/library/alpine:3.18", ALPINE]
+    refs = [e["annotations"]["org.opencontainers.image.ref.name"] for e in ar.index["manifests"]]  # type: ignore[attr-defined]
+    assert refs == ["3.18", "latest"]
+    # EXP-10: one manifest.json entry per manifest digest, with all names
+    assert ar.docker[0]["RepoTags"] == ["alpine:3.18", "alpine:latest"]
+
+
+@pytest.mark.parametrize("how", ["digest", "name@digest", "short-id"])
+async def test_save4_digest_or_id_exports_without_names(
+    store: Store, tmp_path: Path, how: str
+) -> None:
+    w = await build_world(store)
+    ref = {
+        "digest": str(w.I.digest),
+        "name@digest": f"alpine@{w.I.digest}",
+        "short-id": w.I.digest.encoded[:12],
+    }[how]
+    ar = read_archive(await save_bytes(store, tmp_path, [ref]))
+    (entry,) = ar.index["manifests"]  # type: ignore[misc]
+    assert entry["digest"] == w.I.digest
+    assert "annotations" not in entry
+    assert ar.docker[0]["RepoTags"] is None
+
+
+async def test_unknown_name_raises_not_found_before_writing(store: Store, tmp_path: Path) -> None:
+    await build_world(store)
+    out = tmp_path / "no.tar"
+    with pytest.raises(NotFound, match='image "nosuch:1": not found'):
+        await exporter.save(store, [ALPINE, "nosuch:1"], out)
+    assert not out.exists()
+
+
+# -- missing content ----------------------------------------------------------------------------
+
+
+async def test_sparse_keeps_original_index_and_writes_only_present_blobs(
+    store: Store, tmp_path: Path
+) -> None:
+    w = await build_world(store)
+    await store.content.delete(w.L2.digest)
+    result_path = tmp_path / "s.tar"
+    result = await exporter.save(store, [ALPINE], result_path)
+    ar = read_archive(result_path.read_bytes())
+    # EXP-7 skip-missing: M2 is written without its children; the index is the original
+    assert ar.blob_hexes == w.hexes("I", "M1", "C1", "L1", "LS", "M2", "A1", "CA", "LA")
+    assert ar.index["manifests"][0]["digest"] == w.I.digest  # type: ignore[index]
+    assert [(s.platform, s.reason) for s in result.skipped] == [("linux/arm64/v8", "partial")]
+
+
+async def test_edge1_manifest_json_points_at_best_available_platform(
+    store: Store, tmp_path: Path
+) -> None:
+    w = await build_world(store)
+    await store.content.delete(w.M1.digest)  # the host's platform is not in the store
+    result_path = tmp_path / "e.tar"
+    result = await exporter.save(store, [ALPINE], result_path)
+    ar = read_archive(result_path.read_bytes())
+    assert ar.docker[0]["Config"] == f"blobs/sha256/{w.C2.digest.encoded}"  # EDGE-1 [castar]
+    assert w.M1.digest.encoded not in ar.blob_hexes
+    assert ("linux/amd64", "missing") in {(s.platform, s.reason) for s in result.skipped}
+
+
+async def test_edge1_no_available_platform_leaves_manifest_json_out_with_warning(
+    store: Store, tmp_path: Path
+) -> None:
+    w = await build_world(store)
+    await store.content.delete(w.C1.digest)
+    await store.content.delete(w.C2.digest)
+    result_path = tmp_path / "n.tar"
+    result = await exporter.save(store, [ALPINE], result_path)
+    ar = read_archive(result_path.read_bytes())
+    assert "manifest.json" not in ar.names
+    assert any("manifest.json has no entry" in x for x in result.warnings)
+
+
+async def test_edge6_missing_top_level_blob_is_left_out_with_warning(
+    store: Store, tmp_path: Path
+) -> None:
+    w = await build_world(store)
+    await store.content.delete(w.I.digest)
+    result_path = tmp_path / "t.tar"
+    result = await exporter.save(store, [ALPINE], result_path)
+    ar = read_archive(result_path.read_bytes())
+    assert ar.names == ["oci-layout", "index.json"]
+    assert ar.files["index.json"] == (
+        b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json",'
+        b'"manifests":null}'
+    )
+    assert result.warnings
+
+
+async def test_prune_writes_new_index_listing_only_complete_platforms(
+    store: Store, tmp_path: Path
+) -> None:
+    w = await build_world(store)
+    await store.content.delete(w.L2.digest)
+    result_path = tmp_path / "p.tar"
+    result = await exporter.save(store, [ALPINE], result_path, missing="prune")
+    ar = read_archive(result_path.read_bytes())
+    (image,) = result.images
+    assert image.original == w.I.digest
+    (entry,) = ar.index["manifests"]  # type: ignore[misc]
+    assert entry["digest"] == image.digest != w.I.digest
+    assert entry["annotations"]["io.containerd.image.name"] == ALPINE
+    new_index = ar.files[f"blobs/sha256/{image.digest.encoded}"]
+    doc = json.loads(new_index)
+    # the attestation of M1 stays with M1; M2 (incomplete) is gone
+    assert [m["digest"] for m in doc["manifests"]] == [w.M1.digest, w.A1.digest]
+    assert oci.canonical_json(doc) == new_index  # DESC-2
+    assert compute(new_index) == image.digest
+    assert w.I.digest.encoded not in ar.blob_hexes
+    assert w.M2.digest.encoded not in ar.blob_hexes
+
+
+async def test_prune_with_everything_present_keeps_the_original_index(
+    store: Store, tmp_path: Path
+) -> None:
+    w = await build_world(store)
+    sparse = await save_bytes(store, tmp_path, [ALPINE])
+    pruned = await save_bytes(store, tmp_path, [ALPINE], missing="prune")
+    assert pruned == sparse
+    assert read_archive(pruned).index["manifests"][0]["digest"] == w.I.digest  # type: ignore[index]
+
+
+async def test_prune_with_platforms_lists_only_requested_platforms(
+    store: Store, tmp_path: Path
+) -> None:
+    w = await build_world(store)
+    plan = await exporter.plan_save(
+        store, [ALPINE], platforms=["linux/arm64", "linux/amd64"], missing="prune"
+    )
+    (image,) = plan.images
+    member = next(m for m in plan.members if m.digest == image.digest)
+    assert member.data is not None
+    doc = json.loads(member.data)
+    assert [m["digest"] for m in doc["manifests"]] == [w.M1.digest, w.M2.digest]
+
+
+async def test_fail_names_the_incomplete_platform_before_writing(
+    store: Store, tmp_path: Path
+) -> None:
+    w = await build_world(store)
+    await store.content.delete(w.L2.digest)
+    out = tmp_path / "f.tar"
+    with pytest.raises(NotFound) as err:
+        await exporter.save(store, [ALPINE], out, missing="fail")
+    assert "platform linux/arm64/v8" in str(err.value)
+    assert str(w.L2.digest) in str(err.value)
+    assert not out.exists()
+
+
+async def test_fail_names_a_requested_platform_absent_from_the_image(store: Store) -> None:
+    await build_world(store)
+    with pytest.raises(NotFound, match="platform linux/s390x not found"):
+        await exporter.plan_save(
+            store, [ALPINE], platforms=["linux/amd64", "linux/s390x"], missing="fail"
+        )
+
+
+async def test_unknown_missing_policy_is_invalid_argument(store: Store) -> None:
+    with pytest.raises(InvalidArgument, match="missing='lenient'"):
+        await exporter.plan_save(store, [ALPINE], missing="lenient")
+
+
+# -- plan, verify, digest, progress -------------------------------------------------------------
+
+
+async def test_plan_save_is_what_save_writes_and_serialises_to_json(
+    store: Store, tmp_path: Path
+) -> None:
+    await build_world(store)
+    plan = await exporter.plan_save(store, [ALPINE])
+    text = json.dumps(plan.to_json())
+    assert json.loads(text)["size"] == plan.size
+    data = await save_bytes(store, tmp_path, [ALPINE])
+    assert len(data) == plan.size
+    assert [m.name.rstrip("/") for m in plan.members] == read_archive(data).names
+
+
+async def test_archive_digest_is_sha256_of_the_bytes_written(store: Store, tmp_path: Path) -> None:
+    await build_world(store)
+    out = tmp_path / "d.tar"
+    seen: list[tuple[int, int]] = []
+    result = await exporter.save(
+        store, [ALPINE], out, archive_digest=True, progress=lambda a, b: seen.append((a, b))
+    )
+    data = out.read_bytes()
+    assert result.sha256 == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert result.size == len(data) == result.plan.size
+    assert seen[-1] == (len(data), len(data))
+    assert data == await save_bytes(store, tmp_path, [ALPINE])  # same bytes as zero-copy
+
+
+async def test_verify_detects_a_corrupt_blob(store: Store, tmp_path: Path) -> None:
+    w = await build_world(store)
+    path = store.content.path(w.LS.digest)
+    path.chmod(0o644)
+    raw = bytearray(path.read_bytes())
+    raw[100] ^= 1
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DigestMismatch, match=r"unexpected digest sha256:\w+ copied"):
+        await exporter.save(store, [ALPINE], tmp_path / "v.tar", verify=True)
+
+
+async def test_edge5_nested_index_is_walked_completely(store: Store, tmp_path: Path) -> None:
+    w = await build_world(store)
+    inner = (w.M1, w.M2)
+    nested = await put(store, oci.encode_index(oci.Index(manifests=inner)), oci.OCI_INDEX, inner)
+    outer = await put(
+        store, oci.encode_index(oci.Index(manifests=(nested,))), oci.OCI_INDEX, (nested,)
+    )
+    await store.images.create("docker.io/library/nested:1", outer)
+    ar = read_archive(
+        await save_bytes(store, tmp_path, ["nested:1"], platforms=["linux/amd64", "linux/riscv64"])
+    )
+    # the nested index has no platform, so it is walked, and completely (EXP-6, EDGE-5)
+    assert {w.M1.digest.encoded, w.M2.digest.encoded, w.L2.digest.encoded} <= ar.blob_hexes
+
+
+def _digest(d: str) -> Digest:
+    return Digest(d)
