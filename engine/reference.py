@@ -33,7 +33,6 @@ __all__ = [
     "parse_any",
     "parse_docker_ref",
     "parse_normalized",
-    "ref_name",
     "ref_name_annotation",
     "try_normalize",
 ]
@@ -298,10 +297,6 @@ def ref_name_annotation(name: str) -> str:
     if not obj or obj.startswith("@"):
         return name
     return obj
-
-
-#: Short alias of ``ref_name_annotation`` (the exporter calls it this way).
-ref_name = ref_name_annotation
 
 
 def dangling_name(digest: str) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import itertools
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -540,3 +542,13 @@ def test_from_json_round_trips_and_rejects_bad_types() -> None:
     for bad in ([], {"os": 1}, {"os.features": "x"}, {"os.features": [1]}):
         with pytest.raises(MalformedManifest):
             platforms.from_json(bad)
+
+
+def test_module_is_pure() -> None:
+    """No I/O library (no anyio): stdlib only, plus castar.store's errors."""
+    tree = ast.parse(Path(platforms.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+    }
+    assert "anyio" not in imported
+    assert {m for m in imported if m and m.startswith("castar")} == {"castar.store.errors"}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -145,7 +148,6 @@ def test_familiarize_error_text() -> None:  # EXP-10
 )
 def test_ref_name_annotation_vectors(name: str, expected: str) -> None:
     assert ref_name_annotation(name) == expected
-    assert reference.ref_name(name) == expected
 
 
 def test_parse_splits_the_parts() -> None:
@@ -227,3 +229,19 @@ def test_normalize_is_idempotent_and_familiar_round_trips(name: str) -> None:
     assert ref.domain
     assert ref.tag
     assert not ref.digest
+
+
+def test_module_is_pure() -> None:
+    """No I/O library: only the stdlib text tools and castar.store's errors and digests."""
+    tree = ast.parse(Path(reference.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+    }
+    assert imported <= {
+        "__future__",
+        "re",
+        "dataclasses",
+        "typing",
+        "castar.store.digest",
+        "castar.store.errors",
+    }
