@@ -1,0 +1,215 @@
+"""Re-hashing of stored blobs: which recorded blobs are missing or corrupt on disk.
+
+Owns :func:`verify` and :class:`VerifyReport`. Store-only: an image's subtree is
+reached through the reference labels of the blobs (``containerd.io/gc.ref.content*``,
+SEMANTICS GC-5), so this module must not import castar.engine (no OCI, tar or
+platforms). Blob files are read in worker threads, one hop per blob, 1 MiB at a time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, final
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+
+from castar.store.digest import Digest, hasher, parse
+from castar.store.errors import DataLoss, NotFound
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from castar.store.content import ContentStore
+
+__all__ = ["BlobProblem", "VerifyProgress", "VerifyReport", "verify"]
+
+#: Called after each blob with (bytes hashed so far, bytes to hash in total, blob digest).
+VerifyProgress = Callable[[int, int, Digest], None]
+
+_CHUNK = 1 << 20
+#: Two blobs in flight saturate the machine's hashing (IO-LIMITS §2.5).
+_IN_FLIGHT = 2
+_REF_PREFIX = "containerd.io/gc.ref.content"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class BlobProblem:
+    """One recorded blob that cannot be read back as recorded.
+
+    Attributes:
+        digest: the recorded digest.
+        kind: ``"missing"`` (no file at its address) or ``"corrupt"`` (wrong size or bytes).
+        detail: what was found, for people (names the path, sizes or the actual digest).
+    """
+
+    digest: Digest
+    kind: Literal["missing", "corrupt"]
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} blob {self.digest}: {self.detail}"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """What :func:`verify` checked and found.
+
+    Attributes:
+        checked: number of recorded blobs re-hashed (or found missing).
+        bytes_checked: bytes hashed.
+        problems: missing and corrupt blobs, by digest.
+        absent: digests an image references that were never stored (a sparse image,
+            e.g. platforms filtered out at load): not a problem.
+    """
+
+    checked: int
+    bytes_checked: int
+    problems: tuple[BlobProblem, ...]
+    absent: tuple[Digest, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """True when every checked blob is present and intact."""
+        return not self.problems
+
+    def raise_for_problems(self) -> None:
+        """Raise :class:`~castar.store.errors.DataLoss` naming the first problem, if any."""
+        if self.problems:
+            first = self.problems[0]
+            more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+            raise DataLoss(f"{first}{more}")
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able mapping (``castar verify --json``)."""
+        return {
+            "ok": self.ok,
+            "checked": self.checked,
+            "bytes_checked": self.bytes_checked,
+            "problems": [
+                {"digest": str(p.digest), "kind": p.kind, "detail": p.detail} for p in self.problems
+            ],
+            "absent": [str(d) for d in self.absent],
+        }
+
+
+def _is_ref_label(key: str) -> bool:
+    # GC-5: the exact key, or the prefix followed by "." or "/" (".contentX" is not an edge).
+    if not key.startswith(_REF_PREFIX):
+        return False
+    rest = key[len(_REF_PREFIX) :]
+    return rest == "" or rest[0] in "./"
+
+
+async def _subtree(
+    content: ContentStore, roots: Iterable[str]
+) -> tuple[dict[Digest, int], list[Digest]]:
+    """Recorded blobs reachable from ``roots`` along reference labels, and the absent ones."""
+    recorded: dict[Digest, int] = {}
+    absent: list[Digest] = []
+    seen: set[Digest] = set()
+    stack = [parse(r) for r in roots]
+    while stack:
+        d = stack.pop()
+        if d in seen:
+            continue
+        seen.add(d)
+        try:
+            info = await content.info(d)
+        except NotFound:
+            absent.append(d)
+            continue
+        recorded[d] = info.size
+        for key, value in info.labels.items():
+            if _is_ref_label(key):
+                try:
+                    stack.append(parse(value))
+                except ValueError:
+                    continue  # GC-5: values are not validated; a bad one is no edge
+    return recorded, sorted(absent)
+
+
+def _check_file(path: Path, digest: Digest, size: int) -> tuple[int, BlobProblem | None]:
+    """Hash one blob file (runs in a worker thread); returns (bytes hashed, problem)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return 0, BlobProblem(digest, "missing", f"no file at {path}")
+    h = hasher(digest.algorithm)
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    done = 0
+    try:
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            while n := f.readinto(view):
+                h.update(view[:n])
+                done += n
+                anyio.from_thread.check_cancelled()
+    except OSError as exc:
+        return done, BlobProblem(digest, "corrupt", f"reading {path}: {exc.strerror or exc}")
+    if done != size:
+        return done, BlobProblem(digest, "corrupt", f"{path} holds {done} bytes, recorded {size}")
+    actual = f"{digest.algorithm}:{h.hexdigest()}"
+    if actual != digest:
+        return done, BlobProblem(digest, "corrupt", f"{path} hashes to {actual}")
+    return done, None
+
+
+async def verify(
+    content: ContentStore,
+    digests: Iterable[str] | None = None,
+    *,
+    progress: VerifyProgress | None = None,
+) -> VerifyReport:
+    """Re-hash recorded blobs and report every missing or corrupt one.
+
+    Never loads a whole blob: each blob is read in 1 MiB steps in one worker-thread
+    call, two blobs at a time. Nothing is changed in the store.
+
+    Args:
+        content: the store's content store.
+        digests: roots to check with everything they reference (an image's target
+            digest checks the image's whole stored subtree); ``None`` checks every
+            recorded blob.
+        progress: optional callback after each blob.
+
+    Returns:
+        The report; call :meth:`VerifyReport.raise_for_problems` to turn problems
+        into :class:`~castar.store.errors.DataLoss`.
+    """
+    if digests is None:
+        infos = await content.walk()
+        todo = {info.digest: info.size for info in infos}
+        absent: list[Digest] = []
+    else:
+        todo, absent = await _subtree(content, digests)
+    order = sorted(todo)
+    total = sum(todo.values())
+    problems: list[BlobProblem] = []
+    hashed = 0
+    items: Iterator[Digest] = iter(order)
+
+    async def worker() -> None:
+        nonlocal hashed
+        for d in items:  # shared iterator: no await between next() calls
+            n, problem = await anyio.to_thread.run_sync(
+                _check_file, content.path(d), d, todo[d], abandon_on_cancel=False
+            )
+            hashed += n
+            if problem is not None:
+                problems.append(problem)
+            if progress is not None:
+                progress(hashed, total, d)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(min(_IN_FLIGHT, len(order))):
+            tg.start_soon(worker)
+    problems.sort(key=lambda p: p.digest)
+    return VerifyReport(
+        checked=len(order), bytes_checked=hashed, problems=tuple(problems), absent=tuple(absent)
+    )
