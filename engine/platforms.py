@@ -469,13 +469,16 @@ class _Exact:
     want: Platform
 
     def match(self, p: Platform) -> bool:
-        c = normalize(p)
+        return self.matches(normalize(p))
+
+    def matches(self, c: Platform) -> bool:
+        """``match`` for a candidate that is already normalised."""
         w = self.want
         if (c.os, c.architecture, c.variant) != (w.os, w.architecture, w.variant):
             return False
         features = c.os_features
         if w.os == "windows":
-            if not _windows_version_ok(w.os_version, p.os_version):
+            if not _windows_version_ok(w.os_version, c.os_version):
                 return False
             features = tuple(f for f in features if f != "win32k")
         return set(features) <= set(w.os_features)
@@ -492,11 +495,13 @@ class _Ordered:
     matchers: tuple[_Exact, ...]
 
     def match(self, p: Platform) -> bool:
-        return any(m.match(p) for m in self.matchers)
+        c = normalize(p)
+        return any(m.matches(c) for m in self.matchers)
 
     def less(self, a: Platform, b: Platform) -> bool:
+        na, nb = normalize(a), normalize(b)
         for m in self.matchers:
-            am, bm = m.match(a), m.match(b)
+            am, bm = m.matches(na), m.matches(nb)
             if am and not bm:
                 return True
             if am or bm:
@@ -513,7 +518,8 @@ class _Any:
     matchers: tuple[_Exact, ...]
 
     def match(self, p: Platform) -> bool:
-        return any(m.match(p) for m in self.matchers)
+        c = normalize(p)
+        return any(m.matches(c) for m in self.matchers)
 
     def less(self, a: Platform, b: Platform) -> bool:
         am, bm = self.match(a), self.match(b)
