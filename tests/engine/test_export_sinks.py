@@ -1,0 +1,296 @@
+"""Exporter sinks, concurrency and leases: every sink kind gives the same bytes; a save
+survives a concurrent image delete + GC (SAVE-5); many saves run at once (save_many);
+a cancelled save leaves no lease behind. Host pinned to linux/amd64 (HOST-3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import socket
+import tarfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import pytest
+
+if not (Path(__file__).parents[2] / "engine" / "graph.py").exists():  # TEMP: until graph lands
+    import sys
+    import types
+
+    sys.modules["castar.engine.graph"] = types.ModuleType("castar.engine.graph")
+
+from castar.engine import exporter, oci
+from castar.engine import platforms as plat
+from castar.store._store import Store, open_store
+
+NAME = "docker.io/library/multi:1"
+PLATFORMS = ("linux/amd64", "linux/arm64/v8", "linux/riscv64", "linux/s390x")
+
+
+@pytest.fixture(autouse=True)
+def _host() -> Iterator[None]:
+    with plat.pinned_host(plat.Platform(os="linux", architecture="amd64")):
+        yield
+
+
+async def put(
+    store: Store, data: bytes, media_type: str, children: tuple[oci.Descriptor, ...] = ()
+) -> oci.Descriptor:
+    labels = oci.children_labels(children) if children else None
+    d = await store.content.write_blob(data, media_type=media_type, labels=labels)
+    return oci.Descriptor(media_type, d.digest, d.size)
+
+
+async def build(store: Store) -> list[oci.Descriptor]:
+    """An index of four platforms, each with a small and a 1.5 MiB layer (zero-copy path)."""
+    shared = await put(store, os.urandom(300_000), oci.OCI_LAYER_GZIP)
+    entries = []
+    for i, spec in enumerate(PLATFORMS):
+        p = plat.parse(spec)
+        cfg = await put(
+            store,
+            oci.canonical_json({"architecture": p.architecture, "os": p.os, "variant": p.variant}),
+            oci.OCI_CONFIG,
+        )
+        small = await put(store, f"small-{i}".encode() * 50, oci.OCI_LAYER_GZIP)
+        big = await put(store, bytes([i]) * (3 << 19), oci.OCI_LAYER_GZIP)
+        layers = (small, big, shared)
+        m = await put(
+            store,
+            oci.encode_manifest(oci.Manifest(config=cfg, layers=layers)),
+            oci.OCI_MANIFEST,
+            (cfg, *layers),
+        )
+        entries.append(oci.Descriptor(m.media_type, m.digest, m.size, platform=p))
+    top = tuple(entries)
+    index = await put(store, oci.encode_index(oci.Index(manifests=top)), oci.OCI_INDEX, top)
+    await store.images.create(NAME, index)
+    return entries
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    async with open_store(tmp_path / "store") as s:
+        await build(s)
+        yield s
+
+
+async def reference_bytes(store: Store, tmp_path: Path, **kw: object) -> bytes:
+    out = tmp_path / "reference.tar"
+    await exporter.save(store, [NAME], out, **kw)  # type: ignore[arg-type]
+    return await anyio.Path(out).read_bytes()
+
+
+def check_archive(data: bytes) -> list[str]:
+    """tarfile reads it and every blob hashes to its name."""
+    names = []
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
+        for info in tf:
+            names.append(info.name)
+            if info.isfile() and info.name.startswith("blobs/"):
+                f = tf.extractfile(info)
+                assert f is not None
+                _, alg, hex_ = info.name.split("/")
+                assert hashlib.new(alg, f.read()).hexdigest() == hex_
+    return names
+
+
+class Collector(anyio.abc.ByteSendStream):
+    """An anyio ByteSendStream that keeps what it is sent; optionally waits before the first."""
+
+    def __init__(self, gate: anyio.Event | None = None) -> None:
+        self.data = bytearray()
+        self.sends = 0
+        self.gate = gate
+        self.started = anyio.Event()
+
+    async def send(self, item: bytes) -> None:
+        self.started.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        self.sends += 1
+        self.data += item
+
+    async def aclose(self) -> None:
+        pass
+
+
+# -- sinks --------------------------------------------------------------------------------------
+
+
+async def test_fd_of_a_regular_file_gets_the_same_bytes_and_stays_open(
+    store: Store, tmp_path: Path
+) -> None:
+    expected = await reference_bytes(store, tmp_path)
+    path = tmp_path / "fd.tar"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        await exporter.save(store, [NAME], fd)
+        os.write(fd, b"")  # still open: the caller owns it
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == expected
+
+
+def _drain(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize("blocking", [True, False])
+async def test_pipe_fd_gets_the_same_bytes(store: Store, tmp_path: Path, blocking: bool) -> None:
+    expected = await reference_bytes(store, tmp_path)
+    r, w = os.pipe()
+    os.set_blocking(w, blocking)  # non-blocking: the splice loop waits on EAGAIN
+    got: list[bytes] = []
+    try:
+
+        async def reader() -> None:
+            got.append(await anyio.to_thread.run_sync(_drain, r))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reader)
+            try:
+                await exporter.save(store, [NAME], w)
+            finally:
+                os.close(w)
+    finally:
+        os.close(r)
+    assert got == [expected]
+
+
+async def test_socket_fd_gets_the_same_bytes(store: Store, tmp_path: Path) -> None:
+    expected = await reference_bytes(store, tmp_path)
+    a, b = socket.socketpair()
+    got: list[bytes] = []
+    with a, b:
+
+        async def reader() -> None:
+            got.append(await anyio.to_thread.run_sync(_drain, b.fileno()))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reader)
+            try:
+                await exporter.save(store, [NAME], a.fileno())
+            finally:
+                a.shutdown(socket.SHUT_WR)
+    assert got == [expected]
+
+
+async def test_byte_send_stream_gets_the_same_bytes_in_mib_chunks(
+    store: Store, tmp_path: Path
+) -> None:
+    expected = await reference_bytes(store, tmp_path)
+    sink = Collector()
+    result = await exporter.save(store, [NAME], sink)
+    assert bytes(sink.data) == expected
+    assert result.size == len(expected)
+    assert sink.sends <= len(expected) // (1 << 20) + 4  # coalesced to ~1 MiB sends
+
+
+async def test_anyio_async_file_gets_the_same_bytes(store: Store, tmp_path: Path) -> None:
+    expected = await reference_bytes(store, tmp_path)
+    path = tmp_path / "async.tar"
+    async with await anyio.open_file(path, "wb") as f:
+        await exporter.save(store, [NAME], f)
+    assert path.read_bytes() == expected
+
+
+async def test_aiofiles_or_trio_file_gets_the_same_bytes(
+    store: Store, tmp_path: Path, anyio_backend: str
+) -> None:
+    expected = await reference_bytes(store, tmp_path)
+    path = tmp_path / "native.tar"
+    if anyio_backend == "asyncio":
+        import aiofiles  # noqa: TID251 - asyncio-only: the asyncio leg
+
+        async with aiofiles.open(path, "wb") as f:
+            await exporter.save(store, [NAME], f)
+    else:
+        import trio  # noqa: TID251 - the trio leg
+
+        async with await trio.open_file(path, "wb") as f:
+            await exporter.save(store, [NAME], f)
+    assert path.read_bytes() == expected
+
+
+async def test_archive_digest_is_the_same_for_every_sink(store: Store, tmp_path: Path) -> None:
+    expected = await reference_bytes(store, tmp_path)
+    want = "sha256:" + hashlib.sha256(expected).hexdigest()
+    sink = Collector()
+    by_stream = await exporter.save(store, [NAME], sink, archive_digest=True)
+    by_file = await exporter.save(store, [NAME], tmp_path / "h.tar", archive_digest=True)
+    assert by_stream.sha256 == by_file.sha256 == want
+
+
+# -- leases, GC, concurrency --------------------------------------------------------------------
+
+
+async def test_save_survives_image_delete_and_gc_while_writing(
+    store: Store, tmp_path: Path
+) -> None:
+    expected = await reference_bytes(store, tmp_path)
+    image = await store.images.get(NAME)
+    gate = anyio.Event()
+    sink = Collector(gate)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(exporter.save, store, [NAME], sink)
+        await sink.started.wait()  # planned, leased, writing
+        await store.images.delete(NAME)
+        report = await store.gc()
+        assert report.removed == []  # SAVE-5: the export lease holds every blob
+        gate.set()
+    assert bytes(sink.data) == expected
+    check_archive(bytes(sink.data))
+    # the lease is gone with the save: now the content is garbage
+    await store.gc()
+    assert not await store.content.exists(image.target.digest)
+
+
+async def test_cancelled_save_releases_its_lease(store: Store, tmp_path: Path) -> None:
+    before = await store.leases.list()
+    sink = Collector(anyio.Event())  # never opens: the save blocks on its first send
+    with anyio.move_on_after(5) as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(exporter.save, store, [NAME], sink)
+            await sink.started.wait()
+            assert len(await store.leases.list()) == len(before) + 1
+            tg.cancel_scope.cancel()
+    assert not scope.cancelled_caught
+    assert await store.leases.list() == before
+
+
+async def test_save_many_runs_one_archive_per_platform_concurrently(
+    store: Store, tmp_path: Path
+) -> None:
+    jobs = [
+        exporter.SaveJob([NAME], tmp_path / f"{spec.replace('/', '_')}.tar", platforms=[spec])
+        for spec in PLATFORMS
+    ]
+    jobs.append(exporter.SaveJob([NAME], tmp_path / "all.tar"))
+    results = await exporter.save_many(store, jobs)
+    assert [r.images[0].platforms[0].platform for r in results[:-1]] == list(PLATFORMS)
+    for job, result in zip(jobs, results, strict=True):
+        assert isinstance(job.sink, Path)
+        data = job.sink.read_bytes()
+        assert len(data) == result.size
+        check_archive(data)
+    # each one-platform archive is what a lone save of that platform writes
+    alone = await reference_bytes(store, tmp_path, platforms=["linux/riscv64"])
+    assert (tmp_path / "linux_riscv64.tar").read_bytes() == alone
+    assert await store.leases.list() == []
+
+
+async def test_save_many_raises_the_first_failure(store: Store, tmp_path: Path) -> None:
+    jobs = [
+        exporter.SaveJob([NAME], tmp_path / "ok.tar"),
+        exporter.SaveJob(["nosuch:1"], tmp_path / "bad.tar"),
+    ]
+    with pytest.raises(exporter.NotFound, match='image "nosuch:1"'):
+        await exporter.save_many(store, jobs)
