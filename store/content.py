@@ -242,7 +242,7 @@ class ContentStore:
             async for chunk in chunks:
                 yield chunk
         except NotFound as exc:
-            raise DataLoss(f"content {d}: recorded but missing on disk") from exc
+            raise await self._missing(d) from exc
         finally:
             close = getattr(chunks, "aclose", None)
             if close is not None:
@@ -256,7 +256,13 @@ class ContentStore:
         try:
             return await self._backend.read_at(d, offset, n)
         except NotFound as exc:
-            raise DataLoss(f"content {d}: recorded but missing on disk") from exc
+            raise await self._missing(d) from exc
+
+    async def _missing(self, digest: Digest) -> NotFound | DataLoss:
+        """What a blob file found missing means: deleted (and collected) meanwhile, or lost."""
+        if not await self.exists(digest):
+            return NotFound(f"content digest {digest}")
+        return DataLoss(f"content {digest}: recorded but missing on disk")
 
     async def read_all(self, digest: str, *, limit: int) -> bytes:
         """The whole blob, for small documents only.
@@ -376,12 +382,12 @@ class ContentStore:
             try:
                 async with self.writer(ref, size=size, digest=expected) as w:
                     await _copy(w, data, size)
+                    written = w.offset
                     try:
                         got = await w.commit(size or 0, expected, labels)
                     except AlreadyExists:
                         got = expected or w.digest()
-                    info = await self.info(got)
-                    return Descriptor(media_type, info.digest, info.size)
+                    return Descriptor(media_type, got, written)
             except AlreadyExists:
                 assert expected is not None  # only a given digest can exist at open
                 info = await self.info(expected)

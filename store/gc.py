@@ -12,7 +12,7 @@ import contextlib
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Final, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple, final
 
 import anyio
 
@@ -241,6 +241,7 @@ class GCReport:
     dry_run: bool
 
 
+@final
 class Collector:
     """Runs collections over one store's metadata DB and file backend (GC-10).
 

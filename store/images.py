@@ -14,7 +14,7 @@ from castar.store.content import Descriptor
 from castar.store.digest import parse
 from castar.store.errors import InvalidArgument, NotFound
 from castar.store.leases import current_lease
-from castar.store.sqlite import ImageRecord, validate_labels
+from castar.store.sqlite import ImageRecord, ImageTarget, validate_labels
 
 if TYPE_CHECKING:
     import builtins
@@ -81,27 +81,29 @@ class ImageStore:
         self._clock = clock
 
     async def _put(
-        self, name: str, target: Descriptor, labels: Mapping[str, str], *, create: bool
+        self,
+        name: str,
+        target: Descriptor | None,
+        labels: Mapping[str, str] | None,
+        *,
+        create: bool,
     ) -> Image:
         if not name:
             raise InvalidArgument("image name must not be empty")
-        validate_labels(labels)
-        now = self._clock()
+        if labels is not None:
+            validate_labels(labels)
         lease = current_lease()
-        rec = ImageRecord(
+        rec = await self._db.image_put(
             name,
-            target.media_type,
-            target.digest,
-            target.size,
-            dict(target.annotations),
-            dict(labels),
-            now,
-            now,
+            target=None
+            if target is None
+            else ImageTarget(target.media_type, target.digest, target.size, target.annotations),
+            labels=labels,
+            create=create,
+            lease=None if lease is None else lease.id,
+            now=self._clock(),
         )
-        out = await self._db.image_put(
-            rec, create=create, lease=None if lease is None else lease.id
-        )
-        return _image(out)
+        return _image(rec)
 
     async def create(
         self, name: str, target: DescriptorLike, *, labels: Mapping[str, str] | None = None
@@ -146,10 +148,8 @@ class ImageStore:
             NotFound: ``image "<name>": not found``.
             InvalidArgument: as for :meth:`create`.
         """
-        old = await self.get(name)
-        new_target = old.target if target is None else _target(target)
-        new_labels = old.labels if labels is None else labels
-        return await self._put(name, new_target, new_labels, create=False)
+        new_target = None if target is None else _target(target)
+        return await self._put(name, new_target, labels, create=False)
 
     async def delete(self, name: str, *, target: str | None = None) -> None:
         """Delete an image; with ``target`` only if it still points there (IMG-4).

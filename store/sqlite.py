@@ -12,7 +12,7 @@ import json
 import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar, final
 
 import anyio
 import anyio.to_thread
@@ -37,12 +37,12 @@ __all__ = [
     "ContentRecord",
     "GCGraph",
     "ImageRecord",
+    "ImageTarget",
     "LeaseRecord",
     "SQLiteMetadataDB",
     "validate_labels",
 ]
 
-P = ParamSpec("P")
 T = TypeVar("T")
 
 #: LBL-1: a label's key plus value may not exceed this many bytes.
@@ -122,6 +122,16 @@ class ImageRecord:
     labels: Mapping[str, str]
     created_at: datetime
     updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ImageTarget:
+    """The four fields of a target descriptor an image record keeps (DESC-5)."""
+
+    media_type: str
+    digest: Digest
+    size: int
+    annotations: Mapping[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,29 +327,37 @@ def _txn_image_list(conn: sqlite3.Connection) -> list[ImageRecord]:
     return [_image_row(conn, r) for r in rows]
 
 
-def _image_edges(conn: sqlite3.Connection, rec: ImageRecord) -> None:
-    _set_edges(conn, "image", rec.name, rec.labels)
-
-
 def _txn_image_put(
-    conn: sqlite3.Connection, rec: ImageRecord, create: bool, lease: str | None
+    conn: sqlite3.Connection,
+    name: str,
+    target: ImageTarget | None,
+    labels: Mapping[str, str] | None,
+    create: bool,
+    lease: str | None,
+    now: datetime,
 ) -> ImageRecord:
-    old = _txn_image_get(conn, rec.name)
+    """Create (``create``) or update an image; on update, None keeps the target or labels."""
+    old = _txn_image_get(conn, name)
     if create and old is not None:
-        raise AlreadyExists(f'image "{rec.name}"')
-    if not create:
-        if old is None:
-            raise NotFound(f'image "{rec.name}"')
-        rec = ImageRecord(
-            rec.name,
-            rec.media_type,
-            rec.digest,
-            rec.size,
-            rec.annotations,
-            rec.labels,
-            old.created_at,
-            rec.updated_at,
-        )
+        raise AlreadyExists(f'image "{name}"')
+    if old is None and not create:
+        raise NotFound(f'image "{name}"')
+    if target is None:
+        assert old is not None  # creating always passes a target
+        target = ImageTarget(old.media_type, old.digest, old.size, old.annotations)
+    if labels is None:
+        labels = {} if old is None else old.labels
+    created = now if old is None else old.created_at
+    rec = ImageRecord(
+        name,
+        target.media_type,
+        target.digest,
+        target.size,
+        dict(target.annotations),
+        dict(labels),
+        created,
+        now,
+    )
     conn.execute(
         "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?, ?)",
         (
@@ -352,10 +370,10 @@ def _txn_image_put(
             _ts(rec.updated_at),
         ),
     )
-    _set_labels(conn, "image_labels", "name", rec.name, rec.labels)
-    _image_edges(conn, rec)
+    _set_labels(conn, "image_labels", "name", name, rec.labels)
+    _set_edges(conn, "image", name, rec.labels)
     if lease is not None and "containerd.io/gc.expire" in rec.labels:  # IMG-6
-        _add_resource(conn, lease, "images", rec.name)
+        _add_resource(conn, lease, "images", name)
     return rec
 
 
@@ -547,6 +565,7 @@ def _in_txn(
     return result
 
 
+@final
 class SQLiteMetadataDB:
     """The metadata database at ``<root>/meta.db`` (SQLite in WAL mode, LAY-4).
 
@@ -633,9 +652,27 @@ class SQLiteMetadataDB:
         """All image records in ascending name order."""
         return await self._run(False, _txn_image_list)
 
-    async def image_put(self, rec: ImageRecord, *, create: bool, lease: str | None) -> ImageRecord:
-        """Create (AlreadyExists) or replace (NotFound, keeps created_at) an image record."""
-        return await self._run(True, _txn_image_put, rec, create, lease)
+    async def image_put(
+        self,
+        name: str,
+        *,
+        target: ImageTarget | None,
+        labels: Mapping[str, str] | None,
+        create: bool,
+        lease: str | None,
+        now: datetime,
+    ) -> ImageRecord:
+        """Create (AlreadyExists) or update (NotFound; None keeps a field) an image record."""
+        return await self._run(
+            True,
+            _txn_image_put,
+            name,
+            target,
+            None if labels is None else dict(labels),
+            create,
+            lease,
+            now,
+        )
 
     async def image_delete(self, name: str, *, target: str | None) -> None:
         """Delete an image record (IMG-4)."""
