@@ -516,21 +516,27 @@ def _cstring(data: bytes) -> str:
 
 def _number(block: bytes, start: int, stop: int, offset: int, member: str) -> int:
     """Decode an octal or base-256 numeric field (tarfile ``nti``)."""
-    first = block[start]
-    if first == 0o200 or first == 0o377:
+    if block[start] & 0x80:
+        if block[start] not in (0o200, 0o377):
+            raise MalformedArchive(
+                "invalid tar header: bad numeric field", offset=offset, member=member or None
+            )
         n = int.from_bytes(block[start + 1 : stop], "big")
-        if first == 0o377:
+        if block[start] == 0o377:
             n -= 256 ** (stop - start - 1)
         return n
-    end = block.find(b"\0", start, stop)
+    end = block.find(0, start, stop)
     raw = block[start : stop if end < 0 else end].strip()
-    if not raw:
+    if raw.isdigit():
+        try:
+            return int(raw, 8)
+        except ValueError:
+            pass  # 8 or 9
+    elif not raw:
         return 0
-    if not raw.isdigit() or b"8" in raw or b"9" in raw:
-        raise MalformedArchive(
-            f"invalid tar header: bad numeric field {raw!r}", offset=offset, member=member or None
-        )
-    return int(raw, 8)
+    raise MalformedArchive(
+        f"invalid tar header: bad numeric field {raw!r}", offset=offset, member=member or None
+    )
 
 
 _SIGNED: Final = struct.Struct("148b8x356b")
