@@ -13,7 +13,7 @@ import platform as _stdlib_platform
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Final, Protocol, TypeVar
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar, final
 from urllib.parse import unquote_to_bytes
 
 from castar.store.errors import InvalidArgument, MalformedManifest
@@ -52,6 +52,7 @@ _COMPONENT_RE: Final = re.compile(_COMPONENT_PATTERN)
 _ESCAPES: Final = (("%", "%25"), ("+", "%2B"), ("(", "%28"), (")", "%29"), ("/", "%2F"))
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class Platform:
     """An OCI platform: what a manifest runs on.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, final
 
 from castar.store.digest import Digest
 from castar.store.digest import parse as parse_digest
@@ -68,6 +68,7 @@ _IDENTIFIER_RE: Final = re.compile(r"[a-f0-9]{64}")
 _PORT_RE: Final = re.compile(r"(?::[0-9]*)?")
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class Reference:
     """A parsed image reference ``[domain/]path[:tag][@digest]``.
