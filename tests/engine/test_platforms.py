@@ -552,3 +552,18 @@ def test_module_is_pure() -> None:
     }
     assert "anyio" not in imported
     assert {m for m in imported if m and m.startswith("castar")} == {"castar.store.errors"}
+
+
+def test_host_autodetection_on_windows_keeps_the_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    # HOST-1: on Windows the host spec carries major.minor.build as its OS version.
+    monkeypatch.setattr(platforms._stdlib_platform, "system", lambda: "Windows")
+    monkeypatch.setattr(platforms._stdlib_platform, "machine", lambda: "AMD64")
+    monkeypatch.setattr(platforms._stdlib_platform, "version", lambda: "10.0.20348.1234")
+    platforms._detected.cache_clear()
+    previous = platforms.set_host(None)
+    try:
+        assert platforms.host() == P("windows", "amd64", "", "10.0.20348")
+        assert format_all(platforms.host()) == "windows(10.0.20348)/amd64"
+    finally:
+        platforms.set_host(previous)
+        platforms._detected.cache_clear()
