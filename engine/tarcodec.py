@@ -384,31 +384,29 @@ class TarDecoder:
         if self._avail < BLOCKSIZE:
             if not self._eof:
                 return NEED_DATA
-            if self._avail == 0 and self._pending_offset is None:
-                if self._offset == 0:
-                    raise MalformedArchive("empty archive", offset=0)
-                return self._finish(self._offset)
-            raise MalformedArchive(
-                "truncated archive: incomplete header",
-                offset=self._offset,
-                member=self._name or None,
-            )
+            if self._avail:
+                raise MalformedArchive("truncated archive: incomplete header", offset=self._offset)
+            if self._pending_offset is not None:
+                raise MalformedArchive(
+                    "truncated archive: extended header not followed by a member",
+                    offset=self._offset,
+                )
+            if self._offset == 0:
+                raise MalformedArchive("empty archive", offset=0)
+            return self._finish(self._offset)
         start = self._offset
         block = self._take_bytes(BLOCKSIZE)
         if block == _ZERO_BLOCK:
             if self._pending_offset is not None:
-                raise MalformedArchive(
-                    "zero block after an extended header", offset=start, member=self._name or None
-                )
+                raise MalformedArchive("zero block after an extended header", offset=start)
             return self._finish(start)
-        chksum = _number(block, 148, 156, start, self._name)
+        # Header problems name no member: the name in this block is not trustworthy yet.
+        chksum = _number(block, 148, 156, start, "")
         total = sum(block) - sum(block[148:156]) + 256
         if total != chksum and _signed_sum(block) != chksum:
-            raise MalformedArchive(
-                "invalid tar header: checksum mismatch", offset=start, member=self._name or None
-            )
+            raise MalformedArchive("invalid tar header: checksum mismatch", offset=start)
         type_ = block[156:157]
-        size = _number(block, 124, 136, start, self._name)
+        size = _number(block, 124, 136, start, "")
         if size < 0:
             raise MalformedArchive("invalid tar header: negative size", offset=start)
         if type_ in _META_TYPES:
@@ -416,7 +414,6 @@ class TarDecoder:
                 raise MalformedArchive(
                     f"extended header record of {size} bytes exceeds the {MAX_RECORD}-byte cap",
                     offset=start,
-                    member=self._name or None,
                 )
             if self._pending_offset is None:
                 self._pending_offset = start
@@ -468,7 +465,6 @@ class TarDecoder:
                     raise MalformedArchive(
                         "truncated archive: extended header record incomplete",
                         offset=self._offset,
-                        member=self._name or None,
                     )
                 return False
         pad = -self._offset % BLOCKSIZE
@@ -476,9 +472,8 @@ class TarDecoder:
             if self._avail < pad:
                 if self._eof:
                     raise MalformedArchive(
-                        "truncated archive: padding missing",
+                        "truncated archive: extended header padding missing",
                         offset=self._offset,
-                        member=self._name or None,
                     )
                 return False
             self._drop(pad)

@@ -487,9 +487,11 @@ def test_truncated_padding_raises_malformed_archive() -> None:
 def test_bad_checksum_raises_malformed_archive() -> None:
     raw = bytearray(castar_archive([("a", b"A", 0o444)]))
     raw[0] = ord("b")
+    raw[600] = ord("B")  # the body is not checked: only the header is
     with pytest.raises(MalformedArchive, match="checksum") as exc:
         decode_whole(bytes(raw))
     assert exc.value.offset == 0
+    assert exc.value.member is None  # the name in a bad header is not trusted
 
 
 def test_empty_input_is_malformed() -> None:
@@ -537,10 +539,11 @@ def test_bad_pax_size_is_refused_with_the_member_name() -> None:
 def test_extended_header_without_a_member_is_malformed() -> None:
     record = b"10 path=a\n"
     raw = encode_header("h", len(record), type=b"x") + record + padding(len(record))
-    with pytest.raises(MalformedArchive):
+    with pytest.raises(MalformedArchive, match="not followed by a member"):
         decode_whole(raw)
-    with pytest.raises(MalformedArchive):
+    with pytest.raises(MalformedArchive, match="zero block after an extended header") as exc:
         decode_whole(raw + END_OF_ARCHIVE)
+    assert exc.value.offset == 1024
 
 
 @settings(max_examples=150, deadline=None)
