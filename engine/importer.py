@@ -741,6 +741,7 @@ async def _fetch_needed(sess: _Session, walk: _Walk) -> None:
     async def worker() -> None:
         for entry, digest in pending:
             await sess.ensure(entry, digest)
+            sess.progress.report()
 
     try:
         async with anyio.create_task_group() as tg:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -13,13 +14,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
-import anyio.lowlevel
+import anyio.abc
 import pytest
+import zstandard
 
 from castar.engine import oci
-from castar.engine.importer import load
+from castar.engine.importer import add_ref_prefix, filter_ref_prefix, load
 from castar.engine.platforms import pinned_host
 from castar.store import Store, open_store
+from castar.store.errors import (
+    DigestMismatch,
+    FailedPrecondition,
+    InvalidArgument,
+    MalformedArchive,
+    NotFound,
+)
 
 # -- archive builders (tarfile is the independent writer) ------------------------------------
 
@@ -314,3 +323,591 @@ async def test_anyio_byte_receive_stream_source(store, tmp_path):
         tg.start_soon(produce)
         await load(store, stream)
     assert await image_map(store) == {"docker.io/library/img:1": sha(img.index)}
+
+
+# -- names (TV-64, TV-74, IMP-11, IMP-15, LOAD-1) ---------------------------------------------
+
+
+def two_ref_names(extra: tuple[str, ...] = ()) -> tuple[list[Member], dict[str, str]]:
+    """An archive whose index.json entries only carry ``ref.name`` (EDGE-16)."""
+    img = make_oci(["linux/amd64"], name=None)
+    entry = json.loads(img.index_json)["manifests"][0]
+    entries = []
+    for ref in ("latest", "docker.io/lib/img:ok", *extra):
+        entries.append({**entry, "annotations": {oci.ANNOTATION_REF_NAME: ref}})
+    index_json = canon({"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": entries})
+    members = [
+        m if m.name != "index.json" else Member("index.json", index_json) for m in img.members
+    ]
+    return members, {"target": sha(img.index)}
+
+
+async def test_tv64_ref_names_without_translator_name_images_by_the_bare_tag(store, tmp_path):
+    members, t = two_ref_names()
+    images = await load(store, write(tmp_path, tar_bytes(members)))
+    assert [i.name for i in images] == ["latest", "docker.io/lib/img:ok"]
+    assert await image_map(store) == {"latest": t["target"], "docker.io/lib/img:ok": t["target"]}
+
+
+@pytest.mark.parametrize("how", ["string", "function"])
+async def test_tv64_add_prefix_translator(store, tmp_path, how):
+    members, t = two_ref_names()
+    name = "localhost:5000/myimage" if how == "string" else add_ref_prefix("localhost:5000/myimage")
+    await load(store, write(tmp_path, tar_bytes(members)), name=name)
+    assert sorted(await image_map(store)) == [
+        "docker.io/lib/img:ok",
+        "localhost:5000/myimage:latest",
+    ]
+
+
+async def test_tv64_filter_prefix_translator_drops_foreign_full_names(store, tmp_path):
+    members, t = two_ref_names(("localhost:5000/myimage:old",))
+    await load(
+        store, write(tmp_path, tar_bytes(members)), name=filter_ref_prefix("localhost:5000/myimage")
+    )
+    names = sorted(n for n in await image_map(store) if not n.startswith("moby-dangling@"))
+    assert names == ["localhost:5000/myimage:latest", "localhost:5000/myimage:old"]
+    # the dropped entry has no name left, so LOAD-1 keeps its target as a dangling record
+    assert f"moby-dangling@{t['target']}" in await image_map(store)
+
+
+async def test_tv74_unnamed_entry_is_kept_as_a_dangling_record(store, tmp_path):
+    img = make_oci(["linux/amd64"], name=None)
+    images = await load(store, write(tmp_path, tar_bytes(img.members)))
+    assert [i.name for i in images] == [f"moby-dangling@{sha(img.index)}"]
+    await store.gc()
+    assert sha(img.platforms[0].layers[0]) in await blob_set(store)  # GC keeps it (LOAD-1)
+
+
+async def test_tv74_reimport_retargets_the_name_and_keeps_the_old_target_dangling(store, tmp_path):
+    old = make_oci(["linux/amd64"], name="docker.io/library/x:1", seed="old")
+    new = make_oci(["linux/amd64"], name="docker.io/library/x:1", seed="new")
+    await load(store, write(tmp_path, tar_bytes(old.members), "old.tar"))
+    first = await store.images.get("docker.io/library/x:1")
+    await load(store, write(tmp_path, tar_bytes(new.members), "new.tar"))
+    assert await image_map(store) == {
+        "docker.io/library/x:1": sha(new.index),
+        f"moby-dangling@{sha(old.index)}": sha(old.index),
+    }
+    again = await store.images.get("docker.io/library/x:1")
+    assert again.created_at == first.created_at  # IMP-15: updated, not re-created
+    await store.gc()
+    assert sha(old.platforms[0].layers[0]) in await blob_set(store)
+
+
+async def test_reimport_of_the_same_archive_adds_no_dangling_record(store, tmp_path):
+    img = make_oci(["linux/amd64"])
+    path = write(tmp_path, tar_bytes(img.members))
+    await load(store, path)
+    await load(store, path)
+    assert await image_map(store) == {"docker.io/library/img:1": sha(img.index)}
+
+
+# -- layout errors (TV-65, IMP-5/6, IMP-14) ---------------------------------------------------
+
+
+async def test_tv65_unsupported_layout_version(store, tmp_path):
+    img = make_oci(["linux/amd64"])
+    members = [
+        Member("oci-layout", b'{"imageLayoutVersion":"2.0.0"}') if m.name == "oci-layout" else m
+        for m in img.members
+    ]
+    with pytest.raises(InvalidArgument, match=r"unsupported OCI version 2\.0\.0"):
+        await load(store, write(tmp_path, tar_bytes(members)))
+    assert await image_map(store) == {}
+
+
+async def test_tv65_layout_without_index_json(store, tmp_path):
+    img = make_oci(["linux/amd64"])
+    members = [m for m in img.members if m.name != "index.json"]
+    with pytest.raises(InvalidArgument, match="missing index.json in OCI layout 1.0.0"):
+        await load(store, write(tmp_path, tar_bytes(members)))
+
+
+async def test_tv65_legacy_v1_archive_is_an_unrecognized_format(store, tmp_path):
+    members = [
+        Member("abc/json", b"{}"),
+        Member("abc/layer.tar", b"x" * 100),
+        Member("abc/VERSION", b"1.0"),
+        Member("repositories", b'{"x":{"1":"abc"}}'),
+    ]
+    with pytest.raises(InvalidArgument, match="unrecognized image format"):
+        await load(store, write(tmp_path, tar_bytes(members)))
+
+
+async def test_imp14_empty_index_is_an_empty_walk(store, tmp_path):
+    members = [
+        Member("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
+        Member("index.json", canon({"schemaVersion": 2, "manifests": []})),
+    ]
+    with pytest.raises(NotFound, match="image might be filtered out"):
+        await load(store, write(tmp_path, tar_bytes(members)))
+
+
+# -- platform selection (TV-70, LOAD-2..4, EDGE-4/5/17/18) -----------------------------------
+
+
+async def test_tv70_partial_archive_loads_with_default_skip_missing(store, tmp_path):
+    img = make_oci(["linux/amd64", "linux/arm64"], omit=("linux/arm64",))
+    images = await load(store, write(tmp_path, tar_bytes(img.members)))
+    assert [i.target.digest for i in images] == [sha(img.index)]
+    assert sha(img.platform("linux/arm64").manifest) not in await blob_set(store)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_tv70_missing_manifest_without_skip_missing_is_not_found(store, tmp_path, stream):
+    img = make_oci(["linux/amd64", "linux/arm64"], omit=("linux/arm64",))
+    data = tar_bytes(img.members)
+    source = ChunkedReader(data) if stream else write(tmp_path, data)
+    m2 = sha(img.platform("linux/arm64").manifest)
+    with pytest.raises(NotFound, match=f"content digest {m2}: not found"):
+        await load(store, source, all_platforms=True, skip_missing=False)
+    assert await image_map(store) == {}
+
+
+async def test_tv70_missing_manifest_of_a_filtered_platform_is_never_read(store, tmp_path):
+    img = make_oci(["linux/amd64", "linux/arm64"], omit=("linux/arm64",))
+    images = await load(store, write(tmp_path, tar_bytes(img.members)), platforms=["linux/amd64"])
+    assert [i.name for i in images] == ["docker.io/library/img:1"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_several_platforms_keep_exactly_their_subtrees(tmp_path, stream):
+    img = make_oci(["linux/amd64", "linux/arm64/v8", "linux/s390x"])
+    data = tar_bytes(img.members)
+    async with open_store(tmp_path / "s") as s:
+        source = ChunkedReader(data) if stream else write(tmp_path, data)
+        await load(s, source, platforms=["linux/amd64", "linux/arm64/v8"])
+        s390x = {sha(b) for b in img.platform("linux/s390x").blobs}
+        if not stream:  # index-first: the filtered platform is never read (IMP, castar)
+            assert not s390x & await blob_set(s)
+        labels = (await s.content.info(sha(img.index))).labels
+        assert sorted(labels.values()) == sorted(
+            sha(img.platform(p).manifest) for p in ("linux/amd64", "linux/arm64/v8")
+        )
+        await s.gc()  # EDGE-17: a stream stored them, GC takes them
+        kept = await blob_set(s)
+        assert not s390x & kept
+        for p in ("linux/amd64", "linux/arm64/v8"):
+            assert {sha(b) for b in img.platform(p).blobs} <= kept
+
+
+async def test_load3_requested_platform_absent(store, tmp_path):
+    img = make_oci(["linux/amd64"])
+    top = json.loads(img.index_json)
+    top["manifests"][0]["platform"] = {"architecture": "amd64", "os": "linux"}
+    members = [
+        Member("index.json", canon(top)) if m.name == "index.json" else m for m in img.members
+    ]
+    with pytest.raises(NotFound) as err:
+        await load(
+            store, write(tmp_path, tar_bytes(members)), platforms=["linux/arm64", "linux/s390x"]
+        )
+    assert (
+        "requested platform(s) ([linux/arm64 linux/s390x]) not found: image might be filtered out"
+        in str(err.value)
+    )
+
+
+async def test_load3_requested_platform_found_but_content_missing(store, tmp_path):
+    img = make_oci(["linux/amd64", "linux/arm64"], omit=("linux/arm64",))
+    m2 = sha(img.platform("linux/arm64").manifest)
+    with pytest.raises(NotFound) as err:
+        await load(store, write(tmp_path, tar_bytes(img.members)), platforms=["linux/arm64"])
+    assert (
+        "requested platform(s) ([linux/arm64]) found, but some content is missing: "
+        f"content digest {m2}: not found"
+    ) in str(err.value)
+    assert await image_map(store) == {}
+
+
+async def test_load4_loaded_image_without_the_platform_content_fails_but_is_recorded(
+    store, tmp_path
+):
+    img = make_oci(["linux/amd64", "linux/arm64"])
+    arm = img.platform("linux/arm64")
+    members = [m for m in img.members if m.name != blob_name(arm.layers[0])]
+    with pytest.raises(NotFound) as err:
+        await load(store, write(tmp_path, tar_bytes(members)), platforms=["linux/arm64"])
+    assert (
+        "image img:1 was loaded, but doesn't provide the requested platform ([linux/arm64])"
+        in str(err.value)
+    )
+    assert await image_map(store) == {"docker.io/library/img:1": sha(img.index)}  # EDGE-18
+
+
+async def test_edge4_attestations_kept_without_platforms_dropped_with_them(tmp_path):
+    img = make_oci(["linux/amd64"])
+    statement = b'{"_type":"https://in-toto.io/Statement/v0.1"}'
+    att_config = b"{}"
+    att = canon(
+        {
+            "schemaVersion": 2,
+            "mediaType": oci.OCI_MANIFEST,
+            "config": desc(oci.OCI_CONFIG, att_config),
+            "layers": [desc(oci.IN_TOTO, statement)],
+        }
+    )
+    index = json.loads(img.index)
+    index["manifests"].append(
+        desc(
+            oci.OCI_MANIFEST,
+            att,
+            platform={"architecture": "unknown", "os": "unknown"},
+            annotations={
+                oci.ANNOTATION_REFERENCE_TYPE: "attestation-manifest",
+                oci.ANNOTATION_REFERENCE_DIGEST: sha(img.platforms[0].manifest),
+            },
+        )
+    )
+    new_index = canon(index)
+    top = canon(
+        {
+            "schemaVersion": 2,
+            "mediaType": oci.OCI_INDEX,
+            "manifests": [
+                desc(
+                    oci.OCI_INDEX,
+                    new_index,
+                    annotations={oci.ANNOTATION_IMAGE_NAME: "docker.io/library/a:1"},
+                )
+            ],
+        }
+    )
+    members = [m for m in img.members if m.name not in ("index.json", blob_name(img.index))]
+    members += [Member(blob_name(b), b) for b in (new_index, att, att_config, statement)]
+    members.append(Member("index.json", top))
+    path = write(tmp_path, tar_bytes(members))
+    for i, platforms in enumerate([None, ["linux/amd64"]]):
+        async with open_store(tmp_path / f"s{i}") as s:
+            await load(s, path, platforms=platforms)
+            await s.gc()
+            assert (sha(att) in await blob_set(s)) is (platforms is None)
+
+
+async def test_edge5_nested_index_is_filtered_at_every_level(store, tmp_path):
+    img = make_oci(["linux/amd64", "linux/arm64"])
+    outer = canon(
+        {
+            "schemaVersion": 2,
+            "mediaType": oci.OCI_INDEX,
+            "manifests": [desc(oci.OCI_INDEX, img.index)],
+        }
+    )
+    top = canon(
+        {
+            "schemaVersion": 2,
+            "mediaType": oci.OCI_INDEX,
+            "manifests": [
+                desc(
+                    oci.OCI_INDEX,
+                    outer,
+                    annotations={oci.ANNOTATION_IMAGE_NAME: "docker.io/library/n:1"},
+                )
+            ],
+        }
+    )
+    members = [m for m in img.members if m.name != "index.json"]
+    members += [Member(blob_name(outer), outer), Member("index.json", top)]
+    await load(store, write(tmp_path, tar_bytes(members)), platforms=["linux/arm64"])
+    labels = (await store.content.info(sha(img.index))).labels
+    assert list(labels.values()) == [sha(img.platform("linux/arm64").manifest)]
+    assert dict((await store.content.info(sha(outer))).labels) == {
+        "containerd.io/gc.ref.content.m.0": sha(img.index)
+    } or dict((await store.content.info(sha(outer))).labels) == {
+        "containerd.io/gc.ref.content.0": sha(img.index)
+    }
+
+
+# -- verification and failures leave the store as it was (TV-71, IMP-4, TAR-4) ---------------
+
+
+async def assert_store_unchanged_after_gc(store: Store, before: set[str]) -> None:
+    assert await image_map(store) == {}
+    assert await store.leases.list() == []  # the import lease is gone
+    await store.gc()
+    assert await blob_set(store) == before
+    assert await store.content.list_statuses() == []  # no ingest left behind
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_tv71_corrupt_blob_fails_with_digest_mismatch_and_no_image(store, tmp_path, stream):
+    img = make_oci(["linux/amd64"])
+    layer = img.platforms[0].layers[0]
+    bad = b"b" + layer[1:]
+    members = [Member(m.name, bad) if m.name == blob_name(layer) else m for m in img.members]
+    data = tar_bytes(members)
+    with pytest.raises(DigestMismatch) as err:
+        await load(store, ChunkedReader(data) if stream else write(tmp_path, data))
+    assert isinstance(err.value, FailedPrecondition)
+    assert f"blob {blob_name(layer)}: unexpected digest {sha(bad)}, expected {sha(layer)}" in str(
+        err.value
+    )
+    assert (err.value.expected, err.value.actual) == (sha(layer), sha(bad))
+    await assert_store_unchanged_after_gc(store, set())
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_truncated_archive_is_malformed_and_leaves_nothing(store, tmp_path, stream):
+    img = make_oci(["linux/amd64"], order="meta-first", layer_size=50_000)
+    data = tar_bytes(img.members)
+    cut = data[: len(data) - 1024 - 30_000]  # in the middle of the last blob's body
+    with pytest.raises(MalformedArchive, match="truncated"):
+        await load(store, ChunkedReader(cut) if stream else write(tmp_path, cut))
+    await assert_store_unchanged_after_gc(store, set())
+
+
+async def test_not_a_tar_is_malformed(store, tmp_path):
+    with pytest.raises(MalformedArchive):
+        await load(store, write(tmp_path, b"hello, this is not a tar archive" * 40))
+    with pytest.raises(MalformedArchive, match="empty archive"):
+        await load(store, ChunkedReader(b""))
+
+
+class StallingReader:
+    """Hands out ``data`` then blocks forever: a cancellation lands in mid-blob."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.stalled = anyio.Event()
+
+    async def read(self, n: int = -1) -> bytes:
+        if self._data:
+            out, self._data = self._data[:n], self._data[n:]
+            return out
+        self.stalled.set()
+        await anyio.sleep_forever()
+        raise AssertionError
+
+
+@pytest.mark.parametrize("compress", [None, "gzip"])
+async def test_cancel_in_mid_blob_leaves_no_partial_blob(store, tmp_path, compress):
+    img = make_oci(["linux/amd64"], order="meta-first", layer_size=3 << 20)
+    data = tar_bytes(img.members)
+    cut = data[: len(data) - (2 << 20)]
+    if compress == "gzip":
+        cut = gzip.compress(cut, compresslevel=1)[:-8]  # also no gzip trailer: never ends
+    reader = StallingReader(cut)
+    with anyio.move_on_after(10) as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(load, store, reader)
+            await reader.stalled.wait()
+            await anyio.sleep(0.05)
+            tg.cancel_scope.cancel()
+    assert not scope.cancelled_caught
+    assert (await store.content.list_statuses()) == []  # the ingest was aborted
+    await assert_store_unchanged_after_gc(store, set())
+
+
+async def test_cancel_during_an_index_first_file_copy(store, tmp_path):
+    img = make_oci(["linux/amd64"], layers=2, layer_size=6 << 20)
+    path = write(tmp_path, tar_bytes(img.members))
+    seen: list[int] = []
+
+    with anyio.CancelScope() as scope:
+
+        def progress(done: int, total: int | None, entry: str) -> None:
+            seen.append(done)
+            if total and 0 < done < total:
+                scope.cancel()
+
+        await load(store, path, progress=progress)
+    assert scope.cancelled_caught
+    assert seen
+    await assert_store_unchanged_after_gc(store, set())
+
+
+async def test_blobs_already_stored_are_not_rewritten(store, tmp_path):
+    img = make_oci(["linux/amd64"])
+    path = write(tmp_path, tar_bytes(img.members))
+    await load(store, path)
+    layer = img.platforms[0].layers[0]
+    before = store.content.path(sha(layer)).stat()
+    for source in (path, ChunkedReader(path.read_bytes())):
+        await load(store, source)
+        after = store.content.path(sha(layer)).stat()
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+async def test_concurrent_imports_of_one_archive_both_succeed(store, tmp_path):
+    img = make_oci(["linux/amd64", "linux/arm64"], layer_size=200_000)
+    data = tar_bytes(img.members)
+    path = write(tmp_path, data)
+    async with anyio.create_task_group() as tg:  # ING-14: refs never collide
+        tg.start_soon(load, store, path)
+        tg.start_soon(load, store, ChunkedReader(data))
+    assert await image_map(store) == {"docker.io/library/img:1": sha(img.index)}
+
+
+# -- compression (TV-75, IMP-1) -----------------------------------------------------------------
+
+
+def zstd_frames(data: bytes) -> bytes:
+    """Two frames and a skippable frame in front (all must be read)."""
+    c = zstandard.ZstdCompressor(level=1)
+    half = len(data) // 2
+    skippable = (0x184D2A50).to_bytes(4, "little") + (4).to_bytes(4, "little") + b"skip"
+    return skippable + c.compress(data[:half]) + c.compress(data[half:])
+
+
+@pytest.mark.parametrize("codec", ["gzip", "gzip-multimember", "zstd"])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_tv75_compressed_archives_load_like_plain_ones(tmp_path, codec, stream):
+    img = make_oci(["linux/amd64", "linux/arm64"], layer_size=300_000)
+    data = tar_bytes(img.members)
+    if codec == "gzip":
+        packed = gzip.compress(data, compresslevel=1)
+    elif codec == "gzip-multimember":
+        packed = gzip.compress(data[:5000]) + gzip.compress(data[5000:])
+    else:
+        packed = zstd_frames(data)
+    states = []
+    for i, blob in enumerate([data, packed]):
+        async with open_store(tmp_path / f"s{i}") as s:
+            source = ChunkedReader(blob) if stream else write(tmp_path, blob, f"a{i}")
+            await load(s, source)
+            await s.gc()
+            states.append(await state(s))
+    assert states[0] == states[1]
+
+
+@pytest.mark.parametrize("codec", ["gzip", "zstd"])
+async def test_corrupt_compressed_archive_is_malformed(store, tmp_path, codec):
+    img = make_oci(["linux/amd64"], layer_size=100_000)
+    data = tar_bytes(img.members)
+    packed = bytearray(gzip.compress(data) if codec == "gzip" else zstd_frames(data))
+    packed[len(packed) // 2] ^= 0xFF
+    packed[len(packed) // 2 + 1] ^= 0xFF
+    with pytest.raises(MalformedArchive):
+        await load(store, write(tmp_path, bytes(packed)))
+    await assert_store_unchanged_after_gc(store, set())
+
+
+# -- safety (EDGE-10, TAR-5, EDGE-13) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["../evil", "blobs/../../evil", "/abs/path", "/index.json"])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_edge10_names_leaving_the_archive_root_are_refused(store, tmp_path, bad, stream):
+    img = make_oci(["linux/amd64"])
+    data = tar_bytes([Member(bad, b"x"), *img.members])
+    with pytest.raises(MalformedArchive, match="unsafe tar entry name"):
+        await load(store, ChunkedReader(data) if stream else write(tmp_path, data))
+    assert not (tmp_path / "evil").exists()
+    await assert_store_unchanged_after_gc(store, set())
+
+
+async def test_tar5_hard_links_devices_and_fifos_are_ignored(store, tmp_path):
+    img = make_oci(["linux/amd64"])
+    layer = img.platforms[0].layers[0]
+    extra = [
+        Member("hard", type=tarfile.LNKTYPE, linkname=blob_name(layer)),
+        Member("dev", type=tarfile.CHRTYPE),
+        Member("blk", type=tarfile.BLKTYPE),
+        Member("fifo", type=tarfile.FIFOTYPE),
+        Member("./blobs/../blobs/sha256/", type=tarfile.DIRTYPE),
+    ]
+    for stream in (False, True):
+        data = tar_bytes(extra + img.members)
+        await load(store, ChunkedReader(data) if stream else write(tmp_path, data))
+    assert await image_map(store) == {"docker.io/library/img:1": sha(img.index)}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_max_size_refuses_larger_archives(store, tmp_path, stream):
+    img = make_oci(["linux/amd64"], layer_size=100_000)
+    data = tar_bytes(img.members)
+    with pytest.raises(MalformedArchive, match="max_size"):
+        await load(store, ChunkedReader(data) if stream else write(tmp_path, data), max_size=50_000)
+    await load(store, write(tmp_path, data), max_size=len(data))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_edge13_json_metadata_over_20_mib_is_refused(store, tmp_path, stream):
+    layout = b'{"imageLayoutVersion":"1.0.0"}' + b" " * (oci.MAX_DOCUMENT)
+    img = make_oci(["linux/amd64"])
+    members = [Member("oci-layout", layout) if m.name == "oci-layout" else m for m in img.members]
+    data = tar_bytes(members)
+    with pytest.raises(InvalidArgument, match="exceeds"):
+        await load(store, ChunkedReader(data, 1 << 20) if stream else write(tmp_path, data))
+
+
+# -- tar dialects (TAR-4, EDGE-12) ------------------------------------------------------------
+
+
+def sha512_layout() -> tuple[list[Member], str]:
+    """A layout whose every blob is addressed by sha512: names need PAX or GNU long names."""
+
+    def d512(data: bytes) -> str:
+        return "sha512:" + hashlib.sha512(data).hexdigest()
+
+    def n512(data: bytes) -> str:
+        return "blobs/sha512/" + hashlib.sha512(data).hexdigest()
+
+    layer = b"sha512 layer " * 1000
+    config = canon({"architecture": "amd64", "os": "linux"})
+    manifest = canon(
+        {
+            "schemaVersion": 2,
+            "mediaType": oci.OCI_MANIFEST,
+            "config": {"mediaType": oci.OCI_CONFIG, "digest": d512(config), "size": len(config)},
+            "layers": [{"mediaType": oci.OCI_LAYER, "digest": d512(layer), "size": len(layer)}],
+        }
+    )
+    index_json = canon(
+        {
+            "schemaVersion": 2,
+            "manifests": [
+                {
+                    "mediaType": oci.OCI_MANIFEST,
+                    "digest": d512(manifest),
+                    "size": len(manifest),
+                    "annotations": {oci.ANNOTATION_IMAGE_NAME: "docker.io/library/long:1"},
+                }
+            ],
+        }
+    )
+    members = [Member(n512(b), b) for b in (layer, config, manifest)]
+    members += [
+        Member("index.json", index_json),
+        Member("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
+    ]
+    return members, d512(manifest)
+
+
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_edge12_sha512_layout_with_pax_or_gnu_long_names(store, tmp_path, fmt, stream):
+    members, manifest = sha512_layout()
+    data = tar_bytes(members, fmt)
+    images = await load(store, ChunkedReader(data) if stream else write(tmp_path, data))
+    assert [(i.name, i.target.digest) for i in images] == [("docker.io/library/long:1", manifest)]
+    await store.gc()
+    assert len(await blob_set(store)) == 3
+
+
+async def test_edge12_sha512_blob_is_verified_with_sha512(store, tmp_path):
+    members, _ = sha512_layout()
+    members[0] = Member(members[0].name, b"tampered" + members[0].data[8:])
+    with pytest.raises(DigestMismatch, match="unexpected digest sha512:"):
+        await load(store, write(tmp_path, tar_bytes(members)))
+
+
+# -- progress ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_progress_reports_bytes_up_to_the_total(store, tmp_path, stream):
+    img = make_oci(["linux/amd64"], layers=3, layer_size=1_500_000)
+    data = tar_bytes(img.members)
+    calls: list[tuple[int, int | None, str]] = []
+    source = ChunkedReader(data, 1 << 20) if stream else write(tmp_path, data)
+    await load(store, source, progress=lambda *a: calls.append(a))
+    dones = [c[0] for c in calls]
+    assert dones == sorted(dones)
+    if stream:
+        assert dones[-1] == len(data) and all(c[1] is None for c in calls)
+        assert len(calls) >= 4
+    else:
+        layers = sum(len(x) for x in img.platforms[0].layers)
+        assert calls[-1][:2] == (dones[-1], dones[-1]) and dones[-1] >= layers
