@@ -351,7 +351,7 @@ async def test_tv64_ref_names_without_translator_name_images_by_the_bare_tag(sto
 
 @pytest.mark.parametrize("how", ["string", "function"])
 async def test_tv64_add_prefix_translator(store, tmp_path, how):
-    members, t = two_ref_names()
+    members, _t = two_ref_names()
     name = "localhost:5000/myimage" if how == "string" else add_ref_prefix("localhost:5000/myimage")
     await load(store, write(tmp_path, tar_bytes(members)), name=name)
     assert sorted(await image_map(store)) == [
@@ -420,7 +420,7 @@ async def test_tv65_unsupported_layout_version(store, tmp_path):
 async def test_tv65_layout_without_index_json(store, tmp_path):
     img = make_oci(["linux/amd64"])
     members = [m for m in img.members if m.name != "index.json"]
-    with pytest.raises(InvalidArgument, match="missing index.json in OCI layout 1.0.0"):
+    with pytest.raises(InvalidArgument, match=r"missing index\.json in OCI layout 1\.0\.0"):
         await load(store, write(tmp_path, tar_bytes(members)))
 
 
@@ -906,8 +906,10 @@ async def test_progress_reports_bytes_up_to_the_total(store, tmp_path, stream):
     dones = [c[0] for c in calls]
     assert dones == sorted(dones)
     if stream:
-        assert dones[-1] == len(data) and all(c[1] is None for c in calls)
+        assert dones[-1] == len(data)
+        assert all(c[1] is None for c in calls)
         assert len(calls) >= 4
     else:
         layers = sum(len(x) for x in img.platforms[0].layers)
-        assert calls[-1][:2] == (dones[-1], dones[-1]) and dones[-1] >= layers
+        assert calls[-1][:2] == (dones[-1], dones[-1])
+        assert dones[-1] >= layers
