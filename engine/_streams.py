@@ -134,6 +134,7 @@ class _FileSource(Source):
         self.name = name
         self._target = target
         self._file: io.FileIO | None = None
+        self._closed = False
         self._regular = False
         self._size: int | None = None
 
@@ -159,6 +160,8 @@ class _FileSource(Source):
 
     async def open(self) -> None:
         if self._file is None:
+            if self._closed:
+                raise anyio.ClosedResourceError(f"source {self.name} is closed")
             try:
                 await anyio.to_thread.run_sync(self._open_sync)
             except OSError as exc:
@@ -225,6 +228,7 @@ class _FileSource(Source):
         return await anyio.to_thread.run_sync(self._opened().seek, offset, whence)
 
     async def aclose(self) -> None:
+        self._closed = True
         f, self._file = self._file, None
         if f is not None and not isinstance(self._target, int):
             with anyio.CancelScope(shield=True):
@@ -457,6 +461,7 @@ class _FileSink(Sink):
         self.name = name
         self._target = target
         self._fd: int | None = None
+        self._closed = False
 
     def fileno(self) -> int | None:
         if self._fd is None:
@@ -465,6 +470,8 @@ class _FileSink(Sink):
 
     async def open(self) -> None:
         if self._fd is None:
+            if self._closed:
+                raise anyio.ClosedResourceError(f"sink {self.name} is closed")
             try:
                 await anyio.to_thread.run_sync(self._open_sync)
             except OSError as exc:
@@ -510,6 +517,7 @@ class _FileSink(Sink):
             try:
                 await self.flush()
             finally:
+                self._closed = True
                 fd, self._fd = self._fd, None
                 if fd is not None and not isinstance(self._target, int):
                     await anyio.to_thread.run_sync(os.close, fd)

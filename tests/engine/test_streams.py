@@ -299,3 +299,29 @@ async def test_sink_error_exit_drops_buffered_bytes(tmp_path: Path) -> None:
     with pytest.raises(KeyError):
         await write_then_fail()
     assert path.read_bytes() == b""
+
+
+async def test_closed_path_source_and_sink_do_not_reopen(blob: tuple[Path, bytes]) -> None:
+    src = open_source(blob[0])
+    await src.receive(10)
+    await src.aclose()
+    with pytest.raises(anyio.ClosedResourceError):
+        await src.receive(10)
+    sink = open_sink(blob[0].with_suffix(".out"))
+    await sink.send(b"x" * (100 << 10))
+    await sink.aclose()
+    with pytest.raises(anyio.ClosedResourceError):
+        await sink.send(b"y" * (100 << 10))
+
+
+async def test_cancelling_a_receive_on_an_idle_pipe_returns_promptly() -> None:
+    r, w = os.pipe()
+    try:
+        src = open_source(r)
+        with anyio.move_on_after(0.2) as scope:
+            await src.receive()
+        assert scope.cancelled_caught
+    finally:
+        os.close(w)  # the abandoned worker thread now sees EOF and ends
+        await anyio.sleep(0.05)
+        os.close(r)
