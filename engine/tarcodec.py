@@ -1,8 +1,8 @@
 """The tar codec: a sans-IO streaming decoder and a deterministic header encoder.
 
 Owns the tar wire format (SEMANTICS TAR-1..4, EDGE-12/13): USTAR, PAX ``x``/``g``,
-GNU ``L``/``K``, base-256 numbers, V7. Pure: it must never import anyio, the store
-or any other engine module (a test asserts it); ``_tario.py`` drives it over I/O.
+GNU ``L``/``K``, base-256 numbers, V7. Pure: it imports only ``castar.store.errors``
+(and the ``Buffer`` type), never anyio (a test asserts it); ``_tario.py`` drives it.
 """
 
 from __future__ import annotations
