@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -166,3 +168,40 @@ async def test_add_stream_with_the_wrong_byte_count_raises_size_mismatch(actual:
         with pytest.raises(SizeMismatch, match="'m'") as exc:
             await writer.add_stream("m", 10, chunks_of(b"x" * actual, 4))
     assert (exc.value.expected, exc.value.actual) == (10, min(actual, 12))
+
+
+_STDIO_ROUND_TRIP = """
+import anyio
+from castar.engine._streams import open_sink, open_source
+from castar.engine._tario import TarReader, TarWriter
+from castar.engine.tarcodec import ArchiveEnd, Chunk, MemberStart
+
+async def main():
+    async with open_source("-") as src, open_sink("-") as sink:
+        assert not src.seekable and sink.kind == "pipe"
+        reader, writer = TarReader(src), TarWriter(sink)
+        body = b""
+        while not isinstance(event := await reader.next_event(), ArchiveEnd):
+            if isinstance(event, MemberStart):
+                name, body = event.name, b""
+            elif isinstance(event, Chunk):
+                body += bytes(event.data)
+            else:
+                await writer.add_file("copy/" + name, body)
+        await writer.finish()
+
+anyio.run(main)
+"""
+
+
+def test_stdin_to_stdout_through_reader_and_writer() -> None:
+    """``-`` means the process's fd 0 and 1, as the CLI passes them (pipes here)."""
+    result = subprocess.run(
+        [sys.executable, "-c", _STDIO_ROUND_TRIP],
+        input=make_archive(MEMBERS),
+        capture_output=True,
+        check=True,
+    )
+    with tarfile.open(fileobj=io.BytesIO(result.stdout)) as tf:
+        got = {ti.name: tf.extractfile(ti).read() for ti in tf.getmembers()}  # type: ignore[union-attr]
+    assert got == {"copy/" + n: d for n, d in MEMBERS}
