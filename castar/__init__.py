@@ -1,13 +1,25 @@
 """castar: an async content-addressed store for container images.
 
-The public import surface. Library code lives in ``castar.store`` (content,
-metadata, leases, GC) and ``castar.engine`` (platforms, OCI model, tar codec,
-load and save); this module re-exports what users need.
+The public import surface. Layout: ``castar.store`` is self-contained (digests,
+content, metadata, leases, GC, verify); ``castar.engine`` builds on it (platforms,
+OCI model, tar codec, load, save, the images service); ``castar._api`` composes
+both into the :class:`Store` facade that :func:`open_store` yields, and
+``castar._cli`` is the command line. This module only re-exports what users need.
 """
 
 from __future__ import annotations
 
+from castar._api import Store as Store
+from castar._api import load as load
+from castar._api import open_store as open_store
+from castar._api import save as save
+from castar.engine.images import ImageDetails as ImageDetails
+from castar.engine.images import ImageService as ImageService
+from castar.engine.images import ImageTree as ImageTree
+from castar.engine.images import ManifestRow as ManifestRow
+from castar.engine.images import Removal as Removal
 from castar.engine.platforms import Platform as Platform
+from castar.store._store import default_root as default_root
 from castar.store.content import Descriptor as Descriptor
 from castar.store.content import Info as Info
 from castar.store.errors import AlreadyExists as AlreadyExists
@@ -26,11 +38,14 @@ from castar.store.errors import UnsupportedMediaType as UnsupportedMediaType
 from castar.store.gc import GCReport as GCReport
 from castar.store.images import Image as Image
 from castar.store.leases import Lease as Lease
+from castar.store.verify import BlobProblem as BlobProblem
+from castar.store.verify import VerifyReport as VerifyReport
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AlreadyExists",
+    "BlobProblem",
     "CastarError",
     "Conflict",
     "DataLoss",
@@ -39,15 +54,26 @@ __all__ = [
     "FailedPrecondition",
     "GCReport",
     "Image",
+    "ImageDetails",
+    "ImageService",
+    "ImageTree",
     "Info",
     "InvalidArgument",
     "Lease",
     "MalformedArchive",
     "MalformedManifest",
+    "ManifestRow",
     "NotFound",
     "Platform",
+    "Removal",
     "SizeMismatch",
+    "Store",
     "Unavailable",
     "UnsupportedMediaType",
+    "VerifyReport",
     "__version__",
+    "default_root",
+    "load",
+    "open_store",
+    "save",
 ]

@@ -1,0 +1,247 @@
+"""The public facade: :func:`open_store` and the :class:`Store` users hold.
+
+Composes castar.store (content, records, leases, GC, verify) and castar.engine
+(images service, load, save) into one object. It holds no behaviour of its own
+beyond wiring; it is imported by ``castar/__init__`` and the CLI only, and no
+castar.store or castar.engine module may import it.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import timedelta
+from typing import TYPE_CHECKING, final
+
+from castar.engine.images import ImageService
+from castar.store import _store as core
+from castar.store import verify as _verify
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+    from pathlib import Path
+
+    from castar.engine import exporter, importer
+    from castar.engine.exporter import ExportResult, SaveJob, SavePlan
+    from castar.store.content import ContentStore
+    from castar.store.gc import GCReport
+    from castar.store.images import Image
+    from castar.store.leases import Lease, LeaseManager
+    from castar.store.verify import VerifyProgress, VerifyReport
+
+__all__ = ["Store", "load", "open_store", "save"]
+
+
+@final
+class Store:
+    """An open castar store: content, image records, leases, GC, load and save.
+
+    Get one from :func:`open_store`. Every coroutine runs on asyncio and trio.
+
+    Attributes:
+        root: the store's directory.
+        content: the content store (blobs by digest, labels, ingests).
+        images: the images service: records plus ``tree()``, ``inspect()``, ``tag()``
+            and ``remove()``.
+        leases: the lease manager (leases protect what is written under them from GC).
+    """
+
+    def __init__(self, core_store: core.Store) -> None:
+        self._core = core_store
+        self.root: Path = core_store.root
+        self.content: ContentStore = core_store.content
+        self.images: ImageService = ImageService(core_store)
+        self.leases: LeaseManager = core_store.leases
+
+    @property
+    def core(self) -> core.Store:
+        """The castar.store Store underneath (what castar.engine functions take)."""
+        return self._core
+
+    def lease(
+        self,
+        *,
+        expire: timedelta | None = timedelta(hours=24),
+        labels: Mapping[str, str] | None = None,
+    ) -> AbstractAsyncContextManager[Lease]:
+        """Create a lease and make it current for the block (SEMANTICS LEASE-5, LEASE-6).
+
+        Everything written inside the block (ingests, blobs, images) is protected
+        from GC until the block exits and the lease is deleted, or it expires.
+        """
+        return self._core.lease(expire=expire, labels=labels)
+
+    async def gc(self, *, dry_run: bool = False) -> GCReport:
+        """Collect garbage: what no image, unexpired lease or ingest keeps alive (GC-2..10)."""
+        return await self._core.gc(dry_run=dry_run)
+
+    async def explain(self, digest: str) -> list[str]:
+        """The path from a GC root to ``digest``, ``[]`` when the blob is garbage."""
+        return await self._core.explain(digest)
+
+    async def load(
+        self,
+        source: object,
+        *,
+        platforms: Sequence[str] | None = None,
+        all_platforms: bool = False,
+        skip_missing: bool | None = None,
+        name: str | None = None,
+        progress: importer.ProgressCallback | None = None,
+        max_size: int | None = None,
+    ) -> list[Image]:
+        """Import an OCI or Docker image archive; see :func:`castar.engine.importer.load`."""
+        return await load(
+            self._core,
+            source,
+            platforms=platforms,
+            all_platforms=all_platforms,
+            skip_missing=skip_missing,
+            name=name,
+            progress=progress,
+            max_size=max_size,
+        )
+
+    async def save(
+        self,
+        names: Sequence[str],
+        sink: object,
+        *,
+        platforms: Sequence[str] | None = None,
+        missing: str = "sparse",
+        docker_manifest: bool = True,
+        progress: exporter.Progress | None = None,
+        verify: bool = False,
+        archive_digest: bool = False,
+    ) -> ExportResult:
+        """Export images as an OCI archive; see :func:`castar.engine.exporter.save`."""
+        return await save(
+            self._core,
+            names,
+            sink,
+            platforms=platforms,
+            missing=missing,
+            docker_manifest=docker_manifest,
+            progress=progress,
+            verify=verify,
+            archive_digest=archive_digest,
+        )
+
+    async def plan_save(
+        self,
+        names: Sequence[str],
+        *,
+        platforms: Sequence[str] | None = None,
+        missing: str = "sparse",
+        docker_manifest: bool = True,
+    ) -> SavePlan:
+        """What :meth:`save` would write, without writing (``castar save --dry-run``)."""
+        from castar.engine import exporter
+
+        return await exporter.plan_save(
+            self._core,
+            names,
+            platforms=platforms,
+            missing=missing,
+            docker_manifest=docker_manifest,
+        )
+
+    async def save_many(self, jobs: Sequence[SaveJob]) -> list[ExportResult]:
+        """Run several exports concurrently; see :func:`castar.engine.exporter.save_many`."""
+        from castar.engine import exporter
+
+        return await exporter.save_many(self._core, jobs)
+
+    async def verify(
+        self, names: Iterable[str] | None = None, *, progress: VerifyProgress | None = None
+    ) -> VerifyReport:
+        """Re-hash stored blobs: all of them, or the stored subtrees of the named images.
+
+        Returns a report listing every missing and corrupt blob; raises NotFound
+        for an unknown image name.
+        """
+        if names is None:
+            return await _verify.verify(self._core.content, progress=progress)
+        roots = [(await self.images.resolve(n)).target.digest for n in names]
+        return await _verify.verify(self._core.content, roots, progress=progress)
+
+    async def aclose(self) -> None:
+        """Close the store (done by :func:`open_store` on exit)."""
+        await self._core.aclose()
+
+
+@asynccontextmanager
+async def _open(root: str | os.PathLike[str] | None) -> AsyncIterator[Store]:
+    async with core.open_store(root) as s:
+        yield Store(s)
+
+
+def open_store(root: str | os.PathLike[str] | None = None) -> AbstractAsyncContextManager[Store]:
+    """Open (creating it if needed) the store at ``root``.
+
+    Args:
+        root: the store directory; ``None`` means the default store: ``$CASTAR_ROOT``,
+            else ``$XDG_DATA_HOME/castar``, else ``~/.local/share/castar``.
+
+    Returns:
+        An async context manager yielding a :class:`Store`, closed on exit.
+    """
+    return _open(root)
+
+
+def _unwrap(store: Store | core.Store) -> core.Store:
+    return store.core if isinstance(store, Store) else store
+
+
+async def load(
+    store: Store | core.Store,
+    source: object,
+    *,
+    platforms: Sequence[str] | None = None,
+    all_platforms: bool = False,
+    skip_missing: bool | None = None,
+    name: str | None = None,
+    progress: importer.ProgressCallback | None = None,
+    max_size: int | None = None,
+) -> list[Image]:
+    """Import an archive into ``store``: the module-level form of :meth:`Store.load`."""
+    from castar.engine import importer  # imported on first use: `import castar` stays light
+
+    return await importer.load(
+        _unwrap(store),
+        source,
+        platforms=platforms,
+        all_platforms=all_platforms,
+        skip_missing=skip_missing,
+        name=name,
+        progress=progress,
+        max_size=max_size,
+    )
+
+
+async def save(
+    store: Store | core.Store,
+    names: Sequence[str],
+    sink: object,
+    *,
+    platforms: Sequence[str] | None = None,
+    missing: str = "sparse",
+    docker_manifest: bool = True,
+    progress: exporter.Progress | None = None,
+    verify: bool = False,
+    archive_digest: bool = False,
+) -> ExportResult:
+    """Export images from ``store``: the module-level form of :meth:`Store.save`."""
+    from castar.engine import exporter  # imported on first use: `import castar` stays light
+
+    return await exporter.save(
+        _unwrap(store),
+        names,
+        sink,
+        platforms=platforms,
+        missing=missing,
+        docker_manifest=docker_manifest,
+        progress=progress,
+        verify=verify,
+        archive_digest=archive_digest,
+    )

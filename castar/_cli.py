@@ -1,0 +1,674 @@
+"""The ``castar`` command line: argparse, one ``anyio.run`` per command, one exit-code table.
+
+Owns the commands (load, save, images, inspect, tag, rm, gc, lease, verify, demo),
+their text and JSON output, and the error-category → exit-code table: the only
+place that catches CastarError broadly (STYLE §3.4). Goes through the facade
+(castar._api) and the engine's pure helpers; library modules must not import it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Final
+
+import anyio
+import anyio.to_thread
+
+from castar import __version__
+from castar._api import Store, open_store
+from castar._progress import ProgressBar, wanted
+from castar.engine import platforms, reference
+from castar.engine.images import format_size, render_tree
+from castar.store import digest as digests
+from castar.store.errors import (
+    AlreadyExists,
+    CastarError,
+    Conflict,
+    DataLoss,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+
+__all__ = ["EXIT_CODES", "main"]
+
+EXIT_OTHER: Final = 1
+EXIT_USAGE: Final = 2
+#: The one table from error category to exit code (most specific class wins).
+EXIT_CODES: Final[dict[type[BaseException], int]] = {
+    NotFound: 3,
+    FileNotFoundError: 3,
+    InvalidArgument: 4,
+    IsADirectoryError: 4,
+    NotADirectoryError: 4,
+    FailedPrecondition: 5,
+    AlreadyExists: 5,
+    Conflict: 5,
+    PermissionError: 5,
+    DataLoss: 6,
+}
+_EPILOG = """\
+exit codes:
+  0  success
+  1  other error (unavailable, internal)
+  2  usage: bad command line
+  3  not found: no such image, blob, lease, file or platform
+  4  invalid input: bad platform spec, reference or filter, malformed archive
+  5  precondition failed: digest or size mismatch, conflict, already exists
+  6  data loss: a stored blob is missing or corrupt
+
+The store is --root DIR, else $CASTAR_ROOT, else $XDG_DATA_HOME/castar,
+else ~/.local/share/castar. Try: castar demo
+"""
+
+Command = Callable[[Store, argparse.Namespace], Awaitable[int]]
+
+
+def _exit_code(exc: BaseException) -> int | None:
+    for cls in type(exc).__mro__:
+        if cls in EXIT_CODES:
+            return EXIT_CODES[cls]
+    return EXIT_OTHER if isinstance(exc, CastarError | OSError) else None
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and not isinstance(exc, CastarError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        return f"{where}{exc.strerror.lower()}"
+    return str(exc) or type(exc).__name__
+
+
+def _out(text: str = "") -> None:
+    print(text)
+
+
+def _dump(obj: object) -> None:
+    _out(json.dumps(obj, indent=2, sort_keys=False))
+
+
+def _platform_list(values: Sequence[str] | None) -> list[str] | None:
+    """Validate ``--platform`` values early (bad spec → exit 4 before the store is touched)."""
+    if not values:
+        return None
+    return [platforms.format_all(p) for p in platforms.parse_list(values)]
+
+
+# -- load / save --------------------------------------------------------------------------
+
+
+async def _cmd_load(store: Store, args: argparse.Namespace) -> int:
+    plats = _platform_list(args.platform)
+    source: object
+    if args.input in (None, "-"):
+        if sys.stdin.isatty():
+            raise InvalidArgument(
+                "requested load from stdin, but stdin is a terminal: use -i FILE or redirect stdin"
+            )
+        source = "-"
+    else:
+        source = Path(args.input)
+        if not await anyio.Path(source).is_file():
+            raise NotFound(f"archive {source}")
+    with ProgressBar("Loading", enabled=wanted(quiet=args.quiet, json=args.json)) as bar:
+        images = await store.load(
+            source,
+            platforms=plats,
+            all_platforms=args.all_platforms,
+            name=args.name,
+            progress=bar,
+        )
+    if args.json:
+        _dump([{"name": i.name, "target": str(i.target.digest)} for i in images])
+    for i in [] if args.json else images:  # LOAD-5
+        if reference.is_dangling(i.name):
+            _out(f"Loaded image ID: {i.target.digest}")
+        else:
+            _out(f"Loaded image: {reference.display_name(i.name)}")
+    return 0
+
+
+async def _cmd_save(store: Store, args: argparse.Namespace) -> int:
+    plats = _platform_list(args.platform)
+    if args.dry_run:
+        plan = await store.plan_save(args.images, platforms=plats, missing=args.missing)
+        _dump(plan.to_json())
+        return 0
+    to_stdout = args.output in (None, "-")
+    if to_stdout and sys.stdout.isatty():
+        raise InvalidArgument(
+            "cowardly refusing to write an image archive to a terminal: "
+            "use -o FILE or redirect stdout"
+        )
+    show = wanted(quiet=args.quiet, json=args.json)
+    if to_stdout:
+        with ProgressBar("Saving", enabled=show) as bar:
+            await store.save(args.images, "-", platforms=plats, missing=args.missing, progress=bar)
+        return 0
+    target = Path(args.output)
+    # Write beside the target and rename on success, so a failed save leaves no
+    # half archive; devices and FIFOs (e.g. /dev/null) are written in place.
+    apath = anyio.Path(target)
+    in_place = await apath.exists() and not await apath.is_file()
+    tmp = target if in_place else target.with_name(f".{target.name}.castar-{os.getpid()}")
+    try:
+        with ProgressBar("Saving", enabled=show) as bar:
+            result = await store.save(
+                args.images, tmp, platforms=plats, missing=args.missing, progress=bar
+            )
+        if not in_place:
+            await anyio.Path(tmp).rename(target)
+    finally:
+        if not in_place:
+            with anyio.CancelScope(shield=True):
+                await anyio.Path(tmp).unlink(missing_ok=True)
+    if args.json:
+        _dump(result.to_json())
+    return 0
+
+
+# -- images, inspect, tag, rm ----------------------------------------------------------------
+
+
+async def _cmd_images(store: Store, args: argparse.Namespace) -> int:
+    names = None
+    if args.filter:
+        names = [i.name for i in await store.images.list(args.filter)]
+    trees = await store.images.tree(names)
+    if args.json:
+        _dump([t.to_json() for t in trees])
+    elif args.tree:
+        for line in render_tree(trees, terminal=sys.stdout.isatty()):
+            _out(line)
+    else:
+        rows = [["IMAGE", "ID", "CREATED", "CONTENT SIZE", "PLATFORMS"]]
+        rows += [
+            [
+                n,
+                t.target.digest.encoded[:12],
+                t.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                format_size(t.content_size),
+                f"{sum(m.available for m in t.platforms)}/{len(t.platforms)}",
+            ]
+            for t in trees
+            for n in [reference.display_name(n) for n in t.names] or ["<untagged>"]
+        ]
+        _table(rows)
+    return 0
+
+
+def _table(rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        _out("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+async def _cmd_inspect(store: Store, args: argparse.Namespace) -> int:
+    if args.platform is not None:
+        platforms.parse(args.platform)  # InvalidArgument before any lookup
+    details = await store.images.inspect(args.image, platform=args.platform)
+    _dump(details.to_json())
+    return 0
+
+
+async def _cmd_tag(store: Store, args: argparse.Namespace) -> int:
+    await store.images.tag(args.source, args.target)
+    return 0
+
+
+async def _cmd_rm(store: Store, args: argparse.Namespace) -> int:
+    for removal in await store.images.remove(args.images, force=args.force):
+        _out(str(removal))
+    return 0
+
+
+# -- gc, lease, verify ---------------------------------------------------------------------
+
+
+async def _cmd_gc(store: Store, args: argparse.Namespace) -> int:
+    if args.why is not None:
+        try:
+            digest = digests.parse(args.why)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f'digest "{args.why}": {exc.message}') from exc
+        if not await store.content.exists(digest):
+            raise NotFound(f"content digest {args.why}")
+        path = await store.explain(args.why)
+        if args.json:
+            _dump({"digest": args.why, "path": path, "garbage": not path})
+        elif path:
+            _out(" -> ".join(path))
+        else:
+            _out(f"{args.why} is garbage: no image, lease or ingest keeps it alive")
+        return 0
+    report = await store.gc(dry_run=args.dry_run)
+    if args.json:
+        _dump(
+            {
+                "dry_run": report.dry_run,
+                "removed": [str(d) for d in report.removed],
+                "bytes_freed": report.bytes_freed,
+                "images_removed": list(report.images_removed),
+                "leases_removed": list(report.leases_removed),
+                "ingests_removed": list(report.ingests_removed),
+            }
+        )
+        return 0
+    verb = "Would delete" if report.dry_run else "Deleted"
+    for what, items in (
+        ("image", report.images_removed),
+        ("lease", report.leases_removed),
+        ("ingest", report.ingests_removed),
+        ("blob", report.removed),
+    ):
+        for item in items:
+            _out(f"{verb} {what}: {item}")
+    freed = "would free" if report.dry_run else "freed"
+    _out(f"{len(report.removed)} blobs, {format_size(report.bytes_freed)} {freed}")
+    return 0
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> timedelta | None:
+    """``1h``, ``90m``, ``1h30m``, ``2d``; ``0`` or ``never`` mean no expiry."""
+    if text in ("0", "never"):
+        return None
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise InvalidArgument(f'bad duration "{text}": expected e.g. 90s, 30m, 1h30m, 2d or never')
+    return timedelta(seconds=sum(float(n) * _UNITS[u] for n, u in parts))
+
+
+def _labels(values: Sequence[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for v in values or ():
+        key, sep, value = v.partition("=")
+        if not sep or not key:
+            raise InvalidArgument(f'bad label "{v}": expected key=value')
+        out[key] = value
+    return out
+
+
+def _when(dt: datetime | None) -> str:
+    return "never" if dt is None else dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def _cmd_lease(store: Store, args: argparse.Namespace) -> int:
+    if args.lease_command == "create":
+        lease = await store.leases.create(
+            args.id, expire=_duration(args.expire), labels=_labels(args.label)
+        )
+        _out(lease.id)
+    elif args.lease_command == "ls":
+        leases = await store.leases.list()
+        if args.json:
+            _dump(
+                [
+                    {
+                        "id": le.id,
+                        "created_at": le.created_at.isoformat(),
+                        "expires_at": None if le.expires_at is None else le.expires_at.isoformat(),
+                        "labels": dict(le.labels),
+                    }
+                    for le in leases
+                ]
+            )
+        else:
+            rows = [["ID", "CREATED", "EXPIRES", "LABELS"]]
+            rows += [
+                [
+                    le.id,
+                    _when(le.created_at),
+                    _when(le.expires_at),
+                    ",".join(f"{k}={v}" for k, v in sorted(le.labels.items())),
+                ]
+                for le in leases
+            ]
+            _table(rows)
+    else:
+        for lease_id in args.ids:
+            await store.leases.delete(lease_id)
+            _out(lease_id)
+    return 0
+
+
+async def _cmd_verify(store: Store, args: argparse.Namespace) -> int:
+    with ProgressBar("Verifying", enabled=wanted(quiet=args.quiet, json=args.json)) as bar:
+        report = await store.verify(args.images or None, progress=bar)
+    if args.json:
+        _dump(report.to_json())
+    else:
+        for problem in report.problems:
+            _out(str(problem))
+        _out(f"{report.checked} blobs checked, {format_size(report.bytes_checked)} hashed")
+    if not report.ok:
+        raise DataLoss(f"{len(report.problems)} of {report.checked} blobs are missing or corrupt")
+    return 0
+
+
+# -- demo ----------------------------------------------------------------------------------
+
+_DEMO_PLATFORMS: Final = ("linux/amd64", "linux/arm64/v8", "linux/arm/v7", "linux/ppc64le")
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)([kmgt]?)i?b?", re.IGNORECASE)
+
+
+def _size(text: str) -> int:
+    m = _SIZE.fullmatch(text.strip())
+    if m is None:
+        raise InvalidArgument(f'bad size "{text}": expected e.g. 64M, 1G or 500000')
+    return int(float(m[1]) * 1024 ** ("kmgt".find(m[2].lower()) + 1 if m[2] else 0))
+
+
+def _rate(size: int, seconds: float) -> str:
+    return f"{format_size(int(size / max(seconds, 1e-9)))}/s"
+
+
+async def _cmd_demo(store: Store, args: argparse.Namespace) -> int:
+    from castar.engine import synth  # only the demo needs the generator
+
+    plats = _demo_platforms(args.platforms)
+    layers = 3
+    layer_size = max(4096, _size(args.size) // (len(plats) * layers))
+    spec = synth.SynthSpec(
+        name="docker.io/library/castar-demo:latest",
+        platforms=plats,
+        layers=layers,
+        layer_size=layer_size,
+    )
+    picked = plats[:2]
+    async with anyio.TemporaryDirectory(prefix="castar-demo-") as tmpdir:
+        tmp = Path(tmpdir)
+        archive, saved = tmp / "demo.tar", tmp / "one.tar"
+        t0 = time.perf_counter()
+        await anyio.to_thread.run_sync(synth.write_path, spec, archive)
+        size = (await anyio.Path(archive).stat()).st_size
+        _out(
+            f"1. generated {archive.name}: {len(plats)} platforms x {layers} layers x "
+            f"{format_size(layer_size)} = {format_size(size)} "
+            f"in {time.perf_counter() - t0:.2f}s"
+        )
+        t0 = time.perf_counter()
+        with ProgressBar("Loading", enabled=wanted(quiet=args.quiet, json=False)) as bar:
+            images = await store.load(archive, platforms=picked, progress=bar)
+        dt = time.perf_counter() - t0
+        _out(
+            f"2. loaded {', '.join(reference.display_name(i.name) for i in images)} "
+            f"for {' and '.join(picked)} in {dt:.2f}s ({_rate(size, dt)} of archive)"
+        )
+        _out("3. the image as stored (unloaded platforms are unavailable):")
+        for line in render_tree(await store.images.tree([spec.name]), terminal=sys.stdout.isatty()):
+            _out(f"   {line}")
+        t0 = time.perf_counter()
+        with ProgressBar("Saving", enabled=wanted(quiet=args.quiet, json=False)) as bar:
+            result = await store.save([spec.name], saved, platforms=picked[:1], progress=bar)
+        dt = time.perf_counter() - t0
+        (entry,) = result.images
+        blobs = {m.digest for m in result.plan.members if m.digest is not None}
+        _out(
+            f"4. saved {picked[0]} to {saved.name}: {len(blobs)} blobs, "
+            f"{format_size(result.size)} in {dt:.3f}s ({_rate(result.size, dt)})"
+        )
+        t0 = time.perf_counter()
+        async with open_store(tmp / "roundtrip") as other:
+            (back,) = await other.load(saved)
+            report = await other.verify([back.name])
+            again = await other.save([back.name], tmp / "again.tar")
+        same = {m.digest for m in again.plan.members if m.digest is not None} == blobs
+        if back.target.digest != entry.digest or not same or not report.ok:
+            raise DataLoss(
+                f"demo round trip of {saved.name} failed: loaded {back.target.digest}, "
+                f"saved {entry.digest}; same blobs: {same}; {len(report.problems)} bad blobs"
+            )
+        _out(
+            f"5. round trip: {saved.name} loaded into a fresh store "
+            f"({back.target.digest.encoded[:12]} = the {picked[0]} manifest), "
+            f"{report.checked} blobs re-hashed, saved again with the same blobs, "
+            f"in {time.perf_counter() - t0:.2f}s"
+        )
+    _out(f"done: try `castar images --tree` and `castar rm {reference.display_name(spec.name)}`")
+    return 0
+
+
+def _demo_platforms(value: str) -> list[str]:
+    if value.isdigit():
+        n = int(value)
+        if not 2 <= n <= len(_DEMO_PLATFORMS):
+            raise InvalidArgument(f"--platforms {n}: expected 2 to {len(_DEMO_PLATFORMS)}")
+        return list(_DEMO_PLATFORMS[:n])
+    specs = [platforms.format(p) for p in platforms.parse_list([value])]
+    if len(specs) < 2:
+        raise InvalidArgument(f'--platforms "{value}": the demo needs at least two platforms')
+    return specs
+
+
+# -- the parser and main ---------------------------------------------------------------
+
+
+def _common(json_flag: bool = False, quiet: bool = False) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    # Global options are accepted after the command too; SUPPRESS keeps the top-level value.
+    p.add_argument("--root", default=argparse.SUPPRESS, help="store directory")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="tracebacks")
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+    if quiet:
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _add(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    run: Command,
+    help_: str,
+    example: str,
+    *,
+    json_flag: bool = False,
+    quiet: bool = False,
+) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help_,
+        description=help_,
+        epilog=f"example:\n  {example}",
+        parents=[_common(json_flag, quiet)],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.set_defaults(run=run)
+    return p
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="castar",
+        description="castar: a content-addressed store for container images, "
+        "with streaming OCI/Docker archive load and save.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--root", default=None, help="store directory (default: see below)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument(
+        "--backend",
+        choices=["asyncio", "trio"],
+        default=os.environ.get("CASTAR_BACKEND", "asyncio"),
+        help="event loop (default: $CASTAR_BACKEND or asyncio)",
+    )
+    parser.add_argument("--version", action="version", version=f"castar {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    plat_help = "platform(s), e.g. linux/amd64,linux/arm64/v8 (repeatable)"
+
+    p = _add(
+        sub,
+        "load",
+        _cmd_load,
+        "load an OCI or Docker image archive",
+        "castar load -i alpine.tar --platform linux/arm64",
+        json_flag=True,
+        quiet=True,
+    )
+    p.add_argument("-i", "--input", metavar="FILE", help="archive to read (default: stdin)")
+    p.add_argument("--platform", action="append", metavar="P[,P...]", help=plat_help)
+    p.add_argument("--all-platforms", action="store_true", help="load every platform")
+    p.add_argument("--name", metavar="PREFIX", help="name images whose archive only gives a tag")
+
+    p = _add(
+        sub,
+        "save",
+        _cmd_save,
+        "save images to an OCI archive (with Docker manifest.json)",
+        "castar save alpine:latest --platform linux/amd64 -o alpine.tar",
+        json_flag=True,
+        quiet=True,
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("-o", "--output", metavar="FILE", help="archive to write (default: stdout)")
+    p.add_argument("--platform", action="append", metavar="P[,P...]", help=plat_help)
+    p.add_argument(
+        "--missing",
+        choices=["sparse", "prune", "fail"],
+        default="sparse",
+        help="content not in the store: omit it (sparse, default), write an index "
+        "of the exported platforms only (prune), or fail",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
+
+    p = _add(sub, "images", _cmd_images, "list images", "castar images --tree", json_flag=True)
+    p.add_argument("--tree", action="store_true", help="one row per platform, with availability")
+    p.add_argument(
+        "--filter",
+        action="append",
+        metavar="KEY=VALUE",
+        help="reference=GLOB, label=KEY[=VALUE], dangling=true|false",
+    )
+
+    p = _add(
+        sub,
+        "inspect",
+        _cmd_inspect,
+        "show an image's record, platforms and documents",
+        "castar inspect alpine --platform linux/arm64",
+    )
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--platform", metavar="P", help="show this platform's manifest and config")
+
+    p = _add(sub, "tag", _cmd_tag, "give an image another name", "castar tag alpine myalpine:1")
+    p.add_argument("source", metavar="SRC")
+    p.add_argument("target", metavar="DST")
+
+    p = _add(
+        sub,
+        "rm",
+        _cmd_rm,
+        "remove image names (content goes at the next gc)",
+        "castar rm alpine:latest",
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("-f", "--force", action="store_true", help="remove every name of an image ID")
+
+    p = _add(
+        sub,
+        "gc",
+        _cmd_gc,
+        "delete what no image, lease or ingest keeps alive",
+        "castar gc --dry-run",
+        json_flag=True,
+    )
+    p.add_argument("--dry-run", action="store_true", help="report, delete nothing")
+    p.add_argument("--why", metavar="DIGEST", help="show which root keeps a blob alive")
+
+    p = _add(
+        sub,
+        "lease",
+        _cmd_lease,
+        "create, list or remove leases",
+        "castar lease create --expire 1h --label owner=ci",
+    )
+    lsub = p.add_subparsers(dest="lease_command", metavar="ACTION", required=True)
+    lp = lsub.add_parser("create", help="create a lease and print its id", parents=[_common()])
+    lp.add_argument("--id", help="lease id (default: random)")
+    lp.add_argument(
+        "--expire",
+        default="24h",
+        metavar="DURATION",
+        help="e.g. 30m, 1h, 2d, or never (default: 24h)",
+    )
+    lp.add_argument("--label", action="append", metavar="KEY=VALUE")
+    lsub.add_parser("ls", help="list leases", parents=[_common(json_flag=True)])
+    lp = lsub.add_parser("rm", help="delete leases", parents=[_common()])
+    lp.add_argument("ids", nargs="+", metavar="ID")
+
+    p = _add(
+        sub,
+        "verify",
+        _cmd_verify,
+        "re-hash stored blobs; exit 6 if any is missing or corrupt",
+        "castar verify alpine:latest",
+        json_flag=True,
+        quiet=True,
+    )
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="default: every stored blob")
+
+    p = _add(
+        sub,
+        "demo",
+        _cmd_demo,
+        "generate a multi-platform archive, load two platforms, show, save, round-trip",
+        "castar demo --size 1G --platforms 4",
+        quiet=True,
+    )
+    p.add_argument("--size", default="48M", help="archive size (default: 48M)")
+    p.add_argument(
+        "--platforms",
+        default="4",
+        metavar="N|P,P...",
+        help=f"number of platforms (2-{len(_DEMO_PLATFORMS)}) or a list (default: 4)",
+    )
+    return parser
+
+
+async def _run(args: argparse.Namespace) -> int:
+    async with open_store(args.root) as store:
+        code: int = await args.run(store, args)
+        return code
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``castar`` command line; returns the exit code (see ``castar --help``)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "run", None) is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return anyio.run(_run, args, backend=args.backend)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # A closed pipe (castar images | head) is not an error; keep the exit flush quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as group:
+        exc = _unwrap(group)
+        code = _exit_code(exc)
+        if code is None or args.debug:
+            traceback.print_exception(exc)
+        print(f"castar: error: {_message(exc)}", file=sys.stderr)
+        return code if code is not None else EXIT_OTHER

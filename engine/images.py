@@ -1,0 +1,560 @@
+"""The images service: image records plus the per-platform tree view, inspect, tag and remove.
+
+Owns :class:`ImageService` (what ``castar.Store.images`` is), the tree values
+(SEMANTICS TREE-1..3) and their text rendering. Builds on castar.store records and
+the engine's OCI model and graph helpers; must not import the importer, the
+exporter or the facade (``castar._api``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, final
+
+from castar.engine import graph, oci, platforms, reference
+from castar.store.digest import Digest
+from castar.store.errors import Conflict, InvalidArgument, NotFound
+
+if TYPE_CHECKING:
+    import builtins
+    from collections.abc import Iterable, Mapping, Sequence
+    from datetime import datetime
+
+    from castar.engine.platforms import Platform
+    from castar.store._store import Store
+    from castar.store.content import ContentStore
+    from castar.store.images import DescriptorLike, Image
+
+__all__ = [
+    "ImageDetails",
+    "ImageService",
+    "ImageTree",
+    "ManifestRow",
+    "Removal",
+    "format_size",
+    "render_tree",
+]
+
+Kind = Literal["image", "attestation", "unknown"]
+_HEX_PREFIX = re.compile(r"[a-f0-9]{4,64}")
+_MAX_DEPTH = 8  # nested indexes deeper than this are not listed (EDGE-5 needs two levels)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ManifestRow:
+    """One manifest reachable from an image's target (TREE-1).
+
+    Attributes:
+        descriptor: the manifest's descriptor as the parent index lists it.
+        platform: the descriptor's platform, else the config's; ``None`` if unknown.
+        kind: ``"image"``, ``"attestation"`` (MT-5) or ``"unknown"`` (pseudo-images).
+        available: the manifest, its config and every layer are stored (SAVE-6).
+        content_size: bytes of the manifest's stored subtree (0 when the manifest is absent).
+    """
+
+    descriptor: oci.Descriptor
+    platform: Platform | None
+    kind: Kind
+    available: bool
+    content_size: int
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able mapping (``castar images --tree --json``)."""
+        return {
+            "platform": platforms.format(self.platform) if self.platform is not None else None,
+            "digest": str(self.descriptor.digest),
+            "media_type": self.descriptor.media_type,
+            "kind": self.kind,
+            "available": self.available,
+            "content_size": self.content_size,
+            "unpacked_size": 0,
+        }
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ImageTree:
+    """One image (all records sharing a target) with its manifests (TREE-1..3).
+
+    Attributes:
+        names: the image's names, sorted; empty for an untagged (dangling) image.
+        target: the target descriptor the records share.
+        manifests: every reachable manifest, in index order, attestations included.
+        created_at: when the oldest of the records was created.
+    """
+
+    names: tuple[str, ...]
+    target: oci.Descriptor
+    manifests: tuple[ManifestRow, ...]
+    created_at: datetime
+
+    @property
+    def content_size(self) -> int:
+        """CONTENT SIZE: stored bytes summed over all manifests (TREE-3)."""
+        return sum(m.content_size for m in self.manifests)
+
+    @property
+    def disk_usage(self) -> int:
+        """DISK USAGE: content plus unpacked size; castar unpacks nothing (TREE-2)."""
+        return self.content_size
+
+    @property
+    def platforms(self) -> tuple[ManifestRow, ...]:
+        """The rows of kind image: the per-platform child rows of the tree view."""
+        return tuple(m for m in self.manifests if m.kind == "image")
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able mapping (``castar images --tree --json``)."""
+        return {
+            "names": list(self.names),
+            "id": str(self.target.digest),
+            "media_type": self.target.media_type,
+            "created_at": self.created_at.isoformat(),
+            "content_size": self.content_size,
+            "disk_usage": self.disk_usage,
+            "platforms": [m.to_json() for m in self.platforms],
+            "manifests": [m.to_json() for m in self.manifests],
+        }
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ImageDetails:
+    """What ``inspect`` shows: the record, its tree, and one platform's documents.
+
+    Attributes:
+        image: the record that was named.
+        tree: the image's tree view.
+        manifest: the selected platform manifest's descriptor, if one was selected.
+        manifest_json: that manifest's decoded JSON (``None`` if absent or none selected).
+        config_json: its config's decoded JSON (``None`` if absent).
+    """
+
+    image: Image
+    tree: ImageTree
+    manifest: oci.Descriptor | None = None
+    manifest_json: Any = None
+    config_json: Any = None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able mapping (``castar inspect``)."""
+        img = self.image
+        out: dict[str, Any] = {
+            "name": img.name,
+            "names": list(self.tree.names),
+            "target": _descriptor_json(self.tree.target),
+            "labels": dict(img.labels),
+            "created_at": img.created_at.isoformat(),
+            "updated_at": img.updated_at.isoformat(),
+            "content_size": self.tree.content_size,
+            "platforms": [m.to_json() for m in self.tree.manifests],
+        }
+        if self.manifest is not None:
+            out["manifest_descriptor"] = _descriptor_json(self.manifest)
+            out["manifest"] = self.manifest_json
+            out["config"] = self.config_json
+        return out
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Removal:
+    """One line of ``rm`` output: a name untagged, or an image whose last name went."""
+
+    kind: Literal["untagged", "deleted"]
+    subject: str
+
+    def __str__(self) -> str:
+        return f"{self.kind.capitalize()}: {self.subject}"
+
+
+def _descriptor_json(desc: oci.Descriptor) -> dict[str, Any]:
+    return {
+        "mediaType": desc.media_type,
+        "digest": str(desc.digest),
+        "size": desc.size,
+        **({"annotations": dict(desc.annotations)} if desc.annotations else {}),
+        **({"platform": platforms.format(desc.platform)} if desc.platform is not None else {}),
+    }
+
+
+def _as_oci(target: DescriptorLike) -> oci.Descriptor:
+    return oci.Descriptor(
+        media_type=target.media_type,
+        digest=Digest(target.digest),
+        size=target.size,
+        annotations=dict(target.annotations),
+    )
+
+
+@final
+class ImageService:
+    """Image records (IMG-1..5) plus the views and edits the CLI and users need.
+
+    ``create``/``get``/``list``/``update``/``delete`` are the store's records
+    unchanged; ``resolve``, ``tree``, ``inspect``, ``tag`` and ``remove`` accept the
+    names people type: full (``docker.io/library/alpine:latest``), familiar
+    (``alpine``), a target digest or a unique image-ID prefix.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._records = store.images
+        self._content: ContentStore = store.content
+
+    async def create(
+        self, name: str, target: DescriptorLike, *, labels: Mapping[str, str] | None = None
+    ) -> Image:
+        """Create a record (IMG-1/2); AlreadyExists when the name is taken."""
+        return await self._records.create(name, target, labels=labels)
+
+    async def get(self, name: str) -> Image:
+        """The record with exactly this name; NotFound otherwise."""
+        return await self._records.get(name)
+
+    async def list(self, filters: Sequence[str] = ()) -> builtins.list[Image]:
+        """Records in name order (IMG-5), keeping those that pass every filter.
+
+        Filters (Docker's ``--filter`` subset): ``reference=<glob>`` (full or familiar
+        name), ``label=<key>`` / ``label=<key>=<value>``, ``dangling=true|false``.
+        Filters with the same key are OR-ed, different keys AND-ed.
+        """
+        images = await self._records.list()
+        return [img for img in images if _passes(img, _parse_filters(filters))]
+
+    async def update(
+        self,
+        name: str,
+        *,
+        target: DescriptorLike | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> Image:
+        """Re-target or relabel a record (IMG-3)."""
+        return await self._records.update(name, target=target, labels=labels)
+
+    async def delete(self, name: str, *, target: str | None = None) -> None:
+        """Delete a record (IMG-4); content goes at the next GC if nothing else keeps it."""
+        await self._records.delete(name, target=target)
+
+    async def resolve(self, ref: str) -> Image:
+        """The record ``ref`` names: exact name, normalised name, digest or ID prefix.
+
+        Raises:
+            NotFound: ``image "<ref>": not found``.
+            Conflict: an ID prefix matches several images.
+        """
+        for name in _candidates(ref):
+            try:
+                return await self._records.get(name)
+            except NotFound:
+                continue
+        matches = await self._by_target(ref)
+        if not matches:
+            raise NotFound(f'image "{ref}"')
+        if len({m.target.digest for m in matches}) > 1:
+            raise Conflict(f'image ID prefix "{ref}" matches several images')
+        return matches[0]
+
+    async def _by_target(self, ref: str) -> builtins.list[Image]:
+        hex_part = ref.removeprefix("sha256:")
+        if not _HEX_PREFIX.fullmatch(hex_part) or (
+            ref.startswith("sha256:") and len(hex_part) != 64
+        ):
+            return []
+        return [
+            i for i in await self._records.list() if i.target.digest.encoded.startswith(hex_part)
+        ]
+
+    async def tree(self, names: Iterable[str] | None = None) -> builtins.list[ImageTree]:
+        """The tree view (TREE-1..3): images grouped by target, sorted by first name.
+
+        Args:
+            names: restrict to these images (as :meth:`resolve` accepts them);
+                ``None`` lists every record.
+        """
+        records = await self._records.list()
+        if names is not None:
+            wanted = {(await self.resolve(n)).target.digest for n in names}
+            records = [r for r in records if r.target.digest in wanted]
+        groups: dict[Digest, builtins.list[Image]] = {}
+        for r in records:
+            groups.setdefault(r.target.digest, []).append(r)
+        trees = [await self._tree_of(group) for group in groups.values()]
+        trees.sort(
+            key=lambda t: (
+                not t.names,
+                [reference.display_name(n) for n in t.names],
+                t.target.digest,
+            )
+        )
+        return trees
+
+    async def _tree_of(self, group: builtins.list[Image]) -> ImageTree:
+        target = _as_oci(group[0].target)
+        rows = [await self._row(m) for m in await self._manifests(target, 0)]
+        return ImageTree(
+            names=tuple(sorted(r.name for r in group if not reference.is_dangling(r.name))),
+            target=target,
+            manifests=tuple(rows),
+            created_at=min(r.created_at for r in group),
+        )
+
+    async def _manifests(self, desc: oci.Descriptor, depth: int) -> builtins.list[oci.Descriptor]:
+        # TREE-1: depth first in index order, present or not; a missing index has no children.
+        if oci.is_manifest(desc.media_type):
+            return [desc]
+        if not oci.is_index(desc.media_type) or depth > _MAX_DEPTH:
+            return []
+        try:
+            data = await graph.read_document(self._content, desc)
+        except NotFound:
+            return []
+        found: builtins.list[oci.Descriptor] = []
+        for child in oci.children(desc, data):
+            found += await self._manifests(child, depth + 1)
+        return found
+
+    async def _row(self, desc: oci.Descriptor) -> ManifestRow:
+        nodes = await graph.walk(self._content, desc)  # one walk for availability and size
+        try:
+            platform = await graph.manifest_platform(self._content, desc)
+        except NotFound:
+            platform = None
+        kind: Kind = "image"
+        if oci.is_attestation(desc):
+            kind = "attestation"
+        elif oci.is_pseudo_image(desc) or (
+            platform is not None and platform.os == "unknown" and platform.architecture == "unknown"
+        ):
+            kind = "unknown"
+        return ManifestRow(
+            descriptor=desc,
+            platform=platform,
+            kind=kind,
+            available=all(n.present for n in nodes),  # SAVE-6, as graph.is_available
+            content_size=sum(n.descriptor.size for n in nodes if n.present),  # graph.subtree_size
+        )
+
+    async def inspect(self, name: str, platform: str | None = None) -> ImageDetails:
+        """The record, its tree and, for one platform, the manifest and config documents.
+
+        Args:
+            name: the image (as :meth:`resolve` accepts it).
+            platform: a platform spec; the best match among the image's manifests is
+                shown (available ones first). Without it, a single-manifest image
+                shows its manifest.
+
+        Raises:
+            NotFound: unknown image, or no manifest for the platform.
+            InvalidArgument: a bad platform spec.
+        """
+        image = await self.resolve(name)
+        (tree,) = await self.tree([image.name])
+        row: ManifestRow | None = None
+        if platform is not None:
+            wanted = platforms.parse(platform)
+            matcher = platforms.only(wanted)
+            rows = [
+                m for m in tree.platforms if m.platform is not None and matcher.match(m.platform)
+            ]
+            if not rows:
+                raise NotFound(
+                    f"image {reference.display_name(image.name)} does not provide platform "
+                    f"{platforms.format(wanted)}"
+                )
+            row = next((m for m in rows if m.available), rows[0])
+        elif len(tree.manifests) == 1:
+            row = tree.manifests[0]
+        if row is None:
+            return ImageDetails(image=image, tree=tree)
+        manifest_json = config_json = None
+        try:
+            data = await graph.read_document(self._content, row.descriptor)
+            manifest_json = json.loads(data)
+            config = oci.children(row.descriptor, data)[0]
+            config_json = json.loads(await graph.read_document(self._content, config))
+        except (NotFound, IndexError):
+            pass
+        return ImageDetails(
+            image=image,
+            tree=tree,
+            manifest=row.descriptor,
+            manifest_json=manifest_json,
+            config_json=config_json,
+        )
+
+    async def tag(self, src: str, dst: str) -> Image:
+        """Point ``dst`` at ``src``'s target; ``dst`` is normalised (``alpine:1`` → full name).
+
+        An existing ``dst`` is re-targeted; a new one copies ``src``'s labels.
+        """
+        image = await self.resolve(src)
+        name = reference.normalize(dst)
+        try:
+            return await self._records.update(name, target=image.target)
+        except NotFound:
+            return await self._records.create(name, image.target, labels=image.labels)
+
+    async def remove(self, names: Sequence[str], *, force: bool = False) -> builtins.list[Removal]:
+        """Remove image records, Docker ``rmi`` style; content goes at the next GC.
+
+        A name removes that record ("Untagged"); a digest or ID removes every record
+        with that target, which needs ``force`` when there are several. "Deleted" is
+        reported when an image's last record goes. Every name is resolved before
+        anything is removed, so one bad name leaves the store unchanged.
+
+        Raises:
+            NotFound: a name matches no image.
+            Conflict: an ID names an image with several names and ``force`` is false.
+        """
+        plan: builtins.list[tuple[str, builtins.list[Image]]] = []
+        for ref in names:
+            image = await self.resolve(ref)
+            if image.name in _candidates(ref):
+                plan.append((ref, [image]))
+                continue
+            same = [i for i in await self._records.list() if i.target.digest == image.target.digest]
+            if len(same) > 1 and not force:
+                shown = ", ".join(reference.display_name(i.name) for i in same)
+                raise Conflict(
+                    f"unable to delete {ref} (must be forced) - image is referenced in "
+                    f"multiple repositories: {shown}"
+                )
+            plan.append((ref, same))
+        removed: builtins.list[Removal] = []
+        gone: set[str] = set()
+        for _ref, records in plan:
+            for rec in records:
+                if rec.name in gone:
+                    continue
+                await self._records.delete(rec.name)
+                gone.add(rec.name)
+                if not reference.is_dangling(rec.name):
+                    removed.append(Removal("untagged", reference.display_name(rec.name)))
+                rest = [
+                    i for i in await self._records.list() if i.target.digest == rec.target.digest
+                ]
+                if all(reference.is_dangling(i.name) for i in rest):
+                    removed.append(Removal("deleted", str(rec.target.digest)))
+        return removed
+
+
+def _candidates(ref: str) -> list[str]:
+    out = [ref]
+    try:
+        normalized = reference.normalize(ref)
+    except InvalidArgument:
+        return out
+    if normalized != ref:
+        out.append(normalized)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Filters:
+    references: list[str] = field(default_factory=list)
+    labels: list[tuple[str, str | None]] = field(default_factory=list)
+    dangling: bool | None = None
+
+
+def _parse_filters(filters: Sequence[str]) -> _Filters:
+    out = _Filters()
+    for f in filters:
+        key, sep, value = f.partition("=")
+        if not sep or not value:
+            raise InvalidArgument(f'bad filter "{f}": expected key=value')
+        if key == "reference":
+            out.references.append(value)
+        elif key == "label":
+            k, has_v, v = value.partition("=")
+            out.labels.append((k, v if has_v else None))
+        elif key == "dangling":
+            if value not in ("true", "false"):
+                raise InvalidArgument(f'bad filter "{f}": dangling is true or false')
+            object.__setattr__(out, "dangling", value == "true")
+        else:
+            raise InvalidArgument(
+                f'bad filter "{f}": unknown key "{key}" (reference, label, dangling)'
+            )
+    return out
+
+
+def _passes(image: Image, f: _Filters) -> bool:
+    dangling = reference.is_dangling(image.name)
+    if f.dangling is not None and f.dangling != dangling:
+        return False
+    if f.references:
+        shown = reference.display_name(image.name)
+        if not any(fnmatch.fnmatchcase(n, p) for p in f.references for n in (image.name, shown)):
+            return False
+    return all(k in image.labels and (v is None or image.labels[k] == v) for k, v in f.labels)
+
+
+def format_size(size: int) -> str:
+    """Decimal units with 3 significant digits, as Docker prints them (``4.09MB``, ``0B``)."""
+    units = ("B", "kB", "MB", "GB", "TB", "PB", "EB")
+    value = float(size)
+    i = 0
+    while value >= 1000 and i < len(units) - 1:
+        value /= 1000
+        i += 1
+    return f"{value:.3g}{units[i]}"
+
+
+_FAINT, _RESET = "\x1b[2m", "\x1b[0m"
+
+
+def render_tree(trees: Sequence[ImageTree], *, terminal: bool) -> list[str]:
+    """The ``images --tree`` table (TREE-3) as lines.
+
+    On a terminal, unavailable platform rows are faint (ANSI); otherwise an
+    AVAILABLE column says ``yes``/``no`` on every platform row.
+    """
+    head = ["IMAGE", "ID", "DISK USAGE", "CONTENT SIZE"] + ([] if terminal else ["AVAILABLE"])
+    rows: list[tuple[list[str], bool]] = []  # (cells, faint)
+    for t in trees:
+        names = [reference.display_name(n) for n in t.names] or ["<untagged>"]
+        top = [
+            names[0],
+            t.target.digest.encoded[:12],
+            format_size(t.disk_usage),
+            format_size(t.content_size),
+        ]
+        rows.append((top + ([] if terminal else [""]), False))
+        rows.extend(([n, "", "", ""] + ([] if terminal else [""]), False) for n in names[1:])
+        plats = t.platforms
+        for i, m in enumerate(plats):
+            branch = "└─ " if i == len(plats) - 1 else "├─ "
+            label = platforms.format(m.platform) if m.platform is not None else "unknown"
+            cells = [
+                branch + label,
+                m.descriptor.digest.encoded[:12],
+                format_size(m.content_size),
+                format_size(m.content_size),
+            ]
+            if not terminal:
+                cells.append("yes" if m.available else "no")
+            rows.append((cells, terminal and not m.available))
+        rows.append(([], False))
+    widths = [len(h) for h in head]
+    for cells, _ in rows:
+        for i, c in enumerate(cells):
+            widths[i] = max(widths[i], len(c))
+    right = {2, 3}  # sizes right-aligned
+
+    def line(cells: list[str]) -> str:
+        parts = [
+            c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(cells)
+        ]
+        return "   ".join(parts).rstrip()
+
+    out = [line(head)]
+    for cells, faint in rows:
+        text = line(cells) if cells else ""
+        out.append(f"{_FAINT}{text}{_RESET}" if faint else text)
+    while out and not out[-1]:
+        out.pop()
+    return out

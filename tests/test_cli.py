@@ -1,0 +1,386 @@
+"""The ``castar`` command line end to end, through ``python -m castar`` on temporary roots.
+
+Each command runs at least once as a subprocess (the real entry point); --help texts run
+in-process. Exit codes come from one table (castar._cli.EXIT_CODES, DESIGN §5).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import anyio
+import pytest
+
+from castar._cli import main
+from castar.engine import synth
+from castar.store import open_store
+
+NAME = "docker.io/library/synth:latest"
+SPEC = synth.SynthSpec(
+    name=NAME,
+    platforms=("linux/amd64", "linux/arm64", "linux/arm/v7"),
+    layers=2,
+    layer_size=64 << 10,
+)
+EXIT_NOT_FOUND, EXIT_INVALID, EXIT_PRECONDITION, EXIT_DATA_LOSS = 3, 4, 5, 6
+
+
+def castar(
+    root: Path | None, *args: str | Path, input: bytes | None = None, **kw: object
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m castar [--root ROOT] ARGS`` and return its result (text mode)."""
+    argv = [sys.executable, "-m", "castar", *(["--root", str(root)] if root else [])]
+    argv += [str(a) for a in args]
+    if input is not None:
+        cp = subprocess.run(argv, input=input, capture_output=True, timeout=120, check=False)
+        return subprocess.CompletedProcess(
+            argv, cp.returncode, cp.stdout.decode(errors="replace"), cp.stderr.decode()
+        )
+    kw.setdefault("stdin", subprocess.DEVNULL)
+    kw.setdefault("capture_output", "stdout" not in kw)
+    return subprocess.run(argv, text=True, timeout=120, check=False, **kw)  # type: ignore[call-overload, no-any-return]
+
+
+def one_error_line(cp: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """The run failed with exactly one ``castar: error:`` line naming every needle."""
+    lines = cp.stderr.strip().splitlines()
+    assert len(lines) == 1, cp.stderr
+    assert lines[0].startswith("castar: error: ")
+    assert "Traceback" not in cp.stderr
+    for needle in needles:
+        assert needle in lines[0]
+    return lines[0]
+
+
+def snapshot(root: Path) -> tuple[list[tuple[str, str]], list[str]]:
+    """(image name → target) and recorded blob digests, read in-process."""
+
+    async def read() -> tuple[list[tuple[str, str]], list[str]]:
+        async with open_store(root) as s:
+            images = [(i.name, str(i.target.digest)) for i in await s.images.list()]
+            return images, [str(i.digest) for i in await s.content.walk()]
+
+    return anyio.run(read)
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("archive") / "synth.tar"
+    synth.write_path(SPEC, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def loaded(
+    tmp_path_factory: pytest.TempPathFactory, archive: Path
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    root = tmp_path_factory.mktemp("loaded") / "root"
+    cp = castar(root, "load", "-i", archive, "--platform", "linux/amd64,linux/arm64", "-q")
+    return root, cp
+
+
+@pytest.fixture
+def root(loaded: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path) -> Path:
+    """A private copy of the loaded store, for tests that change it."""
+    copy = tmp_path / "root"
+    shutil.copytree(loaded[0], copy)
+    return copy
+
+
+# -- load, images, inspect ---------------------------------------------------------------------
+
+
+def test_load_with_two_platforms_prints_docker_style_lines(loaded) -> None:
+    _, cp = loaded
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout == "Loaded image: synth:latest\n"  # LOAD-5
+    assert cp.stderr == ""  # no progress bar on a pipe
+
+
+def test_load_from_a_pipe_on_stdin(archive: Path, tmp_path: Path) -> None:
+    cp = castar(tmp_path / "r", "load", input=archive.read_bytes())
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout == "Loaded image: synth:latest\n"
+    images, _ = snapshot(tmp_path / "r")
+    assert [n for n, _ in images] == [NAME]
+
+
+def test_images_tree_shows_unloaded_platforms_unavailable(loaded) -> None:
+    # TREE-1..3: one row per platform, index order; availability is a column off a terminal.
+    cp = castar(loaded[0], "images", "--tree")
+    assert cp.returncode == 0, cp.stderr
+    lines = cp.stdout.splitlines()
+    assert lines[0].split() == ["IMAGE", "ID", "DISK", "USAGE", "CONTENT", "SIZE", "AVAILABLE"]
+    assert lines[1].split()[0] == "synth:latest"
+    rows = [ln.split() for ln in lines[2:]]
+    assert [(r[1], r[-1]) for r in rows] == [
+        ("linux/amd64", "yes"),
+        ("linux/arm64", "yes"),
+        ("linux/arm/v7", "no"),
+    ]
+    assert rows[2][-3:-1] == ["0B", "0B"]
+    assert "\x1b" not in cp.stdout
+
+
+def test_images_tree_json_carries_the_documented_fields(loaded) -> None:
+    cp = castar(loaded[0], "images", "--tree", "--json", "--filter", "reference=synth*")
+    assert cp.returncode == 0, cp.stderr
+    (image,) = json.loads(cp.stdout)
+    assert image["names"] == [NAME]
+    assert image["id"].startswith("sha256:")
+    assert image["content_size"] == sum(p["content_size"] for p in image["manifests"])
+    plats = image["platforms"]
+    assert [p["platform"] for p in plats] == ["linux/amd64", "linux/arm64", "linux/arm/v7"]
+    assert [p["available"] for p in plats] == [True, True, False]
+    assert plats[2]["content_size"] == 0
+    assert {"digest", "media_type", "kind", "unpacked_size"} <= set(plats[0])
+
+
+def test_images_plain_listing_and_filter(loaded) -> None:
+    cp = castar(loaded[0], "--backend", "trio", "images", "--filter", "reference=nomatch*")
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.split() == ["IMAGE", "ID", "CREATED", "CONTENT", "SIZE", "PLATFORMS"]
+
+
+def test_inspect_platform_shows_its_manifest_and_config(loaded) -> None:
+    cp = castar(loaded[0], "inspect", "synth", "--platform", "linux/arm64")
+    assert cp.returncode == 0, cp.stderr
+    doc = json.loads(cp.stdout)
+    assert doc["name"] == NAME
+    assert doc["config"]["architecture"] == "arm64"
+    assert len(doc["manifest"]["layers"]) == 2
+
+
+# -- save ------------------------------------------------------------------------------------
+
+
+def test_save_one_platform_to_a_file(loaded, tmp_path: Path) -> None:
+    out = tmp_path / "one.tar"
+    cp = castar(loaded[0], "save", "synth:latest", "--platform", "linux/amd64", "-o", out, "--json")
+    assert cp.returncode == 0, cp.stderr
+    result = json.loads(cp.stdout)
+    assert result["written"] == out.stat().st_size
+    with tarfile.open(out) as tar:
+        names = tar.getnames()
+        index = json.load(tar.extractfile("index.json"))  # type: ignore[arg-type]
+        manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+    assert names[:3] == ["oci-layout", "index.json", "manifest.json"]
+    assert len(index["manifests"]) == 1
+    assert manifest[0]["RepoTags"] == ["synth:latest"]
+    assert not list(tmp_path.glob(".one.tar.castar-*"))  # the temp file was renamed
+
+
+def test_save_to_a_pipe_writes_the_archive_on_stdout(loaded, tmp_path: Path) -> None:
+    out = tmp_path / "piped.tar"
+    with out.open("wb") as f:
+        cp = castar(
+            loaded[0],
+            "save",
+            "synth",
+            "--platform",
+            "linux/arm64",
+            stdout=f,
+            stderr=subprocess.PIPE,
+        )
+    assert cp.returncode == 0, cp.stderr
+    with tarfile.open(out) as tar:
+        assert "index.json" in tar.getnames()
+
+
+def test_save_dry_run_json_prints_the_plan_and_writes_nothing(loaded, tmp_path: Path) -> None:
+    cp = castar(loaded[0], "save", "synth", "--dry-run", "--json", "-o", tmp_path / "x.tar")
+    assert cp.returncode == 0, cp.stderr
+    plan = json.loads(cp.stdout)
+    assert {"images", "members", "size", "skipped"} <= set(plan)
+    assert [m["name"] for m in plan["members"]][:2] == ["oci-layout", "index.json"]
+    assert not (tmp_path / "x.tar").exists()
+
+
+def test_save_refuses_to_write_an_archive_to_a_terminal(loaded) -> None:
+    master, slave = pty.openpty()
+    try:
+        cp = castar(loaded[0], "save", "synth", stdout=slave, stderr=subprocess.PIPE)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert cp.returncode == EXIT_INVALID
+    one_error_line(cp, "cowardly refusing", "terminal", "-o FILE")
+
+
+# -- tag, rm, gc, lease, verify ------------------------------------------------------------------
+
+
+def garbage(root: Path) -> list[str]:
+    """What a GC would remove now (in-process dry run)."""
+
+    async def dry() -> list[str]:
+        async with open_store(root) as s:
+            return [str(d) for d in (await s.gc(dry_run=True)).removed]
+
+    return anyio.run(dry)
+
+
+def test_tag_then_rm_then_gc_reclaims_nothing_still_named(root: Path) -> None:
+    already = garbage(root)  # e.g. the archive's index.json blob (GC-11)
+    assert castar(root, "tag", "synth", "mine:1").returncode == 0
+    images, blobs = snapshot(root)
+    assert [n for n, _ in images] == ["docker.io/library/mine:1", NAME]
+    cp = castar(root, "rm", "mine:1")
+    assert (cp.returncode, cp.stdout) == (0, "Untagged: mine:1\n")
+    cp = castar(root, "gc", "--dry-run", "--json")
+    assert cp.returncode == 0, cp.stderr
+    report = json.loads(cp.stdout)
+    assert report == {
+        "dry_run": True,
+        "removed": already,
+        "bytes_freed": report["bytes_freed"],
+        "images_removed": [],
+        "leases_removed": [],
+        "ingests_removed": [],
+    }
+    assert snapshot(root) == ([(NAME, images[1][1])], blobs)
+
+
+def test_rm_then_gc_deletes_the_image_content(root: Path) -> None:
+    _, blobs = snapshot(root)
+    cp = castar(root, "rm", "synth")
+    assert cp.stdout.splitlines()[0] == "Untagged: synth:latest"
+    cp = castar(root, "gc")
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.splitlines()[-1].startswith(f"{len(blobs)} blobs, ")
+    assert snapshot(root) == ([], [])
+
+
+def test_gc_why_names_the_root_that_keeps_a_blob(loaded) -> None:
+    images, blobs = snapshot(loaded[0])
+    target = images[0][1]
+    leaf = next(b for b in blobs if b != target)
+    cp = castar(loaded[0], "gc", "--why", leaf)
+    assert cp.returncode == 0, cp.stderr
+    path = cp.stdout.strip().split(" -> ")
+    assert path[0] == f"image {NAME}"
+    assert path[1] == target
+    assert path[-1] == leaf
+
+
+def test_lease_create_ls_rm(root: Path) -> None:
+    cp = castar(root, "lease", "create", "--expire", "1h", "--label", "owner=ci", "--id", "L1")
+    assert (cp.returncode, cp.stdout) == (0, "L1\n")
+    cp = castar(root, "lease", "ls", "--json")
+    (lease,) = json.loads(cp.stdout)
+    assert lease["id"] == "L1"
+    assert lease["labels"]["owner"] == "ci"
+    assert lease["expires_at"] is not None
+    assert castar(root, "lease", "rm", "L1").returncode == 0
+    cp = castar(root, "lease", "rm", "L1")
+    assert cp.returncode == EXIT_NOT_FOUND
+    one_error_line(cp, 'lease "L1"', "not found")
+
+
+def test_verify_passes_then_reports_a_corrupt_blob_with_exit_6(root: Path) -> None:
+    cp = castar(root, "verify", "synth")
+    assert cp.returncode == 0, cp.stderr
+    _, blobs = snapshot(root)
+    victim = root / "blobs" / "sha256" / blobs[0].removeprefix("sha256:")
+    victim.chmod(0o644)
+    data = bytearray(victim.read_bytes())
+    data[0] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    cp = castar(root, "verify", "--json")
+    assert cp.returncode == EXIT_DATA_LOSS
+    report = json.loads(cp.stdout)
+    assert [(p["digest"], p["kind"]) for p in report["problems"]] == [(blobs[0], "corrupt")]
+    one_error_line(cp, f"1 of {len(blobs)} blobs are missing or corrupt")
+
+
+# -- bad input: one line, the documented exit code, the store unchanged ------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needles"),
+    [
+        (["load", "-i", "missing.tar"], EXIT_NOT_FOUND, ["missing.tar", "not found"]),
+        (["load", "-i", "x.tar", "--platform", "linux/&arm"], EXIT_INVALID, ["linux/&arm"]),
+        (["inspect", "nope:1"], EXIT_NOT_FOUND, ['image "nope:1": not found']),
+        (["save", "nope:1", "-o", "out.tar"], EXIT_NOT_FOUND, ["nope:1"]),
+    ],
+)
+def test_bad_input_gives_exit_code_one_line_and_no_change(
+    root: Path, tmp_path: Path, args: list[str], code: int, needles: list[str]
+) -> None:
+    before = snapshot(root)
+    cp = castar(root, *args, cwd=tmp_path)
+    assert cp.returncode == code, cp.stderr
+    one_error_line(cp, *needles)
+    assert snapshot(root) == before
+    assert not (tmp_path / "out.tar").exists()
+
+
+def test_corrupt_archive_fails_with_precondition_and_keeps_the_store(
+    archive: Path, root: Path, tmp_path: Path
+) -> None:
+    with tarfile.open(archive) as tar:
+        layer = max(tar.getmembers(), key=lambda m: m.size)
+    data = bytearray(archive.read_bytes())
+    data[layer.offset_data + 100] ^= 0xFF
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(bytes(data))
+    images, _ = snapshot(root)
+    cp = castar(root, "load", "-i", bad, "--all-platforms")
+    assert cp.returncode == EXIT_PRECONDITION, cp.stderr
+    one_error_line(cp, layer.name, "unexpected digest")  # IMP-4
+    assert snapshot(root)[0] == images
+
+
+def test_debug_shows_the_traceback(loaded) -> None:
+    cp = castar(loaded[0], "inspect", "nope:1", "--debug")
+    assert cp.returncode == EXIT_NOT_FOUND
+    assert "Traceback" in cp.stderr
+    assert cp.stderr.strip().splitlines()[-1] == 'castar: error: image "nope:1": not found'
+
+
+# -- demo, help, version -------------------------------------------------------------------------
+
+
+def test_demo_runs_on_the_default_root_from_castar_root(tmp_path: Path) -> None:
+    env = {**os.environ, "CASTAR_ROOT": str(tmp_path / "default")}
+    cp = castar(None, "demo", env=env)
+    assert cp.returncode == 0, cp.stderr
+    out = cp.stdout
+    assert "round trip" in out
+    assert "castar-demo:latest" in out
+    assert snapshot(tmp_path / "default")[0][0][0] == "docker.io/library/castar-demo:latest"
+    assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("castar-demo-*"))
+
+
+COMMANDS = ["load", "save", "images", "inspect", "tag", "rm", "gc", "lease", "verify", "demo"]
+
+
+def test_help_documents_exit_codes_and_every_command_has_an_example(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    top = capsys.readouterr().out
+    for line in ("2  usage", "3  not found", "4  invalid input", "6  data loss"):
+        assert line in top
+    for command in COMMANDS:
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert f"example:\n  castar {command}" in text, command
+
+
+def test_version_and_usage_errors() -> None:
+    cp = castar(None, "--version")
+    assert (cp.returncode, cp.stdout) == (0, "castar 0.1.0\n")
+    assert main([]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["save"])  # IMAGE is required
+    assert exc.value.code == 2
