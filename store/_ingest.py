@@ -1,23 +1,20 @@
-"""LocalWriter: one ingest of the file backend, and the on-disk ingest format.
+"""LocalWriter: one open ingest of the file backend, and its commit sequence.
 
-Owns ``<root>/ingest/<sha256(ref)>/`` (LAY-1: ref, data, startedat, updatedat, total,
-expected, lock), the cross-process per-ref lock (ING-3), resume (ING-5) and the commit
-sequence (ING-8, containerd ``plugins/content/local/writer.go`` Commit). Imports only
-``castar.store.digest`` and ``castar.store.errors``: never the metadata layer.
+Owns writing ``<root>/ingest/<key>/data`` while hashing (coalesced 1 MiB thread hops) and
+the commit (ING-8, containerd ``plugins/content/local/writer.go`` Commit, step for step).
+Opening, locking and listing ingests is ``local.py``'s. Imports only
+``castar.store.digest`` and ``castar.store.errors``: never local.py or the metadata layer.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
 import anyio
@@ -25,7 +22,7 @@ import anyio.from_thread
 import anyio.to_thread
 from anyio.lowlevel import RunVar
 
-from castar.store.digest import CANONICAL, Buffer, Digest, from_hasher, hasher, parse
+from castar.store.digest import Buffer, Digest, from_hasher, hasher, parse
 from castar.store.errors import (
     CastarError,
     DataLoss,
@@ -45,15 +42,13 @@ if TYPE_CHECKING:
 __all__ = [
     "CHUNK",
     "CommitResult",
-    "IngestStatus",
     "LocalWriter",
-    "abort_ingest",
     "blob_limiter",
-    "ingest_dir",
-    "list_ingests",
+    "format_time",
     "map_os_errors",
-    "open_ingest",
-    "read_status",
+    "ref_context",
+    "rehash",
+    "write_atomic",
 ]
 
 #: Bytes per worker-thread hop: writes coalesce to at least this, reads move this much.
@@ -70,27 +65,6 @@ def blob_limiter() -> anyio.CapacityLimiter:
         limiter = anyio.CapacityLimiter(2)
         _LIMITER.set(limiter)
         return limiter
-
-
-@dataclass(frozen=True, slots=True)
-class IngestStatus:
-    """The state of one ingest (ING-6).
-
-    Attributes:
-        ref: the ingest's key, as given to ``open_writer``.
-        offset: bytes in the ingest's data file (buffered, unflushed bytes excluded).
-        total: the expected size, 0 when unknown.
-        expected: the expected digest given at open, if any.
-        started_at: when the ingest was created (or restarted).
-        updated_at: the latest of the ``updatedat`` file and the data's mtime.
-    """
-
-    ref: str
-    offset: int
-    total: int
-    expected: Digest | None
-    started_at: datetime
-    updated_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,117 +122,24 @@ def map_os_errors(context: str) -> Iterator[None]:
 # --- small file helpers (all sync: they run in worker threads) --------------------------
 
 
-def _format_time(ns: int) -> str:
+def format_time(ns: int) -> str:
     """RFC 3339 with nanoseconds, UTC (what containerd writes to startedat/updatedat)."""
     sec, frac = divmod(ns, 1_000_000_000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{frac:09d}Z"
 
 
-_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)")
-
-
-def _parse_time(text: str) -> datetime:
-    m = _TIME.fullmatch(text.strip())
-    if m is None:
-        raise ValueError(f"not an RFC 3339 time: {text!r}")
-    frac = (m.group(2) or "")[:6].ljust(6, "0")
-    zone = "+00:00" if m.group(3) == "Z" else m.group(3)
-    return datetime.fromisoformat(f"{m.group(1)}.{frac}{zone}").astimezone(UTC)
-
-
-def _go_duration(seconds: float) -> str:
-    """A duration the way Go's ``time.Duration.String`` prints it (``1.5s``, ``2m3s``)."""
-    if seconds < 1:
-        ms = f"{max(seconds, 0.0) * 1000:.3f}".rstrip("0").rstrip(".")
-        return "0s" if ms == "0" else f"{ms}ms"
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    out = f"{int(hours)}h" if hours else ""
-    if hours or minutes:
-        out += f"{int(minutes)}m"
-    return out + (f"{secs:.3f}".rstrip("0").rstrip(".") or "0") + "s"
-
-
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     """Write a small file by tmp + rename, so a reader never sees a torn value (LAY-1)."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
 
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        return None
-
-
-def ingest_dir(root: Path, ref: str) -> Path:
-    """``<root>/ingest/<sha256-hex of ref>`` (LAY-1)."""
-    return root / "ingest" / hashlib.sha256(ref.encode()).hexdigest()
-
-
-def _ref_context(ref: str) -> str:
+def ref_context(ref: str) -> str:
     return f'ingest ref "{ref}"'
 
 
-# --- the per-ref lock -------------------------------------------------------------------
-
-
-def _lock_ref(path: Path, ref: str) -> int:
-    """Take the ref's exclusive flock and return its fd (ING-3, across processes).
-
-    The lock file lives in the ingest directory, which a commit or an abort in another
-    process may remove between our ``open`` and our ``flock``: then we hold a lock on an
-    unlinked file, so we check the inode and start over.
-    """
-    lock_path = path / "lock"
-    while True:
-        path.mkdir(mode=0o755, parents=True, exist_ok=True)
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except FileNotFoundError:
-            continue  # the directory went away under us: recreate it
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise _locked(fd, ref) from None
-            try:
-                same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if not same:
-                os.close(fd)
-                continue
-            since = _format_time(time.time_ns()).encode()
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, since, 0)
-            return fd
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-            raise
-
-
-def _locked(fd: int, ref: str) -> Unavailable:
-    """The ING-3 error; the holder wrote the time it took the lock into the lock file."""
-    stamp = ""
-    with contextlib.suppress(OSError, UnicodeDecodeError):
-        stamp = os.pread(fd, 64, 0).decode().strip()
-    try:
-        since = _parse_time(stamp)
-    except ValueError:  # the holder has not written its time yet
-        since = datetime.fromtimestamp(os.fstat(fd).st_mtime, UTC)
-        stamp = _format_time(os.fstat(fd).st_mtime_ns)
-    held = (datetime.now(UTC) - since).total_seconds()
-    return Unavailable(f"ref {ref} locked for {_go_duration(held)} (since {stamp})")
-
-
-# --- opening, status, abort (sync; run in worker threads by LocalContentStore) ----------
-
-
-def _rehash(fd: int, h: hashlib._Hash, check: Callable[[], None] | None = None) -> int:
+def rehash(fd: int, h: hashlib._Hash, check: Callable[[], None] | None = None) -> int:
     """Feed the whole data file to ``h`` in CHUNK reads; return its size."""
     buf = bytearray(CHUNK)
     view = memoryview(buf)
@@ -269,127 +150,6 @@ def _rehash(fd: int, h: hashlib._Hash, check: Callable[[], None] | None = None) 
         if check is not None:
             check()
     return pos
-
-
-def open_ingest(
-    root: Path, ref: str, *, total: int | None = None, expected: Digest | None = None
-) -> LocalWriter:
-    """Open (or resume, ING-5) the ingest of ``ref`` and lock it (ING-3). Sync: run in a thread.
-
-    Resuming re-hashes the bytes already in ``data``. A different non-zero ``total``
-    than the stored one restarts the ingest at offset 0. The hash algorithm is that of
-    ``expected`` (else the stored expected digest, else sha256) (ING-7).
-    """
-    path = ingest_dir(root, ref)
-    with map_os_errors(_ref_context(ref)):
-        lock_fd = _lock_ref(path, ref)
-        try:
-            stored_ref = _read_text(path / "ref")
-            stored_total = int(_read_text(path / "total") or 0)
-            stored_expected_text = _read_text(path / "expected")
-            stored_expected = parse(stored_expected_text.strip()) if stored_expected_text else None
-            restart = bool(total and stored_total and total != stored_total)
-            fresh = stored_ref != ref or restart
-            if fresh:
-                now = _format_time(time.time_ns())
-                for name in ("total", "expected"):
-                    with contextlib.suppress(FileNotFoundError):
-                        (path / name).unlink()
-                stored_total, stored_expected = 0, None
-                _write_atomic(path / "ref", ref)
-                _write_atomic(path / "startedat", now)
-                _write_atomic(path / "updatedat", now)
-            if total and not stored_total:
-                _write_atomic(path / "total", str(total))
-                stored_total = total
-            if expected is not None and expected != stored_expected:
-                _write_atomic(path / "expected", str(expected))
-            want = expected or stored_expected
-            h = hasher(want.algorithm if want is not None else CANONICAL)
-            fd = os.open(path / "data", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            try:
-                if fresh:
-                    os.ftruncate(fd, 0)
-                offset = _rehash(fd, h)
-                os.lseek(fd, offset, os.SEEK_SET)
-            except BaseException:
-                os.close(fd)
-                raise
-        except BaseException:
-            os.close(lock_fd)
-            raise
-    return LocalWriter(
-        root=root, ref=ref, path=path, fd=fd, lock_fd=lock_fd, hash_=h, offset=offset
-    )
-
-
-def read_status(path: Path, ref: str | None = None) -> IngestStatus:
-    """Read the status files of one ingest directory (ING-6). Sync: run in a thread.
-
-    Raises:
-        NotFound: ``ingest ref "<ref>": not found`` when the directory or its ``ref`` is gone.
-    """
-    with map_os_errors(_ref_context(ref if ref is not None else path.name)):
-        stored_ref = (path / "ref").read_text()
-        if ref is not None and stored_ref != ref:
-            raise NotFound(_ref_context(ref))
-        try:
-            data = os.stat(path / "data")
-            offset, mtime = data.st_size, datetime.fromtimestamp(data.st_mtime, UTC)
-        except FileNotFoundError:
-            offset, mtime = 0, None
-        expected = _read_text(path / "expected")
-        started = _parse_time((path / "startedat").read_text())
-        updated = _parse_time((path / "updatedat").read_text())
-    return IngestStatus(
-        ref=stored_ref,
-        offset=offset,
-        total=int(_read_text(path / "total") or 0),
-        expected=parse(expected.strip()) if expected else None,
-        started_at=started,
-        updated_at=max(updated, mtime) if mtime is not None else updated,
-    )
-
-
-def list_ingests(root: Path) -> list[IngestStatus]:
-    """Every readable ingest, sorted by ref (ING-6); half-created directories are skipped."""
-    out = []
-    with map_os_errors(f"listing ingests in {root / 'ingest'}"):
-        try:
-            entries = sorted(os.listdir(root / "ingest"))
-        except FileNotFoundError:
-            return []
-    for name in entries:
-        with contextlib.suppress(NotFound, ValueError, InvalidArgument):
-            out.append(read_status(root / "ingest" / name))
-    out.sort(key=lambda s: s.ref)
-    return out
-
-
-def abort_ingest(root: Path, ref: str, *, if_unlocked: bool) -> bool:
-    """Remove the ingest of ``ref`` (ING-10). Sync: run in a thread.
-
-    With ``if_unlocked`` a ref whose lock is held (by any process) is left alone and
-    False returned. Without it the directory is removed even under a live writer, as
-    containerd does; that writer's commit then fails NotFound.
-    """
-    path = ingest_dir(root, ref)
-    ctx = _ref_context(ref)
-    with map_os_errors(ctx):
-        if not path.is_dir():
-            raise NotFound(ctx)
-        lock_fd = None
-        try:
-            lock_fd = _lock_ref(path, ref)
-        except Unavailable:
-            if if_unlocked:
-                return False
-        try:
-            shutil.rmtree(path)
-        finally:
-            if lock_fd is not None:
-                os.close(lock_fd)
-    return True
 
 
 # --- the writer -------------------------------------------------------------------------
@@ -470,12 +230,13 @@ class LocalWriter:
 
     # -- writing
 
-    def _open_fd(self, verb: str) -> int:
+    def _open_fd(self, verb: str, *, broken_ok: bool = False) -> int:
         if self._fd is None:
             raise FailedPrecondition(f"cannot {verb} on closed writer")
-        if self._broken:
+        if self._broken and not broken_ok:
             raise FailedPrecondition(
-                f"{_ref_context(self.ref)}: an earlier write failed; close and reopen to resume"
+                f"{ref_context(self.ref)}: an earlier write failed; truncate, or close and "
+                "reopen to resume"
             )
         return self._fd
 
@@ -485,7 +246,7 @@ class LocalWriter:
         assert fd is not None
         parts = [p for p in (self._buf, extra) if p is not None and len(p)]
         try:
-            with map_os_errors(f"{_ref_context(self.ref)}: writing {self._path / 'data'}"):
+            with map_os_errors(f"{ref_context(self.ref)}: writing {self._path / 'data'}"):
                 for part in parts:
                     self._hash.update(part)
                     _write_all(fd, part)
@@ -529,20 +290,23 @@ class LocalWriter:
     async def truncate(self, size: int) -> None:
         """Discard everything written: only ``size == 0`` is supported (ING-9).
 
+        Also the way to start over after a failed write.
+
         Raises:
             InvalidArgument: ``Truncate: unsupported size`` for any other size.
         """
-        fd = self._open_fd("truncate")
+        fd = self._open_fd("truncate", broken_ok=True)
         if size != 0:
             raise InvalidArgument("Truncate: unsupported size")
 
         def reset() -> None:
-            with map_os_errors(f"{_ref_context(self.ref)}: truncating"):
+            with map_os_errors(f"{ref_context(self.ref)}: truncating"):
                 os.ftruncate(fd, 0)
                 os.lseek(fd, 0, os.SEEK_SET)
             self._buf.clear()
             self._hash = hashlib.new(self._hash.name)
             self._flushed = 0
+            self._broken = False
 
         await anyio.to_thread.run_sync(reset, limiter=blob_limiter())
 
@@ -551,14 +315,14 @@ class LocalWriter:
     def _holds_ref(self) -> bool:
         return self._fd is not None or self._lock_fd is not None
 
-    def _release_sync(self, *, flush: bool) -> None:
+    def _release_sync(self, *, flush: bool, stamp: bool = True) -> None:
         """Flush (optionally), stamp updatedat, close data and drop the ref lock."""
         try:
             if flush and self._fd is not None and self._buf and not self._broken:
                 self._flush_sync()
-            if self._fd is not None:
+            if stamp and self._fd is not None:
                 with contextlib.suppress(OSError):
-                    _write_atomic(self._path / "updatedat", _format_time(time.time_ns()))
+                    write_atomic(self._path / "updatedat", format_time(time.time_ns()))
         finally:
             fd, self._fd = self._fd, None
             lock_fd, self._lock_fd = self._lock_fd, None
@@ -617,14 +381,15 @@ class LocalWriter:
     def _commit_sync(self, size: int, expected: Digest | None) -> CommitResult:
         check = anyio.from_thread.check_cancelled
         data = self._path / "data"
-        ctx = _ref_context(self.ref)
+        ctx = ref_context(self.ref)
+        done = False  # once the ingest directory is removed, never write into it again
         try:
             fd = self._fd
             assert fd is not None
             if self._broken:  # the running hash may disagree with the file: trust the file
                 self._hash = hashlib.new(self._hash.name)
                 with map_os_errors(f"{ctx}: re-reading {data}"):
-                    self._flushed = _rehash(fd, self._hash)
+                    self._flushed = rehash(fd, self._hash)
                 self._buf.clear()
                 self._broken = False
             else:
@@ -643,7 +408,7 @@ class LocalWriter:
             if expected is not None and expected.algorithm != digest.algorithm:
                 h = hasher(expected.algorithm)
                 with map_os_errors(f"{ctx}: re-hashing {data}"):
-                    _rehash(fd, h, check)
+                    rehash(fd, h, check)
                 digest = from_hasher(h)
             if expected is not None and expected != digest:
                 raise DigestMismatch(
@@ -659,6 +424,7 @@ class LocalWriter:
                 if target.exists():
                     # Already committed (ING-12: another ref won). The metadata layer decides
                     # whether that is AlreadyExists.
+                    done = True
                     shutil.rmtree(self._path, ignore_errors=True)
                     return CommitResult(digest=digest, size=written, existed=True)
                 # Read-only and timestamped before the rename, so a visible blob is never
@@ -673,7 +439,8 @@ class LocalWriter:
                 finally:
                     os.close(dir_fd)
             # The blob is in place: cleaning the ingest up can only be logged, not undone.
+            done = True
             shutil.rmtree(self._path, ignore_errors=True)
             return CommitResult(digest=digest, size=written, existed=False)
         finally:
-            self._release_sync(flush=False)
+            self._release_sync(flush=False, stamp=not done)

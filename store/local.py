@@ -1,8 +1,10 @@
 """LocalContentStore: the file backend of the content store (SEMANTICS CS, ING, LAY).
 
-Owns ``<root>/blobs/<alg>/<hex>`` (read-only committed blobs), ``<root>/ingest/`` (through
-``_ingest``) and ``<root>/commit.lock``. Knows nothing of labels, leases or the metadata
-DB: ``content.py`` layers those on top. Imports only digest, errors and _ingest.
+Owns ``<root>/blobs/<alg>/<hex>`` (read-only committed blobs), the ingest directories
+``<root>/ingest/<sha256(ref)>/`` (opening, per-ref flock, status, abort; the writing and
+the commit are ``_ingest.py``'s) and ``<root>/commit.lock``. Knows nothing of labels,
+leases or the metadata DB (``content.py`` layers those on top): imports only digest,
+errors and _ingest.
 """
 
 from __future__ import annotations
@@ -10,7 +12,13 @@ from __future__ import annotations
 import collections
 import contextlib
 import fcntl
+import hashlib
 import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, final
 
@@ -20,18 +28,16 @@ import anyio.to_thread
 from castar.store._ingest import (
     CHUNK,
     CommitResult,
-    IngestStatus,
     LocalWriter,
-    abort_ingest,
     blob_limiter,
-    ingest_dir,
-    list_ingests,
+    format_time,
     map_os_errors,
-    open_ingest,
-    read_status,
+    ref_context,
+    rehash,
+    write_atomic,
 )
-from castar.store.digest import ALGORITHMS, Digest, parse
-from castar.store.errors import InvalidArgument
+from castar.store.digest import ALGORITHMS, CANONICAL, Digest, hasher, parse
+from castar.store.errors import InvalidArgument, NotFound, Unavailable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -54,6 +60,244 @@ def _digest_arg(digest: str) -> Digest:
 
 def _content(digest: str) -> str:
     return f"content digest {digest}"
+
+
+@dataclass(frozen=True, slots=True)
+class IngestStatus:
+    """The state of one ingest (ING-6).
+
+    Attributes:
+        ref: the ingest's key, as given to ``open_writer``.
+        offset: bytes in the ingest's data file (buffered, unflushed bytes excluded).
+        total: the expected size, 0 when unknown.
+        expected: the expected digest given at open, if any.
+        started_at: when the ingest was created (or restarted).
+        updated_at: the latest of the ``updatedat`` file and the data's mtime.
+    """
+
+    ref: str
+    offset: int
+    total: int
+    expected: Digest | None
+    started_at: datetime
+    updated_at: datetime
+
+
+# --- ingest directories (sync: they run in worker threads) ---------------------------
+
+
+_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)")
+
+
+def _parse_time(text: str) -> datetime:
+    m = _TIME.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f"not an RFC 3339 time: {text!r}")
+    frac = (m.group(2) or "")[:6].ljust(6, "0")
+    zone = "+00:00" if m.group(3) == "Z" else m.group(3)
+    return datetime.fromisoformat(f"{m.group(1)}.{frac}{zone}").astimezone(UTC)
+
+
+def _go_duration(seconds: float) -> str:
+    """A duration the way Go's ``time.Duration.String`` prints it (``1.5s``, ``2m3s``)."""
+    if seconds < 1:
+        ms = f"{max(seconds, 0.0) * 1000:.3f}".rstrip("0").rstrip(".")
+        return "0s" if ms == "0" else f"{ms}ms"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    out = f"{int(hours)}h" if hours else ""
+    if hours or minutes:
+        out += f"{int(minutes)}m"
+    return out + (f"{secs:.3f}".rstrip("0").rstrip(".") or "0") + "s"
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
+
+
+def ingest_dir(root: Path, ref: str) -> Path:
+    """``<root>/ingest/<sha256-hex of ref>`` (LAY-1)."""
+    return root / "ingest" / hashlib.sha256(ref.encode()).hexdigest()
+
+
+# --- the per-ref lock -------------------------------------------------------------------
+
+
+def _lock_ref(path: Path, ref: str) -> int:
+    """Take the ref's exclusive flock and return its fd (ING-3, across processes).
+
+    The lock file lives in the ingest directory, which a commit or an abort in another
+    process may remove between our ``open`` and our ``flock``: then we hold a lock on an
+    unlinked file, so we check the inode and start over.
+    """
+    lock_path = path / "lock"
+    while True:
+        path.mkdir(mode=0o755, parents=True, exist_ok=True)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:
+            continue  # the directory went away under us: recreate it
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise _locked(fd, ref) from None
+            try:
+                same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            since = format_time(time.time_ns()).encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, since, 0)
+            return fd
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+
+
+def _locked(fd: int, ref: str) -> Unavailable:
+    """The ING-3 error; the holder wrote the time it took the lock into the lock file."""
+    stamp = ""
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        stamp = os.pread(fd, 64, 0).decode().strip()
+    try:
+        since = _parse_time(stamp)
+    except ValueError:  # the holder has not written its time yet
+        since = datetime.fromtimestamp(os.fstat(fd).st_mtime, UTC)
+        stamp = format_time(os.fstat(fd).st_mtime_ns)
+    held = (datetime.now(UTC) - since).total_seconds()
+    return Unavailable(f"ref {ref} locked for {_go_duration(held)} (since {stamp})")
+
+
+# --- opening, status, abort (sync; run in worker threads by LocalContentStore) ----------
+
+
+def open_ingest(
+    root: Path, ref: str, *, total: int | None = None, expected: Digest | None = None
+) -> LocalWriter:
+    """Open (or resume, ING-5) the ingest of ``ref`` and lock it (ING-3). Sync: run in a thread.
+
+    Resuming re-hashes the bytes already in ``data``. A different non-zero ``total``
+    than the stored one restarts the ingest at offset 0. The hash algorithm is that of
+    ``expected`` (else the stored expected digest, else sha256) (ING-7).
+    """
+    path = ingest_dir(root, ref)
+    with map_os_errors(ref_context(ref)):
+        lock_fd = _lock_ref(path, ref)
+        try:
+            stored_ref = _read_text(path / "ref")
+            stored_total = int(_read_text(path / "total") or 0)
+            stored_expected_text = _read_text(path / "expected")
+            stored_expected = parse(stored_expected_text.strip()) if stored_expected_text else None
+            restart = bool(total and stored_total and total != stored_total)
+            fresh = stored_ref != ref or restart
+            if fresh:
+                now = format_time(time.time_ns())
+                for name in ("total", "expected"):
+                    with contextlib.suppress(FileNotFoundError):
+                        (path / name).unlink()
+                stored_total, stored_expected = 0, None
+                write_atomic(path / "ref", ref)
+                write_atomic(path / "startedat", now)
+                write_atomic(path / "updatedat", now)
+            if total and not stored_total:
+                write_atomic(path / "total", str(total))
+                stored_total = total
+            if expected is not None and expected != stored_expected:
+                write_atomic(path / "expected", str(expected))
+            want = expected or stored_expected
+            h = hasher(want.algorithm if want is not None else CANONICAL)
+            fd = os.open(path / "data", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                if fresh:
+                    os.ftruncate(fd, 0)
+                offset = rehash(fd, h)
+                os.lseek(fd, offset, os.SEEK_SET)
+            except BaseException:
+                os.close(fd)
+                raise
+        except BaseException:
+            os.close(lock_fd)
+            raise
+    return LocalWriter(
+        root=root, ref=ref, path=path, fd=fd, lock_fd=lock_fd, hash_=h, offset=offset
+    )
+
+
+def read_status(path: Path, ref: str | None = None) -> IngestStatus:
+    """Read the status files of one ingest directory (ING-6). Sync: run in a thread.
+
+    Raises:
+        NotFound: ``ingest ref "<ref>": not found`` when the directory or its ``ref`` is gone.
+    """
+    with map_os_errors(ref_context(ref if ref is not None else path.name)):
+        stored_ref = (path / "ref").read_text()
+        if ref is not None and stored_ref != ref:
+            raise NotFound(ref_context(ref))
+        try:
+            data = os.stat(path / "data")
+            offset, mtime = data.st_size, datetime.fromtimestamp(data.st_mtime, UTC)
+        except FileNotFoundError:
+            offset, mtime = 0, None
+        expected = _read_text(path / "expected")
+        started = _parse_time((path / "startedat").read_text())
+        updated = _parse_time((path / "updatedat").read_text())
+    return IngestStatus(
+        ref=stored_ref,
+        offset=offset,
+        total=int(_read_text(path / "total") or 0),
+        expected=parse(expected.strip()) if expected else None,
+        started_at=started,
+        updated_at=max(updated, mtime) if mtime is not None else updated,
+    )
+
+
+def list_ingests(root: Path) -> list[IngestStatus]:
+    """Every readable ingest, sorted by ref (ING-6); half-created directories are skipped."""
+    out = []
+    with map_os_errors(f"listing ingests in {root / 'ingest'}"):
+        try:
+            entries = sorted(os.listdir(root / "ingest"))
+        except FileNotFoundError:
+            return []
+    for name in entries:
+        with contextlib.suppress(NotFound, ValueError, InvalidArgument):
+            out.append(read_status(root / "ingest" / name))
+    out.sort(key=lambda s: s.ref)
+    return out
+
+
+def abort_ingest(root: Path, ref: str, *, if_unlocked: bool) -> bool:
+    """Remove the ingest of ``ref`` (ING-10). Sync: run in a thread.
+
+    With ``if_unlocked`` a ref whose lock is held (by any process) is left alone and
+    False returned. Without it the directory is removed even under a live writer, as
+    containerd does; that writer's commit then fails NotFound.
+    """
+    path = ingest_dir(root, ref)
+    ctx = ref_context(ref)
+    with map_os_errors(ctx):
+        if not path.is_dir():
+            raise NotFound(ctx)
+        lock_fd = None
+        try:
+            lock_fd = _lock_ref(path, ref)
+        except Unavailable:
+            if if_unlocked:
+                return False
+        try:
+            shutil.rmtree(path)
+        finally:
+            if lock_fd is not None:
+                os.close(lock_fd)
+    return True
 
 
 @final

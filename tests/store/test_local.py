@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from castar.store import _ingest
+from castar.store import _ingest, local
 from castar.store.digest import Digest, compute
 from castar.store.errors import (
     CastarError,
@@ -391,14 +391,14 @@ def test_write_sync_is_split_invariant(
 ) -> None:
     # write_sync (the importer's path) coalesces exactly like write: any split, same bytes
     root = tmp_path_factory.mktemp("split")
-    w = _ingest.open_ingest(root, "split")
+    w = local.open_ingest(root, "split")
     bounds = sorted({0, len(data), *(c for c in cuts if c < len(data))})
     for a, b in itertools.pairwise(bounds):
         w.write_sync(data[a:b])
     assert w.offset == len(data)
     assert w.digest() == h(data)
     w._release_sync(flush=True)
-    assert (_ingest.ingest_dir(root, "split") / "data").read_bytes() == data
+    assert (local.ingest_dir(root, "split") / "data").read_bytes() == data
 
 
 async def test_write_accepts_bytearray_and_non_byte_memoryviews(tmp_path: Path) -> None:
@@ -559,7 +559,7 @@ async def test_abort_removes_the_ingest_and_unknown_ref_is_not_found(tmp_path: P
     async with await store.open_writer("ab") as w:
         await w.write(b"data")
     assert await store.abort("ab") is True
-    assert not _ingest.ingest_dir(tmp_path, "ab").exists()
+    assert not local.ingest_dir(tmp_path, "ab").exists()
     with pytest.raises(NotFound) as err:
         await store.abort("ab")
     assert str(err.value) == 'ingest ref "ab": not found'
@@ -665,11 +665,51 @@ def test_map_os_errors_translates_once_with_context(code: int, kind: type[Castar
 )
 def test_lock_duration_reads_like_go(seconds: float, text: str) -> None:
     # ING-3 "locked for <duration>" (Go's Duration.String)
-    assert _ingest._go_duration(seconds) == text
+    assert local._go_duration(seconds) == text
 
 
 def test_rfc3339_nano_round_trips_to_microseconds() -> None:
-    text = _ingest._format_time(1_700_000_000_123_456_789)
+    text = _ingest.format_time(1_700_000_000_123_456_789)
     assert text == "2023-11-14T22:13:20.123456789Z"
-    parsed = _ingest._parse_time(text)
+    parsed = local._parse_time(text)
     assert parsed.timestamp() == pytest.approx(1_700_000_000.123456, abs=1e-6)
+
+
+async def test_failed_write_breaks_the_writer_until_truncate_or_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A disk error mid-write (ENOSPC -> Unavailable) leaves the file and the running hash
+    # out of step: further writes refuse, truncate(0) starts over, and reopening re-hashes
+    # exactly what reached the disk (ING-5).
+    store = LocalContentStore(tmp_path)
+    data = blob(2 * MiB)
+    real = _ingest._write_all
+
+    def half_then_enospc(fd: int, part: object) -> None:
+        view = memoryview(part)  # type: ignore[arg-type]
+        real(fd, view[: len(view) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    w = await store.open_writer("full")
+    await w.write(data[:MiB])
+    monkeypatch.setattr(_ingest, "_write_all", half_then_enospc)
+    with pytest.raises(Unavailable, match=r'ingest ref "full": writing .*No space left'):
+        await w.write(data[MiB:])
+    monkeypatch.undo()
+    with pytest.raises(FailedPrecondition, match="earlier write failed"):
+        await w.write(b"more")
+    await w.close()
+    w = await store.open_writer("full")
+    assert w.offset == MiB + MiB // 2
+    assert w.digest() == h(data[: w.offset])
+    await w.write(data[w.offset :])
+    assert (await w.commit(len(data), h(data))).size == len(data)
+
+    w = await store.open_writer("full2")
+    monkeypatch.setattr(_ingest, "_write_all", half_then_enospc)
+    with pytest.raises(Unavailable):
+        await w.write(data)
+    monkeypatch.undo()
+    await w.truncate(0)
+    await w.write(b"after")
+    assert (await w.commit(5, h(b"after"))).digest == h(b"after")

@@ -110,14 +110,14 @@ async def test_commit_cancelled_inside_its_thread_leaves_no_blob(
 
         monkeypatch.setattr(w, "_flush_sync", flush)
     else:
-        real_rehash = _ingest._rehash
+        real_rehash = _ingest.rehash
 
         def rehash(fd: int, h: hashlib._Hash, check=None) -> int:  # type: ignore[no-untyped-def]
             if check is not None:  # the commit's re-hash, not a resume
                 cancel_from_thread()
             return real_rehash(fd, h, check)
 
-        monkeypatch.setattr(_ingest, "_rehash", rehash)
+        monkeypatch.setattr(_ingest, "rehash", rehash)
     with scope:
         await w.commit(len(DATA), compute(DATA, alg))
         pytest.fail("the commit was not cancelled")
