@@ -370,9 +370,10 @@ def _get_map(obj: Mapping[str, Any], key: str, where: str) -> dict[str, str]:
     v = obj.get(key)
     if v is None:
         return {}
-    if not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values()):
+    if not isinstance(v, dict) or not all(x is None or isinstance(x, str) for x in v.values()):
         raise _bad(where, key, "object of strings", v)
-    return dict(v)
+    # Go stores a null map value as the zero value "".
+    return {k: "" if x is None else x for k, x in v.items()}
 
 
 def _object(v: object, where: str) -> dict[str, Any]:

@@ -329,6 +329,11 @@ def test_decode_over_the_20_mib_cap_is_rejected_before_parsing():
             decode(data, name="big")
 
 
+def test_decode_reads_null_annotation_values_as_empty_strings_like_go():
+    m = oci.decode_manifest(_manifest_json(annotations={"a": None, "b": "x"}))
+    assert m.annotations == {"a": "", "b": "x"}
+
+
 def test_decode_ignores_unknown_members_and_treats_null_as_absent():
     m = oci.decode_manifest(_manifest_json(extra={"x": 1}, annotations=None, subject=None))
     assert m.annotations == {}
