@@ -406,7 +406,17 @@ class TarDecoder:
         if total != chksum and _signed_sum(block) != chksum:
             raise MalformedArchive("invalid tar header: checksum mismatch", offset=start)
         type_ = block[156:157]
-        size = _number(block, 124, 136, start, "")
+        # Fast path for the usual "<octal digits>NUL" fields; anything else takes _number.
+        try:
+            if block[135] != 0 or block[147] != 0 or block[107] != 0:
+                raise ValueError
+            size = int(block[124:135], 8)
+            mtime = int(block[136:147], 8)
+            mode = int(block[100:107], 8)
+        except ValueError:
+            size = _number(block, 124, 136, start, "")
+            mode = _number(block, 100, 108, start, "")
+            mtime = _number(block, 136, 148, start, "")
         if size < 0:
             raise MalformedArchive("invalid tar header: negative size", offset=start)
         if type_ in _META_TYPES:
@@ -429,8 +439,6 @@ class TarDecoder:
             prefix = _text(block, 345, 500)
             name = f"{prefix}/{name}"
         linkname = _text(block, 157, 257)
-        mode = _number(block, 100, 108, start, name)
-        mtime = _number(block, 136, 148, start, name)
         if type_ == AREGTYPE:
             type_ = DIRTYPE if name.endswith("/") else REGTYPE
         if self._long_name is not None:
