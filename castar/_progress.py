@@ -76,5 +76,8 @@ class ProgressBar:
         """Record progress: ``done`` bytes of ``total`` (``None`` when unknown)."""
         if self._progress is None or self._task is None:
             return
-        description = self._description if what is None else f"{self._description} {what}"
-        self._progress.update(self._task, completed=done, total=total, description=description[:60])
+        description = self._description
+        if what is not None:
+            # A blob path or digest shows as its first 12 hex digits, like image IDs.
+            description += " " + str(what).rpartition("/")[2].rpartition(":")[2][:12]
+        self._progress.update(self._task, completed=done, total=total, description=description)

@@ -158,6 +158,34 @@ def test_inspect_platform_shows_its_manifest_and_config(loaded) -> None:
     assert len(doc["manifest"]["layers"]) == 2
 
 
+def on_terminal_stderr(root: Path, *args: str | Path) -> tuple[int, str]:
+    """Run with stderr on a pseudo-terminal; return (exit code, what the terminal showed)."""
+    master, slave = pty.openpty()
+    argv = [sys.executable, "-m", "castar", "--root", str(root), *map(str, args)]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    shown = bytearray()
+    while True:  # drain while it runs, so a full pty buffer cannot block the child
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    return proc.wait(timeout=120), shown.decode(errors="replace")
+
+
+def test_progress_bar_on_a_terminal_and_silenced_by_q(archive: Path, tmp_path: Path) -> None:
+    code, shown = on_terminal_stderr(tmp_path / "a", "load", "-i", archive)
+    assert code == 0
+    assert "Loading" in shown
+    assert "kB" in shown  # bytes done / total
+    code, shown = on_terminal_stderr(tmp_path / "b", "load", "-i", archive, "-q")
+    assert (code, shown) == (0, "")
+
+
 # -- save ------------------------------------------------------------------------------------
 
 
