@@ -37,7 +37,7 @@ from castar.store._ingest import (
     write_atomic,
 )
 from castar.store.digest import ALGORITHMS, CANONICAL, Digest, hasher, parse
-from castar.store.errors import InvalidArgument, NotFound, Unavailable
+from castar.store.errors import DataLoss, InvalidArgument, NotFound, Unavailable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -193,9 +193,14 @@ def open_ingest(
         lock_fd = _lock_ref(path, ref)
         try:
             stored_ref = _read_text(path / "ref")
-            stored_total = int(_read_text(path / "total") or 0)
-            stored_expected_text = _read_text(path / "expected")
-            stored_expected = parse(stored_expected_text.strip()) if stored_expected_text else None
+            try:
+                stored_total = int(_read_text(path / "total") or 0)
+                stored_expected_text = _read_text(path / "expected")
+                stored_expected = (
+                    parse(stored_expected_text.strip()) if stored_expected_text else None
+                )
+            except (ValueError, InvalidArgument):  # unreadable state: start over
+                stored_ref, stored_total, stored_expected = None, 0, None
             restart = bool(total and stored_total and total != stored_total)
             fresh = stored_ref != ref or restart
             if fresh:
@@ -236,27 +241,32 @@ def read_status(path: Path, ref: str | None = None) -> IngestStatus:
 
     Raises:
         NotFound: ``ingest ref "<ref>": not found`` when the directory or its ``ref`` is gone.
+        DataLoss: a status file cannot be parsed.
     """
-    with map_os_errors(ref_context(ref if ref is not None else path.name)):
+    ctx = ref_context(ref if ref is not None else path.name)
+    with map_os_errors(ctx):
         stored_ref = (path / "ref").read_text()
         if ref is not None and stored_ref != ref:
-            raise NotFound(ref_context(ref))
+            raise NotFound(ctx)
         try:
             data = os.stat(path / "data")
             offset, mtime = data.st_size, datetime.fromtimestamp(data.st_mtime, UTC)
         except FileNotFoundError:
             offset, mtime = 0, None
-        expected = _read_text(path / "expected")
-        started = _parse_time((path / "startedat").read_text())
-        updated = _parse_time((path / "updatedat").read_text())
-    return IngestStatus(
-        ref=stored_ref,
-        offset=offset,
-        total=int(_read_text(path / "total") or 0),
-        expected=parse(expected.strip()) if expected else None,
-        started_at=started,
-        updated_at=max(updated, mtime) if mtime is not None else updated,
-    )
+        try:
+            expected = _read_text(path / "expected")
+            updated = _parse_time((path / "updatedat").read_text())
+            status = IngestStatus(
+                ref=stored_ref,
+                offset=offset,
+                total=int(_read_text(path / "total") or 0),
+                expected=parse(expected.strip()) if expected else None,
+                started_at=_parse_time((path / "startedat").read_text()),
+                updated_at=max(updated, mtime) if mtime is not None else updated,
+            )
+        except (ValueError, InvalidArgument) as exc:
+            raise DataLoss(f"{ctx}: unreadable status in {path}: {exc}") from exc
+    return status
 
 
 def list_ingests(root: Path) -> list[IngestStatus]:
@@ -268,7 +278,7 @@ def list_ingests(root: Path) -> list[IngestStatus]:
         except FileNotFoundError:
             return []
     for name in entries:
-        with contextlib.suppress(NotFound, ValueError, InvalidArgument):
+        with contextlib.suppress(NotFound, DataLoss):
             out.append(read_status(root / "ingest" / name))
     out.sort(key=lambda s: s.ref)
     return out

@@ -713,3 +713,21 @@ async def test_failed_write_breaks_the_writer_until_truncate_or_resume(
     await w.truncate(0)
     await w.write(b"after")
     assert (await w.commit(5, h(b"after"))).digest == h(b"after")
+
+
+async def test_corrupt_ingest_status_is_data_loss_and_reopening_starts_over(
+    tmp_path: Path,
+) -> None:
+    # a torn or foreign status file must not wedge the ref: status says DataLoss, list skips
+    # it, open_writer restarts the ingest at offset 0
+    store = LocalContentStore(tmp_path)
+    async with await store.open_writer("bad", total=9) as w:
+        await w.write(b"partial")
+    path = local.ingest_dir(tmp_path, "bad")
+    (path / "total").write_text("nine")
+    with pytest.raises(DataLoss, match=r'^ingest ref "bad": unreadable status'):
+        await store.ingest_status("bad")
+    assert await store.list_ingests() == []
+    async with await store.open_writer("bad", total=9) as w:
+        assert w.offset == 0
+    assert (await store.ingest_status("bad")).total == 9
