@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import subprocess
 import sys
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from castar.engine._streams import open_sink, open_source
 from castar.engine._tario import TarReader, TarWriter
@@ -205,3 +208,28 @@ def test_stdin_to_stdout_through_reader_and_writer() -> None:
     with tarfile.open(fileobj=io.BytesIO(result.stdout)) as tf:
         got = {ti.name: tf.extractfile(ti).read() for ti in tf.getmembers()}  # type: ignore[union-attr]
     assert got == {"copy/" + n: d for n, d in MEMBERS}
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    pieces=st.lists(st.integers(min_value=100, max_value=70_000), min_size=1, max_size=8),
+    chunk_size=st.sampled_from([3000, 1 << 16, 1 << 20]),
+    skip=st.sets(st.sampled_from([n for n, _ in MEMBERS])),
+)
+async def test_reader_result_is_independent_of_piece_and_chunk_sizes(
+    pieces: list[int], chunk_size: int, skip: set[str]
+) -> None:  # TAR-4 on a non-seekable stream, h11 tr() style
+    raw = make_archive(MEMBERS)
+    send, receive = anyio.create_memory_object_stream[bytes](len(raw))
+    with send, receive:
+        pos = 0
+        for i in itertools.count():
+            if pos >= len(raw):
+                break
+            size = pieces[i % len(pieces)]
+            send.send_nowait(raw[pos : pos + size])
+            pos += size
+        send.close()
+        reader = TarReader(open_source(receive), chunk_size=chunk_size)
+        got = await read_all(reader, skip=frozenset(skip))
+    assert got == {n: d for n, d in MEMBERS if n not in skip}
