@@ -418,7 +418,7 @@ def plan(spec: SynthSpec) -> SynthImage:
                 Struct(
                     Config=blob_path(first.config.digest),
                     RepoTags=[reference.familiarize(spec.name)],
-                    Layers=[blob_path(d.digest) for d in first.layers],
+                    Layers=[blob_path(d.digest) for d in first.layers] or None,  # EXP-10
                 )
             ]
         )

@@ -365,3 +365,10 @@ async def test_load_then_save_reproduces_the_castar_order_archive_byte_for_byte(
         assert [i.name for i in images] == [spec.name]
         await store.save([spec.name], tmp_path / "out.tar")
     assert await anyio.Path(tmp_path / "out.tar").read_bytes() == expected
+
+
+def test_an_image_without_layers_has_null_layers_in_manifest_json():
+    # EXP-10: `Layers` is null when there are none
+    image, data = archive(synth.SynthSpec(layers=0, platforms=["linux/amd64"]))
+    assert json.loads(members(data)["manifest.json"][1])[0]["Layers"] is None
+    assert image.platforms[0].layers == ()
