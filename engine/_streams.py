@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Self, final
 import anyio
 import anyio.abc
 
-from castar.store.errors import InvalidArgument
+from castar.store.errors import InvalidArgument, NotFound
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -126,6 +126,15 @@ class Source:
             await self.aclose()
 
 
+def _map_open_error(exc: OSError, name: str) -> Exception:
+    """Translate an open failure once (STYLE §3.4); other OSErrors stay as they are."""
+    if isinstance(exc, FileNotFoundError):
+        return NotFound(f"archive {name}: {exc.strerror or exc}")
+    if isinstance(exc, IsADirectoryError | NotADirectoryError):
+        return InvalidArgument(f"archive {name}: {exc.strerror or exc}")
+    return exc
+
+
 @final
 class _FileSource(Source):
     """A path, fd or stdin, read with one worker-thread hop per ``receive``."""
@@ -140,7 +149,8 @@ class _FileSource(Source):
 
     @property
     def seekable(self) -> bool:
-        return self._opened().seekable() and self._regular
+        self._opened()
+        return self._regular
 
     @property
     def size(self) -> int | None:
@@ -165,7 +175,7 @@ class _FileSource(Source):
             try:
                 await anyio.to_thread.run_sync(self._open_sync)
             except OSError as exc:
-                raise InvalidArgument(f"archive {self.name}: cannot open: {exc}") from exc
+                raise _map_open_error(exc, self.name) from exc
 
     def _open_sync(self) -> None:
         target = self._target
@@ -174,7 +184,7 @@ class _FileSource(Source):
         else:
             f = io.FileIO(os.fspath(target), "rb")
         st = os.fstat(f.fileno())
-        self._regular = stat.S_ISREG(st.st_mode)
+        self._regular = stat.S_ISREG(st.st_mode) and f.seekable()
         if self._regular:
             self._size = max(0, st.st_size - os.lseek(f.fileno(), 0, os.SEEK_CUR))
         self._file = f
@@ -475,7 +485,7 @@ class _FileSink(Sink):
             try:
                 await anyio.to_thread.run_sync(self._open_sync)
             except OSError as exc:
-                raise InvalidArgument(f"archive {self.name}: cannot open: {exc}") from exc
+                raise _map_open_error(exc, self.name) from exc
 
     def _open_sync(self) -> None:
         target = self._target

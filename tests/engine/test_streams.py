@@ -11,7 +11,7 @@ import anyio.streams.buffered
 import pytest
 
 from castar.engine._streams import CHUNK_SIZE, Sink, Source, open_sink, open_source
-from castar.store.errors import InvalidArgument
+from castar.store.errors import InvalidArgument, NotFound
 
 
 async def drain(src: Source, max_bytes: int = CHUNK_SIZE) -> list[bytes]:
@@ -67,9 +67,18 @@ async def test_path_source_properties_need_it_open(blob: tuple[Path, bytes]) -> 
     await src.aclose()
 
 
-async def test_missing_path_is_invalid_argument_naming_it(tmp_path: Path) -> None:
-    with pytest.raises(InvalidArgument, match=r"nope\.tar"):
+async def test_missing_path_is_not_found_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(NotFound, match=r"nope\.tar: No such file"):
         async with open_source(tmp_path / "nope.tar"):
+            pass
+    with pytest.raises(NotFound, match="no-dir"):
+        async with open_sink(tmp_path / "no-dir" / "out.tar"):
+            pass
+
+
+async def test_directory_path_is_invalid_argument(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument, match="Is a directory"):
+        async with open_source(tmp_path):
             pass
 
 
