@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import anyio
 import anyio.to_thread
@@ -26,7 +26,7 @@ import anyio.to_thread
 from castar import __version__
 from castar._api import Store, open_store
 from castar._progress import ProgressBar, wanted
-from castar.engine import platforms, reference
+from castar.engine import oci, platforms, reference
 from castar.engine.images import format_size, render_tree
 from castar.store import digest as digests
 from castar.store.errors import (
@@ -128,7 +128,8 @@ async def _cmd_load(store: Store, args: argparse.Namespace) -> int:
         )
     if args.json:
         _dump([{"name": i.name, "target": str(i.target.digest)} for i in images])
-    for i in [] if args.json else images:  # LOAD-5
+        return 0
+    for i in images:  # LOAD-5
         if reference.is_dangling(i.name):
             _out(f"Loaded image ID: {i.target.digest}")
         else:
@@ -139,8 +140,11 @@ async def _cmd_load(store: Store, args: argparse.Namespace) -> int:
 async def _cmd_save(store: Store, args: argparse.Namespace) -> int:
     plats = _platform_list(args.platform)
     if args.dry_run:
-        plan = await store.plan_save(args.images, platforms=plats, missing=args.missing)
-        _dump(plan.to_json())
+        plan = (await store.plan_save(args.images, platforms=plats, missing=args.missing)).to_json()
+        if args.json:
+            _dump(plan)
+        else:
+            _plan_summary(plan)
         return 0
     to_stdout = args.output in (None, "-")
     if to_stdout and sys.stdout.isatty():
@@ -173,6 +177,22 @@ async def _cmd_save(store: Store, args: argparse.Namespace) -> int:
     if args.json:
         _dump(result.to_json())
     return 0
+
+
+def _plan_summary(plan: dict[str, Any]) -> None:
+    """``save --dry-run`` for people: each entry, its platforms, and what the archive holds."""
+    for image in plan["images"]:
+        name = reference.display_name(image["name"]) if image["name"] else image["reference"]
+        kind = "index" if oci.is_index(image["mediaType"]) else "manifest"
+        _out(f"{name} -> {kind} {image['digest']}")
+        for p in image["platforms"]:
+            _out(f"  {p['platform']:<24} {p['state']}")
+        for p in image["notFound"]:
+            _out(f"  {p:<24} not in image")
+    blobs = sum(1 for m in plan["members"] if m["digest"])
+    _out(f"{blobs} blobs, {format_size(plan['size'])} archive")
+    for warning in plan["warnings"]:
+        _out(f"warning: {warning}")
 
 
 # -- images, inspect, tag, rm ----------------------------------------------------------------
@@ -393,21 +413,24 @@ async def _cmd_demo(store: Store, args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         await anyio.to_thread.run_sync(synth.write_path, spec, archive)
         size = (await anyio.Path(archive).stat()).st_size
+        _out(f"castar demo, store {store.root}")
         _out(
-            f"1. generated {archive.name}: {len(plats)} platforms x {layers} layers x "
-            f"{format_size(layer_size)} = {format_size(size)} "
-            f"in {time.perf_counter() - t0:.2f}s"
+            f"1. generated {archive.name} ({format_size(size)}): "
+            f"{reference.display_name(spec.name)}, {len(plats)} platforms x {layers} layers x "
+            f"{format_size(layer_size)}, in {time.perf_counter() - t0:.2f}s"
         )
         t0 = time.perf_counter()
         with ProgressBar("Loading", enabled=wanted(quiet=args.quiet, json=False)) as bar:
-            images = await store.load(archive, platforms=picked, progress=bar)
+            await store.load(archive, platforms=picked, progress=bar)
         dt = time.perf_counter() - t0
+        trees = await store.images.tree([spec.name])
+        stored = trees[0].content_size
         _out(
-            f"2. loaded {', '.join(reference.display_name(i.name) for i in images)} "
-            f"for {' and '.join(picked)} in {dt:.2f}s ({_rate(size, dt)} of archive)"
+            f"2. loaded {' and '.join(picked)} from it: {format_size(stored)} verified and "
+            f"stored in {dt:.2f}s ({_rate(stored, dt)}); the other platforms were not read"
         )
-        _out("3. the image as stored (unloaded platforms are unavailable):")
-        for line in render_tree(await store.images.tree([spec.name]), terminal=sys.stdout.isatty()):
+        _out("3. the image as stored (platforms not loaded are unavailable):")
+        for line in render_tree(trees, terminal=sys.stdout.isatty()):
             _out(f"   {line}")
         t0 = time.perf_counter()
         with ProgressBar("Saving", enabled=wanted(quiet=args.quiet, json=False)) as bar:
