@@ -372,3 +372,24 @@ def test_an_image_without_layers_has_null_layers_in_manifest_json():
     image, data = archive(synth.SynthSpec(layers=0, platforms=["linux/amd64"]))
     assert json.loads(members(data)["manifest.json"][1])[0]["Layers"] is None
     assert image.platforms[0].layers == ()
+
+
+@pytest.mark.interop
+@pytest.mark.skipif(shutil.which("umoci") is None, reason="umoci not installed")
+def test_umoci_unpacks_a_single_platform_layout(tmp_path):
+    # umoci checks blob digests and diff ids while it applies the gzip layers
+    spec = synth.SynthSpec(
+        platforms=["linux/amd64"], layers=2, layer_size=SMALL, compression="gzip"
+    )
+    synth.write_layout(spec, tmp_path / "lay")
+    subprocess.run(
+        ["umoci", "unpack", "--image", f"{tmp_path / 'lay'}:latest", str(tmp_path / "bundle")],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    files = sorted(
+        p.relative_to(tmp_path / "bundle" / "rootfs").as_posix()
+        for p in (tmp_path / "bundle" / "rootfs").rglob("*.bin")
+    )
+    assert files == ["synth/linux-amd64/0.bin", "synth/linux-amd64/1.bin"]
