@@ -143,8 +143,14 @@ class Writer:
             with anyio.CancelScope(shield=True):
                 await self._backend.close()
             raise
-        await self._store._commit(self._backend, self.ref, size, expected, labels)
-        return parse(self._backend.digest()) if expected is None else expected
+        try:
+            return await self._store._commit(self._backend, self.ref, size, expected, labels)
+        except BaseException:
+            # Cancelled before the backend commit ran (e.g. waiting for the commit lock): the
+            # ref must still be released. close() is a no-op once commit has released it.
+            with anyio.CancelScope(shield=True):
+                await self._backend.close()
+            raise
 
     async def _close(self) -> None:
         if not self._done:
@@ -331,7 +337,7 @@ class ContentStore:
         size: int,
         expected: Digest | None,
         labels: Mapping[str, str],
-    ) -> None:
+    ) -> Digest:
         # STYLE §3.7.4: the backend fsyncs and renames before any DB write transaction starts.
         # The shared commit lock is held from the rename until the row is written, so GC's
         # content sweep (exclusive) never sees the renamed-but-unrecorded file.
@@ -349,6 +355,7 @@ class ContentStore:
                 )
         if not created:
             raise AlreadyExists(f"content {result.digest}")
+        return result.digest
 
     async def _forget_ingest(self, ref: str) -> None:
         with suppress(NotFound):

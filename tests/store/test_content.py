@@ -23,6 +23,7 @@ from castar.store.errors import (
     SizeMismatch,
     Unavailable,
 )
+from castar.store.local import LocalContentStore
 
 HELLO = b"hello"
 H_HELLO = compute(HELLO)
@@ -375,3 +376,18 @@ async def test_cancel_mid_write_under_lease_is_reaped_when_lease_ends(store: Sto
     report = await store.gc()
     assert report.ingests_removed == ["leased"]
     assert await store.content.list_statuses() == []
+
+
+async def test_commit_cancelled_while_gc_holds_lock_releases_ref(store: Store) -> None:
+    backend = LocalContentStore(store.root)
+    async with store.content.writer("waits") as w:
+        await w.write(HELLO)
+        async with backend.commit_lock(exclusive=True):  # as GC's content sweep holds it
+            with anyio.move_on_after(0.2) as scope:
+                await w.commit(5, H_HELLO)
+            assert scope.cancelled_caught
+    assert not await store.content.exists(H_HELLO)
+    async with store.content.writer("waits") as again:  # the ref was released (ING-3)
+        assert again.offset == 5  # and kept resumable (ING-5)
+        assert await again.commit(5, H_HELLO) == H_HELLO
+    assert await read_all(store, H_HELLO) == HELLO
