@@ -25,7 +25,7 @@ import anyio.to_thread
 
 from castar import __version__
 from castar._api import Store, open_store
-from castar._progress import ProgressBar, wanted
+from castar._progress import open_progress
 from castar.engine import oci, platforms, reference
 from castar.engine.images import format_size, render_tree
 from castar.store import digest as digests
@@ -95,6 +95,15 @@ def _dump(obj: object) -> None:
     _out(json.dumps(obj, indent=2, sort_keys=False))
 
 
+def _progress_mode(args: argparse.Namespace) -> str:
+    """``-q`` silences progress; ``--json`` output keeps the terminal free of bars."""
+    if args.quiet:
+        return "none"
+    if args.progress == "auto" and getattr(args, "json", False):
+        return "none"
+    return str(args.progress)
+
+
 def _platform_list(values: Sequence[str] | None) -> list[str] | None:
     """Validate ``--platform`` values early (bad spec → exit 4 before the store is touched)."""
     if not values:
@@ -118,7 +127,7 @@ async def _cmd_load(store: Store, args: argparse.Namespace) -> int:
         source = Path(args.input)
         if not await anyio.Path(source).is_file():
             raise NotFound(f"archive {source}")
-    with ProgressBar("Loading", enabled=wanted(quiet=args.quiet, json=args.json)) as bar:
+    with open_progress("Loading", mode=_progress_mode(args)) as bar:
         images = await store.load(
             source,
             platforms=plats,
@@ -152,9 +161,9 @@ async def _cmd_save(store: Store, args: argparse.Namespace) -> int:
             "cowardly refusing to write an image archive to a terminal: "
             "use -o FILE or redirect stdout"
         )
-    show = wanted(quiet=args.quiet, json=args.json)
+    show = _progress_mode(args)
     if to_stdout:
-        with ProgressBar("Saving", enabled=show) as bar:
+        with open_progress("Saving", mode=show) as bar:
             await store.save(args.images, "-", platforms=plats, missing=args.missing, progress=bar)
         return 0
     target = Path(args.output)
@@ -164,7 +173,7 @@ async def _cmd_save(store: Store, args: argparse.Namespace) -> int:
     in_place = await apath.exists() and not await apath.is_file()
     tmp = target if in_place else target.with_name(f".{target.name}.castar-{os.getpid()}")
     try:
-        with ProgressBar("Saving", enabled=show) as bar:
+        with open_progress("Saving", mode=show) as bar:
             result = await store.save(
                 args.images, tmp, platforms=plats, missing=args.missing, progress=bar
             )
@@ -364,7 +373,7 @@ async def _cmd_lease(store: Store, args: argparse.Namespace) -> int:
 
 
 async def _cmd_verify(store: Store, args: argparse.Namespace) -> int:
-    with ProgressBar("Verifying", enabled=wanted(quiet=args.quiet, json=args.json)) as bar:
+    with open_progress("Verifying", mode=_progress_mode(args)) as bar:
         report = await store.verify(args.images or None, progress=bar)
     if args.json:
         _dump(report.to_json())
@@ -420,7 +429,7 @@ async def _cmd_demo(store: Store, args: argparse.Namespace) -> int:
             f"{format_size(layer_size)}, in {time.perf_counter() - t0:.2f}s"
         )
         t0 = time.perf_counter()
-        with ProgressBar("Loading", enabled=wanted(quiet=args.quiet, json=False)) as bar:
+        with open_progress("Loading", mode=_progress_mode(args)) as bar:
             await store.load(archive, platforms=picked, progress=bar)
         dt = time.perf_counter() - t0
         trees = await store.images.tree([spec.name])
@@ -433,7 +442,7 @@ async def _cmd_demo(store: Store, args: argparse.Namespace) -> int:
         for line in render_tree(trees, terminal=sys.stdout.isatty()):
             _out(f"   {line}")
         t0 = time.perf_counter()
-        with ProgressBar("Saving", enabled=wanted(quiet=args.quiet, json=False)) as bar:
+        with open_progress("Saving", mode=_progress_mode(args)) as bar:
             result = await store.save([spec.name], saved, platforms=picked[:1], progress=bar)
         dt = time.perf_counter() - t0
         (entry,) = result.images
@@ -486,7 +495,13 @@ def _common(json_flag: bool = False, quiet: bool = False) -> argparse.ArgumentPa
     if json_flag:
         p.add_argument("--json", action="store_true", help="machine-readable output")
     if quiet:
-        p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+        p.add_argument(
+            "--progress",
+            choices=["auto", "json", "none"],
+            default="auto",
+            help="auto: a bar on a terminal's stderr; json: JSON lines on stderr",
+        )
     return p
 
 

@@ -1,14 +1,16 @@
-"""Progress display for the CLI: a rich bar on a terminal's stderr, or nothing.
+"""Progress display for the CLI: a rich bar on a terminal's stderr, JSON lines, or nothing.
 
-Owns :class:`ProgressBar`, the callable handed to load/save/verify as their
-``progress=`` callback. CLI-only: library modules must not import it (they take
-any callable). Callbacks may arrive from worker threads; rich's updates are
-thread-safe.
+Owns :class:`ProgressBar` and :class:`JsonProgress`, the callables handed to
+load/save/verify as their ``progress=`` callback. CLI-only: library modules must
+not import it (they take any callable). Callbacks may arrive from worker threads.
 """
 
 from __future__ import annotations
 
+import json
 import sys
+import threading
+import time
 from typing import TYPE_CHECKING, final
 
 from rich.console import Console
@@ -25,12 +27,28 @@ from rich.progress import (
 if TYPE_CHECKING:
     from types import TracebackType
 
-__all__ = ["ProgressBar", "wanted"]
+__all__ = ["JsonProgress", "ProgressBar", "open_progress"]
+
+#: Seconds between two JSON progress lines (the last one is always written).
+_JSON_INTERVAL = 0.2
 
 
-def wanted(*, quiet: bool, json: bool) -> bool:
-    """Whether to draw progress: on a terminal's stderr, unless ``-q`` or ``--json``."""
-    return not quiet and not json and sys.stderr.isatty()
+def open_progress(description: str, *, mode: str) -> ProgressBar | JsonProgress:
+    """The progress display for ``--progress MODE``.
+
+    Args:
+        description: what is going on (``Loading``, ``Saving``, ``Verifying``).
+        mode: ``auto`` (a bar when stderr is a terminal), ``json`` (JSON lines on
+            stderr) or ``none``.
+    """
+    if mode == "json":
+        return JsonProgress(description)
+    return ProgressBar(description, enabled=mode == "auto" and sys.stderr.isatty())
+
+
+def _short(what: object) -> str:
+    # A blob path or digest shows as its first 12 hex digits, like image IDs.
+    return str(what).rpartition("/")[2].rpartition(":")[2][:12]
 
 
 @final
@@ -76,8 +94,51 @@ class ProgressBar:
         """Record progress: ``done`` bytes of ``total`` (``None`` when unknown)."""
         if self._progress is None or self._task is None:
             return
-        description = self._description
-        if what is not None:
-            # A blob path or digest shows as its first 12 hex digits, like image IDs.
-            description += " " + str(what).rpartition("/")[2].rpartition(":")[2][:12]
+        description = self._description if what is None else f"{self._description} {_short(what)}"
         self._progress.update(self._task, completed=done, total=total, description=description)
+
+
+@final
+class JsonProgress:
+    """A context manager and progress callback writing JSON lines to stderr.
+
+    One ``{"event": "start"}`` line, ``{"event": "progress", "done", "total", "item"}``
+    lines at most every 0.2 s, and one ``{"event": "end"}`` line with the final
+    counts (``"ok": false`` when the work failed). Safe to call from worker threads.
+    """
+
+    def __init__(self, description: str) -> None:
+        self._op = description.lower()
+        self._lock = threading.Lock()
+        self._last = 0.0
+        self._state: dict[str, object] = {"done": 0, "total": None, "item": None}
+
+    def _emit(self, event: str, **extra: object) -> None:
+        line = {"event": event, "op": self._op, **self._state, **extra}
+        print(json.dumps(line), file=sys.stderr, flush=True)
+
+    def __enter__(self) -> JsonProgress:
+        self._emit("start")
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with self._lock:
+            self._emit("end", ok=exc_type is None)
+
+    def __call__(self, done: int, total: int | None = None, what: object = None) -> None:
+        """Record progress: ``done`` bytes of ``total`` (``None`` when unknown)."""
+        with self._lock:
+            self._state = {
+                "done": done,
+                "total": total,
+                "item": None if what is None else str(what),
+            }
+            now = time.monotonic()
+            if now - self._last >= _JSON_INTERVAL:
+                self._last = now
+                self._emit("progress")

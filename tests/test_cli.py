@@ -191,10 +191,19 @@ def test_progress_bar_on_a_terminal_and_silenced_by_q(archive: Path, tmp_path: P
 
 def test_save_one_platform_to_a_file(loaded, tmp_path: Path) -> None:
     out = tmp_path / "one.tar"
-    cp = castar(loaded[0], "save", "synth:latest", "--platform", "linux/amd64", "-o", out, "--json")
+    cp = castar(
+        loaded[0], "save", "synth:latest", "--platform", "linux/amd64", "-o", out, "--json",
+        "--progress", "json",
+    )  # fmt: skip
     assert cp.returncode == 0, cp.stderr
     result = json.loads(cp.stdout)
     assert result["written"] == out.stat().st_size
+    events = [json.loads(line) for line in cp.stderr.splitlines()]  # machine-readable progress
+    assert events[0]["event"] == "start"
+    assert events[-1] == {
+        "event": "end", "op": "saving", "done": result["written"], "total": result["written"],
+        "item": None, "ok": True,
+    }  # fmt: skip
     with tarfile.open(out) as tar:
         names = tar.getnames()
         index = json.load(tar.extractfile("index.json"))  # type: ignore[arg-type]
