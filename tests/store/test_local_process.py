@@ -153,3 +153,36 @@ async def test_torn_tail_after_a_crash_is_resumed_or_truncated(tmp_path: Path) -
     await w.truncate(0)
     await w.write(b"clean")
     assert (await w.commit(5, None)).size == 5
+
+
+LOCK_HOLDER = textwrap.dedent(
+    """
+    import fcntl, os, sys, time
+    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    print("held", flush=True)
+    time.sleep(3600)
+    """
+)
+
+
+async def test_commit_lock_excludes_another_process_until_it_dies(tmp_path: Path) -> None:
+    # commit_lock is a cross-process flock: GC's exclusive hold in one process keeps a
+    # commit's shared hold in another waiting (cancellably), and a crash releases it.
+    store = LocalContentStore(tmp_path)
+    proc = await anyio.open_process(
+        [sys.executable, "-c", LOCK_HOLDER, str(tmp_path / "commit.lock")], stderr=None
+    )
+    try:
+        assert proc.stdout is not None
+        with anyio.fail_after(30):
+            assert await read_line(BufferedByteReceiveStream(proc.stdout)) == "held"
+        with anyio.move_on_after(0.2) as scope:
+            async with store.commit_lock(exclusive=False):
+                pytest.fail("took the commit lock while another process held it")
+        assert scope.cancelled_caught
+    finally:
+        await kill(proc)
+    with anyio.fail_after(5):
+        async with store.commit_lock(exclusive=True):
+            pass
