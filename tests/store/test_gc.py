@@ -137,9 +137,11 @@ def labelled(name: str, labels: Mapping[str, str]) -> Build:
     return build
 
 
-def image(name: str, target: str, expire: timedelta | None = None) -> Build:
+def image(name: str, target: str, expire: timedelta | None = None, ref: str = "") -> Build:
     async def build(store: Store, now: datetime) -> None:
         labels = {} if expire is None else {"containerd.io/gc.expire": rfc(now + expire)}
+        if ref:
+            labels[f"{REF}.extra"] = D(ref)
         await store.images.create(name, Descriptor(MT, D(target), len(target)), labels=labels)
 
     return build
@@ -207,6 +209,11 @@ CASES: list[tuple[str, list[Build], set[str]]] = [
         "gc4-lease-image-keeps-tree",
         [*TV48, image("img", "I", expire=timedelta(hours=-1)), lease("l", images=["img"])],
         {"I", "M1", "M2", "C1", "L1", "img", "lease:l"},
+    ),
+    (
+        "gc4-image-ref-label-keeps-content",
+        [blob("I"), blob("Z"), image("img", "I", ref="Z")],
+        {"I", "Z", "img"},
     ),
     ("gc3-expired-image-goes", [blob("I"), image("img", "I", expire=timedelta(hours=-1))], set()),
     (
