@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
+import anyio.abc
 import anyio.from_thread
 import anyio.to_thread
 
@@ -467,44 +468,88 @@ class _StreamReader:
 
 
 async def _ingest_stream(sess: _Session, reader: _StreamReader) -> None:
-    """Store every regular entry as it streams by (IMP-3); keep the two metadata files."""
+    """Store every regular entry as it streams by (IMP-3); keep the two metadata files.
+
+    A member's commit (fsync, rename, record) runs in a task while the next member
+    streams in, at most two at a time: only control moves between tasks, never bytes.
+    """
     cat = sess.catalog
-    while True:
-        ev = await reader.next()
-        if isinstance(ev, ArchiveEnd):
-            return
-        if not isinstance(ev, MemberStart):  # pragma: no cover - members are read whole
-            continue
-        reader.member = ev.name
-        cleaned = _checked_name(ev.name, ev.header_offset)
-        if ev.type not in _REGULAR:
-            _note_member(cat, ev, -1, None)
-            await reader.drain()
-        elif cleaned in _METADATA:
-            _check_document_size(ev.size, cleaned, ev.name)
-            cat.documents[cleaned] = (ev.name, await reader.body())
-        else:
-            entry = _Entry(cleaned, ev.size)
-            entry.digest = await _ingest_member(sess, reader, entry, _blob_digest(cleaned))
-            cat.entries[cleaned] = entry
+    commits = anyio.Semaphore(_IN_FLIGHT)
+    try:
+        async with anyio.create_task_group() as tg:
+            while True:
+                ev = await reader.next()
+                if isinstance(ev, ArchiveEnd):
+                    return
+                if not isinstance(ev, MemberStart):  # pragma: no cover - members are read whole
+                    continue
+                reader.member = ev.name
+                cleaned = _checked_name(ev.name, ev.header_offset)
+                if ev.type not in _REGULAR:
+                    _note_member(cat, ev, -1, None)
+                    await reader.drain()
+                elif cleaned in _METADATA:
+                    _check_document_size(ev.size, cleaned, ev.name)
+                    cat.documents[cleaned] = (ev.name, await reader.body())
+                else:
+                    entry = _Entry(cleaned, ev.size)
+                    cat.entries[cleaned] = entry
+                    await _ingest_member(sess, reader, entry, _blob_digest(cleaned), tg, commits)
+    except BaseExceptionGroup as group:
+        raise _first(group) from None
 
 
 async def _ingest_member(
-    sess: _Session, reader: _StreamReader, entry: _Entry, expected: Digest | None
-) -> Digest:
+    sess: _Session,
+    reader: _StreamReader,
+    entry: _Entry,
+    expected: Digest | None,
+    tg: anyio.abc.TaskGroup,
+    commits: anyio.Semaphore,
+) -> None:
+    """Stream one member into an ingest, then hand its commit to a task of ``tg``."""
     ref = sess.ref(entry.name)
+    stack = contextlib.AsyncExitStack()
     try:
-        async with sess.store.content.writer(ref, size=entry.size, digest=expected) as w:
-            while isinstance(ev := await reader.next(), Chunk):
-                await w.write(ev.data)
-            return await _commit(w, entry, expected)
-    except AlreadyExists:
-        assert expected is not None
+        try:
+            w = await stack.enter_async_context(
+                sess.store.content.writer(ref, size=entry.size, digest=expected)
+            )
+        except AlreadyExists:
+            assert expected is not None
+            entry.digest = expected
+            await reader.drain()  # already stored: the bytes are not written again (ING-2)
+            return
+        while isinstance(ev := await reader.next(), Chunk):
+            await w.write(ev.data)
+        await commits.acquire()
     except BaseException:
+        with anyio.CancelScope(shield=True):
+            await stack.aclose()
         await sess.discard(ref)
         raise
-    await reader.drain()  # already stored: the bytes are not written again (ING-2)
-    return expected
+    tg.start_soon(_finish_member, sess, w, stack, entry, expected, commits)
+
+
+async def _finish_member(
+    sess: _Session,
+    w: Writer,
+    stack: contextlib.AsyncExitStack,
+    entry: _Entry,
+    expected: Digest | None,
+    commits: anyio.Semaphore,
+) -> None:
+    try:
+        try:
+            entry.digest = await _commit(w, entry, expected)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await stack.aclose()
+    except BaseException:
+        await sess.discard(w.ref)
+        raise
+    finally:
+        commits.release()
 
 
 # -- resolving the archive's index (IMP-5..9) ------------------------------------------------

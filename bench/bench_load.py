@@ -1,0 +1,295 @@
+"""Benchmark ``load()`` against a plain synchronous read + sha256 + write loop (IO-LIMITS §2).
+
+Run: ``.venv/bin/python -m bench.bench_load [--platforms 8 --layers 4 --layer-mib 64]``.
+
+Every case runs in its own subprocess (fresh store under /tmp, peak RSS = that process's
+``ru_maxrss``) while a 1 ms ticker measures the longest event-loop stall. Cases: load from
+a file, from a pipe (``cat archive |``), a one-platform load of the same archive, the
+sync baseline over the same bytes (each member to a new file, fsync'd like a store
+commit, and without fsync), a small ~20 MiB archive for RSS, and 5,000 small layers
+against a sync baseline writing the same files. Archives are cached in /tmp, never
+committed. Figures are medians of ``--runs`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+WORK = Path(os.environ.get("CASTAR_BENCH_DIR", "/tmp/castar-bench-load"))
+ALL_PLATFORMS = (
+    "linux/amd64",
+    "linux/arm64",
+    "linux/arm/v7",
+    "linux/arm/v6",
+    "linux/386",
+    "linux/ppc64le",
+    "linux/s390x",
+    "linux/riscv64",
+)
+MIB = 1 << 20
+F_SETPIPE_SZ = 1031
+
+
+# -- archives ------------------------------------------------------------------------------------
+
+
+def make_archive(path: Path, platforms: int, layers: int, layer_size: int) -> tuple[int, str]:
+    """Write (or reuse) a synth archive; return its size and its second platform."""
+    from castar.engine import synth
+
+    spec = synth.SynthSpec(
+        name=f"bench/load:{platforms}x{layers}x{layer_size}",
+        platforms=ALL_PLATFORMS[:platforms],
+        layers=layers,
+        layer_size=layer_size,
+        order="castar",
+    )
+    image = synth.plan(spec)
+    if not path.exists() or path.stat().st_size != image.size:
+        print(f"writing {path} ({image.size / MIB:.0f} MiB)...", file=sys.stderr)
+        tmp = path.with_suffix(".tmp")
+        synth.write_path(image, tmp)
+        tmp.rename(path)
+    return image.size, ALL_PLATFORMS[min(1, platforms - 1)]
+
+
+# -- child cases ------------------------------------------------------------------------------
+
+
+def baseline(archive: Path, root: Path, *, fsync: bool) -> dict[str, float]:
+    """Plain sync loop: each tar member read, sha256'd and written to a new file."""
+    out = root / "blobs"
+    out.mkdir(parents=True)
+    dir_fd = os.open(out, os.O_RDONLY)
+    buf = bytearray(MIB)
+    view = memoryview(buf)
+    entries = 0
+    t0 = time.perf_counter()
+    with open(archive, "rb", buffering=0) as f:
+        while True:
+            header = f.read(512)
+            if len(header) < 512 or header == bytes(512):
+                break
+            info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
+            size = info.size
+            if not info.isreg():
+                f.seek(size + (-size % 512), os.SEEK_CUR)
+                continue
+            h = hashlib.sha256()
+            tmp = out / f"tmp-{entries}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            left = size
+            while left:
+                n = f.readinto(view[: min(left, MIB)])
+                if not n:
+                    raise SystemExit("baseline: truncated archive")
+                h.update(view[:n])
+                os.write(fd, view[:n])
+                left -= n
+            if fsync:
+                os.fsync(fd)
+            os.close(fd)
+            os.rename(tmp, out / h.hexdigest())
+            if fsync:
+                os.fsync(dir_fd)
+            f.seek(-size % 512, os.SEEK_CUR)
+            entries += 1
+    seconds = time.perf_counter() - t0
+    os.close(dir_fd)
+    return {"seconds": seconds, "entries": entries, "stall_ms": 0.0}
+
+
+async def load_case(
+    archive: Path, root: Path, *, pipe: bool, platform: str | None
+) -> dict[str, float]:
+    import anyio
+
+    from castar.engine.importer import load
+    from castar.store import open_store
+
+    worst = 0.0
+
+    async def ticker() -> None:
+        nonlocal worst
+        while True:
+            t = time.perf_counter()
+            await anyio.sleep(0.001)
+            worst = max(worst, time.perf_counter() - t - 0.001)
+
+    if pipe:
+        with contextlib.suppress(OSError):  # a 1 MiB pipe (IO-LIMITS: pipe_read)
+            fcntl.fcntl(0, F_SETPIPE_SZ, MIB)
+    async with open_store(root) as store, anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        await anyio.sleep(0.05)
+        t0 = time.perf_counter()
+        images = await load(
+            store, "-" if pipe else archive, platforms=[platform] if platform else None
+        )
+        seconds = time.perf_counter() - t0
+        tg.cancel_scope.cancel()
+    assert images, "nothing loaded"
+    return {"seconds": seconds, "stall_ms": worst * 1000}
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS. ``ru_maxrss`` would include the forking parent's peak
+    (Linux keeps it across exec); ``VmHWM`` belongs to this address space only."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child(args: argparse.Namespace) -> None:
+    archive, root = Path(args.archive), Path(args.root)
+    if args.child in ("baseline", "baseline-nofsync"):
+        result = baseline(archive, root, fsync=args.child == "baseline")
+    else:
+        import anyio
+
+        result = anyio.run(
+            lambda: load_case(
+                archive, root, pipe=args.child == "pipe", platform=args.platform or None
+            ),
+            backend=args.backend,
+        )
+    result["maxrss_mib"] = peak_rss_mib()
+    print(json.dumps(result))
+
+
+# -- parent ----------------------------------------------------------------------------------
+
+
+def run_case(case: str, archive: Path, backend: str, platform: str = "") -> dict[str, float]:
+    root = WORK / "root"
+    shutil.rmtree(root, ignore_errors=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.bench_load",
+        "--child",
+        case,
+        "--archive",
+        str(archive),
+        "--root",
+        str(root),
+        "--backend",
+        backend,
+        "--platform",
+        platform,
+    ]
+    if case == "pipe":
+        with subprocess.Popen(["cat", str(archive)], stdout=subprocess.PIPE) as cat:
+            out = subprocess.run(cmd, stdin=cat.stdout, capture_output=True, text=True, check=False)
+    else:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    shutil.rmtree(root, ignore_errors=True)
+    if out.returncode:
+        raise SystemExit(f"case {case} failed:\n{out.stderr}")
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def medians(
+    case: str, archive: Path, runs: int, backend: str, platform: str = ""
+) -> dict[str, float]:
+    results = [run_case(case, archive, backend, platform) for _ in range(runs)]
+    out = {k: statistics.median(r[k] for r in results) for k in results[0]}
+    out["min_s"] = min(r["seconds"] for r in results)
+    out["max_s"] = max(r["seconds"] for r in results)
+    return out
+
+
+def row(label: str, r: dict[str, float], size: int, base: float | None, count: int = 0) -> None:
+    rate = f"{size / r['seconds'] / 1e6:8.0f} MB/s"
+    if count:
+        rate = f"{count / r['seconds']:8.0f} ent/s"
+    ratio = f"{base / r['seconds']:5.2f}x" if base else "     "
+    print(
+        f"{label:<34} {r['seconds']:7.2f} s ({r['min_s']:.2f}-{r['max_s']:.2f})  {rate}  "
+        f"{ratio}  rss {r['maxrss_mib']:6.1f} MiB  stall {r['stall_ms']:6.1f} ms"
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--platforms", type=int, default=8)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--layer-mib", type=float, default=64)
+    p.add_argument("--small-layers", type=int, default=5000)
+    p.add_argument("--small-kib", type=int, default=64)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
+    p.add_argument("--skip-small", action="store_true")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--archive", help=argparse.SUPPRESS)
+    p.add_argument("--root", help=argparse.SUPPRESS)
+    p.add_argument("--platform", default="", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        child(args)
+        return
+    WORK.mkdir(parents=True, exist_ok=True)
+    big = WORK / f"big-{args.platforms}x{args.layers}x{args.layer_mib:g}.tar"
+    size, one = make_archive(big, args.platforms, args.layers, int(args.layer_mib * MIB))
+    print(
+        f"archive {big}: {size / MIB:.0f} MiB ({args.platforms} platforms x {args.layers} layers"
+        f" x {args.layer_mib:g} MiB), backend {args.backend}, medians of {args.runs} runs"
+    )
+    base = medians("baseline", big, args.runs, args.backend)
+    nofsync = medians("baseline-nofsync", big, args.runs, args.backend)
+    full = medians("file", big, args.runs, args.backend)
+    pipe = medians("pipe", big, args.runs, args.backend)
+    single = medians("file", big, args.runs, args.backend, one)
+    row("baseline read+sha256+write+fsync", base, size, None)
+    row("baseline without fsync", nofsync, size, None)
+    row("load from file", full, size, base["seconds"])
+    row("load from pipe", pipe, size, base["seconds"])
+    row(f"load one platform ({one})", single, size, None)
+    print(
+        f"targets: file {base['seconds'] / full['seconds']:.2f}x baseline (>= 1.2), "
+        f"pipe {base['seconds'] / pipe['seconds']:.2f}x (>= 0.8), "
+        f"one platform {full['seconds'] / single['seconds']:.1f}x faster (>= 4), "
+        f"stall max {max(full['stall_ms'], pipe['stall_ms']):.1f} ms (< 50)"
+    )
+    small = WORK / "small-2x2x5.tar"
+    small_size, _ = make_archive(small, 2, 2, 5 * MIB)
+    tiny = medians("file", small, args.runs, args.backend)
+    row(f"load {small_size / MIB:.0f} MiB archive", tiny, small_size, None)
+    print(
+        f"peak RSS: {tiny['maxrss_mib']:.1f} MiB (20 MiB), {full['maxrss_mib']:.1f} MiB "
+        f"(2 GiB file), {pipe['maxrss_mib']:.1f} MiB (pipe); target < 100"
+    )
+    if args.skip_small:
+        return
+    many = WORK / f"many-{args.small_layers}x{args.small_kib}k.tar"
+    many_size, _ = make_archive(many, 1, args.small_layers, args.small_kib * 1024)
+    n = args.small_layers + 3  # layers + config + manifest + index
+    sbase = medians("baseline", many, args.runs, args.backend)
+    snofsync = medians("baseline-nofsync", many, args.runs, args.backend)
+    sload = medians("file", many, args.runs, args.backend)
+    spipe = medians("pipe", many, args.runs, args.backend)
+    row("small: baseline with fsync", sbase, many_size, None, n)
+    row("small: baseline without fsync", snofsync, many_size, None, n)
+    row("small: load from file", sload, many_size, sbase["seconds"], n)
+    row("small: load from pipe", spipe, many_size, sbase["seconds"], n)
+    print(f"targets: small entries/s {sbase['seconds'] / sload['seconds']:.2f}x baseline (>= 0.7)")
+
+
+if __name__ == "__main__":
+    main()
