@@ -1,0 +1,98 @@
+"""SQLiteMetadataDB: schema versioning, edges derived from labels, transactions (LAY-4, GC-5).
+
+The ``_txn_*`` functions are plain sync code, so most of this runs without an event loop.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from castar.store import sqlite as db
+from castar.store.digest import compute
+from castar.store.errors import AlreadyExists, DataLoss, InvalidArgument, NotFound
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+A, B, C = compute(b"a"), compute(b"b"), compute(b"c")
+REF = "containerd.io/gc.ref.content"
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
+    c = db._connect(tmp_path / "meta.db")
+    yield c
+    c.close()
+
+
+def edges(conn: sqlite3.Connection) -> set[tuple[str, str, str, str]]:
+    rows = conn.execute("SELECT src_kind, src, dst_kind, dst FROM edges").fetchall()
+    return {tuple(r) for r in rows}
+
+
+def write(conn: sqlite3.Connection, fn, *args):  # type: ignore[no-untyped-def]
+    return db._in_txn(conn, True, fn, args)
+
+
+def test_schema_is_versioned_and_reopen_is_idempotent(tmp_path: Path) -> None:
+    first = db._connect(tmp_path / "meta.db")
+    assert first.execute("PRAGMA user_version").fetchone() == (len(db.MIGRATIONS),)
+    assert first.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    first.close()
+    again = db._connect(tmp_path / "meta.db")  # no migration runs twice
+    assert again.execute("PRAGMA user_version").fetchone() == (len(db.MIGRATIONS),)
+    again.close()
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    raw = sqlite3.connect(tmp_path / "meta.db")
+    raw.execute(f"PRAGMA user_version = {len(db.MIGRATIONS) + 1}")
+    raw.close()
+    with pytest.raises(DataLoss, match="newer than this castar"):
+        db._connect(tmp_path / "meta.db")
+
+
+def test_label_writes_rederive_edges(conn: sqlite3.Connection) -> None:
+    write(conn, db._txn_content_commit, "r", A, 1, {f"{REF}.l.0": B}, None, NOW)
+    assert edges(conn) == {("content", A, "content", B)}  # GC-5
+    write(conn, db._txn_content_labels, A, {f"{REF}.l.0": "", f"{REF}/x": C}, False, NOW)
+    assert edges(conn) == {("content", A, "content", C)}
+    write(conn, db._txn_content_labels, A, {"containerd.io/gc.bref.content": B}, True, NOW)
+    assert edges(conn) == {("content", B, "content", A)}  # GC-6: B keeps A
+    write(conn, db._txn_content_delete, A, None)
+    assert edges(conn) == set()
+
+
+def test_failed_transaction_rolls_back(conn: sqlite3.Connection) -> None:
+    target = db.ImageTarget("m", A, 1, {})
+    write(conn, db._txn_image_put, "x", target, {f"{REF}.a": B}, True, None, NOW)
+    with pytest.raises(AlreadyExists):
+        write(conn, db._txn_image_put, "x", target, {f"{REF}.a": C}, True, None, NOW)
+    assert edges(conn) == {("image", "x", "content", B)}
+    assert not conn.in_transaction
+
+
+def test_commit_of_recorded_digest_reports_false_and_drops_ingest(
+    conn: sqlite3.Connection,
+) -> None:
+    assert write(conn, db._txn_ingest_open, "r1", None, None, NOW, NOW) is False
+    assert write(conn, db._txn_content_commit, "r1", A, 1, {}, None, NOW) is True
+    assert write(conn, db._txn_ingest_open, "r2", None, None, NOW, NOW) is False
+    assert write(conn, db._txn_content_commit, "r2", A, 1, {}, None, NOW) is False  # ING-8.6
+    assert conn.execute("SELECT count(*) FROM ingests").fetchone() == (0,)
+    assert write(conn, db._txn_ingest_open, "r3", A, None, NOW, NOW) is True  # ING-2
+
+
+def test_lease_membership_requires_the_lease(conn: sqlite3.Connection) -> None:
+    with pytest.raises(NotFound, match="lease does not exist"):  # LEASE-5
+        write(conn, db._txn_ingest_open, "r", None, "gone", None, NOW)
+    assert conn.execute("SELECT count(*) FROM ingests").fetchone() == (0,)
+
+
+def test_validate_labels_counts_utf8_bytes() -> None:
+    db.validate_labels({"k": "é" * 2047})  # 1 + 4094 bytes
+    with pytest.raises(InvalidArgument, match=r"\(4097 bytes\)"):  # LBL-1
+        db.validate_labels({"kk": "é" * 2047 + "x"})
