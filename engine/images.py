@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, final
 
 from castar.engine import graph, oci, platforms, reference
@@ -219,11 +219,14 @@ class ImageService:
         """Records in name order (IMG-5), keeping those that pass every filter.
 
         Filters (Docker's ``--filter`` subset): ``reference=<glob>`` (full or familiar
-        name), ``label=<key>`` / ``label=<key>=<value>``, ``dangling=true|false``.
-        Filters with the same key are OR-ed, different keys AND-ed.
+        name; several are OR-ed), ``label=<key>`` / ``label=<key>=<value>`` (all must
+        hold), ``dangling=true|false``.
+
+        Raises:
+            InvalidArgument: a filter castar does not know.
         """
-        images = await self._records.list()
-        return [img for img in images if _passes(img, _parse_filters(filters))]
+        wanted = _parse_filters(filters)
+        return [img for img in await self._records.list() if _passes(img, wanted)]
 
     async def update(
         self,
@@ -343,9 +346,9 @@ class ImageService:
 
         Args:
             name: the image (as :meth:`resolve` accepts it).
-            platform: a platform spec; the best match among the image's manifests is
-                shown (available ones first). Without it, a single-manifest image
-                shows its manifest.
+            platform: a platform spec; the best match among the image's manifests
+                (``only(platform)``, MATCH-7 order, available ones first) is shown.
+                Without it, a single-manifest image shows its manifest.
 
         Raises:
             NotFound: unknown image, or no manifest for the platform.
@@ -357,9 +360,11 @@ class ImageService:
         if platform is not None:
             wanted = platforms.parse(platform)
             matcher = platforms.only(wanted)
-            rows = [
-                m for m in tree.platforms if m.platform is not None and matcher.match(m.platform)
-            ]
+            rows = platforms.sort_best_first(
+                (m for m in tree.platforms if m.platform is not None and matcher.match(m.platform)),
+                lambda m: m.platform,
+                matcher,
+            )
             if not rows:
                 raise NotFound(
                     f"image {reference.display_name(image.name)} does not provide platform "
@@ -402,8 +407,9 @@ class ImageService:
         """Remove image records, Docker ``rmi`` style; content goes at the next GC.
 
         A name removes that record ("Untagged"); a digest or ID removes every record
-        with that target, which needs ``force`` when there are several. "Deleted" is
-        reported when an image's last record goes. Every name is resolved before
+        with that target (dangling ``moby-dangling@`` ones included), which needs
+        ``force`` when the image has several names. "Deleted" is reported when an
+        image's last record goes. Every name is resolved before
         anything is removed, so one bad name leaves the store unchanged.
 
         Raises:
@@ -417,8 +423,9 @@ class ImageService:
                 plan.append((ref, [image]))
                 continue
             same = [i for i in await self._records.list() if i.target.digest == image.target.digest]
-            if len(same) > 1 and not force:
-                shown = ", ".join(reference.display_name(i.name) for i in same)
+            named = [i for i in same if not reference.is_dangling(i.name)]
+            if len(named) > 1 and not force:
+                shown = ", ".join(reference.display_name(i.name) for i in named)
                 raise Conflict(
                     f"unable to delete {ref} (must be forced) - image is referenced in "
                     f"multiple repositories: {shown}"
@@ -434,10 +441,8 @@ class ImageService:
                 gone.add(rec.name)
                 if not reference.is_dangling(rec.name):
                     removed.append(Removal("untagged", reference.display_name(rec.name)))
-                rest = [
-                    i for i in await self._records.list() if i.target.digest == rec.target.digest
-                ]
-                if all(reference.is_dangling(i.name) for i in rest):
+                records_left = await self._records.list()
+                if all(i.target.digest != rec.target.digest for i in records_left):
                     removed.append(Removal("deleted", str(rec.target.digest)))
         return removed
 
@@ -455,31 +460,33 @@ def _candidates(ref: str) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class _Filters:
-    references: list[str] = field(default_factory=list)
-    labels: list[tuple[str, str | None]] = field(default_factory=list)
+    references: tuple[str, ...] = ()
+    labels: tuple[tuple[str, str | None], ...] = ()
     dangling: bool | None = None
 
 
 def _parse_filters(filters: Sequence[str]) -> _Filters:
-    out = _Filters()
+    references: builtins.list[str] = []
+    labels: builtins.list[tuple[str, str | None]] = []
+    dangling: bool | None = None
     for f in filters:
         key, sep, value = f.partition("=")
         if not sep or not value:
             raise InvalidArgument(f'bad filter "{f}": expected key=value')
         if key == "reference":
-            out.references.append(value)
+            references.append(value)
         elif key == "label":
             k, has_v, v = value.partition("=")
-            out.labels.append((k, v if has_v else None))
+            labels.append((k, v if has_v else None))
+        elif key == "dangling" and value in ("true", "false"):
+            dangling = value == "true"
         elif key == "dangling":
-            if value not in ("true", "false"):
-                raise InvalidArgument(f'bad filter "{f}": dangling is true or false')
-            object.__setattr__(out, "dangling", value == "true")
+            raise InvalidArgument(f'bad filter "{f}": dangling is true or false')
         else:
             raise InvalidArgument(
                 f'bad filter "{f}": unknown key "{key}" (reference, label, dangling)'
             )
-    return out
+    return _Filters(tuple(references), tuple(labels), dangling)
 
 
 def _passes(image: Image, f: _Filters) -> bool:

@@ -266,3 +266,20 @@ async def test_inspect_with_platform_shows_that_manifest_and_config(store: Store
     assert [p["platform"] for p in doc["platforms"]][:4] == list(MIXED)
     with pytest.raises(NotFound, match="does not provide platform linux/s390x"):
         await ImageService(store).inspect("demo:1", platform="linux/s390x")
+
+
+async def test_inspect_picks_the_best_match_not_the_first_in_the_index(store: Store) -> None:
+    # only(linux/arm/v7) also matches v6 (MATCH rules); MATCH-7 order puts v7 first.
+    built = await build(store, present={"linux/arm/v6": "all", "linux/arm/v7": "all"})
+    details = await ImageService(store).inspect("demo:1", platform="linux/arm/v7")
+    assert details.manifest is not None
+    assert details.manifest.digest == built.manifests["linux/arm/v7"].digest
+
+
+async def test_remove_by_id_takes_dangling_records_along_without_force(store: Store) -> None:
+    built = await build(store, present={"linux/amd64": "all"})
+    await store.images.create(f"moby-dangling@{built.index.digest}", built.index)
+    svc = ImageService(store)
+    removed = await svc.remove([built.index.digest.encoded[:12]])
+    assert [str(r) for r in removed] == ["Untagged: demo:1", f"Deleted: {built.index.digest}"]
+    assert await svc.list() == []
