@@ -22,6 +22,7 @@ from castar.store.errors import (
     AlreadyExists,
     CastarError,
     DataLoss,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     Unavailable,
@@ -560,6 +561,8 @@ def _in_txn(
         if "locked" in str(exc) or "busy" in str(exc):
             raise Unavailable(f"metadata database: {exc}") from exc
         raise CastarError(f"metadata database: {exc}") from exc
+    except sqlite3.ProgrammingError as exc:  # e.g. used after aclose()
+        raise FailedPrecondition(f"metadata database: {exc}") from exc
     except sqlite3.DatabaseError as exc:
         raise DataLoss(f"metadata database: {exc}") from exc
     return result

@@ -12,9 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from castar.store import open_store
 from castar.store import sqlite as db
 from castar.store.digest import compute
-from castar.store.errors import AlreadyExists, DataLoss, InvalidArgument, NotFound
+from castar.store.errors import (
+    AlreadyExists,
+    DataLoss,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 A, B, C = compute(b"a"), compute(b"b"), compute(b"c")
@@ -96,3 +103,10 @@ def test_validate_labels_counts_utf8_bytes() -> None:
     db.validate_labels({"k": "é" * 2047})  # 1 + 4094 bytes
     with pytest.raises(InvalidArgument, match=r"\(4097 bytes\)"):  # LBL-1
         db.validate_labels({"kk": "é" * 2047 + "x"})
+
+
+async def test_use_after_close_is_failed_precondition(tmp_path: Path) -> None:
+    async with open_store(tmp_path / "root") as store:
+        pass
+    with pytest.raises(FailedPrecondition, match="metadata database"):
+        await store.images.list()
