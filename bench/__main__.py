@@ -1,0 +1,204 @@
+"""``python -m bench``: castar against the physical baselines and its peers, whole processes.
+
+Owns the command line: presets and workload flags, which cases and tools, where the
+JSON goes, ``--compare`` and ``--plot``. Generates the archives (castar's synth),
+runs the cases (``bench._cases``) through the harness, prints the Markdown table
+and exits 1 when a castar case failed. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench import _cases, _peers, _report, harness
+
+DEFAULT_WORK = Path(tempfile.gettempdir()) / "castar-bench"
+
+
+def _parse_size(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = t[-1] if t and t[-1] in units else ""
+    try:
+        return int(float(t[: len(t) - len(unit)]) * units[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad size {text!r} (try 16M, 256K, 1G)") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Time castar's load and save as whole processes against GNU tar, "
+        "sha256sum, a sync Python copy, skopeo, containerd (ctr) and umoci.",
+    )
+    p.add_argument("--preset", choices=sorted(harness.PRESETS), default="tiny")
+    w = p.add_argument_group("workload (overrides the preset)")
+    w.add_argument("--platforms", help="a count (first N of 8) or a comma list of platforms")
+    w.add_argument("--layers", type=int, help="layers per platform")
+    w.add_argument("--layer-size", type=_parse_size, help="bytes per layer (16M, 256K)")
+    w.add_argument("--compression", choices=["none", "gzip", "zstd"], help="layer compression")
+    w.add_argument("--shared", type=float, metavar="FRACTION", help="layers shared by platforms")
+    w.add_argument(
+        "--attestations",
+        action="store_true",
+        default=None,
+        help="add an in-toto attestation manifest per platform",
+    )
+    w.add_argument(
+        "--order",
+        choices=["castar", "containerd"],
+        help="tar entry order: castar's metadata-first or containerd's metadata-last",
+    )
+    w.add_argument("--seed", type=int, help="generator seed (archives are deterministic)")
+    r = p.add_argument_group("what to run")
+    r.add_argument("--runs", type=int, help="runs per tool and case (default: the preset's)")
+    r.add_argument("--castar-only", action="store_true", help="no baselines, no peers")
+    r.add_argument(
+        "--peers",
+        default=",".join(_peers.PEERS),
+        help="peers to include (default: skopeo,ctr,umoci); '' for none",
+    )
+    r.add_argument("--cases", default="", help="comma list of case ids (default: all)")
+    r.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    o = p.add_argument_group("output")
+    o.add_argument(
+        "--workdir",
+        type=Path,
+        default=DEFAULT_WORK,
+        help=f"archives and scratch (default {DEFAULT_WORK})",
+    )
+    o.add_argument("--json", type=Path, help="results file (default: WORKDIR/<preset>.json)")
+    o.add_argument("--compare", type=Path, metavar="OLD.json", help="print castar's change")
+    o.add_argument("--plot", type=Path, metavar="FILE.png", help="bar chart of MB/s")
+    return p
+
+
+def _workload(args: argparse.Namespace) -> harness.Workload:
+    w = harness.PRESETS[args.preset].workload
+    plats = w.platforms
+    if args.platforms:
+        if args.platforms.isdigit():
+            n = int(args.platforms)
+            if not 1 <= n <= len(harness.PLATFORMS):
+                raise SystemExit(f"bench: --platforms {n}: 1 to {len(harness.PLATFORMS)}")
+            plats = harness.PLATFORMS[:n]
+        else:
+            plats = tuple(s.strip() for s in args.platforms.split(",") if s.strip())
+    return harness.Workload(
+        platforms=plats,
+        layers=w.layers if args.layers is None else args.layers,
+        layer_size=w.layer_size if args.layer_size is None else args.layer_size,
+        compression=args.compression or w.compression,
+        shared_fraction=w.shared_fraction if args.shared is None else args.shared,
+        attestations=w.attestations if args.attestations is None else args.attestations,
+        order=args.order or w.order,
+        seed=w.seed if args.seed is None else args.seed,
+    )
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    workload = _workload(args)
+    runs = args.runs or harness.PRESETS[args.preset].runs
+    work: Path = args.workdir
+    scratch = work / "run"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    started = datetime.now(UTC)
+
+    _log(f"bench: {args.preset}: {workload.describe()}")
+    t0 = time.perf_counter()
+    arch = harness.prepare(workload, work / "archives", _cases.ONE)
+    _log(
+        f"bench: archive {arch.size / 1e6:,.1f} MB, {arch.blobs} blobs "
+        f"({time.perf_counter() - t0:.1f}s to prepare); warming the page cache"
+    )
+    subprocess.run(
+        ["bash", "-c", f"cat {arch.plain} {arch.gzip} {arch.zstd} > /dev/null"], check=False
+    )
+
+    opts = _cases.Options(
+        castar_only=args.castar_only,
+        peers=tuple(p for p in args.peers.split(",") if p),
+        backend=args.backend,
+        cases=tuple(c for c in args.cases.split(",") if c),
+    )
+    ctrd = None
+    if not opts.castar_only and "ctr" in opts.peers and _peers.which("ctr"):
+        ctrd = _peers.Containerd(Path(tempfile.mkdtemp(prefix="castar-ctrd-")))
+    try:
+        cases = _cases.build(arch, workload, scratch, opts, ctrd)
+        results = harness.run_cases(cases, runs, scratch, log=_log)
+    finally:
+        if ctrd is not None:
+            ctrd.stop()
+            shutil.rmtree(ctrd.base, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    goals = _report.evaluate(results)
+    tools = {"castar": f"castar (python -m castar --backend {args.backend})"}
+    if not opts.castar_only:
+        for t in ("tar", "sha256sum", *opts.peers):
+            if _peers.which(t):
+                tools[t] = _peers.version(t)
+    doc = {
+        "schema": 1,
+        "date": started.isoformat(timespec="seconds"),
+        "preset": args.preset,
+        "workload": {**dataclasses.asdict(workload), "describe": workload.describe()},
+        "archive": {"size": arch.size, "blobs": arch.blobs},
+        "runs": runs,
+        "host": harness.host(),
+        "tools": tools,
+        "results": [r.to_json() for r in results],
+        "goals": goals,
+        "skipped": opts.skipped,
+    }
+    json_path: Path = args.json or work / f"{args.preset}.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(doc, indent=1))
+
+    print(f"## castar bench: preset `{args.preset}`, {started:%Y-%m-%d %H:%M} UTC\n")
+    print(
+        f"{workload.describe()}; archive {arch.size / 1e6:,.1f} MB, {arch.blobs} blobs; "
+        f"median of {runs} run(s); MB/s = 10^6 bytes/s over the case's bytes; "
+        f"spread = ±(max-min)/2 of the run times.\n"
+    )
+    print(_report.table(results, goals))
+    print()
+    print(_report.goals_table(goals))
+    for s in opts.skipped:
+        print(f"\n- skipped {s['tool']} in {s['case']}: {s['note']}", end="")
+    failed_peers = [r for r in results if not r.ok and r.tool != "castar"]
+    for r in failed_peers:
+        print(f"\n- {r.tool} failed in {r.case}: {r.note}", end="")
+    print(f"\n\nJSON: {json_path}")
+    if args.compare:
+        print()
+        print(_report.compare(doc["results"], args.compare))
+    if args.plot:
+        why = _report.plot(
+            results, args.plot, f"castar bench, {args.preset}: {workload.describe()}"
+        )
+        print(f"plot: {why or args.plot}")
+    broken = [r for r in results if r.tool == "castar" and not r.ok]
+    for r in broken:
+        _log(f"bench: castar failed in {r.case}: {r.note}")
+    return 1 if broken else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,523 @@
+"""The cases of ``python -m bench``: what castar, the baselines and the peers run in each.
+
+Owns ``Case`` and ``build``: load (file, pipe, one and two platforms, gzip and zstd
+archives), save (file, pipe, two and one platforms, 16 concurrent) and the round trip,
+each with the same-work baselines (sha256sum, GNU tar, a sync Python copy) and peers
+(skopeo, containerd's ctr, umoci) that apply. Commands are shell strings run under
+``bash -c``. Imports only the harness and the peer helpers.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from bench._peers import Containerd, ensure_dir_gone
+from bench.harness import IMAGE, Archives, Entry, Workload
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+ONE = "linux/arm64"  # the platform one-platform cases select (after amd64 in every preset)
+
+
+@dataclass(slots=True)
+class Case:
+    """One measured situation; ``bytes`` is the MB/s basis for every tool in it.
+
+    Load cases count the (uncompressed) input archive, so a one-platform load's rate is
+    over the whole archive and rates compare as times do. Save cases count castar's
+    output, read after its first run.
+    """
+
+    id: str
+    title: str
+    bytes: int
+    entries: list[Entry] = field(default_factory=list)
+    cleanup: Callable[[], None] | None = None
+    bytes_from: str = ""  # another case whose (resolved) bytes this one counts
+
+
+@dataclass(slots=True)
+class Options:
+    """What to include (from the command line)."""
+
+    castar_only: bool = False
+    peers: tuple[str, ...] = ("skopeo", "ctr", "umoci")
+    backend: str = "asyncio"
+    cases: tuple[str, ...] = ()  # empty: all
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+def _fresh(*paths: Path) -> Callable[[], None]:
+    def setup() -> None:
+        for p in paths:
+            ensure_dir_gone(p)
+
+    return setup
+
+
+def build(
+    arch: Archives, workload: Workload, work: Path, opts: Options, ctrd: Containerd | None
+) -> list[Case]:
+    """Every case for this workload, minus the ones ``opts`` leaves out (noted in skipped)."""
+    py = shlex.quote(sys.executable)
+    store, saved_store, out, dest = (
+        work / "store",
+        work / "saved-store",
+        work / "out",
+        work / "dest",
+    )
+    a, gz, zst = (shlex.quote(str(p)) for p in (arch.plain, arch.gzip, arch.zstd))
+    layout, single = shlex.quote(str(arch.layout)), shlex.quote(str(arch.single))
+    o, d = shlex.quote(str(out)), shlex.quote(str(dest))
+    castar = f"{py} -m castar --backend {opts.backend}"
+    load = f"{castar} --root {shlex.quote(str(store))} load -q"
+    save = f"{castar} --root {shlex.quote(str(saved_store))} save -q {IMAGE}"
+    n_plat = len(workload.platforms)
+    one = ONE if ONE in workload.platforms else workload.platforms[0]
+    two = ",".join(workload.platforms[:2])
+    peer = {
+        p: (not opts.castar_only and p in opts.peers and shutil.which(p) is not None)
+        for p in ("skopeo", "ctr", "umoci")
+    }
+    peer["ctr"] = peer["ctr"] and ctrd is not None
+    base = not opts.castar_only
+    skopeo = "skopeo copy -q"
+    ctr = ctrd.ctr if ctrd is not None else "ctr"
+
+    def saved_ready() -> None:
+        """castar's store for the save cases: the whole archive, loaded once (untimed)."""
+        if not (saved_store / "done").exists():
+            ensure_dir_gone(saved_store)
+            subprocess.run(
+                [
+                    *shlex.split(castar),
+                    "--root",
+                    str(saved_store),
+                    "load",
+                    "-q",
+                    "-i",
+                    str(arch.plain),
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            (saved_store / "done").touch()
+        ensure_dir_gone(out)
+
+    def ctr_fresh() -> None:
+        assert ctrd is not None
+        ctrd.start(fresh=True)
+
+    def ctr_loaded() -> None:
+        assert ctrd is not None
+        if ctrd.state != "loaded" or ctrd.pid is None:
+            ctrd.start(fresh=True)
+            subprocess.run(
+                [
+                    *ctrd.ctr.split(),
+                    "images",
+                    "import",
+                    "--all-platforms",
+                    "--no-unpack",
+                    str(arch.plain),
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            ctrd.state = "loaded"
+        ensure_dir_gone(out)
+
+    def ctr_dirty() -> None:
+        assert ctrd is not None
+        ctrd.start(fresh=True)
+        ctrd.state = "dirty"
+        ensure_dir_gone(out)
+
+    cases: list[Case] = []
+
+    def case(cid: str, title: str, nbytes: int, cleanup: Callable[[], None] | None = None) -> Case:
+        c = Case(cid, title, nbytes, cleanup=cleanup)
+        cases.append(c)
+        return c
+
+    clean_load = _fresh(store, dest, out)
+
+    # -- load ---------------------------------------------------------------------------------
+    c = case("load-file", "load all platforms from a file", arch.size, clean_load)
+    c.entries.append(
+        Entry("castar", "castar", "castar load -i FILE", f"{load} -i {a}", _fresh(store))
+    )
+    if base:
+        c.entries += [
+            Entry(
+                "python",
+                "baseline",
+                "sync read+sha256+write of the blobs (1 thread)",
+                f"{py} -m bench._baseline {layout}/blobs/sha256 {d}",
+                _fresh(dest),
+            ),
+            Entry(
+                "sha256sum",
+                "baseline",
+                "sha256sum over the blob files",
+                f"cd {layout}/blobs/sha256 && sha256sum -- * > /dev/null",
+            ),
+            Entry(
+                "tar",
+                "baseline",
+                "tar -xf FILE",
+                f"mkdir -p {d} && tar -xf {a} -C {d}",
+                _fresh(dest),
+            ),
+        ]
+    if peer["ctr"]:
+        c.entries.append(
+            Entry(
+                "ctr",
+                "peer",
+                "ctr images import --all-platforms --no-unpack",
+                f"{ctr} images import --all-platforms --no-unpack {a}",
+                ctr_dirty,
+                ctrd,
+            )
+        )
+    if peer["skopeo"]:
+        c.entries.append(
+            Entry(
+                "skopeo",
+                "peer",
+                "skopeo copy --all oci-archive: oci:",
+                f"{skopeo} --all oci-archive:{a} oci:{d}:x",
+                _fresh(dest),
+            )
+        )
+
+    c = case("load-pipe", "load all platforms from a pipe", arch.size, clean_load)
+    c.entries.append(
+        Entry("castar", "castar", "cat FILE | castar load", f"cat {a} | {load}", _fresh(store))
+    )
+    if base:
+        c.entries.append(
+            Entry(
+                "tar",
+                "baseline",
+                "cat FILE | tar -xf -",
+                f"mkdir -p {d} && cat {a} | tar -xf - -C {d}",
+                _fresh(dest),
+            )
+        )
+    if peer["ctr"]:
+        c.entries.append(
+            Entry(
+                "ctr",
+                "peer",
+                "cat FILE | ctr images import --all-platforms -",
+                f"cat {a} | {ctr} images import --all-platforms --no-unpack -",
+                ctr_dirty,
+                ctrd,
+            )
+        )
+
+    if n_plat >= 2:
+        c = case("load-one", f"load one platform ({one}) of {n_plat}", arch.size, clean_load)
+        c.entries.append(
+            Entry(
+                "castar",
+                "castar",
+                f"castar load --platform {one}",
+                f"{load} -i {a} --platform {one}",
+                _fresh(store),
+            )
+        )
+        if peer["ctr"]:
+            c.entries.append(
+                Entry(
+                    "ctr",
+                    "peer",
+                    f"ctr images import --platform {one}",
+                    f"{ctr} images import --platform {one} --no-unpack {a}",
+                    ctr_dirty,
+                    ctrd,
+                )
+            )
+        if peer["skopeo"]:
+            os_, arch_ = one.split("/")[:2]
+            c.entries.append(
+                Entry(
+                    "skopeo",
+                    "peer",
+                    f"skopeo copy --override-arch {arch_} oci-archive: oci:",
+                    f"{skopeo} --override-os {os_} --override-arch {arch_} "
+                    f"oci-archive:{a} oci:{d}:x",
+                    _fresh(dest),
+                )
+            )
+        if peer["umoci"]:
+            bundle = shlex.quote(str(dest / "bundle"))
+            c.entries.append(
+                Entry(
+                    "umoci",
+                    "peer",
+                    f"umoci unpack of a {one} layout (extracts the rootfs too)",
+                    f"mkdir -p {d} && umoci unpack --rootless --image {single}:latest {bundle}",
+                    _fresh(dest),
+                )
+            )
+    else:
+        opts.skipped.append({"case": "load-one", "tool": "*", "note": "needs >= 2 platforms"})
+
+    if n_plat >= 3:
+        c = case("load-two", f"load two platforms ({two}) of {n_plat}", arch.size, clean_load)
+        c.entries.append(
+            Entry(
+                "castar",
+                "castar",
+                "castar load --platform A,B",
+                f"{load} -i {a} --platform {two}",
+                _fresh(store),
+            )
+        )
+        if not opts.castar_only:
+            opts.skipped.append(
+                {
+                    "case": "load-two",
+                    "tool": "ctr/skopeo",
+                    "note": "select one platform or all, not two",
+                }
+            )
+    else:
+        opts.skipped.append({"case": "load-two", "tool": "*", "note": "needs >= 3 platforms"})
+
+    for kind, path, flag in (("gzip", gz, "-z"), ("zstd", zst, "--zstd")):
+        c = case(
+            f"load-{kind}",
+            f"load a {kind}-compressed archive (whole archive)",
+            arch.size,
+            clean_load,
+        )
+        c.entries.append(
+            Entry(
+                "castar",
+                "castar",
+                f"castar load -i FILE.{kind}",
+                f"{load} -i {path}",
+                _fresh(store),
+            )
+        )
+        if base:
+            c.entries.append(
+                Entry(
+                    "tar",
+                    "baseline",
+                    f"tar {flag} -xf FILE",
+                    f"mkdir -p {d} && tar {flag} -xf {path} -C {d}",
+                    _fresh(dest),
+                )
+            )
+        if peer["ctr"]:
+            c.entries.append(
+                Entry(
+                    "ctr",
+                    "peer",
+                    f"ctr images import --all-platforms (.{kind})",
+                    f"{ctr} images import --all-platforms --no-unpack {path}",
+                    ctr_dirty,
+                    ctrd,
+                )
+            )
+
+    # -- save ---------------------------------------------------------------------------------
+    clean_save = _fresh(out, dest)
+    c = case("save-file", "save all platforms to a file", 0, clean_save)
+    c.entries.append(
+        Entry("castar", "castar", "castar save -o FILE", f"{save} -o {o}", saved_ready, output=out)
+    )
+    if base:
+        c.entries.append(
+            Entry(
+                "tar",
+                "baseline",
+                "tar -cf FILE (the layout)",
+                f"tar -cf {o} -C {layout} .",
+                _fresh(out),
+            )
+        )
+    if peer["ctr"]:
+        c.entries.append(
+            Entry(
+                "ctr",
+                "peer",
+                "ctr images export --all-platforms",
+                f"{ctr} images export --all-platforms {o} {IMAGE}",
+                ctr_loaded,
+                ctrd,
+            )
+        )
+    if peer["skopeo"]:
+        c.entries.append(
+            Entry(
+                "skopeo",
+                "peer",
+                "skopeo copy --all oci: oci-archive:",
+                f"{skopeo} --all oci:{layout} oci-archive:{o}",
+                _fresh(out),
+            )
+        )
+
+    c = case("save-pipe", "save all platforms to a pipe", 0, clean_save)
+    c.bytes_from = "save-file"  # a pipe leaves no file: count what save-file wrote
+    c.entries.append(
+        Entry(
+            "castar",
+            "castar",
+            "castar save | cat",
+            f"{save} | cat > /dev/null",
+            saved_ready,
+            output=None,
+        )
+    )
+    if base:
+        c.entries.append(
+            Entry(
+                "tar",
+                "baseline",
+                "tar -cf - (the layout) | cat",
+                f"tar -cf - -C {layout} . | cat > /dev/null",
+            )
+        )
+    if peer["ctr"]:
+        c.entries.append(
+            Entry(
+                "ctr",
+                "peer",
+                "ctr images export --all-platforms - | cat",
+                f"{ctr} images export --all-platforms - {IMAGE} | cat > /dev/null",
+                ctr_loaded,
+                ctrd,
+            )
+        )
+
+    if n_plat >= 3:
+        c = case("save-two", f"save two platforms ({two}) to a file", 0, clean_save)
+        c.entries.append(
+            Entry(
+                "castar",
+                "castar",
+                "castar save --platform A,B -o FILE",
+                f"{save} --platform {two} -o {o}",
+                saved_ready,
+                output=out,
+            )
+        )
+    if n_plat >= 2:
+        c = case("save-one", f"save one platform ({one}) to a file", 0, clean_save)
+        c.entries.append(
+            Entry(
+                "castar",
+                "castar",
+                f"castar save --platform {one} -o FILE",
+                f"{save} --platform {one} -o {o}",
+                saved_ready,
+                output=out,
+            )
+        )
+        if peer["ctr"]:
+            c.entries.append(
+                Entry(
+                    "ctr",
+                    "peer",
+                    f"ctr images export --platform {one}",
+                    f"{ctr} images export --platform {one} {o} {IMAGE}",
+                    ctr_loaded,
+                    ctrd,
+                )
+            )
+        if peer["skopeo"]:
+            os_, arch_ = one.split("/")[:2]
+            c.entries.append(
+                Entry(
+                    "skopeo",
+                    "peer",
+                    f"skopeo copy --override-arch {arch_} oci: oci-archive:",
+                    f"{skopeo} --override-os {os_} --override-arch {arch_} oci:{layout} "
+                    f"oci-archive:{o}",
+                    _fresh(out),
+                )
+            )
+
+    c = case("save-16", "16 concurrent one-platform saves (one process, save_many)", 0, clean_save)
+    c.entries.append(
+        Entry(
+            "castar",
+            "castar",
+            "save_many: 16 saves, platforms in turn",
+            f"{py} -m bench._castar_case --backend {opts.backend} --root "
+            f"{shlex.quote(str(saved_store))} save-many --count 16 --out {o} {IMAGE} > /dev/null",
+            saved_ready,
+            output=out,
+        )
+    )
+
+    # -- round trip ---------------------------------------------------------------------------
+    c = case(
+        "roundtrip",
+        "load a file into a fresh store, then save it to a file",
+        arch.size,
+        _fresh(store, out, dest),
+    )
+    c.entries.append(
+        Entry(
+            "castar",
+            "castar",
+            "castar load -i FILE && castar save -o FILE",
+            f"{load} -i {a} && {castar} --root {shlex.quote(str(store))} save -q {IMAGE} -o {o}",
+            _fresh(store, out),
+        )
+    )
+    if peer["ctr"]:
+        c.entries.append(
+            Entry(
+                "ctr",
+                "peer",
+                "ctr images import --all-platforms && ctr images export --all-platforms",
+                f"{ctr} images import --all-platforms --no-unpack {a} && "
+                f"{ctr} images export --all-platforms {o} {IMAGE}",
+                ctr_dirty,
+                ctrd,
+            )
+        )
+    if peer["skopeo"]:
+        c.entries.append(
+            Entry(
+                "skopeo",
+                "peer",
+                "skopeo copy --all oci-archive: oci-archive:",
+                f"{skopeo} --all oci-archive:{a} oci-archive:{o}",
+                _fresh(out),
+            )
+        )
+
+    _skip_missing(opts)
+    if opts.cases:
+        cases = [c for c in cases if c.id in opts.cases]
+    return cases
+
+
+def _skip_missing(opts: Options) -> None:
+    if opts.castar_only:
+        opts.skipped.append({"case": "*", "tool": "baselines, peers", "note": "--castar-only"})
+        return
+    for p in opts.peers:
+        need = ("containerd", "ctr") if p == "ctr" else (p,)
+        missing = [n for n in need if shutil.which(n) is None]
+        if missing:
+            opts.skipped.append(
+                {"case": "*", "tool": p, "note": f"{', '.join(missing)} not installed"}
+            )

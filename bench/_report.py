@@ -1,0 +1,259 @@
+"""What ``python -m bench`` prints and writes: the Markdown table, the goals, --compare, --plot.
+
+Owns the goals of issue 7 (castar's rate against a baseline or peer in the same run),
+the table (case, tool, MB/s, spread, castar's speed-up, peak RSS, goal), the JSON
+document, the comparison with an earlier JSON file and the bar chart (matplotlib,
+imported only for ``--plot``). Works on ``harness.Result`` values; runs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
+    from bench.harness import Result
+
+RSS_GOAL_MIB = 100
+TOOL_ORDER = ("castar", "python", "sha256sum", "tar", "ctr", "skopeo", "umoci")
+
+
+@dataclass(frozen=True, slots=True)
+class Goal:
+    """castar in ``case`` must run ``factor`` x faster than ``tool`` in ``other_case``."""
+
+    id: str
+    text: str
+    case: str
+    tool: str
+    other_case: str
+    factor: float
+
+
+GOALS = (
+    Goal(
+        "load-vs-sync",
+        "load from a file >= 1.2 x the sync read+sha256+write baseline",
+        "load-file",
+        "python",
+        "load-file",
+        1.2,
+    ),
+    Goal(
+        "load-vs-ctr",
+        "load from a file >= 10 x ctr import --all-platforms",
+        "load-file",
+        "ctr",
+        "load-file",
+        10,
+    ),
+    Goal(
+        "one-vs-full",
+        "one-platform load >= 4 x castar's full load",
+        "load-one",
+        "castar",
+        "load-file",
+        4,
+    ),
+    Goal(
+        "one-vs-ctr",
+        "one-platform load >= 30 x ctr import --platform",
+        "load-one",
+        "ctr",
+        "load-one",
+        30,
+    ),
+    Goal(
+        "save-vs-tar", "save to a file >= 1.5 x GNU tar -cf", "save-file", "tar", "save-file", 1.5
+    ),
+    Goal(
+        "save-vs-ctr",
+        "save to a file >= 15 x ctr export --all-platforms",
+        "save-file",
+        "ctr",
+        "save-file",
+        15,
+    ),
+    Goal(
+        "load-vs-skopeo",
+        "load >= 6 x skopeo copy --all oci-archive: oci:",
+        "load-file",
+        "skopeo",
+        "load-file",
+        6,
+    ),
+    Goal(
+        "save-vs-skopeo",
+        "save >= 6 x skopeo copy --all oci: oci-archive:",
+        "save-file",
+        "skopeo",
+        "save-file",
+        6,
+    ),
+)
+
+
+def _find(results: Sequence[Result], case: str, tool: str) -> Result | None:
+    for r in results:
+        if r.case == case and r.tool == tool and r.ok:
+            return r
+    return None
+
+
+def evaluate(results: Sequence[Result]) -> list[dict[str, Any]]:
+    """Each goal with castar's measured speed-up and met / missed / not measured."""
+    out: list[dict[str, Any]] = []
+    for g in GOALS:
+        mine, other = _find(results, g.case, "castar"), _find(results, g.other_case, g.tool)
+        ratio = mine.mbps / other.mbps if mine and other and other.mbps > 0 else None
+        status = "not measured" if ratio is None else ("met" if ratio >= g.factor else "missed")
+        out.append(
+            {
+                "id": g.id,
+                "goal": g.text,
+                "case": g.case,
+                "tool": g.tool,
+                "other_case": g.other_case,
+                "target": g.factor,
+                "ratio": ratio,
+                "status": status,
+            }
+        )
+    castar = [r for r in results if r.tool == "castar" and r.runs]
+    peak = max((r.rss_kib for r in castar), default=0) / 1024
+    out.append(
+        {
+            "id": "rss",
+            "goal": f"castar peak RSS < {RSS_GOAL_MIB} MiB (every castar case)",
+            "case": "*",
+            "tool": "castar",
+            "other_case": "",
+            "target": RSS_GOAL_MIB,
+            "ratio": peak if castar else None,
+            "status": "not measured"
+            if not castar
+            else ("met" if peak < RSS_GOAL_MIB else "missed"),
+        }
+    )
+    return out
+
+
+def _fmt_rate(mbps: float) -> str:
+    return f"{mbps:,.0f}" if mbps >= 10 else f"{mbps:.2f}"
+
+
+def table(results: Sequence[Result], goals: Sequence[dict[str, Any]]) -> str:
+    """The Markdown table: one row per case and tool, castar first in each case."""
+    marks: dict[tuple[str, str], list[str]] = {}
+    for g in goals:
+        if g["id"] == "rss" or g["status"] == "not measured":
+            continue
+        row = (g["other_case"], g["tool"]) if g["tool"] != "castar" else (g["case"], "castar")
+        marks.setdefault(row, []).append(f">= {g['target']:g}x: {g['status']}")
+    rss_goal = next(g for g in goals if g["id"] == "rss")
+    lines = [
+        "| case | tool | what | MB/s | spread | castar speed-up | peak RSS MiB | goal |",
+        "|---|---|---|---:|---:|---:|---:|---|",
+    ]
+    castar_rate = {r.case: r.mbps for r in results if r.tool == "castar" and r.ok}
+    for r in results:
+        if not r.ok:
+            rate, spread, up = "failed", "", ""
+        else:
+            rate, spread = _fmt_rate(r.mbps), f"±{r.spread / 2:.0%}"
+            base = castar_rate.get(r.case)
+            up = f"{base / r.mbps:.2f}x" if base and r.mbps > 0 else ""
+        goal = "; ".join(marks.get((r.case, r.tool), []))
+        if r.tool == "castar" and r.runs and rss_goal["status"] != "not measured":
+            rss_ok = "met" if r.rss_kib / 1024 < RSS_GOAL_MIB else "missed"
+            goal = "; ".join(x for x in (goal, f"RSS < {RSS_GOAL_MIB} MiB: {rss_ok}") if x)
+        rss = f"{r.rss_kib / 1024:.0f}" if r.runs else ""
+        label = r.label.replace("|", "\\|")
+        lines.append(
+            f"| {r.case} | {r.tool} | {label} | {rate} | {spread} | {up} | {rss} | {goal} |"
+        )
+    return "\n".join(lines)
+
+
+def goals_table(goals: Sequence[dict[str, Any]]) -> str:
+    """One row per goal: target, measured, met / missed / not measured."""
+    lines = ["| goal | target | measured | status |", "|---|---:|---:|---|"]
+    for g in goals:
+        if g["id"] == "rss":
+            target = f"< {g['target']} MiB"
+            got = "" if g["ratio"] is None else f"{g['ratio']:.0f} MiB"
+        else:
+            target = f">= {g['target']:g}x"
+            got = "" if g["ratio"] is None else f"{g['ratio']:.2f}x"
+        lines.append(f"| {g['goal']} | {target} | {got} | {g['status']} |")
+    return "\n".join(lines)
+
+
+def compare(results: Sequence[dict[str, Any]], old_path: Path) -> str:
+    """castar's change per case against an earlier JSON file of ``python -m bench``."""
+    old = json.loads(old_path.read_text())
+    before = {r["case"]: r for r in old.get("results", []) if r["tool"] == "castar" and r["ok"]}
+    lines = [
+        f"castar against {old_path} ({old.get('date', '?')}, preset {old.get('preset', '?')}):",
+        "",
+        "| case | before MB/s | now MB/s | change | before RSS MiB | now RSS MiB |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        if r["tool"] != "castar":
+            continue
+        b = before.get(r["case"])
+        if b is None or not r["ok"]:
+            now = _fmt_rate(r["mbps"]) if r["ok"] else "failed"
+            lines.append(f"| {r['case']} | | {now} | | | {r['rss_kib'] / 1024:.0f} |")
+            continue
+        change = r["mbps"] / b["mbps"] - 1 if b["mbps"] else 0.0
+        lines.append(
+            f"| {r['case']} | {_fmt_rate(b['mbps'])} | {_fmt_rate(r['mbps'])} | {change:+.0%} "
+            f"| {b['rss_kib'] / 1024:.0f} | {r['rss_kib'] / 1024:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(results: Sequence[Result], path: Path, title: str) -> str:
+    """Draw MB/s per case and tool as grouped bars (log scale) into ``path``.
+
+    Returns:
+        ``""`` when drawn, else why not (matplotlib missing: ``pip install castar[bench]``).
+    """
+    try:
+        import matplotlib  # type: ignore[import-not-found, unused-ignore]
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        return "--plot needs matplotlib: pip install -e '.[bench]'"
+    cases = list(dict.fromkeys(r.case for r in results))
+    tools = [t for t in TOOL_ORDER if any(r.tool == t for r in results)]
+    tools += sorted({r.tool for r in results} - set(tools))
+    width = 0.8 / max(len(tools), 1)
+    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(cases) + 2), 5))
+    for i, tool in enumerate(tools):
+        xs, ys = [], []
+        for j, case in enumerate(cases):
+            r = _find(results, case, tool)
+            if r is not None and r.mbps > 0:
+                xs.append(j - 0.4 + width * (i + 0.5))
+                ys.append(r.mbps)
+        if xs:
+            ax.bar(xs, ys, width, label=tool)
+    ax.set_xticks(range(len(cases)))
+    ax.set_xticklabels(cases, rotation=30, ha="right")
+    ax.set_yscale("log")
+    ax.set_ylabel("MB/s (10^6 bytes/s, log scale)")
+    ax.set_title(title)
+    ax.legend(fontsize="small", ncols=min(len(tools), 4))
+    ax.grid(axis="y", which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return ""

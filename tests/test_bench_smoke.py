@@ -1,0 +1,158 @@
+"""``python -m bench`` (issue 7): the tiny preset runs castar's cases end to end, and the
+report's goal, table and --compare logic say what the figures say."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # bench/ is not part of the wheel: import it from the checkout
+    sys.path.insert(0, str(REPO))
+
+from bench import _report  # noqa: E402
+from bench.harness import Result, Run  # noqa: E402
+
+CASTAR_CASES = {
+    "load-file",
+    "load-pipe",
+    "load-one",
+    "load-two",
+    "load-gzip",
+    "load-zstd",
+    "save-file",
+    "save-pipe",
+    "save-two",
+    "save-one",
+    "save-16",
+    "roundtrip",
+}
+
+
+def _bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--preset",
+            "tiny",
+            "--castar-only",
+            "--runs",
+            "1",
+            "--workdir",
+            str(tmp_path / "work"),
+            "--json",
+            str(tmp_path / "out.json"),
+            *args,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_tiny_preset_castar_only_times_every_case_and_writes_json(tmp_path: Path) -> None:
+    proc = _bench(tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads((tmp_path / "out.json").read_text())
+    assert doc["preset"] == "tiny"
+    results = doc["results"]
+    assert {r["case"] for r in results} == CASTAR_CASES
+    assert {r["tool"] for r in results} == {"castar"}  # --castar-only: no baseline, no peer
+    for r in results:
+        assert r["ok"], r
+        assert len(r["runs"]) == 1
+        assert r["runs"][0]["rc"] == 0
+        assert r["runs"][0]["rss_kib"] > 10 * 1024, r  # a Python process, measured by time -v
+        assert r["bytes"] > 0, r
+        assert r["mbps"] > 0, r
+    by_case = {r["case"]: r for r in results}
+    # Load cases count the input archive; a pipe save counts what the file save wrote.
+    assert by_case["load-file"]["bytes"] == doc["archive"]["size"]
+    assert by_case["save-pipe"]["bytes"] == by_case["save-file"]["bytes"]
+    assert (
+        by_case["save-one"]["bytes"] < by_case["save-two"]["bytes"] < by_case["save-file"]["bytes"]
+    )
+    assert "| load-file | castar |" in proc.stdout  # the Markdown table on stdout
+
+
+def test_a_failing_castar_case_makes_the_bench_exit_non_zero(tmp_path: Path) -> None:
+    first = _bench(tmp_path, "--cases", "load-file")  # writes the archives it then reuses
+    assert first.returncode == 0, first.stderr[-2000:]
+    (gz,) = (tmp_path / "work" / "archives").glob("*/archive.tar.gz")
+    gz.write_bytes(gz.read_bytes()[:5000])  # a truncated gzip archive: castar load must fail
+    proc = _bench(tmp_path, "--cases", "load-gzip")
+    assert proc.returncode == 1
+    assert "castar failed in load-gzip" in proc.stderr
+    (r,) = json.loads((tmp_path / "out.json").read_text())["results"]
+    assert not r["ok"]
+    assert r["runs"][0]["rc"] != 0
+    assert "| load-gzip | castar | castar load -i FILE.gzip | failed |" in proc.stdout
+
+
+def _result(
+    case: str, tool: str, seconds: float, nbytes: int = 10**9, rc: int = 0, rss: int = 50 * 1024
+) -> Result:
+    return Result(
+        case,
+        tool,
+        "castar" if tool == "castar" else "peer",
+        tool,
+        "cmd",
+        nbytes,
+        [Run(seconds, rss, rc)],
+    )
+
+
+def test_goals_compare_castar_rates_with_the_named_tool_in_the_same_run() -> None:
+    results = [
+        _result("load-file", "castar", 1.0),
+        _result("load-file", "python", 1.1),  # castar only 1.1x: the 1.2x goal is missed
+        _result("load-file", "ctr", 20.0),  # 20x: the 10x goal is met
+        _result("load-one", "castar", 0.2),  # 5x the full load: met
+        _result("save-file", "castar", 1.0, rss=120 * 1024),  # RSS over 100 MiB: missed
+    ]
+    goals = {g["id"]: g for g in _report.evaluate(results)}
+    assert goals["load-vs-sync"]["status"] == "missed"
+    assert goals["load-vs-sync"]["ratio"] == pytest.approx(1.1)
+    assert goals["load-vs-ctr"]["status"] == "met"
+    assert goals["one-vs-full"]["status"] == "met"
+    assert goals["one-vs-full"]["ratio"] == pytest.approx(5.0)
+    assert goals["save-vs-tar"]["status"] == "not measured"
+    assert goals["rss"]["status"] == "missed"
+    table = _report.table(results, list(goals.values()))
+    assert "| load-file | ctr | ctr | 50 | ±0% | 20.00x | 50 | >= 10x: met |" in table
+    assert "| load-file | python | python | 909 | ±0% | 1.10x | 50 | >= 1.2x: missed |" in table
+
+
+def test_a_failed_peer_is_not_measured_and_shows_as_failed() -> None:
+    results = [_result("load-file", "castar", 1.0), _result("load-file", "ctr", 3.0, rc=1)]
+    goals = {g["id"]: g for g in _report.evaluate(results)}
+    assert goals["load-vs-ctr"]["status"] == "not measured"
+    assert "| load-file | ctr | ctr | failed |" in _report.table(results, list(goals.values()))
+
+
+def test_compare_prints_castars_change_per_case(tmp_path: Path) -> None:
+    old = {
+        "date": "then",
+        "preset": "tiny",
+        "results": [
+            _result("load-file", "castar", 2.0).to_json(),
+            _result("load-file", "ctr", 9.0).to_json(),
+        ],
+    }
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    now = [
+        _result("load-file", "castar", 1.0).to_json(),
+        _result("save-file", "castar", 1.0).to_json(),
+    ]
+    text = _report.compare(now, tmp_path / "old.json")
+    assert "| load-file | 500 | 1,000 | +100% | 50 | 50 |" in text
+    assert "| save-file | | 1,000 | | | 50 |" in text
