@@ -13,6 +13,9 @@ from castar._api import Store as Store
 from castar._api import load as load
 from castar._api import open_store as open_store
 from castar._api import save as save
+from castar.engine.exporter import ExportResult as ExportResult
+from castar.engine.exporter import SaveJob as SaveJob
+from castar.engine.exporter import SavePlan as SavePlan
 from castar.engine.images import ImageDetails as ImageDetails
 from castar.engine.images import ImageService as ImageService
 from castar.engine.images import ImageTree as ImageTree
@@ -51,6 +54,7 @@ __all__ = [
     "DataLoss",
     "Descriptor",
     "DigestMismatch",
+    "ExportResult",
     "FailedPrecondition",
     "GCReport",
     "Image",
@@ -66,6 +70,8 @@ __all__ = [
     "NotFound",
     "Platform",
     "Removal",
+    "SaveJob",
+    "SavePlan",
     "SizeMismatch",
     "Store",
     "Unavailable",

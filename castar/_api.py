@@ -12,6 +12,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, final
 
+from castar.engine import exporter, importer
 from castar.engine.images import ImageService
 from castar.store import _store as core
 from castar.store import verify as _verify
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
     from pathlib import Path
 
-    from castar.engine import exporter, importer
     from castar.engine.exporter import ExportResult, SaveJob, SavePlan
     from castar.store.content import ContentStore
     from castar.store.gc import GCReport
@@ -136,8 +136,6 @@ class Store:
         docker_manifest: bool = True,
     ) -> SavePlan:
         """What :meth:`save` would write, without writing (``castar save --dry-run``)."""
-        from castar.engine import exporter
-
         return await exporter.plan_save(
             self._core,
             names,
@@ -148,8 +146,6 @@ class Store:
 
     async def save_many(self, jobs: Sequence[SaveJob]) -> list[ExportResult]:
         """Run several exports concurrently; see :func:`castar.engine.exporter.save_many`."""
-        from castar.engine import exporter
-
         return await exporter.save_many(self._core, jobs)
 
     async def verify(
@@ -205,8 +201,6 @@ async def load(
     max_size: int | None = None,
 ) -> list[Image]:
     """Import an archive into ``store``: the module-level form of :meth:`Store.load`."""
-    from castar.engine import importer  # imported on first use: `import castar` stays light
-
     return await importer.load(
         _unwrap(store),
         source,
@@ -232,8 +226,6 @@ async def save(
     archive_digest: bool = False,
 ) -> ExportResult:
     """Export images from ``store``: the module-level form of :meth:`Store.save`."""
-    from castar.engine import exporter  # imported on first use: `import castar` stays light
-
     return await exporter.save(
         _unwrap(store),
         names,

@@ -6,6 +6,7 @@ import inspect
 from datetime import timedelta
 from pathlib import Path
 
+import anyio
 import pytest
 
 import castar
@@ -94,3 +95,27 @@ async def test_facade_stores_lists_tags_collects_and_verifies(tmp_path: Path) ->
         with pytest.raises(castar.NotFound):
             await store.verify(["nope:1"])
         assert compute(layer) == lyr.digest
+
+
+async def test_module_load_save_and_save_many_accept_the_facade(tmp_path: Path) -> None:
+    from castar.engine import synth
+
+    spec = synth.SynthSpec(
+        name="multi:1", platforms=("linux/amd64", "linux/arm64"), layers=1, layer_size=4096
+    )
+    await anyio.to_thread.run_sync(synth.write_path, spec, tmp_path / "in.tar")
+    async with castar.open_store(tmp_path / "root") as store:
+        (image,) = await castar.load(store, tmp_path / "in.tar")
+        assert image.name == "docker.io/library/multi:1"
+        whole = await castar.save(store, ["multi:1"], tmp_path / "all.tar")
+        assert whole.size == (await anyio.Path(tmp_path / "all.tar").stat()).st_size
+        jobs = [
+            castar.SaveJob(["multi:1"], tmp_path / f"{p.replace('/', '-')}.tar", platforms=[p])
+            for p in ("linux/amd64", "linux/arm64")
+        ]
+        results = await store.save_many(jobs)
+        # One archive per platform, each topped by that platform's manifest (SAVE-2).
+        assert [r.images[0].digest for r in results] == [
+            p.manifest.digest for p in synth.plan(spec).platforms
+        ]
+        assert image.target.digest == synth.plan(spec).index.digest
