@@ -135,19 +135,15 @@ class Writer:
         if self._done:
             raise FailedPrecondition("cannot commit on closed writer")
         self._done = True
-        expected = parse(digest) if digest else None
-        labels = dict(labels or {})
         try:
+            expected = parse(digest) if digest else None
+            labels = dict(labels or {})
             validate_labels(labels)
-        except InvalidArgument:
-            with anyio.CancelScope(shield=True):
-                await self._backend.close()
-            raise
-        try:
             return await self._store._commit(self._backend, self.ref, size, expected, labels)
         except BaseException:
-            # Cancelled before the backend commit ran (e.g. waiting for the commit lock): the
-            # ref must still be released. close() is a no-op once commit has released it.
+            # commit always closes (ING-8): a bad argument, a bad label or a cancel before the
+            # backend commit ran (e.g. waiting for the commit lock) must still release the ref,
+            # keeping the data resumable. close() is a no-op once the backend released it.
             with anyio.CancelScope(shield=True):
                 await self._backend.close()
             raise

@@ -150,13 +150,23 @@ async def test_label_over_4096_bytes_is_invalid_argument(store: Store) -> None:
     await store.content.update_labels(H_HELLO, {"k": "x" * 4095})  # exactly 4096 is fine
 
 
-async def test_commit_with_invalid_label_records_nothing(store: Store) -> None:
+async def test_commit_with_invalid_label_or_digest_records_nothing_and_closes(
+    store: Store,
+) -> None:
     async with store.content.writer("r") as w:
         await w.write(HELLO)
         with pytest.raises(InvalidArgument):
             await w.commit(5, H_HELLO, {"k": "x" * 5000})
+        with pytest.raises(FailedPrecondition, match="closed writer"):  # ING-8: always closes
+            await w.commit(5, H_HELLO)
+    async with store.content.writer("r") as w:  # released, resumable
+        assert w.offset == 5
+        with pytest.raises(InvalidArgument):
+            await w.commit(5, "sha256:bad")
     assert not await store.content.exists(H_HELLO)
     assert not blob_file(store, H_HELLO).exists()
+    async with store.content.writer("r") as w:
+        assert w.offset == 5
 
 
 async def test_delete_forgets_at_once(store: Store) -> None:
