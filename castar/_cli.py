@@ -170,6 +170,8 @@ async def _cmd_save(store: Store, args: argparse.Namespace) -> int:
     # Write beside the target and rename on success, so a failed save leaves no
     # half archive; devices and FIFOs (e.g. /dev/null) are written in place.
     apath = anyio.Path(target)
+    if not await apath.parent.is_dir():
+        raise NotFound(f"output directory {target.parent} (for {target})")
     in_place = await apath.exists() and not await apath.is_file()
     tmp = target if in_place else target.with_name(f".{target.name}.castar-{os.getpid()}")
     try:

@@ -347,6 +347,7 @@ def test_verify_passes_then_reports_a_corrupt_blob_with_exit_6(root: Path) -> No
         (["load", "-i", "x.tar", "--platform", "linux/&arm"], EXIT_INVALID, ["linux/&arm"]),
         (["inspect", "nope:1"], EXIT_NOT_FOUND, ['image "nope:1": not found']),
         (["save", "nope:1", "-o", "out.tar"], EXIT_NOT_FOUND, ["nope:1"]),
+        (["save", "synth", "-o", "no/such/dir.tar"], EXIT_NOT_FOUND, ["no/such", "not found"]),
     ],
 )
 def test_bad_input_gives_exit_code_one_line_and_no_change(
