@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import logging
 import os
 import shutil
 import time
@@ -53,6 +54,8 @@ __all__ = [
 
 #: Bytes per worker-thread hop: writes coalesce to at least this, reads move this much.
 CHUNK: Final = 1 << 20
+
+_log = logging.getLogger(__name__)
 
 _LIMITER: RunVar[anyio.CapacityLimiter] = RunVar("castar_blob_limiter")
 
@@ -153,6 +156,14 @@ def rehash(fd: int, h: hashlib._Hash, check: Callable[[], None] | None = None) -
 
 
 # --- the writer -------------------------------------------------------------------------
+
+
+def _remove_ingest(path: Path, ref: str) -> None:
+    """Remove an ingest after its commit: failing here cannot undo the commit, so log it."""
+    try:
+        shutil.rmtree(path)
+    except OSError as exc:
+        _log.warning("%s: failed to remove ingest directory %s: %s", ref_context(ref), path, exc)
 
 
 def _view(data: Buffer) -> memoryview:
@@ -425,7 +436,7 @@ class LocalWriter:
                     # Already committed (ING-12: another ref won). The metadata layer decides
                     # whether that is AlreadyExists.
                     done = True
-                    shutil.rmtree(self._path, ignore_errors=True)
+                    _remove_ingest(self._path, self.ref)
                     return CommitResult(digest=digest, size=written, existed=True)
                 # Read-only and timestamped before the rename, so a visible blob is never
                 # writable (containerd chmods after; the order does not matter to readers).
@@ -440,7 +451,7 @@ class LocalWriter:
                     os.close(dir_fd)
             # The blob is in place: cleaning the ingest up can only be logged, not undone.
             done = True
-            shutil.rmtree(self._path, ignore_errors=True)
+            _remove_ingest(self._path, self.ref)
             return CommitResult(digest=digest, size=written, existed=False)
         finally:
             self._release_sync(flush=False, stamp=not done)

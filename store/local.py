@@ -13,6 +13,7 @@ import collections
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CommitResult", "IngestStatus", "LocalContentStore", "LocalWriter"]
 
+_log = logging.getLogger(__name__)
 _LOCK_POLL_MAX: Final = 0.05  # seconds between tries for a contended commit lock
 
 
@@ -422,11 +424,14 @@ class LocalContentStore:
                     for entry in entries:
                         try:
                             digest = parse(f"{alg}:{entry.name}")
-                            if not entry.is_file(follow_symlinks=False):
-                                continue
-                            found.append((digest, entry.stat(follow_symlinks=False).st_size))
-                        except (InvalidArgument, FileNotFoundError):
-                            continue  # LAY-2: a stray name, or deleted while we walked
+                        except InvalidArgument:
+                            _log.warning("walk: skipping %s: not a digest (LAY-2)", entry.path)
+                            continue
+                        try:
+                            if entry.is_file(follow_symlinks=False):
+                                found.append((digest, entry.stat(follow_symlinks=False).st_size))
+                        except FileNotFoundError:
+                            continue  # deleted while we walked
             found.sort(key=lambda item: str(item[0]))
             return found
 

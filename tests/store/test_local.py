@@ -222,7 +222,9 @@ async def test_ingest_without_total_has_no_total_file(tmp_path: Path) -> None:
     assert not (tmp_path / "ingest" / hashlib.sha256(b"r").hexdigest() / "total").exists()
 
 
-async def test_walk_is_ascending_by_digest_and_skips_strays(tmp_path: Path) -> None:
+async def test_walk_is_ascending_by_digest_and_skips_strays(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # CS-3 order, LAY-2 strays
     store = LocalContentStore(tmp_path)
     expected = []
@@ -237,7 +239,9 @@ async def test_walk_is_ascending_by_digest_and_skips_strays(tmp_path: Path) -> N
     (tmp_path / "blobs" / "sha256" / "not-a-digest").write_bytes(b"x")
     (tmp_path / "blobs" / "sha256" / ("A" * 64)).write_bytes(b"x")
     (tmp_path / "blobs" / "sha256" / ("b" * 64)).mkdir()
-    walked = await store.walk()
+    with caplog.at_level("WARNING", logger="castar.store.local"):
+        walked = await store.walk()
+    assert "not-a-digest" in caplog.text  # LAY-2: logged, not fatal
     assert walked == sorted(expected, key=lambda item: str(item[0]))
     assert [str(d) for d, _ in walked] == sorted(str(d) for d, _ in walked)
     assert walked[-1][0].algorithm == "sha512"
