@@ -386,7 +386,8 @@ def run_cases(
     """Measure every entry of every case, castar first so its output sets the case bytes."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("TMPDIR", str(scratch))
+    env["TMPDIR"] = str(scratch / "tmp")  # skopeo unpacks oci-archive: sources there
+    (scratch / "tmp").mkdir(parents=True, exist_ok=True)
     results: list[Result] = []
     resolved: dict[str, int] = {}
     for case in cases:
