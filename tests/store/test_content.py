@@ -11,7 +11,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from castar.store import Store, open_store
+from castar.store import Store, default_root, open_store
 from castar.store.digest import compute
 from castar.store.errors import (
     AlreadyExists,
@@ -401,3 +401,25 @@ async def test_commit_cancelled_while_gc_holds_lock_releases_ref(store: Store) -
         assert again.offset == 5  # and kept resumable (ING-5)
         assert await again.commit(5, H_HELLO) == H_HELLO
     assert await read_all(store, H_HELLO) == HELLO
+
+
+def test_default_root_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CASTAR_ROOT", str(tmp_path / "explicit"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_root() == tmp_path / "explicit"
+    monkeypatch.delenv("CASTAR_ROOT")
+    assert default_root() == tmp_path / "xdg" / "castar"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    assert default_root() == tmp_path / "home" / ".local" / "share" / "castar"
+
+
+async def test_open_store_creates_the_default_root(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CASTAR_ROOT", str(tmp_path / "a" / "b"))
+    async with open_store() as s:
+        assert s.root == tmp_path / "a" / "b"
+        await s.content.write_blob(HELLO)
+    async with open_store(tmp_path / "a" / "b") as s:  # reopened: same records
+        assert [i.digest for i in await s.content.walk()] == [H_HELLO]
