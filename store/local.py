@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, final
 
 import anyio
+import anyio.from_thread
 import anyio.to_thread
 
 from castar.store._ingest import (
@@ -182,14 +183,22 @@ def _locked(fd: int, ref: str) -> Unavailable:
 
 
 def open_ingest(
-    root: Path, ref: str, *, total: int | None = None, expected: Digest | None = None
+    root: Path,
+    ref: str,
+    *,
+    total: int | None = None,
+    expected: Digest | None = None,
+    cancellable: bool = False,
 ) -> LocalWriter:
     """Open (or resume, ING-5) the ingest of ``ref`` and lock it (ING-3). Sync: run in a thread.
 
-    Resuming re-hashes the bytes already in ``data``. A different non-zero ``total``
-    than the stored one restarts the ingest at offset 0. The hash algorithm is that of
-    ``expected`` (else the stored expected digest, else sha256) (ING-7).
+    Resuming re-hashes the bytes already in ``data``; with ``cancellable`` (inside an
+    anyio worker thread) a cancel of the waiting task stops that between 1 MiB reads and
+    releases the ref. A different non-zero ``total`` than the stored one restarts the
+    ingest at offset 0. The hash algorithm is that of ``expected`` (else the stored
+    expected digest, else sha256) (ING-7).
     """
+    check = anyio.from_thread.check_cancelled if cancellable else None
     path = ingest_dir(root, ref)
     with map_os_errors(ref_context(ref)):
         lock_fd = _lock_ref(path, ref)
@@ -225,7 +234,7 @@ def open_ingest(
             try:
                 if fresh:
                     os.ftruncate(fd, 0)
-                offset = rehash(fd, h)
+                offset = rehash(fd, h, check)
                 os.lseek(fd, offset, os.SEEK_SET)
             except BaseException:
                 os.close(fd)
@@ -477,7 +486,7 @@ class LocalContentStore:
             raise InvalidArgument(f'ingest ref "{ref}": negative total {total}')
         want = parse(expected) if expected else None
         return await anyio.to_thread.run_sync(
-            lambda: open_ingest(self.root, ref, total=total, expected=want)
+            lambda: open_ingest(self.root, ref, total=total, expected=want, cancellable=True)
         )
 
     async def ingest_status(self, ref: str) -> IngestStatus:

@@ -16,7 +16,7 @@ import anyio.from_thread
 import anyio.lowlevel
 import pytest
 
-from castar.store import _ingest
+from castar.store import _ingest, local
 from castar.store.digest import compute
 from castar.store.local import LocalContentStore, LocalWriter
 
@@ -168,3 +168,26 @@ async def test_writer_dropped_without_close_does_not_keep_the_ref_locked(tmp_pat
     gc.collect()
     w2 = await store.open_writer("dropped")
     await w2.close()
+
+
+async def test_open_cancelled_while_rehashing_a_resumed_ingest_releases_the_ref(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ING-5's re-hash of a large partial ingest stops at a cancel; the ref is not left locked
+    store = LocalContentStore(tmp_path)
+    async with await store.open_writer("big") as w:
+        await w.write(DATA[: 3 * MiB])
+    scope = anyio.CancelScope()
+    real_rehash = local.rehash
+
+    def rehash(fd: int, h: hashlib._Hash, check=None) -> int:  # type: ignore[no-untyped-def]
+        anyio.from_thread.run_sync(scope.cancel)
+        return real_rehash(fd, h, check)
+
+    monkeypatch.setattr(local, "rehash", rehash)
+    with scope:
+        await store.open_writer("big")
+        pytest.fail("the open was not cancelled")
+    assert scope.cancelled_caught
+    monkeypatch.undo()
+    await finish(store, "big", DATA)
