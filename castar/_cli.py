@@ -9,13 +9,14 @@ place that catches CastarError broadly (STYLE §3.4). Goes through the facade
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -92,7 +93,15 @@ def _out(text: str = "") -> None:
 
 
 def _dump(obj: object) -> None:
-    _out(json.dumps(obj, indent=2, sort_keys=False))
+    _out(json.dumps(obj, indent=2, default=_json_default))
+
+
+def _json_default(obj: object) -> object:
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    if isinstance(obj, Mapping):  # labels and annotations (read-only mappings)
+        return dict(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 
 def _progress_mode(args: argparse.Namespace) -> str:
@@ -282,16 +291,7 @@ async def _cmd_gc(store: Store, args: argparse.Namespace) -> int:
         return 0
     report = await store.gc(dry_run=args.dry_run)
     if args.json:
-        _dump(
-            {
-                "dry_run": report.dry_run,
-                "removed": [str(d) for d in report.removed],
-                "bytes_freed": report.bytes_freed,
-                "images_removed": list(report.images_removed),
-                "leases_removed": list(report.leases_removed),
-                "ingests_removed": list(report.ingests_removed),
-            }
-        )
+        _dump(dataclasses.asdict(report))  # digests are str: JSON as they are
         return 0
     verb = "Would delete" if report.dry_run else "Deleted"
     for what, items in (
@@ -331,6 +331,10 @@ def _labels(values: Sequence[str] | None) -> dict[str, str]:
     return out
 
 
+def _pairs(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
 def _when(dt: datetime | None) -> str:
     return "never" if dt is None else dt.strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -344,26 +348,11 @@ async def _cmd_lease(store: Store, args: argparse.Namespace) -> int:
     elif args.lease_command == "ls":
         leases = await store.leases.list()
         if args.json:
-            _dump(
-                [
-                    {
-                        "id": le.id,
-                        "created_at": le.created_at.isoformat(),
-                        "expires_at": None if le.expires_at is None else le.expires_at.isoformat(),
-                        "labels": dict(le.labels),
-                    }
-                    for le in leases
-                ]
-            )
+            _dump([{**dataclasses.asdict(le), "expires_at": le.expires_at} for le in leases])
         else:
             rows = [["ID", "CREATED", "EXPIRES", "LABELS"]]
             rows += [
-                [
-                    le.id,
-                    _when(le.created_at),
-                    _when(le.expires_at),
-                    ",".join(f"{k}={v}" for k, v in sorted(le.labels.items())),
-                ]
+                [le.id, _when(le.created_at), _when(le.expires_at), _pairs(le.labels)]
                 for le in leases
             ]
             _table(rows)
@@ -507,26 +496,27 @@ def _common(json_flag: bool = False, quiet: bool = False) -> argparse.ArgumentPa
     return p
 
 
-def _add(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-    name: str,
-    run: Command,
-    help_: str,
-    example: str,
-    *,
-    json_flag: bool = False,
-    quiet: bool = False,
-) -> argparse.ArgumentParser:
-    p: argparse.ArgumentParser = sub.add_parser(
-        name,
-        help=help_,
-        description=help_,
-        epilog=f"example:\n  {example}",
-        parents=[_common(json_flag, quiet)],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.set_defaults(run=run)
-    return p
+#: name → (help, example, has --json, has -q/--progress); arguments are added in _parser().
+_COMMANDS: Final[dict[str, tuple[Command, str, str, bool, bool]]] = {
+    "load": (_cmd_load, "load an OCI or Docker image archive",
+             "castar load -i alpine.tar --platform linux/arm64", True, True),
+    "save": (_cmd_save, "save images to an OCI archive (with Docker manifest.json)",
+             "castar save alpine:latest --platform linux/amd64 -o alpine.tar", True, True),
+    "images": (_cmd_images, "list images", "castar images --tree", True, False),
+    "inspect": (_cmd_inspect, "show an image's record, platforms and documents",
+                "castar inspect alpine --platform linux/arm64", False, False),
+    "tag": (_cmd_tag, "give an image another name", "castar tag alpine myalpine:1", False, False),
+    "rm": (_cmd_rm, "remove image names (content goes at the next gc)",
+           "castar rm alpine:latest", False, False),
+    "gc": (_cmd_gc, "delete what no image, lease or ingest keeps alive",
+           "castar gc --dry-run", True, False),
+    "lease": (_cmd_lease, "create, list or remove leases",
+              "castar lease create --expire 1h --label owner=ci", False, False),
+    "verify": (_cmd_verify, "re-hash stored blobs; exit 6 if any is missing or corrupt",
+               "castar verify alpine:latest", True, True),
+    "demo": (_cmd_demo, "generate a multi-platform archive, load two platforms, show, save, "
+             "round-trip", "castar demo --size 1G --platforms 4", False, True),
+}  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -547,134 +537,58 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"castar {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    plat_help = "platform(s), e.g. linux/amd64,linux/arm64/v8 (repeatable)"
-
-    p = _add(
-        sub,
-        "load",
-        _cmd_load,
-        "load an OCI or Docker image archive",
-        "castar load -i alpine.tar --platform linux/arm64",
-        json_flag=True,
-        quiet=True,
-    )
+    cmd: dict[str, argparse.ArgumentParser] = {}
+    for name, (run, help_, example, json_flag, quiet) in _COMMANDS.items():
+        cmd[name] = sub.add_parser(
+            name,
+            help=help_,
+            description=help_,
+            epilog=f"example:\n  {example}",
+            parents=[_common(json_flag, quiet)],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        cmd[name].set_defaults(run=run)
+    for name in ("load", "save"):
+        cmd[name].add_argument("--platform", action="append", metavar="P[,P...]",
+                               help="platforms, e.g. linux/amd64,linux/arm64/v8")  # fmt: skip
+    p = cmd["load"]
     p.add_argument("-i", "--input", metavar="FILE", help="archive to read (default: stdin)")
-    p.add_argument("--platform", action="append", metavar="P[,P...]", help=plat_help)
     p.add_argument("--all-platforms", action="store_true", help="load every platform")
     p.add_argument("--name", metavar="PREFIX", help="name images whose archive only gives a tag")
-
-    p = _add(
-        sub,
-        "save",
-        _cmd_save,
-        "save images to an OCI archive (with Docker manifest.json)",
-        "castar save alpine:latest --platform linux/amd64 -o alpine.tar",
-        json_flag=True,
-        quiet=True,
-    )
+    p = cmd["save"]
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("-o", "--output", metavar="FILE", help="archive to write (default: stdout)")
-    p.add_argument("--platform", action="append", metavar="P[,P...]", help=plat_help)
-    p.add_argument(
-        "--missing",
-        choices=["sparse", "prune", "fail"],
-        default="sparse",
-        help="content not in the store: omit it (sparse, default), write an index "
-        "of the exported platforms only (prune), or fail",
-    )
+    p.add_argument("--missing", choices=["sparse", "prune", "fail"], default="sparse",
+                   help="content not in the store: omit it (sparse, default), write an index "
+                   "of the exported platforms only (prune), or fail")  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
-
-    p = _add(sub, "images", _cmd_images, "list images", "castar images --tree", json_flag=True)
+    p = cmd["images"]
     p.add_argument("--tree", action="store_true", help="one row per platform, with availability")
-    p.add_argument(
-        "--filter",
-        action="append",
-        metavar="KEY=VALUE",
-        help="reference=GLOB, label=KEY[=VALUE], dangling=true|false",
-    )
-
-    p = _add(
-        sub,
-        "inspect",
-        _cmd_inspect,
-        "show an image's record, platforms and documents",
-        "castar inspect alpine --platform linux/arm64",
-    )
+    p.add_argument("--filter", action="append", metavar="KEY=VALUE",
+                   help="reference=GLOB, label=KEY[=VALUE], dangling=true|false")  # fmt: skip
+    p = cmd["inspect"]
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("--platform", metavar="P", help="show this platform's manifest and config")
-
-    p = _add(sub, "tag", _cmd_tag, "give an image another name", "castar tag alpine myalpine:1")
-    p.add_argument("source", metavar="SRC")
-    p.add_argument("target", metavar="DST")
-
-    p = _add(
-        sub,
-        "rm",
-        _cmd_rm,
-        "remove image names (content goes at the next gc)",
-        "castar rm alpine:latest",
-    )
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("-f", "--force", action="store_true", help="remove every name of an image ID")
-
-    p = _add(
-        sub,
-        "gc",
-        _cmd_gc,
-        "delete what no image, lease or ingest keeps alive",
-        "castar gc --dry-run",
-        json_flag=True,
-    )
-    p.add_argument("--dry-run", action="store_true", help="report, delete nothing")
-    p.add_argument("--why", metavar="DIGEST", help="show which root keeps a blob alive")
-
-    p = _add(
-        sub,
-        "lease",
-        _cmd_lease,
-        "create, list or remove leases",
-        "castar lease create --expire 1h --label owner=ci",
-    )
-    lsub = p.add_subparsers(dest="lease_command", metavar="ACTION", required=True)
-    lp = lsub.add_parser("create", help="create a lease and print its id", parents=[_common()])
-    lp.add_argument("--id", help="lease id (default: random)")
-    lp.add_argument(
-        "--expire",
-        default="24h",
-        metavar="DURATION",
-        help="e.g. 30m, 1h, 2d, or never (default: 24h)",
-    )
-    lp.add_argument("--label", action="append", metavar="KEY=VALUE")
+    cmd["tag"].add_argument("source", metavar="SRC")
+    cmd["tag"].add_argument("target", metavar="DST")
+    cmd["rm"].add_argument("images", nargs="+", metavar="IMAGE")
+    cmd["rm"].add_argument("-f", "--force", action="store_true", help="remove an ID's every name")
+    cmd["gc"].add_argument("--dry-run", action="store_true", help="report, delete nothing")
+    cmd["gc"].add_argument("--why", metavar="DIGEST", help="show which root keeps a blob alive")
+    lsub = cmd["lease"].add_subparsers(dest="lease_command", metavar="ACTION", required=True)
+    p = lsub.add_parser("create", help="create a lease and print its id", parents=[_common()])
+    p.add_argument("--id", help="lease id (default: random)")
+    p.add_argument("--expire", default="24h", metavar="DURATION",
+                   help="e.g. 30m, 1h, 2d, or never (default: 24h)")  # fmt: skip
+    p.add_argument("--label", action="append", metavar="KEY=VALUE")
     lsub.add_parser("ls", help="list leases", parents=[_common(json_flag=True)])
-    lp = lsub.add_parser("rm", help="delete leases", parents=[_common()])
-    lp.add_argument("ids", nargs="+", metavar="ID")
-
-    p = _add(
-        sub,
-        "verify",
-        _cmd_verify,
-        "re-hash stored blobs; exit 6 if any is missing or corrupt",
-        "castar verify alpine:latest",
-        json_flag=True,
-        quiet=True,
-    )
-    p.add_argument("images", nargs="*", metavar="IMAGE", help="default: every stored blob")
-
-    p = _add(
-        sub,
-        "demo",
-        _cmd_demo,
-        "generate a multi-platform archive, load two platforms, show, save, round-trip",
-        "castar demo --size 1G --platforms 4",
-        quiet=True,
-    )
+    p = lsub.add_parser("rm", help="delete leases", parents=[_common()])
+    p.add_argument("ids", nargs="+", metavar="ID")
+    cmd["verify"].add_argument("images", nargs="*", metavar="IMAGE", help="default: every blob")
+    p = cmd["demo"]
     p.add_argument("--size", default="48M", help="archive size (default: 48M)")
-    p.add_argument(
-        "--platforms",
-        default="4",
-        metavar="N|P,P...",
-        help=f"number of platforms (2-{len(_DEMO_PLATFORMS)}) or a list (default: 4)",
-    )
+    p.add_argument("--platforms", default="4", metavar="N|P,P...",
+                   help=f"how many (2-{len(_DEMO_PLATFORMS)}), or a list (default: 4)")  # fmt: skip
     return parser
 
 
