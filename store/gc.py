@@ -33,6 +33,8 @@ __all__ = [
     "Edge",
     "GCReport",
     "Node",
+    "decide",
+    "describe",
     "label_edges",
     "mark",
     "parse_expire",
