@@ -388,14 +388,16 @@ def test_debug_shows_the_traceback(loaded) -> None:
 
 
 def test_demo_runs_on_the_default_root_from_castar_root(tmp_path: Path) -> None:
-    env = {**os.environ, "CASTAR_ROOT": str(tmp_path / "default")}
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "CASTAR_ROOT": str(tmp_path / "default"), "TMPDIR": str(scratch)}
     cp = castar(None, "demo", env=env)
     assert cp.returncode == 0, cp.stderr
     out = cp.stdout
     assert "round trip" in out
     assert "castar-demo:latest" in out
     assert snapshot(tmp_path / "default")[0][0][0] == "docker.io/library/castar-demo:latest"
-    assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("castar-demo-*"))
+    assert list(scratch.iterdir()) == []  # its temporary files are cleaned up
 
 
 COMMANDS = ["load", "save", "images", "inspect", "tag", "rm", "gc", "lease", "verify", "demo"]
