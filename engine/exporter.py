@@ -63,6 +63,7 @@ MISSING_POLICIES: Final = ("sparse", "prune", "fail")
 NAME_ANNOTATION: Final = oci.ANNOTATION_IMAGE_NAME
 REF_NAME_ANNOTATION: Final = oci.ANNOTATION_REF_NAME
 _SOURCE_LABEL: Final = "containerd.io/distribution.source"
+_REF_LABEL: Final = "containerd.io/gc.ref.content"
 _OCI_LAYOUT: Final = b'{"imageLayoutVersion":"1.0.0"}'
 _CHUNK: Final = 1 << 20  # bytes per read and per stream send (IO-LIMITS §2.3)
 _HOP: Final = 64 << 20  # most bytes one worker-thread hop moves into an fd sink
@@ -349,7 +350,7 @@ async def _fetch(content: ContentStore, roots: Sequence[oci.Descriptor]) -> dict
                 children=children,
                 document=data if oci.is_index(desc.media_type) else None,
             )
-            if oci.is_manifest(desc.media_type) and children:
+            if oci.is_manifest(desc.media_type) and children and desc.platform is None:
                 node = replace(node, platform=await _config_platform(content, children[0]))
             stack.extend(reversed(children))
         nodes[desc.digest] = node
@@ -886,11 +887,35 @@ async def _plan(store: Store, names: Sequence[str], options: _Options) -> SavePl
     planner = _Planner(nodes, options)
     images = [p for t in targets if (p := planner.add(t)) is not None]
     plan = planner.finish(images)
-    if lease is not None:  # SAVE-5: everything the archive reads, before the first byte
-        for m in plan.members:
-            if m.digest is not None and m.data is None:
-                await store.leases.add_resource(lease.id, "content", m.digest)
+    if lease is not None:  # SAVE-5: the rest of what the archive reads, before the first byte
+        reads = [m.digest for m in plan.members if m.digest is not None and m.data is None]
+        for d in _unlinked([t.desc.digest for t in targets], nodes, reads):
+            await store.leases.add_resource(lease.id, "content", d)
     return plan
+
+
+def _is_ref_label(key: str) -> bool:
+    """A GC-5 content reference label: the exact key, or it followed by ``.`` or ``/``."""
+    return key == _REF_LABEL or key.startswith((_REF_LABEL + ".", _REF_LABEL + "/"))
+
+
+def _unlinked(roots: Sequence[str], nodes: Mapping[str, _Node], reads: Sequence[str]) -> list[str]:
+    """The blobs in ``reads`` that the roots' reference labels do not reach (GC-4/5).
+
+    The lease holds the roots; GC marks what their labels reach, so only these need a
+    lease entry of their own (one SQL transaction each; usually none).
+    """
+    covered: set[str] = set()
+    stack = list(roots)
+    while stack:
+        d = stack.pop()
+        if d in covered:
+            continue
+        covered.add(d)
+        node = nodes.get(d)
+        if node is not None:
+            stack.extend(v for k, v in node.labels.items() if _is_ref_label(k))
+    return sorted({d for d in reads if d not in covered})
 
 
 async def plan_save(
@@ -970,6 +995,7 @@ class _Copier:
         self._verify = verify
         self._archive = digests.hasher("sha256") if archive_digest else None
         self._pending = bytearray()
+        self._buffer: bytearray | None = None
         self._out: list[bytes] = []
         self.written = 0
         self._zero_copy = fd is not None and not verify and not archive_digest
@@ -992,12 +1018,12 @@ class _Copier:
         self._pending.clear()
         self._put(data)
 
-    def _put(self, data: bytes) -> None:
+    def _put(self, data: Buffer) -> None:
         """Hand finished bytes to the sink (fd) or to the step's chunk list (stream)."""
         if self._fd is not None:
             _write_all(self._fd, data)
         else:
-            self._out.append(data)
+            self._out.append(data if isinstance(data, bytes) else bytes(data))
         self.written += len(data)
 
     def steps(self) -> Generator[list[bytes], None, None]:
@@ -1050,12 +1076,21 @@ class _Copier:
         finally:
             os.close(src)
 
-    def _buffered(self, src: int, m: Member) -> Iterator[int]:
+    def _buffered(self, src: int, m: Member, start: int = 0) -> Iterator[int]:
+        """Body through user space in 1 MiB reads: hashing, streams, fallbacks (EXP-8)."""
         assert m.digest is not None
         h = digests.hasher(m.digest.algorithm) if self._verify else None
-        left = m.size
+        buf = None
+        if self._fd is not None:  # written before the next read: one buffer serves
+            buf = self._buffer = self._buffer or bytearray(_CHUNK)
+        left = m.size - start
         while left:
-            data = os.read(src, min(_CHUNK, left))
+            want = min(_CHUNK, left)
+            data: Buffer
+            if buf is not None:
+                data = memoryview(buf)[: os.readv(src, [memoryview(buf)[:want]])]
+            else:
+                data = os.read(src, want)  # streams may keep it: a fresh bytes object
             if not data:
                 raise SizeMismatch(
                     f"unexpected copy size for {m.name}", expected=m.size, actual=m.size - left
@@ -1065,7 +1100,7 @@ class _Copier:
                 h.update(data)
             if self._archive is not None:
                 self._archive.update(data)
-            if len(data) >= _CHUNK:
+            if len(data) >= _SMALL:
                 self._flush()
                 self._put(data)
             else:
@@ -1073,11 +1108,9 @@ class _Copier:
                 if len(self._pending) >= _CHUNK:
                     self._flush()
             yield len(data)
-        if h is not None and digests.from_hasher(h) != m.digest:
+        if h is not None and (actual := digests.from_hasher(h)) != m.digest:
             raise DigestMismatch(
-                f"unexpected digest {digests.from_hasher(h)} copied",
-                expected=m.digest,
-                actual=digests.from_hasher(h),
+                f"unexpected digest {actual} copied", expected=m.digest, actual=actual
             )
 
     def _splice(self, src: int, m: Member) -> Iterator[int]:
@@ -1105,7 +1138,7 @@ class _Copier:
                     how = "socket"  # sendfile works into any fd
                     continue
                 os.lseek(src, offset, os.SEEK_SET)
-                yield from self._buffered_rest(src, m, offset)
+                yield from self._buffered(src, m, offset)
                 return
             if n == 0:
                 raise SizeMismatch(
@@ -1114,18 +1147,6 @@ class _Copier:
             offset += n
             self.written += n
             yield n
-
-    def _buffered_rest(self, src: int, m: Member, offset: int) -> Iterator[int]:
-        left = m.size - offset
-        while left:
-            data = os.read(src, min(_CHUNK, left))
-            if not data:
-                raise SizeMismatch(
-                    f"unexpected copy size for {m.name}", expected=m.size, actual=m.size - left
-                )
-            left -= len(data)
-            self._put(data)
-            yield len(data)
 
 
 _limiters: weakref.WeakKeyDictionary[object, anyio.CapacityLimiter] = weakref.WeakKeyDictionary()

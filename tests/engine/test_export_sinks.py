@@ -294,3 +294,22 @@ async def test_save_many_raises_the_first_failure(store: Store, tmp_path: Path) 
     ]
     with pytest.raises(exporter.NotFound, match='image "nosuch:1"'):
         await exporter.save_many(store, jobs)
+
+
+async def test_plan_under_a_lease_holds_what_no_label_reaches(store: Store) -> None:
+    # SAVE-5: a manifest written without GC-7 child labels does not keep its layer, so
+    # the export lease must name the layer itself; labelled subtrees need only the root.
+    cfg = await put(store, b'{"architecture":"amd64","os":"linux"}', oci.OCI_CONFIG)
+    layer = await put(store, os.urandom(1000), oci.OCI_LAYER_GZIP)
+    doc = oci.encode_manifest(oci.Manifest(config=cfg, layers=(layer,)))
+    m = await put(store, doc, oci.OCI_MANIFEST)  # no labels
+    await store.images.create("docker.io/library/bare:1", m)
+    labelled = await store.images.get(NAME)
+    async with store.lease() as lease:
+        await exporter.plan_save(store, ["bare:1", NAME])
+        held = {r for _, r in await store.leases.list_resources(lease.id)}
+        assert held == {m.digest, cfg.digest, layer.digest, labelled.target.digest}
+        await store.images.delete("docker.io/library/bare:1")
+        await store.images.delete(NAME)
+        assert (await store.gc()).removed == []
+    assert set((await store.gc()).removed) >= {m.digest, cfg.digest, layer.digest}
