@@ -45,7 +45,7 @@ def castar(
         )
     kw.setdefault("stdin", subprocess.DEVNULL)
     kw.setdefault("capture_output", "stdout" not in kw)
-    return subprocess.run(argv, text=True, timeout=120, check=False, **kw)  # type: ignore[call-overload, no-any-return]
+    return subprocess.run(argv, text=True, timeout=120, check=False, **kw)
 
 
 def one_error_line(cp: subprocess.CompletedProcess[str], *needles: str) -> str:
@@ -129,6 +129,15 @@ def test_images_tree_shows_unloaded_platforms_unavailable(loaded) -> None:
     assert "\x1b" not in cp.stdout
 
 
+def test_images_tree_on_a_terminal_shows_unavailable_rows_faint(loaded) -> None:
+    # TREE-3: faint (ANSI SGR 2) on terminals, no AVAILABLE column there.
+    code, shown = on_terminal(loaded[0], "images", "--tree", stream="stdout")
+    assert code == 0
+    assert "AVAILABLE" not in shown
+    (faint,) = [ln for ln in shown.splitlines() if ln.startswith("\x1b[2m")]
+    assert "linux/arm/v7" in faint
+
+
 def test_images_tree_json_carries_the_documented_fields(loaded) -> None:
     cp = castar(loaded[0], "images", "--tree", "--json", "--filter", "reference=synth*")
     assert cp.returncode == 0, cp.stderr
@@ -158,11 +167,12 @@ def test_inspect_platform_shows_its_manifest_and_config(loaded) -> None:
     assert len(doc["manifest"]["layers"]) == 2
 
 
-def on_terminal_stderr(root: Path, *args: str | Path) -> tuple[int, str]:
-    """Run with stderr on a pseudo-terminal; return (exit code, what the terminal showed)."""
+def on_terminal(root: Path, *args: str | Path, stream: str = "stderr") -> tuple[int, str]:
+    """Run with stderr (or stdout) on a pseudo-terminal; return (exit code, what it showed)."""
     master, slave = pty.openpty()
     argv = [sys.executable, "-m", "castar", "--root", str(root), *map(str, args)]
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
+    streams = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, stream: slave}
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, **streams)
     os.close(slave)
     shown = bytearray()
     while True:  # drain while it runs, so a full pty buffer cannot block the child
@@ -178,11 +188,11 @@ def on_terminal_stderr(root: Path, *args: str | Path) -> tuple[int, str]:
 
 
 def test_progress_bar_on_a_terminal_and_silenced_by_q(archive: Path, tmp_path: Path) -> None:
-    code, shown = on_terminal_stderr(tmp_path / "a", "load", "-i", archive)
+    code, shown = on_terminal(tmp_path / "a", "load", "-i", archive)
     assert code == 0
     assert "Loading" in shown
     assert "kB" in shown  # bytes done / total
-    code, shown = on_terminal_stderr(tmp_path / "b", "load", "-i", archive, "-q")
+    code, shown = on_terminal(tmp_path / "b", "load", "-i", archive, "-q")
     assert (code, shown) == (0, "")
 
 
@@ -206,8 +216,8 @@ def test_save_one_platform_to_a_file(loaded, tmp_path: Path) -> None:
     }  # fmt: skip
     with tarfile.open(out) as tar:
         names = tar.getnames()
-        index = json.load(tar.extractfile("index.json"))  # type: ignore[arg-type]
-        manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+        index = json.load(tar.extractfile("index.json"))
+        manifest = json.load(tar.extractfile("manifest.json"))
     assert names[:3] == ["oci-layout", "index.json", "manifest.json"]
     assert len(index["manifests"]) == 1
     assert manifest[0]["RepoTags"] == ["synth:latest"]
@@ -419,6 +429,10 @@ def test_help_documents_exit_codes_and_every_command_has_an_example(capsys) -> N
 
 def test_version_and_usage_errors() -> None:
     cp = castar(None, "--version")
+    assert (cp.returncode, cp.stdout) == (0, "castar 0.1.0\n")
+    script = Path(sys.executable).with_name("castar")  # the console script pip installs
+    assert script.exists(), "install castar (pip install -e .) to get the castar command"
+    cp = subprocess.run([script, "--version"], capture_output=True, text=True, check=False)
     assert (cp.returncode, cp.stdout) == (0, "castar 0.1.0\n")
     assert main([]) == 2
     with pytest.raises(SystemExit) as exc:
