@@ -6,6 +6,7 @@ in-process. Exit codes come from one table (castar._cli.EXIT_CODES, DESIGN §5).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pty
@@ -110,6 +111,27 @@ def test_load_from_a_pipe_on_stdin(archive: Path, tmp_path: Path) -> None:
     assert cp.stdout == "Loaded image: synth:latest\n"
     images, _ = snapshot(tmp_path / "r")
     assert [n for n, _ in images] == [NAME]
+
+
+def test_load_of_an_unnamed_image_prints_its_id(archive: Path, tmp_path: Path, capsys) -> None:
+    # LOAD-5: dangling images (no name in the archive) print "Loaded image ID: <digest>".
+    unnamed = tmp_path / "unnamed.tar"
+    with tarfile.open(archive) as src, tarfile.open(unnamed, "w") as dst:
+        for member in src.getmembers():
+            data = src.extractfile(member) if member.isfile() else None
+            if member.name == "manifest.json":
+                continue
+            if member.name == "index.json":
+                index = json.load(data)
+                for entry in index["manifests"]:
+                    entry.pop("annotations", None)
+                body = json.dumps(index).encode()
+                member.size = len(body)
+                data = io.BytesIO(body)
+            dst.addfile(member, data)
+    assert main(["--root", str(tmp_path / "r"), "load", "-i", str(unnamed)]) == 0  # in-process
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line == f"Loaded image ID: {synth.plan(SPEC).index.digest}"
 
 
 def test_images_tree_shows_unloaded_platforms_unavailable(loaded) -> None:
