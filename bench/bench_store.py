@@ -1,7 +1,7 @@
 """Metadata cost of the public store: small blobs per second and GC time, against the backend.
 
 Run: ``.venv/bin/python -m bench.bench_store [--blobs 500] [--size 4096] [--gc-blobs 5000]
-[--backend asyncio|trio]``. Prints, medians of 3 runs each in a fresh store:
+[--backend asyncio|trio] [--repeat 3]``. Prints medians of the runs, each in a fresh store:
 
 - ``backend``: the file backend alone (open_writer, write, commit) per blob: the baseline;
 - ``store``: ``store.content.write_blob`` per blob (ingest row, backend, record txn);
@@ -51,11 +51,17 @@ async def main_async(args: argparse.Namespace) -> None:
     rows: dict[str, list[float]] = {"backend": [], "store": [], "store+lease": []}
     gc_kept: list[float] = []
     gc_all: list[float] = []
-    for _ in range(3):
+    for r in range(args.repeat):
         with tempfile.TemporaryDirectory(dir=args.dir) as d:
-            rows["backend"].append(await run_backend(Path(d) / "b", args.blobs, args.size))
-            rows["store"].append(await run_store(Path(d) / "s", args.blobs, args.size, False))
-            rows["store+lease"].append(await run_store(Path(d) / "l", args.blobs, args.size, True))
+            # Rotate the order each round: the machine is shared and fsync times drift.
+            order = ["backend", "store", "store+lease"]
+            for name in order[r % 3 :] + order[: r % 3]:
+                root = Path(d) / name
+                if name == "backend":
+                    rows[name].append(await run_backend(root, args.blobs, args.size))
+                else:
+                    lease = name == "store+lease"
+                    rows[name].append(await run_store(root, args.blobs, args.size, lease))
             async with open_store(Path(d) / "g") as store:
                 async with store.lease():
                     for i in range(args.gc_blobs):
@@ -69,14 +75,14 @@ async def main_async(args: argparse.Namespace) -> None:
                 gc_all.append(time.perf_counter() - t)
                 assert len(report.removed) == args.gc_blobs
     base = statistics.median(rows["backend"])
-    print(f"{args.blobs} blobs of {args.size} B ({args.backend}), median of 3:")
+    print(f"{args.blobs} blobs of {args.size} B ({args.backend}), median of {args.repeat}:")
     for name, times in rows.items():
         med = statistics.median(times)
         print(
             f"  {name:12s} {args.blobs / med:8.0f} blobs/s  {med / args.blobs * 1e3:6.2f} ms/blob"
             f"  x{med / base:4.2f} of backend"
         )
-    print(f"gc over {args.gc_blobs} recorded blobs, median of 3:")
+    print(f"gc over {args.gc_blobs} recorded blobs, median of {args.repeat}:")
     print(f"  all kept by a lease   {statistics.median(gc_kept) * 1e3:8.1f} ms")
     print(f"  all collected         {statistics.median(gc_all) * 1e3:8.1f} ms")
 
@@ -87,6 +93,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=4096)
     p.add_argument("--gc-blobs", type=int, default=5000)
     p.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--dir", default=None)
     args = p.parse_args()
     anyio.run(main_async, args, backend=args.backend)

@@ -543,18 +543,30 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 def _in_txn(
-    conn: sqlite3.Connection, write: bool, fn: Callable[..., T], args: tuple[object, ...]
+    conn: sqlite3.Connection,
+    write: bool,
+    fn: Callable[..., T],
+    args: tuple[object, ...],
+    durable: bool = True,
 ) -> T:
     # Write transactions take the RESERVED lock up front (BEGIN IMMEDIATE) so two processes never
     # deadlock upgrading read locks; busy_timeout makes the loser wait instead of failing.
+    # A non-durable write skips the WAL fsync (synchronous=NORMAL): it may be lost in a power
+    # cut, never reordered after a later durable commit, and the database stays consistent.
     try:
-        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        if not durable:
+            conn.execute("PRAGMA synchronous = NORMAL")
         try:
-            result = fn(conn, *args)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                result = fn(conn, *args)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            if not durable:
+                conn.execute("PRAGMA synchronous = FULL")
     except CastarError:
         raise
     except sqlite3.OperationalError as exc:
@@ -594,6 +606,12 @@ class SQLiteMetadataDB:
     async def _run(self, write: bool, fn: Callable[..., T], *args: object) -> T:
         return await anyio.to_thread.run_sync(
             _in_txn, self._conn, write, fn, args, limiter=self._limiter
+        )
+
+    async def _run_lazy(self, fn: Callable[..., T], *args: object) -> T:
+        """A write whose loss in a power cut is harmless (ingest bookkeeping): no WAL fsync."""
+        return await anyio.to_thread.run_sync(
+            _in_txn, self._conn, True, fn, args, False, limiter=self._limiter
         )
 
     # content
@@ -640,11 +658,13 @@ class SQLiteMetadataDB:
         now: datetime,
     ) -> bool:
         """Record an ingest (ING-13); True, recording nothing, when ``expected`` exists (ING-2)."""
-        return await self._run(True, _txn_ingest_open, ref, expected, lease, expires_at, now)
+        # Losing this row in a power cut is harmless: no writer survives it, and GC aborts an
+        # unrecorded, unlocked ingest. A later durable commit persists it anyway.
+        return await self._run_lazy(_txn_ingest_open, ref, expected, lease, expires_at, now)
 
     async def ingest_delete(self, ref: str) -> bool:
         """Forget an ingest row; False when there was none."""
-        return await self._run(True, _txn_ingest_delete, ref)
+        return await self._run_lazy(_txn_ingest_delete, ref)
 
     # images
     async def image_get(self, name: str) -> ImageRecord | None:
