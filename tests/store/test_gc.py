@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from castar.store import Descriptor, Store, open_store
 from castar.store.digest import Digest, compute
@@ -343,3 +346,51 @@ async def test_gc_interrupted_after_metadata_sweep_converges_next_time(
     report = await store.gc()  # the content sweep works from state, not from a list
     assert report.removed == sorted(D(n) for n in ["I", "M1", "M2", "C1", "L1", "Z"])
     assert not any((store.root / "blobs/sha256").iterdir())
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 12), st.integers(0, 12)), max_size=40),
+    st.sets(st.integers(0, 12), max_size=4),
+)
+@settings(max_examples=150, deadline=None)
+def test_mark_equals_naive_reachability(pairs: list[tuple[int, int]], roots: set[int]) -> None:
+    edges: dict[Node, list[Node]] = {}
+    for a, b in pairs:
+        edges.setdefault(C(str(a)), []).append(C(str(b)))
+    reached = set(roots)
+    changed = True
+    while changed:  # fixed point of "a reached and a -> b"
+        changed = False
+        for a, b in pairs:
+            if a in reached and b not in reached:
+                reached.add(b)
+                changed = True
+    assert mark([C(str(r)) for r in roots], edges) == {C(str(n)) for n in reached}
+    everything = [C(str(n)) for n in range(13)]
+    assert set(sweep(mark([C(str(r)) for r in roots], edges), everything)) == {
+        C(str(n)) for n in range(13) if n not in reached
+    }
+
+
+async def test_gc_running_beside_commits_in_one_process_keeps_leased_blobs(store: Store) -> None:
+    written: list[Digest] = []
+    done = False
+
+    async def writer() -> None:
+        nonlocal done
+        async with store.lease():
+            for i in range(40):
+                written.append((await store.content.write_blob(f"blob-{i}".encode())).digest)
+            for d in written:  # everything committed is still there while the lease holds
+                assert await store.content.read_all(d, limit=64)
+        done = True
+
+    async def collector() -> None:
+        while not done:
+            report = await store.gc()
+            assert report.removed == []
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer)
+        tg.start_soon(collector)
+    assert sorted((await store.gc()).removed) == sorted(written)
