@@ -16,7 +16,7 @@ import secrets
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import anyio
 import anyio.abc
@@ -61,8 +61,12 @@ __all__ = [
 
 #: Bytes per read, hash and write step, and per worker-thread hop (IO-LIMITS §2.3).
 CHUNK: Final = 1 << 20
-#: Blobs copied at once from a seekable archive (IO-LIMITS §2.5).
+#: Worker threads copying blob bytes at once (IO-LIMITS §2.5).
 _IN_FLIGHT: Final = 2
+#: Blobs in progress at once: while two copy, others open or commit (fsync, records).
+_WORKERS: Final = 4
+#: Stream members up to this size are read whole and stored by a task of their own.
+_SMALL: Final = CHUNK
 _PROGRESS_PERIOD: Final = 0.1
 _CONTCONTIGUOUS: Final = b"7"
 _REGULAR: Final = frozenset((REGTYPE, _CONTCONTIGUOUS))
@@ -72,6 +76,8 @@ _DOCKER_MANIFEST: Final = "manifest.json"
 _INDEX: Final = "index.json"
 _METADATA: Final = frozenset((_LAYOUT, _DOCKER_MANIFEST))
 _LAYOUT_VERSION: Final = "1.0.0"
+
+_T = TypeVar("_T")
 
 #: ``progress(bytes_done, bytes_total_or_None, current_entry)``; called from the event loop.
 ProgressCallback = Callable[[int, int | None, str], None]
@@ -386,25 +392,21 @@ class _Session:
 
 
 async def _commit(w: Writer, entry: _Entry, expected: Digest | None) -> Digest:
-    """Commit an ingest, turning a digest mismatch into the IMP-4 error."""
-    actual = w.digest()
-    if expected is not None and actual != expected:
-        raise DigestMismatch(
-            f"blob {entry.name}: unexpected digest {actual}, expected {expected}",
-            expected=expected,
-            actual=actual,
-        )
+    """Commit an ingest (the store hashes, checks and fsyncs in a worker thread).
+
+    A digest mismatch becomes the IMP-4 error naming the entry; the store has already
+    dropped the bad ingest. An existing blob counts as success (ING-11).
+    """
     try:
-        await w.commit(entry.size, expected)
+        return await w.commit(entry.size, expected)
     except AlreadyExists:
-        pass
-    except DigestMismatch as exc:  # re-hashed with another algorithm by the store
+        return expected or w.digest()
+    except DigestMismatch as exc:
         raise DigestMismatch(
-            f"blob {entry.name}: unexpected digest {exc.actual}, expected {expected}",
+            f"blob {entry.name}: unexpected digest {exc.actual}, expected {exc.expected}",
             expected=exc.expected,
             actual=exc.actual,
         ) from exc
-    return actual
 
 
 # -- reading a stream: one pass ---------------------------------------------------------------
@@ -474,7 +476,7 @@ async def _ingest_stream(sess: _Session, reader: _StreamReader) -> None:
     streams in, at most two at a time: only control moves between tasks, never bytes.
     """
     cat = sess.catalog
-    commits = anyio.Semaphore(_IN_FLIGHT)
+    commits = anyio.Semaphore(_WORKERS)
     try:
         async with anyio.create_task_group() as tg:
             while True:
@@ -494,7 +496,13 @@ async def _ingest_stream(sess: _Session, reader: _StreamReader) -> None:
                 else:
                     entry = _Entry(cleaned, ev.size)
                     cat.entries[cleaned] = entry
-                    await _ingest_member(sess, reader, entry, _blob_digest(cleaned), tg, commits)
+                    expected = _blob_digest(cleaned)
+                    if ev.size <= _SMALL:
+                        data = await reader.body()
+                        await commits.acquire()
+                        tg.start_soon(_store_small, sess, entry, expected, data, commits)
+                    else:
+                        await _ingest_member(sess, reader, entry, expected, tg, commits)
     except BaseExceptionGroup as group:
         raise _first(group) from None
 
@@ -529,6 +537,29 @@ async def _ingest_member(
         await sess.discard(ref)
         raise
     tg.start_soon(_finish_member, sess, w, stack, entry, expected, commits)
+
+
+async def _store_small(
+    sess: _Session,
+    entry: _Entry,
+    expected: Digest | None,
+    data: bytes,
+    commits: anyio.Semaphore,
+) -> None:
+    """Store a small member read whole: open, write and commit overlap other members'."""
+    ref = sess.ref(entry.name)
+    try:
+        async with sess.store.content.writer(ref, size=entry.size, digest=expected) as w:
+            await w.write(data)
+            entry.digest = await _commit(w, entry, expected)
+    except AlreadyExists:
+        assert expected is not None
+        entry.digest = expected  # already stored: not written again (ING-2)
+    except BaseException:
+        await sess.discard(ref)
+        raise
+    finally:
+        commits.release()
 
 
 async def _finish_member(
@@ -638,7 +669,7 @@ async def _docker_index(sess: _Session, items: list[Any]) -> oci.Descriptor:
         config_digest = await sess.ensure(config)
         try:
             raw = await content.read_all(config_digest, limit=oci.MAX_DOCUMENT)
-            platform = oci.decode_config(raw, name=config.name).platform()
+            platform = (await _decode(oci.decode_config, raw, config.name)).platform()
         except (MalformedManifest, InvalidArgument) as exc:
             raise MalformedManifest(f"unable to resolve platform: {exc}") from exc
         layer_descs = []
@@ -685,6 +716,24 @@ async def _store_document(sess: _Session, data: bytes, media_type: str) -> oci.D
     return oci.Descriptor(media_type, digest, len(data))
 
 
+#: Documents larger than this are decoded in a worker thread (a 20 MiB JSON parse would
+#: hold the event loop for a fifth of a second).
+_INLINE_JSON: Final = 256 << 10
+
+
+async def _decode(decoder: Callable[..., _T], data: bytes, name: str) -> _T:
+    if len(data) > _INLINE_JSON:
+        return await anyio.to_thread.run_sync(lambda: decoder(data, name=name))
+    return decoder(data, name=name)
+
+
+async def _children(desc: oci.Descriptor, data: bytes) -> list[oci.Descriptor]:
+    """MT-4 children, decoded off the event loop when the document is large."""
+    if len(data) > _INLINE_JSON:
+        return await anyio.to_thread.run_sync(oci.children, desc, data)
+    return oci.children(desc, data)
+
+
 # -- the walk (IMP-10..14) -------------------------------------------------------------------
 
 
@@ -709,7 +758,7 @@ async def _walk(sess: _Session, top: oci.Descriptor) -> _Walk:
     data = await sess.document(top)
     if data is None:
         raise NotFound(f"content digest {top.digest}")
-    entries = list(oci.decode_index(data, name=str(top.digest)).manifests)
+    entries = list((await _decode(oci.decode_index, data, str(top.digest))).manifests)
     for entry in entries:
         _queue_names(sess, walk, entry)
     kept = [e for e in entries if _keep(sess, e)]
@@ -763,7 +812,7 @@ async def _visit(sess: _Session, walk: _Walk, desc: oci.Descriptor) -> None:
         if sess.skip_missing:
             return  # SkipDesc (IMP-11, EDGE-2)
         raise NotFound(f"content digest {desc.digest}")
-    kept = [c for c in oci.children(desc, data) if _keep(sess, c)]
+    kept = [c for c in await _children(desc, data) if _keep(sess, c)]
     if kept:
         walk.produced = True
         walk.labels[desc.digest] = oci.children_labels(kept)
@@ -792,7 +841,7 @@ async def _fetch_needed(sess: _Session, walk: _Walk) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(sess.progress.ticker)
             async with anyio.create_task_group() as workers:
-                for _ in range(_IN_FLIGHT):
+                for _ in range(_WORKERS):
                     workers.start_soon(worker)
             tg.cancel_scope.cancel()
     except BaseExceptionGroup as group:
@@ -860,7 +909,7 @@ async def _present_manifests(store: Store, desc: oci.Descriptor) -> list[oci.Des
     except NotFound:
         return []
     out: list[oci.Descriptor] = []
-    for child in oci.children(desc, data):
+    for child in await _children(desc, data):
         out += await _present_manifests(store, child)
     return out
 
@@ -869,18 +918,18 @@ async def _provides(store: Store, target: oci.Descriptor, matcher: MatchComparer
     content = store.content
     for m in await _present_manifests(store, target):
         try:
-            manifest = oci.decode_manifest(
-                await content.read_all(m.digest, limit=oci.MAX_DOCUMENT), name=str(m.digest)
-            )
+            raw = await content.read_all(m.digest, limit=oci.MAX_DOCUMENT)
         except NotFound:
             continue
+        manifest = await _decode(oci.decode_manifest, raw, str(m.digest))
         platform = m.platform
         if platform is None:
             try:
                 raw = await content.read_all(manifest.config.digest, limit=oci.MAX_DOCUMENT)
             except NotFound:
                 continue
-            platform = oci.decode_config(raw, name=str(manifest.config.digest)).platform()
+            config = await _decode(oci.decode_config, raw, str(manifest.config.digest))
+            platform = config.platform()
         if platform is None or not matcher.match(platform):
             continue
         blobs = [manifest.config, *manifest.layers]

@@ -700,7 +700,7 @@ async def test_cancel_in_mid_blob_leaves_no_partial_blob(store, tmp_path, compre
 
 
 async def test_cancel_during_an_index_first_file_copy(store, tmp_path):
-    img = make_oci(["linux/amd64"], layers=2, layer_size=6 << 20)
+    img = make_oci(["linux/amd64"], layers=6, layer_size=4 << 20)
     path = write(tmp_path, tar_bytes(img.members))
     seen: list[int] = []
 
@@ -913,3 +913,44 @@ async def test_progress_reports_bytes_up_to_the_total(store, tmp_path, stream):
         layers = sum(len(x) for x in img.platforms[0].layers)
         assert calls[-1][:2] == (dones[-1], dones[-1])
         assert dones[-1] >= layers
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_tar4_pax_record_over_1_mib_is_refused(store, tmp_path, stream):
+    img = make_oci(["linux/amd64"])
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo("big-pax")
+        info.pax_headers = {"comment": "x" * (1 << 20)}
+        tf.addfile(info, io.BytesIO(b""))
+    data = buf.getvalue()[:-1024] + tar_bytes(img.members)
+    with pytest.raises(MalformedArchive, match="exceeds"):
+        await load(store, ChunkedReader(data) if stream else write(tmp_path, data))
+
+
+async def test_imp13_large_manifest_with_absent_layers_still_loads_and_labels(store, tmp_path):
+    config = canon({"architecture": "amd64", "os": "linux"})
+    layers = [
+        {"mediaType": oci.OCI_LAYER, "digest": "sha256:" + f"{i:064x}", "size": 1}
+        for i in range(4000)
+    ]
+    manifest = canon(
+        {
+            "schemaVersion": 2,
+            "mediaType": oci.OCI_MANIFEST,
+            "config": desc(oci.OCI_CONFIG, config),
+            "layers": layers,
+        }
+    )
+    assert len(manifest) > 256 << 10  # decoded in a worker thread
+    entry = desc(oci.OCI_MANIFEST, manifest, annotations={oci.ANNOTATION_IMAGE_NAME: "x/big:1"})
+    members = [
+        Member(blob_name(config), config),
+        Member(blob_name(manifest), manifest),
+        Member("index.json", canon({"schemaVersion": 2, "manifests": [entry]})),
+        Member("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
+    ]
+    await load(store, write(tmp_path, tar_bytes(members)))
+    labels = (await store.content.info(sha(manifest))).labels
+    assert len(labels) == 4001
+    assert labels["containerd.io/gc.ref.content.l.3999"] == layers[3999]["digest"]
