@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         ["bash", "-c", f"cat {arch.plain} {arch.gzip} {arch.zstd} > /dev/null"], check=False
     )
 
+    start = harness.start_time()
     opts = _cases.Options(
         castar_only=args.castar_only,
         peers=tuple(p for p in args.peers.split(",") if p),
@@ -161,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         "workload": {**dataclasses.asdict(workload), "describe": workload.describe()},
         "archive": {"size": arch.size, "blobs": arch.blobs},
         "runs": runs,
+        "castar_start_s": start,
         "host": harness.host(),
         "tools": tools,
         "results": [r.to_json() for r in results],
@@ -175,11 +177,16 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{workload.describe()}; archive {arch.size / 1e6:,.1f} MB, {arch.blobs} blobs; "
         f"median of {runs} run(s); MB/s = 10^6 bytes/s over the case's bytes; "
-        f"spread = ±(max-min)/2 of the run times.\n"
+        f"spread = ±(max-min)/2 of the run times. Starting castar "
+        f"(`python -m castar --version`) takes {start * 1000:.0f} ms of every castar run.\n"
     )
     print(_report.table(results, goals))
     print()
     print(_report.goals_table(goals))
+    print(
+        f"\nThe goals are set for the large preset (8 platforms x 4 layers x 64 MiB, 2 GiB); "
+        f"this run: {workload.describe()}."
+    )
     for s in opts.skipped:
         print(f"\n- skipped {s['tool']} in {s['case']}: {s['note']}", end="")
     failed_peers = [r for r in results if not r.ok and r.tool != "castar"]

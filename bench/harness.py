@@ -441,6 +441,21 @@ def _castar_save_size(case: _cases.Case, env: dict[str, str], scratch: Path) -> 
         return 0
 
 
+def start_time(runs: int = 3) -> float:
+    """Median seconds for ``python -m castar --version``: the fixed cost in every castar case."""
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "castar", "--version"],
+            cwd=REPO,
+            capture_output=True,
+            check=False,
+        )
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def _tree_size(path: Path) -> int:
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
