@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, final
 
 from castar.engine import graph, oci, platforms, reference
 from castar.store.digest import Digest
-from castar.store.errors import Conflict, InvalidArgument, NotFound
+from castar.store.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 
 if TYPE_CHECKING:
     import builtins
@@ -41,6 +41,9 @@ __all__ = [
 Kind = Literal["image", "attestation", "unknown"]
 _HEX_PREFIX = re.compile(r"[a-f0-9]{4,64}")
 _MAX_DEPTH = 8  # nested indexes deeper than this are not listed (EDGE-5 needs two levels)
+#: A document the tree view cannot use: absent, undecodable, or not matching its digest.
+#: The view shows it as unavailable rather than failing; ``castar verify`` says why.
+_UNREADABLE = (NotFound, InvalidArgument, FailedPrecondition)
 
 
 @final
@@ -313,18 +316,22 @@ class ImageService:
             return []
         try:
             data = await graph.read_document(self._content, desc)
-        except NotFound:
+            children = oci.children(desc, data)
+        except _UNREADABLE:
             return []
         found: builtins.list[oci.Descriptor] = []
-        for child in oci.children(desc, data):
+        for child in children:
             found += await self._manifests(child, depth + 1)
         return found
 
     async def _row(self, desc: oci.Descriptor) -> ManifestRow:
-        nodes = await graph.walk(self._content, desc)  # one walk for availability and size
+        try:
+            nodes = await graph.walk(self._content, desc)  # one walk: availability and size
+        except _UNREADABLE:  # a document that does not decode or verify: unavailable
+            nodes = [graph.Node(desc, False, 0)]
         try:
             platform = await graph.manifest_platform(self._content, desc)
-        except NotFound:
+        except _UNREADABLE:
             platform = None
         kind: Kind = "image"
         if oci.is_attestation(desc):

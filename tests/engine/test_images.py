@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import pytest
 
 from castar.engine import oci
@@ -283,3 +284,22 @@ async def test_remove_by_id_takes_dangling_records_along_without_force(store: St
     removed = await svc.remove([built.index.digest.encoded[:12]])
     assert [str(r) for r in removed] == ["Untagged: demo:1", f"Deleted: {built.index.digest}"]
     assert await svc.list() == []
+
+
+async def test_tree_shows_a_corrupt_manifest_unavailable_instead_of_failing(store: Store) -> None:
+    built = await build(store, present=MIXED)
+    path = store.content.path(built.manifests["linux/amd64"].digest)
+    await anyio.to_thread.run_sync(path.chmod, 0o644)
+    await anyio.Path(path).write_bytes(
+        b"{not json" + b" " * (built.manifests["linux/amd64"].size - 9)
+    )
+    (tree,) = await ImageService(store).tree()
+    amd64 = tree.platforms[0]
+    assert str(amd64.platform) == "linux/amd64"  # from the index descriptor
+    assert (amd64.available, amd64.content_size) == (False, 0)
+    # A corrupt index: the image is still listed, with no manifests.
+    index_path = store.content.path(built.index.digest)
+    await anyio.to_thread.run_sync(index_path.chmod, 0o644)
+    await anyio.Path(index_path).write_bytes(b"x" * built.index.size)
+    (tree,) = await ImageService(store).tree()
+    assert (tree.names, tree.manifests) == ((NAME,), ())
