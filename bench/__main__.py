@@ -18,6 +18,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from bench import _cases, _peers, _report, harness
 
@@ -79,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--json", type=Path, help="results file (default: WORKDIR/<preset>.json)")
     o.add_argument("--compare", type=Path, metavar="OLD.json", help="print castar's change")
     o.add_argument("--plot", type=Path, metavar="FILE.png", help="bar chart of MB/s")
+    o.add_argument(
+        "--report",
+        type=Path,
+        metavar="RUN.json",
+        help="run nothing: print the table (and --compare, --plot) of a saved run",
+    )
     return p
 
 
@@ -109,8 +116,8 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def _measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Generate the archives, run every case and return the JSON document."""
     workload = _workload(args)
     runs = args.runs or harness.PRESETS[args.preset].runs
     work: Path = args.workdir
@@ -129,7 +136,6 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run(
         ["bash", "-c", f"cat {arch.plain} {arch.gzip} {arch.zstd} > /dev/null"], check=False
     )
-
     start = harness.start_time()
     opts = _cases.Options(
         castar_only=args.castar_only,
@@ -149,13 +155,12 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(ctrd.base, ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)
 
-    goals = _report.evaluate(results)
     tools = {"castar": f"castar (python -m castar --backend {args.backend})"}
     if not opts.castar_only:
         for t in ("tar", "sha256sum", *opts.peers):
             if _peers.which(t):
                 tools[t] = _peers.version(t)
-    doc = {
+    return {
         "schema": 1,
         "date": started.isoformat(timespec="seconds"),
         "preset": args.preset,
@@ -166,40 +171,64 @@ def main(argv: list[str] | None = None) -> int:
         "host": harness.host(),
         "tools": tools,
         "results": [r.to_json() for r in results],
-        "goals": goals,
+        "goals": _report.evaluate(results),
         "skipped": opts.skipped,
     }
-    json_path: Path = args.json or work / f"{args.preset}.json"
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(doc, indent=1))
 
-    print(f"## castar bench: preset `{args.preset}`, {started:%Y-%m-%d %H:%M} UTC\n")
+
+def _print(doc: dict[str, Any], results: list[harness.Result]) -> None:
+    """The Markdown report of one run (what bench/README.md quotes)."""
+    started = datetime.fromisoformat(doc["date"])
+    describe = doc["workload"]["describe"]
+    print(f"## castar bench: preset `{doc['preset']}`, {started:%Y-%m-%d %H:%M} UTC\n")
     print(
-        f"{workload.describe()}; archive {arch.size / 1e6:,.1f} MB, {arch.blobs} blobs; "
-        f"median of {runs} run(s); MB/s = 10^6 bytes/s over the case's bytes; "
-        f"spread = ±(max-min)/2 of the run times. Starting castar "
-        f"(`python -m castar --version`) takes {start * 1000:.0f} ms of every castar run.\n"
+        f"{describe}; archive {doc['archive']['size'] / 1e6:,.1f} MB, {doc['archive']['blobs']} "
+        f"blobs; median of {doc['runs']} run(s); MB/s = 10^6 bytes/s over the case's bytes; "
+        f"spread = ±(max-min)/2 of the run times."
     )
+    if "castar_start_s" in doc:
+        print(
+            f"Starting castar (`python -m castar --version`) takes "
+            f"{doc['castar_start_s'] * 1000:.0f} ms of every castar run."
+        )
+    print()
+    goals = doc["goals"]
     print(_report.table(results, goals))
     print()
     print(_report.goals_table(goals))
     print(
         f"\nThe goals are set for the large preset (8 platforms x 4 layers x 64 MiB, 2 GiB); "
-        f"this run: {workload.describe()}."
+        f"this run: {describe}."
     )
-    for s in opts.skipped:
+    for s in doc["skipped"]:
         print(f"\n- skipped {s['tool']} in {s['case']}: {s['note']}", end="")
-    failed_peers = [r for r in results if not r.ok and r.tool != "castar"]
-    for r in failed_peers:
-        print(f"\n- {r.tool} failed in {r.case}: {r.note}", end="")
-    print(f"\n\nJSON: {json_path}")
+    for r in results:
+        if not r.ok and r.tool != "castar":
+            print(f"\n- {r.tool} failed in {r.case}: {r.note}", end="")
+    print()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    json_path: Path | None = None
+    if args.report is not None:
+        doc = json.loads(args.report.read_text())
+        results = [harness.Result.from_json(r) for r in doc["results"]]
+    else:
+        doc = _measure(args)
+        results = [harness.Result.from_json(r) for r in doc["results"]]
+        json_path = args.json or args.workdir / f"{args.preset}.json"
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(doc, indent=1))
+    _print(doc, results)
+    if json_path is not None:
+        print(f"\nJSON: {json_path}")
     if args.compare:
         print()
         print(_report.compare(doc["results"], args.compare))
     if args.plot:
-        why = _report.plot(
-            results, args.plot, f"castar bench, {args.preset}: {workload.describe()}"
-        )
+        title = f"castar bench, {doc['preset']}: {doc['workload']['describe']}"
+        why = _report.plot(results, args.plot, title)
         print(f"plot: {why or args.plot}")
     broken = [r for r in results if r.tool == "castar" and not r.ok]
     for r in broken:

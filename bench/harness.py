@@ -304,6 +304,20 @@ class Result:
         """The largest peak RSS over the runs, in KiB."""
         return max((r.rss_kib for r in self.runs), default=0)
 
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Result:
+        """Back from :meth:`to_json` (``--report``, ``--compare``)."""
+        return cls(
+            obj["case"],
+            obj["tool"],
+            obj["kind"],
+            obj["label"],
+            obj["command"],
+            obj["bytes"],
+            [Run(**r) for r in obj["runs"]],
+            obj.get("note", ""),
+        )
+
     def to_json(self) -> dict[str, Any]:
         """Everything, every run included."""
         return {

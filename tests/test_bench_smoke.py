@@ -156,3 +156,32 @@ def test_compare_prints_castars_change_per_case(tmp_path: Path) -> None:
     text = _report.compare(now, tmp_path / "old.json")
     assert "| load-file | 500 | 1,000 | +100% | 50 | 50 |" in text
     assert "| save-file | | 1,000 | | | 50 |" in text
+
+
+def test_report_reprints_a_saved_run_without_running_anything(tmp_path: Path) -> None:
+    results = [_result("load-file", "castar", 1.0), _result("load-file", "ctr", 12.0)]
+    doc = {
+        "date": "2026-01-02T03:04:05+00:00",
+        "preset": "large",
+        "runs": 1,
+        "workload": {"describe": "8 platforms x 4 layers x 64 MiB"},
+        "archive": {"size": 10**9, "blobs": 50},
+        "results": [r.to_json() for r in results],
+        "goals": _report.evaluate(results),
+        "skipped": [{"case": "*", "tool": "umoci", "note": "umoci not installed"}],
+    }
+    saved = tmp_path / "run.json"
+    saved.write_text(json.dumps(doc))
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--report", str(saved), "--workdir", str(tmp_path / "w")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "preset `large`, 2026-01-02 03:04 UTC" in proc.stdout
+    assert "| load-file | ctr | ctr | 83 | ±0% | 12.00x | 50 | >= 10x: met |" in proc.stdout
+    assert "skipped umoci in *: umoci not installed" in proc.stdout
+    assert not (tmp_path / "w").exists()  # nothing generated, nothing run
