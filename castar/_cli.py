@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import anyio
 import anyio.to_thread
@@ -478,8 +478,15 @@ def _demo_platforms(value: str) -> list[str]:
 # -- the parser and main ---------------------------------------------------------------
 
 
-def _common(json_flag: bool = False, quiet: bool = False) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
+class _Parser(argparse.ArgumentParser):
+    """argparse with castar's one-line error format (exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"castar: error: {message} (see: {self.prog} --help)\n")
+
+
+def _common(json_flag: bool = False, quiet: bool = False) -> _Parser:
+    p = _Parser(add_help=False)
     # Global options are accepted after the command too; SUPPRESS keeps the top-level value.
     p.add_argument("--root", default=argparse.SUPPRESS, help="store directory")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="tracebacks")
@@ -520,7 +527,7 @@ _COMMANDS: Final[dict[str, tuple[Command, str, str, bool, bool]]] = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="castar",
         description="castar: a content-addressed store for container images, "
         "with streaming OCI/Docker archive load and save.",

@@ -449,14 +449,18 @@ def test_help_documents_exit_codes_and_every_command_has_an_example(capsys) -> N
         assert f"example:\n  castar {command}" in text, command
 
 
-def test_version_and_usage_errors() -> None:
+def test_version_and_usage_errors(capsys) -> None:
     cp = castar(None, "--version")
     assert (cp.returncode, cp.stdout) == (0, "castar 0.1.0\n")
     script = Path(sys.executable).with_name("castar")  # the console script pip installs
     assert script.exists(), "install castar (pip install -e .) to get the castar command"
     cp = subprocess.run([script, "--version"], capture_output=True, text=True, check=False)
     assert (cp.returncode, cp.stdout) == (0, "castar 0.1.0\n")
-    assert main([]) == 2
+    assert main([]) == 2  # no command: the help, on stderr
+    assert "exit codes:" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["save"])  # IMAGE is required
     assert exc.value.code == 2
+    assert capsys.readouterr().err == (
+        "castar: error: the following arguments are required: IMAGE (see: castar save --help)\n"
+    )
