@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from castar.engine.exporter import ExportResult, SaveJob, SavePlan
+    from castar.engine.platforms import Platform
     from castar.store.content import ContentStore
     from castar.store.gc import GCReport
     from castar.store.images import Image
@@ -83,7 +84,7 @@ class Store:
         self,
         source: object,
         *,
-        platforms: Sequence[str] | None = None,
+        platforms: Sequence[str | Platform] | None = None,
         all_platforms: bool = False,
         skip_missing: bool | None = None,
         name: str | None = None,
@@ -193,7 +194,7 @@ async def load(
     store: Store | core.Store,
     source: object,
     *,
-    platforms: Sequence[str] | None = None,
+    platforms: Sequence[str | Platform] | None = None,
     all_platforms: bool = False,
     skip_missing: bool | None = None,
     name: str | None = None,
