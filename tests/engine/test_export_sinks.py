@@ -17,12 +17,6 @@ import anyio
 import anyio.abc
 import pytest
 
-if not (Path(__file__).parents[2] / "engine" / "graph.py").exists():  # TEMP: until graph lands
-    import sys
-    import types
-
-    sys.modules["castar.engine.graph"] = types.ModuleType("castar.engine.graph")
-
 from castar.engine import exporter, oci
 from castar.engine import platforms as plat
 from castar.store._store import Store, open_store
