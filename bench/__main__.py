@@ -121,9 +121,8 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
     workload = _workload(args)
     runs = args.runs or harness.PRESETS[args.preset].runs
     work: Path = args.workdir
-    scratch = work / "run"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
+    work.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=work, prefix="run-"))  # concurrent benches stay apart
     started = datetime.now(UTC)
 
     _log(f"bench: {args.preset}: {workload.describe()}")

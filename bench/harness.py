@@ -17,6 +17,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -178,14 +179,25 @@ def prepare(workload: Workload, cache: Path, one_platform: str) -> Archives:
     )
     if done.exists() and json.loads(done.read_text()).get("size") == image.size:
         return paths
+    # Written beside and renamed into place, so a concurrent or interrupted bench never
+    # sees half an archive set.
     shutil.rmtree(d, ignore_errors=True)
-    d.mkdir(parents=True)
-    synth.write_path(image, paths.plain)
-    _compress(paths.plain, paths.gzip, "gzip")
-    _compress(paths.plain, paths.zstd, "zstd")
-    synth.write_layout(image, paths.layout)
-    _single_layout(image, paths.layout, paths.single, one_platform)
-    done.write_text(json.dumps({"size": image.size, "workload": asdict(workload)}))
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache, prefix=f".{d.name}-"))
+    try:
+        synth.write_path(image, tmp / paths.plain.name)
+        _compress(tmp / paths.plain.name, tmp / paths.gzip.name, "gzip")
+        _compress(tmp / paths.plain.name, tmp / paths.zstd.name, "zstd")
+        synth.write_layout(image, tmp / paths.layout.name)
+        _single_layout(image, tmp / paths.layout.name, tmp / paths.single.name, one_platform)
+        (tmp / done.name).write_text(json.dumps({"size": image.size, **asdict(workload)}))
+        try:
+            tmp.rename(d)
+        except OSError:  # another bench got there first with the same archives
+            if not done.exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return paths
 
 
