@@ -174,10 +174,15 @@ def test_images_tree_json_carries_the_documented_fields(loaded) -> None:
     assert {"digest", "media_type", "kind", "unpacked_size"} <= set(plats[0])
 
 
-def test_images_plain_listing_and_filter(loaded) -> None:
-    cp = castar(loaded[0], "--backend", "trio", "images", "--filter", "reference=nomatch*")
+def test_images_plain_listing_and_filter(loaded, capsys) -> None:
+    cp = castar(loaded[0], "--backend", "trio", "images", "--filter", "reference=synth*")
     assert cp.returncode == 0, cp.stderr
-    assert cp.stdout.split() == ["IMAGE", "ID", "CREATED", "CONTENT", "SIZE", "PLATFORMS"]
+    head, row = cp.stdout.splitlines()
+    assert head.split() == ["IMAGE", "ID", "CREATED", "CONTENT", "SIZE", "PLATFORMS"]
+    assert row.split()[0] == "synth:latest"
+    assert row.split()[-1] == "2/3"  # available / listed platforms
+    assert main(["--root", str(loaded[0]), "images", "--filter", "reference=nomatch*"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == []
 
 
 def test_inspect_platform_shows_its_manifest_and_config(loaded) -> None:
