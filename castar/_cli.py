@@ -583,13 +583,19 @@ def _parser() -> argparse.ArgumentParser:
     cmd["gc"].add_argument("--dry-run", action="store_true", help="report, delete nothing")
     cmd["gc"].add_argument("--why", metavar="DIGEST", help="show which root keeps a blob alive")
     lsub = cmd["lease"].add_subparsers(dest="lease_command", metavar="ACTION", required=True)
-    p = lsub.add_parser("create", help="create a lease and print its id", parents=[_common()])
+
+    def lease_parser(name: str, help_: str, example: str, **kw: bool) -> argparse.ArgumentParser:
+        return lsub.add_parser(name, help=help_, description=help_, parents=[_common(**kw)],
+                               epilog=f"example:\n  {example}",
+                               formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+
+    p = lease_parser("create", "create a lease and print its id", "castar lease create --expire 1h")
     p.add_argument("--id", help="lease id (default: random)")
     p.add_argument("--expire", default="24h", metavar="DURATION",
                    help="e.g. 30m, 1h, 2d, or never (default: 24h)")  # fmt: skip
     p.add_argument("--label", action="append", metavar="KEY=VALUE")
-    lsub.add_parser("ls", help="list leases", parents=[_common(json_flag=True)])
-    p = lsub.add_parser("rm", help="delete leases", parents=[_common()])
+    lease_parser("ls", "list leases", "castar lease ls --json", json_flag=True)
+    p = lease_parser("rm", "delete leases", "castar lease rm 1700000000-AbCd")
     p.add_argument("ids", nargs="+", metavar="ID")
     cmd["verify"].add_argument("images", nargs="*", metavar="IMAGE", help="default: every blob")
     p = cmd["demo"]

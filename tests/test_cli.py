@@ -447,9 +447,9 @@ def test_help_documents_exit_codes_and_every_command_has_an_example(capsys) -> N
     top = capsys.readouterr().out
     for line in ("2  usage", "3  not found", "4  invalid input", "6  data loss"):
         assert line in top
-    for command in COMMANDS:
+    for command in [*COMMANDS, "lease create", "lease ls", "lease rm"]:
         with pytest.raises(SystemExit):
-            main([command, "--help"])
+            main([*command.split(), "--help"])
         text = capsys.readouterr().out
         assert f"example:\n  castar {command}" in text, command
 
