@@ -15,6 +15,7 @@ import os
 import select
 import weakref
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, final
@@ -400,7 +401,11 @@ class _Planner:
         return self._nodes[desc.digest].platform
 
     def _absent(self, desc: oci.Descriptor) -> list[Digest]:
-        """Digests of ``desc``'s subtree the store lacks (SAVE-6 availability)."""
+        """Digests of ``desc``'s subtree the store lacks (SAVE-6 availability).
+
+        [castar] Non-distributable layers do not count: the archive never carries them
+        (SAVE-1), so a Windows image whose foreign layers were never pulled is complete.
+        """
         node = self._nodes[desc.digest]
         if not node.present:
             return [desc.digest]
@@ -408,7 +413,7 @@ class _Planner:
         for child in node.children:
             if oci.is_index(child.media_type) or oci.is_manifest(child.media_type):
                 out.extend(self._absent(child))
-            elif not self._nodes[child.digest].present:
+            elif not self._nodes[child.digest].present and not _foreign(child):
                 out.append(child.digest)
         return out
 
@@ -422,10 +427,10 @@ class _Planner:
             for child in node.children:
                 self._emit(child)
             return
-        if any(not self._nodes[c.digest].present for c in node.children):
+        if any(not self._nodes[c.digest].present and not _foreign(c) for c in node.children):
             return  # EXP-7: a manifest with a missing child is written without children
         for child in node.children:
-            if not oci.is_non_distributable(child.media_type):  # SAVE-1, TV-59
+            if not _foreign(child):  # SAVE-1 skip_non_distributable, TV-59
                 self._blobs[child.digest] = child.size
 
     def _platform_plan(self, desc: oci.Descriptor) -> PlatformPlan:
@@ -523,6 +528,8 @@ class _Planner:
         if wanted and (p is None or not plat.any_of(*wanted).match(p)):
             raise NotFound(f"{target.name or target.reference}: no manifest found for platform")
         self._check_complete(target, [pp])
+        if self._opts.missing == "prune" and pp.state != "complete":
+            raise NotFound(f"{target.name or target.reference}: no platform is complete locally")
         self._emit(desc)
         self._entries.append(self._entry(target, desc, desc.digest))
         docker = None
@@ -733,6 +740,10 @@ class _Planner:
         return SavePlan(tuple(images), tuple(members), size, tuple(self._warnings))
 
 
+def _foreign(desc: oci.Descriptor) -> bool:
+    return oci.is_non_distributable(desc.media_type)
+
+
 def _dedup(entries: list[oci.Descriptor]) -> list[oci.Descriptor]:
     seen: set[tuple[str, str | None]] = set()
     out = []
@@ -878,7 +889,9 @@ async def _plan(store: Store, names: Sequence[str], options: _Options) -> SavePl
         raise InvalidArgument("save: no image names given")
     targets: list[_Target] = []
     for ref in names:
-        targets.extend(await _resolve(store, ref))
+        for t in await _resolve(store, ref):
+            if all((t.name, t.desc.digest) != (u.name, u.desc.digest) for u in targets):
+                targets.append(t)
     lease = current_lease()
     if lease is not None:  # SAVE-5: protect the targets (and, by their edges, their subtrees)
         for t in targets:
@@ -1246,23 +1259,32 @@ async def save(
     """
     options = _options(platforms, missing, docker_manifest)
     limiter = limiter or _blob_limiter(store)
-    async with store.lease(expire=timedelta(hours=1), labels={"castar.export": "1"}):
+    async with store.lease(expire=timedelta(hours=24), labels={"castar.export": "1"}):
         plan = await _plan(store, names, options)
         paths = {
             m.digest: str(store.content.path(m.digest))
             for m in plan.members
             if m.digest is not None and m.data is None
         }
-        async with open_sink(sink) as out:
-            size, sha = await _write(
-                plan,
-                out,
-                paths,
-                verify=verify,
-                archive_digest=archive_digest,
-                limiter=limiter,
-                progress=progress,
-            )
+        ours = None  # a regular file save() created from a path: removed if writing fails
+        try:
+            async with open_sink(sink) as out:
+                if isinstance(sink, str | os.PathLike) and sink != "-" and out.kind == "file":
+                    ours = anyio.Path(os.fspath(sink))
+                size, sha = await _write(
+                    plan,
+                    out,
+                    paths,
+                    verify=verify,
+                    archive_digest=archive_digest,
+                    limiter=limiter,
+                    progress=progress,
+                )
+        except BaseException:
+            if ours is not None:
+                with anyio.CancelScope(shield=True), suppress(OSError):
+                    await ours.unlink()
+            raise
     return ExportResult(plan, size, sha)
 
 

@@ -40,7 +40,7 @@ async def put(
 
 
 async def build(store: Store) -> list[oci.Descriptor]:
-    """An index of four platforms, each with a small and a 1.5 MiB layer (zero-copy path)."""
+    """An index of four platforms, each with a small and a 600 KiB layer (zero-copy path)."""
     shared = await put(store, os.urandom(300_000), oci.OCI_LAYER_GZIP)
     entries = []
     for i, spec in enumerate(PLATFORMS):
@@ -51,7 +51,7 @@ async def build(store: Store) -> list[oci.Descriptor]:
             oci.OCI_CONFIG,
         )
         small = await put(store, f"small-{i}".encode() * 50, oci.OCI_LAYER_GZIP)
-        big = await put(store, bytes([i]) * (3 << 19), oci.OCI_LAYER_GZIP)
+        big = await put(store, bytes([i]) * (600 << 10), oci.OCI_LAYER_GZIP)
         layers = (small, big, shared)
         m = await put(
             store,
