@@ -68,8 +68,8 @@ _WORKERS: Final = 4
 #: Stream members up to this size are read whole and stored by a task of their own.
 _SMALL: Final = CHUNK
 _PROGRESS_PERIOD: Final = 0.1
-_CONTCONTIGUOUS: Final = b"7"
-_REGULAR: Final = frozenset((REGTYPE, _CONTCONTIGUOUS))
+_CONTTYPE: Final = b"7"
+_REGULAR: Final = frozenset((REGTYPE, _CONTTYPE))
 _BLOB_NAME: Final = re.compile(r"blobs/([a-z0-9]+)/([a-f0-9]+)")
 _LAYOUT: Final = "oci-layout"
 _DOCKER_MANIFEST: Final = "manifest.json"
@@ -193,9 +193,8 @@ class _Entry:
 class _Catalog:
     entries: dict[str, _Entry] = field(default_factory=dict)
     symlinks: dict[str, str] = field(default_factory=dict)  # raw name -> raw link target
-    documents: dict[str, tuple[str, bytes]] = field(
-        default_factory=dict
-    )  # oci-layout, manifest.json
+    # cleaned name (oci-layout, manifest.json) -> (raw name, bytes)
+    documents: dict[str, tuple[str, bytes]] = field(default_factory=dict)
 
 
 class _Progress:
@@ -472,8 +471,10 @@ class _StreamReader:
 async def _ingest_stream(sess: _Session, reader: _StreamReader) -> None:
     """Store every regular entry as it streams by (IMP-3); keep the two metadata files.
 
-    A member's commit (fsync, rename, record) runs in a task while the next member
-    streams in, at most two at a time: only control moves between tasks, never bytes.
+    A big member streams into its ingest here, then its commit (fsync, rename, record)
+    runs in a task while the next member streams in. A small member (≤ 1 MiB) is read
+    whole and stored by a task of its own. At most four such tasks run at once, so
+    memory stays within a few MiB whatever the archive holds.
     """
     cat = sess.catalog
     commits = anyio.Semaphore(_WORKERS)
@@ -821,7 +822,7 @@ async def _visit(sess: _Session, walk: _Walk, desc: oci.Descriptor) -> None:
 
 
 async def _fetch_needed(sess: _Session, walk: _Walk) -> None:
-    """Copy the kept configs and layers a seekable archive holds, two at a time."""
+    """Copy the kept configs and layers a seekable archive holds: 2 copying, 4 in progress."""
     todo = [
         (entry, desc.digest)
         for desc in walk.needed.values()
