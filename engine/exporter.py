@@ -65,6 +65,7 @@ NAME_ANNOTATION: Final = oci.ANNOTATION_IMAGE_NAME
 REF_NAME_ANNOTATION: Final = oci.ANNOTATION_REF_NAME
 _SOURCE_LABEL: Final = "containerd.io/distribution.source"
 _REF_LABEL: Final = "containerd.io/gc.ref.content"
+_REFERRER_LABEL: Final = "containerd.io/gc.ref.content.referrer.sha256."
 _OCI_LAYOUT: Final = b'{"imageLayoutVersion":"1.0.0"}'
 _CHUNK: Final = 1 << 20  # bytes per read and per stream send (IO-LIMITS §2.3)
 _HOP: Final = 64 << 20  # most bytes one worker-thread hop moves into an fd sink
@@ -313,6 +314,7 @@ class _Node:
     children: tuple[oci.Descriptor, ...] = ()
     document: bytes | None = None  # indexes only: the raw bytes, for pruning
     platform: plat.Platform | None = None  # manifests only: from the config
+    referrers: tuple[oci.Descriptor, ...] = ()  # SAVE-1: present referrers, subject-annotated
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,9 +355,51 @@ async def _fetch(content: ContentStore, roots: Sequence[oci.Descriptor]) -> dict
             )
             if oci.is_manifest(desc.media_type) and children and desc.platform is None:
                 node = replace(node, platform=await _config_platform(content, children[0]))
-            stack.extend(reversed(children))
+            node = replace(node, referrers=await _referrers(content, desc.digest, node.labels))
+            stack.extend(reversed((*children, *node.referrers)))
         nodes[desc.digest] = node
     return nodes
+
+
+async def _referrers(
+    content: ContentStore, subject: str, labels: Mapping[str, str]
+) -> tuple[oci.Descriptor, ...]:
+    """SAVE-1: the referrers a node's labels name that exist locally, as descriptors.
+
+    Media type and artifact type come from the referrer's own document; each carries
+    ``io.containerd.manifest.subject: <subject>`` (EXP-7).
+    """
+    out = []
+    for key in sorted(labels):
+        if not key.startswith(_REFERRER_LABEL):
+            continue
+        try:
+            digest = digests.parse(labels[key])
+            data = await content.read_all(digest, limit=oci.MAX_DOCUMENT)
+            obj = json.loads(data)
+        except (NotFound, InvalidArgument, ValueError):
+            continue
+        if not isinstance(obj, dict):
+            continue
+        media_type = obj.get("mediaType")
+        if not isinstance(media_type, str) or not media_type:
+            media_type = oci.OCI_INDEX if "manifests" in obj else oci.OCI_MANIFEST
+        if not (oci.is_manifest(media_type) or oci.is_index(media_type)):
+            continue
+        artifact = obj.get("artifactType")
+        config = obj.get("config")
+        if not isinstance(artifact, str) or not artifact:
+            artifact = config.get("mediaType") if isinstance(config, dict) else ""
+        out.append(
+            oci.Descriptor(
+                media_type,
+                digest,
+                len(data),
+                annotations={oci.ANNOTATION_MANIFEST_SUBJECT: subject},
+                artifact_type=artifact if isinstance(artifact, str) else "",
+            )
+        )
+    return tuple(out)
 
 
 async def _config_platform(content: ContentStore, config: oci.Descriptor) -> plat.Platform | None:
@@ -390,6 +434,8 @@ class _Planner:
         self._blobs: dict[str, int] = {}  # digest → size, to write from the store
         self._generated: dict[str, bytes] = {}  # digest → bytes (pruned indexes)
         self._entries: list[oci.Descriptor] = []
+        self._referrers: dict[str, oci.Descriptor] = {}  # EXP-9: extra index.json entries
+        self._walked: set[str] = set()  # digests the walk reached as ordinary children
         self._docker: dict[str, tuple[str, list[str], list[str]]] = {}  # m → cfg, layers, tags
         self._warnings: list[str] = []
 
@@ -417,21 +463,27 @@ class _Planner:
                 out.append(child.digest)
         return out
 
-    def _emit(self, desc: oci.Descriptor) -> None:
-        """Walk ``desc`` (EXP-7 with skip-missing) and record the blobs to write."""
+    def _emit(self, desc: oci.Descriptor, *, referrer: bool = False) -> None:
+        """Walk ``desc`` (EXP-7 with skip-missing and referrers); record the blobs to write."""
         node = self._nodes[desc.digest]
-        if not node.present:
+        if not referrer:
+            self._walked.add(desc.digest)
+        if not node.present or desc.digest in self._blobs:
             return
         self._blobs[desc.digest] = desc.size
         if oci.is_index(desc.media_type):
             for child in node.children:
                 self._emit(child)
-            return
-        if any(not self._nodes[c.digest].present and not _foreign(c) for c in node.children):
+        elif any(not self._nodes[c.digest].present and not _foreign(c) for c in node.children):
             return  # EXP-7: a manifest with a missing child is written without children
-        for child in node.children:
-            if not _foreign(child):  # SAVE-1 skip_non_distributable, TV-59
-                self._blobs[child.digest] = child.size
+        else:
+            for child in node.children:
+                self._walked.add(child.digest)
+                if not _foreign(child):  # SAVE-1 skip_non_distributable, TV-59
+                    self._blobs[child.digest] = child.size
+        for ref in node.referrers:  # EXP-7: after the children
+            self._referrers.setdefault(ref.digest, ref)
+            self._emit(ref, referrer=True)
 
     def _platform_plan(self, desc: oci.Descriptor) -> PlatformPlan:
         absent = self._absent(desc)
@@ -707,7 +759,14 @@ class _Planner:
 
     def finish(self, images: list[ImagePlan]) -> SavePlan:
         """Lay out the members: metadata first, then directories and blobs by name."""
-        index = oci.encode_index(oci.Index(manifests=tuple(_dedup(self._entries))))
+        entries = _dedup(self._entries)
+        tops = {e.digest for e in entries}
+        extra = [  # EXP-9: referrers not otherwise part of the tree, by digest
+            self._referrers[d]
+            for d in sorted(self._referrers)
+            if d not in tops and d not in self._walked
+        ]
+        index = oci.encode_index(oci.Index(manifests=(*entries, *extra)))
         meta = [("oci-layout", _OCI_LAYOUT, 0o444), ("index.json", index, 0o644)]
         if self._docker:
             meta.append(("manifest.json", _docker_manifest(self._docker), 0o644))

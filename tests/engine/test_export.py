@@ -346,6 +346,45 @@ async def test_tv60_layer_target_raises_only_manifests_may_be_exported(
     assert not (tmp_path / "x.tar").exists()
 
 
+async def test_save1_referrers_named_by_labels_are_walked_and_listed_in_index_json(
+    store: Store, tmp_path: Path
+) -> None:
+    w = await build_world(store)
+    empty = await put(store, b"{}", oci.OCI_EMPTY)
+    sbom = await put(store, b'{"spdxVersion":"SPDX-2.3"}', "application/spdx+json")
+    doc = oci.canonical_json(
+        oci.Struct(
+            schemaVersion=2,
+            mediaType=oci.OCI_MANIFEST,
+            artifactType="application/spdx+json",
+            config=empty.to_json(),
+            layers=[sbom.to_json()],
+            subject=w.M1.to_json(),
+        )
+    )
+    ref = await put(store, doc, oci.OCI_MANIFEST, (empty, sbom))
+    key = f"containerd.io/gc.ref.content.referrer.sha256.{ref.digest.encoded[:12]}"
+    await store.content.update_labels(w.M1.digest, {key: str(ref.digest)})
+
+    ar = read_archive(
+        await save_bytes(store, tmp_path, [ALPINE], platforms=["linux/amd64", "linux/riscv64"])
+    )
+    assert {ref.digest.encoded, empty.digest.encoded, sbom.digest.encoded} <= ar.blob_hexes
+    top, extra = ar.index["manifests"]  # type: ignore[misc]
+    assert top["digest"] == w.I.digest  # EXP-9: the entries first, then the referrers
+    assert extra == {
+        "mediaType": oci.OCI_MANIFEST,
+        "digest": ref.digest,
+        "size": ref.size,
+        "annotations": {"io.containerd.manifest.subject": str(w.M1.digest)},
+        "artifactType": "application/spdx+json",
+    }
+    # M2's subtree has no referrer: a save of arm64 alone carries none
+    arm = read_archive(await save_bytes(store, tmp_path, [ALPINE], platforms=["linux/arm64"]))
+    assert ref.digest.encoded not in arm.blob_hexes
+    assert len(arm.index["manifests"]) == 1  # type: ignore[arg-type]
+
+
 # -- determinism, names -------------------------------------------------------------------------
 
 
