@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING, Any, Final, final
 import anyio
 import anyio.to_thread
 
-from castar.engine import oci, reference, tarcodec
+from castar.engine import graph, oci, reference, tarcodec
 from castar.engine import platforms as plat
 from castar.engine._streams import open_sink
 from castar.store import digest as digests
 from castar.store.errors import (
     Conflict,
     DigestMismatch,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     SizeMismatch,
@@ -346,7 +347,7 @@ async def _fetch(content: ContentStore, roots: Sequence[oci.Descriptor]) -> dict
             )
         node = _Node(present=True, size=info.size, labels=dict(info.labels))
         if oci.is_manifest(desc.media_type) or oci.is_index(desc.media_type):
-            data = await content.read_all(desc.digest, limit=oci.MAX_DOCUMENT)
+            data = await graph.read_document(content, desc)  # capped, digest-checked
             children = tuple(oci.children(desc, data))
             node = replace(
                 node,
@@ -407,9 +408,9 @@ async def _config_platform(content: ContentStore, config: oci.Descriptor) -> pla
     if not oci.is_config(config.media_type) or config.size > oci.MAX_DOCUMENT:
         return None
     try:
-        data = await content.read_all(config.digest, limit=oci.MAX_DOCUMENT)
+        data = await graph.read_document(content, config)
         return oci.decode_config(data, name=str(config.digest)).platform()
-    except (NotFound, InvalidArgument):
+    except (NotFound, InvalidArgument, FailedPrecondition):
         return None
 
 

@@ -625,6 +625,19 @@ async def test_verify_detects_a_corrupt_blob(store: Store, tmp_path: Path) -> No
     assert not out.exists()  # a partial archive save() created is removed
 
 
+async def test_corrupt_manifest_document_fails_before_the_first_byte(
+    store: Store, tmp_path: Path
+) -> None:
+    w = await build_world(store)
+    path = store.content.path(w.M2.digest)
+    path.chmod(0o644)
+    path.write_bytes(path.read_bytes().replace(b"schemaVersion", b"schemaVersioN"))
+    out = tmp_path / "c.tar"
+    with pytest.raises(DigestMismatch):
+        await exporter.save(store, [ALPINE], out)
+    assert not out.exists()
+
+
 async def test_edge5_nested_index_is_walked_completely(store: Store, tmp_path: Path) -> None:
     w = await build_world(store)
     inner = (w.M1, w.M2)
