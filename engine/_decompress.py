@@ -2,8 +2,8 @@
 
 Owns ``sniff`` (SEMANTICS IMP-1) and ``DecompressedSource``, a non-seekable source
 that inflates another source while streaming, in worker threads, ≥ 1 MiB per hop.
-Imports anyio and the codecs (isal when importable, else zlib; zstandard); it must
-not import the store or any other engine module.
+Imports anyio, the codecs (isal when importable, else zlib; zstandard) and
+``castar.store.errors``; it must not import the rest of the store or engine.
 """
 
 from __future__ import annotations
@@ -69,6 +69,76 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
+class _ZstdFrames:
+    """Follows zstd frame and block headers in the compressed bytes (RFC 8878 §3.1).
+
+    zstandard's streaming reader ends quietly when its input stops inside a frame;
+    walking the block headers (3 bytes per ≤ 128 KiB block, bodies skipped) tells
+    whether the input stopped between frames, without inflating anything twice.
+    """
+
+    _FCS: Final = (0, 2, 4, 8)
+    _DID: Final = (0, 1, 2, 4)
+
+    def __init__(self) -> None:
+        self._pending = bytearray()  # an incomplete header being collected
+        self._skip = 0  # body bytes to pass over
+        self._state = "magic"  # magic, skippable-size, header, block, checksum
+        self._need = 4
+        self._checksum = False
+
+    @property
+    def between_frames(self) -> bool:
+        return self._state == "magic" and not self._pending and not self._skip
+
+    def feed(self, data: memoryview) -> None:
+        pos, n = 0, len(data)
+        while pos < n:
+            if self._skip:
+                step = min(self._skip, n - pos)
+                self._skip -= step
+                pos += step
+                continue
+            take = min(self._need - len(self._pending), n - pos)
+            self._pending += data[pos : pos + take]
+            pos += take
+            if len(self._pending) == self._need:
+                self._advance(bytes(self._pending))
+
+    def _advance(self, field: bytes) -> None:
+        self._pending.clear()
+        state = self._state
+        if state == "magic":
+            magic = int.from_bytes(field, "little")
+            if magic & 0xFFFFFFF0 == _ZSTD_SKIPPABLE:
+                self._state, self._need = "skippable-size", 4
+            elif field == _ZSTD_MAGIC:
+                self._state, self._need = "descriptor", 1
+            else:
+                raise ValueError(f"not a zstd frame (magic {field.hex()})")
+        elif state == "skippable-size":
+            self._skip = int.from_bytes(field, "little")
+            self._state, self._need = "magic", 4
+        elif state == "descriptor":
+            fhd = field[0]
+            single = bool(fhd & 0x20)
+            fcs = self._FCS[fhd >> 6] or (1 if single else 0)
+            self._checksum = bool(fhd & 0x04)
+            self._skip = (0 if single else 1) + self._DID[fhd & 0x03] + fcs
+            self._state, self._need = "block", 3
+        elif state == "block":
+            header = int.from_bytes(field, "little")
+            kind = (header >> 1) & 0x03
+            self._skip = 1 if kind == 1 else header >> 3
+            if header & 1:  # last block
+                if self._checksum:
+                    self._state, self._need = "checksum", 4
+                else:
+                    self._state, self._need = "magic", 4
+        else:  # checksum
+            self._state, self._need = "magic", 4
+
+
 class _Bridge(io.RawIOBase):
     """A blocking file object over an async source, used from the decompressing thread.
 
@@ -77,11 +147,19 @@ class _Bridge(io.RawIOBase):
     reaches the thread through that call.
     """
 
-    def __init__(self, fetch: Callable[[int], Coroutine[Any, Any, bytes]], head: bytes) -> None:
+    def __init__(
+        self,
+        fetch: Callable[[int], Coroutine[Any, Any, bytes]],
+        head: bytes,
+        frames: _ZstdFrames | None = None,
+    ) -> None:
         super().__init__()
         self._fetch = fetch
         self._buf = memoryview(head)
         self._eof = False
+        self._frames = frames
+        if frames is not None and head:
+            frames.feed(self._buf)
         self.consumed = 0
 
     def readable(self) -> bool:
@@ -94,8 +172,12 @@ class _Bridge(io.RawIOBase):
             data = anyio.from_thread.run(self._fetch, CHUNK)
             if not data:
                 self._eof = True
+                if self._frames is not None and not self._frames.between_frames:
+                    raise EOFError("zstd stream ends inside a frame")
                 return 0
             self._buf = memoryview(data)
+            if self._frames is not None:
+                self._frames.feed(self._buf)
         n = min(len(b), len(self._buf))
         b[:n] = self._buf[:n]
         self._buf = self._buf[n:]
@@ -126,7 +208,7 @@ class DecompressedSource:
         self._raw = raw
         self._kind = kind
         self.name = raw.name
-        self._bridge = _Bridge(self._fetch, head)
+        self._bridge = _Bridge(self._fetch, head, _ZstdFrames() if kind == ZSTD else None)
         self._reader: _Reader | None = None
         self._eof = False
 
