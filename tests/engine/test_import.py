@@ -954,3 +954,46 @@ async def test_imp13_large_manifest_with_absent_layers_still_loads_and_labels(st
     labels = (await store.content.info(sha(manifest))).labels
     assert len(labels) == 4001
     assert labels["containerd.io/gc.ref.content.l.3999"] == layers[3999]["digest"]
+
+
+# -- more sources and multi-image archives ------------------------------------------------------
+
+
+async def test_async_file_objects_are_sources(store, tmp_path, anyio_backend):
+    img = make_oci(["linux/amd64"])
+    path = write(tmp_path, tar_bytes(img.members))
+    f = await anyio.to_thread.run_sync(open, path, "rb")
+    async with anyio.wrap_file(f) as af:
+        await load(store, af)
+    if anyio_backend == "trio":
+        import trio  # noqa: TID251 - a trio file is a supported source
+
+        async with await trio.open_file(path, "rb") as tf:
+            await load(store, tf)
+    else:
+        import aiofiles  # noqa: TID251 - an aiofiles file is a supported source
+
+        async with aiofiles.open(path, "rb") as af2:
+            await load(store, af2)
+    assert await image_map(store) == {"docker.io/library/img:1": sha(img.index)}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_multi_image_archive_records_every_image(store, tmp_path, stream):
+    a = make_oci(["linux/amd64", "linux/arm64"], name="docker.io/library/a:1", seed="a")
+    b = make_oci(["linux/amd64"], name="docker.io/library/b:2", seed="b")
+    entries = [json.loads(x.index_json)["manifests"][0] for x in (a, b)]
+    index_json = canon({"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": entries})
+    blobs = {m.name: m for x in (a, b) for m in x.members if m.name.startswith("blobs/sha256/")}
+    members = [*(blobs[n] for n in sorted(blobs)), Member("index.json", index_json)]
+    members.append(Member("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'))
+    data = tar_bytes(members)
+    images = await load(store, ChunkedReader(data) if stream else write(tmp_path, data))
+    assert [(i.name, i.target.digest) for i in images] == [
+        ("docker.io/library/a:1", sha(a.index)),
+        ("docker.io/library/b:2", sha(b.index)),
+    ]
+    await store.gc()
+    assert await blob_set(store) == {
+        sha(x) for img in (a, b) for x in (img.index, *(y for p in img.platforms for y in p.blobs))
+    }
