@@ -301,3 +301,30 @@ async def test_uppercase_repo_tag_is_refused(store, tmp_path):
     with pytest.raises(InvalidArgument, match="must be lowercase"):
         await load(store, source(tmp_path, tar_bytes(members), False))
     assert await store.images.list() == []
+
+
+async def test_imp6_empty_manifest_json_is_an_empty_walk(store, tmp_path):
+    members = [Member("manifest.json", b"[]")]
+    with pytest.raises(NotFound, match="image might be filtered out"):
+        await load(store, source(tmp_path, tar_bytes(members), False))
+
+
+async def test_imp6_null_manifest_json_is_an_unrecognized_format(store, tmp_path):
+    members = [Member("manifest.json", b"null")]
+    with pytest.raises(InvalidArgument, match="unrecognized image format"):
+        await load(store, source(tmp_path, tar_bytes(members), False))
+
+
+async def test_docker_archive_from_a_file_and_a_stream_give_the_same_store(tmp_path):
+    layer = gzip.compress(layer_tar("same"), mtime=0)
+    members, _ = docker_archive(layers=[layer, layer_tar("two")])
+    data = tar_bytes(members)
+    states = []
+    for i, stream in enumerate((False, True)):
+        async with open_store(tmp_path / f"s{i}") as s:
+            await load(s, source(tmp_path, data, stream))
+            await s.gc()
+            images = {x.name: str(x.target.digest) for x in await s.images.list()}
+            blobs = {str(x.digest): dict(x.labels) for x in await s.content.walk()}
+            states.append((images, blobs))
+    assert states[0] == states[1]
