@@ -10,9 +10,12 @@ the ``castar`` facade.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import select
+import struct
+import termios
 import weakref
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import suppress
@@ -21,6 +24,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, final
 
 import anyio
+import anyio.from_thread
 import anyio.to_thread
 
 from castar.engine import graph, oci, reference, tarcodec
@@ -71,6 +75,7 @@ _OCI_LAYOUT: Final = b'{"imageLayoutVersion":"1.0.0"}'
 _CHUNK: Final = 1 << 20  # bytes per read and per stream send (IO-LIMITS §2.3)
 _HOP: Final = 64 << 20  # most bytes one worker-thread hop moves into an fd sink
 _SMALL: Final = 256 << 10  # blobs up to this size are coalesced with the headers
+_SPLICE_FLAGS: Final = os.SPLICE_F_NONBLOCK | os.SPLICE_F_MOVE
 
 
 # -- the plan --------------------------------------------------------------------------------
@@ -1028,14 +1033,35 @@ async def plan_save(
 
 
 def _wait_writable(fd: int) -> None:
-    select.select([], [fd], [])
+    """Wait until ``fd`` takes bytes, checking for cancellation every 100 ms.
+
+    Worker threads only. A reader that stops reading must not pin a worker (and a
+    limiter token) forever once the save is cancelled.
+    """
+    while not select.select([], [fd], [], 0.1)[1]:
+        anyio.from_thread.check_cancelled()
 
 
-def _write_all(fd: int, data: Buffer) -> None:
+def _pipe_room(fd: int) -> int | None:
+    """Bytes the pipe ``fd`` takes now without blocking (Linux), None when unknown."""
+    try:
+        size = fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+        (queued,) = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))
+    except OSError:
+        return None
+    return max(0, size - int(queued))
+
+
+def _write_all(fd: int, data: Buffer, kind: str) -> None:
+    """Write all of ``data``; into a pipe never more than it takes, so waits stay cancellable."""
     view = memoryview(data)
     while view:
+        room = _pipe_room(fd) if kind == "pipe" else None
+        if room == 0:
+            _wait_writable(fd)
+            continue
         try:
-            n = os.write(fd, view)
+            n = os.write(fd, view if room is None else view[:room])
         except BlockingIOError:
             _wait_writable(fd)
             continue
@@ -1094,7 +1120,7 @@ class _Copier:
     def _put(self, data: Buffer) -> None:
         """Hand finished bytes to the sink (fd) or to the step's chunk list (stream)."""
         if self._fd is not None:
-            _write_all(self._fd, data)
+            _write_all(self._fd, data, self._kind)
         else:
             self._out.append(data if isinstance(data, bytes) else bytes(data))
         self.written += len(data)
@@ -1197,9 +1223,12 @@ class _Copier:
             try:
                 if how == "file":
                     n = os.copy_file_range(src, dst, count, offset)
-                elif how == "pipe":
-                    n = os.splice(src, dst, count, offset_src=offset)
-                else:
+                elif how == "pipe":  # NONBLOCK on the pipe side only: the fd's flags stay
+                    n = os.splice(src, dst, count, offset_src=offset, flags=_SPLICE_FLAGS)
+                else:  # a blocking socket blocks per call: keep calls to 1 MiB
+                    if self._kind == "socket":
+                        _wait_writable(dst)
+                        count = min(count, _CHUNK)
                     n = os.sendfile(dst, src, offset, count)
             except BlockingIOError:
                 _wait_writable(dst)

@@ -307,3 +307,23 @@ async def test_plan_under_a_lease_holds_what_no_label_reaches(store: Store) -> N
         await store.images.delete(NAME)
         assert (await store.gc()).removed == []
     assert set((await store.gc()).removed) >= {m.digest, cfg.digest, layer.digest}
+
+
+@pytest.mark.parametrize("blocking", [True, False])
+async def test_save_into_a_pipe_nobody_reads_can_be_cancelled(
+    store: Store, tmp_path: Path, blocking: bool
+) -> None:
+    r, w = os.pipe()
+    os.set_blocking(w, blocking)
+    try:
+        with anyio.fail_after(10):  # a worker stuck in write/splice would hang here
+            with anyio.move_on_after(0.5) as scope:
+                await exporter.save(store, [NAME], w)
+    finally:
+        os.close(w)
+        os.close(r)
+    assert scope.cancelled_caught
+    assert await store.leases.list() == []
+    # the limiter's tokens came back: the next saves run
+    for _ in range(3):
+        await exporter.save(store, [NAME], tmp_path / "after.tar")
