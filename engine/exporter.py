@@ -617,7 +617,6 @@ class _Planner:
         matcher = plat.any_of(*wanted) if wanted else None
         walked: list[tuple[int, oci.Descriptor, PlatformPlan]] = []
         for pos, child in enumerate(node.children):
-            p = self._platform_of(child)
             if (
                 matcher is not None
                 and child.platform is not None
@@ -694,11 +693,14 @@ class _Planner:
         ]
 
     def _pruned_index(self, desc: oci.Descriptor, node: _Node, keep: list[int]) -> oci.Descriptor:
-        """A new index listing only ``keep`` of the original's entries (DESC-2 bytes)."""
+        """A new index listing only ``keep`` of the original's entries.
+
+        Re-encoded from the OCI model, as containerd would: DESC-1 field order, DESC-2
+        bytes; members the model does not know are dropped.
+        """
         assert node.document is not None
-        doc = json.loads(node.document)
-        doc["manifests"] = [doc["manifests"][i] for i in keep]
-        data = oci.canonical_json(doc)
+        index = oci.decode_index(node.document, name=str(desc.digest))
+        data = oci.encode_index(replace(index, manifests=tuple(index.manifests[i] for i in keep)))
         new = digests.compute(data)
         self._generated[new] = data
         return oci.Descriptor(
