@@ -235,17 +235,21 @@ def plot(results: Sequence[Result], path: Path, title: str) -> str:
     cases = list(dict.fromkeys(r.case for r in results))
     tools = [t for t in TOOL_ORDER if any(r.tool == t for r in results)]
     tools += sorted({r.tool for r in results} - set(tools))
-    width = 0.8 / max(len(tools), 1)
+    colors = {t: f"C{i % 10}" for i, t in enumerate(tools)}
     fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(cases) + 2), 5))
-    for i, tool in enumerate(tools):
-        xs, ys = [], []
-        for j, case in enumerate(cases):
-            r = _find(results, case, tool)
-            if r is not None and r.mbps > 0:
-                xs.append(j - 0.4 + width * (i + 0.5))
-                ys.append(r.mbps)
-        if xs:
-            ax.bar(xs, ys, width, label=tool)
+    labelled: set[str] = set()
+    # Bars packed per case (only the tools measured in it, in TOOL_ORDER), centred on it.
+    rows = [
+        [r for t in tools if (r := _find(results, case, t)) is not None and r.mbps > 0]
+        for case in cases
+    ]
+    width = 0.8 / max((len(here) for here in rows), default=1)
+    for j, here in enumerate(rows):
+        for i, r in enumerate(here):
+            label = r.tool if r.tool not in labelled else None
+            labelled.add(r.tool)
+            x = j + (i - (len(here) - 1) / 2) * width
+            ax.bar(x, r.mbps, width, color=colors[r.tool], label=label)
     ax.set_xticks(range(len(cases)))
     ax.set_xticklabels(cases, rotation=30, ha="right")
     ax.set_yscale("log")

@@ -185,3 +185,18 @@ def test_report_reprints_a_saved_run_without_running_anything(tmp_path: Path) ->
     assert "| load-file | ctr | ctr | 83 | ±0% | 12.00x | 50 | >= 10x: met |" in proc.stdout
     assert "skipped umoci in *: umoci not installed" in proc.stdout
     assert not (tmp_path / "w").exists()  # nothing generated, nothing run
+
+
+def test_plot_draws_a_png_or_says_matplotlib_is_missing(tmp_path: Path) -> None:
+    results = [_result("load-file", "castar", 1.0), _result("load-file", "tar", 0.5)]
+    png = tmp_path / "rates.png"
+    why = _report.plot(results, png, "test")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "matplotlib" in why
+        assert "[bench]" in why
+        assert not png.exists()
+    else:
+        assert why == ""
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
