@@ -742,7 +742,10 @@ class _Planner:
             (digests.blob_path(config.digest), [digests.blob_path(x.digest) for x in layers], []),
         )
         if name is not None:
-            tag = reference.familiarize(name)
+            try:
+                tag = reference.familiarize(name)
+            except InvalidArgument as err:
+                raise InvalidArgument(f"unable to create manifests file: {err.message}") from err
             if tag not in entry[2]:
                 entry[2].append(tag)
 

@@ -429,6 +429,16 @@ async def test_save4_digest_or_id_exports_without_names(
     assert ar.docker[0]["RepoTags"] is None
 
 
+async def test_exp10_unparseable_name_fails_manifest_json(store: Store, tmp_path: Path) -> None:
+    w = await build_world(store)
+    await store.images.create("Not/A/Reference:X", w.I)
+    with pytest.raises(InvalidArgument, match='unable to create manifests file: failed to parse "'):
+        await exporter.plan_save(store, ["Not/A/Reference:X"])
+    # without manifest.json the name only goes into index.json annotations
+    plan = await exporter.plan_save(store, ["Not/A/Reference:X"], docker_manifest=False)
+    assert plan.images[0].name == "Not/A/Reference:X"
+
+
 async def test_unknown_name_raises_not_found_before_writing(store: Store, tmp_path: Path) -> None:
     await build_world(store)
     out = tmp_path / "no.tar"
