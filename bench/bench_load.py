@@ -129,12 +129,6 @@ async def load_case(
             await anyio.sleep(0.001)
             worst = max(worst, time.perf_counter() - t - 0.001)
 
-    if archive.name == "idle":  # the machine's own noise floor for the stall figure
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(ticker)
-            await anyio.sleep(3)
-            tg.cancel_scope.cancel()
-        return {"seconds": 3.0, "stall_ms": worst * 1000}
     if pipe:
         with contextlib.suppress(OSError):  # a 1 MiB pipe (IO-LIMITS: pipe_read)
             fcntl.fcntl(0, F_SETPIPE_SZ, MIB)
@@ -161,9 +155,26 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+async def noise(stop: Path) -> dict[str, float]:
+    """A bare 1 ms ticker in its own process until ``stop`` exists: the machine's stall floor."""
+    import anyio
+
+    worst = 0.0
+    t0 = time.perf_counter()
+    while not os.path.exists(stop):  # noqa: ASYNC240 - a stat per ms is the point
+        t = time.perf_counter()
+        await anyio.sleep(0.001)
+        worst = max(worst, time.perf_counter() - t - 0.001)
+    return {"seconds": time.perf_counter() - t0, "stall_ms": worst * 1000}
+
+
 def child(args: argparse.Namespace) -> None:
     archive, root = Path(args.archive), Path(args.root)
-    if args.child in ("baseline", "baseline-nofsync"):
+    if args.child == "noise":
+        import anyio
+
+        result = anyio.run(noise, root)
+    elif args.child in ("baseline", "baseline-nofsync"):
         result = baseline(archive, root, fsync=args.child == "baseline")
     else:
         import anyio
@@ -181,10 +192,8 @@ def child(args: argparse.Namespace) -> None:
 # -- parent ----------------------------------------------------------------------------------
 
 
-def run_case(case: str, archive: Path, backend: str, platform: str = "") -> dict[str, float]:
-    root = WORK / "root"
-    shutil.rmtree(root, ignore_errors=True)
-    cmd = [
+def _child_cmd(case: str, archive: Path, root: Path, backend: str, platform: str) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "bench.bench_load",
@@ -199,25 +208,50 @@ def run_case(case: str, archive: Path, backend: str, platform: str = "") -> dict
         "--platform",
         platform,
     ]
-    if case == "pipe":
-        with subprocess.Popen(["cat", str(archive)], stdout=subprocess.PIPE) as cat:
-            out = subprocess.run(cmd, stdin=cat.stdout, capture_output=True, text=True, check=False)
-    else:
-        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+
+
+def run_case(case: str, archive: Path, backend: str, platform: str = "") -> dict[str, float]:
+    """One case in a fresh process and store; a bare ticker process runs beside it."""
+    root = WORK / "root"
+    stop = WORK / "noise.stop"
+    shutil.rmtree(root, ignore_errors=True)
+    stop.unlink(missing_ok=True)
+    cmd = _child_cmd(case, archive, root, backend, platform)
+    noise_cmd = _child_cmd("noise", archive, stop, backend, "")
+    with subprocess.Popen(noise_cmd, stdout=subprocess.PIPE, text=True) as beside:
+        time.sleep(0.3)
+        if case == "pipe":
+            with subprocess.Popen(["cat", str(archive)], stdout=subprocess.PIPE) as cat:
+                out = subprocess.run(
+                    cmd, stdin=cat.stdout, capture_output=True, text=True, check=False
+                )
+        else:
+            out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        stop.touch()
+        floor = json.loads(beside.communicate()[0].strip().splitlines()[-1])
     shutil.rmtree(root, ignore_errors=True)
     if out.returncode:
         raise SystemExit(f"case {case} failed:\n{out.stderr}")
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    result["noise_ms"] = floor["stall_ms"]
     return result
 
 
-def medians(
-    case: str, archive: Path, runs: int, backend: str, platform: str = ""
-) -> dict[str, float]:
-    results = [run_case(case, archive, backend, platform) for _ in range(runs)]
-    out = {k: statistics.median(r[k] for r in results) for k in results[0]}
-    out["min_s"] = min(r["seconds"] for r in results)
-    out["max_s"] = max(r["seconds"] for r in results)
+Case = tuple[str, str, Path, str]  # label, case, archive, platform
+
+
+def interleaved(cases: list[Case], runs: int, backend: str) -> dict[str, dict[str, float]]:
+    """Medians per case; runs are interleaved (all cases, then again) so noise spreads evenly."""
+    results: dict[str, list[dict[str, float]]] = {label: [] for label, *_ in cases}
+    for _ in range(runs):
+        for label, case, archive, platform in cases:
+            results[label].append(run_case(case, archive, backend, platform))
+    out = {}
+    for label, rs in results.items():
+        m = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+        m["min_s"] = min(r["seconds"] for r in rs)
+        m["max_s"] = max(r["seconds"] for r in rs)
+        out[label] = m
     return out
 
 
@@ -228,7 +262,8 @@ def row(label: str, r: dict[str, float], size: int, base: float | None, count: i
     ratio = f"{base / r['seconds']:5.2f}x" if base else "     "
     print(
         f"{label:<34} {r['seconds']:7.2f} s ({r['min_s']:.2f}-{r['max_s']:.2f})  {rate}  "
-        f"{ratio}  rss {r['maxrss_mib']:6.1f} MiB  stall {r['stall_ms']:6.1f} ms"
+        f"{ratio}  rss {r['maxrss_mib']:6.1f} MiB  stall {r['stall_ms']:6.1f} ms "
+        f"(bare ticker beside it: {r['noise_ms']:5.1f} ms)"
     )
 
 
@@ -239,13 +274,18 @@ def big_cases(args: argparse.Namespace) -> None:
         f"archive {big}: {size / MIB:.0f} MiB ({args.platforms} platforms x {args.layers} layers"
         f" x {args.layer_mib:g} MiB), backend {args.backend}, medians of {args.runs} runs"
     )
-    base = medians("baseline", big, args.runs, args.backend)
-    nofsync = medians("baseline-nofsync", big, args.runs, args.backend)
-    full = medians("file", big, args.runs, args.backend)
-    pipe = medians("pipe", big, args.runs, args.backend)
-    single = medians("file", big, args.runs, args.backend, one)
-    idle = medians("file", WORK / "idle", args.runs, args.backend)
-    print(f"idle event loop (noise floor): longest 1 ms-ticker stall {idle['stall_ms']:.1f} ms")
+    got = interleaved(
+        [
+            ("base", "baseline", big, ""),
+            ("nofsync", "baseline-nofsync", big, ""),
+            ("file", "file", big, ""),
+            ("pipe", "pipe", big, ""),
+            ("one", "file", big, one),
+        ],
+        args.runs,
+        args.backend,
+    )
+    base, nofsync, full, pipe, single = (got[k] for k in ("base", "nofsync", "file", "pipe", "one"))
     row("baseline read+sha256+write+fsync", base, size, None)
     row("baseline without fsync", nofsync, size, None)
     row("load from file", full, size, base["seconds"])
@@ -261,7 +301,7 @@ def big_cases(args: argparse.Namespace) -> None:
     )
     small = WORK / "small-2x2x5.tar"
     small_size, _ = make_archive(small, 2, 2, 5 * MIB)
-    tiny = medians("file", small, args.runs, args.backend)
+    tiny = interleaved([("tiny", "file", small, "")], args.runs, args.backend)["tiny"]
     row(f"load {small_size / MIB:.0f} MiB archive", tiny, small_size, None)
     print(
         f"peak RSS: {tiny['maxrss_mib']:.1f} MiB (20 MiB), {full['maxrss_mib']:.1f} MiB "
@@ -296,10 +336,17 @@ def main() -> None:
     many = WORK / f"many-{args.small_layers}x{args.small_kib}k.tar"
     many_size, _ = make_archive(many, 1, args.small_layers, args.small_kib * 1024)
     n = args.small_layers + 3  # layers + config + manifest + index
-    sbase = medians("baseline", many, args.runs, args.backend)
-    snofsync = medians("baseline-nofsync", many, args.runs, args.backend)
-    sload = medians("file", many, args.runs, args.backend)
-    spipe = medians("pipe", many, args.runs, args.backend)
+    got = interleaved(
+        [
+            ("base", "baseline", many, ""),
+            ("nofsync", "baseline-nofsync", many, ""),
+            ("file", "file", many, ""),
+            ("pipe", "pipe", many, ""),
+        ],
+        args.runs,
+        args.backend,
+    )
+    sbase, snofsync, sload, spipe = (got[k] for k in ("base", "nofsync", "file", "pipe"))
     row("small: baseline with fsync", sbase, many_size, None, n)
     row("small: baseline without fsync", snofsync, many_size, None, n)
     row("small: load from file", sload, many_size, sbase["seconds"], n)
