@@ -1,9 +1,10 @@
 """LocalWriter: one open ingest of the file backend, and its commit sequence.
 
-Owns writing ``<root>/ingest/<key>/data`` while hashing (coalesced 1 MiB thread hops) and
-the commit (ING-8, containerd ``plugins/content/local/writer.go`` Commit, step for step).
-Opening, locking and listing ingests is ``local.py``'s. Imports only
-``castar.store.digest`` and ``castar.store.errors``: never local.py or the metadata layer.
+Owns writing ``<root>/ingest/<key>/data`` while hashing (coalesced 1 MiB thread hops),
+the commit (ING-8, containerd ``plugins/content/local/writer.go`` Commit, step for step)
+and the pieces local.py shares (IngestStatus, RFC 3339 times, the OSError map); opening,
+locking and listing ingests is local.py's. Imports only castar.store.digest and errors:
+never local.py or the metadata layer.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import errno
 import hashlib
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
 import anyio
@@ -43,10 +46,13 @@ if TYPE_CHECKING:
 __all__ = [
     "CHUNK",
     "CommitResult",
+    "IngestStatus",
     "LocalWriter",
     "blob_limiter",
     "format_time",
+    "go_duration",
     "map_os_errors",
+    "parse_time",
     "ref_context",
     "rehash",
     "write_atomic",
@@ -83,6 +89,27 @@ class CommitResult:
     digest: Digest
     size: int
     existed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class IngestStatus:
+    """The state of one ingest (ING-6).
+
+    Attributes:
+        ref: the ingest's key, as given to ``open_writer``.
+        offset: bytes in the ingest's data file (buffered, unflushed bytes excluded).
+        total: the expected size, 0 when unknown.
+        expected: the expected digest given at open, if any.
+        started_at: when the ingest was created (or restarted).
+        updated_at: the latest of the ``updatedat`` file and the data's mtime.
+    """
+
+    ref: str
+    offset: int
+    total: int
+    expected: Digest | None
+    started_at: datetime
+    updated_at: datetime
 
 
 # --- errors -----------------------------------------------------------------------------
@@ -129,6 +156,31 @@ def format_time(ns: int) -> str:
     """RFC 3339 with nanoseconds, UTC (what containerd writes to startedat/updatedat)."""
     sec, frac = divmod(ns, 1_000_000_000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{frac:09d}Z"
+
+
+_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)")
+
+
+def parse_time(text: str) -> datetime:
+    m = _TIME.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f"not an RFC 3339 time: {text!r}")
+    frac = (m.group(2) or "")[:6].ljust(6, "0")
+    zone = "+00:00" if m.group(3) == "Z" else m.group(3)
+    return datetime.fromisoformat(f"{m.group(1)}.{frac}{zone}").astimezone(UTC)
+
+
+def go_duration(seconds: float) -> str:
+    """A duration the way Go's ``time.Duration.String`` prints it (``1.5s``, ``2m3s``)."""
+    if seconds < 1:
+        ms = f"{max(seconds, 0.0) * 1000:.3f}".rstrip("0").rstrip(".")
+        return "0s" if ms == "0" else f"{ms}ms"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    out = f"{int(hours)}h" if hours else ""
+    if hours or minutes:
+        out += f"{int(minutes)}m"
+    return out + (f"{secs:.3f}".rstrip("0").rstrip(".") or "0") + "s"
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -15,10 +15,8 @@ import fcntl
 import hashlib
 import logging
 import os
-import re
 import shutil
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, final
@@ -30,10 +28,13 @@ import anyio.to_thread
 from castar.store._ingest import (
     CHUNK,
     CommitResult,
+    IngestStatus,
     LocalWriter,
     blob_limiter,
     format_time,
+    go_duration,
     map_os_errors,
+    parse_time,
     ref_context,
     rehash,
     write_atomic,
@@ -65,53 +66,7 @@ def _content(digest: str) -> str:
     return f"content digest {digest}"
 
 
-@dataclass(frozen=True, slots=True)
-class IngestStatus:
-    """The state of one ingest (ING-6).
-
-    Attributes:
-        ref: the ingest's key, as given to ``open_writer``.
-        offset: bytes in the ingest's data file (buffered, unflushed bytes excluded).
-        total: the expected size, 0 when unknown.
-        expected: the expected digest given at open, if any.
-        started_at: when the ingest was created (or restarted).
-        updated_at: the latest of the ``updatedat`` file and the data's mtime.
-    """
-
-    ref: str
-    offset: int
-    total: int
-    expected: Digest | None
-    started_at: datetime
-    updated_at: datetime
-
-
 # --- ingest directories (sync: they run in worker threads) ---------------------------
-
-
-_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)")
-
-
-def _parse_time(text: str) -> datetime:
-    m = _TIME.fullmatch(text.strip())
-    if m is None:
-        raise ValueError(f"not an RFC 3339 time: {text!r}")
-    frac = (m.group(2) or "")[:6].ljust(6, "0")
-    zone = "+00:00" if m.group(3) == "Z" else m.group(3)
-    return datetime.fromisoformat(f"{m.group(1)}.{frac}{zone}").astimezone(UTC)
-
-
-def _go_duration(seconds: float) -> str:
-    """A duration the way Go's ``time.Duration.String`` prints it (``1.5s``, ``2m3s``)."""
-    if seconds < 1:
-        ms = f"{max(seconds, 0.0) * 1000:.3f}".rstrip("0").rstrip(".")
-        return "0s" if ms == "0" else f"{ms}ms"
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    out = f"{int(hours)}h" if hours else ""
-    if hours or minutes:
-        out += f"{int(minutes)}m"
-    return out + (f"{secs:.3f}".rstrip("0").rstrip(".") or "0") + "s"
 
 
 def _read_text(path: Path) -> str | None:
@@ -171,12 +126,12 @@ def _locked(fd: int, ref: str) -> Unavailable:
     with contextlib.suppress(OSError, UnicodeDecodeError):
         stamp = os.pread(fd, 64, 0).decode().strip()
     try:
-        since = _parse_time(stamp)
+        since = parse_time(stamp)
     except ValueError:  # the holder has not written its time yet
         since = datetime.fromtimestamp(os.fstat(fd).st_mtime, UTC)
         stamp = format_time(os.fstat(fd).st_mtime_ns)
     held = (datetime.now(UTC) - since).total_seconds()
-    return Unavailable(f"ref {ref} locked for {_go_duration(held)} (since {stamp})")
+    return Unavailable(f"ref {ref} locked for {go_duration(held)} (since {stamp})")
 
 
 # --- opening, status, abort (sync; run in worker threads by LocalContentStore) ----------
@@ -266,13 +221,13 @@ def read_status(path: Path, ref: str | None = None) -> IngestStatus:
             offset, mtime = 0, None
         try:
             expected = _read_text(path / "expected")
-            updated = _parse_time((path / "updatedat").read_text())
+            updated = parse_time((path / "updatedat").read_text())
             status = IngestStatus(
                 ref=stored_ref,
                 offset=offset,
                 total=int(_read_text(path / "total") or 0),
                 expected=parse(expected.strip()) if expected else None,
-                started_at=_parse_time((path / "startedat").read_text()),
+                started_at=parse_time((path / "startedat").read_text()),
                 updated_at=max(updated, mtime) if mtime is not None else updated,
             )
         except (ValueError, InvalidArgument) as exc:

@@ -669,13 +669,13 @@ def test_map_os_errors_translates_once_with_context(code: int, kind: type[Castar
 )
 def test_lock_duration_reads_like_go(seconds: float, text: str) -> None:
     # ING-3 "locked for <duration>" (Go's Duration.String)
-    assert local._go_duration(seconds) == text
+    assert _ingest.go_duration(seconds) == text
 
 
 def test_rfc3339_nano_round_trips_to_microseconds() -> None:
     text = _ingest.format_time(1_700_000_000_123_456_789)
     assert text == "2023-11-14T22:13:20.123456789Z"
-    parsed = local._parse_time(text)
+    parsed = _ingest.parse_time(text)
     assert parsed.timestamp() == pytest.approx(1_700_000_000.123456, abs=1e-6)
 
 
