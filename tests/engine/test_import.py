@@ -997,3 +997,24 @@ async def test_multi_image_archive_records_every_image(store, tmp_path, stream):
     assert await blob_set(store) == {
         sha(x) for img in (a, b) for x in (img.index, *(y for p in img.platforms for y in p.blobs))
     }
+
+
+# -- round trip with castar's own exporter (STYLE §3.8: load -> save -> load) -------------------
+
+
+async def test_load_save_load_round_trip(tmp_path):
+    from castar.engine import exporter
+
+    img = make_oci(["linux/amd64", "linux/arm64"], order="meta-last")
+    async with open_store(tmp_path / "a") as a:
+        await load(a, write(tmp_path, tar_bytes(img.members)))
+        await exporter.save(a, ["docker.io/library/img:1"], tmp_path / "saved.tar")
+        await a.gc()
+        first = await state(a)
+    async with open_store(tmp_path / "b") as b:
+        images = await load(b, tmp_path / "saved.tar")
+        assert [(i.name, i.target.digest) for i in images] == [
+            ("docker.io/library/img:1", sha(img.index))
+        ]
+        await b.gc()
+        assert await state(b) == first
