@@ -336,6 +336,29 @@ async def test_missing_foreign_layer_does_not_make_a_platform_incomplete(
     assert ar.blob_hexes == {c.digest.encoded, layer.digest.encoded, m.digest.encoded}
 
 
+async def test_edge12_sha512_blobs_get_pax_names_and_their_own_directory(
+    store: Store, tmp_path: Path
+) -> None:
+    c = await put_config(store, "linux", "amd64")
+    data = b"a sha512 layer"
+    d = await store.content.write_blob(
+        data, digest="sha512:" + hashlib.sha512(data).hexdigest(), media_type=oci.OCI_LAYER_GZIP
+    )
+    layer = oci.Descriptor(d.media_type, d.digest, d.size)
+    m = await put_manifest(store, c, (layer,))
+    await store.images.create("docker.io/library/long:1", m)
+    raw = await save_bytes(store, tmp_path, ["long:1"])
+    ar = read_archive(raw)  # tarfile applies the PAX path record (TAR-2)
+    assert ar.names[3:] == [
+        "blobs",
+        "blobs/sha256",
+        *sorted(f"blobs/sha256/{x.digest.encoded}" for x in (c, m)),
+        "blobs/sha512",
+        f"blobs/sha512/{layer.digest.encoded}",
+    ]
+    assert b"path=blobs/sha512/" in raw
+
+
 async def test_tv60_layer_target_raises_only_manifests_may_be_exported(
     store: Store, tmp_path: Path
 ) -> None:
