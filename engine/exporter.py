@@ -33,6 +33,7 @@ from castar.engine._streams import open_sink
 from castar.store import digest as digests
 from castar.store.errors import (
     Conflict,
+    DataLoss,
     DigestMismatch,
     FailedPrecondition,
     InvalidArgument,
@@ -1162,8 +1163,10 @@ class _Copier:
         path = self._paths[m.digest]
         try:
             src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise NotFound(f"failed to get reader: content digest {m.digest}") from None
+        except FileNotFoundError:  # recorded (the plan checked) but gone from disk
+            raise DataLoss(
+                f"failed to get reader: content {m.digest}: recorded but missing on disk"
+            ) from None
         try:
             actual = os.fstat(src).st_size
             if actual != m.size:
@@ -1350,6 +1353,7 @@ async def save(
         NotFound, Conflict, InvalidArgument: see :func:`plan_save`, before any byte.
         DigestMismatch: with ``verify``, a stored blob does not hash to its digest.
         SizeMismatch: a stored blob does not have its recorded size.
+        DataLoss: a recorded blob's file is missing from disk.
     """
     options = _options(platforms, missing, docker_manifest)
     limiter = limiter or _blob_limiter(store)

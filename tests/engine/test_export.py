@@ -25,6 +25,7 @@ from castar.store._store import Store, open_store
 from castar.store.digest import Digest, compute
 from castar.store.errors import (
     Conflict,
+    DataLoss,
     DigestMismatch,
     InvalidArgument,
     NotFound,
@@ -667,6 +668,15 @@ async def test_corrupt_manifest_document_fails_before_the_first_byte(
     path.write_bytes(path.read_bytes().replace(b"schemaVersion", b"schemaVersioN"))
     out = tmp_path / "c.tar"
     with pytest.raises(DigestMismatch):
+        await exporter.save(store, [ALPINE], out)
+    assert not out.exists()
+
+
+async def test_recorded_blob_missing_on_disk_is_data_loss(store: Store, tmp_path: Path) -> None:
+    w = await build_world(store)
+    store.content.path(w.LS.digest).unlink()
+    out = tmp_path / "dl.tar"
+    with pytest.raises(DataLoss, match="recorded but missing on disk"):
         await exporter.save(store, [ALPINE], out)
     assert not out.exists()
 
