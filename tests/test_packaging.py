@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import sysconfig
 import venv
 import zipfile
 from pathlib import Path
@@ -39,18 +40,30 @@ def test_wheel_installs_in_a_fresh_venv_and_imports_subpackages(tmp_path: Path) 
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True, system_site_packages=False).create(env_dir)
     py = env_dir / "bin" / "python"
-    # --no-deps: importing the subpackages needs no dependency; CI's install resolves them.
+    # The wheel alone (no index needed); its dependencies come from this test's own
+    # environment through a .pth line. Site dirs listed in a .pth are appended after the
+    # fresh venv's own site-packages, and their .pth files (this checkout's editable-install
+    # hook) are not run, so castar can only be imported from the installed wheel.
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
+    purelib = subprocess.run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    (Path(purelib) / "castar-test-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     out = subprocess.run(
         [
             str(py),
             "-c",
-            "import castar.store.digest, castar.engine, castar.store.errors as e;"
-            "print(castar.store.digest.__file__)",
+            "import castar, castar.store.digest, castar.engine.tarcodec;"
+            "print(castar.store.digest.__file__); print(castar.engine.tarcodec.__file__)",
         ],
         check=True,
         capture_output=True,
         text=True,
         cwd=tmp_path,
     ).stdout
-    assert str(env_dir) in out
+    lines = out.split()
+    assert len(lines) == 2
+    assert all(line.startswith(str(env_dir)) for line in lines), lines
