@@ -129,6 +129,22 @@ def _clean() -> None:
     os.sync()
 
 
+def _raw_copy(paths: list[str], i: int) -> None:
+    """copy_file_range of ``paths`` into one new file, no castar: a stall baseline."""
+    fd = os.open(OUT / f"raw{i}.tar", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        for path in paths:
+            src = os.open(path, os.O_RDONLY)
+            try:
+                size, offset = os.fstat(src).st_size, 0
+                while offset < size:
+                    offset += os.copy_file_range(src, fd, size - offset, offset)
+            finally:
+                os.close(src)
+    finally:
+        os.close(fd)
+
+
 async def timed(fn: Callable[[], Awaitable[int]], runs: int) -> tuple[float, int]:
     """Median seconds over ``runs`` and the bytes one run moves."""
     times = []
@@ -244,8 +260,38 @@ async def main(runs: int, layer_size: int) -> None:
                 worst = max(worst, time.perf_counter() - t - 0.001)
             return worst
 
+        async def raw_copy_stall() -> float:
+            """The ticker beside two bare copy_file_range threads: the kernel's share."""
+            paths = [str(ROOT / name) for name in files]
+            worst = 0.0
+            done = anyio.Event()
+
+            async def ticker() -> None:
+                nonlocal worst
+                while not done.is_set():
+                    t = time.perf_counter()
+                    await anyio.sleep(0.001)
+                    worst = max(worst, time.perf_counter() - t - 0.001)
+
+            async def copies() -> None:
+                async with anyio.create_task_group() as tg:
+                    for i in range(2):
+                        tg.start_soon(anyio.to_thread.run_sync, _raw_copy, paths[i::2], i)
+                done.set()
+
+            await anyio.to_thread.run_sync(_clean)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(ticker)
+                tg.start_soon(copies)
+            return worst
+
         idle = await idle_ticker()
         print(f"1 ms ticker alone for 2 s: longest stall {idle * 1000:.1f} ms (machine noise)")
+        raw = [await raw_copy_stall() for _ in range(runs)]
+        print(
+            "1 ms ticker beside 2 bare copy_file_range threads (no castar): longest stall "
+            f"{statistics.median(raw) * 1000:.1f} ms median, {max(raw) * 1000:.1f} max"
+        )
         await tar_overwrite()  # create the overwrite targets untimed
         await save_overwrite()
         rows: list[tuple[str, float, int]] = []
