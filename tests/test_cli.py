@@ -49,6 +49,16 @@ def castar(
     return subprocess.run(argv, text=True, timeout=120, check=False, **kw)
 
 
+def in_process(
+    root: Path, *args: str, capsys: pytest.CaptureFixture[str]
+) -> subprocess.CompletedProcess[str]:
+    """The same command through castar._cli.main in this process (cheaper than a subprocess)."""
+    capsys.readouterr()
+    code = main(["--root", str(root), *args])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["castar", *args], code, out, err)
+
+
 def one_error_line(cp: subprocess.CompletedProcess[str], *needles: str) -> str:
     """The run failed with exactly one ``castar: error:`` line naming every needle."""
     lines = cp.stderr.strip().splitlines()
@@ -332,11 +342,11 @@ def test_rm_then_gc_deletes_the_image_content(root: Path) -> None:
     assert snapshot(root) == ([], [])
 
 
-def test_gc_why_names_the_root_that_keeps_a_blob(loaded) -> None:
+def test_gc_why_names_the_root_that_keeps_a_blob(loaded, capsys) -> None:
     images, blobs = snapshot(loaded[0])
     target = images[0][1]
-    leaf = next(b for b in blobs if b != target)
-    cp = castar(loaded[0], "gc", "--why", leaf)
+    leaf = next(b for b in blobs if b != target and b not in garbage(loaded[0]))
+    cp = in_process(loaded[0], "gc", "--why", leaf, capsys=capsys)
     assert cp.returncode == 0, cp.stderr
     path = cp.stdout.strip().split(" -> ")
     assert path[0] == f"image {NAME}"
@@ -344,7 +354,7 @@ def test_gc_why_names_the_root_that_keeps_a_blob(loaded) -> None:
     assert path[-1] == leaf
 
 
-def test_lease_create_ls_rm(root: Path) -> None:
+def test_lease_create_ls_rm(root: Path, capsys) -> None:
     cp = castar(root, "lease", "create", "--expire", "1h", "--label", "owner=ci", "--id", "L1")
     assert (cp.returncode, cp.stdout) == (0, "L1\n")
     cp = castar(root, "lease", "ls", "--json")
@@ -352,8 +362,8 @@ def test_lease_create_ls_rm(root: Path) -> None:
     assert lease["id"] == "L1"
     assert lease["labels"]["owner"] == "ci"
     assert lease["expires_at"] is not None
-    assert castar(root, "lease", "rm", "L1").returncode == 0
-    cp = castar(root, "lease", "rm", "L1")
+    assert in_process(root, "lease", "rm", "L1", capsys=capsys).returncode == 0
+    cp = in_process(root, "lease", "rm", "L1", capsys=capsys)
     assert cp.returncode == EXIT_NOT_FOUND
     one_error_line(cp, 'lease "L1"', "not found")
 
@@ -378,20 +388,21 @@ def test_verify_passes_then_reports_a_corrupt_blob_with_exit_6(root: Path) -> No
 
 
 @pytest.mark.parametrize(
-    ("args", "code", "needles"),
+    ("subproc", "args", "code", "needles"),
     [
-        (["load", "-i", "missing.tar"], EXIT_NOT_FOUND, ["missing.tar", "not found"]),
-        (["load", "-i", "x.tar", "--platform", "linux/&arm"], EXIT_INVALID, ["linux/&arm"]),
-        (["inspect", "nope:1"], EXIT_NOT_FOUND, ['image "nope:1": not found']),
-        (["save", "nope:1", "-o", "out.tar"], EXIT_NOT_FOUND, ["nope:1"]),
-        (["save", "synth", "-o", "no/such/dir.tar"], EXIT_NOT_FOUND, ["no/such", "not found"]),
+        (True, ["load", "-i", "missing.tar"], EXIT_NOT_FOUND, ["missing.tar", "not found"]),
+        (True, ["load", "-i", "x.tar", "--platform", "linux/&arm"], EXIT_INVALID, ["linux/&arm"]),
+        (False, ["inspect", "nope:1"], EXIT_NOT_FOUND, ['image "nope:1": not found']),
+        (False, ["save", "nope:1", "-o", "out.tar"], EXIT_NOT_FOUND, ["nope:1"]),
+        (False, ["save", "synth", "-o", "no/such/d.tar"], EXIT_NOT_FOUND, ["no/such", "not found"]),
     ],
 )
 def test_bad_input_gives_exit_code_one_line_and_no_change(
-    root: Path, tmp_path: Path, args: list[str], code: int, needles: list[str]
+    root: Path, tmp_path: Path, monkeypatch, capsys, subproc, args, code, needles
 ) -> None:
     before = snapshot(root)
-    cp = castar(root, *args, cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    cp = castar(root, *args) if subproc else in_process(root, *args, capsys=capsys)
     assert cp.returncode == code, cp.stderr
     one_error_line(cp, *needles)
     assert snapshot(root) == before
@@ -414,8 +425,8 @@ def test_corrupt_archive_fails_with_precondition_and_keeps_the_store(
     assert snapshot(root)[0] == images
 
 
-def test_debug_shows_the_traceback(loaded) -> None:
-    cp = castar(loaded[0], "inspect", "nope:1", "--debug")
+def test_debug_shows_the_traceback(loaded, capsys) -> None:
+    cp = in_process(loaded[0], "inspect", "nope:1", "--debug", capsys=capsys)
     assert cp.returncode == EXIT_NOT_FOUND
     assert "Traceback" in cp.stderr
     assert cp.stderr.strip().splitlines()[-1] == 'castar: error: image "nope:1": not found'
