@@ -16,7 +16,7 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
-from castar.store.errors import MalformedArchive
+from castar.store.errors import CastarError, MalformedArchive
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -256,11 +256,14 @@ class DecompressedSource:
                     break
                 parts.append(data)
                 got += len(data)
+        except CastarError:
+            raise  # the compressed source's own errors keep their kind and text
         except (OSError, EOFError, zlib.error, ValueError) as exc:
             raise self._corrupt(exc) from exc
         except Exception as exc:
-            # zstandard.ZstdError derives from Exception; anything else propagates as is
-            if type(exc).__name__ == "ZstdError":
+            import zstandard
+
+            if isinstance(exc, zstandard.ZstdError):
                 raise self._corrupt(exc) from exc
             raise
         return parts[0] if len(parts) == 1 else b"".join(parts)
