@@ -163,3 +163,27 @@ async def test_pruned_archive_is_accepted_where_the_sparse_one_is_not(
     assert copied.returncode == 0, copied.stderr
     (entry,) = json.loads((tmp_path / "p" / "index.json").read_bytes())["manifests"]
     assert entry["digest"] == result.images[0].digest
+
+
+async def test_skopeo_docker_archive_transport_reads_manifest_json(
+    world: tuple[Store, list[oci.Descriptor]], tmp_path: Path
+) -> None:
+    # EXP-10: manifest.json alone (Docker's format) must describe a usable image
+    store, _ = world
+    archive = tmp_path / "docker.tar"
+    await exporter.save(store, [NAME], archive)
+    info = await skopeo("inspect", f"docker-archive:{archive}")
+    assert info.returncode == 0, info.stderr
+    details = json.loads(info.stdout)
+    assert details["Architecture"] == "amd64"  # the host's platform (SAVE-3)
+    with tarfile.open(archive) as tf:
+        f = tf.extractfile("manifest.json")
+        assert f is not None
+        (item,) = json.loads(f.read())
+        c = tf.extractfile(item["Config"])
+        assert c is not None
+        config = json.loads(c.read())
+    assert item["RepoTags"] == ["interop:1"]
+    assert details["Layers"] == config["rootfs"]["diff_ids"]  # the layers it read, by diff id
+    copied = await skopeo("copy", f"docker-archive:{archive}", f"oci:{tmp_path / 'd'}:x")
+    assert copied.returncode == 0, copied.stderr
