@@ -8,6 +8,7 @@ import io
 import json
 import os
 import tarfile
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ import anyio
 import anyio.abc
 import pytest
 import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from castar.engine import oci
 from castar.engine.importer import add_ref_prefix, filter_ref_prefix, load
@@ -1018,3 +1021,59 @@ async def test_load_save_load_round_trip(tmp_path):
         ]
         await b.gc()
         assert await state(b) == first
+
+
+# -- properties: any chunking, any truncation (STYLE §3.8) ------------------------------------
+
+_PROP_IMG = make_oci(["linux/amd64", "linux/arm64"], layer_size=20_000, order="meta-last")
+_PROP_DATA = tar_bytes(_PROP_IMG.members)
+
+
+class PiecesReader:
+    """Hands out the archive in the drawn piece sizes (cycled), never more than asked."""
+
+    def __init__(self, data: bytes, pieces: list[int]) -> None:
+        self._data = memoryview(data)
+        self._pieces = pieces
+        self._i = 0
+
+    async def read(self, n: int = -1) -> bytes:
+        size = self._pieces[self._i % len(self._pieces)]
+        self._i += 1
+        size = size if n < 0 else min(n, size)
+        out, self._data = bytes(self._data[:size]), self._data[size:]
+        return out
+
+
+@settings(
+    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(pieces=st.lists(st.integers(1, 70_000), min_size=1, max_size=5))
+async def test_any_chunking_of_a_stream_loads_the_same_images(tmp_path, pieces):
+    with tempfile.TemporaryDirectory(dir=tmp_path) as root:
+        async with open_store(root) as s:
+            images = await load(s, PiecesReader(_PROP_DATA, pieces))
+            assert [(i.name, i.target.digest) for i in images] == [
+                ("docker.io/library/img:1", sha(_PROP_IMG.index))
+            ]
+
+
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(cut=st.integers(0, len(_PROP_DATA) - 1), stream=st.booleans())
+async def test_a_truncated_archive_fails_cleanly_or_loads_whole(tmp_path, cut, stream):
+    data = _PROP_DATA[:cut]
+    with tempfile.TemporaryDirectory(dir=tmp_path) as root:
+        async with open_store(root) as s:
+            source: object = PiecesReader(data, [30_000])
+            if not stream:
+                source = Path(root) / "cut.tar"
+                source.write_bytes(data)
+            try:
+                images = await load(s, source)
+            except (MalformedArchive, InvalidArgument, NotFound):
+                await assert_store_unchanged_after_gc(s, set())
+            else:  # only the end-of-archive blocks were cut
+                assert cut >= len(_PROP_DATA) - 10240
+                assert [i.target.digest for i in images] == [sha(_PROP_IMG.index)]
