@@ -59,6 +59,19 @@ __all__ = [
     "load",
 ]
 
+# Strategy. Two ways in, one way out:
+# - a seekable plain tar file is scanned header by header in one worker thread (bodies are
+#   seeked over), giving a catalogue of entries and their offsets; the walk then copies
+#   each blob it needs, once, in one worker-thread call per blob (pread into a reused
+#   1 MiB buffer, then the writer hashes and writes), two copying and four in progress;
+# - anything else (pipes, async streams, compressed files) goes through the decoder on
+#   the event loop once, every regular entry into its own ingest as it passes, commits
+#   overlapping the next entry's bytes; blobs the walk leaves out are never labelled and
+#   go at the next GC once the import lease is released (EDGE-17).
+# Then both resolve the top index (IMP-5..9), walk it with the platform filter
+# (IMP-11..14), label parents (GC-7) and write image records last (IMP-15), so any
+# failure before that point leaves every image as it was.
+
 #: Bytes per read, hash and write step, and per worker-thread hop (IO-LIMITS §2.3).
 CHUNK: Final = 1 << 20
 #: Worker threads copying blob bytes at once (IO-LIMITS §2.5).
