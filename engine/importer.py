@@ -1007,7 +1007,8 @@ async def _read_archive(sess: _Session, src: Source, max_size: int | None) -> No
         kind = _decompress.sniff(first)
     stream: _decompress.RawSource = src
     if kind is not None:
-        stream = _decompress.DecompressedSource(src, kind, first)
+        direct = src.raw_file() if fd is not None else None  # a regular file
+        stream = _decompress.DecompressedSource(src, kind, first, direct)
         first = b""
     await _ingest_stream(sess, _StreamReader(stream, first, max_size, sess.progress))
 
