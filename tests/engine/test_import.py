@@ -1077,3 +1077,12 @@ async def test_a_truncated_archive_fails_cleanly_or_loads_whole(tmp_path, cut, s
             else:  # only the end-of-archive blocks were cut
                 assert cut >= len(_PROP_DATA) - 10240
                 assert [i.target.digest for i in images] == [sha(_PROP_IMG.index)]
+
+
+async def test_cancel_while_inflating_a_compressed_file(store, tmp_path):
+    img = make_oci(["linux/amd64"], layers=2, layer_size=3 << 20, order="meta-first")
+    path = write(tmp_path, gzip.compress(tar_bytes(img.members), compresslevel=1), "a.tar.gz")
+    with anyio.CancelScope() as scope:
+        await load(store, path, progress=lambda done, total, entry: scope.cancel())
+    assert scope.cancelled_caught
+    await assert_store_unchanged_after_gc(store, set())
