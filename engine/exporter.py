@@ -1103,7 +1103,7 @@ class _Copier:
         self._buffer: bytearray | None = None
         self._out: list[bytes] = []
         self.written = 0
-        self._zero_copy = fd is not None and not verify and not archive_digest
+        self.zero_copy = fd is not None and not verify and not archive_digest
 
     @property
     def sha256(self) -> Digest | None:
@@ -1175,7 +1175,7 @@ class _Copier:
                     expected=m.size,
                     actual=actual,
                 )
-            if self._zero_copy and m.size > _SMALL:
+            if self.zero_copy and m.size > _SMALL:
                 self._flush()
                 yield from self._splice(src, m)
             else:
@@ -1259,15 +1259,26 @@ class _Copier:
             yield n
 
 
-_limiters: weakref.WeakKeyDictionary[object, anyio.CapacityLimiter] = weakref.WeakKeyDictionary()
+@dataclass(frozen=True, slots=True)
+class _Limiters:
+    """Worker-thread budgets for blob work, shared by every save from one store."""
+
+    #: zero-copy hops: one in flight. Kernel copies share one physical core's memory
+    #: bandwidth; a second thread made 4 GiB of copies slower and the loop's stalls longer.
+    copy: anyio.CapacityLimiter
+    #: hops through user space (hashing, async streams): two (IO-LIMITS §2.5).
+    hash: anyio.CapacityLimiter
 
 
-def _blob_limiter(store: Store) -> anyio.CapacityLimiter:
-    """The store's limiter for blob copies: two in flight (IO-LIMITS §2.5)."""
-    limiter = _limiters.get(store)
-    if limiter is None:
-        limiter = _limiters[store] = anyio.CapacityLimiter(2)
-    return limiter
+_limiters: weakref.WeakKeyDictionary[object, _Limiters] = weakref.WeakKeyDictionary()
+
+
+def _store_limiters(store: Store) -> _Limiters:
+    limiters = _limiters.get(store)
+    if limiters is None:
+        limiters = _Limiters(anyio.CapacityLimiter(1), anyio.CapacityLimiter(2))
+        _limiters[store] = limiters
+    return limiters
 
 
 async def _write(
@@ -1277,11 +1288,12 @@ async def _write(
     *,
     verify: bool,
     archive_digest: bool,
-    limiter: anyio.CapacityLimiter,
+    limiters: _Limiters,
     progress: Progress | None,
 ) -> tuple[int, Digest | None]:
     fd = sink.fileno() if sink.kind in ("file", "pipe", "socket") else None
     copier = _Copier(plan, paths, fd, sink.kind, verify=verify, archive_digest=archive_digest)
+    limiter = limiters.copy if copier.zero_copy else limiters.hash
     steps = copier.steps()
     try:
         while True:
@@ -1344,7 +1356,8 @@ async def save(
         verify: re-hash every blob while copying (turns zero-copy off).
         archive_digest: hash the archive as written into ``result.sha256``; this
             reads every blob through user space (turns zero-copy off), see bench_save.
-        limiter: bounds blob copies in flight; default: two per store.
+        limiter: bounds this save's blob work; default: the store's own budgets, shared
+            by all its saves (one zero-copy hop and two hashing hops in flight).
 
     Returns:
         What was written: images, platforms, what was skipped, size, sha256.
@@ -1356,7 +1369,7 @@ async def save(
         DataLoss: a recorded blob's file is missing from disk.
     """
     options = _options(platforms, missing, docker_manifest)
-    limiter = limiter or _blob_limiter(store)
+    limiters = _Limiters(limiter, limiter) if limiter is not None else _store_limiters(store)
     async with store.lease(expire=timedelta(hours=24), labels={"castar.export": "1"}):
         plan = await _plan(store, names, options)
         paths = {
@@ -1366,7 +1379,10 @@ async def save(
         }
         ours = None  # a regular file save() created from a path: removed if writing fails
         try:
-            async with open_sink(sink) as out:
+            out = open_sink(sink)
+            async with limiters.hash:  # opens count as blob work: no burst of thread starts
+                await out.open()
+            async with out:
                 if isinstance(sink, str | os.PathLike) and sink != "-" and out.kind == "file":
                     ours = anyio.Path(os.fspath(sink))
                 size, sha = await _write(
@@ -1375,7 +1391,7 @@ async def save(
                     paths,
                     verify=verify,
                     archive_digest=archive_digest,
-                    limiter=limiter,
+                    limiters=limiters,
                     progress=progress,
                 )
         except BaseException:
@@ -1386,17 +1402,20 @@ async def save(
     return ExportResult(plan, size, sha)
 
 
-async def save_many(store: Store, jobs: Sequence[SaveJob], *, limit: int = 2) -> list[ExportResult]:
+async def save_many(
+    store: Store, jobs: Sequence[SaveJob], *, limit: int | None = None
+) -> list[ExportResult]:
     """Run several exports concurrently against one store.
 
-    Each job runs :func:`save` under its own lease; blob copies across all jobs are
-    bounded by one ``CapacityLimiter(limit)``. The first failure cancels the others
-    and is raised (never as an ExceptionGroup).
+    Each job runs :func:`save` under its own lease. Blob work across all jobs shares
+    the store's budgets (one zero-copy hop, two hashing hops in flight), or one
+    ``CapacityLimiter(limit)`` when ``limit`` is given. The first failure cancels the
+    others and is raised (never as an ExceptionGroup).
 
     Returns:
         The results in job order.
     """
-    limiter = anyio.CapacityLimiter(limit)
+    limiter = anyio.CapacityLimiter(limit) if limit else None
     results: list[ExportResult | None] = [None] * len(jobs)
     failure: list[BaseException] = []
 
