@@ -156,15 +156,15 @@ def table(results: Sequence[Result], goals: Sequence[dict[str, Any]]) -> str:
         marks.setdefault(row, []).append(f">= {g['target']:g}x: {g['status']}")
     rss_goal = next(g for g in goals if g["id"] == "rss")
     lines = [
-        "| case | tool | what | MB/s | spread | castar speed-up | peak RSS MiB | goal |",
-        "|---|---|---|---:|---:|---:|---:|---|",
+        "| case | tool | what | MB/s | best | spread | castar speed-up | peak RSS MiB | goal |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
     ]
     castar_rate = {r.case: r.mbps for r in results if r.tool == "castar" and r.ok}
     for r in results:
         if not r.ok:
-            rate, spread, up = "failed", "", ""
+            rate, best, spread, up = "failed", "", "", ""
         else:
-            rate, spread = _fmt_rate(r.mbps), f"±{r.spread / 2:.0%}"
+            rate, best, spread = _fmt_rate(r.mbps), _fmt_rate(r.best_mbps), f"±{r.spread / 2:.0%}"
             base = castar_rate.get(r.case)
             up = f"{base / r.mbps:.2f}x" if base and r.mbps > 0 else ""
         goal = "; ".join(marks.get((r.case, r.tool), []))
@@ -174,7 +174,8 @@ def table(results: Sequence[Result], goals: Sequence[dict[str, Any]]) -> str:
         rss = f"{r.rss_kib / 1024:.0f}" if r.runs else ""
         label = r.label.replace("|", "\\|")
         lines.append(
-            f"| {r.case} | {r.tool} | {label} | {rate} | {spread} | {up} | {rss} | {goal} |"
+            f"| {r.case} | {r.tool} | {label} | {rate} | {best} | {spread} | {up} | {rss} "
+            f"| {goal} |"
         )
     return "\n".join(lines)
 

@@ -307,6 +307,12 @@ class Result:
         return self.bytes / self.median / 1e6 if self.ok and self.median > 0 else 0.0
 
     @property
+    def best_mbps(self) -> float:
+        """Case bytes / fastest run, in MB/s: what the tool does when the machine is quiet."""
+        fastest = min((r.seconds for r in self.runs), default=0.0)
+        return self.bytes / fastest / 1e6 if self.ok and fastest > 0 else 0.0
+
+    @property
     def spread(self) -> float:
         """(max - min) / median of the run times, as a fraction."""
         times = [r.seconds for r in self.runs]
@@ -344,6 +350,7 @@ class Result:
             "median_s": self.median if self.runs else None,
             "spread": self.spread if self.runs else None,
             "mbps": self.mbps,
+            "best_mbps": self.best_mbps,
             "rss_kib": self.rss_kib,
             "runs": [asdict(r) for r in self.runs],
             "note": self.note,
