@@ -91,7 +91,8 @@ class Workload:
         extra.append(f"{self.order} order")
         extra.append(f"seed {self.seed}")
         return (
-            f"{len(self.platforms)} platforms x {self.layers} layers x "
+            f"{len(self.platforms)} platform{'s' if len(self.platforms) != 1 else ''} x "
+            f"{self.layers} layers x "
             f"{_size(self.layer_size)} ({', '.join(extra)})"
         )
 
