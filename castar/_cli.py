@@ -134,7 +134,7 @@ async def _cmd_load(store: Store, args: argparse.Namespace) -> int:
         source = "-"
     else:
         source = Path(args.input)
-        if not await anyio.Path(source).is_file():
+        if not await anyio.Path(source).exists():  # FIFOs (-i <(zcat a.tar.gz)) are fine
             raise NotFound(f"archive {source}")
     with open_progress("Loading", mode=_progress_mode(args)) as bar:
         images = await store.load(
