@@ -1329,10 +1329,11 @@ async def save(
     """Export images as one OCI image archive (with Docker's ``manifest.json``).
 
     Plans first (:func:`plan_save`), under a lease holding every blob it will read
-    (SAVE-5), so unknown names, unmatched platforms and missing content fail before
-    the sink is opened. Then writes ``oci-layout``, ``index.json``, ``manifest.json``
-    and the blobs sorted by name, with fixed headers (TAR-1..3) and canonical JSON
-    (DESC-2): the same content, names and options give the same bytes.
+    (SAVE-5; the caller's current lease when there is one, LEASE-6), so unknown
+    names, unmatched platforms and missing content fail before the sink is opened.
+    Then writes ``oci-layout``, ``index.json``, ``manifest.json`` and the blobs
+    sorted by name, with fixed headers (TAR-1..3) and canonical JSON (DESC-2): the
+    same content, names and options give the same bytes.
 
     Platforms (SAVE-1..3): none → every platform, ``manifest.json`` pointing at the
     host's preferred *available* one (EDGE-1 fixed); one → that platform's manifest,
@@ -1370,35 +1371,50 @@ async def save(
     """
     options = _options(platforms, missing, docker_manifest)
     limiters = _Limiters(limiter, limiter) if limiter is not None else _store_limiters(store)
+    if current_lease() is not None:  # LEASE-6: the caller's lease holds what we read
+        return await _save(store, names, sink, options, limiters, verify, archive_digest, progress)
     async with store.lease(expire=timedelta(hours=24), labels={"castar.export": "1"}):
-        plan = await _plan(store, names, options)
-        paths = {
-            m.digest: str(store.content.path(m.digest))
-            for m in plan.members
-            if m.digest is not None and m.data is None
-        }
-        ours = None  # a regular file save() created from a path: removed if writing fails
-        try:
-            out = open_sink(sink)
-            async with limiters.hash:  # opens count as blob work: no burst of thread starts
-                await out.open()
-            async with out:
-                if isinstance(sink, str | os.PathLike) and sink != "-" and out.kind == "file":
-                    ours = anyio.Path(os.fspath(sink))
-                size, sha = await _write(
-                    plan,
-                    out,
-                    paths,
-                    verify=verify,
-                    archive_digest=archive_digest,
-                    limiters=limiters,
-                    progress=progress,
-                )
-        except BaseException:
-            if ours is not None:
-                with anyio.CancelScope(shield=True), suppress(OSError):
-                    await ours.unlink()
-            raise
+        return await _save(store, names, sink, options, limiters, verify, archive_digest, progress)
+
+
+async def _save(
+    store: Store,
+    names: Sequence[str],
+    sink: object,
+    options: _Options,
+    limiters: _Limiters,
+    verify: bool,
+    archive_digest: bool,
+    progress: Progress | None,
+) -> ExportResult:
+    plan = await _plan(store, names, options)
+    paths = {
+        m.digest: str(store.content.path(m.digest))
+        for m in plan.members
+        if m.digest is not None and m.data is None
+    }
+    ours = None  # a regular file save() created from a path: removed if writing fails
+    try:
+        out = open_sink(sink)
+        async with limiters.hash:  # opens count as blob work: no burst of thread starts
+            await out.open()
+        async with out:
+            if isinstance(sink, str | os.PathLike) and sink != "-" and out.kind == "file":
+                ours = anyio.Path(os.fspath(sink))
+            size, sha = await _write(
+                plan,
+                out,
+                paths,
+                verify=verify,
+                archive_digest=archive_digest,
+                limiters=limiters,
+                progress=progress,
+            )
+    except BaseException:
+        if ours is not None:
+            with anyio.CancelScope(shield=True), suppress(OSError):
+                await ours.unlink()
+        raise
     return ExportResult(plan, size, sha)
 
 

@@ -327,3 +327,24 @@ async def test_save_into_a_pipe_nobody_reads_can_be_cancelled(
     # the limiter's tokens came back: the next saves run
     for _ in range(3):
         await exporter.save(store, [NAME], tmp_path / "after.tar")
+
+
+async def test_save_under_a_callers_lease_uses_it(store: Store, tmp_path: Path) -> None:
+    # LEASE-6: with a current lease, save adds what it reads to it and creates none
+    image = await store.images.get(NAME)
+    async with store.lease() as lease:
+        seen: list[int] = []
+        gate = anyio.Event()
+        sink = Collector(gate)  # the save waits in its first send until counted
+
+        async def count_leases() -> None:
+            await sink.started.wait()
+            seen.append(len(await store.leases.list()))
+            gate.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(count_leases)
+            await exporter.save(store, [NAME], sink)
+        assert seen == [1]
+        held = {r for _, r in await store.leases.list_resources(lease.id)}
+        assert image.target.digest in held
