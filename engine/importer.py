@@ -779,8 +779,7 @@ async def _walk(sess: _Session, top: oci.Descriptor) -> _Walk:
     if kept:
         walk.produced = True
         walk.labels[top.digest] = oci.children_labels(kept)
-    for child in kept:
-        await _visit(sess, walk, child)
+    await _visit(sess, walk, kept)
     if not walk.produced:
         raise EmptyWalk
     return walk
@@ -814,24 +813,27 @@ def _normalized(name: str) -> str | None:
         return None
 
 
-async def _visit(sess: _Session, walk: _Walk, desc: oci.Descriptor) -> None:
-    walk.needed.setdefault(desc.digest, desc)
-    if desc.digest in walk.visited:
-        return
-    walk.visited.add(desc.digest)
-    if not (oci.is_manifest(desc.media_type) or oci.is_index(desc.media_type)):
-        return
-    data = await sess.document(desc)
-    if data is None:
-        if sess.skip_missing:
-            return  # SkipDesc (IMP-11, EDGE-2)
-        raise NotFound(f"content digest {desc.digest}")
-    kept = [c for c in await _children(desc, data) if _keep(sess, c)]
-    if kept:
-        walk.produced = True
-        walk.labels[desc.digest] = oci.children_labels(kept)
-    for child in kept:
-        await _visit(sess, walk, child)
+async def _visit(sess: _Session, walk: _Walk, kept: list[oci.Descriptor]) -> None:
+    """Depth-first, in order, below the top index (an explicit stack: no recursion limit)."""
+    stack = kept[::-1]
+    while stack:
+        desc = stack.pop()
+        walk.needed.setdefault(desc.digest, desc)
+        if desc.digest in walk.visited:
+            continue
+        walk.visited.add(desc.digest)
+        if not (oci.is_manifest(desc.media_type) or oci.is_index(desc.media_type)):
+            continue
+        data = await sess.document(desc)
+        if data is None:
+            if sess.skip_missing:
+                continue  # SkipDesc (IMP-11, EDGE-2)
+            raise NotFound(f"content digest {desc.digest}")
+        children = [c for c in await _children(desc, data) if _keep(sess, c)]
+        if children:
+            walk.produced = True
+            walk.labels[desc.digest] = oci.children_labels(children)
+            stack += children[::-1]
 
 
 async def _fetch_needed(sess: _Session, walk: _Walk) -> None:
