@@ -1119,7 +1119,11 @@ class _Copier:
     def _flush(self) -> None:
         if not self._pending:
             return
-        data = bytes(self._pending)
+        if self._fd is not None:  # written before the buffer is reused: no copy
+            self._put(self._pending)
+            self._pending.clear()
+            return
+        data = bytes(self._pending)  # streams may keep what they are given
         self._pending.clear()
         self._put(data)
 
