@@ -20,6 +20,7 @@ import pytest
 from castar.engine import exporter, oci
 from castar.engine import platforms as plat
 from castar.store._store import Store, open_store
+from castar.store.errors import NotFound
 
 NAME = "docker.io/library/multi:1"
 PLATFORMS = ("linux/amd64", "linux/arm64/v8", "linux/riscv64", "linux/s390x")
@@ -286,7 +287,7 @@ async def test_save_many_raises_the_first_failure(store: Store, tmp_path: Path) 
         exporter.SaveJob([NAME], tmp_path / "ok.tar"),
         exporter.SaveJob(["nosuch:1"], tmp_path / "bad.tar"),
     ]
-    with pytest.raises(exporter.NotFound, match='image "nosuch:1"'):
+    with pytest.raises(NotFound, match='image "nosuch:1"'):
         await exporter.save_many(store, jobs)
 
 
