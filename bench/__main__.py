@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -70,6 +71,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--cases", default="", help="comma list of case ids (default: all)")
     r.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    r.add_argument(
+        "--timeout",
+        type=float,
+        default=600,
+        metavar="S",
+        help="kill a run after S seconds (default 600; 0: never); a peer that times out "
+        "is not run in later cases",
+    )
     o = p.add_argument_group("output")
     o.add_argument(
         "--workdir",
@@ -147,7 +156,7 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
         ctrd = _peers.Containerd(Path(tempfile.mkdtemp(prefix="castar-ctrd-")))
     try:
         cases = _cases.build(arch, workload, scratch, opts, ctrd)
-        results = harness.run_cases(cases, runs, scratch, log=_log)
+        results = harness.run_cases(cases, runs, scratch, log=_log, timeout=args.timeout)
     finally:
         if ctrd is not None:
             ctrd.stop()
@@ -207,8 +216,13 @@ def _print(doc: dict[str, Any], results: list[harness.Result]) -> None:
     print()
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C: the private containerd is stopped
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     json_path: Path | None = None
     if args.report is not None:
         doc = json.loads(args.report.read_text())

@@ -123,7 +123,7 @@ def evaluate(results: Sequence[Result]) -> list[dict[str, Any]]:
                 "status": status,
             }
         )
-    castar = [r for r in results if r.tool == "castar" and r.runs]
+    castar = [r for r in results if r.tool == "castar" and r.ok]
     peak = max((r.rss_kib for r in castar), default=0) / 1024
     out.append(
         {
@@ -168,7 +168,7 @@ def table(results: Sequence[Result], goals: Sequence[dict[str, Any]]) -> str:
             base = castar_rate.get(r.case)
             up = f"{base / r.mbps:.2f}x" if base and r.mbps > 0 else ""
         goal = "; ".join(marks.get((r.case, r.tool), []))
-        if r.tool == "castar" and r.runs and rss_goal["status"] != "not measured":
+        if r.tool == "castar" and r.ok and rss_goal["status"] != "not measured":
             rss_ok = "met" if r.rss_kib / 1024 < RSS_GOAL_MIB else "missed"
             goal = "; ".join(x for x in (goal, f"RSS < {RSS_GOAL_MIB} MiB: {rss_ok}") if x)
         rss = f"{r.rss_kib / 1024:.0f}" if r.runs else ""

@@ -9,15 +9,18 @@ the report in ``bench._report``. Imports castar only for the generator.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +46,7 @@ PLATFORMS = (
 )
 MIB = 1 << 20
 TIME = "/usr/bin/time"
+TIMED_OUT = "timed out"
 IMAGE = "docker.io/library/synth:latest"
 REPO = Path(__file__).resolve().parent.parent
 
@@ -359,9 +363,12 @@ class Result:
 
 
 def measure(
-    entry: Entry, runs: int, scratch: Path, *, env: dict[str, str]
+    entry: Entry, runs: int, scratch: Path, *, env: dict[str, str], timeout: float = 0
 ) -> tuple[list[Run], str]:
     """Run ``entry.command`` ``runs`` times as whole processes; stops at the first failure.
+
+    A run that takes longer than ``timeout`` seconds (0: no limit) is killed with its
+    whole process group and counts as failed (``TIMED_OUT`` in the note).
 
     Returns:
         The runs and, when a run failed, the tail of its stderr.
@@ -389,10 +396,32 @@ def measure(
                 stderr=err,
                 env=env,
                 cwd=REPO,
+                start_new_session=True,  # its own process group: a timeout kills it all
             )
-            _, status, usage = os.wait4(proc.pid, 0)
+            expired = threading.Event()
+
+            def kill(pgid: int = proc.pid, expired: threading.Event = expired) -> None:
+                expired.set()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, signal.SIGKILL)
+
+            timer = threading.Timer(timeout, kill) if timeout > 0 else None
+            if timer is not None:
+                timer.start()
+            try:
+                _, status, usage = os.wait4(proc.pid, 0)
+            except BaseException:  # interrupted: leave no benchmark process behind
+                kill()
+                proc.wait()
+                raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
             seconds = time.perf_counter() - t0
             proc.returncode = rc = os.waitstatus_to_exitcode(status)
+        if expired.is_set():
+            done.append(Run(seconds, 0, rc or -9))
+            return done, f"{TIMED_OUT} after {timeout:g} s"
         rss = _max_rss(rss_file) if timed else usage.ru_maxrss
         if entry.daemon is not None:
             rss += entry.daemon.peak_kib()
@@ -414,25 +443,40 @@ def _max_rss(path: Path) -> int:
 
 
 def run_cases(
-    cases: Sequence[_cases.Case], runs: int, scratch: Path, *, log: Callable[[str], None]
+    cases: Sequence[_cases.Case],
+    runs: int,
+    scratch: Path,
+    *,
+    log: Callable[[str], None],
+    timeout: float = 0,
 ) -> list[Result]:
-    """Measure every entry of every case, castar first so its output sets the case bytes."""
+    """Measure every entry of every case, castar first so its output sets the case bytes.
+
+    A peer or baseline that times out is not run again in later cases (noted); castar is.
+    """
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env["TMPDIR"] = str(scratch / "tmp")  # skopeo unpacks oci-archive: sources there
     (scratch / "tmp").mkdir(parents=True, exist_ok=True)
     results: list[Result] = []
     resolved: dict[str, int] = {}
+    slow: dict[str, str] = {}  # tool -> the case it timed out in
     for case in cases:
         case_bytes = resolved.get(case.bytes_from, case.bytes)
         if case.bytes_from and case.bytes_from not in resolved:
             case_bytes = _castar_save_size(case, env, scratch)
         for entry in case.entries:
             log(f"  {case.id:<14} {entry.tool:<9} {entry.label}")
-            try:
-                done, err = measure(entry, runs, scratch / "proc", env=env)
-            except Exception as exc:  # a setup step of a peer failed: note it, go on
-                done, err = [], f"setup failed: {exc}"
+            done: list[Run] = []
+            if entry.tool in slow:
+                err = f"not run: {TIMED_OUT} in {slow[entry.tool]}"
+            else:
+                try:
+                    done, err = measure(entry, runs, scratch / "proc", env=env, timeout=timeout)
+                except Exception as exc:  # a setup step of a peer failed: note it, go on
+                    err = f"setup failed: {exc}"
+                if err.startswith(TIMED_OUT) and entry.kind != "castar":
+                    slow[entry.tool] = case.id
             if entry.output is not None and done and done[0].rc == 0 and entry.output.exists():
                 case_bytes = _tree_size(entry.output)
             results.append(

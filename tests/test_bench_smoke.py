@@ -97,6 +97,15 @@ def test_a_failing_castar_case_makes_the_bench_exit_non_zero(tmp_path: Path) -> 
     assert "| load-gzip | castar | castar load -i FILE.gzip | failed |" in proc.stdout
 
 
+def test_a_run_over_the_timeout_is_killed_and_fails_the_case(tmp_path: Path) -> None:
+    proc = _bench(tmp_path, "--cases", "load-file", "--timeout", "0.01")
+    assert proc.returncode == 1
+    (r,) = json.loads((tmp_path / "out.json").read_text())["results"]
+    assert not r["ok"]
+    assert r["note"] == "timed out after 0.01 s"
+    assert len(r["runs"]) == 1  # no second attempt after a failure
+
+
 def _result(
     case: str, tool: str, seconds: float, nbytes: int = 10**9, rc: int = 0, rss: int = 50 * 1024
 ) -> Result:
