@@ -1,10 +1,9 @@
 """The exporter ("save"): images from the store to an OCI + Docker image archive.
 
-Owns planning (names → targets → a sorted, deduplicated member plan, checked against
-the store before the first byte) and writing (the plan streamed to a sink with the
-cheapest copy it allows). Uses castar.store, the OCI model, platforms, references, the
-tar codec and ``_streams``; it must not import the importer, the images service or
-the ``castar`` facade.
+Owns planning (names → targets → a sorted member plan checked against the store before
+the first byte; pure over what was fetched) and writing (the plan to a sink with the
+cheapest copy it allows). Uses castar.store, graph, oci, platforms, reference, tarcodec
+and _streams; it must not import the importer, the images service or the facade.
 """
 
 from __future__ import annotations
