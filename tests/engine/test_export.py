@@ -360,6 +360,42 @@ async def test_edge12_sha512_blobs_get_pax_names_and_their_own_directory(
     assert b"path=blobs/sha512/" in raw
 
 
+async def test_exp4_distribution_source_labels_become_entry_annotations(
+    store: Store, tmp_path: Path
+) -> None:
+    w = await build_world(store)
+    await store.content.update_labels(
+        w.I.digest,
+        {
+            "containerd.io/distribution.source.docker.io": "library/alpine",
+            "containerd.io/gc.ref.content.x": str(w.M1.digest),  # not a source label
+        },
+    )
+    ar = read_archive(await save_bytes(store, tmp_path, [ALPINE]))
+    (entry,) = ar.index["manifests"]  # type: ignore[misc]
+    assert entry["annotations"] == {
+        "containerd.io/distribution.source.docker.io": "library/alpine",
+        "io.containerd.image.name": ALPINE,
+        "org.opencontainers.image.ref.name": "latest",
+    }
+
+
+async def test_edge3_a_layer_used_twice_is_written_once_and_listed_twice(
+    store: Store, tmp_path: Path
+) -> None:
+    c = await put_config(store, "linux", "amd64")
+    layer = await put(store, b"the same layer", oci.OCI_LAYER_GZIP)
+    m = await put_manifest(store, c, (layer, layer))
+    await store.images.create("docker.io/library/twice:1", m)
+    raw = await save_bytes(store, tmp_path, ["twice:1"])
+    ar = read_archive(raw)
+    assert ar.names.count(f"blobs/sha256/{layer.digest.encoded}") == 1
+    assert ar.docker[0]["Layers"] == [f"blobs/sha256/{layer.digest.encoded}"] * 2
+    without = read_archive(await save_bytes(store, tmp_path, ["twice:1"], docker_manifest=False))
+    assert "manifest.json" not in without.names  # EXP-10: skip_docker_manifest
+    assert without.blob_hexes == ar.blob_hexes
+
+
 async def test_tv60_layer_target_raises_only_manifests_may_be_exported(
     store: Store, tmp_path: Path
 ) -> None:
