@@ -10,24 +10,65 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
-import math
-import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
-from json.encoder import encode_basestring
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from castar.engine import platforms
+from castar.engine._json import (
+    Struct,
+    canonical_json,
+    get_int,
+    get_map,
+    get_str,
+    get_strs,
+    kind,
+    load_object,
+    malformed,
+    object_of,
+)
+from castar.engine._mediatypes import (
+    CHECKPOINT,
+    CHECKPOINT_CONFIG,
+    DOCKER_CONFIG,
+    DOCKER_LAYER,
+    DOCKER_LAYER_FOREIGN,
+    DOCKER_LAYER_FOREIGN_GZIP,
+    DOCKER_LAYER_GZIP,
+    DOCKER_LAYER_ZSTD,
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    DOCKER_SCHEMA1_MANIFEST,
+    EROFS_LAYER,
+    IN_TOTO,
+    OCI_CONFIG,
+    OCI_EMPTY,
+    OCI_INDEX,
+    OCI_LAYER,
+    OCI_LAYER_GZIP,
+    OCI_LAYER_ND,
+    OCI_LAYER_ND_GZIP,
+    OCI_LAYER_ND_ZSTD,
+    OCI_LAYER_ZSTD,
+    OCI_LAYOUT_HEADER,
+    OCI_MANIFEST,
+    is_config,
+    is_index,
+    is_known_config,
+    is_layer,
+    is_manifest,
+    is_non_distributable,
+    layer_compression,
+)
 from castar.engine.platforms import Platform
 from castar.store.digest import Digest
 from castar.store.errors import (
     InvalidArgument,
     MalformedManifest,
-    NotImplementedKind,
     UnsupportedMediaType,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 __all__ = [
     "ANNOTATION_IMAGE_NAME",
@@ -86,33 +127,6 @@ __all__ = [
     "layer_compression",
 ]
 
-# --- media types (MT-1) -------------------------------------------------------------------------
-
-OCI_INDEX: Final = "application/vnd.oci.image.index.v1+json"
-OCI_MANIFEST: Final = "application/vnd.oci.image.manifest.v1+json"
-OCI_CONFIG: Final = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER: Final = "application/vnd.oci.image.layer.v1.tar"
-OCI_LAYER_GZIP: Final = "application/vnd.oci.image.layer.v1.tar+gzip"
-OCI_LAYER_ZSTD: Final = "application/vnd.oci.image.layer.v1.tar+zstd"
-OCI_LAYER_ND: Final = "application/vnd.oci.image.layer.nondistributable.v1.tar"
-OCI_LAYER_ND_GZIP: Final = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
-OCI_LAYER_ND_ZSTD: Final = "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
-OCI_EMPTY: Final = "application/vnd.oci.empty.v1+json"
-OCI_LAYOUT_HEADER: Final = "application/vnd.oci.layout.header.v1+json"
-DOCKER_MANIFEST: Final = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_MANIFEST_LIST: Final = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_CONFIG: Final = "application/vnd.docker.container.image.v1+json"
-DOCKER_LAYER: Final = "application/vnd.docker.image.rootfs.diff.tar"
-DOCKER_LAYER_GZIP: Final = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-DOCKER_LAYER_ZSTD: Final = "application/vnd.docker.image.rootfs.diff.tar.zstd"
-DOCKER_LAYER_FOREIGN: Final = "application/vnd.docker.image.rootfs.foreign.diff.tar"
-DOCKER_LAYER_FOREIGN_GZIP: Final = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
-DOCKER_SCHEMA1_MANIFEST: Final = "application/vnd.docker.distribution.manifest.v1+prettyjws"
-IN_TOTO: Final = "application/vnd.in-toto+json"
-CHECKPOINT: Final = "application/vnd.containerd.container.criu.checkpoint.criu.tar"
-CHECKPOINT_CONFIG: Final = "application/vnd.containerd.container.checkpoint.config.v1+proto"
-EROFS_LAYER: Final = "application/vnd.erofs.layer.v1"
-
 # --- annotations --------------------------------------------------------------------------------
 
 ANNOTATION_IMAGE_NAME: Final = "io.containerd.image.name"
@@ -125,304 +139,9 @@ ANNOTATION_PREDICATE_TYPE: Final = "in-toto.io/predicate-type"
 #: Largest JSON document (manifest, index, config, layout) castar reads (EDGE-13).
 MAX_DOCUMENT: Final = 20 << 20
 
-_MAX_INT64: Final = (1 << 63) - 1
-_DOCKER_LAYERS: Final = frozenset(
-    {DOCKER_LAYER, DOCKER_LAYER_GZIP, DOCKER_LAYER_ZSTD, DOCKER_LAYER_FOREIGN}
-    | {DOCKER_LAYER_FOREIGN_GZIP}
-)
-
-
-# --- classification (MT-2, MT-3) ----------------------------------------------------------------
-
-
-def is_manifest(media_type: str) -> bool:
-    """True for exactly the OCI or Docker schema2 manifest type (MT-2)."""
-    return media_type in (OCI_MANIFEST, DOCKER_MANIFEST)
-
-
-def is_index(media_type: str) -> bool:
-    """True for exactly the OCI index or the Docker manifest list type (MT-2)."""
-    return media_type in (OCI_INDEX, DOCKER_MANIFEST_LIST)
-
-
-def is_config(media_type: str) -> bool:
-    """True for the OCI or Docker image config type (MT-2)."""
-    return media_type in (OCI_CONFIG, DOCKER_CONFIG)
-
-
-def is_known_config(media_type: str) -> bool:
-    """True for an image config or a containerd checkpoint config type (MT-2)."""
-    return media_type in (OCI_CONFIG, DOCKER_CONFIG, CHECKPOINT, CHECKPOINT_CONFIG)
-
-
-def is_layer(media_type: str) -> bool:
-    """True for any OCI layer type, a Docker layer type with any ``+suffix``, or erofs (MT-2)."""
-    if media_type.startswith("application/vnd.oci.image.layer."):
-        return True
-    base = media_type.partition("+")[0]
-    return base in _DOCKER_LAYERS or base == EROFS_LAYER
-
-
-def is_non_distributable(media_type: str) -> bool:
-    """True for OCI non-distributable and Docker foreign layer types (MT-2)."""
-    return media_type.startswith(
-        (
-            "application/vnd.oci.image.layer.nondistributable.",
-            "application/vnd.docker.image.rootfs.foreign.",
-        )
-    )
-
-
-def layer_compression(media_type: str) -> str:
-    """The compression a layer media type implies (MT-3).
-
-    Returns:
-        ``"gzip"``, ``"zstd"``, ``""`` (none, or a wrapped Docker type such as ``+encrypted``)
-        or ``"unknown"`` for Docker ``.tar`` types that may be compressed anyway (sniff them).
-
-    Raises:
-        NotImplementedKind: ``unrecognised mediatype <mt>`` for anything that is not a layer.
-    """
-    base, plus, ext = media_type.partition("+")
-    suffixes = sorted(ext.split("+")) if plus else []
-    if base in (DOCKER_LAYER, DOCKER_LAYER_FOREIGN):
-        return "" if suffixes else "unknown"
-    if base in (DOCKER_LAYER_GZIP, DOCKER_LAYER_FOREIGN_GZIP):
-        return "" if suffixes else "gzip"
-    if base == DOCKER_LAYER_ZSTD:
-        return "" if suffixes else "zstd"
-    if base in (OCI_LAYER, OCI_LAYER_ND):
-        # containerd sorts the suffixes and looks at the last one: tar+gzip+encrypted is gzip.
-        if suffixes and suffixes[-1] in ("gzip", "zstd"):
-            return suffixes[-1]
-        return ""
-    raise NotImplementedKind(f"unrecognised mediatype {media_type}")
-
-
-# --- canonical JSON (DESC-2) --------------------------------------------------------------------
-
-
-class Struct(dict[str, Any]):
-    """A JSON object whose members keep their insertion order, like a Go struct.
-
-    :func:`canonical_json` sorts the keys of every plain mapping (Go maps) but writes a
-    ``Struct`` in the order it was built: documents (index, manifest, descriptor,
-    platform, Docker ``manifest.json`` entries) are structs in Go, so their members
-    come in field order (DESC-1) while annotation and label maps are key-sorted.
-    """
-
-    __slots__ = ()
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-_HTML_ESCAPES: Final = {
-    "<": "\\u003c",
-    ">": "\\u003e",
-    "&": "\\u0026",
-    "\u2028": "\\u2028",
-    "\u2029": "\\u2029",
-}
-_HTML = re.compile("[<>&\u2028\u2029]")
-
-
-def _json_string(s: str) -> str:
-    if _SURROGATE.search(s):
-        # Go replaces invalid UTF-8 with U+FFFD; a lone surrogate is Python's equivalent.
-        s = _SURROGATE.sub("\ufffd", s)
-    out = encode_basestring(s)
-    if _HTML.search(out):
-        out = _HTML.sub(lambda m: _HTML_ESCAPES[m.group()], out)
-    return out
-
-
-def _json_float(f: float) -> str:
-    # Go's encoding/json: fixed notation for 1e-6 <= |f| < 1e21, else strconv's shortest
-    # 'e' form with "e-07" trimmed to "e-7". Python's repr gives the same shortest digits.
-    if math.isnan(f) or math.isinf(f):
-        raise InvalidArgument(f"json: unsupported value: {f!r}")
-    r = repr(f)
-    if f == 0 or 1e-6 <= abs(f) < 1e21:
-        text = format(Decimal(r), "f")
-        return text.rstrip("0").rstrip(".") if "." in text else text
-    mant, _, exp = r.partition("e")
-    if mant.endswith(".0"):
-        mant = mant[:-2]
-    if exp.startswith("-0"):
-        exp = "-" + exp[2:]
-    return f"{mant}e{exp}"
-
-
-def _encode(obj: object, out: Callable[[str], object]) -> None:
-    if obj is None:
-        out("null")
-    elif isinstance(obj, str):
-        out(_json_string(obj))
-    elif obj is True:
-        out("true")
-    elif obj is False:
-        out("false")
-    elif isinstance(obj, int):
-        out(str(int(obj)))
-    elif isinstance(obj, float):
-        out(_json_float(obj))
-    elif isinstance(obj, Struct):
-        _encode_members(obj.items(), out)
-    elif isinstance(obj, Mapping):
-        for k in obj:
-            if not isinstance(k, str):
-                raise InvalidArgument(f"json: unsupported map key {k!r}")
-        _encode_members(sorted(obj.items()), out)
-    elif isinstance(obj, (bytes, bytearray, memoryview)):
-        out('"' + base64.b64encode(obj).decode("ascii") + '"')
-    elif isinstance(obj, (list, tuple)):
-        out("[")
-        for i, item in enumerate(obj):
-            if i:
-                out(",")
-            _encode(item, out)
-        out("]")
-    elif hasattr(obj, "to_json"):
-        _encode(obj.to_json(), out)
-    else:
-        raise InvalidArgument(f"json: unsupported type {type(obj).__name__}")
-
-
-def _encode_members(items: Iterable[tuple[str, object]], out: Callable[[str], object]) -> None:
-    out("{")
-    first = True
-    for k, v in items:
-        if not first:
-            out(",")
-        first = False
-        out(_json_string(k))
-        out(":")
-        _encode(v, out)
-    out("}")
-
-
-def canonical_json(obj: object) -> bytes:
-    r"""Encode ``obj`` byte-for-byte as Go's ``json.Marshal`` would (DESC-2).
-
-    Compact, no trailing newline; mapping keys sorted by byte value except in a
-    :class:`Struct` (field order); ``<``, ``>``, ``&``, U+2028 and U+2029 escaped as
-    ``\u003c`` etc.; other non-ASCII kept as UTF-8; ``None`` → ``null``; ``bytes`` →
-    base64 (Go ``[]byte``); objects with a ``to_json()`` method are encoded through it.
-
-    Raises:
-        InvalidArgument: a value JSON cannot hold (NaN, a non-string key, an unknown type).
-    """
-    parts: list[str] = []
-    _encode(obj, parts.append)
-    return "".join(parts).encode("utf-8")
-
-
-# --- strict field readers -----------------------------------------------------------------------
-
-
-def _kind(v: object) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "bool"
-    if isinstance(v, (int, float)):
-        return "number"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, list):
-        return "array"
-    return "object"
-
-
-def _bad(where: str, key: str, want: str, v: object) -> MalformedManifest:
-    return MalformedManifest(f"{where}: {key}: expected {want}, found {_kind(v)}")
-
-
-def _get_str(obj: Mapping[str, Any], key: str, where: str) -> str:
-    v = obj.get(key)
-    if v is None:
-        return ""
-    if not isinstance(v, str):
-        raise _bad(where, key, "string", v)
-    return v
-
-
-def _get_int(obj: Mapping[str, Any], key: str, where: str) -> int:
-    v = obj.get(key)
-    if v is None:
-        return 0
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise _bad(where, key, "integer", v)
-    if not -_MAX_INT64 - 1 <= v <= _MAX_INT64:
-        raise MalformedManifest(f"{where}: {key}: {v} overflows int64")
-    return v
-
-
-def _get_strs(obj: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
-    v = obj.get(key)
-    if v is None:
-        return ()
-    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-        raise _bad(where, key, "array of strings", v)
-    return tuple(v)
-
-
-def _get_map(obj: Mapping[str, Any], key: str, where: str) -> dict[str, str]:
-    v = obj.get(key)
-    if v is None:
-        return {}
-    if not isinstance(v, dict) or not all(x is None or isinstance(x, str) for x in v.values()):
-        raise _bad(where, key, "object of strings", v)
-    # Go stores a null map value as the zero value "".
-    return {k: "" if x is None else x for k, x in v.items()}
-
-
-def _object(v: object, where: str) -> dict[str, Any]:
-    if not isinstance(v, dict):
-        raise MalformedManifest(f"{where}: expected object, found {_kind(v)}")
-    return v
-
 
 def _load(data: bytes, what: str, name: str) -> dict[str, Any]:
-    where = f"{what} {name}" if name else what
-    if len(data) > MAX_DOCUMENT:
-        raise MalformedManifest(
-            f"{where}: document of {len(data)} bytes exceeds the {MAX_DOCUMENT} byte limit"
-        )
-    try:
-        text = bytes(data).decode("utf-8", errors="replace")
-        obj = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        raise MalformedManifest(f"{where}: invalid JSON: {exc}") from exc
-    return _object(obj, where)
-
-
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"invalid JSON literal {name}")
-
-
-# --- platforms in JSON (DESC-1 field order) -----------------------------------------------------
-
-
-def _platform_from_json(obj: object, where: str) -> Platform:
-    o = _object(obj, where)
-    return Platform(
-        os=_get_str(o, "os", where),
-        architecture=_get_str(o, "architecture", where),
-        variant=_get_str(o, "variant", where),
-        os_version=_get_str(o, "os.version", where),
-        os_features=_get_strs(o, "os.features", where),
-    )
-
-
-def _platform_to_json(p: Platform) -> Struct:
-    out = Struct(architecture=p.architecture, os=p.os)
-    if p.os_version:
-        out["os.version"] = p.os_version
-    if p.os_features:
-        out["os.features"] = list(p.os_features)
-    if p.variant:
-        out["variant"] = p.variant
-    return out
+    return load_object(data, f"{what} {name}" if name else what, MAX_DOCUMENT)
 
 
 # --- the model ----------------------------------------------------------------------------------
@@ -458,7 +177,7 @@ class Descriptor:
         if self.data:
             out["data"] = bytes(self.data)
         if self.platform is not None:
-            out["platform"] = _platform_to_json(self.platform)
+            out["platform"] = platforms.to_json(self.platform)
         if self.artifact_type:
             out["artifactType"] = self.artifact_type
         return out
@@ -471,21 +190,21 @@ class Descriptor:
             MalformedManifest: not an object, a field of the wrong type, an invalid
                 digest, a negative size (DESC-3) or bad base64 ``data``.
         """
-        o = _object(obj, where)
-        media_type = _get_str(o, "mediaType", where)
-        raw_digest = _get_str(o, "digest", where)
+        o = object_of(obj, where)
+        media_type = get_str(o, "mediaType", where)
+        raw_digest = get_str(o, "digest", where)
         try:
             digest = Digest(raw_digest)
         except InvalidArgument as exc:
             raise MalformedManifest(f"{where}: invalid digest {raw_digest!r}: {exc}") from exc
-        size = _get_int(o, "size", where)
+        size = get_int(o, "size", where)
         if size < 0:
             raise MalformedManifest(f"{where}: invalid size {size} in {digest} ({media_type})")
         data: bytes | None = None
         raw_data = o.get("data")
         if raw_data is not None:
             if not isinstance(raw_data, str):
-                raise _bad(where, "data", "base64 string", raw_data)
+                raise malformed(where, "data", "base64 string", raw_data)
             try:
                 data = base64.b64decode(raw_data, validate=True)
             except (binascii.Error, ValueError) as exc:
@@ -494,17 +213,17 @@ class Descriptor:
         platform = (
             None
             if raw_platform is None
-            else _platform_from_json(raw_platform, f"{where}: platform")
+            else platforms.from_json(raw_platform, where=f"{where}: platform")
         )
         return cls(
             media_type=media_type,
             digest=digest,
             size=size,
-            urls=_get_strs(o, "urls", where),
-            annotations=_get_map(o, "annotations", where),
+            urls=get_strs(o, "urls", where),
+            annotations=get_map(o, "annotations", where),
             data=data or None,
             platform=platform,
-            artifact_type=_get_str(o, "artifactType", where),
+            artifact_type=get_str(o, "artifactType", where),
         )
 
 
@@ -605,7 +324,7 @@ def _descriptors(o: Mapping[str, Any], key: str, where: str) -> tuple[Descriptor
     if v is None:
         return ()
     if not isinstance(v, list):
-        raise _bad(where, key, "array", v)
+        raise malformed(where, key, "array", v)
     return tuple(Descriptor.from_json(x, where=f"{where}: {key}[{i}]") for i, x in enumerate(v))
 
 
@@ -619,24 +338,24 @@ def _manifest_from(o: Mapping[str, Any], where: str) -> Manifest:
     if config is None:
         raise MalformedManifest(f"{where}: config: missing")
     return Manifest(
-        schema_version=_get_int(o, "schemaVersion", where),
-        media_type=_get_str(o, "mediaType", where),
-        artifact_type=_get_str(o, "artifactType", where),
+        schema_version=get_int(o, "schemaVersion", where),
+        media_type=get_str(o, "mediaType", where),
+        artifact_type=get_str(o, "artifactType", where),
         config=Descriptor.from_json(config, where=f"{where}: config"),
         layers=_descriptors(o, "layers", where),
         subject=_subject(o, where),
-        annotations=_get_map(o, "annotations", where),
+        annotations=get_map(o, "annotations", where),
     )
 
 
 def _index_from(o: Mapping[str, Any], where: str) -> Index:
     return Index(
-        schema_version=_get_int(o, "schemaVersion", where),
-        media_type=_get_str(o, "mediaType", where),
-        artifact_type=_get_str(o, "artifactType", where),
+        schema_version=get_int(o, "schemaVersion", where),
+        media_type=get_str(o, "mediaType", where),
+        artifact_type=get_str(o, "artifactType", where),
         manifests=_descriptors(o, "manifests", where),
         subject=_subject(o, where),
-        annotations=_get_map(o, "annotations", where),
+        annotations=get_map(o, "annotations", where),
     )
 
 
@@ -676,13 +395,13 @@ def decode_config(data: bytes, *, name: str = "") -> ImageConfig:
     rootfs = o.get("rootfs")
     diff_ids: tuple[str, ...] = ()
     if rootfs is not None:
-        diff_ids = _get_strs(_object(rootfs, f"{where}: rootfs"), "diff_ids", f"{where}: rootfs")
+        diff_ids = get_strs(object_of(rootfs, f"{where}: rootfs"), "diff_ids", f"{where}: rootfs")
     return ImageConfig(
-        os=_get_str(o, "os", where),
-        architecture=_get_str(o, "architecture", where),
-        variant=_get_str(o, "variant", where),
-        os_version=_get_str(o, "os.version", where),
-        os_features=_get_strs(o, "os.features", where),
+        os=get_str(o, "os", where),
+        architecture=get_str(o, "architecture", where),
+        variant=get_str(o, "variant", where),
+        os_version=get_str(o, "os.version", where),
+        os_features=get_strs(o, "os.features", where),
         diff_ids=diff_ids,
     )
 
@@ -705,11 +424,11 @@ def _check_document_type(o: Mapping[str, Any], media_type: str) -> None:
     # value (even null) counts for config/manifests/fsLayers, a non-empty array for layers.
     doc_type = o.get("mediaType")
     if doc_type is not None and not isinstance(doc_type, str):
-        raise MalformedManifest(f"mediaType: expected string, found {_kind(doc_type)}")
+        raise MalformedManifest(f"mediaType: expected string, found {kind(doc_type)}")
     doc_type = doc_type or ""
     layers = o.get("layers")
     if layers is not None and not isinstance(layers, list):
-        raise MalformedManifest(f"layers: expected array, found {_kind(layers)}")
+        raise MalformedManifest(f"layers: expected array, found {kind(layers)}")
     if "fsLayers" in o:
         raise UnsupportedMediaType("media-type: schema 1 not supported")
     if is_manifest(media_type) and ("manifests" in o or is_index(doc_type)):
