@@ -3,7 +3,8 @@
 Owns the distribution/reference grammar as docker and containerd apply it to image names:
 IMP-9 normalisation (``alpine`` → ``docker.io/library/alpine:latest``), EXP-10 familiar names,
 EXP-3 ``org.opencontainers.image.ref.name`` values, and LOAD-1 ``moby-dangling@<digest>``
-names. Pure: no I/O library (no anyio); imports only ``castar.store.errors`` and ``digest``.
+names. Pure: no I/O library (no anyio); imports only ``castar.store.errors``, ``digest``
+and ``_goquote``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Final, final
 
+from castar.engine._goquote import quote as _quote
 from castar.store.digest import Digest
 from castar.store.digest import parse as parse_digest
 from castar.store.errors import InvalidArgument
@@ -337,27 +339,3 @@ def display_name(name: str) -> str:
         return familiarize(name)
     except InvalidArgument:
         return name
-
-
-_GO_ESCAPES: Final = {
-    "\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"
-}  # fmt: skip
-
-
-def _quote(s: str) -> str:
-    """Go's ``%q`` (strconv.Quote): escapes quotes, backslashes and unprintable characters."""
-    out = []
-    for ch in s:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ch in _GO_ESCAPES:
-            out.append(_GO_ESCAPES[ch])
-        elif ch.isprintable():
-            out.append(ch)
-        elif ord(ch) < 0x80:
-            out.append(f"\\x{ord(ch):02x}")
-        elif ord(ch) < 0x10000:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(f"\\U{ord(ch):08x}")
-    return '"' + "".join(out) + '"'

@@ -382,13 +382,7 @@ def plan(spec: SynthSpec) -> SynthImage:
             sources[digest] = (_LAYER_TYPES[spec.compression], layer)
             layers.append(Descriptor(_LAYER_TYPES[spec.compression], digest, size))
             diff_ids.append(diff_id)
-        config_json = Struct(architecture=p.architecture, os=p.os)
-        if p.os_version:
-            config_json["os.version"] = p.os_version
-        if p.os_features:
-            config_json["os.features"] = list(p.os_features)
-        if p.variant:
-            config_json["variant"] = p.variant
+        config_json = platforms.to_json(p)  # the config's platform fields, DESC-1 order
         config_json["config"] = Struct(Labels={"org.castar.synth.seed": str(spec.seed)})
         config_json["rootfs"] = Struct(type="layers", diff_ids=[str(d) for d in diff_ids])
         config = _add(sources, oci.OCI_CONFIG, oci.canonical_json(config_json))

@@ -5,12 +5,13 @@ from __future__ import annotations
 import ast
 import itertools
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from castar.engine import platforms
+from castar.engine import _matchers, _platform, platforms
 from castar.engine.platforms import (
     ALL,
     Platform,
@@ -408,7 +409,7 @@ _candidates = st.sampled_from(
     ]
 ).map(parse)
 
-_matchers = st.one_of(
+_matcher_strategy = st.one_of(
     _candidates.map(only),
     _candidates.map(only_strict),
     _candidates.map(only_os),
@@ -426,7 +427,7 @@ def _incomparable(less, a: Platform, b: Platform) -> bool:
 
 
 @settings(max_examples=150)
-@given(_matchers, st.lists(_candidates, min_size=3, max_size=6))
+@given(_matcher_strategy, st.lists(_candidates, min_size=3, max_size=6))
 def test_less_is_a_strict_weak_order(matcher: platforms.MatchComparer, ps: list[Platform]) -> None:
     less = matcher.less
     for a in ps:
@@ -509,15 +510,15 @@ def test_host_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:  # HOST
 def test_host_autodetection(
     monkeypatch: pytest.MonkeyPatch, machine: str, expected: Platform
 ) -> None:
-    monkeypatch.setattr(platforms._stdlib_platform, "system", lambda: "Linux")
-    monkeypatch.setattr(platforms._stdlib_platform, "machine", lambda: machine)
-    platforms._detected.cache_clear()
+    monkeypatch.setattr(_platform._stdlib_platform, "system", lambda: "Linux")
+    monkeypatch.setattr(_platform._stdlib_platform, "machine", lambda: machine)
+    _platform._detected.cache_clear()
     previous = platforms.set_host(None)
     try:
         assert platforms.host() == expected
     finally:
         platforms.set_host(previous)
-        platforms._detected.cache_clear()
+        _platform._detected.cache_clear()
 
 
 # -- OCI JSON ---------------------------------------------------------------------------
@@ -544,26 +545,40 @@ def test_from_json_round_trips_and_rejects_bad_types() -> None:
             platforms.from_json(bad)
 
 
-def test_module_is_pure() -> None:
-    """No I/O library (no anyio): stdlib only, plus castar.store's errors."""
-    tree = ast.parse(Path(platforms.__file__).read_text())
+@pytest.mark.parametrize("module", [platforms, _platform, _matchers])
+def test_modules_are_pure(module: ModuleType) -> None:
+    """No I/O library (no anyio): stdlib only, plus castar.store's errors and pure helpers."""
+    tree = ast.parse(Path(str(module.__file__)).read_text())
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
         a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
     }
     assert "anyio" not in imported
-    assert {m for m in imported if m and m.startswith("castar")} == {"castar.store.errors"}
+    assert {m for m in imported if m and m.startswith("castar")} <= {
+        "castar.store.errors",
+        "castar.engine._goquote",
+        "castar.engine._json",
+        "castar.engine._platform",
+        "castar.engine._matchers",
+    }
+
+
+def test_public_names_are_reexported_from_platforms() -> None:
+    for module in (_platform, _matchers):
+        for name in module.__all__:
+            assert getattr(platforms, name) is getattr(module, name), name
+            assert name in platforms.__all__, name
 
 
 def test_host_autodetection_on_windows_keeps_the_build(monkeypatch: pytest.MonkeyPatch) -> None:
     # HOST-1: on Windows the host spec carries major.minor.build as its OS version.
-    monkeypatch.setattr(platforms._stdlib_platform, "system", lambda: "Windows")
-    monkeypatch.setattr(platforms._stdlib_platform, "machine", lambda: "AMD64")
-    monkeypatch.setattr(platforms._stdlib_platform, "version", lambda: "10.0.20348.1234")
-    platforms._detected.cache_clear()
+    monkeypatch.setattr(_platform._stdlib_platform, "system", lambda: "Windows")
+    monkeypatch.setattr(_platform._stdlib_platform, "machine", lambda: "AMD64")
+    monkeypatch.setattr(_platform._stdlib_platform, "version", lambda: "10.0.20348.1234")
+    _platform._detected.cache_clear()
     previous = platforms.set_host(None)
     try:
         assert platforms.host() == P("windows", "amd64", "", "10.0.20348")
         assert format_all(platforms.host()) == "windows(10.0.20348)/amd64"
     finally:
         platforms.set_host(previous)
-        platforms._detected.cache_clear()
+        _platform._detected.cache_clear()

@@ -244,4 +244,5 @@ def test_module_is_pure() -> None:
         "typing",
         "castar.store.digest",
         "castar.store.errors",
+        "castar.engine._goquote",
     }
