@@ -1,17 +1,44 @@
-"""The tar codec: a sans-IO streaming decoder and a deterministic header encoder.
+"""The tar codec: a sans-IO streaming decoder and its events, plus the header encoder.
 
-Owns the tar wire format (SEMANTICS TAR-1..4, EDGE-12/13): USTAR, PAX ``x``/``g``,
-GNU ``L``/``K``, base-256 numbers, V7. Pure: it imports only ``castar.store.errors``
-(and the ``Buffer`` type), never anyio (a test asserts it); ``_tario.py`` drives it.
+Owns reading the tar wire format as a stream (SEMANTICS TAR-4, EDGE-12/13): USTAR, PAX
+``x``/``g``, GNU ``L``/``K``, base-256 numbers, V7, each member handed out as events
+with body bytes as views of the fed buffers. Header fields and the deterministic
+encoder (TAR-1..3) live in ``_tarheader`` and are re-exported here. Pure: it imports
+only ``castar.store.errors`` and ``_tarheader``, never anyio (a test asserts it);
+``_tario.py`` drives it.
 """
 
 from __future__ import annotations
 
-import struct
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, final
 
+from castar.engine._tarheader import (
+    AREGTYPE,
+    BLOCKSIZE,
+    DIRTYPE,
+    END_OF_ARCHIVE,
+    GNU_LONGLINK,
+    GNU_LONGNAME,
+    HEADER_ONLY,
+    LNKTYPE,
+    MAX_RECORD,
+    META_TYPES,
+    PAX_GLOBAL,
+    REGTYPE,
+    SYMTYPE,
+    USTAR_MAGIC,
+    ZERO_BLOCK,
+    apply_pax,
+    cstring,
+    encode_header,
+    number_field,
+    padding,
+    parse_pax,
+    signed_checksum,
+    text_field,
+)
 from castar.store.errors import MalformedArchive
 
 if TYPE_CHECKING:
@@ -37,29 +64,6 @@ __all__ = [
     "encode_header",
     "padding",
 ]
-
-BLOCKSIZE: Final = 512
-#: Cap on one PAX or GNU long-name/long-link record body (bytes).
-MAX_RECORD: Final = 1 << 20
-
-REGTYPE: Final = b"0"
-AREGTYPE: Final = b"\0"
-LNKTYPE: Final = b"1"
-SYMTYPE: Final = b"2"
-DIRTYPE: Final = b"5"
-_PAX_FILE: Final = b"x"
-_PAX_GLOBAL: Final = b"g"
-_GNU_LONGNAME: Final = b"L"
-_GNU_LONGLINK: Final = b"K"
-_META_TYPES: Final = frozenset((_PAX_FILE, _PAX_GLOBAL, _GNU_LONGNAME, _GNU_LONGLINK))
-# Types that never carry a body, whatever their size field says (tarfile and Go agree).
-_HEADER_ONLY: Final = frozenset((b"1", b"2", b"3", b"4", b"5", b"6"))
-
-#: Two zero blocks: what ends every archive castar writes.
-END_OF_ARCHIVE: Final[bytes] = bytes(2 * BLOCKSIZE)
-_ZERO_BLOCK: Final = bytes(BLOCKSIZE)
-_USTAR_MAGIC: Final = b"ustar\x00"
-_MAX_OCTAL_SIZE: Final = 0o77777777777  # 8 GiB - 1: the largest size a USTAR field holds
 
 
 # -- events ----------------------------------------------------------------------------------
@@ -396,14 +400,14 @@ class TarDecoder:
             return self._finish(self._offset)
         start = self._offset
         block = self._take_bytes(BLOCKSIZE)
-        if block == _ZERO_BLOCK:
+        if block == ZERO_BLOCK:
             if self._pending_offset is not None:
                 raise MalformedArchive("zero block after an extended header", offset=start)
             return self._finish(start)
         # Header problems name no member: the name in this block is not trustworthy yet.
-        chksum = _number(block, 148, 156, start, "")
+        chksum = number_field(block, 148, 156, start, "")
         total = sum(block) - sum(block[148:156]) + 256
-        if total != chksum and _signed_sum(block) != chksum:
+        if total != chksum and signed_checksum(block) != chksum:
             raise MalformedArchive("invalid tar header: checksum mismatch", offset=start)
         type_ = block[156:157]
         # Fast path for the usual "<octal digits>NUL" fields; anything else takes _number.
@@ -414,12 +418,12 @@ class TarDecoder:
             mtime = int(block[136:147], 8)
             mode = int(block[100:107], 8)
         except ValueError:
-            size = _number(block, 124, 136, start, "")
-            mode = _number(block, 100, 108, start, "")
-            mtime = _number(block, 136, 148, start, "")
+            size = number_field(block, 124, 136, start, "")
+            mode = number_field(block, 100, 108, start, "")
+            mtime = number_field(block, 136, 148, start, "")
         if size < 0:
             raise MalformedArchive("invalid tar header: negative size", offset=start)
-        if type_ in _META_TYPES:
+        if type_ in META_TYPES:
             if size > MAX_RECORD:
                 raise MalformedArchive(
                     f"extended header record of {size} bytes exceeds the {MAX_RECORD}-byte cap",
@@ -434,11 +438,11 @@ class TarDecoder:
             return None
         header_offset = self._pending_offset if self._pending_offset is not None else start
         self._pending_offset = None
-        name = _text(block, 0, 100)
-        if block[257:263] == _USTAR_MAGIC and block[345] != 0:
-            prefix = _text(block, 345, 500)
+        name = text_field(block, 0, 100)
+        if block[257:263] == USTAR_MAGIC and block[345] != 0:
+            prefix = text_field(block, 345, 500)
             name = f"{prefix}/{name}"
-        linkname = _text(block, 157, 257)
+        linkname = text_field(block, 157, 257)
         if type_ == AREGTYPE:
             type_ = DIRTYPE if name.endswith("/") else REGTYPE
         if self._long_name is not None:
@@ -451,8 +455,8 @@ class TarDecoder:
         if pax is not None or self._global:
             merged = {**self._global, **pax} if pax is not None else self._global
             self._pax = None
-            name, linkname, size, mtime = _apply_pax(merged, name, linkname, size, mtime, start)
-        if type_ in _HEADER_ONLY:
+            name, linkname, size, mtime = apply_pax(merged, name, linkname, size, mtime, start)
+        if type_ in HEADER_ONLY:
             size = 0
         self._name = name
         self._need = size
@@ -489,13 +493,13 @@ class TarDecoder:
         self._meta = bytearray()
         kind = self._meta_type
         at = self._pending_offset if self._pending_offset is not None else self._offset
-        if kind == _GNU_LONGNAME:
-            self._long_name = _cstring(data)
-        elif kind == _GNU_LONGLINK:
-            self._long_link = _cstring(data)
+        if kind == GNU_LONGNAME:
+            self._long_name = cstring(data)
+        elif kind == GNU_LONGLINK:
+            self._long_link = cstring(data)
         else:
-            records = _parse_pax(data, at)
-            if kind == _PAX_GLOBAL:
+            records = parse_pax(data, at)
+            if kind == PAX_GLOBAL:
                 self._global = {**self._global, **records}
                 self._global = {k: v for k, v in self._global.items() if v}
                 # A global header is not part of the next member.
@@ -504,216 +508,3 @@ class TarDecoder:
                 self._pax = {**self._pax, **records} if self._pax is not None else records
         self._state = _S_HEADER
         return True
-
-
-def _text(block: bytes, start: int, stop: int) -> str:
-    end = block.find(b"\0", start, stop)
-    raw = block[start : stop if end < 0 else end]
-    return raw.decode("utf-8", "surrogateescape")
-
-
-def _cstring(data: bytes) -> str:
-    end = data.find(b"\0")
-    return (data if end < 0 else data[:end]).decode("utf-8", "surrogateescape")
-
-
-def _number(block: bytes, start: int, stop: int, offset: int, member: str) -> int:
-    """Decode an octal or base-256 numeric field (tarfile ``nti``)."""
-    if block[start] & 0x80:
-        if block[start] not in (0o200, 0o377):
-            raise MalformedArchive(
-                "invalid tar header: bad numeric field", offset=offset, member=member or None
-            )
-        n = int.from_bytes(block[start + 1 : stop], "big")
-        if block[start] == 0o377:
-            n -= 256 ** (stop - start - 1)
-        return n
-    end = block.find(0, start, stop)
-    raw = block[start : stop if end < 0 else end].strip()
-    if raw.isdigit():
-        try:
-            return int(raw, 8)
-        except ValueError:
-            pass  # 8 or 9
-    elif not raw:
-        return 0
-    raise MalformedArchive(
-        f"invalid tar header: bad numeric field {raw!r}", offset=offset, member=member or None
-    )
-
-
-_SIGNED: Final = struct.Struct("148b8x356b")
-
-
-def _signed_sum(block: bytes) -> int:
-    signed: tuple[int, ...] = _SIGNED.unpack(block)
-    return 256 + sum(signed)
-
-
-def _parse_pax(data: bytes, offset: int) -> dict[str, str]:
-    """Parse ``<len> <key>=<value>`` newline-ended records; an empty value unsets the key."""
-    records: dict[str, str] = {}
-    pos = 0
-    n = len(data)
-    while pos < n:
-        if data[pos] == 0:  # some writers pad the record block with NULs
-            break
-        space = data.find(b" ", pos, min(n, pos + 24))
-        length_field = data[pos:space] if space > pos else b""
-        if not length_field.isdigit():
-            raise MalformedArchive("invalid PAX record: bad length", offset=offset)
-        length = int(length_field)
-        end = pos + length
-        if end > n or length <= space - pos + 1 or data[end - 1] != 0x0A:
-            raise MalformedArchive("invalid PAX record: bad length", offset=offset)
-        eq = data.find(b"=", space + 1, end - 1)
-        if eq < 0:
-            raise MalformedArchive("invalid PAX record: no '='", offset=offset)
-        key = data[space + 1 : eq].decode("utf-8", "surrogateescape")
-        records[key] = data[eq + 1 : end - 1].decode("utf-8", "surrogateescape")
-        pos = end
-    return records
-
-
-def _apply_pax(
-    pax: dict[str, str], name: str, linkname: str, size: int, mtime: int, offset: int
-) -> tuple[str, str, int, int]:
-    value = pax.get("path")
-    if value:
-        name = value
-    value = pax.get("linkpath")
-    if value:
-        linkname = value
-    value = pax.get("size")
-    if value:
-        if not value.isdigit():
-            raise MalformedArchive(f"invalid PAX size {value!r}", offset=offset, member=name)
-        size = int(value)
-    value = pax.get("mtime")
-    if value:
-        try:
-            mtime = int(float(value))
-        except (ValueError, OverflowError):
-            raise MalformedArchive(
-                f"invalid PAX mtime {value!r}", offset=offset, member=name
-            ) from None
-    return name, linkname, size, mtime
-
-
-# -- encoder ---------------------------------------------------------------------------------
-
-_ZEROS8: Final = b"0000000\x00"
-_MTIME0: Final = b"00000000000\x00"
-_SPACES8: Final = b" " * 8
-# magic, version, uname, gname, devmajor, devminor (TAR-1: empty names, ids 0)
-_MIDDLE: Final = b"ustar\x0000" + bytes(64) + _ZEROS8 + _ZEROS8
-
-
-def padding(size: int) -> bytes:
-    """Return the zero bytes that pad a body of ``size`` bytes to a block boundary."""
-    return bytes(-size % BLOCKSIZE)
-
-
-def _block(name: bytes, mode: int, size: int, type_: bytes, link: bytes, prefix: bytes) -> bytes:
-    if size > _MAX_OCTAL_SIZE:
-        size_field = b"\x80" + size.to_bytes(11, "big")
-    else:
-        size_field = b"%011o\x00" % size
-    head = b"".join(
-        (
-            name.ljust(100, b"\x00"),
-            b"%07o\x00" % (mode & 0o7777777),
-            _ZEROS8,
-            _ZEROS8,
-            size_field,
-            _MTIME0,
-        )
-    )
-    tail = b"".join(
-        (type_, link.ljust(100, b"\x00"), _MIDDLE, prefix.ljust(155, b"\x00"), bytes(12))
-    )
-    chksum = sum(head) + sum(tail) + 256
-    return b"".join((head, b"%06o\x00 " % chksum, tail))
-
-
-def _split_ustar(name: bytes) -> tuple[bytes, bytes] | None:
-    """Split ``name`` into a prefix of <= 155 bytes and a name of 1..100 bytes, or None."""
-    limit = min(len(name), 156)
-    if name.endswith(b"/") and limit == len(name):
-        limit -= 1
-    idx = name.rfind(b"/", 0, limit)
-    if idx <= 0 or not 0 < len(name) - idx - 1 <= 100:
-        return None
-    return name[:idx], name[idx + 1 :]
-
-
-def _pax_record(key: str, value: str) -> bytes:
-    body = f" {key}={value}\n".encode("utf-8", "surrogateescape")
-    n = len(body) + 1
-    while len(str(n)) + len(body) != n:
-        n = len(str(n)) + len(body)
-    return str(n).encode() + body
-
-
-def encode_header(
-    name: str,
-    size: int,
-    *,
-    mode: int = 0o444,
-    type: bytes = REGTYPE,
-    linkname: str = "",
-) -> bytes:
-    """Encode a deterministic header for one member (TAR-1, TAR-2).
-
-    uid/gid 0, empty uname/gname, mtime 0. USTAR (with a prefix split) when the name,
-    link name and size fit; otherwise a PAX ``x`` record carries ``path``,
-    ``linkpath`` and/or ``size`` (names > 255 bytes or unsplittable, non-ASCII text,
-    sizes of 8 GiB and more, which are also written base-256 in the ustar field).
-
-    Args:
-        name: member path; directories should end with ``/`` (TAR-1).
-        size: body length in bytes.
-        mode: permission bits (TAR-3: 0o444 for blobs).
-        type: one-byte typeflag.
-        linkname: link target for link types.
-
-    Returns:
-        512 bytes, or 1024 + PAX record blocks when PAX is needed.
-
-    Raises:
-        ValueError: negative size or a typeflag that is not one byte.
-    """
-    if size < 0:
-        raise ValueError(f"tar member {name!r}: negative size {size}")
-    if len(type) != 1:
-        raise ValueError(f"tar member {name!r}: typeflag must be one byte, got {type!r}")
-    if name.isascii() and linkname.isascii() and size <= _MAX_OCTAL_SIZE:
-        raw = name.encode("ascii")
-        link = linkname.encode("ascii")
-        if len(link) <= 100:
-            if len(raw) <= 100:
-                return _block(raw, mode, size, type, link, b"")
-            split = _split_ustar(raw)
-            if split is not None:
-                return _block(split[1], mode, size, type, link, split[0])
-    records = []
-    raw_name = name.encode("utf-8", "surrogateescape")
-    raw_link = linkname.encode("utf-8", "surrogateescape")
-    if not name.isascii() or len(raw_name) > 100:
-        records.append(_pax_record("path", name))
-    if not linkname.isascii() or len(raw_link) > 100:
-        records.append(_pax_record("linkpath", linkname))
-    if size > _MAX_OCTAL_SIZE:
-        records.append(_pax_record("size", str(size)))
-    data = b"".join(records)
-    pax_header = _block(b"././@PaxHeader", 0o644, len(data), _PAX_FILE, b"", b"")
-    short_name = name.encode("ascii", "replace")[:100]
-    short_link = linkname.encode("ascii", "replace")[:100]
-    return b"".join(
-        (
-            pax_header,
-            data,
-            padding(len(data)),
-            _block(short_name, mode, size, type, short_link, b""),
-        )
-    )
