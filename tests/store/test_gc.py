@@ -375,6 +375,7 @@ def test_mark_equals_naive_reachability(pairs: list[tuple[int, int]], roots: set
 async def test_gc_running_beside_commits_in_one_process_keeps_leased_blobs(store: Store) -> None:
     written: list[Digest] = []
     done = False
+    stopped = anyio.Event()
 
     async def writer() -> None:
         nonlocal done
@@ -383,12 +384,16 @@ async def test_gc_running_beside_commits_in_one_process_keeps_leased_blobs(store
                 written.append((await store.content.write_blob(f"blob-{i}".encode())).digest)
             for d in written:  # everything committed is still there while the lease holds
                 assert await store.content.read_all(d, limit=64)
-        done = True
+            done = True
+            # The lease outlives every collection started beside it: one still running when
+            # the lease goes would rightly collect everything.
+            await stopped.wait()
 
     async def collector() -> None:
         while not done:
             report = await store.gc()
             assert report.removed == []
+        stopped.set()
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(writer)

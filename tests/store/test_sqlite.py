@@ -1,6 +1,6 @@
 """SQLiteMetadataDB: schema versioning, edges derived from labels, transactions (LAY-4, GC-5).
 
-The ``_txn_*`` functions are plain sync code, so most of this runs without an event loop.
+The ``_txn`` functions are plain sync code, so most of this runs without an event loop.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from castar.store import open_store
+from castar.store import _schema, _txn, open_store
 from castar.store import sqlite as db
 from castar.store.digest import compute
 from castar.store.errors import (
@@ -30,7 +30,7 @@ REF = "containerd.io/gc.ref.content"
 
 @pytest.fixture
 def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    c = db._connect(tmp_path / "meta.db")
+    c = _schema.connect(tmp_path / "meta.db")
     yield c
     c.close()
 
@@ -41,43 +41,50 @@ def edges(conn: sqlite3.Connection) -> set[tuple[str, str, str, str]]:
 
 
 def write(conn: sqlite3.Connection, fn, *args):  # type: ignore[no-untyped-def]
-    return db._in_txn(conn, True, fn, args)
+    return _schema.run_txn(conn, True, fn, args)
 
 
 def test_schema_is_versioned_and_reopen_is_idempotent(tmp_path: Path) -> None:
-    first = db._connect(tmp_path / "meta.db")
-    assert first.execute("PRAGMA user_version").fetchone() == (len(db.MIGRATIONS),)
+    first = _schema.connect(tmp_path / "meta.db")
+    assert first.execute("PRAGMA user_version").fetchone() == (len(_schema.MIGRATIONS),)
     assert first.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     first.close()
-    again = db._connect(tmp_path / "meta.db")  # no migration runs twice
-    assert again.execute("PRAGMA user_version").fetchone() == (len(db.MIGRATIONS),)
+    again = _schema.connect(tmp_path / "meta.db")  # no migration runs twice
+    assert again.execute("PRAGMA user_version").fetchone() == (len(_schema.MIGRATIONS),)
     again.close()
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     raw = sqlite3.connect(tmp_path / "meta.db")
-    raw.execute(f"PRAGMA user_version = {len(db.MIGRATIONS) + 1}")
+    raw.execute(f"PRAGMA user_version = {len(_schema.MIGRATIONS) + 1}")
     raw.close()
     with pytest.raises(DataLoss, match="newer than this castar"):
-        db._connect(tmp_path / "meta.db")
+        _schema.connect(tmp_path / "meta.db")
+
+
+def test_a_file_that_is_not_a_database_is_data_loss(tmp_path: Path) -> None:
+    # sqlite3 errors are translated once, at the connection too (STYLE §3.4)
+    (tmp_path / "meta.db").write_bytes(b"not a database, " * 256)
+    with pytest.raises(DataLoss, match="metadata database: file is not a database"):
+        _schema.connect(tmp_path / "meta.db")
 
 
 def test_label_writes_rederive_edges(conn: sqlite3.Connection) -> None:
-    write(conn, db._txn_content_commit, "r", A, 1, {f"{REF}.l.0": B}, None, NOW)
+    write(conn, _txn.content_commit, "r", A, 1, {f"{REF}.l.0": B}, None, NOW)
     assert edges(conn) == {("content", A, "content", B)}  # GC-5
-    write(conn, db._txn_content_labels, A, {f"{REF}.l.0": "", f"{REF}/x": C}, False, NOW)
+    write(conn, _txn.content_labels, A, {f"{REF}.l.0": "", f"{REF}/x": C}, False, NOW)
     assert edges(conn) == {("content", A, "content", C)}
-    write(conn, db._txn_content_labels, A, {"containerd.io/gc.bref.content": B}, True, NOW)
+    write(conn, _txn.content_labels, A, {"containerd.io/gc.bref.content": B}, True, NOW)
     assert edges(conn) == {("content", B, "content", A)}  # GC-6: B keeps A
-    write(conn, db._txn_content_delete, A, None)
+    write(conn, _txn.content_delete, A, None)
     assert edges(conn) == set()
 
 
 def test_failed_transaction_rolls_back(conn: sqlite3.Connection) -> None:
     target = db.ImageTarget("m", A, 1, {})
-    write(conn, db._txn_image_put, "x", target, {f"{REF}.a": B}, True, None, NOW)
+    write(conn, _txn.image_put, "x", target, {f"{REF}.a": B}, True, None, NOW)
     with pytest.raises(AlreadyExists):
-        write(conn, db._txn_image_put, "x", target, {f"{REF}.a": C}, True, None, NOW)
+        write(conn, _txn.image_put, "x", target, {f"{REF}.a": C}, True, None, NOW)
     assert edges(conn) == {("image", "x", "content", B)}
     assert not conn.in_transaction
 
@@ -85,17 +92,17 @@ def test_failed_transaction_rolls_back(conn: sqlite3.Connection) -> None:
 def test_commit_of_recorded_digest_reports_false_and_drops_ingest(
     conn: sqlite3.Connection,
 ) -> None:
-    assert write(conn, db._txn_ingest_open, "r1", None, None, NOW, NOW) is False
-    assert write(conn, db._txn_content_commit, "r1", A, 1, {}, None, NOW) is True
-    assert write(conn, db._txn_ingest_open, "r2", None, None, NOW, NOW) is False
-    assert write(conn, db._txn_content_commit, "r2", A, 1, {}, None, NOW) is False  # ING-8.6
+    assert write(conn, _txn.ingest_open, "r1", None, None, NOW, NOW) is False
+    assert write(conn, _txn.content_commit, "r1", A, 1, {}, None, NOW) is True
+    assert write(conn, _txn.ingest_open, "r2", None, None, NOW, NOW) is False
+    assert write(conn, _txn.content_commit, "r2", A, 1, {}, None, NOW) is False  # ING-8.6
     assert conn.execute("SELECT count(*) FROM ingests").fetchone() == (0,)
-    assert write(conn, db._txn_ingest_open, "r3", A, None, NOW, NOW) is True  # ING-2
+    assert write(conn, _txn.ingest_open, "r3", A, None, NOW, NOW) is True  # ING-2
 
 
 def test_lease_membership_requires_the_lease(conn: sqlite3.Connection) -> None:
     with pytest.raises(NotFound, match="lease does not exist"):  # LEASE-5
-        write(conn, db._txn_ingest_open, "r", None, "gone", None, NOW)
+        write(conn, _txn.ingest_open, "r", None, "gone", None, NOW)
     assert conn.execute("SELECT count(*) FROM ingests").fetchone() == (0,)
 
 

@@ -1,0 +1,233 @@
+"""The metadata DB's tables, their ``user_version`` migrations, its rows, and the txn runner.
+
+Owns the SQL schema (``MIGRATIONS``), opening a connection (WAL, foreign keys, migrating),
+the values rows are read into (``ContentRecord``, ``ImageRecord``…) and ``run_txn``, which runs
+one ``_txn_*`` function as one transaction and maps ``sqlite3`` errors to castar's categories
+once. Sync code for worker threads; imports only digest, errors and gc's ``Edge``: never anyio,
+the file backend or anything of OCI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Final, TypeVar
+
+from castar.store.errors import CastarError, DataLoss, FailedPrecondition, Unavailable
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping, Sequence
+    from pathlib import Path
+
+    from castar.store.digest import Digest
+    from castar.store.gc import Edge
+
+__all__ = [
+    "MIGRATIONS",
+    "ContentRecord",
+    "GCGraph",
+    "ImageRecord",
+    "ImageTarget",
+    "LeaseRecord",
+    "connect",
+    "from_ts",
+    "run_txn",
+    "to_ts",
+]
+
+T = TypeVar("T")
+
+#: Each entry moves the schema from version ``i`` to ``i + 1`` (``PRAGMA user_version``).
+MIGRATIONS: Final[list[list[str]]] = [
+    [
+        """CREATE TABLE content (
+            digest TEXT PRIMARY KEY, size INTEGER NOT NULL,
+            created_at TEXT NOT NULL, updated_at TEXT NOT NULL)""",
+        """CREATE TABLE content_labels (
+            digest TEXT NOT NULL REFERENCES content(digest) ON DELETE CASCADE,
+            key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (digest, key))""",
+        # One row per reference label (GC-5, GC-6): owner is the labelled object, the edge runs
+        # src -> dst (for back references src is the referenced object, dst the owner).
+        """CREATE TABLE edges (
+            owner_kind TEXT NOT NULL, owner TEXT NOT NULL, key TEXT NOT NULL,
+            src_kind TEXT NOT NULL, src TEXT NOT NULL, dst_kind TEXT NOT NULL, dst TEXT NOT NULL,
+            PRIMARY KEY (owner_kind, owner, key))""",
+        "CREATE INDEX edges_src ON edges (src_kind, src)",
+        """CREATE TABLE images (
+            name TEXT PRIMARY KEY, media_type TEXT NOT NULL, digest TEXT NOT NULL,
+            size INTEGER NOT NULL, annotations TEXT NOT NULL,
+            created_at TEXT NOT NULL, updated_at TEXT NOT NULL)""",
+        """CREATE TABLE image_labels (
+            name TEXT NOT NULL REFERENCES images(name) ON DELETE CASCADE,
+            key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (name, key))""",
+        "CREATE TABLE leases (id TEXT PRIMARY KEY, created_at TEXT NOT NULL)",
+        """CREATE TABLE lease_labels (
+            id TEXT NOT NULL REFERENCES leases(id) ON DELETE CASCADE,
+            key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (id, key))""",
+        """CREATE TABLE lease_resources (
+            id TEXT NOT NULL REFERENCES leases(id) ON DELETE CASCADE,
+            type TEXT NOT NULL, resource TEXT NOT NULL, PRIMARY KEY (id, type, resource))""",
+        """CREATE TABLE ingests (
+            ref TEXT PRIMARY KEY, expected TEXT, expires_at TEXT, created_at TEXT NOT NULL)""",
+    ],
+]
+
+
+# --- rows ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ContentRecord:
+    """A content row: what ``ContentStore.info`` returns as ``Info``."""
+
+    digest: Digest
+    size: int
+    labels: Mapping[str, str]
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ImageTarget:
+    """The four fields of a target descriptor an image record keeps (DESC-5)."""
+
+    media_type: str
+    digest: Digest
+    size: int
+    annotations: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRecord:
+    """An image row; the target is kept as its four DESC-5 fields."""
+
+    name: str
+    media_type: str
+    digest: Digest
+    size: int
+    annotations: Mapping[str, str]
+    labels: Mapping[str, str]
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRecord:
+    """A lease row with its labels."""
+
+    id: str
+    created_at: datetime
+    labels: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class GCGraph:
+    """Everything GC needs, read in one transaction."""
+
+    leases: Sequence[LeaseRecord]
+    resources: Sequence[tuple[str, str, str]]  # (lease id, type, resource)
+    images: Sequence[tuple[str, Digest, Mapping[str, str]]]  # (name, target digest, labels)
+    content: Mapping[Digest, tuple[int, Mapping[str, str]]]  # digest -> (size, labels)
+    ingests: Sequence[tuple[str, str | None, datetime | None]]  # (ref, expected, expires_at)
+    edges: Sequence[Edge] = ()
+
+
+def to_ts(dt: datetime) -> str:
+    """How a timestamp is stored: ISO 8601 in UTC (sorts as text)."""
+    return dt.astimezone(UTC).isoformat()
+
+
+def from_ts(text: str) -> datetime:
+    """A stored timestamp back as an aware datetime."""
+    return datetime.fromisoformat(text)
+
+
+# --- connection and transactions ---------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _map_sqlite_errors() -> Iterator[None]:
+    """Translate ``sqlite3`` errors into castar's categories, once, at this seam (STYLE §3.4)."""
+    try:
+        yield
+    except CastarError:
+        raise
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise Unavailable(f"metadata database: {exc}") from exc
+        raise CastarError(f"metadata database: {exc}") from exc
+    except sqlite3.ProgrammingError as exc:  # e.g. used after aclose()
+        raise FailedPrecondition(f"metadata database: {exc}") from exc
+    except sqlite3.DatabaseError as exc:  # "file is not a database", "malformed"
+        raise DataLoss(f"metadata database: {exc}") from exc
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > len(MIGRATIONS):
+            raise DataLoss(f"metadata schema version {version} is newer than this castar")
+        for i in range(version, len(MIGRATIONS)):
+            for stmt in MIGRATIONS[i]:
+                conn.execute(stmt)
+        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open ``path`` in WAL mode with foreign keys on and migrate it to ``len(MIGRATIONS)``.
+
+    Raises:
+        DataLoss: the file is not a database, or its schema is newer than this castar.
+        Unavailable: another process holds it locked past the 60 s busy timeout.
+    """
+    with _map_sqlite_errors():
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60)
+        try:
+            conn.execute("PRAGMA busy_timeout = 60000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            _migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+    return conn
+
+
+def run_txn(
+    conn: sqlite3.Connection,
+    write: bool,
+    fn: Callable[..., T],
+    args: tuple[object, ...],
+    durable: bool = True,
+) -> T:
+    """Run ``fn(conn, *args)`` as one transaction: committed if it returns, rolled back if not.
+
+    Write transactions take the RESERVED lock up front (``BEGIN IMMEDIATE``) so two processes
+    never deadlock upgrading read locks; ``busy_timeout`` makes the loser wait instead of
+    failing. A non-durable write skips the WAL fsync (``synchronous = NORMAL``): it may be lost
+    in a power cut, is never reordered after a later durable commit, and the database stays
+    consistent.
+    """
+    with _map_sqlite_errors():
+        if not durable:
+            conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                result = fn(conn, *args)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            if not durable:
+                conn.execute("PRAGMA synchronous = FULL")
+    return result

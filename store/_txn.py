@@ -1,0 +1,397 @@
+"""The metadata DB's transactions: one plain sync function per operation, by table family.
+
+Each ``<family>_<op>(conn, ...)`` runs inside one transaction that ``_schema.run_txn`` opened
+(STYLE §3.2 seam 3), so it is testable without an event loop; ``sqlite.py`` runs them in a
+worker thread. Labels are re-derived into GC edges on every label write (GC-5, GC-6). Imports
+the schema's rows, digest, errors and gc's label vocabulary; never anyio or the file backend.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Final
+
+from castar.store._schema import (
+    ContentRecord,
+    GCGraph,
+    ImageRecord,
+    ImageTarget,
+    LeaseRecord,
+    from_ts,
+    to_ts,
+)
+from castar.store.digest import Digest
+from castar.store.errors import AlreadyExists, NotFound
+from castar.store.gc import EXPIRE, Edge, label_edges
+
+if TYPE_CHECKING:
+    import sqlite3
+    from collections.abc import Callable, Iterable, Mapping
+    from datetime import datetime
+
+# --- labels and edges ---------------------------------------------------------------------------
+
+#: The label table of each labelled kind, and its owner column.
+_LABELS: Final = {
+    "content": ("content_labels", "digest"),
+    "image": ("image_labels", "name"),
+    "lease": ("lease_labels", "id"),
+}
+
+
+def _labels(conn: sqlite3.Connection, kind: str, owner: str) -> dict[str, str]:
+    table, col = _LABELS[kind]
+    rows = conn.execute(f"SELECT key, value FROM {table} WHERE {col} = ? ORDER BY key", (owner,))
+    return dict(rows.fetchall())
+
+
+def _all_labels(conn: sqlite3.Connection, kind: str) -> dict[str, dict[str, str]]:
+    """Every owner's labels of one kind, in one query (owner -> labels)."""
+    table, col = _LABELS[kind]
+    out: dict[str, dict[str, str]] = {}
+    for owner, k, v in conn.execute(f"SELECT {col}, key, value FROM {table}"):
+        out.setdefault(owner, {})[k] = v
+    return out
+
+
+def _set_labels(conn: sqlite3.Connection, kind: str, owner: str, labels: Mapping[str, str]) -> None:
+    """Replace an object's labels and the GC edges they declare."""
+    table, col = _LABELS[kind]
+    conn.execute(f"DELETE FROM {table} WHERE {col} = ?", (owner,))
+    conn.executemany(
+        f"INSERT INTO {table} ({col}, key, value) VALUES (?, ?, ?)",
+        [(owner, k, v) for k, v in labels.items()],
+    )
+    if kind != "lease":  # a lease's labels (gc.expire, gc.flat) are read directly, not edges
+        conn.execute("DELETE FROM edges WHERE owner_kind = ? AND owner = ?", (kind, owner))
+        conn.executemany(
+            "INSERT INTO edges VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (kind, owner, e.key, e.src_kind, e.src, e.dst_kind, e.dst)
+                for e in label_edges(kind, owner, labels)
+            ],
+        )
+
+
+# --- lease membership ---------------------------------------------------------------------------
+
+
+def _require_lease(conn: sqlite3.Connection, lease: str, message: str) -> None:
+    if conn.execute("SELECT 1 FROM leases WHERE id = ?", (lease,)).fetchone() is None:
+        raise NotFound(message)
+
+
+def _add_resource(conn: sqlite3.Connection, lease: str, type_: str, resource: str) -> None:
+    """Add to the context lease (LEASE-5): NotFound ``lease does not exist`` when it is gone."""
+    _require_lease(conn, lease, "lease does not exist")
+    conn.execute("INSERT OR IGNORE INTO lease_resources VALUES (?, ?, ?)", (lease, type_, resource))
+
+
+def _drop_content(conn: sqlite3.Connection, digest: str) -> int:
+    """Delete a content row (its labels cascade) and its edges; the number of rows deleted."""
+    n = conn.execute("DELETE FROM content WHERE digest = ?", (digest,)).rowcount
+    conn.execute("DELETE FROM edges WHERE owner_kind = 'content' AND owner = ?", (digest,))
+    return n
+
+
+def _drop_image(conn: sqlite3.Connection, name: str) -> None:
+    conn.execute("DELETE FROM images WHERE name = ?", (name,))
+    conn.execute("DELETE FROM edges WHERE owner_kind = 'image' AND owner = ?", (name,))
+
+
+# --- content and ingests ------------------------------------------------------------------------
+
+
+def content_info(conn: sqlite3.Connection, digest: str) -> ContentRecord | None:
+    row = conn.execute(
+        "SELECT size, created_at, updated_at FROM content WHERE digest = ?", (digest,)
+    ).fetchone()
+    if row is None:
+        return None
+    labels = _labels(conn, "content", digest)
+    return ContentRecord(Digest(digest), row[0], labels, from_ts(row[1]), from_ts(row[2]))
+
+
+def content_list(conn: sqlite3.Connection) -> list[ContentRecord]:
+    labels = _all_labels(conn, "content")
+    rows = conn.execute("SELECT digest, size, created_at, updated_at FROM content ORDER BY digest")
+    return [
+        ContentRecord(Digest(d), s, labels.get(d, {}), from_ts(c), from_ts(u))
+        for d, s, c, u in rows
+    ]
+
+
+def content_labels(
+    conn: sqlite3.Connection, digest: str, labels: Mapping[str, str], replace: bool, now: datetime
+) -> ContentRecord:
+    """Merge (or replace) a blob's labels; an empty value deletes the key (CS-5)."""
+    current = content_info(conn, digest)
+    if current is None:
+        raise NotFound(f"content digest {digest}")
+    merged = {} if replace else dict(current.labels)
+    for k, v in labels.items():
+        if v:
+            merged[k] = v
+        else:
+            merged.pop(k, None)
+    _set_labels(conn, "content", digest, merged)
+    conn.execute("UPDATE content SET updated_at = ? WHERE digest = ?", (to_ts(now), digest))
+    return ContentRecord(current.digest, current.size, merged, current.created_at, now)
+
+
+def content_delete(conn: sqlite3.Connection, digest: str, lease: str | None) -> None:
+    if not _drop_content(conn, digest):
+        raise NotFound(f"content digest {digest}")
+    if lease is not None:  # CS-6: the digest leaves the context lease
+        conn.execute(
+            "DELETE FROM lease_resources WHERE id = ? AND type = 'content' AND resource = ?",
+            (lease, digest),
+        )
+
+
+def ingest_open(
+    conn: sqlite3.Connection,
+    ref: str,
+    expected: str | None,
+    lease: str | None,
+    expires_at: datetime | None,
+    now: datetime,
+) -> bool:
+    """Record an ingest before its backend writer opens; True when ``expected`` is recorded."""
+    if lease is not None:
+        _require_lease(conn, lease, "lease does not exist")
+    if expected is not None:
+        hit = conn.execute("SELECT 1 FROM content WHERE digest = ?", (expected,)).fetchone()
+        if hit is not None:  # ING-2: join the lease first, so a concurrent delete cannot orphan it
+            if lease is not None:
+                _add_resource(conn, lease, "content", expected)
+            return True
+    # Under a lease the row has no expiry (the lease keeps it, ING-13); reopening keeps the
+    # later of two expiries, and no expiry wins over any.
+    conn.execute(
+        "INSERT INTO ingests (ref, expected, expires_at, created_at) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (ref) DO UPDATE SET expected = excluded.expected,"
+        " expires_at = CASE WHEN ingests.expires_at IS NULL OR excluded.expires_at IS NULL"
+        " THEN NULL ELSE max(ingests.expires_at, excluded.expires_at) END",
+        (ref, expected, None if lease is not None else to_ts(expires_at or now), to_ts(now)),
+    )
+    if lease is not None:
+        _add_resource(conn, lease, "ingests", ref)
+    return False
+
+
+def ingest_delete(conn: sqlite3.Connection, ref: str) -> bool:
+    conn.execute("DELETE FROM lease_resources WHERE type = 'ingests' AND resource = ?", (ref,))
+    return conn.execute("DELETE FROM ingests WHERE ref = ?", (ref,)).rowcount > 0
+
+
+def content_commit(
+    conn: sqlite3.Connection,
+    ref: str,
+    digest: str,
+    size: int,
+    labels: Mapping[str, str],
+    lease: str | None,
+    now: datetime,
+) -> bool:
+    """Record a committed blob and drop its ingest; False when it was recorded already (ING-8.6).
+
+    Either way the digest joins the context lease (ING-8.7) and the ingest leaves it.
+    """
+    ingest_delete(conn, ref)
+    created = conn.execute(
+        "INSERT OR IGNORE INTO content VALUES (?, ?, ?, ?)", (digest, size, to_ts(now), to_ts(now))
+    ).rowcount
+    if created:
+        _set_labels(conn, "content", digest, labels)
+    if lease is not None:
+        _add_resource(conn, lease, "content", digest)
+    return bool(created)
+
+
+# --- images -------------------------------------------------------------------------------------
+
+_IMAGE_COLS: Final = "name, media_type, digest, size, annotations, created_at, updated_at"
+
+
+def _image_row(row: tuple[str, ...], labels: Mapping[str, str]) -> ImageRecord:
+    name, mt, d, size, ann, c, u = row
+    return ImageRecord(
+        name, mt, Digest(d), int(size), json.loads(ann), labels, from_ts(c), from_ts(u)
+    )
+
+
+def image_get(conn: sqlite3.Connection, name: str) -> ImageRecord | None:
+    row = conn.execute(f"SELECT {_IMAGE_COLS} FROM images WHERE name = ?", (name,)).fetchone()
+    return None if row is None else _image_row(row, _labels(conn, "image", name))
+
+
+def image_list(conn: sqlite3.Connection) -> list[ImageRecord]:
+    labels = _all_labels(conn, "image")
+    rows = conn.execute(f"SELECT {_IMAGE_COLS} FROM images ORDER BY name").fetchall()
+    return [_image_row(r, labels.get(r[0], {})) for r in rows]
+
+
+def image_put(
+    conn: sqlite3.Connection,
+    name: str,
+    target: ImageTarget | None,
+    labels: Mapping[str, str] | None,
+    create: bool,
+    lease: str | None,
+    now: datetime,
+) -> ImageRecord:
+    """Create (``create``) or update an image; on update, None keeps the target or labels."""
+    old = image_get(conn, name)
+    if create and old is not None:
+        raise AlreadyExists(f'image "{name}"')
+    if old is None and not create:
+        raise NotFound(f'image "{name}"')
+    if target is None:
+        assert old is not None  # creating always passes a target
+        target = ImageTarget(old.media_type, old.digest, old.size, old.annotations)
+    if labels is None:
+        labels = {} if old is None else old.labels
+    rec = ImageRecord(
+        name,
+        target.media_type,
+        target.digest,
+        target.size,
+        dict(target.annotations),
+        dict(labels),
+        now if old is None else old.created_at,  # IMG-3: created_at is kept
+        now,
+    )
+    conn.execute(
+        "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            rec.name,
+            rec.media_type,
+            rec.digest,
+            rec.size,
+            json.dumps(dict(rec.annotations), sort_keys=True),
+            to_ts(rec.created_at),
+            to_ts(rec.updated_at),
+        ),
+    )
+    _set_labels(conn, "image", name, rec.labels)
+    if lease is not None and EXPIRE in rec.labels:  # IMG-6
+        _add_resource(conn, lease, "images", name)
+    return rec
+
+
+def image_delete(conn: sqlite3.Connection, name: str, target: str | None) -> None:
+    row = conn.execute("SELECT digest FROM images WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        raise NotFound(f'image "{name}"')
+    if target is not None and row[0] != target:
+        raise NotFound(f'image "{name}" has target {row[0]}, not {target}')
+    _drop_image(conn, name)
+
+
+# --- leases -------------------------------------------------------------------------------------
+
+
+def lease_create(
+    conn: sqlite3.Connection, id_: str, labels: Mapping[str, str], now: datetime
+) -> LeaseRecord:
+    if conn.execute("INSERT OR IGNORE INTO leases VALUES (?, ?)", (id_, to_ts(now))).rowcount == 0:
+        raise AlreadyExists(f'lease "{id_}"')
+    _set_labels(conn, "lease", id_, labels)
+    return LeaseRecord(id_, now, dict(labels))
+
+
+def lease_list(conn: sqlite3.Connection) -> list[LeaseRecord]:
+    labels = _all_labels(conn, "lease")
+    rows = conn.execute("SELECT id, created_at FROM leases ORDER BY id").fetchall()
+    return [LeaseRecord(i, from_ts(c), labels.get(i, {})) for i, c in rows]
+
+
+def lease_delete(conn: sqlite3.Connection, id_: str) -> None:
+    if conn.execute("DELETE FROM leases WHERE id = ?", (id_,)).rowcount == 0:
+        raise NotFound(f'lease "{id_}"')
+
+
+#: LEASE-4: the order ``list_resources`` returns resource types in.
+_RESOURCE_ORDER: Final = {"content": 0, "images": 1, "ingests": 2}
+
+
+def lease_resources(conn: sqlite3.Connection, id_: str) -> list[tuple[str, str]]:
+    _require_lease(conn, id_, f'lease "{id_}"')
+    rows = conn.execute("SELECT type, resource FROM lease_resources WHERE id = ?", (id_,))
+    return sorted(rows, key=lambda tr: (_RESOURCE_ORDER.get(tr[0], 3), tr[0], tr[1]))
+
+
+def lease_add(conn: sqlite3.Connection, id_: str, type_: str, resource: str) -> None:
+    _require_lease(conn, id_, f'lease "{id_}"')
+    conn.execute("INSERT OR IGNORE INTO lease_resources VALUES (?, ?, ?)", (id_, type_, resource))
+
+
+def lease_remove(conn: sqlite3.Connection, id_: str, type_: str, resource: str) -> None:
+    conn.execute(
+        "DELETE FROM lease_resources WHERE id = ? AND type = ? AND resource = ?",
+        (id_, type_, resource),
+    )
+
+
+# --- garbage collection -------------------------------------------------------------------------
+
+
+def gc_graph(conn: sqlite3.Connection) -> GCGraph:
+    """The whole reference graph (GC-1..6) as one consistent snapshot."""
+    resources = list(conn.execute("SELECT id, type, resource FROM lease_resources"))
+    image_labels = _all_labels(conn, "image")
+    images = [
+        (n, Digest(d), image_labels.get(n, {}))
+        for n, d in conn.execute("SELECT name, digest FROM images ORDER BY name")
+    ]
+    content_labels = _all_labels(conn, "content")
+    content = {
+        Digest(d): (s, content_labels.get(d, {}))
+        for d, s in conn.execute("SELECT digest, size FROM content ORDER BY digest")
+    }
+    ingests = [
+        (r, e, None if x is None else from_ts(x))
+        for r, e, x in conn.execute("SELECT ref, expected, expires_at FROM ingests ORDER BY ref")
+    ]
+    edges = [
+        Edge(*row) for row in conn.execute("SELECT key, src_kind, src, dst_kind, dst FROM edges")
+    ]
+    return GCGraph(lease_list(conn), resources, images, content, ingests, edges)
+
+
+def gc_sweep(
+    conn: sqlite3.Connection, decide: Callable[[GCGraph], Iterable[tuple[str, str]]], dry_run: bool
+) -> tuple[GCGraph, list[tuple[str, str]]]:
+    """Read the graph, let ``decide`` pick the nodes to remove, remove them: one write txn."""
+    graph = gc_graph(conn)
+    doomed = list(decide(graph))
+    if dry_run:
+        return graph, doomed
+    for kind, key in doomed:
+        if kind == "content":
+            _drop_content(conn, key)
+            conn.execute(
+                "DELETE FROM lease_resources WHERE type = 'content' AND resource = ?", (key,)
+            )
+        elif kind == "image":
+            _drop_image(conn, key)
+            conn.execute(
+                "DELETE FROM lease_resources WHERE type = 'images' AND resource = ?", (key,)
+            )
+        elif kind == "lease":
+            conn.execute("DELETE FROM leases WHERE id = ?", (key,))
+        elif kind == "ingest":
+            ingest_delete(conn, key)
+    return graph, doomed
+
+
+def gc_kept(conn: sqlite3.Connection) -> tuple[set[str], set[str]]:
+    """Digests the content sweep must keep (recorded or expected by an ingest) and ingest refs."""
+    keep = {d for (d,) in conn.execute("SELECT digest FROM content")}
+    refs: set[str] = set()
+    for ref, expected in conn.execute("SELECT ref, expected FROM ingests"):
+        refs.add(ref)
+        if expected is not None:
+            keep.add(expected)
+    return keep, refs
