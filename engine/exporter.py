@@ -1426,7 +1426,8 @@ async def save_many(
 ) -> list[ExportResult]:
     """Run several exports concurrently against one store.
 
-    Each job runs :func:`save` under its own lease. Blob work across all jobs shares
+    Each job runs :func:`save` under its own lease (or all under the caller's current
+    lease, LEASE-6: one durable lease commit instead of two per job). Blob work shares
     the store's budgets (one zero-copy hop, two hashing hops in flight), or one
     ``CapacityLimiter(limit)`` when ``limit`` is given. The first failure cancels the
     others and is raised (never as an ExceptionGroup).
