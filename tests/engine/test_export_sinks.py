@@ -349,3 +349,33 @@ async def test_save_under_a_callers_lease_uses_it(store: Store, tmp_path: Path) 
         assert seen == [1]
         held = {r for _, r in await store.leases.list_resources(lease.id)}
         assert image.target.digest in held
+
+
+@pytest.mark.parametrize(
+    ("names", "kw"),
+    [
+        (["nosuch:1"], {}),  # SAVE-4 unknown name
+        ([NAME], {"platforms": ["linux/mips64le"]}),  # SAVE-2
+        ([NAME], {"platforms": ["linux/mips64le", "windows/amd64"]}),  # EXP-6
+        ([NAME], {"missing": "fail", "platforms": ["linux/amd64", "linux/mips64le"]}),
+    ],
+)
+async def test_errors_come_before_the_first_byte_for_every_sink(
+    store: Store, tmp_path: Path, names: list[str], kw: dict[str, object]
+) -> None:
+    stream = Collector()
+    path = tmp_path / "untouched.tar"
+    path.write_bytes(b"previous content")
+    r, w = os.pipe()
+    try:
+        for sink in (stream, path, w):
+            with pytest.raises(NotFound):
+                await exporter.save(store, names, sink, **kw)  # type: ignore[arg-type]
+        os.set_blocking(r, False)
+        with pytest.raises(BlockingIOError):
+            os.read(r, 1)  # nothing reached the pipe
+    finally:
+        os.close(r)
+        os.close(w)
+    assert stream.sends == 0
+    assert path.read_bytes() == b"previous content"  # not even truncated
