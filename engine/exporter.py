@@ -1358,8 +1358,10 @@ async def save(
         docker_manifest: whether to write ``manifest.json``.
         progress: called with ``(bytes_written, archive_size)`` after each hop.
         verify: re-hash every blob while copying (turns zero-copy off).
-        archive_digest: hash the archive as written into ``result.sha256``; this
-            reads every blob through user space (turns zero-copy off), see bench_save.
+        archive_digest: hash the archive as written into ``result.sha256``. Off by
+            default: every blob then goes through user space and sha256 (~1.3 GB/s
+            here), measured 1.3x the time of a zero-copy save into a new file and
+            4.7x into a pipe (``python -m bench.bench_save``).
         limiter: bounds this save's blob work; default: the store's own budgets, shared
             by all its saves (one zero-copy hop and two hashing hops in flight).
 
