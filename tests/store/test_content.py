@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.lowlevel
@@ -25,30 +27,12 @@ from castar.store.errors import (
 )
 from castar.store.local import LocalContentStore
 
+if TYPE_CHECKING:
+    from conftest import Clock
+
 HELLO = b"hello"
 H_HELLO = compute(HELLO)
 H_WORLD = compute(b"world")
-
-
-class Clock:
-    """A settable clock: GC expiry tests move it forward instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def store(tmp_path: Path, clock: Clock) -> AsyncIterator[Store]:
-    async with open_store(tmp_path / "root", clock=clock) as s:
-        yield s
 
 
 def blob_file(store: Store, digest: str) -> Path:
@@ -339,13 +323,21 @@ async def test_recorded_blob_missing_on_disk_is_data_loss(store: Store) -> None:
         await read_all(store, H_HELLO)
 
 
-async def test_cancel_mid_write_leaves_no_blob_and_gc_reaps_after_expiry(
-    store: Store, clock: Clock
+async def cancel_mid_write(
+    store: Store,
+    ref: str,
+    *,
+    lease: bool,
+    before_cancel: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
+    """Write 1000 bytes to ingest ``ref`` (under a fresh lease if asked), then cancel the task."""
     wrote = anyio.Event()
 
     async def write_forever() -> None:
-        async with store.content.writer("cancelled", size=10 << 20) as w:
+        async with AsyncExitStack() as stack:
+            if lease:
+                await stack.enter_async_context(store.lease())
+            w = await stack.enter_async_context(store.content.writer(ref, size=10 << 20))
             await w.write(b"x" * 1000)
             wrote.set()
             await anyio.sleep_forever()
@@ -353,12 +345,18 @@ async def test_cancel_mid_write_leaves_no_blob_and_gc_reaps_after_expiry(
     async with anyio.create_task_group() as tg:
         tg.start_soon(write_forever)
         await wrote.wait()
+        if before_cancel is not None:
+            await before_cancel()
         tg.cancel_scope.cancel()
-    assert await store.content.walk() == []
-    assert not (store.root / "blobs" / "sha256").exists() or not any(
-        (store.root / "blobs" / "sha256").iterdir()
-    )
-    assert [s.ref for s in await store.content.list_statuses()] == ["cancelled"]
+    assert await store.content.walk() == []  # no partial blob is visible
+    assert [p for p in (store.root / "blobs").rglob("*") if p.is_file()] == []
+    assert [s.ref for s in await store.content.list_statuses()] == [ref]  # resumable (ING-5)
+
+
+async def test_cancel_mid_write_leaves_no_blob_and_gc_reaps_after_expiry(
+    store: Store, clock: Clock
+) -> None:
+    await cancel_mid_write(store, "cancelled", lease=False)
     report = await store.gc()  # ING-13: the ingest is alive for 24 h
     assert report.ingests_removed == []
     assert [s.ref for s in await store.content.list_statuses()] == ["cancelled"]
@@ -369,19 +367,10 @@ async def test_cancel_mid_write_leaves_no_blob_and_gc_reaps_after_expiry(
 
 
 async def test_cancel_mid_write_under_lease_is_reaped_when_lease_ends(store: Store) -> None:
-    wrote = anyio.Event()
-
-    async def write_forever() -> None:
-        async with store.lease(), store.content.writer("leased") as w:
-            await w.write(b"x" * 1000)
-            wrote.set()
-            await anyio.sleep_forever()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(write_forever)
-        await wrote.wait()
+    async def gc_keeps_it() -> None:
         assert (await store.gc()).ingests_removed == []  # LEASE-5: held by the lease
-        tg.cancel_scope.cancel()
+
+    await cancel_mid_write(store, "leased", lease=True, before_cancel=gc_keeps_it)
     assert await store.leases.list() == []  # the lease was deleted at exit, shielded
     report = await store.gc()
     assert report.ingests_removed == ["leased"]

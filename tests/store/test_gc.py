@@ -3,42 +3,26 @@ tables through the public store (SEMANTICS GC-1..10, TV-48..51)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import anyio
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from castar.store import Descriptor, Store, open_store
+from castar.store import Descriptor, Store
 from castar.store.digest import Digest, compute
 from castar.store.gc import Edge, Node, decide, label_edges, mark, sweep
 from castar.store.local import LocalContentStore
 
+if TYPE_CHECKING:
+    from conftest import Clock
+
 REF = "containerd.io/gc.ref.content"
 MT = "application/octet-stream"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def store(tmp_path: Path, clock: Clock) -> AsyncIterator[Store]:
-    async with open_store(tmp_path / "root", clock=clock) as s:
-        yield s
 
 
 def D(name: str) -> Digest:  # noqa: N802 - short like the names in the tables

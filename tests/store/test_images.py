@@ -2,39 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import pytest
 
-from castar.store import Descriptor, Store, open_store
+from castar.store import Descriptor, Store
 from castar.store.digest import compute
 from castar.store.errors import AlreadyExists, InvalidArgument, NotFound
+
+if TYPE_CHECKING:
+    from conftest import Clock
 
 D1 = compute(b"one")
 D2 = compute(b"two")
 MT = "application/vnd.oci.image.index.v1+json"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def store(tmp_path: Path, clock: Clock) -> AsyncIterator[Store]:
-    async with open_store(tmp_path / "root", clock=clock) as s:
-        yield s
 
 
 @dataclass(frozen=True)

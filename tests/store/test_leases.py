@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import pytest
 
-from castar.store import Store, current_lease, open_store
+from castar.store import Store, current_lease
 from castar.store.digest import compute
 from castar.store.errors import (
     AlreadyExists,
@@ -19,26 +18,10 @@ from castar.store.errors import (
     NotImplementedKind,
 )
 
+if TYPE_CHECKING:
+    from conftest import Clock
+
 D1 = compute(b"one")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, 12, 0, 0, 123456, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def store(tmp_path: Path, clock: Clock) -> AsyncIterator[Store]:
-    async with open_store(tmp_path / "root", clock=clock) as s:
-        yield s
 
 
 async def test_random_id_shape_and_created_at(store: Store, clock: Clock) -> None:
