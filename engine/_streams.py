@@ -1,8 +1,10 @@
 """Byte sources and sinks: paths, fds, stdin/stdout, anyio streams and async file objects.
 
-Owns the adapters the importer, exporter and CLI read archives from and write them to,
-with one worker-thread hop per >= 1 MiB of file I/O (IO-LIMITS §2). anyio only; must not
-import the store or other engine modules.
+Owns ``Source``, its adapters and ``open_source``: what the importer and the CLI read
+archives from, with one worker-thread hop per >= 1 MiB of file I/O (IO-LIMITS §2).
+Re-exports the sink side (``_sinks``) and ``CHUNK_SIZE`` (``_endpoints``): import all of
+them from here. anyio only; must not import the store (but its errors) or engine modules
+other than those two.
 """
 
 from __future__ import annotations
@@ -12,26 +14,19 @@ import io
 import os
 import select
 import stat
-from typing import TYPE_CHECKING, Any, Final, Literal, Self, final
+from typing import TYPE_CHECKING, Any, Self, final
 
 import anyio
 import anyio.abc
 
-from castar.store.errors import InvalidArgument, NotFound
+from castar.engine._endpoints import CHUNK_SIZE, FileEndpoint, describe
+from castar.engine._sinks import Sink, SinkKind, open_sink
+from castar.store.errors import InvalidArgument
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from castar.store.digest import Buffer
-
 __all__ = ["CHUNK_SIZE", "Sink", "SinkKind", "Source", "open_sink", "open_source"]
-
-#: Default read size and the size sinks coalesce small writes up to (IO-LIMITS §2.3).
-CHUNK_SIZE: Final = 1 << 20
-# Sends at least this large skip the coalescing buffer.
-_DIRECT: Final = 64 << 10
-
-SinkKind = Literal["file", "pipe", "socket", "stream"]
 
 
 class Source:
@@ -126,24 +121,15 @@ class Source:
             await self.aclose()
 
 
-def _map_open_error(exc: OSError, name: str) -> Exception:
-    """Translate an open failure once (STYLE §3.4); other OSErrors stay as they are."""
-    if isinstance(exc, FileNotFoundError):
-        return NotFound(f"archive {name}: {exc.strerror or exc}")
-    if isinstance(exc, IsADirectoryError | NotADirectoryError):
-        return InvalidArgument(f"archive {name}: {exc.strerror or exc}")
-    return exc
-
-
 @final
-class _FileSource(Source):
+class _FileSource(FileEndpoint, Source):
     """A path, fd or stdin, read with one worker-thread hop per ``receive``."""
 
+    _role = "source"
+
     def __init__(self, target: str | os.PathLike[str] | int, name: str) -> None:
-        self.name = name
-        self._target = target
+        super().__init__(target, name)
         self._file: io.FileIO | None = None
-        self._closed = False
         self._regular = False
         self._size: int | None = None
 
@@ -165,17 +151,11 @@ class _FileSource(Source):
 
     def _opened(self) -> io.FileIO:
         if self._file is None:
-            raise RuntimeError(f"source {self.name} is not open yet: use `async with` or open()")
+            raise self._not_open()
         return self._file
 
-    async def open(self) -> None:
-        if self._file is None:
-            if self._closed:
-                raise anyio.ClosedResourceError(f"source {self.name} is closed")
-            try:
-                await anyio.to_thread.run_sync(self._open_sync)
-            except OSError as exc:
-                raise _map_open_error(exc, self.name) from exc
+    def _is_open(self) -> bool:
+        return self._file is not None
 
     def _open_sync(self) -> None:
         target = self._target
@@ -240,7 +220,7 @@ class _FileSource(Source):
     async def aclose(self) -> None:
         self._closed = True
         f, self._file = self._file, None
-        if f is not None and not isinstance(self._target, int):
+        if f is not None and self._owned:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(f.close)
 
@@ -349,11 +329,6 @@ class _ReaderSource(Source):
         return pos
 
 
-def _describe(obj: object) -> str:
-    name = getattr(obj, "name", None)
-    return name if isinstance(name, str) else f"<{type(obj).__name__}>"
-
-
 def open_source(obj: object) -> Source:
     """Adapt ``obj`` to a ``Source`` (no I/O: paths open on entering or first use).
 
@@ -375,202 +350,9 @@ def open_source(obj: object) -> Source:
     if isinstance(obj, int) and not isinstance(obj, bool):
         return _FileSource(obj, f"<fd {obj}>")
     if isinstance(obj, anyio.abc.ByteReceiveStream):
-        return _StreamSource(obj, _describe(obj), takes_max=True)
+        return _StreamSource(obj, describe(obj), takes_max=True)
     if inspect.iscoroutinefunction(getattr(obj, "receive", None)):
-        return _StreamSource(obj, _describe(obj), takes_max=False)
+        return _StreamSource(obj, describe(obj), takes_max=False)
     if callable(getattr(obj, "read", None)):
-        return _ReaderSource(obj, _describe(obj))
+        return _ReaderSource(obj, describe(obj))
     raise InvalidArgument(f"cannot read an archive from {type(obj).__name__}")
-
-
-# -- sinks ---------------------------------------------------------------------------------------
-
-
-class Sink:
-    """Where archive bytes go; ``send`` coalesces small writes up to 1 MiB.
-
-    Use as ``async with open_sink(obj) as sink:``. Whoever writes to ``fileno()``
-    directly (``copy_file_range``/``splice``) must ``await flush()`` first so
-    buffered bytes land before theirs. ``aclose`` flushes, then closes only what
-    ``open_sink`` opened itself (paths).
-    """
-
-    #: What to name in messages.
-    name: str
-    #: "file" (regular file), "pipe", "socket", or "stream" (anything else: send() only).
-    kind: SinkKind = "stream"
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self.bytes_sent = 0
-
-    def fileno(self) -> int | None:
-        """The OS file descriptor written to, or None."""
-        return None
-
-    async def open(self) -> None:
-        """Open the underlying file if not done yet (idempotent)."""
-
-    async def send(self, data: Buffer) -> None:
-        """Write ``data`` (copied or written before returning: the caller may reuse it)."""
-        n = len(data)
-        if not n:
-            return
-        self.bytes_sent += n
-        if n < _DIRECT:
-            self._buf += data
-            if len(self._buf) >= CHUNK_SIZE:
-                await self.flush()
-            return
-        if self._buf:
-            head, self._buf = self._buf, bytearray()
-            await self._write(head, data)
-            return
-        await self._write(data)
-
-    async def flush(self) -> None:
-        """Write out whatever ``send`` has buffered."""
-        if self._buf:
-            data, self._buf = self._buf, bytearray()
-            await self._write(data)
-
-    async def _write(self, *parts: Buffer) -> None:
-        raise NotImplementedError
-
-    async def aclose(self) -> None:
-        """Flush and release what ``open_sink`` opened."""
-        with anyio.CancelScope(shield=True):
-            await self.flush()
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            await self.aclose()
-            return
-        with anyio.CancelScope(shield=True):
-            await self._close_quietly()
-
-    async def _close_quietly(self) -> None:
-        """On an error: drop buffered bytes and release resources."""
-        self._buf = bytearray()
-        await self.aclose()
-
-
-@final
-class _FileSink(Sink):
-    def __init__(self, target: str | os.PathLike[str] | int, name: str) -> None:
-        super().__init__()
-        self.name = name
-        self._target = target
-        self._fd: int | None = None
-        self._closed = False
-
-    def fileno(self) -> int | None:
-        if self._fd is None:
-            raise RuntimeError(f"sink {self.name} is not open yet: use `async with` or open()")
-        return self._fd
-
-    async def open(self) -> None:
-        if self._fd is None:
-            if self._closed:
-                raise anyio.ClosedResourceError(f"sink {self.name} is closed")
-            try:
-                await anyio.to_thread.run_sync(self._open_sync)
-            except OSError as exc:
-                raise _map_open_error(exc, self.name) from exc
-
-    def _open_sync(self) -> None:
-        target = self._target
-        if isinstance(target, int):
-            fd = target
-        else:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
-            fd = os.open(target, flags, 0o666)
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISREG(mode):
-            self.kind = "file"
-        elif stat.S_ISFIFO(mode):
-            self.kind = "pipe"
-        elif stat.S_ISSOCK(mode):
-            self.kind = "socket"
-        else:
-            self.kind = "stream"
-        self._fd = fd
-
-    async def _write(self, *parts: Buffer) -> None:
-        await self.open()
-        await anyio.to_thread.run_sync(self._write_sync, parts)
-
-    def _write_sync(self, parts: tuple[Buffer, ...]) -> None:
-        fd = self.fileno()
-        assert fd is not None
-        for data in parts:
-            view = memoryview(data)
-            while view:
-                try:
-                    n = os.write(fd, view)
-                except BlockingIOError:
-                    select.select([], [fd], [])
-                    continue
-                view = view[n:]
-
-    async def aclose(self) -> None:
-        with anyio.CancelScope(shield=True):
-            try:
-                await self.flush()
-            finally:
-                self._closed = True
-                fd, self._fd = self._fd, None
-                if fd is not None and not isinstance(self._target, int):
-                    await anyio.to_thread.run_sync(os.close, fd)
-
-
-@final
-class _StreamSink(Sink):
-    """An anyio ``ByteSendStream`` (``async send``) or an object with ``async write(b)``."""
-
-    def __init__(self, obj: object, name: str, method: str) -> None:
-        super().__init__()
-        self.name = name
-        self._call = getattr(obj, method)
-
-    async def _write(self, *parts: Buffer) -> None:
-        # Streams may keep what they are given (memory streams): hand over immutable bytes.
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        await self._call(data if isinstance(data, bytes) else bytes(data))
-
-
-def open_sink(obj: object) -> Sink:
-    """Adapt ``obj`` to a ``Sink`` (no I/O: paths are created on entering or first send).
-
-    Args:
-        obj: a path (created or truncated), ``"-"`` for stdout, an int fd, an anyio
-            ``ByteSendStream`` (anything with ``async send``), or an object with
-            ``async write(b)``.
-
-    Raises:
-        InvalidArgument: ``obj`` is none of these.
-    """
-    if isinstance(obj, Sink):
-        return obj
-    if isinstance(obj, str) and obj == "-":
-        return _FileSink(1, "<stdout>")
-    if isinstance(obj, str | os.PathLike):
-        return _FileSink(obj, os.fspath(obj))
-    if isinstance(obj, int) and not isinstance(obj, bool):
-        return _FileSink(obj, f"<fd {obj}>")
-    if isinstance(obj, anyio.abc.ByteSendStream) or inspect.iscoroutinefunction(
-        getattr(obj, "send", None)
-    ):
-        return _StreamSink(obj, _describe(obj), "send")
-    if callable(getattr(obj, "write", None)):
-        return _StreamSink(obj, _describe(obj), "write")
-    raise InvalidArgument(f"cannot write an archive to {type(obj).__name__}")

@@ -1,0 +1,78 @@
+"""What byte sources and sinks share: the chunk size, names, and the file endpoint base.
+
+Owns ``CHUNK_SIZE`` (IO-LIMITS §2.3), how an adapted object is named in messages, and
+``FileEndpoint``: a path or fd opened once in a worker thread with its open errors
+mapped once (STYLE §3.4). ``_streams`` (sources) and ``_sinks`` build on it. anyio only;
+must not import the store (but its errors) or other engine modules.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+import anyio
+
+from castar.store.errors import InvalidArgument, NotFound
+
+if TYPE_CHECKING:
+    import os
+
+__all__ = ["CHUNK_SIZE", "FileEndpoint", "describe", "map_open_error"]
+
+#: Default read size and the size sinks coalesce small writes up to (IO-LIMITS §2.3).
+CHUNK_SIZE: Final = 1 << 20
+
+
+def map_open_error(exc: OSError, name: str) -> Exception:
+    """Translate an open failure once (STYLE §3.4); other OSErrors stay as they are."""
+    if isinstance(exc, FileNotFoundError):
+        return NotFound(f"archive {name}: {exc.strerror or exc}")
+    if isinstance(exc, IsADirectoryError | NotADirectoryError):
+        return InvalidArgument(f"archive {name}: {exc.strerror or exc}")
+    return exc
+
+
+class FileEndpoint:
+    """What file sources and sinks share: a path or fd, opened once in a worker thread.
+
+    Subclasses say whether they are open and how to open (``_open_sync``); ``open`` maps
+    the OSErrors of opening once and refuses to reopen after ``aclose``.
+    """
+
+    _role = "file"
+
+    def __init__(self, target: str | os.PathLike[str] | int, name: str) -> None:
+        self.name = name
+        self._target = target
+        self._closed = False
+
+    @property
+    def _owned(self) -> bool:
+        """Whether ``open`` opened the file itself (a path), so ``aclose`` closes it."""
+        return not isinstance(self._target, int)
+
+    def _is_open(self) -> bool:
+        raise NotImplementedError
+
+    def _open_sync(self) -> None:
+        raise NotImplementedError
+
+    def _not_open(self) -> RuntimeError:
+        return RuntimeError(f"{self._role} {self.name} is not open yet: use `async with` or open()")
+
+    async def open(self) -> None:
+        """Open the file in a worker thread unless it is open (idempotent)."""
+        if self._is_open():
+            return
+        if self._closed:
+            raise anyio.ClosedResourceError(f"{self._role} {self.name} is closed")
+        try:
+            await anyio.to_thread.run_sync(self._open_sync)
+        except OSError as exc:
+            raise map_open_error(exc, self.name) from exc
+
+
+def describe(obj: object) -> str:
+    """An adapted object's ``name`` when it is a string, else ``<TypeName>``."""
+    name = getattr(obj, "name", None)
+    return name if isinstance(name, str) else f"<{type(obj).__name__}>"

@@ -1,0 +1,218 @@
+"""Byte sinks: where archives are written (paths, fds, stdout, anyio streams, async writers).
+
+Owns ``Sink`` (``send`` coalesces small writes to >= 1 MiB worker-thread hops, IO-LIMITS
+§2), its adapters and ``open_sink``; ``_streams`` re-exports them. anyio only; must not
+import the store (but its errors) or other engine modules than ``_endpoints``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import select
+import stat
+from typing import TYPE_CHECKING, Final, Literal, Self, final
+
+import anyio
+import anyio.abc
+
+from castar.engine._endpoints import CHUNK_SIZE, FileEndpoint, describe
+from castar.store.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from castar.store.digest import Buffer
+
+__all__ = ["Sink", "SinkKind", "open_sink"]
+
+# Sends at least this large skip the coalescing buffer.
+_DIRECT: Final = 64 << 10
+
+SinkKind = Literal["file", "pipe", "socket", "stream"]
+
+
+class Sink:
+    """Where archive bytes go; ``send`` coalesces small writes up to 1 MiB.
+
+    Use as ``async with open_sink(obj) as sink:``. Whoever writes to ``fileno()``
+    directly (``copy_file_range``/``splice``) must ``await flush()`` first so
+    buffered bytes land before theirs. ``aclose`` flushes, then closes only what
+    ``open_sink`` opened itself (paths).
+    """
+
+    #: What to name in messages.
+    name: str
+    #: "file" (regular file), "pipe", "socket", or "stream" (anything else: send() only).
+    kind: SinkKind = "stream"
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self.bytes_sent = 0
+
+    def fileno(self) -> int | None:
+        """The OS file descriptor written to, or None."""
+        return None
+
+    async def open(self) -> None:
+        """Open the underlying file if not done yet (idempotent)."""
+
+    async def send(self, data: Buffer) -> None:
+        """Write ``data`` (copied or written before returning: the caller may reuse it)."""
+        n = len(data)
+        if not n:
+            return
+        self.bytes_sent += n
+        if n < _DIRECT:
+            self._buf += data
+            if len(self._buf) >= CHUNK_SIZE:
+                await self.flush()
+            return
+        if self._buf:
+            head, self._buf = self._buf, bytearray()
+            await self._write(head, data)
+            return
+        await self._write(data)
+
+    async def flush(self) -> None:
+        """Write out whatever ``send`` has buffered."""
+        if self._buf:
+            data, self._buf = self._buf, bytearray()
+            await self._write(data)
+
+    async def _write(self, *parts: Buffer) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Flush and release what ``open_sink`` opened."""
+        with anyio.CancelScope(shield=True):
+            await self.flush()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            await self.aclose()
+            return
+        with anyio.CancelScope(shield=True):
+            await self._close_quietly()
+
+    async def _close_quietly(self) -> None:
+        """On an error: drop buffered bytes and release resources."""
+        self._buf = bytearray()
+        await self.aclose()
+
+
+@final
+class _FileSink(FileEndpoint, Sink):
+    """A path (created or truncated), fd or stdout, written with one hop per flush."""
+
+    _role = "sink"
+
+    def __init__(self, target: str | os.PathLike[str] | int, name: str) -> None:
+        Sink.__init__(self)
+        FileEndpoint.__init__(self, target, name)
+        self._fd: int | None = None
+
+    def fileno(self) -> int | None:
+        if self._fd is None:
+            raise self._not_open()
+        return self._fd
+
+    def _is_open(self) -> bool:
+        return self._fd is not None
+
+    def _open_sync(self) -> None:
+        target = self._target
+        if isinstance(target, int):
+            fd = target
+        else:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+            fd = os.open(target, flags, 0o666)
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISREG(mode):
+            self.kind = "file"
+        elif stat.S_ISFIFO(mode):
+            self.kind = "pipe"
+        elif stat.S_ISSOCK(mode):
+            self.kind = "socket"
+        else:
+            self.kind = "stream"
+        self._fd = fd
+
+    async def _write(self, *parts: Buffer) -> None:
+        await self.open()
+        await anyio.to_thread.run_sync(self._write_sync, parts)
+
+    def _write_sync(self, parts: tuple[Buffer, ...]) -> None:
+        fd = self.fileno()
+        assert fd is not None
+        for data in parts:
+            view = memoryview(data)
+            while view:
+                try:
+                    n = os.write(fd, view)
+                except BlockingIOError:
+                    select.select([], [fd], [])
+                    continue
+                view = view[n:]
+
+    async def aclose(self) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.flush()
+            finally:
+                self._closed = True
+                fd, self._fd = self._fd, None
+                if fd is not None and self._owned:
+                    await anyio.to_thread.run_sync(os.close, fd)
+
+
+@final
+class _StreamSink(Sink):
+    """An anyio ``ByteSendStream`` (``async send``) or an object with ``async write(b)``."""
+
+    def __init__(self, obj: object, name: str, method: str) -> None:
+        super().__init__()
+        self.name = name
+        self._call = getattr(obj, method)
+
+    async def _write(self, *parts: Buffer) -> None:
+        # Streams may keep what they are given (memory streams): hand over immutable bytes.
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        await self._call(data if isinstance(data, bytes) else bytes(data))
+
+
+def open_sink(obj: object) -> Sink:
+    """Adapt ``obj`` to a ``Sink`` (no I/O: paths are created on entering or first send).
+
+    Args:
+        obj: a path (created or truncated), ``"-"`` for stdout, an int fd, an anyio
+            ``ByteSendStream`` (anything with ``async send``), or an object with
+            ``async write(b)``.
+
+    Raises:
+        InvalidArgument: ``obj`` is none of these.
+    """
+    if isinstance(obj, Sink):
+        return obj
+    if isinstance(obj, str) and obj == "-":
+        return _FileSink(1, "<stdout>")
+    if isinstance(obj, str | os.PathLike):
+        return _FileSink(obj, os.fspath(obj))
+    if isinstance(obj, int) and not isinstance(obj, bool):
+        return _FileSink(obj, f"<fd {obj}>")
+    if isinstance(obj, anyio.abc.ByteSendStream) or inspect.iscoroutinefunction(
+        getattr(obj, "send", None)
+    ):
+        return _StreamSink(obj, describe(obj), "send")
+    if callable(getattr(obj, "write", None)):
+        return _StreamSink(obj, describe(obj), "write")
+    raise InvalidArgument(f"cannot write an archive to {type(obj).__name__}")
