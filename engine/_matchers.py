@@ -93,14 +93,19 @@ def _stripped(p: Platform) -> Platform:
 
 
 @dataclass(frozen=True, slots=True)
-class _Ordered:
-    """MATCH-4: any of the matchers, earlier ones preferred."""
+class _AnyOf:
+    """Matches what any of the base matchers matches; subclasses say which is preferred."""
 
     matchers: tuple[_Exact, ...]
 
     def match(self, p: Platform) -> bool:
         c = normalize(p)
         return any(m.matches(c) for m in self.matchers)
+
+
+@dataclass(frozen=True, slots=True)
+class _Ordered(_AnyOf):
+    """MATCH-4: any of the matchers, earlier ones preferred."""
 
     def less(self, a: Platform, b: Platform) -> bool:
         na, nb = normalize(a), normalize(b)
@@ -116,14 +121,8 @@ class _Ordered:
 
 
 @dataclass(frozen=True, slots=True)
-class _Any:
+class _Any(_AnyOf):
     """MATCH-5: any of the matchers, no preference among them."""
-
-    matchers: tuple[_Exact, ...]
-
-    def match(self, p: Platform) -> bool:
-        c = normalize(p)
-        return any(m.matches(c) for m in self.matchers)
 
     def less(self, a: Platform, b: Platform) -> bool:
         am, bm = self.match(a), self.match(b)

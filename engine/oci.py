@@ -1,9 +1,11 @@
-"""The OCI/Docker image model: media types, descriptors, manifests, indexes, image configs.
+"""The OCI/Docker image model: descriptors, manifests, indexes, image configs, their graph.
 
-Owns media-type classification (SEMANTICS MT-1..6), strict capped decoding of JSON
-documents, the canonical encoder whose bytes match Go's ``encoding/json`` (DESC-1/2),
-the children of a node (MT-4) and the GC child labels (GC-7).
-Pure: imports only castar.store.{digest,errors} and castar.engine.platforms; never anyio or I/O.
+Owns the document dataclasses with strict decoding under the 20 MiB cap (EDGE-13) and
+DESC-1 encoding, the children of a node (MT-4), attestations, referrers and pseudo
+images (MT-5/6) and the GC child labels (GC-7). Re-exports the media types and their
+classification (``_mediatypes``, MT-1..3) and the canonical JSON encoder (``_json``,
+DESC-2): import all of them from here. Pure: imports only ``castar.store`` digests and
+errors and the pure engine modules; never anyio or I/O.
 """
 
 from __future__ import annotations
@@ -71,61 +73,19 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
 __all__ = [
-    "ANNOTATION_IMAGE_NAME",
-    "ANNOTATION_MANIFEST_SUBJECT",
-    "ANNOTATION_PREDICATE_TYPE",
-    "ANNOTATION_REFERENCE_DIGEST",
-    "ANNOTATION_REFERENCE_TYPE",
-    "ANNOTATION_REF_NAME",
-    "CHECKPOINT",
-    "CHECKPOINT_CONFIG",
-    "DOCKER_CONFIG",
-    "DOCKER_LAYER",
-    "DOCKER_LAYER_FOREIGN",
-    "DOCKER_LAYER_FOREIGN_GZIP",
-    "DOCKER_LAYER_GZIP",
-    "DOCKER_LAYER_ZSTD",
-    "DOCKER_MANIFEST",
-    "DOCKER_MANIFEST_LIST",
-    "DOCKER_SCHEMA1_MANIFEST",
-    "EROFS_LAYER",
-    "IN_TOTO",
-    "MAX_DOCUMENT",
-    "OCI_CONFIG",
-    "OCI_EMPTY",
-    "OCI_INDEX",
-    "OCI_LAYER",
-    "OCI_LAYER_GZIP",
-    "OCI_LAYER_ND",
-    "OCI_LAYER_ND_GZIP",
-    "OCI_LAYER_ND_ZSTD",
-    "OCI_LAYER_ZSTD",
-    "OCI_LAYOUT_HEADER",
-    "OCI_MANIFEST",
-    "Descriptor",
-    "ImageConfig",
-    "Index",
-    "Manifest",
-    "Struct",
-    "canonical_json",
-    "children",
-    "children_labels",
-    "decode_config",
-    "decode_index",
-    "decode_manifest",
-    "encode_index",
-    "encode_manifest",
-    "is_attestation",
-    "is_config",
-    "is_index",
-    "is_known_config",
-    "is_layer",
-    "is_manifest",
-    "is_non_distributable",
-    "is_pseudo_image",
-    "is_referrer",
-    "layer_compression",
-]
+    "ANNOTATION_IMAGE_NAME", "ANNOTATION_MANIFEST_SUBJECT", "ANNOTATION_PREDICATE_TYPE",
+    "ANNOTATION_REFERENCE_DIGEST", "ANNOTATION_REFERENCE_TYPE", "ANNOTATION_REF_NAME",
+    "CHECKPOINT", "CHECKPOINT_CONFIG", "DOCKER_CONFIG", "DOCKER_LAYER", "DOCKER_LAYER_FOREIGN",
+    "DOCKER_LAYER_FOREIGN_GZIP", "DOCKER_LAYER_GZIP", "DOCKER_LAYER_ZSTD", "DOCKER_MANIFEST",
+    "DOCKER_MANIFEST_LIST", "DOCKER_SCHEMA1_MANIFEST", "EROFS_LAYER", "IN_TOTO", "MAX_DOCUMENT",
+    "OCI_CONFIG", "OCI_EMPTY", "OCI_INDEX", "OCI_LAYER", "OCI_LAYER_GZIP", "OCI_LAYER_ND",
+    "OCI_LAYER_ND_GZIP", "OCI_LAYER_ND_ZSTD", "OCI_LAYER_ZSTD", "OCI_LAYOUT_HEADER",
+    "OCI_MANIFEST", "Descriptor", "ImageConfig", "Index", "Manifest", "Struct", "canonical_json",
+    "children", "children_labels", "decode_config", "decode_index", "decode_manifest",
+    "encode_index", "encode_manifest", "is_attestation", "is_config", "is_index",
+    "is_known_config", "is_layer", "is_manifest", "is_non_distributable", "is_pseudo_image",
+    "is_referrer", "layer_compression",
+]  # fmt: skip
 
 # --- annotations --------------------------------------------------------------------------------
 
@@ -140,8 +100,8 @@ ANNOTATION_PREDICATE_TYPE: Final = "in-toto.io/predicate-type"
 MAX_DOCUMENT: Final = 20 << 20
 
 
-def _load(data: bytes, what: str, name: str) -> dict[str, Any]:
-    return load_object(data, f"{what} {name}" if name else what, MAX_DOCUMENT)
+def _where(what: str, name: str) -> str:
+    return f"{what} {name}" if name else what
 
 
 # --- the model ----------------------------------------------------------------------------------
@@ -372,7 +332,8 @@ def decode_manifest(data: bytes, *, name: str = "") -> Manifest:
         MalformedManifest: over the cap, not JSON, no config, a field of the wrong type,
             an invalid digest or a negative size.
     """
-    return _manifest_from(_load(data, "manifest", name), f"manifest {name}".rstrip())
+    where = _where("manifest", name)
+    return _manifest_from(load_object(data, where, MAX_DOCUMENT), where)
 
 
 def decode_index(data: bytes, *, name: str = "") -> Index:
@@ -381,7 +342,8 @@ def decode_index(data: bytes, *, name: str = "") -> Index:
     Raises:
         MalformedManifest: over the cap, not JSON, or a field of the wrong type.
     """
-    return _index_from(_load(data, "index", name), f"index {name}".rstrip())
+    where = _where("index", name)
+    return _index_from(load_object(data, where, MAX_DOCUMENT), where)
 
 
 def decode_config(data: bytes, *, name: str = "") -> ImageConfig:
@@ -390,20 +352,14 @@ def decode_config(data: bytes, *, name: str = "") -> ImageConfig:
     Raises:
         MalformedManifest: over the cap, not JSON, or one of those fields of the wrong type.
     """
-    where = f"config {name}" if name else "config"
-    o = _load(data, "config", name)
+    where = _where("config", name)
+    o = load_object(data, where, MAX_DOCUMENT)
     rootfs = o.get("rootfs")
     diff_ids: tuple[str, ...] = ()
     if rootfs is not None:
         diff_ids = get_strs(object_of(rootfs, f"{where}: rootfs"), "diff_ids", f"{where}: rootfs")
-    return ImageConfig(
-        os=get_str(o, "os", where),
-        architecture=get_str(o, "architecture", where),
-        variant=get_str(o, "variant", where),
-        os_version=get_str(o, "os.version", where),
-        os_features=get_strs(o, "os.features", where),
-        diff_ids=diff_ids,
-    )
+    p = platforms.from_json(o, where=where)  # the config's platform fields, as in an index
+    return ImageConfig(p.os, p.architecture, p.variant, p.os_version, p.os_features, diff_ids)
 
 
 def encode_manifest(manifest: Manifest) -> bytes:
@@ -452,7 +408,7 @@ def children(desc: Descriptor, data: bytes) -> list[Descriptor]:
         return []
     name = str(desc.digest)
     try:
-        o = _load(data, "document", name)
+        o = load_object(data, f"document {name}", MAX_DOCUMENT)
         _check_document_type(o, desc.media_type)
         if is_manifest(desc.media_type):
             m = _manifest_from(o, f"manifest {name}")
