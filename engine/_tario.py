@@ -2,7 +2,7 @@
 
 Owns only the loop between ``tarcodec`` and ``_streams`` (httpcore ``_receive_event``
 shape, STYLE A2): ask the decoder for an event, on ``NEED_DATA`` receive >= 1 MiB and
-feed it. anyio + tarcodec + _streams only; must not import the store.
+feed it. anyio + tarcodec + _streams only; must not import the store (but its errors).
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Owns ``SynthSpec`` → ``plan`` (every descriptor and digest, the archive size) → ``write``
 (an OCI image archive, metadata first like castar's exporter, or containerd's order) and
 ``write_layout`` (an OCI image layout directory). Pure and synchronous: imports the OCI
-model, platforms, references and the tar codec, never anyio or the store; callers run
-``write`` in a worker thread.
+model, platforms, references, the tar codec and the store's digest helpers and errors,
+never anyio or the store's I/O; callers run ``write`` in a worker thread.
 """
 
 from __future__ import annotations

@@ -126,6 +126,21 @@ def test_parse_error_texts() -> None:  # TV-21, PLAT-1, PLAT-3, PLAT-6
         parse_all(["linux", "foo"])
 
 
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("windows(10%zz)/amd64", r'^"windows\(10%zz\)/amd64": invalid URL escape in "10%zz"'),
+        ("linux(+a%2)/amd64", r'invalid URL escape in "a%2"'),
+        ("linux(+%ff)/amd64", r'^"linux\(\+%ff\)/amd64": invalid UTF-8 in "%ff"'),
+        ("linux(+)/amd64", r'^"linux\(\+\)" is an invalid OS component'),
+        ("linux\n/amd64", r'^"linux\\n" is an invalid OS component of "linux\\n/amd64"'),
+    ],
+)
+def test_parse_rejects_bad_percent_escapes_and_features(spec: str, message: str) -> None:  # PLAT-2
+    with pytest.raises(InvalidArgument, match=message):
+        parse(spec)
+
+
 def test_parse_uses_the_pinned_host() -> None:  # PLAT-3, HOST-3
     with platforms.pinned_host(P("linux", "arm", "v6")):
         assert parse("linux") == P("linux", "arm", "v6")
