@@ -27,7 +27,7 @@ from castar.store.errors import (
     SizeMismatch,
     Unavailable,
 )
-from castar.store.leases import current_lease
+from castar.store.leases import current_lease_id
 from castar.store.sqlite import ContentRecord, validate_labels
 
 if TYPE_CHECKING:
@@ -66,11 +66,6 @@ class Info:
 
 def _info(rec: ContentRecord) -> Info:
     return Info(rec.digest, rec.size, rec.labels, rec.created_at, rec.updated_at)
-
-
-def _lease_id() -> str | None:
-    lease = current_lease()
-    return None if lease is None else lease.id
 
 
 @final
@@ -217,7 +212,7 @@ class ContentStore:
         Raises:
             NotFound: the blob is not recorded.
         """
-        await self._db.content_delete(parse(digest), lease=_lease_id())
+        await self._db.content_delete(parse(digest), lease=current_lease_id())
 
     async def walk(self) -> list[Info]:
         """Every recorded blob, ascending by digest string (CS-3)."""
@@ -318,7 +313,7 @@ class ContentStore:
         expected = parse(digest) if digest else None
         now = self._clock()
         exists = await self._db.ingest_open(
-            ref, expected=expected, lease=_lease_id(), expires_at=now + INGEST_TTL, now=now
+            ref, expected=expected, lease=current_lease_id(), expires_at=now + INGEST_TTL, now=now
         )
         if exists:
             raise AlreadyExists(f"content {expected}")
@@ -347,7 +342,12 @@ class ContentStore:
                 raise
             with anyio.CancelScope(shield=True):
                 created = await self._db.content_commit(
-                    ref, result.digest, result.size, labels, lease=_lease_id(), now=self._clock()
+                    ref,
+                    result.digest,
+                    result.size,
+                    labels,
+                    lease=current_lease_id(),
+                    now=self._clock(),
                 )
         if not created:
             raise AlreadyExists(f"content {result.digest}")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol, final
 from castar.store.content import Descriptor
 from castar.store.digest import parse
 from castar.store.errors import InvalidArgument, NotFound
-from castar.store.leases import current_lease
+from castar.store.leases import current_lease_id
 from castar.store.sqlite import ImageRecord, ImageTarget, validate_labels
 
 if TYPE_CHECKING:
@@ -55,7 +55,8 @@ def _image(rec: ImageRecord) -> Image:
     return Image(rec.name, target, rec.labels, rec.created_at, rec.updated_at)
 
 
-def _target(target: DescriptorLike) -> Descriptor:
+def _target(target: DescriptorLike) -> ImageTarget:
+    """The four fields an image keeps of ``target`` (DESC-5), checked as IMG-1 says."""
     try:
         digest = parse(target.digest)
     except InvalidArgument as exc:
@@ -64,7 +65,7 @@ def _target(target: DescriptorLike) -> Descriptor:
         raise InvalidArgument("target.Size must be greater than zero")
     if not target.media_type:
         raise InvalidArgument("target.MediaType must be set")
-    return Descriptor(target.media_type, digest, target.size, dict(target.annotations or {}))
+    return ImageTarget(target.media_type, digest, target.size, dict(target.annotations or {}))
 
 
 @final
@@ -83,24 +84,23 @@ class ImageStore:
     async def _put(
         self,
         name: str,
-        target: Descriptor | None,
+        target: DescriptorLike | None,
         labels: Mapping[str, str] | None,
         *,
         create: bool,
     ) -> Image:
+        # IMG-1's order: the name, then the target, then the labels.
         if not name:
             raise InvalidArgument("image name must not be empty")
+        checked = None if target is None else _target(target)
         if labels is not None:
             validate_labels(labels)
-        lease = current_lease()
         rec = await self._db.image_put(
             name,
-            target=None
-            if target is None
-            else ImageTarget(target.media_type, target.digest, target.size, target.annotations),
+            target=checked,
             labels=labels,
             create=create,
-            lease=None if lease is None else lease.id,
+            lease=current_lease_id(),
             now=self._clock(),
         )
         return _image(rec)
@@ -116,9 +116,7 @@ class ImageStore:
             InvalidArgument: empty name, bad target digest, size <= 0, empty media type, LBL-1.
             AlreadyExists: ``image "<name>": already exists``.
         """
-        if not name:
-            raise InvalidArgument("image name must not be empty")
-        return await self._put(name, _target(target), labels or {}, create=True)
+        return await self._put(name, target, labels or {}, create=True)
 
     async def get(self, name: str) -> Image:
         """The image named ``name``.
@@ -148,8 +146,7 @@ class ImageStore:
             NotFound: ``image "<name>": not found``.
             InvalidArgument: as for :meth:`create`.
         """
-        new_target = None if target is None else _target(target)
-        return await self._put(name, new_target, labels, create=False)
+        return await self._put(name, target, labels, create=False)
 
     async def delete(self, name: str, *, target: str | None = None) -> None:
         """Delete an image; with ``target`` only if it still points there (IMG-4).

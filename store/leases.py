@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import os
 import time
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final, final
@@ -26,7 +26,14 @@ if TYPE_CHECKING:
 
     from castar.store.sqlite import SQLiteMetadataDB
 
-__all__ = ["RESOURCE_TYPES", "Lease", "LeaseManager", "current_lease", "random_lease_id"]
+__all__ = [
+    "RESOURCE_TYPES",
+    "Lease",
+    "LeaseManager",
+    "current_lease",
+    "current_lease_id",
+    "random_lease_id",
+]
 
 #: Resource types a lease can hold in castar (LEASE-4; snapshots are out of scope).
 RESOURCE_TYPES: Final = ("content", "images", "ingests")
@@ -60,12 +67,18 @@ def current_lease() -> Lease | None:
     return _current.get()
 
 
-def _set_current(lease: Lease | None) -> object:
+def current_lease_id() -> str | None:
+    """The id of :func:`current_lease`, or None: what the metadata DB records things under."""
+    lease = _current.get()
+    return None if lease is None else lease.id
+
+
+def _set_current(lease: Lease | None) -> Token[Lease | None]:
     return _current.set(lease)
 
 
-def _reset_current(token: object) -> None:
-    _current.reset(token)  # type: ignore[arg-type]
+def _reset_current(token: Token[Lease | None]) -> None:
+    _current.reset(token)
 
 
 def random_lease_id() -> str:

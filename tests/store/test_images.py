@@ -67,6 +67,8 @@ async def test_duplicate_name_is_already_exists(store: Store) -> None:
     ("name", "target", "text"),
     [
         ("", Descriptor(MT, D1, 1), "image name must not be empty"),
+        ("", RichDescriptor("", "sha256:zz", 0), "image name must not be empty"),  # name first
+        ("x", RichDescriptor("", "sha256:zz", 0), 'target.Digest "sha256:zz" invalid: '),
         ("x", RichDescriptor(MT, "sha256:zz", 1), 'target.Digest "sha256:zz" invalid: '),
         ("x", Descriptor(MT, D1, 0), "target.Size must be greater than zero"),
         ("x", Descriptor("", D1, 1), "target.MediaType must be set"),
