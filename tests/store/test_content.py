@@ -222,6 +222,15 @@ async def test_write_blob_of_recorded_digest_does_not_read_source(store: Store) 
     assert (desc.digest, desc.size) == (H_HELLO, 5)
 
 
+async def test_write_blob_of_same_bytes_twice_without_digest_succeeds(store: Store) -> None:
+    # ING-8.6 + ING-11: the second commit meets AlreadyExists, which write_blob counts as success
+    first = await store.content.write_blob(HELLO, labels={"a": "1"})
+    second = await store.content.write_blob(HELLO, labels={"b": "2"})
+    assert first == second
+    assert dict((await store.content.info(H_HELLO)).labels) == {"a": "1"}  # the record is kept
+    assert await store.content.list_statuses() == []
+
+
 async def test_concurrent_write_blob_of_one_digest_both_succeed(store: Store) -> None:
     async def source() -> AsyncIterator[bytes]:
         for _ in range(20):

@@ -327,6 +327,48 @@ async def test_tv43_size_then_digest_mismatch_then_ok_then_closed(tmp_path: Path
     assert str(closed.value) == "cannot commit on closed writer: failed precondition"
 
 
+async def test_commit_checks_size_before_digest(tmp_path: Path) -> None:
+    # ING-8: when both are wrong, the size is reported (step 2 before step 4)
+    w = await LocalContentStore(tmp_path).open_writer("both-wrong")
+    await w.write(b"hello")
+    with pytest.raises(SizeMismatch):
+        await w.commit(6, h(b"world"))
+
+
+async def test_commit_fsyncs_data_then_renames_read_only_then_fsyncs_the_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ING-8.7, STYLE §3.7.4: nothing is visible at the blob address before the data is
+    # verified and durable; the rename is made durable by fsyncing the blob directory.
+    store = LocalContentStore(tmp_path)
+    w = await store.open_writer("order")
+    await w.write(b"hello")
+    target = store.blob_path(h(b"hello"))
+    events: list[str] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd: int) -> None:
+        is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+        events.append(f"fsync {'dir' if is_dir else 'file'}, blob visible: {target.exists()}")
+        real_fsync(fd)
+
+    def rename(src: str | Path, dst: str | Path) -> None:
+        mode = stat.S_IMODE(os.stat(src).st_mode)
+        events.append(
+            f"rename {oct(mode)} to {Path(dst) == target}, blob visible: {target.exists()}"
+        )
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    await w.commit(5, h(b"hello"))
+    assert events == [
+        "fsync file, blob visible: False",
+        "rename 0o444 to True, blob visible: False",
+        "fsync dir, blob visible: True",
+    ]
+
+
 async def test_tv44_second_ref_with_same_bytes_reports_existed_and_removes_its_ingest(
     tmp_path: Path,
 ) -> None:

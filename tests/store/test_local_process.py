@@ -2,7 +2,8 @@
 
 A child interpreter runs a small script against the same root. SIGKILL stands in for a
 crash: the kernel drops the child's flock, the ingest resumes from what reached the disk,
-and no torn file ever appears at a blob address.
+and no torn file ever appears at a blob address; through the public store the ingest row
+also keeps the killed ingest from GC until it expires.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from castar.store import open_store
 from castar.store.errors import Unavailable
 from castar.store.local import LocalContentStore
 
@@ -186,3 +188,61 @@ async def test_commit_lock_excludes_another_process_until_it_dies(tmp_path: Path
     with anyio.fail_after(5):
         async with store.commit_lock(exclusive=True):
             pass
+
+
+STORE_CHILD = textwrap.dedent(
+    """
+    import hashlib, sys
+    import anyio
+    from castar.store import open_store
+
+    def block(i):
+        return hashlib.sha512(str(i).encode()).digest() * (1024 * 1024 // 64)
+
+    async def main():
+        n = int(sys.argv[2])
+        async with open_store(sys.argv[1]) as store:
+            async with store.content.writer("killed", size=n * 1024 * 1024) as w:
+                for i in range(n):
+                    await w.write(block(i))
+                    print(i, flush=True)
+                    await anyio.sleep(0.002)
+                print("done", flush=True)
+                await anyio.sleep(3600)
+
+    anyio.run(main)
+    """
+)
+
+
+async def test_sigkill_mid_write_leaves_the_public_store_consistent(tmp_path: Path) -> None:
+    # The same crash through the public store: no record and no file at any blob address, the
+    # ingest's row keeps it from GC for 24 h (ING-13), and reopening the ref resumes (ING-5).
+    root = tmp_path / "root"
+    proc = await anyio.open_process(
+        [sys.executable, "-c", STORE_CHILD, str(root), str(BLOCKS)], stderr=None
+    )
+    try:
+        assert proc.stdout is not None
+        out = BufferedByteReceiveStream(proc.stdout)
+        with anyio.fail_after(30):
+            while (line := await read_line(out)) not in {"8", "done"}:
+                pass
+        assert line == "8", "the child finished before it could be killed"
+    finally:
+        await kill(proc)
+    total = BLOCKS * MiB
+    async with open_store(root) as store:
+        assert await store.content.walk() == []
+        assert not any(p.is_file() for p in (root / "blobs").rglob("*"))
+        offset = (await store.content.status("killed")).offset
+        assert 9 * MiB <= offset < total
+        report = await store.gc()
+        assert (report.removed, report.ingests_removed) == ([], [])
+        async with store.content.writer("killed", size=total) as w:
+            assert w.offset == offset
+            await w.write(expected_bytes(offset, total))
+            want = "sha256:" + hashlib.sha256(expected_bytes(0, total)).hexdigest()
+            assert await w.commit(total, want) == want
+        assert (await store.content.info(want)).size == total
+        assert await store.content.list_statuses() == []
