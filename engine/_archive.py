@@ -1,0 +1,439 @@
+"""Getting an archive's bytes into the store: seekable copies and the one-pass stream ingest.
+
+Owns the import ``Session`` (ingest refs unique per session, ING-14; one worker-thread
+call per blob copied from a seekable file, IO-LIMITS §2.1/2.5), the one-pass ingest of
+a stream with commits overlapping the next entry (IMP-3, IO-LIMITS §2.2), progress
+counting, and ``read_archive`` that picks the way in. Imports anyio, the store and the
+importer's other private modules; must not import ``importer`` itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+import anyio
+import anyio.abc
+import anyio.from_thread
+import anyio.to_thread
+
+from castar.engine import _decompress, oci
+from castar.engine._catalog import (
+    METADATA,
+    REGULAR,
+    Catalog,
+    Entry,
+    blob_digest,
+    check_document_size,
+    checked_name,
+    note_member,
+    scan_sync,
+)
+from castar.engine.tarcodec import NEED_DATA, ArchiveEnd, Chunk, MemberEnd, MemberStart, TarDecoder
+from castar.store.digest import Digest
+from castar.store.errors import AlreadyExists, DigestMismatch, MalformedArchive, NotFound
+
+if TYPE_CHECKING:
+    from castar.engine._streams import Source
+    from castar.engine.platforms import MatchComparer
+    from castar.store import Store, Writer
+
+__all__ = [
+    "CHUNK",
+    "WORKERS",
+    "Progress",
+    "ProgressCallback",
+    "Session",
+    "first_error",
+    "read_archive",
+]
+
+#: Bytes per read, hash and write step, and per worker-thread hop (IO-LIMITS §2.3).
+CHUNK: Final = 1 << 20
+#: Worker threads copying blob bytes at once (IO-LIMITS §2.5).
+_IN_FLIGHT: Final = 2
+#: Blobs in progress at once: while two copy, others open or commit (fsync, records).
+WORKERS: Final = 4
+#: Stream members up to this size are read whole and stored by a task of their own.
+_SMALL: Final = CHUNK
+_PROGRESS_PERIOD: Final = 0.1
+
+#: ``progress(bytes_done, bytes_total_or_None, current_entry)``; called from the event loop.
+ProgressCallback = Callable[[int, int | None, str], None]
+
+
+class Progress:
+    """Byte counter updated from worker threads, reported on the event loop."""
+
+    def __init__(self, callback: ProgressCallback | None, total: int | None) -> None:
+        self._callback = callback
+        self._lock = threading.Lock()
+        self.total = total
+        self.done = 0
+        self.entry = ""
+
+    def add(self, n: int, entry: str) -> None:
+        with self._lock:
+            self.done += n
+            self.entry = entry
+
+    def report(self) -> None:
+        if self._callback is not None:
+            self._callback(self.done, self.total, self.entry)
+
+    async def ticker(self) -> None:
+        while True:
+            await anyio.sleep(_PROGRESS_PERIOD)
+            self.report()
+
+
+class Session:
+    """State of one ``load`` call: the store, the archive and what the walk found."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        matcher: MatchComparer,
+        skip_missing: bool,
+        translator: Callable[[str], str] | None,
+        progress: Progress,
+    ) -> None:
+        self.store = store
+        self.matcher = matcher
+        self.skip_missing = skip_missing
+        self.translator = translator
+        self.progress = progress
+        self.session = secrets.token_hex(6)
+        self.catalog = Catalog()
+        self.fd: int | None = None  # seekable archives are read with pread on this fd
+        self.limiter = anyio.CapacityLimiter(_IN_FLIGHT)
+        self._serial = 0
+        self._buffers: list[bytearray] = []
+
+    def ref(self, name: str) -> str:
+        """A fresh ingest ref, unique per session (ING-14, EDGE-9)."""
+        self._serial += 1
+        return f"castar-import-{self.session}-{self._serial}-{name[:96]}"
+
+    async def discard(self, ref: str) -> None:
+        with anyio.CancelScope(shield=True), contextlib.suppress(NotFound):
+            await self.store.content.abort(ref)
+
+    # -- blob copies ------------------------------------------------------------------
+
+    def _copy_sync(self, w: Writer, entry: Entry) -> None:
+        """Copy one member from the archive file into an ingest (one worker-thread call)."""
+        assert self.fd is not None
+        buf = self._buffers.pop() if self._buffers else bytearray(CHUNK)
+        try:
+            view = memoryview(buf)
+            offset = entry.offset
+            left = entry.size
+            while left:
+                n = os.preadv(self.fd, [view[: min(left, CHUNK)]], offset)
+                if n == 0:
+                    raise MalformedArchive(
+                        f"truncated archive: {left} bytes of member body missing",
+                        offset=offset,
+                        member=entry.name,
+                    )
+                w.write_sync(view[:n])
+                offset += n
+                left -= n
+                self.progress.add(n, entry.name)
+                anyio.from_thread.check_cancelled()
+        finally:
+            self._buffers.append(buf)
+
+    async def ensure(self, entry: Entry, expected: Digest | None = None) -> Digest:
+        """Make sure ``entry``'s bytes are stored; return their digest.
+
+        From a stream they already are. From a seekable file the member is copied once,
+        hashed with the algorithm of ``expected`` and checked against it (IMP-4); a blob
+        already recorded is not read again (ING-2).
+        """
+        if entry.digest is not None:
+            return entry.digest
+        ref = self.ref(entry.name)
+        try:
+            async with self.store.content.writer(ref, size=entry.size, digest=expected) as w:
+                await anyio.to_thread.run_sync(self._copy_sync, w, entry, limiter=self.limiter)
+                digest = await _commit(w, entry, expected)
+        except AlreadyExists:
+            assert expected is not None
+            digest = expected
+            self.progress.add(entry.size, entry.name)
+        except BaseException:
+            await self.discard(ref)
+            raise
+        entry.digest = digest
+        return digest
+
+    def blob_entry(self, digest: str) -> Entry | None:
+        d = Digest(digest)
+        return self.catalog.entries.get(f"blobs/{d.algorithm}/{d.encoded}")
+
+    async def ensure_blob(self, desc: oci.Descriptor) -> None:
+        entry = self.blob_entry(desc.digest)
+        if entry is not None and entry.digest is None:
+            await self.ensure(entry, desc.digest)
+
+    async def document(self, desc: oci.Descriptor) -> bytes | None:
+        """A manifest or index, from the store or (copied first) from the archive."""
+        await self.ensure_blob(desc)
+        try:
+            return await self.store.content.read_all(desc.digest, limit=oci.MAX_DOCUMENT)
+        except NotFound:
+            return None
+
+
+async def _commit(w: Writer, entry: Entry, expected: Digest | None) -> Digest:
+    """Commit an ingest (the store hashes, checks and fsyncs in a worker thread).
+
+    A digest mismatch becomes the IMP-4 error naming the entry; the store has already
+    dropped the bad ingest. An existing blob counts as success (ING-11).
+    """
+    try:
+        return await w.commit(entry.size, expected)
+    except AlreadyExists:
+        return expected or w.digest()
+    except DigestMismatch as exc:
+        raise DigestMismatch(
+            f"blob {entry.name}: unexpected digest {exc.actual}, expected {exc.expected}",
+            expected=exc.expected,
+            actual=exc.actual,
+        ) from exc
+
+
+# -- reading a stream: one pass ---------------------------------------------------------------
+
+
+class _StreamReader:
+    """Pulls decoder events from a non-seekable source, ≤ 1 MiB buffered at a time.
+
+    Receiving and hashing take turns on purpose: a read-ahead task measured 5-25%
+    slower on this machine's SMT pair (IO-LIMITS §2.4).
+    """
+
+    def __init__(
+        self,
+        src: _decompress.RawSource,
+        first: bytes,
+        max_size: int | None,
+        progress: Progress,
+    ) -> None:
+        self._src = src
+        self._pending = first
+        self._max_size = max_size
+        self._progress = progress
+        self._fed = 0
+        self.dec = TarDecoder()
+        self.member = ""
+
+    async def next(self) -> MemberStart | Chunk | MemberEnd | ArchiveEnd:
+        while True:
+            ev = self.dec.next_event()
+            if ev is not NEED_DATA:
+                return ev  # type: ignore[return-value]
+            await self._fill()
+
+    async def _fill(self) -> None:
+        data, self._pending = self._pending, b""
+        if not data:
+            try:
+                data = await self._src.receive(CHUNK)
+            except anyio.EndOfStream:
+                self.dec.feed_eof()
+                return
+        self._fed += len(data)
+        if self._max_size is not None and self._fed > self._max_size:
+            raise MalformedArchive(
+                f"archive {self._src.name} is larger than the {self._max_size}-byte limit"
+                " (max_size)",
+                offset=self._max_size,
+            )
+        self.dec.feed(data)
+        self._progress.add(len(data), self.member)
+        self._progress.report()
+
+    async def body(self) -> bytes:
+        """The rest of the current member's body, joined (callers cap the size first)."""
+        parts = []
+        while isinstance(ev := await self.next(), Chunk):
+            parts.append(bytes(ev.data))
+        return b"".join(parts)
+
+    async def drain(self) -> None:
+        """Discard the rest of the current member's body."""
+        while isinstance(await self.next(), Chunk):
+            pass
+
+
+async def _ingest_stream(sess: Session, reader: _StreamReader) -> None:
+    """Store every regular entry as it streams by (IMP-3); keep the two metadata files.
+
+    A big member streams into its ingest here, then its commit (fsync, rename, record)
+    runs in a task while the next member streams in. A small member (≤ 1 MiB) is read
+    whole and stored by a task of its own. At most four such tasks run at once, so
+    memory stays within a few MiB whatever the archive holds.
+    """
+    cat = sess.catalog
+    # Small members: up to four in flight. A big member's commit (fsync of up to GiBs)
+    # holds one of the store's two blob-I/O threads: one at a time, so the next
+    # member's writes always have the other.
+    commits = anyio.Semaphore(WORKERS)
+    big_commits = anyio.Semaphore(1)
+    try:
+        async with anyio.create_task_group() as tg:
+            while True:
+                ev = await reader.next()
+                if isinstance(ev, ArchiveEnd):
+                    return
+                if not isinstance(ev, MemberStart):  # pragma: no cover - members are read whole
+                    continue
+                reader.member = ev.name
+                cleaned = checked_name(ev.name, ev.header_offset)
+                if ev.type not in REGULAR:
+                    note_member(cat, ev, -1, None)
+                    await reader.drain()
+                elif cleaned in METADATA:
+                    check_document_size(ev.size, cleaned, ev.name)
+                    cat.documents[cleaned] = (ev.name, await reader.body())
+                else:
+                    entry = Entry(cleaned, ev.size)
+                    cat.entries[cleaned] = entry
+                    expected = blob_digest(cleaned)
+                    if ev.size <= _SMALL:
+                        data = await reader.body()
+                        await commits.acquire()
+                        tg.start_soon(_store_small, sess, entry, expected, data, commits)
+                    else:
+                        await _ingest_member(sess, reader, entry, expected, tg, big_commits)
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None
+
+
+async def _ingest_member(
+    sess: Session,
+    reader: _StreamReader,
+    entry: Entry,
+    expected: Digest | None,
+    tg: anyio.abc.TaskGroup,
+    commits: anyio.Semaphore,
+) -> None:
+    """Stream one member into an ingest, then hand its commit to a task of ``tg``."""
+    ref = sess.ref(entry.name)
+    stack = contextlib.AsyncExitStack()
+    try:
+        try:
+            w = await stack.enter_async_context(
+                sess.store.content.writer(ref, size=entry.size, digest=expected)
+            )
+        except AlreadyExists:
+            assert expected is not None
+            entry.digest = expected
+            await reader.drain()  # already stored: the bytes are not written again (ING-2)
+            return
+        while isinstance(ev := await reader.next(), Chunk):
+            await w.write(ev.data)
+        await commits.acquire()
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await stack.aclose()
+        await sess.discard(ref)
+        raise
+    tg.start_soon(_finish_member, sess, w, stack, entry, expected, commits)
+
+
+async def _store_small(
+    sess: Session,
+    entry: Entry,
+    expected: Digest | None,
+    data: bytes,
+    commits: anyio.Semaphore,
+) -> None:
+    """Store a small member read whole: open, write and commit overlap other members'."""
+    ref = sess.ref(entry.name)
+    try:
+        async with sess.store.content.writer(ref, size=entry.size, digest=expected) as w:
+            await w.write(data)
+            entry.digest = await _commit(w, entry, expected)
+    except AlreadyExists:
+        assert expected is not None
+        entry.digest = expected  # already stored: not written again (ING-2)
+    except BaseException:
+        await sess.discard(ref)
+        raise
+    finally:
+        commits.release()
+
+
+async def _finish_member(
+    sess: Session,
+    w: Writer,
+    stack: contextlib.AsyncExitStack,
+    entry: Entry,
+    expected: Digest | None,
+    commits: anyio.Semaphore,
+) -> None:
+    try:
+        try:
+            entry.digest = await _commit(w, entry, expected)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await stack.aclose()
+    except BaseException:
+        await sess.discard(w.ref)
+        raise
+    finally:
+        commits.release()
+
+
+async def read_archive(sess: Session, src: Source, max_size: int | None) -> None:
+    """Fill ``sess.catalog``: headers only from a seekable plain tar, else one streaming pass."""
+    fd = src.fileno() if src.seekable else None
+    first = b""
+    if fd is not None:
+
+        def probe(fd: int) -> tuple[int, int, bytes]:
+            base = os.lseek(fd, 0, os.SEEK_CUR)
+            return base, os.fstat(fd).st_size - base, os.pread(fd, 8, base)
+
+        base, size, head = await anyio.to_thread.run_sync(probe, fd)
+        kind = _decompress.sniff(head)
+        if kind is None:
+            if max_size is not None and size > max_size:
+                raise MalformedArchive(
+                    f"archive {src.name} is larger than the {max_size}-byte limit (max_size)",
+                    offset=max_size,
+                )
+            sess.catalog = await anyio.to_thread.run_sync(scan_sync, fd, base, size)
+            sess.fd = fd
+            return
+    else:
+        while len(first) < 8:
+            try:
+                first += await src.receive(CHUNK)
+            except anyio.EndOfStream:
+                break
+        kind = _decompress.sniff(first)
+    stream: _decompress.RawSource = src
+    if kind is not None:
+        direct = src.raw_file() if fd is not None else None  # a regular file
+        stream = _decompress.DecompressedSource(src, kind, first, direct)
+        first = b""
+    await _ingest_stream(sess, _StreamReader(stream, first, max_size, sess.progress))
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first real error of a task group (STYLE §3.4: no ExceptionGroup for one failure)."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return first_error(exc)
+        return exc
+    return group  # pragma: no cover - groups are never empty

@@ -1,0 +1,180 @@
+"""What an image archive holds: tar-name rules, the entry catalogue, a header-only scan.
+
+Owns how tar names are cleaned and refused (IMP-2, EDGE-10), which members count
+(TAR-5), the catalogue of regular entries and symlinks, and the scan of a seekable
+tar file that seeks over every body. Synchronous, no anyio: ``scan_sync`` runs in a
+worker thread. Imports only the tar codec, ``oci.MAX_DOCUMENT`` and the store's
+digest and error modules; used by the importer's private modules only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Final
+
+from castar.engine import oci
+from castar.engine.tarcodec import NEED_DATA, REGTYPE, SYMTYPE, ArchiveEnd, MemberStart, TarDecoder
+from castar.store.digest import ALGORITHMS, Digest
+from castar.store.errors import InvalidArgument, MalformedArchive, MalformedManifest
+
+__all__ = [
+    "DOCKER_MANIFEST",
+    "INDEX",
+    "LAYOUT",
+    "LAYOUT_VERSION",
+    "METADATA",
+    "REGULAR",
+    "Catalog",
+    "Entry",
+    "blob_digest",
+    "check_document_size",
+    "checked_name",
+    "clean",
+    "json_value",
+    "note_member",
+    "scan_sync",
+]
+
+_CONTTYPE: Final = b"7"
+#: Typeflags stored as content (TAR-5): regular files, including contiguous ones.
+REGULAR: Final = frozenset((REGTYPE, _CONTTYPE))
+_BLOB_NAME: Final = re.compile(r"blobs/([a-z0-9]+)/([a-f0-9]+)")
+LAYOUT: Final = "oci-layout"
+DOCKER_MANIFEST: Final = "manifest.json"
+INDEX: Final = "index.json"
+#: Entries read as JSON documents instead of being stored (IMP-2).
+METADATA: Final = frozenset((LAYOUT, DOCKER_MANIFEST))
+LAYOUT_VERSION: Final = "1.0.0"
+
+
+def clean(name: str) -> str:
+    """POSIX lexical clean (Go ``path.Clean``): the only form tar names are compared in (IMP-2)."""
+    rooted = name.startswith("/")
+    parts: list[str] = []
+    for part in name.split("/"):
+        if not part or part == ".":
+            continue
+        if part == "..":
+            if parts and parts[-1] != "..":
+                parts.pop()
+            elif not rooted:
+                parts.append("..")
+            continue
+        parts.append(part)
+    text = "/".join(parts)
+    if rooted:
+        return "/" + text
+    return text or "."
+
+
+def checked_name(name: str, offset: int) -> str:
+    """The cleaned name, refusing absolute and parent-relative ones (EDGE-10, castar)."""
+    cleaned = clean(name)
+    if cleaned.startswith(("/", "../")) or cleaned == "..":
+        raise MalformedArchive(
+            f"unsafe tar entry name {name!r}: it leaves the archive root", offset=offset
+        )
+    return cleaned
+
+
+def blob_digest(cleaned: str) -> Digest | None:
+    """The digest a ``blobs/<alg>/<hex>`` entry promises, or None for any other name."""
+    m = _BLOB_NAME.fullmatch(cleaned)
+    if m is None or m.group(1) not in ALGORITHMS:
+        return None
+    try:
+        return Digest(f"{m.group(1)}:{m.group(2)}")
+    except InvalidArgument:
+        return None
+
+
+def json_value(data: bytes, what: str, name: str) -> object:
+    """The first JSON value of ``data``; trailing bytes are ignored (IMP-2)."""
+    try:
+        text = data.decode("utf-8")
+        value, _ = json.JSONDecoder().raw_decode(text.lstrip())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise MalformedManifest(f'untar {what} "{name}": {exc}') from exc
+    return value
+
+
+# -- the archive catalogue -----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Entry:
+    """A regular member: where its bytes are (seekable) or what it was stored as (stream)."""
+
+    name: str
+    size: int
+    offset: int = -1  # first body byte in a seekable file, -1 in a stream
+    digest: Digest | None = None  # set once the bytes are in the store
+
+
+@dataclass(slots=True)
+class Catalog:
+    entries: dict[str, Entry] = field(default_factory=dict)
+    symlinks: dict[str, str] = field(default_factory=dict)  # raw name -> raw link target
+    # cleaned name (oci-layout, manifest.json) -> (raw name, bytes)
+    documents: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+
+
+# -- reading a seekable archive: headers only ----------------------------------------------
+
+
+def scan_sync(fd: int, base: int, size: int) -> Catalog:
+    """Walk the headers of a tar file, seeking over bodies (runs in a worker thread).
+
+    Headers are fed to the decoder in 4 KiB reads; ``skip_body`` tells how far to jump.
+    Only ``oci-layout`` and ``manifest.json`` bodies are read (≤ 20 MiB each).
+    """
+    dec = TarDecoder()
+    cat = Catalog()
+    while True:
+        ev = dec.next_event()
+        if ev is NEED_DATA:
+            pos = dec.offset + dec.buffered
+            data = os.pread(fd, 4096, base + pos) if pos < size else b""
+            if data:
+                dec.feed(data)
+            else:
+                dec.feed_eof()
+            continue
+        if isinstance(ev, ArchiveEnd):
+            return cat
+        if not isinstance(ev, MemberStart):  # pragma: no cover - bodies are always skipped
+            continue
+        dec.skip_body()
+        if ev.data_offset + ev.size > size:
+            raise MalformedArchive(
+                f"truncated archive: member body of {ev.size} bytes ends past the end of the file",
+                offset=size,
+                member=ev.name,
+            )
+        note_member(cat, ev, base + ev.data_offset, None)
+        cleaned = clean(ev.name)
+        if ev.type in REGULAR and cleaned in METADATA:
+            check_document_size(ev.size, cleaned, ev.name)
+            cat.documents[cleaned] = (ev.name, os.pread(fd, ev.size, base + ev.data_offset))
+
+
+def check_document_size(size: int, cleaned: str, name: str) -> None:
+    if size > oci.MAX_DOCUMENT:
+        what = "oci layout" if cleaned == LAYOUT else "manifest"
+        raise InvalidArgument(
+            f'untar {what} "{name}": document of {size} bytes exceeds the '
+            f"{oci.MAX_DOCUMENT}-byte cap"
+        )
+
+
+def note_member(cat: Catalog, ev: MemberStart, offset: int, digest: Digest | None) -> None:
+    """Record a member by kind (TAR-5): regular files and symlinks; the rest is ignored."""
+    cleaned = checked_name(ev.name, ev.header_offset)
+    if ev.type in REGULAR:
+        if cleaned not in METADATA:
+            cat.entries[cleaned] = Entry(cleaned, ev.size, offset, digest)
+    elif ev.type == SYMTYPE:
+        cat.symlinks[ev.name] = ev.linkname

@@ -1,0 +1,328 @@
+"""From an archive's catalogue to image records-to-be: the top index and the filtered walk.
+
+Owns IMP-5..9 (``index.json`` wins, else a schema2 manifest and an index built from
+``manifest.json`` with symlinked layers), the walk below it (IMP-10..14: names queued
+for every top-level entry, platform filter at every level, GC-7 labels, EmptyWalk) and
+the copy of what the walk kept. Imports anyio, the store and the importer's private
+modules; must not import ``importer`` itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from castar.engine import _decompress, oci, reference
+from castar.engine._archive import WORKERS, Session, first_error
+from castar.engine._catalog import (
+    DOCKER_MANIFEST,
+    INDEX,
+    LAYOUT,
+    LAYOUT_VERSION,
+    Catalog,
+    Entry,
+    clean,
+    json_value,
+)
+from castar.store.digest import Digest, compute
+from castar.store.errors import InvalidArgument, MalformedArchive, MalformedManifest, NotFound
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+__all__ = [
+    "EmptyWalk",
+    "Queued",
+    "Walk",
+    "children",
+    "decode",
+    "fetch_needed",
+    "resolve",
+    "walk_index",
+]
+
+_T = TypeVar("_T")
+
+
+class EmptyWalk(NotFound):
+    """No descriptor survived the platform filter: ``image might be filtered out`` (IMP-14)."""
+
+    def __init__(self) -> None:
+        super().__init__("image might be filtered out")
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    name: str
+    target: oci.Descriptor
+
+
+# -- resolving the archive's index (IMP-5..9) ------------------------------------------------
+
+
+async def resolve(sess: Session) -> oci.Descriptor:
+    """The archive's top index: ``index.json`` (OCI wins) or one built from ``manifest.json``."""
+    cat = sess.catalog
+    layout = cat.documents.get(LAYOUT)
+    if layout is not None:
+        value = json_value(layout[1], "oci layout", layout[0])
+        if not isinstance(value, dict):
+            raise MalformedManifest(f'untar oci layout "{layout[0]}": not a JSON object')
+        version = value.get("imageLayoutVersion")
+        if version:
+            if version != LAYOUT_VERSION:
+                raise MalformedArchive(f"unsupported OCI version {version}")
+            entry = cat.entries.get(INDEX)
+            if entry is None:
+                raise MalformedArchive(f"missing index.json in OCI layout {LAYOUT_VERSION}")
+            return oci.Descriptor(oci.OCI_INDEX, await sess.ensure(entry), entry.size)
+    manifest = cat.documents.get(DOCKER_MANIFEST)
+    if manifest is not None:
+        items = json_value(manifest[1], "manifest", manifest[0])
+        if items is not None:
+            if not isinstance(items, list):
+                raise MalformedManifest(f'untar manifest "{manifest[0]}": not a JSON array')
+            return await _docker_index(sess, items)
+    raise MalformedArchive("unrecognized image format")
+
+
+def _symlinked(cat: Catalog) -> dict[str, Entry]:
+    """Docker symlinked layers (IMP-12): each link name maps to its target's entry."""
+    out: dict[str, Entry] = {}
+    for name, target in cat.symlinks.items():
+        parent = name.rsplit("/", 1)[0] if "/" in name else ""
+        resolved = clean(f"{parent}/{target}")
+        entry = cat.entries.get(resolved)
+        if entry is None:
+            raise MalformedArchive(f'no target for symlink layer from "{name}" to "{resolved}"')
+        out[name] = entry
+        out.setdefault(clean(name), entry)
+    return out
+
+
+def _docker_str(item: Mapping[str, Any], key: str, i: int) -> list[str]:
+    value = item.get(key)
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise MalformedManifest(f"manifest.json[{i}]: {key} must be a string list")
+    return value
+
+
+_LAYER_TYPES: Final = {
+    _decompress.GZIP: oci.DOCKER_LAYER_GZIP,
+    _decompress.ZSTD: oci.DOCKER_LAYER_ZSTD,  # EDGE-8: castar types zstd as zstd
+}
+
+
+async def _docker_index(sess: Session, items: list[Any]) -> oci.Descriptor:
+    """Build and store a schema2 manifest per item and an index over them (IMP-7..9)."""
+    cat = sess.catalog
+    links = _symlinked(cat)
+
+    def lookup(path: str) -> Entry | None:
+        return links.get(path) or cat.entries.get(clean(path))  # EDGE-7: both sides cleaned
+
+    content = sess.store.content
+    entries: list[oci.Descriptor] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise MalformedManifest(f"manifest.json[{i}]: not a JSON object")
+        (config_path,) = _docker_str(item, "Config", i) or [""]
+        config = lookup(config_path)
+        if config is None:
+            raise MalformedArchive(f'image config "{config_path}" not found')
+        layers = []
+        for path in _docker_str(item, "Layers", i):
+            entry = lookup(path)
+            if entry is None:
+                raise MalformedArchive(f'failed to resolve layers: layer "{path}" not found')
+            layers.append(entry)
+        config_digest = await sess.ensure(config)
+        try:
+            raw = await content.read_all(config_digest, limit=oci.MAX_DOCUMENT)
+            platform = (await decode(oci.decode_config, raw, config.name)).platform()
+        except (MalformedManifest, InvalidArgument) as exc:
+            raise MalformedManifest(f"unable to resolve platform: {exc}") from exc
+        layer_descs = []
+        for entry in layers:
+            digest = await sess.ensure(entry)
+            kind = _decompress.sniff(await content.read_at(digest, 0, 10))
+            media_type = _LAYER_TYPES.get(kind or "", oci.DOCKER_LAYER)
+            layer_descs.append(oci.Descriptor(media_type, digest, entry.size))
+        manifest = oci.Manifest(
+            config=oci.Descriptor(oci.DOCKER_CONFIG, config_digest, config.size),
+            layers=tuple(layer_descs),
+            media_type=oci.DOCKER_MANIFEST,
+        )
+        desc = await _store_document(sess, oci.encode_manifest(manifest), oci.DOCKER_MANIFEST)
+        tags = _docker_str(item, "RepoTags", i)
+        if not tags:
+            entries.append(
+                oci.Descriptor(desc.media_type, desc.digest, desc.size, platform=platform)
+            )
+        for tag in tags:
+            name = reference.normalize(tag)
+            annotations = {
+                oci.ANNOTATION_IMAGE_NAME: name,
+                oci.ANNOTATION_REF_NAME: reference.ref_name_annotation(name),
+            }
+            entries.append(
+                oci.Descriptor(
+                    desc.media_type,
+                    desc.digest,
+                    desc.size,
+                    annotations=annotations,
+                    platform=platform,
+                )
+            )
+    index = oci.Index(manifests=tuple(entries), media_type="")
+    return await _store_document(sess, oci.encode_index(index), oci.OCI_INDEX)
+
+
+async def _store_document(sess: Session, data: bytes, media_type: str) -> oci.Descriptor:
+    digest = compute(data)
+    await sess.store.content.write_blob(
+        data, digest=digest, size=len(data), ref=sess.ref(f"document-{digest}")
+    )
+    return oci.Descriptor(media_type, digest, len(data))
+
+
+#: Documents larger than this are decoded in a worker thread (a 20 MiB JSON parse would
+#: hold the event loop for a fifth of a second).
+_INLINE_JSON: Final = 256 << 10
+
+
+async def decode(decoder: Callable[..., _T], data: bytes, name: str) -> _T:
+    if len(data) > _INLINE_JSON:
+        return await anyio.to_thread.run_sync(lambda: decoder(data, name=name))
+    return decoder(data, name=name)
+
+
+async def children(desc: oci.Descriptor, data: bytes) -> list[oci.Descriptor]:
+    """MT-4 children, decoded off the event loop when the document is large."""
+    if len(data) > _INLINE_JSON:
+        return await anyio.to_thread.run_sync(oci.children, desc, data)
+    return oci.children(desc, data)
+
+
+# -- the walk (IMP-10..14) -------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Walk:
+    queued: list[Queued] = field(default_factory=list)
+    replaced: list[tuple[str, oci.Descriptor]] = field(default_factory=list)
+    labels: dict[Digest, dict[str, str]] = field(default_factory=dict)
+    needed: dict[Digest, oci.Descriptor] = field(default_factory=dict)
+    visited: set[Digest] = field(default_factory=set)
+    produced: bool = False
+
+
+def _keep(sess: Session, desc: oci.Descriptor) -> bool:
+    return desc.platform is None or sess.matcher.match(desc.platform)
+
+
+async def walk_index(sess: Session, top: oci.Descriptor) -> Walk:
+    """Name, filter and label from the top index down; only manifests and indexes are read."""
+    walk = Walk()
+    walk.needed[top.digest] = top
+    data = await sess.document(top)
+    if data is None:
+        raise NotFound(f"content digest {top.digest}")
+    entries = list((await decode(oci.decode_index, data, str(top.digest))).manifests)
+    for entry in entries:
+        _queue_names(sess, walk, entry)
+    kept = [e for e in entries if _keep(sess, e)]
+    if kept:
+        walk.produced = True
+        walk.labels[top.digest] = oci.children_labels(kept)
+    await _visit(sess, walk, kept)
+    if not walk.produced:
+        raise EmptyWalk
+    return walk
+
+
+def _queue_names(sess: Session, walk: Walk, entry: oci.Descriptor) -> None:
+    """Queue the image records one top-level entry gets (IMP-11, LOAD-1)."""
+    name = entry.annotations.get(oci.ANNOTATION_IMAGE_NAME, "")
+    if not name:
+        name = entry.annotations.get(oci.ANNOTATION_REF_NAME, "")
+        if name and sess.translator is not None:
+            name = sess.translator(name)
+    if name:
+        walk.queued.append(Queued(name, entry))
+    if oci.is_referrer(entry):
+        return  # MT-6: no digest-named record for a referrer
+    normalized = _normalized(name)
+    if normalized is None:
+        walk.queued.append(Queued(reference.dangling_name(entry.digest), entry))
+    else:
+        walk.replaced.append((normalized, entry))
+
+
+def _normalized(name: str) -> str | None:
+    """Go ``ParseNormalizedNamed(name).String()``, None when empty or unparseable (LOAD-1)."""
+    if not name:
+        return None
+    try:
+        return str(reference.parse_normalized(name))
+    except InvalidArgument:
+        return None
+
+
+async def _visit(sess: Session, walk: Walk, kept: list[oci.Descriptor]) -> None:
+    """Depth-first, in order, below the top index (an explicit stack: no recursion limit)."""
+    stack = kept[::-1]
+    while stack:
+        desc = stack.pop()
+        walk.needed.setdefault(desc.digest, desc)
+        if desc.digest in walk.visited:
+            continue
+        walk.visited.add(desc.digest)
+        if not (oci.is_manifest(desc.media_type) or oci.is_index(desc.media_type)):
+            continue
+        data = await sess.document(desc)
+        if data is None:
+            if sess.skip_missing:
+                continue  # SkipDesc (IMP-11, EDGE-2)
+            raise NotFound(f"content digest {desc.digest}")
+        kids = [c for c in await children(desc, data) if _keep(sess, c)]
+        if kids:
+            walk.produced = True
+            walk.labels[desc.digest] = oci.children_labels(kids)
+            stack += kids[::-1]
+
+
+async def fetch_needed(sess: Session, walk: Walk) -> None:
+    """Copy the kept configs and layers a seekable archive holds: 2 copying, 4 in progress."""
+    todo = [
+        (entry, desc.digest)
+        for desc in walk.needed.values()
+        if (entry := sess.blob_entry(desc.digest)) is not None and entry.digest is None
+    ]
+    if not todo:
+        return
+    sess.progress.total = sess.progress.done + sum(e.size for e, _ in todo)
+    pending = iter(todo)
+
+    async def worker() -> None:
+        for entry, digest in pending:
+            await sess.ensure(entry, digest)
+            sess.progress.report()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sess.progress.ticker)
+            async with anyio.create_task_group() as workers:
+                for _ in range(WORKERS):
+                    workers.start_soon(worker)
+            tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None
+    sess.progress.report()
