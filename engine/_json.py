@@ -35,6 +35,9 @@ __all__ = [
 _MAX_INT64: Final = (1 << 63) - 1
 
 
+# --- canonical encoder (DESC-2) -----------------------------------------------------------------
+
+
 class Struct(dict[str, Any]):
     """A JSON object whose members keep their insertion order, like a Go struct.
 

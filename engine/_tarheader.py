@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-from castar.store.errors import MalformedArchive
+from castar.store.errors import InvalidArgument, MalformedArchive
 
 __all__ = [
     "AREGTYPE", "BLOCKSIZE", "DIRTYPE", "END_OF_ARCHIVE", "GNU_LONGLINK", "GNU_LONGNAME",
@@ -225,12 +225,12 @@ def encode_header(
         512 bytes, or 1024 + PAX record blocks when PAX is needed.
 
     Raises:
-        ValueError: negative size or a typeflag that is not one byte.
+        InvalidArgument: negative size or a typeflag that is not one byte (a ValueError).
     """
     if size < 0:
-        raise ValueError(f"tar member {name!r}: negative size {size}")
+        raise InvalidArgument(f"tar member {name!r}: negative size {size}")
     if len(type) != 1:
-        raise ValueError(f"tar member {name!r}: typeflag must be one byte, got {type!r}")
+        raise InvalidArgument(f"tar member {name!r}: typeflag must be one byte, got {type!r}")
     if name.isascii() and linkname.isascii() and size <= MAX_OCTAL_SIZE:
         raw = name.encode("ascii")
         link = linkname.encode("ascii")

@@ -26,7 +26,7 @@ from castar.engine.tarcodec import (
     encode_header,
     padding,
 )
-from castar.store.errors import MalformedArchive
+from castar.store.errors import InvalidArgument, MalformedArchive
 
 Member = tuple[MemberStart, bytes]
 
@@ -267,9 +267,9 @@ def test_long_link_name_goes_to_pax_linkpath() -> None:
 
 
 def test_encoder_rejects_negative_size_and_bad_typeflag() -> None:
-    with pytest.raises(ValueError, match="negative size"):
+    with pytest.raises(InvalidArgument, match="negative size"):
         encode_header("a", -1)
-    with pytest.raises(ValueError, match="one byte"):
+    with pytest.raises(InvalidArgument, match="one byte"):
         encode_header("a", 0, type=b"00")
 
 

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from castar.engine._streams import open_sink, open_source
+from castar.engine._streams import CHUNK_SIZE, Source, open_sink, open_source
 from castar.engine._tario import TarReader, TarWriter
 from castar.engine.tarcodec import ArchiveEnd, Chunk, MemberEnd, MemberStart
 from castar.store.errors import InvalidArgument, MalformedArchive, SizeMismatch
@@ -111,6 +111,58 @@ async def test_read_member_returns_small_documents_and_refuses_big_ones(tmp_path
         assert isinstance(await reader.next_event(), MemberStart)
         with pytest.raises(InvalidArgument, match="exceeds the 1000-byte limit"):
             await reader.read_member(limit=1000)
+
+
+class RecordingSource(Source):
+    """An in-memory source that records what the reader asks of it."""
+
+    def __init__(self, data: bytes, *, seekable: bool) -> None:
+        self.name = "<recording>"
+        self._data = data
+        self._pos = 0
+        self._seekable = seekable
+        self.asks: list[int] = []
+        self.seeks = 0
+        self.received = 0
+
+    @property
+    def seekable(self) -> bool:
+        return self._seekable
+
+    async def receive(self, max_bytes: int = CHUNK_SIZE) -> bytes:
+        self.asks.append(max_bytes)
+        if self._pos >= len(self._data):
+            raise anyio.EndOfStream
+        data = self._data[self._pos : self._pos + max_bytes]
+        self._pos += len(data)
+        self.received += len(data)
+        return data
+
+    async def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        assert self._seekable
+        assert whence == os.SEEK_CUR
+        self.seeks += 1
+        self._pos += offset
+        return self._pos
+
+
+BIG_MEMBERS = [("small", b"s" * 10), ("big", os.urandom(5 << 20)), ("last", b"l" * 10)]
+
+
+@pytest.mark.parametrize("seekable", [True, False])
+async def test_reader_asks_for_1_mib_and_seeks_past_a_skipped_body(seekable: bool) -> None:
+    # IO-LIMITS §2: one receive (one thread hop for files) per >= 1 MiB; TAR-4 skipping.
+    raw = make_archive(BIG_MEMBERS)
+    src = RecordingSource(raw, seekable=seekable)
+    got = await read_all(TarReader(src), skip=frozenset({"big"}))
+    assert got == {"small": b"s" * 10, "last": b"l" * 10}
+    assert set(src.asks) == {CHUNK_SIZE}
+    if seekable:
+        assert src.seeks == 1
+        assert src.received < 2 * CHUNK_SIZE  # the 5 MiB body was seeked over, not read
+    else:
+        assert src.seeks == 0
+        assert src.received == len(raw)
 
 
 async def chunks_of(data: bytes, size: int) -> AsyncIterator[bytes]:
