@@ -112,7 +112,7 @@ async def _open_store(
 ) -> AsyncIterator[Store]:
     path = Path(root) if root is not None else default_root()
     await anyio.Path(path).mkdir(parents=True, exist_ok=True)
-    backend = await anyio.to_thread.run_sync(LocalContentStore, path)
+    backend = LocalContentStore(path)  # does no I/O: the first write creates its folders
     db = await SQLiteMetadataDB.open(path / "meta.db")
     store = Store(path, backend, db, clock or _utcnow)
     try:

@@ -21,6 +21,7 @@ from castar.store.digest import Buffer, Digest, parse
 from castar.store.errors import (
     AlreadyExists,
     DataLoss,
+    DigestMismatch,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -335,8 +336,9 @@ class ContentStore:
         async with self._backend.commit_lock(exclusive=False):
             try:
                 result = await backend.commit(size, expected)
-            except FailedPrecondition:
+            except (SizeMismatch, DigestMismatch):
                 # Bad data is never resumed: drop the ingest and its row (nothing is left).
+                # Other failures (EACCES, EROFS, ENOSPC…) keep the ingest resumable.
                 with anyio.CancelScope(shield=True):
                     await self._forget_ingest(ref)
                 raise

@@ -25,7 +25,7 @@ from castar.store.errors import (
     SizeMismatch,
     Unavailable,
 )
-from castar.store.local import LocalContentStore
+from castar.store.local import LocalContentStore, LocalWriter
 
 if TYPE_CHECKING:
     from conftest import Clock
@@ -277,6 +277,25 @@ async def test_digest_mismatch_leaves_nothing(store: Store) -> None:
     assert not blob_file(store, H_HELLO).exists()
     assert not blob_file(store, H_WORLD).exists()
     assert await store.content.list_statuses() == []
+
+
+async def test_commit_failing_for_another_reason_keeps_the_ingest_resumable(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only bad data (size or digest) drops the ingest; a disk refusing the rename does not.
+    async def refused(self: LocalWriter, size: int, expected: str | None) -> None:
+        await self.close()
+        raise FailedPrecondition("committing: Read-only file system")
+
+    async with store.content.writer("ro") as w:
+        await w.write(HELLO)
+        monkeypatch.setattr(LocalWriter, "commit", refused)
+        with pytest.raises(FailedPrecondition, match="Read-only"):
+            await w.commit(5, H_HELLO)
+    monkeypatch.undo()
+    assert [(s.ref, s.offset) for s in await store.content.list_statuses()] == [("ro", 5)]
+    async with store.content.writer("ro") as w:
+        assert await w.commit(5, H_HELLO) == H_HELLO
 
 
 async def test_write_blob_short_source_is_short_read(store: Store) -> None:
