@@ -8,15 +8,8 @@ and _streams; it must not import the importer, the images service or the facade.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
-import select
-import struct
-import termios
-import weakref
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -28,12 +21,12 @@ import anyio.to_thread
 
 from castar.engine import graph, oci, reference, tarcodec
 from castar.engine import platforms as plat
+from castar.engine._export_plan import ImagePlan, Member, PlatformPlan, SavePlan, Skipped
+from castar.engine._export_write import Limiters, Progress, store_limiters, write
 from castar.engine._streams import open_sink
 from castar.store import digest as digests
 from castar.store.errors import (
     Conflict,
-    DataLoss,
-    DigestMismatch,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -42,10 +35,11 @@ from castar.store.errors import (
 from castar.store.leases import current_lease
 
 if TYPE_CHECKING:
-    from castar.engine._streams import Sink
+    from collections.abc import Callable, Mapping, Sequence
+
     from castar.store._store import Store
     from castar.store.content import ContentStore
-    from castar.store.digest import Buffer, Digest
+    from castar.store.digest import Digest
     from castar.store.images import DescriptorLike
 
 __all__ = [
@@ -62,9 +56,6 @@ __all__ = [
     "save_many",
 ]
 
-#: ``progress(bytes_written, archive_size)``, called on the event loop between hops.
-Progress = Callable[[int, int], object]
-
 MISSING_POLICIES: Final = ("sparse", "prune", "fail")
 NAME_ANNOTATION: Final = oci.ANNOTATION_IMAGE_NAME
 REF_NAME_ANNOTATION: Final = oci.ANNOTATION_REF_NAME
@@ -72,186 +63,6 @@ _SOURCE_LABEL: Final = "containerd.io/distribution.source"
 _REF_LABEL: Final = "containerd.io/gc.ref.content"
 _REFERRER_LABEL: Final = "containerd.io/gc.ref.content.referrer.sha256."
 _OCI_LAYOUT: Final = b'{"imageLayoutVersion":"1.0.0"}'
-_CHUNK: Final = 1 << 20  # bytes per read and per stream send (IO-LIMITS §2.3)
-_HOP: Final = 64 << 20  # most bytes one worker-thread hop moves into an fd sink
-_SMALL: Final = 256 << 10  # blobs up to this size are coalesced with the headers
-_SPLICE_FLAGS: Final = os.SPLICE_F_NONBLOCK | os.SPLICE_F_MOVE
-
-
-# -- the plan --------------------------------------------------------------------------------
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Member:
-    """One tar member of the archive, in writing order.
-
-    Attributes:
-        name: the tar name (``oci-layout``, ``index.json``, ``blobs/sha256/<hex>``…).
-        size: body length in bytes.
-        header: the encoded header (TAR-1..3), PAX records included.
-        digest: for a blob copied from the store, its digest.
-        data: for a generated member (metadata, a pruned index), its bytes.
-    """
-
-    name: str
-    size: int
-    header: bytes
-    digest: Digest | None = None
-    data: bytes | None = None
-
-    @property
-    def length(self) -> int:
-        """Bytes the member takes in the archive: header, body and padding."""
-        return len(self.header) + self.size + (-self.size % tarcodec.BLOCKSIZE)
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class PlatformPlan:
-    """What happens to one platform manifest of an image.
-
-    Attributes:
-        platform: ``format_all`` of its platform (descriptor, else config), or
-            ``unknown`` when neither says.
-        digest: the platform manifest (or nested index).
-        state: ``complete`` (every blob written), ``partial`` (the manifest is
-            written, its missing children are not: EXP-7) or ``missing`` (the
-            manifest itself is not in the store; nothing written).
-        attestation: whether it is a BuildKit attestation manifest (MT-5).
-        absent: the digests of its subtree that the store does not hold.
-    """
-
-    platform: str
-    digest: Digest
-    state: str
-    attestation: bool = False
-    absent: tuple[Digest, ...] = ()
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Skipped:
-    """Something the archive leaves out because the store does not hold it.
-
-    Attributes:
-        image: the image's name, or its digest when exported by digest.
-        platform: the platform concerned (a requested one for ``reason='not in image'``).
-        digest: the manifest concerned, when there is one.
-        reason: ``missing``, ``partial`` or ``not in image``.
-    """
-
-    image: str
-    platform: str
-    digest: Digest | None
-    reason: str
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class ImagePlan:
-    """One ``index.json`` entry of the archive.
-
-    Attributes:
-        reference: the name, digest or short id the caller gave.
-        name: the image name written in the name annotations (EXP-3), or ``None``
-            when exported by digest or id (SAVE-4).
-        media_type: media type of the entry.
-        digest: digest of the entry: the image target, the one platform manifest
-            (SAVE-2), or the new pruned index.
-        size: size of the entry.
-        original: with ``missing="prune"``, the original index the pruned one replaces.
-        platforms: the platform manifests walked, in index order.
-        not_found: requested platforms no manifest of the image matches.
-        docker_manifest: the manifest ``manifest.json`` points at for this entry.
-    """
-
-    reference: str
-    name: str | None
-    media_type: str
-    digest: Digest
-    size: int
-    original: Digest | None = None
-    platforms: tuple[PlatformPlan, ...] = ()
-    not_found: tuple[str, ...] = ()
-    docker_manifest: Digest | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready summary."""
-        return {
-            "reference": self.reference,
-            "name": self.name,
-            "mediaType": self.media_type,
-            "digest": str(self.digest),
-            "size": self.size,
-            "original": self.original and str(self.original),
-            "platforms": [
-                {
-                    "platform": p.platform,
-                    "digest": str(p.digest),
-                    "state": p.state,
-                    "attestation": p.attestation,
-                    "absent": [str(d) for d in p.absent],
-                }
-                for p in self.platforms
-            ],
-            "notFound": list(self.not_found),
-            "dockerManifest": self.docker_manifest and str(self.docker_manifest),
-        }
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class SavePlan:
-    """Everything :func:`save` will write, checked against the store.
-
-    Attributes:
-        images: the ``index.json`` entries, in input order.
-        members: the tar members in writing order: ``oci-layout``, ``index.json``,
-            ``manifest.json``, then the directories and blobs sorted by name.
-        size: total archive bytes, end-of-archive marker included.
-        warnings: what the caller should know (e.g. an image left out, EDGE-6).
-    """
-
-    images: tuple[ImagePlan, ...]
-    members: tuple[Member, ...]
-    size: int
-    warnings: tuple[str, ...] = ()
-
-    @property
-    def skipped(self) -> tuple[Skipped, ...]:
-        """Platforms left out or written partially because content is missing."""
-        out: list[Skipped] = []
-        for image in self.images:
-            who = image.name or str(image.digest)
-            out.extend(
-                Skipped(who, p.platform, p.digest, p.state)
-                for p in image.platforms
-                if p.state != "complete"
-            )
-            out.extend(Skipped(who, p, None, "not in image") for p in image.not_found)
-        return tuple(out)
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready form (``castar save --dry-run --json``)."""
-        return {
-            "images": [i.to_json() for i in self.images],
-            "members": [
-                {"name": m.name, "size": m.size, "digest": m.digest and str(m.digest)}
-                for m in self.members
-            ],
-            "size": self.size,
-            "skipped": [
-                {
-                    "image": s.image,
-                    "platform": s.platform,
-                    "digest": s.digest and str(s.digest),
-                    "reason": s.reason,
-                }
-                for s in self.skipped
-            ],
-            "warnings": list(self.warnings),
-        }
 
 
 @final
@@ -1034,285 +845,6 @@ async def plan_save(
     return await _plan(store, names, _options(platforms, missing, docker_manifest))
 
 
-# -- writing ---------------------------------------------------------------------------------
-
-
-def _wait_writable(fd: int) -> None:
-    """Wait until ``fd`` takes bytes, checking for cancellation every 100 ms.
-
-    Worker threads only. A reader that stops reading must not pin a worker (and a
-    limiter token) forever once the save is cancelled.
-    """
-    while not select.select([], [fd], [], 0.1)[1]:
-        anyio.from_thread.check_cancelled()
-
-
-def _pipe_room(fd: int) -> int | None:
-    """Bytes the pipe ``fd`` takes now without blocking (Linux), None when unknown."""
-    try:
-        size = fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
-        (queued,) = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))
-    except OSError:
-        return None
-    return max(0, size - int(queued))
-
-
-def _write_all(fd: int, data: Buffer, kind: str) -> None:
-    """Write all of ``data``; into a pipe never more than it takes, so waits stay cancellable."""
-    view = memoryview(data)
-    while view:
-        room = _pipe_room(fd) if kind == "pipe" else None
-        if room == 0:
-            _wait_writable(fd)
-            continue
-        try:
-            n = os.write(fd, view if room is None else view[:room])
-        except BlockingIOError:
-            _wait_writable(fd)
-            continue
-        view = view[n:]
-
-
-class _Copier:
-    """Moves a plan's bytes; every method runs in a worker thread, one hop per step.
-
-    ``steps()`` is a generator the event loop advances with one ``to_thread`` hop per
-    step: for an fd sink a step writes up to 64 MiB itself (zero-copy for blob bodies
-    unless hashing is asked) and yields no chunks; for a stream sink a step reads
-    about 1 MiB (headers and small blobs coalesced) and yields the chunks to send.
-    """
-
-    def __init__(
-        self,
-        plan: SavePlan,
-        paths: Mapping[Digest, str],
-        fd: int | None,
-        kind: str,
-        *,
-        verify: bool,
-        archive_digest: bool,
-    ) -> None:
-        self._plan = plan
-        self._paths = paths
-        self._fd = fd
-        self._kind = kind
-        self._verify = verify
-        self._archive = digests.hasher("sha256") if archive_digest else None
-        self._pending = bytearray()
-        self._buffer: bytearray | None = None
-        self._out: list[bytes] = []
-        self.written = 0
-        self.zero_copy = fd is not None and not verify and not archive_digest
-
-    @property
-    def sha256(self) -> Digest | None:
-        return None if self._archive is None else digests.from_hasher(self._archive)
-
-    def _emit(self, data: Buffer) -> None:
-        if self._archive is not None:
-            self._archive.update(data)
-        self._pending += data
-        if len(self._pending) >= _CHUNK:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self._pending:
-            return
-        if self._fd is not None:  # written before the buffer is reused: no copy
-            self._put(self._pending)
-            self._pending.clear()
-            return
-        data = bytes(self._pending)  # streams may keep what they are given
-        self._pending.clear()
-        self._put(data)
-
-    def _put(self, data: Buffer) -> None:
-        """Hand finished bytes to the sink (fd) or to the step's chunk list (stream)."""
-        if self._fd is not None:
-            _write_all(self._fd, data, self._kind)
-        else:
-            self._out.append(data if isinstance(data, bytes) else bytes(data))
-        self.written += len(data)
-
-    def steps(self) -> Generator[list[bytes], None, None]:
-        budget = _HOP if self._fd is not None else _CHUNK
-        moved = 0
-        for m in self._plan.members:
-            self._emit(m.header)
-            if m.data is not None:
-                self._emit(m.data)
-            elif m.digest is not None:
-                for n in self._blob(m):
-                    moved += n
-                    if moved >= budget:
-                        moved = 0
-                        yield self._take()
-            self._emit(tarcodec.padding(m.size))
-            moved += len(m.header) + (m.size if m.digest is None else 0)
-            if moved >= budget:
-                moved = 0
-                yield self._take()
-        self._emit(tarcodec.END_OF_ARCHIVE)
-        self._flush()
-        yield self._take()
-
-    def _take(self) -> list[bytes]:
-        out, self._out = self._out, []
-        return out
-
-    def _blob(self, m: Member) -> Iterator[int]:
-        """Copy one blob body; yields the bytes moved after each piece (EXP-8)."""
-        assert m.digest is not None
-        path = self._paths[m.digest]
-        try:
-            src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:  # recorded (the plan checked) but gone from disk
-            raise DataLoss(
-                f"failed to get reader: content {m.digest}: recorded but missing on disk"
-            ) from None
-        try:
-            actual = os.fstat(src).st_size
-            if actual != m.size:
-                raise SizeMismatch(
-                    f"unexpected copy size for {m.name}: store file has {actual} bytes",
-                    expected=m.size,
-                    actual=actual,
-                )
-            if self.zero_copy and m.size > _SMALL:
-                self._flush()
-                yield from self._splice(src, m)
-            else:
-                yield from self._buffered(src, m)
-        finally:
-            os.close(src)
-
-    def _buffered(self, src: int, m: Member, start: int = 0) -> Iterator[int]:
-        """Body through user space in 1 MiB reads: hashing, streams, fallbacks (EXP-8)."""
-        assert m.digest is not None
-        h = digests.hasher(m.digest.algorithm) if self._verify else None
-        buf = None
-        if self._fd is not None:  # written before the next read: one buffer serves
-            buf = self._buffer = self._buffer or bytearray(_CHUNK)
-        left = m.size - start
-        while left:
-            want = min(_CHUNK, left)
-            data: Buffer
-            if buf is not None:
-                data = memoryview(buf)[: os.readv(src, [memoryview(buf)[:want]])]
-            else:
-                data = os.read(src, want)  # streams may keep it: a fresh bytes object
-            if not data:
-                raise SizeMismatch(
-                    f"unexpected copy size for {m.name}", expected=m.size, actual=m.size - left
-                )
-            left -= len(data)
-            if h is not None:
-                h.update(data)
-            if self._archive is not None:
-                self._archive.update(data)
-            if len(data) >= _SMALL:
-                self._flush()
-                self._put(data)
-            else:
-                self._pending += data
-                if len(self._pending) >= _CHUNK:
-                    self._flush()
-            yield len(data)
-        if h is not None and (actual := digests.from_hasher(h)) != m.digest:
-            raise DigestMismatch(
-                f"unexpected digest {actual} copied", expected=m.digest, actual=actual
-            )
-
-    def _splice(self, src: int, m: Member) -> Iterator[int]:
-        """Zero-copy body: copy_file_range to files, splice to pipes, sendfile to sockets."""
-        assert self._fd is not None
-        dst = self._fd
-        offset = 0
-        how = self._kind
-        while offset < m.size:
-            count = min(m.size - offset, _HOP)
-            try:
-                if how == "file":
-                    n = os.copy_file_range(src, dst, count, offset)
-                elif how == "pipe":  # NONBLOCK on the pipe side only: the fd's flags stay
-                    n = os.splice(src, dst, count, offset_src=offset, flags=_SPLICE_FLAGS)
-                else:  # a blocking socket blocks per call: keep calls to 1 MiB
-                    if self._kind == "socket":
-                        _wait_writable(dst)
-                        count = min(count, _CHUNK)
-                    n = os.sendfile(dst, src, offset, count)
-            except BlockingIOError:
-                _wait_writable(dst)
-                continue
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                    raise
-                if how == "file":
-                    how = "socket"  # sendfile works into any fd
-                    continue
-                os.lseek(src, offset, os.SEEK_SET)
-                yield from self._buffered(src, m, offset)
-                return
-            if n == 0:
-                raise SizeMismatch(
-                    f"unexpected copy size for {m.name}", expected=m.size, actual=offset
-                )
-            offset += n
-            self.written += n
-            yield n
-
-
-@dataclass(frozen=True, slots=True)
-class _Limiters:
-    """Worker-thread budgets for blob work, shared by every save from one store."""
-
-    #: zero-copy hops: one in flight. Kernel copies share one physical core's memory
-    #: bandwidth; a second thread made 4 GiB of copies slower and the loop's stalls longer.
-    copy: anyio.CapacityLimiter
-    #: hops through user space (hashing, async streams): two (IO-LIMITS §2.5).
-    hash: anyio.CapacityLimiter
-
-
-_limiters: weakref.WeakKeyDictionary[object, _Limiters] = weakref.WeakKeyDictionary()
-
-
-def _store_limiters(store: Store) -> _Limiters:
-    limiters = _limiters.get(store)
-    if limiters is None:
-        limiters = _Limiters(anyio.CapacityLimiter(1), anyio.CapacityLimiter(2))
-        _limiters[store] = limiters
-    return limiters
-
-
-async def _write(
-    plan: SavePlan,
-    sink: Sink,
-    paths: Mapping[Digest, str],
-    *,
-    verify: bool,
-    archive_digest: bool,
-    limiters: _Limiters,
-    progress: Progress | None,
-) -> tuple[int, Digest | None]:
-    fd = sink.fileno() if sink.kind in ("file", "pipe", "socket") else None
-    copier = _Copier(plan, paths, fd, sink.kind, verify=verify, archive_digest=archive_digest)
-    limiter = limiters.copy if copier.zero_copy else limiters.hash
-    steps = copier.steps()
-    try:
-        while True:
-            chunks = await anyio.to_thread.run_sync(next, steps, None, limiter=limiter)
-            if chunks is None:
-                break
-            for chunk in chunks:
-                await sink.send(chunk)
-            if progress is not None:
-                progress(copier.written, plan.size)
-    finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(steps.close)
-    return copier.written, copier.sha256
-
-
 # -- save ------------------------------------------------------------------------------------
 
 
@@ -1375,7 +907,7 @@ async def save(
         DataLoss: a recorded blob's file is missing from disk.
     """
     options = _options(platforms, missing, docker_manifest)
-    limiters = _Limiters(limiter, limiter) if limiter is not None else _store_limiters(store)
+    limiters = Limiters(limiter, limiter) if limiter is not None else store_limiters(store)
     if current_lease() is not None:  # LEASE-6: the caller's lease holds what we read
         return await _save(store, names, sink, options, limiters, verify, archive_digest, progress)
     async with store.lease(expire=timedelta(hours=24), labels={"castar.export": "1"}):
@@ -1387,7 +919,7 @@ async def _save(
     names: Sequence[str],
     sink: object,
     options: _Options,
-    limiters: _Limiters,
+    limiters: Limiters,
     verify: bool,
     archive_digest: bool,
     progress: Progress | None,
@@ -1406,7 +938,7 @@ async def _save(
         async with out:
             if isinstance(sink, str | os.PathLike) and sink != "-" and out.kind == "file":
                 ours = anyio.Path(os.fspath(sink))
-            size, sha = await _write(
+            size, sha = await write(
                 plan,
                 out,
                 paths,
