@@ -45,25 +45,10 @@ if TYPE_CHECKING:
     from castar.store.digest import Buffer
 
 __all__ = [
-    "AREGTYPE",
-    "BLOCKSIZE",
-    "DIRTYPE",
-    "END_OF_ARCHIVE",
-    "LNKTYPE",
-    "MAX_RECORD",
-    "NEED_DATA",
-    "REGTYPE",
-    "SYMTYPE",
-    "ArchiveEnd",
-    "Chunk",
-    "Event",
-    "MemberEnd",
-    "MemberStart",
-    "NeedData",
-    "TarDecoder",
-    "encode_header",
-    "padding",
-]
+    "AREGTYPE", "BLOCKSIZE", "DIRTYPE", "END_OF_ARCHIVE", "LNKTYPE", "MAX_RECORD", "NEED_DATA",
+    "REGTYPE", "SYMTYPE", "ArchiveEnd", "Chunk", "Event", "MemberEnd", "MemberStart", "NeedData",
+    "TarDecoder", "encode_header", "padding",
+]  # fmt: skip
 
 
 # -- events ----------------------------------------------------------------------------------
@@ -167,25 +152,10 @@ class TarDecoder:
     """
 
     __slots__ = (
-        "_avail",
-        "_bufs",
-        "_end",
-        "_eof",
-        "_global",
-        "_head",
-        "_long_link",
-        "_long_name",
-        "_meta",
-        "_meta_need",
-        "_meta_type",
-        "_name",
-        "_need",
-        "_offset",
-        "_pax",
-        "_pending_offset",
-        "_skippable",
-        "_state",
-    )
+        "_avail", "_bufs", "_end", "_eof", "_global", "_head", "_long_link", "_long_name", "_meta",
+        "_meta_need", "_meta_type", "_name", "_need", "_offset", "_pax", "_pending_offset",
+        "_skippable", "_state",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self._bufs: deque[memoryview] = deque()
