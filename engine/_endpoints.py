@@ -1,23 +1,22 @@
 """What byte sources and sinks share: the chunk size, names, and the file endpoint base.
 
-Owns ``CHUNK_SIZE`` (IO-LIMITS §2.3), how an adapted object is named in messages, and
-``FileEndpoint``: a path or fd opened once in a worker thread with its open errors
-mapped once (STYLE §3.4). ``_streams`` (sources) and ``_sinks`` build on it. anyio only;
-must not import the store (but its errors) or other engine modules.
+Owns ``CHUNK_SIZE`` (IO-LIMITS §2.3), how an adapted object is named in messages, which
+objects are files (``file_target``) and ``FileEndpoint``: a path or fd opened once in a
+worker thread with its open errors mapped once (STYLE §3.4). ``_streams`` (sources) and
+``_sinks`` build on it. anyio only; must not import the store (but its errors) or other
+engine modules.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+import os
+from typing import Final
 
 import anyio
 
 from castar.store.errors import InvalidArgument, NotFound
 
-if TYPE_CHECKING:
-    import os
-
-__all__ = ["CHUNK_SIZE", "FileEndpoint", "describe", "map_open_error"]
+__all__ = ["CHUNK_SIZE", "FileEndpoint", "describe", "file_target", "map_open_error"]
 
 #: Default read size and the size sinks coalesce small writes up to (IO-LIMITS §2.3).
 CHUNK_SIZE: Final = 1 << 20
@@ -76,3 +75,20 @@ def describe(obj: object) -> str:
     """An adapted object's ``name`` when it is a string, else ``<TypeName>``."""
     name = getattr(obj, "name", None)
     return name if isinstance(name, str) else f"<{type(obj).__name__}>"
+
+
+def file_target(
+    obj: object, std_fd: int, std_name: str
+) -> tuple[str | os.PathLike[str] | int, str] | None:
+    """What a file endpoint opens and how it is named, or ``None`` for a non-file object.
+
+    A path is itself (named by its text), ``"-"`` is ``std_fd`` (stdin or stdout), an int
+    is a caller's fd (``<fd N>``).
+    """
+    if isinstance(obj, str) and obj == "-":
+        return std_fd, std_name
+    if isinstance(obj, str | os.PathLike):
+        return obj, os.fspath(obj)
+    if isinstance(obj, int) and not isinstance(obj, bool):
+        return obj, f"<fd {obj}>"
+    return None

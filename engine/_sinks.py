@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Final, Literal, Self, final
 import anyio
 import anyio.abc
 
-from castar.engine._endpoints import CHUNK_SIZE, FileEndpoint, describe
+from castar.engine._endpoints import CHUNK_SIZE, FileEndpoint, describe, file_target
 from castar.store.errors import InvalidArgument
 
 if TYPE_CHECKING:
@@ -203,12 +203,9 @@ def open_sink(obj: object) -> Sink:
     """
     if isinstance(obj, Sink):
         return obj
-    if isinstance(obj, str) and obj == "-":
-        return _FileSink(1, "<stdout>")
-    if isinstance(obj, str | os.PathLike):
-        return _FileSink(obj, os.fspath(obj))
-    if isinstance(obj, int) and not isinstance(obj, bool):
-        return _FileSink(obj, f"<fd {obj}>")
+    target = file_target(obj, 1, "<stdout>")
+    if target is not None:
+        return _FileSink(*target)
     if isinstance(obj, anyio.abc.ByteSendStream) or inspect.iscoroutinefunction(
         getattr(obj, "send", None)
     ):

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Self, final
 import anyio
 import anyio.abc
 
-from castar.engine._endpoints import CHUNK_SIZE, FileEndpoint, describe
+from castar.engine._endpoints import CHUNK_SIZE, FileEndpoint, describe, file_target
 from castar.engine._sinks import Sink, SinkKind, open_sink
 from castar.store.errors import InvalidArgument
 
@@ -343,12 +343,9 @@ def open_source(obj: object) -> Source:
     """
     if isinstance(obj, Source):
         return obj
-    if isinstance(obj, str) and obj == "-":
-        return _FileSource(0, "<stdin>")
-    if isinstance(obj, str | os.PathLike):
-        return _FileSource(obj, os.fspath(obj))
-    if isinstance(obj, int) and not isinstance(obj, bool):
-        return _FileSource(obj, f"<fd {obj}>")
+    target = file_target(obj, 0, "<stdin>")
+    if target is not None:
+        return _FileSource(*target)
     if isinstance(obj, anyio.abc.ByteReceiveStream):
         return _StreamSource(obj, describe(obj), takes_max=True)
     if inspect.iscoroutinefunction(getattr(obj, "receive", None)):
