@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import castar
 from castar.store import digest as dg
@@ -73,3 +75,24 @@ def test_from_hasher_matches_compute() -> None:
     h = dg.hasher("sha256")
     h.update(b"hello")
     assert dg.from_hasher(h) == dg.compute(b"hello")
+
+
+@given(st.text(alphabet=st.sampled_from("sha2561:+._-=ABCDEFabcdef0123456789 xé"), max_size=140))
+@settings(max_examples=300)
+def test_any_text_is_a_valid_digest_or_invalid_argument(value: str) -> None:
+    # DIG-1..3: parse never fails any other way, and what it accepts is exactly the input
+    try:
+        d = dg.parse(value)
+    except castar.InvalidArgument:
+        return
+    assert d == value
+    assert d.algorithm in dg.ALGORITHMS
+    assert len(d.encoded) == dg.ALGORITHMS[d.algorithm]
+
+
+@given(st.binary(max_size=256), st.sampled_from(sorted(dg.ALGORITHMS)))
+@settings(max_examples=50)
+def test_computed_digests_parse_and_round_trip(data: bytes, alg: str) -> None:
+    d = dg.compute(data, alg)  # DIG-5
+    assert dg.parse(str(d)) == d
+    assert dg.blob_path(d) == f"blobs/{alg}/{d.encoded}"  # DIG-6
