@@ -1,4 +1,4 @@
-"""Properties of the pure planner (exporter._Planner) over what the store holds.
+"""Properties of the pure planner (_export_planner.Planner) over what the store holds.
 
 The store is fetched once; hypothesis then hides any subset of its blobs from the
 planner (no I/O per example) and checks the missing-content policies (EXP-7, SAVE-6):
@@ -19,8 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from castar.engine import exporter, oci
+from castar.engine import _export_lookup, exporter, oci
 from castar.engine import platforms as plat
+from castar.engine._export_planner import Node, Planner, Target
 from castar.store._store import open_store
 from castar.store.errors import NotFound
 
@@ -28,7 +29,7 @@ NAME = "docker.io/library/prop:1"
 SPECS = ("linux/amd64", "linux/arm64/v8", "linux/s390x")
 
 
-async def _snapshot(root: Path) -> tuple[list[exporter._Target], dict[str, exporter._Node]]:
+async def _snapshot(root: Path) -> tuple[list[Target], dict[str, Node]]:
     async with open_store(root) as store:
 
         async def put(
@@ -56,22 +57,22 @@ async def _snapshot(root: Path) -> tuple[list[exporter._Target], dict[str, expor
         top = tuple(entries)
         index = await put(oci.encode_index(oci.Index(manifests=top)), oci.OCI_INDEX, top)
         await store.images.create(NAME, index)
-        targets = await exporter._resolve(store, NAME)
-        nodes = await exporter._fetch(store.content, [t.desc for t in targets])
+        targets = await _export_lookup.resolve(store, NAME)
+        nodes = await _export_lookup.fetch(store.content, [t.desc for t in targets])
         return targets, nodes
 
 
 @pytest.fixture(scope="module")
 def snapshot(
     tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[list[exporter._Target], dict[str, exporter._Node]]:
+) -> tuple[list[Target], dict[str, Node]]:
     return anyio.run(_snapshot, tmp_path_factory.mktemp("plan") / "store")
 
 
 def _plan(targets, nodes, missing: str, platforms: tuple[str, ...]) -> exporter.SavePlan:
     with plat.pinned_host(plat.Platform(os="linux", architecture="amd64")):
         options = exporter._options(list(platforms) or None, missing, True)
-        planner = exporter._Planner(nodes, options)
+        planner = Planner(nodes, options)
         images = [p for t in targets if (p := planner.add(t)) is not None]
         return planner.finish(images)
 
