@@ -10,7 +10,7 @@ it must not import the importer, the exporter or the file backend.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, final
 
 import anyio.to_thread
 
@@ -61,6 +61,7 @@ class ContentReader(Protocol):
         ...
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class Node:
     """One descriptor reached by :func:`walk`.

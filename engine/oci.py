@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, final
 
 from castar.engine import platforms
 from castar.engine._json import (
@@ -107,6 +107,7 @@ def _where(what: str, name: str) -> str:
 # --- the model ----------------------------------------------------------------------------------
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class Descriptor:
     """A typed, sized, content-addressed reference to a blob (OCI descriptor, DESC-1).
@@ -187,6 +188,7 @@ class Descriptor:
         )
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class Manifest:
     """An OCI image manifest or Docker schema2 manifest (DESC-1 field order when encoded)."""
@@ -219,6 +221,7 @@ class Manifest:
         return out
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class Index:
     """An OCI image index or Docker manifest list (DESC-1 field order when encoded)."""
@@ -253,6 +256,7 @@ class Index:
         return out
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class ImageConfig:
     """The few image-config fields castar reads: the platform (IMP-8) and the diff ids."""

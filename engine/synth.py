@@ -17,7 +17,7 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Final, Literal
+from typing import IO, TYPE_CHECKING, Final, Literal, final
 
 from castar.engine import oci, platforms, reference
 from castar.engine.oci import Descriptor, Index, Manifest, Struct
@@ -64,6 +64,7 @@ _LAYER_TYPES: Final = {
 }
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class SynthSpec:
     """What to generate. Equal specs give byte-identical archives.
@@ -128,6 +129,7 @@ class _Layer:
     seed: int
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class SynthPlatform:
     """One platform of a planned image.
@@ -149,6 +151,7 @@ class SynthPlatform:
     attestation: Descriptor | None = None
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class SynthImage:
     """A planned archive: every descriptor and digest, without writing anything.
