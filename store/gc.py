@@ -48,7 +48,7 @@ FLAT: Final = "containerd.io/gc.flat"
 ROOT: Final = "containerd.io/gc.root"
 _REF: Final = "containerd.io/gc.ref."
 _BREF: Final = "containerd.io/gc.bref."
-_KINDS: Final = {"content": "content", "image": "image"}
+_KINDS: Final = ("content", "image")  # what a gc.ref/gc.bref label can point at (GC-5, GC-6)
 
 
 class Node(NamedTuple):
@@ -276,47 +276,64 @@ class Collector:
         async with self._lock:
             now = self._clock()
             graph, doomed = await self._db.gc_sweep(lambda g: decide(g, now), dry_run=dry_run)
-            removed = {Digest(k) for kind, k in doomed if kind == "content"}
-            freed = sum(graph.content[d][0] for d in removed)
-            ingests = [k for kind, k in doomed if kind == "ingest"]
-            async with self._backend.commit_lock(exclusive=True):
-                blobs = await self._backend.walk()
-                keep, _ = await self._db.gc_kept()
-                if dry_run:
-                    keep -= removed
-                for digest, size in blobs:
-                    if digest in keep:
-                        continue
-                    if digest not in removed:
-                        freed += size
-                        removed.add(digest)
-                    if not dry_run:
-                        with contextlib.suppress(NotFound):
-                            await self._backend.delete(digest)
-            backend_ingests = await self._backend.list_ingests()
-            _, refs = await self._db.gc_kept()
-            if dry_run:
-                refs -= set(ingests)
-            for status in backend_ingests:
-                if status.ref in refs:
-                    continue
-                if dry_run:
-                    aborted = True
-                else:
-                    try:
-                        aborted = await self._backend.abort(status.ref, if_unlocked=True)
-                    except NotFound:
-                        aborted = False
-                if aborted and status.ref not in ingests:
-                    ingests.append(status.ref)
+            swept = {Digest(k) for kind, k in doomed if kind == "content"}
+            removed, orphan_bytes = await self._sweep_content(swept, dry_run)
+            ingests = await self._sweep_ingests(
+                [k for kind, k in doomed if kind == "ingest"], dry_run
+            )
             return GCReport(
                 removed=sorted(removed),
-                bytes_freed=freed,
+                bytes_freed=sum(graph.content[d][0] for d in swept) + orphan_bytes,
                 images_removed=sorted(k for kind, k in doomed if kind == "image"),
                 leases_removed=sorted(k for kind, k in doomed if kind == "lease"),
                 ingests_removed=sorted(ingests),
                 dry_run=dry_run,
             )
+
+    async def _sweep_content(self, swept: set[Digest], dry_run: bool) -> tuple[set[Digest], int]:
+        """Delete blob files no record (nor ingest) keeps; the digests gone and orphans' bytes.
+
+        ``swept`` are the records the metadata sweep removed (or, dry, would remove): their
+        files go too, and their bytes were counted from the records.
+        """
+        removed = set(swept)
+        orphan_bytes = 0
+        async with self._backend.commit_lock(exclusive=True):
+            blobs = await self._backend.walk()
+            keep, _ = await self._db.gc_kept()
+            if dry_run:
+                keep -= swept
+            for digest, size in blobs:
+                if digest in keep:
+                    continue
+                if digest not in removed:  # a file with no record: a crash's leftover
+                    orphan_bytes += size
+                    removed.add(digest)
+                if not dry_run:
+                    with contextlib.suppress(NotFound):
+                        await self._backend.delete(digest)
+        return removed, orphan_bytes
+
+    async def _sweep_ingests(self, swept: list[str], dry_run: bool) -> list[str]:
+        """Abort backend ingests no row keeps, unless a writer holds them; all refs gone."""
+        ingests = list(swept)
+        backend_ingests = await self._backend.list_ingests()
+        _, refs = await self._db.gc_kept()
+        if dry_run:
+            refs -= set(swept)
+        for status in backend_ingests:
+            if status.ref in refs:
+                continue
+            if dry_run:
+                aborted = True
+            else:
+                try:
+                    aborted = await self._backend.abort(status.ref, if_unlocked=True)
+                except NotFound:
+                    aborted = False
+            if aborted and status.ref not in ingests:
+                ingests.append(status.ref)
+        return ingests
 
     async def explain(self, digest: str) -> list[str]:
         """The path from a root to ``digest`` that keeps it alive; [] when it is garbage."""

@@ -308,6 +308,29 @@ async def test_unrecorded_backend_ingest_is_aborted_unless_held(store: Store) ->
     assert (await store.gc()).ingests_removed == ["held"]
 
 
+async def test_dry_run_reports_orphan_files_and_ingests_and_touches_nothing(store: Store) -> None:
+    # GC-10's content and ingest sweeps, dry: the same report as the real run, nothing deleted
+    backend = LocalContentStore(store.root)
+    w = await backend.open_writer("raw")
+    await w.write(b"orphan")
+    await w.commit(6, None)  # a blob file with no record
+    idle = await backend.open_writer("idle")
+    await idle.write(b"x")
+    await idle.close()  # an ingest with no row
+    dry = await store.gc(dry_run=True)
+    assert (dry.removed, dry.bytes_freed, dry.ingests_removed) == ([D("orphan")], 6, ["idle"])
+    assert (store.root / "blobs/sha256" / D("orphan").encoded).exists()
+    assert [s.ref for s in await backend.list_ingests()] == ["idle"]
+    real = await store.gc()
+    assert (real.removed, real.bytes_freed, real.ingests_removed) == (
+        dry.removed,
+        dry.bytes_freed,
+        dry.ingests_removed,
+    )
+    assert await backend.walk() == []
+    assert await backend.list_ingests() == []
+
+
 async def test_gc_keeps_blob_recorded_after_metadata_sweep(store: Store) -> None:
     # A blob deleted (record gone) and re-written before the next GC keeps its file.
     await store.content.write_blob(b"Z", labels={"containerd.io/gc.root": "1"})
