@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
-import subprocess
-import sys
 import tarfile
 from dataclasses import replace
 
@@ -577,33 +575,9 @@ def test_corrupted_archives_give_events_or_malformed_archive(
         assert 0 <= error.offset <= len(raw)
 
 
-# -- purity --------------------------------------------------------------------------------------
+# -- values ---------------------------------------------------------------------------------------
 
-
-# The package __init__ files re-export the async store and facade (which import anyio), so
-# they are replaced by bare packages: what is checked is what tarcodec itself pulls in.
-_PURITY_CHECK = """
-import importlib.util, sys, types
-root = importlib.util.find_spec("castar").submodule_search_locations[0]
-for pkg, path in (("castar", root), ("castar.store", root + "/store"),
-                  ("castar.engine", root + "/engine")):
-    module = types.ModuleType(pkg)
-    module.__path__ = [path]
-    sys.modules[pkg] = module
-import castar.engine.tarcodec
-loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("anyio", "trio", "asyncio"))
-assert not loaded, loaded
-"""
-
-
-def test_codec_module_never_imports_anyio() -> None:  # STYLE §3.2 seam 1
-    subprocess.run([sys.executable, "-c", _PURITY_CHECK], check=True)
-
-
-def test_purity_check_would_catch_an_anyio_import() -> None:
-    bad = _PURITY_CHECK.replace("import castar.engine.tarcodec", "import anyio")
-    result = subprocess.run([sys.executable, "-c", bad], check=False, capture_output=True)
-    assert result.returncode != 0
+# That tarcodec (and _tarheader) never import anyio is checked in test_purity.py.
 
 
 def test_member_start_is_a_frozen_value() -> None:
