@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Final
 
 from castar.engine import graph, oci, reference
 from castar.engine import platforms as plat
-from castar.engine._export_planner import Node, Target
+from castar.engine._export_plan import Node, Target
 from castar.store import digest as digests
 from castar.store.errors import (
     Conflict,

@@ -1,22 +1,34 @@
-"""The save plan: what an archive will hold, as values.
+"""The save plan as values: what an archive will hold, and what planning starts from.
 
 Owns ``SavePlan`` and its parts (``ImagePlan`` per ``index.json`` entry, ``PlatformPlan``
-per platform manifest walked, ``Skipped``, and ``Member``: one tar member in writing
-order) and their JSON forms (``castar save --dry-run --json``). Pure: imports only the
-tar codec and the store's digest type; never anyio, the store or I/O.
+per platform manifest walked, ``Skipped``, ``Member``: one tar member in writing order)
+with their JSON forms (``castar save --dry-run --json``), and the planner's inputs
+(``Node``, ``Target``, ``Options``). Pure: never anyio, the store or I/O.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, final
 
-from castar.engine import tarcodec
+from castar.engine import oci, tarcodec
+from castar.engine import platforms as plat
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from castar.store.digest import Digest
 
-__all__ = ["ImagePlan", "Member", "PlatformPlan", "SavePlan", "Skipped"]
+__all__ = [
+    "ImagePlan",
+    "Member",
+    "Node",
+    "Options",
+    "PlatformPlan",
+    "SavePlan",
+    "Skipped",
+    "Target",
+]
 
 
 @final
@@ -190,3 +202,34 @@ class SavePlan:
             ],
             "warnings": list(self.warnings),
         }
+
+
+# -- planning inputs (what the lookup fetched) -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """What the store holds for one digest: enough to plan without further I/O."""
+
+    present: bool
+    size: int = 0
+    labels: Mapping[str, str] = field(default_factory=dict)
+    children: tuple[oci.Descriptor, ...] = ()
+    document: bytes | None = None  # indexes only: the raw bytes, for pruning
+    platform: plat.Platform | None = None  # manifests only: from the config
+    referrers: tuple[oci.Descriptor, ...] = ()  # SAVE-1: present referrers, subject-annotated
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    reference: str  # as given by the caller
+    name: str | None  # full name for the annotations; None → exported without names
+    desc: oci.Descriptor
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    platforms: tuple[plat.Platform, ...]  # empty: all platforms
+    missing: str
+    docker_manifest: bool
+    host: plat.Platform

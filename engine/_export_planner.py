@@ -4,17 +4,25 @@ Owns the walk from each target (EXP-7 skip-missing, referrers, EXP-9), platform
 selection (SAVE-1..3, SAVE-2's strict single match, MATCH-7 for ``manifest.json``), the
 missing policy (``sparse``/``prune``/``fail``, pruned indexes), the ``index.json`` and
 ``manifest.json`` entries (EXP-3/4/10) and the sorted member list. Pure: no anyio, no
-store, no I/O; its inputs are ``Node``/``Target`` values the lookup fetched.
+store, no I/O: its inputs are the ``Node``/``Target`` values the lookup fetched.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Final
 
 from castar.engine import oci, reference, tarcodec
 from castar.engine import platforms as plat
-from castar.engine._export_plan import ImagePlan, Member, PlatformPlan, SavePlan
+from castar.engine._export_plan import (
+    ImagePlan,
+    Member,
+    Node,
+    Options,
+    PlatformPlan,
+    SavePlan,
+    Target,
+)
 from castar.store import digest as digests
 from castar.store.errors import Conflict, InvalidArgument, NotFound
 
@@ -23,43 +31,12 @@ if TYPE_CHECKING:
 
     from castar.store.digest import Digest
 
-__all__ = ["Node", "Options", "Planner", "Target"]
+__all__ = ["Planner"]
 
 NAME_ANNOTATION: Final = oci.ANNOTATION_IMAGE_NAME
 REF_NAME_ANNOTATION: Final = oci.ANNOTATION_REF_NAME
 _SOURCE_LABEL: Final = "containerd.io/distribution.source"
 _OCI_LAYOUT: Final = b'{"imageLayoutVersion":"1.0.0"}'
-
-
-# -- inputs ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Node:
-    """What the store holds for one digest: enough to plan without further I/O."""
-
-    present: bool
-    size: int = 0
-    labels: Mapping[str, str] = field(default_factory=dict)
-    children: tuple[oci.Descriptor, ...] = ()
-    document: bytes | None = None  # indexes only: the raw bytes, for pruning
-    platform: plat.Platform | None = None  # manifests only: from the config
-    referrers: tuple[oci.Descriptor, ...] = ()  # SAVE-1: present referrers, subject-annotated
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    reference: str  # as given by the caller
-    name: str | None  # full name for the annotations; None → exported without names
-    desc: oci.Descriptor
-
-
-@dataclass(frozen=True, slots=True)
-class Options:
-    platforms: tuple[plat.Platform, ...]  # empty: all platforms
-    missing: str
-    docker_manifest: bool
-    host: plat.Platform
 
 
 class Planner:

@@ -1,9 +1,9 @@
 """The exporter ("save"): images from the store to an OCI + Docker image archive.
 
-Owns planning (names → targets → a sorted member plan checked against the store before
-the first byte; pure over what was fetched) and writing (the plan to a sink with the
-cheapest copy it allows). Uses castar.store, graph, oci, platforms, reference, tarcodec
-and _streams; it must not import the importer, the images service or the facade.
+Owns the entry points (``plan_save``, ``save``, ``save_many``), their options, the
+lease a save runs under (SAVE-5, LEASE-6) and the sink's lifetime; plans with
+``_export_lookup`` + ``_export_planner`` before the first byte, writes with
+``_export_write``. Must not import the importer, the images service or the facade.
 """
 
 from __future__ import annotations
@@ -18,8 +18,16 @@ import anyio
 
 from castar.engine import platforms as plat
 from castar.engine._export_lookup import fetch, resolve, unlinked
-from castar.engine._export_plan import ImagePlan, Member, PlatformPlan, SavePlan, Skipped
-from castar.engine._export_planner import Options, Planner, Target
+from castar.engine._export_plan import (
+    ImagePlan,
+    Member,
+    Options,
+    PlatformPlan,
+    SavePlan,
+    Skipped,
+    Target,
+)
+from castar.engine._export_planner import Planner
 from castar.engine._export_write import Limiters, Progress, store_limiters, write
 from castar.engine._streams import open_sink
 from castar.store.errors import InvalidArgument

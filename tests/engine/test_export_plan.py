@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from castar.engine import _export_lookup, exporter, oci
 from castar.engine import platforms as plat
-from castar.engine._export_planner import Node, Planner, Target
+from castar.engine._export_plan import Node, Target
+from castar.engine._export_planner import Planner
 from castar.store._store import open_store
 from castar.store.errors import NotFound
 
