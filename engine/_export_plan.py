@@ -226,6 +226,11 @@ class Target:
     name: str | None  # full name for the annotations; None → exported without names
     desc: oci.Descriptor
 
+    @property
+    def who(self) -> str:
+        """What messages call it: the name, else the caller's reference."""
+        return self.name or self.reference
+
 
 @dataclass(frozen=True, slots=True)
 class Options:

@@ -27,7 +27,7 @@ from castar.store import digest as digests
 from castar.store.errors import Conflict, InvalidArgument, NotFound
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
 
     from castar.store.digest import Digest
 
@@ -122,7 +122,6 @@ class Planner:
     def add(self, target: Target) -> ImagePlan | None:
         """Plan one top-level entry; None when it is left out (EDGE-6)."""
         desc = target.desc
-        who = target.name or target.reference
         if not (oci.is_manifest(desc.media_type) or oci.is_index(desc.media_type)):
             raise InvalidArgument(
                 f"export {desc.digest} ({desc.media_type}): only manifests may be exported"
@@ -132,8 +131,8 @@ class Planner:
             return self._add_single(target, self._single_target(target))
         if not node.present:
             if self._opts.missing == "fail":
-                raise NotFound(f"{who}: content digest {desc.digest}")
-            self._warnings.append(f"{who}: content digest {desc.digest} not found; left out")
+                raise NotFound(f"{target.who}: content digest {desc.digest}")
+            self._warnings.append(f"{target.who}: content digest {desc.digest} not found; left out")
             return None
         if oci.is_manifest(desc.media_type):
             return self._add_manifest(target)
@@ -174,17 +173,12 @@ class Planner:
 
     def _add_single(self, target: Target, desc: oci.Descriptor) -> ImagePlan:
         self._emit(desc)
-        entry = self._entry(target, desc, target.desc.digest)
-        self._entries.append(entry)
         self._register(desc, target.name)
-        return ImagePlan(
-            reference=target.reference,
-            name=target.name,
-            media_type=entry.media_type,
-            digest=entry.digest,
-            size=entry.size,
-            platforms=(self._platform_plan(desc),),
-            docker_manifest=desc.digest if self._opts.docker_manifest else None,
+        return self._image(
+            target,
+            self._entry(target, desc, target.desc.digest),
+            [self._platform_plan(desc)],
+            desc.digest if self._opts.docker_manifest else None,
         )
 
     def _add_manifest(self, target: Target) -> ImagePlan:
@@ -193,34 +187,24 @@ class Planner:
         p = self._platform_of(desc)
         wanted = self._opts.platforms
         if wanted and (p is None or not plat.any_of(*wanted).match(p)):
-            raise NotFound(f"{target.name or target.reference}: no manifest found for platform")
+            raise NotFound(f"{target.who}: no manifest found for platform")
         self._check_complete(target, [pp])
         if self._opts.missing == "prune" and pp.state != "complete":
-            raise NotFound(f"{target.name or target.reference}: no platform is complete locally")
+            raise NotFound(f"{target.who}: no platform is complete locally")
         self._emit(desc)
-        self._entries.append(self._entry(target, desc, desc.digest))
         docker = None
         if pp.state == "complete":
             self._register(desc, target.name)
             docker = desc.digest
         else:
             self._warnings.append(
-                f"{target.name or target.reference}: manifest {desc.digest} is incomplete; "
+                f"{target.who}: manifest {desc.digest} is incomplete; "
                 "manifest.json has no entry for it"
             )
-        return ImagePlan(
-            reference=target.reference,
-            name=target.name,
-            media_type=desc.media_type,
-            digest=desc.digest,
-            size=desc.size,
-            platforms=(pp,),
-            docker_manifest=docker,
-        )
+        return self._image(target, self._entry(target, desc, desc.digest), [pp], docker)
 
     def _add_index(self, target: Target) -> ImagePlan:
         desc = target.desc
-        who = target.name or target.reference
         node = self._nodes[desc.digest]
         wanted = self._opts.platforms
         matcher = plat.any_of(*wanted) if wanted else None
@@ -234,7 +218,7 @@ class Planner:
                 continue  # EXP-6: only direct children are filtered (EDGE-5); EDGE-4
             walked.append((pos, child, self._platform_plan(child)))
         if not walked:
-            raise NotFound(f"{who}: no manifest found for platform")
+            raise NotFound(f"{target.who}: no manifest found for platform")
         not_found = tuple(
             plat.format_all(w)
             for w in wanted
@@ -244,14 +228,14 @@ class Planner:
             )
         )
         if self._opts.missing == "fail" and not_found:
-            raise NotFound(f"{who}: platform {not_found[0]} not found in the image")
+            raise NotFound(f"{target.who}: platform {not_found[0]} not found in the image")
         self._check_complete(target, [pp for _, _, pp in walked])
         entry_desc = desc
         original = None
         if self._opts.missing == "prune":
             kept = self._prunable(walked)
             if not kept:
-                raise NotFound(f"{who}: no platform is complete locally")
+                raise NotFound(f"{target.who}: no platform is complete locally")
             if len(kept) != len(node.children):
                 entry_desc = self._pruned_index(desc, node, [pos for pos, _, _ in kept])
                 original = desc.digest
@@ -260,9 +244,27 @@ class Planner:
             self._blobs[desc.digest] = desc.size  # EXP-6: the original index, unmodified
         for _, child, _ in walked:
             self._emit(child)
-        entry = self._entry(target, entry_desc, desc.digest)
+        return self._image(
+            target,
+            self._entry(target, entry_desc, desc.digest),
+            [pp for _, _, pp in walked],
+            self._pick_docker(target, [(c, pp) for _, c, pp in walked]),
+            original=original,
+            not_found=not_found,
+        )
+
+    def _image(
+        self,
+        target: Target,
+        entry: oci.Descriptor,
+        platforms: Sequence[PlatformPlan],
+        docker: Digest | None,
+        *,
+        original: Digest | None = None,
+        not_found: tuple[str, ...] = (),
+    ) -> ImagePlan:
+        """Add ``entry`` to ``index.json`` and describe it."""
         self._entries.append(entry)
-        docker = self._pick_docker(target, [(c, pp) for _, c, pp in walked])
         return ImagePlan(
             reference=target.reference,
             name=target.name,
@@ -270,7 +272,7 @@ class Planner:
             digest=entry.digest,
             size=entry.size,
             original=original,
-            platforms=tuple(pp for _, _, pp in walked),
+            platforms=tuple(platforms),
             not_found=not_found,
             docker_manifest=docker,
         )
@@ -281,7 +283,7 @@ class Planner:
         for pp in plans:
             if pp.state != "complete":
                 raise NotFound(
-                    f"{target.name or target.reference}: platform {pp.platform} "
+                    f"{target.who}: platform {pp.platform} "
                     f"({pp.digest}) is not complete locally: content digest {pp.absent[0]}"
                 )
 
@@ -330,11 +332,10 @@ class Planner:
             for c, pp in candidates
             if oci.is_manifest(c.media_type) and not pp.attestation and pp.state == "complete"
         ]
-        ordered = _stable_sort(eligible, self._host, self._platform_of)
+        ordered = plat.sort_best_first(eligible, self._platform_of, self._host)
         if not ordered:
             self._warnings.append(
-                f"{target.name or target.reference}: no platform is available locally; "
-                "manifest.json has no entry for it"
+                f"{target.who}: no platform is available locally; manifest.json has no entry for it"
             )
             return None
         self._register(ordered[0], target.name)
@@ -442,25 +443,3 @@ def _docker_manifest(entries: Mapping[str, tuple[str, list[str], list[str]]]) ->
             for cfg, layers, tags in entries.values()
         ]
     )
-
-
-def _stable_sort(
-    descs: list[oci.Descriptor],
-    comparer: plat.MatchComparer,
-    platform_of: Callable[[oci.Descriptor], plat.Platform | None],
-) -> list[oci.Descriptor]:
-    """MATCH-7: stable insertion sort with ``less``; platform-less descriptors last."""
-    with_p = [d for d in descs if platform_of(d) is not None]
-    out: list[oci.Descriptor] = []
-    for d in with_p:
-        p = platform_of(d)
-        assert p is not None
-        i = len(out)
-        while i > 0:
-            q = platform_of(out[i - 1])
-            assert q is not None
-            if not comparer.less(p, q):
-                break
-            i -= 1
-        out.insert(i, d)
-    return out + [d for d in descs if platform_of(d) is None]
