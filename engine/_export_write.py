@@ -117,8 +117,13 @@ class _Copier:
         return None if self._archive is None else digests.from_hasher(self._archive)
 
     def _emit(self, data: Buffer) -> None:
+        """Queue bytes for the sink: small ones coalesced up to 1 MiB, big ones as they are."""
         if self._archive is not None:
             self._archive.update(data)
+        if len(data) >= _SMALL:
+            self._flush()
+            self._put(data)
+            return
         self._pending += data
         if len(self._pending) >= _CHUNK:
             self._flush()
@@ -145,24 +150,26 @@ class _Copier:
     def steps(self) -> Generator[list[bytes], None, None]:
         budget = _HOP if self._fd is not None else _CHUNK
         moved = 0
-        for m in self._plan.members:
-            self._emit(m.header)
-            if m.data is not None:
-                self._emit(m.data)
-            elif m.digest is not None:
-                for n in self._blob(m):
-                    moved += n
-                    if moved >= budget:
-                        moved = 0
-                        yield self._take()
-            self._emit(tarcodec.padding(m.size))
-            moved += len(m.header) + (m.size if m.digest is None else 0)
+        for n in self._pieces():
+            moved += n
             if moved >= budget:
                 moved = 0
                 yield self._take()
+        yield self._take()
+
+    def _pieces(self) -> Iterator[int]:
+        """Emit the whole archive; yields the bytes moved after each piece."""
+        for m in self._plan.members:
+            self._emit(m.header)
+            yield len(m.header)
+            if m.data is not None:
+                self._emit(m.data)
+                yield m.size
+            elif m.digest is not None:
+                yield from self._blob(m)
+            self._emit(tarcodec.padding(m.size))
         self._emit(tarcodec.END_OF_ARCHIVE)
         self._flush()
-        yield self._take()
 
     def _take(self) -> list[bytes]:
         out, self._out = self._out, []
@@ -216,15 +223,7 @@ class _Copier:
             left -= len(data)
             if h is not None:
                 h.update(data)
-            if self._archive is not None:
-                self._archive.update(data)
-            if len(data) >= _SMALL:
-                self._flush()
-                self._put(data)
-            else:
-                self._pending += data
-                if len(self._pending) >= _CHUNK:
-                    self._flush()
+            self._emit(data)
             yield len(data)
         if h is not None and (actual := digests.from_hasher(h)) != m.digest:
             raise DigestMismatch(
