@@ -9,21 +9,17 @@ never anyio or the store's I/O; callers run ``write`` in a worker thread.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import os
-import random
-import struct
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Final, Literal, final
 
 from castar.engine import oci, platforms, reference
+from castar.engine._synthlayer import BLOCK, Layer, blob_pieces, hash_layer
 from castar.engine.oci import Descriptor, Index, Manifest, Struct
 from castar.engine.platforms import Platform
 from castar.engine.tarcodec import DIRTYPE, END_OF_ARCHIVE, encode_header, padding
-from castar.store.digest import Digest, blob_path, compute, from_hasher
+from castar.store.digest import Digest, blob_path, compute
 from castar.store.errors import InvalidArgument
 
 if TYPE_CHECKING:
@@ -44,17 +40,6 @@ __all__ = [
 Compression = Literal["none", "gzip", "zstd"]
 Order = Literal["castar", "containerd"]
 
-#: Layer bytes are produced in blocks of this size (bounded memory, one hash update each).
-BLOCK: Final = 1 << 20
-# Layer bodies are 32-byte tags followed by slices of one random pool per seed: making a
-# block costs a blake2b of a few bytes and a memoryview slice, so generation is nearly
-# free and the passes run at the speed of sha256 and the sink.
-_TAG: Final = 32
-_POOL: Final = 4 * BLOCK + BLOCK
-_GZIP_BLOCK: Final = 65535  # largest deflate stored block
-_ZSTD_BLOCK: Final = 128 << 10  # largest zstd block
-_GZIP_HEADER: Final = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
-_ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
 _OCI_LAYOUT: Final = b'{"imageLayoutVersion":"1.0.0"}'
 _PREDICATE: Final = "https://slsa.dev/provenance/v0.2"
 _LAYER_TYPES: Final = {
@@ -118,17 +103,6 @@ class SynthSpec:
             raise InvalidArgument(f"synth: duplicate platforms in {list(self.platforms)}")
 
 
-@dataclass(frozen=True, slots=True)
-class _Layer:
-    """How to regenerate one layer blob (never held in memory whole)."""
-
-    key: str  # "shared/<n>" or "<platform slug>/<n>"
-    member: str  # the file inside the layer tar
-    size: int  # uncompressed size (== spec.layer_size)
-    compression: str
-    seed: int
-
-
 @final
 @dataclass(frozen=True, slots=True)
 class SynthPlatform:
@@ -175,12 +149,12 @@ class SynthImage:
     size: int
     index_json: bytes
     manifest_json: bytes | None
-    _sources: dict[Digest, tuple[str, bytes | _Layer]] = field(repr=False, compare=False)
+    _sources: dict[Digest, tuple[str, bytes | Layer]] = field(repr=False, compare=False)
 
     @property
     def layer_bytes(self) -> int:
         """Total bytes of distinct layer blobs (what dominates the archive)."""
-        return sum(d.size for d in self.blobs if isinstance(self._sources[d.digest][1], _Layer))
+        return sum(d.size for d in self.blobs if isinstance(self._sources[d.digest][1], Layer))
 
     def blob_chunks(self, digest: str) -> Iterator[Buffer]:
         """The bytes of one blob, in pieces of at most 1 MiB (regenerated, not stored).
@@ -192,118 +166,7 @@ class SynthImage:
         if isinstance(src, bytes):
             yield src
         else:
-            yield from _blob_pieces(src)
-
-
-# --- layer bytes --------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=2)
-def _pool(seed: int) -> bytes:
-    return random.Random(seed).randbytes(_POOL)
-
-
-def _random_stream(layer: _Layer, n: int) -> Iterator[Buffer]:
-    """``n`` incompressible deterministic bytes in blocks of at most ``BLOCK``."""
-    pool = memoryview(_pool(layer.seed))
-    block = 0
-    while n > 0:
-        tag = hashlib.blake2b(
-            f"{layer.seed}|{layer.key}|{block}".encode(), digest_size=_TAG
-        ).digest()
-        off = int.from_bytes(tag[:8], "little") % (_POOL - BLOCK)
-        take = min(n, BLOCK)
-        if take <= _TAG:
-            yield tag[:take]
-        else:
-            yield tag
-            yield pool[off : off + take - _TAG]
-        n -= take
-        block += 1
-
-
-def _tar_pieces(layer: _Layer) -> Iterator[Buffer]:
-    """The uncompressed layer: one regular file in a tar, ``layer.size`` bytes in all."""
-    if layer.size < 3 * 512:
-        yield from _random_stream(layer, layer.size)
-        return
-    body = (layer.size - 3 * 512) // 512 * 512
-    yield encode_header(layer.member, body, mode=0o644)
-    yield from _random_stream(layer, body)
-    # END_OF_ARCHIVE plus < 512 extra zero bytes so the tar is exactly layer.size long;
-    # readers stop at the two zero blocks.
-    yield bytes(layer.size - 512 - body)
-
-
-def _framed(pieces: Iterator[Buffer], total: int, kind: str) -> Iterator[Buffer]:
-    """Wrap ``total`` bytes in gzip (deflate stored blocks) or zstd (raw blocks) framing.
-
-    The data is incompressible, so stored blocks are what a compressor would emit; they
-    are also byte-stable across zlib builds, which keeps archives deterministic.
-    """
-    gzip = kind == "gzip"
-    limit = _GZIP_BLOCK if gzip else _ZSTD_BLOCK
-    if gzip:
-        yield _GZIP_HEADER
-    else:
-        # Frame header: FCS 8 bytes + single segment (no window descriptor), no checksum.
-        yield _ZSTD_MAGIC + b"\xe0" + struct.pack("<Q", total)
-    crc = 0
-    left = total
-    in_block = 0
-
-    def block_header(n: int, last: bool) -> bytes:
-        if gzip:
-            return bytes([1 if last else 0]) + struct.pack("<HH", n, n ^ 0xFFFF)
-        return ((n << 3) | int(last)).to_bytes(3, "little")
-
-    if total == 0:
-        yield block_header(0, True)
-    for piece in pieces:
-        mv = memoryview(piece)
-        while len(mv):
-            if in_block == 0:
-                in_block = min(limit, left)
-                yield block_header(in_block, in_block == left)
-            take = min(in_block, len(mv))
-            part = mv[:take]
-            if gzip:
-                crc = zlib.crc32(part, crc)
-            yield part
-            mv = mv[take:]
-            in_block -= take
-            left -= take
-    if gzip:
-        yield struct.pack("<II", crc, total & 0xFFFFFFFF)
-
-
-def _blob_pieces(layer: _Layer) -> Iterator[Buffer]:
-    if layer.compression == "none":
-        return _tar_pieces(layer)
-    return _framed(_tar_pieces(layer), layer.size, layer.compression)
-
-
-def _hash_layer(layer: _Layer) -> tuple[Digest, int, Digest]:
-    """Digest and size of the blob, and the diff id, in one generation pass."""
-    if layer.compression == "none":
-        h = hashlib.sha256()
-        for piece in _tar_pieces(layer):
-            h.update(piece)
-        d = from_hasher(h)
-        return d, layer.size, d
-    diff = hashlib.sha256()
-
-    def tee() -> Iterator[Buffer]:
-        for piece in _tar_pieces(layer):
-            diff.update(piece)
-            yield piece
-
-    h = hashlib.sha256()
-    size = 0
-    for piece in _framed(tee(), layer.size, layer.compression):
-        h.update(piece)
-        size += len(piece)
-    return from_hasher(h), size, from_hasher(diff)
+            yield from blob_pieces(src)
 
 
 # --- planning -----------------------------------------------------------------------------------
@@ -314,7 +177,7 @@ def _slug(p: Platform) -> str:
 
 
 def _attestation(
-    sources: dict[Digest, tuple[str, bytes | _Layer]], subject: Descriptor, name: str
+    sources: dict[Digest, tuple[str, bytes | Layer]], subject: Descriptor, name: str
 ) -> Descriptor:
     statement = oci.canonical_json(
         Struct(
@@ -351,7 +214,7 @@ def _attestation(
 
 
 def _add(
-    sources: dict[Digest, tuple[str, bytes | _Layer]],
+    sources: dict[Digest, tuple[str, bytes | Layer]],
     media_type: str,
     data: bytes,
     annotations: dict[str, str] | None = None,
@@ -368,7 +231,7 @@ def plan(spec: SynthSpec) -> SynthImage:
     (≈1 GB/s of archive here for plain layers, about half that for gzip/zstd, which also
     hash the uncompressed tar for the diff id). Nothing is written; memory stays bounded.
     """
-    sources: dict[Digest, tuple[str, bytes | _Layer]] = {}
+    sources: dict[Digest, tuple[str, bytes | Layer]] = {}
     hashed: dict[str, tuple[Digest, int, Digest]] = {}
     shared = round(spec.layers * spec.shared_fraction)
     planned: list[SynthPlatform] = []
@@ -378,9 +241,9 @@ def plan(spec: SynthSpec) -> SynthImage:
         diff_ids: list[Digest] = []
         for n in range(spec.layers):
             key = f"shared/{n}" if n < shared else f"{_slug(p)}/{n}"
-            layer = _Layer(key, f"synth/{key}.bin", spec.layer_size, spec.compression, spec.seed)
+            layer = Layer(key, f"synth/{key}.bin", spec.layer_size, spec.compression, spec.seed)
             if key not in hashed:
-                hashed[key] = _hash_layer(layer)
+                hashed[key] = hash_layer(layer)
             digest, size, diff_id = hashed[key]
             sources[digest] = (_LAYER_TYPES[spec.compression], layer)
             layers.append(Descriptor(_LAYER_TYPES[spec.compression], digest, size))
@@ -448,7 +311,7 @@ def plan(spec: SynthSpec) -> SynthImage:
     )
 
 
-def _source_size(src: bytes | _Layer, hashed: dict[str, tuple[Digest, int, Digest]]) -> int:
+def _source_size(src: bytes | Layer, hashed: dict[str, tuple[Digest, int, Digest]]) -> int:
     return len(src) if isinstance(src, bytes) else hashed[src.key][1]
 
 

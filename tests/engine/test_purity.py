@@ -37,6 +37,7 @@ PURE = [
     "castar.engine.reference",
     "castar.engine._goquote",
     "castar.engine.synth",
+    "castar.engine._synthlayer",
 ]
 
 
