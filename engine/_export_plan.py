@@ -169,6 +169,11 @@ class SavePlan:
     warnings: tuple[str, ...] = ()
 
     @property
+    def reads(self) -> tuple[Digest, ...]:
+        """The blobs whose bodies the archive copies from the store, in writing order."""
+        return tuple(m.digest for m in self.members if m.digest is not None and m.data is None)
+
+    @property
     def skipped(self) -> tuple[Skipped, ...]:
         """Platforms left out or written partially because content is missing."""
         out: list[Skipped] = []

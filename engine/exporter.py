@@ -9,7 +9,7 @@ lease a save runs under (SAVE-5, LEASE-6) and the sink's lifetime; plans with
 from __future__ import annotations
 
 import os
-from contextlib import suppress
+from contextlib import AbstractAsyncContextManager, nullcontext, suppress
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, final
@@ -138,8 +138,7 @@ async def _plan(store: Store, names: Sequence[str], options: Options) -> SavePla
     images = [p for t in targets if (p := planner.add(t)) is not None]
     plan = planner.finish(images)
     if lease is not None:  # SAVE-5: the rest of what the archive reads, before the first byte
-        reads = [m.digest for m in plan.members if m.digest is not None and m.data is None]
-        for d in unlinked([t.desc.digest for t in targets], nodes, reads):
+        for d in unlinked([t.desc.digest for t in targets], nodes, plan.reads):
             await store.leases.add_resource(lease.id, "content", d)
     return plan
 
@@ -240,9 +239,12 @@ async def save(
     """
     options = _options(platforms, missing, docker_manifest)
     limiters = Limiters(limiter, limiter) if limiter is not None else store_limiters(store)
-    if current_lease() is not None:  # LEASE-6: the caller's lease holds what we read
-        return await _save(store, names, sink, options, limiters, verify, archive_digest, progress)
-    async with store.lease(expire=timedelta(hours=24), labels={"castar.export": "1"}):
+    lease: AbstractAsyncContextManager[object] = (
+        nullcontext()  # LEASE-6: the caller's lease holds what we read
+        if current_lease() is not None
+        else store.lease(expire=timedelta(hours=24), labels={"castar.export": "1"})
+    )
+    async with lease:
         return await _save(store, names, sink, options, limiters, verify, archive_digest, progress)
 
 
@@ -257,11 +259,7 @@ async def _save(
     progress: Progress | None,
 ) -> ExportResult:
     plan = await _plan(store, names, options)
-    paths = {
-        m.digest: str(store.content.path(m.digest))
-        for m in plan.members
-        if m.digest is not None and m.data is None
-    }
+    paths = {d: str(store.content.path(d)) for d in plan.reads}
     ours = None  # a regular file save() created from a path: removed if writing fails
     try:
         out = open_sink(sink)
