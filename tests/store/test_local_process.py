@@ -33,21 +33,30 @@ CHILD = textwrap.dedent(
     import hashlib, sys
     from pathlib import Path
     import anyio
+    from castar.store import open_store
     from castar.store.local import LocalContentStore
 
     def block(i):
         return hashlib.sha512(str(i).encode()).digest() * (1024 * 1024 // 64)
 
-    async def main():
-        store = LocalContentStore(Path(sys.argv[1]))
-        w = await store.open_writer(sys.argv[2], total=int(sys.argv[3]) * 1024 * 1024)
-        print("locked", flush=True)
-        for i in range(int(sys.argv[3])):
+    async def write_blocks(w, n):
+        for i in range(n):
             await w.write(block(i))
             print(i, flush=True)
             await anyio.sleep(0.002)
         print("done", flush=True)
         await anyio.sleep(3600)
+
+    async def main():
+        root, ref, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+        if sys.argv[4:] == ["store"]:  # through the public store: ingest row and all
+            async with open_store(root) as store:
+                async with store.content.writer(ref, size=n * 1024 * 1024) as w:
+                    await write_blocks(w, n)
+        else:  # the file backend alone
+            w = await LocalContentStore(root).open_writer(ref, total=n * 1024 * 1024)
+            print("locked", flush=True)
+            await write_blocks(w, n)
 
     anyio.run(main)
     """
@@ -68,9 +77,11 @@ async def read_line(stream: BufferedByteReceiveStream) -> str:
     return (await stream.receive_until(b"\n", 1024)).decode()
 
 
-async def start_child(root: Path, ref: str) -> tuple[Process, BufferedByteReceiveStream]:
+async def start_child(
+    root: Path, ref: str, *extra: str
+) -> tuple[Process, BufferedByteReceiveStream]:
     proc = await anyio.open_process(
-        [sys.executable, "-c", CHILD, str(root), ref, str(BLOCKS)],
+        [sys.executable, "-c", CHILD, str(root), ref, str(BLOCKS), *extra],
         stderr=None,
     )
     assert proc.stdout is not None
@@ -83,6 +94,18 @@ async def kill(proc: Process) -> None:
             proc.send_signal(signal.SIGKILL)
         await proc.wait()
         await proc.aclose()
+
+
+async def kill_mid_write(proc: Process, out: BufferedByteReceiveStream) -> None:
+    """SIGKILL the child once it has written 9 of its blocks (well before its last)."""
+    try:
+        with anyio.fail_after(30):
+            while (line := await read_line(out)) not in {"8", "done"}:
+                pass
+        assert line == "8", "the child finished before it could be killed"
+    finally:
+        await kill(proc)
+    assert proc.returncode == -signal.SIGKILL
 
 
 async def test_ref_held_by_another_process_is_unavailable(tmp_path: Path) -> None:
@@ -105,15 +128,7 @@ async def test_sigkilled_writer_leaves_a_resumable_ingest_and_no_torn_blob(tmp_p
     # ING-5 after a crash: the kernel released the lock; resume at offset = data size, the
     # re-built hash matches the bytes on disk, and the committed blob is whole.
     store = LocalContentStore(tmp_path)
-    proc, out = await start_child(tmp_path, "crash")
-    try:
-        with anyio.fail_after(30):
-            while (line := await read_line(out)) not in {"8", "done"}:
-                pass
-        assert line == "8", "the child finished before it could be killed"
-    finally:
-        await kill(proc)
-    assert proc.returncode == -signal.SIGKILL
+    await kill_mid_write(*await start_child(tmp_path, "crash"))
     blobs = tmp_path / "blobs"
     assert not blobs.exists() or not any(p.is_file() for p in blobs.rglob("*"))
 
@@ -190,47 +205,11 @@ async def test_commit_lock_excludes_another_process_until_it_dies(tmp_path: Path
             pass
 
 
-STORE_CHILD = textwrap.dedent(
-    """
-    import hashlib, sys
-    import anyio
-    from castar.store import open_store
-
-    def block(i):
-        return hashlib.sha512(str(i).encode()).digest() * (1024 * 1024 // 64)
-
-    async def main():
-        n = int(sys.argv[2])
-        async with open_store(sys.argv[1]) as store:
-            async with store.content.writer("killed", size=n * 1024 * 1024) as w:
-                for i in range(n):
-                    await w.write(block(i))
-                    print(i, flush=True)
-                    await anyio.sleep(0.002)
-                print("done", flush=True)
-                await anyio.sleep(3600)
-
-    anyio.run(main)
-    """
-)
-
-
 async def test_sigkill_mid_write_leaves_the_public_store_consistent(tmp_path: Path) -> None:
     # The same crash through the public store: no record and no file at any blob address, the
     # ingest's row keeps it from GC for 24 h (ING-13), and reopening the ref resumes (ING-5).
     root = tmp_path / "root"
-    proc = await anyio.open_process(
-        [sys.executable, "-c", STORE_CHILD, str(root), str(BLOCKS)], stderr=None
-    )
-    try:
-        assert proc.stdout is not None
-        out = BufferedByteReceiveStream(proc.stdout)
-        with anyio.fail_after(30):
-            while (line := await read_line(out)) not in {"8", "done"}:
-                pass
-        assert line == "8", "the child finished before it could be killed"
-    finally:
-        await kill(proc)
+    await kill_mid_write(*await start_child(root, "killed", "store"))
     total = BLOCKS * MiB
     async with open_store(root) as store:
         assert await store.content.walk() == []
