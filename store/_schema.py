@@ -101,13 +101,10 @@ class ImageTarget:
 
 @dataclass(frozen=True, slots=True)
 class ImageRecord:
-    """An image row; the target is kept as its four DESC-5 fields."""
+    """An image row with its labels; the target is kept as its four DESC-5 fields."""
 
     name: str
-    media_type: str
-    digest: Digest
-    size: int
-    annotations: Mapping[str, str]
+    target: ImageTarget
     labels: Mapping[str, str]
     created_at: datetime
     updated_at: datetime

@@ -216,9 +216,8 @@ _IMAGE_COLS: Final = "name, media_type, digest, size, annotations, created_at, u
 
 def _image_row(row: tuple[str, ...], labels: Mapping[str, str]) -> ImageRecord:
     name, mt, d, size, ann, c, u = row
-    return ImageRecord(
-        name, mt, Digest(d), int(size), json.loads(ann), labels, from_ts(c), from_ts(u)
-    )
+    target = ImageTarget(mt, Digest(d), int(size), json.loads(ann))
+    return ImageRecord(name, target, labels, from_ts(c), from_ts(u))
 
 
 def image_get(conn: sqlite3.Connection, name: str) -> ImageRecord | None:
@@ -249,27 +248,19 @@ def image_put(
         raise NotFound(f'image "{name}"')
     if target is None:
         assert old is not None  # creating always passes a target
-        target = ImageTarget(old.media_type, old.digest, old.size, old.annotations)
+        target = old.target
     if labels is None:
         labels = {} if old is None else old.labels
-    rec = ImageRecord(
-        name,
-        target.media_type,
-        target.digest,
-        target.size,
-        dict(target.annotations),
-        dict(labels),
-        now if old is None else old.created_at,  # IMG-3: created_at is kept
-        now,
-    )
+    created = now if old is None else old.created_at  # IMG-3: created_at is kept
+    rec = ImageRecord(name, target, dict(labels), created, now)
     conn.execute(
         "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?, ?)",
         (
-            rec.name,
-            rec.media_type,
-            rec.digest,
-            rec.size,
-            json.dumps(dict(rec.annotations), sort_keys=True),
+            name,
+            target.media_type,
+            target.digest,
+            target.size,
+            json.dumps(dict(target.annotations), sort_keys=True),
             to_ts(rec.created_at),
             to_ts(rec.updated_at),
         ),

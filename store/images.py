@@ -51,7 +51,8 @@ class Image:
 
 
 def _image(rec: ImageRecord) -> Image:
-    target = Descriptor(rec.media_type, rec.digest, rec.size, dict(rec.annotations))
+    t = rec.target
+    target = Descriptor(t.media_type, t.digest, t.size, dict(t.annotations))
     return Image(rec.name, target, rec.labels, rec.created_at, rec.updated_at)
 
 
