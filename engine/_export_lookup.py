@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from castar.engine import graph, oci, reference
 from castar.engine import platforms as plat
@@ -97,30 +97,40 @@ async def resolve(store: Store, ref: str) -> list[Target]:
 
 
 async def _by_digest(store: Store, ref: str, digest: Digest) -> Target:
-    """A target named by digest: an image's target, else a stored manifest or index."""
+    """A target named by digest: an image's target, else a stored blob as it is.
+
+    A blob past the document cap (EDGE-13) cannot be a manifest: its media type stays
+    ``application/octet-stream`` and planning refuses it (TV-60).
+    """
     for image in await store.images.list():
         if image.target.digest == digest:
             return Target(ref, None, _as_oci(image.target))
     try:
-        data = await store.content.read_all(digest, limit=oci.MAX_DOCUMENT)
+        size = (await store.content.info(digest)).size
     except NotFound:
         raise NotFound(f'image "{ref}"') from None
-    except InvalidArgument:
-        data = b""
     media_type = ""
+    if size <= oci.MAX_DOCUMENT:
+        _, media_type = _document(await store.content.read_all(digest, limit=oci.MAX_DOCUMENT))
+    return Target(ref, None, oci.Descriptor(media_type or "application/octet-stream", digest, size))
+
+
+def _document(data: bytes) -> tuple[dict[str, Any] | None, str]:
+    """A stored blob read as a JSON object, with its declared or guessed media type.
+
+    Without ``mediaType``, ``manifests`` makes it an OCI index and ``config`` an OCI
+    manifest; otherwise the type is ``""``. Not a JSON object: ``(None, "")``.
+    """
     try:
         obj = json.loads(data)
     except ValueError:
-        obj = None
-    if isinstance(obj, dict):
-        media_type = obj.get("mediaType") or ""
-        if not isinstance(media_type, str) or not media_type:
-            media_type = (
-                oci.OCI_INDEX if "manifests" in obj else oci.OCI_MANIFEST if "config" in obj else ""
-            )
-    return Target(
-        ref, None, oci.Descriptor(media_type or "application/octet-stream", digest, len(data))
-    )
+        return None, ""
+    if not isinstance(obj, dict):
+        return None, ""
+    media_type = obj.get("mediaType")
+    if isinstance(media_type, str) and media_type:
+        return obj, media_type
+    return obj, oci.OCI_INDEX if "manifests" in obj else oci.OCI_MANIFEST if "config" in obj else ""
 
 
 # -- what the store holds -------------------------------------------------------------------
@@ -178,15 +188,10 @@ async def _referrers(
         try:
             digest = digests.parse(labels[key])
             data = await content.read_all(digest, limit=oci.MAX_DOCUMENT)
-            obj = json.loads(data)
-        except (NotFound, InvalidArgument, ValueError):
+        except (NotFound, InvalidArgument):
             continue
-        if not isinstance(obj, dict):
-            continue
-        media_type = obj.get("mediaType")
-        if not isinstance(media_type, str) or not media_type:
-            media_type = oci.OCI_INDEX if "manifests" in obj else oci.OCI_MANIFEST
-        if not (oci.is_manifest(media_type) or oci.is_index(media_type)):
+        obj, media_type = _document(data)
+        if obj is None or not (oci.is_manifest(media_type) or oci.is_index(media_type)):
             continue
         artifact = obj.get("artifactType")
         config = obj.get("config")

@@ -406,6 +406,16 @@ async def test_tv60_layer_target_raises_only_manifests_may_be_exported(
     assert not (tmp_path / "x.tar").exists()
 
 
+async def test_tv60_layer_named_by_digest_past_the_document_cap_is_invalid_argument(
+    store: Store, tmp_path: Path
+) -> None:
+    # Too big to be a document (EDGE-13), so it cannot be a manifest: TV-60, not a size error.
+    layer = await put(store, bytes(oci.MAX_DOCUMENT + 1), oci.OCI_LAYER_GZIP)
+    with pytest.raises(InvalidArgument, match="only manifests may be exported"):
+        await exporter.save(store, [str(layer.digest)], tmp_path / "x.tar")
+    assert not (tmp_path / "x.tar").exists()
+
+
 async def test_save1_referrers_named_by_labels_are_walked_and_listed_in_index_json(
     store: Store, tmp_path: Path
 ) -> None:
