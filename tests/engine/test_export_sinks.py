@@ -10,8 +10,11 @@ import io
 import os
 import socket
 import tarfile
-from collections.abc import AsyncIterator, Iterator
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -280,6 +283,63 @@ async def test_save_many_runs_one_archive_per_platform_concurrently(
     alone = await reference_bytes(store, tmp_path, platforms=["linux/riscv64"])
     assert (tmp_path / "linux_riscv64.tar").read_bytes() == alone
     assert await store.leases.list() == []
+
+
+class StepSpy:
+    """Counts the writer's worker-thread steps, and how many ran at once (in the threads)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.steps = 0
+        self.running = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+        real = anyio.to_thread.run_sync
+
+        async def run_sync(func: Callable[..., object], *args: object, **kw: Any) -> object:
+            if func is not next:  # not a writing step (store calls, sink opens, close)
+                return await real(func, *args, **kw)
+            self.steps += 1
+            return await real(self._counted, *args, **kw)
+
+        monkeypatch.setattr(anyio.to_thread, "run_sync", run_sync)
+
+    def _counted(self, *args: Any) -> object:
+        with self._lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        try:
+            time.sleep(0.01)  # long enough for concurrent saves to overlap
+            return next(*args)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+async def test_writing_hops_once_per_64_mib_into_fds_and_per_mib_into_streams(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # IO-LIMITS §2: 18 blobs, ~2.8 MB; an fd sink is written in one step (plus the end),
+    # a stream gets one step per ~1 MiB read, never one per blob or per member.
+    spy = StepSpy(monkeypatch)
+    result = await exporter.save(store, [NAME], tmp_path / "hops.tar")
+    assert len(result.plan.reads) == 18
+    assert spy.steps == 2  # everything, then StopIteration
+    spy.steps = 0
+    await exporter.save(store, [NAME], Collector())
+    assert 2 <= spy.steps <= result.size // (1 << 20) + 3
+
+
+@pytest.mark.parametrize(("limit", "peak"), [(1, 1), (None, 2)])
+async def test_save_many_bounds_blob_work_across_its_jobs(
+    store: Store, monkeypatch: pytest.MonkeyPatch, limit: int | None, peak: int
+) -> None:
+    # save_many: one CapacityLimiter(limit) for all jobs; default: the store's two
+    # hashing hops (streams go through user space), however many jobs run.
+    spy = StepSpy(monkeypatch)
+    sinks = [Collector() for _ in range(6)]
+    await exporter.save_many(store, [exporter.SaveJob([NAME], s) for s in sinks], limit=limit)
+    assert spy.peak == peak
+    assert len({bytes(s.data) for s in sinks}) == 1
 
 
 async def test_save_many_raises_the_first_failure(store: Store, tmp_path: Path) -> None:
