@@ -181,6 +181,58 @@ async def test_socket_fd_gets_the_same_bytes(store: Store, tmp_path: Path) -> No
     assert got == [expected]
 
 
+ZERO_COPY = {"file": "copy_file_range", "pipe": "splice", "socket": "sendfile"}
+
+
+@pytest.mark.parametrize("kind", ["file", "pipe", "socket"])
+async def test_big_blob_bodies_go_zero_copy_by_the_call_each_fd_kind_takes(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    # EXP-8 / IO-LIMITS: copy_file_range into files, splice into pipes, sendfile into
+    # sockets; the five blobs over 256 KiB (4 x 600 KiB + 300 KB) never enter user space.
+    moved = dict.fromkeys(ZERO_COPY.values(), 0)
+    for call in moved:
+        real = getattr(os, call)
+
+        def spy(*args: Any, _real: Callable[..., int] = real, _call: str = call, **kw: Any) -> int:
+            n = _real(*args, **kw)
+            moved[_call] += n
+            return n
+
+        monkeypatch.setattr(os, call, spy)
+    expected = await reference_bytes(store, tmp_path)
+    moved.update(dict.fromkeys(moved, 0))  # the reference save's copies do not count
+    big = 4 * (600 << 10) + 300_000
+    if kind == "file":
+        await exporter.save(store, [NAME], tmp_path / "z.tar")
+        got = (tmp_path / "z.tar").read_bytes()
+    else:
+        r, w = os.pipe() if kind == "pipe" else (s.detach() for s in socket.socketpair())
+        try:
+            async with anyio.create_task_group() as tg:
+                box: list[bytes] = []
+
+                async def reader() -> None:
+                    box.append(await anyio.to_thread.run_sync(_drain, r))
+
+                tg.start_soon(reader)
+                try:
+                    await exporter.save(store, [NAME], w)
+                finally:
+                    if kind == "socket":  # EOF for the reader
+                        with socket.socket(fileno=os.dup(w)) as sock:
+                            sock.shutdown(socket.SHUT_WR)
+                    os.close(w)
+        finally:
+            os.close(r)
+        (got,) = box
+    assert got == expected
+    assert moved == {c: big if c == ZERO_COPY[kind] else 0 for c in moved}
+    moved.update(dict.fromkeys(moved, 0))
+    await exporter.save(store, [NAME], tmp_path / "v.tar", verify=True)
+    assert moved == dict.fromkeys(moved, 0)  # verify hashes: every body through user space
+
+
 async def test_byte_send_stream_gets_the_same_bytes_in_mib_chunks(
     store: Store, tmp_path: Path
 ) -> None:
