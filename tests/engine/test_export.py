@@ -172,6 +172,15 @@ async def save_bytes(store: Store, tmp_path: Path, names: list[str], **kw: objec
 _counter = itertools.count()
 
 
+async def save_archive(
+    store: Store, tmp_path: Path, names: list[str], **kw: object
+) -> tuple[exporter.ExportResult, Archive]:
+    """Save to a new file; the result and the archive as the stdlib reads it."""
+    out = tmp_path / f"out-{next(_counter)}.tar"
+    result = await exporter.save(store, names, out, **kw)  # type: ignore[arg-type]
+    return result, read_archive(await anyio.Path(out).read_bytes())
+
+
 # -- TV-54..60 --------------------------------------------------------------------------------
 
 
@@ -227,11 +236,9 @@ async def test_tv55_platform_list_keeps_original_index_and_only_matching_subtree
     store: Store, tmp_path: Path
 ) -> None:
     w = await build_world(store)
-    result_path = tmp_path / "a.tar"
-    result = await exporter.save(
-        store, ["alpine"], result_path, platforms=["linux/amd64", "linux/s390x"]
+    result, ar = await save_archive(
+        store, tmp_path, ["alpine"], platforms=["linux/amd64", "linux/s390x"]
     )
-    ar = read_archive(result_path.read_bytes())
     # TV-55 / EXP-6: {I, M1, C1, L1, LS}; I is the unmodified original; attestation dropped (EDGE-4)
     assert ar.blob_hexes == w.hexes("I", "M1", "C1", "L1", "LS")
     (entry,) = ar.index["manifests"]  # type: ignore[misc]
@@ -525,9 +532,7 @@ async def test_sparse_keeps_original_index_and_writes_only_present_blobs(
 ) -> None:
     w = await build_world(store)
     await store.content.delete(w.L2.digest)
-    result_path = tmp_path / "s.tar"
-    result = await exporter.save(store, [ALPINE], result_path)
-    ar = read_archive(result_path.read_bytes())
+    result, ar = await save_archive(store, tmp_path, [ALPINE])
     # EXP-7 skip-missing: M2 is written without its children; the index is the original
     assert ar.blob_hexes == w.hexes("I", "M1", "C1", "L1", "LS", "M2", "A1", "CA", "LA")
     assert ar.index["manifests"][0]["digest"] == w.I.digest  # type: ignore[index]
@@ -539,9 +544,7 @@ async def test_edge1_manifest_json_points_at_best_available_platform(
 ) -> None:
     w = await build_world(store)
     await store.content.delete(w.M1.digest)  # the host's platform is not in the store
-    result_path = tmp_path / "e.tar"
-    result = await exporter.save(store, [ALPINE], result_path)
-    ar = read_archive(result_path.read_bytes())
+    result, ar = await save_archive(store, tmp_path, [ALPINE])
     assert ar.docker[0]["Config"] == f"blobs/sha256/{w.C2.digest.encoded}"  # EDGE-1 [castar]
     assert w.M1.digest.encoded not in ar.blob_hexes
     assert ("linux/amd64", "missing") in {(s.platform, s.reason) for s in result.skipped}
@@ -553,9 +556,7 @@ async def test_edge1_no_available_platform_leaves_manifest_json_out_with_warning
     w = await build_world(store)
     await store.content.delete(w.C1.digest)
     await store.content.delete(w.C2.digest)
-    result_path = tmp_path / "n.tar"
-    result = await exporter.save(store, [ALPINE], result_path)
-    ar = read_archive(result_path.read_bytes())
+    result, ar = await save_archive(store, tmp_path, [ALPINE])
     assert "manifest.json" not in ar.names
     assert any("manifest.json has no entry" in x for x in result.warnings)
 
@@ -565,9 +566,7 @@ async def test_edge6_missing_top_level_blob_is_left_out_with_warning(
 ) -> None:
     w = await build_world(store)
     await store.content.delete(w.I.digest)
-    result_path = tmp_path / "t.tar"
-    result = await exporter.save(store, [ALPINE], result_path)
-    ar = read_archive(result_path.read_bytes())
+    result, ar = await save_archive(store, tmp_path, [ALPINE])
     assert ar.names == ["oci-layout", "index.json"]
     assert ar.files["index.json"] == (
         b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json",'
@@ -581,9 +580,7 @@ async def test_prune_writes_new_index_listing_only_complete_platforms(
 ) -> None:
     w = await build_world(store)
     await store.content.delete(w.L2.digest)
-    result_path = tmp_path / "p.tar"
-    result = await exporter.save(store, [ALPINE], result_path, missing="prune")
-    ar = read_archive(result_path.read_bytes())
+    result, ar = await save_archive(store, tmp_path, [ALPINE], missing="prune")
     (image,) = result.images
     assert image.original == w.I.digest
     (entry,) = ar.index["manifests"]  # type: ignore[misc]
