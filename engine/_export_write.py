@@ -284,6 +284,7 @@ _limiters: weakref.WeakKeyDictionary[object, Limiters] = weakref.WeakKeyDictiona
 
 
 def store_limiters(store: Store) -> Limiters:
+    """The budgets every save from ``store`` shares (made on first use, dropped with it)."""
     limiters = _limiters.get(store)
     if limiters is None:
         limiters = Limiters(anyio.CapacityLimiter(1), anyio.CapacityLimiter(2))
@@ -301,6 +302,12 @@ async def write(
     limiters: Limiters,
     progress: Progress | None,
 ) -> tuple[int, Digest | None]:
+    """Write ``plan`` to the open ``sink``, reading blob bodies from ``paths``.
+
+    One worker-thread hop per step of :class:`_Copier` under the limiter its kind of
+    work takes; ``progress`` is called on the event loop after each. Returns the bytes
+    written and, with ``archive_digest``, their sha256.
+    """
     fd = sink.fileno() if sink.kind in ("file", "pipe", "socket") else None
     copier = _Copier(plan, paths, fd, sink.kind, verify=verify, archive_digest=archive_digest)
     limiter = limiters.copy if copier.zero_copy else limiters.hash
