@@ -9,13 +9,14 @@ modules; must not import ``importer`` itself.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import anyio
 import anyio.to_thread
 
-from castar.engine import _decompress, oci, reference
+from castar.engine import _decompress, oci, platforms, reference
 from castar.engine._archive import WORKERS, Session, first_error
 from castar.engine._catalog import (
     DOCKER_MANIFEST,
@@ -149,6 +150,9 @@ async def _docker_index(sess: Session, items: list[Any]) -> oci.Descriptor:
             platform = (await decode(oci.decode_config, raw, config.name)).platform()
         except (MalformedManifest, InvalidArgument) as exc:
             raise MalformedManifest(f"unable to resolve platform: {exc}") from exc
+        if platform is not None and platform.os == "windows" and not platform.os_version:
+            # IMP-8: a Windows config without a version takes the host's
+            platform = dataclasses.replace(platform, os_version=platforms.host().os_version)
         layer_descs = []
         for entry in layers:
             digest = await sess.ensure(entry)

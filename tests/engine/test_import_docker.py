@@ -328,3 +328,17 @@ async def test_docker_archive_from_a_file_and_a_stream_give_the_same_store(tmp_p
             blobs = {str(x.digest): dict(x.labels) for x in await s.content.walk()}
             states.append((images, blobs))
     assert states[0] == states[1]
+
+
+async def test_imp8_windows_config_without_version_takes_the_host_version(store, tmp_path):
+    from castar.engine.platforms import Platform
+
+    members, _ = docker_archive(os_arch=("windows", "amd64"))
+    with pinned_host(Platform("windows", "amd64", os_version="10.0.20348.1")):
+        images = await load(store, source(tmp_path, tar_bytes(members), False))
+    infos = await store.content.walk()
+    target = images[0].target.digest
+    (index,) = [i for i in infos if target in i.labels.values()]
+    doc = await read_json(store, str(index.digest))
+    platform = doc["manifests"][0]["platform"]  # type: ignore[index]
+    assert platform == {"architecture": "amd64", "os": "windows", "os.version": "10.0.20348.1"}
