@@ -130,6 +130,7 @@ async def _docker_index(sess: Session, items: list[Any]) -> oci.Descriptor:
         return links.get(path) or cat.entries.get(clean(path))  # EDGE-7: both sides cleaned
 
     content = sess.store.content
+    compressed = await _compressed_forms(sess)
     entries: list[oci.Descriptor] = []
     for i, item in enumerate(items):
         if not isinstance(item, dict):
@@ -156,9 +157,12 @@ async def _docker_index(sess: Session, items: list[Any]) -> oci.Descriptor:
         layer_descs = []
         for entry in layers:
             digest = await sess.ensure(entry)
+            size = entry.size
+            if digest in compressed:  # IMP-7: the stored compressed form of this layer
+                digest, size = compressed[digest]
             kind = _decompress.sniff(await content.read_at(digest, 0, 10))
             media_type = _LAYER_TYPES.get(kind or "", oci.DOCKER_LAYER)
-            layer_descs.append(oci.Descriptor(media_type, digest, entry.size))
+            layer_descs.append(oci.Descriptor(media_type, digest, size))
         manifest = oci.Manifest(
             config=oci.Descriptor(oci.DOCKER_CONFIG, config_digest, config.size),
             layers=tuple(layer_descs),
@@ -187,6 +191,19 @@ async def _docker_index(sess: Session, items: list[Any]) -> oci.Descriptor:
             )
     index = oci.Index(manifests=tuple(entries), media_type="")
     return await _store_document(sess, oci.encode_index(index), oci.OCI_INDEX)
+
+
+_UNCOMPRESSED: Final = "containerd.io/uncompressed"
+
+
+async def _compressed_forms(sess: Session) -> dict[str, tuple[Digest, int]]:
+    """Stored blobs labelled ``containerd.io/uncompressed``: uncompressed digest -> blob (IMP-7)."""
+    out: dict[str, tuple[Digest, int]] = {}
+    for info in await sess.store.content.walk():
+        plain = info.labels.get(_UNCOMPRESSED)
+        if plain and plain not in out:
+            out[plain] = (info.digest, info.size)
+    return out
 
 
 async def _store_document(sess: Session, data: bytes, media_type: str) -> oci.Descriptor:

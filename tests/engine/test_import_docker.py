@@ -342,3 +342,14 @@ async def test_imp8_windows_config_without_version_takes_the_host_version(store,
     doc = await read_json(store, str(index.digest))
     platform = doc["manifests"][0]["platform"]  # type: ignore[index]
     assert platform == {"architecture": "amd64", "os": "windows", "os.version": "10.0.20348.1"}
+
+
+async def test_imp7_a_stored_compressed_form_of_a_layer_is_used(store, tmp_path):
+    plain = layer_tar("plain")
+    packed = gzip.compress(plain, mtime=0)
+    await store.content.write_blob(packed, labels={"containerd.io/uncompressed": sha(plain)})
+    members, _ = docker_archive(layers=[plain])
+    images = await load(store, source(tmp_path, tar_bytes(members), False))
+    manifest = await read_json(store, images[0].target.digest)
+    (layer,) = manifest["layers"]  # type: ignore[misc]
+    assert layer == {"mediaType": oci.DOCKER_LAYER_GZIP, "digest": sha(packed), "size": len(packed)}
