@@ -156,7 +156,7 @@ async def fetch(content: ContentStore, roots: Sequence[oci.Descriptor]) -> dict[
                 expected=desc.size,
                 actual=info.size,
             )
-        node = Node(present=True, size=info.size, labels=dict(info.labels))
+        node = Node(present=True, labels=dict(info.labels))
         if oci.is_manifest(desc.media_type) or oci.is_index(desc.media_type):
             data = await graph.read_document(content, desc)  # capped, digest-checked
             children = tuple(oci.children(desc, data))

@@ -217,7 +217,6 @@ class Node:
     """What the store holds for one digest: enough to plan without further I/O."""
 
     present: bool
-    size: int = 0
     labels: Mapping[str, str] = field(default_factory=dict)
     children: tuple[oci.Descriptor, ...] = ()
     document: bytes | None = None  # indexes only: the raw bytes, for pruning
