@@ -173,12 +173,11 @@ class Planner:
 
     def _add_single(self, target: Target, desc: oci.Descriptor) -> ImagePlan:
         self._emit(desc)
-        self._register(desc, target.name)
         return self._image(
             target,
             self._entry(target, desc, target.desc.digest),
             [self._platform_plan(desc)],
-            desc.digest if self._opts.docker_manifest else None,
+            self._register(desc, target.name),
         )
 
     def _add_manifest(self, target: Target) -> ImagePlan:
@@ -194,9 +193,8 @@ class Planner:
         self._emit(desc)
         docker = None
         if pp.state == "complete":
-            self._register(desc, target.name)
-            docker = desc.digest
-        else:
+            docker = self._register(desc, target.name)
+        elif self._opts.docker_manifest:
             self._warnings.append(
                 f"{target.who}: manifest {desc.digest} is incomplete; "
                 "manifest.json has no entry for it"
@@ -338,13 +336,16 @@ class Planner:
                 f"{target.who}: no platform is available locally; manifest.json has no entry for it"
             )
             return None
-        self._register(ordered[0], target.name)
-        return ordered[0].digest
+        return self._register(ordered[0], target.name)
 
-    def _register(self, desc: oci.Descriptor, name: str | None) -> None:
-        """Add ``desc`` to manifest.json under ``name`` (EXP-10: one entry per digest)."""
+    def _register(self, desc: oci.Descriptor, name: str | None) -> Digest | None:
+        """Add ``desc`` to manifest.json under ``name`` (EXP-10: one entry per digest).
+
+        Returns what the image's ``manifest.json`` entry points at: ``desc``, or None
+        when no ``manifest.json`` is written.
+        """
         if not self._opts.docker_manifest:
-            return
+            return None
         node = self._nodes[desc.digest]
         config, *layers = node.children
         entry = self._docker.setdefault(
@@ -358,6 +359,7 @@ class Planner:
                 raise InvalidArgument(f"unable to create manifests file: {err.message}") from err
             if tag not in entry[2]:
                 entry[2].append(tag)
+        return desc.digest
 
     def _entry(self, target: Target, desc: oci.Descriptor, labelled: str) -> oci.Descriptor:
         """The index.json descriptor: EXP-3 names (or none, SAVE-4) + EXP-4 sources."""

@@ -403,6 +403,29 @@ async def test_edge3_a_layer_used_twice_is_written_once_and_listed_twice(
     assert without.blob_hexes == ar.blob_hexes
 
 
+async def test_without_manifest_json_no_image_claims_a_docker_manifest(store: Store) -> None:
+    # EXP-10 skip_docker_manifest: ImagePlan.docker_manifest names what manifest.json
+    # points at, so with none written it is None for every kind of target, with no warning.
+    w = await build_world(store)
+    await store.images.create("docker.io/library/single:1", w.M1)
+    await store.images.create("docker.io/library/broken:1", w.M2)
+    await store.content.delete(w.L2.digest)
+    plans = [
+        await exporter.plan_save(store, names, docker_manifest=False, **kw)  # type: ignore[arg-type]
+        for names, kw in [
+            (["single:1"], {}),
+            (["broken:1"], {}),
+            ([ALPINE], {}),
+            ([ALPINE], {"platforms": ["linux/amd64"]}),
+        ]
+    ]
+    assert [i.docker_manifest for p in plans for i in p.images] == [None] * 4
+    assert [p.warnings for p in plans] == [()] * 4
+    assert all("manifest.json" not in {m.name for m in p.members} for p in plans)
+    with_it = await exporter.plan_save(store, ["single:1"])
+    assert with_it.images[0].docker_manifest == w.M1.digest
+
+
 async def test_tv60_layer_target_raises_only_manifests_may_be_exported(
     store: Store, tmp_path: Path
 ) -> None:
