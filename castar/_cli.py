@@ -14,7 +14,6 @@ import json
 import os
 import re
 import sys
-import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -26,6 +25,8 @@ import anyio.to_thread
 
 from castar import __version__
 from castar._api import Store, open_store
+from castar._demo import PLATFORMS as DEMO_PLATFORMS
+from castar._demo import run_demo
 from castar._progress import open_progress
 from castar.engine import oci, platforms, reference
 from castar.engine.images import format_size, render_tree
@@ -379,100 +380,10 @@ async def _cmd_verify(store: Store, args: argparse.Namespace) -> int:
 
 # -- demo ----------------------------------------------------------------------------------
 
-_DEMO_PLATFORMS: Final = ("linux/amd64", "linux/arm64/v8", "linux/arm/v7", "linux/ppc64le")
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)([kmgt]?)i?b?", re.IGNORECASE)
-
-
-def _size(text: str) -> int:
-    m = _SIZE.fullmatch(text.strip())
-    if m is None:
-        raise InvalidArgument(f'bad size "{text}": expected e.g. 64M, 1G or 500000')
-    return int(float(m[1]) * 1024 ** ("kmgt".find(m[2].lower()) + 1 if m[2] else 0))
-
-
-def _rate(size: int, seconds: float) -> str:
-    return f"{format_size(int(size / max(seconds, 1e-9)))}/s"
-
 
 async def _cmd_demo(store: Store, args: argparse.Namespace) -> int:
-    from castar.engine import synth  # only the demo needs the generator
-
-    plats = _demo_platforms(args.platforms)
-    layers = 3
-    layer_size = max(4096, _size(args.size) // (len(plats) * layers))
-    spec = synth.SynthSpec(
-        name="docker.io/library/castar-demo:latest",
-        platforms=plats,
-        layers=layers,
-        layer_size=layer_size,
-    )
-    picked = plats[:2]
-    async with anyio.TemporaryDirectory(prefix="castar-demo-") as tmpdir:
-        tmp = Path(tmpdir)
-        archive, saved = tmp / "demo.tar", tmp / "one.tar"
-        t0 = time.perf_counter()
-        await anyio.to_thread.run_sync(synth.write_path, spec, archive)
-        size = (await anyio.Path(archive).stat()).st_size
-        _out(f"castar demo, store {store.root}")
-        _out(
-            f"1. generated {archive.name} ({format_size(size)}): "
-            f"{reference.display_name(spec.name)}, {len(plats)} platforms x {layers} layers x "
-            f"{format_size(layer_size)}, in {time.perf_counter() - t0:.2f}s"
-        )
-        t0 = time.perf_counter()
-        with open_progress("Loading", mode=_progress_mode(args)) as bar:
-            await store.load(archive, platforms=picked, progress=bar)
-        dt = time.perf_counter() - t0
-        trees = await store.images.tree([spec.name])
-        stored = trees[0].content_size
-        _out(
-            f"2. loaded {' and '.join(picked)} from it: {format_size(stored)} verified and "
-            f"stored in {dt:.2f}s ({_rate(stored, dt)}); the other platforms were not read"
-        )
-        _out("3. the image as stored (platforms not loaded are unavailable):")
-        for line in render_tree(trees, terminal=sys.stdout.isatty()):
-            _out(f"   {line}")
-        t0 = time.perf_counter()
-        with open_progress("Saving", mode=_progress_mode(args)) as bar:
-            result = await store.save([spec.name], saved, platforms=picked[:1], progress=bar)
-        dt = time.perf_counter() - t0
-        (entry,) = result.images
-        blobs = {m.digest for m in result.plan.members if m.digest is not None}
-        _out(
-            f"4. saved {picked[0]} to {saved.name}: {len(blobs)} blobs, "
-            f"{format_size(result.size)} in {dt:.3f}s ({_rate(result.size, dt)})"
-        )
-        t0 = time.perf_counter()
-        async with open_store(tmp / "roundtrip") as other:
-            (back,) = await other.load(saved)
-            report = await other.verify([back.name])
-            again = await other.save([back.name], tmp / "again.tar")
-        same = {m.digest for m in again.plan.members if m.digest is not None} == blobs
-        if back.target.digest != entry.digest or not same or not report.ok:
-            raise DataLoss(
-                f"demo round trip of {saved.name} failed: loaded {back.target.digest}, "
-                f"saved {entry.digest}; same blobs: {same}; {len(report.problems)} bad blobs"
-            )
-        _out(
-            f"5. round trip: {saved.name} loaded into a fresh store "
-            f"({back.target.digest.encoded[:12]} = the {picked[0]} manifest), "
-            f"{report.checked} blobs re-hashed, saved again with the same blobs, "
-            f"in {time.perf_counter() - t0:.2f}s"
-        )
-    _out(f"done: try `castar images --tree` and `castar rm {reference.display_name(spec.name)}`")
+    await run_demo(store, size=args.size, platforms=args.platforms, progress=_progress_mode(args))
     return 0
-
-
-def _demo_platforms(value: str) -> list[str]:
-    if value.isdigit():
-        n = int(value)
-        if not 2 <= n <= len(_DEMO_PLATFORMS):
-            raise InvalidArgument(f"--platforms {n}: expected 2 to {len(_DEMO_PLATFORMS)}")
-        return list(_DEMO_PLATFORMS[:n])
-    specs = [platforms.format(p) for p in platforms.parse_list([value])]
-    if len(specs) < 2:
-        raise InvalidArgument(f'--platforms "{value}": the demo needs at least two platforms')
-    return specs
 
 
 # -- the parser and main ---------------------------------------------------------------
@@ -601,7 +512,7 @@ def _parser() -> argparse.ArgumentParser:
     p = cmd["demo"]
     p.add_argument("--size", default="48M", help="archive size (default: 48M)")
     p.add_argument("--platforms", default="4", metavar="N|P,P...",
-                   help=f"how many (2-{len(_DEMO_PLATFORMS)}), or a list (default: 4)")  # fmt: skip
+                   help=f"how many (2-{len(DEMO_PLATFORMS)}), or a list (default: 4)")  # fmt: skip
     return parser
 
 

@@ -480,3 +480,23 @@ def test_version_and_usage_errors(capsys) -> None:
     assert capsys.readouterr().err == (
         "castar: error: the following arguments are required: IMAGE (see: castar save --help)\n"
     )
+
+
+def test_demo_size_and_platform_options_parse() -> None:
+    from castar._demo import PLATFORMS, parse_platforms, parse_size
+    from castar.store.errors import InvalidArgument
+
+    assert [parse_size(t) for t in ("48M", "1G", "512k", "1.5MiB", "500000")] == [
+        48 << 20,
+        1 << 30,
+        512 << 10,
+        3 << 19,
+        500000,
+    ]
+    assert parse_platforms("2") == list(PLATFORMS[:2])
+    assert parse_platforms("linux/s390x,linux/riscv64") == ["linux/s390x", "linux/riscv64"]
+    for bad in ("5", "1", "linux/amd64"):
+        with pytest.raises(InvalidArgument, match="--platforms"):
+            parse_platforms(bad)
+    with pytest.raises(InvalidArgument, match='bad size "lots"'):
+        parse_size("lots")
