@@ -38,6 +38,8 @@ PURE = [
     "castar.engine._goquote",
     "castar.engine.synth",
     "castar.engine._synthlayer",
+    "castar.engine._export_plan",
+    "castar.engine._export_planner",
 ]
 
 
