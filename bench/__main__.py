@@ -223,6 +223,9 @@ def _terminate(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
+    unknown = [c for c in args.cases.split(",") if c and c not in _cases.CASE_IDS]
+    if unknown:
+        _parser().error(f"unknown case {', '.join(unknown)}; cases: {', '.join(_cases.CASE_IDS)}")
     json_path: Path | None = None
     if args.report is not None:
         doc = json.loads(args.report.read_text())

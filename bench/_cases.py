@@ -24,6 +24,21 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
+#: Every case id, in run order (``--cases`` picks from these).
+CASE_IDS = (
+    "load-file",
+    "load-pipe",
+    "load-one",
+    "load-two",
+    "load-gzip",
+    "load-zstd",
+    "save-file",
+    "save-pipe",
+    "save-two",
+    "save-one",
+    "save-16",
+    "roundtrip",
+)
 ONE = "linux/arm64"  # the platform one-platform cases select (after amd64 in every preset)
 
 

@@ -15,23 +15,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # bench/ is not part of the wheel: import it from the checkout
     sys.path.insert(0, str(REPO))
 
-from bench import _report  # noqa: E402
+from bench import _cases, _report  # noqa: E402
 from bench.harness import Result, Run  # noqa: E402
 
-CASTAR_CASES = {
-    "load-file",
-    "load-pipe",
-    "load-one",
-    "load-two",
-    "load-gzip",
-    "load-zstd",
-    "save-file",
-    "save-pipe",
-    "save-two",
-    "save-one",
-    "save-16",
-    "roundtrip",
-}
+CASTAR_CASES = set(_cases.CASE_IDS)
 
 
 def _bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
