@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import _cases, _peers, _report, harness
+from bench import _cases, _peers, _report, _workload, harness
 
 DEFAULT_WORK = Path(tempfile.gettempdir()) / "castar-bench"
 
@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Time castar's load and save as whole processes against GNU tar, "
         "sha256sum, a sync Python copy, skopeo, containerd (ctr) and umoci.",
     )
-    p.add_argument("--preset", choices=sorted(harness.PRESETS), default="tiny")
+    p.add_argument("--preset", choices=sorted(_workload.PRESETS), default="tiny")
     w = p.add_argument_group("workload (overrides the preset)")
     w.add_argument("--platforms", help="a count (first N of 8) or a comma list of platforms")
     w.add_argument("--layers", type=int, help="layers per platform")
@@ -98,18 +98,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _workload(args: argparse.Namespace) -> harness.Workload:
-    w = harness.PRESETS[args.preset].workload
+def _workload_of(args: argparse.Namespace) -> _workload.Workload:
+    w = _workload.PRESETS[args.preset].workload
     plats = w.platforms
     if args.platforms:
         if args.platforms.isdigit():
             n = int(args.platforms)
-            if not 1 <= n <= len(harness.PLATFORMS):
-                raise SystemExit(f"bench: --platforms {n}: 1 to {len(harness.PLATFORMS)}")
-            plats = harness.PLATFORMS[:n]
+            if not 1 <= n <= len(_workload.PLATFORMS):
+                raise SystemExit(f"bench: --platforms {n}: 1 to {len(_workload.PLATFORMS)}")
+            plats = _workload.PLATFORMS[:n]
         else:
             plats = tuple(s.strip() for s in args.platforms.split(",") if s.strip())
-    return harness.Workload(
+    return _workload.Workload(
         platforms=plats,
         layers=w.layers if args.layers is None else args.layers,
         layer_size=w.layer_size if args.layer_size is None else args.layer_size,
@@ -127,8 +127,8 @@ def _log(msg: str) -> None:
 
 def _measure(args: argparse.Namespace) -> dict[str, Any]:
     """Generate the archives, run every case and return the JSON document."""
-    workload = _workload(args)
-    runs = args.runs or harness.PRESETS[args.preset].runs
+    workload = _workload_of(args)
+    runs = args.runs or _workload.PRESETS[args.preset].runs
     work: Path = args.workdir
     work.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=work, prefix="run-"))  # concurrent benches stay apart
@@ -136,7 +136,7 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
 
     _log(f"bench: {args.preset}: {workload.describe()}")
     t0 = time.perf_counter()
-    arch = harness.prepare(workload, work / "archives", _cases.ONE)
+    arch = _workload.prepare(workload, work / "archives", _cases.ONE)
     _log(
         f"bench: archive {arch.size / 1e6:,.1f} MB, {arch.blobs} blobs "
         f"({time.perf_counter() - t0:.1f}s to prepare); warming the page cache"

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from bench._peers import Containerd, ensure_dir_gone
-from bench.harness import IMAGE, Archives, Entry, Workload
+from bench._workload import IMAGE, Archives, Workload
+from bench.harness import Entry
 
 if TYPE_CHECKING:
     from collections.abc import Callable
