@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import re
+import secrets
 import shutil
 import time
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHUNK",
+    "TMP_PREFIX",
     "CommitResult",
     "IngestStatus",
     "LocalWriter",
@@ -53,8 +55,12 @@ __all__ = [
     "go_duration",
     "map_os_errors",
     "parse_time",
+    "present",
+    "put_small",
     "ref_context",
     "rehash",
+    "remove_stray_tmp",
+    "sync_dir",
     "write_atomic",
 ]
 
@@ -205,6 +211,110 @@ def rehash(fd: int, h: hashlib._Hash, check: Callable[[], None] | None = None) -
         if check is not None:
             check()
     return pos
+
+
+def sync_dir(path: Path) -> None:
+    """Flush a directory (fsync), so a rename into it survives a power cut."""
+    dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def present(target: Path, size: int) -> bool:
+    """True when a blob file of ``size`` bytes is at ``target`` already.
+
+    A file of another size there is a torn leftover (a rename whose data never reached the
+    disk before a crash): it is not trusted, the verified data replaces it.
+    """
+    try:
+        return os.stat(target).st_size == size
+    except FileNotFoundError:
+        return False
+
+
+#: Prefix of the temp files small blobs are written to, directly under ``<root>/ingest``.
+TMP_PREFIX: Final = ".tmp-"
+
+
+def put_small(
+    root: Path,
+    data: Buffer,
+    expected: Digest | None,
+    algorithm: str,
+    sync: bool,
+    check: Callable[[], None] | None = None,
+) -> CommitResult:
+    """Write a small blob held whole straight to its address: no ingest directory (§2.10).
+
+    Temp file ``<root>/ingest/.tmp-<pid>-<random>``, hashed and written in the same call,
+    fsynced when ``sync``, verified, made read-only and renamed into place. The caller holds
+    the commit lock shared for the whole call, so GC (exclusive) only ever meets a temp file
+    whose writer crashed. A failure or a cancel (``check``, up to the rename) removes the temp
+    file. Sync: run in a worker thread.
+
+    Raises:
+        DigestMismatch: ``unexpected commit digest <computed>, expected <expected>``.
+    """
+    h = hasher(expected.algorithm if expected is not None else algorithm)
+    h.update(data)
+    digest = from_hasher(h)
+    if expected is not None and expected != digest:
+        raise DigestMismatch(
+            f"unexpected commit digest {digest}, expected {expected}",
+            expected=expected,
+            actual=digest,
+        )
+    size = memoryview(data).nbytes
+    target = root / "blobs" / digest.algorithm / digest.encoded
+    with map_os_errors(f"content {digest}: committing"):
+        if present(target, size):
+            return CommitResult(digest=digest, size=size, existed=True)
+        tmp = root / "ingest" / f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:
+            tmp.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        renamed = False
+        try:
+            try:
+                _write_all(fd, data)
+                if sync:
+                    os.fsync(fd)
+                now = time.time_ns()
+                os.fchmod(fd, 0o444)
+                os.utime(fd, ns=(now, now))  # LAY-3
+            finally:
+                os.close(fd)
+            target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            if check is not None:
+                check()  # the last cancel point: past the rename the commit finishes
+            os.rename(tmp, target)
+            renamed = True
+            if sync:
+                sync_dir(target.parent)
+        finally:
+            if not renamed:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+    return CommitResult(digest=digest, size=size, existed=False)
+
+
+def remove_stray_tmp(root: Path) -> int:
+    """Remove ``ingest/.tmp-*`` files; only under the exclusive commit lock (no live writer)."""
+    n = 0
+    try:
+        entries = list(os.scandir(root / "ingest"))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        if entry.name.startswith(TMP_PREFIX) and entry.is_file(follow_symlinks=False):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                n += 1
+    return n
 
 
 # --- the writer -------------------------------------------------------------------------
@@ -404,7 +514,7 @@ class LocalWriter:
                 lambda: self._release_sync(flush=True), limiter=blob_limiter()
             )
 
-    async def commit(self, size: int, expected: str | None) -> CommitResult:
+    async def commit(self, size: int, expected: str | None, *, sync: bool = True) -> CommitResult:
         """Verify the ingest and move it to ``blobs/<alg>/<hex>`` (ING-8), in one thread hop.
 
         Order (containerd ``writer.go`` Commit): flush, fsync data, size check, digest
@@ -419,6 +529,9 @@ class LocalWriter:
         Args:
             size: the expected size; 0 or less skips the size check.
             expected: the expected digest; ``None`` or ``""`` skips the digest check.
+            sync: fsync the data and the blob directory; with False both are skipped (the
+                caller syncs the filesystem later, IO-LIMITS §2.10) and nothing else changes:
+                the blob is still verified before it becomes visible.
 
         Raises:
             FailedPrecondition: ``cannot commit on closed writer``.
@@ -431,7 +544,7 @@ class LocalWriter:
         try:
             want = parse(expected) if expected else None
             return await anyio.to_thread.run_sync(
-                self._commit_sync, size, want, limiter=blob_limiter()
+                self._commit_sync, size, want, sync, limiter=blob_limiter()
             )
         finally:
             if self._holds_ref():
@@ -441,7 +554,7 @@ class LocalWriter:
                         lambda: self._release_sync(flush=True), limiter=blob_limiter()
                     )
 
-    def _commit_sync(self, size: int, expected: Digest | None) -> CommitResult:
+    def _commit_sync(self, size: int, expected: Digest | None, sync: bool) -> CommitResult:
         check = anyio.from_thread.check_cancelled
         data = self._path / "data"
         ctx = ref_context(self.ref)
@@ -459,7 +572,8 @@ class LocalWriter:
                 self._flush_sync()
             check()
             with map_os_errors(f"{ctx}: syncing {data}"):
-                os.fsync(fd)
+                if sync:
+                    os.fsync(fd)
                 written = os.fstat(fd).st_size
             if size > 0 and size != written:
                 raise SizeMismatch(
@@ -484,7 +598,7 @@ class LocalWriter:
                 target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
                 # Last cancel point: past it the blob becomes visible, so the commit finishes.
                 check()
-                if target.exists():
+                if present(target, written):
                     # Already committed (ING-12: another ref won). The metadata layer decides
                     # whether that is AlreadyExists.
                     done = True
@@ -496,11 +610,8 @@ class LocalWriter:
                 os.fchmod(fd, 0o444)
                 os.utime(fd, ns=(now, now))  # LAY-3
                 os.rename(data, target)
-                dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
+                if sync:
+                    sync_dir(target.parent)
             # The blob is in place: cleaning the ingest up can only be logged, not undone.
             done = True
             _remove_ingest(self._path, self.ref)

@@ -10,9 +10,10 @@ import os
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Final, final
 
 import anyio
+import anyio.to_thread
 
 from castar.store.content import ContentStore
 from castar.store.errors import NotFound
@@ -30,6 +31,22 @@ __all__ = ["Store", "default_root", "open_store"]
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+_BOOT_ID: Final = Path("/proc/sys/kernel/random/boot_id")
+
+
+def current_boot_id() -> str | None:
+    """This machine boot's id (Linux ``/proc/sys/kernel/random/boot_id``); None if unknown.
+
+    Blobs committed without fsync carry it until synced: a different id at the next open
+    means a machine crash happened in between (page cache is shared by live processes, so
+    only a crash can lose their data).
+    """
+    try:
+        return _BOOT_ID.read_text().strip() or None
+    except OSError:
+        return None
 
 
 def default_root() -> Path:
@@ -57,10 +74,11 @@ class Store:
         backend: LocalContentStore,
         db: SQLiteMetadataDB,
         clock: Callable[[], datetime],
+        boot_id: str | None = None,
     ) -> None:
         self.root = root
         self._db = db
-        self.content = ContentStore(backend, db, clock)
+        self.content = ContentStore(backend, db, clock, boot_id)
         self.images = ImageStore(db, clock)
         self.leases = LeaseManager(db, clock)
         self._collector = Collector(db, backend, clock)
@@ -108,14 +126,19 @@ class Store:
 
 @asynccontextmanager
 async def _open_store(
-    root: str | os.PathLike[str] | None, clock: Callable[[], datetime] | None
+    root: str | os.PathLike[str] | None,
+    clock: Callable[[], datetime] | None,
+    boot_id: str | None,
 ) -> AsyncIterator[Store]:
     path = Path(root) if root is not None else default_root()
     await anyio.Path(path).mkdir(parents=True, exist_ok=True)
     backend = LocalContentStore(path)  # does no I/O: the first write creates its folders
+    if boot_id is None:
+        boot_id = await anyio.to_thread.run_sync(current_boot_id)
     db = await SQLiteMetadataDB.open(path / "meta.db")
-    store = Store(path, backend, db, clock or _utcnow)
+    store = Store(path, backend, db, clock or _utcnow, boot_id)
     try:
+        await store.content.drop_stale()
         yield store
     finally:
         with anyio.CancelScope(shield=True):
@@ -126,11 +149,17 @@ def open_store(
     root: str | os.PathLike[str] | None = None,
     *,
     clock: Callable[[], datetime] | None = None,
+    boot_id: str | None = None,
 ) -> AbstractAsyncContextManager[Store]:
     """Open (creating it if needed) the store at ``root``, else at :func:`default_root`.
+
+    Blobs committed unsynced in an earlier boot (a machine crash since) are forgotten on
+    opening: their data may be torn (``ContentStore.drop_stale``).
 
     Args:
         root: the store's directory.
         clock: returns the current time, aware and in UTC (tests inject one to expire things).
+        boot_id: the machine boot's id; default :func:`current_boot_id` (tests inject one to
+            simulate a reboot).
     """
-    return _open_store(root, clock)
+    return _open_store(root, clock, boot_id)

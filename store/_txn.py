@@ -187,26 +187,78 @@ def ingest_delete(conn: sqlite3.Connection, ref: str) -> bool:
 
 def content_commit(
     conn: sqlite3.Connection,
-    ref: str,
+    ref: str | None,
     digest: str,
     size: int,
     labels: Mapping[str, str],
     lease: str | None,
     now: datetime,
+    unsynced_boot: str | None = None,
 ) -> bool:
     """Record a committed blob and drop its ingest; False when it was recorded already (ING-8.6).
 
-    Either way the digest joins the context lease (ING-8.7) and the ingest leaves it.
+    Either way the digest joins the context lease (ING-8.7) and the ingest (if any: a small
+    blob written whole has none) leaves it. ``unsynced_boot`` marks a blob committed without
+    fsync: the boot id it was written in, until :func:`content_mark_synced` clears it.
     """
-    ingest_delete(conn, ref)
+    if ref is not None:
+        ingest_delete(conn, ref)
     created = conn.execute(
-        "INSERT OR IGNORE INTO content VALUES (?, ?, ?, ?)", (digest, size, to_ts(now), to_ts(now))
+        "INSERT OR IGNORE INTO content (digest, size, created_at, updated_at, unsynced_boot)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (digest, size, to_ts(now), to_ts(now), unsynced_boot),
     ).rowcount
     if created:
         _set_labels(conn, "content", digest, labels)
     if lease is not None:
         _add_resource(conn, lease, "content", digest)
     return bool(created)
+
+
+def content_join(conn: sqlite3.Connection, digest: str, lease: str | None) -> int | None:
+    """The size of a recorded blob, which joins ``lease`` (ING-2); None when unrecorded."""
+    row = conn.execute("SELECT size FROM content WHERE digest = ?", (digest,)).fetchone()
+    if row is None:
+        return None
+    if lease is not None:
+        _add_resource(conn, lease, "content", digest)
+    return int(row[0])
+
+
+def content_unsynced(conn: sqlite3.Connection, boot: str) -> list[str]:
+    """Digests committed without fsync in boot ``boot`` and not synced since."""
+    rows = conn.execute("SELECT digest FROM content WHERE unsynced_boot = ?", (boot,))
+    return [d for (d,) in rows]
+
+
+def content_mark_synced(conn: sqlite3.Connection, digests: Iterable[str]) -> int:
+    """Clear the unsynced mark of ``digests`` (their data is on disk); how many were marked."""
+    n = 0
+    for d in digests:
+        n += conn.execute(
+            "UPDATE content SET unsynced_boot = NULL"
+            " WHERE digest = ? AND unsynced_boot IS NOT NULL",
+            (d,),
+        ).rowcount
+    return n
+
+
+def content_drop_stale(conn: sqlite3.Connection, boot: str) -> list[str]:
+    """Delete the rows committed unsynced in another boot (a machine crash since): their digests.
+
+    Their data may be torn, so they leave every lease too; the caller removes their files.
+    """
+    stale = [
+        d
+        for (d,) in conn.execute(
+            "SELECT digest FROM content WHERE unsynced_boot IS NOT NULL AND unsynced_boot != ?",
+            (boot,),
+        )
+    ]
+    for d in stale:
+        _drop_content(conn, d)
+        conn.execute("DELETE FROM lease_resources WHERE type = 'content' AND resource = ?", (d,))
+    return stale
 
 
 # --- images -------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Owns ``ContentStore``, its ``Writer``, and the ``Info``/``Descriptor`` values (SEMANTICS CS, ING).
 A blob exists for callers only once it is recorded; recording happens after the backend has
-fsynced and renamed it, under the shared commit lock GC respects. Imports the backend, the
+fsynced (or, deferred, marked it unsynced: ``sync()``) and renamed it, under the shared commit
+lock GC respects. Imports the backend, the
 metadata DB and leases; never OCI documents, tar or platforms.
 """
 
@@ -32,16 +33,18 @@ from castar.store.leases import current_lease_id
 from castar.store.sqlite import ContentRecord, validate_labels
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+    from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
     from pathlib import Path
 
     from castar.store.local import IngestStatus, LocalContentStore, LocalWriter
     from castar.store.sqlite import SQLiteMetadataDB
 
-__all__ = ["INGEST_TTL", "ContentStore", "Descriptor", "Info", "Writer"]
+__all__ = ["INGEST_TTL", "SMALL_BLOB", "ContentStore", "Descriptor", "Info", "Writer"]
 
 #: ING-13: an ingest opened outside a lease expires this long after it was opened.
 INGEST_TTL: Final = timedelta(hours=24)
+#: ``write_blob`` of bytes up to this size skips the ingest directory (IO-LIMITS §2.10).
+SMALL_BLOB: Final = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +111,12 @@ class Writer:
         await self._backend.truncate(size)
 
     async def commit(
-        self, size: int, digest: str | None, labels: Mapping[str, str] | None = None
+        self,
+        size: int,
+        digest: str | None,
+        labels: Mapping[str, str] | None = None,
+        *,
+        sync: bool = True,
     ) -> Digest:
         """Verify, publish and record the blob (ING-8).
 
@@ -116,6 +124,10 @@ class Writer:
             size: expected size; 0 skips the check.
             digest: expected digest; None (or "") skips the check.
             labels: labels of the new record (LBL-1); ``gc.ref.*`` labels become GC edges.
+            sync: fsync the blob before recording it. With False the data and directory
+                fsyncs are skipped and the row is marked unsynced until
+                :meth:`ContentStore.sync`; a machine crash before that drops the row at the
+                next ``open_store`` (IO-LIMITS §2.10).
 
         Returns:
             The digest of the committed blob, now recorded and in the current lease.
@@ -135,7 +147,9 @@ class Writer:
             expected = parse(digest) if digest else None
             labels = dict(labels or {})
             validate_labels(labels)
-            return await self._store._commit(self._backend, self.ref, size, expected, labels)
+            return await self._store._commit(
+                self._backend, self.ref, size, expected, labels, sync=sync
+            )
         except BaseException:
             # commit always closes (ING-8): a bad argument, a bad label or a cancel before the
             # backend commit ran (e.g. waiting for the commit lock) must still release the ref,
@@ -158,6 +172,8 @@ class ContentStore:
         backend: the file backend holding blobs and ingests.
         db: the metadata database holding records, labels and ingest rows.
         clock: returns the current time (aware, UTC).
+        boot_id: the running machine boot's id, which marks blobs committed without fsync;
+            None (unknown) makes every commit sync.
     """
 
     def __init__(
@@ -165,10 +181,12 @@ class ContentStore:
         backend: LocalContentStore,
         db: SQLiteMetadataDB,
         clock: Callable[[], datetime],
+        boot_id: str | None = None,
     ) -> None:
         self._backend = backend
         self._db = db
         self._clock = clock
+        self._boot = boot_id
 
     async def info(self, digest: str) -> Info:
         """The record of a blob (CS-1).
@@ -329,13 +347,17 @@ class ContentStore:
         size: int,
         expected: Digest | None,
         labels: Mapping[str, str],
+        *,
+        sync: bool,
     ) -> Digest:
-        # STYLE §3.7.4: the backend fsyncs and renames before any DB write transaction starts.
-        # The shared commit lock is held from the rename until the row is written, so GC's
-        # content sweep (exclusive) never sees the renamed-but-unrecorded file.
+        # STYLE §3.7.4: the backend renames (after its fsyncs, unless deferred) before any DB
+        # write transaction starts. The shared commit lock is held from the rename until the
+        # row is written, so GC's content sweep (exclusive) never sees the renamed-but-
+        # unrecorded file.
+        unsynced = None if sync else self._boot
         async with self._backend.commit_lock(exclusive=False):
             try:
-                result = await backend.commit(size, expected)
+                result = await backend.commit(size, expected, sync=unsynced is None)
             except (SizeMismatch, DigestMismatch):
                 # Bad data is never resumed: drop the ingest and its row (nothing is left).
                 # Other failures (EACCES, EROFS, ENOSPC…) keep the ingest resumable.
@@ -343,17 +365,96 @@ class ContentStore:
                     await self._forget_ingest(ref)
                 raise
             with anyio.CancelScope(shield=True):
-                created = await self._db.content_commit(
-                    ref,
-                    result.digest,
-                    result.size,
-                    labels,
-                    lease=current_lease_id(),
-                    now=self._clock(),
-                )
+                created = await self._record(ref, result.digest, result.size, labels, unsynced)
         if not created:
             raise AlreadyExists(f"content {result.digest}")
         return result.digest
+
+    async def _record(
+        self,
+        ref: str | None,
+        digest: Digest,
+        size: int,
+        labels: Mapping[str, str],
+        unsynced: str | None,
+    ) -> bool:
+        return await self._db.content_commit(
+            ref,
+            digest,
+            size,
+            labels,
+            lease=current_lease_id(),
+            now=self._clock(),
+            unsynced_boot=unsynced,
+        )
+
+    async def _put_small(
+        self,
+        data: Buffer,
+        expected: Digest | None,
+        labels: Mapping[str, str],
+        media_type: str,
+        sync: bool,
+    ) -> Descriptor:
+        """The small-blob path: temp file, rename and row under the shared lock, two hops.
+
+        Data that does not hash to a recorded ``expected`` still succeeds (TV-44: the source
+        of a stored digest does not matter), at the cost of a third hop on that rare path.
+        """
+        unsynced = None if sync else self._boot
+        try:
+            async with self._backend.commit_small(
+                data, expected=expected, sync=unsynced is None
+            ) as result:
+                with anyio.CancelScope(shield=True):
+                    await self._record(None, result.digest, result.size, labels, unsynced)
+        except DigestMismatch:
+            assert expected is not None
+            size = await self._db.content_join(expected, lease=current_lease_id())
+            if size is None:
+                raise
+            return Descriptor(media_type, expected, size)
+        return Descriptor(media_type, result.digest, result.size)
+
+    async def sync(self, digests: Iterable[str] | None = None) -> int:
+        """Make blobs committed with ``sync=False`` durable: one filesystem sync for all.
+
+        Syncs the store's filesystem once (``syncfs``, in a worker thread), then clears the
+        unsynced mark of ``digests`` in one durable transaction. Without ``digests``: every
+        blob committed unsynced in this boot, by any process, up to the moment of the call
+        (read before the sync, so a later commit is never marked durable too early).
+
+        Returns:
+            How many records were marked durable.
+        """
+        if self._boot is None:
+            return 0  # no boot id: every commit synced already
+        if digests is None:
+            todo: list[str] = await self._db.content_unsynced(self._boot)
+        else:
+            todo = [parse(d) for d in digests]
+        if not todo:
+            return 0
+        await self._backend.sync_filesystem()
+        with anyio.CancelScope(shield=True):
+            n = await self._db.content_mark_synced(todo)
+        return n
+
+    async def drop_stale(self) -> list[Digest]:
+        """Forget blobs committed unsynced before a machine crash (another boot id).
+
+        Their data may be torn: the rows go (and leave every lease), then their files, under
+        the exclusive commit lock, so no concurrent commit of the same digest can be trusting
+        the torn file meanwhile. ``open_store`` calls this.
+        """
+        if self._boot is None:
+            return []
+        async with self._backend.commit_lock(exclusive=True):
+            stale = [Digest(d) for d in await self._db.content_drop_stale(self._boot)]
+            for d in stale:
+                with suppress(NotFound):
+                    await self._backend.delete(d)
+        return stale
 
     async def _forget_ingest(self, ref: str) -> None:
         with suppress(NotFound):
@@ -369,17 +470,27 @@ class ContentStore:
         labels: Mapping[str, str] | None = None,
         media_type: str = "application/octet-stream",
         ref: str | None = None,
+        sync: bool = True,
     ) -> Descriptor:
         """Store ``data`` and return its descriptor; an existing blob counts as success (ING-11).
 
-        When ``digest`` is given and already recorded, ``data`` is not read at all (TV-44). A
-        resumed ingest skips the bytes it already holds. Busy refs are retried (ING-4).
+        When ``digest`` is given and already recorded, a streamed ``data`` is not read at all
+        (TV-44). A resumed ingest skips the bytes it already holds. Busy refs are retried
+        (ING-4). Bytes of at most 1 MiB (and matching ``size``) take the small-blob path: no
+        ingest and no ref, one temp file renamed into place (IO-LIMITS §2.10). ``sync`` is as
+        for :meth:`Writer.commit`: False defers the fsyncs to :meth:`sync`.
 
         Raises:
             SizeMismatch: fewer (or more) bytes than ``size``.
             DigestMismatch: the bytes do not hash to ``digest``.
         """
         expected = parse(digest) if digest else None
+        if isinstance(data, bytes | bytearray | memoryview):
+            n = memoryview(data).nbytes
+            if n <= SMALL_BLOB and (not size or size == n):
+                labels = dict(labels or {})
+                validate_labels(labels)
+                return await self._put_small(data, expected, labels, media_type, sync)
         if ref is None:
             ref = f"castar-blob-{expected or uuid.uuid4().hex}"
         delay = 0.016
@@ -389,7 +500,7 @@ class ContentStore:
                     await _copy(w, data, size)
                     written = w.offset
                     try:
-                        got = await w.commit(size or 0, expected, labels)
+                        got = await w.commit(size or 0, expected, labels, sync=sync)
                     except AlreadyExists:
                         got = expected or w.digest()
                     return Descriptor(media_type, got, written)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import logging
@@ -19,7 +20,7 @@ import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, final
+from typing import TYPE_CHECKING, Final, cast, final
 
 import anyio
 import anyio.from_thread
@@ -35,15 +36,17 @@ from castar.store._ingest import (
     go_duration,
     map_os_errors,
     parse_time,
+    put_small,
     ref_context,
     rehash,
+    remove_stray_tmp,
     write_atomic,
 )
-from castar.store.digest import ALGORITHMS, CANONICAL, Digest, hasher, parse
+from castar.store.digest import ALGORITHMS, CANONICAL, Buffer, Digest, hasher, parse
 from castar.store.errors import DataLoss, InvalidArgument, NotFound, Unavailable
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
     from contextlib import AbstractAsyncContextManager
 
 __all__ = ["CommitResult", "IngestStatus", "LocalContentStore", "LocalWriter"]
@@ -487,27 +490,123 @@ class LocalContentStore:
         """
         return self._commit_lock(exclusive)
 
+    def _open_lock(self) -> int:
+        path = self.root / "commit.lock"
+        with map_os_errors(f"commit lock {path}"):
+            self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
     @contextlib.asynccontextmanager
     async def _commit_lock(self, exclusive: bool) -> AsyncIterator[None]:
         op = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
-        path = self.root / "commit.lock"
 
         def open_and_try() -> tuple[int, bool]:
-            with map_os_errors(f"commit lock {path}"):
-                self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = self._open_lock()
             return fd, _try_flock(fd, op)
 
         fd, held = await anyio.to_thread.run_sync(open_and_try)
         try:
-            delay = 0.001
-            while not held:
-                await anyio.sleep(delay)
-                delay = min(delay * 2, _LOCK_POLL_MAX)
-                held = _try_flock(fd, op)
+            await _wait_flock(fd, op, held)
+            if exclusive:
+                # No small-blob writer is live now (they hold the lock shared for their whole
+                # write): a temp file left in ingest/ is a crashed process's (GC's sweep).
+                await anyio.to_thread.run_sync(remove_stray_tmp, self.root)
             yield
         finally:
             os.close(fd)  # drops the flock; closing a lock file does no I/O
+
+    # -- small blobs and deferred sync
+
+    def commit_small(
+        self, data: Buffer, *, expected: Digest | None, sync: bool = True
+    ) -> AbstractAsyncContextManager[CommitResult]:
+        """Write a small blob held whole to its address, holding the commit lock shared.
+
+        No ingest directory: one worker-thread hop takes the lock, writes ``data`` to a temp
+        file under ``ingest/``, hashes and verifies it, fsyncs it when ``sync``, and renames
+        it into ``blobs/`` (IO-LIMITS §2.10). The lock stays held (shared) until the block
+        exits, so the caller records the row inside it. A cancel before the rename leaves
+        nothing behind. Meant for blobs of at most 1 MiB: the whole write is one hop.
+
+        Raises:
+            DigestMismatch: ``data`` does not hash to ``expected``.
+        """
+        return self._commit_small(data, expected, sync)
+
+    @contextlib.asynccontextmanager
+    async def _commit_small(
+        self, data: Buffer, expected: Digest | None, sync: bool
+    ) -> AsyncIterator[CommitResult]:
+        op = fcntl.LOCK_SH | fcntl.LOCK_NB
+
+        def put() -> CommitResult:
+            check = anyio.from_thread.check_cancelled
+            return put_small(self.root, data, expected, CANONICAL, sync, check)
+
+        def lock_and_put() -> tuple[int, CommitResult | None]:
+            fd = self._open_lock()
+            try:
+                return fd, put() if _try_flock(fd, op) else None
+            except BaseException:
+                os.close(fd)
+                raise
+
+        fd, result = await anyio.to_thread.run_sync(lock_and_put, limiter=blob_limiter())
+        try:
+            if result is None:  # GC holds the lock: wait for it, then write
+                await _wait_flock(fd, op, False)
+                result = await anyio.to_thread.run_sync(put, limiter=blob_limiter())
+            yield result
+        finally:
+            os.close(fd)
+
+    async def sync_filesystem(self) -> None:
+        """Make everything written so far durable: one ``syncfs`` of the root's filesystem.
+
+        One worker-thread hop; falls back to ``os.sync()`` where ``syncfs`` is missing.
+        """
+
+        def run() -> None:
+            syncfs = _syncfs()
+            if syncfs is None:
+                os.sync()
+                return
+            with map_os_errors(f"syncing {self.root}"):
+                fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    syncfs(fd)
+                finally:
+                    os.close(fd)
+
+        await anyio.to_thread.run_sync(run)
+
+
+def _syncfs() -> Callable[[int], None] | None:
+    """``syncfs(2)``: ``os.syncfs`` where Python has it, else libc's through ctypes."""
+    native = getattr(os, "syncfs", None)
+    if native is not None:
+        return cast("Callable[[int], None]", native)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+
+    def call(fd: int) -> None:
+        if fn(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+
+    return call
+
+
+async def _wait_flock(fd: int, op: int, held: bool) -> None:
+    """Poll a non-blocking ``flock`` until it is held (backing off to 50 ms); cancellable."""
+    delay = 0.001
+    while not held:
+        await anyio.sleep(delay)
+        delay = min(delay * 2, _LOCK_POLL_MAX)
+        held = _try_flock(fd, op)
 
 
 def _try_flock(fd: int, op: int) -> bool:

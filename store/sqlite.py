@@ -119,18 +119,41 @@ class SQLiteMetadataDB:
 
     async def content_commit(
         self,
-        ref: str,
+        ref: str | None,
         digest: str,
         size: int,
         labels: Mapping[str, str],
         *,
         lease: str | None,
         now: datetime,
+        unsynced_boot: str | None = None,
     ) -> bool:
-        """Record a committed blob and drop its ingest row; False when it was recorded already."""
-        return await self._run(
-            True, _txn.content_commit, ref, digest, size, dict(labels), lease, now
-        )
+        """Record a committed blob and drop its ingest row; False when it was recorded already.
+
+        With ``unsynced_boot`` (the blob's data was not fsynced) the row carries that boot id
+        and the transaction skips the WAL fsync: a power cut loses at most rows whose data
+        could be torn anyway, and never reorders them after a later durable commit.
+        """
+        args = (ref, digest, size, dict(labels), lease, now, unsynced_boot)
+        if unsynced_boot is not None:
+            return await self._run_lazy(_txn.content_commit, *args)
+        return await self._run(True, _txn.content_commit, *args)
+
+    async def content_join(self, digest: str, *, lease: str | None) -> int | None:
+        """The recorded size of ``digest`` (None if unrecorded); it joins ``lease`` if recorded."""
+        return await self._run(True, _txn.content_join, digest, lease)
+
+    async def content_unsynced(self, boot: str) -> list[str]:
+        """Digests committed unsynced in boot ``boot`` and not synced since."""
+        return await self._run(False, _txn.content_unsynced, boot)
+
+    async def content_mark_synced(self, digests: Iterable[str]) -> int:
+        """Clear the unsynced mark of ``digests``, durably; how many rows were marked."""
+        return await self._run(True, _txn.content_mark_synced, list(digests))
+
+    async def content_drop_stale(self, boot: str) -> list[str]:
+        """Delete rows committed unsynced in a boot other than ``boot``; their digests."""
+        return await self._run(True, _txn.content_drop_stale, boot)
 
     async def ingest_open(
         self,

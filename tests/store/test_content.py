@@ -283,7 +283,9 @@ async def test_commit_failing_for_another_reason_keeps_the_ingest_resumable(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Only bad data (size or digest) drops the ingest; a disk refusing the rename does not.
-    async def refused(self: LocalWriter, size: int, expected: str | None) -> None:
+    async def refused(
+        self: LocalWriter, size: int, expected: str | None, *, sync: bool = True
+    ) -> None:
         await self.close()
         raise FailedPrecondition("committing: Read-only file system")
 
