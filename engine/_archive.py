@@ -56,7 +56,7 @@ __all__ = [
 CHUNK: Final = 1 << 20
 #: Worker threads copying blob bytes at once (IO-LIMITS §2.5).
 _IN_FLIGHT: Final = 2
-#: Blobs in progress at once: while two copy, others open or commit (fsync, records).
+#: Blobs in progress at once: while two copy, others open or commit (rename, records).
 WORKERS: Final = 4
 #: Stream members up to this size are read whole and stored by a task of their own.
 _SMALL: Final = CHUNK
@@ -150,14 +150,48 @@ class Session:
         finally:
             self._buffers.append(buf)
 
+    def _read_small(self, entry: Entry) -> bytes:
+        """A small member's whole body from the archive file (one worker-thread call)."""
+        assert self.fd is not None
+        data = os.pread(self.fd, entry.size, entry.offset)
+        while len(data) < entry.size:
+            more = os.pread(self.fd, entry.size - len(data), entry.offset + len(data))
+            if not more:
+                raise MalformedArchive(
+                    f"truncated archive: {entry.size - len(data)} bytes of member body missing",
+                    offset=entry.offset + len(data),
+                    member=entry.name,
+                )
+            data += more
+        self.progress.add(entry.size, entry.name)
+        return data
+
+    async def put_small(self, entry: Entry, data: bytes, expected: Digest | None) -> Digest:
+        """Store a small member held whole: no ingest, fsync deferred to the import's sync.
+
+        An existing blob counts as success (ING-11); a bad digest is IMP-4's error.
+        """
+        try:
+            desc = await self.store.content.write_blob(
+                data, digest=expected, size=entry.size, sync=False
+            )
+        except DigestMismatch as exc:
+            raise _imp4(entry, exc) from exc
+        return desc.digest
+
     async def ensure(self, entry: Entry, expected: Digest | None = None) -> Digest:
         """Make sure ``entry``'s bytes are stored; return their digest.
 
         From a stream they already are. From a seekable file the member is copied once,
-        hashed with the algorithm of ``expected`` and checked against it (IMP-4); a blob
-        already recorded is not read again (ING-2).
+        hashed with the algorithm of ``expected`` and checked against it (IMP-4); a big
+        blob already recorded is not read again (ING-2), a small one (≤ 1 MiB) is read
+        and stored whole in three hops (read, write + rename, record).
         """
         if entry.digest is not None:
+            return entry.digest
+        if entry.size <= _SMALL:
+            data = await anyio.to_thread.run_sync(self._read_small, entry, limiter=self.limiter)
+            entry.digest = await self.put_small(entry, data, expected)
             return entry.digest
         ref = self.ref(entry.name)
         try:
@@ -193,21 +227,27 @@ class Session:
 
 
 async def _commit(w: Writer, entry: Entry, expected: Digest | None) -> Digest:
-    """Commit an ingest (the store hashes, checks and fsyncs in a worker thread).
+    """Commit an ingest (the store hashes and checks in a worker thread), fsync deferred.
 
-    A digest mismatch becomes the IMP-4 error naming the entry; the store has already
-    dropped the bad ingest. An existing blob counts as success (ING-11).
+    Every blob of an import is committed with ``sync=False``: ``load`` syncs the store's
+    filesystem once before it records images (IO-LIMITS §2.10). A digest mismatch becomes
+    the IMP-4 error naming the entry; the store has already dropped the bad ingest. An
+    existing blob counts as success (ING-11).
     """
     try:
-        return await w.commit(entry.size, expected)
+        return await w.commit(entry.size, expected, sync=False)
     except AlreadyExists:
         return expected or w.digest()
     except DigestMismatch as exc:
-        raise DigestMismatch(
-            f"blob {entry.name}: unexpected digest {exc.actual}, expected {exc.expected}",
-            expected=exc.expected,
-            actual=exc.actual,
-        ) from exc
+        raise _imp4(entry, exc) from exc
+
+
+def _imp4(entry: Entry, exc: DigestMismatch) -> DigestMismatch:
+    return DigestMismatch(
+        f"blob {entry.name}: unexpected digest {exc.actual}, expected {exc.expected}",
+        expected=exc.expected,
+        actual=exc.actual,
+    )
 
 
 # -- reading a stream: one pass ---------------------------------------------------------------
@@ -277,15 +317,16 @@ class _StreamReader:
 async def _ingest_stream(sess: Session, reader: _StreamReader) -> None:
     """Store every regular entry as it streams by (IMP-3); keep the two metadata files.
 
-    A big member streams into its ingest here, then its commit (fsync, rename, record)
-    runs in a task while the next member streams in. A small member (≤ 1 MiB) is read
-    whole and stored by a task of its own. At most four such tasks run at once, so
-    memory stays within a few MiB whatever the archive holds.
+    A big member streams into its ingest here, then its commit (flush, rename, record;
+    fsync deferred) runs in a task while the next member streams in. A small member
+    (≤ 1 MiB) is read whole and stored by a task of its own (no ingest directory). At
+    most four such tasks run at once, so memory stays within a few MiB whatever the
+    archive holds.
     """
     cat = sess.catalog
-    # Small members: up to four in flight. A big member's commit (fsync of up to GiBs)
-    # holds one of the store's two blob-I/O threads: one at a time, so the next
-    # member's writes always have the other.
+    # Small members: up to four in flight. A big member's commit (its last MiB, a
+    # re-hash for another algorithm) holds one of the store's two blob-I/O threads: one
+    # at a time, so the next member's writes always have the other.
     commits = anyio.Semaphore(WORKERS)
     big_commits = anyio.Semaphore(1)
     try:
@@ -357,18 +398,9 @@ async def _store_small(
     data: bytes,
     commits: anyio.Semaphore,
 ) -> None:
-    """Store a small member read whole: open, write and commit overlap other members'."""
-    ref = sess.ref(entry.name)
+    """Store a small member read whole: its write and record overlap other members'."""
     try:
-        async with sess.store.content.writer(ref, size=entry.size, digest=expected) as w:
-            await w.write(data)
-            entry.digest = await _commit(w, entry, expected)
-    except AlreadyExists:
-        assert expected is not None
-        entry.digest = expected  # already stored: not written again (ING-2)
-    except BaseException:
-        await sess.discard(ref)
-        raise
+        entry.digest = await sess.put_small(entry, data, expected)
     finally:
         commits.release()
 

@@ -209,7 +209,7 @@ async def _compressed_forms(sess: Session) -> dict[str, tuple[Digest, int]]:
 async def _store_document(sess: Session, data: bytes, media_type: str) -> oci.Descriptor:
     digest = compute(data)
     await sess.store.content.write_blob(
-        data, digest=digest, size=len(data), ref=sess.ref(f"document-{digest}")
+        data, digest=digest, size=len(data), ref=sess.ref(f"document-{digest}"), sync=False
     )
     return oci.Descriptor(media_type, digest, len(data))
 

@@ -51,6 +51,11 @@ __all__ = [
 #   the event loop once, every regular entry into its own ingest as it passes, commits
 #   overlapping the next entry's bytes; blobs the walk leaves out are never labelled and
 #   go at the next GC once the import lease is released (EDGE-17).
+# Every blob is committed with sync=False (no per-blob fsync; small ones, ≤ 1 MiB, go
+# to the store whole: temp file + rename, no ingest directory), and ONE
+# store.content.sync() (syncfs) makes them durable after the last blob and before any
+# label or image record: an image never points at content a crash could tear
+# (IO-LIMITS §2.10; open_store drops rows a crash left unsynced).
 # Then both resolve the top index (IMP-5..9), walk it with the platform filter
 # (IMP-11..14), label parents (GC-7) and write image records last (IMP-15), so any
 # failure before that point leaves every image as it was.
@@ -223,8 +228,10 @@ async def load(
     ``manifest.json``, and only the blobs that are needed and not already stored are
     read. Any other source is ingested in one pass; blobs of platforms left out stay
     unreferenced and go at the next GC (EDGE-17). Every ``blobs/<alg>/<hex>`` entry that
-    is read is verified (IMP-4). The whole import runs under a lease (GC-11); image
-    records are written last, so a failure or cancellation changes no image.
+    is read is verified (IMP-4). Blobs are committed without fsync and made durable by one
+    filesystem sync (``store.content.sync()``) before any record points at them. The whole
+    import runs under a lease (GC-11); image records are written last, so a failure or
+    cancellation changes no image.
 
     Args:
         store: the store to import into.
@@ -277,6 +284,9 @@ async def load(
                 await read_archive(sess, src, max_size)
                 walk = await walk_index(sess, await resolve(sess))
                 await fetch_needed(sess, walk)
+            # Blobs were committed without fsync: one filesystem sync makes them all
+            # durable before any label or image points at them (IO-LIMITS §2.10).
+            await store.content.sync()
             images = await _record(sess, walk)
     except EmptyWalk as exc:
         if not requested:
