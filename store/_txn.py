@@ -243,18 +243,21 @@ def content_mark_synced(conn: sqlite3.Connection, digests: Iterable[str]) -> int
     return n
 
 
+def content_stale(conn: sqlite3.Connection, boot: str) -> list[str]:
+    """Digests committed unsynced in a boot other than ``boot`` (a machine crash since)."""
+    rows = conn.execute(
+        "SELECT digest FROM content WHERE unsynced_boot IS NOT NULL AND unsynced_boot != ?",
+        (boot,),
+    )
+    return [d for (d,) in rows]
+
+
 def content_drop_stale(conn: sqlite3.Connection, boot: str) -> list[str]:
-    """Delete the rows committed unsynced in another boot (a machine crash since): their digests.
+    """Delete the rows :func:`content_stale` finds; their digests.
 
     Their data may be torn, so they leave every lease too; the caller removes their files.
     """
-    stale = [
-        d
-        for (d,) in conn.execute(
-            "SELECT digest FROM content WHERE unsynced_boot IS NOT NULL AND unsynced_boot != ?",
-            (boot,),
-        )
-    ]
+    stale = content_stale(conn, boot)
     for d in stale:
         _drop_content(conn, d)
         conn.execute("DELETE FROM lease_resources WHERE type = 'content' AND resource = ?", (d,))

@@ -447,8 +447,8 @@ class ContentStore:
         the exclusive commit lock, so no concurrent commit of the same digest can be trusting
         the torn file meanwhile. ``open_store`` calls this.
         """
-        if self._boot is None:
-            return []
+        if self._boot is None or not await self._db.content_stale(self._boot):
+            return []  # the usual case: one read, no lock
         async with self._backend.commit_lock(exclusive=True):
             stale = [Digest(d) for d in await self._db.content_drop_stale(self._boot)]
             for d in stale:

@@ -151,6 +151,10 @@ class SQLiteMetadataDB:
         """Clear the unsynced mark of ``digests``, durably; how many rows were marked."""
         return await self._run(True, _txn.content_mark_synced, list(digests))
 
+    async def content_stale(self, boot: str) -> list[str]:
+        """Digests committed unsynced in a boot other than ``boot`` (read only)."""
+        return await self._run(False, _txn.content_stale, boot)
+
     async def content_drop_stale(self, boot: str) -> list[str]:
         """Delete rows committed unsynced in a boot other than ``boot``; their digests."""
         return await self._run(True, _txn.content_drop_stale, boot)
