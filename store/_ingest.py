@@ -1,10 +1,11 @@
 """LocalWriter: one open ingest of the file backend, and its commit sequence.
 
 Owns writing ``<root>/ingest/<key>/data`` while hashing (coalesced 1 MiB thread hops),
-the commit (ING-8, containerd ``plugins/content/local/writer.go`` Commit, step for step)
-and the pieces local.py shares (IngestStatus, RFC 3339 times, the OSError map); opening,
-locking and listing ingests is local.py's. Imports only castar.store.digest and errors:
-never local.py or the metadata layer.
+the commit (ING-8, containerd ``plugins/content/local/writer.go`` Commit, step for step;
+its fsyncs optional, IO-LIMITS §2.10), the small-blob put (``ingest/.tmp-*`` renamed into
+place, no ingest directory) and the pieces local.py shares (IngestStatus, RFC 3339
+times, the OSError map); opening, locking and listing ingests is local.py's. Imports
+only castar.store.digest and errors: never local.py or the metadata layer.
 """
 
 from __future__ import annotations

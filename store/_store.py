@@ -1,7 +1,8 @@
 """The ``Store``: one root's content, images, leases and GC, and ``open_store``/``default_root``.
 
 Composes the file backend (``local.py``) and the metadata DB (``sqlite.py``) under one root;
-owns the lease context manager that makes a lease current. Never imports castar.engine.
+owns the lease context manager that makes a lease current, and the boot id that tells a
+crash apart from a live writer for blobs committed without fsync. Never imports castar.engine.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from castar.store.sqlite import SQLiteMetadataDB
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping
 
-__all__ = ["Store", "default_root", "open_store"]
+__all__ = ["Store", "current_boot_id", "default_root", "open_store"]
 
 
 def _utcnow() -> datetime:

@@ -2,7 +2,8 @@
 
 Owns ``<root>/blobs/<alg>/<hex>`` (read-only committed blobs), the ingest directories
 ``<root>/ingest/<sha256(ref)>/`` (opening, per-ref flock, status, abort; the writing and
-the commit are ``_ingest.py``'s) and ``<root>/commit.lock``. Knows nothing of labels,
+the commit are ``_ingest.py``'s), small blobs written whole (``commit_small``), the
+filesystem sync of deferred commits and ``<root>/commit.lock``. Knows nothing of labels,
 leases or the metadata DB (``content.py`` layers those on top): imports only digest,
 errors and _ingest.
 """
