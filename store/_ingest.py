@@ -56,7 +56,6 @@ __all__ = [
     "go_duration",
     "map_os_errors",
     "parse_time",
-    "present",
     "put_small",
     "ref_context",
     "rehash",
@@ -90,7 +89,8 @@ class CommitResult:
     Attributes:
         digest: the digest of the committed bytes (in the expected digest's algorithm).
         size: their size.
-        existed: the blob file was already there; the ingest was removed and nothing moved.
+        existed: a file was already at the address (another ref won, or a leftover); the
+            verified bytes replaced it.
     """
 
     digest: Digest
@@ -223,18 +223,6 @@ def sync_dir(path: Path) -> None:
         os.close(dir_fd)
 
 
-def present(target: Path, size: int) -> bool:
-    """True when a blob file of ``size`` bytes is at ``target`` already.
-
-    A file of another size there is a torn leftover (a rename whose data never reached the
-    disk before a crash): it is not trusted, the verified data replaces it.
-    """
-    try:
-        return os.stat(target).st_size == size
-    except FileNotFoundError:
-        return False
-
-
 #: Prefix of the temp files small blobs are written to, directly under ``<root>/ingest``.
 TMP_PREFIX: Final = ".tmp-"
 
@@ -270,8 +258,10 @@ def put_small(
     size = memoryview(data).nbytes
     target = root / "blobs" / digest.algorithm / digest.encoded
     with map_os_errors(f"content {digest}: committing"):
-        if present(target, size):
-            return CommitResult(digest=digest, size=size, existed=True)
+        # A file already at the address is replaced, never trusted: it may be a leftover of
+        # an unsynced commit torn by a machine crash (right size, wrong bytes), while these
+        # bytes were just verified. Readers holding the old file keep reading it.
+        existed = os.path.lexists(target)
         tmp = root / "ingest" / f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -300,7 +290,7 @@ def put_small(
             if not renamed:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
-    return CommitResult(digest=digest, size=size, existed=False)
+    return CommitResult(digest=digest, size=size, existed=existed)
 
 
 def remove_stray_tmp(root: Path) -> int:
@@ -519,9 +509,10 @@ class LocalWriter:
         """Verify the ingest and move it to ``blobs/<alg>/<hex>`` (ING-8), in one thread hop.
 
         Order (containerd ``writer.go`` Commit): flush, fsync data, size check, digest
-        check (re-hashing the data when ``expected`` uses another algorithm), then, if the
-        blob file exists already, remove the ingest and report ``existed``; else make the
-        data read-only, rename it into place, fsync the directory and remove the ingest.
+        check (re-hashing the data when ``expected`` uses another algorithm), then make the
+        data read-only, rename it into place (over a file already there, reported as
+        ``existed``: verified bytes always win over what was at the address), fsync the
+        directory and remove the ingest.
         On a size or digest mismatch the ingest data is kept (as containerd does) so the
         ref can be inspected, resumed or aborted. The ref lock is always released.
         A cancel is honoured up to the rename, never after: a cancelled commit leaves no
@@ -599,12 +590,11 @@ class LocalWriter:
                 target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
                 # Last cancel point: past it the blob becomes visible, so the commit finishes.
                 check()
-                if present(target, written):
-                    # Already committed (ING-12: another ref won). The metadata layer decides
-                    # whether that is AlreadyExists.
-                    done = True
-                    _remove_ingest(self._path, self.ref)
-                    return CommitResult(digest=digest, size=written, existed=True)
+                # Already committed (ING-12: another ref won; the metadata layer decides
+                # whether that is AlreadyExists) or a leftover: either way the verified data
+                # replaces it, so a file torn by a crash after an unsynced commit (right
+                # size, wrong bytes) is never adopted.
+                existed = os.path.lexists(target)
                 # Read-only and timestamped before the rename, so a visible blob is never
                 # writable (containerd chmods after; the order does not matter to readers).
                 now = time.time_ns()
@@ -616,6 +606,6 @@ class LocalWriter:
             # The blob is in place: cleaning the ingest up can only be logged, not undone.
             done = True
             _remove_ingest(self._path, self.ref)
-            return CommitResult(digest=digest, size=written, existed=False)
+            return CommitResult(digest=digest, size=written, existed=existed)
         finally:
             self._release_sync(flush=False, stamp=not done)

@@ -201,6 +201,27 @@ async def test_small_write_blob_replaces_a_torn_file_at_its_address(store: Store
     assert await read_all(store, desc.digest) == b"whole data"
 
 
+@pytest.mark.parametrize("size", [10, 3 << 20], ids=["small", "ingest"])
+async def test_a_same_size_torn_file_with_no_row_is_replaced_not_adopted(
+    store: Store, size: int
+) -> None:
+    # Right size, wrong bytes: what an unsynced commit can leave after a machine crash if
+    # the crash came before its row. Both commit paths must replace it with verified bytes.
+    data = os.urandom(size)
+    path = blob_file(store.root, compute(data))
+    path.parent.mkdir(parents=True)
+    path.write_bytes(bytes(size))
+    if size <= SMALL_BLOB:
+        desc = await store.content.write_blob(data, sync=False)
+        digest = desc.digest
+    else:
+        async with store.content.writer("torn-ref") as w:
+            await w.write(data)
+            digest = await w.commit(size, compute(data), sync=False)
+    assert await read_all(store, digest) == data
+    assert path.read_bytes() == data
+
+
 async def test_cancelled_small_write_waiting_for_gc_leaves_no_blob(store: Store) -> None:
     gc_side = LocalContentStore(store.root)
     async with gc_side.commit_lock(exclusive=True):
