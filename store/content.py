@@ -200,6 +200,20 @@ class ContentStore:
             raise NotFound(f"content digest {d}")
         return _info(rec)
 
+    async def infos(self, digests: Iterable[str]) -> dict[Digest, Info]:
+        """The records of many blobs at once: one worker-thread hop, one read transaction.
+
+        Every digest is validated before anything is read. Digests that are not recorded
+        are simply missing from the result (no NotFound); duplicates are looked up once.
+
+        Raises:
+            InvalidArgument: a digest is malformed (as for :meth:`info`).
+        """
+        ds = [parse(d) for d in digests]
+        if not ds:
+            return {}
+        return {r.digest: _info(r) for r in await self._db.content_infos(ds)}
+
     async def exists(self, digest: str) -> bool:
         """True when the blob is recorded (CS-7)."""
         try:

@@ -103,6 +103,10 @@ class SQLiteMetadataDB:
         """The content record of ``digest``, or None."""
         return await self._run(False, _txn.content_info, digest)
 
+    async def content_infos(self, digests: Iterable[str]) -> list[ContentRecord]:
+        """The records of those ``digests`` that exist, in one read transaction."""
+        return await self._run(False, _txn.content_infos, list(digests))
+
     async def content_list(self) -> list[ContentRecord]:
         """All content records in ascending digest order."""
         return await self._run(False, _txn.content_list)
