@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from castar.store._store import Store
-    from castar.store.content import ContentStore
+    from castar.store.content import ContentStore, Info
     from castar.store.digest import Digest
     from castar.store.images import DescriptorLike
 
@@ -137,16 +137,29 @@ def _document(data: bytes) -> tuple[dict[str, Any] | None, str]:
 
 
 async def fetch(content: ContentStore, roots: Sequence[oci.Descriptor]) -> dict[str, Node]:
-    """Info for every blob reachable from ``roots``, documents for manifests and indexes."""
+    """Info for every blob reachable from ``roots``, documents for manifests and indexes.
+
+    The walk is depth-first (errors surface in the same order as one lookup per blob
+    would raise them), but the infos come in rounds: when the walk meets a digest it has
+    no info for, one :meth:`ContentStore.infos` call fetches every descriptor queued since
+    the last round (a manifest's config and all its layers, an index's manifests), so an
+    image costs one store hop per document level, not one per blob.
+    """
     nodes: dict[str, Node] = {}
+    known: dict[str, Info | None] = {}  # None: not recorded
     stack = list(reversed(roots))
+    queued = [d.digest for d in roots]  # pushed since the last round
     while stack:
         desc = stack.pop()
         if desc.digest in nodes:
             continue
-        try:
-            info = await content.info(desc.digest)
-        except NotFound:
+        if desc.digest not in known:
+            todo = [d for d in dict.fromkeys(queued) if d not in known]
+            queued.clear()
+            found = await content.infos(todo)
+            known.update((d, found.get(d)) for d in todo)
+        info = known[desc.digest]
+        if info is None:
             nodes[desc.digest] = Node(present=False)
             continue
         if info.size != desc.size:
@@ -168,7 +181,9 @@ async def fetch(content: ContentStore, roots: Sequence[oci.Descriptor]) -> dict[
             if oci.is_manifest(desc.media_type) and children and desc.platform is None:
                 node = replace(node, platform=await _config_platform(content, children[0]))
             node = replace(node, referrers=await _referrers(content, desc.digest, node.labels))
-            stack.extend(reversed((*children, *node.referrers)))
+            pushed = (*children, *node.referrers)
+            stack.extend(reversed(pushed))
+            queued.extend(d.digest for d in pushed if d.digest not in nodes)
         nodes[desc.digest] = node
     return nodes
 

@@ -409,14 +409,9 @@ class Planner:
                 data=self._generated.get(d),
             )
             for folder in ("blobs/", f"blobs/{dg.algorithm}/"):
-                blobs.setdefault(
-                    folder,
-                    Member(
-                        folder,
-                        0,
-                        tarcodec.encode_header(folder, 0, mode=0o755, type=tarcodec.DIRTYPE),
-                    ),
-                )
+                if folder not in blobs:  # one header each, not one per blob
+                    header = tarcodec.encode_header(folder, 0, mode=0o755, type=tarcodec.DIRTYPE)
+                    blobs[folder] = Member(folder, 0, header)
         members.extend(blobs[k] for k in sorted(blobs, key=lambda n: n.encode()))
         size = sum(m.length for m in members) + len(tarcodec.END_OF_ARCHIVE)
         return SavePlan(tuple(images), tuple(members), size, tuple(self._warnings))
