@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import pytest
@@ -23,10 +24,17 @@ from castar.engine import _export_lookup, exporter, oci
 from castar.engine import platforms as plat
 from castar.engine._export_plan import Node, Target
 from castar.engine._export_planner import Planner
-from castar.store._store import open_store
-from castar.store.errors import NotFound
+from castar.store._store import Store, open_store
+from castar.store.errors import NotFound, SizeMismatch
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from castar.store.content import Info
+    from castar.store.digest import Digest
 
 NAME = "docker.io/library/prop:1"
+MANY = "docker.io/library/many:1"
 SPECS = ("linux/amd64", "linux/arm64/v8", "linux/s390x")
 
 
@@ -136,3 +144,88 @@ def test_missing_policies_hold_for_any_set_of_absent_blobs(
             assert _reach(e, docs, nodes) <= written
     if missing == "sparse" and entries:
         assert entries[0].digest == targets[0].desc.digest  # the original index, kept
+
+
+# -- the lookup's store reads (issue 5: many-layer images) -------------------------------------
+
+
+async def _many_layers(store: Store, n: int, sizes: dict[int, int] | None = None) -> None:
+    """One manifest of ``n`` tiny layers named MANY; ``sizes`` overrides descriptor sizes."""
+    layers = []
+    for i in range(n):
+        d = await store.content.write_blob(f"layer {i}".encode(), media_type=oci.OCI_LAYER)
+        layers.append(oci.Descriptor(oci.OCI_LAYER, d.digest, (sizes or {}).get(i, d.size)))
+    c = await store.content.write_blob(b'{"architecture":"amd64","os":"linux"}')
+    cfg = oci.Descriptor(oci.OCI_CONFIG, c.digest, c.size)
+    m = await store.content.write_blob(
+        oci.encode_manifest(oci.Manifest(config=cfg, layers=tuple(layers))),
+        labels=oci.children_labels([cfg, *layers]),
+    )
+    await store.images.create(MANY, oci.Descriptor(oci.OCI_MANIFEST, m.digest, m.size))
+
+
+def _spy(store: Store, monkeypatch: pytest.MonkeyPatch) -> dict[str, list[int]]:
+    """Count ``content.info`` / ``content.infos`` calls (infos: how many digests each)."""
+    calls: dict[str, list[int]] = {"info": [], "infos": []}
+    info, infos = store.content.info, store.content.infos
+
+    async def spy_info(digest: str) -> Info:
+        calls["info"].append(1)
+        return await info(digest)
+
+    async def spy_infos(digests: Iterable[str]) -> dict[Digest, Info]:
+        ds = list(digests)
+        calls["infos"].append(len(ds))
+        return await infos(ds)
+
+    monkeypatch.setattr(store.content, "info", spy_info)
+    monkeypatch.setattr(store.content, "infos", spy_infos)
+    return calls
+
+
+@pytest.mark.parametrize("n", [2, 150])
+async def test_planning_n_layers_makes_the_same_few_info_calls_whatever_n(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n: int
+) -> None:
+    async with open_store(tmp_path / "store") as store:
+        await _many_layers(store, n)
+        calls = _spy(store, monkeypatch)
+        plan = await exporter.plan_save(store, [MANY])
+    assert len(plan.reads) == n + 2  # EXP-7: manifest, config and every layer
+    # One infos round for the manifest, one for its config and all its layers; the per-blob
+    # info() calls left are the documents' own reads (manifest and config), not the layers'.
+    assert calls["infos"] == [1, n + 1]
+    assert len(calls["info"]) == 6  # graph.read_document + read_all + read_at, twice
+
+
+async def test_a_layer_of_another_size_than_stored_is_size_mismatch_before_any_byte(
+    tmp_path: Path,
+) -> None:
+    async with open_store(tmp_path / "store") as store:
+        # layers 1 and 3 lie about their size; the depth-first walk reports layer 1 (EXP-7)
+        await _many_layers(store, 4, sizes={1: 99, 3: 98})
+        bad = (await _export_lookup.resolve(store, MANY))[0]
+        manifest = oci.decode_manifest(await store.content.read_all(bad.desc.digest, limit=1 << 20))
+        first = manifest.layers[1]
+        out = tmp_path / "out.tar"
+        with pytest.raises(SizeMismatch) as err:
+            await exporter.save(store, [MANY], out)
+    assert str(err.value).startswith(
+        f"content digest {first.digest}: store holds 7 bytes, descriptor says 99"
+    )
+    assert not out.exists() or out.stat().st_size == 0  # EXP-13: before the first byte
+
+
+async def test_an_absent_layer_keeps_its_policies_with_batched_infos(tmp_path: Path) -> None:
+    async with open_store(tmp_path / "store") as store:
+        await _many_layers(store, 3)
+        manifest_digest = (await _export_lookup.resolve(store, MANY))[0].desc.digest
+        data = await store.content.read_all(manifest_digest, limit=1 << 20)
+        gone = oci.decode_manifest(data).layers[2].digest
+        await store.content.delete(gone)
+        sparse = await exporter.plan_save(store, [MANY], missing="sparse")
+        with pytest.raises(NotFound):  # SAVE-6 + EXP-7: fail refuses an incomplete platform
+            await exporter.plan_save(store, [MANY], missing="fail")
+    # EXP-7 (skip missing): a manifest with a missing child is emitted without its children
+    assert sparse.reads == (manifest_digest,)
+    assert any("is incomplete" in w for w in sparse.warnings)
