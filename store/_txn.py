@@ -116,18 +116,19 @@ def content_info(conn: sqlite3.Connection, digest: str) -> ContentRecord | None:
 IN_CHUNK: Final = 500
 
 
-def content_infos(conn: sqlite3.Connection, digests: Sequence[str]) -> list[ContentRecord]:
+def content_infos(conn: sqlite3.Connection, digests: Sequence[Digest]) -> list[ContentRecord]:
     """The records of those ``digests`` that exist, in the order given (duplicates once).
 
     Two queries per :data:`IN_CHUNK` digests (labels, then rows), all in the caller's one
-    read transaction, so every record comes from the same snapshot.
+    read transaction, so every record comes from the same snapshot. The records carry the
+    caller's (already validated) ``Digest`` objects.
     """
     unique = list(dict.fromkeys(digests))
-    found: dict[str, ContentRecord] = {}
+    labels: dict[str, dict[str, str]] = {}
+    rows: dict[str, tuple[int, str, str]] = {}
     for i in range(0, len(unique), IN_CHUNK):
         part = unique[i : i + IN_CHUNK]
         marks = ", ".join("?" * len(part))
-        labels: dict[str, dict[str, str]] = {}
         for d, k, v in conn.execute(
             f"SELECT digest, key, value FROM content_labels WHERE digest IN ({marks})"
             " ORDER BY digest, key",
@@ -138,8 +139,12 @@ def content_infos(conn: sqlite3.Connection, digests: Sequence[str]) -> list[Cont
             f"SELECT digest, size, created_at, updated_at FROM content WHERE digest IN ({marks})",
             part,
         ):
-            found[d] = ContentRecord(Digest(d), s, labels.get(d, {}), from_ts(c), from_ts(u))
-    return [found[d] for d in unique if d in found]
+            rows[d] = (s, c, u)
+    return [
+        ContentRecord(d, row[0], labels.get(d, {}), from_ts(row[1]), from_ts(row[2]))
+        for d in unique
+        if (row := rows.get(d)) is not None
+    ]
 
 
 def content_list(conn: sqlite3.Connection) -> list[ContentRecord]:

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from datetime import datetime
     from pathlib import Path
 
+    from castar.store.digest import Digest
+
 __all__ = [
     "MAX_LABEL",
     "ContentRecord",
@@ -103,7 +105,7 @@ class SQLiteMetadataDB:
         """The content record of ``digest``, or None."""
         return await self._run(False, _txn.content_info, digest)
 
-    async def content_infos(self, digests: Iterable[str]) -> list[ContentRecord]:
+    async def content_infos(self, digests: Iterable[Digest]) -> list[ContentRecord]:
         """The records of those ``digests`` that exist, in one read transaction."""
         return await self._run(False, _txn.content_infos, list(digests))
 

@@ -119,7 +119,7 @@ def test_content_infos_txn_returns_present_records_in_request_order() -> None:
     )
     conn.execute("CREATE TABLE content_labels (digest TEXT, key TEXT, value TEXT)")
     ts = "2026-01-01T12:00:00+00:00"
-    ds = [compute(bytes([i])) for i in range(3)]
+    ds = [compute(bytes([i])) for i in range(3)]  # validated Digests, as infos() passes them
     for i, d in enumerate(ds[:2]):
         conn.execute("INSERT INTO content VALUES (?, ?, ?, ?)", (d, i + 10, ts, ts))
     conn.execute("INSERT INTO content_labels VALUES (?, 'b', '2'), (?, 'a', '1')", (ds[1], ds[1]))
