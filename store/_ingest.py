@@ -54,6 +54,7 @@ __all__ = [
     "blob_limiter",
     "format_time",
     "go_duration",
+    "holds",
     "map_os_errors",
     "parse_time",
     "put_small",
@@ -89,8 +90,8 @@ class CommitResult:
     Attributes:
         digest: the digest of the committed bytes (in the expected digest's algorithm).
         size: their size.
-        existed: a file was already at the address (another ref won, or a leftover); the
-            verified bytes replaced it.
+        existed: the blob file was already there and holds these bytes (re-hashed); the
+            ingest was removed and nothing moved.
     """
 
     digest: Digest
@@ -223,6 +224,30 @@ def sync_dir(path: Path) -> None:
         os.close(dir_fd)
 
 
+def holds(target: Path, size: int, digest: Digest, check: Callable[[], None] | None = None) -> bool:
+    """True when the file at a blob address really holds ``digest`` (``size`` bytes).
+
+    A file found at the address when a commit arrives is normally the same blob (ING-12:
+    another ref won) and is kept, so stored blobs are never rewritten. It may also be a
+    leftover of an unsynced commit torn by a machine crash before its row was written:
+    right size, wrong bytes. It is re-hashed before it is trusted; a commit replaces it
+    otherwise. This path is rare (the metadata layer checks records first), so its cost,
+    one read of the blob, is paid only when the address is already taken.
+    """
+    try:
+        fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        if os.fstat(fd).st_size != size:
+            return False
+        h = hasher(digest.algorithm)
+        rehash(fd, h, check)
+        return from_hasher(h) == digest
+    finally:
+        os.close(fd)
+
+
 #: Prefix of the temp files small blobs are written to, directly under ``<root>/ingest``.
 TMP_PREFIX: Final = ".tmp-"
 
@@ -258,10 +283,8 @@ def put_small(
     size = memoryview(data).nbytes
     target = root / "blobs" / digest.algorithm / digest.encoded
     with map_os_errors(f"content {digest}: committing"):
-        # A file already at the address is replaced, never trusted: it may be a leftover of
-        # an unsynced commit torn by a machine crash (right size, wrong bytes), while these
-        # bytes were just verified. Readers holding the old file keep reading it.
-        existed = os.path.lexists(target)
+        if holds(target, size, digest):
+            return CommitResult(digest=digest, size=size, existed=True)
         tmp = root / "ingest" / f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -290,7 +313,7 @@ def put_small(
             if not renamed:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
-    return CommitResult(digest=digest, size=size, existed=existed)
+    return CommitResult(digest=digest, size=size, existed=False)
 
 
 def remove_stray_tmp(root: Path) -> int:
@@ -509,10 +532,10 @@ class LocalWriter:
         """Verify the ingest and move it to ``blobs/<alg>/<hex>`` (ING-8), in one thread hop.
 
         Order (containerd ``writer.go`` Commit): flush, fsync data, size check, digest
-        check (re-hashing the data when ``expected`` uses another algorithm), then make the
-        data read-only, rename it into place (over a file already there, reported as
-        ``existed``: verified bytes always win over what was at the address), fsync the
-        directory and remove the ingest.
+        check (re-hashing the data when ``expected`` uses another algorithm), then, if the
+        blob file exists already and holds these bytes (:func:`holds`), remove the ingest
+        and report ``existed``; else make the data read-only, rename it into place (over a
+        torn leftover, if any), fsync the directory and remove the ingest.
         On a size or digest mismatch the ingest data is kept (as containerd does) so the
         ref can be inspected, resumed or aborted. The ref lock is always released.
         A cancel is honoured up to the rename, never after: a cancelled commit leaves no
@@ -590,11 +613,13 @@ class LocalWriter:
                 target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
                 # Last cancel point: past it the blob becomes visible, so the commit finishes.
                 check()
-                # Already committed (ING-12: another ref won; the metadata layer decides
-                # whether that is AlreadyExists) or a leftover: either way the verified data
-                # replaces it, so a file torn by a crash after an unsynced commit (right
-                # size, wrong bytes) is never adopted.
-                existed = os.path.lexists(target)
+                if holds(target, written, digest, check):
+                    # Already committed (ING-12: another ref won). The metadata layer decides
+                    # whether that is AlreadyExists. A torn leftover fails `holds` and is
+                    # replaced by the verified data below.
+                    done = True
+                    _remove_ingest(self._path, self.ref)
+                    return CommitResult(digest=digest, size=written, existed=True)
                 # Read-only and timestamped before the rename, so a visible blob is never
                 # writable (containerd chmods after; the order does not matter to readers).
                 now = time.time_ns()
@@ -606,6 +631,6 @@ class LocalWriter:
             # The blob is in place: cleaning the ingest up can only be logged, not undone.
             done = True
             _remove_ingest(self._path, self.ref)
-            return CommitResult(digest=digest, size=written, existed=existed)
+            return CommitResult(digest=digest, size=written, existed=False)
         finally:
             self._release_sync(flush=False, stamp=not done)
