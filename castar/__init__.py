@@ -35,6 +35,7 @@ from castar.store.errors import InvalidArgument as InvalidArgument
 from castar.store.errors import MalformedArchive as MalformedArchive
 from castar.store.errors import MalformedManifest as MalformedManifest
 from castar.store.errors import NotFound as NotFound
+from castar.store.errors import NotImplementedKind as NotImplementedKind
 from castar.store.errors import SizeMismatch as SizeMismatch
 from castar.store.errors import Unavailable as Unavailable
 from castar.store.errors import UnsupportedMediaType as UnsupportedMediaType
@@ -68,6 +69,7 @@ __all__ = [
     "MalformedManifest",
     "ManifestRow",
     "NotFound",
+    "NotImplementedKind",
     "Platform",
     "Removal",
     "SaveJob",

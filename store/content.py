@@ -47,6 +47,7 @@ INGEST_TTL: Final = timedelta(hours=24)
 SMALL_BLOB: Final = 1 << 20
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class Descriptor:
     """What the store keeps of a target (DESC-5): media type, digest, size, annotations."""
@@ -57,6 +58,7 @@ class Descriptor:
     annotations: Mapping[str, str] = field(default_factory=dict)
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class Info:
     """A recorded blob (CS-1)."""

@@ -59,6 +59,7 @@ class Node(NamedTuple):
     flat: bool = False
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class Edge:
     """A reference derived from one label: ``src`` keeps ``dst`` alive (GC-5, GC-6)."""
@@ -231,6 +232,7 @@ def describe(node: Node) -> str:
     return node.key if node.kind == "content" else f"{node.kind} {node.key}"
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class GCReport:
     """What one collection removed (or, with ``dry_run``, would remove)."""

@@ -39,6 +39,7 @@ class DescriptorLike(Protocol):
     def annotations(self) -> Mapping[str, str]: ...  # noqa: D102
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class Image:
     """An image record (IMG-1)."""

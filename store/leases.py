@@ -39,6 +39,7 @@ __all__ = [
 RESOURCE_TYPES: Final = ("content", "images", "ingests")
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class Lease:
     """A lease: ``id``, creation time (UTC) and labels (LEASE-1)."""
