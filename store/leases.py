@@ -116,8 +116,12 @@ class LeaseManager:
         *,
         expire: timedelta | None = None,
         labels: Mapping[str, str] | None = None,
+        durable: bool = True,
     ) -> Lease:
         """Create a lease (random id when None) expiring after ``expire`` if given.
+
+        ``durable=False`` skips the database's fsync, for leases an operation holds only
+        while it runs (``Store.lease()``): losing one in a power cut is harmless.
 
         Raises:
             InvalidArgument: empty id or a label breaking LBL-1.
@@ -132,19 +136,21 @@ class LeaseManager:
         if expire is not None:
             merged[EXPIRE] = rfc3339(now + expire)
         validate_labels(merged)
-        return _lease(await self._db.lease_create(id, merged, now=now))
+        return _lease(await self._db.lease_create(id, merged, now=now, durable=durable))
 
     async def list(self) -> builtins.list[Lease]:
         """All leases, ascending by id (LEASE-7)."""
         return [_lease(r) for r in await self._db.lease_list()]
 
-    async def delete(self, id: str) -> None:
+    async def delete(self, id: str, *, durable: bool = True) -> None:
         """Delete a lease; what only it protected becomes garbage (LEASE-3).
+
+        ``durable=False``: a delete lost in a power cut keeps the lease until it expires.
 
         Raises:
             NotFound: ``lease "<id>": not found``.
         """
-        await self._db.lease_delete(id)
+        await self._db.lease_delete(id, durable=durable)
 
     async def add_resource(self, id: str, type: str, resource: str) -> None:
         """Add ``resource`` of ``type`` (``content``, ``images``, ``ingests``) to lease ``id``.

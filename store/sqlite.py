@@ -220,17 +220,30 @@ class SQLiteMetadataDB:
 
     # leases
     async def lease_create(
-        self, id: str, labels: Mapping[str, str], *, now: datetime
+        self, id: str, labels: Mapping[str, str], *, now: datetime, durable: bool = True
     ) -> LeaseRecord:
-        """Insert a lease; AlreadyExists on a duplicate id."""
+        """Insert a lease; AlreadyExists on a duplicate id.
+
+        ``durable=False`` skips the WAL fsync: for the short leases an operation holds for
+        its own duration, whose loss in a power cut is harmless (the operation died with it,
+        and any later durable transaction flushes the row anyway: the WAL is sequential).
+        """
+        if not durable:
+            return await self._run_lazy(_txn.lease_create, id, dict(labels), now)
         return await self._run(True, _txn.lease_create, id, dict(labels), now)
 
     async def lease_list(self) -> list[LeaseRecord]:
         """All leases in ascending id order."""
         return await self._run(False, _txn.lease_list)
 
-    async def lease_delete(self, id: str) -> None:
-        """Delete a lease and its resource list; NotFound when absent."""
+    async def lease_delete(self, id: str, *, durable: bool = True) -> None:
+        """Delete a lease and its resource list; NotFound when absent.
+
+        ``durable=False``: a delete lost in a power cut only keeps the lease until it expires.
+        """
+        if not durable:
+            await self._run_lazy(_txn.lease_delete, id)
+            return
         await self._run(True, _txn.lease_delete, id)
 
     async def lease_add(self, id: str, type: str, resource: str) -> None:

@@ -159,3 +159,31 @@ async def test_writing_under_a_vanished_lease_is_not_found(store: Store) -> None
         await store.leases.delete(lease.id)
         with pytest.raises(NotFound, match="lease does not exist"):  # LEASE-5
             await store.content.write_blob(b"one")
+
+
+async def test_operation_leases_skip_the_fsync_user_leases_keep_it(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Store.lease() guards one operation while it runs: its rows are written without the
+    # WAL fsync. A lease made through LeaseManager (`castar lease create`) stays durable.
+    from castar.store import sqlite
+
+    seen: list[tuple[str, bool]] = []
+    real = sqlite.run_txn
+
+    def spy(conn, write, fn, args, durable=True):  # type: ignore[no-untyped-def]
+        if fn.__name__.startswith("lease_"):
+            seen.append((fn.__name__, durable))
+        return real(conn, write, fn, args, durable)
+
+    monkeypatch.setattr(sqlite, "run_txn", spy)
+    async with store.lease():
+        pass
+    await store.leases.create("kept")
+    await store.leases.delete("kept")
+    assert seen == [
+        ("lease_create", False),
+        ("lease_delete", False),
+        ("lease_create", True),
+        ("lease_delete", True),
+    ]
