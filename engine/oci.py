@@ -206,19 +206,11 @@ class Manifest:
 
     def to_json(self) -> Struct:
         """The JSON object in DESC-1 order; ``layers`` is always written (``[]`` when empty)."""
-        out = Struct(schemaVersion=self.schema_version)
-        if self.media_type:
-            out["mediaType"] = self.media_type
-        if self.artifact_type:
-            out["artifactType"] = self.artifact_type
-        out["config"] = self.config.to_json()
         # containerd's importer builds layers with make(len) → "[]", never null.
-        out["layers"] = [d.to_json() for d in self.layers]
-        if self.subject is not None:
-            out["subject"] = self.subject.to_json()
-        if self.annotations:
-            out["annotations"] = dict(self.annotations)
-        return out
+        return _document_json(
+            self,
+            Struct(config=self.config.to_json(), layers=[d.to_json() for d in self.layers]),
+        )
 
 
 @final
@@ -243,17 +235,23 @@ class Index:
         every entry was dropped, EDGE-6) is built by appending to a Go nil slice, which
         marshals as ``null``. ``mediaType`` is omitted when empty (IMP-9).
         """
-        out = Struct(schemaVersion=self.schema_version)
-        if self.media_type:
-            out["mediaType"] = self.media_type
-        if self.artifact_type:
-            out["artifactType"] = self.artifact_type
-        out["manifests"] = [d.to_json() for d in self.manifests] if self.manifests else None
-        if self.subject is not None:
-            out["subject"] = self.subject.to_json()
-        if self.annotations:
-            out["annotations"] = dict(self.annotations)
-        return out
+        manifests = [d.to_json() for d in self.manifests] if self.manifests else None
+        return _document_json(self, Struct(manifests=manifests))
+
+
+def _document_json(doc: Manifest | Index, body: Struct) -> Struct:
+    """A manifest or index in DESC-1 order: the shared head, ``body``, the shared tail."""
+    out = Struct(schemaVersion=doc.schema_version)
+    if doc.media_type:
+        out["mediaType"] = doc.media_type
+    if doc.artifact_type:
+        out["artifactType"] = doc.artifact_type
+    out.update(body)
+    if doc.subject is not None:
+        out["subject"] = doc.subject.to_json()
+    if doc.annotations:
+        out["annotations"] = dict(doc.annotations)
+    return out
 
 
 @final
