@@ -14,7 +14,7 @@ import os
 import secrets
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import anyio
 import anyio.abc
@@ -34,13 +34,21 @@ from castar.engine._catalog import (
     scan_sync,
 )
 from castar.engine.tarcodec import NEED_DATA, ArchiveEnd, Chunk, MemberEnd, MemberStart, TarDecoder
+from castar.store.content import SmallBlob
 from castar.store.digest import Digest
 from castar.store.errors import AlreadyExists, DigestMismatch, MalformedArchive, NotFound
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator, Sequence
+    from typing import TypeAlias
+
     from castar.engine._streams import Source
     from castar.engine.platforms import MatchComparer
     from castar.store import Store, Writer
+    from castar.store._ingest import SmallData
+
+    #: A small member to store: its entry, the digest it must have, its bytes (or a reader).
+    SmallMember: TypeAlias = tuple[Entry, Digest | None, SmallData]
 
 __all__ = [
     "CHUNK",
@@ -58,9 +66,17 @@ CHUNK: Final = 1 << 20
 _IN_FLIGHT: Final = 2
 #: Blobs in progress at once: while two copy, others open or commit (rename, records).
 WORKERS: Final = 4
-#: Stream members up to this size are read whole and stored by a task of their own.
+#: Members up to this size are read whole and stored in batches (no ingest directory).
 _SMALL: Final = CHUNK
+#: A batch of small members ends at this many entries or bytes, whichever comes first:
+#: one write hop and one record transaction each (IO-LIMITS §2.10).
+BATCH_ENTRIES: Final = 64
+BATCH_BYTES: Final = 4 << 20
+#: Batches being stored at once: the store's two blob-I/O threads.
+_BATCHES: Final = 2
 _PROGRESS_PERIOD: Final = 0.1
+
+_T = TypeVar("_T")
 
 #: ``progress(bytes_done, bytes_total_or_None, current_entry)``; called from the event loop.
 ProgressCallback = Callable[[int, int | None, str], None]
@@ -166,18 +182,59 @@ class Session:
         self.progress.add(entry.size, entry.name)
         return data
 
-    async def put_small(self, entry: Entry, data: bytes, expected: Digest | None) -> Digest:
-        """Store a small member held whole: no ingest, fsync deferred to the import's sync.
+    async def store_small(self, batch: Sequence[SmallMember]) -> list[Digest]:
+        """Store small members in one batch: ONE write hop, ONE record transaction.
 
-        An existing blob counts as success (ING-11); a bad digest is IMP-4's error.
+        Each member is ``(entry, expected digest, data)``, ``data`` its bytes or a function
+        reading them (called in the write hop). Sets (and returns) each entry's digest. An
+        existing blob counts as success (ING-11); fsync is deferred to the import's one
+        sync; a bad digest is IMP-4's error naming the entry.
         """
+        blobs = [SmallBlob(data, expected) for _, expected, data in batch]
         try:
-            desc = await self.store.content.write_blob(
-                data, digest=expected, size=entry.size, sync=False
-            )
+            descs = await self.store.content.write_small_blobs(blobs, sync=False)
         except DigestMismatch as exc:
+            entry = next((e for e, x, _ in batch if x is not None and x == exc.expected), None)
+            if entry is None:  # pragma: no cover - only an expected digest can mismatch
+                raise
             raise _imp4(entry, exc) from exc
-        return desc.digest
+        for (entry, _, _), desc in zip(batch, descs, strict=True):
+            entry.digest = desc.digest
+        return [desc.digest for desc in descs]
+
+    async def ensure_small(self, digests: Iterable[str]) -> None:
+        """Store the small archive members of ``digests`` not stored yet, in batches.
+
+        For a seekable archive, before the big blobs are copied: members are grouped
+        (:data:`BATCH_ENTRIES`, :data:`BATCH_BYTES`) and each batch is read and written in
+        one worker-thread hop (``pread`` per member, one member held at a time), two
+        batches at once. Members already stored (or streamed) are skipped.
+        """
+        todo: dict[int, tuple[Entry, Digest]] = {}
+        for d in digests:
+            entry = self.blob_entry(d)
+            if entry is not None and entry.digest is None:
+                todo[id(entry)] = (entry, Digest(d))
+        if not todo:
+            return
+        self.progress.total = self.progress.done + sum(e.size for e, _ in todo.values())
+        small = [(e, d) for e, d in todo.values() if e.size <= _SMALL]
+        batches = _batched(small)
+
+        async def worker() -> None:
+            for batch in batches:
+                await self.store_small([(e, d, self._reader(e)) for e, d in batch])
+                self.progress.report()
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for _ in range(_BATCHES):
+                    tg.start_soon(worker)
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
+
+    def _reader(self, entry: Entry) -> Callable[[], bytes]:
+        return lambda: self._read_small(entry)
 
     async def ensure(self, entry: Entry, expected: Digest | None = None) -> Digest:
         """Make sure ``entry``'s bytes are stored; return their digest.
@@ -185,14 +242,13 @@ class Session:
         From a stream they already are. From a seekable file the member is copied once,
         hashed with the algorithm of ``expected`` and checked against it (IMP-4); a big
         blob already recorded is not read again (ING-2), a small one (≤ 1 MiB) is read
-        and stored whole in three hops (read, write + rename, record).
+        and stored whole, a batch of one: two hops (read + write + rename, record).
         """
         if entry.digest is not None:
             return entry.digest
         if entry.size <= _SMALL:
-            data = await anyio.to_thread.run_sync(self._read_small, entry, limiter=self.limiter)
-            entry.digest = await self.put_small(entry, data, expected)
-            return entry.digest
+            (digest,) = await self.store_small([(entry, expected, self._reader(entry))])
+            return digest
         ref = self.ref(entry.name)
         try:
             async with self.store.content.writer(ref, size=entry.size, digest=expected) as w:
@@ -248,6 +304,21 @@ def _imp4(entry: Entry, exc: DigestMismatch) -> DigestMismatch:
         expected=exc.expected,
         actual=exc.actual,
     )
+
+
+def _batched(entries: Iterable[tuple[Entry, _T]]) -> Iterator[list[tuple[Entry, _T]]]:
+    """Runs of at most :data:`BATCH_ENTRIES` members and :data:`BATCH_BYTES` bytes, in order."""
+    batch: list[tuple[Entry, _T]] = []
+    size = 0
+    for item in entries:
+        n = item[0].size
+        if batch and (len(batch) >= BATCH_ENTRIES or size + n > BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(item)
+        size += n
+    if batch:
+        yield batch
 
 
 # -- reading a stream: one pass ---------------------------------------------------------------
@@ -318,22 +389,35 @@ async def _ingest_stream(sess: Session, reader: _StreamReader) -> None:
     """Store every regular entry as it streams by (IMP-3); keep the two metadata files.
 
     A big member streams into its ingest here, then its commit (flush, rename, record;
-    fsync deferred) runs in a task while the next member streams in. A small member
-    (≤ 1 MiB) is read whole and stored by a task of its own (no ingest directory). At
-    most four such tasks run at once, so memory stays within a few MiB whatever the
-    archive holds.
+    fsync deferred) runs in a task while the next member streams in. Small members
+    (≤ 1 MiB) are read whole and gathered into batches (:data:`BATCH_ENTRIES` members or
+    :data:`BATCH_BYTES`, whichever comes first; a big member or the end closes a batch
+    early), each stored by a task of its own in one write hop and one record transaction
+    while the next batch gathers. One batch is stored at a time, so memory stays within a
+    few MiB (two batches and a chunk) whatever the archive holds.
     """
     cat = sess.catalog
-    # Small members: up to four in flight. A big member's commit (its last MiB, a
-    # re-hash for another algorithm) holds one of the store's two blob-I/O threads: one
-    # at a time, so the next member's writes always have the other.
-    commits = anyio.Semaphore(WORKERS)
+    # A big member's commit (its last MiB, a re-hash for another algorithm) holds one of
+    # the store's two blob-I/O threads: one at a time, so the next member's writes (or a
+    # batch of small ones) always have the other.
+    batches = anyio.Semaphore(1)
     big_commits = anyio.Semaphore(1)
+    pending: list[SmallMember] = []
+    pending_bytes = 0
     try:
         async with anyio.create_task_group() as tg:
+
+            async def flush() -> None:
+                nonlocal pending, pending_bytes
+                if pending:
+                    await batches.acquire()
+                    tg.start_soon(_store_batch, sess, pending, batches)
+                    pending, pending_bytes = [], 0
+
             while True:
                 ev = await reader.next()
                 if isinstance(ev, ArchiveEnd):
+                    await flush()
                     return
                 if not isinstance(ev, MemberStart):  # pragma: no cover - members are read whole
                     continue
@@ -350,10 +434,12 @@ async def _ingest_stream(sess: Session, reader: _StreamReader) -> None:
                     cat.entries[cleaned] = entry
                     expected = blob_digest(cleaned)
                     if ev.size <= _SMALL:
-                        data = await reader.body()
-                        await commits.acquire()
-                        tg.start_soon(_store_small, sess, entry, expected, data, commits)
+                        if len(pending) >= BATCH_ENTRIES or pending_bytes + ev.size > BATCH_BYTES:
+                            await flush()
+                        pending.append((entry, expected, await reader.body()))
+                        pending_bytes += ev.size
                     else:
+                        await flush()
                         await _ingest_member(sess, reader, entry, expected, tg, big_commits)
     except BaseExceptionGroup as group:
         raise first_error(group) from None
@@ -391,18 +477,12 @@ async def _ingest_member(
     tg.start_soon(_finish_member, sess, w, stack, entry, expected, commits)
 
 
-async def _store_small(
-    sess: Session,
-    entry: Entry,
-    expected: Digest | None,
-    data: bytes,
-    commits: anyio.Semaphore,
-) -> None:
-    """Store a small member read whole: its write and record overlap other members'."""
+async def _store_batch(sess: Session, batch: list[SmallMember], done: anyio.Semaphore) -> None:
+    """Store a batch of small members read whole, while the next batch gathers."""
     try:
-        entry.digest = await sess.put_small(entry, data, expected)
+        await sess.store_small(batch)
     finally:
-        commits.release()
+        done.release()
 
 
 async def _finish_member(

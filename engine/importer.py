@@ -45,11 +45,14 @@ __all__ = [
 # Strategy. Two ways in, one way out:
 # - a seekable plain tar file is scanned header by header in one worker thread (bodies are
 #   seeked over), giving a catalogue of entries and their offsets; the walk then copies
-#   each blob it needs, once, in one worker-thread call per blob (pread into a reused
+#   each blob it needs, once: small ones (<= 1 MiB) in batches of up to 64 or 4 MiB, one
+#   worker-thread call reading, writing and renaming a whole batch and one transaction
+#   recording it; big ones in one worker-thread call per blob (pread into a reused
 #   1 MiB buffer, then the writer hashes and writes), two copying and four in progress;
 # - anything else (pipes, async streams, compressed files) goes through the decoder on
-#   the event loop once, every regular entry into its own ingest as it passes, commits
-#   overlapping the next entry's bytes; blobs the walk leaves out are never labelled and
+#   the event loop once, every big entry into its own ingest as it passes, small ones
+#   gathered into the same batches, commits overlapping the next entries' bytes; blobs the
+#   walk leaves out are never labelled and
 #   go at the next GC once the import lease is released (EDGE-17).
 # Every blob is committed with sync=False (no per-blob fsync; small ones, ≤ 1 MiB, go
 # to the store whole: temp file + rename, no ingest directory), and ONE
@@ -283,6 +286,7 @@ async def load(
             async with open_source(source) as src:  # a seekable file is read until the end
                 await read_archive(sess, src, max_size)
                 walk = await walk_index(sess, await resolve(sess))
+                await sess.ensure_small(walk.needed)  # small blobs first, in batches
                 await fetch_needed(sess, walk)
             # Blobs were committed without fsync: one filesystem sync makes them all
             # durable before any label or image points at them (IO-LIMITS §2.10).

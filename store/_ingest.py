@@ -21,6 +21,7 @@ import re
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
@@ -43,7 +44,7 @@ from castar.store.errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator, Sequence
     from pathlib import Path
     from types import TracebackType
 
@@ -53,6 +54,8 @@ __all__ = [
     "CommitResult",
     "IngestStatus",
     "LocalWriter",
+    "SmallBatch",
+    "SmallData",
     "blob_limiter",
     "format_time",
     "go_duration",
@@ -60,6 +63,7 @@ __all__ = [
     "map_os_errors",
     "parse_time",
     "put_small",
+    "put_small_batch",
     "ref_context",
     "rehash",
     "remove_stray_tmp",
@@ -253,6 +257,42 @@ def holds(target: Path, size: int, digest: Digest, check: Callable[[], None] | N
 #: Prefix of the temp files small blobs are written to, directly under ``<root>/ingest``.
 TMP_PREFIX: Final = ".tmp-"
 
+#: What a small blob's bytes come from: the bytes, or a function returning them, called in
+#: the worker thread that writes them (so a reader of an archive reads in the same hop).
+SmallData = Buffer | Callable[[], Buffer]
+
+
+@dataclass(frozen=True, slots=True)
+class SmallBatch:
+    """What :func:`put_small_batch` did, item by item, in order.
+
+    Attributes:
+        results: one per item handled: its ``CommitResult``, or the ``DigestMismatch`` it
+            raised (the caller decides, TV-44: a recorded digest is still a success).
+        error: what stopped the batch early (a cancel, a read or I/O error), else None;
+            the items after ``results`` were not written at all.
+    """
+
+    results: list[CommitResult | DigestMismatch]
+    error: BaseException | None
+
+
+@functools.cache
+def _umask_keeps_read_bits() -> bool:
+    """True when the process umask leaves ``0o444`` alone (``/proc/self/status``, Linux).
+
+    Then a temp file created with mode 0o444 is already read-only as LAY-1 wants, and no
+    ``fchmod`` is needed; anywhere the umask cannot be read, every put chmods.
+    """
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8) & 0o444 == 0
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
 
 def put_small(
     root: Path,
@@ -264,11 +304,13 @@ def put_small(
 ) -> CommitResult:
     """Write a small blob held whole straight to its address: no ingest directory (§2.10).
 
-    Temp file ``<root>/ingest/.tmp-<pid>-<random>``, hashed and written in the same call,
-    fsynced when ``sync``, verified, made read-only and renamed into place. The caller holds
-    the commit lock shared for the whole call, so GC (exclusive) only ever meets a temp file
-    whose writer crashed. A failure or a cancel (``check``, up to the rename) removes the temp
-    file. Sync: run in a worker thread.
+    Temp file ``<root>/ingest/.tmp-<pid>-<random>``, created read-only (0444), hashed and
+    written in the same call, fsynced when ``sync``, verified and renamed into place. The
+    caller holds the commit lock shared for the whole call, so GC (exclusive) only ever meets
+    a temp file whose writer crashed. A failure or a cancel (``check``, up to the rename)
+    removes the temp file. Directories are made only when a create or rename finds them
+    missing (no ``mkdir`` per blob), and the file is not re-timed: it was written just now,
+    so its mtime and atime are the commit time already (LAY-3). Sync: run in a worker thread.
 
     Raises:
         DigestMismatch: ``unexpected commit digest <computed>, expected <expected>``.
@@ -288,26 +330,29 @@ def put_small(
         if holds(target, size, digest):
             return CommitResult(digest=digest, size=size, existed=True)
         tmp = root / "ingest" / f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = os.open(tmp, flags, 0o444)
         except FileNotFoundError:
             tmp.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = os.open(tmp, flags, 0o444)
         renamed = False
         try:
             try:
                 _write_all(fd, data)
                 if sync:
                     os.fsync(fd)
-                now = time.time_ns()
-                os.fchmod(fd, 0o444)
-                os.utime(fd, ns=(now, now))  # LAY-3
+                if not _umask_keeps_read_bits():
+                    os.fchmod(fd, 0o444)
             finally:
                 os.close(fd)
-            target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
             if check is not None:
                 check()  # the last cancel point: past the rename the commit finishes
-            os.rename(tmp, target)
+            try:
+                os.rename(tmp, target)
+            except FileNotFoundError:  # the algorithm's directory: made once, when missing
+                target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+                os.rename(tmp, target)
             renamed = True
             if sync:
                 sync_dir(target.parent)
@@ -316,6 +361,32 @@ def put_small(
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
     return CommitResult(digest=digest, size=size, existed=False)
+
+
+def put_small_batch(
+    root: Path,
+    items: Sequence[tuple[SmallData, Digest | None]],
+    algorithm: str,
+    sync: bool,
+    check: Callable[[], None] | None = None,
+) -> SmallBatch:
+    """:func:`put_small` for each ``(data, expected)`` in turn, in one call (one thread hop).
+
+    A digest mismatch is reported in its item's place and the batch goes on; anything else
+    (a cancel from ``check``, an error reading ``data``, an I/O error) stops it and is
+    returned as ``error``, with the results of the items already in place, so the caller
+    can still record those (their files are at their addresses). Sync: run in a thread.
+    """
+    results: list[CommitResult | DigestMismatch] = []
+    for data, expected in items:
+        try:
+            raw = data() if callable(data) else data
+            results.append(put_small(root, raw, expected, algorithm, sync, check))
+        except DigestMismatch as exc:
+            results.append(exc)
+        except BaseException as exc:
+            return SmallBatch(results, exc)
+    return SmallBatch(results, None)
 
 
 def remove_stray_tmp(root: Path) -> int:

@@ -260,6 +260,28 @@ def content_join(conn: sqlite3.Connection, digest: str, lease: str | None) -> in
     return int(row[0])
 
 
+def content_commit_batch(
+    conn: sqlite3.Connection,
+    blobs: Sequence[tuple[str, int, Mapping[str, str]]],
+    joins: Sequence[str],
+    lease: str | None,
+    now: datetime,
+    unsynced_boot: str | None = None,
+) -> tuple[list[bool], list[int | None]]:
+    """Record many small blobs written whole, and join recorded ones, in ONE transaction.
+
+    ``blobs`` are ``(digest, size, labels)`` as :func:`content_commit` (no ingest) records
+    them; ``joins`` are digests whose data did not verify, looked up as :func:`content_join`
+    (TV-44: a recorded digest is still a success). Returns, in order, whether each blob's row
+    was created, and each join's recorded size (None when unrecorded).
+    """
+    created = [
+        content_commit(conn, None, d, size, labels, lease, now, unsynced_boot)
+        for d, size, labels in blobs
+    ]
+    return created, [content_join(conn, d, lease) for d in joins]
+
+
 def content_unsynced(conn: sqlite3.Connection, boot: str) -> list[str]:
     """Digests committed without fsync in boot ``boot`` and not synced since."""
     rows = conn.execute("SELECT digest FROM content WHERE unsynced_boot = ?", (boot,))

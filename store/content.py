@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Final, final
 
 import anyio
+import anyio.lowlevel
 
 from castar.store.digest import Buffer, Digest, parse
 from castar.store.errors import (
@@ -36,10 +37,19 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
     from pathlib import Path
 
+    from castar.store._ingest import SmallData
     from castar.store.local import IngestStatus, LocalContentStore, LocalWriter
     from castar.store.sqlite import SQLiteMetadataDB
 
-__all__ = ["INGEST_TTL", "SMALL_BLOB", "ContentStore", "Descriptor", "Info", "Writer"]
+__all__ = [
+    "INGEST_TTL",
+    "SMALL_BLOB",
+    "ContentStore",
+    "Descriptor",
+    "Info",
+    "SmallBlob",
+    "Writer",
+]
 
 #: ING-13: an ingest opened outside a lease expires this long after it was opened.
 INGEST_TTL: Final = timedelta(hours=24)
@@ -68,6 +78,26 @@ class Info:
     labels: Mapping[str, str]
     created_at: datetime
     updated_at: datetime
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class SmallBlob:
+    """One blob of :meth:`ContentStore.write_small_blobs`: at most 1 MiB, stored whole.
+
+    Attributes:
+        data: the bytes, or a function returning them, called in the worker thread that
+            writes the batch, one blob at a time (an importer ``pread``s an archive member
+            there: one hop reads and writes a whole batch, and holds one blob at a time).
+        digest: the digest the bytes must hash to (its algorithm is used), or None.
+        labels: labels of a new record (LBL-1); ``gc.ref.*`` labels become GC edges.
+        media_type: echoed in the returned :class:`Descriptor`.
+    """
+
+    data: SmallData
+    digest: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    media_type: str = "application/octet-stream"
 
 
 def _info(rec: ContentRecord) -> Info:
@@ -404,33 +434,91 @@ class ContentStore:
             unsynced_boot=unsynced,
         )
 
-    async def _put_small(
-        self,
-        data: Buffer,
-        expected: Digest | None,
-        labels: Mapping[str, str],
-        media_type: str,
-        sync: bool,
-    ) -> Descriptor:
-        """The small-blob path: temp file, rename and row under the shared lock, two hops.
+    async def write_small_blobs(
+        self, blobs: Iterable[SmallBlob], *, sync: bool = True
+    ) -> list[Descriptor]:
+        """Store many small blobs: ONE worker-thread hop writes them, ONE transaction records them.
 
-        Data that does not hash to a recorded ``expected`` still succeeds (TV-44: the source
-        of a stored digest does not matter), at the cost of a third hop on that rare path.
+        Under the shared commit lock (held from the first rename until the rows are written,
+        so GC never sees a renamed-but-unrecorded blob), each blob goes to a temp file, is
+        hashed, checked against its ``digest`` and renamed to its address; a file already
+        there that re-hashes right is kept (stored blobs are not rewritten). Then one
+        transaction records them all (labels, the current lease, the unsynced mark when
+        ``sync`` is False: :meth:`sync` makes them durable). A blob already recorded is a
+        success and joins the current lease (ING-11, ING-2), as is data that does not hash
+        to a ``digest`` that is recorded already (TV-44).
+
+        Failures are those of a run of :meth:`write_blob` calls stopped at the first bad
+        item: every blob renamed before it is recorded (and in the current lease, so GC takes
+        it once nothing else holds it); nothing else is visible. A cancel is honoured before
+        each rename and the blobs already renamed are still recorded (shielded).
+
+        Args:
+            blobs: the blobs, each of at most 1 MiB (:data:`SMALL_BLOB`).
+            sync: as for :meth:`Writer.commit`; False defers the fsyncs to :meth:`sync`.
+
+        Returns:
+            One descriptor per blob, in order (the ``media_type`` each blob gave).
+
+        Raises:
+            DigestMismatch: ``unexpected commit digest <computed>, expected <expected>``
+                for the first blob whose data does not hash to its unrecorded ``digest``
+                (``expected`` and ``actual`` name both).
+            InvalidArgument: a bad digest or label (LBL-1), or bytes over 1 MiB, before
+                anything is written.
         """
+        items = list(blobs)
+        if not items:
+            return []
+        expected = [parse(b.digest) if b.digest else None for b in items]
+        labels = [dict(b.labels) for b in items]
+        for item, item_labels in zip(items, labels, strict=True):
+            validate_labels(item_labels)
+            if not callable(item.data) and (n := memoryview(item.data).nbytes) > SMALL_BLOB:
+                raise InvalidArgument(
+                    f"small blob {item.digest or ''}: {n} bytes, over the {SMALL_BLOB}-byte limit"
+                )
         unsynced = None if sync else self._boot
-        try:
-            async with self._backend.commit_small(
-                data, expected=expected, sync=unsynced is None
-            ) as result:
+        work = [(b.data, d) for b, d in zip(items, expected, strict=True)]
+        async with self._backend.commit_small_batch(work, sync=unsynced is None) as batch:
+            done = [r for r in batch.results if not isinstance(r, DigestMismatch)]
+            bad = [
+                expected[i] for i, r in enumerate(batch.results) if isinstance(r, DigestMismatch)
+            ]
+            joined: list[int | None] = []
+            if done or bad:
                 with anyio.CancelScope(shield=True):
-                    await self._record(None, result.digest, result.size, labels, unsynced)
-        except DigestMismatch:
-            assert expected is not None
-            size = await self._db.content_join(expected, lease=current_lease_id())
-            if size is None:
-                raise
-            return Descriptor(media_type, expected, size)
-        return Descriptor(media_type, result.digest, result.size)
+                    _, joined = await self._db.content_commit_batch(
+                        [
+                            (r.digest, r.size, labels[i])
+                            for i, r in enumerate(batch.results)
+                            if not isinstance(r, DigestMismatch)
+                        ],
+                        [d for d in bad if d is not None],
+                        lease=current_lease_id(),
+                        now=self._clock(),
+                        unsynced_boot=unsynced,
+                    )
+        out: list[Descriptor] = []
+        sizes = iter(joined)
+        failure: DigestMismatch | None = None
+        for item, want, result in zip(items, expected, batch.results, strict=False):
+            if isinstance(result, DigestMismatch):
+                size = next(sizes)
+                if size is None:
+                    failure = failure or result
+                    continue
+                assert want is not None  # only an expected digest can mismatch
+                out.append(Descriptor(item.media_type, want, size))
+            else:
+                out.append(Descriptor(item.media_type, result.digest, result.size))
+        if batch.error is not None:
+            if isinstance(batch.error, anyio.get_cancelled_exc_class()):
+                await anyio.lowlevel.checkpoint_if_cancelled()  # a fresh one, raised here
+            raise batch.error
+        if failure is not None:
+            raise failure
+        return out
 
     async def sync(self, digests: Iterable[str] | None = None) -> int:
         """Make blobs committed with ``sync=False`` durable: one filesystem sync for all.
@@ -504,9 +592,9 @@ class ContentStore:
         if isinstance(data, bytes | bytearray | memoryview):
             n = memoryview(data).nbytes
             if n <= SMALL_BLOB and (not size or size == n):
-                labels = dict(labels or {})
-                validate_labels(labels)
-                return await self._put_small(data, expected, labels, media_type, sync)
+                blob = SmallBlob(data, expected, dict(labels or {}), media_type)
+                (desc,) = await self.write_small_blobs([blob], sync=sync)
+                return desc
         if ref is None:
             ref = f"castar-blob-{expected or uuid.uuid4().hex}"
         delay = 0.016

@@ -2,7 +2,8 @@
 
 Owns ``<root>/blobs/<alg>/<hex>`` (read-only committed blobs), the ingest directories
 ``<root>/ingest/<sha256(ref)>/`` (opening, per-ref flock, status, abort; the writing and
-the commit are ``_ingest.py``'s), small blobs written whole (``commit_small``), the
+the commit are ``_ingest.py``'s), small blobs written whole, one or a batch per thread hop
+(``commit_small``, ``commit_small_batch``), the
 filesystem sync of deferred commits and ``<root>/commit.lock``. Knows nothing of labels,
 leases or the metadata DB (``content.py`` layers those on top): imports only digest,
 errors and _ingest.
@@ -32,25 +33,27 @@ from castar.store._ingest import (
     CommitResult,
     IngestStatus,
     LocalWriter,
+    SmallBatch,
+    SmallData,
     blob_limiter,
     format_time,
     go_duration,
     map_os_errors,
     parse_time,
-    put_small,
+    put_small_batch,
     ref_context,
     rehash,
     remove_stray_tmp,
     write_atomic,
 )
 from castar.store.digest import ALGORITHMS, CANONICAL, Buffer, Digest, hasher, parse
-from castar.store.errors import DataLoss, InvalidArgument, NotFound, Unavailable
+from castar.store.errors import DataLoss, DigestMismatch, InvalidArgument, NotFound, Unavailable
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Callable, Sequence
     from contextlib import AbstractAsyncContextManager
 
-__all__ = ["CommitResult", "IngestStatus", "LocalContentStore", "LocalWriter"]
+__all__ = ["CommitResult", "IngestStatus", "LocalContentStore", "LocalWriter", "SmallBatch"]
 
 _log = logging.getLogger(__name__)
 _LOCK_POLL_MAX: Final = 0.05  # seconds between tries for a contended commit lock
@@ -493,9 +496,13 @@ class LocalContentStore:
 
     def _open_lock(self) -> int:
         path = self.root / "commit.lock"
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
         with map_os_errors(f"commit lock {path}"):
-            self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
-            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                return os.open(path, flags, 0o644)
+            except FileNotFoundError:  # the root is made lazily, by the first write
+                self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
+                return os.open(path, flags, 0o644)
 
     @contextlib.asynccontextmanager
     async def _commit_lock(self, exclusive: bool) -> AsyncIterator[None]:
@@ -523,11 +530,11 @@ class LocalContentStore:
     ) -> AbstractAsyncContextManager[CommitResult]:
         """Write a small blob held whole to its address, holding the commit lock shared.
 
-        No ingest directory: one worker-thread hop takes the lock, writes ``data`` to a temp
-        file under ``ingest/``, hashes and verifies it, fsyncs it when ``sync``, and renames
-        it into ``blobs/`` (IO-LIMITS §2.10). The lock stays held (shared) until the block
-        exits, so the caller records the row inside it. A cancel before the rename leaves
-        nothing behind. Meant for blobs of at most 1 MiB: the whole write is one hop.
+        :meth:`commit_small_batch` of one item: one worker-thread hop takes the lock, writes
+        ``data`` to a temp file under ``ingest/``, hashes and verifies it, fsyncs it when
+        ``sync``, and renames it into ``blobs/`` (IO-LIMITS §2.10). The lock stays held
+        (shared) until the block exits, so the caller records the row inside it. A cancel
+        before the rename leaves nothing behind.
 
         Raises:
             DigestMismatch: ``data`` does not hash to ``expected``.
@@ -538,13 +545,43 @@ class LocalContentStore:
     async def _commit_small(
         self, data: Buffer, expected: Digest | None, sync: bool
     ) -> AsyncIterator[CommitResult]:
+        async with self.commit_small_batch([(data, expected)], sync=sync) as batch:
+            if batch.error is not None:
+                raise batch.error
+            (result,) = batch.results
+            if isinstance(result, DigestMismatch):
+                raise result
+            yield result
+
+    def commit_small_batch(
+        self, items: Sequence[tuple[SmallData, Digest | None]], *, sync: bool = True
+    ) -> AbstractAsyncContextManager[SmallBatch]:
+        """Write many small blobs to their addresses in ONE worker-thread hop, lock held shared.
+
+        Each item is ``(data, expected)``: the bytes (or a function returning them, called
+        in the worker thread, so a caller reading an archive reads in the same hop) and the
+        digest they must have. Each goes to a temp file under ``ingest/``, is hashed,
+        verified, fsynced when ``sync`` and renamed into ``blobs/``; a file already at the
+        address that re-hashes right is kept (``existed``). A digest mismatch is reported in
+        its item's place and the batch goes on; a cancel (checked before each rename), or
+        any other error, stops it and is handed back as ``SmallBatch.error`` with the
+        results of the blobs already renamed. The commit lock stays held (shared) until the
+        block exits, so the caller records those blobs, then raises the error. Meant for
+        blobs of at most 1 MiB each and a few MiB per batch.
+        """
+        return self._commit_small_batch(items, sync)
+
+    @contextlib.asynccontextmanager
+    async def _commit_small_batch(
+        self, items: Sequence[tuple[SmallData, Digest | None]], sync: bool
+    ) -> AsyncIterator[SmallBatch]:
         op = fcntl.LOCK_SH | fcntl.LOCK_NB
 
-        def put() -> CommitResult:
+        def put() -> SmallBatch:
             check = anyio.from_thread.check_cancelled
-            return put_small(self.root, data, expected, CANONICAL, sync, check)
+            return put_small_batch(self.root, items, CANONICAL, sync, check)
 
-        def lock_and_put() -> tuple[int, CommitResult | None]:
+        def lock_and_put() -> tuple[int, SmallBatch | None]:
             fd = self._open_lock()
             try:
                 return fd, put() if _try_flock(fd, op) else None
@@ -552,12 +589,12 @@ class LocalContentStore:
                 os.close(fd)
                 raise
 
-        fd, result = await anyio.to_thread.run_sync(lock_and_put, limiter=blob_limiter())
+        fd, batch = await anyio.to_thread.run_sync(lock_and_put, limiter=blob_limiter())
         try:
-            if result is None:  # GC holds the lock: wait for it, then write
+            if batch is None:  # GC holds the lock: wait for it, then write
                 await _wait_flock(fd, op, False)
-                result = await anyio.to_thread.run_sync(put, limiter=blob_limiter())
-            yield result
+                batch = await anyio.to_thread.run_sync(put, limiter=blob_limiter())
+            yield batch
         finally:
             os.close(fd)
 

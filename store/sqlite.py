@@ -28,7 +28,7 @@ from castar.store.errors import InvalidArgument
 
 if TYPE_CHECKING:
     import sqlite3
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping, Sequence
     from datetime import datetime
     from pathlib import Path
 
@@ -144,6 +144,26 @@ class SQLiteMetadataDB:
         if unsynced_boot is not None:
             return await self._run_lazy(_txn.content_commit, *args)
         return await self._run(True, _txn.content_commit, *args)
+
+    async def content_commit_batch(
+        self,
+        blobs: Sequence[tuple[str, int, Mapping[str, str]]],
+        joins: Sequence[str] = (),
+        *,
+        lease: str | None,
+        now: datetime,
+        unsynced_boot: str | None = None,
+    ) -> tuple[list[bool], list[int | None]]:
+        """Record many blobs written whole (``(digest, size, labels)``) in ONE transaction.
+
+        As :meth:`content_commit` (no ingest) for each blob, then :meth:`content_join` for
+        each of ``joins``; returns which rows were created and the joins' recorded sizes.
+        Skips the WAL fsync with ``unsynced_boot``, as :meth:`content_commit` does.
+        """
+        args = ([(d, s, dict(la)) for d, s, la in blobs], list(joins), lease, now, unsynced_boot)
+        if unsynced_boot is not None:
+            return await self._run_lazy(_txn.content_commit_batch, *args)
+        return await self._run(True, _txn.content_commit_batch, *args)
 
     async def content_join(self, digest: str, *, lease: str | None) -> int | None:
         """The recorded size of ``digest`` (None if unrecorded); it joins ``lease`` if recorded."""

@@ -22,7 +22,7 @@ from castar.engine.platforms import pinned_host
 from castar.store import Store, open_store
 from castar.store.content import ContentStore
 from castar.store.images import ImageStore
-from castar.store.local import CommitResult, LocalContentStore, LocalWriter
+from castar.store.local import CommitResult, LocalContentStore, LocalWriter, SmallBatch
 
 SMALL = synth.SynthSpec(
     name="sync/small:1", platforms=("linux/amd64", "linux/arm64"), layers=3, layer_size=4096
@@ -65,7 +65,7 @@ class Spy:
         record(ImageStore, "create", "image")
         record(ImageStore, "update", "image")
         real_commit = LocalWriter.commit
-        real_small = LocalContentStore.commit_small
+        real_small = LocalContentStore.commit_small_batch
         real_open = LocalContentStore.open_writer
 
         async def commit(
@@ -76,18 +76,19 @@ class Spy:
             return await real_commit(w, size, expected, sync=sync)
 
         def small(
-            backend: LocalContentStore, data: bytes, **kw: bool
-        ) -> AbstractAsyncContextManager[CommitResult]:
-            self.commit_syncs.append(kw["sync"])
-            self.events.append("blob")
-            return real_small(backend, data, **kw)  # type: ignore[arg-type]
+            backend: LocalContentStore, items: list[object], **kw: bool
+        ) -> AbstractAsyncContextManager[SmallBatch]:
+            # one commit of many small blobs (or of one): a commit per blob, as above
+            self.commit_syncs += [kw["sync"]] * len(items)
+            self.events += ["blob"] * len(items)
+            return real_small(backend, items, **kw)  # type: ignore[arg-type]
 
         async def open_writer(backend: LocalContentStore, ref: str, **kw: object) -> LocalWriter:
             self.ingests += 1
             return await real_open(backend, ref, **kw)  # type: ignore[arg-type]
 
         monkeypatch.setattr(LocalWriter, "commit", commit)
-        monkeypatch.setattr(LocalContentStore, "commit_small", small)
+        monkeypatch.setattr(LocalContentStore, "commit_small_batch", small)
         monkeypatch.setattr(LocalContentStore, "open_writer", open_writer)
 
 
