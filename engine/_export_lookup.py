@@ -1,16 +1,18 @@
 """What planning a save reads from the store: names resolved, nodes fetched, lease coverage.
 
 Owns SAVE-4 name resolution (name, repository, digest, image-id prefix), the fetch of
-every node reachable from the targets (infos, capped documents, config platforms,
-SAVE-1 referrers) and which read blobs the lease must hold itself (GC-4/5). Async over
-the store's public API; must not import the planner's logic or the writer.
+every node reachable from the targets (infos and verified documents level by level in
+a few worker-thread hops, config platforms, SAVE-1 referrers) and which read blobs the
+lease must hold itself (GC-4/5). Store's public API only; must not import the planner.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final
+
+import anyio.to_thread
 
 from castar.engine import graph, oci, reference
 from castar.engine import platforms as plat
@@ -136,24 +138,153 @@ def _document(data: bytes) -> tuple[dict[str, Any] | None, str]:
 # -- what the store holds -------------------------------------------------------------------
 
 
+@dataclass(slots=True)
+class _Prefetched:
+    """What :func:`_prefetch` read ahead of the walk; anything absent is read the slow way."""
+
+    infos: dict[str, Info | None] = field(default_factory=dict)  # None: not recorded
+    #: (digest, size, media type) → the document's MT-4 children and, for indexes, its bytes
+    parsed: dict[tuple[str, int, str], tuple[tuple[oci.Descriptor, ...], bytes | None]] = field(
+        default_factory=dict
+    )
+    #: (digest, size) of a config → its platform (IMP-8)
+    platforms: dict[tuple[str, int], plat.Platform | None] = field(default_factory=dict)
+    referrers: dict[str, tuple[oci.Descriptor, ...]] = field(default_factory=dict)
+
+
+# Most document bytes one read-ahead hop holds (documents are capped at 20 MiB each).
+_READ_AHEAD: Final = 32 << 20
+
+
+def _read_verified(items: Sequence[tuple[str, int, Digest]]) -> list[bytes | None]:
+    """Worker thread: each file's bytes if it has ``size`` bytes hashing to its digest.
+
+    Anything else (absent, another size, corrupt) is None: the walk then reads it
+    through the store and raises that read's error.
+    """
+    out: list[bytes | None] = []
+    for path, size, digest in items:
+        try:
+            with open(path, "rb", buffering=0) as f:
+                data = f.read(size + 1)
+        except OSError:
+            out.append(None)
+            continue
+        ok = len(data) == size and digests.compute(data, digest.algorithm) == digest
+        out.append(data if ok else None)
+    return out
+
+
+def _wanted(desc: oci.Descriptor, info: Info | None, configs: set[str]) -> bool:
+    """Whether the read-ahead reads ``desc``: a stored document read_document would accept."""
+    if info is None or info.size != desc.size or desc.data is not None:
+        return False
+    if desc.size > oci.MAX_DOCUMENT:
+        return False
+    mt = desc.media_type
+    if oci.is_manifest(mt) or oci.is_index(mt):
+        return True
+    return oci.is_config(mt) and desc.digest in configs
+
+
+async def _prefetch(content: ContentStore, roots: Sequence[oci.Descriptor]) -> _Prefetched:
+    """Read the graph under ``roots`` level by level, in few worker-thread hops.
+
+    Per level: one ``infos`` hop, and one hop reading and verifying its documents
+    (more only past ``_READ_AHEAD`` bytes of them).
+    Never raises for the graph's own faults (missing, wrong size, corrupt, malformed):
+    what it cannot vouch for it leaves out, and :func:`fetch`'s depth-first walk reads
+    it one by one and raises exactly as it always did, in walk order.
+    """
+    pre = _Prefetched()
+    configs: set[str] = set()  # configs whose platform a manifest needs (IMP-8)
+    seen: set[tuple[str, int, str]] = set()
+    level = list(roots)
+    while level:
+        todo = [d for d in dict.fromkeys(x.digest for x in level) if d not in pre.infos]
+        if todo:
+            found = await content.infos(todo)
+            pre.infos.update((d, found.get(d)) for d in todo)
+        reads = []
+        for desc in level:
+            key = (desc.digest, desc.size, desc.media_type)
+            if key not in seen and _wanted(desc, pre.infos[desc.digest], configs):
+                seen.add(key)
+                reads.append(desc)
+        following: list[oci.Descriptor] = []
+        while reads:
+            batch: list[oci.Descriptor] = []
+            total = 0
+            while reads and (not batch or total + reads[0].size <= _READ_AHEAD):
+                total += reads[0].size
+                batch.append(reads.pop(0))
+            items = [(str(content.path(d.digest)), d.size, d.digest) for d in batch]
+            datas = await anyio.to_thread.run_sync(_read_verified, items)
+            for desc, data in zip(batch, datas, strict=True):
+                if data is not None:
+                    following.extend(await _read_ahead(content, pre, configs, desc, data))
+        level = following
+    return pre
+
+
+async def _read_ahead(
+    content: ContentStore,
+    pre: _Prefetched,
+    configs: set[str],
+    desc: oci.Descriptor,
+    data: bytes,
+) -> tuple[oci.Descriptor, ...]:
+    """Record what ``fetch`` needs of one verified document; returns what to read next."""
+    if not (oci.is_manifest(desc.media_type) or oci.is_index(desc.media_type)):
+        try:  # a config: as _config_platform, without the store reads
+            platform = oci.decode_config(data, name=str(desc.digest)).platform()
+        except (NotFound, InvalidArgument, FailedPrecondition):
+            platform = None
+        except Exception:  # the walk re-reads it and raises in walk order
+            return ()
+        pre.platforms[desc.digest, desc.size] = platform
+        return ()
+    try:
+        children = tuple(oci.children(desc, data))
+    except Exception:  # the walk re-reads it and raises in walk order
+        return ()
+    pre.parsed[desc.digest, desc.size, desc.media_type] = (
+        children,
+        data if oci.is_index(desc.media_type) else None,
+    )
+    if oci.is_manifest(desc.media_type) and children and desc.platform is None:
+        configs.add(children[0].digest)
+    info = pre.infos[desc.digest]
+    assert info is not None
+    referrers: tuple[oci.Descriptor, ...] = ()
+    if any(k.startswith(_REFERRER_LABEL) for k in info.labels):
+        try:
+            referrers = await _referrers(content, desc.digest, info.labels)
+        except Exception:  # the walk asks again and raises in walk order
+            return children
+        pre.referrers[desc.digest] = referrers
+    return (*children, *referrers)
+
+
 async def fetch(content: ContentStore, roots: Sequence[oci.Descriptor]) -> dict[str, Node]:
     """Info for every blob reachable from ``roots``, documents for manifests and indexes.
 
-    The walk is depth-first (errors surface in the same order as one lookup per blob
-    would raise them), but the infos come in rounds: when the walk meets a digest it has
-    no info for, one :meth:`ContentStore.infos` call fetches every descriptor queued since
-    the last round (a manifest's config and all its layers, an index's manifests), so an
-    image costs one store hop per document level, not one per blob.
+    First :func:`_prefetch` reads the graph level by level (one ``infos`` hop and one
+    document hop per level, whatever the number of platforms or layers). Then the
+    depth-first walk builds the nodes from what it read; a node it could not vouch for
+    (missing, wrong size, corrupt, malformed, embedded data) is read here one by one,
+    so errors surface in walk order with the messages one lookup per blob gives.
     """
+    pre = await _prefetch(content, roots)
     nodes: dict[str, Node] = {}
-    known: dict[str, Info | None] = {}  # None: not recorded
+    known = pre.infos
     stack = list(reversed(roots))
     queued = [d.digest for d in roots]  # pushed since the last round
     while stack:
         desc = stack.pop()
         if desc.digest in nodes:
             continue
-        if desc.digest not in known:
+        if desc.digest not in known:  # only below a node the read-ahead left out
             todo = [d for d in dict.fromkeys(queued) if d not in known]
             queued.clear()
             found = await content.infos(todo)
@@ -171,16 +302,28 @@ async def fetch(content: ContentStore, roots: Sequence[oci.Descriptor]) -> dict[
             )
         node = Node(present=True, labels=dict(info.labels))
         if oci.is_manifest(desc.media_type) or oci.is_index(desc.media_type):
-            data = await graph.read_document(content, desc)  # capped, digest-checked
-            children = tuple(oci.children(desc, data))
-            node = replace(
-                node,
-                children=children,
-                document=data if oci.is_index(desc.media_type) else None,
-            )
+            parsed = pre.parsed.get((desc.digest, desc.size, desc.media_type))
+            if parsed is None:
+                data = await graph.read_document(content, desc)  # capped, digest-checked
+                parsed = (
+                    tuple(oci.children(desc, data)),
+                    data if oci.is_index(desc.media_type) else None,
+                )
+            children, document = parsed
+            node = replace(node, children=children, document=document)
             if oci.is_manifest(desc.media_type) and children and desc.platform is None:
-                node = replace(node, platform=await _config_platform(content, children[0]))
-            node = replace(node, referrers=await _referrers(content, desc.digest, node.labels))
+                config = children[0]
+                key = (config.digest, config.size)
+                platform = (
+                    pre.platforms[key]
+                    if key in pre.platforms and oci.is_config(config.media_type)
+                    else await _config_platform(content, config)
+                )
+                node = replace(node, platform=platform)
+            referrers = pre.referrers.get(desc.digest)
+            if referrers is None:
+                referrers = await _referrers(content, desc.digest, node.labels)
+            node = replace(node, referrers=referrers)
             pushed = (*children, *node.referrers)
             stack.extend(reversed(pushed))
             queued.extend(d.digest for d in pushed if d.digest not in nodes)

@@ -192,10 +192,10 @@ async def test_planning_n_layers_makes_the_same_few_info_calls_whatever_n(
         calls = _spy(store, monkeypatch)
         plan = await exporter.plan_save(store, [MANY])
     assert len(plan.reads) == n + 2  # EXP-7: manifest, config and every layer
-    # One infos round for the manifest, one for its config and all its layers; the per-blob
-    # info() calls left are the documents' own reads (manifest and config), not the layers'.
+    # One infos round for the manifest, one for its config and all its layers; the documents
+    # (manifest, config) are read ahead from their files, verified, with no info() call each.
     assert calls["infos"] == [1, n + 1]
-    assert len(calls["info"]) == 6  # graph.read_document + read_all + read_at, twice
+    assert calls["info"] == []
 
 
 async def test_a_layer_of_another_size_than_stored_is_size_mismatch_before_any_byte(
