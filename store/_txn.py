@@ -238,15 +238,30 @@ def content_commit(
     """
     if ref is not None:
         ingest_delete(conn, ref)
+    created = _insert_content(conn, digest, size, labels, now, unsynced_boot)
+    if lease is not None:
+        _add_resource(conn, lease, "content", digest)
+    return created
+
+
+def _insert_content(
+    conn: sqlite3.Connection,
+    digest: str,
+    size: int,
+    labels: Mapping[str, str],
+    now: datetime,
+    unsynced_boot: str | None,
+) -> bool:
+    """Insert a content row unless it exists, with its labels and edges; True when inserted."""
     created = conn.execute(
         "INSERT OR IGNORE INTO content (digest, size, created_at, updated_at, unsynced_boot)"
         " VALUES (?, ?, ?, ?, ?)",
         (digest, size, to_ts(now), to_ts(now), unsynced_boot),
     ).rowcount
-    if created:
+    # A new row has no labels and no edges yet (dropping a row drops both): only labels to
+    # add cost statements.
+    if created and labels:
         _set_labels(conn, "content", digest, labels)
-    if lease is not None:
-        _add_resource(conn, lease, "content", digest)
     return bool(created)
 
 
@@ -275,11 +290,17 @@ def content_commit_batch(
     (TV-44: a recorded digest is still a success). Returns, in order, whether each blob's row
     was created, and each join's recorded size (None when unrecorded).
     """
-    created = [
-        content_commit(conn, None, d, size, labels, lease, now, unsynced_boot)
-        for d, size, labels in blobs
-    ]
-    return created, [content_join(conn, d, lease) for d in joins]
+    created = [_insert_content(conn, d, n, labels, now, unsynced_boot) for d, n, labels in blobs]
+    joined = [content_join(conn, d, None) for d in joins]
+    if lease is not None:  # the lease is checked once, its members inserted in one statement
+        _require_lease(conn, lease, "lease does not exist")
+        members = [d for d, _, _ in blobs]
+        members += [d for d, n in zip(joins, joined, strict=True) if n is not None]
+        conn.executemany(
+            "INSERT OR IGNORE INTO lease_resources VALUES (?, 'content', ?)",
+            [(lease, d) for d in members],
+        )
+    return created, joined
 
 
 def content_unsynced(conn: sqlite3.Connection, boot: str) -> list[str]:

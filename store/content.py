@@ -448,10 +448,12 @@ class ContentStore:
         success and joins the current lease (ING-11, ING-2), as is data that does not hash
         to a ``digest`` that is recorded already (TV-44).
 
-        Failures are those of a run of :meth:`write_blob` calls stopped at the first bad
-        item: every blob renamed before it is recorded (and in the current lease, so GC takes
-        it once nothing else holds it); nothing else is visible. A cancel is honoured before
-        each rename and the blobs already renamed are still recorded (shielded).
+        On a failure nothing is visible but recorded, verified blobs: a digest mismatch
+        does not stop the batch (it may be TV-44's success), and every blob that verified is
+        recorded before the first mismatch is raised; anything else (a cancel, honoured
+        before each rename; a reader's error; an I/O error) stops the batch, and the blobs
+        renamed before it are recorded (shielded). All of them are in the current lease, so
+        GC takes them once nothing else holds them.
 
         Args:
             blobs: the blobs, each of at most 1 MiB (:data:`SMALL_BLOB`).
