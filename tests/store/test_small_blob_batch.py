@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,10 @@ import anyio.from_thread
 import anyio.to_thread
 import pytest
 
-from castar.store import Store, _ingest, open_store
+from castar.store import Store, _ingest, _schema, _txn, open_store
 from castar.store.content import SMALL_BLOB, SmallBlob
 from castar.store.digest import compute
-from castar.store.errors import DigestMismatch, InvalidArgument, MalformedArchive
+from castar.store.errors import DigestMismatch, InvalidArgument, MalformedArchive, NotFound
 from castar.store.local import LocalContentStore
 
 BOOT = "boot-1"
@@ -306,3 +307,37 @@ async def test_missing_algorithm_directory_is_made_on_demand(store: Store) -> No
     (store.root / "blobs" / "sha256").rmdir()  # gone under us: the rename makes it again
     await store.content.write_small_blobs([SmallBlob(b"second")])
     assert files(store.root) == {compute(b"second")}
+
+
+# -- the record transaction alone (no loop) ----------------------------------------------------
+
+
+def test_the_batch_record_txn_creates_joins_and_checks_the_lease_once(tmp_path: Path) -> None:
+    conn = _schema.connect(tmp_path / "meta.db")
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    a, b, c, gone = (str(compute(x)) for x in (b"a", b"b", b"c", b"gone"))
+    try:
+        _schema.run_txn(conn, True, _txn.lease_create, ("L", {}, now))
+        _schema.run_txn(conn, True, _txn.content_commit, (None, a, 1, {}, None, now))
+        labels = {"containerd.io/gc.ref.content.l.0": c}
+        created, joined = _schema.run_txn(
+            conn,
+            True,
+            _txn.content_commit_batch,
+            ([(a, 1, {"x": "y"}), (b, 1, labels)], [a, gone], "L", now, "boot"),
+        )
+        assert created == [False, True]  # a was recorded: its labels are not replaced
+        assert joined == [1, None]
+        assert _txn.content_info(conn, a).labels == {}  # type: ignore[union-attr]
+        assert _txn.content_info(conn, b).labels == labels  # type: ignore[union-attr]
+        edges = conn.execute("SELECT owner, dst FROM edges WHERE owner_kind = 'content'")
+        assert list(edges) == [(b, c)]  # GC-6: the label is an edge
+        assert set(_txn.lease_resources(conn, "L")) == {("content", a), ("content", b)}
+        assert _txn.content_unsynced(conn, "boot") == [b]  # only the row it created
+        with pytest.raises(NotFound, match="lease does not exist"):
+            _schema.run_txn(
+                conn, True, _txn.content_commit_batch, ([(c, 1, {})], [], "no-such", now, None)
+            )
+        assert _txn.content_info(conn, c) is None  # rolled back whole
+    finally:
+        conn.close()
