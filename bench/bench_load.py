@@ -371,13 +371,18 @@ def main() -> None:
     row("small: baseline with fsync", sbase, many_size, None, n)
     row("small: baseline without fsync", snofsync, many_size, None, n)
     row("small: baseline, one syncfs at end", got["syncfs"], many_size, None, n)
-    row("small: load from file", sload, many_size, sbase["seconds"], n)
-    row("small: load from pipe", spipe, many_size, sbase["seconds"], n)
+    row("small: load from file", sload, many_size, got["syncfs"]["seconds"], n)
+    row("small: load from pipe", spipe, many_size, got["syncfs"]["seconds"], n)
     print(
-        f"targets: small entries/s {sbase['seconds'] / sload['seconds']:.2f}x baseline (>= 0.7;"
-        f" {snofsync['seconds'] / sload['seconds']:.2f}x the no-fsync one,"
-        f" {got['syncfs']['seconds'] / sload['seconds']:.2f}x the one-syncfs one;"
-        f" pipe {sbase['seconds'] / spipe['seconds']:.2f}x)"
+        # The like-for-like baseline is the one-syncfs one: load commits without per-blob
+        # fsync and makes everything durable with one syncfs (IO-LIMITS §2.10).
+        f"targets: small entries/s vs the one-syncfs baseline: file"
+        f" {got['syncfs']['seconds'] / sload['seconds']:.2f}x, pipe"
+        f" {got['syncfs']['seconds'] / spipe['seconds']:.2f}x (>= 0.7); vs the fsync one:"
+        f" file {sbase['seconds'] / sload['seconds']:.2f}x, pipe"
+        f" {sbase['seconds'] / spipe['seconds']:.2f}x; vs the no-fsync one: file"
+        f" {snofsync['seconds'] / sload['seconds']:.2f}x, pipe"
+        f" {snofsync['seconds'] / spipe['seconds']:.2f}x"
     )
 
 
