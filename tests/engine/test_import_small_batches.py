@@ -33,10 +33,12 @@ MANY = synth.SynthSpec(
 class Stream:
     """A non-seekable source: an object with ``async read(n)``."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, chunk: int = 1 << 20) -> None:
         self._data = memoryview(data)
+        self._chunk = chunk
 
     async def read(self, n: int) -> bytes:
+        n = min(n, self._chunk)
         out, self._data = self._data[:n], self._data[n:]
         return bytes(out)
 
@@ -154,3 +156,29 @@ async def test_progress_reaches_the_total_for_a_file_of_small_layers(
     assert total is not None
     assert done == total
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+@pytest.mark.parametrize("kind", ["file", "stream"])
+async def test_cancel_among_small_batches_leaves_only_recorded_blobs_that_gc_takes(
+    store: Store, tmp_path: Path, kind: str
+) -> None:
+    path = await archive(tmp_path, MANY)
+    size = path.stat().st_size
+    source: object = path if kind == "file" else Stream(path.read_bytes(), chunk=16 << 10)
+    with anyio.CancelScope() as scope:
+
+        def progress(done: int, total: int | None, entry: str) -> None:
+            if done > size // 2:  # past the first batch of 64 layers, before the last
+                scope.cancel()
+
+        await load(store, source, progress=progress)
+    assert scope.cancelled_caught
+    blob_dir = store.root / "blobs" / "sha256"
+    on_disk = {f"sha256:{p.name}" for p in blob_dir.iterdir()} if blob_dir.exists() else set()
+    assert on_disk == set((await state(store))[0])  # no renamed-but-unrecorded file
+    if kind == "file":
+        assert len(on_disk) >= 64  # the cancel landed after a whole batch was stored
+    assert [p.name for p in (store.root / "ingest").glob(".tmp-*")] == []
+    assert await store.images.list() == []
+    await store.gc()  # the import lease is gone: nothing holds them
+    assert await state(store) == ({}, {})
