@@ -10,7 +10,6 @@ only castar.store.digest and errors: never local.py or the metadata layer.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import errno
 import functools
@@ -31,6 +30,7 @@ import anyio.from_thread
 import anyio.to_thread
 from anyio.lowlevel import RunVar
 
+from castar.store._pump import Pump, hash_and_write, write_all
 from castar.store.digest import Buffer, Digest, from_hasher, hasher, parse
 from castar.store.errors import (
     CastarError,
@@ -339,7 +339,7 @@ def put_small(
         renamed = False
         try:
             try:
-                _write_all(fd, data)
+                write_all(fd, data)
                 if sync:
                     os.fsync(fd)
                 if not _umask_keeps_read_bits():
@@ -420,30 +420,15 @@ def _view(data: Buffer) -> memoryview:
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
-@functools.cache
-def _writers() -> concurrent.futures.ThreadPoolExecutor:
-    """Threads that write a step's bytes while its worker thread hashes them.
-
-    Two, like the blob limiter: at most two writer steps run at once per process loop.
-    """
-    return concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="castar-write")
-
-
-def _write_all(fd: int, data: Buffer) -> None:
-    with memoryview(data) as view:
-        while view.nbytes:
-            n = os.write(fd, view)
-            view = view[n:]
-
-
 class LocalWriter:
     """An open, locked ingest: bytes are hashed as they are written (ING-3..9).
 
-    Writes coalesce into a buffer; each time it reaches 1 MiB one worker-thread hop
-    hashes it and writes it to ``data`` (hashlib releases the GIL on big buffers).
-    A writer is used by one task at a time, and ``write`` and ``write_sync`` are never
-    interleaved. Use ``async with`` or call :meth:`close` (or :meth:`commit`): they
-    release the ref lock.
+    Writes coalesce into a buffer; each 1 MiB of it becomes a step of the writer's
+    :class:`~castar.store._pump.Pump`, a thread that hashes and writes steps in order
+    while ``write`` returns, up to three steps ahead (hashlib and ``os.write`` release
+    the GIL). A writer is used by one task at a time, and ``write`` and ``write_sync``
+    are never interleaved. Use ``async with`` or call :meth:`close` (or :meth:`commit`):
+    they release the ref lock.
 
     Attributes:
         ref: the ingest's key.
@@ -469,11 +454,14 @@ class LocalWriter:
         self._flushed = offset
         self._buf = bytearray()
         self._broken = False  # a failed os.write: the hash may not match the file
+        self._pump: Pump | None = None  # started by the first 1 MiB of write()
+        self._pump_error_raised = False
 
     @property
     def offset(self) -> int:
-        """Bytes written so far, buffered ones included."""
-        return self._flushed + len(self._buf)
+        """Bytes accepted so far: written, queued for the pump and buffered."""
+        pumped = self._pump.done_bytes + self._pump.queued_bytes if self._pump else 0
+        return self._flushed + pumped + len(self._buf)
 
     def __repr__(self) -> str:
         state = "closed" if self._fd is None else f"offset={self.offset}"
@@ -492,6 +480,8 @@ class LocalWriter:
 
     def __del__(self) -> None:
         # Last resort for a writer dropped without close(): never keep the ref locked.
+        if self._pump is not None:
+            self._stop_pump_sync()
         for fd in (self._fd, self._lock_fd):
             if fd is not None:
                 with contextlib.suppress(OSError):
@@ -509,22 +499,45 @@ class LocalWriter:
             )
         return self._fd
 
+    def _writing(self) -> contextlib.AbstractContextManager[None]:
+        return map_os_errors(f"{ref_context(self.ref)}: writing {self._path / 'data'}")
+
+    def _raise_pump_error(self) -> None:
+        """Raise a failed pump step's error, once; the writer is broken from then on."""
+        pump = self._pump
+        if pump is None or pump.error is None or self._pump_error_raised:
+            return
+        self._pump_error_raised = self._broken = True
+        with self._writing():
+            raise pump.error
+
+    def _stop_pump_sync(self) -> None:
+        """Wait for the pump's steps and end it (worker thread; a few ms at most).
+
+        Always before the data fd is closed or written by this thread. A step's failure
+        not raised yet is dropped here with the writer marked broken: :meth:`commit`
+        raises it before it gets this far.
+        """
+        pump, self._pump = self._pump, None
+        if pump is None:
+            return
+        pump.drain_sync()
+        pump.stop()
+        self._flushed += pump.done_bytes
+        if pump.error is not None:
+            self._broken = True
+        self._pump_error_raised = False
+
     def _flush_sync(self, extra: memoryview | None = None) -> None:
-        """Hash and write the buffer then ``extra``; runs in a worker thread."""
+        """Hash and write the pump's steps, the buffer, then ``extra``; in a worker thread."""
+        self._stop_pump_sync()
         fd = self._fd
         assert fd is not None
         parts = [p for p in (self._buf, extra) if p is not None and len(p)]
         try:
-            with map_os_errors(f"{ref_context(self.ref)}: writing {self._path / 'data'}"):
+            with self._writing():
                 for part in parts:
-                    # Hash here while a helper thread writes the same bytes: both release
-                    # the GIL, so a 1 MiB step costs max(hash, write), not their sum.
-                    # The buffer is not touched again until the write has finished.
-                    pending = _writers().submit(_write_all, fd, part)
-                    try:
-                        self._hash.update(part)
-                    finally:
-                        pending.result()
+                    hash_and_write(fd, self._hash, part)
                     self._flushed += len(part)
         except BaseException:
             self._broken = True
@@ -532,20 +545,37 @@ class LocalWriter:
         self._buf.clear()
 
     async def write(self, data: Buffer) -> None:
-        """Append ``data``: buffered below 1 MiB, else one thread hop that hashes and writes.
+        """Append ``data``: buffered below 1 MiB, else queued for the pump in 1 MiB steps.
 
-        Cancellation is safe: the hop runs to completion or not at all, and ``offset``
-        always matches what was accepted.
+        Returns once every full 1 MiB of ``data`` is queued (``bytes`` as they are, other
+        buffers copied: the caller may reuse its buffer at once); it waits only while the
+        pump is three steps ahead. Cancellation is safe: ``offset`` always counts exactly
+        the bytes accepted, which may be the first MiBs of a cancelled call's ``data``.
+        A failed step's error is raised by a later ``write``, or by :meth:`commit`.
 
         Raises:
             FailedPrecondition: the writer is closed or an earlier write failed.
         """
-        self._open_fd("write")
+        fd = self._open_fd("write")
+        self._raise_pump_error()
         view = _view(data)
-        if len(self._buf) + view.nbytes < CHUNK:
-            self._buf += view
-            return
-        await anyio.to_thread.run_sync(self._flush_sync, view, limiter=blob_limiter())
+        while len(self._buf) + view.nbytes >= CHUNK:
+            if self._pump is None:
+                self._pump = Pump(fd, self._hash)
+            await self._pump.room()
+            self._raise_pump_error()
+            # From here to the put, nothing awaits: a cancel takes all of a step or none.
+            if self._buf:
+                n = CHUNK - len(self._buf)
+                self._buf += view[:n]
+                with memoryview(self._buf) as step:
+                    self._pump.put(step, CHUNK)
+                self._buf.clear()
+            else:
+                n = CHUNK
+                self._pump.put(view[:n], CHUNK)
+            view = view[n:]
+        self._buf += view
 
     def write_sync(self, data: Buffer) -> None:
         """Like :meth:`write`, for a caller already in a worker thread (the importer)."""
@@ -557,7 +587,13 @@ class LocalWriter:
         self._flush_sync(view)
 
     def digest(self) -> Digest:
-        """The digest of the bytes written so far (hashes the < 1 MiB buffer in place)."""
+        """The digest of the bytes written so far (hashes the < 1 MiB buffer in place).
+
+        Waits for the pump's queued steps first: at most three MiB of hashing.
+        """
+        if self._pump is not None:
+            self._pump.drain_sync()
+            self._raise_pump_error()
         h = self._hash.copy()
         h.update(self._buf)
         return from_hasher(h)
@@ -575,6 +611,7 @@ class LocalWriter:
             raise InvalidArgument("Truncate: unsupported size")
 
         def reset() -> None:
+            self._stop_pump_sync()
             with map_os_errors(f"{ref_context(self.ref)}: truncating"):
                 os.ftruncate(fd, 0)
                 os.lseek(fd, 0, os.SEEK_SET)
@@ -593,6 +630,7 @@ class LocalWriter:
     def _release_sync(self, *, flush: bool, stamp: bool = True) -> None:
         """Flush (optionally), stamp updatedat, close data and drop the ref lock."""
         try:
+            self._stop_pump_sync()
             if flush and self._fd is not None and self._buf and not self._broken:
                 self._flush_sync()
             if stamp and self._fd is not None:
@@ -645,6 +683,9 @@ class LocalWriter:
         if self._fd is None:
             raise FailedPrecondition("cannot commit on closed writer")
         try:
+            if self._pump is not None:
+                await self._pump.drain()
+                self._raise_pump_error()
             want = parse(expected) if expected else None
             return await anyio.to_thread.run_sync(
                 self._commit_sync, size, want, sync, limiter=blob_limiter()
@@ -663,6 +704,7 @@ class LocalWriter:
         ctx = ref_context(self.ref)
         done = False  # once the ingest directory is removed, never write into it again
         try:
+            self._stop_pump_sync()
             fd = self._fd
             assert fd is not None
             if self._broken:  # the running hash may disagree with the file: trust the file
