@@ -6,8 +6,12 @@ Fills a store under /tmp (8 platforms x 4 layers x 64 MiB, reused when present),
 prints medians of: save to a file (zero-copy, and with ``archive_digest``/``verify``),
 to a pipe, to an async stream, ``tar -cf`` of the same files, a 2-platform save, 16
 concurrent one-platform saves (aggregate rate and the longest stall of a 1 ms ticker)
-and the process's peak RSS. Archives go to /tmp and are removed after each run.
-MB/s = 10^6 bytes/s.
+and the process's peak RSS. The kernel baseline, in the same rounds: bare
+``copy_file_range`` of exactly the single save's blobs into one file and of the 16
+saves' blobs into 16 files (new and overwritten), so castar's 16-way ratio can be read
+against the kernel's own; each case also prints the peak of dirty + writeback page-cache
+bytes against the kernel's writeback thresholds. Archives go to /tmp and are removed
+after each run. MB/s = 10^6 bytes/s.
 """
 
 from __future__ import annotations

@@ -43,6 +43,8 @@ _CHUNK: Final = 1 << 20  # bytes per read and per stream send (IO-LIMITS §2.3)
 _HOP: Final = 64 << 20  # most bytes one worker-thread hop moves into an fd sink
 _SMALL: Final = 256 << 10  # blobs up to this size are coalesced with the headers
 _SPLICE_FLAGS: Final = os.SPLICE_F_NONBLOCK | os.SPLICE_F_MOVE
+#: What ``_pieces`` yields right before it copies more blob bytes: where a step may end.
+_BREAK: Final = -1
 
 
 def _wait_writable(fd: int) -> None:
@@ -110,6 +112,7 @@ class _Copier:
         self._buffer: bytearray | None = None
         self._out: list[bytes] = []
         self.written = 0
+        self.done = False  # set by steps() before its last step
         self.zero_copy = fd is not None and not verify and not archive_digest
 
     @property
@@ -148,13 +151,25 @@ class _Copier:
         self.written += len(data)
 
     def steps(self) -> Generator[list[bytes], None, None]:
+        """One step per budget of bytes, ended only before more blob bytes are copied.
+
+        The small pieces after a budget's last blob bytes (padding, the next headers)
+        join that step, and so does the rest of the archive when less than a quarter of
+        a budget is left (small last blobs, the end of archive), instead of a hop each;
+        ``done`` is set before the last step, so the caller needs no further hop to
+        learn the generator is exhausted.
+        """
         budget = _HOP if self._fd is not None else _CHUNK
-        moved = 0
+        tail = budget // 4  # what is left of the archive below this joins the current step
+        moved = total = 0
         for n in self._pieces():
-            moved += n
-            if moved >= budget:
+            if n != _BREAK:
+                moved += n
+                total += n
+            elif moved >= budget and self._plan.size - total > tail:
                 moved = 0
                 yield self._take()
+        self.done = True
         yield self._take()
 
     def _pieces(self) -> Iterator[int]:
@@ -210,6 +225,7 @@ class _Copier:
             buf = self._buffer = self._buffer or bytearray(_CHUNK)
         left = m.size - start
         while left:
+            yield _BREAK
             want = min(_CHUNK, left)
             data: Buffer
             if buf is not None:
@@ -237,6 +253,7 @@ class _Copier:
         offset = 0
         how = self._kind
         while offset < m.size:
+            yield _BREAK
             count = min(m.size - offset, _HOP)
             try:
                 if how == "file":
@@ -321,7 +338,12 @@ async def write(
                 await sink.send(chunk)
             if progress is not None:
                 progress(copier.written, plan.size)
+            if copier.done:
+                break
     finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(steps.close)
+        if copier.done:  # parked at its last yield: closing runs no I/O
+            steps.close()
+        else:  # may close a blob file mid-copy
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(steps.close)
     return copier.written, copier.sha256

@@ -54,6 +54,9 @@ __all__ = [
 ]
 
 MISSING_POLICIES: Final = ("sparse", "prune", "fail")
+#: Plans in flight at once in save_many: the first job starts copying after one plan,
+#: not after all of them interleaved (16 plans at once: ~40 ms before the first byte).
+_PLANS_AT_ONCE: Final = 2
 
 
 @final
@@ -237,7 +240,27 @@ async def save(
         SizeMismatch: a stored blob does not have its recorded size.
         DataLoss: a recorded blob's file is missing from disk.
     """
-    options = _options(platforms, missing, docker_manifest)
+    job = SaveJob(
+        names,
+        sink,
+        platforms=platforms,
+        missing=missing,
+        docker_manifest=docker_manifest,
+        verify=verify,
+        archive_digest=archive_digest,
+        progress=progress,
+    )
+    return await _leased_save(store, job, limiter, None)
+
+
+async def _leased_save(
+    store: Store,
+    job: SaveJob,
+    limiter: anyio.CapacityLimiter | None,
+    planning: anyio.CapacityLimiter | None,
+) -> ExportResult:
+    """:func:`save` of ``job``; ``planning`` bounds how many plans run at once."""
+    options = _options(job.platforms, job.missing, job.docker_manifest)
     limiters = Limiters(limiter, limiter) if limiter is not None else store_limiters(store)
     lease: AbstractAsyncContextManager[object] = (
         nullcontext()  # LEASE-6: the caller's lease holds what we read
@@ -245,7 +268,17 @@ async def save(
         else store.lease(expire=timedelta(hours=24), labels={"castar.export": "1"})
     )
     async with lease:
-        return await _save(store, names, sink, options, limiters, verify, archive_digest, progress)
+        return await _save(
+            store,
+            job.names,
+            job.sink,
+            options,
+            limiters,
+            job.verify,
+            job.archive_digest,
+            job.progress,
+            planning,
+        )
 
 
 async def _save(
@@ -257,8 +290,10 @@ async def _save(
     verify: bool,
     archive_digest: bool,
     progress: Progress | None,
+    planning: anyio.CapacityLimiter | None,
 ) -> ExportResult:
-    plan = await _plan(store, names, options)
+    async with planning if planning is not None else nullcontext():
+        plan = await _plan(store, names, options)
     paths = {d: str(store.content.path(d)) for d in plan.reads}
     ours = None  # a regular file save() created from a path: removed if writing fails
     try:
@@ -293,30 +328,21 @@ async def save_many(
     Each job runs :func:`save` under its own lease (or all under the caller's current
     lease, LEASE-6: one durable lease commit instead of two per job). Blob work shares
     the store's budgets (one zero-copy hop, two hashing hops in flight), or one
-    ``CapacityLimiter(limit)`` when ``limit`` is given. The first failure cancels the
-    others and is raised (never as an ExceptionGroup).
+    ``CapacityLimiter(limit)`` when ``limit`` is given. Two jobs plan at a time, so the
+    first starts writing after one plan while the others plan beside its copies. The
+    first failure cancels the others and is raised (never as an ExceptionGroup).
 
     Returns:
         The results in job order.
     """
     limiter = anyio.CapacityLimiter(limit) if limit else None
+    planning = anyio.CapacityLimiter(_PLANS_AT_ONCE)
     results: list[ExportResult | None] = [None] * len(jobs)
     failure: list[BaseException] = []
 
     async def run(i: int, job: SaveJob, scope: anyio.CancelScope) -> None:
         try:
-            results[i] = await save(
-                store,
-                job.names,
-                job.sink,
-                platforms=job.platforms,
-                missing=job.missing,
-                docker_manifest=job.docker_manifest,
-                progress=job.progress,
-                verify=job.verify,
-                archive_digest=job.archive_digest,
-                limiter=limiter,
-            )
+            results[i] = await _leased_save(store, job, limiter, planning)
         except Exception as exc:
             failure.append(exc)
             scope.cancel()
