@@ -446,11 +446,19 @@ async def main(runs: int, layer_size: int) -> None:
                 f"  peak dirty {peak:5.0f} MiB"
             )
 
+        def rounds(a: str, b: str) -> list[float]:
+            """rate(a) / rate(b) in each round."""
+            return [
+                (sizes[a] / ta) / (sizes[b] / tb) for ta, tb in zip(times[a], times[b], strict=True)
+            ]
+
         def ratio(a: str, b: str) -> float:
             """Median over rounds of rate(a) / rate(b)."""
-            return statistics.median(
-                (sizes[a] / ta) / (sizes[b] / tb) for ta, tb in zip(times[a], times[b], strict=True)
-            )
+            return statistics.median(rounds(a, b))
+
+        def show(text: str, a: str, b: str, note: str = "") -> None:
+            each = ", ".join(f"{r:.2f}" for r in rounds(a, b))
+            print(f"{text:34s}{ratio(a, b):5.2f}x  (rounds {each}){note}")
 
         print()
         print(
@@ -458,49 +466,43 @@ async def main(runs: int, layer_size: int) -> None:
             f"throttling from {(background + thresh) / 2 / 2**20:.0f} MiB (freerun), "
             f"hard limit {thresh / 2**20:.0f} MiB"
         )
-        print(
-            "save / gnu tar, new file:         "
-            f"{ratio('save -> new file (zero-copy)', 'gnu tar -cf -> new file (baseline)'):5.2f}x"
-            "  (target >= 1.5)"
+        show(
+            "save / gnu tar, new file:",
+            "save -> new file (zero-copy)",
+            "gnu tar -cf -> new file (baseline)",
+            "  target >= 1.5",
         )
-        print(
-            "save / gnu tar, overwrite:        "
-            f"{ratio('save -> overwrite (zero-copy)', 'gnu tar -cf -> overwrite'):5.2f}x"
+        show(
+            "save / gnu tar, overwrite:",
+            "save -> overwrite (zero-copy)",
+            "gnu tar -cf -> overwrite",
         )
-        print(
-            "16 concurrent aggregate / single: "
-            f"{ratio('16 concurrent 1-platform saves', 'save -> new file (zero-copy)'):5.2f}x"
-            "  (target >= 0.8)"
+        show(
+            "16 concurrent aggregate / single:",
+            "16 concurrent 1-platform saves",
+            "save -> new file (zero-copy)",
+            "  target >= 0.8",
         )
-        print(
-            "  kernel alone, same bytes:       "
-            f"{ratio(K16, K1):5.2f}x"
-            "  (bare copy_file_range, 16 new files vs 1)"
+        show("  kernel alone, same bytes:", K16, K1, "  bare copy_file_range, 16 files vs 1")
+        show(
+            "  same, overwriting in place:",
+            "16 concurrent -> overwrite",
+            "save -> overwrite (zero-copy)",
         )
-        print(
-            "  same, overwriting in place:     "
-            f"{ratio('16 concurrent -> overwrite', 'save -> overwrite (zero-copy)'):5.2f}x"
-        )
-        print(f"  kernel alone, overwriting:      {ratio(K16_OW, K1_OW):5.2f}x")
-        print(
-            f"castar / kernel, single new file: {ratio('save -> new file (zero-copy)', K1):5.2f}x"
-        )
-        print(
-            "castar / kernel, 16 new files:    "
-            f"{ratio('16 concurrent 1-platform saves', K16):5.2f}x"
-        )
-        print(
-            f"longest 1 ms ticker stall:        {statistics.median(stalls) * 1000:5.1f} ms median "
-            f"of runs, {max(stalls) * 1000:.1f} max (target < 50; idle {idle * 1000:.1f} ms)"
-        )
-        print(
-            f"  same, overwriting in place:     {statistics.median(stalls_ow) * 1000:5.1f} ms "
-            f"median of runs, {max(stalls_ow) * 1000:.1f} max"
-        )
-        print(
-            f"  2 bare copy_file_range threads: {statistics.median(raw) * 1000:5.1f} ms "
-            f"median of runs, {max(raw) * 1000:.1f} max (no castar, same 4 GiB, same state)"
-        )
+        show("  kernel alone, overwriting:", K16_OW, K1_OW)
+        show("castar / kernel, single new file:", "save -> new file (zero-copy)", K1)
+        show("castar / kernel, 16 new files:", "16 concurrent 1-platform saves", K16)
+        show("castar / kernel, single overwrite:", "save -> overwrite (zero-copy)", K1_OW)
+        show("castar / kernel, 16 overwrite:", "16 concurrent -> overwrite", K16_OW)
+
+        def ms(values: list[float]) -> str:
+            each = ", ".join(f"{v * 1000:.0f}" for v in values)
+            return f"{statistics.median(values) * 1000:5.1f} ms median, rounds {each} ms"
+
+        print(f"longest 1 ms ticker stall:        {ms(stalls)} (target < 50)")
+        print(f"  same, overwriting in place:     {ms(stalls_ow)}")
+        print(f"  2 bare copy_file_range threads: {ms(raw)} (no castar, same 4 GiB, same state)")
+        print(f"  the ticker alone, idle, 2 s:    {idle * 1000:5.1f} ms (machine noise)")
         pipe_digest = ratio("save -> pipe, archive_digest", "save -> pipe (splice)")
         file_digest = ratio("save -> file, archive_digest", "save -> new file (zero-copy)")
         print(f"archive_digest on a pipe costs:   {1 / pipe_digest:5.2f}x the time of zero-copy")
