@@ -40,7 +40,8 @@ __all__ = ["Limiters", "Progress", "store_limiters", "write"]
 Progress = Callable[[int, int], object]
 
 _CHUNK: Final = 1 << 20  # bytes per read and per stream send (IO-LIMITS §2.3)
-_HOP: Final = 64 << 20  # most bytes one worker-thread hop moves into an fd sink
+_HOP: Final = 256 << 20  # bytes one worker-thread hop moves into an fd sink
+_CALL: Final = 64 << 20  # most bytes one copy call moves (cancellation checked between calls)
 _SMALL: Final = 256 << 10  # blobs up to this size are coalesced with the headers
 _SPLICE_FLAGS: Final = os.SPLICE_F_NONBLOCK | os.SPLICE_F_MOVE
 #: What ``_pieces`` yields right before it copies more blob bytes: where a step may end.
@@ -87,9 +88,10 @@ class _Copier:
     """Moves a plan's bytes; every method runs in a worker thread, one hop per step.
 
     ``steps()`` is a generator the event loop advances with one ``to_thread`` hop per
-    step: for an fd sink a step writes up to 64 MiB itself (zero-copy for blob bodies
-    unless hashing is asked) and yields no chunks; for a stream sink a step reads
-    about 1 MiB (headers and small blobs coalesced) and yields the chunks to send.
+    step: for an fd sink a step writes about 256 MiB itself (zero-copy for blob bodies
+    unless hashing is asked, at most 64 MiB per call, checking for cancellation between
+    calls) and yields no chunks; for a stream sink a step reads about 1 MiB (headers and
+    small blobs coalesced) and yields the chunks to send.
     """
 
     def __init__(
@@ -169,6 +171,8 @@ class _Copier:
             elif moved >= budget and self._plan.size - total > tail:
                 moved = 0
                 yield self._take()
+            elif self._fd is not None:  # a long hop into an fd: cancellable between calls
+                anyio.from_thread.check_cancelled()
         self.done = True
         yield self._take()
 
@@ -254,7 +258,7 @@ class _Copier:
         how = self._kind
         while offset < m.size:
             yield _BREAK
-            count = min(m.size - offset, _HOP)
+            count = min(m.size - offset, _CALL)
             try:
                 if how == "file":
                     n = os.copy_file_range(src, dst, count, offset)

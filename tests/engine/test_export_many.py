@@ -8,9 +8,12 @@ each job still plans before its first byte (EXP-13) under its own lease (SAVE-5)
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import anyio.to_thread
 import pytest
 
@@ -126,6 +129,7 @@ async def test_a_step_ends_only_before_more_blob_bytes_so_the_tail_costs_no_hop(
         whole = tmp_path / "whole.tar"
         await exporter.save(store, ["docker.io/library/one:1"], whole)
         monkeypatch.setattr(_export_write, "_HOP", 512 << 10)
+        monkeypatch.setattr(_export_write, "_CALL", 512 << 10)
         steps = _count_steps(monkeypatch)
         out = tmp_path / "stepped.tar"
         await exporter.save(store, ["docker.io/library/one:1"], out)
@@ -144,3 +148,46 @@ def _count_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(anyio.to_thread, "run_sync", run_sync)
     return count
+
+
+async def test_a_long_zero_copy_hop_is_cancellable_between_copy_calls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One hop may copy 256 MiB; cancelling must not wait for all of it: the hop checks for
+    # cancellation between copy calls, and the partial archive is removed.
+    async with open_store(tmp_path / "store") as store:
+        await _image(store)
+        big = await store.content.write_blob(bytes(4 << 20))
+        await store.images.create(
+            "docker.io/library/big:1",
+            await _manifest_of(store, oci.Descriptor(oci.OCI_LAYER, big.digest, big.size)),
+        )
+        monkeypatch.setattr(_export_write, "_CALL", 64 << 10)  # 64 calls for the layer
+        calls = [0]
+        real = os.copy_file_range
+
+        def slow(*args: Any) -> int:
+            calls[0] += 1
+            time.sleep(0.01)
+            return real(*args)
+
+        monkeypatch.setattr(os, "copy_file_range", slow)
+        out = tmp_path / "cancelled.tar"
+        started = time.perf_counter()
+        with anyio.move_on_after(0.1) as scope:
+            await exporter.save(store, ["docker.io/library/big:1"], out)
+        elapsed = time.perf_counter() - started
+    assert scope.cancelled_caught
+    assert 0 < calls[0] < 40  # stopped part way, not after all 64 calls
+    assert elapsed < 0.5
+    assert not out.exists()  # the partial archive save() created is removed
+
+
+async def _manifest_of(store: Store, layer: oci.Descriptor) -> oci.Descriptor:
+    c = await store.content.write_blob(b'{"architecture":"amd64","os":"linux"}')
+    cfg = oci.Descriptor(oci.OCI_CONFIG, c.digest, c.size)
+    m = await store.content.write_blob(
+        oci.encode_manifest(oci.Manifest(config=cfg, layers=(layer,))),
+        labels=oci.children_labels([cfg, layer]),
+    )
+    return oci.Descriptor(oci.OCI_MANIFEST, m.digest, m.size)
