@@ -1,10 +1,10 @@
 """The public content store: blobs in the file backend, their records in the metadata DB.
 
-Owns ``ContentStore``, its ``Writer``, and the ``Info``/``Descriptor`` values (SEMANTICS CS, ING).
-A blob exists for callers only once it is recorded; recording happens after the backend has
-fsynced (or, deferred, marked it unsynced: ``sync()``) and renamed it, under the shared commit
-lock GC respects. Imports the backend, the
-metadata DB and leases; never OCI documents, tar or platforms.
+Owns ``ContentStore``, its ``Writer``, and the ``Info``/``Descriptor``/``SmallBlob`` values
+(SEMANTICS CS, ING). A blob exists for callers only once it is recorded; recording happens after
+the backend has fsynced (or, deferred, marked it unsynced: ``sync()``) and renamed it, under the
+shared commit lock GC respects; small blobs go a batch per write hop and per transaction.
+Imports the backend, the metadata DB and leases; never OCI documents, tar or platforms.
 """
 
 from __future__ import annotations

@@ -2,11 +2,10 @@
 
 Owns ``<root>/blobs/<alg>/<hex>`` (read-only committed blobs), the ingest directories
 ``<root>/ingest/<sha256(ref)>/`` (opening, per-ref flock, status, abort; the writing and
-the commit are ``_ingest.py``'s), small blobs written whole, one or a batch per thread hop
-(``commit_small``, ``commit_small_batch``), the
-filesystem sync of deferred commits and ``<root>/commit.lock``. Knows nothing of labels,
-leases or the metadata DB (``content.py`` layers those on top): imports only digest,
-errors and _ingest.
+the commit are ``_ingest.py``'s), small blobs written whole, a batch per thread hop
+(``commit_small_batch``; ``commit_small`` is a batch of one), the filesystem sync of
+deferred commits and ``<root>/commit.lock``. Knows nothing of labels, leases or the
+metadata DB (``content.py`` layers those on top): imports only digest, errors and _ingest.
 """
 
 from __future__ import annotations
