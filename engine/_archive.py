@@ -1,11 +1,9 @@
 """Getting an archive's bytes into the store: seekable copies and the one-pass stream ingest.
 
-Owns the import ``Session`` (ingest refs unique per session, ING-14; one worker-thread
-call per big blob copied from a seekable file, one per batch of small ones, IO-LIMITS
-§2.1/2.5/2.10), the one-pass ingest of a stream with commits overlapping the next entries
-(IMP-3, IO-LIMITS §2.2), progress counting, and ``read_archive`` that picks the way in.
-Imports anyio, the store and the importer's other private modules; must not import
-``importer`` itself.
+Owns the import ``Session`` (ingest refs unique per session, ING-14; a worker-thread call
+per big blob copied from a seekable file or per batch of small ones, IO-LIMITS §2.5/2.10),
+the one-pass ingest of a stream (IMP-3, §2.2), progress counting and ``read_archive``.
+Imports anyio, the store and the importer's private modules; never ``importer`` itself.
 """
 
 from __future__ import annotations
