@@ -73,6 +73,8 @@ __all__ = [
 
 #: Bytes per worker-thread hop: writes coalesce to at least this, reads move this much.
 CHUNK: Final = 1 << 20
+#: The smallest piece of a ``bytes`` write queued as a step of its own, uncopied.
+_MIN_STEP: Final = CHUNK // 4
 
 _log = logging.getLogger(__name__)
 
@@ -547,10 +549,12 @@ class LocalWriter:
     async def write(self, data: Buffer) -> None:
         """Append ``data``: buffered below 1 MiB, else queued for the pump in 1 MiB steps.
 
-        Returns once every full 1 MiB of ``data`` is queued (``bytes`` as they are, other
-        buffers copied: the caller may reuse its buffer at once); it waits only while the
-        pump is three steps ahead. Cancellation is safe: ``offset`` always counts exactly
-        the bytes accepted, which may be the first MiBs of a cancelled call's ``data``.
+        Returns once ``data`` is queued, but for a tail kept in the buffer: views of
+        ``bytes`` in steps of up to 1 MiB as they are (only pieces under 256 KiB are
+        copied into the buffer), other buffers copied in whole 1 MiB steps, so the caller
+        may reuse its buffer at once. It waits only while the pump is three steps ahead.
+        Cancellation is safe: ``offset`` always counts exactly the bytes accepted, which
+        may be the first steps of a cancelled call's ``data``.
         A failed step's error is raised by a later ``write``, or by :meth:`commit`.
 
         Raises:
@@ -559,21 +563,30 @@ class LocalWriter:
         fd = self._open_fd("write")
         self._raise_pump_error()
         view = _view(data)
-        while len(self._buf) + view.nbytes >= CHUNK:
-            if self._pump is None:
-                self._pump = Pump(fd, self._hash)
-            await self._pump.room()
+        owned = isinstance(view.obj, bytes)  # immutable: the pump may keep it as it is
+        if len(self._buf) + view.nbytes < CHUNK and (
+            self._buf or not owned or view.nbytes < _MIN_STEP
+        ):
+            self._buf += view
+            return
+        pump = self._pump = self._pump or Pump(fd, self._hash)
+        while (self._buf and len(self._buf) + view.nbytes >= CHUNK) or view.nbytes >= (
+            _MIN_STEP if owned else CHUNK
+        ):
+            await pump.room()
             self._raise_pump_error()
             # From here to the put, nothing awaits: a cancel takes all of a step or none.
-            if self._buf:
+            if self._buf and not owned:  # top the buffer up to a whole step
                 n = CHUNK - len(self._buf)
                 self._buf += view[:n]
+                view = view[n:]
+            if self._buf:  # copied into one of the pump's buffers
                 with memoryview(self._buf) as step:
-                    self._pump.put(step, CHUNK)
+                    pump.put(step, CHUNK)
                 self._buf.clear()
-            else:
-                n = CHUNK
-                self._pump.put(view[:n], CHUNK)
+                continue
+            n = min(CHUNK, view.nbytes)
+            pump.put(view[:n], CHUNK)  # bytes: as they are, whatever their alignment
             view = view[n:]
         self._buf += view
 

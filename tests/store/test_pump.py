@@ -114,29 +114,58 @@ async def test_write_waits_while_depth_steps_are_in_flight(
     assert (await store.ingest_status("depth")).offset == len(DATA)
 
 
+@pytest.mark.parametrize("kind", [bytes, bytearray])
 async def test_cancelled_multi_step_write_accepts_whole_steps_only(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: type[bytes] | type[bytearray]
 ) -> None:
-    # a cancel mid-call keeps the steps already queued, and offset says exactly how many
+    # a cancel mid-call keeps the steps already queued, and offset says exactly how many.
+    # A copied buffer is topped up to a whole step; bytes are queued as they are, after
+    # the buffered bytes as a step of their own.
     gate = Gate(monkeypatch)
     store = LocalContentStore(tmp_path)
     w = await store.open_writer("partial")
-    await w.write(DATA[:100])  # buffered: the first step tops it up to 1 MiB
+    await w.write(DATA[:100])  # buffered
+    queued = DEPTH * MiB if kind is bytearray else 100 + (DEPTH - 1) * MiB
 
     async def blocked() -> None:
-        assert w.offset == DEPTH * MiB  # three steps queued, the fourth waits
+        assert w.offset == queued  # three steps queued, the fourth waits
 
     scope = anyio.CancelScope()
     async with anyio.create_task_group() as tg:
         tg.start_soon(cancel_then_open, scope, gate, blocked)
         with scope:
-            await w.write(DATA[100 : 6 * MiB])
+            await w.write(kind(DATA[100 : 6 * MiB]))
     assert scope.cancelled_caught
-    assert w.offset == DEPTH * MiB
+    assert w.offset == queued
     assert w.digest() == compute(DATA[: w.offset])
     await w.write(DATA[w.offset :])
     result = await w.commit(len(DATA), compute(DATA))
     assert store.blob_path(result.digest).read_bytes() == DATA
+
+
+async def test_bytes_go_to_the_pump_uncopied_whatever_their_alignment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a tar stream's member bodies are views of the received bytes at any offset: they
+    # are queued as they are (pieces of 256 KiB or more), only small tails are buffered
+    seen: list[object] = []
+    real = _pump.hash_and_write
+
+    def spy(fd: int, h: object, data: memoryview) -> None:
+        seen.append(data.obj)
+        real(fd, h, data)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_pump, "hash_and_write", spy)
+    store = LocalContentStore(tmp_path)
+    w = await store.open_writer("aligned")
+    received = [DATA[i : i + MiB] for i in range(0, len(DATA), MiB)]
+    await w.write(memoryview(received[0])[512:])  # a body starting after a header
+    for chunk in received[1:]:
+        await w.write(memoryview(chunk))
+    result = await w.commit(len(DATA) - 512, compute(DATA[512:]))
+    assert store.blob_path(result.digest).read_bytes() == DATA[512:]
+    assert sum(type(o) is bytes for o in seen) >= len(received) - 1
+    assert sum(type(o) is bytearray for o in seen) <= 1  # at most the last tail, copied
 
 
 async def test_close_waits_for_queued_steps_before_closing_the_file(
