@@ -139,18 +139,23 @@ def _clean() -> None:
     os.sync()
 
 
+def _copy_blob(path: str, fd: int) -> None:
+    """Append the file at ``path`` to ``fd`` with copy_file_range (no castar)."""
+    src = os.open(path, os.O_RDONLY)
+    try:
+        size, offset = os.fstat(src).st_size, 0
+        while offset < size:
+            offset += os.copy_file_range(src, fd, size - offset, offset)
+    finally:
+        os.close(src)
+
+
 def _raw_copy(paths: list[str], i: int) -> None:
     """copy_file_range of ``paths`` into one new file, no castar: a stall baseline."""
     fd = os.open(OUT / f"raw{i}.tar", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
         for path in paths:
-            src = os.open(path, os.O_RDONLY)
-            try:
-                size, offset = os.fstat(src).st_size, 0
-                while offset < size:
-                    offset += os.copy_file_range(src, fd, size - offset, offset)
-            finally:
-                os.close(src)
+            _copy_blob(path, fd)
     finally:
         os.close(fd)
 
@@ -168,15 +173,8 @@ def _kernel_copies(targets: list[tuple[Path, list[str]]], overwrite: bool) -> No
         queues = [list(blobs) for _, blobs in targets]
         while any(queues):
             for fd, queue in zip(fds, queues, strict=True):
-                if not queue:
-                    continue
-                src = os.open(queue.pop(0), os.O_RDONLY)
-                try:
-                    size, offset = os.fstat(src).st_size, 0
-                    while offset < size:
-                        offset += os.copy_file_range(src, fd, size - offset, offset)
-                finally:
-                    os.close(src)
+                if queue:
+                    _copy_blob(queue.pop(0), fd)
     finally:
         for fd in fds:
             os.close(fd)
