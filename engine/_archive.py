@@ -217,7 +217,18 @@ class Session:
         if not todo:
             return
         self.progress.total = self.progress.done + sum(e.size for e, _ in todo.values())
-        small = [(e, d) for e, d in todo.values() if e.size <= _SMALL]
+        await self._store_batches([(e, d) for e, d in todo.values() if e.size <= _SMALL])
+
+    async def ensure_small_entries(self, entries: Iterable[Entry]) -> None:
+        """:meth:`ensure_small` for members named by path, not digest (Docker archives).
+
+        Their digests are computed as they are stored, not checked against a name.
+        """
+        todo = {id(e): e for e in entries if e.digest is None and e.size <= _SMALL}
+        await self._store_batches([(e, None) for e in todo.values()])
+
+    async def _store_batches(self, small: list[tuple[Entry, Digest | None]]) -> None:
+        """Store ``small`` in batches, each read and written in one hop, two at once."""
         batches = _batched(small)
 
         async def worker() -> None:

@@ -9,6 +9,7 @@ modules; must not import ``importer`` itself.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -131,6 +132,14 @@ async def _docker_index(sess: Session, items: list[Any]) -> oci.Descriptor:
 
     content = sess.store.content
     compressed = await _compressed_forms(sess)
+    # Small configs and layers first, in batches (the loop below finds them stored); an
+    # item the loop will refuse is skipped here, so its error stays the loop's.
+    small: list[Entry] = []
+    for i, item in enumerate(items):
+        with contextlib.suppress(MalformedManifest, MalformedArchive, AttributeError):
+            for key in ("Config", "Layers"):
+                small.extend(e for p in _docker_str(item, key, i) if (e := lookup(p)))
+    await sess.ensure_small_entries(small)
     entries: list[oci.Descriptor] = []
     for i, item in enumerate(items):
         if not isinstance(item, dict):

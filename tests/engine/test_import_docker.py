@@ -21,6 +21,7 @@ from castar.engine.importer import load
 from castar.engine.platforms import pinned_host
 from castar.store import Store, open_store
 from castar.store.errors import InvalidArgument, NotFound
+from castar.store.local import LocalContentStore
 
 
 def sha(data: bytes) -> str:
@@ -353,3 +354,24 @@ async def test_imp7_a_stored_compressed_form_of_a_layer_is_used(store, tmp_path)
     manifest = await read_json(store, images[0].target.digest)
     (layer,) = manifest["layers"]  # type: ignore[misc]
     assert layer == {"mediaType": oci.DOCKER_LAYER_GZIP, "digest": sha(packed), "size": len(packed)}
+
+
+async def test_small_docker_layers_from_a_file_are_stored_in_batches(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # issue 4's small-layer path for docker-save archives too: the config and the layers,
+    # named by path rather than digest, go in one batch, not a batch of one each
+    layers = [layer_tar(f"layer {i}") for i in range(40)]
+    members, parts = docker_archive(layers=layers)
+    batches: list[int] = []
+    real = LocalContentStore.commit_small_batch
+
+    def spy(backend: LocalContentStore, items: list[object], **kw: bool) -> object:
+        batches.append(len(items))
+        return real(backend, items, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(LocalContentStore, "commit_small_batch", spy)
+    await load(store, source(tmp_path, tar_bytes(members), stream=False))
+    assert batches[0] == 41  # the config and 40 layers, read and written in one hop
+    for blob in [parts["config"], *layers]:
+        assert (await store.content.info(sha(blob))).size == len(blob)  # type: ignore[arg-type]
