@@ -482,8 +482,14 @@ class LocalWriter:
 
     def __del__(self) -> None:
         # Last resort for a writer dropped without close(): never keep the ref locked.
-        if self._pump is not None:
-            self._stop_pump_sync()
+        pump = self._pump
+        if pump is not None:
+            pump.stop()
+            if not pump.settled():
+                # Steps still run on the data fd: closing it under them could hand its
+                # number to another file. Never wait here either (at interpreter exit the
+                # pump's thread may never run again): leave both fds to the process.
+                return
         for fd in (self._fd, self._lock_fd):
             if fd is not None:
                 with contextlib.suppress(OSError):

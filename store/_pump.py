@@ -94,9 +94,9 @@ class Pump:
         self._thread = threading.Thread(target=self._run, name="castar-pump", daemon=True)
         self._thread.start()
 
-    @property
-    def idle(self) -> bool:
-        """No step in flight: the hash and the file hold every byte put so far."""
+    def settled(self) -> bool:
+        """Whether no step is in flight (reaping the finished ones), without waiting."""
+        self._reap_ready()
         return self._inflight == 0
 
     def _run(self) -> None:

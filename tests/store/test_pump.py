@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -185,3 +186,18 @@ async def test_close_waits_for_queued_steps_before_closing_the_file(
     assert w.offset == 2 * MiB + 9
     assert w.digest() == compute(DATA[: 2 * MiB + 9])
     await w.close()
+
+
+async def test_dropping_a_writer_with_steps_in_flight_never_waits_for_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the last-resort cleanup of a writer nobody closed must not block (at interpreter exit
+    # the pump's thread may never run again); the fds it cannot close safely are left
+    gate = Gate(monkeypatch)
+    store = LocalContentStore(tmp_path)
+    w = await store.open_writer("dropped")
+    await w.write(DATA[: 2 * MiB])
+    t0 = time.perf_counter()
+    w.__del__()
+    assert time.perf_counter() - t0 < 1.0  # the gate stays shut for 10 s
+    gate.open.set()
