@@ -4,7 +4,8 @@ Owns ``Pump`` and ``hash_and_write``. The event loop hands a pump its steps with
 waiting for each one, up to ``DEPTH`` in flight, so the thread goes from one step to the
 next without idling while the loop takes the last step's result and sends the next: a
 thread hop costs 110-150 µs on the project machine, a 1 MiB sha256 about 0.55 ms
-(IO-LIMITS §2.1-2.2). Imports nothing of castar's: it knows nothing of ingests or errors.
+(IO-LIMITS §2.1-2.2). Imports nothing of castar's at run time (``Buffer`` for types only):
+it knows nothing of ingests or errors.
 """
 
 from __future__ import annotations
