@@ -1,6 +1,7 @@
 """Benchmark castar's save against GNU tar on the same blob files.
 
-``.venv/bin/python -m bench.bench_save [--backend asyncio|trio] [--runs 3] [--layer-mib 64]``
+``.venv/bin/python -m bench.bench_save [--backend asyncio|trio] [--runs 3] [--layer-mib 64]
+[--pages cold|warm|as-is]``
 
 Fills a store under /tmp (8 platforms x 4 layers x 64 MiB, reused when present), then
 prints medians of: save to a file (zero-copy, and with ``archive_digest``/``verify``),
@@ -11,7 +12,8 @@ and the process's peak RSS. The kernel baseline, in the same rounds: bare
 saves' blobs into 16 files (new and overwritten), so castar's 16-way ratio can be read
 against the kernel's own; each case also prints the peak of dirty + writeback page-cache
 bytes against the kernel's writeback thresholds. Archives go to /tmp and are removed
-after each run. MB/s = 10^6 bytes/s.
+after each run, and every case starts from the same page state (``--pages``, default
+cold: 4 s idle, so new pages fault in from the host again). MB/s = 10^6 bytes/s.
 """
 
 from __future__ import annotations
@@ -132,11 +134,37 @@ def _splice_to_null(r: int) -> None:
         os.close(null)
 
 
-def _clean() -> None:
-    """Remove the archives and write back dirty pages: every run starts alike (untimed)."""
+#: Page states a case can start from (``--pages``; IO-LIMITS fact 3).
+PAGES = ("cold", "warm", "as-is")
+#: Idle seconds after which this VM has handed freed guest pages back to the host.
+COLD_S = 4.0
+#: Bytes written and unlinked to leave freed guest pages for the next case: what it writes.
+WARM_BYTES = 4 << 30
+
+
+def _clean(pages: str) -> None:
+    """Remove the archives, write back dirty pages, then set the page state (untimed).
+
+    cold: ``COLD_S`` s idle, so every new page the case touches faults in from the host
+    again; warm: ``WARM_BYTES`` written and unlinked just before, so its new pages are guest
+    pages freed a moment ago; as-is: whatever the case before left, which made new-file
+    ratios depend on the order of the cases.
+    """
     for p in OUT.glob("*.tar"):
         p.unlink()
     os.sync()
+    if pages == "cold":
+        time.sleep(COLD_S)
+    elif pages == "warm":
+        junk = OUT / "warm.junk"
+        fd = os.open(junk, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        try:
+            block = bytes(1 << 20)
+            for _ in range(WARM_BYTES >> 20):
+                os.write(fd, block)
+        finally:
+            os.close(fd)
+            junk.unlink()  # dirty pages dropped unwritten: freed guest pages
 
 
 def _copy_blob(path: str, fd: int) -> None:
@@ -230,6 +258,7 @@ async def timed(
     fn: Callable[[], Awaitable[int]],
     runs: int,
     before: Callable[[], Awaitable[object]] | None = None,
+    pages: str = "cold",
 ) -> tuple[float, int]:
     """Median seconds over ``runs`` and the bytes one run moves (``before``: untimed)."""
     times = []
@@ -237,7 +266,7 @@ async def timed(
     for _ in range(runs):
         if before is not None:
             await before()
-        await anyio.to_thread.run_sync(_clean)
+        await anyio.to_thread.run_sync(_clean, pages)
         t0 = time.perf_counter()
         size = await fn()
         times.append(time.perf_counter() - t0)
@@ -248,7 +277,7 @@ def rate(size: int, seconds: float) -> str:
     return f"{size / seconds / 1e6:8.0f} MB/s  ({seconds * 1000:7.1f} ms, {size / 2**20:.0f} MiB)"
 
 
-async def main(runs: int, layer_size: int) -> None:
+async def main(runs: int, layer_size: int, pages: str) -> None:
     OUT.mkdir(exist_ok=True)
     async with open_store(ROOT) as store:
         t0 = time.perf_counter()
@@ -377,7 +406,7 @@ async def main(runs: int, layer_size: int) -> None:
                         tg.start_soon(anyio.to_thread.run_sync, _raw_copy, paths[i::2], i)
                 done.set()
 
-            await anyio.to_thread.run_sync(_clean)
+            await anyio.to_thread.run_sync(_clean, pages)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(ticker)
                 tg.start_soon(copies)
@@ -447,7 +476,7 @@ async def main(runs: int, layer_size: int) -> None:
             order = list(cases.items())
             for label, fn in order if r % 2 == 0 else reversed(order):
                 before = raw_before if fn is concurrent16 else None
-                seconds, sizes[label] = await timed(watched[label], 1, before)
+                seconds, sizes[label] = await timed(watched[label], 1, before, pages)
                 times[label].append(seconds)
             print(f"  round {r + 1}/{runs} done", flush=True)
         page = os.sysconf("SC_PAGE_SIZE")
@@ -532,5 +561,8 @@ if __name__ == "__main__":
     parser.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--layer-mib", type=int, default=64)
+    parser.add_argument(
+        "--pages", default="cold", choices=PAGES, help="page state every case starts from"
+    )
     args = parser.parse_args()
-    anyio.run(main, args.runs, args.layer_mib << 20, backend=args.backend)
+    anyio.run(main, args.runs, args.layer_mib << 20, args.pages, backend=args.backend)
