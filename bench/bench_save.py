@@ -273,6 +273,30 @@ async def timed(
     return statistics.median(times), size
 
 
+async def worst_stall(work: Callable[[], Awaitable[object]]) -> float:
+    """Run ``work`` beside a 1 ms ticker; return the ticker's longest lateness (seconds)."""
+    worst = 0.0
+    done = anyio.Event()
+
+    async def ticker() -> None:
+        nonlocal worst
+        while not done.is_set():
+            t = time.perf_counter()
+            await anyio.sleep(0.001)
+            worst = max(worst, time.perf_counter() - t - 0.001)
+
+    async def run() -> None:
+        try:
+            await work()
+        finally:
+            done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        tg.start_soon(run)
+    return worst
+
+
 def rate(size: int, seconds: float) -> str:
     return f"{size / seconds / 1e6:8.0f} MB/s  ({seconds * 1000:7.1f} ms, {size / 2**20:.0f} MiB)"
 
@@ -352,65 +376,31 @@ async def main(runs: int, layer_size: int, pages: str) -> None:
                 )
                 for i in range(16)
             ]
-            worst = 0.0
-            done = anyio.Event()
             results: list[exporter.ExportResult] = []
-
-            async def ticker() -> None:
-                nonlocal worst
-                while not done.is_set():
-                    t = time.perf_counter()
-                    await anyio.sleep(0.001)
-                    worst = max(worst, time.perf_counter() - t - 0.001)
 
             async def run() -> None:
                 results.extend(await exporter.save_many(store, jobs))
-                done.set()
 
             try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(ticker)
-                    tg.start_soon(run)
+                worst = await worst_stall(run)
             finally:
                 for fd in fds:
                     os.close(fd)
             (stalls_ow if overwrite else stalls).append(worst)
             return sum(r.size for r in results)
 
-        async def idle_ticker() -> float:
-            worst = 0.0
-            end = time.perf_counter() + 2
-            while time.perf_counter() < end:
-                t = time.perf_counter()
-                await anyio.sleep(0.001)
-                worst = max(worst, time.perf_counter() - t - 0.001)
-            return worst
-
         async def raw_copy_stall() -> float:
             """The ticker beside two bare copy_file_range threads copying what the 16 saves
             copy (every blob twice): the kernel's and the machine's share of the stall."""
             paths = [str(ROOT / name) for name in files] * 2
-            worst = 0.0
-            done = anyio.Event()
-
-            async def ticker() -> None:
-                nonlocal worst
-                while not done.is_set():
-                    t = time.perf_counter()
-                    await anyio.sleep(0.001)
-                    worst = max(worst, time.perf_counter() - t - 0.001)
 
             async def copies() -> None:
                 async with anyio.create_task_group() as tg:
                     for i in range(2):
                         tg.start_soon(anyio.to_thread.run_sync, _raw_copy, paths[i::2], i)
-                done.set()
 
             await anyio.to_thread.run_sync(_clean, pages)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(ticker)
-                tg.start_soon(copies)
-            return worst
+            return await worst_stall(copies)
 
         # The kernel baseline: the same blob bytes, copied by bare copy_file_range.
         one_files = [str(ROOT / name) for name in files]
@@ -431,7 +421,7 @@ async def main(runs: int, layer_size: int, pages: str) -> None:
             await anyio.to_thread.run_sync(_kernel_copies, targets, overwrite)
             return sum(os.stat(p).st_size for path in targets for p in path[1])
 
-        idle = await idle_ticker()
+        idle = await worst_stall(lambda: anyio.sleep(2))
         print(f"1 ms ticker alone for 2 s: longest stall {idle * 1000:.1f} ms (machine noise)")
         raw: list[float] = []  # measured right before each 16-save run, in the same state
 
