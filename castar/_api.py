@@ -114,6 +114,7 @@ class Store:
         progress: exporter.Progress | None = None,
         verify: bool = False,
         archive_digest: bool = False,
+        write_behind: bool = False,
     ) -> ExportResult:
         """Export images as an OCI archive; see :func:`castar.engine.exporter.save`."""
         return await save(
@@ -126,6 +127,7 @@ class Store:
             progress=progress,
             verify=verify,
             archive_digest=archive_digest,
+            write_behind=write_behind,
         )
 
     async def plan_save(
@@ -225,6 +227,7 @@ async def save(
     progress: exporter.Progress | None = None,
     verify: bool = False,
     archive_digest: bool = False,
+    write_behind: bool = False,
 ) -> ExportResult:
     """Export images from ``store``: the module-level form of :meth:`Store.save`."""
     return await exporter.save(
@@ -237,4 +240,5 @@ async def save(
         progress=progress,
         verify=verify,
         archive_digest=archive_digest,
+        write_behind=write_behind,
     )

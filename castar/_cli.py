@@ -172,9 +172,14 @@ async def _cmd_save(store: Store, args: argparse.Namespace) -> int:
             "use -o FILE or redirect stdout"
         )
     show = _progress_mode(args)
+    options: dict[str, Any] = {
+        "platforms": plats,
+        "missing": args.missing,
+        "write_behind": args.write_behind,
+    }
     if to_stdout:
         with open_progress("Saving", mode=show) as bar:
-            await store.save(args.images, "-", platforms=plats, missing=args.missing, progress=bar)
+            await store.save(args.images, "-", progress=bar, **options)
         return 0
     target = Path(args.output)
     # Write beside the target and rename on success, so a failed save leaves no
@@ -186,9 +191,7 @@ async def _cmd_save(store: Store, args: argparse.Namespace) -> int:
     tmp = target if in_place else target.with_name(f".{target.name}.castar-{os.getpid()}")
     try:
         with open_progress("Saving", mode=show) as bar:
-            result = await store.save(
-                args.images, tmp, platforms=plats, missing=args.missing, progress=bar
-            )
+            result = await store.save(args.images, tmp, progress=bar, **options)
         if not in_place:
             await anyio.Path(tmp).rename(target)
     finally:
@@ -480,6 +483,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="content not in the store: omit it (sparse, default), write an index "
                    "of the exported platforms only (prune), or fail")  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
+    p.add_argument("--write-behind", action="store_true",
+                   help="keep the archive out of the page cache as it reaches the disk "
+                   "(for big archives: runs at the disk's rate)")  # fmt: skip
     p = cmd["images"]
     p.add_argument("--tree", action="store_true", help="one row per platform, with availability")
     p.add_argument("--filter", action="append", metavar="KEY=VALUE",

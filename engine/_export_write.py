@@ -44,6 +44,7 @@ _HOP: Final = 256 << 20  # bytes one worker-thread hop moves into an fd sink
 _CALL: Final = 64 << 20  # most bytes one copy call moves (cancellation checked between calls)
 _SMALL: Final = 256 << 10  # blobs up to this size are coalesced with the headers
 _SPLICE_FLAGS: Final = os.SPLICE_F_NONBLOCK | os.SPLICE_F_MOVE
+_WINDOW: Final = 64 << 20  # write-behind: writeback starts for every this many bytes
 #: What ``_pieces`` yields right before it copies more blob bytes: where a step may end.
 _BREAK: Final = -1
 
@@ -84,6 +85,53 @@ def _write_all(fd: int, data: Buffer, kind: str) -> None:
         view = view[n:]
 
 
+def _appends(fd: int) -> bool:
+    return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND)
+
+
+class _WriteBehind:
+    """Keeps an archive's pages out of the page cache once the kernel has written them.
+
+    A big save otherwise leaves gigabytes of archive in the page cache, dirty for the
+    flusher to write back later, and on VMs that hand free guest pages back to the
+    host every one of those pages is a fresh fault (IO-LIMITS fact 3). Instead, every
+    ``_WINDOW`` bytes, ``posix_fadvise(DONTNEED)`` on the newest window starts its
+    writeback (without waiting for it), and on the windows older than the one before
+    drops the pages whose writeback is done, so the next windows reuse them. The
+    kernel never drops a dirty page or one under writeback: nothing is lost, and what
+    is still in flight at the end stays cached. Worker threads only.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._engaged = True
+        # an fd given may be past its start; O_APPEND writes land at the end whatever it is
+        self._start = os.fstat(fd).st_size if _appends(fd) else os.lseek(fd, 0, os.SEEK_CUR)
+        self._dropped = self._kicked = self._previous = self._start
+
+    def advance(self, written: int) -> None:
+        """The archive now has ``written`` bytes: start writeback, drop what is written."""
+        end = self._start + written
+        if end - self._kicked < _WINDOW or not self._engaged:
+            return
+        self._advise(self._kicked, end - self._kicked)  # writeback starts, nothing dropped
+        if self._previous > self._dropped:  # a window before ago: written back by now
+            self._advise(self._dropped, self._previous - self._dropped)
+            self._dropped = self._previous
+        self._previous, self._kicked = self._kicked, end
+
+    def finish(self) -> None:
+        """The archive is complete: start writeback of the rest, drop what is clean."""
+        if self._engaged:
+            self._advise(self._dropped, 0)  # 0: to the end of the file
+
+    def _advise(self, offset: int, length: int) -> None:
+        try:
+            os.posix_fadvise(self._fd, offset, length, os.POSIX_FADV_DONTNEED)
+        except OSError:  # advice only: a file system may refuse it
+            self._engaged = False
+
+
 class _Copier:
     """Moves a plan's bytes; every method runs in a worker thread, one hop per step.
 
@@ -103,6 +151,7 @@ class _Copier:
         *,
         verify: bool,
         archive_digest: bool,
+        write_behind: bool = False,
     ) -> None:
         self._plan = plan
         self._paths = paths
@@ -115,7 +164,12 @@ class _Copier:
         self._out: list[bytes] = []
         self.written = 0
         self.done = False  # set by steps() before its last step
-        self.zero_copy = fd is not None and not verify and not archive_digest
+        # copy_file_range, splice and sendfile refuse a file opened O_APPEND (a shell's
+        # ``>>``): its bodies go through user space like a stream's, by write().
+        appending = kind == "file" and fd is not None and _appends(fd)
+        self.zero_copy = fd is not None and not verify and not archive_digest and not appending
+        self._write_behind = write_behind
+        self._behind: _WriteBehind | None = None  # made in a worker thread (lseek)
 
     @property
     def sha256(self) -> Digest | None:
@@ -151,6 +205,8 @@ class _Copier:
         else:
             self._out.append(data if isinstance(data, bytes) else bytes(data))
         self.written += len(data)
+        if self._behind is not None:
+            self._behind.advance(self.written)
 
     def steps(self) -> Generator[list[bytes], None, None]:
         """One step per budget of bytes, ended only before more blob bytes are copied.
@@ -178,6 +234,8 @@ class _Copier:
 
     def _pieces(self) -> Iterator[int]:
         """Emit the whole archive; yields the bytes moved after each piece."""
+        if self._kind == "file" and self._fd is not None and self._write_behind:
+            self._behind = _WriteBehind(self._fd)
         for m in self._plan.members:
             self._emit(m.header)
             yield len(m.header)
@@ -189,6 +247,8 @@ class _Copier:
             self._emit(tarcodec.padding(m.size))
         self._emit(tarcodec.END_OF_ARCHIVE)
         self._flush()
+        if self._behind is not None:
+            self._behind.finish()
 
     def _take(self) -> list[bytes]:
         out, self._out = self._out, []
@@ -287,6 +347,8 @@ class _Copier:
                 )
             offset += n
             self.written += n
+            if self._behind is not None:
+                self._behind.advance(self.written)
             yield n
 
 
@@ -322,15 +384,25 @@ async def write(
     archive_digest: bool,
     limiters: Limiters,
     progress: Progress | None,
+    write_behind: bool = False,
 ) -> tuple[int, Digest | None]:
     """Write ``plan`` to the open ``sink``, reading blob bodies from ``paths``.
 
     One worker-thread hop per step of :class:`_Copier` under the limiter its kind of
-    work takes; ``progress`` is called on the event loop after each. Returns the bytes
-    written and, with ``archive_digest``, their sha256.
+    work takes; ``progress`` is called on the event loop after each. ``write_behind``:
+    see :class:`_WriteBehind` (regular files only). Returns the bytes written and, with
+    ``archive_digest``, their sha256.
     """
     fd = sink.fileno() if sink.kind in ("file", "pipe", "socket") else None
-    copier = _Copier(plan, paths, fd, sink.kind, verify=verify, archive_digest=archive_digest)
+    copier = _Copier(
+        plan,
+        paths,
+        fd,
+        sink.kind,
+        verify=verify,
+        archive_digest=archive_digest,
+        write_behind=write_behind,
+    )
     limiter = limiters.copy if copier.zero_copy else limiters.hash
     steps = copier.steps()
     try:

@@ -110,6 +110,7 @@ class SaveJob:
     verify: bool = False
     archive_digest: bool = False
     progress: Progress | None = None
+    write_behind: bool = False
 
 
 # -- plan_save ---------------------------------------------------------------------------------
@@ -194,6 +195,7 @@ async def save(
     verify: bool = False,
     archive_digest: bool = False,
     limiter: anyio.CapacityLimiter | None = None,
+    write_behind: bool = False,
 ) -> ExportResult:
     """Export images as one OCI image archive (with Docker's ``manifest.json``).
 
@@ -230,6 +232,11 @@ async def save(
             4.7x into a pipe (``python -m bench.bench_save``).
         limiter: bounds this save's blob work; default: the store's own budgets, shared
             by all its saves (one zero-copy hop and two hashing hops in flight).
+        write_behind: into a regular file, start writeback of every 64 MiB written and
+            drop what is on disk from the page cache, so a big archive does not fill it
+            with dirty pages (the bytes written are the same). The save then runs at
+            the disk's rate: measured here 0.5-0.8x a plain save, with peak dirty pages
+            64-78 MiB instead of the whole archive (``python -m bench.bench_save``).
 
     Returns:
         What was written: images, platforms, what was skipped, size, sha256.
@@ -249,6 +256,7 @@ async def save(
         verify=verify,
         archive_digest=archive_digest,
         progress=progress,
+        write_behind=write_behind,
     )
     return await _leased_save(store, job, limiter, None)
 
@@ -278,6 +286,7 @@ async def _leased_save(
             job.archive_digest,
             job.progress,
             planning,
+            job.write_behind,
         )
 
 
@@ -291,6 +300,7 @@ async def _save(
     archive_digest: bool,
     progress: Progress | None,
     planning: anyio.CapacityLimiter | None,
+    write_behind: bool,
 ) -> ExportResult:
     async with planning if planning is not None else nullcontext():
         plan = await _plan(store, names, options)
@@ -311,6 +321,7 @@ async def _save(
                 archive_digest=archive_digest,
                 limiters=limiters,
                 progress=progress,
+                write_behind=write_behind,
             )
     except BaseException:
         if ours is not None:

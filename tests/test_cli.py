@@ -278,6 +278,21 @@ def test_save_to_a_pipe_writes_the_archive_on_stdout(loaded, tmp_path: Path) -> 
         assert "index.json" in tar.getnames()
 
 
+@pytest.mark.parametrize("extra", [[], ["--write-behind"]])
+def test_save_appended_to_stdout_goes_after_what_was_there(
+    loaded, tmp_path: Path, extra: list[str]
+) -> None:
+    # `castar save IMAGE >> out.tar`: stdout is O_APPEND, which copy_file_range refuses.
+    ref = tmp_path / "ref.tar"
+    assert castar(loaded[0], "save", "synth", "-o", ref).returncode == 0
+    out = tmp_path / "appended.tar"
+    out.write_bytes(b"before\n")
+    with out.open("ab") as f:
+        cp = castar(loaded[0], "save", "synth", *extra, stdout=f, stderr=subprocess.PIPE)
+    assert cp.returncode == 0, cp.stderr
+    assert out.read_bytes() == b"before\n" + ref.read_bytes()
+
+
 def test_save_dry_run_json_prints_the_plan_and_writes_nothing(loaded, tmp_path: Path) -> None:
     cp = castar(loaded[0], "save", "synth", "--dry-run", "--json", "-o", tmp_path / "x.tar")
     assert cp.returncode == 0, cp.stderr

@@ -5,6 +5,7 @@ a cancelled save leaves no lease behind. Host pinned to linux/amd64 (HOST-3).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -20,7 +21,7 @@ import anyio
 import anyio.abc
 import pytest
 
-from castar.engine import exporter, oci
+from castar.engine import _export_write, exporter, oci
 from castar.engine import platforms as plat
 from castar.store._store import Store, open_store
 from castar.store.errors import NotFound
@@ -231,6 +232,104 @@ async def test_big_blob_bodies_go_zero_copy_by_the_call_each_fd_kind_takes(
     moved.update(dict.fromkeys(moved, 0))
     await exporter.save(store, [NAME], tmp_path / "v.tar", verify=True)
     assert moved == dict.fromkeys(moved, 0)  # verify hashes: every body through user space
+
+
+@pytest.mark.parametrize("write_behind", [False, True])
+async def test_a_file_opened_for_appending_gets_the_archive_at_its_end(
+    store: Store, tmp_path: Path, write_behind: bool
+) -> None:
+    # A shell's `castar save IMAGE >> out.tar`: copy_file_range refuses O_APPEND (EBADF).
+    expected = await reference_bytes(store, tmp_path)
+    path = tmp_path / "appended.tar"
+    path.write_bytes(b"earlier bytes\n")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        await exporter.save(store, [NAME], fd, write_behind=write_behind)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"earlier bytes\n" + expected
+
+
+def _spy_fadvise(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Record every posix_fadvise (offset, length); each must be DONTNEED."""
+    calls: list[tuple[int, int]] = []
+    real = os.posix_fadvise
+
+    def spy(fd: int, offset: int, length: int, advice: int) -> None:
+        assert advice == os.POSIX_FADV_DONTNEED
+        calls.append((offset, length))
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", spy)
+    return calls
+
+
+@pytest.mark.parametrize("verify", [False, True])  # zero-copy, and bodies through user space
+async def test_write_behind_starts_writeback_per_window_and_drops_only_older_windows(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, verify: bool
+) -> None:
+    expected = await reference_bytes(store, tmp_path)
+    window = 256 << 10  # the archive (~3.3 MB) spans a dozen windows
+    monkeypatch.setattr(_export_write, "_WINDOW", window)
+    calls = _spy_fadvise(monkeypatch)
+    path = tmp_path / "behind.tar"
+    prefix = b"not castar's" * 100  # an fd given past its start: offsets follow the archive
+    path.write_bytes(prefix)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.lseek(fd, 0, os.SEEK_END)
+        await exporter.save(store, [NAME], fd, write_behind=True, verify=verify)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == prefix + expected  # advice never changes a byte
+    start, end = len(prefix), len(prefix) + len(expected)
+    *steps, last = calls
+    kicked = dropped = start  # writeback started up to / pages dropped up to
+    newest = start  # where the newest window whose writeback started begins
+    for offset, length in steps:
+        if offset == kicked:  # writeback of the window just written
+            assert length >= window
+            newest, kicked = kicked, kicked + length
+            assert kicked <= end
+        else:  # a drop: contiguous, and never the newest window nor the one before it
+            assert offset == dropped
+            dropped += length
+            assert dropped < newest
+    assert kicked >= end - window  # all but the last part window
+    assert dropped > start  # older windows were dropped while the save ran
+    assert last == (dropped, 0)  # at the end: the rest of the file, from the first kept byte
+
+
+async def test_without_write_behind_no_advice_is_given(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_export_write, "_WINDOW", 64 << 10)
+    calls = _spy_fadvise(monkeypatch)
+    await exporter.save(store, [NAME], tmp_path / "plain.tar")
+    jobs = [exporter.SaveJob([NAME], tmp_path / "many.tar", write_behind=True)]
+    await exporter.save_many(store, jobs)
+    assert calls  # save_many passes it on
+    assert (tmp_path / "plain.tar").read_bytes() == (tmp_path / "many.tar").read_bytes()
+    calls.clear()
+    await exporter.save(store, [NAME], tmp_path / "plain.tar")
+    assert calls == []
+
+
+async def test_write_behind_refused_by_the_file_system_is_given_up_quietly(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = await reference_bytes(store, tmp_path)
+    monkeypatch.setattr(_export_write, "_WINDOW", 64 << 10)
+    refused: list[int] = []
+
+    def refuse(fd: int, offset: int, length: int, advice: int) -> None:
+        refused.append(offset)
+        raise OSError(errno.EINVAL, "fadvise not supported")
+
+    monkeypatch.setattr(os, "posix_fadvise", refuse)
+    await exporter.save(store, [NAME], tmp_path / "r.tar", write_behind=True)
+    assert (tmp_path / "r.tar").read_bytes() == expected
+    assert refused == [0]  # asked once, then never again
 
 
 async def test_byte_send_stream_gets_the_same_bytes_in_mib_chunks(
