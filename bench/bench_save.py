@@ -1,19 +1,22 @@
 """Benchmark castar's save against GNU tar on the same blob files.
 
 ``.venv/bin/python -m bench.bench_save [--backend asyncio|trio] [--runs 3] [--layer-mib 64]
-[--pages cold|warm|as-is]``
+[--pages warm|cold|as-is]``
 
 Fills a store under /tmp (8 platforms x 4 layers x 64 MiB, reused when present), then
 prints medians of: save to a file (zero-copy, and with ``archive_digest``/``verify``),
 to a pipe, to an async stream, ``tar -cf`` of the same files, a 2-platform save, 16
 concurrent one-platform saves (aggregate rate and the longest stall of a 1 ms ticker)
-and the process's peak RSS. The kernel baseline, in the same rounds: bare
+and the process's peak RSS. The issue's concurrency target compares the 16 concurrent
+saves with the same 16 saves run one at a time (same bytes, same files); the ratio to
+one full save (2 GiB against 4 GiB) is printed too, as are both with ``write_behind``.
+The kernel baseline, in the same rounds: bare
 ``copy_file_range`` of exactly the single save's blobs into one file and of the 16
 saves' blobs into 16 files (new and overwritten), so castar's 16-way ratio can be read
 against the kernel's own; each case also prints the peak of dirty + writeback page-cache
 bytes against the kernel's writeback thresholds. Archives go to /tmp and are removed
 after each run, and every case starts from the same page state (``--pages``, default
-cold: 4 s idle, so new pages fault in from the host again). MB/s = 10^6 bytes/s.
+warm: 4 GiB freed just before, see ``PAGES``). MB/s = 10^6 bytes/s.
 """
 
 from __future__ import annotations
@@ -60,6 +63,11 @@ K1 = "kernel cfr -> new file"
 K16 = "kernel cfr, 16 saves -> 16 new"
 K1_OW = "kernel cfr -> overwrite"
 K16_OW = "kernel cfr, 16 saves -> 16 ow"
+C16 = "16 concurrent 1-platform saves"
+SEQ16 = "the 16 saves, one at a time"
+ONE = "save -> new file (zero-copy)"
+SAVE_OW = "save -> overwrite (zero-copy)"
+C16_OW = "16 concurrent -> overwrite"
 
 
 async def _chunks(seed: bytes, block: bytes, size: int) -> AsyncIterator[bytes]:
@@ -134,9 +142,12 @@ def _splice_to_null(r: int) -> None:
         os.close(null)
 
 
-#: Page states a case can start from (``--pages``; IO-LIMITS fact 3).
-PAGES = ("cold", "warm", "as-is")
-#: Idle seconds after which this VM has handed freed guest pages back to the host.
+#: Page states a case can start from (``--pages``; IO-LIMITS fact 3). The VM hands freed
+#: guest pages back to the host over tens of seconds (a new 4 GiB file written 0, 4, 10
+#: and 20 s after 4 GiB were freed: 0.9-2.1, 0.5, 0.41, 0.35 GB/s), so only "warm" puts
+#: every case in the same state; "cold" is a partial state that depends on the case before.
+PAGES = ("warm", "cold", "as-is")
+#: Idle seconds before a case in the "cold" state.
 COLD_S = 4.0
 #: Bytes written and unlinked to leave freed guest pages for the next case: what it writes.
 WARM_BYTES = 4 << 30
@@ -145,9 +156,9 @@ WARM_BYTES = 4 << 30
 def _clean(pages: str) -> None:
     """Remove the archives, write back dirty pages, then set the page state (untimed).
 
-    cold: ``COLD_S`` s idle, so every new page the case touches faults in from the host
-    again; warm: ``WARM_BYTES`` written and unlinked just before, so its new pages are guest
-    pages freed a moment ago; as-is: whatever the case before left, which made new-file
+    warm: ``WARM_BYTES`` written and unlinked just before, so its new pages are guest
+    pages freed a moment ago; cold: ``COLD_S`` s idle, so many of its new pages fault in
+    from the host again; as-is: whatever the case before left, which made new-file
     ratios depend on the order of the cases.
     """
     for p in OUT.glob("*.tar"):
@@ -258,7 +269,7 @@ async def timed(
     fn: Callable[[], Awaitable[int]],
     runs: int,
     before: Callable[[], Awaitable[object]] | None = None,
-    pages: str = "cold",
+    pages: str = "warm",
 ) -> tuple[float, int]:
     """Median seconds over ``runs`` and the bytes one run moves (``before``: untimed)."""
     times = []
@@ -309,7 +320,7 @@ async def main(runs: int, layer_size: int, pages: str) -> None:
         print(f"store ready in {time.perf_counter() - t0:.1f} s: {blob_bytes / 2**20:.0f} MiB")
         archive = OUT / "all.tar"
 
-        async def to_file(**kw: object) -> int:
+        async def to_file(**kw: object) -> int:  # new file: save() truncates it
             result = await exporter.save(store, [NAME], archive, **kw)  # type: ignore[arg-type]
             return result.size
 
@@ -365,28 +376,42 @@ async def main(runs: int, layer_size: int, pages: str) -> None:
 
         stalls: list[float] = []  # the longest ticker stall of each concurrent run
         stalls_ow: list[float] = []
+        stalls_wb: list[float] = []
 
-        async def concurrent16(overwrite: bool = False) -> int:
+        async def concurrent16(
+            overwrite: bool = False, write_behind: bool = False, one_at_a_time: bool = False
+        ) -> int:
             fds = []
             if overwrite:  # fds of kept files, no O_TRUNC: pages overwritten in place
                 fds = [os.open(OUT / f"c{i}.ow", os.O_WRONLY | os.O_CREAT) for i in range(16)]
             jobs = [
                 exporter.SaveJob(
-                    [NAME], fds[i] if fds else OUT / f"c{i}.tar", platforms=[PLATFORMS[i % 8]]
+                    [NAME],
+                    fds[i] if fds else OUT / f"c{i}.tar",
+                    platforms=[PLATFORMS[i % 8]],
+                    write_behind=write_behind,
                 )
                 for i in range(16)
             ]
             results: list[exporter.ExportResult] = []
 
             async def run() -> None:
-                results.extend(await exporter.save_many(store, jobs))
+                if one_at_a_time:  # single saves: the same jobs, files and bytes
+                    for job in jobs:
+                        results.extend(await exporter.save_many(store, [job]))
+                else:
+                    results.extend(await exporter.save_many(store, jobs))
+
+            if one_at_a_time:
+                await run()
+                return sum(r.size for r in results)
 
             try:
                 worst = await worst_stall(run)
             finally:
                 for fd in fds:
                     os.close(fd)
-            (stalls_ow if overwrite else stalls).append(worst)
+            (stalls_ow if overwrite else stalls_wb if write_behind else stalls).append(worst)
             return sum(r.size for r in results)
 
         async def raw_copy_stall() -> float:
@@ -437,7 +462,7 @@ async def main(runs: int, layer_size: int, pages: str) -> None:
         watch = DirtyWatch()
         cases: dict[str, Callable[[], Awaitable[int]]] = {
             "gnu tar -cf -> new file (baseline)": gnu_tar,
-            "save -> new file (zero-copy)": to_file,
+            ONE: to_file,
             "save -> pipe (splice)": to_pipe,
             "save -> async stream": to_stream,
             "save -> file, archive_digest": lambda: to_file(archive_digest=True),
@@ -445,12 +470,18 @@ async def main(runs: int, layer_size: int, pages: str) -> None:
             "save -> file, verify": lambda: to_file(verify=True),
             "save 2 platforms -> file": two_platforms,
             K1: lambda: kernel(1, overwrite=False),
-            "16 concurrent 1-platform saves": concurrent16,
+            C16: concurrent16,
+            SEQ16: lambda: concurrent16(one_at_a_time=True),
             K16: lambda: kernel(16, overwrite=False),
+            "save -> new file, write_behind": lambda: to_file(write_behind=True),
+            "16 concurrent, write_behind": lambda: concurrent16(write_behind=True),
+            "the 16 one at a time, write_behind": lambda: concurrent16(
+                write_behind=True, one_at_a_time=True
+            ),
             "gnu tar -cf -> overwrite": tar_overwrite,
-            "save -> overwrite (zero-copy)": save_overwrite,
+            SAVE_OW: save_overwrite,
             K1_OW: lambda: kernel(1, overwrite=True),
-            "16 concurrent -> overwrite": lambda: concurrent16(overwrite=True),
+            C16_OW: lambda: concurrent16(overwrite=True),
             K16_OW: lambda: kernel(16, overwrite=True),
         }
         watched = {label: watch.wrap(label, fn) for label, fn in cases.items()}
@@ -461,12 +492,27 @@ async def main(runs: int, layer_size: int, pages: str) -> None:
         # and each round starts with the store's blobs read into the page cache (untimed).
         times: dict[str, list[float]] = {label: [] for label in cases}
         sizes = dict.fromkeys(cases, 0)
+        # This VM's kernel pages out file pages left untouched for ~60 s (DAMON "pageout"
+        # of regions idle for 12 x 5 s), and a round lasts minutes: before each case the
+        # blobs and the files it overwrites are read again (untimed), so "overwrite" means
+        # overwriting cached pages and no case reads its blobs from disk.
+        ow_one = [str(OUT / "save.ow")]
+        ow_16 = [str(OUT / f"c{i}.ow") for i in range(16)]
+        overwritten = dict.fromkeys(("gnu tar -cf -> overwrite", SAVE_OW, K1_OW), ow_one)
+        overwritten.update(dict.fromkeys((C16_OW, K16_OW), ow_16))
+
+        def prepare(label: str) -> Callable[[], Awaitable[object]]:
+            async def run() -> None:
+                await anyio.to_thread.run_sync(_warm, one_files + overwritten.get(label, []))
+                if label == C16:
+                    await raw_before()
+
+            return run
+
         for r in range(runs):
-            await anyio.to_thread.run_sync(_warm, one_files)
             order = list(cases.items())
-            for label, fn in order if r % 2 == 0 else reversed(order):
-                before = raw_before if fn is concurrent16 else None
-                seconds, sizes[label] = await timed(watched[label], 1, before, pages)
+            for label, _fn in order if r % 2 == 0 else reversed(order):
+                seconds, sizes[label] = await timed(watched[label], 1, prepare(label), pages)
                 times[label].append(seconds)
             print(f"  round {r + 1}/{runs} done", flush=True)
         page = os.sysconf("SC_PAGE_SIZE")
@@ -502,32 +548,50 @@ async def main(runs: int, layer_size: int, pages: str) -> None:
         )
         show(
             "save / gnu tar, new file:",
-            "save -> new file (zero-copy)",
+            ONE,
             "gnu tar -cf -> new file (baseline)",
             "  target >= 1.5",
         )
         show(
             "save / gnu tar, overwrite:",
-            "save -> overwrite (zero-copy)",
+            SAVE_OW,
             "gnu tar -cf -> overwrite",
         )
         show(
-            "16 concurrent aggregate / single:",
-            "16 concurrent 1-platform saves",
-            "save -> new file (zero-copy)",
-            "  target >= 0.8",
+            "16 concurrent / single saves:",
+            C16,
+            SEQ16,
+            "  target >= 0.8 (the same 16 saves one at a time)",
+        )
+        show(
+            "  same, write_behind:",
+            "16 concurrent, write_behind",
+            "the 16 one at a time, write_behind",
+        )
+        show(
+            "16 concurrent / one full save:",
+            C16,
+            ONE,
+            "  4 GiB of new pages against 2 GiB",
         )
         show("  kernel alone, same bytes:", K16, K1, "  bare copy_file_range, 16 files vs 1")
         show(
             "  same, overwriting in place:",
-            "16 concurrent -> overwrite",
-            "save -> overwrite (zero-copy)",
+            C16_OW,
+            SAVE_OW,
         )
         show("  kernel alone, overwriting:", K16_OW, K1_OW)
-        show("castar / kernel, single new file:", "save -> new file (zero-copy)", K1)
-        show("castar / kernel, 16 new files:", "16 concurrent 1-platform saves", K16)
-        show("castar / kernel, single overwrite:", "save -> overwrite (zero-copy)", K1_OW)
-        show("castar / kernel, 16 overwrite:", "16 concurrent -> overwrite", K16_OW)
+        show(
+            "  both with write_behind:",
+            "16 concurrent, write_behind",
+            "save -> new file, write_behind",
+        )
+        show("castar / kernel, single new file:", ONE, K1)
+        show("castar / kernel, 16 new files:", C16, K16)
+        show("write_behind / plain, single:", "save -> new file, write_behind", ONE)
+        show("write_behind / plain, 16 saves:", "16 concurrent, write_behind", C16)
+        show("castar / kernel, single overwrite:", SAVE_OW, K1_OW)
+        show("castar / kernel, 16 overwrite:", C16_OW, K16_OW)
 
         def ms(values: list[float]) -> str:
             each = ", ".join(f"{v * 1000:.0f}" for v in values)
@@ -535,10 +599,11 @@ async def main(runs: int, layer_size: int, pages: str) -> None:
 
         print(f"longest 1 ms ticker stall:        {ms(stalls)} (target < 50)")
         print(f"  same, overwriting in place:     {ms(stalls_ow)}")
+        print(f"  same, write_behind:             {ms(stalls_wb)}")
         print(f"  2 bare copy_file_range threads: {ms(raw)} (no castar, same 4 GiB, same state)")
         print(f"  the ticker alone, idle, 2 s:    {idle * 1000:5.1f} ms (machine noise)")
         pipe_digest = ratio("save -> pipe, archive_digest", "save -> pipe (splice)")
-        file_digest = ratio("save -> file, archive_digest", "save -> new file (zero-copy)")
+        file_digest = ratio("save -> file, archive_digest", ONE)
         print(f"archive_digest on a pipe costs:   {1 / pipe_digest:5.2f}x the time of zero-copy")
         print(f"archive_digest on a new file:     {1 / file_digest:5.2f}x the time of zero-copy")
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -552,7 +617,7 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--layer-mib", type=int, default=64)
     parser.add_argument(
-        "--pages", default="cold", choices=PAGES, help="page state every case starts from"
+        "--pages", default="warm", choices=PAGES, help="page state every case starts from"
     )
     args = parser.parse_args()
     anyio.run(main, args.runs, args.layer_mib << 20, args.pages, backend=args.backend)
