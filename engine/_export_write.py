@@ -93,13 +93,14 @@ class _WriteBehind:
     """Keeps an archive's pages out of the page cache once the kernel has written them.
 
     A big save otherwise leaves gigabytes of archive in the page cache, dirty for the
-    flusher to write back later, and on VMs that hand free guest pages back to the
-    host every one of those pages is a fresh fault (IO-LIMITS fact 3). Instead, every
-    ``_WINDOW`` bytes, ``posix_fadvise(DONTNEED)`` on the newest window starts its
-    writeback (without waiting for it), and on the windows older than the one before
-    drops the pages whose writeback is done, so the next windows reuse them. The
-    kernel never drops a dirty page or one under writeback: nothing is lost, and what
-    is still in flight at the end stays cached. Worker threads only.
+    flusher to write back later (and on VMs that hand free guest pages back to the
+    host, each a fresh fault: IO-LIMITS fact 3). Instead, every ``_WINDOW`` bytes,
+    ``posix_fadvise(DONTNEED)`` on the newest window starts its writeback (without
+    waiting for it), and on the windows older than the one before drops the pages
+    whose writeback is done, so the next windows reuse them. The kernel never drops a
+    dirty page or one under writeback: nothing is lost, and what is still in flight at
+    the end stays cached. The save then runs at the disk's rate (0.57-0.69x a plain
+    save here when fresh pages are at hand), hence opt-in. Worker threads only.
     """
 
     def __init__(self, fd: int) -> None:
@@ -115,7 +116,7 @@ class _WriteBehind:
         if end - self._kicked < _WINDOW or not self._engaged:
             return
         self._advise(self._kicked, end - self._kicked)  # writeback starts, nothing dropped
-        if self._previous > self._dropped:  # a window before ago: written back by now
+        if self._previous > self._dropped:  # older than the last window: had its time
             self._advise(self._dropped, self._previous - self._dropped)
             self._dropped = self._previous
         self._previous, self._kicked = self._kicked, end
