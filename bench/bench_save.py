@@ -228,6 +228,12 @@ def _warm(paths: list[str]) -> None:
                 pass
 
 
+def _steal_s() -> float:
+    """CPU time the host has taken from this VM's vCPUs so far (/proc/stat "steal")."""
+    with open("/proc/stat", "rb") as f:
+        return int(f.readline().split()[8]) / os.sysconf("SC_CLK_TCK")
+
+
 def _vmstat(*keys: str) -> dict[str, int]:
     with open("/proc/vmstat", "rb") as f:
         fields = dict(line.split() for line in f)
@@ -375,6 +381,7 @@ async def main(runs: int, layer_size: int, pages: str) -> None:
             return result.size
 
         stalls: list[float] = []  # the longest ticker stall of each concurrent run
+        steals: list[float] = []  # host steal time during each of those runs
         stalls_ow: list[float] = []
         stalls_wb: list[float] = []
 
@@ -406,12 +413,15 @@ async def main(runs: int, layer_size: int, pages: str) -> None:
                 await run()
                 return sum(r.size for r in results)
 
+            stolen = _steal_s()
             try:
                 worst = await worst_stall(run)
             finally:
                 for fd in fds:
                     os.close(fd)
             (stalls_ow if overwrite else stalls_wb if write_behind else stalls).append(worst)
+            if not overwrite and not write_behind:
+                steals.append(_steal_s() - stolen)
             return sum(r.size for r in results)
 
         async def raw_copy_stall() -> float:
@@ -598,6 +608,8 @@ async def main(runs: int, layer_size: int, pages: str) -> None:
             return f"{statistics.median(values) * 1000:5.1f} ms median, rounds {each} ms"
 
         print(f"longest 1 ms ticker stall:        {ms(stalls)} (target < 50)")
+        each = ", ".join(f"{v * 1000:.0f}" for v in steals)
+        print(f"  host steal during those runs:   {each} ms (CPU the host took from the VM)")
         print(f"  same, overwriting in place:     {ms(stalls_ow)}")
         print(f"  same, write_behind:             {ms(stalls_wb)}")
         print(f"  2 bare copy_file_range threads: {ms(raw)} (no castar, same 4 GiB, same state)")
