@@ -15,7 +15,8 @@ writes set: a writer that hashes and writes in parallel cannot beat min(sha256, 
 Every case runs in three page states (IO-LIMITS fact 3), set untimed right before it:
 *new file, warm* (a file of the same size was written and unlinked just before: the new
 pages are guest pages freed a moment ago), *new file, cold* (4 s idle first: this VM has
-handed the freed pages back to the host, which must fault them in again) and *overwrite*
+handed part of the freed pages back to the host, which must fault them in again; the rest
+goes over tens of seconds, see ``bench_save.PAGES``) and *overwrite*
 (the destination pre-filled: no page is new). Overwrite is the design's own CPU cost;
 the new-file states bracket what this VM allows.
 Targets: writer >= 0.85 x sha256, RSS < 100 MiB, stall < 50 ms.
@@ -184,8 +185,9 @@ def prepare(mode: str, root: Path, size_mib: int) -> None:
     """Put the page pool in ``mode``'s state right before a timed case (untimed).
 
     warm: a file of the same size written and unlinked just before, so the case's new
-    pages are guest pages freed a moment ago; cold: ``COLD_S`` s idle first, so they are
-    pages the host must fault in again; overwrite: nothing (the case pre-fills its file).
+    pages are guest pages freed a moment ago; cold: ``COLD_S`` s idle first, so many of
+    them are pages the host must fault in again (a partial state: the VM hands freed pages
+    back over tens of seconds); overwrite: nothing (the case pre-fills its file).
     """
     if mode == "new file, warm":
         path = root / "warm"
