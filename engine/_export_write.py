@@ -85,10 +85,6 @@ def _write_all(fd: int, data: Buffer, kind: str) -> None:
         view = view[n:]
 
 
-def _appends(fd: int) -> bool:
-    return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND)
-
-
 class _WriteBehind:
     """Keeps an archive's pages out of the page cache once the kernel has written them.
 
@@ -103,11 +99,11 @@ class _WriteBehind:
     save here when fresh pages are at hand), hence opt-in. Worker threads only.
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, appending: bool) -> None:
         self._fd = fd
         self._engaged = True
         # an fd given may be past its start; O_APPEND writes land at the end whatever it is
-        self._start = os.fstat(fd).st_size if _appends(fd) else os.lseek(fd, 0, os.SEEK_CUR)
+        self._start = os.fstat(fd).st_size if appending else os.lseek(fd, 0, os.SEEK_CUR)
         self._dropped = self._kicked = self._previous = self._start
 
     def advance(self, written: int) -> None:
@@ -167,8 +163,12 @@ class _Copier:
         self.done = False  # set by steps() before its last step
         # copy_file_range, splice and sendfile refuse a file opened O_APPEND (a shell's
         # ``>>``): its bodies go through user space like a stream's, by write().
-        appending = kind == "file" and fd is not None and _appends(fd)
-        self.zero_copy = fd is not None and not verify and not archive_digest and not appending
+        self._appending = (
+            kind == "file" and fd is not None and bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND)
+        )
+        self.zero_copy = (
+            fd is not None and not verify and not archive_digest and not self._appending
+        )
         self._write_behind = write_behind
         self._behind: _WriteBehind | None = None  # made in a worker thread (lseek)
 
@@ -205,7 +205,11 @@ class _Copier:
             _write_all(self._fd, data, self._kind)
         else:
             self._out.append(data if isinstance(data, bytes) else bytes(data))
-        self.written += len(data)
+        self._moved(len(data))
+
+    def _moved(self, n: int) -> None:
+        """``n`` more bytes reached the sink (or the step's chunk list)."""
+        self.written += n
         if self._behind is not None:
             self._behind.advance(self.written)
 
@@ -236,7 +240,7 @@ class _Copier:
     def _pieces(self) -> Iterator[int]:
         """Emit the whole archive; yields the bytes moved after each piece."""
         if self._kind == "file" and self._fd is not None and self._write_behind:
-            self._behind = _WriteBehind(self._fd)
+            self._behind = _WriteBehind(self._fd, self._appending)
         for m in self._plan.members:
             self._emit(m.header)
             yield len(m.header)
@@ -347,9 +351,7 @@ class _Copier:
                     f"unexpected copy size for {m.name}", expected=m.size, actual=offset
                 )
             offset += n
-            self.written += n
-            if self._behind is not None:
-                self._behind.advance(self.written)
+            self._moved(n)
             yield n
 
 
