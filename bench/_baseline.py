@@ -2,7 +2,7 @@
 
 ``python -m bench._baseline SRC_DIR DST_DIR`` copies every file of SRC_DIR into
 DST_DIR while hashing it, 1 MiB ``readinto`` at a time into a reused buffer: what an
-import must do at least (IO-LIMITS §1: "sync read+hash+write"). Imports no castar.
+import must do at least (design rule bench-baseline). Imports no castar.
 """
 
 from __future__ import annotations

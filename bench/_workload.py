@@ -193,7 +193,8 @@ def prepare(workload: Workload, cache: Path, one_platform: str) -> Archives:
 def _compress(src: Path, dst: Path, kind: str) -> None:
     with open(src, "rb") as fin, open(dst, "wb") as raw:
         if kind == "gzip":
-            # isal when installed: the fast deflate (IO-LIMITS §2.11); level 1 either way.
+            # isal when installed, the fast deflate (design rule io-compression); level 1
+            # either way.
             try:
                 make: Any = importlib.import_module("isal.igzip").IGzipFile
             except ImportError:

@@ -1,14 +1,15 @@
-"""Benchmark ``load()`` against a plain synchronous read + sha256 + write loop (IO-LIMITS §2).
+"""Benchmark ``load()`` against a plain synchronous read + sha256 + write loop.
 
 Run: ``.venv/bin/python -m bench.bench_load [--platforms 8 --layers 4 --layer-mib 64]``.
 
 Every case runs in its own subprocess (fresh store under /tmp, peak RSS = that process's
 ``ru_maxrss``) while a 1 ms ticker measures the longest event-loop stall. Cases: load from
 a file, from a pipe (``cat archive |``), a one-platform load of the same archive, the
-sync baseline over the same bytes (each member to a new file, fsync'd like a durable
-per-blob commit, without fsync, and with one syncfs at the end like ``load``), a small
-~20 MiB archive for RSS, and 5,000 small layers against the same baselines. Archives are
-cached in /tmp, never committed. Figures are medians of ``--runs`` runs.
+sync baseline (design rule bench-baseline) over the same bytes (each member to a new file,
+fsync'd like a durable per-blob commit, without fsync, and with one syncfs at the end like
+``load``), a small ~20 MiB archive for RSS, and 5,000 small layers against the same
+baselines. Archives are cached in /tmp, never committed. Figures are medians of ``--runs``
+runs.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def baseline(archive: Path, root: Path, *, fsync: bool, sync_end: bool = False) 
     """Plain sync loop: each tar member read, sha256'd and written to a new file.
 
     ``fsync``: each file and the directory fsync'd (a per-blob durable commit); ``sync_end``:
-    one ``syncfs`` after the last file instead (what ``load`` does since IO-LIMITS §2.10).
+    one ``syncfs`` after the last file instead, the way ``load`` makes its blobs durable.
     """
     out = root / "blobs"
     out.mkdir(parents=True)
@@ -141,7 +142,7 @@ async def load_case(
             worst = max(worst, time.perf_counter() - t - 0.001)
 
     if pipe:
-        with contextlib.suppress(OSError):  # a 1 MiB pipe (IO-LIMITS: pipe_read)
+        with contextlib.suppress(OSError):  # a 1 MiB pipe (design rule io-chunk)
             fcntl.fcntl(0, F_SETPIPE_SZ, MIB)
     async with open_store(root) as store, anyio.create_task_group() as tg:
         tg.start_soon(ticker)
@@ -375,7 +376,7 @@ def main() -> None:
     row("small: load from pipe", spipe, many_size, got["syncfs"]["seconds"], n)
     print(
         # The like-for-like baseline is the one-syncfs one: load commits without per-blob
-        # fsync and makes everything durable with one syncfs (IO-LIMITS §2.10).
+        # fsync and makes everything durable with one syncfs.
         f"targets: small entries/s vs the one-syncfs baseline: file"
         f" {got['syncfs']['seconds'] / sload['seconds']:.2f}x, pipe"
         f" {got['syncfs']['seconds'] / spipe['seconds']:.2f}x (>= 0.7); vs the fsync one:"

@@ -142,10 +142,10 @@ def _splice_to_null(r: int) -> None:
         os.close(null)
 
 
-#: Page states a case can start from (``--pages``; IO-LIMITS fact 3). The VM hands freed
-#: guest pages back to the host over tens of seconds (a new 4 GiB file written 0, 4, 10
-#: and 20 s after 4 GiB were freed: 0.9-2.1, 0.5, 0.41, 0.35 GB/s), so only "warm" puts
-#: every case in the same state; "cold" is a partial state that depends on the case before.
+#: Page states a case can start from (``--pages``; design rule fact-fresh-pages). The VM
+#: hands freed guest pages back to the host over tens of seconds (bench/README.md has the
+#: rates), so only "warm" puts every case in the same state; "cold" is a partial state that
+#: depends on the case before.
 PAGES = ("warm", "cold", "as-is")
 #: Idle seconds before a case in the "cold" state.
 COLD_S = 4.0

@@ -6,13 +6,13 @@ Run: ``.venv/bin/python -m bench.bench_writer [--size-mib 1024] [--backend async
 generated inside the timed region. For each backend it prints the writer's MB/s (write
 loop alone, and write + commit with its fsync), the single-thread ``hashlib.sha256`` rate
 over the same bytes measured in the same run and the ratio, the same hash + write loop
-done synchronously into a new file (IO-LIMITS's baseline: on this VM new-file page-cache
+done synchronously into a new file (design rule bench-baseline; on this VM new-file page-cache
 writes, not hashing, bound both) and the ratio to it, the longest stall and the p99 of a
 1 ms ticker task beside the writer (and the same ticker's worst stall with nothing else
 running, to tell machine noise from loop blocking), and the peak RSS (``ru_maxrss``).
 A plain ``os.write`` loop of the same bytes (no hash) gives the bound that page-cache
 writes set: a writer that hashes and writes in parallel cannot beat min(sha256, write).
-Every case runs in three page states (IO-LIMITS fact 3), set untimed right before it:
+Every case runs in three page states (design rule fact-fresh-pages), set untimed right before it:
 *new file, warm* (a file of the same size was written and unlinked just before: the new
 pages are guest pages freed a moment ago), *new file, cold* (4 s idle first: this VM has
 handed part of the freed pages back to the host, which must fault them in again; the rest
@@ -74,7 +74,7 @@ def prefill(path: Path, size_mib: int) -> None:
 def sync_write_rate(
     root: Path, size_mib: int, *, overwrite: bool = False, hash_: bool = True
 ) -> float:
-    """The same hash + os.write loop in one plain thread (IO-LIMITS baseline).
+    """The same hash + os.write loop in one plain thread (design rule bench-baseline).
 
     Into a new file, or with ``overwrite`` over a pre-filled one from offset 0. Without
     ``hash_``: the writes alone, the bound that page-cache writes put on any writer.
@@ -162,7 +162,8 @@ async def run_writer(root: Path, size_mib: int, overwrite: bool = False) -> Resu
         ticker.stop.set()
     # After the timed run, not before: a second of idling lets this VM hand freed pages
     # back to the host, and the writer would then pay fresh-page faults that the sync
-    # baselines, run right after the previous file was unlinked, do not (IO-LIMITS fact 3).
+    # baselines, run right after the previous file was unlinked, do not (design rule
+    # fact-fresh-pages).
     idle = await idle_stall()
     size = size_mib * MiB / 1e6
     return Result(
@@ -175,7 +176,7 @@ async def run_writer(root: Path, size_mib: int, overwrite: bool = False) -> Resu
     )
 
 
-#: How the destination's page-cache pages start out, per case (IO-LIMITS fact 3).
+#: How the destination's page-cache pages start out, per case (design rule fact-fresh-pages).
 MODES = ("new file, warm", "new file, cold", "overwrite")
 #: Idle seconds after which this VM has handed freed guest pages back to the host.
 COLD_S = 4.0
