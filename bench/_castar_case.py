@@ -44,7 +44,7 @@ async def _save_many(args: argparse.Namespace) -> int:
         exporter.SaveJob(
             names=[args.image],
             sink=out / f"save-{i}.tar",
-            platforms=[specs[i % len(specs)]] if specs else None,
+            options=exporter.SaveOptions.parse([specs[i % len(specs)]] if specs else None),
         )
         for i in range(args.count)
     ]
@@ -64,7 +64,9 @@ async def _load(args: argparse.Namespace) -> int:
 async def _save(args: argparse.Namespace) -> int:
     sink: object = "-" if args.output in (None, "-") else Path(args.output)
     async with open_store(args.root) as store:
-        await exporter.save(store, [args.image], sink, platforms=args.platform)
+        await exporter.save(
+            store, [args.image], sink, exporter.SaveOptions.parse(platforms=args.platform)
+        )
     return 0
 
 

@@ -77,12 +77,12 @@ async def main(layers: int, runs: int, backend: str) -> None:
             plan = None
             for _ in range(runs):  # interleaved, so both see the same machine load
                 t0 = time.perf_counter()
-                plan = await exporter.plan_save(store, [NAME])
+                plan = await exporter.plan_save(store, [NAME], exporter.SaveOptions())
                 t1 = time.perf_counter()
-                await exporter.save(store, [NAME], root / "out.tar")
+                await exporter.save(store, [NAME], root / "out.tar", exporter.SaveOptions())
                 t2 = time.perf_counter()
                 with patch.object(store.content, "infos", per_blob(store.content)):
-                    base = await exporter.plan_save(store, [NAME])
+                    base = await exporter.plan_save(store, [NAME], exporter.SaveOptions())
                 t3 = time.perf_counter()
                 assert base == plan
                 plans.append(t1 - t0)

@@ -84,7 +84,7 @@ async def fill(store: Store, layer_size: int) -> int:
     """Create the image unless it is there; return the total blob bytes."""
     try:
         image = await store.images.get(NAME)
-        plan = await exporter.plan_save(store, [image.name])
+        plan = await exporter.plan_save(store, [image.name], exporter.SaveOptions())
         return sum(m.size for m in plan.members if m.digest is not None)
     except NotFound:
         pass
@@ -327,7 +327,7 @@ async def main(runs: int, layer_size: int, pages: str) -> None:
         archive = OUT / "all.tar"
 
         async def to_file(**kw: object) -> int:  # new file: save() truncates it
-            result = await exporter.save(store, [NAME], archive, **kw)  # type: ignore[arg-type]
+            result = await exporter.save(store, [NAME], archive, exporter.SaveOptions.parse(**kw))  # type: ignore[arg-type]
             return result.size
 
         async def to_pipe(**kw: object) -> int:
@@ -335,7 +335,7 @@ async def main(runs: int, layer_size: int, pages: str) -> None:
             thread = threading.Thread(target=_splice_to_null, args=(r,))
             thread.start()
             try:
-                result = await exporter.save(store, [NAME], w, **kw)  # type: ignore[arg-type]
+                result = await exporter.save(store, [NAME], w, exporter.SaveOptions.parse(**kw))  # type: ignore[arg-type]
             finally:
                 os.close(w)
                 await anyio.to_thread.run_sync(thread.join)
@@ -344,10 +344,10 @@ async def main(runs: int, layer_size: int, pages: str) -> None:
 
         async def to_stream() -> int:
             sink = Discard()
-            await exporter.save(store, [NAME], sink)
+            await exporter.save(store, [NAME], sink, exporter.SaveOptions())
             return sink.count
 
-        plan = await exporter.plan_save(store, [NAME])
+        plan = await exporter.plan_save(store, [NAME], exporter.SaveOptions())
         files = [m.name for m in plan.members if m.digest is not None]
         listing = OUT / "files.txt"
         listing.write_text("\n".join(files) + "\n")
@@ -369,14 +369,17 @@ async def main(runs: int, layer_size: int, pages: str) -> None:
         async def save_overwrite() -> int:
             fd = os.open(OUT / "save.ow", os.O_WRONLY | os.O_CREAT)  # no O_TRUNC
             try:
-                result = await exporter.save(store, [NAME], fd)
+                result = await exporter.save(store, [NAME], fd, exporter.SaveOptions())
             finally:
                 os.close(fd)
             return result.size
 
         async def two_platforms() -> int:
             result = await exporter.save(
-                store, [NAME], archive, platforms=["linux/amd64", "linux/arm64"]
+                store,
+                [NAME],
+                archive,
+                exporter.SaveOptions.parse(platforms=["linux/amd64", "linux/arm64"]),
             )
             return result.size
 
@@ -395,8 +398,9 @@ async def main(runs: int, layer_size: int, pages: str) -> None:
                 exporter.SaveJob(
                     [NAME],
                     fds[i] if fds else OUT / f"c{i}.tar",
-                    platforms=[PLATFORMS[i % 8]],
-                    write_behind=write_behind,
+                    exporter.SaveOptions.parse(
+                        platforms=[PLATFORMS[i % 8]], write_behind=write_behind
+                    ),
                 )
                 for i in range(16)
             ]
@@ -441,7 +445,9 @@ async def main(runs: int, layer_size: int, pages: str) -> None:
         one_files = [str(ROOT / name) for name in files]
         sixteen = []
         for i in range(16):
-            p = await exporter.plan_save(store, [NAME], platforms=[PLATFORMS[i % 8]])
+            p = await exporter.plan_save(
+                store, [NAME], exporter.SaveOptions.parse(platforms=[PLATFORMS[i % 8]])
+            )
             sixteen.append([str(ROOT / m.name) for m in p.members if m.digest is not None])
 
         async def kernel(n: int, overwrite: bool) -> int:

@@ -12,9 +12,9 @@ from __future__ import annotations
 from castar._api import Store as Store
 from castar._api import load as load
 from castar._api import open_store as open_store
-from castar._api import save as save
 from castar.engine.exporter import ExportResult as ExportResult
 from castar.engine.exporter import SaveJob as SaveJob
+from castar.engine.exporter import SaveOptions as SaveOptions
 from castar.engine.exporter import SavePlan as SavePlan
 from castar.engine.images import ImageDetails as ImageDetails
 from castar.engine.images import ImageService as ImageService
@@ -73,6 +73,7 @@ __all__ = [
     "Platform",
     "Removal",
     "SaveJob",
+    "SaveOptions",
     "SavePlan",
     "SizeMismatch",
     "Store",
@@ -83,5 +84,4 @@ __all__ = [
     "default_root",
     "load",
     "open_store",
-    "save",
 ]

@@ -28,9 +28,10 @@ if TYPE_CHECKING:
     from castar.store.gc import GCReport
     from castar.store.images import Image
     from castar.store.leases import Lease, LeaseManager
+    from castar.store.progress import ProgressCallback
     from castar.store.verify import VerifyProgress, VerifyReport
 
-__all__ = ["Store", "load", "open_store", "save"]
+__all__ = ["Store", "load", "open_store"]
 
 
 @final
@@ -108,44 +109,42 @@ class Store:
         names: Sequence[str],
         sink: object,
         *,
-        platforms: Sequence[str] | None = None,
+        platforms: Sequence[str | Platform] | None = None,
         missing: str = "sparse",
         docker_manifest: bool = True,
-        progress: exporter.Progress | None = None,
+        progress: ProgressCallback | None = None,
         verify: bool = False,
         archive_digest: bool = False,
         write_behind: bool = False,
     ) -> ExportResult:
-        """Export images as an OCI archive; see :func:`castar.engine.exporter.save`."""
-        return await save(
-            self._core,
-            names,
-            sink,
-            platforms=platforms,
+        """Export images as an OCI archive; see :func:`castar.engine.exporter.save`.
+
+        The keywords are :class:`~castar.engine.exporter.SaveOptions`' fields, with
+        ``platforms`` given as specifiers or :class:`Platform` values.
+        """
+        options = exporter.SaveOptions.parse(
+            platforms,
             missing=missing,
             docker_manifest=docker_manifest,
-            progress=progress,
             verify=verify,
             archive_digest=archive_digest,
             write_behind=write_behind,
         )
+        return await exporter.save(self._core, names, sink, options, progress=progress)
 
     async def plan_save(
         self,
         names: Sequence[str],
         *,
-        platforms: Sequence[str] | None = None,
+        platforms: Sequence[str | Platform] | None = None,
         missing: str = "sparse",
         docker_manifest: bool = True,
     ) -> SavePlan:
         """What :meth:`save` would write, without writing (``castar save --dry-run``)."""
-        return await exporter.plan_save(
-            self._core,
-            names,
-            platforms=platforms,
-            missing=missing,
-            docker_manifest=docker_manifest,
+        options = exporter.SaveOptions.parse(
+            platforms, missing=missing, docker_manifest=docker_manifest
         )
+        return await exporter.plan_save(self._core, names, options)
 
     async def save_many(self, jobs: Sequence[SaveJob]) -> list[ExportResult]:
         """Run several exports concurrently; see :func:`castar.engine.exporter.save_many`."""
@@ -213,32 +212,4 @@ async def load(
         name=name,
         progress=progress,
         max_size=max_size,
-    )
-
-
-async def save(
-    store: Store | core.Store,
-    names: Sequence[str],
-    sink: object,
-    *,
-    platforms: Sequence[str] | None = None,
-    missing: str = "sparse",
-    docker_manifest: bool = True,
-    progress: exporter.Progress | None = None,
-    verify: bool = False,
-    archive_digest: bool = False,
-    write_behind: bool = False,
-) -> ExportResult:
-    """Export images from ``store``: the module-level form of :meth:`Store.save`."""
-    return await exporter.save(
-        _unwrap(store),
-        names,
-        sink,
-        platforms=platforms,
-        missing=missing,
-        docker_manifest=docker_manifest,
-        progress=progress,
-        verify=verify,
-        archive_digest=archive_digest,
-        write_behind=write_behind,
     )

@@ -157,7 +157,8 @@ async def _cmd_load(store: Store, args: argparse.Namespace) -> int:
 
 
 async def _cmd_save(store: Store, args: argparse.Namespace) -> int:
-    plats = _platform_list(args.platform)
+    # parsed here so a bad spec exits 4 before anything else is checked; parsed once
+    plats = platforms.parse_list(args.platform) if args.platform else None
     if args.dry_run:
         plan = (await store.plan_save(args.images, platforms=plats, missing=args.missing)).to_json()
         if args.json:

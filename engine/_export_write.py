@@ -16,7 +16,6 @@ import select
 import struct
 import termios
 import weakref
-from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -29,17 +28,17 @@ from castar.store import digest as digests
 from castar.store.errors import DataLoss, DigestMismatch, SizeMismatch
 
 if TYPE_CHECKING:
-    from castar.engine._export_plan import Member, SavePlan
+    from collections.abc import Generator, Iterator, Mapping
+
+    from castar.engine._save_plan import Member, SaveOptions, SavePlan
     from castar.engine._streams import Sink
     from castar.store._store import Store
     from castar.store.digest import Buffer, Digest
+    from castar.store.progress import ProgressCallback
 
-__all__ = ["Limiters", "Progress", "store_limiters", "write"]
+__all__ = ["Limiters", "store_limiters", "write"]
 
-#: ``progress(bytes_written, archive_size)``, called on the event loop between hops.
-Progress = Callable[[int, int], object]
-
-_CHUNK: Final = 1 << 20  # bytes per read and per stream send (IO-LIMITS §2.3)
+_CHUNK: Final = 1 << 20  # bytes per read and per stream send
 _HOP: Final = 256 << 20  # bytes one worker-thread hop moves into an fd sink
 _CALL: Final = 64 << 20  # most bytes one copy call moves (cancellation checked between calls)
 _SMALL: Final = 256 << 10  # blobs up to this size are coalesced with the headers
@@ -90,13 +89,13 @@ class _WriteBehind:
 
     A big save otherwise leaves gigabytes of archive in the page cache, dirty for the
     flusher to write back later (and on VMs that hand free guest pages back to the
-    host, each a fresh fault: IO-LIMITS fact 3). Instead, every ``_WINDOW`` bytes,
+    host, each page a fresh fault). Instead, every ``_WINDOW`` bytes,
     ``posix_fadvise(DONTNEED)`` on the newest window starts its writeback (without
     waiting for it), and on the windows older than the one before drops the pages
     whose writeback is done, so the next windows reuse them. The kernel never drops a
     dirty page or one under writeback: nothing is lost, and what is still in flight at
-    the end stays cached. The save then runs at the disk's rate (0.57-0.69x a plain
-    save here when fresh pages are at hand), hence opt-in. Worker threads only.
+    the end stays cached. The save then runs at the disk's rate, hence opt-in. Worker
+    threads only.
     """
 
     def __init__(self, fd: int, appending: bool) -> None:
@@ -145,21 +144,19 @@ class _Copier:
         paths: Mapping[Digest, str],
         fd: int | None,
         kind: str,
-        *,
-        verify: bool,
-        archive_digest: bool,
-        write_behind: bool = False,
+        options: SaveOptions,
     ) -> None:
         self._plan = plan
         self._paths = paths
         self._fd = fd
         self._kind = kind
-        self._verify = verify
-        self._archive = digests.hasher("sha256") if archive_digest else None
+        self._verify = options.verify
+        self._archive = digests.hasher("sha256") if options.archive_digest else None
         self._pending = bytearray()
         self._buffer: bytearray | None = None
         self._out: list[bytes] = []
         self.written = 0
+        self.item = ""  # the member being written, for progress
         self.done = False  # set by steps() before its last step
         # copy_file_range, splice and sendfile refuse a file opened O_APPEND (a shell's
         # ``>>``): its bodies go through user space like a stream's, by write().
@@ -167,9 +164,9 @@ class _Copier:
             kind == "file" and fd is not None and bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND)
         )
         self.zero_copy = (
-            fd is not None and not verify and not archive_digest and not self._appending
+            fd is not None and not self._verify and self._archive is None and not self._appending
         )
-        self._write_behind = write_behind
+        self._write_behind = options.write_behind
         self._behind: _WriteBehind | None = None  # made in a worker thread (lseek)
 
     @property
@@ -242,6 +239,7 @@ class _Copier:
         if self._kind == "file" and self._fd is not None and self._write_behind:
             self._behind = _WriteBehind(self._fd, self._appending)
         for m in self._plan.members:
+            self.item = m.name
             self._emit(m.header)
             yield len(m.header)
             if m.data is not None:
@@ -359,10 +357,10 @@ class _Copier:
 class Limiters:
     """Worker-thread budgets for blob work, shared by every save from one store."""
 
-    #: zero-copy hops: one in flight. Kernel copies share one physical core's memory
-    #: bandwidth; a second thread made 4 GiB of copies slower and the loop's stalls longer.
+    #: zero-copy hops: one in flight. Kernel copies share one core's memory bandwidth:
+    #: a second copying thread makes the copies slower and the event loop's stalls longer.
     copy: anyio.CapacityLimiter
-    #: hops through user space (hashing, async streams): two (IO-LIMITS §2.5).
+    #: hops through user space (hashing, async streams): two.
     hash: anyio.CapacityLimiter
 
 
@@ -382,30 +380,19 @@ async def write(
     plan: SavePlan,
     sink: Sink,
     paths: Mapping[Digest, str],
-    *,
-    verify: bool,
-    archive_digest: bool,
+    options: SaveOptions,
     limiters: Limiters,
-    progress: Progress | None,
-    write_behind: bool = False,
+    progress: ProgressCallback | None,
 ) -> tuple[int, Digest | None]:
     """Write ``plan`` to the open ``sink``, reading blob bodies from ``paths``.
 
     One worker-thread hop per step of :class:`_Copier` under the limiter its kind of
-    work takes; ``progress`` is called on the event loop after each. ``write_behind``:
-    see :class:`_WriteBehind` (regular files only). Returns the bytes written and, with
+    work takes; ``progress`` is called on the event loop after each. Write-behind: see
+    :class:`_WriteBehind` (regular files only). Returns the bytes written and, with
     ``archive_digest``, their sha256.
     """
     fd = sink.fileno() if sink.kind in ("file", "pipe", "socket") else None
-    copier = _Copier(
-        plan,
-        paths,
-        fd,
-        sink.kind,
-        verify=verify,
-        archive_digest=archive_digest,
-        write_behind=write_behind,
-    )
+    copier = _Copier(plan, paths, fd, sink.kind, options)
     limiter = limiters.copy if copier.zero_copy else limiters.hash
     steps = copier.steps()
     try:
@@ -416,7 +403,7 @@ async def write(
             for chunk in chunks:
                 await sink.send(chunk)
             if progress is not None:
-                progress(copier.written, plan.size)
+                progress(copier.written, plan.size, copier.item)
             if copier.done:
                 break
     finally:

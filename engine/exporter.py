@@ -1,9 +1,9 @@
 """The exporter ("save"): images from the store to an OCI + Docker image archive.
 
-Owns the entry points (``plan_save``, ``save``, ``save_many``), their options, the
-lease a save runs under (SAVE-5, LEASE-6) and the sink's lifetime; plans with
-``_export_lookup`` + ``_export_planner`` before the first byte, writes with
-``_export_write``. Must not import the importer, the images service or the facade.
+Owns the entry points (``plan_save``, ``save``, ``save_many``), the lease a save runs
+under (SAVE-5, LEASE-6) and the sink's lifetime; plans with ``_export_lookup`` +
+``_save_plan`` before the first byte, writes with ``_export_write``. Must not import
+the importer, the images service or the facade.
 """
 
 from __future__ import annotations
@@ -18,17 +18,17 @@ import anyio
 
 from castar.engine import platforms as plat
 from castar.engine._export_lookup import fetch, resolve, unlinked
-from castar.engine._export_plan import (
+from castar.engine._export_write import Limiters, store_limiters, write
+from castar.engine._save_plan import (
+    MISSING_POLICIES,
     ImagePlan,
     Member,
-    Options,
+    Planner,
     PlatformPlan,
+    SaveOptions,
     SavePlan,
     Skipped,
-    Target,
 )
-from castar.engine._export_planner import Planner
-from castar.engine._export_write import Limiters, Progress, store_limiters, write
 from castar.engine._streams import open_sink
 from castar.store.errors import InvalidArgument
 from castar.store.leases import current_lease
@@ -36,16 +36,19 @@ from castar.store.leases import current_lease
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from castar.engine._export_plan import Target
     from castar.store._store import Store
     from castar.store.digest import Digest
+    from castar.store.progress import ProgressCallback
 
 __all__ = [
+    "MISSING_POLICIES",
     "ExportResult",
     "ImagePlan",
     "Member",
     "PlatformPlan",
-    "Progress",
     "SaveJob",
+    "SaveOptions",
     "SavePlan",
     "Skipped",
     "plan_save",
@@ -53,9 +56,8 @@ __all__ = [
     "save_many",
 ]
 
-MISSING_POLICIES: Final = ("sparse", "prune", "fail")
-#: Plans in flight at once in save_many: the first job starts copying after one plan,
-#: not after all of them interleaved (16 plans at once: ~40 ms before the first byte).
+#: Plans in flight at once in save_many: the first job starts copying after one plan
+#: instead of after all of them, interleaved.
 _PLANS_AT_ONCE: Final = 2
 
 
@@ -67,7 +69,7 @@ class ExportResult:
     Attributes:
         plan: the plan that was written (images, platforms, members, warnings).
         size: bytes written.
-        sha256: sha256 of the archive bytes, when ``archive_digest=True`` was asked.
+        sha256: sha256 of the archive bytes, when ``archive_digest`` was asked.
     """
 
     plan: SavePlan
@@ -104,26 +106,32 @@ class SaveJob:
 
     names: Sequence[str]
     sink: object
-    platforms: Sequence[str] | None = None
-    missing: str = "sparse"
-    docker_manifest: bool = True
-    verify: bool = False
-    archive_digest: bool = False
-    progress: Progress | None = None
-    write_behind: bool = False
+    options: SaveOptions
+    progress: ProgressCallback | None = None
 
 
-# -- plan_save ---------------------------------------------------------------------------------
+async def plan_save(store: Store, names: Sequence[str], options: SaveOptions) -> SavePlan:
+    """What :func:`save` would write, without writing anything.
 
+    Resolves the names, walks the images, applies the platform filter and the
+    missing-content policy and checks every blob against the store, so every error
+    :func:`save` can raise before its first byte is raised here too. Under a lease
+    (the caller's current one), adds to it every blob the archive reads (SAVE-5).
 
-def _options(platforms: Sequence[str] | None, missing: str, docker_manifest: bool) -> Options:
-    if missing not in MISSING_POLICIES:
-        raise InvalidArgument(f"missing={missing!r}: must be one of {', '.join(MISSING_POLICIES)}")
-    wanted = tuple(plat.parse_list(platforms)) if platforms else ()
-    return Options(wanted, missing, docker_manifest, plat.host())
+    Args:
+        store: the store to read.
+        names: image names, digests or image-id prefixes (SAVE-4).
+        options: what to select (platforms, missing policy, ``manifest.json``).
 
+    Returns:
+        The plan; ``plan.to_json()`` is what ``castar save --dry-run --json`` prints.
 
-async def _plan(store: Store, names: Sequence[str], options: Options) -> SavePlan:
+    Raises:
+        NotFound: an unknown name, no manifest for a platform, or missing content
+            (with ``missing="fail"``).
+        Conflict: an ambiguous id prefix or several manifests for one platform (SAVE-2).
+        InvalidArgument: no names, or a non-manifest target (TV-60).
+    """
     if isinstance(names, str):
         names = [names]
     if not names:
@@ -138,7 +146,7 @@ async def _plan(store: Store, names: Sequence[str], options: Options) -> SavePla
         for t in targets:
             await store.leases.add_resource(lease.id, "content", t.desc.digest)
     nodes = await fetch(store.content, [t.desc for t in targets])
-    planner = Planner(nodes, options)
+    planner = Planner(nodes, options, plat.host())
     images = [p for t in targets if (p := planner.add(t)) is not None]
     plan = planner.finish(images)
     if lease is not None:  # SAVE-5: the rest of what the archive reads, before the first byte
@@ -147,55 +155,13 @@ async def _plan(store: Store, names: Sequence[str], options: Options) -> SavePla
     return plan
 
 
-async def plan_save(
-    store: Store,
-    names: Sequence[str],
-    *,
-    platforms: Sequence[str] | None = None,
-    missing: str = "sparse",
-    docker_manifest: bool = True,
-) -> SavePlan:
-    """What :func:`save` would write, without writing anything.
-
-    Resolves the names, walks the images, applies the platform filter and the
-    missing-content policy and checks every blob against the store, so every error
-    :func:`save` can raise before its first byte is raised here too.
-
-    Args:
-        store: the store to read.
-        names: image names, digests or image-id prefixes (SAVE-4).
-        platforms: platform specifiers; ``None`` or empty means all (SAVE-1..3).
-        missing: ``"sparse"``, ``"prune"`` or ``"fail"`` (see :func:`save`).
-        docker_manifest: whether to write ``manifest.json`` (EXP-10).
-
-    Returns:
-        The plan; ``plan.to_json()`` is what ``castar save --dry-run --json`` prints.
-
-    Raises:
-        NotFound: an unknown name, no manifest for a platform, or missing content
-            (with ``missing="fail"``).
-        Conflict: an ambiguous id prefix or several manifests for one platform (SAVE-2).
-        InvalidArgument: a bad platform, policy, or a non-manifest target (TV-60).
-    """
-    return await _plan(store, names, _options(platforms, missing, docker_manifest))
-
-
-# -- save ------------------------------------------------------------------------------------
-
-
 async def save(
     store: Store,
     names: Sequence[str],
     sink: object,
+    options: SaveOptions,
     *,
-    platforms: Sequence[str] | None = None,
-    missing: str = "sparse",
-    docker_manifest: bool = True,
-    progress: Progress | None = None,
-    verify: bool = False,
-    archive_digest: bool = False,
-    limiter: anyio.CapacityLimiter | None = None,
-    write_behind: bool = False,
+    progress: ProgressCallback | None = None,
 ) -> ExportResult:
     """Export images as one OCI image archive (with Docker's ``manifest.json``).
 
@@ -211,9 +177,8 @@ async def save(
     matched strictly, is the archive's only entry (SAVE-2); several → the image index
     with only those platforms' subtrees. Attestations go whenever platforms are given.
 
-    Missing content: ``"sparse"`` keeps the original index and leaves out what the
-    store lacks (EXP-7); ``"prune"`` writes a new index listing only the complete
-    platforms exported; ``"fail"`` raises NotFound naming the incomplete platform.
+    Blob work shares the store's budgets with its other saves (one zero-copy hop and
+    two hashing hops in flight).
 
     Args:
         store: the store to read.
@@ -221,22 +186,9 @@ async def save(
         sink: a path, a file descriptor, ``"-"`` (stdout), an anyio ``ByteSendStream``
             or any object with ``async write(b)``. Bodies go zero-copy to fds
             (``copy_file_range``/``splice``/``sendfile``), in 1 MiB chunks to streams.
-        platforms: platform specifiers; ``None`` or empty means all.
-        missing: the missing-content policy.
-        docker_manifest: whether to write ``manifest.json``.
-        progress: called with ``(bytes_written, archive_size)`` after each hop.
-        verify: re-hash every blob while copying (turns zero-copy off).
-        archive_digest: hash the archive as written into ``result.sha256``. Off by
-            default: every blob then goes through user space and sha256 (~1.3 GB/s
-            here), measured 1.3x the time of a zero-copy save into a new file and
-            4.7x into a pipe (``python -m bench.bench_save``).
-        limiter: bounds this save's blob work; default: the store's own budgets, shared
-            by all its saves (one zero-copy hop and two hashing hops in flight).
-        write_behind: into a regular file, start writeback of every 64 MiB written and
-            drop what is on disk from the page cache, so a big archive does not fill it
-            with dirty pages (the bytes written are the same). The save then runs at
-            the disk's rate: measured here 0.5-0.8x a plain save, with peak dirty pages
-            64-78 MiB instead of the whole archive (``python -m bench.bench_save``).
+        options: what to select and how to write (see :class:`SaveOptions`).
+        progress: called on the event loop after each hop with the bytes written,
+            the archive's size and the name of the member being written.
 
     Returns:
         What was written: images, platforms, what was skipped, size, sha256.
@@ -247,87 +199,38 @@ async def save(
         SizeMismatch: a stored blob does not have its recorded size.
         DataLoss: a recorded blob's file is missing from disk.
     """
-    job = SaveJob(
-        names,
-        sink,
-        platforms=platforms,
-        missing=missing,
-        docker_manifest=docker_manifest,
-        verify=verify,
-        archive_digest=archive_digest,
-        progress=progress,
-        write_behind=write_behind,
-    )
-    return await _leased_save(store, job, limiter, None)
+    job = SaveJob(names, sink, options, progress)
+    return await _save(store, job, store_limiters(store), None)
 
 
-async def _leased_save(
-    store: Store,
-    job: SaveJob,
-    limiter: anyio.CapacityLimiter | None,
-    planning: anyio.CapacityLimiter | None,
+async def _save(
+    store: Store, job: SaveJob, limiters: Limiters, planning: anyio.CapacityLimiter | None
 ) -> ExportResult:
     """:func:`save` of ``job``; ``planning`` bounds how many plans run at once."""
-    options = _options(job.platforms, job.missing, job.docker_manifest)
-    limiters = Limiters(limiter, limiter) if limiter is not None else store_limiters(store)
     lease: AbstractAsyncContextManager[object] = (
         nullcontext()  # LEASE-6: the caller's lease holds what we read
         if current_lease() is not None
         else store.lease(expire=timedelta(hours=24), labels={"castar.export": "1"})
     )
     async with lease:
-        return await _save(
-            store,
-            job.names,
-            job.sink,
-            options,
-            limiters,
-            job.verify,
-            job.archive_digest,
-            job.progress,
-            planning,
-            job.write_behind,
-        )
-
-
-async def _save(
-    store: Store,
-    names: Sequence[str],
-    sink: object,
-    options: Options,
-    limiters: Limiters,
-    verify: bool,
-    archive_digest: bool,
-    progress: Progress | None,
-    planning: anyio.CapacityLimiter | None,
-    write_behind: bool,
-) -> ExportResult:
-    async with planning if planning is not None else nullcontext():
-        plan = await _plan(store, names, options)
-    paths = {d: str(store.content.path(d)) for d in plan.reads}
-    ours = None  # a regular file save() created from a path: removed if writing fails
-    try:
-        out = open_sink(sink)
-        async with limiters.hash:  # opens count as blob work: no burst of thread starts
-            await out.open()
-        async with out:
-            if isinstance(sink, str | os.PathLike) and sink != "-" and out.kind == "file":
-                ours = anyio.Path(os.fspath(sink))
-            size, sha = await write(
-                plan,
-                out,
-                paths,
-                verify=verify,
-                archive_digest=archive_digest,
-                limiters=limiters,
-                progress=progress,
-                write_behind=write_behind,
-            )
-    except BaseException:
-        if ours is not None:
-            with anyio.CancelScope(shield=True), suppress(OSError):
-                await ours.unlink()
-        raise
+        async with planning if planning is not None else nullcontext():
+            plan = await plan_save(store, job.names, job.options)
+        paths = {d: str(store.content.path(d)) for d in plan.reads}
+        sink = job.sink
+        ours = None  # a regular file save() created from a path: removed if writing fails
+        try:
+            out = open_sink(sink)
+            async with limiters.hash:  # opens count as blob work: no burst of thread starts
+                await out.open()
+            async with out:
+                if isinstance(sink, str | os.PathLike) and sink != "-" and out.kind == "file":
+                    ours = anyio.Path(os.fspath(sink))
+                size, sha = await write(plan, out, paths, job.options, limiters, job.progress)
+        except BaseException:
+            if ours is not None:
+                with anyio.CancelScope(shield=True), suppress(OSError):
+                    await ours.unlink()
+            raise
     return ExportResult(plan, size, sha)
 
 
@@ -338,22 +241,23 @@ async def save_many(
 
     Each job runs :func:`save` under its own lease (or all under the caller's current
     lease, LEASE-6: one durable lease commit instead of two per job). Blob work shares
-    the store's budgets (one zero-copy hop, two hashing hops in flight), or one
-    ``CapacityLimiter(limit)`` when ``limit`` is given. Two jobs plan at a time, so the
-    first starts writing after one plan while the others plan beside its copies. The
-    first failure cancels the others and is raised (never as an ExceptionGroup).
+    the store's budgets, or one ``CapacityLimiter(limit)`` when ``limit`` is given.
+    Two jobs plan at a time, so the first starts writing after one plan while the
+    others plan beside its copies. The first failure cancels the others and is raised
+    (never as an ExceptionGroup).
 
     Returns:
         The results in job order.
     """
-    limiter = anyio.CapacityLimiter(limit) if limit else None
+    one = anyio.CapacityLimiter(limit) if limit else None  # both kinds of hop take it
+    limiters = Limiters(one, one) if one is not None else store_limiters(store)
     planning = anyio.CapacityLimiter(_PLANS_AT_ONCE)
     results: list[ExportResult | None] = [None] * len(jobs)
     failure: list[BaseException] = []
 
     async def run(i: int, job: SaveJob, scope: anyio.CancelScope) -> None:
         try:
-            results[i] = await _leased_save(store, job, limiter, planning)
+            results[i] = await _save(store, job, limiters, planning)
         except Exception as exc:
             failure.append(exc)
             scope.cancel()

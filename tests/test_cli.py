@@ -247,14 +247,14 @@ def test_save_one_platform_to_a_file(loaded, tmp_path: Path) -> None:
     assert result["written"] == out.stat().st_size
     events = [json.loads(line) for line in cp.stderr.splitlines()]  # machine-readable progress
     assert events[0]["event"] == "start"
-    assert events[-1] == {
-        "event": "end", "op": "saving", "done": result["written"], "total": result["written"],
-        "item": None, "ok": True,
-    }  # fmt: skip
     with tarfile.open(out) as tar:
         names = tar.getnames()
         index = json.load(tar.extractfile("index.json"))
         manifest = json.load(tar.extractfile("manifest.json"))
+    assert events[-1] == {  # the item: the member being written, the last one at the end
+        "event": "end", "op": "saving", "done": result["written"], "total": result["written"],
+        "item": names[-1], "ok": True,
+    }  # fmt: skip
     assert names[:3] == ["oci-layout", "index.json", "manifest.json"]
     assert len(index["manifests"]) == 1
     assert manifest[0]["RepoTags"] == ["synth:latest"]

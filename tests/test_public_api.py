@@ -18,7 +18,9 @@ def test_every_name_in_all_exists_and_is_unique() -> None:
     assert len(set(castar.__all__)) == len(castar.__all__)
     missing = [n for n in castar.__all__ if not hasattr(castar, n)]
     assert missing == []
-    assert {"open_store", "Store", "load", "save", "CastarError", "NotFound"} <= set(castar.__all__)
+    assert {"open_store", "Store", "load", "SaveOptions", "CastarError", "NotFound"} <= set(
+        castar.__all__
+    )
 
 
 def test_public_names_without_underscore_are_all_listed() -> None:
@@ -97,7 +99,7 @@ async def test_facade_stores_lists_tags_collects_and_verifies(tmp_path: Path) ->
         assert compute(layer) == lyr.digest
 
 
-async def test_module_load_save_and_save_many_accept_the_facade(tmp_path: Path) -> None:
+async def test_module_load_store_save_and_save_many_accept_the_facade(tmp_path: Path) -> None:
     from castar.engine import synth
 
     spec = synth.SynthSpec(
@@ -107,10 +109,14 @@ async def test_module_load_save_and_save_many_accept_the_facade(tmp_path: Path) 
     async with castar.open_store(tmp_path / "root") as store:
         (image,) = await castar.load(store, tmp_path / "in.tar")
         assert image.name == "docker.io/library/multi:1"
-        whole = await castar.save(store, ["multi:1"], tmp_path / "all.tar")
+        whole = await store.save(["multi:1"], tmp_path / "all.tar")
         assert whole.size == (await anyio.Path(tmp_path / "all.tar").stat()).st_size
         jobs = [
-            castar.SaveJob(["multi:1"], tmp_path / f"{p.replace('/', '-')}.tar", platforms=[p])
+            castar.SaveJob(
+                ["multi:1"],
+                tmp_path / f"{p.replace('/', '-')}.tar",
+                castar.SaveOptions.parse([p]),
+            )
             for p in ("linux/amd64", "linux/arm64")
         ]
         results = await store.save_many(jobs)

@@ -165,7 +165,7 @@ def read_archive(data: bytes) -> Archive:
 
 async def save_bytes(store: Store, tmp_path: Path, names: list[str], **kw: object) -> bytes:
     out = tmp_path / f"out-{next(_counter)}.tar"
-    await exporter.save(store, names, out, **kw)  # type: ignore[arg-type]
+    await exporter.save(store, names, out, exporter.SaveOptions.parse(**kw))  # type: ignore[arg-type]
     return await anyio.Path(out).read_bytes()
 
 
@@ -177,7 +177,7 @@ async def save_archive(
 ) -> tuple[exporter.ExportResult, Archive]:
     """Save to a new file; the result and the archive as the stdlib reads it."""
     out = tmp_path / f"out-{next(_counter)}.tar"
-    result = await exporter.save(store, names, out, **kw)  # type: ignore[arg-type]
+    result = await exporter.save(store, names, out, exporter.SaveOptions.parse(**kw))  # type: ignore[arg-type]
     return result, read_archive(await anyio.Path(out).read_bytes())
 
 
@@ -282,7 +282,9 @@ async def test_tv56_single_platform_absent_raises_not_found_with_save2_text(
     await build_world(store)
     out = tmp_path / "never.tar"
     with pytest.raises(NotFound) as err:
-        await exporter.save(store, [ALPINE], out, platforms=["linux/s390x"])
+        await exporter.save(
+            store, [ALPINE], out, exporter.SaveOptions.parse(platforms=["linux/s390x"])
+        )
     assert str(err.value) == (
         "no suitable export target found: image with reference alpine:latest was found "
         "but does not provide the specified platform (linux/s390x): not found"
@@ -295,7 +297,9 @@ async def test_tv56_platform_list_matching_nothing_raises_no_manifest_found(
 ) -> None:
     await build_world(store)
     with pytest.raises(NotFound, match="no manifest found for platform: not found"):
-        await exporter.plan_save(store, [ALPINE], platforms=["linux/s390x", "linux/ppc64le"])
+        await exporter.plan_save(
+            store, [ALPINE], exporter.SaveOptions.parse(platforms=["linux/s390x", "linux/ppc64le"])
+        )
 
 
 async def test_save2_two_manifests_for_one_platform_is_a_conflict(store: Store) -> None:
@@ -308,7 +312,9 @@ async def test_save2_two_manifests_for_one_platform_is_a_conflict(store: Store) 
     idx = await put(store, oci.encode_index(oci.Index(manifests=entries)), oci.OCI_INDEX, entries)
     await store.images.create("docker.io/library/twins:1", idx)
     with pytest.raises(Conflict, match="multiple manifests found for platform linux/amd64"):
-        await exporter.plan_save(store, ["twins:1"], platforms=["linux/amd64"])
+        await exporter.plan_save(
+            store, ["twins:1"], exporter.SaveOptions.parse(platforms=["linux/amd64"])
+        )
 
 
 async def test_tv59_non_distributable_layer_is_not_written_but_listed(
@@ -338,7 +344,9 @@ async def test_missing_foreign_layer_does_not_make_a_platform_incomplete(
     await store.images.create("docker.io/library/win:2", m)
     # [castar] the archive never carries non-distributable layers (SAVE-1), so their
     # absence is no reason to leave out the rest or to fail
-    result = await exporter.save(store, ["win:2"], tmp_path / "w.tar", missing="fail")
+    result = await exporter.save(
+        store, ["win:2"], tmp_path / "w.tar", exporter.SaveOptions.parse(missing="fail")
+    )
     assert result.images[0].platforms[0].state == "complete"
     ar = read_archive((tmp_path / "w.tar").read_bytes())
     assert ar.blob_hexes == {c.digest.encoded, layer.digest.encoded, m.digest.encoded}
@@ -411,7 +419,9 @@ async def test_without_manifest_json_no_image_claims_a_docker_manifest(store: St
     await store.images.create("docker.io/library/broken:1", w.M2)
     await store.content.delete(w.L2.digest)
     plans = [
-        await exporter.plan_save(store, names, docker_manifest=False, **kw)  # type: ignore[arg-type]
+        await exporter.plan_save(
+            store, names, exporter.SaveOptions.parse(docker_manifest=False, **kw)
+        )  # type: ignore[arg-type]
         for names, kw in [
             (["single:1"], {}),
             (["broken:1"], {}),
@@ -422,7 +432,7 @@ async def test_without_manifest_json_no_image_claims_a_docker_manifest(store: St
     assert [i.docker_manifest for p in plans for i in p.images] == [None] * 4
     assert [p.warnings for p in plans] == [()] * 4
     assert all("manifest.json" not in {m.name for m in p.members} for p in plans)
-    with_it = await exporter.plan_save(store, ["single:1"])
+    with_it = await exporter.plan_save(store, ["single:1"], exporter.SaveOptions())
     assert with_it.images[0].docker_manifest == w.M1.digest
 
 
@@ -432,7 +442,7 @@ async def test_tv60_layer_target_raises_only_manifests_may_be_exported(
     layer = await put(store, b"just a layer", oci.OCI_LAYER_GZIP)
     await store.images.create("docker.io/library/odd:1", layer)
     with pytest.raises(InvalidArgument, match="only manifests may be exported"):
-        await exporter.save(store, ["odd:1"], tmp_path / "x.tar")
+        await exporter.save(store, ["odd:1"], tmp_path / "x.tar", exporter.SaveOptions())
     assert not (tmp_path / "x.tar").exists()
 
 
@@ -442,7 +452,7 @@ async def test_tv60_layer_named_by_digest_past_the_document_cap_is_invalid_argum
     # Too big to be a document (EDGE-13), so it cannot be a manifest: TV-60, not a size error.
     layer = await put(store, bytes(oci.MAX_DOCUMENT + 1), oci.OCI_LAYER_GZIP)
     with pytest.raises(InvalidArgument, match="only manifests may be exported"):
-        await exporter.save(store, [str(layer.digest)], tmp_path / "x.tar")
+        await exporter.save(store, [str(layer.digest)], tmp_path / "x.tar", exporter.SaveOptions())
     assert not (tmp_path / "x.tar").exists()
 
 
@@ -533,9 +543,11 @@ async def test_exp10_unparseable_name_fails_manifest_json(store: Store, tmp_path
     w = await build_world(store)
     await store.images.create("Not/A/Reference:X", w.I)
     with pytest.raises(InvalidArgument, match='unable to create manifests file: failed to parse "'):
-        await exporter.plan_save(store, ["Not/A/Reference:X"])
+        await exporter.plan_save(store, ["Not/A/Reference:X"], exporter.SaveOptions())
     # without manifest.json the name only goes into index.json annotations
-    plan = await exporter.plan_save(store, ["Not/A/Reference:X"], docker_manifest=False)
+    plan = await exporter.plan_save(
+        store, ["Not/A/Reference:X"], exporter.SaveOptions.parse(docker_manifest=False)
+    )
     assert plan.images[0].name == "Not/A/Reference:X"
 
 
@@ -543,7 +555,7 @@ async def test_unknown_name_raises_not_found_before_writing(store: Store, tmp_pa
     await build_world(store)
     out = tmp_path / "no.tar"
     with pytest.raises(NotFound, match='image "nosuch:1": not found'):
-        await exporter.save(store, [ALPINE, "nosuch:1"], out)
+        await exporter.save(store, [ALPINE, "nosuch:1"], out, exporter.SaveOptions())
     assert not out.exists()
 
 
@@ -634,7 +646,9 @@ async def test_prune_with_platforms_lists_only_requested_platforms(
 ) -> None:
     w = await build_world(store)
     plan = await exporter.plan_save(
-        store, [ALPINE], platforms=["linux/arm64", "linux/amd64"], missing="prune"
+        store,
+        [ALPINE],
+        exporter.SaveOptions.parse(platforms=["linux/arm64", "linux/amd64"], missing="prune"),
     )
     (image,) = plan.images
     member = next(m for m in plan.members if m.digest == image.digest)
@@ -650,7 +664,7 @@ async def test_fail_names_the_incomplete_platform_before_writing(
     await store.content.delete(w.L2.digest)
     out = tmp_path / "f.tar"
     with pytest.raises(NotFound) as err:
-        await exporter.save(store, [ALPINE], out, missing="fail")
+        await exporter.save(store, [ALPINE], out, exporter.SaveOptions.parse(missing="fail"))
     assert "platform linux/arm64/v8" in str(err.value)
     assert str(w.L2.digest) in str(err.value)
     assert not out.exists()
@@ -660,7 +674,9 @@ async def test_fail_names_a_requested_platform_absent_from_the_image(store: Stor
     await build_world(store)
     with pytest.raises(NotFound, match="platform linux/s390x not found"):
         await exporter.plan_save(
-            store, [ALPINE], platforms=["linux/amd64", "linux/s390x"], missing="fail"
+            store,
+            [ALPINE],
+            exporter.SaveOptions.parse(platforms=["linux/amd64", "linux/s390x"], missing="fail"),
         )
 
 
@@ -669,18 +685,20 @@ async def test_prune_of_an_incomplete_single_manifest_image_is_not_found(store: 
     await store.images.create("docker.io/library/one:1", w.M2)
     await store.content.delete(w.L2.digest)
     with pytest.raises(NotFound, match="no platform is complete locally"):
-        await exporter.plan_save(store, ["one:1"], missing="prune")
+        await exporter.plan_save(store, ["one:1"], exporter.SaveOptions.parse(missing="prune"))
 
 
 async def test_the_same_name_twice_is_one_entry(store: Store) -> None:
     await build_world(store)
-    plan = await exporter.plan_save(store, [ALPINE, "alpine:latest", "alpine"])
+    plan = await exporter.plan_save(
+        store, [ALPINE, "alpine:latest", "alpine"], exporter.SaveOptions()
+    )
     assert [i.name for i in plan.images] == [ALPINE]
 
 
 async def test_unknown_missing_policy_is_invalid_argument(store: Store) -> None:
     with pytest.raises(InvalidArgument, match="missing='lenient'"):
-        await exporter.plan_save(store, [ALPINE], missing="lenient")
+        await exporter.plan_save(store, [ALPINE], exporter.SaveOptions.parse(missing="lenient"))
 
 
 # -- plan, verify, digest, progress -------------------------------------------------------------
@@ -690,7 +708,7 @@ async def test_plan_save_is_what_save_writes_and_serialises_to_json(
     store: Store, tmp_path: Path
 ) -> None:
     await build_world(store)
-    plan = await exporter.plan_save(store, [ALPINE])
+    plan = await exporter.plan_save(store, [ALPINE], exporter.SaveOptions())
     text = json.dumps(plan.to_json())
     assert json.loads(text)["size"] == plan.size
     data = await save_bytes(store, tmp_path, [ALPINE])
@@ -701,14 +719,19 @@ async def test_plan_save_is_what_save_writes_and_serialises_to_json(
 async def test_archive_digest_is_sha256_of_the_bytes_written(store: Store, tmp_path: Path) -> None:
     await build_world(store)
     out = tmp_path / "d.tar"
-    seen: list[tuple[int, int]] = []
+    seen: list[tuple[int, int | None, str]] = []
     result = await exporter.save(
-        store, [ALPINE], out, archive_digest=True, progress=lambda a, b: seen.append((a, b))
+        store,
+        [ALPINE],
+        out,
+        exporter.SaveOptions.parse(archive_digest=True),
+        progress=lambda done, total, item: seen.append((done, total, item)),
     )
     data = out.read_bytes()
     assert result.sha256 == "sha256:" + hashlib.sha256(data).hexdigest()
     assert result.size == len(data) == result.plan.size
-    assert seen[-1] == (len(data), len(data))
+    # done and total bytes, and the member being written: the last one at the end
+    assert seen[-1] == (len(data), len(data), result.plan.members[-1].name)
     assert data == await save_bytes(store, tmp_path, [ALPINE])  # same bytes as zero-copy
 
 
@@ -721,7 +744,7 @@ async def test_verify_detects_a_corrupt_blob(store: Store, tmp_path: Path) -> No
     path.write_bytes(bytes(raw))
     out = tmp_path / "v.tar"
     with pytest.raises(DigestMismatch, match=r"unexpected digest sha256:\w+ copied"):
-        await exporter.save(store, [ALPINE], out, verify=True)
+        await exporter.save(store, [ALPINE], out, exporter.SaveOptions.parse(verify=True))
     assert not out.exists()  # a partial archive save() created is removed
 
 
@@ -734,7 +757,7 @@ async def test_corrupt_manifest_document_fails_before_the_first_byte(
     path.write_bytes(path.read_bytes().replace(b"schemaVersion", b"schemaVersioN"))
     out = tmp_path / "c.tar"
     with pytest.raises(DigestMismatch):
-        await exporter.save(store, [ALPINE], out)
+        await exporter.save(store, [ALPINE], out, exporter.SaveOptions())
     assert not out.exists()
 
 
@@ -743,7 +766,7 @@ async def test_recorded_blob_missing_on_disk_is_data_loss(store: Store, tmp_path
     store.content.path(w.LS.digest).unlink()
     out = tmp_path / "dl.tar"
     with pytest.raises(DataLoss, match="recorded but missing on disk"):
-        await exporter.save(store, [ALPINE], out)
+        await exporter.save(store, [ALPINE], out, exporter.SaveOptions())
     assert not out.exists()
 
 

@@ -161,7 +161,7 @@ async def test_a_corrupt_manifest_is_read_documents_digest_mismatch_before_any_b
         await _corrupt(store, entries[1].digest)
         out = tmp_path / "out.tar"
         with pytest.raises(DigestMismatch, match=f"document {entries[1].digest}: unexpected"):
-            await exporter.save(store, [NAME], out)
+            await exporter.save(store, [NAME], out, exporter.SaveOptions())
     assert not out.exists()  # EXP-13
 
 
@@ -194,7 +194,9 @@ async def test_the_first_fault_in_walk_order_wins_over_a_later_corrupt_document(
         await store.images.create("docker.io/library/fetch:lies", index)
         await _corrupt(store, entries[1].digest)
         with pytest.raises(SizeMismatch) as err:
-            await exporter.plan_save(store, ["docker.io/library/fetch:lies"])
+            await exporter.plan_save(
+                store, ["docker.io/library/fetch:lies"], exporter.SaveOptions()
+            )
     # depth-first: manifest 0's layer is met before manifest 1 is read (EXP-7 walk order)
     assert str(err.value).startswith(f"content digest {first.digest}: store holds")
 
@@ -204,4 +206,4 @@ async def test_a_recorded_manifest_whose_file_is_gone_is_data_loss(tmp_path: Pat
         entries = await _image(store, 2)
         store.content.path(entries[0].digest).unlink()
         with pytest.raises(DataLoss, match="recorded but missing on disk"):
-            await exporter.plan_save(store, [NAME])
+            await exporter.plan_save(store, [NAME], exporter.SaveOptions())

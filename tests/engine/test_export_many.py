@@ -9,11 +9,11 @@ each job still plans before its first byte (EXP-13) under its own lease (SAVE-5)
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.from_thread
 import anyio.to_thread
 import pytest
 
@@ -23,9 +23,9 @@ from castar.store._store import Store, open_store
 from castar.store.errors import NotFound
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
-    from castar.engine._export_plan import Options, SavePlan
+    from castar.engine.exporter import SavePlan
 
 NAME = "docker.io/library/many-saves:1"
 SPECS = ("linux/amd64", "linux/arm64/v8", "linux/s390x")
@@ -52,21 +52,30 @@ async def _image(store: Store) -> None:
     await store.images.create(NAME, oci.Descriptor(oci.OCI_INDEX, i.digest, i.size))
 
 
-def _spy_plans(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """How many ``_plan`` calls ran at once, at most."""
-    seen = {"now": 0, "most": 0, "calls": 0}
-    plan = exporter._plan
+def _spy_plans(monkeypatch: pytest.MonkeyPatch, pair: int) -> dict[str, int]:
+    """Counts ``plan_save`` calls, and how many ran at once at most.
 
-    async def spy(store: Store, names: object, options: Options) -> SavePlan:
+    The first plan waits inside until ``pair`` plans are in at once, so a gate letting
+    ``pair`` through shows them overlapping whatever the machine's speed (a gate
+    letting fewer through would never release the first plan: the test times out).
+    """
+    seen = {"now": 0, "most": 0, "calls": 0}
+    together = anyio.Event()
+    plan = exporter.plan_save
+
+    async def spy(store: Store, names: Sequence[str], options: exporter.SaveOptions) -> SavePlan:
         seen["now"] += 1
         seen["calls"] += 1
         seen["most"] = max(seen["most"], seen["now"])
         try:
-            return await plan(store, names, options)  # type: ignore[arg-type]
+            if seen["now"] == pair:
+                together.set()
+            await together.wait()
+            return await plan(store, names, options)
         finally:
             seen["now"] -= 1
 
-    monkeypatch.setattr(exporter, "_plan", spy)
+    monkeypatch.setattr(exporter, "plan_save", spy)
     return seen
 
 
@@ -77,11 +86,18 @@ async def test_save_many_plans_two_jobs_at_a_time_and_writes_what_lone_saves_wri
         await _image(store)
         lone = []
         for i, spec in enumerate(SPECS * 3):
-            result = await exporter.save(store, [NAME], tmp_path / f"lone{i}.tar", platforms=[spec])
+            result = await exporter.save(
+                store,
+                [NAME],
+                tmp_path / f"lone{i}.tar",
+                exporter.SaveOptions.parse(platforms=[spec]),
+            )
             lone.append(result.size)
-        seen = _spy_plans(monkeypatch)
+        seen = _spy_plans(monkeypatch, 2)
         jobs = [
-            exporter.SaveJob([NAME], tmp_path / f"many{i}.tar", platforms=[spec])
+            exporter.SaveJob(
+                [NAME], tmp_path / f"many{i}.tar", exporter.SaveOptions.parse(platforms=[spec])
+            )
             for i, spec in enumerate(SPECS * 3)
         ]
         results = await exporter.save_many(store, jobs)
@@ -99,11 +115,15 @@ async def test_a_plan_failing_behind_the_gate_fails_save_many_before_its_first_b
     async with open_store(tmp_path / "store") as store:
         await _image(store)
         jobs = [
-            exporter.SaveJob([NAME], tmp_path / f"ok{i}.tar", platforms=[SPECS[0]])
+            exporter.SaveJob(
+                [NAME], tmp_path / f"ok{i}.tar", exporter.SaveOptions.parse(platforms=[SPECS[0]])
+            )
             for i in range(3)
         ]
         bad = tmp_path / "bad.tar"
-        jobs.append(exporter.SaveJob([NAME], bad, platforms=["linux/riscv64"]))  # SAVE-2
+        jobs.append(
+            exporter.SaveJob([NAME], bad, exporter.SaveOptions.parse(platforms=["linux/riscv64"]))
+        )  # SAVE-2
         with pytest.raises(NotFound, match="riscv64"):
             await exporter.save_many(store, jobs)
         assert await store.leases.list() == []
@@ -127,12 +147,12 @@ async def test_a_step_ends_only_before_more_blob_bytes_so_the_tail_costs_no_hop(
         target = oci.Descriptor(oci.OCI_MANIFEST, m.digest, m.size)
         await store.images.create("docker.io/library/one:1", target)
         whole = tmp_path / "whole.tar"
-        await exporter.save(store, ["docker.io/library/one:1"], whole)
+        await exporter.save(store, ["docker.io/library/one:1"], whole, exporter.SaveOptions())
         monkeypatch.setattr(_export_write, "_HOP", 512 << 10)
         monkeypatch.setattr(_export_write, "_CALL", 512 << 10)
         steps = _count_steps(monkeypatch)
         out = tmp_path / "stepped.tar"
-        await exporter.save(store, ["docker.io/library/one:1"], out)
+        await exporter.save(store, ["docker.io/library/one:1"], out, exporter.SaveOptions())
     assert steps == [3]
     assert out.read_bytes() == whole.read_bytes()  # the step size never changes the bytes
 
@@ -154,7 +174,8 @@ async def test_a_long_zero_copy_hop_is_cancellable_between_copy_calls(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # One hop may copy 256 MiB; cancelling must not wait for all of it: the hop checks for
-    # cancellation between copy calls, and the partial archive is removed.
+    # cancellation between copy calls, and the partial archive is removed. The save is
+    # cancelled from inside the 5th copy call: no 6th call follows.
     async with open_store(tmp_path / "store") as store:
         await _image(store)
         big = await store.content.write_blob(bytes(4 << 20))
@@ -165,21 +186,21 @@ async def test_a_long_zero_copy_hop_is_cancellable_between_copy_calls(
         monkeypatch.setattr(_export_write, "_CALL", 64 << 10)  # 64 calls for the layer
         calls = [0]
         real = os.copy_file_range
+        scope = anyio.CancelScope()
 
-        def slow(*args: Any) -> int:
+        def cancelling(*args: Any) -> int:
             calls[0] += 1
-            time.sleep(0.01)
+            if calls[0] == 5:
+                anyio.from_thread.run_sync(scope.cancel)  # returns once the cancel is made
             return real(*args)
 
-        monkeypatch.setattr(os, "copy_file_range", slow)
+        monkeypatch.setattr(os, "copy_file_range", cancelling)
         out = tmp_path / "cancelled.tar"
-        started = time.perf_counter()
-        with anyio.move_on_after(0.1) as scope:
-            await exporter.save(store, ["docker.io/library/big:1"], out)
-        elapsed = time.perf_counter() - started
+        with scope:
+            await exporter.save(store, ["docker.io/library/big:1"], out, exporter.SaveOptions())
+        assert await store.leases.list() == []
     assert scope.cancelled_caught
-    assert 0 < calls[0] < 40  # stopped part way, not after all 64 calls
-    assert elapsed < 0.5
+    assert calls[0] == 5  # stopped at the next check, not after all 64 calls
     assert not out.exists()  # the partial archive save() created is removed
 
 

@@ -1,4 +1,4 @@
-"""Properties of the pure planner (_export_planner.Planner) over what the store holds.
+"""Properties of the pure planner (_save_plan.Planner) over what the store holds.
 
 The store is fetched once; hypothesis then hides any subset of its blobs from the
 planner (no I/O per example) and checks the missing-content policies (EXP-7, SAVE-6):
@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from castar.engine import _export_lookup, exporter, oci
 from castar.engine import platforms as plat
 from castar.engine._export_plan import Node, Target
-from castar.engine._export_planner import Planner
+from castar.engine._save_plan import Planner, SaveOptions
 from castar.store._store import Store, open_store
 from castar.store.errors import NotFound, SizeMismatch
 
@@ -79,11 +79,10 @@ def snapshot(
 
 
 def _plan(targets, nodes, missing: str, platforms: tuple[str, ...]) -> exporter.SavePlan:
-    with plat.pinned_host(plat.Platform(os="linux", architecture="amd64")):
-        options = exporter._options(list(platforms) or None, missing, True)
-        planner = Planner(nodes, options)
-        images = [p for t in targets if (p := planner.add(t)) is not None]
-        return planner.finish(images)
+    options = SaveOptions.parse(platforms, missing=missing)
+    planner = Planner(nodes, options, plat.Platform(os="linux", architecture="amd64"))
+    images = [p for t in targets if (p := planner.add(t)) is not None]
+    return planner.finish(images)
 
 
 def _reach(desc: oci.Descriptor, docs: dict[str, bytes], nodes) -> set[str]:
@@ -190,7 +189,7 @@ async def test_planning_n_layers_makes_the_same_few_info_calls_whatever_n(
     async with open_store(tmp_path / "store") as store:
         await _many_layers(store, n)
         calls = _spy(store, monkeypatch)
-        plan = await exporter.plan_save(store, [MANY])
+        plan = await exporter.plan_save(store, [MANY], exporter.SaveOptions())
     assert len(plan.reads) == n + 2  # EXP-7: manifest, config and every layer
     # One infos round for the manifest, one for its config and all its layers; the documents
     # (manifest, config) are read ahead from their files, verified, with no info() call each.
@@ -209,7 +208,7 @@ async def test_a_layer_of_another_size_than_stored_is_size_mismatch_before_any_b
         first = manifest.layers[1]
         out = tmp_path / "out.tar"
         with pytest.raises(SizeMismatch) as err:
-            await exporter.save(store, [MANY], out)
+            await exporter.save(store, [MANY], out, exporter.SaveOptions())
     assert str(err.value).startswith(
         f"content digest {first.digest}: store holds 7 bytes, descriptor says 99"
     )
@@ -223,9 +222,11 @@ async def test_an_absent_layer_keeps_its_policies_with_batched_infos(tmp_path: P
         data = await store.content.read_all(manifest_digest, limit=1 << 20)
         gone = oci.decode_manifest(data).layers[2].digest
         await store.content.delete(gone)
-        sparse = await exporter.plan_save(store, [MANY], missing="sparse")
+        sparse = await exporter.plan_save(
+            store, [MANY], exporter.SaveOptions.parse(missing="sparse")
+        )
         with pytest.raises(NotFound):  # SAVE-6 + EXP-7: fail refuses an incomplete platform
-            await exporter.plan_save(store, [MANY], missing="fail")
+            await exporter.plan_save(store, [MANY], exporter.SaveOptions.parse(missing="fail"))
     # EXP-7 (skip missing): a manifest with a missing child is emitted without its children
     assert sparse.reads == (manifest_digest,)
     assert any("is incomplete" in w for w in sparse.warnings)

@@ -80,7 +80,7 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 async def reference_bytes(store: Store, tmp_path: Path, **kw: object) -> bytes:
     out = tmp_path / "reference.tar"
-    await exporter.save(store, [NAME], out, **kw)  # type: ignore[arg-type]
+    await exporter.save(store, [NAME], out, exporter.SaveOptions.parse(**kw))  # type: ignore[arg-type]
     return await anyio.Path(out).read_bytes()
 
 
@@ -128,7 +128,7 @@ async def test_fd_of_a_regular_file_gets_the_same_bytes_and_stays_open(
     path = tmp_path / "fd.tar"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
-        await exporter.save(store, [NAME], fd)
+        await exporter.save(store, [NAME], fd, exporter.SaveOptions())
         os.write(fd, b"")  # still open: the caller owns it
     finally:
         os.close(fd)
@@ -156,7 +156,7 @@ async def test_pipe_fd_gets_the_same_bytes(store: Store, tmp_path: Path, blockin
         async with anyio.create_task_group() as tg:
             tg.start_soon(reader)
             try:
-                await exporter.save(store, [NAME], w)
+                await exporter.save(store, [NAME], w, exporter.SaveOptions())
             finally:
                 os.close(w)
     finally:
@@ -176,7 +176,7 @@ async def test_socket_fd_gets_the_same_bytes(store: Store, tmp_path: Path) -> No
         async with anyio.create_task_group() as tg:
             tg.start_soon(reader)
             try:
-                await exporter.save(store, [NAME], a.fileno())
+                await exporter.save(store, [NAME], a.fileno(), exporter.SaveOptions())
             finally:
                 a.shutdown(socket.SHUT_WR)
     assert got == [expected]
@@ -205,7 +205,7 @@ async def test_big_blob_bodies_go_zero_copy_by_the_call_each_fd_kind_takes(
     moved.update(dict.fromkeys(moved, 0))  # the reference save's copies do not count
     big = 4 * (600 << 10) + 300_000
     if kind == "file":
-        await exporter.save(store, [NAME], tmp_path / "z.tar")
+        await exporter.save(store, [NAME], tmp_path / "z.tar", exporter.SaveOptions())
         got = (tmp_path / "z.tar").read_bytes()
     else:
         r, w = os.pipe() if kind == "pipe" else (s.detach() for s in socket.socketpair())
@@ -218,7 +218,7 @@ async def test_big_blob_bodies_go_zero_copy_by_the_call_each_fd_kind_takes(
 
                 tg.start_soon(reader)
                 try:
-                    await exporter.save(store, [NAME], w)
+                    await exporter.save(store, [NAME], w, exporter.SaveOptions())
                 finally:
                     if kind == "socket":  # EOF for the reader
                         with socket.socket(fileno=os.dup(w)) as sock:
@@ -230,7 +230,7 @@ async def test_big_blob_bodies_go_zero_copy_by_the_call_each_fd_kind_takes(
     assert got == expected
     assert moved == {c: big if c == ZERO_COPY[kind] else 0 for c in moved}
     moved.update(dict.fromkeys(moved, 0))
-    await exporter.save(store, [NAME], tmp_path / "v.tar", verify=True)
+    await exporter.save(store, [NAME], tmp_path / "v.tar", exporter.SaveOptions.parse(verify=True))
     assert moved == dict.fromkeys(moved, 0)  # verify hashes: every body through user space
 
 
@@ -244,7 +244,9 @@ async def test_a_file_opened_for_appending_gets_the_archive_at_its_end(
     path.write_bytes(b"earlier bytes\n")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND)
     try:
-        await exporter.save(store, [NAME], fd, write_behind=write_behind)
+        await exporter.save(
+            store, [NAME], fd, exporter.SaveOptions.parse(write_behind=write_behind)
+        )
     finally:
         os.close(fd)
     assert path.read_bytes() == b"earlier bytes\n" + expected
@@ -278,7 +280,9 @@ async def test_write_behind_starts_writeback_per_window_and_drops_only_older_win
     fd = os.open(path, os.O_WRONLY)
     try:
         os.lseek(fd, 0, os.SEEK_END)
-        await exporter.save(store, [NAME], fd, write_behind=True, verify=verify)
+        await exporter.save(
+            store, [NAME], fd, exporter.SaveOptions.parse(write_behind=True, verify=verify)
+        )
     finally:
         os.close(fd)
     assert path.read_bytes() == prefix + expected  # advice never changes a byte
@@ -305,13 +309,17 @@ async def test_without_write_behind_no_advice_is_given(
 ) -> None:
     monkeypatch.setattr(_export_write, "_WINDOW", 64 << 10)
     calls = _spy_fadvise(monkeypatch)
-    await exporter.save(store, [NAME], tmp_path / "plain.tar")
-    jobs = [exporter.SaveJob([NAME], tmp_path / "many.tar", write_behind=True)]
+    await exporter.save(store, [NAME], tmp_path / "plain.tar", exporter.SaveOptions())
+    jobs = [
+        exporter.SaveJob(
+            [NAME], tmp_path / "many.tar", exporter.SaveOptions.parse(write_behind=True)
+        )
+    ]
     await exporter.save_many(store, jobs)
     assert calls  # save_many passes it on
     assert (tmp_path / "plain.tar").read_bytes() == (tmp_path / "many.tar").read_bytes()
     calls.clear()
-    await exporter.save(store, [NAME], tmp_path / "plain.tar")
+    await exporter.save(store, [NAME], tmp_path / "plain.tar", exporter.SaveOptions())
     assert calls == []
 
 
@@ -327,7 +335,9 @@ async def test_write_behind_refused_by_the_file_system_is_given_up_quietly(
         raise OSError(errno.EINVAL, "fadvise not supported")
 
     monkeypatch.setattr(os, "posix_fadvise", refuse)
-    await exporter.save(store, [NAME], tmp_path / "r.tar", write_behind=True)
+    await exporter.save(
+        store, [NAME], tmp_path / "r.tar", exporter.SaveOptions.parse(write_behind=True)
+    )
     assert (tmp_path / "r.tar").read_bytes() == expected
     assert refused == [0]  # asked once, then never again
 
@@ -337,7 +347,7 @@ async def test_byte_send_stream_gets_the_same_bytes_in_mib_chunks(
 ) -> None:
     expected = await reference_bytes(store, tmp_path)
     sink = Collector()
-    result = await exporter.save(store, [NAME], sink)
+    result = await exporter.save(store, [NAME], sink, exporter.SaveOptions())
     assert bytes(sink.data) == expected
     assert result.size == len(expected)
     assert sink.sends <= len(expected) // (1 << 20) + 4  # coalesced to ~1 MiB sends
@@ -347,7 +357,7 @@ async def test_anyio_async_file_gets_the_same_bytes(store: Store, tmp_path: Path
     expected = await reference_bytes(store, tmp_path)
     path = tmp_path / "async.tar"
     async with await anyio.open_file(path, "wb") as f:
-        await exporter.save(store, [NAME], f)
+        await exporter.save(store, [NAME], f, exporter.SaveOptions())
     assert path.read_bytes() == expected
 
 
@@ -360,12 +370,12 @@ async def test_aiofiles_or_trio_file_gets_the_same_bytes(
         import aiofiles  # noqa: TID251 - asyncio-only: the asyncio leg
 
         async with aiofiles.open(path, "wb") as f:
-            await exporter.save(store, [NAME], f)
+            await exporter.save(store, [NAME], f, exporter.SaveOptions())
     else:
         import trio  # noqa: TID251 - the trio leg
 
         async with await trio.open_file(path, "wb") as f:
-            await exporter.save(store, [NAME], f)
+            await exporter.save(store, [NAME], f, exporter.SaveOptions())
     assert path.read_bytes() == expected
 
 
@@ -373,8 +383,12 @@ async def test_archive_digest_is_the_same_for_every_sink(store: Store, tmp_path:
     expected = await reference_bytes(store, tmp_path)
     want = "sha256:" + hashlib.sha256(expected).hexdigest()
     sink = Collector()
-    by_stream = await exporter.save(store, [NAME], sink, archive_digest=True)
-    by_file = await exporter.save(store, [NAME], tmp_path / "h.tar", archive_digest=True)
+    by_stream = await exporter.save(
+        store, [NAME], sink, exporter.SaveOptions.parse(archive_digest=True)
+    )
+    by_file = await exporter.save(
+        store, [NAME], tmp_path / "h.tar", exporter.SaveOptions.parse(archive_digest=True)
+    )
     assert by_stream.sha256 == by_file.sha256 == want
 
 
@@ -389,7 +403,7 @@ async def test_save_survives_image_delete_and_gc_while_writing(
     gate = anyio.Event()
     sink = Collector(gate)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(exporter.save, store, [NAME], sink)
+        tg.start_soon(exporter.save, store, [NAME], sink, exporter.SaveOptions())
         await sink.started.wait()  # planned, leased, writing
         await store.images.delete(NAME)
         report = await store.gc()
@@ -407,7 +421,7 @@ async def test_cancelled_save_releases_its_lease(store: Store, tmp_path: Path) -
     sink = Collector(anyio.Event())  # never opens: the save blocks on its first send
     with anyio.move_on_after(5) as scope:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(exporter.save, store, [NAME], sink)
+            tg.start_soon(exporter.save, store, [NAME], sink, exporter.SaveOptions())
             await sink.started.wait()
             assert len(await store.leases.list()) == len(before) + 1
             tg.cancel_scope.cancel()
@@ -419,10 +433,14 @@ async def test_save_many_runs_one_archive_per_platform_concurrently(
     store: Store, tmp_path: Path
 ) -> None:
     jobs = [
-        exporter.SaveJob([NAME], tmp_path / f"{spec.replace('/', '_')}.tar", platforms=[spec])
+        exporter.SaveJob(
+            [NAME],
+            tmp_path / f"{spec.replace('/', '_')}.tar",
+            exporter.SaveOptions.parse(platforms=[spec]),
+        )
         for spec in PLATFORMS
     ]
-    jobs.append(exporter.SaveJob([NAME], tmp_path / "all.tar"))
+    jobs.append(exporter.SaveJob([NAME], tmp_path / "all.tar", exporter.SaveOptions()))
     results = await exporter.save_many(store, jobs)
     assert [r.images[0].platforms[0].platform for r in results[:-1]] == list(PLATFORMS)
     for job, result in zip(jobs, results, strict=True):
@@ -473,11 +491,11 @@ async def test_writing_hops_once_per_64_mib_into_fds_and_per_mib_into_streams(
     # it is the last: no extra hop to meet the end), a stream gets one step per ~1 MiB
     # read, never one per blob or per member.
     spy = StepSpy(monkeypatch)
-    result = await exporter.save(store, [NAME], tmp_path / "hops.tar")
+    result = await exporter.save(store, [NAME], tmp_path / "hops.tar", exporter.SaveOptions())
     assert len(result.plan.reads) == 18
     assert spy.steps == 1  # everything
     spy.steps = 0
-    await exporter.save(store, [NAME], Collector())
+    await exporter.save(store, [NAME], Collector(), exporter.SaveOptions())
     assert 2 <= spy.steps <= result.size // (1 << 20) + 2
 
 
@@ -489,15 +507,17 @@ async def test_save_many_bounds_blob_work_across_its_jobs(
     # hashing hops (streams go through user space), however many jobs run.
     spy = StepSpy(monkeypatch)
     sinks = [Collector() for _ in range(6)]
-    await exporter.save_many(store, [exporter.SaveJob([NAME], s) for s in sinks], limit=limit)
+    await exporter.save_many(
+        store, [exporter.SaveJob([NAME], s, exporter.SaveOptions()) for s in sinks], limit=limit
+    )
     assert spy.peak == peak
     assert len({bytes(s.data) for s in sinks}) == 1
 
 
 async def test_save_many_raises_the_first_failure(store: Store, tmp_path: Path) -> None:
     jobs = [
-        exporter.SaveJob([NAME], tmp_path / "ok.tar"),
-        exporter.SaveJob(["nosuch:1"], tmp_path / "bad.tar"),
+        exporter.SaveJob([NAME], tmp_path / "ok.tar", exporter.SaveOptions()),
+        exporter.SaveJob(["nosuch:1"], tmp_path / "bad.tar", exporter.SaveOptions()),
     ]
     with pytest.raises(NotFound, match='image "nosuch:1"'):
         await exporter.save_many(store, jobs)
@@ -513,7 +533,7 @@ async def test_plan_under_a_lease_holds_what_no_label_reaches(store: Store) -> N
     await store.images.create("docker.io/library/bare:1", m)
     labelled = await store.images.get(NAME)
     async with store.lease() as lease:
-        await exporter.plan_save(store, ["bare:1", NAME])
+        await exporter.plan_save(store, ["bare:1", NAME], exporter.SaveOptions())
         held = {r for _, r in await store.leases.list_resources(lease.id)}
         assert held == {m.digest, cfg.digest, layer.digest, labelled.target.digest}
         await store.images.delete("docker.io/library/bare:1")
@@ -531,7 +551,7 @@ async def test_save_into_a_pipe_nobody_reads_can_be_cancelled(
     try:
         with anyio.fail_after(10):  # a worker stuck in write/splice would hang here
             with anyio.move_on_after(0.5) as scope:
-                await exporter.save(store, [NAME], w)
+                await exporter.save(store, [NAME], w, exporter.SaveOptions())
     finally:
         os.close(w)
         os.close(r)
@@ -539,7 +559,7 @@ async def test_save_into_a_pipe_nobody_reads_can_be_cancelled(
     assert await store.leases.list() == []
     # the limiter's tokens came back: the next saves run
     for _ in range(3):
-        await exporter.save(store, [NAME], tmp_path / "after.tar")
+        await exporter.save(store, [NAME], tmp_path / "after.tar", exporter.SaveOptions())
 
 
 async def test_save_under_a_callers_lease_uses_it(store: Store, tmp_path: Path) -> None:
@@ -557,7 +577,7 @@ async def test_save_under_a_callers_lease_uses_it(store: Store, tmp_path: Path) 
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(count_leases)
-            await exporter.save(store, [NAME], sink)
+            await exporter.save(store, [NAME], sink, exporter.SaveOptions())
         assert seen == [1]
         held = {r for _, r in await store.leases.list_resources(lease.id)}
         assert image.target.digest in held
@@ -582,7 +602,7 @@ async def test_errors_come_before_the_first_byte_for_every_sink(
     try:
         for sink in (stream, path, w):
             with pytest.raises(NotFound):
-                await exporter.save(store, names, sink, **kw)  # type: ignore[arg-type]
+                await exporter.save(store, names, sink, exporter.SaveOptions.parse(**kw))  # type: ignore[arg-type]
         os.set_blocking(r, False)
         with pytest.raises(BlockingIOError):
             os.read(r, 1)  # nothing reached the pipe

@@ -1011,7 +1011,9 @@ async def test_load_save_load_round_trip(tmp_path):
     img = make_oci(["linux/amd64", "linux/arm64"], order="meta-last")
     async with open_store(tmp_path / "a") as a:
         await load(a, write(tmp_path, tar_bytes(img.members)))
-        await exporter.save(a, ["docker.io/library/img:1"], tmp_path / "saved.tar")
+        await exporter.save(
+            a, ["docker.io/library/img:1"], tmp_path / "saved.tar", exporter.SaveOptions()
+        )
         await a.gc()
         first = await state(a)
     async with open_store(tmp_path / "b") as b:

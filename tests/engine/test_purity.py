@@ -39,7 +39,7 @@ PURE = [
     "castar.engine.synth",
     "castar.engine._synthlayer",
     "castar.engine._export_plan",
-    "castar.engine._export_planner",
+    "castar.engine._save_plan",
 ]
 
 

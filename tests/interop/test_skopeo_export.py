@@ -108,7 +108,7 @@ async def test_skopeo_reads_a_multi_platform_archive_and_copies_all_digests(
 ) -> None:
     store, (index, _, _) = world
     archive = tmp_path / "multi.tar"
-    await exporter.save(store, [NAME], archive)
+    await exporter.save(store, [NAME], archive, exporter.SaveOptions())
 
     raw = await skopeo("inspect", "--raw", f"oci-archive:{archive}")
     assert raw.returncode == 0, raw.stderr
@@ -129,7 +129,9 @@ async def test_skopeo_reads_a_single_platform_archive(
 ) -> None:
     store, (_, _, m2) = world
     archive = tmp_path / "arm64.tar"
-    await exporter.save(store, [NAME], archive, platforms=["linux/arm64"])
+    await exporter.save(
+        store, [NAME], archive, exporter.SaveOptions.parse(platforms=["linux/arm64"])
+    )
 
     raw = await skopeo("inspect", "--raw", f"oci-archive:{archive}")
     assert raw.returncode == 0, raw.stderr
@@ -153,8 +155,8 @@ async def test_pruned_archive_is_accepted_where_the_sparse_one_is_not(
     await store.content.delete(m2.digest)  # one platform not in the store
     sparse = tmp_path / "sparse.tar"
     pruned = tmp_path / "pruned.tar"
-    await exporter.save(store, [NAME], sparse)
-    result = await exporter.save(store, [NAME], pruned, missing="prune")
+    await exporter.save(store, [NAME], sparse, exporter.SaveOptions())
+    result = await exporter.save(store, [NAME], pruned, exporter.SaveOptions.parse(missing="prune"))
 
     failed = await skopeo("copy", "--all", f"oci-archive:{sparse}", f"oci:{tmp_path / 's'}:x")
     assert failed.returncode != 0  # the sparse index lists a manifest the archive lacks
@@ -171,7 +173,7 @@ async def test_skopeo_docker_archive_transport_reads_manifest_json(
     # EXP-10: manifest.json alone (Docker's format) must describe a usable image
     store, _ = world
     archive = tmp_path / "docker.tar"
-    await exporter.save(store, [NAME], archive)
+    await exporter.save(store, [NAME], archive, exporter.SaveOptions())
     info = await skopeo("inspect", f"docker-archive:{archive}")
     assert info.returncode == 0, info.stderr
     details = json.loads(info.stdout)

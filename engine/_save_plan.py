@@ -1,51 +1,299 @@
-"""Planning a save: pure over what was fetched from the store.
+"""The save plan: what an archive will hold, and the pure planner that decides it.
 
-Owns the walk from each target (EXP-7 skip-missing, referrers, EXP-9), platform
+Owns ``SaveOptions``, ``SavePlan`` and its parts (``ImagePlan`` per ``index.json``
+entry, ``PlatformPlan`` per platform manifest walked, ``Skipped``, ``Member``: one tar
+member in writing order) with their JSON forms (``castar save --dry-run --json``), and
+``Planner``: the walk from each target (EXP-7 skip-missing, referrers, EXP-9), platform
 selection (SAVE-1..3, SAVE-2's strict single match, MATCH-7 for ``manifest.json``), the
 missing policy (``sparse``/``prune``/``fail``, pruned indexes), the ``index.json`` and
 ``manifest.json`` entries (EXP-3/4/10) and the sorted member list. Pure: no anyio, no
-store, no I/O: its inputs are the ``Node``/``Target`` values the lookup fetched.
+store, no I/O: the planner's inputs are the ``Node``/``Target`` values the lookup fetched.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import TYPE_CHECKING, Final
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Final, final
 
 from castar.engine import oci, reference, tarcodec
 from castar.engine import platforms as plat
-from castar.engine._export_plan import (
-    ImagePlan,
-    Member,
-    Node,
-    Options,
-    PlatformPlan,
-    SavePlan,
-    Target,
-)
 from castar.store import digest as digests
 from castar.store.errors import Conflict, InvalidArgument, NotFound
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
 
+    from castar.engine._export_plan import Node, Target
     from castar.store.digest import Digest
 
-__all__ = ["Planner"]
+__all__ = [
+    "MISSING_POLICIES",
+    "ImagePlan",
+    "Member",
+    "Planner",
+    "PlatformPlan",
+    "SaveOptions",
+    "SavePlan",
+    "Skipped",
+]
 
+MISSING_POLICIES: Final = ("sparse", "prune", "fail")
 NAME_ANNOTATION: Final = oci.ANNOTATION_IMAGE_NAME
 REF_NAME_ANNOTATION: Final = oci.ANNOTATION_REF_NAME
 _SOURCE_LABEL: Final = "containerd.io/distribution.source"
 _OCI_LAYOUT: Final = b'{"imageLayoutVersion":"1.0.0"}'
 
 
+@final
+@dataclass(frozen=True, slots=True)
+class SaveOptions:
+    """How to save: what the archive selects and how it is written.
+
+    Attributes:
+        platforms: the platforms to export; empty means all (SAVE-1..3).
+        missing: the missing-content policy: ``sparse`` keeps the original index and
+            leaves out what the store lacks (EXP-7); ``prune`` writes a new index
+            listing only the complete platforms exported; ``fail`` raises NotFound
+            naming the incomplete platform.
+        docker_manifest: whether to write ``manifest.json`` (EXP-10).
+        verify: re-hash every blob while copying (turns zero-copy off).
+        archive_digest: hash the archive as written into ``ExportResult.sha256``; every
+            blob then goes through user space and sha256 instead of a zero-copy path.
+        write_behind: into a regular file, start writeback of every 64 MiB written and
+            drop what is on disk from the page cache, so a big archive does not fill it
+            with dirty pages (the bytes written are the same); the save then runs at
+            the disk's rate, hence opt-in.
+
+    Raises:
+        InvalidArgument: an unknown missing policy.
+    """
+
+    platforms: tuple[plat.Platform, ...] = ()
+    missing: str = "sparse"
+    docker_manifest: bool = True
+    verify: bool = False
+    archive_digest: bool = False
+    write_behind: bool = False
+
+    def __post_init__(self) -> None:
+        _check_missing(self.missing)
+
+    @classmethod
+    def parse(
+        cls,
+        platforms: Iterable[str | plat.Platform] | None = None,
+        *,
+        missing: str = "sparse",
+        docker_manifest: bool = True,
+        verify: bool = False,
+        archive_digest: bool = False,
+        write_behind: bool = False,
+    ) -> SaveOptions:
+        """Options from user input: the policy checked, then platform specifiers parsed.
+
+        ``platforms`` holds specifiers (comma lists allowed, duplicates refused) or
+        :class:`Platform` values, taken as they are.
+        """
+        _check_missing(missing)
+        specs = list(platforms or ())
+        values = [p for p in specs if isinstance(p, plat.Platform)]
+        if len(values) != len(specs):  # a Platform among specifiers takes its spec form
+            values = plat.parse_list(p if isinstance(p, str) else plat.format_all(p) for p in specs)
+        return cls(tuple(values), missing, docker_manifest, verify, archive_digest, write_behind)
+
+
+def _check_missing(missing: str) -> None:
+    if missing not in MISSING_POLICIES:
+        raise InvalidArgument(f"missing={missing!r}: must be one of {', '.join(MISSING_POLICIES)}")
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One tar member of the archive, in writing order.
+
+    Attributes:
+        name: the tar name (``oci-layout``, ``index.json``, ``blobs/sha256/<hex>``…).
+        size: body length in bytes.
+        header: the encoded header (TAR-1..3), PAX records included.
+        digest: for a blob copied from the store, its digest.
+        data: for a generated member (metadata, a pruned index), its bytes.
+    """
+
+    name: str
+    size: int
+    header: bytes
+    digest: Digest | None = None
+    data: bytes | None = None
+
+    @property
+    def length(self) -> int:
+        """Bytes the member takes in the archive: header, body and padding."""
+        return len(self.header) + self.size + (-self.size % tarcodec.BLOCKSIZE)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class PlatformPlan:
+    """What happens to one platform manifest of an image.
+
+    Attributes:
+        platform: ``format_all`` of its platform (descriptor, else config), or
+            ``unknown`` when neither says.
+        digest: the platform manifest (or nested index).
+        state: ``complete`` (every blob written), ``partial`` (the manifest is
+            written, its missing children are not: EXP-7) or ``missing`` (the
+            manifest itself is not in the store; nothing written).
+        attestation: whether it is a BuildKit attestation manifest (MT-5).
+        absent: the digests of its subtree that the store does not hold.
+    """
+
+    platform: str
+    digest: Digest
+    state: str
+    attestation: bool = False
+    absent: tuple[Digest, ...] = ()
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """Something the archive leaves out because the store does not hold it.
+
+    Attributes:
+        image: the image's name, or its digest when exported by digest.
+        platform: the platform concerned (a requested one for ``reason='not in image'``).
+        digest: the manifest concerned, when there is one.
+        reason: ``missing``, ``partial`` or ``not in image``.
+    """
+
+    image: str
+    platform: str
+    digest: Digest | None
+    reason: str
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ImagePlan:
+    """One ``index.json`` entry of the archive.
+
+    Attributes:
+        reference: the name, digest or short id the caller gave.
+        name: the image name written in the name annotations (EXP-3), or ``None``
+            when exported by digest or id (SAVE-4).
+        media_type: media type of the entry.
+        digest: digest of the entry: the image target, the one platform manifest
+            (SAVE-2), or the new pruned index.
+        size: size of the entry.
+        original: with ``missing="prune"``, the original index the pruned one replaces.
+        platforms: the platform manifests walked, in index order.
+        not_found: requested platforms no manifest of the image matches.
+        docker_manifest: the manifest ``manifest.json`` points at for this entry.
+    """
+
+    reference: str
+    name: str | None
+    media_type: str
+    digest: Digest
+    size: int
+    original: Digest | None = None
+    platforms: tuple[PlatformPlan, ...] = ()
+    not_found: tuple[str, ...] = ()
+    docker_manifest: Digest | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready summary."""
+        return {
+            "reference": self.reference,
+            "name": self.name,
+            "mediaType": self.media_type,
+            "digest": str(self.digest),
+            "size": self.size,
+            "original": self.original and str(self.original),
+            "platforms": [
+                {
+                    "platform": p.platform,
+                    "digest": str(p.digest),
+                    "state": p.state,
+                    "attestation": p.attestation,
+                    "absent": [str(d) for d in p.absent],
+                }
+                for p in self.platforms
+            ],
+            "notFound": list(self.not_found),
+            "dockerManifest": self.docker_manifest and str(self.docker_manifest),
+        }
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class SavePlan:
+    """Everything :func:`save` will write, checked against the store.
+
+    Attributes:
+        images: the ``index.json`` entries, in input order.
+        members: the tar members in writing order: ``oci-layout``, ``index.json``,
+            ``manifest.json``, then the directories and blobs sorted by name.
+        size: total archive bytes, end-of-archive marker included.
+        warnings: what the caller should know (e.g. an image left out, EDGE-6).
+    """
+
+    images: tuple[ImagePlan, ...]
+    members: tuple[Member, ...]
+    size: int
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def reads(self) -> tuple[Digest, ...]:
+        """The blobs whose bodies the archive copies from the store, in writing order."""
+        return tuple(m.digest for m in self.members if m.digest is not None and m.data is None)
+
+    @property
+    def skipped(self) -> tuple[Skipped, ...]:
+        """Platforms left out or written partially because content is missing."""
+        out: list[Skipped] = []
+        for image in self.images:
+            who = image.name or str(image.digest)
+            out.extend(
+                Skipped(who, p.platform, p.digest, p.state)
+                for p in image.platforms
+                if p.state != "complete"
+            )
+            out.extend(Skipped(who, p, None, "not in image") for p in image.not_found)
+        return tuple(out)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready form (``castar save --dry-run --json``)."""
+        return {
+            "images": [i.to_json() for i in self.images],
+            "members": [
+                {"name": m.name, "size": m.size, "digest": m.digest and str(m.digest)}
+                for m in self.members
+            ],
+            "size": self.size,
+            "skipped": [
+                {
+                    "image": s.image,
+                    "platform": s.platform,
+                    "digest": s.digest and str(s.digest),
+                    "reason": s.reason,
+                }
+                for s in self.skipped
+            ],
+            "warnings": list(self.warnings),
+        }
+
+
 class Planner:
     """Builds a :class:`SavePlan` from targets and fetched nodes; does no I/O."""
 
-    def __init__(self, nodes: Mapping[str, Node], options: Options) -> None:
+    def __init__(
+        self, nodes: Mapping[str, Node], options: SaveOptions, host: plat.Platform
+    ) -> None:
         self._nodes = nodes
         self._opts = options
-        self._host = plat.only(options.host)
+        self._host = plat.only(host)
         self._blobs: dict[str, int] = {}  # digest → size, to write from the store
         self._generated: dict[str, bytes] = {}  # digest → bytes (pruned indexes)
         self._entries: list[oci.Descriptor] = []
