@@ -11,9 +11,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _run(*args: str) -> subprocess.CompletedProcess[str]:
+def _run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, check=False
+        [sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, check=False
     )
 
 
@@ -34,13 +34,10 @@ def test_mypy_strict_is_clean() -> None:
 
 
 @pytest.mark.slow
-def test_mypy_reports_an_error_planted_in_store(tmp_path: Path) -> None:
-    """The layout (symlinked store/) must not hide store/ from mypy (DESIGN §1)."""
-    planted = ROOT / "store" / "_planted_type_error.py"
+def test_mypy_reports_an_error_planted_in_store(source_copy: Path) -> None:
+    """The layout (symlinked store/) must not hide store/ from mypy (design rule layering)."""
+    planted = source_copy / "store" / "_planted_type_error.py"
     planted.write_text('from __future__ import annotations\n\nx: int = "not an int"\n')
-    try:
-        r = _run("mypy", "--no-incremental", "--cache-dir=/dev/null")
-    finally:
-        planted.unlink()
+    r = _run("mypy", "--no-incremental", "--cache-dir=/dev/null", cwd=source_copy)
     assert r.returncode != 0
     assert "_planted_type_error.py" in r.stdout

@@ -1,4 +1,4 @@
-"""The wheel holds castar.store and castar.engine as real files (DESIGN §1)."""
+"""The wheel holds castar.store and castar.engine as real files (design rule package-layout)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 @pytest.mark.slow
-def test_wheel_installs_in_a_fresh_venv_and_imports_subpackages(tmp_path: Path) -> None:
+def test_wheel_installs_in_a_fresh_venv_and_imports_subpackages(
+    tmp_path: Path, source_copy: Path
+) -> None:
     dist = tmp_path / "dist"
     subprocess.run(
         [
@@ -26,7 +26,7 @@ def test_wheel_installs_in_a_fresh_venv_and_imports_subpackages(tmp_path: Path) 
             "--no-isolation",
             "--outdir",
             str(dist),
-            str(ROOT),
+            str(source_copy),
         ],
         check=True,
         capture_output=True,
