@@ -16,14 +16,14 @@ from pathlib import Path
 import anyio
 
 from castar.engine import exporter, importer, oci
-from castar.store._store import open_store
+from castar.store.root import open_root
 
 
 async def _platforms(root: str, image: str) -> list[str]:
     """The platform specifiers of ``image``'s index, in index order."""
     from castar.engine import platforms as plat
 
-    async with open_store(root) as store:
+    async with open_root(root) as store:
         (record,) = [i for i in await store.images.list() if i.name == image]
         data = await store.content.read_all(record.target.digest, limit=oci.MAX_DOCUMENT)
         if not oci.is_index(record.target.media_type):
@@ -48,7 +48,7 @@ async def _save_many(args: argparse.Namespace) -> int:
         )
         for i in range(args.count)
     ]
-    async with open_store(args.root) as store:
+    async with open_root(args.root) as store:
         results = await exporter.save_many(store, jobs)
     print(sum(r.size for r in results))
     return 0
@@ -56,14 +56,14 @@ async def _save_many(args: argparse.Namespace) -> int:
 
 async def _load(args: argparse.Namespace) -> int:
     source: object = "-" if args.input in (None, "-") else Path(args.input)
-    async with open_store(args.root) as store:
+    async with open_root(args.root) as store:
         await importer.load(store, source, platforms=args.platform)
     return 0
 
 
 async def _save(args: argparse.Namespace) -> int:
     sink: object = "-" if args.output in (None, "-") else Path(args.output)
-    async with open_store(args.root) as store:
+    async with open_root(args.root) as store:
         await exporter.save(
             store, [args.image], sink, exporter.SaveOptions.parse(platforms=args.platform)
         )

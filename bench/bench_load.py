@@ -130,7 +130,7 @@ async def load_case(
     import anyio
 
     from castar.engine.importer import load
-    from castar.store import open_store
+    from castar.store import open_root
 
     worst = 0.0
 
@@ -144,7 +144,7 @@ async def load_case(
     if pipe:
         with contextlib.suppress(OSError):  # a 1 MiB pipe (design rule io-chunk)
             fcntl.fcntl(0, F_SETPIPE_SZ, MIB)
-    async with open_store(root) as store, anyio.create_task_group() as tg:
+    async with open_root(root) as store, anyio.create_task_group() as tg:
         tg.start_soon(ticker)
         await anyio.sleep(0.05)
         t0 = time.perf_counter()

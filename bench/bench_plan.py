@@ -24,8 +24,8 @@ from unittest.mock import patch
 import anyio
 
 from castar.engine import exporter, oci
-from castar.store._store import Store, open_store
 from castar.store.errors import NotFound
+from castar.store.root import Root, open_root
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
@@ -36,8 +36,8 @@ if TYPE_CHECKING:
 NAME = "docker.io/library/many:1"
 
 
-async def fill(store: Store, layers: int) -> None:
-    async with store.lease():
+async def fill(store: Root, layers: int) -> None:
+    async with store.leases.hold():
         descs = []
         for i in range(layers):
             d = await store.content.write_blob(f"layer {i}".encode(), media_type=oci.OCI_LAYER)
@@ -71,7 +71,7 @@ def per_blob(content: ContentStore) -> Callable[[Iterable[str]], Awaitable[dict[
 async def main(layers: int, runs: int, backend: str) -> None:
     root = Path(tempfile.mkdtemp(prefix="castar-bench-plan-"))
     try:
-        async with open_store(root / "store") as store:
+        async with open_root(root / "store") as store:
             await fill(store, layers)
             plans, bases, saves = [], [], []
             plan = None

@@ -38,8 +38,8 @@ import anyio.abc
 
 from castar.engine import exporter, oci
 from castar.engine import platforms as plat
-from castar.store._store import Store, open_store
 from castar.store.errors import NotFound
+from castar.store.root import Root, open_root
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -80,7 +80,7 @@ async def _chunks(seed: bytes, block: bytes, size: int) -> AsyncIterator[bytes]:
         yield piece
 
 
-async def fill(store: Store, layer_size: int) -> int:
+async def fill(store: Root, layer_size: int) -> int:
     """Create the image unless it is there; return the total blob bytes."""
     try:
         image = await store.images.get(NAME)
@@ -320,7 +320,7 @@ def rate(size: int, seconds: float) -> str:
 
 async def main(runs: int, layer_size: int, pages: str) -> None:
     OUT.mkdir(exist_ok=True)
-    async with open_store(ROOT) as store:
+    async with open_root(ROOT) as store:
         t0 = time.perf_counter()
         blob_bytes = await fill(store, layer_size)
         print(f"store ready in {time.perf_counter() - t0:.1f} s: {blob_bytes / 2**20:.0f} MiB")

@@ -5,7 +5,7 @@ Run: ``.venv/bin/python -m bench.bench_store [--blobs 500] [--size 4096] [--gc-b
 
 - ``backend``: the file backend alone (open_writer, write, commit) per blob: the baseline;
 - ``store``: ``store.content.write_blob`` per blob (ingest row, backend, record txn);
-- ``store+lease``: the same under ``store.lease()`` (adds the lease resource rows);
+- ``store+lease``: the same under ``store.leases.hold()`` (adds the lease resource rows);
 - GC wall time over ``--gc-blobs`` recorded blobs all kept by one lease (a full mark and a
   content sweep that deletes nothing), and over the same after the lease is gone (all deleted).
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import anyio
 
-from castar.store import open_store
+from castar.store import open_root
 from castar.store.local import LocalContentStore
 
 
@@ -35,10 +35,10 @@ async def run_backend(root: Path, n: int, size: int) -> float:
 
 
 async def run_store(root: Path, n: int, size: int, lease: bool) -> float:
-    async with open_store(root) as store:
+    async with open_root(root) as store:
         t = time.perf_counter()
         if lease:
-            async with store.lease():
+            async with store.leases.hold():
                 for i in range(n):
                     await store.content.write_blob(i.to_bytes(8, "little") * (size // 8))
         else:
@@ -62,8 +62,8 @@ async def main_async(args: argparse.Namespace) -> None:
                 else:
                     lease = name == "store+lease"
                     rows[name].append(await run_store(root, args.blobs, args.size, lease))
-            async with open_store(Path(d) / "g") as store:
-                async with store.lease():
+            async with open_root(Path(d) / "g") as store:
+                async with store.leases.hold():
                     for i in range(args.gc_blobs):
                         await store.content.write_blob(i.to_bytes(8, "little"))
                     t = time.perf_counter()

@@ -10,7 +10,6 @@ both into the :class:`Store` facade that :func:`open_store` yields, and
 from __future__ import annotations
 
 from castar._api import Store as Store
-from castar._api import load as load
 from castar._api import open_store as open_store
 from castar.engine.exporter import ExportResult as ExportResult
 from castar.engine.exporter import SaveJob as SaveJob
@@ -22,7 +21,6 @@ from castar.engine.images import ImageTree as ImageTree
 from castar.engine.images import ManifestRow as ManifestRow
 from castar.engine.images import Removal as Removal
 from castar.engine.platforms import Platform as Platform
-from castar.store._store import default_root as default_root
 from castar.store.content import Descriptor as Descriptor
 from castar.store.content import Info as Info
 from castar.store.errors import AlreadyExists as AlreadyExists
@@ -42,6 +40,7 @@ from castar.store.errors import UnsupportedMediaType as UnsupportedMediaType
 from castar.store.gc import GCReport as GCReport
 from castar.store.images import Image as Image
 from castar.store.leases import Lease as Lease
+from castar.store.root import default_root as default_root
 from castar.store.verify import BlobProblem as BlobProblem
 from castar.store.verify import VerifyReport as VerifyReport
 
@@ -82,6 +81,5 @@ __all__ = [
     "VerifyReport",
     "__version__",
     "default_root",
-    "load",
     "open_store",
 ]

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, final
 
 from castar.engine import exporter, importer
 from castar.engine.images import ImageService
-from castar.store import _store as core
 from castar.store import verify as _verify
+from castar.store.root import Root, open_root
 
 if TYPE_CHECKING:
     import os
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from castar.store.progress import ProgressCallback
     from castar.store.verify import VerifyProgress, VerifyReport
 
-__all__ = ["Store", "load", "open_store"]
+__all__ = ["Store", "open_store"]
 
 
 @final
@@ -48,17 +48,12 @@ class Store:
         leases: the lease manager (leases protect what is written under them from GC).
     """
 
-    def __init__(self, core_store: core.Store) -> None:
-        self._core = core_store
-        self.root: Path = core_store.root
-        self.content: ContentStore = core_store.content
-        self.images: ImageService = ImageService(core_store)
-        self.leases: LeaseManager = core_store.leases
-
-    @property
-    def core(self) -> core.Store:
-        """The castar.store Store underneath (what castar.engine functions take)."""
-        return self._core
+    def __init__(self, root: Root) -> None:
+        self._root = root
+        self.root: Path = root.root
+        self.content: ContentStore = root.content
+        self.images: ImageService = ImageService(root)
+        self.leases: LeaseManager = root.leases
 
     def lease(
         self,
@@ -66,20 +61,16 @@ class Store:
         expire: timedelta | None = timedelta(hours=24),
         labels: Mapping[str, str] | None = None,
     ) -> AbstractAsyncContextManager[Lease]:
-        """Create a lease and make it current for the block (SEMANTICS LEASE-5, LEASE-6).
-
-        Everything written inside the block (ingests, blobs, images) is protected
-        from GC until the block exits and the lease is deleted, or it expires.
-        """
-        return self._core.lease(expire=expire, labels=labels)
+        """Create a lease and make it current for the block: see ``LeaseManager.hold``."""
+        return self.leases.hold(expire=expire, labels=labels)
 
     async def gc(self, *, dry_run: bool = False) -> GCReport:
         """Collect garbage: what no image, unexpired lease or ingest keeps alive (GC-2..10)."""
-        return await self._core.gc(dry_run=dry_run)
+        return await self._root.gc(dry_run=dry_run)
 
     async def explain(self, digest: str) -> list[str]:
         """The path from a GC root to ``digest``, ``[]`` when the blob is garbage."""
-        return await self._core.explain(digest)
+        return await self._root.explain(digest)
 
     async def load(
         self,
@@ -93,8 +84,8 @@ class Store:
         max_size: int | None = None,
     ) -> list[Image]:
         """Import an OCI or Docker image archive; see :func:`castar.engine.importer.load`."""
-        return await load(
-            self._core,
+        return await importer.load(
+            self._root,
             source,
             platforms=platforms,
             all_platforms=all_platforms,
@@ -130,7 +121,7 @@ class Store:
             archive_digest=archive_digest,
             write_behind=write_behind,
         )
-        return await exporter.save(self._core, names, sink, options, progress=progress)
+        return await exporter.save(self._root, names, sink, options, progress=progress)
 
     async def plan_save(
         self,
@@ -144,11 +135,11 @@ class Store:
         options = exporter.SaveOptions.parse(
             platforms, missing=missing, docker_manifest=docker_manifest
         )
-        return await exporter.plan_save(self._core, names, options)
+        return await exporter.plan_save(self._root, names, options)
 
     async def save_many(self, jobs: Sequence[SaveJob]) -> list[ExportResult]:
         """Run several exports concurrently; see :func:`castar.engine.exporter.save_many`."""
-        return await exporter.save_many(self._core, jobs)
+        return await exporter.save_many(self._root, jobs)
 
     async def verify(
         self, names: Iterable[str] | None = None, *, progress: VerifyProgress | None = None
@@ -159,19 +150,19 @@ class Store:
         for an unknown image name.
         """
         if names is None:
-            return await _verify.verify(self._core.content, progress=progress)
+            return await _verify.verify(self._root.content, progress=progress)
         roots = [(await self.images.resolve(n)).target.digest for n in names]
-        return await _verify.verify(self._core.content, roots, progress=progress)
+        return await _verify.verify(self._root.content, roots, progress=progress)
 
     async def aclose(self) -> None:
         """Close the store (done by :func:`open_store` on exit)."""
-        await self._core.aclose()
+        await self._root.aclose()
 
 
 @asynccontextmanager
 async def _open(root: str | os.PathLike[str] | None) -> AsyncIterator[Store]:
-    async with core.open_store(root) as s:
-        yield Store(s)
+    async with open_root(root) as r:
+        yield Store(r)
 
 
 def open_store(root: str | os.PathLike[str] | None = None) -> AbstractAsyncContextManager[Store]:
@@ -185,31 +176,3 @@ def open_store(root: str | os.PathLike[str] | None = None) -> AbstractAsyncConte
         An async context manager yielding a :class:`Store`, closed on exit.
     """
     return _open(root)
-
-
-def _unwrap(store: Store | core.Store) -> core.Store:
-    return store.core if isinstance(store, Store) else store
-
-
-async def load(
-    store: Store | core.Store,
-    source: object,
-    *,
-    platforms: Sequence[str | Platform] | None = None,
-    all_platforms: bool = False,
-    skip_missing: bool | None = None,
-    name: str | None = None,
-    progress: importer.ProgressCallback | None = None,
-    max_size: int | None = None,
-) -> list[Image]:
-    """Import an archive into ``store``: the module-level form of :meth:`Store.load`."""
-    return await importer.load(
-        _unwrap(store),
-        source,
-        platforms=platforms,
-        all_platforms=all_platforms,
-        skip_missing=skip_missing,
-        name=name,
-        progress=progress,
-        max_size=max_size,
-    )

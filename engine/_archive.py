@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
     from castar.engine._streams import Source
     from castar.engine.platforms import MatchComparer
-    from castar.store import Store, Writer
+    from castar.store import Root, Writer
     from castar.store._ingest import SmallData
 
     #: A small member to store: its entry, the digest it must have, its bytes (or a reader).
@@ -111,7 +111,7 @@ class Session:
 
     def __init__(
         self,
-        store: Store,
+        store: Root,
         *,
         matcher: MatchComparer,
         skip_missing: bool,

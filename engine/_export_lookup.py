@@ -3,7 +3,7 @@
 Owns SAVE-4 name resolution (name, repository, digest, image-id prefix), the fetch of
 every node reachable from the targets (infos and verified documents level by level in
 a few worker-thread hops, config platforms, SAVE-1 referrers) and which read blobs the
-lease must hold itself (GC-4/5). Store's public API only; must not import the planner.
+lease must hold itself (GC-4/5). Root's public API only; must not import the planner.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from castar.store.errors import (
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from castar.store._store import Store
     from castar.store.content import ContentStore, Info
     from castar.store.digest import Digest
     from castar.store.images import DescriptorLike
+    from castar.store.root import Root
 
 __all__ = ["fetch", "resolve", "unlinked"]
 
@@ -52,7 +52,7 @@ def _as_oci(target: DescriptorLike) -> oci.Descriptor:
     )
 
 
-async def resolve(store: Store, ref: str) -> list[Target]:
+async def resolve(store: Root, ref: str) -> list[Target]:
     """The targets one caller-given reference names (SAVE-4).
 
     ``name:tag`` → that image under its name; a bare repository → every tagged image
@@ -98,7 +98,7 @@ async def resolve(store: Store, ref: str) -> list[Target]:
     raise NotFound(f'image "{ref}"')
 
 
-async def _by_digest(store: Store, ref: str, digest: Digest) -> Target:
+async def _by_digest(store: Root, ref: str, digest: Digest) -> Target:
     """A target named by digest: an image's target, else a stored blob as it is.
 
     A blob past the document cap (EDGE-13) cannot be a manifest: its media type stays

@@ -32,9 +32,9 @@ if TYPE_CHECKING:
 
     from castar.engine._save_plan import Member, SaveOptions, SavePlan
     from castar.engine._streams import Sink
-    from castar.store._store import Store
     from castar.store.digest import Buffer, Digest
     from castar.store.progress import ProgressCallback
+    from castar.store.root import Root
 
 __all__ = ["Limiters", "store_limiters", "write"]
 
@@ -367,7 +367,7 @@ class Limiters:
 _limiters: weakref.WeakKeyDictionary[object, Limiters] = weakref.WeakKeyDictionary()
 
 
-def store_limiters(store: Store) -> Limiters:
+def store_limiters(store: Root) -> Limiters:
     """The budgets every save from ``store`` shares (made on first use, dropped with it)."""
     limiters = _limiters.get(store)
     if limiters is None:

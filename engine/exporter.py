@@ -37,9 +37,9 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from castar.engine._export_plan import Target
-    from castar.store._store import Store
     from castar.store.digest import Digest
     from castar.store.progress import ProgressCallback
+    from castar.store.root import Root
 
 __all__ = [
     "MISSING_POLICIES",
@@ -110,7 +110,7 @@ class SaveJob:
     progress: ProgressCallback | None = None
 
 
-async def plan_save(store: Store, names: Sequence[str], options: SaveOptions) -> SavePlan:
+async def plan_save(store: Root, names: Sequence[str], options: SaveOptions) -> SavePlan:
     """What :func:`save` would write, without writing anything.
 
     Resolves the names, walks the images, applies the platform filter and the
@@ -156,7 +156,7 @@ async def plan_save(store: Store, names: Sequence[str], options: SaveOptions) ->
 
 
 async def save(
-    store: Store,
+    store: Root,
     names: Sequence[str],
     sink: object,
     options: SaveOptions,
@@ -204,13 +204,13 @@ async def save(
 
 
 async def _save(
-    store: Store, job: SaveJob, limiters: Limiters, planning: anyio.CapacityLimiter | None
+    store: Root, job: SaveJob, limiters: Limiters, planning: anyio.CapacityLimiter | None
 ) -> ExportResult:
     """:func:`save` of ``job``; ``planning`` bounds how many plans run at once."""
     lease: AbstractAsyncContextManager[object] = (
         nullcontext()  # LEASE-6: the caller's lease holds what we read
         if current_lease() is not None
-        else store.lease(expire=timedelta(hours=24), labels={"castar.export": "1"})
+        else store.leases.hold(expire=timedelta(hours=24), labels={"castar.export": "1"})
     )
     async with lease:
         async with planning if planning is not None else nullcontext():
@@ -235,7 +235,7 @@ async def _save(
 
 
 async def save_many(
-    store: Store, jobs: Sequence[SaveJob], *, limit: int | None = None
+    store: Root, jobs: Sequence[SaveJob], *, limit: int | None = None
 ) -> list[ExportResult]:
     """Run several exports concurrently against one store.
 

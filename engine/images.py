@@ -24,9 +24,9 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from castar.engine.platforms import Platform
-    from castar.store._store import Store
     from castar.store.content import ContentStore
     from castar.store.images import DescriptorLike, Image
+    from castar.store.root import Root
 
 __all__ = [
     "ImageDetails",
@@ -204,7 +204,7 @@ class ImageService:
     (``alpine``), a target digest or a unique image-ID prefix.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Root) -> None:
         self._records = store.images
         self._content: ContentStore = store.content
 

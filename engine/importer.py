@@ -32,7 +32,7 @@ from castar.store.errors import AlreadyExists, NotFound
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from castar.store import Image, Store
+    from castar.store import Image, Root
 
 __all__ = [
     "EmptyWalk",
@@ -58,7 +58,7 @@ __all__ = [
 # to the store whole: temp file + rename, no ingest directory), and ONE
 # store.content.sync() (syncfs) makes them durable after the last blob and before any
 # label or image record: an image never points at content a crash could tear
-# (IO-LIMITS §2.10; open_store drops rows a crash left unsynced).
+# (IO-LIMITS §2.10; open_root drops rows a crash left unsynced).
 # Then both resolve the top index (IMP-5..9), walk it with the platform filter
 # (IMP-11..14), label parents (GC-7) and write image records last (IMP-15), so any
 # failure before that point leaves every image as it was.
@@ -142,7 +142,7 @@ async def _record(sess: Session, walk: Walk) -> list[Image]:
 # -- LOAD-4: do the loaded images provide what was asked for? --------------------------------
 
 
-async def _present_manifests(store: Store, desc: oci.Descriptor) -> list[oci.Descriptor]:
+async def _present_manifests(store: Root, desc: oci.Descriptor) -> list[oci.Descriptor]:
     if oci.is_manifest(desc.media_type):
         return [desc] if await store.content.exists(desc.digest) else []
     if not oci.is_index(desc.media_type):
@@ -157,7 +157,7 @@ async def _present_manifests(store: Store, desc: oci.Descriptor) -> list[oci.Des
     return out
 
 
-async def _provides(store: Store, target: oci.Descriptor, matcher: MatchComparer) -> bool:
+async def _provides(store: Root, target: oci.Descriptor, matcher: MatchComparer) -> bool:
     content = store.content
     for m in await _present_manifests(store, target):
         try:
@@ -182,7 +182,7 @@ async def _provides(store: Store, target: oci.Descriptor, matcher: MatchComparer
 
 
 async def _verify_platforms(
-    store: Store, images: list[Image], matcher: MatchComparer, wanted: str
+    store: Root, images: list[Image], matcher: MatchComparer, wanted: str
 ) -> None:
     if not images:
         raise NotFound(f"no images providing the requested platform(s) found: {wanted}")
@@ -214,7 +214,7 @@ def _requested(platforms_: Sequence[str | Platform] | str | None) -> list[Platfo
 
 
 async def load(
-    store: Store,
+    store: Root,
     source: object,
     *,
     platforms: Sequence[str | Platform] | str | None = None,
@@ -282,7 +282,7 @@ async def load(
         progress=Progress(progress, None),
     )
     try:
-        async with store.lease(labels={"castar.import": sess.session}):
+        async with store.leases.hold(labels={"castar.import": sess.session}):
             async with open_source(source) as src:  # a seekable file is read until the end
                 await read_archive(sess, src, max_size)
                 walk = await walk_index(sess, await resolve(sess))

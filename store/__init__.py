@@ -6,9 +6,6 @@ in castar.engine, which builds on this package.
 
 from __future__ import annotations
 
-from castar.store._store import Store as Store
-from castar.store._store import default_root as default_root
-from castar.store._store import open_store as open_store
 from castar.store.content import ContentStore as ContentStore
 from castar.store.content import Descriptor as Descriptor
 from castar.store.content import Info as Info
@@ -19,6 +16,9 @@ from castar.store.images import ImageStore as ImageStore
 from castar.store.leases import Lease as Lease
 from castar.store.leases import LeaseManager as LeaseManager
 from castar.store.leases import current_lease as current_lease
+from castar.store.root import Root as Root
+from castar.store.root import default_root as default_root
+from castar.store.root import open_root as open_root
 
 __all__ = [
     "ContentStore",
@@ -29,9 +29,9 @@ __all__ = [
     "Info",
     "Lease",
     "LeaseManager",
-    "Store",
+    "Root",
     "Writer",
     "current_lease",
     "default_root",
-    "open_store",
+    "open_root",
 ]

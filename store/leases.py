@@ -10,19 +10,22 @@ from __future__ import annotations
 import base64
 import os
 import time
-from contextvars import ContextVar, Token
+from contextlib import asynccontextmanager, suppress
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final, final
 
+import anyio
+
 from castar.store.digest import parse
-from castar.store.errors import InvalidArgument, NotImplementedKind
+from castar.store.errors import InvalidArgument, NotFound, NotImplementedKind
 from castar.store.gc import EXPIRE, FLAT, parse_expire
 from castar.store.sqlite import LeaseRecord, validate_labels
 
 if TYPE_CHECKING:
     import builtins
-    from collections.abc import Callable, Mapping
+    from collections.abc import AsyncIterator, Callable, Mapping
 
     from castar.store.sqlite import SQLiteMetadataDB
 
@@ -64,7 +67,7 @@ _current: ContextVar[Lease | None] = ContextVar("castar_current_lease", default=
 
 
 def current_lease() -> Lease | None:
-    """The lease of the innermost ``async with store.lease()`` in this context, or None."""
+    """The lease of the innermost ``async with leases.hold()`` in this context, or None."""
     return _current.get()
 
 
@@ -72,14 +75,6 @@ def current_lease_id() -> str | None:
     """The id of :func:`current_lease`, or None: what the metadata DB records things under."""
     lease = _current.get()
     return None if lease is None else lease.id
-
-
-def _set_current(lease: Lease | None) -> Token[Lease | None]:
-    return _current.set(lease)
-
-
-def _reset_current(token: Token[Lease | None]) -> None:
-    _current.reset(token)
 
 
 def random_lease_id() -> str:
@@ -121,7 +116,7 @@ class LeaseManager:
         """Create a lease (random id when None) expiring after ``expire`` if given.
 
         ``durable=False`` skips the database's fsync, for leases an operation holds only
-        while it runs (``Store.lease()``): losing one in a power cut is harmless.
+        while it runs (:meth:`hold`): losing one in a power cut is harmless.
 
         Raises:
             InvalidArgument: empty id or a label breaking LBL-1.
@@ -137,6 +132,30 @@ class LeaseManager:
             merged[EXPIRE] = rfc3339(now + expire)
         validate_labels(merged)
         return _lease(await self._db.lease_create(id, merged, now=now, durable=durable))
+
+    @asynccontextmanager
+    async def hold(
+        self,
+        *,
+        expire: timedelta | None = timedelta(hours=24),
+        labels: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[Lease]:
+        """Create a lease and make it current for the block; delete it on exit.
+
+        Everything written in the block (blobs, ingests, images with ``gc.expire``) joins the
+        lease (LEASE-5), and child tasks started in the block inherit it. Deletion at exit is
+        shielded from cancellation; a lease GC already removed (expired) is no error.
+        """
+        # Not durable: a lease held only while this block runs is worthless after a power
+        # cut, and each durable commit costs an fsync under write load.
+        lease = await self.create(expire=expire, labels=labels, durable=False)
+        token = _current.set(lease)
+        try:
+            yield lease
+        finally:
+            _current.reset(token)
+            with anyio.CancelScope(shield=True), suppress(NotFound):
+                await self.delete(lease.id, durable=False)
 
     async def list(self) -> builtins.list[Lease]:
         """All leases, ascending by id (LEASE-7)."""

@@ -21,7 +21,7 @@ import pytest
 
 from castar._cli import main
 from castar.engine import synth
-from castar.store import open_store
+from castar.store import open_root
 
 NAME = "docker.io/library/synth:latest"
 SPEC = synth.SynthSpec(
@@ -74,7 +74,7 @@ def snapshot(root: Path) -> tuple[list[tuple[str, str]], list[str]]:
     """(image name → target) and recorded blob digests, read in-process."""
 
     async def read() -> tuple[list[tuple[str, str]], list[str]]:
-        async with open_store(root) as s:
+        async with open_root(root) as s:
             images = [(i.name, str(i.target.digest)) for i in await s.images.list()]
             return images, [str(i.digest) for i in await s.content.walk()]
 
@@ -320,7 +320,7 @@ def garbage(root: Path) -> list[str]:
     """What a GC would remove now (in-process dry run)."""
 
     async def dry() -> list[str]:
-        async with open_store(root) as s:
+        async with open_root(root) as s:
             return [str(d) for d in (await s.gc(dry_run=True)).removed]
 
     return anyio.run(dry)

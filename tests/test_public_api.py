@@ -18,9 +18,7 @@ def test_every_name_in_all_exists_and_is_unique() -> None:
     assert len(set(castar.__all__)) == len(castar.__all__)
     missing = [n for n in castar.__all__ if not hasattr(castar, n)]
     assert missing == []
-    assert {"open_store", "Store", "load", "SaveOptions", "CastarError", "NotFound"} <= set(
-        castar.__all__
-    )
+    assert {"open_store", "Store", "SaveOptions", "CastarError", "NotFound"} <= set(castar.__all__)
 
 
 def test_public_names_without_underscore_are_all_listed() -> None:
@@ -99,7 +97,7 @@ async def test_facade_stores_lists_tags_collects_and_verifies(tmp_path: Path) ->
         assert compute(layer) == lyr.digest
 
 
-async def test_module_load_store_save_and_save_many_accept_the_facade(tmp_path: Path) -> None:
+async def test_load_save_and_save_many_on_the_facade(tmp_path: Path) -> None:
     from castar.engine import synth
 
     spec = synth.SynthSpec(
@@ -107,7 +105,7 @@ async def test_module_load_store_save_and_save_many_accept_the_facade(tmp_path: 
     )
     await anyio.to_thread.run_sync(synth.write_path, spec, tmp_path / "in.tar")
     async with castar.open_store(tmp_path / "root") as store:
-        (image,) = await castar.load(store, tmp_path / "in.tar")
+        (image,) = await store.load(tmp_path / "in.tar")
         assert image.name == "docker.io/library/multi:1"
         whole = await store.save(["multi:1"], tmp_path / "all.tar")
         assert whole.size == (await anyio.Path(tmp_path / "all.tar").stat()).st_size

@@ -21,7 +21,6 @@ import pytest
 
 from castar.engine import exporter, oci
 from castar.engine import platforms as plat
-from castar.store._store import Store, open_store
 from castar.store.digest import Digest, compute
 from castar.store.errors import (
     Conflict,
@@ -30,6 +29,7 @@ from castar.store.errors import (
     InvalidArgument,
     NotFound,
 )
+from castar.store.root import Root, open_root
 
 ALPINE = "docker.io/library/alpine:latest"
 ATTESTATION = {
@@ -47,13 +47,13 @@ def _host() -> Iterator[None]:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    async with open_store(tmp_path / "store") as s:
+async def store(tmp_path: Path) -> AsyncIterator[Root]:
+    async with open_root(tmp_path / "store") as s:
         yield s
 
 
 async def put(
-    store: Store, data: bytes, media_type: str, children: tuple[oci.Descriptor, ...] = ()
+    store: Root, data: bytes, media_type: str, children: tuple[oci.Descriptor, ...] = ()
 ) -> oci.Descriptor:
     labels = oci.children_labels(children) if children else None
     d = await store.content.write_blob(data, media_type=media_type, labels=labels)
@@ -61,7 +61,7 @@ async def put(
 
 
 async def put_manifest(
-    store: Store,
+    store: Root,
     config: oci.Descriptor,
     layers: tuple[oci.Descriptor, ...],
     media_type: str = oci.OCI_MANIFEST,
@@ -70,7 +70,7 @@ async def put_manifest(
     return await put(store, oci.encode_manifest(doc), media_type, (config, *layers))
 
 
-async def put_config(store: Store, os_: str, arch: str, variant: str = "") -> oci.Descriptor:
+async def put_config(store: Root, os_: str, arch: str, variant: str = "") -> oci.Descriptor:
     cfg: dict[str, object] = {"architecture": arch, "os": os_, "rootfs": {"type": "layers"}}
     if variant:
         cfg["variant"] = variant
@@ -98,7 +98,7 @@ class World:
         return {getattr(self, n).digest.encoded for n in names}
 
 
-async def build_world(store: Store, name: str = ALPINE) -> World:
+async def build_world(store: Root, name: str = ALPINE) -> World:
     c1 = await put_config(store, "linux", "amd64")
     c2 = await put_config(store, "linux", "arm64", "v8")
     ca = await put(store, b'{"architecture":"unknown","os":"unknown"}', oci.OCI_CONFIG)
@@ -163,7 +163,7 @@ def read_archive(data: bytes) -> Archive:
     return Archive([i.name for i in infos], {i.name: i for i in infos}, files)
 
 
-async def save_bytes(store: Store, tmp_path: Path, names: list[str], **kw: object) -> bytes:
+async def save_bytes(store: Root, tmp_path: Path, names: list[str], **kw: object) -> bytes:
     out = tmp_path / f"out-{next(_counter)}.tar"
     await exporter.save(store, names, out, exporter.SaveOptions.parse(**kw))  # type: ignore[arg-type]
     return await anyio.Path(out).read_bytes()
@@ -173,7 +173,7 @@ _counter = itertools.count()
 
 
 async def save_archive(
-    store: Store, tmp_path: Path, names: list[str], **kw: object
+    store: Root, tmp_path: Path, names: list[str], **kw: object
 ) -> tuple[exporter.ExportResult, Archive]:
     """Save to a new file; the result and the archive as the stdlib reads it."""
     out = tmp_path / f"out-{next(_counter)}.tar"
@@ -185,7 +185,7 @@ async def save_archive(
 
 
 async def test_tv54_single_manifest_image_writes_metadata_first_then_sorted_blobs(
-    store: Store, tmp_path: Path
+    store: Root, tmp_path: Path
 ) -> None:
     c1 = await put_config(store, "linux", "amd64")
     l1 = await put(store, b"layer-1" * 3000, oci.OCI_LAYER_GZIP)
@@ -233,7 +233,7 @@ async def test_tv54_single_manifest_image_writes_metadata_first_then_sorted_blob
 
 
 async def test_tv55_platform_list_keeps_original_index_and_only_matching_subtrees(
-    store: Store, tmp_path: Path
+    store: Root, tmp_path: Path
 ) -> None:
     w = await build_world(store)
     result, ar = await save_archive(
@@ -252,7 +252,7 @@ async def test_tv55_platform_list_keeps_original_index_and_only_matching_subtree
 
 
 async def test_tv55_no_platform_exports_every_platform_and_points_manifest_json_at_host(
-    store: Store, tmp_path: Path
+    store: Root, tmp_path: Path
 ) -> None:
     w = await build_world(store)
     ar = read_archive(await save_bytes(store, tmp_path, [ALPINE]))
@@ -264,7 +264,7 @@ async def test_tv55_no_platform_exports_every_platform_and_points_manifest_json_
 
 
 async def test_save2_one_platform_makes_its_manifest_the_only_entry(
-    store: Store, tmp_path: Path
+    store: Root, tmp_path: Path
 ) -> None:
     w = await build_world(store)
     ar = read_archive(await save_bytes(store, tmp_path, [ALPINE], platforms=["linux/arm64"]))
@@ -277,7 +277,7 @@ async def test_save2_one_platform_makes_its_manifest_the_only_entry(
 
 
 async def test_tv56_single_platform_absent_raises_not_found_with_save2_text(
-    store: Store, tmp_path: Path
+    store: Root, tmp_path: Path
 ) -> None:
     await build_world(store)
     out = tmp_path / "never.tar"
@@ -293,7 +293,7 @@ async def test_tv56_single_platform_absent_raises_not_found_with_save2_text(
 
 
 async def test_tv56_platform_list_matching_nothing_raises_no_manifest_found(
-    store: Store, tmp_path: Path
+    store: Root, tmp_path: Path
 ) -> None:
     await build_world(store)
     with pytest.raises(NotFound, match="no manifest found for platform: not found"):
@@ -302,7 +302,7 @@ async def test_tv56_platform_list_matching_nothing_raises_no_manifest_found(
         )
 
 
-async def test_save2_two_manifests_for_one_platform_is_a_conflict(store: Store) -> None:
+async def test_save2_two_manifests_for_one_platform_is_a_conflict(store: Root) -> None:
     w = await build_world(store)
     twin = await put_manifest(store, w.C1, (w.L1,))
     entries = (
@@ -318,7 +318,7 @@ async def test_save2_two_manifests_for_one_platform_is_a_conflict(store: Store) 
 
 
 async def test_tv59_non_distributable_layer_is_not_written_but_listed(
-    store: Store, tmp_path: Path
+    store: Root, tmp_path: Path
 ) -> None:
     c = await put_config(store, "windows", "amd64")
     foreign = await put(store, b"foreign", oci.DOCKER_LAYER_FOREIGN_GZIP)
@@ -335,7 +335,7 @@ async def test_tv59_non_distributable_layer_is_not_written_but_listed(
 
 
 async def test_missing_foreign_layer_does_not_make_a_platform_incomplete(
-    store: Store, tmp_path: Path
+    store: Root, tmp_path: Path
 ) -> None:
     c = await put_config(store, "windows", "amd64")
     foreign = oci.Descriptor(oci.DOCKER_LAYER_FOREIGN_GZIP, compute(b"never pulled"), 12)
@@ -353,7 +353,7 @@ async def test_missing_foreign_layer_does_not_make_a_platform_incomplete(
 
 
 async def test_edge12_sha512_blobs_get_pax_names_and_their_own_directory(
-    store: Store, tmp_path: Path
+    store: Root, tmp_path: Path
 ) -> None:
     c = await put_config(store, "linux", "amd64")
     data = b"a sha512 layer"
@@ -376,7 +376,7 @@ async def test_edge12_sha512_blobs_get_pax_names_and_their_own_directory(
 
 
 async def test_exp4_distribution_source_labels_become_entry_annotations(
-    store: Store, tmp_path: Path
+    store: Root, tmp_path: Path
 ) -> None:
     w = await build_world(store)
     await store.content.update_labels(
@@ -396,7 +396,7 @@ async def test_exp4_distribution_source_labels_become_entry_annotations(
 
 
 async def test_edge3_a_layer_used_twice_is_written_once_and_listed_twice(
-    store: Store, tmp_path: Path
+    store: Root, tmp_path: Path
 ) -> None:
     c = await put_config(store, "linux", "amd64")
     layer = await put(store, b"the same layer", oci.OCI_LAYER_GZIP)
@@ -411,7 +411,7 @@ async def test_edge3_a_layer_used_twice_is_written_once_and_listed_twice(
     assert without.blob_hexes == ar.blob_hexes
 
 
-async def test_without_manifest_json_no_image_claims_a_docker_manifest(store: Store) -> None:
+async def test_without_manifest_json_no_image_claims_a_docker_manifest(store: Root) -> None:
     # EXP-10 skip_docker_manifest: ImagePlan.docker_manifest names what manifest.json
     # points at, so with none written it is None for every kind of target, with no warning.
     w = await build_world(store)
@@ -437,7 +437,7 @@ async def test_without_manifest_json_no_image_claims_a_docker_manifest(store: St
 
 
 async def test_tv60_layer_target_raises_only_manifests_may_be_exported(
-    store: Store, tmp_path: Path
+    store: Root, tmp_path: Path
 ) -> None:
     layer = await put(store, b"just a layer", oci.OCI_LAYER_GZIP)
     await store.images.create("docker.io/library/odd:1", layer)
@@ -447,7 +447,7 @@ async def test_tv60_layer_target_raises_only_manifests_may_be_exported(
 
 
 async def test_tv60_layer_named_by_digest_past_the_document_cap_is_invalid_argument(
-    store: Store, tmp_path: Path
+    store: Root, tmp_path: Path
 ) -> None:
     # Too big to be a document (EDGE-13), so it cannot be a manifest: TV-60, not a size error.
     layer = await put(store, bytes(oci.MAX_DOCUMENT + 1), oci.OCI_LAYER_GZIP)
@@ -457,7 +457,7 @@ async def test_tv60_layer_named_by_digest_past_the_document_cap_is_invalid_argum
 
 
 async def test_save1_referrers_named_by_labels_are_walked_and_listed_in_index_json(
-    store: Store, tmp_path: Path
+    store: Root, tmp_path: Path
 ) -> None:
     w = await build_world(store)
     empty = await put(store, b"{}", oci.OCI_EMPTY)
@@ -498,7 +498,7 @@ async def test_save1_referrers_named_by_labels_are_walked_and_listed_in_index_js
 # -- determinism, names -------------------------------------------------------------------------
 
 
-async def test_two_saves_give_identical_bytes(store: Store, tmp_path: Path) -> None:
+async def test_two_saves_give_identical_bytes(store: Root, tmp_path: Path) -> None:
     await build_world(store)
     first = await save_bytes(store, tmp_path, [ALPINE, "alpine"])
     second = await save_bytes(store, tmp_path, [ALPINE, "alpine"])
@@ -507,9 +507,7 @@ async def test_two_saves_give_identical_bytes(store: Store, tmp_path: Path) -> N
     assert first.endswith(bytes(1024))
 
 
-async def test_save4_bare_repository_exports_every_tag_by_name(
-    store: Store, tmp_path: Path
-) -> None:
+async def test_save4_bare_repository_exports_every_tag_by_name(store: Root, tmp_path: Path) -> None:
     w = await build_world(store)
     await store.images.create("docker.io/library/alpine:3.18", w.I)
     await store.images.create("docker.io/library/other:1", w.I)
@@ -524,7 +522,7 @@ async def test_save4_bare_repository_exports_every_tag_by_name(
 
 @pytest.mark.parametrize("how", ["digest", "name@digest", "short-id"])
 async def test_save4_digest_or_id_exports_without_names(
-    store: Store, tmp_path: Path, how: str
+    store: Root, tmp_path: Path, how: str
 ) -> None:
     w = await build_world(store)
     ref = {
@@ -539,7 +537,7 @@ async def test_save4_digest_or_id_exports_without_names(
     assert ar.docker[0]["RepoTags"] is None
 
 
-async def test_exp10_unparseable_name_fails_manifest_json(store: Store, tmp_path: Path) -> None:
+async def test_exp10_unparseable_name_fails_manifest_json(store: Root, tmp_path: Path) -> None:
     w = await build_world(store)
     await store.images.create("Not/A/Reference:X", w.I)
     with pytest.raises(InvalidArgument, match='unable to create manifests file: failed to parse "'):
@@ -551,7 +549,7 @@ async def test_exp10_unparseable_name_fails_manifest_json(store: Store, tmp_path
     assert plan.images[0].name == "Not/A/Reference:X"
 
 
-async def test_unknown_name_raises_not_found_before_writing(store: Store, tmp_path: Path) -> None:
+async def test_unknown_name_raises_not_found_before_writing(store: Root, tmp_path: Path) -> None:
     await build_world(store)
     out = tmp_path / "no.tar"
     with pytest.raises(NotFound, match='image "nosuch:1": not found'):
@@ -563,7 +561,7 @@ async def test_unknown_name_raises_not_found_before_writing(store: Store, tmp_pa
 
 
 async def test_sparse_keeps_original_index_and_writes_only_present_blobs(
-    store: Store, tmp_path: Path
+    store: Root, tmp_path: Path
 ) -> None:
     w = await build_world(store)
     await store.content.delete(w.L2.digest)
@@ -575,7 +573,7 @@ async def test_sparse_keeps_original_index_and_writes_only_present_blobs(
 
 
 async def test_edge1_manifest_json_points_at_best_available_platform(
-    store: Store, tmp_path: Path
+    store: Root, tmp_path: Path
 ) -> None:
     w = await build_world(store)
     await store.content.delete(w.M1.digest)  # the host's platform is not in the store
@@ -586,7 +584,7 @@ async def test_edge1_manifest_json_points_at_best_available_platform(
 
 
 async def test_edge1_no_available_platform_leaves_manifest_json_out_with_warning(
-    store: Store, tmp_path: Path
+    store: Root, tmp_path: Path
 ) -> None:
     w = await build_world(store)
     await store.content.delete(w.C1.digest)
@@ -597,7 +595,7 @@ async def test_edge1_no_available_platform_leaves_manifest_json_out_with_warning
 
 
 async def test_edge6_missing_top_level_blob_is_left_out_with_warning(
-    store: Store, tmp_path: Path
+    store: Root, tmp_path: Path
 ) -> None:
     w = await build_world(store)
     await store.content.delete(w.I.digest)
@@ -611,7 +609,7 @@ async def test_edge6_missing_top_level_blob_is_left_out_with_warning(
 
 
 async def test_prune_writes_new_index_listing_only_complete_platforms(
-    store: Store, tmp_path: Path
+    store: Root, tmp_path: Path
 ) -> None:
     w = await build_world(store)
     await store.content.delete(w.L2.digest)
@@ -632,7 +630,7 @@ async def test_prune_writes_new_index_listing_only_complete_platforms(
 
 
 async def test_prune_with_everything_present_keeps_the_original_index(
-    store: Store, tmp_path: Path
+    store: Root, tmp_path: Path
 ) -> None:
     w = await build_world(store)
     sparse = await save_bytes(store, tmp_path, [ALPINE])
@@ -642,7 +640,7 @@ async def test_prune_with_everything_present_keeps_the_original_index(
 
 
 async def test_prune_with_platforms_lists_only_requested_platforms(
-    store: Store, tmp_path: Path
+    store: Root, tmp_path: Path
 ) -> None:
     w = await build_world(store)
     plan = await exporter.plan_save(
@@ -658,7 +656,7 @@ async def test_prune_with_platforms_lists_only_requested_platforms(
 
 
 async def test_fail_names_the_incomplete_platform_before_writing(
-    store: Store, tmp_path: Path
+    store: Root, tmp_path: Path
 ) -> None:
     w = await build_world(store)
     await store.content.delete(w.L2.digest)
@@ -670,7 +668,7 @@ async def test_fail_names_the_incomplete_platform_before_writing(
     assert not out.exists()
 
 
-async def test_fail_names_a_requested_platform_absent_from_the_image(store: Store) -> None:
+async def test_fail_names_a_requested_platform_absent_from_the_image(store: Root) -> None:
     await build_world(store)
     with pytest.raises(NotFound, match="platform linux/s390x not found"):
         await exporter.plan_save(
@@ -680,7 +678,7 @@ async def test_fail_names_a_requested_platform_absent_from_the_image(store: Stor
         )
 
 
-async def test_prune_of_an_incomplete_single_manifest_image_is_not_found(store: Store) -> None:
+async def test_prune_of_an_incomplete_single_manifest_image_is_not_found(store: Root) -> None:
     w = await build_world(store)
     await store.images.create("docker.io/library/one:1", w.M2)
     await store.content.delete(w.L2.digest)
@@ -688,7 +686,7 @@ async def test_prune_of_an_incomplete_single_manifest_image_is_not_found(store: 
         await exporter.plan_save(store, ["one:1"], exporter.SaveOptions.parse(missing="prune"))
 
 
-async def test_the_same_name_twice_is_one_entry(store: Store) -> None:
+async def test_the_same_name_twice_is_one_entry(store: Root) -> None:
     await build_world(store)
     plan = await exporter.plan_save(
         store, [ALPINE, "alpine:latest", "alpine"], exporter.SaveOptions()
@@ -696,7 +694,7 @@ async def test_the_same_name_twice_is_one_entry(store: Store) -> None:
     assert [i.name for i in plan.images] == [ALPINE]
 
 
-async def test_unknown_missing_policy_is_invalid_argument(store: Store) -> None:
+async def test_unknown_missing_policy_is_invalid_argument(store: Root) -> None:
     with pytest.raises(InvalidArgument, match="missing='lenient'"):
         await exporter.plan_save(store, [ALPINE], exporter.SaveOptions.parse(missing="lenient"))
 
@@ -705,7 +703,7 @@ async def test_unknown_missing_policy_is_invalid_argument(store: Store) -> None:
 
 
 async def test_plan_save_is_what_save_writes_and_serialises_to_json(
-    store: Store, tmp_path: Path
+    store: Root, tmp_path: Path
 ) -> None:
     await build_world(store)
     plan = await exporter.plan_save(store, [ALPINE], exporter.SaveOptions())
@@ -716,7 +714,7 @@ async def test_plan_save_is_what_save_writes_and_serialises_to_json(
     assert [m.name.rstrip("/") for m in plan.members] == read_archive(data).names
 
 
-async def test_archive_digest_is_sha256_of_the_bytes_written(store: Store, tmp_path: Path) -> None:
+async def test_archive_digest_is_sha256_of_the_bytes_written(store: Root, tmp_path: Path) -> None:
     await build_world(store)
     out = tmp_path / "d.tar"
     seen: list[tuple[int, int | None, str]] = []
@@ -735,7 +733,7 @@ async def test_archive_digest_is_sha256_of_the_bytes_written(store: Store, tmp_p
     assert data == await save_bytes(store, tmp_path, [ALPINE])  # same bytes as zero-copy
 
 
-async def test_verify_detects_a_corrupt_blob(store: Store, tmp_path: Path) -> None:
+async def test_verify_detects_a_corrupt_blob(store: Root, tmp_path: Path) -> None:
     w = await build_world(store)
     path = store.content.path(w.LS.digest)
     path.chmod(0o644)
@@ -749,7 +747,7 @@ async def test_verify_detects_a_corrupt_blob(store: Store, tmp_path: Path) -> No
 
 
 async def test_corrupt_manifest_document_fails_before_the_first_byte(
-    store: Store, tmp_path: Path
+    store: Root, tmp_path: Path
 ) -> None:
     w = await build_world(store)
     path = store.content.path(w.M2.digest)
@@ -761,7 +759,7 @@ async def test_corrupt_manifest_document_fails_before_the_first_byte(
     assert not out.exists()
 
 
-async def test_recorded_blob_missing_on_disk_is_data_loss(store: Store, tmp_path: Path) -> None:
+async def test_recorded_blob_missing_on_disk_is_data_loss(store: Root, tmp_path: Path) -> None:
     w = await build_world(store)
     store.content.path(w.LS.digest).unlink()
     out = tmp_path / "dl.tar"
@@ -770,7 +768,7 @@ async def test_recorded_blob_missing_on_disk_is_data_loss(store: Store, tmp_path
     assert not out.exists()
 
 
-async def test_edge5_nested_index_is_walked_completely(store: Store, tmp_path: Path) -> None:
+async def test_edge5_nested_index_is_walked_completely(store: Root, tmp_path: Path) -> None:
     w = await build_world(store)
     inner = (w.M1, w.M2)
     nested = await put(store, oci.encode_index(oci.Index(manifests=inner)), oci.OCI_INDEX, inner)
@@ -794,7 +792,7 @@ def _digest(d: str) -> Digest:
 
 @pytest.mark.parametrize("missing", ["sparse", "prune"])
 async def test_save_load_save_round_trips_to_identical_bytes(
-    store: Store, tmp_path: Path, missing: str
+    store: Root, tmp_path: Path, missing: str
 ) -> None:
     from castar.engine import importer
 
@@ -804,7 +802,7 @@ async def test_save_load_save_round_trips_to_identical_bytes(
     first = await save_bytes(store, tmp_path, ["alpine"], missing=missing)
     archive = tmp_path / "first.tar"
     archive.write_bytes(first)
-    async with open_store(tmp_path / "other") as other:
+    async with open_root(tmp_path / "other") as other:
         loaded = await importer.load(other, archive)
         assert sorted(i.name for i in loaded) == ["docker.io/library/alpine:3.18", ALPINE]
         second = await save_bytes(other, tmp_path, ["alpine"], missing=missing)

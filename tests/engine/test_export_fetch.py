@@ -18,8 +18,8 @@ import pytest
 
 from castar.engine import _export_lookup, exporter, oci
 from castar.engine import platforms as plat
-from castar.store._store import Store, open_store
 from castar.store.errors import DataLoss, DigestMismatch, SizeMismatch
+from castar.store.root import Root, open_root
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -32,14 +32,14 @@ SPECS = ("linux/amd64", "linux/arm64/v8", "linux/arm/v7", "linux/s390x", "linux/
 
 
 async def _put(
-    store: Store, data: bytes, mt: str, children: tuple[oci.Descriptor, ...] = ()
+    store: Root, data: bytes, mt: str, children: tuple[oci.Descriptor, ...] = ()
 ) -> oci.Descriptor:
     labels = oci.children_labels(children) if children else None
     d = await store.content.write_blob(data, media_type=mt, labels=labels)
     return oci.Descriptor(mt, d.digest, d.size)
 
 
-async def _image(store: Store, platforms: int, layers: int = 2) -> list[oci.Descriptor]:
+async def _image(store: Root, platforms: int, layers: int = 2) -> list[oci.Descriptor]:
     """NAME: an index of ``platforms`` manifests; the last has no descriptor platform, so
     its platform comes from its config (IMP-8), and the first is also listed in a nested
     index. Returns the index's manifest descriptors in order."""
@@ -85,7 +85,7 @@ def _count_hops(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     return counts
 
 
-def _count_infos(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+def _count_infos(store: Root, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     sizes: list[int] = []
     infos = store.content.infos
 
@@ -98,7 +98,7 @@ def _count_infos(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return sizes
 
 
-async def _slow_fetch(store: Store, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+async def _slow_fetch(store: Root, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
     """The walk with the read-ahead switched off: every document read through the store."""
     target = (await _export_lookup.resolve(store, NAME))[0]
 
@@ -114,7 +114,7 @@ async def _slow_fetch(store: Store, monkeypatch: pytest.MonkeyPatch) -> dict[str
 async def test_fetch_hops_do_not_grow_with_platforms_or_layers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, platforms: int
 ) -> None:
-    async with open_store(tmp_path / "store") as store:
+    async with open_root(tmp_path / "store") as store:
         await _image(store, platforms, layers=platforms * 3)
         target = (await _export_lookup.resolve(store, NAME))[0]
         infos = _count_infos(store, monkeypatch)
@@ -131,7 +131,7 @@ async def test_fetch_hops_do_not_grow_with_platforms_or_layers(
 async def test_fetch_with_read_ahead_gives_the_nodes_of_the_one_by_one_walk(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with open_store(tmp_path / "store") as store:
+    async with open_root(tmp_path / "store") as store:
         entries = await _image(store, 4)
         gone = entries[1]
         await store.content.delete(gone.digest)  # EXP-7: a missing manifest stays a node
@@ -144,7 +144,7 @@ async def test_fetch_with_read_ahead_gives_the_nodes_of_the_one_by_one_walk(
     assert last.platform == plat.parse("linux/s390x")  # IMP-8: from its config
 
 
-async def _corrupt(store: Store, digest: str) -> None:
+async def _corrupt(store: Root, digest: str) -> None:
     """Flip a byte of a stored blob's file (same size, another digest)."""
     path = store.content.path(digest)
     path.chmod(0o644)
@@ -156,7 +156,7 @@ async def _corrupt(store: Store, digest: str) -> None:
 async def test_a_corrupt_manifest_is_read_documents_digest_mismatch_before_any_byte(
     tmp_path: Path,
 ) -> None:
-    async with open_store(tmp_path / "store") as store:
+    async with open_root(tmp_path / "store") as store:
         entries = await _image(store, 3)
         await _corrupt(store, entries[1].digest)
         out = tmp_path / "out.tar"
@@ -168,7 +168,7 @@ async def test_a_corrupt_manifest_is_read_documents_digest_mismatch_before_any_b
 async def test_the_first_fault_in_walk_order_wins_over_a_later_corrupt_document(
     tmp_path: Path,
 ) -> None:
-    async with open_store(tmp_path / "store") as store:
+    async with open_root(tmp_path / "store") as store:
         entries = await _image(store, 3)
         # a new image whose first manifest lies about a layer's size, then corrupt manifest 1
         data = await store.content.read_all(entries[0].digest, limit=1 << 20)
@@ -202,7 +202,7 @@ async def test_the_first_fault_in_walk_order_wins_over_a_later_corrupt_document(
 
 
 async def test_a_recorded_manifest_whose_file_is_gone_is_data_loss(tmp_path: Path) -> None:
-    async with open_store(tmp_path / "store") as store:
+    async with open_root(tmp_path / "store") as store:
         entries = await _image(store, 2)
         store.content.path(entries[0].digest).unlink()
         with pytest.raises(DataLoss, match="recorded but missing on disk"):

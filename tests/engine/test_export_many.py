@@ -19,8 +19,8 @@ import pytest
 
 from castar.engine import _export_write, exporter, oci
 from castar.engine import platforms as plat
-from castar.store._store import Store, open_store
 from castar.store.errors import NotFound
+from castar.store.root import Root, open_root
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -31,7 +31,7 @@ NAME = "docker.io/library/many-saves:1"
 SPECS = ("linux/amd64", "linux/arm64/v8", "linux/s390x")
 
 
-async def _image(store: Store) -> None:
+async def _image(store: Root) -> None:
     entries = []
     for spec in SPECS:
         p = plat.parse(spec)
@@ -63,7 +63,7 @@ def _spy_plans(monkeypatch: pytest.MonkeyPatch, pair: int) -> dict[str, int]:
     together = anyio.Event()
     plan = exporter.plan_save
 
-    async def spy(store: Store, names: Sequence[str], options: exporter.SaveOptions) -> SavePlan:
+    async def spy(store: Root, names: Sequence[str], options: exporter.SaveOptions) -> SavePlan:
         seen["now"] += 1
         seen["calls"] += 1
         seen["most"] = max(seen["most"], seen["now"])
@@ -82,7 +82,7 @@ def _spy_plans(monkeypatch: pytest.MonkeyPatch, pair: int) -> dict[str, int]:
 async def test_save_many_plans_two_jobs_at_a_time_and_writes_what_lone_saves_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with open_store(tmp_path / "store") as store:
+    async with open_root(tmp_path / "store") as store:
         await _image(store)
         lone = []
         for i, spec in enumerate(SPECS * 3):
@@ -112,7 +112,7 @@ async def test_save_many_plans_two_jobs_at_a_time_and_writes_what_lone_saves_wri
 async def test_a_plan_failing_behind_the_gate_fails_save_many_before_its_first_byte(
     tmp_path: Path,
 ) -> None:
-    async with open_store(tmp_path / "store") as store:
+    async with open_root(tmp_path / "store") as store:
         await _image(store)
         jobs = [
             exporter.SaveJob(
@@ -135,7 +135,7 @@ async def test_a_step_ends_only_before_more_blob_bytes_so_the_tail_costs_no_hop(
 ) -> None:
     # IO-LIMITS §2.1: hops are the cost; a 1.5 MiB layer under a 512 KiB budget is three
     # copy steps, the padding, the other members and the end of archive ride on the last.
-    async with open_store(tmp_path / "store") as store:
+    async with open_root(tmp_path / "store") as store:
         c = await store.content.write_blob(b'{"architecture":"amd64","os":"linux"}')
         cfg = oci.Descriptor(oci.OCI_CONFIG, c.digest, c.size)
         d = await store.content.write_blob(bytes(range(256)) * 6144)  # 1.5 MiB
@@ -176,7 +176,7 @@ async def test_a_long_zero_copy_hop_is_cancellable_between_copy_calls(
     # One hop may copy 256 MiB; cancelling must not wait for all of it: the hop checks for
     # cancellation between copy calls, and the partial archive is removed. The save is
     # cancelled from inside the 5th copy call: no 6th call follows.
-    async with open_store(tmp_path / "store") as store:
+    async with open_root(tmp_path / "store") as store:
         await _image(store)
         big = await store.content.write_blob(bytes(4 << 20))
         await store.images.create(
@@ -204,7 +204,7 @@ async def test_a_long_zero_copy_hop_is_cancellable_between_copy_calls(
     assert not out.exists()  # the partial archive save() created is removed
 
 
-async def _manifest_of(store: Store, layer: oci.Descriptor) -> oci.Descriptor:
+async def _manifest_of(store: Root, layer: oci.Descriptor) -> oci.Descriptor:
     c = await store.content.write_blob(b'{"architecture":"amd64","os":"linux"}')
     cfg = oci.Descriptor(oci.OCI_CONFIG, c.digest, c.size)
     m = await store.content.write_blob(

@@ -24,8 +24,8 @@ from castar.engine import _export_lookup, exporter, oci
 from castar.engine import platforms as plat
 from castar.engine._export_plan import Node, Target
 from castar.engine._save_plan import Planner, SaveOptions
-from castar.store._store import Store, open_store
 from castar.store.errors import NotFound, SizeMismatch
+from castar.store.root import Root, open_root
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -39,7 +39,7 @@ SPECS = ("linux/amd64", "linux/arm64/v8", "linux/s390x")
 
 
 async def _snapshot(root: Path) -> tuple[list[Target], dict[str, Node]]:
-    async with open_store(root) as store:
+    async with open_root(root) as store:
 
         async def put(
             data: bytes, mt: str, children: tuple[oci.Descriptor, ...] = ()
@@ -148,7 +148,7 @@ def test_missing_policies_hold_for_any_set_of_absent_blobs(
 # -- the lookup's store reads (issue 5: many-layer images) -------------------------------------
 
 
-async def _many_layers(store: Store, n: int, sizes: dict[int, int] | None = None) -> None:
+async def _many_layers(store: Root, n: int, sizes: dict[int, int] | None = None) -> None:
     """One manifest of ``n`` tiny layers named MANY; ``sizes`` overrides descriptor sizes."""
     layers = []
     for i in range(n):
@@ -163,7 +163,7 @@ async def _many_layers(store: Store, n: int, sizes: dict[int, int] | None = None
     await store.images.create(MANY, oci.Descriptor(oci.OCI_MANIFEST, m.digest, m.size))
 
 
-def _spy(store: Store, monkeypatch: pytest.MonkeyPatch) -> dict[str, list[int]]:
+def _spy(store: Root, monkeypatch: pytest.MonkeyPatch) -> dict[str, list[int]]:
     """Count ``content.info`` / ``content.infos`` calls (infos: how many digests each)."""
     calls: dict[str, list[int]] = {"info": [], "infos": []}
     info, infos = store.content.info, store.content.infos
@@ -186,7 +186,7 @@ def _spy(store: Store, monkeypatch: pytest.MonkeyPatch) -> dict[str, list[int]]:
 async def test_planning_n_layers_makes_the_same_few_info_calls_whatever_n(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n: int
 ) -> None:
-    async with open_store(tmp_path / "store") as store:
+    async with open_root(tmp_path / "store") as store:
         await _many_layers(store, n)
         calls = _spy(store, monkeypatch)
         plan = await exporter.plan_save(store, [MANY], exporter.SaveOptions())
@@ -200,7 +200,7 @@ async def test_planning_n_layers_makes_the_same_few_info_calls_whatever_n(
 async def test_a_layer_of_another_size_than_stored_is_size_mismatch_before_any_byte(
     tmp_path: Path,
 ) -> None:
-    async with open_store(tmp_path / "store") as store:
+    async with open_root(tmp_path / "store") as store:
         # layers 1 and 3 lie about their size; the depth-first walk reports layer 1 (EXP-7)
         await _many_layers(store, 4, sizes={1: 99, 3: 98})
         bad = (await _export_lookup.resolve(store, MANY))[0]
@@ -216,7 +216,7 @@ async def test_a_layer_of_another_size_than_stored_is_size_mismatch_before_any_b
 
 
 async def test_an_absent_layer_keeps_its_policies_with_batched_infos(tmp_path: Path) -> None:
-    async with open_store(tmp_path / "store") as store:
+    async with open_root(tmp_path / "store") as store:
         await _many_layers(store, 3)
         manifest_digest = (await _export_lookup.resolve(store, MANY))[0].desc.digest
         data = await store.content.read_all(manifest_digest, limit=1 << 20)

@@ -23,8 +23,8 @@ import pytest
 
 from castar.engine import _export_write, exporter, oci
 from castar.engine import platforms as plat
-from castar.store._store import Store, open_store
 from castar.store.errors import NotFound
+from castar.store.root import Root, open_root
 
 NAME = "docker.io/library/multi:1"
 PLATFORMS = ("linux/amd64", "linux/arm64/v8", "linux/riscv64", "linux/s390x")
@@ -37,14 +37,14 @@ def _host() -> Iterator[None]:
 
 
 async def put(
-    store: Store, data: bytes, media_type: str, children: tuple[oci.Descriptor, ...] = ()
+    store: Root, data: bytes, media_type: str, children: tuple[oci.Descriptor, ...] = ()
 ) -> oci.Descriptor:
     labels = oci.children_labels(children) if children else None
     d = await store.content.write_blob(data, media_type=media_type, labels=labels)
     return oci.Descriptor(media_type, d.digest, d.size)
 
 
-async def build(store: Store) -> list[oci.Descriptor]:
+async def build(store: Root) -> list[oci.Descriptor]:
     """An index of four platforms, each with a small and a 600 KiB layer (zero-copy path)."""
     shared = await put(store, os.urandom(300_000), oci.OCI_LAYER_GZIP)
     entries = []
@@ -72,13 +72,13 @@ async def build(store: Store) -> list[oci.Descriptor]:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    async with open_store(tmp_path / "store") as s:
+async def store(tmp_path: Path) -> AsyncIterator[Root]:
+    async with open_root(tmp_path / "store") as s:
         await build(s)
         yield s
 
 
-async def reference_bytes(store: Store, tmp_path: Path, **kw: object) -> bytes:
+async def reference_bytes(store: Root, tmp_path: Path, **kw: object) -> bytes:
     out = tmp_path / "reference.tar"
     await exporter.save(store, [NAME], out, exporter.SaveOptions.parse(**kw))  # type: ignore[arg-type]
     return await anyio.Path(out).read_bytes()
@@ -122,7 +122,7 @@ class Collector(anyio.abc.ByteSendStream):
 
 
 async def test_fd_of_a_regular_file_gets_the_same_bytes_and_stays_open(
-    store: Store, tmp_path: Path
+    store: Root, tmp_path: Path
 ) -> None:
     expected = await reference_bytes(store, tmp_path)
     path = tmp_path / "fd.tar"
@@ -143,7 +143,7 @@ def _drain(fd: int) -> bytes:
 
 
 @pytest.mark.parametrize("blocking", [True, False])
-async def test_pipe_fd_gets_the_same_bytes(store: Store, tmp_path: Path, blocking: bool) -> None:
+async def test_pipe_fd_gets_the_same_bytes(store: Root, tmp_path: Path, blocking: bool) -> None:
     expected = await reference_bytes(store, tmp_path)
     r, w = os.pipe()
     os.set_blocking(w, blocking)  # non-blocking: the splice loop waits on EAGAIN
@@ -164,7 +164,7 @@ async def test_pipe_fd_gets_the_same_bytes(store: Store, tmp_path: Path, blockin
     assert got == [expected]
 
 
-async def test_socket_fd_gets_the_same_bytes(store: Store, tmp_path: Path) -> None:
+async def test_socket_fd_gets_the_same_bytes(store: Root, tmp_path: Path) -> None:
     expected = await reference_bytes(store, tmp_path)
     a, b = socket.socketpair()
     got: list[bytes] = []
@@ -187,7 +187,7 @@ ZERO_COPY = {"file": "copy_file_range", "pipe": "splice", "socket": "sendfile"}
 
 @pytest.mark.parametrize("kind", ["file", "pipe", "socket"])
 async def test_big_blob_bodies_go_zero_copy_by_the_call_each_fd_kind_takes(
-    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+    store: Root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
     # EXP-8 / IO-LIMITS: copy_file_range into files, splice into pipes, sendfile into
     # sockets; the five blobs over 256 KiB (4 x 600 KiB + 300 KB) never enter user space.
@@ -236,7 +236,7 @@ async def test_big_blob_bodies_go_zero_copy_by_the_call_each_fd_kind_takes(
 
 @pytest.mark.parametrize("write_behind", [False, True])
 async def test_a_file_opened_for_appending_gets_the_archive_at_its_end(
-    store: Store, tmp_path: Path, write_behind: bool
+    store: Root, tmp_path: Path, write_behind: bool
 ) -> None:
     # A shell's `castar save IMAGE >> out.tar`: copy_file_range refuses O_APPEND (EBADF).
     expected = await reference_bytes(store, tmp_path)
@@ -268,7 +268,7 @@ def _spy_fadvise(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
 
 @pytest.mark.parametrize("verify", [False, True])  # zero-copy, and bodies through user space
 async def test_write_behind_starts_writeback_per_window_and_drops_only_older_windows(
-    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, verify: bool
+    store: Root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, verify: bool
 ) -> None:
     expected = await reference_bytes(store, tmp_path)
     window = 256 << 10  # the archive (~3.3 MB) spans a dozen windows
@@ -305,7 +305,7 @@ async def test_write_behind_starts_writeback_per_window_and_drops_only_older_win
 
 
 async def test_without_write_behind_no_advice_is_given(
-    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: Root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_export_write, "_WINDOW", 64 << 10)
     calls = _spy_fadvise(monkeypatch)
@@ -324,7 +324,7 @@ async def test_without_write_behind_no_advice_is_given(
 
 
 async def test_write_behind_refused_by_the_file_system_is_given_up_quietly(
-    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: Root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     expected = await reference_bytes(store, tmp_path)
     monkeypatch.setattr(_export_write, "_WINDOW", 64 << 10)
@@ -343,7 +343,7 @@ async def test_write_behind_refused_by_the_file_system_is_given_up_quietly(
 
 
 async def test_byte_send_stream_gets_the_same_bytes_in_mib_chunks(
-    store: Store, tmp_path: Path
+    store: Root, tmp_path: Path
 ) -> None:
     expected = await reference_bytes(store, tmp_path)
     sink = Collector()
@@ -353,7 +353,7 @@ async def test_byte_send_stream_gets_the_same_bytes_in_mib_chunks(
     assert sink.sends <= len(expected) // (1 << 20) + 4  # coalesced to ~1 MiB sends
 
 
-async def test_anyio_async_file_gets_the_same_bytes(store: Store, tmp_path: Path) -> None:
+async def test_anyio_async_file_gets_the_same_bytes(store: Root, tmp_path: Path) -> None:
     expected = await reference_bytes(store, tmp_path)
     path = tmp_path / "async.tar"
     async with await anyio.open_file(path, "wb") as f:
@@ -362,7 +362,7 @@ async def test_anyio_async_file_gets_the_same_bytes(store: Store, tmp_path: Path
 
 
 async def test_aiofiles_or_trio_file_gets_the_same_bytes(
-    store: Store, tmp_path: Path, anyio_backend: str
+    store: Root, tmp_path: Path, anyio_backend: str
 ) -> None:
     expected = await reference_bytes(store, tmp_path)
     path = tmp_path / "native.tar"
@@ -379,7 +379,7 @@ async def test_aiofiles_or_trio_file_gets_the_same_bytes(
     assert path.read_bytes() == expected
 
 
-async def test_archive_digest_is_the_same_for_every_sink(store: Store, tmp_path: Path) -> None:
+async def test_archive_digest_is_the_same_for_every_sink(store: Root, tmp_path: Path) -> None:
     expected = await reference_bytes(store, tmp_path)
     want = "sha256:" + hashlib.sha256(expected).hexdigest()
     sink = Collector()
@@ -395,9 +395,7 @@ async def test_archive_digest_is_the_same_for_every_sink(store: Store, tmp_path:
 # -- leases, GC, concurrency --------------------------------------------------------------------
 
 
-async def test_save_survives_image_delete_and_gc_while_writing(
-    store: Store, tmp_path: Path
-) -> None:
+async def test_save_survives_image_delete_and_gc_while_writing(store: Root, tmp_path: Path) -> None:
     expected = await reference_bytes(store, tmp_path)
     image = await store.images.get(NAME)
     gate = anyio.Event()
@@ -416,7 +414,7 @@ async def test_save_survives_image_delete_and_gc_while_writing(
     assert not await store.content.exists(image.target.digest)
 
 
-async def test_cancelled_save_releases_its_lease(store: Store, tmp_path: Path) -> None:
+async def test_cancelled_save_releases_its_lease(store: Root, tmp_path: Path) -> None:
     before = await store.leases.list()
     sink = Collector(anyio.Event())  # never opens: the save blocks on its first send
     with anyio.move_on_after(5) as scope:
@@ -430,7 +428,7 @@ async def test_cancelled_save_releases_its_lease(store: Store, tmp_path: Path) -
 
 
 async def test_save_many_runs_one_archive_per_platform_concurrently(
-    store: Store, tmp_path: Path
+    store: Root, tmp_path: Path
 ) -> None:
     jobs = [
         exporter.SaveJob(
@@ -485,7 +483,7 @@ class StepSpy:
 
 
 async def test_writing_hops_once_per_64_mib_into_fds_and_per_mib_into_streams(
-    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: Root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # IO-LIMITS §2: 18 blobs, ~2.8 MB; an fd sink is written in one step (the writer knows
     # it is the last: no extra hop to meet the end), a stream gets one step per ~1 MiB
@@ -501,7 +499,7 @@ async def test_writing_hops_once_per_64_mib_into_fds_and_per_mib_into_streams(
 
 @pytest.mark.parametrize(("limit", "peak"), [(1, 1), (None, 2)])
 async def test_save_many_bounds_blob_work_across_its_jobs(
-    store: Store, monkeypatch: pytest.MonkeyPatch, limit: int | None, peak: int
+    store: Root, monkeypatch: pytest.MonkeyPatch, limit: int | None, peak: int
 ) -> None:
     # save_many: one CapacityLimiter(limit) for all jobs; default: the store's two
     # hashing hops (streams go through user space), however many jobs run.
@@ -514,7 +512,7 @@ async def test_save_many_bounds_blob_work_across_its_jobs(
     assert len({bytes(s.data) for s in sinks}) == 1
 
 
-async def test_save_many_raises_the_first_failure(store: Store, tmp_path: Path) -> None:
+async def test_save_many_raises_the_first_failure(store: Root, tmp_path: Path) -> None:
     jobs = [
         exporter.SaveJob([NAME], tmp_path / "ok.tar", exporter.SaveOptions()),
         exporter.SaveJob(["nosuch:1"], tmp_path / "bad.tar", exporter.SaveOptions()),
@@ -523,7 +521,7 @@ async def test_save_many_raises_the_first_failure(store: Store, tmp_path: Path) 
         await exporter.save_many(store, jobs)
 
 
-async def test_plan_under_a_lease_holds_what_no_label_reaches(store: Store) -> None:
+async def test_plan_under_a_lease_holds_what_no_label_reaches(store: Root) -> None:
     # SAVE-5: a manifest written without GC-7 child labels does not keep its layer, so
     # the export lease must name the layer itself; labelled subtrees need only the root.
     cfg = await put(store, b'{"architecture":"amd64","os":"linux"}', oci.OCI_CONFIG)
@@ -532,7 +530,7 @@ async def test_plan_under_a_lease_holds_what_no_label_reaches(store: Store) -> N
     m = await put(store, doc, oci.OCI_MANIFEST)  # no labels
     await store.images.create("docker.io/library/bare:1", m)
     labelled = await store.images.get(NAME)
-    async with store.lease() as lease:
+    async with store.leases.hold() as lease:
         await exporter.plan_save(store, ["bare:1", NAME], exporter.SaveOptions())
         held = {r for _, r in await store.leases.list_resources(lease.id)}
         assert held == {m.digest, cfg.digest, layer.digest, labelled.target.digest}
@@ -544,7 +542,7 @@ async def test_plan_under_a_lease_holds_what_no_label_reaches(store: Store) -> N
 
 @pytest.mark.parametrize("blocking", [True, False])
 async def test_save_into_a_pipe_nobody_reads_can_be_cancelled(
-    store: Store, tmp_path: Path, blocking: bool
+    store: Root, tmp_path: Path, blocking: bool
 ) -> None:
     r, w = os.pipe()
     os.set_blocking(w, blocking)
@@ -562,10 +560,10 @@ async def test_save_into_a_pipe_nobody_reads_can_be_cancelled(
         await exporter.save(store, [NAME], tmp_path / "after.tar", exporter.SaveOptions())
 
 
-async def test_save_under_a_callers_lease_uses_it(store: Store, tmp_path: Path) -> None:
+async def test_save_under_a_callers_lease_uses_it(store: Root, tmp_path: Path) -> None:
     # LEASE-6: with a current lease, save adds what it reads to it and creates none
     image = await store.images.get(NAME)
-    async with store.lease() as lease:
+    async with store.leases.hold() as lease:
         seen: list[int] = []
         gate = anyio.Event()
         sink = Collector(gate)  # the save waits in its first send until counted
@@ -593,7 +591,7 @@ async def test_save_under_a_callers_lease_uses_it(store: Store, tmp_path: Path) 
     ],
 )
 async def test_errors_come_before_the_first_byte_for_every_sink(
-    store: Store, tmp_path: Path, names: list[str], kw: dict[str, object]
+    store: Root, tmp_path: Path, names: list[str], kw: dict[str, object]
 ) -> None:
     stream = Collector()
     path = tmp_path / "untouched.tar"

@@ -11,7 +11,7 @@ import pytest
 from castar.engine import graph, oci, synth
 from castar.engine.oci import Descriptor, Index, Manifest, Struct
 from castar.engine.platforms import Platform
-from castar.store import open_store
+from castar.store import open_root
 from castar.store.digest import compute
 from castar.store.errors import (
     DigestMismatch,
@@ -54,7 +54,7 @@ class Graph:
 
 @pytest.fixture
 async def g(tmp_path):
-    async with open_store(tmp_path / "root") as store:
+    async with open_root(tmp_path / "root") as store:
         c1b, c2b = config_bytes("amd64"), config_bytes("aarch64", "v8")
         l1b, l2b, lsb = b"layer one", b"layer two", b"shared layer"
         c1, c2 = doc(oci.OCI_CONFIG, c1b), doc(oci.OCI_CONFIG, c2b)
@@ -198,7 +198,7 @@ async def test_subtree_size_counts_present_bytes(g):
 
 async def test_a_stored_synthetic_image_is_fully_available(tmp_path):
     image = synth.plan(synth.SynthSpec(layer_size=5000, attestations=True, shared_fraction=0.5))
-    async with open_store(tmp_path / "root") as store:
+    async with open_root(tmp_path / "root") as store:
         for b in image.blobs:
             await store.content.write_blob(b"".join(bytes(p) for p in image.blob_chunks(b.digest)))
         nodes = await graph.walk(store.content, image.index)

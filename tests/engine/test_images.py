@@ -12,14 +12,14 @@ import pytest
 from castar.engine import oci
 from castar.engine.images import ImageService, format_size, render_tree
 from castar.engine.platforms import Platform
-from castar.store import Store, open_store
+from castar.store import Root, open_root
 from castar.store.digest import compute
 from castar.store.errors import Conflict, InvalidArgument, NotFound
 
 NAME = "docker.io/library/demo:1"
 
 
-async def put(store: Store, data: bytes, media_type: str, children=()) -> oci.Descriptor:
+async def put(store: Root, data: bytes, media_type: str, children=()) -> oci.Descriptor:
     labels = oci.children_labels(list(children)) if children else None
     await store.content.write_blob(data, labels=labels, media_type=media_type)
     return oci.Descriptor(media_type=media_type, digest=compute(data), size=len(data))
@@ -37,7 +37,7 @@ class Built:
     sizes: dict[str, int]  # present subtree bytes per manifest key
 
 
-async def build(store: Store, *, present: dict[str, str], name: str = NAME) -> Built:
+async def build(store: Root, *, present: dict[str, str], name: str = NAME) -> Built:
     """An index over platforms; ``present[p]`` is "all", "manifest-only", "no-layer" or "none".
 
     Platforms are listed in index order; an attestation for the first one follows them.
@@ -107,11 +107,11 @@ MIXED = {
 
 @pytest.fixture
 async def store(tmp_path: Path):
-    async with open_store(tmp_path / "root") as s:
+    async with open_root(tmp_path / "root") as s:
         yield s
 
 
-async def test_tree_lists_every_platform_in_index_order_with_availability(store: Store) -> None:
+async def test_tree_lists_every_platform_in_index_order_with_availability(store: Root) -> None:
     # TREE-1: every manifest, present or not, in index order; Available = SAVE-6.
     built = await build(store, present=MIXED)
     (tree,) = await ImageService(store).tree()
@@ -123,7 +123,7 @@ async def test_tree_lists_every_platform_in_index_order_with_availability(store:
     assert [r.content_size for r in rows] == [built.sizes[p] for p in MIXED]
 
 
-async def test_tree_counts_attestations_in_content_size_but_lists_no_row(store: Store) -> None:
+async def test_tree_counts_attestations_in_content_size_but_lists_no_row(store: Root) -> None:
     # TREE-3: top CONTENT SIZE sums ALL manifests (attestations included); child rows only
     # for kind image.
     built = await build(store, present=MIXED)
@@ -135,7 +135,7 @@ async def test_tree_counts_attestations_in_content_size_but_lists_no_row(store: 
     assert tree.disk_usage == tree.content_size  # castar unpacks nothing (TREE-2)
 
 
-async def test_tree_of_only_one_present_platform_tv76(store: Store) -> None:
+async def test_tree_of_only_one_present_platform_tv76(store: Root) -> None:
     # TV-76 shape: 8 platforms, only linux/arm64/v8 present → top size = its subtree,
     # the 7 others 0B and unavailable, in index order.
     specs = [
@@ -166,7 +166,7 @@ async def test_tree_of_only_one_present_platform_tv76(store: Store) -> None:
     assert lines[-1].split()[:2] == ["└─", "linux/s390x"]
 
 
-async def test_render_tree_is_faint_for_unavailable_rows_on_a_terminal(store: Store) -> None:
+async def test_render_tree_is_faint_for_unavailable_rows_on_a_terminal(store: Root) -> None:
     # TREE-3: unavailable rows faint on terminals, no marker column there.
     await build(store, present=MIXED)
     trees = await ImageService(store).tree()
@@ -186,7 +186,7 @@ def test_format_size_uses_decimal_units_with_three_digits(size: int, text: str) 
     assert format_size(size) == text  # TREE-3
 
 
-async def test_tree_groups_names_of_one_target_and_puts_untagged_last(store: Store) -> None:
+async def test_tree_groups_names_of_one_target_and_puts_untagged_last(store: Root) -> None:
     built = await build(store, present={"linux/amd64": "all"})
     other = await build(store, present={"linux/arm64": "all"}, name="docker.io/library/b:2")
     svc = ImageService(store)
@@ -199,7 +199,7 @@ async def test_tree_groups_names_of_one_target_and_puts_untagged_last(store: Sto
     assert "<untagged>" in render_tree(trees, terminal=False)[-2]
 
 
-async def test_resolve_accepts_familiar_names_digests_and_id_prefixes(store: Store) -> None:
+async def test_resolve_accepts_familiar_names_digests_and_id_prefixes(store: Root) -> None:
     built = await build(store, present={"linux/amd64": "all"})
     svc = ImageService(store)
     for name in (NAME, "demo:1", str(built.index.digest), built.index.digest.encoded[:12]):
@@ -208,7 +208,7 @@ async def test_resolve_accepts_familiar_names_digests_and_id_prefixes(store: Sto
         await svc.resolve("nope")
 
 
-async def test_tag_points_a_normalized_name_at_the_source_target(store: Store) -> None:
+async def test_tag_points_a_normalized_name_at_the_source_target(store: Root) -> None:
     built = await build(store, present={"linux/amd64": "all"})
     svc = ImageService(store)
     image = await svc.tag("demo:1", "mirror/demo")
@@ -218,7 +218,7 @@ async def test_tag_points_a_normalized_name_at_the_source_target(store: Store) -
         await svc.tag("missing:1", "x:1")
 
 
-async def test_remove_by_name_untags_and_by_id_needs_force_when_shared(store: Store) -> None:
+async def test_remove_by_name_untags_and_by_id_needs_force_when_shared(store: Root) -> None:
     built = await build(store, present={"linux/amd64": "all"})
     svc = ImageService(store)
     await svc.tag(NAME, "other:1")
@@ -233,7 +233,7 @@ async def test_remove_by_name_untags_and_by_id_needs_force_when_shared(store: St
     assert await svc.list() == []
 
 
-async def test_remove_with_one_unknown_name_removes_nothing(store: Store) -> None:
+async def test_remove_with_one_unknown_name_removes_nothing(store: Root) -> None:
     await build(store, present={"linux/amd64": "all"})
     svc = ImageService(store)
     with pytest.raises(NotFound):
@@ -241,7 +241,7 @@ async def test_remove_with_one_unknown_name_removes_nothing(store: Store) -> Non
     assert [i.name for i in await svc.list()] == [NAME]
 
 
-async def test_list_filters_by_reference_label_and_dangling(store: Store) -> None:
+async def test_list_filters_by_reference_label_and_dangling(store: Root) -> None:
     built = await build(store, present={"linux/amd64": "all"})
     svc = ImageService(store)
     await store.images.create("docker.io/library/web:2", built.index, labels={"team": "a"})
@@ -256,7 +256,7 @@ async def test_list_filters_by_reference_label_and_dangling(store: Store) -> Non
         await svc.list(["colour=red"])
 
 
-async def test_inspect_with_platform_shows_that_manifest_and_config(store: Store) -> None:
+async def test_inspect_with_platform_shows_that_manifest_and_config(store: Root) -> None:
     built = await build(store, present=MIXED)
     details = await ImageService(store).inspect("demo:1", platform="linux/amd64")
     assert details.manifest is not None
@@ -269,7 +269,7 @@ async def test_inspect_with_platform_shows_that_manifest_and_config(store: Store
         await ImageService(store).inspect("demo:1", platform="linux/s390x")
 
 
-async def test_inspect_picks_the_best_match_not_the_first_in_the_index(store: Store) -> None:
+async def test_inspect_picks_the_best_match_not_the_first_in_the_index(store: Root) -> None:
     # only(linux/arm/v7) also matches v6 (MATCH rules); MATCH-7 order puts v7 first.
     built = await build(store, present={"linux/arm/v6": "all", "linux/arm/v7": "all"})
     details = await ImageService(store).inspect("demo:1", platform="linux/arm/v7")
@@ -277,7 +277,7 @@ async def test_inspect_picks_the_best_match_not_the_first_in_the_index(store: St
     assert details.manifest.digest == built.manifests["linux/arm/v7"].digest
 
 
-async def test_remove_by_id_takes_dangling_records_along_without_force(store: Store) -> None:
+async def test_remove_by_id_takes_dangling_records_along_without_force(store: Root) -> None:
     built = await build(store, present={"linux/amd64": "all"})
     await store.images.create(f"moby-dangling@{built.index.digest}", built.index)
     svc = ImageService(store)
@@ -286,7 +286,7 @@ async def test_remove_by_id_takes_dangling_records_along_without_force(store: St
     assert await svc.list() == []
 
 
-async def test_tree_shows_a_corrupt_manifest_unavailable_instead_of_failing(store: Store) -> None:
+async def test_tree_shows_a_corrupt_manifest_unavailable_instead_of_failing(store: Root) -> None:
     built = await build(store, present=MIXED)
     path = store.content.path(built.manifests["linux/amd64"].digest)
     await anyio.to_thread.run_sync(path.chmod, 0o644)

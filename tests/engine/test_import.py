@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from castar.engine import oci
 from castar.engine.importer import add_ref_prefix, filter_ref_prefix, load
 from castar.engine.platforms import pinned_host
-from castar.store import Store, open_store
+from castar.store import Root, open_root
 from castar.store.errors import (
     DigestMismatch,
     FailedPrecondition,
@@ -199,8 +199,8 @@ def write(tmp_path: Path, data: bytes, name: str = "archive.tar") -> Path:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    async with open_store(tmp_path / "store") as s:
+async def store(tmp_path: Path) -> AsyncIterator[Root]:
+    async with open_root(tmp_path / "store") as s:
         yield s
 
 
@@ -210,15 +210,15 @@ def _host() -> Iterator[None]:
         yield
 
 
-async def blob_set(store: Store) -> set[str]:
+async def blob_set(store: Root) -> set[str]:
     return {str(i.digest) for i in await store.content.walk()}
 
 
-async def image_map(store: Store) -> dict[str, str]:
+async def image_map(store: Root) -> dict[str, str]:
     return {i.name: str(i.target.digest) for i in await store.images.list()}
 
 
-async def state(store: Store) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+async def state(store: Root) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
     """Images and every blob with its labels: what two equivalent imports must agree on."""
     infos = await store.content.walk()
     return await image_map(store), {str(i.digest): dict(i.labels) for i in infos}
@@ -259,7 +259,7 @@ async def test_tv63_stream_and_file_give_the_same_store_after_gc(tmp_path, order
     path = write(tmp_path, data)
     states = []
     for i, source in enumerate([path, ChunkedReader(data)]):
-        async with open_store(tmp_path / f"s{i}") as s:
+        async with open_root(tmp_path / f"s{i}") as s:
             await load(s, source)
             await s.gc()
             states.append(await state(s))
@@ -478,7 +478,7 @@ async def test_tv70_missing_manifest_of_a_filtered_platform_is_never_read(store,
 async def test_several_platforms_keep_exactly_their_subtrees(tmp_path, stream):
     img = make_oci(["linux/amd64", "linux/arm64/v8", "linux/s390x"])
     data = tar_bytes(img.members)
-    async with open_store(tmp_path / "s") as s:
+    async with open_root(tmp_path / "s") as s:
         source = ChunkedReader(data) if stream else write(tmp_path, data)
         await load(s, source, platforms=["linux/amd64", "linux/arm64/v8"])
         s390x = {sha(b) for b in img.platform("linux/s390x").blobs}
@@ -582,7 +582,7 @@ async def test_edge4_attestations_kept_without_platforms_dropped_with_them(tmp_p
     members.append(Member("index.json", top))
     path = write(tmp_path, tar_bytes(members))
     for i, platforms in enumerate([None, ["linux/amd64"]]):
-        async with open_store(tmp_path / f"s{i}") as s:
+        async with open_root(tmp_path / f"s{i}") as s:
             await load(s, path, platforms=platforms)
             await s.gc()
             assert (sha(att) in await blob_set(s)) is (platforms is None)
@@ -625,7 +625,7 @@ async def test_edge5_nested_index_is_filtered_at_every_level(store, tmp_path):
 # -- verification and failures leave the store as it was (TV-71, IMP-4, TAR-4) ---------------
 
 
-async def assert_store_unchanged_after_gc(store: Store, before: set[str]) -> None:
+async def assert_store_unchanged_after_gc(store: Root, before: set[str]) -> None:
     assert await image_map(store) == {}
     assert await store.leases.list() == []  # the import lease is gone
     await store.gc()
@@ -766,7 +766,7 @@ async def test_tv75_compressed_archives_load_like_plain_ones(tmp_path, codec, st
         packed = zstd_frames(data)
     states = []
     for i, blob in enumerate([data, packed]):
-        async with open_store(tmp_path / f"s{i}") as s:
+        async with open_root(tmp_path / f"s{i}") as s:
             source = ChunkedReader(blob) if stream else write(tmp_path, blob, f"a{i}")
             await load(s, source)
             await s.gc()
@@ -1009,14 +1009,14 @@ async def test_load_save_load_round_trip(tmp_path):
     from castar.engine import exporter
 
     img = make_oci(["linux/amd64", "linux/arm64"], order="meta-last")
-    async with open_store(tmp_path / "a") as a:
+    async with open_root(tmp_path / "a") as a:
         await load(a, write(tmp_path, tar_bytes(img.members)))
         await exporter.save(
             a, ["docker.io/library/img:1"], tmp_path / "saved.tar", exporter.SaveOptions()
         )
         await a.gc()
         first = await state(a)
-    async with open_store(tmp_path / "b") as b:
+    async with open_root(tmp_path / "b") as b:
         images = await load(b, tmp_path / "saved.tar")
         assert [(i.name, i.target.digest) for i in images] == [
             ("docker.io/library/img:1", sha(img.index))
@@ -1053,7 +1053,7 @@ class PiecesReader:
 @given(pieces=st.lists(st.integers(1, 70_000), min_size=1, max_size=5))
 async def test_any_chunking_of_a_stream_loads_the_same_images(tmp_path, pieces):
     with tempfile.TemporaryDirectory(dir=tmp_path) as root:
-        async with open_store(root) as s:
+        async with open_root(root) as s:
             images = await load(s, PiecesReader(_PROP_DATA, pieces))
             assert [(i.name, i.target.digest) for i in images] == [
                 ("docker.io/library/img:1", sha(_PROP_IMG.index))
@@ -1067,7 +1067,7 @@ async def test_any_chunking_of_a_stream_loads_the_same_images(tmp_path, pieces):
 async def test_a_truncated_archive_fails_cleanly_or_loads_whole(tmp_path, cut, stream):
     data = _PROP_DATA[:cut]
     with tempfile.TemporaryDirectory(dir=tmp_path) as root:
-        async with open_store(root) as s:
+        async with open_root(root) as s:
             source: object = PiecesReader(data, [30_000])
             if not stream:
                 source = Path(root) / "cut.tar"

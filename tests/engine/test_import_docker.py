@@ -19,7 +19,7 @@ import zstandard
 from castar.engine import oci
 from castar.engine.importer import load
 from castar.engine.platforms import pinned_host
-from castar.store import Store, open_store
+from castar.store import Root, open_root
 from castar.store.errors import InvalidArgument, NotFound
 from castar.store.local import LocalContentStore
 
@@ -100,8 +100,8 @@ def docker_archive(
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    async with open_store(tmp_path / "store") as s:
+async def store(tmp_path: Path) -> AsyncIterator[Root]:
+    async with open_root(tmp_path / "store") as s:
         yield s
 
 
@@ -131,7 +131,7 @@ def source(tmp_path: Path, data: bytes, stream: bool) -> object:
     return path
 
 
-async def read_json(store: Store, digest: str) -> dict[str, object]:
+async def read_json(store: Root, digest: str) -> dict[str, object]:
     data = await store.content.read_all(digest, limit=1 << 20)
     value: dict[str, object] = json.loads(data)
     return value
@@ -196,7 +196,7 @@ async def test_tv67_unknown_platform_loads_by_default_and_with_all_platforms(tmp
     members, _ = docker_archive(os_arch=("foo", "lish"))
     data = tar_bytes(members)
     for i, kwargs in enumerate([{}, {"all_platforms": True}]):
-        async with open_store(tmp_path / f"s{i}") as s:
+        async with open_root(tmp_path / f"s{i}") as s:
             images = await load(s, source(tmp_path, data, False), **kwargs)
             assert len(images) == 2
 
@@ -322,7 +322,7 @@ async def test_docker_archive_from_a_file_and_a_stream_give_the_same_store(tmp_p
     data = tar_bytes(members)
     states = []
     for i, stream in enumerate((False, True)):
-        async with open_store(tmp_path / f"s{i}") as s:
+        async with open_root(tmp_path / f"s{i}") as s:
             await load(s, source(tmp_path, data, stream))
             await s.gc()
             images = {x.name: str(x.target.digest) for x in await s.images.list()}
@@ -357,7 +357,7 @@ async def test_imp7_a_stored_compressed_form_of_a_layer_is_used(store, tmp_path)
 
 
 async def test_small_docker_layers_from_a_file_are_stored_in_batches(
-    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: Root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # issue 4's small-layer path for docker-save archives too: the config and the layers,
     # named by path rather than digest, go in one batch, not a batch of one each

@@ -21,7 +21,7 @@ import pytest
 from castar.engine import synth
 from castar.engine.importer import load
 from castar.engine.platforms import pinned_host
-from castar.store import Store, open_store
+from castar.store import Root, open_root
 from castar.store.errors import DigestMismatch
 from castar.store.local import LocalContentStore, SmallBatch
 
@@ -66,8 +66,8 @@ def _host() -> Iterator[None]:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    async with open_store(tmp_path / "store", boot_id="boot-1") as s:
+async def store(tmp_path: Path) -> AsyncIterator[Root]:
+    async with open_root(tmp_path / "store", boot_id="boot-1") as s:
         yield s
 
 
@@ -77,7 +77,7 @@ async def archive(tmp_path: Path, spec: synth.SynthSpec) -> Path:
     return path
 
 
-async def state(store: Store) -> tuple[dict[str, int], dict[str, str]]:
+async def state(store: Root) -> tuple[dict[str, int], dict[str, str]]:
     blobs = {str(i.digest): i.size for i in await store.content.walk()}
     images = {i.name: str(i.target.digest) for i in await store.images.list()}
     return blobs, images
@@ -85,7 +85,7 @@ async def state(store: Store) -> tuple[dict[str, int], dict[str, str]]:
 
 @pytest.mark.parametrize("kind", ["file", "stream"])
 async def test_small_layers_are_stored_in_few_bounded_batches(
-    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+    store: Root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
     path = await archive(tmp_path, MANY)
     spy = BatchSpy(monkeypatch)
@@ -104,7 +104,7 @@ async def test_file_and_stream_give_the_same_store(tmp_path: Path) -> None:
     path = await archive(tmp_path, MANY)
     got = []
     for i, source in enumerate([path, Stream(path.read_bytes())]):
-        async with open_store(tmp_path / f"s{i}", boot_id="boot-1") as s:
+        async with open_root(tmp_path / f"s{i}", boot_id="boot-1") as s:
             await load(s, source)
             await s.gc()  # the stream kept everything; the walk kept all of it too
             got.append(await state(s))
@@ -127,7 +127,7 @@ def corrupt_layer(path: Path, index: int) -> tuple[str, str, str]:
 
 @pytest.mark.parametrize("kind", ["file", "stream"])
 async def test_imp4_corrupt_member_in_a_later_batch_names_entry_and_digests(
-    store: Store, tmp_path: Path, kind: str
+    store: Root, tmp_path: Path, kind: str
 ) -> None:
     path = await archive(tmp_path, MANY)
     name, expected, actual = corrupt_layer(path, 100)  # past the first batch of 64
@@ -146,7 +146,7 @@ async def test_imp4_corrupt_member_in_a_later_batch_names_entry_and_digests(
 
 
 async def test_progress_reaches_the_total_for_a_file_of_small_layers(
-    store: Store, tmp_path: Path
+    store: Root, tmp_path: Path
 ) -> None:
     path = await archive(tmp_path, MANY)
     seen: list[tuple[int, int | None]] = []
@@ -160,7 +160,7 @@ async def test_progress_reaches_the_total_for_a_file_of_small_layers(
 
 @pytest.mark.parametrize("kind", ["file", "stream"])
 async def test_cancel_among_small_batches_leaves_only_recorded_blobs_that_gc_takes(
-    store: Store, tmp_path: Path, kind: str
+    store: Root, tmp_path: Path, kind: str
 ) -> None:
     path = await archive(tmp_path, MANY)
     size = path.stat().st_size

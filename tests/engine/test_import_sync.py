@@ -19,7 +19,7 @@ import pytest
 from castar.engine import synth
 from castar.engine.importer import load
 from castar.engine.platforms import pinned_host
-from castar.store import Store, open_store
+from castar.store import Root, open_root
 from castar.store.content import ContentStore
 from castar.store.images import ImageStore
 from castar.store.local import CommitResult, LocalContentStore, LocalWriter, SmallBatch
@@ -99,8 +99,8 @@ def _host() -> Iterator[None]:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    async with open_store(tmp_path / "store", boot_id="boot-1") as s:
+async def store(tmp_path: Path) -> AsyncIterator[Root]:
+    async with open_root(tmp_path / "store", boot_id="boot-1") as s:
         yield s
 
 
@@ -124,7 +124,7 @@ async def archive(tmp_path: Path, spec: synth.SynthSpec) -> tuple[Path, bytes]:
 @pytest.mark.parametrize("spec", [SMALL, BIG], ids=["small", "big"])
 @pytest.mark.parametrize("kind", ["file", "stream"])
 async def test_load_syncs_once_after_the_last_blob_and_before_any_record(
-    store: Store,
+    store: Root,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     kind: str,
@@ -145,7 +145,7 @@ async def test_load_syncs_once_after_the_last_blob_and_before_any_record(
 
 
 async def test_small_entries_are_stored_without_ingest_directories(
-    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: Root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, data = await archive(tmp_path, SMALL)
     spy = Spy(monkeypatch)
@@ -155,7 +155,7 @@ async def test_small_entries_are_stored_without_ingest_directories(
 
 
 async def test_a_failed_sync_records_no_image_and_its_blobs_stay_marked_unsynced(
-    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: Root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A failure before the sync: no image, and the blobs stay unsynced garbage for GC.
     path, _ = await archive(tmp_path, SMALL)

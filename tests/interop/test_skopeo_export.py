@@ -22,7 +22,7 @@ import pytest
 
 from castar.engine import exporter, oci
 from castar.engine import platforms as plat
-from castar.store._store import Store, open_store
+from castar.store.root import Root, open_root
 
 pytestmark = pytest.mark.interop
 
@@ -54,14 +54,14 @@ def layer_tar(text: str) -> tuple[bytes, str]:
 
 
 async def put(
-    store: Store, data: bytes, media_type: str, children: tuple[oci.Descriptor, ...] = ()
+    store: Root, data: bytes, media_type: str, children: tuple[oci.Descriptor, ...] = ()
 ) -> oci.Descriptor:
     labels = oci.children_labels(children) if children else None
     d = await store.content.write_blob(data, media_type=media_type, labels=labels)
     return oci.Descriptor(media_type, d.digest, d.size)
 
 
-async def build(store: Store) -> list[oci.Descriptor]:
+async def build(store: Root) -> list[oci.Descriptor]:
     entries = []
     for spec in ("linux/amd64", "linux/arm64/v8"):
         p = plat.parse(spec)
@@ -89,8 +89,8 @@ async def build(store: Store) -> list[oci.Descriptor]:
 
 
 @pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[tuple[Store, list[oci.Descriptor]]]:
-    async with open_store(tmp_path / "store") as s:
+async def world(tmp_path: Path) -> AsyncIterator[tuple[Root, list[oci.Descriptor]]]:
+    async with open_root(tmp_path / "store") as s:
         yield s, await build(s)
 
 
@@ -104,7 +104,7 @@ def layout_digests(path: Path) -> set[str]:
 
 
 async def test_skopeo_reads_a_multi_platform_archive_and_copies_all_digests(
-    world: tuple[Store, list[oci.Descriptor]], tmp_path: Path
+    world: tuple[Root, list[oci.Descriptor]], tmp_path: Path
 ) -> None:
     store, (index, _, _) = world
     archive = tmp_path / "multi.tar"
@@ -125,7 +125,7 @@ async def test_skopeo_reads_a_multi_platform_archive_and_copies_all_digests(
 
 
 async def test_skopeo_reads_a_single_platform_archive(
-    world: tuple[Store, list[oci.Descriptor]], tmp_path: Path
+    world: tuple[Root, list[oci.Descriptor]], tmp_path: Path
 ) -> None:
     store, (_, _, m2) = world
     archive = tmp_path / "arm64.tar"
@@ -149,7 +149,7 @@ async def test_skopeo_reads_a_single_platform_archive(
 
 
 async def test_pruned_archive_is_accepted_where_the_sparse_one_is_not(
-    world: tuple[Store, list[oci.Descriptor]], tmp_path: Path
+    world: tuple[Root, list[oci.Descriptor]], tmp_path: Path
 ) -> None:
     store, (_, _, m2) = world
     await store.content.delete(m2.digest)  # one platform not in the store
@@ -168,7 +168,7 @@ async def test_pruned_archive_is_accepted_where_the_sparse_one_is_not(
 
 
 async def test_skopeo_docker_archive_transport_reads_manifest_json(
-    world: tuple[Store, list[oci.Descriptor]], tmp_path: Path
+    world: tuple[Root, list[oci.Descriptor]], tmp_path: Path
 ) -> None:
     # EXP-10: manifest.json alone (Docker's format) must describe a usable image
     store, _ = world

@@ -21,7 +21,7 @@ import pytest
 from castar.engine import oci, synth
 from castar.engine.importer import load
 from castar.engine.platforms import pinned_host
-from castar.store import Store, open_store
+from castar.store import Root, open_root
 
 pytestmark = pytest.mark.interop
 
@@ -61,8 +61,8 @@ def archives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    async with open_store(tmp_path / "store") as s:
+async def store(tmp_path: Path) -> AsyncIterator[Root]:
+    async with open_root(tmp_path / "store") as s:
         yield s
 
 
@@ -85,7 +85,7 @@ class Pipe:
         return out
 
 
-async def manifests_by_platform(store: Store, index_digest: str) -> dict[str, str]:
+async def manifests_by_platform(store: Root, index_digest: str) -> dict[str, str]:
     index = oci.decode_index(await store.content.read_all(index_digest, limit=1 << 20))
     return {
         f"{d.platform.os}/{d.platform.architecture}": str(d.digest)
@@ -94,7 +94,7 @@ async def manifests_by_platform(store: Store, index_digest: str) -> dict[str, st
     }
 
 
-async def complete(store: Store, manifest_digest: str) -> bool:
+async def complete(store: Root, manifest_digest: str) -> bool:
     """SAVE-6: the manifest, its config and every layer are present."""
     try:
         m = oci.decode_manifest(await store.content.read_all(manifest_digest, limit=1 << 20))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from castar.store import Store, open_store
+from castar.store import Root, open_root
 
 #: Microseconds on purpose: second-precision ``gc.expire`` labels must round, not copy (LEASE-2).
 START = datetime(2026, 1, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -34,7 +34,7 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def store(tmp_path: Path, clock: Clock) -> AsyncIterator[Store]:
+async def store(tmp_path: Path, clock: Clock) -> AsyncIterator[Root]:
     """A fresh store at ``tmp_path/root`` whose timestamps and expiries follow ``clock``."""
-    async with open_store(tmp_path / "root", clock=clock) as s:
+    async with open_root(tmp_path / "root", clock=clock) as s:
         yield s

@@ -13,7 +13,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from castar.store import Store, default_root, open_store
+from castar.store import Root, default_root, open_root
 from castar.store.digest import compute
 from castar.store.errors import (
     AlreadyExists,
@@ -35,11 +35,11 @@ H_HELLO = compute(HELLO)
 H_WORLD = compute(b"world")
 
 
-def blob_file(store: Store, digest: str) -> Path:
+def blob_file(store: Root, digest: str) -> Path:
     return store.root / "blobs" / "sha256" / digest.split(":")[1]
 
 
-async def read_all(store: Store, digest: str) -> bytes:
+async def read_all(store: Root, digest: str) -> bytes:
     return b"".join([c async for c in store.content.read(digest)])
 
 
@@ -53,7 +53,7 @@ class Untouchable:
         raise AssertionError("write_blob read a source it did not need")
 
 
-async def test_write_blob_records_and_reads_back(store: Store, clock: Clock) -> None:
+async def test_write_blob_records_and_reads_back(store: Root, clock: Clock) -> None:
     desc = await store.content.write_blob(HELLO, media_type="text/plain")
     assert (desc.digest, desc.size, desc.media_type) == (H_HELLO, 5, "text/plain")
     info = await store.content.info(H_HELLO)  # CS-1
@@ -67,7 +67,7 @@ async def test_write_blob_records_and_reads_back(store: Store, clock: Clock) -> 
     assert await store.content.exists(H_HELLO)  # CS-7
 
 
-async def test_write_blob_from_async_chunks(store: Store) -> None:
+async def test_write_blob_from_async_chunks(store: Root) -> None:
     async def chunks() -> AsyncIterator[bytes]:
         for part in (b"he", b"", b"llo"):
             yield part
@@ -77,13 +77,13 @@ async def test_write_blob_from_async_chunks(store: Store) -> None:
     assert await read_all(store, H_HELLO) == HELLO
 
 
-async def test_read_all_over_limit_is_invalid_argument(store: Store) -> None:
+async def test_read_all_over_limit_is_invalid_argument(store: Root) -> None:
     await store.content.write_blob(HELLO)
     with pytest.raises(InvalidArgument, match="exceeds the limit"):
         await store.content.read_all(H_HELLO, limit=4)
 
 
-async def test_info_of_absent_blob_is_not_found_with_cs1_text(store: Store) -> None:
+async def test_info_of_absent_blob_is_not_found_with_cs1_text(store: Root) -> None:
     with pytest.raises(NotFound) as err:
         await store.content.info(H_WORLD)
     assert str(err.value) == f"content digest {H_WORLD}: not found"  # CS-1
@@ -94,12 +94,12 @@ async def test_info_of_absent_blob_is_not_found_with_cs1_text(store: Store) -> N
         await read_all(store, H_WORLD)
 
 
-async def test_invalid_digest_is_invalid_argument(store: Store) -> None:
+async def test_invalid_digest_is_invalid_argument(store: Root) -> None:
     with pytest.raises(InvalidArgument):
         await store.content.info("sha256:nothex")
 
 
-async def test_update_labels_merges_and_empty_value_deletes(store: Store, clock: Clock) -> None:
+async def test_update_labels_merges_and_empty_value_deletes(store: Root, clock: Clock) -> None:
     await store.content.write_blob(HELLO, labels={"keep": "1"})
     created = clock.now
     clock.now += timedelta(seconds=5)
@@ -111,19 +111,19 @@ async def test_update_labels_merges_and_empty_value_deletes(store: Store, clock:
     assert dict((await store.content.info(H_HELLO)).labels) == {"keep": "1"}
 
 
-async def test_set_labels_replaces_the_map(store: Store) -> None:
+async def test_set_labels_replaces_the_map(store: Root) -> None:
     await store.content.write_blob(HELLO, labels={"old": "1"})
     info = await store.content.set_labels(H_HELLO, {"new": "2"})
     assert dict(info.labels) == {"new": "2"}
     assert dict((await store.content.info(H_HELLO)).labels) == {"new": "2"}
 
 
-async def test_update_labels_of_absent_blob_is_not_found(store: Store) -> None:
+async def test_update_labels_of_absent_blob_is_not_found(store: Root) -> None:
     with pytest.raises(NotFound):
         await store.content.update_labels(H_WORLD, {"a": "1"})
 
 
-async def test_label_over_4096_bytes_is_invalid_argument(store: Store) -> None:
+async def test_label_over_4096_bytes_is_invalid_argument(store: Root) -> None:
     await store.content.write_blob(HELLO)
     with pytest.raises(InvalidArgument) as err:  # TV-46, LBL-1
         await store.content.update_labels(H_HELLO, {"k": "x" * 4096})
@@ -135,7 +135,7 @@ async def test_label_over_4096_bytes_is_invalid_argument(store: Store) -> None:
 
 
 async def test_commit_with_invalid_label_or_digest_records_nothing_and_closes(
-    store: Store,
+    store: Root,
 ) -> None:
     async with store.content.writer("r") as w:
         await w.write(HELLO)
@@ -153,7 +153,7 @@ async def test_commit_with_invalid_label_or_digest_records_nothing_and_closes(
         assert w.offset == 5
 
 
-async def test_delete_forgets_at_once(store: Store) -> None:
+async def test_delete_forgets_at_once(store: Root) -> None:
     await store.content.write_blob(HELLO)
     await store.content.delete(H_HELLO)
     with pytest.raises(NotFound):  # CS-6: Info/ReaderAt report NotFound immediately
@@ -167,7 +167,7 @@ async def test_delete_forgets_at_once(store: Store) -> None:
     assert not blob_file(store, H_HELLO).exists()
 
 
-async def test_walk_is_ascending_by_digest(store: Store) -> None:
+async def test_walk_is_ascending_by_digest(store: Root) -> None:
     datas = [bytes([i]) * (i + 1) for i in range(6)]
     for d in datas:
         await store.content.write_blob(d)
@@ -176,7 +176,7 @@ async def test_walk_is_ascending_by_digest(store: Store) -> None:
     assert {i.digest: i.size for i in infos} == {compute(d): len(d) for d in datas}
 
 
-async def test_writer_commit_then_commit_again_is_closed_writer(store: Store) -> None:
+async def test_writer_commit_then_commit_again_is_closed_writer(store: Root) -> None:
     async with store.content.writer("ref-a") as w:
         await w.write(HELLO)
         assert w.offset == 5
@@ -189,14 +189,14 @@ async def test_writer_commit_then_commit_again_is_closed_writer(store: Store) ->
         await store.content.status("ref-a")
 
 
-async def test_writer_with_empty_ref_is_invalid_argument(store: Store) -> None:
+async def test_writer_with_empty_ref_is_invalid_argument(store: Root) -> None:
     with pytest.raises(InvalidArgument) as err:
         async with store.content.writer(""):
             pass
     assert str(err.value) == "ref must not be empty: invalid argument"  # TV-41
 
 
-async def test_writer_for_recorded_digest_is_already_exists_at_open(store: Store) -> None:
+async def test_writer_for_recorded_digest_is_already_exists_at_open(store: Root) -> None:
     await store.content.write_blob(HELLO)
     with pytest.raises(AlreadyExists) as err:  # ING-2
         async with store.content.writer("r2", digest=H_HELLO):
@@ -205,7 +205,7 @@ async def test_writer_for_recorded_digest_is_already_exists_at_open(store: Store
     assert await store.content.list_statuses() == []
 
 
-async def test_second_ref_same_bytes_commit_is_already_exists(store: Store) -> None:
+async def test_second_ref_same_bytes_commit_is_already_exists(store: Root) -> None:
     async with store.content.writer("one") as w1, store.content.writer("two") as w2:
         await w1.write(HELLO)
         await w2.write(HELLO)
@@ -216,13 +216,13 @@ async def test_second_ref_same_bytes_commit_is_already_exists(store: Store) -> N
     assert await read_all(store, H_HELLO) == HELLO
 
 
-async def test_write_blob_of_recorded_digest_does_not_read_source(store: Store) -> None:
+async def test_write_blob_of_recorded_digest_does_not_read_source(store: Root) -> None:
     await store.content.write_blob(HELLO)
     desc = await store.content.write_blob(Untouchable(), digest=H_HELLO, size=5)  # TV-44
     assert (desc.digest, desc.size) == (H_HELLO, 5)
 
 
-async def test_write_blob_of_same_bytes_twice_without_digest_succeeds(store: Store) -> None:
+async def test_write_blob_of_same_bytes_twice_without_digest_succeeds(store: Root) -> None:
     # ING-8.6 + ING-11: the second commit meets AlreadyExists, which write_blob counts as success
     first = await store.content.write_blob(HELLO, labels={"a": "1"})
     second = await store.content.write_blob(HELLO, labels={"b": "2"})
@@ -231,7 +231,7 @@ async def test_write_blob_of_same_bytes_twice_without_digest_succeeds(store: Sto
     assert await store.content.list_statuses() == []
 
 
-async def test_concurrent_write_blob_of_one_digest_both_succeed(store: Store) -> None:
+async def test_concurrent_write_blob_of_one_digest_both_succeed(store: Root) -> None:
     async def source() -> AsyncIterator[bytes]:
         for _ in range(20):
             await anyio.lowlevel.checkpoint()
@@ -250,7 +250,7 @@ async def test_concurrent_write_blob_of_one_digest_both_succeed(store: Store) ->
     assert await store.content.list_statuses() == []
 
 
-async def test_size_mismatch_leaves_nothing(store: Store) -> None:
+async def test_size_mismatch_leaves_nothing(store: Root) -> None:
     async with store.content.writer("r") as w:
         await w.write(HELLO)
         with pytest.raises(SizeMismatch) as err:  # TV-43
@@ -264,7 +264,7 @@ async def test_size_mismatch_leaves_nothing(store: Store) -> None:
     assert report.ingests_removed == []  # no row was left behind either
 
 
-async def test_digest_mismatch_leaves_nothing(store: Store) -> None:
+async def test_digest_mismatch_leaves_nothing(store: Root) -> None:
     async with store.content.writer("r") as w:
         await w.write(HELLO)
         with pytest.raises(DigestMismatch) as err:  # TV-43
@@ -280,7 +280,7 @@ async def test_digest_mismatch_leaves_nothing(store: Store) -> None:
 
 
 async def test_commit_failing_for_another_reason_keeps_the_ingest_resumable(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    store: Root, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Only bad data (size or digest) drops the ingest; a disk refusing the rename does not.
     async def refused(
@@ -300,20 +300,20 @@ async def test_commit_failing_for_another_reason_keeps_the_ingest_resumable(
         assert await w.commit(5, H_HELLO) == H_HELLO
 
 
-async def test_write_blob_short_source_is_short_read(store: Store) -> None:
+async def test_write_blob_short_source_is_short_read(store: Root) -> None:
     with pytest.raises(SizeMismatch, match="short read: expected 10 bytes but got 5"):  # ING-11
         await store.content.write_blob(HELLO, size=10, ref="short")
     assert not await store.content.exists(H_HELLO)
 
 
-async def test_write_blob_wrong_digest_is_digest_mismatch(store: Store) -> None:
+async def test_write_blob_wrong_digest_is_digest_mismatch(store: Root) -> None:
     with pytest.raises(DigestMismatch):
         await store.content.write_blob(HELLO, digest=H_WORLD)
     assert await store.content.walk() == []
     assert await store.content.list_statuses() == []
 
 
-async def test_closed_writer_resumes_and_write_blob_skips_held_bytes(store: Store) -> None:
+async def test_closed_writer_resumes_and_write_blob_skips_held_bytes(store: Root) -> None:
     async with store.content.writer("res", size=5, digest=H_HELLO) as w:
         await w.write(b"hel")
     status = await store.content.status("res")  # ING-5, ING-6
@@ -325,7 +325,7 @@ async def test_closed_writer_resumes_and_write_blob_skips_held_bytes(store: Stor
     assert await read_all(store, H_HELLO) == HELLO
 
 
-async def test_second_open_of_held_ref_is_unavailable(store: Store) -> None:
+async def test_second_open_of_held_ref_is_unavailable(store: Root) -> None:
     async with store.content.writer("held") as w:
         await w.write(HELLO)
         with pytest.raises(Unavailable):  # ING-3
@@ -333,7 +333,7 @@ async def test_second_open_of_held_ref_is_unavailable(store: Store) -> None:
                 pass
 
 
-async def test_abort_removes_ingest_and_unknown_ref_is_not_found(store: Store) -> None:
+async def test_abort_removes_ingest_and_unknown_ref_is_not_found(store: Root) -> None:
     async with store.content.writer("gone") as w:
         await w.write(HELLO)
     await store.content.abort("gone")  # ING-10
@@ -344,7 +344,7 @@ async def test_abort_removes_ingest_and_unknown_ref_is_not_found(store: Store) -
     assert str(err.value) == "reference gone: not found"
 
 
-async def test_recorded_blob_missing_on_disk_is_data_loss(store: Store) -> None:
+async def test_recorded_blob_missing_on_disk_is_data_loss(store: Root) -> None:
     await store.content.write_blob(HELLO)
     os.unlink(blob_file(store, H_HELLO))
     with pytest.raises(DataLoss):
@@ -354,7 +354,7 @@ async def test_recorded_blob_missing_on_disk_is_data_loss(store: Store) -> None:
 
 
 async def cancel_mid_write(
-    store: Store,
+    store: Root,
     ref: str,
     *,
     lease: bool,
@@ -366,7 +366,7 @@ async def cancel_mid_write(
     async def write_forever() -> None:
         async with AsyncExitStack() as stack:
             if lease:
-                await stack.enter_async_context(store.lease())
+                await stack.enter_async_context(store.leases.hold())
             w = await stack.enter_async_context(store.content.writer(ref, size=10 << 20))
             await w.write(b"x" * 1000)
             wrote.set()
@@ -384,7 +384,7 @@ async def cancel_mid_write(
 
 
 async def test_cancel_mid_write_leaves_no_blob_and_gc_reaps_after_expiry(
-    store: Store, clock: Clock
+    store: Root, clock: Clock
 ) -> None:
     await cancel_mid_write(store, "cancelled", lease=False)
     report = await store.gc()  # ING-13: the ingest is alive for 24 h
@@ -396,7 +396,7 @@ async def test_cancel_mid_write_leaves_no_blob_and_gc_reaps_after_expiry(
     assert await store.content.list_statuses() == []
 
 
-async def test_cancel_mid_write_under_lease_is_reaped_when_lease_ends(store: Store) -> None:
+async def test_cancel_mid_write_under_lease_is_reaped_when_lease_ends(store: Root) -> None:
     async def gc_keeps_it() -> None:
         assert (await store.gc()).ingests_removed == []  # LEASE-5: held by the lease
 
@@ -407,7 +407,7 @@ async def test_cancel_mid_write_under_lease_is_reaped_when_lease_ends(store: Sto
     assert await store.content.list_statuses() == []
 
 
-async def test_commit_cancelled_while_gc_holds_lock_releases_ref(store: Store) -> None:
+async def test_commit_cancelled_while_gc_holds_lock_releases_ref(store: Root) -> None:
     backend = LocalContentStore(store.root)
     async with store.content.writer("waits") as w:
         await w.write(HELLO)
@@ -437,8 +437,8 @@ async def test_open_store_creates_the_default_root(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("CASTAR_ROOT", str(tmp_path / "a" / "b"))
-    async with open_store() as s:
+    async with open_root() as s:
         assert s.root == tmp_path / "a" / "b"
         await s.content.write_blob(HELLO)
-    async with open_store(tmp_path / "a" / "b") as s:  # reopened: same records
+    async with open_root(tmp_path / "a" / "b") as s:  # reopened: same records
         assert [i.digest for i in await s.content.walk()] == [H_HELLO]

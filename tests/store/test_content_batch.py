@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anyio.to_thread
 import pytest
 
-from castar.store import Store, _txn
+from castar.store import Root, _txn
 from castar.store.digest import Digest, compute
 from castar.store.errors import InvalidArgument
 
@@ -36,7 +36,7 @@ def hop_counter(monkeypatch: pytest.MonkeyPatch) -> list[Callable[..., Any]]:
     return calls
 
 
-async def test_infos_of_present_blobs_equal_what_info_returns(store: Store, clock: Clock) -> None:
+async def test_infos_of_present_blobs_equal_what_info_returns(store: Root, clock: Clock) -> None:
     a = await store.content.write_blob(b"a", labels={"k": "1", "z": "2"})
     b = await store.content.write_blob(b"bb")
     got = await store.content.infos([a.digest, b.digest])
@@ -48,12 +48,12 @@ async def test_infos_of_present_blobs_equal_what_info_returns(store: Store, cloc
     assert got[a.digest].created_at == clock.now
 
 
-async def test_infos_leaves_absent_digests_out_instead_of_raising(store: Store) -> None:
+async def test_infos_leaves_absent_digests_out_instead_of_raising(store: Root) -> None:
     assert await store.content.infos([compute(b"never"), compute(b"stored")]) == {}
 
 
 async def test_infos_of_mixed_and_repeated_digests_returns_each_present_once(
-    store: Store,
+    store: Root,
 ) -> None:
     a = await store.content.write_blob(b"a")
     absent = compute(b"absent")
@@ -62,14 +62,14 @@ async def test_infos_of_mixed_and_repeated_digests_returns_each_present_once(
     assert got[a.digest].size == 1
 
 
-async def test_infos_of_a_deleted_blob_leaves_it_out(store: Store) -> None:
+async def test_infos_of_a_deleted_blob_leaves_it_out(store: Root) -> None:
     a = await store.content.write_blob(b"a")
     await store.content.delete(a.digest)  # CS-6: Info reports it gone at once
     assert await store.content.infos([a.digest]) == {}
 
 
 async def test_infos_with_a_malformed_digest_is_invalid_argument_before_any_read(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    store: Root, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     a = await store.content.write_blob(b"a")
     hops = hop_counter(monkeypatch)
@@ -79,7 +79,7 @@ async def test_infos_with_a_malformed_digest_is_invalid_argument_before_any_read
 
 
 async def test_infos_makes_one_worker_thread_hop_and_none_for_no_digests(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    store: Root, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     blobs = [await store.content.write_blob(b"x" * i) for i in range(1, 6)]
     hops = hop_counter(monkeypatch)
@@ -91,7 +91,7 @@ async def test_infos_makes_one_worker_thread_hop_and_none_for_no_digests(
 
 
 async def test_infos_of_thousands_of_digests_chunks_under_sqlites_variable_limit(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    store: Root, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The old SQLite default (999 host parameters): one IN list of 2,500 would fail here.
     store._db._conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)

@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from castar.store import Store, _ingest, open_store
+from castar.store import Root, _ingest, open_root
 from castar.store._schema import MIGRATIONS
 from castar.store.content import SMALL_BLOB
 from castar.store.digest import compute
@@ -28,8 +28,8 @@ BIG = bytes(range(256)) * ((SMALL_BLOB + 4096) // 256)  # > 1 MiB: the ingest pa
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    async with open_store(tmp_path / "root", boot_id=BOOT) as s:
+async def store(tmp_path: Path) -> AsyncIterator[Root]:
+    async with open_root(tmp_path / "root", boot_id=BOOT) as s:
         yield s
 
 
@@ -53,7 +53,7 @@ def blob_file(root: Path, digest: str) -> Path:
     return root / "blobs" / "sha256" / digest.split(":")[1]
 
 
-async def read_all(store: Store, digest: str) -> bytes:
+async def read_all(store: Root, digest: str) -> bytes:
     return b"".join([c async for c in store.content.read(digest)])
 
 
@@ -75,7 +75,7 @@ class SyncSpy:
 
 
 async def test_unsynced_commit_is_readable_recorded_and_marked_with_the_boot(
-    store: Store,
+    store: Root,
 ) -> None:
     async with store.content.writer("big", size=len(BIG)) as w:
         await w.write(BIG)
@@ -89,7 +89,7 @@ async def test_unsynced_commit_is_readable_recorded_and_marked_with_the_boot(
 
 
 async def test_sync_does_one_filesystem_sync_and_clears_every_mark(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    store: Root, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spy = SyncSpy(monkeypatch)
     digests = [(await store.content.write_blob(b"%d" % i, sync=False)).digest for i in range(5)]
@@ -101,7 +101,7 @@ async def test_sync_does_one_filesystem_sync_and_clears_every_mark(
     assert [await read_all(store, d) for d in digests] == [b"%d" % i for i in range(5)]
 
 
-async def test_sync_of_given_digests_clears_only_those(store: Store) -> None:
+async def test_sync_of_given_digests_clears_only_those(store: Root) -> None:
     a = (await store.content.write_blob(b"a", sync=False)).digest
     b = (await store.content.write_blob(b"b", sync=False)).digest
     assert await store.content.sync([a]) == 1
@@ -113,17 +113,17 @@ async def test_reopening_in_another_boot_drops_unsynced_rows_and_their_files(
 ) -> None:
     # A different boot id means a machine crash since: unsynced data may be torn.
     root = tmp_path / "root"
-    async with open_store(root, boot_id=BOOT) as s:
+    async with open_root(root, boot_id=BOOT) as s:
         synced = (await s.content.write_blob(b"synced", sync=False)).digest
         await s.content.sync()
         durable = (await s.content.write_blob(b"durable")).digest
-        async with s.lease() as lease:
+        async with s.leases.hold() as lease:
             torn = (await s.content.write_blob(b"torn", sync=False)).digest
             async with s.content.writer("big") as w:
                 await w.write(BIG)
                 torn_big = await w.commit(0, None, sync=False)
             lease_id = lease.id
-            async with open_store(root, boot_id="boot-2") as after:
+            async with open_root(root, boot_id="boot-2") as after:
                 assert not await after.content.exists(torn)
                 assert not await after.content.exists(torn_big)
                 assert not blob_file(root, torn).exists()
@@ -138,9 +138,9 @@ async def test_reopening_in_another_boot_drops_unsynced_rows_and_their_files(
 async def test_reopening_in_the_same_boot_keeps_unsynced_rows(tmp_path: Path) -> None:
     # Page cache is shared by live processes: only a crash loses unsynced data.
     root = tmp_path / "root"
-    async with open_store(root, boot_id=BOOT) as s:
+    async with open_root(root, boot_id=BOOT) as s:
         d = (await s.content.write_blob(b"kept", sync=False)).digest
-    async with open_store(root, boot_id=BOOT) as s:
+    async with open_root(root, boot_id=BOOT) as s:
         assert await read_all(s, d) == b"kept"
         assert marks(root) == {d: BOOT}
 
@@ -155,7 +155,7 @@ async def test_a_version_1_database_migrates_with_its_rows_durable(tmp_path: Pat
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()
-    async with open_store(root, boot_id=BOOT):
+    async with open_root(root, boot_id=BOOT):
         pass
     assert list(marks(root).values()) == [None]  # not dropped: it predates deferred sync
 
@@ -164,7 +164,7 @@ async def test_a_version_1_database_migrates_with_its_rows_durable(tmp_path: Pat
 
 
 async def test_small_write_blob_makes_no_ingest_directory(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    store: Root, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     opened: list[str] = []
     real = LocalContentStore.open_writer
@@ -184,7 +184,7 @@ async def test_small_write_blob_makes_no_ingest_directory(
     assert len(opened) == 1  # over 1 MiB: an ingest as before
 
 
-async def test_small_write_blob_of_bad_bytes_leaves_nothing(store: Store) -> None:
+async def test_small_write_blob_of_bad_bytes_leaves_nothing(store: Root) -> None:
     with pytest.raises(DigestMismatch, match="unexpected commit digest"):
         await store.content.write_blob(b"bad", digest=compute(b"good"))
     assert ingest_entries(store.root) == []
@@ -192,7 +192,7 @@ async def test_small_write_blob_of_bad_bytes_leaves_nothing(store: Store) -> Non
     assert not blob_file(store.root, compute(b"bad")).exists()
 
 
-async def test_small_write_blob_replaces_a_torn_file_at_its_address(store: Store) -> None:
+async def test_small_write_blob_replaces_a_torn_file_at_its_address(store: Root) -> None:
     # A crash after an unsynced rename can leave a short file with no row: never trusted.
     path = blob_file(store.root, compute(b"whole data"))
     path.parent.mkdir(parents=True)
@@ -203,7 +203,7 @@ async def test_small_write_blob_replaces_a_torn_file_at_its_address(store: Store
 
 @pytest.mark.parametrize("size", [10, 3 << 20], ids=["small", "ingest"])
 async def test_a_same_size_torn_file_with_no_row_is_replaced_not_adopted(
-    store: Store, size: int
+    store: Root, size: int
 ) -> None:
     # Right size, wrong bytes: what an unsynced commit can leave after a machine crash if
     # the crash came before its row. Both commit paths must replace it with verified bytes.
@@ -222,7 +222,7 @@ async def test_a_same_size_torn_file_with_no_row_is_replaced_not_adopted(
     assert path.read_bytes() == data
 
 
-async def test_cancelled_small_write_waiting_for_gc_leaves_no_blob(store: Store) -> None:
+async def test_cancelled_small_write_waiting_for_gc_leaves_no_blob(store: Root) -> None:
     gc_side = LocalContentStore(store.root)
     async with gc_side.commit_lock(exclusive=True):
         with anyio.move_on_after(0.2) as scope:
@@ -247,7 +247,7 @@ def test_cancel_inside_the_small_write_removes_its_temp_file(tmp_path: Path) -> 
 
 
 async def test_gc_removes_a_stray_temp_file_but_not_under_a_live_small_writer(
-    store: Store,
+    store: Root,
 ) -> None:
     # GC-9: a crashed small writer's temp file is garbage; a live writer holds the lock shared.
     stray = store.root / "ingest" / f"{_ingest.TMP_PREFIX}999-dead"
@@ -274,8 +274,8 @@ async def test_gc_removes_a_stray_temp_file_but_not_under_a_live_small_writer(
 async def test_unknown_boot_id_makes_every_commit_durable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("castar.store._store.current_boot_id", lambda: None)
-    async with open_store(tmp_path / "root") as s:
+    monkeypatch.setattr("castar.store.root.current_boot_id", lambda: None)
+    async with open_root(tmp_path / "root") as s:
         d = (await s.content.write_blob(b"x", sync=False)).digest
         assert marks(s.root) == {d: None}
         assert await s.content.sync() == 0

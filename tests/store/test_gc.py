@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from castar.store import Descriptor, Store
+from castar.store import Descriptor, Root
 from castar.store.digest import Digest, compute
 from castar.store.gc import Edge, Node, decide, label_edges, mark, sweep
 from castar.store.local import LocalContentStore
@@ -85,7 +85,7 @@ def test_label_edges(key: str, edge: Edge | None) -> None:
 
 # --- TestGCRoots-style tables through the public store --------------------------------------
 
-Build = Callable[[Store, datetime], Awaitable[None]]
+Build = Callable[[Root, datetime], Awaitable[None]]
 
 
 def blob(name: str, **refs: str) -> Build:
@@ -96,7 +96,7 @@ def blob(name: str, **refs: str) -> Build:
         digest_valued = key.startswith((REF, "containerd.io/gc.bref.content"))
         labels[key] = D(target) if digest_valued else target
 
-    async def build(store: Store, now: datetime) -> None:
+    async def build(store: Root, now: datetime) -> None:
         await store.content.write_blob(name.encode(), labels=labels)
 
     return build
@@ -118,14 +118,14 @@ def _key(short: str) -> str:
 
 
 def labelled(name: str, labels: Mapping[str, str]) -> Build:
-    async def build(store: Store, now: datetime) -> None:
+    async def build(store: Root, now: datetime) -> None:
         await store.content.write_blob(name.encode(), labels=dict(labels))
 
     return build
 
 
 def image(name: str, target: str, expire: timedelta | None = None, ref: str = "") -> Build:
-    async def build(store: Store, now: datetime) -> None:
+    async def build(store: Root, now: datetime) -> None:
         labels = {} if expire is None else {"containerd.io/gc.expire": rfc(now + expire)}
         if ref:
             labels[f"{REF}.extra"] = D(ref)
@@ -142,7 +142,7 @@ class lease:  # noqa: N801 - reads as a builder in the tables
     expire: str | timedelta | None = None
     flat: bool = False
 
-    async def __call__(self, store: Store, now: datetime) -> None:
+    async def __call__(self, store: Root, now: datetime) -> None:
         labels = {"containerd.io/gc.flat": "1"} if self.flat else {}
         if isinstance(self.expire, timedelta):
             labels["containerd.io/gc.expire"] = rfc(now + self.expire)
@@ -223,7 +223,7 @@ CASES: list[tuple[str, list[Build], set[str]]] = [
 
 @pytest.mark.parametrize(("builds", "survivors"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 async def test_gc_roots(
-    store: Store, clock: Clock, builds: list[Build], survivors: set[str]
+    store: Root, clock: Clock, builds: list[Build], survivors: set[str]
 ) -> None:
     for build in builds:
         await build(store, clock.now)
@@ -239,7 +239,7 @@ async def test_gc_roots(
     assert (second.removed, second.images_removed, second.leases_removed) == ([], [], [])
 
 
-async def test_report_counts_removals_and_bytes(store: Store, clock: Clock) -> None:
+async def test_report_counts_removals_and_bytes(store: Root, clock: Clock) -> None:
     for build in [*TV48, image("img", "I")]:
         await build(store, clock.now)
     await store.images.delete("img")
@@ -250,7 +250,7 @@ async def test_report_counts_removals_and_bytes(store: Store, clock: Clock) -> N
     assert (report.leases_removed, report.images_removed, report.dry_run) == (["old"], [], False)
 
 
-async def test_dry_run_reports_the_same_and_deletes_nothing(store: Store, clock: Clock) -> None:
+async def test_dry_run_reports_the_same_and_deletes_nothing(store: Root, clock: Clock) -> None:
     for build in [*TV48, image("img", "I", expire=timedelta(hours=-1))]:
         await build(store, clock.now)
     before = await store.content.walk()
@@ -268,7 +268,7 @@ async def test_dry_run_reports_the_same_and_deletes_nothing(store: Store, clock:
     assert len(real.removed) == 6
 
 
-async def test_explain_names_the_root_path(store: Store, clock: Clock) -> None:
+async def test_explain_names_the_root_path(store: Root, clock: Clock) -> None:
     for build in [*TV48, image("docker.io/library/alpine:latest", "I")]:
         await build(store, clock.now)
     assert await store.explain(D("L1")) == [
@@ -281,7 +281,7 @@ async def test_explain_names_the_root_path(store: Store, clock: Clock) -> None:
     assert await store.explain(D("never-written")) == []
 
 
-async def test_unrecorded_backend_blob_is_removed(store: Store) -> None:
+async def test_unrecorded_backend_blob_is_removed(store: Root) -> None:
     backend = LocalContentStore(store.root)
     w = await backend.open_writer("raw")
     await w.write(b"orphan")
@@ -292,7 +292,7 @@ async def test_unrecorded_backend_blob_is_removed(store: Store) -> None:
     assert not (store.root / "blobs/sha256" / D("orphan").encoded).exists()
 
 
-async def test_unrecorded_backend_ingest_is_aborted_unless_held(store: Store) -> None:
+async def test_unrecorded_backend_ingest_is_aborted_unless_held(store: Root) -> None:
     backend = LocalContentStore(store.root)
     idle = await backend.open_writer("idle")
     await idle.write(b"x")
@@ -308,7 +308,7 @@ async def test_unrecorded_backend_ingest_is_aborted_unless_held(store: Store) ->
     assert (await store.gc()).ingests_removed == ["held"]
 
 
-async def test_dry_run_reports_orphan_files_and_ingests_and_touches_nothing(store: Store) -> None:
+async def test_dry_run_reports_orphan_files_and_ingests_and_touches_nothing(store: Root) -> None:
     # GC-10's content and ingest sweeps, dry: the same report as the real run, nothing deleted
     backend = LocalContentStore(store.root)
     w = await backend.open_writer("raw")
@@ -331,7 +331,7 @@ async def test_dry_run_reports_orphan_files_and_ingests_and_touches_nothing(stor
     assert await backend.list_ingests() == []
 
 
-async def test_gc_keeps_blob_recorded_after_metadata_sweep(store: Store) -> None:
+async def test_gc_keeps_blob_recorded_after_metadata_sweep(store: Root) -> None:
     # A blob deleted (record gone) and re-written before the next GC keeps its file.
     await store.content.write_blob(b"Z", labels={"containerd.io/gc.root": "1"})
     await store.content.delete(D("Z"))
@@ -341,7 +341,7 @@ async def test_gc_keeps_blob_recorded_after_metadata_sweep(store: Store) -> None
 
 
 async def test_gc_interrupted_after_metadata_sweep_converges_next_time(
-    store: Store, clock: Clock
+    store: Root, clock: Clock
 ) -> None:
     for build in TV48:
         await build(store, clock.now)
@@ -379,14 +379,14 @@ def test_mark_equals_naive_reachability(pairs: list[tuple[int, int]], roots: set
     }
 
 
-async def test_gc_running_beside_commits_in_one_process_keeps_leased_blobs(store: Store) -> None:
+async def test_gc_running_beside_commits_in_one_process_keeps_leased_blobs(store: Root) -> None:
     written: list[Digest] = []
     done = False
     stopped = anyio.Event()
 
     async def writer() -> None:
         nonlocal done
-        async with store.lease():
+        async with store.leases.hold():
             for i in range(40):
                 written.append((await store.content.write_blob(f"blob-{i}".encode())).digest)
             for d in written:  # everything committed is still there while the lease holds

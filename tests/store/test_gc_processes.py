@@ -21,12 +21,12 @@ import pytest
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from castar.store import Store, open_store
+from castar.store import Root, open_root
 from castar.store.digest import compute
 
 CHILD = r"""
 import sys, anyio
-from castar.store import open_store
+from castar.store import open_root
 
 root, stop = sys.argv[1], anyio.Path(sys.argv[2])
 
@@ -34,8 +34,8 @@ def say(*words):
     print(*words, flush=True)
 
 async def main():
-    async with open_store(root) as store:
-        async with store.lease() as lease:
+    async with open_root(root) as store:
+        async with store.leases.hold() as lease:
             for i in range(3):
                 desc = await store.content.write_blob(f"held-{i}".encode())
                 say("BLOB", desc.digest)
@@ -52,7 +52,7 @@ async def main():
                 await anyio.sleep(0.01)
         say("DONE")
         if len(sys.argv) > 3:  # crash mode: die holding a lease and an ingest
-            async with store.lease(), store.content.writer("crash-ingest") as w:
+            async with store.leases.hold(), store.content.writer("crash-ingest") as w:
                 await w.write(b"lost")
                 say("CRASHME")
                 await anyio.sleep_forever()
@@ -91,7 +91,7 @@ async def child(root: Path, stop: Path, *extra: str) -> AsyncIterator[tuple[Proc
                 await proc.wait()
 
 
-async def assert_readable(store: Store, digests: list[str]) -> None:
+async def assert_readable(store: Root, digests: list[str]) -> None:
     for d in digests:
         info = await store.content.info(d)
         data = await store.content.read_all(d, limit=64)
@@ -101,7 +101,7 @@ async def assert_readable(store: Store, digests: list[str]) -> None:
 async def test_gc_in_parent_never_takes_what_child_protects(tmp_path: Path) -> None:
     root, stop = tmp_path / "root", tmp_path / "stop"
     with anyio.fail_after(15):
-        async with open_store(root) as store, child(root, stop) as (proc, lines):
+        async with open_root(root) as store, child(root, stop) as (proc, lines):
             committed: list[str] = []
             while (words := await lines.next())[0] != "READY":
                 committed.append(words[1])
@@ -151,7 +151,7 @@ async def test_killed_child_lease_expires_and_gc_reclaims(tmp_path: Path) -> Non
     clock = Clock()
     with anyio.fail_after(15):
         async with (
-            open_store(root, clock=clock) as store,
+            open_root(root, clock=clock) as store,
             child(root, stop, "crash") as (
                 proc,
                 lines,

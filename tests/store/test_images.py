@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from castar.store import Descriptor, Store
+from castar.store import Descriptor, Root
 from castar.store.digest import compute
 from castar.store.errors import AlreadyExists, InvalidArgument, NotFound
 
@@ -34,7 +34,7 @@ class RichDescriptor:
     data: bytes = b"x"
 
 
-async def test_create_get_list_delete(store: Store, clock: Clock) -> None:
+async def test_create_get_list_delete(store: Root, clock: Clock) -> None:
     img = await store.images.create("b:1", Descriptor(MT, D1, 10), labels={"l": "v"})
     assert (img.name, img.target, dict(img.labels)) == ("b:1", Descriptor(MT, D1, 10), {"l": "v"})
     assert img.created_at == img.updated_at == clock.now  # IMG-2
@@ -48,14 +48,14 @@ async def test_create_get_list_delete(store: Store, clock: Clock) -> None:
     assert [i.name for i in await store.images.list()] == ["a:1"]
 
 
-async def test_only_four_target_fields_are_kept(store: Store) -> None:
+async def test_only_four_target_fields_are_kept(store: Root) -> None:
     rich = RichDescriptor(MT, D1, 10, {"org.opencontainers.image.ref.name": "1"})
     img = await store.images.create("x", rich)  # DESC-5
     assert img.target == Descriptor(MT, D1, 10, {"org.opencontainers.image.ref.name": "1"})
     assert (await store.images.get("x")).target == img.target
 
 
-async def test_duplicate_name_is_already_exists(store: Store) -> None:
+async def test_duplicate_name_is_already_exists(store: Root) -> None:
     await store.images.create("x", Descriptor(MT, D1, 10))
     with pytest.raises(AlreadyExists) as err:  # IMG-2
         await store.images.create("x", Descriptor(MT, D2, 10))
@@ -75,7 +75,7 @@ async def test_duplicate_name_is_already_exists(store: Store) -> None:
     ],
 )
 async def test_invalid_image_is_invalid_argument(
-    store: Store, name: str, target: RichDescriptor | Descriptor, text: str
+    store: Root, name: str, target: RichDescriptor | Descriptor, text: str
 ) -> None:
     with pytest.raises(InvalidArgument) as err:  # IMG-1
         await store.images.create(name, target)
@@ -83,12 +83,12 @@ async def test_invalid_image_is_invalid_argument(
     assert await store.images.list() == []
 
 
-async def test_image_label_over_limit_is_invalid_argument(store: Store) -> None:
+async def test_image_label_over_limit_is_invalid_argument(store: Root) -> None:
     with pytest.raises(InvalidArgument, match="greater than maximum size"):  # LBL-1
         await store.images.create("x", Descriptor(MT, D1, 1), labels={"k": "v" * 4096})
 
 
-async def test_update_keeps_created_at(store: Store, clock: Clock) -> None:
+async def test_update_keeps_created_at(store: Root, clock: Clock) -> None:
     first = await store.images.create("x", Descriptor(MT, D1, 10), labels={"a": "1"})
     clock.now += timedelta(minutes=1)
     img = await store.images.update("x", target=Descriptor(MT, D2, 20))  # IMG-3
@@ -99,12 +99,12 @@ async def test_update_keeps_created_at(store: Store, clock: Clock) -> None:
     assert await store.images.get("x") == img
 
 
-async def test_update_of_missing_image_is_not_found(store: Store) -> None:
+async def test_update_of_missing_image_is_not_found(store: Root) -> None:
     with pytest.raises(NotFound, match='image "nope": not found'):  # IMG-3
         await store.images.update("nope", labels={})
 
 
-async def test_delete_with_target_guard(store: Store) -> None:
+async def test_delete_with_target_guard(store: Root) -> None:
     await store.images.create("x", Descriptor(MT, D1, 10))
     with pytest.raises(NotFound) as err:  # IMG-4
         await store.images.delete("x", target=D2)
@@ -114,7 +114,7 @@ async def test_delete_with_target_guard(store: Store) -> None:
         await store.images.delete("x")
 
 
-async def test_image_is_a_gc_root_for_its_target(store: Store) -> None:
+async def test_image_is_a_gc_root_for_its_target(store: Root) -> None:
     desc = await store.content.write_blob(b"one")
     await store.images.create("x", Descriptor(MT, desc.digest, desc.size))
     assert (await store.gc()).removed == []  # IMG-6
@@ -123,9 +123,9 @@ async def test_image_is_a_gc_root_for_its_target(store: Store) -> None:
     assert (await store.gc()).removed == [desc.digest]
 
 
-async def test_expiring_image_created_under_lease_joins_it(store: Store, clock: Clock) -> None:
+async def test_expiring_image_created_under_lease_joins_it(store: Root, clock: Clock) -> None:
     expire = (clock.now + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    async with store.lease() as lease:
+    async with store.leases.hold() as lease:
         await store.images.create(
             "tmp", Descriptor(MT, D1, 1), labels={"containerd.io/gc.expire": expire}
         )
@@ -133,7 +133,7 @@ async def test_expiring_image_created_under_lease_joins_it(store: Store, clock: 
         assert await store.leases.list_resources(lease.id) == [("images", "tmp")]  # IMG-6
 
 
-async def test_expired_image_is_deleted_by_gc(store: Store, clock: Clock) -> None:
+async def test_expired_image_is_deleted_by_gc(store: Root, clock: Clock) -> None:
     past = (clock.now - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     await store.images.create(
         "old", Descriptor(MT, D1, 1), labels={"containerd.io/gc.expire": past}

@@ -19,7 +19,7 @@ import pytest
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from castar.store import open_store
+from castar.store import open_root
 from castar.store._pump import DEPTH
 from castar.store.errors import Unavailable
 from castar.store.local import LocalContentStore
@@ -34,7 +34,7 @@ CHILD = textwrap.dedent(
     import hashlib, sys
     from pathlib import Path
     import anyio
-    from castar.store import open_store
+    from castar.store import open_root
     from castar.store.local import LocalContentStore
 
     def block(i):
@@ -51,7 +51,7 @@ CHILD = textwrap.dedent(
     async def main():
         root, ref, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
         if sys.argv[4:] == ["store"]:  # through the public store: ingest row and all
-            async with open_store(root) as store:
+            async with open_root(root) as store:
                 async with store.content.writer(ref, size=n * 1024 * 1024) as w:
                     await write_blocks(w, n)
         else:  # the file backend alone
@@ -212,7 +212,7 @@ async def test_sigkill_mid_write_leaves_the_public_store_consistent(tmp_path: Pa
     root = tmp_path / "root"
     await kill_mid_write(*await start_child(root, "killed", "store"))
     total = BLOCKS * MiB
-    async with open_store(root) as store:
+    async with open_root(root) as store:
         assert await store.content.walk() == []
         assert not any(p.is_file() for p in (root / "blobs").rglob("*"))
         offset = (await store.content.status("killed")).offset

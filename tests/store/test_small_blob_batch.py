@@ -20,7 +20,7 @@ import anyio.from_thread
 import anyio.to_thread
 import pytest
 
-from castar.store import Store, _ingest, _schema, _txn, open_store
+from castar.store import Root, _ingest, _schema, _txn, open_root
 from castar.store.content import SMALL_BLOB, SmallBlob
 from castar.store.digest import compute
 from castar.store.errors import DigestMismatch, InvalidArgument, MalformedArchive, NotFound
@@ -30,8 +30,8 @@ BOOT = "boot-1"
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    async with open_store(tmp_path / "root", boot_id=BOOT) as s:
+async def store(tmp_path: Path) -> AsyncIterator[Root]:
+    async with open_root(tmp_path / "root", boot_id=BOOT) as s:
         yield s
 
 
@@ -61,7 +61,7 @@ def temp_files(root: Path) -> list[str]:
         return []
 
 
-async def recorded(store: Store) -> set[str]:
+async def recorded(store: Root) -> set[str]:
     return {str(i.digest) for i in await store.content.walk()}
 
 
@@ -82,7 +82,7 @@ def hop_counter(monkeypatch: pytest.MonkeyPatch) -> list[Callable[..., Any]]:
 
 
 async def test_a_batch_is_one_write_hop_and_one_record_transaction(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    store: Root, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = blobs(40)
     await store.content.write_blob(b"warm-up")  # the store's directories exist
@@ -95,7 +95,7 @@ async def test_a_batch_is_one_write_hop_and_one_record_transaction(
 
 
 async def test_mixed_batch_new_recorded_and_tv44_all_succeed_and_join_the_lease(
-    store: Store,
+    store: Root,
 ) -> None:
     old = b"stored before"
     await store.content.write_blob(old)
@@ -107,7 +107,7 @@ async def test_mixed_batch_new_recorded_and_tv44_all_succeed_and_join_the_lease(
         SmallBlob(tv44, compute(old), media_type="t/tv44"),  # TV-44: digest recorded
         SmallBlob(new2, compute(new2), labels={"k": "v"}),
     ]
-    async with store.lease() as lease:
+    async with store.leases.hold() as lease:
         descs = await store.content.write_small_blobs(batch)
         resources = await store.leases.list_resources(lease.id)
     assert [(d.media_type, d.digest, d.size) for d in descs] == [
@@ -127,7 +127,7 @@ async def test_mixed_batch_new_recorded_and_tv44_all_succeed_and_join_the_lease(
     assert temp_files(store.root) == []
 
 
-async def test_existing_file_at_the_address_is_kept_not_rewritten(store: Store) -> None:
+async def test_existing_file_at_the_address_is_kept_not_rewritten(store: Root) -> None:
     data = b"already here"
     await store.content.write_blob(data)
     before = store.content.path(compute(data)).stat()
@@ -138,11 +138,11 @@ async def test_existing_file_at_the_address_is_kept_not_rewritten(store: Store) 
 
 
 async def test_mismatch_names_both_digests_and_only_verified_blobs_are_recorded(
-    store: Store,
+    store: Root,
 ) -> None:
     good1, good2, bad, claimed = b"good 1", b"good 2", b"corrupt bytes", b"what was promised"
     batch = [SmallBlob(good1), SmallBlob(bad, compute(claimed)), SmallBlob(good2)]
-    async with store.lease():
+    async with store.leases.hold():
         with pytest.raises(DigestMismatch) as err:
             await store.content.write_small_blobs(batch)
         # verified blobs are recorded (in the lease); the bad bytes are nowhere
@@ -156,9 +156,9 @@ async def test_mismatch_names_both_digests_and_only_verified_blobs_are_recorded(
     assert files(store.root) == set()
 
 
-async def test_blobs_under_a_lease_survive_gc_until_it_ends(store: Store) -> None:
+async def test_blobs_under_a_lease_survive_gc_until_it_ends(store: Root) -> None:
     data = blobs(5)
-    async with store.lease():
+    async with store.leases.hold():
         await store.content.write_small_blobs([SmallBlob(d) for d in data], sync=False)
         await store.gc()
         assert await recorded(store) == {compute(d) for d in data}
@@ -166,7 +166,7 @@ async def test_blobs_under_a_lease_survive_gc_until_it_ends(store: Store) -> Non
     assert await recorded(store) == set()
 
 
-async def test_unsynced_batch_is_marked_until_sync(store: Store) -> None:
+async def test_unsynced_batch_is_marked_until_sync(store: Root) -> None:
     data = blobs(3)
     await store.content.write_small_blobs([SmallBlob(d) for d in data], sync=False)
     assert marks(store.root) == {compute(d): BOOT for d in data}
@@ -174,13 +174,13 @@ async def test_unsynced_batch_is_marked_until_sync(store: Store) -> None:
     assert marks(store.root) == {compute(d): None for d in data}
 
 
-async def test_synced_batch_carries_no_mark(store: Store) -> None:
+async def test_synced_batch_carries_no_mark(store: Root) -> None:
     data = blobs(3)
     await store.content.write_small_blobs([SmallBlob(d) for d in data])
     assert marks(store.root) == {compute(d): None for d in data}
 
 
-async def test_bad_arguments_are_refused_before_anything_is_written(store: Store) -> None:
+async def test_bad_arguments_are_refused_before_anything_is_written(store: Root) -> None:
     with pytest.raises(InvalidArgument, match="over the"):
         await store.content.write_small_blobs([SmallBlob(b"ok"), SmallBlob(bytes(SMALL_BLOB + 1))])
     with pytest.raises(InvalidArgument, match="label"):
@@ -193,7 +193,7 @@ async def test_bad_arguments_are_refused_before_anything_is_written(store: Store
     assert await store.content.write_small_blobs([]) == []
 
 
-async def test_readers_are_called_in_the_write_hop_one_at_a_time(store: Store) -> None:
+async def test_readers_are_called_in_the_write_hop_one_at_a_time(store: Root) -> None:
     data = blobs(4)
     threads: list[bool] = []
 
@@ -214,7 +214,7 @@ async def test_readers_are_called_in_the_write_hop_one_at_a_time(store: Store) -
 
 
 async def test_a_failing_reader_stops_the_batch_and_earlier_blobs_stay_recorded(
-    store: Store,
+    store: Root,
 ) -> None:
     data = blobs(5)
 
@@ -233,7 +233,7 @@ async def test_a_failing_reader_stops_the_batch_and_earlier_blobs_stay_recorded(
 # -- cancellation ------------------------------------------------------------------------------
 
 
-async def test_cancel_mid_batch_records_every_renamed_blob_and_nothing_else(store: Store) -> None:
+async def test_cancel_mid_batch_records_every_renamed_blob_and_nothing_else(store: Root) -> None:
     data = blobs(6)
     with anyio.CancelScope() as scope:
 
@@ -251,7 +251,7 @@ async def test_cancel_mid_batch_records_every_renamed_blob_and_nothing_else(stor
     assert temp_files(store.root) == []
 
 
-async def test_cancel_while_gc_holds_the_lock_writes_nothing(store: Store) -> None:
+async def test_cancel_while_gc_holds_the_lock_writes_nothing(store: Root) -> None:
     gc_side = LocalContentStore(store.root)
     async with gc_side.commit_lock(exclusive=True):
         with anyio.move_on_after(0.2) as scope:
@@ -262,7 +262,7 @@ async def test_cancel_while_gc_holds_the_lock_writes_nothing(store: Store) -> No
     assert temp_files(store.root) == []
 
 
-async def test_a_batch_waits_for_gc_then_writes(store: Store) -> None:
+async def test_a_batch_waits_for_gc_then_writes(store: Root) -> None:
     gc_side = LocalContentStore(store.root)
     data = blobs(3)
     async with anyio.create_task_group() as tg, gc_side.commit_lock(exclusive=True):
@@ -276,7 +276,7 @@ async def test_a_batch_waits_for_gc_then_writes(store: Store) -> None:
 
 
 async def test_no_mkdir_chmod_or_utime_per_blob(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+    store: Root, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await store.content.write_blob(b"warm-up")  # blobs/sha256 and ingest/ exist now
     calls: list[str] = []
@@ -300,7 +300,7 @@ async def test_no_mkdir_chmod_or_utime_per_blob(
         assert st.st_mode & 0o777 == 0o444  # LAY-1: committed files read-only
 
 
-async def test_missing_algorithm_directory_is_made_on_demand(store: Store) -> None:
+async def test_missing_algorithm_directory_is_made_on_demand(store: Root) -> None:
     await store.content.write_blob(b"first")
     os.chmod(store.content.path(compute(b"first")), 0o644)
     os.unlink(store.content.path(compute(b"first")))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from castar.store import _schema, _txn, open_store
+from castar.store import _schema, _txn, open_root
 from castar.store import sqlite as db
 from castar.store.digest import compute
 from castar.store.errors import (
@@ -113,7 +113,7 @@ def test_validate_labels_counts_utf8_bytes() -> None:
 
 
 async def test_use_after_close_is_failed_precondition(tmp_path: Path) -> None:
-    async with open_store(tmp_path / "root") as store:
+    async with open_root(tmp_path / "root") as store:
         pass
     with pytest.raises(FailedPrecondition, match="metadata database"):
         await store.images.list()

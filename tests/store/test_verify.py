@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from castar.store import Store, open_store
+from castar.store import Root, open_root
 from castar.store.digest import compute
 from castar.store.errors import DataLoss
 from castar.store.verify import verify
@@ -17,7 +17,7 @@ BIG = os.urandom(3 << 20)  # several 1 MiB reads
 
 @pytest.fixture
 async def store(tmp_path: Path):
-    async with open_store(tmp_path / "root") as s:
+    async with open_root(tmp_path / "root") as s:
         yield s
 
 
@@ -26,7 +26,7 @@ def _clobber(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-async def test_intact_store_verifies_every_recorded_blob(store: Store) -> None:
+async def test_intact_store_verifies_every_recorded_blob(store: Root) -> None:
     seen: list[tuple[int, int]] = []
     for data in (b"a", b"bb", BIG):
         await store.content.write_blob(data)
@@ -39,7 +39,7 @@ async def test_intact_store_verifies_every_recorded_blob(store: Store) -> None:
     report.raise_for_problems()  # no problem, no error
 
 
-async def test_flipped_byte_truncation_and_deletion_are_each_reported(store: Store) -> None:
+async def test_flipped_byte_truncation_and_deletion_are_each_reported(store: Root) -> None:
     flipped = await store.content.write_blob(BIG)
     short = await store.content.write_blob(b"0123456789")
     gone = await store.content.write_blob(b"will vanish")
@@ -69,7 +69,7 @@ async def test_flipped_byte_truncation_and_deletion_are_each_reported(store: Sto
 
 
 async def test_roots_check_only_their_labelled_subtree_and_list_absent_children(
-    store: Store,
+    store: Root,
 ) -> None:
     # GC-5 reference labels are the edges; a referenced digest never stored is absent
     # (a sparse image), not a problem.
