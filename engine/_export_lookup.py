@@ -29,9 +29,10 @@ from castar.store.errors import (
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from castar.store.content import ContentStore, Info
+    from castar.store.content import Info
     from castar.store.digest import Digest
     from castar.store.images import DescriptorLike
+    from castar.store.roles import BlobReader
     from castar.store.root import Root
 
 __all__ = ["fetch", "resolve", "unlinked"]
@@ -187,7 +188,7 @@ def _wanted(desc: oci.Descriptor, info: Info | None, configs: set[str]) -> bool:
     return oci.is_config(mt) and desc.digest in configs
 
 
-async def _prefetch(content: ContentStore, roots: Sequence[oci.Descriptor]) -> _Prefetched:
+async def _prefetch(content: BlobReader, roots: Sequence[oci.Descriptor]) -> _Prefetched:
     """Read the graph under ``roots`` level by level, in few worker-thread hops.
 
     Per level: one ``infos`` hop, and one hop reading and verifying its documents
@@ -228,7 +229,7 @@ async def _prefetch(content: ContentStore, roots: Sequence[oci.Descriptor]) -> _
 
 
 async def _read_ahead(
-    content: ContentStore,
+    content: BlobReader,
     pre: _Prefetched,
     configs: set[str],
     desc: oci.Descriptor,
@@ -266,7 +267,7 @@ async def _read_ahead(
     return (*children, *referrers)
 
 
-async def fetch(content: ContentStore, roots: Sequence[oci.Descriptor]) -> dict[str, Node]:
+async def fetch(content: BlobReader, roots: Sequence[oci.Descriptor]) -> dict[str, Node]:
     """Info for every blob reachable from ``roots``, documents for manifests and indexes.
 
     First :func:`_prefetch` reads the graph level by level (one ``infos`` hop and one
@@ -332,7 +333,7 @@ async def fetch(content: ContentStore, roots: Sequence[oci.Descriptor]) -> dict[
 
 
 async def _referrers(
-    content: ContentStore, subject: str, labels: Mapping[str, str]
+    content: BlobReader, subject: str, labels: Mapping[str, str]
 ) -> tuple[oci.Descriptor, ...]:
     """SAVE-1: the referrers a node's labels name that exist locally, as descriptors.
 
@@ -367,7 +368,7 @@ async def _referrers(
     return tuple(out)
 
 
-async def _config_platform(content: ContentStore, config: oci.Descriptor) -> plat.Platform | None:
+async def _config_platform(content: BlobReader, config: oci.Descriptor) -> plat.Platform | None:
     """The platform a config names (IMP-8), or None when it is absent or says none."""
     if not oci.is_config(config.media_type) or config.size > oci.MAX_DOCUMENT:
         return None

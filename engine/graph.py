@@ -10,7 +10,7 @@ it must not import the importer, the exporter or the file backend.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, final
+from typing import TYPE_CHECKING, final
 
 import anyio.to_thread
 
@@ -21,9 +21,9 @@ from castar.store.errors import DigestMismatch, InvalidArgument, NotFound, SizeM
 if TYPE_CHECKING:
     from castar.engine.oci import Descriptor
     from castar.engine.platforms import Platform
+    from castar.store.roles import BlobReader
 
 __all__ = [
-    "ContentReader",
     "Node",
     "is_available",
     "manifest_platform",
@@ -38,27 +38,6 @@ _THREAD_HASH = 1 << 20
 # Indexes nested deeper than this are not followed (content addressing rules out cycles,
 # this only bounds hostile documents).
 _MAX_DEPTH = 32
-
-
-class _Sized(Protocol):
-    @property
-    def size(self) -> int: ...
-
-
-class ContentReader(Protocol):
-    """The part of ``castar.store.content.ContentStore`` this module reads through."""
-
-    async def info(self, digest: str) -> _Sized:
-        """The record of a blob; raises ``NotFound`` when absent."""
-        ...
-
-    async def exists(self, digest: str) -> bool:
-        """True when the blob is recorded."""
-        ...
-
-    async def read_all(self, digest: str, *, limit: int) -> bytes:
-        """The whole blob; ``InvalidArgument`` when larger than ``limit``."""
-        ...
 
 
 @final
@@ -77,7 +56,7 @@ class Node:
     depth: int
 
 
-async def read_document(content: ContentReader, desc: Descriptor) -> bytes:
+async def read_document(content: BlobReader, desc: Descriptor) -> bytes:
     """Read a manifest, index or config document, verified against its descriptor.
 
     The size is checked against the 20 MiB cap before anything is read, then against
@@ -129,7 +108,7 @@ async def _digest_of(data: bytes, algorithm: str) -> str:
 
 
 async def read_children(
-    content: ContentReader, desc: Descriptor, *, skip_missing: bool = False
+    content: BlobReader, desc: Descriptor, *, skip_missing: bool = False
 ) -> list[Descriptor]:
     """The MT-4 children of a stored node (only manifests and indexes are read).
 
@@ -154,7 +133,7 @@ async def read_children(
     return oci.children(desc, data)
 
 
-async def manifest_platform(content: ContentReader, desc: Descriptor) -> Platform | None:
+async def manifest_platform(content: BlobReader, desc: Descriptor) -> Platform | None:
     """The platform of a manifest: its descriptor's, else its config's (IMP-8, SAVE-2).
 
     The config's platform is normalised (NORM-3); ``None`` when the descriptor has no
@@ -172,7 +151,7 @@ async def manifest_platform(content: ContentReader, desc: Descriptor) -> Platfor
     return oci.decode_config(data, name=str(config.digest)).platform()
 
 
-async def is_available(content: ContentReader, manifest_desc: Descriptor) -> bool:
+async def is_available(content: BlobReader, manifest_desc: Descriptor) -> bool:
     """Whether a manifest's content is complete locally (SAVE-6).
 
     The manifest blob is readable and its config and every layer are present. For an
@@ -181,7 +160,7 @@ async def is_available(content: ContentReader, manifest_desc: Descriptor) -> boo
     return all(node.present for node in await walk(content, manifest_desc))
 
 
-async def walk(content: ContentReader, desc: Descriptor) -> list[Node]:
+async def walk(content: BlobReader, desc: Descriptor) -> list[Node]:
     """Every descriptor reachable from ``desc``, depth first, parents before children.
 
     Present or not: a missing manifest or index is listed with ``present=False`` and
@@ -213,7 +192,7 @@ async def walk(content: ContentReader, desc: Descriptor) -> list[Node]:
     return out
 
 
-async def subtree_size(content: ContentReader, desc: Descriptor) -> int:
+async def subtree_size(content: BlobReader, desc: Descriptor) -> int:
     """Bytes of the present blobs reachable from ``desc`` (TREE-1 ``Size.Content``).
 
     Sizes come from the descriptors; a blob reached twice counts twice (moby's

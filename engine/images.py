@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from castar.engine.platforms import Platform
-    from castar.store.content import ContentStore
     from castar.store.images import DescriptorLike, Image
+    from castar.store.roles import BlobReader
     from castar.store.root import Root
 
 __all__ = [
@@ -206,7 +206,7 @@ class ImageService:
 
     def __init__(self, store: Root) -> None:
         self._records = store.images
-        self._content: ContentStore = store.content
+        self._content: BlobReader = store.content
 
     async def create(
         self, name: str, target: DescriptorLike, *, labels: Mapping[str, str] | None = None

@@ -20,6 +20,7 @@ from castar.store.errors import (
     NotFound,
     SizeMismatch,
 )
+from castar.store.roles import BlobReader
 
 
 def config_bytes(arch: str, variant: str = "") -> bytes:
@@ -39,7 +40,7 @@ class Graph:
     """I → [M1 linux/amd64 (C1, L1, LS), M2 (C2 aarch64, L2 missing, LS), M3 missing]."""
 
     store: object
-    content: graph.ContentReader
+    content: BlobReader
     index: Descriptor
     m1: Descriptor
     m2: Descriptor
