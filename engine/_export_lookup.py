@@ -25,6 +25,7 @@ from castar.store.errors import (
     NotFound,
     SizeMismatch,
 )
+from castar.store.labels import REFERRER, is_content_ref
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -36,9 +37,6 @@ if TYPE_CHECKING:
     from castar.store.root import Root
 
 __all__ = ["fetch", "resolve", "unlinked"]
-
-_REF_LABEL: Final = "containerd.io/gc.ref.content"
-_REFERRER_LABEL: Final = "containerd.io/gc.ref.content.referrer.sha256."
 
 
 # -- resolving names (SAVE-4) ----------------------------------------------------------------
@@ -258,7 +256,7 @@ async def _read_ahead(
     info = pre.infos[desc.digest]
     assert info is not None
     referrers: tuple[oci.Descriptor, ...] = ()
-    if any(k.startswith(_REFERRER_LABEL) for k in info.labels):
+    if any(k.startswith(REFERRER) for k in info.labels):
         try:
             referrers = await _referrers(content, desc.digest, info.labels)
         except Exception:  # the walk asks again and raises in walk order
@@ -342,7 +340,7 @@ async def _referrers(
     """
     out = []
     for key in sorted(labels):
-        if not key.startswith(_REFERRER_LABEL):
+        if not key.startswith(REFERRER):
             continue
         try:
             digest = digests.parse(labels[key])
@@ -382,11 +380,6 @@ async def _config_platform(content: BlobReader, config: oci.Descriptor) -> plat.
 # -- lease coverage (SAVE-5) ------------------------------------------------------------------
 
 
-def _is_ref_label(key: str) -> bool:
-    """A GC-5 content reference label: the exact key, or it followed by ``.`` or ``/``."""
-    return key == _REF_LABEL or key.startswith((_REF_LABEL + ".", _REF_LABEL + "/"))
-
-
 def unlinked(roots: Sequence[str], nodes: Mapping[str, Node], reads: Sequence[str]) -> list[str]:
     """The blobs in ``reads`` that the roots' reference labels do not reach (GC-4/5).
 
@@ -402,5 +395,5 @@ def unlinked(roots: Sequence[str], nodes: Mapping[str, Node], reads: Sequence[st
         covered.add(d)
         node = nodes.get(d)
         if node is not None:
-            stack.extend(v for k, v in node.labels.items() if _is_ref_label(k))
+            stack.extend(v for k, v in node.labels.items() if is_content_ref(k))
     return sorted({d for d in reads if d not in covered})

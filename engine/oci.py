@@ -4,8 +4,8 @@ Owns the document dataclasses with strict decoding under the 20 MiB cap (EDGE-13
 DESC-1 encoding, the children of a node (MT-4), attestations, referrers and pseudo
 images (MT-5/6) and the GC child labels (GC-7). Re-exports the media types and their
 classification (``_mediatypes``, MT-1..3) and the canonical JSON encoder (``_json``,
-DESC-2): import all of them from here. Pure: imports only ``castar.store`` digests and
-errors and the pure engine modules; never anyio or I/O.
+DESC-2): import all of them from here. Pure: imports only ``castar.store`` digests, labels
+and errors and the pure engine modules; never anyio or I/O.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ from castar.store.errors import (
     MalformedManifest,
     UnsupportedMediaType,
 )
+from castar.store.labels import REF_CONTENT, REFERRER
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -451,19 +452,17 @@ def is_pseudo_image(desc: Descriptor, manifest: Manifest | None = None) -> bool:
 
 # --- GC child labels (GC-7) ---------------------------------------------------------------------
 
-_GC_REF: Final = "containerd.io/gc.ref.content"
-
 
 def _child_label_key(child: Descriptor) -> str:
     if ANNOTATION_MANIFEST_SUBJECT in child.annotations:
-        return f"{_GC_REF}.referrer.sha256."
+        return REFERRER
     if is_known_config(child.media_type):
-        return f"{_GC_REF}.config"
+        return f"{REF_CONTENT}.config"
     if is_manifest(child.media_type):
-        return f"{_GC_REF}.m."
+        return f"{REF_CONTENT}.m."
     if is_layer(child.media_type):
-        return f"{_GC_REF}.l."
-    return f"{_GC_REF}."
+        return f"{REF_CONTENT}.l."
+    return f"{REF_CONTENT}."
 
 
 def children_labels(children: Sequence[Descriptor]) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Garbage collection: the label vocabulary, pure ``mark``/``sweep`` and the ``Collector``.
+"""Garbage collection: label edges, pure ``mark``/``sweep`` and the ``Collector``.
 
 ``mark`` and ``sweep`` are containerd ``pkg/gc`` Tricolor/Sweep in Python: pure functions over
 nodes and edges (STYLE §3.2 seam 4). ``roots_and_edges`` turns one metadata snapshot into the
@@ -11,24 +11,22 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING, Final, NamedTuple, final
+from typing import TYPE_CHECKING, NamedTuple, final
 
 import anyio
 
 from castar.store.digest import Digest
 from castar.store.errors import NotFound
+from castar.store.labels import BREF, FLAT, ROOT, expired, ref_kind
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
+    from datetime import datetime
 
     from castar.store.local import LocalContentStore
     from castar.store.sqlite import GCGraph, SQLiteMetadataDB
 
 __all__ = [
-    "EXPIRE",
-    "FLAT",
-    "ROOT",
     "Collector",
     "Edge",
     "GCReport",
@@ -37,18 +35,10 @@ __all__ = [
     "describe",
     "label_edges",
     "mark",
-    "parse_expire",
     "path_to",
     "roots_and_edges",
     "sweep",
 ]
-
-EXPIRE: Final = "containerd.io/gc.expire"
-FLAT: Final = "containerd.io/gc.flat"
-ROOT: Final = "containerd.io/gc.root"
-_REF: Final = "containerd.io/gc.ref."
-_BREF: Final = "containerd.io/gc.bref."
-_KINDS: Final = ("content", "image")  # what a gc.ref/gc.bref label can point at (GC-5, GC-6)
 
 
 class Node(NamedTuple):
@@ -71,15 +61,6 @@ class Edge:
     dst: str
 
 
-def _label_target(key: str, prefix: str) -> str | None:
-    """``content``/``image`` when ``key`` is ``<prefix><kind>`` or ``<prefix><kind>[./]…``."""
-    rest = key[len(prefix) :]
-    for kind in _KINDS:
-        if rest == kind or rest.startswith((kind + ".", kind + "/")):
-            return kind
-    return None
-
-
 def label_edges(owner_kind: str, owner: str, labels: Mapping[str, str]) -> list[Edge]:
     """The edges one object's labels declare.
 
@@ -90,35 +71,11 @@ def label_edges(owner_kind: str, owner: str, labels: Mapping[str, str]) -> list[
     """
     out = []
     for key, value in labels.items():
-        if key.startswith(_REF):
-            kind = _label_target(key, _REF)
-            if kind is not None:
-                out.append(Edge(key, owner_kind, owner, kind, value))
-        elif key.startswith(_BREF):
-            kind = _label_target(key, _BREF)
-            if kind is not None:
-                out.append(Edge(key, kind, value, owner_kind, owner))
+        if kind := ref_kind(key):
+            out.append(Edge(key, owner_kind, owner, kind, value))
+        elif kind := ref_kind(key, BREF):
+            out.append(Edge(key, kind, value, owner_kind, owner))
     return out
-
-
-def parse_expire(value: str) -> datetime | None:
-    """An RFC 3339 ``gc.expire`` value as an aware datetime; None when unparsable (GC-2)."""
-    text = value.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    try:
-        dt = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return dt if dt.tzinfo is not None else None
-
-
-def _expired(labels: Mapping[str, str], now: datetime) -> bool:
-    value = labels.get(EXPIRE)
-    if value is None:
-        return False
-    at = parse_expire(value)
-    return at is not None and at <= now
 
 
 def mark(roots: Iterable[Node], edges: Mapping[Node, Iterable[Node]]) -> set[Node]:
@@ -188,7 +145,7 @@ def roots_and_edges(
         all_nodes.append(node)
         if lease.labels.get(FLAT):
             flat_leases.add(lease.id)
-        if not _expired(lease.labels, now):
+        if not expired(lease.labels, now):
             roots.append(node)
     for lease_id, type_, resource in graph.resources:
         flat = lease_id in flat_leases
@@ -201,7 +158,7 @@ def roots_and_edges(
     for name, target, labels in graph.images:
         node = Node("image", name)
         all_nodes.append(node)
-        if not _expired(labels, now):
+        if not expired(labels, now):
             roots.append(node)
         add(node, Node("content", target))
         add(Node("image", name, True), Node("content", target, True))

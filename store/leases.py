@@ -2,7 +2,7 @@
 
 A lease protects what is written under it from GC until it is deleted or expires. The current
 lease lives in a ContextVar so child tasks inherit it (no lease ids threaded through calls).
-Imports the metadata DB and the GC label vocabulary; never the file backend or OCI code.
+Imports the metadata DB and labels.py; never the file backend or OCI code.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import anyio
 
 from castar.store.digest import parse
 from castar.store.errors import InvalidArgument, NotFound, NotImplementedKind
-from castar.store.gc import EXPIRE, FLAT, parse_expire
+from castar.store.labels import EXPIRE, FLAT, parse_expire
 from castar.store.sqlite import LeaseRecord, validate_labels
 
 if TYPE_CHECKING:

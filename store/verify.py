@@ -19,6 +19,7 @@ import anyio.to_thread
 
 from castar.store.digest import Digest, hasher, parse
 from castar.store.errors import DataLoss, NotFound
+from castar.store.labels import is_content_ref
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -33,7 +34,6 @@ VerifyProgress = Callable[[int, int, Digest], None]
 _CHUNK = 1 << 20
 #: Two blobs in flight saturate the machine's hashing (IO-LIMITS §2.5).
 _IN_FLIGHT = 2
-_REF_PREFIX = "containerd.io/gc.ref.content"
 
 
 @final
@@ -98,14 +98,6 @@ class VerifyReport:
         }
 
 
-def _is_ref_label(key: str) -> bool:
-    # GC-5: the exact key, or the prefix followed by "." or "/" (".contentX" is not an edge).
-    if not key.startswith(_REF_PREFIX):
-        return False
-    rest = key[len(_REF_PREFIX) :]
-    return rest == "" or rest[0] in "./"
-
-
 async def _subtree(
     content: ContentStore, roots: Iterable[str]
 ) -> tuple[dict[Digest, int], list[Digest]]:
@@ -126,7 +118,7 @@ async def _subtree(
             continue
         recorded[d] = info.size
         for key, value in info.labels.items():
-            if _is_ref_label(key):
+            if is_content_ref(key):
                 try:
                     stack.append(parse(value))
                 except ValueError:

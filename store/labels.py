@@ -1,0 +1,75 @@
+"""The GC label vocabulary (containerd ``pkg/gc``) and the reference-label rule (GC-2..7).
+
+Pure: no I/O, no anyio. gc.py, verify.py, leases.py, _txn.py and castar.engine read labels
+through these names only.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = [
+    "BREF",
+    "EXPIRE",
+    "FLAT",
+    "REF",
+    "REFERRER",
+    "REF_CONTENT",
+    "ROOT",
+    "expired",
+    "is_content_ref",
+    "parse_expire",
+    "ref_kind",
+]
+
+EXPIRE: Final = "containerd.io/gc.expire"
+FLAT: Final = "containerd.io/gc.flat"
+ROOT: Final = "containerd.io/gc.root"
+REF: Final = "containerd.io/gc.ref."
+BREF: Final = "containerd.io/gc.bref."
+REF_CONTENT: Final = REF + "content"
+#: ``<REFERRER><first 12 hex of the referrer>`` = the digest of a manifest naming a subject.
+REFERRER: Final = REF_CONTENT + ".referrer.sha256."
+_KINDS: Final = ("content", "image")  # what a gc.ref/gc.bref label can point at (GC-5, GC-6)
+
+
+def ref_kind(key: str, prefix: str = REF) -> str | None:
+    """``content``/``image`` when ``key`` is ``<prefix><kind>`` or ``<prefix><kind>[./]…``.
+
+    Else None: other keys, snapshot references and keys without a separator (``…contentX``).
+    """
+    if not key.startswith(prefix):
+        return None
+    rest = key[len(prefix) :]
+    for kind in _KINDS:
+        if rest == kind or rest.startswith((kind + ".", kind + "/")):
+            return kind
+    return None
+
+
+def is_content_ref(key: str) -> bool:
+    """True for a label by which a blob keeps another blob alive (GC-5)."""
+    return ref_kind(key) == "content"
+
+
+def parse_expire(value: str) -> datetime | None:
+    """An RFC 3339 ``gc.expire`` value as an aware datetime; None when unparsable (GC-2)."""
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return dt if dt.tzinfo is not None else None
+
+
+def expired(labels: Mapping[str, str], now: datetime) -> bool:
+    """True when ``labels`` carry a parsable ``gc.expire`` at or before ``now``."""
+    value = labels.get(EXPIRE)
+    at = None if value is None else parse_expire(value)
+    return at is not None and at <= now
