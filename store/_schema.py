@@ -3,7 +3,7 @@
 Owns the SQL schema (``MIGRATIONS``), opening a connection (WAL, foreign keys, migrating),
 the values rows are read into (``ContentRecord``, ``ImageRecord``…) and ``run_txn``, which runs
 one ``_txn_*`` function as one transaction and maps ``sqlite3`` errors to castar's categories
-once. Sync code for worker threads; imports only digest, errors and gc's ``Edge``: never anyio,
+once. Sync code for worker threads; imports only digest, errors and labels' ``Edge``: never anyio,
 the file backend or anything of OCI.
 """
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from castar.store.digest import Digest
-    from castar.store.gc import Edge
+    from castar.store.labels import Edge
 
 __all__ = [
     "MIGRATIONS",

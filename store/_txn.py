@@ -22,8 +22,7 @@ from castar.store._schema import (
 )
 from castar.store.digest import Digest
 from castar.store.errors import AlreadyExists, NotFound
-from castar.store.gc import Edge, label_edges
-from castar.store.labels import EXPIRE
+from castar.store.labels import EXPIRE, Edge, label_edges
 
 if TYPE_CHECKING:
     import sqlite3

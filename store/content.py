@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Final, final
 import anyio
 import anyio.lowlevel
 
+from castar.store import _txn
 from castar.store.digest import Buffer, Digest, parse
 from castar.store.errors import (
     AlreadyExists,
@@ -227,7 +228,7 @@ class ContentStore:
             NotFound: ``content digest <d>: not found``.
         """
         d = parse(digest)
-        rec = await self._db.content_info(d)
+        rec = await self._db.read(_txn.content_info, d)
         if rec is None:
             raise NotFound(f"content digest {d}")
         return _info(rec)
@@ -244,7 +245,7 @@ class ContentStore:
         ds = [parse(d) for d in digests]
         if not ds:
             return {}
-        return {r.digest: _info(r) for r in await self._db.content_infos(ds)}
+        return {r.digest: _info(r) for r in await self._db.read(_txn.content_infos, ds)}
 
     async def exists(self, digest: str) -> bool:
         """True when the blob is recorded (CS-7)."""
@@ -262,13 +263,17 @@ class ContentStore:
             InvalidArgument: a label breaks LBL-1.
         """
         validate_labels(labels)
-        rec = await self._db.content_labels(parse(digest), labels, replace=False, now=self._clock())
+        rec = await self._db.write(
+            _txn.content_labels, parse(digest), dict(labels), False, self._clock()
+        )
         return _info(rec)
 
     async def set_labels(self, digest: str, labels: Mapping[str, str]) -> Info:
         """Replace the blob's labels with ``labels`` (CS-5, no field paths)."""
         validate_labels(labels)
-        rec = await self._db.content_labels(parse(digest), labels, replace=True, now=self._clock())
+        rec = await self._db.write(
+            _txn.content_labels, parse(digest), dict(labels), True, self._clock()
+        )
         return _info(rec)
 
     async def delete(self, digest: str) -> None:
@@ -277,11 +282,11 @@ class ContentStore:
         Raises:
             NotFound: the blob is not recorded.
         """
-        await self._db.content_delete(parse(digest), lease=current_lease_id())
+        await self._db.write(_txn.content_delete, parse(digest), current_lease_id())
 
     async def walk(self) -> list[Info]:
         """Every recorded blob, ascending by digest string (CS-3)."""
-        return [_info(r) for r in await self._db.content_list()]
+        return [_info(r) for r in await self._db.read(_txn.content_list)]
 
     async def read(
         self,
@@ -377,8 +382,14 @@ class ContentStore:
             raise InvalidArgument("ref must not be empty")
         expected = parse(digest) if digest else None
         now = self._clock()
-        exists = await self._db.ingest_open(
-            ref, expected=expected, lease=current_lease_id(), expires_at=now + INGEST_TTL, now=now
+        exists = await self._db.write(  # non-durable: no writer survives a power cut
+            _txn.ingest_open,
+            ref,
+            expected,
+            current_lease_id(),
+            now + INGEST_TTL,
+            now,
+            durable=False,
         )
         if exists:
             raise AlreadyExists(f"content {expected}")
@@ -424,14 +435,16 @@ class ContentStore:
         labels: Mapping[str, str],
         unsynced: str | None,
     ) -> bool:
-        return await self._db.content_commit(
+        return await self._db.write(  # unsynced data: its row need not be durable either
+            _txn.content_commit,
             ref,
             digest,
             size,
-            labels,
-            lease=current_lease_id(),
-            now=self._clock(),
-            unsynced_boot=unsynced,
+            dict(labels),
+            current_lease_id(),
+            self._clock(),
+            unsynced,
+            durable=unsynced is None,
         )
 
     async def write_small_blobs(
@@ -490,16 +503,18 @@ class ContentStore:
             joined: list[int | None] = []
             if done or bad:
                 with anyio.CancelScope(shield=True):
-                    _, joined = await self._db.content_commit_batch(
+                    _, joined = await self._db.write(
+                        _txn.content_commit_batch,
                         [
                             (r.digest, r.size, labels[i])
                             for i, r in enumerate(batch.results)
                             if not isinstance(r, DigestMismatch)
                         ],
                         [d for d in bad if d is not None],
-                        lease=current_lease_id(),
-                        now=self._clock(),
-                        unsynced_boot=unsynced,
+                        current_lease_id(),
+                        self._clock(),
+                        unsynced,
+                        durable=unsynced is None,
                     )
         out: list[Descriptor] = []
         sizes = iter(joined)
@@ -536,14 +551,14 @@ class ContentStore:
         if self._boot is None:
             return 0  # no boot id: every commit synced already
         if digests is None:
-            todo: list[str] = await self._db.content_unsynced(self._boot)
+            todo: list[str] = await self._db.read(_txn.content_unsynced, self._boot)
         else:
             todo = [parse(d) for d in digests]
         if not todo:
             return 0
         await self._backend.sync_filesystem()
         with anyio.CancelScope(shield=True):
-            n = await self._db.content_mark_synced(todo)
+            n = await self._db.write(_txn.content_mark_synced, todo)
         return n
 
     async def drop_stale(self) -> list[Digest]:
@@ -553,10 +568,10 @@ class ContentStore:
         the exclusive commit lock, so no concurrent commit of the same digest can be trusting
         the torn file meanwhile. ``open_store`` calls this.
         """
-        if self._boot is None or not await self._db.content_stale(self._boot):
+        if self._boot is None or not await self._db.read(_txn.content_stale, self._boot):
             return []  # the usual case: one read, no lock
         async with self._backend.commit_lock(exclusive=True):
-            stale = [Digest(d) for d in await self._db.content_drop_stale(self._boot)]
+            stale = [Digest(d) for d in await self._db.write(_txn.content_drop_stale, self._boot)]
             for d in stale:
                 with suppress(NotFound):
                     await self._backend.delete(d)
@@ -565,7 +580,7 @@ class ContentStore:
     async def _forget_ingest(self, ref: str) -> None:
         with suppress(NotFound):
             await self._backend.abort(ref)
-        await self._db.ingest_delete(ref)
+        await self._db.write(_txn.ingest_delete, ref, durable=False)
 
     async def write_blob(
         self,
@@ -637,7 +652,7 @@ class ContentStore:
             found = await self._backend.abort(ref)
         except NotFound:
             found = False
-        recorded = await self._db.ingest_delete(ref)
+        recorded = await self._db.write(_txn.ingest_delete, ref, durable=False)
         if not (found or recorded):
             raise NotFound(f"reference {ref}")
 

@@ -1,4 +1,4 @@
-"""Garbage collection: label edges, pure ``mark``/``sweep`` and the ``Collector``.
+"""Garbage collection: pure ``mark``/``sweep`` and the ``Collector``.
 
 ``mark`` and ``sweep`` are containerd ``pkg/gc`` Tricolor/Sweep in Python: pure functions over
 nodes and edges (STYLE §3.2 seam 4). ``roots_and_edges`` turns one metadata snapshot into the
@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, NamedTuple, final
 
 import anyio
 
+from castar.store import _txn
 from castar.store.digest import Digest
 from castar.store.errors import NotFound
-from castar.store.labels import BREF, FLAT, ROOT, expired, ref_kind
+from castar.store.labels import FLAT, ROOT, expired
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -28,12 +29,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Collector",
-    "Edge",
     "GCReport",
     "Node",
     "decide",
     "describe",
-    "label_edges",
     "mark",
     "path_to",
     "roots_and_edges",
@@ -47,35 +46,6 @@ class Node(NamedTuple):
     kind: str
     key: str
     flat: bool = False
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Edge:
-    """A reference derived from one label: ``src`` keeps ``dst`` alive (GC-5, GC-6)."""
-
-    key: str
-    src_kind: str
-    src: str
-    dst_kind: str
-    dst: str
-
-
-def label_edges(owner_kind: str, owner: str, labels: Mapping[str, str]) -> list[Edge]:
-    """The edges one object's labels declare.
-
-    ``containerd.io/gc.ref.content[./…]=<d>`` and ``…gc.ref.image[./…]=<name>`` make the owner
-    keep the target (GC-5); ``containerd.io/gc.bref.content[./…]=<d>`` and ``…gc.bref.image…``
-    make the target keep the owner (GC-6). Keys without a separator (``gc.ref.contentX``) and
-    snapshot references are ignored; values are not validated.
-    """
-    out = []
-    for key, value in labels.items():
-        if kind := ref_kind(key):
-            out.append(Edge(key, owner_kind, owner, kind, value))
-        elif kind := ref_kind(key, BREF):
-            out.append(Edge(key, kind, value, owner_kind, owner))
-    return out
 
 
 def mark(roots: Iterable[Node], edges: Mapping[Node, Iterable[Node]]) -> set[Node]:
@@ -234,7 +204,7 @@ class Collector:
         """
         async with self._lock:
             now = self._clock()
-            graph, doomed = await self._db.gc_sweep(lambda g: decide(g, now), dry_run=dry_run)
+            graph, doomed = await self._db.write(_txn.gc_sweep, lambda g: decide(g, now), dry_run)
             swept = {Digest(k) for kind, k in doomed if kind == "content"}
             removed, orphan_bytes = await self._sweep_content(swept, dry_run)
             ingests = await self._sweep_ingests(
@@ -259,7 +229,7 @@ class Collector:
         orphan_bytes = 0
         async with self._backend.commit_lock(exclusive=True):
             blobs = await self._backend.walk()
-            keep, _ = await self._db.gc_kept()
+            keep, _ = await self._db.read(_txn.gc_kept)
             if dry_run:
                 keep -= swept
             for digest, size in blobs:
@@ -277,7 +247,7 @@ class Collector:
         """Abort backend ingests no row keeps, unless a writer holds them; all refs gone."""
         ingests = list(swept)
         backend_ingests = await self._backend.list_ingests()
-        _, refs = await self._db.gc_kept()
+        _, refs = await self._db.read(_txn.gc_kept)
         if dry_run:
             refs -= set(swept)
         for status in backend_ingests:
@@ -296,7 +266,7 @@ class Collector:
 
     async def explain(self, digest: str) -> list[str]:
         """The path from a root to ``digest`` that keeps it alive; [] when it is garbage."""
-        graph = await self._db.gc_graph()
+        graph = await self._db.read(_txn.gc_graph)
         if digest not in graph.content:
             return []
         roots, edges, _ = roots_and_edges(graph, self._clock())

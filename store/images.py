@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, final
 
+from castar.store import _txn
 from castar.store.content import Descriptor
 from castar.store.digest import parse
 from castar.store.errors import InvalidArgument, NotFound
@@ -97,13 +98,14 @@ class ImageStore:
         checked = None if target is None else _target(target)
         if labels is not None:
             validate_labels(labels)
-        rec = await self._db.image_put(
+        rec = await self._db.write(
+            _txn.image_put,
             name,
-            target=checked,
-            labels=labels,
-            create=create,
-            lease=current_lease_id(),
-            now=self._clock(),
+            checked,
+            None if labels is None else dict(labels),
+            create,
+            current_lease_id(),
+            self._clock(),
         )
         return _image(rec)
 
@@ -126,14 +128,14 @@ class ImageStore:
         Raises:
             NotFound: ``image "<name>": not found``.
         """
-        rec = await self._db.image_get(name)
+        rec = await self._db.read(_txn.image_get, name)
         if rec is None:
             raise NotFound(f'image "{name}"')
         return _image(rec)
 
     async def list(self) -> builtins.list[Image]:
         """All images, ascending by name (IMG-5)."""
-        return [_image(r) for r in await self._db.image_list()]
+        return [_image(r) for r in await self._db.read(_txn.image_list)]
 
     async def update(
         self,
@@ -156,4 +158,4 @@ class ImageStore:
         Raises:
             NotFound: ``image "<name>": not found`` or ``image "<name>" has target <a>, not <t>``.
         """
-        await self._db.image_delete(name, target=target)
+        await self._db.write(_txn.image_delete, name, target)

@@ -6,8 +6,9 @@ through these names only.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, final
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -20,8 +21,10 @@ __all__ = [
     "REFERRER",
     "REF_CONTENT",
     "ROOT",
+    "Edge",
     "expired",
     "is_content_ref",
+    "label_edges",
     "parse_expire",
     "ref_kind",
 ]
@@ -54,6 +57,35 @@ def ref_kind(key: str, prefix: str = REF) -> str | None:
 def is_content_ref(key: str) -> bool:
     """True for a label by which a blob keeps another blob alive (GC-5)."""
     return ref_kind(key) == "content"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Edge:
+    """A reference derived from one label: ``src`` keeps ``dst`` alive (GC-5, GC-6)."""
+
+    key: str
+    src_kind: str
+    src: str
+    dst_kind: str
+    dst: str
+
+
+def label_edges(owner_kind: str, owner: str, labels: Mapping[str, str]) -> list[Edge]:
+    """The edges one object's labels declare.
+
+    ``containerd.io/gc.ref.content[./…]=<d>`` and ``…gc.ref.image[./…]=<name>`` make the owner
+    keep the target (GC-5); ``containerd.io/gc.bref.content[./…]=<d>`` and ``…gc.bref.image…``
+    make the target keep the owner (GC-6). Keys without a separator (``gc.ref.contentX``) and
+    snapshot references are ignored; values are not validated.
+    """
+    out = []
+    for key, value in labels.items():
+        if kind := ref_kind(key):
+            out.append(Edge(key, owner_kind, owner, kind, value))
+        elif kind := ref_kind(key, BREF):
+            out.append(Edge(key, kind, value, owner_kind, owner))
+    return out
 
 
 def parse_expire(value: str) -> datetime | None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Final, final
 
 import anyio
 
+from castar.store import _txn
 from castar.store.digest import parse
 from castar.store.errors import InvalidArgument, NotFound, NotImplementedKind
 from castar.store.labels import EXPIRE, FLAT, parse_expire
@@ -131,7 +132,7 @@ class LeaseManager:
         if expire is not None:
             merged[EXPIRE] = rfc3339(now + expire)
         validate_labels(merged)
-        return _lease(await self._db.lease_create(id, merged, now=now, durable=durable))
+        return _lease(await self._db.write(_txn.lease_create, id, merged, now, durable=durable))
 
     @asynccontextmanager
     async def hold(
@@ -159,7 +160,7 @@ class LeaseManager:
 
     async def list(self) -> builtins.list[Lease]:
         """All leases, ascending by id (LEASE-7)."""
-        return [_lease(r) for r in await self._db.lease_list()]
+        return [_lease(r) for r in await self._db.read(_txn.lease_list)]
 
     async def delete(self, id: str, *, durable: bool = True) -> None:
         """Delete a lease; what only it protected becomes garbage (LEASE-3).
@@ -169,7 +170,7 @@ class LeaseManager:
         Raises:
             NotFound: ``lease "<id>": not found``.
         """
-        await self._db.lease_delete(id, durable=durable)
+        await self._db.write(_txn.lease_delete, id, durable=durable)
 
     async def add_resource(self, id: str, type: str, resource: str) -> None:
         """Add ``resource`` of ``type`` (``content``, ``images``, ``ingests``) to lease ``id``.
@@ -180,16 +181,16 @@ class LeaseManager:
             NotFound: no such lease.
         """
         _check_resource(type, resource)
-        await self._db.lease_add(id, type, resource)
+        await self._db.write(_txn.lease_add, id, type, resource)
 
     async def delete_resource(self, id: str, type: str, resource: str) -> None:
         """Remove a resource from a lease (absent resources are ignored)."""
         _check_resource(type, resource)
-        await self._db.lease_remove(id, type, resource)
+        await self._db.write(_txn.lease_remove, id, type, resource)
 
     async def list_resources(self, id: str) -> builtins.list[tuple[str, str]]:
         """``(type, resource)`` pairs: content, then images, then ingests (LEASE-4)."""
-        return await self._db.lease_resources(id)
+        return await self._db.read(_txn.lease_resources, id)
 
 
 def _check_resource(type: str, resource: str) -> None:

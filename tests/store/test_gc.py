@@ -13,9 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from castar.store import Descriptor, Root
+from castar.store import Descriptor, Root, _txn
 from castar.store.digest import Digest, compute
-from castar.store.gc import Edge, Node, decide, label_edges, mark, sweep
+from castar.store.gc import Node, decide, mark, sweep
+from castar.store.labels import Edge, label_edges
 from castar.store.local import LocalContentStore
 
 if TYPE_CHECKING:
@@ -346,7 +347,7 @@ async def test_gc_interrupted_after_metadata_sweep_converges_next_time(
     for build in TV48:
         await build(store, clock.now)
     # A crash right after the metadata sweep: records gone, files still there.
-    _, doomed = await store._db.gc_sweep(lambda g: decide(g, clock.now), dry_run=False)
+    _, doomed = await store._db.write(_txn.gc_sweep, lambda g: decide(g, clock.now), False)
     assert len(doomed) == 6
     assert await store.content.walk() == []
     assert (store.root / "blobs/sha256" / D("Z").encoded).exists()
