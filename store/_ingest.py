@@ -3,26 +3,23 @@
 Owns writing ``<root>/ingest/<key>/data`` while hashing (coalesced 1 MiB thread hops),
 the commit (ING-8, containerd ``plugins/content/local/writer.go`` Commit, step for step;
 its fsyncs optional, IO-LIMITS §2.10), the small-blob put (``ingest/.tmp-*`` renamed into
-place, no ingest directory) and the pieces local.py shares (IngestStatus, RFC 3339
-times, the OSError map); opening, locking and listing ingests is local.py's. Imports
+place, no ingest directory) and the pieces local.py shares (IngestStatus, the
+ingest files' times); opening, locking and listing ingests is local.py's. Imports
 only castar.store.digest and errors: never local.py or the metadata layer.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import hashlib
 import logging
 import os
-import re
 import secrets
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
 import anyio
@@ -33,18 +30,16 @@ from anyio.lowlevel import RunVar
 from castar.store._pump import Pump, hash_and_write, write_all
 from castar.store.digest import Buffer, Digest, from_hasher, hasher, parse
 from castar.store.errors import (
-    CastarError,
-    DataLoss,
     DigestMismatch,
     FailedPrecondition,
     InvalidArgument,
-    NotFound,
     SizeMismatch,
-    Unavailable,
+    map_os_errors,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Sequence
+    from datetime import datetime
     from pathlib import Path
     from types import TracebackType
 
@@ -58,10 +53,7 @@ __all__ = [
     "SmallData",
     "blob_limiter",
     "format_time",
-    "go_duration",
     "holds",
-    "map_os_errors",
-    "parse_time",
     "put_small",
     "put_small_batch",
     "ref_context",
@@ -128,43 +120,6 @@ class IngestStatus:
     updated_at: datetime
 
 
-# --- errors -----------------------------------------------------------------------------
-
-_NOT_FOUND: Final = frozenset({errno.ENOENT, errno.ENOTDIR})
-_DATA_LOSS: Final = frozenset({errno.EIO, errno.EUCLEAN, errno.EBADMSG})
-_UNAVAILABLE: Final = frozenset(
-    {errno.ENOSPC, errno.EDQUOT, errno.EAGAIN, errno.EMFILE, errno.ENFILE, errno.EINTR}
-)
-_PRECONDITION: Final = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
-
-
-@contextlib.contextmanager
-def map_os_errors(context: str) -> Iterator[None]:
-    """Translate an ``OSError`` into its category once, at the backend's seam (STYLE §3.4).
-
-    ``context`` names what was being done (``content digest <d>``, ``ingest ref "<r>"``):
-    ENOENT becomes ``NotFound("<context>")``, EIO ``DataLoss``, ENOSPC ``Unavailable``,
-    EACCES ``FailedPrecondition``, anything else an internal ``CastarError``; the
-    OS message and path follow the context.
-    """
-    try:
-        yield
-    except OSError as exc:
-        code = exc.errno
-        if code in _NOT_FOUND:
-            raise NotFound(context) from exc
-        detail = f"{context}: {exc.strerror or exc}"
-        if exc.filename is not None:
-            detail += f" ({exc.filename})"
-        if code in _DATA_LOSS:
-            raise DataLoss(detail) from exc
-        if code in _UNAVAILABLE:
-            raise Unavailable(detail) from exc
-        if code in _PRECONDITION:
-            raise FailedPrecondition(detail) from exc
-        raise CastarError(detail) from exc
-
-
 # --- small file helpers (all sync: they run in worker threads) --------------------------
 
 
@@ -172,31 +127,6 @@ def format_time(ns: int) -> str:
     """RFC 3339 with nanoseconds, UTC (what containerd writes to startedat/updatedat)."""
     sec, frac = divmod(ns, 1_000_000_000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{frac:09d}Z"
-
-
-_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)")
-
-
-def parse_time(text: str) -> datetime:
-    m = _TIME.fullmatch(text.strip())
-    if m is None:
-        raise ValueError(f"not an RFC 3339 time: {text!r}")
-    frac = (m.group(2) or "")[:6].ljust(6, "0")
-    zone = "+00:00" if m.group(3) == "Z" else m.group(3)
-    return datetime.fromisoformat(f"{m.group(1)}.{frac}{zone}").astimezone(UTC)
-
-
-def go_duration(seconds: float) -> str:
-    """A duration the way Go's ``time.Duration.String`` prints it (``1.5s``, ``2m3s``)."""
-    if seconds < 1:
-        ms = f"{max(seconds, 0.0) * 1000:.3f}".rstrip("0").rstrip(".")
-        return "0s" if ms == "0" else f"{ms}ms"
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    out = f"{int(hours)}h" if hours else ""
-    if hours or minutes:
-        out += f"{int(minutes)}m"
-    return out + (f"{secs:.3f}".rstrip("0").rstrip(".") or "0") + "s"
 
 
 def write_atomic(path: Path, text: str) -> None:

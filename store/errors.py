@@ -1,8 +1,9 @@
 """castar's error hierarchy: containerd errdefs categories, Python-shaped.
 
 A category answers "what should the caller do?" (SEMANTICS ERR-1, STYLE §3.4);
-attributes are structured and ``str(err)`` names where it happened. This module
-imports nothing from the rest of castar, so every layer can raise these.
+attributes are structured and ``str(err)`` names where it happened; ``map_os_errors`` is the
+one translation of ``OSError``. Imports nothing from the rest of castar, so every layer can
+raise these.
 
 Rendered messages follow Go's ``%w`` wrapping: ``<context>: <suffix>`` where the
 suffix is the category's canonical text (``not found``, ``invalid argument``…).
@@ -10,7 +11,12 @@ suffix is the category's canonical text (``not found``, ``invalid argument``…)
 
 from __future__ import annotations
 
-from typing import ClassVar
+import contextlib
+import errno
+from typing import TYPE_CHECKING, ClassVar, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 __all__ = [
     "AlreadyExists",
@@ -27,6 +33,7 @@ __all__ = [
     "SizeMismatch",
     "Unavailable",
     "UnsupportedMediaType",
+    "map_os_errors",
 ]
 
 
@@ -156,3 +163,38 @@ class DataLoss(CastarError):
     """A recorded blob is missing or corrupt on disk: the store needs repair."""
 
     suffix = "data loss"
+
+
+_NOT_FOUND: Final = frozenset({errno.ENOENT, errno.ENOTDIR})
+_DATA_LOSS: Final = frozenset({errno.EIO, errno.EUCLEAN, errno.EBADMSG})
+_UNAVAILABLE: Final = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EAGAIN, errno.EMFILE, errno.ENFILE, errno.EINTR}
+)
+_PRECONDITION: Final = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+@contextlib.contextmanager
+def map_os_errors(context: str) -> Iterator[None]:
+    """Translate an ``OSError`` into its category once, at the backend's seam (STYLE §3.4).
+
+    ``context`` names what was being done (``content digest <d>``, ``ingest ref "<r>"``):
+    ENOENT becomes ``NotFound("<context>")``, EIO ``DataLoss``, ENOSPC ``Unavailable``,
+    EACCES ``FailedPrecondition``, anything else an internal ``CastarError``; the
+    OS message and path follow the context.
+    """
+    try:
+        yield
+    except OSError as exc:
+        code = exc.errno
+        if code in _NOT_FOUND:
+            raise NotFound(context) from exc
+        detail = f"{context}: {exc.strerror or exc}"
+        if exc.filename is not None:
+            detail += f" ({exc.filename})"
+        if code in _DATA_LOSS:
+            raise DataLoss(detail) from exc
+        if code in _UNAVAILABLE:
+            raise Unavailable(detail) from exc
+        if code in _PRECONDITION:
+            raise FailedPrecondition(detail) from exc
+        raise CastarError(detail) from exc

@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 import shutil
 import time
 from datetime import UTC, datetime
@@ -36,9 +37,6 @@ from castar.store._ingest import (
     SmallData,
     blob_limiter,
     format_time,
-    go_duration,
-    map_os_errors,
-    parse_time,
     put_small_batch,
     ref_context,
     rehash,
@@ -46,7 +44,14 @@ from castar.store._ingest import (
     write_atomic,
 )
 from castar.store.digest import ALGORITHMS, CANONICAL, Buffer, Digest, hasher, parse
-from castar.store.errors import DataLoss, DigestMismatch, InvalidArgument, NotFound, Unavailable
+from castar.store.errors import (
+    DataLoss,
+    DigestMismatch,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    map_os_errors,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
@@ -124,6 +129,32 @@ def _lock_ref(path: Path, ref: str) -> int:
             with contextlib.suppress(OSError):
                 os.close(fd)
             raise
+
+
+_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)")
+
+
+def parse_time(text: str) -> datetime:
+    """An RFC 3339 time (as containerd writes ``startedat``/``updatedat``), in UTC."""
+    m = _TIME.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f"not an RFC 3339 time: {text!r}")
+    frac = (m.group(2) or "")[:6].ljust(6, "0")
+    zone = "+00:00" if m.group(3) == "Z" else m.group(3)
+    return datetime.fromisoformat(f"{m.group(1)}.{frac}{zone}").astimezone(UTC)
+
+
+def go_duration(seconds: float) -> str:
+    """A duration the way Go's ``time.Duration.String`` prints it (``1.5s``, ``2m3s``)."""
+    if seconds < 1:
+        ms = f"{max(seconds, 0.0) * 1000:.3f}".rstrip("0").rstrip(".")
+        return "0s" if ms == "0" else f"{ms}ms"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    out = f"{int(hours)}h" if hours else ""
+    if hours or minutes:
+        out += f"{int(minutes)}m"
+    return out + (f"{secs:.3f}".rstrip("0").rstrip(".") or "0") + "s"
 
 
 def _locked(fd: int, ref: str) -> Unavailable:

@@ -22,6 +22,7 @@ from castar.store.errors import (
     FailedPrecondition,
     NotFound,
     Unavailable,
+    map_os_errors,
 )
 from castar.store.local import LocalContentStore
 
@@ -164,7 +165,7 @@ async def test_commit_lock_waiter_gets_it_when_the_holder_leaves(tmp_path: Path)
 )
 def test_map_os_errors_translates_once_with_context(code: int, kind: type[CastarError]) -> None:
     # STYLE §3.4: one translation seam, the path/digest named in the message
-    with pytest.raises(kind) as err, _ingest.map_os_errors("content digest sha256:x"):
+    with pytest.raises(kind) as err, map_os_errors("content digest sha256:x"):
         raise OSError(code, os.strerror(code), "/some/path")
     assert type(err.value) is kind
     assert str(err.value).startswith("content digest sha256:x")
@@ -179,13 +180,13 @@ def test_map_os_errors_translates_once_with_context(code: int, kind: type[Castar
 )
 def test_lock_duration_reads_like_go(seconds: float, text: str) -> None:
     # ING-3 "locked for <duration>" (Go's Duration.String)
-    assert _ingest.go_duration(seconds) == text
+    assert local.go_duration(seconds) == text
 
 
 def test_rfc3339_nano_round_trips_to_microseconds() -> None:
     text = _ingest.format_time(1_700_000_000_123_456_789)
     assert text == "2023-11-14T22:13:20.123456789Z"
-    parsed = _ingest.parse_time(text)
+    parsed = local.parse_time(text)
     assert parsed.timestamp() == pytest.approx(1_700_000_000.123456, abs=1e-6)
 
 
