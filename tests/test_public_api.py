@@ -123,3 +123,11 @@ async def test_load_save_and_save_many_on_the_facade(tmp_path: Path) -> None:
             p.manifest.digest for p in synth.plan(spec).platforms
         ]
         assert image.target.digest == synth.plan(spec).index.digest
+
+
+def test_castar_store_names_load_on_first_use() -> None:
+    import castar.store
+
+    assert all(getattr(castar.store, n) is not None for n in castar.store.__all__)
+    with pytest.raises(AttributeError):
+        _ = castar.store.nope
