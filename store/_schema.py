@@ -1,9 +1,9 @@
 """The metadata DB's tables, their ``user_version`` migrations, its rows, and the txn runner.
 
 Owns the SQL schema (``MIGRATIONS``), opening a connection (WAL, foreign keys, migrating),
-the values rows are read into (``ContentRecord``, ``ImageRecord``…) and ``run_txn``, which runs
+the values rows are read into (``Info``, ``Image``, ``Lease``…) and ``run_txn``, which runs
 one ``_txn_*`` function as one transaction and maps ``sqlite3`` errors to castar's categories
-once. Sync code for worker threads; imports only digest, errors and labels' ``Edge``: never anyio,
+once. Sync code for worker threads; imports only digest, errors and labels: never anyio,
 the file backend or anything of OCI.
 """
 
@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar, final
 
 from castar.store.errors import CastarError, DataLoss, FailedPrecondition, Unavailable
+from castar.store.labels import EXPIRE, FLAT, parse_expire
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -26,11 +27,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MIGRATIONS",
-    "ContentRecord",
+    "Descriptor",
     "GCGraph",
-    "ImageRecord",
-    "ImageTarget",
-    "LeaseRecord",
+    "Image",
+    "Info",
+    "Lease",
     "connect",
     "from_ts",
     "run_txn",
@@ -85,52 +86,67 @@ MIGRATIONS: Final[list[list[str]]] = [
 # --- rows ------------------------------------------------------------------------------------
 
 
+@final
 @dataclass(frozen=True, slots=True)
-class ContentRecord:
-    """A content row: what ``ContentStore.info`` returns as ``Info``."""
-
-    digest: Digest
-    size: int
-    labels: Mapping[str, str]
-    created_at: datetime
-    updated_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class ImageTarget:
-    """The four fields of a target descriptor an image record keeps (DESC-5)."""
+class Descriptor:
+    """What the store keeps of a target (DESC-5): media type, digest, size, annotations."""
 
     media_type: str
     digest: Digest
     size: int
-    annotations: Mapping[str, str]
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
 
+@final
 @dataclass(frozen=True, slots=True)
-class ImageRecord:
-    """An image row with its labels; the target is kept as its four DESC-5 fields."""
+class Info:
+    """A recorded blob (CS-1)."""
 
-    name: str
-    target: ImageTarget
+    digest: Digest
+    size: int
     labels: Mapping[str, str]
     created_at: datetime
     updated_at: datetime
 
 
+@final
 @dataclass(frozen=True, slots=True)
-class LeaseRecord:
-    """A lease row with its labels."""
+class Image:
+    """An image record (IMG-1)."""
+
+    name: str
+    target: Descriptor
+    labels: Mapping[str, str]
+    created_at: datetime
+    updated_at: datetime
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A lease: ``id``, creation time (UTC) and labels (LEASE-1)."""
 
     id: str
     created_at: datetime
     labels: Mapping[str, str]
+
+    @property
+    def expires_at(self) -> datetime | None:
+        """The ``containerd.io/gc.expire`` time, or None when absent or unparsable."""
+        value = self.labels.get(EXPIRE)
+        return None if value is None else parse_expire(value)
+
+    @property
+    def flat(self) -> bool:
+        """True when labelled ``containerd.io/gc.flat`` (GC-4: only the listed objects live)."""
+        return bool(self.labels.get(FLAT))
 
 
 @dataclass(frozen=True, slots=True)
 class GCGraph:
     """Everything GC needs, read in one transaction."""
 
-    leases: Sequence[LeaseRecord]
+    leases: Sequence[Lease]
     resources: Sequence[tuple[str, str, str]]  # (lease id, type, resource)
     images: Sequence[tuple[str, Digest, Mapping[str, str]]]  # (name, target digest, labels)
     content: Mapping[Digest, tuple[int, Mapping[str, str]]]  # digest -> (size, labels)

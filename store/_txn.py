@@ -12,11 +12,11 @@ import json
 from typing import TYPE_CHECKING, Final
 
 from castar.store._schema import (
-    ContentRecord,
+    Descriptor,
     GCGraph,
-    ImageRecord,
-    ImageTarget,
-    LeaseRecord,
+    Image,
+    Info,
+    Lease,
     from_ts,
     to_ts,
 )
@@ -102,21 +102,21 @@ def _drop_image(conn: sqlite3.Connection, name: str) -> None:
 # --- content and ingests ------------------------------------------------------------------------
 
 
-def content_info(conn: sqlite3.Connection, digest: str) -> ContentRecord | None:
+def content_info(conn: sqlite3.Connection, digest: str) -> Info | None:
     row = conn.execute(
         "SELECT size, created_at, updated_at FROM content WHERE digest = ?", (digest,)
     ).fetchone()
     if row is None:
         return None
     labels = _labels(conn, "content", digest)
-    return ContentRecord(Digest(digest), row[0], labels, from_ts(row[1]), from_ts(row[2]))
+    return Info(Digest(digest), row[0], labels, from_ts(row[1]), from_ts(row[2]))
 
 
 #: Digests per ``IN (...)`` list: well under SQLite's host-parameter limit (999 before 3.32).
 IN_CHUNK: Final = 500
 
 
-def content_infos(conn: sqlite3.Connection, digests: Sequence[Digest]) -> list[ContentRecord]:
+def content_infos(conn: sqlite3.Connection, digests: Sequence[Digest]) -> list[Info]:
     """The records of those ``digests`` that exist, in the order given (duplicates once).
 
     Two queries per :data:`IN_CHUNK` digests (labels, then rows), all in the caller's one
@@ -141,24 +141,21 @@ def content_infos(conn: sqlite3.Connection, digests: Sequence[Digest]) -> list[C
         ):
             rows[d] = (s, c, u)
     return [
-        ContentRecord(d, row[0], labels.get(d, {}), from_ts(row[1]), from_ts(row[2]))
+        Info(d, row[0], labels.get(d, {}), from_ts(row[1]), from_ts(row[2]))
         for d in unique
         if (row := rows.get(d)) is not None
     ]
 
 
-def content_list(conn: sqlite3.Connection) -> list[ContentRecord]:
+def content_list(conn: sqlite3.Connection) -> list[Info]:
     labels = _all_labels(conn, "content")
     rows = conn.execute("SELECT digest, size, created_at, updated_at FROM content ORDER BY digest")
-    return [
-        ContentRecord(Digest(d), s, labels.get(d, {}), from_ts(c), from_ts(u))
-        for d, s, c, u in rows
-    ]
+    return [Info(Digest(d), s, labels.get(d, {}), from_ts(c), from_ts(u)) for d, s, c, u in rows]
 
 
 def content_labels(
     conn: sqlite3.Connection, digest: str, labels: Mapping[str, str], replace: bool, now: datetime
-) -> ContentRecord:
+) -> Info:
     """Merge (or replace) a blob's labels; an empty value deletes the key (CS-5)."""
     current = content_info(conn, digest)
     if current is None:
@@ -171,7 +168,7 @@ def content_labels(
             merged.pop(k, None)
     _set_labels(conn, "content", digest, merged)
     conn.execute("UPDATE content SET updated_at = ? WHERE digest = ?", (to_ts(now), digest))
-    return ContentRecord(current.digest, current.size, merged, current.created_at, now)
+    return Info(current.digest, current.size, merged, current.created_at, now)
 
 
 def content_delete(conn: sqlite3.Connection, digest: str, lease: str | None) -> None:
@@ -347,18 +344,18 @@ def content_drop_stale(conn: sqlite3.Connection, boot: str) -> list[str]:
 _IMAGE_COLS: Final = "name, media_type, digest, size, annotations, created_at, updated_at"
 
 
-def _image_row(row: tuple[str, ...], labels: Mapping[str, str]) -> ImageRecord:
+def _image_row(row: tuple[str, ...], labels: Mapping[str, str]) -> Image:
     name, mt, d, size, ann, c, u = row
-    target = ImageTarget(mt, Digest(d), int(size), json.loads(ann))
-    return ImageRecord(name, target, labels, from_ts(c), from_ts(u))
+    target = Descriptor(mt, Digest(d), int(size), json.loads(ann))
+    return Image(name, target, labels, from_ts(c), from_ts(u))
 
 
-def image_get(conn: sqlite3.Connection, name: str) -> ImageRecord | None:
+def image_get(conn: sqlite3.Connection, name: str) -> Image | None:
     row = conn.execute(f"SELECT {_IMAGE_COLS} FROM images WHERE name = ?", (name,)).fetchone()
     return None if row is None else _image_row(row, _labels(conn, "image", name))
 
 
-def image_list(conn: sqlite3.Connection) -> list[ImageRecord]:
+def image_list(conn: sqlite3.Connection) -> list[Image]:
     labels = _all_labels(conn, "image")
     rows = conn.execute(f"SELECT {_IMAGE_COLS} FROM images ORDER BY name").fetchall()
     return [_image_row(r, labels.get(r[0], {})) for r in rows]
@@ -367,12 +364,12 @@ def image_list(conn: sqlite3.Connection) -> list[ImageRecord]:
 def image_put(
     conn: sqlite3.Connection,
     name: str,
-    target: ImageTarget | None,
+    target: Descriptor | None,
     labels: Mapping[str, str] | None,
     create: bool,
     lease: str | None,
     now: datetime,
-) -> ImageRecord:
+) -> Image:
     """Create (``create``) or update an image; on update, None keeps the target or labels."""
     old = image_get(conn, name)
     if create and old is not None:
@@ -385,7 +382,7 @@ def image_put(
     if labels is None:
         labels = {} if old is None else old.labels
     created = now if old is None else old.created_at  # IMG-3: created_at is kept
-    rec = ImageRecord(name, target, dict(labels), created, now)
+    rec = Image(name, target, dict(labels), created, now)
     conn.execute(
         "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?, ?)",
         (
@@ -418,17 +415,17 @@ def image_delete(conn: sqlite3.Connection, name: str, target: str | None) -> Non
 
 def lease_create(
     conn: sqlite3.Connection, id_: str, labels: Mapping[str, str], now: datetime
-) -> LeaseRecord:
+) -> Lease:
     if conn.execute("INSERT OR IGNORE INTO leases VALUES (?, ?)", (id_, to_ts(now))).rowcount == 0:
         raise AlreadyExists(f'lease "{id_}"')
     _set_labels(conn, "lease", id_, labels)
-    return LeaseRecord(id_, now, dict(labels))
+    return Lease(id_, now, dict(labels))
 
 
-def lease_list(conn: sqlite3.Connection) -> list[LeaseRecord]:
+def lease_list(conn: sqlite3.Connection) -> list[Lease]:
     labels = _all_labels(conn, "lease")
     rows = conn.execute("SELECT id, created_at FROM leases ORDER BY id").fetchall()
-    return [LeaseRecord(i, from_ts(c), labels.get(i, {})) for i, c in rows]
+    return [Lease(i, from_ts(c), labels.get(i, {})) for i, c in rows]
 
 
 def lease_delete(conn: sqlite3.Connection, id_: str) -> None:

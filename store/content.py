@@ -20,6 +20,7 @@ import anyio
 import anyio.lowlevel
 
 from castar.store import _txn
+from castar.store._schema import Descriptor, Info
 from castar.store.digest import Buffer, Digest, parse
 from castar.store.errors import (
     AlreadyExists,
@@ -32,7 +33,7 @@ from castar.store.errors import (
     Unavailable,
 )
 from castar.store.leases import current_lease_id
-from castar.store.sqlite import ContentRecord, validate_labels
+from castar.store.sqlite import validate_labels
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
@@ -60,29 +61,6 @@ SMALL_BLOB: Final = 1 << 20
 
 @final
 @dataclass(frozen=True, slots=True)
-class Descriptor:
-    """What the store keeps of a target (DESC-5): media type, digest, size, annotations."""
-
-    media_type: str
-    digest: Digest
-    size: int
-    annotations: Mapping[str, str] = field(default_factory=dict)
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Info:
-    """A recorded blob (CS-1)."""
-
-    digest: Digest
-    size: int
-    labels: Mapping[str, str]
-    created_at: datetime
-    updated_at: datetime
-
-
-@final
-@dataclass(frozen=True, slots=True)
 class SmallBlob:
     """One blob of :meth:`ContentStore.write_small_blobs`: at most 1 MiB, stored whole.
 
@@ -99,10 +77,6 @@ class SmallBlob:
     digest: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     media_type: str = "application/octet-stream"
-
-
-def _info(rec: ContentRecord) -> Info:
-    return Info(rec.digest, rec.size, rec.labels, rec.created_at, rec.updated_at)
 
 
 @final
@@ -231,7 +205,7 @@ class ContentStore:
         rec = await self._db.read(_txn.content_info, d)
         if rec is None:
             raise NotFound(f"content digest {d}")
-        return _info(rec)
+        return rec
 
     async def infos(self, digests: Iterable[str]) -> dict[Digest, Info]:
         """The records of many blobs at once: one worker-thread hop, one read transaction.
@@ -245,7 +219,7 @@ class ContentStore:
         ds = [parse(d) for d in digests]
         if not ds:
             return {}
-        return {r.digest: _info(r) for r in await self._db.read(_txn.content_infos, ds)}
+        return {r.digest: r for r in await self._db.read(_txn.content_infos, ds)}
 
     async def exists(self, digest: str) -> bool:
         """True when the blob is recorded (CS-7)."""
@@ -266,7 +240,7 @@ class ContentStore:
         rec = await self._db.write(
             _txn.content_labels, parse(digest), dict(labels), False, self._clock()
         )
-        return _info(rec)
+        return rec
 
     async def set_labels(self, digest: str, labels: Mapping[str, str]) -> Info:
         """Replace the blob's labels with ``labels`` (CS-5, no field paths)."""
@@ -274,7 +248,7 @@ class ContentStore:
         rec = await self._db.write(
             _txn.content_labels, parse(digest), dict(labels), True, self._clock()
         )
-        return _info(rec)
+        return rec
 
     async def delete(self, digest: str) -> None:
         """Forget a blob at once; its file goes at the next GC (CS-6).
@@ -286,7 +260,7 @@ class ContentStore:
 
     async def walk(self) -> list[Info]:
         """Every recorded blob, ascending by digest string (CS-3)."""
-        return [_info(r) for r in await self._db.read(_txn.content_list)]
+        return await self._db.read(_txn.content_list)
 
     async def read(
         self,

@@ -24,8 +24,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
     from datetime import datetime
 
+    from castar.store._schema import GCGraph
     from castar.store.local import LocalContentStore
-    from castar.store.sqlite import GCGraph, SQLiteMetadataDB
+    from castar.store.sqlite import SQLiteMetadataDB
 
 __all__ = [
     "Collector",

@@ -7,15 +7,15 @@ and leases; never the file backend, OCI documents or platforms.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, final
 
 from castar.store import _txn
+from castar.store._schema import Image
 from castar.store.content import Descriptor
 from castar.store.digest import parse
 from castar.store.errors import InvalidArgument, NotFound
 from castar.store.leases import current_lease_id
-from castar.store.sqlite import ImageRecord, ImageTarget, validate_labels
+from castar.store.sqlite import validate_labels
 
 if TYPE_CHECKING:
     import builtins
@@ -40,25 +40,7 @@ class DescriptorLike(Protocol):
     def annotations(self) -> Mapping[str, str]: ...  # noqa: D102
 
 
-@final
-@dataclass(frozen=True, slots=True)
-class Image:
-    """An image record (IMG-1)."""
-
-    name: str
-    target: Descriptor
-    labels: Mapping[str, str]
-    created_at: datetime
-    updated_at: datetime
-
-
-def _image(rec: ImageRecord) -> Image:
-    t = rec.target
-    target = Descriptor(t.media_type, t.digest, t.size, dict(t.annotations))
-    return Image(rec.name, target, rec.labels, rec.created_at, rec.updated_at)
-
-
-def _target(target: DescriptorLike) -> ImageTarget:
+def _target(target: DescriptorLike) -> Descriptor:
     """The four fields an image keeps of ``target`` (DESC-5), checked as IMG-1 says."""
     try:
         digest = parse(target.digest)
@@ -68,7 +50,7 @@ def _target(target: DescriptorLike) -> ImageTarget:
         raise InvalidArgument("target.Size must be greater than zero")
     if not target.media_type:
         raise InvalidArgument("target.MediaType must be set")
-    return ImageTarget(target.media_type, digest, target.size, dict(target.annotations or {}))
+    return Descriptor(target.media_type, digest, target.size, dict(target.annotations or {}))
 
 
 @final
@@ -107,7 +89,7 @@ class ImageStore:
             current_lease_id(),
             self._clock(),
         )
-        return _image(rec)
+        return rec
 
     async def create(
         self, name: str, target: DescriptorLike, *, labels: Mapping[str, str] | None = None
@@ -131,11 +113,11 @@ class ImageStore:
         rec = await self._db.read(_txn.image_get, name)
         if rec is None:
             raise NotFound(f'image "{name}"')
-        return _image(rec)
+        return rec
 
     async def list(self) -> builtins.list[Image]:
         """All images, ascending by name (IMG-5)."""
-        return [_image(r) for r in await self._db.read(_txn.image_list)]
+        return await self._db.read(_txn.image_list)
 
     async def update(
         self,

@@ -12,17 +12,17 @@ import os
 import time
 from contextlib import asynccontextmanager, suppress
 from contextvars import ContextVar
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final, final
 
 import anyio
 
 from castar.store import _txn
+from castar.store._schema import Lease
 from castar.store.digest import parse
 from castar.store.errors import InvalidArgument, NotFound, NotImplementedKind
-from castar.store.labels import EXPIRE, FLAT, parse_expire
-from castar.store.sqlite import LeaseRecord, validate_labels
+from castar.store.labels import EXPIRE
+from castar.store.sqlite import validate_labels
 
 if TYPE_CHECKING:
     import builtins
@@ -41,27 +41,6 @@ __all__ = [
 
 #: Resource types a lease can hold in castar (LEASE-4; snapshots are out of scope).
 RESOURCE_TYPES: Final = ("content", "images", "ingests")
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Lease:
-    """A lease: ``id``, creation time (UTC) and labels (LEASE-1)."""
-
-    id: str
-    created_at: datetime
-    labels: Mapping[str, str]
-
-    @property
-    def expires_at(self) -> datetime | None:
-        """The ``containerd.io/gc.expire`` time, or None when absent or unparsable."""
-        value = self.labels.get(EXPIRE)
-        return None if value is None else parse_expire(value)
-
-    @property
-    def flat(self) -> bool:
-        """True when labelled ``containerd.io/gc.flat`` (GC-4: only the listed objects live)."""
-        return bool(self.labels.get(FLAT))
 
 
 _current: ContextVar[Lease | None] = ContextVar("castar_current_lease", default=None)
@@ -87,10 +66,6 @@ def random_lease_id() -> str:
 def rfc3339(dt: datetime) -> str:
     """Second-precision RFC 3339 in UTC, as ``gc.expire`` labels are written (LEASE-2)."""
     return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _lease(rec: LeaseRecord) -> Lease:
-    return Lease(rec.id, rec.created_at, rec.labels)
 
 
 @final
@@ -132,7 +107,7 @@ class LeaseManager:
         if expire is not None:
             merged[EXPIRE] = rfc3339(now + expire)
         validate_labels(merged)
-        return _lease(await self._db.write(_txn.lease_create, id, merged, now, durable=durable))
+        return await self._db.write(_txn.lease_create, id, merged, now, durable=durable)
 
     @asynccontextmanager
     async def hold(
@@ -160,7 +135,7 @@ class LeaseManager:
 
     async def list(self) -> builtins.list[Lease]:
         """All leases, ascending by id (LEASE-7)."""
-        return [_lease(r) for r in await self._db.read(_txn.lease_list)]
+        return await self._db.read(_txn.lease_list)
 
     async def delete(self, id: str, *, durable: bool = True) -> None:
         """Delete a lease; what only it protected becomes garbage (LEASE-3).

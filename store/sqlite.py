@@ -14,15 +14,7 @@ from typing import TYPE_CHECKING, Final, TypeVar, TypeVarTuple, final
 import anyio
 import anyio.to_thread
 
-from castar.store._schema import (
-    ContentRecord,
-    GCGraph,
-    ImageRecord,
-    ImageTarget,
-    LeaseRecord,
-    connect,
-    run_txn,
-)
+from castar.store._schema import connect, run_txn
 from castar.store.errors import InvalidArgument
 
 if TYPE_CHECKING:
@@ -32,11 +24,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_LABEL",
-    "ContentRecord",
-    "GCGraph",
-    "ImageRecord",
-    "ImageTarget",
-    "LeaseRecord",
     "SQLiteMetadataDB",
     "validate_labels",
 ]

@@ -81,7 +81,7 @@ def test_label_writes_rederive_edges(conn: sqlite3.Connection) -> None:
 
 
 def test_failed_transaction_rolls_back(conn: sqlite3.Connection) -> None:
-    target = db.ImageTarget("m", A, 1, {})
+    target = _schema.Descriptor("m", A, 1, {})
     write(conn, _txn.image_put, "x", target, {f"{REF}.a": B}, True, None, NOW)
     with pytest.raises(AlreadyExists):
         write(conn, _txn.image_put, "x", target, {f"{REF}.a": C}, True, None, NOW)
