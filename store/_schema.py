@@ -76,7 +76,7 @@ MIGRATIONS: Final[list[list[str]]] = [
     [
         # Deferred sync: a blob committed without fsync carries the boot id it was written in
         # until ContentStore.sync() has synced the filesystem; a row whose boot id is not the
-        # running one outlived a machine crash and its data may be torn (open_store drops it).
+        # running one outlived a machine crash and its data may be torn (open_root drops it).
         "ALTER TABLE content ADD COLUMN unsynced_boot TEXT",
         "CREATE INDEX content_unsynced ON content (unsynced_boot) WHERE unsynced_boot IS NOT NULL",
     ],

@@ -134,7 +134,7 @@ class Writer:
             sync: fsync the blob before recording it. With False the data and directory
                 fsyncs are skipped and the row is marked unsynced until
                 :meth:`ContentStore.sync`; a machine crash before that drops the row at the
-                next ``open_store`` (IO-LIMITS §2.10).
+                next ``open_root`` (IO-LIMITS §2.10).
 
         Returns:
             The digest of the committed blob, now recorded and in the current lease.
@@ -540,7 +540,7 @@ class ContentStore:
 
         Their data may be torn: the rows go (and leave every lease), then their files, under
         the exclusive commit lock, so no concurrent commit of the same digest can be trusting
-        the torn file meanwhile. ``open_store`` calls this.
+        the torn file meanwhile. ``open_root`` calls this.
         """
         if self._boot is None or not await self._db.read(_txn.content_stale, self._boot):
             return []  # the usual case: one read, no lock
