@@ -160,19 +160,12 @@ class Store:
 
 
 @asynccontextmanager
-async def _open(root: str | os.PathLike[str] | None) -> AsyncIterator[Store]:
-    async with open_root(root) as r:
-        yield Store(r)
-
-
-def open_store(root: str | os.PathLike[str] | None = None) -> AbstractAsyncContextManager[Store]:
-    """Open (creating it if needed) the store at ``root``.
+async def open_store(root: str | os.PathLike[str] | None = None) -> AsyncIterator[Store]:
+    """Open (creating it if needed) the store at ``root``; close it on exit.
 
     Args:
         root: the store directory; ``None`` means the default store: ``$CASTAR_ROOT``,
             else ``$XDG_DATA_HOME/castar``, else ``~/.local/share/castar``.
-
-    Returns:
-        An async context manager yielding a :class:`Store`, closed on exit.
     """
-    return _open(root)
+    async with open_root(root) as r:
+        yield Store(r)
