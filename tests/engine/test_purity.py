@@ -56,4 +56,4 @@ def test_pure_module_imports_no_async_library(module: str) -> None:
 
 
 def test_the_check_catches_a_module_that_imports_anyio() -> None:
-    assert _check("castar.engine._tario").returncode != 0
+    assert _check("castar.engine._streams").returncode != 0
