@@ -13,7 +13,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-#: The modules that import no async, database or I/O library (DESIGN: sans-IO cores).
+#: The modules that import no async, database or I/O library; kept here only.
 PURE = (
     "castar.engine.tarcodec",
     "castar.engine._tarheader",
