@@ -30,10 +30,10 @@ if TYPE_CHECKING:
 
 
 def lazy_exports(
-    package: str, exports: dict[str, tuple[str, ...]]
+    package: str, exports: dict[str, str]
 ) -> tuple[Callable[[str], object], Callable[[], list[str]]]:
-    """A package's PEP 562 ``__getattr__`` and ``__dir__`` for ``{module: names}``."""
-    where = {name: module for module, names in exports.items() for name in names}
+    """A package's PEP 562 ``__getattr__`` and ``__dir__`` for ``{module: "name name"}``."""
+    where = {name: module for module, names in exports.items() for name in names.split()}
     namespace = sys.modules[package].__dict__
 
     def __getattr__(name: str) -> object:  # noqa: N807 - the PEP 562 hook
@@ -52,11 +52,11 @@ if not TYPE_CHECKING:
     __getattr__, __dir__ = lazy_exports(
         __name__,
         {
-            "castar.store._store": ("Store", "default_root", "open_store"),
-            "castar.store.content": ("ContentStore", "Descriptor", "Info", "Writer"),
-            "castar.store.gc": ("GCReport",),
-            "castar.store.images": ("Image", "ImageStore"),
-            "castar.store.leases": ("Lease", "LeaseManager", "current_lease"),
+            "castar.store._store": "Store default_root open_store",
+            "castar.store.content": "ContentStore Descriptor Info Writer",
+            "castar.store.gc": "GCReport",
+            "castar.store.images": "Image ImageStore",
+            "castar.store.leases": "Lease LeaseManager current_lease",
         },
     )
 
