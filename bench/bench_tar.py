@@ -13,15 +13,9 @@ import io
 import os
 import statistics
 import tarfile
-import tempfile
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-import anyio
-
-from castar.engine._streams import open_sink, open_source
-from castar.engine._tario import TarReader, TarWriter
 from castar.engine.tarcodec import (
     END_OF_ARCHIVE,
     NEED_DATA,
@@ -114,65 +108,6 @@ def encode_us(repeat: int) -> tuple[float, float]:
     return statistics.median(ours), statistics.median(theirs)
 
 
-async def tario_read(path: Path) -> int:
-    members = 0
-    async with open_source(path) as src:
-        reader = TarReader(src)
-        while True:
-            event = await reader.next_event()
-            if type(event) is MemberStart:
-                members += 1
-            elif type(event) is ArchiveEnd:
-                return members
-
-
-async def tario_write(path: Path, members: list[tuple[str, bytes]]) -> None:
-    async with open_sink(path) as sink:
-        writer = TarWriter(sink)
-        for name, data in members:
-            await writer.add_file(name, data)
-        await writer.finish()
-
-
-def tarfile_write(path: Path, members: list[tuple[str, bytes]]) -> None:
-    with tarfile.open(path, "w|", format=tarfile.PAX_FORMAT) as tf:
-        for name, data in members:
-            ti = tarfile.TarInfo(name)
-            ti.size = len(data)
-            ti.mode = 0o444
-            tf.addfile(ti, io.BytesIO(data))
-
-
-def median_of(repeat: int, fn: Callable[[], object]) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def shell(repeat: int, block: bytes) -> None:
-    """The anyio shell: TarReader over a file, TarWriter of small members to a file."""
-    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
-        path = Path(tmp) / "big.tar"
-        data = build([(f"blobs/sha256/{i:064x}", 64 << 20) for i in range(4)], block)
-        path.write_bytes(data)
-        mb = len(data) / 1e6
-        del data
-        ours = median_of(repeat, lambda: anyio.run(tario_read, path))
-        print(f"(d) TarReader over a {mb:.0f} MB file (asyncio, 1 MiB hops, page cache warm):")
-        print(f"    {mb / ours:10.0f} MB/s")
-        small = [(f"blobs/sha256/{i:064x}", block[: (i * 7919) % 8192]) for i in range(5000)]
-        out = Path(tmp) / "small.tar"
-        ours = median_of(repeat, lambda: anyio.run(tario_write, out, small))
-        theirs = median_of(repeat, lambda: tarfile_write(out, small))
-        print("(e) writing 5000 members of 0-8 KiB to a file:")
-        print(f"    TarWriter (asyncio) {ours / 5000 * 1e6:8.2f} us/member")
-        print(f"    tarfile w| PAX      {theirs / 5000 * 1e6:8.2f} us/member")
-        print(f"    ratio               {theirs / ours:8.1f}x")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=3)
@@ -208,7 +143,6 @@ def main() -> None:
     print(f"    encode_header     {enc:10.2f} us")
     print(f"    TarInfo.tobuf     {tobuf:10.2f} us")
     print(f"    ratio             {tobuf / enc:10.1f}x")
-    shell(args.repeat, block)
 
 
 if __name__ == "__main__":

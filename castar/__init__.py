@@ -9,40 +9,65 @@ both into the :class:`Store` facade that :func:`open_store` yields, and
 
 from __future__ import annotations
 
-from castar._api import Store as Store
-from castar._api import open_store as open_store
-from castar.engine.exporter import ExportResult as ExportResult
-from castar.engine.exporter import SaveJob as SaveJob
-from castar.engine.exporter import SaveOptions as SaveOptions
-from castar.engine.exporter import SavePlan as SavePlan
-from castar.engine.images import ImageDetails as ImageDetails
-from castar.engine.images import ImageService as ImageService
-from castar.engine.images import ImageTree as ImageTree
-from castar.engine.images import ManifestRow as ManifestRow
-from castar.engine.images import Removal as Removal
-from castar.engine.platforms import Platform as Platform
-from castar.store.content import Descriptor as Descriptor
-from castar.store.content import Info as Info
-from castar.store.errors import AlreadyExists as AlreadyExists
-from castar.store.errors import CastarError as CastarError
-from castar.store.errors import Conflict as Conflict
-from castar.store.errors import DataLoss as DataLoss
-from castar.store.errors import DigestMismatch as DigestMismatch
-from castar.store.errors import FailedPrecondition as FailedPrecondition
-from castar.store.errors import InvalidArgument as InvalidArgument
-from castar.store.errors import MalformedArchive as MalformedArchive
-from castar.store.errors import MalformedManifest as MalformedManifest
-from castar.store.errors import NotFound as NotFound
-from castar.store.errors import NotImplementedKind as NotImplementedKind
-from castar.store.errors import SizeMismatch as SizeMismatch
-from castar.store.errors import Unavailable as Unavailable
-from castar.store.errors import UnsupportedMediaType as UnsupportedMediaType
-from castar.store.gc import GCReport as GCReport
-from castar.store.images import Image as Image
-from castar.store.leases import Lease as Lease
-from castar.store.root import default_root as default_root
-from castar.store.verify import BlobProblem as BlobProblem
-from castar.store.verify import VerifyReport as VerifyReport
+import typing
+
+from castar.store import lazy_exports as _lazy_exports
+
+if typing.TYPE_CHECKING:
+    from castar._api import Store as Store
+    from castar._api import open_store as open_store
+    from castar.engine.exporter import ExportResult as ExportResult
+    from castar.engine.exporter import SaveJob as SaveJob
+    from castar.engine.exporter import SaveOptions as SaveOptions
+    from castar.engine.exporter import SavePlan as SavePlan
+    from castar.engine.images import ImageDetails as ImageDetails
+    from castar.engine.images import ImageService as ImageService
+    from castar.engine.images import ImageTree as ImageTree
+    from castar.engine.images import ManifestRow as ManifestRow
+    from castar.engine.images import Removal as Removal
+    from castar.engine.platforms import Platform as Platform
+    from castar.store.root import default_root as default_root
+    from castar.store.content import Descriptor as Descriptor
+    from castar.store.content import Info as Info
+    from castar.store.errors import AlreadyExists as AlreadyExists
+    from castar.store.errors import CastarError as CastarError
+    from castar.store.errors import Conflict as Conflict
+    from castar.store.errors import DataLoss as DataLoss
+    from castar.store.errors import DigestMismatch as DigestMismatch
+    from castar.store.errors import FailedPrecondition as FailedPrecondition
+    from castar.store.errors import InvalidArgument as InvalidArgument
+    from castar.store.errors import MalformedArchive as MalformedArchive
+    from castar.store.errors import MalformedManifest as MalformedManifest
+    from castar.store.errors import NotFound as NotFound
+    from castar.store.errors import NotImplementedKind as NotImplementedKind
+    from castar.store.errors import SizeMismatch as SizeMismatch
+    from castar.store.errors import Unavailable as Unavailable
+    from castar.store.errors import UnsupportedMediaType as UnsupportedMediaType
+    from castar.store.gc import GCReport as GCReport
+    from castar.store.images import Image as Image
+    from castar.store.leases import Lease as Lease
+    from castar.store.verify import BlobProblem as BlobProblem
+    from castar.store.verify import VerifyReport as VerifyReport
+
+if not typing.TYPE_CHECKING:  # each name's module loads on first use (PEP 562)
+    __getattr__, __dir__ = _lazy_exports(
+        __name__,
+        {
+            "castar._api": "Store open_store",
+            "castar.engine.exporter": "ExportResult SaveJob SaveOptions SavePlan",
+            "castar.engine.images": "ImageDetails ImageService ImageTree ManifestRow Removal",
+            "castar.engine.platforms": "Platform",
+            "castar.store.root": "default_root",
+            "castar.store.content": "Descriptor Info",
+            "castar.store.errors": "AlreadyExists CastarError Conflict DataLoss DigestMismatch"
+            " FailedPrecondition InvalidArgument MalformedArchive MalformedManifest NotFound"
+            " NotImplementedKind SizeMismatch Unavailable UnsupportedMediaType",
+            "castar.store.gc": "GCReport",
+            "castar.store.images": "Image",
+            "castar.store.leases": "Lease",
+            "castar.store.verify": "BlobProblem VerifyReport",
+        },
+    )
 
 __version__ = "0.1.0"
 

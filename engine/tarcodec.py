@@ -4,8 +4,7 @@ Owns reading the tar wire format as a stream (SEMANTICS TAR-4, EDGE-12/13): USTA
 ``x``/``g``, GNU ``L``/``K``, base-256 numbers, V7, each member handed out as events
 with body bytes as views of the fed buffers. Header fields and the deterministic
 encoder (TAR-1..3) live in ``_tarheader`` and are re-exported here. Pure: it imports
-only ``castar.store.errors`` and ``_tarheader``, never anyio (a test asserts it);
-``_tario.py`` drives it.
+only ``castar.store.errors`` and ``_tarheader``, never anyio (a test asserts it).
 """
 
 from __future__ import annotations

@@ -1,16 +1,19 @@
 """castar.store: digests, the content store, the metadata database, leases and GC.
 
-Knows nothing about OCI documents, tar or platforms: those live in castar.engine, which builds
-on this package. Names load on first use (PEP 562), so ``import castar.store.digest`` does not
-import anyio.
+Knows nothing about OCI documents, tar or platforms: those live in castar.engine,
+which builds on this package. Names are imported on first use (PEP 562), so a pure
+module such as ``castar.store.digest`` loads without the async store.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from castar.store.content import ContentStore as ContentStore
     from castar.store.content import Descriptor as Descriptor
     from castar.store.content import Info as Info
@@ -25,14 +28,37 @@ if TYPE_CHECKING:
     from castar.store.root import default_root as default_root
     from castar.store.root import open_root as open_root
 
-_HOMES = {
-    "content": ("ContentStore", "Descriptor", "Info", "Writer"),
-    "gc": ("GCReport",),
-    "images": ("Image", "ImageStore"),
-    "leases": ("Lease", "LeaseManager", "current_lease"),
-    "root": ("Root", "default_root", "open_root"),
-}
-_HOME = {name: module for module, names in _HOMES.items() for name in names}
+
+def lazy_exports(
+    package: str, exports: dict[str, str]
+) -> tuple[Callable[[str], object], Callable[[], list[str]]]:
+    """A package's PEP 562 ``__getattr__`` and ``__dir__`` for ``{module: "name name"}``."""
+    where = {name: module for module, names in exports.items() for name in names.split()}
+    namespace = sys.modules[package].__dict__
+
+    def __getattr__(name: str) -> object:  # noqa: N807 - the PEP 562 hook
+        if name not in where:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = namespace[name] = getattr(importlib.import_module(where[name]), name)
+        return value
+
+    def __dir__() -> list[str]:  # noqa: N807 - the PEP 562 hook
+        return sorted({*namespace, *where})
+
+    return __getattr__, __dir__
+
+
+if not TYPE_CHECKING:
+    __getattr__, __dir__ = lazy_exports(
+        __name__,
+        {
+            "castar.store.content": "ContentStore Descriptor Info Writer",
+            "castar.store.gc": "GCReport",
+            "castar.store.images": "Image ImageStore",
+            "castar.store.leases": "Lease LeaseManager current_lease",
+            "castar.store.root": "Root default_root open_root",
+        },
+    )
 
 __all__ = [
     "ContentStore",
@@ -49,10 +75,3 @@ __all__ = [
     "default_root",
     "open_root",
 ]
-
-
-def __getattr__(name: str) -> object:
-    module = _HOME.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"castar.store.{module}"), name)
