@@ -9,8 +9,9 @@ from pathlib import Path
 import anyio
 import pytest
 
+from castar._render import format_size, render_tree
 from castar.engine import oci
-from castar.engine.images import ImageService, format_size, render_tree
+from castar.engine.images import ImageService
 from castar.engine.platforms import Platform
 from castar.store import Store, open_store
 from castar.store.digest import compute
