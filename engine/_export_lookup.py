@@ -8,18 +8,19 @@ lease must hold itself (GC-4/5). Store's public API only; must not import the pl
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio.to_thread
 
-from castar.engine import graph, oci, reference
+from castar.engine import graph, images, oci, reference
 from castar.engine import platforms as plat
 from castar.engine._export_plan import Node, Target
+from castar.engine.images import as_oci
 from castar.store import digest as digests
 from castar.store.errors import (
-    Conflict,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
     from castar.store._store import Store
     from castar.store.content import ContentStore, Info
     from castar.store.digest import Digest
-    from castar.store.images import DescriptorLike
 
 __all__ = ["fetch", "resolve", "unlinked"]
 
@@ -43,30 +43,18 @@ _REFERRER_LABEL: Final = "containerd.io/gc.ref.content.referrer.sha256."
 # -- resolving names (SAVE-4) ----------------------------------------------------------------
 
 
-def _as_oci(target: DescriptorLike) -> oci.Descriptor:
-    return oci.Descriptor(
-        media_type=target.media_type,
-        digest=digests.parse(target.digest),
-        size=target.size,
-        annotations=dict(target.annotations),
-    )
-
-
 async def resolve(store: Store, ref: str) -> list[Target]:
     """The targets one caller-given reference names (SAVE-4).
 
     ``name:tag`` → that image under its name; a bare repository → every tagged image
-    of it, by name; a digest, ``name@digest`` or an image-id prefix → the target
-    without names.
+    of it, by name; a digest, ``name@digest`` or an image-id prefix (any case) → the
+    target without names.
     """
-    if reference.is_digest_ref(ref):
-        return [await _by_digest(store, ref, digests.parse(reference.parse_any(ref).digest))]
-    candidates = [ref]
-    try:
+    key = ref.lower() if images.id_hex(ref) is not None else ref
+    if reference.is_digest_ref(key):
+        return [await _by_digest(store, ref, digests.parse(reference.parse_any(key).digest))]
+    with contextlib.suppress(InvalidArgument):
         parsed = reference.parse_normalized(ref)
-    except InvalidArgument:
-        parsed = None
-    if parsed is not None:
         if parsed.is_name_only:  # a bare repository: all its tags, by name
             repo = parsed.name + ":"
             tagged = [
@@ -75,27 +63,9 @@ async def resolve(store: Store, ref: str) -> list[Target]:
                 if i.name.startswith(repo) and "@" not in i.name
             ]
             if tagged:
-                return [Target(ref, i.name, _as_oci(i.target)) for i in tagged]
-        candidates.append(reference.normalize(ref))
-    for name in candidates:
-        try:
-            image = await store.images.get(name)
-        except NotFound:
-            continue
-        return [Target(ref, image.name, _as_oci(image.target))]
-    hex_part = ref.lower()
-    if 4 <= len(hex_part) <= 64 and all(c in "0123456789abcdef" for c in hex_part):
-        matches = {
-            i.target.digest: i
-            for i in await store.images.list()
-            if i.target.digest.partition(":")[2].startswith(hex_part)
-        }
-        if len(matches) > 1:
-            raise Conflict(f'image ID prefix "{ref}" matches several images')
-        if matches:
-            image = next(iter(matches.values()))
-            return [Target(ref, None, _as_oci(image.target))]
-    raise NotFound(f'image "{ref}"')
+                return [Target(ref, i.name, as_oci(i.target)) for i in tagged]
+    image, named = await images.find(store.images, ref)
+    return [Target(ref, image.name if named else None, as_oci(image.target))]
 
 
 async def _by_digest(store: Store, ref: str, digest: Digest) -> Target:
@@ -106,7 +76,7 @@ async def _by_digest(store: Store, ref: str, digest: Digest) -> Target:
     """
     for image in await store.images.list():
         if image.target.digest == digest:
-            return Target(ref, None, _as_oci(image.target))
+            return Target(ref, None, as_oci(image.target))
     try:
         size = (await store.content.info(digest)).size
     except NotFound:

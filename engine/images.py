@@ -7,6 +7,7 @@ must not import the importer, the exporter or the facade (``castar._api``).
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import re
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from castar.engine.platforms import Platform
     from castar.store._store import Store
     from castar.store.content import ContentStore
-    from castar.store.images import DescriptorLike, Image
+    from castar.store.images import DescriptorLike, Image, ImageStore
 
 __all__ = [
     "ImageDetails",
@@ -33,6 +34,9 @@ __all__ = [
     "ImageTree",
     "ManifestRow",
     "Removal",
+    "as_oci",
+    "find",
+    "id_hex",
 ]
 
 Kind = Literal["image", "attestation", "unknown"]
@@ -182,7 +186,8 @@ def _descriptor_json(desc: oci.Descriptor) -> dict[str, Any]:
     }
 
 
-def _as_oci(target: DescriptorLike) -> oci.Descriptor:
+def as_oci(target: DescriptorLike) -> oci.Descriptor:
+    """A record's target as an OCI descriptor."""
     return oci.Descriptor(
         media_type=target.media_type,
         digest=Digest(target.digest),
@@ -243,33 +248,8 @@ class ImageService:
         await self._records.delete(name, target=target)
 
     async def resolve(self, ref: str) -> Image:
-        """The record ``ref`` names: exact name, normalised name, digest or ID prefix.
-
-        Raises:
-            NotFound: ``image "<ref>": not found``.
-            Conflict: an ID prefix matches several images.
-        """
-        for name in _candidates(ref):
-            try:
-                return await self._records.get(name)
-            except NotFound:
-                continue
-        matches = await self._by_target(ref)
-        if not matches:
-            raise NotFound(f'image "{ref}"')
-        if len({m.target.digest for m in matches}) > 1:
-            raise Conflict(f'image ID prefix "{ref}" matches several images')
-        return matches[0]
-
-    async def _by_target(self, ref: str) -> builtins.list[Image]:
-        hex_part = ref.removeprefix("sha256:")
-        if not _HEX_PREFIX.fullmatch(hex_part) or (
-            ref.startswith("sha256:") and len(hex_part) != 64
-        ):
-            return []
-        return [
-            i for i in await self._records.list() if i.target.digest.encoded.startswith(hex_part)
-        ]
+        """The record ``ref`` names, as :func:`find`."""
+        return (await find(self._records, ref))[0]
 
     async def tree(self, names: Iterable[str] | None = None) -> builtins.list[ImageTree]:
         """The tree view (TREE-1..3): images grouped by target, sorted by first name.
@@ -296,7 +276,7 @@ class ImageService:
         return trees
 
     async def _tree_of(self, group: builtins.list[Image]) -> ImageTree:
-        target = _as_oci(group[0].target)
+        target = as_oci(group[0].target)
         rows = [await self._row(m) for m in await self._manifests(target, 0)]
         return ImageTree(
             names=tuple(sorted(r.name for r in group if not reference.is_dangling(r.name))),
@@ -422,8 +402,8 @@ class ImageService:
         """
         plan: builtins.list[tuple[str, builtins.list[Image]]] = []
         for ref in names:
-            image = await self.resolve(ref)
-            if image.name in _candidates(ref):
+            image, by_name = await find(self._records, ref)
+            if by_name:
                 plan.append((ref, [image]))
                 continue
             same = [i for i in await self._records.list() if i.target.digest == image.target.digest]
@@ -451,15 +431,42 @@ class ImageService:
         return removed
 
 
-def _candidates(ref: str) -> list[str]:
-    out = [ref]
-    try:
-        normalized = reference.normalize(ref)
-    except InvalidArgument:
-        return out
-    if normalized != ref:
-        out.append(normalized)
-    return out
+def id_hex(ref: str) -> str | None:
+    """The lower-case hex an image ID names: ``sha256:<64 hex>`` or 4 to 64 hex, any case."""
+    low = ref.lower()
+    hex_part = low.removeprefix("sha256:")
+    if not _HEX_PREFIX.fullmatch(hex_part) or (low != hex_part and len(hex_part) != 64):
+        return None
+    return hex_part
+
+
+async def find(records: ImageStore, ref: str) -> tuple[Image, bool]:
+    """The record ``ref`` names, and whether by name rather than by ID (SAVE-4, ``rm``).
+
+    Names are tried as given, then normalised (``alpine`` → full name); then ``ref``
+    as an image ID (:func:`id_hex`) matches the record targets it prefixes.
+
+    Raises:
+        NotFound: ``image "<ref>": not found``.
+        Conflict: an ID prefix matches several images.
+    """
+    names = [ref]
+    with contextlib.suppress(InvalidArgument):
+        names.append(reference.normalize(ref))
+    for name in names:
+        with contextlib.suppress(NotFound):
+            return await records.get(name), True
+    hex_part = id_hex(ref)
+    matches = (
+        [i for i in await records.list() if i.target.digest.encoded.startswith(hex_part)]
+        if hex_part
+        else []
+    )
+    if not matches:
+        raise NotFound(f'image "{ref}"')
+    if len({m.target.digest for m in matches}) > 1:
+        raise Conflict(f'image ID prefix "{ref}" matches several images')
+    return matches[0], False
 
 
 @dataclass(frozen=True, slots=True)
