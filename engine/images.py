@@ -41,10 +41,20 @@ __all__ = [
 
 Kind = Literal["image", "attestation", "unknown"]
 _HEX_PREFIX = re.compile(r"[a-f0-9]{4,64}")
-_MAX_DEPTH = 8  # nested indexes deeper than this are not listed (EDGE-5 needs two levels)
-#: A document the tree view cannot use: absent, undecodable, or not matching its digest.
-#: The view shows it as unavailable rather than failing; ``castar verify`` says why.
-_UNREADABLE = (NotFound, InvalidArgument, FailedPrecondition)
+
+
+class _Lenient(graph.StoreReader):
+    """The tree view's reader: an unusable document reads as absent.
+
+    Absent, undecodable or not matching its digest: the view shows it as unavailable
+    rather than failing; ``castar verify`` says why.
+    """
+
+    async def read(self, desc: oci.Descriptor) -> graph.Document | None:
+        try:
+            return await super().read(desc)
+        except (NotFound, InvalidArgument, FailedPrecondition):
+            return None
 
 
 @final
@@ -258,6 +268,11 @@ class ImageService:
             names: restrict to these images (as :meth:`resolve` accepts them);
                 ``None`` lists every record.
         """
+        return await self._trees(names, _Lenient(self._content))
+
+    async def _trees(
+        self, names: Iterable[str] | None, reader: _Lenient
+    ) -> builtins.list[ImageTree]:
         records = await self._records.list()
         if names is not None:
             wanted = {(await self.resolve(n)).target.digest for n in names}
@@ -265,7 +280,7 @@ class ImageService:
         groups: dict[Digest, builtins.list[Image]] = {}
         for r in records:
             groups.setdefault(r.target.digest, []).append(r)
-        trees = [await self._tree_of(group) for group in groups.values()]
+        trees = [await self._tree_of(group, reader) for group in groups.values()]
         trees.sort(
             key=lambda t: (
                 not t.names,
@@ -275,9 +290,16 @@ class ImageService:
         )
         return trees
 
-    async def _tree_of(self, group: builtins.list[Image]) -> ImageTree:
+    async def _tree_of(self, group: builtins.list[Image], reader: _Lenient) -> ImageTree:
         target = as_oci(group[0].target)
-        rows = [await self._row(m) for m in await self._manifests(target, 0)]
+        # TREE-1: one walk, depth first in index order, present or not; each manifest's
+        # subtree is the run of deeper nodes after it.
+        nodes = await graph.walk(reader, [target], blobs=reader.exists)
+        rows = []
+        for i, n in enumerate(nodes):
+            if oci.is_manifest(n.descriptor.media_type):
+                end = next((j for j in range(i + 1, len(nodes)) if nodes[j].depth <= n.depth), None)
+                rows.append(await self._row(reader, nodes[i:end]))
         return ImageTree(
             names=tuple(sorted(r.name for r in group if not reference.is_dangling(r.name))),
             target=target,
@@ -285,30 +307,11 @@ class ImageService:
             created_at=min(r.created_at for r in group),
         )
 
-    async def _manifests(self, desc: oci.Descriptor, depth: int) -> builtins.list[oci.Descriptor]:
-        # TREE-1: depth first in index order, present or not; a missing index has no children.
-        if oci.is_manifest(desc.media_type):
-            return [desc]
-        if not oci.is_index(desc.media_type) or depth > _MAX_DEPTH:
-            return []
+    async def _row(self, reader: _Lenient, nodes: builtins.list[graph.Node]) -> ManifestRow:
+        desc = nodes[0].descriptor
         try:
-            data = await graph.read_document(self._content, desc)
-            children = oci.children(desc, data)
-        except _UNREADABLE:
-            return []
-        found: builtins.list[oci.Descriptor] = []
-        for child in children:
-            found += await self._manifests(child, depth + 1)
-        return found
-
-    async def _row(self, desc: oci.Descriptor) -> ManifestRow:
-        try:
-            nodes = await graph.walk(self._content, desc)  # one walk: availability and size
-        except _UNREADABLE:  # a document that does not decode or verify: unavailable
-            nodes = [graph.Node(desc, False, 0)]
-        try:
-            platform = await graph.manifest_platform(self._content, desc)
-        except _UNREADABLE:
+            platform = await graph.manifest_platform(reader, desc)
+        except NotFound:
             platform = None
         kind: Kind = "image"
         if oci.is_attestation(desc):
@@ -321,8 +324,8 @@ class ImageService:
             descriptor=desc,
             platform=platform,
             kind=kind,
-            available=all(n.present for n in nodes),  # SAVE-6, as graph.is_available
-            content_size=sum(n.descriptor.size for n in nodes if n.present),  # graph.subtree_size
+            available=all(n.present for n in nodes),  # SAVE-6
+            content_size=sum(n.descriptor.size for n in nodes if n.present),
         )
 
     async def inspect(self, name: str, platform: str | None = None) -> ImageDetails:
@@ -339,7 +342,8 @@ class ImageService:
             InvalidArgument: a bad platform spec.
         """
         image = await self.resolve(name)
-        (tree,) = await self.tree([image.name])
+        reader = _Lenient(self._content)
+        (tree,) = await self._trees([image.name], reader)
         row: ManifestRow | None = None
         if platform is not None:
             wanted = platforms.parse(platform)
@@ -360,13 +364,11 @@ class ImageService:
         if row is None:
             return ImageDetails(image=image, tree=tree)
         manifest_json = config_json = None
-        try:
-            data = await graph.read_document(self._content, row.descriptor)
-            manifest_json = json.loads(data)
-            config = oci.children(row.descriptor, data)[0]
-            config_json = json.loads(await graph.read_document(self._content, config))
-        except (NotFound, IndexError):
-            pass
+        doc = await reader.read(row.descriptor)  # read by the tree's walk: not read again
+        if doc is not None:
+            manifest_json = json.loads(doc.data)
+            config = await reader.read(doc.children[0]) if doc.children else None
+            config_json = None if config is None else json.loads(config.data)
         return ImageDetails(
             image=image,
             tree=tree,
