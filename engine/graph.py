@@ -43,7 +43,7 @@ __all__ = [
 _THREAD_HASH = 1 << 20
 #: Documents larger than this are decoded in a worker thread (a 20 MiB JSON parse would
 #: hold the event loop for a fifth of a second).
-_INLINE_JSON = 256 << 10
+INLINE_JSON = 256 << 10
 # Indexes nested deeper than this are not followed (content addressing rules out cycles,
 # this only bounds hostile documents).
 _MAX_DEPTH = 32
@@ -111,7 +111,7 @@ class Reader:
         if key not in self._docs:
             data = await self._load(desc)
             doc: Document | None = None
-            if data is not None and len(data) > _INLINE_JSON:
+            if data is not None and len(data) > INLINE_JSON:
                 doc = await anyio.to_thread.run_sync(_decode_sync, desc, data)
             elif data is not None:
                 doc = _decode_sync(desc, data)

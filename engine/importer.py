@@ -12,18 +12,10 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING
 
-from castar.engine import oci, reference
+from castar.engine import graph, oci, reference
 from castar.engine import platforms as plats
 from castar.engine._archive import Progress, ProgressCallback, Session, read_archive
-from castar.engine._resolve import (
-    EmptyWalk,
-    Walk,
-    children,
-    decode,
-    fetch_needed,
-    resolve,
-    walk_index,
-)
+from castar.engine._resolve import EmptyWalk, Walk, fetch_needed, keep, resolve, walk_index
 from castar.engine._streams import open_source
 from castar.engine.platforms import MatchComparer, Platform
 from castar.store.digest import Digest
@@ -142,55 +134,35 @@ async def _record(sess: Session, walk: Walk) -> list[Image]:
 # -- LOAD-4: do the loaded images provide what was asked for? --------------------------------
 
 
-async def _present_manifests(store: Store, desc: oci.Descriptor) -> list[oci.Descriptor]:
-    if oci.is_manifest(desc.media_type):
-        return [desc] if await store.content.exists(desc.digest) else []
-    if not oci.is_index(desc.media_type):
-        return []
-    try:
-        data = await store.content.read_all(desc.digest, limit=oci.MAX_DOCUMENT)
-    except NotFound:
-        return []
-    out: list[oci.Descriptor] = []
-    for child in await children(desc, data):
-        out += await _present_manifests(store, child)
-    return out
-
-
-async def _provides(store: Store, target: oci.Descriptor, matcher: MatchComparer) -> bool:
-    content = store.content
-    for m in await _present_manifests(store, target):
+async def _provides(sess: Session, walk: Walk, target: oci.Descriptor) -> bool:
+    """Whether a complete manifest under ``target`` matches (SAVE-6), from the walk's documents."""
+    if target.digest not in walk.needed:  # left out by the filter: nothing of it was loaded
+        return False
+    content = sess.store.content
+    nodes = await graph.walk(sess.reader, [target], keep=lambda d: keep(sess, d))
+    for node in nodes:
+        m = node.descriptor
+        if not (oci.is_manifest(m.media_type) and node.present):
+            continue
         try:
-            raw = await content.read_all(m.digest, limit=oci.MAX_DOCUMENT)
+            platform = await graph.manifest_platform(sess.reader, m)
         except NotFound:
             continue
-        manifest = await decode(oci.decode_manifest, raw, str(m.digest))
-        platform = m.platform
-        if platform is None:
-            try:
-                raw = await content.read_all(manifest.config.digest, limit=oci.MAX_DOCUMENT)
-            except NotFound:
-                continue
-            config = await decode(oci.decode_config, raw, str(manifest.config.digest))
-            platform = config.platform()
-        if platform is None or not matcher.match(platform):
+        if platform is None or not sess.matcher.match(platform):
             continue
-        blobs = [manifest.config, *manifest.layers]
-        if all([await content.exists(b.digest) for b in blobs]):  # SAVE-6
+        if all([await content.exists(b.digest) for b in node.children]):
             return True
     return False
 
 
-async def _verify_platforms(
-    store: Store, images: list[Image], matcher: MatchComparer, wanted: str
-) -> None:
+async def _verify_platforms(sess: Session, walk: Walk, images: list[Image], wanted: str) -> None:
     if not images:
         raise NotFound(f"no images providing the requested platform(s) found: {wanted}")
     lacking = []
     for image in images:
         t = image.target
         target = oci.Descriptor(t.media_type, Digest(t.digest), t.size)
-        if not await _provides(store, target, matcher):
+        if not await _provides(sess, walk, target):
             lacking.append(reference.display_name(image.name))
     if len(lacking) == 1:
         raise NotFound(
@@ -305,5 +277,5 @@ async def load(
             f"requested platform(s) ({wanted}) found, but some content is missing: {exc}"
         ) from exc
     if requested:
-        await _verify_platforms(store, images, matcher, wanted)  # LOAD-4
+        await _verify_platforms(sess, walk, images, wanted)  # LOAD-4
     return images
