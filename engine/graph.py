@@ -4,7 +4,7 @@ Owns the :class:`DocumentReader` protocol (where a walk reads documents: the sto
 archive, later a registry), reading JSON documents from the content store under the
 20 MiB cap (EDGE-13) with size and digest checks, a manifest's platform (IMP-8),
 content availability (SAVE-6) and the depth-first walk with its platform filter and
-skip-missing policy (IMP-10..14, TREE-1). Uses anyio and the public content-store API
+skip-missing policy (IMP-10..14, TREE-1, SAVE-6). Uses anyio and the public content-store API
 only; it must not import the importer, the exporter or the file backend.
 """
 
@@ -32,10 +32,8 @@ __all__ = [
     "Node",
     "Reader",
     "StoreReader",
-    "is_available",
     "manifest_platform",
     "read_document",
-    "subtree_size",
     "walk",
 ]
 
@@ -226,15 +224,6 @@ async def manifest_platform(reader: DocumentReader, desc: Descriptor) -> Platfor
     return config.platform
 
 
-async def is_available(reader: StoreReader, manifest_desc: Descriptor) -> bool:
-    """Whether a manifest's content is complete locally (SAVE-6).
-
-    The manifest blob is readable and its config and every layer are present. For an
-    index: every blob reachable from it is present. Any other node: its blob is present.
-    """
-    return all(n.present for n in await walk(reader, [manifest_desc], blobs=reader.exists))
-
-
 async def walk(
     reader: DocumentReader,
     roots: Sequence[Descriptor],
@@ -281,13 +270,3 @@ async def walk(
         out.append(Node(node, present, depth, kids))
         stack.extend((k, depth + 1) for k in reversed(kids))
     return out
-
-
-async def subtree_size(reader: StoreReader, desc: Descriptor) -> int:
-    """Bytes of the present blobs reachable from ``desc`` (TREE-1 ``Size.Content``).
-
-    Sizes come from the descriptors; a blob reached twice counts twice (moby's
-    ``PresentContentSize`` walks without de-duplication).
-    """
-    nodes = await walk(reader, [desc], blobs=reader.exists)
-    return sum(n.descriptor.size for n in nodes if n.present)

@@ -194,20 +194,6 @@ async def test_manifest_platform_of_an_index_is_none_and_missing_manifest_not_fo
         await graph.manifest_platform(rd(g), bare)
 
 
-async def test_is_available_follows_save6(g):
-    assert await graph.is_available(rd(g), g.m1)
-    assert not await graph.is_available(rd(g), g.m2)  # a layer is missing
-    assert not await graph.is_available(
-        graph.StoreReader(g.content), g.m3
-    )  # the manifest is missing
-    assert not await graph.is_available(rd(g), g.index)
-
-
-async def test_is_available_is_false_without_the_config(g):
-    await g.store.content.delete(g.c1.digest)
-    assert not await graph.is_available(rd(g), g.m1)
-
-
 async def test_walk_lists_every_reachable_descriptor_depth_first(g):
     r = graph.StoreReader(g.content)
     nodes = await graph.walk(r, [g.index], blobs=r.exists)
@@ -226,16 +212,6 @@ async def test_walk_lists_every_reachable_descriptor_depth_first(g):
     assert nodes[1].descriptor.platform == Platform("linux", "amd64")
 
 
-async def test_subtree_size_counts_present_bytes(g):
-    # TREE-1 Size.Content: manifest + config + present layers; missing manifest → 0
-    b = g.blobs
-    assert await graph.subtree_size(rd(g), g.m1) == len(b["m1"]) + len(b["c1"]) + len(
-        b["l1"]
-    ) + len(b["ls"])
-    assert await graph.subtree_size(rd(g), g.m2) == len(b["m2"]) + len(b["c2"]) + len(b["ls"])
-    assert await graph.subtree_size(rd(g), g.m3) == 0
-
-
 async def test_a_stored_synthetic_image_is_fully_available(tmp_path):
     image = synth.plan(synth.SynthSpec(layer_size=5000, attestations=True, shared_fraction=0.5))
     async with open_store(tmp_path / "root") as store:
@@ -245,7 +221,6 @@ async def test_a_stored_synthetic_image_is_fully_available(tmp_path):
         nodes = await graph.walk(r, [image.index], blobs=r.exists)
         assert all(n.present for n in nodes)
         for p in image.platforms:
-            assert await graph.is_available(r, p.manifest)
             assert await graph.manifest_platform(r, p.manifest) == p.platform
             assert p.attestation is not None
             assert await graph.manifest_platform(r, p.attestation) == Platform("unknown", "unknown")
