@@ -35,27 +35,16 @@ __all__ = [
 ]
 
 # Strategy. Two ways in, one way out:
-# - a seekable plain tar file is scanned header by header in one worker thread (bodies are
-#   seeked over), giving a catalogue of entries and their offsets; the walk then copies
-#   each blob it needs, once: small ones (<= 1 MiB) in batches of up to 64 or 4 MiB, one
-#   worker-thread call reading, writing and renaming a whole batch and one transaction
-#   recording it; big ones in one worker-thread call per blob (pread into a reused
-#   1 MiB buffer, then the writer hashes and writes), two copying and four in progress;
-# - anything else (pipes, async streams, compressed files) goes through the decoder on
-#   the event loop once, every big entry into its own ingest as it passes, small ones
-#   gathered into the same batches, commits overlapping the next entries' bytes; blobs the
-#   walk leaves out are never labelled and
-#   go at the next GC once the import lease is released (EDGE-17).
-# Every blob is committed with sync=False (no per-blob fsync; small ones, ≤ 1 MiB, go
-# to the store whole: temp file + rename, no ingest directory), and ONE
-# store.content.sync() (syncfs) makes them durable after the last blob and before any
-# label or image record: an image never points at content a crash could tear
-# (IO-LIMITS §2.10; open_store drops rows a crash left unsynced).
-# Then both resolve the top index (IMP-5..9), walk it with the platform filter
-# (IMP-11..14), label parents (GC-7) and write image records last (IMP-15), so any
-# failure before that point leaves every image as it was.
-# Modules: _catalog (names, entries, header scan), _archive (session, copies, stream
-# ingest), _resolve (top index, walk, copy of what was kept), this one (records, LOAD).
+# - a seekable plain tar file: headers scanned in one worker thread (bodies seeked over),
+#   then each blob the walk needs copied once: small ones (<= 1 MiB) in batches (one
+#   worker-thread call and one transaction per batch), big ones one call each;
+# - anything else goes through the decoder once, each entry stored as it passes; blobs
+#   the walk leaves out are never labelled and go at the next GC (EDGE-17).
+# Blobs are committed with sync=False and ONE store.content.sync() makes them durable
+# before any label or image record, so an image never points at torn content. Then the
+# top index is resolved (IMP-5..9), walked with the platform filter (IMP-11..14,
+# graph.walk), parents labelled (GC-7) and image records written last (IMP-15): any
+# failure before that leaves every image as it was.
 
 
 # -- names (IMP-11, TV-64) -----------------------------------------------------------------
