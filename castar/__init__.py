@@ -26,7 +26,6 @@ if typing.TYPE_CHECKING:
     from castar.engine.images import ManifestRow as ManifestRow
     from castar.engine.images import Removal as Removal
     from castar.engine.platforms import Platform as Platform
-    from castar.store.root import default_root as default_root
     from castar.store.content import Descriptor as Descriptor
     from castar.store.content import Info as Info
     from castar.store.errors import AlreadyExists as AlreadyExists
@@ -46,6 +45,7 @@ if typing.TYPE_CHECKING:
     from castar.store.gc import GCReport as GCReport
     from castar.store.images import Image as Image
     from castar.store.leases import Lease as Lease
+    from castar.store.root import default_root as default_root
     from castar.store.verify import BlobProblem as BlobProblem
     from castar.store.verify import VerifyReport as VerifyReport
 

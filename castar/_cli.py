@@ -28,8 +28,8 @@ from castar._api import Store, open_store
 from castar._demo import PLATFORMS as DEMO_PLATFORMS
 from castar._demo import run_demo
 from castar._progress import open_progress
+from castar._render import format_size, render_tree
 from castar.engine import oci, platforms, reference
-from castar.engine.images import format_size, render_tree
 from castar.store import digest as digests
 from castar.store.errors import (
     AlreadyExists,

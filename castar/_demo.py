@@ -19,9 +19,9 @@ import anyio.to_thread
 
 from castar._api import Store, open_store
 from castar._progress import open_progress
+from castar._render import format_size, render_tree
 from castar.engine import platforms as plat
 from castar.engine import reference, synth
-from castar.engine.images import format_size, render_tree
 from castar.store.errors import DataLoss, InvalidArgument
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ import anyio.abc
 import anyio.from_thread
 import anyio.to_thread
 
-from castar.engine import _decompress, oci
+from castar.engine import _decompress, graph, oci
 from castar.engine._catalog import (
     METADATA,
     REGULAR,
@@ -129,6 +129,8 @@ class Session:
         self.limiter = anyio.CapacityLimiter(_IN_FLIGHT)
         self._serial = 0
         self._buffers: list[bytearray] = []
+        self.written: dict[str, bytes] = {}  # documents the load built and stored
+        self.reader = graph.Reader(self.document)  # the load's walks decode each document once
 
     def ref(self, name: str) -> str:
         """A fresh ingest ref, unique per session (ING-14, EDGE-9)."""
@@ -284,7 +286,14 @@ class Session:
             await self.ensure(entry, desc.digest)
 
     async def document(self, desc: oci.Descriptor) -> bytes | None:
-        """A manifest or index, from the store or (copied first) from the archive."""
+        """A document: the bytes stored from the archive as they pass, else from the store."""
+        data = self.written.get(desc.digest)
+        entry = self.blob_entry(desc.digest)
+        if data is None and entry is not None and entry.digest is None and entry.size <= _SMALL:
+            data = await anyio.to_thread.run_sync(self._read_small, entry)
+            await self.store_small([(entry, Digest(desc.digest), data)])
+        if data is not None:
+            return data
         await self.ensure_blob(desc)
         try:
             return await self.store.content.read_all(desc.digest, limit=oci.MAX_DOCUMENT)

@@ -8,18 +8,19 @@ lease must hold itself (GC-4/5). Root's public API only; must not import the pla
 
 from __future__ import annotations
 
+import contextlib
 import json
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Final
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 
-from castar.engine import graph, oci, reference
+from castar.engine import graph, images, oci, reference
 from castar.engine import platforms as plat
 from castar.engine._export_plan import Node, Target
+from castar.engine.images import as_oci
 from castar.store import digest as digests
 from castar.store.errors import (
-    Conflict,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -29,10 +30,10 @@ from castar.store.labels import REFERRER, is_content_ref
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+    from pathlib import Path
 
     from castar.store.content import Info
     from castar.store.digest import Digest
-    from castar.store.images import DescriptorLike
     from castar.store.roles import BlobReader
     from castar.store.root import Root
 
@@ -42,30 +43,18 @@ __all__ = ["fetch", "resolve", "unlinked"]
 # -- resolving names (SAVE-4) ----------------------------------------------------------------
 
 
-def _as_oci(target: DescriptorLike) -> oci.Descriptor:
-    return oci.Descriptor(
-        media_type=target.media_type,
-        digest=digests.parse(target.digest),
-        size=target.size,
-        annotations=dict(target.annotations),
-    )
-
-
 async def resolve(store: Root, ref: str) -> list[Target]:
     """The targets one caller-given reference names (SAVE-4).
 
     ``name:tag`` → that image under its name; a bare repository → every tagged image
-    of it, by name; a digest, ``name@digest`` or an image-id prefix → the target
-    without names.
+    of it, by name; a digest, ``name@digest`` or an image-id prefix (any case) → the
+    target without names.
     """
-    if reference.is_digest_ref(ref):
-        return [await _by_digest(store, ref, digests.parse(reference.parse_any(ref).digest))]
-    candidates = [ref]
-    try:
+    key = ref.lower() if images.id_hex(ref) is not None else ref
+    if reference.is_digest_ref(key):
+        return [await _by_digest(store, ref, digests.parse(reference.parse_any(key).digest))]
+    with contextlib.suppress(InvalidArgument):
         parsed = reference.parse_normalized(ref)
-    except InvalidArgument:
-        parsed = None
-    if parsed is not None:
         if parsed.is_name_only:  # a bare repository: all its tags, by name
             repo = parsed.name + ":"
             tagged = [
@@ -74,27 +63,9 @@ async def resolve(store: Root, ref: str) -> list[Target]:
                 if i.name.startswith(repo) and "@" not in i.name
             ]
             if tagged:
-                return [Target(ref, i.name, _as_oci(i.target)) for i in tagged]
-        candidates.append(reference.normalize(ref))
-    for name in candidates:
-        try:
-            image = await store.images.get(name)
-        except NotFound:
-            continue
-        return [Target(ref, image.name, _as_oci(image.target))]
-    hex_part = ref.lower()
-    if 4 <= len(hex_part) <= 64 and all(c in "0123456789abcdef" for c in hex_part):
-        matches = {
-            i.target.digest: i
-            for i in await store.images.list()
-            if i.target.digest.partition(":")[2].startswith(hex_part)
-        }
-        if len(matches) > 1:
-            raise Conflict(f'image ID prefix "{ref}" matches several images')
-        if matches:
-            image = next(iter(matches.values()))
-            return [Target(ref, None, _as_oci(image.target))]
-    raise NotFound(f'image "{ref}"')
+                return [Target(ref, i.name, as_oci(i.target)) for i in tagged]
+    image, named = await images.find(store.images, ref)
+    return [Target(ref, image.name if named else None, as_oci(image.target))]
 
 
 async def _by_digest(store: Root, ref: str, digest: Digest) -> Target:
@@ -105,7 +76,7 @@ async def _by_digest(store: Root, ref: str, digest: Digest) -> Target:
     """
     for image in await store.images.list():
         if image.target.digest == digest:
-            return Target(ref, None, _as_oci(image.target))
+            return Target(ref, None, as_oci(image.target))
     try:
         size = (await store.content.info(digest)).size
     except NotFound:
@@ -137,195 +108,127 @@ def _document(data: bytes) -> tuple[dict[str, Any] | None, str]:
 # -- what the store holds -------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Prefetched:
-    """What :func:`_prefetch` read ahead of the walk; anything absent is read the slow way."""
+class _Planning(graph.Reader):
+    """Export planning's reader: blob records in rounds, documents verified, SAVE-1 referrers.
 
-    infos: dict[str, Info | None] = field(default_factory=dict)  # None: not recorded
-    #: (digest, size, media type) → the document's MT-4 children and, for indexes, its bytes
-    parsed: dict[tuple[str, int, str], tuple[tuple[oci.Descriptor, ...], bytes | None]] = field(
-        default_factory=dict
-    )
-    #: (digest, size) of a config → its platform (IMP-8)
-    platforms: dict[tuple[str, int], plat.Platform | None] = field(default_factory=dict)
-    referrers: dict[str, tuple[oci.Descriptor, ...]] = field(default_factory=dict)
-
-
-# Most document bytes one read-ahead hop holds (documents are capped at 20 MiB each).
-_READ_AHEAD: Final = 32 << 20
-
-
-def _read_verified(items: Sequence[tuple[str, int, Digest]]) -> list[bytes | None]:
-    """Worker thread: each file's bytes if it has ``size`` bytes hashing to its digest.
-
-    Anything else (absent, another size, corrupt) is None: the walk then reads it
-    through the store and raises that read's error.
+    A record is looked up together with every blob reached since the last lookup, so a
+    walk makes one ``infos`` call per level of the graph, whatever the number of
+    platforms or layers. A document read through it lists its referrers after its
+    MT-4 children, so the walk follows them too.
     """
-    out: list[bytes | None] = []
-    for path, size, digest in items:
-        try:
-            with open(path, "rb", buffering=0) as f:
-                data = f.read(size + 1)
-        except OSError:
-            out.append(None)
-            continue
-        ok = len(data) == size and digests.compute(data, digest.algorithm) == digest
-        out.append(data if ok else None)
-    return out
 
+    def __init__(self, content: BlobReader) -> None:
+        super().__init__(self._load)
+        self.content = content
+        self.infos: dict[str, Info | None] = {}  # None: not recorded
+        self.referrers: dict[str, tuple[oci.Descriptor, ...]] = {}
+        self._reached: list[Digest] = []
 
-def _wanted(desc: oci.Descriptor, info: Info | None, configs: set[str]) -> bool:
-    """Whether the read-ahead reads ``desc``: a stored document read_document would accept."""
-    if info is None or info.size != desc.size or desc.data is not None:
-        return False
-    if desc.size > oci.MAX_DOCUMENT:
-        return False
-    mt = desc.media_type
-    if oci.is_manifest(mt) or oci.is_index(mt):
-        return True
-    return oci.is_config(mt) and desc.digest in configs
-
-
-async def _prefetch(content: BlobReader, roots: Sequence[oci.Descriptor]) -> _Prefetched:
-    """Read the graph under ``roots`` level by level, in few worker-thread hops.
-
-    Per level: one ``infos`` hop, and one hop reading and verifying its documents
-    (more only past ``_READ_AHEAD`` bytes of them).
-    Never raises for the graph's own faults (missing, wrong size, corrupt, malformed):
-    what it cannot vouch for it leaves out, and :func:`fetch`'s depth-first walk reads
-    it one by one and raises exactly as it always did, in walk order.
-    """
-    pre = _Prefetched()
-    configs: set[str] = set()  # configs whose platform a manifest needs (IMP-8)
-    seen: set[tuple[str, int, str]] = set()
-    level = list(roots)
-    while level:
-        todo = [d for d in dict.fromkeys(x.digest for x in level) if d not in pre.infos]
-        if todo:
-            found = await content.infos(todo)
-            pre.infos.update((d, found.get(d)) for d in todo)
-        reads = []
-        for desc in level:
-            key = (desc.digest, desc.size, desc.media_type)
-            if key not in seen and _wanted(desc, pre.infos[desc.digest], configs):
-                seen.add(key)
-                reads.append(desc)
-        following: list[oci.Descriptor] = []
-        while reads:
-            batch: list[oci.Descriptor] = []
-            total = 0
-            while reads and (not batch or total + reads[0].size <= _READ_AHEAD):
-                total += reads[0].size
-                batch.append(reads.pop(0))
-            items = [(str(content.path(d.digest)), d.size, d.digest) for d in batch]
-            datas = await anyio.to_thread.run_sync(_read_verified, items)
-            for desc, data in zip(batch, datas, strict=True):
-                if data is not None:
-                    following.extend(await _read_ahead(content, pre, configs, desc, data))
-        level = following
-    return pre
-
-
-async def _read_ahead(
-    content: BlobReader,
-    pre: _Prefetched,
-    configs: set[str],
-    desc: oci.Descriptor,
-    data: bytes,
-) -> tuple[oci.Descriptor, ...]:
-    """Record what ``fetch`` needs of one verified document; returns what to read next."""
-    if not (oci.is_manifest(desc.media_type) or oci.is_index(desc.media_type)):
-        try:  # a config: as _config_platform, without the store reads
-            platform = oci.decode_config(data, name=str(desc.digest)).platform()
-        except (NotFound, InvalidArgument, FailedPrecondition):
-            platform = None
-        except Exception:  # the walk re-reads it and raises in walk order
-            return ()
-        pre.platforms[desc.digest, desc.size] = platform
-        return ()
-    try:
-        children = tuple(oci.children(desc, data))
-    except Exception:  # the walk re-reads it and raises in walk order
-        return ()
-    pre.parsed[desc.digest, desc.size, desc.media_type] = (
-        children,
-        data if oci.is_index(desc.media_type) else None,
-    )
-    if oci.is_manifest(desc.media_type) and children and desc.platform is None:
-        configs.add(children[0].digest)
-    info = pre.infos[desc.digest]
-    assert info is not None
-    referrers: tuple[oci.Descriptor, ...] = ()
-    if any(k.startswith(REFERRER) for k in info.labels):
-        try:
-            referrers = await _referrers(content, desc.digest, info.labels)
-        except Exception:  # the walk asks again and raises in walk order
-            return children
-        pre.referrers[desc.digest] = referrers
-    return (*children, *referrers)
-
-
-async def fetch(content: BlobReader, roots: Sequence[oci.Descriptor]) -> dict[str, Node]:
-    """Info for every blob reachable from ``roots``, documents for manifests and indexes.
-
-    First :func:`_prefetch` reads the graph level by level (one ``infos`` hop and one
-    document hop per level, whatever the number of platforms or layers). Then the
-    depth-first walk builds the nodes from what it read; a node it could not vouch for
-    (missing, wrong size, corrupt, malformed, embedded data) is read here one by one,
-    so errors surface in walk order with the messages one lookup per blob gives.
-    """
-    pre = await _prefetch(content, roots)
-    nodes: dict[str, Node] = {}
-    known = pre.infos
-    stack = list(reversed(roots))
-    queued = [d.digest for d in roots]  # pushed since the last round
-    while stack:
-        desc = stack.pop()
-        if desc.digest in nodes:
-            continue
-        if desc.digest not in known:  # only below a node the read-ahead left out
-            todo = [d for d in dict.fromkeys(queued) if d not in known]
-            queued.clear()
-            found = await content.infos(todo)
-            known.update((d, found.get(d)) for d in todo)
-        info = known[desc.digest]
-        if info is None:
-            nodes[desc.digest] = Node(present=False)
-            continue
-        if info.size != desc.size:
+    async def info(self, desc: oci.Descriptor) -> Info | None:
+        """The blob's record, ``None`` when absent; SizeMismatch when it has another size."""
+        if desc.digest not in self.infos:
+            todo = [d for d in dict.fromkeys([desc.digest, *self._reached]) if d not in self.infos]
+            self._reached.clear()
+            found = await self.content.infos(todo)
+            self.infos.update((d, found.get(d)) for d in todo)
+        info = self.infos[desc.digest]
+        if info is not None and info.size != desc.size:
             raise SizeMismatch(
                 f"content digest {desc.digest}: store holds {info.size} bytes, "
                 f"descriptor says {desc.size}",
                 expected=desc.size,
                 actual=info.size,
             )
+        return info
+
+    async def present(self, desc: oci.Descriptor) -> bool:
+        """Whether the blob is recorded (with the descriptor's size)."""
+        return await self.info(desc) is not None
+
+    async def _load(self, desc: oci.Descriptor) -> bytes | None:
+        info = await self.info(desc)
+        if info is None:
+            return None
+        return await graph.read_document(_Recorded(self.content, info), desc)
+
+    async def read(self, desc: oci.Descriptor) -> graph.Document | None:
+        """The document, its referrers listed after its children (SAVE-1)."""
+        doc = await super().read(desc)
+        if doc is None or not (oci.is_manifest(desc.media_type) or oci.is_index(desc.media_type)):
+            return doc
+        refs = self.referrers.get(desc.digest)
+        if refs is None:
+            info = self.infos[desc.digest]
+            assert info is not None
+            refs = self.referrers[desc.digest] = await _referrers(
+                self.content, desc.digest, info.labels
+            )
+            self._reached += [d.digest for d in (*doc.children, *refs)]
+        return replace(doc, children=(*doc.children, *refs))
+
+
+@dataclass(frozen=True, slots=True)
+class _Recorded:
+    """The store with one blob's record known: ``read_document`` asks for no record."""
+
+    content: BlobReader
+    record: Info
+
+    async def info(self, digest: str) -> Info:
+        return self.record
+
+    async def exists(self, digest: str) -> bool:
+        return True
+
+    async def read_all(self, digest: str, *, limit: int) -> bytes:
+        """The blob's file in one worker-thread hop, else the store's read and its error."""
+        size = self.record.size
+        path = self.content.path(digest)
+        data = await anyio.to_thread.run_sync(_read_file, path, size)
+        if data is None:
+            return await self.content.read_all(digest, limit=limit)
+        return data
+
+
+def _read_file(path: Path, size: int) -> bytes | None:
+    try:
+        with open(path, "rb", buffering=0) as f:
+            data = f.read(size + 1)
+    except OSError:
+        return None
+    return data if len(data) == size else None
+
+
+async def fetch(content: BlobReader, roots: Sequence[oci.Descriptor]) -> dict[str, Node]:
+    """Info for every blob reachable from ``roots``, documents for manifests and indexes.
+
+    One depth-first walk (:func:`castar.engine.graph.walk`): faults (wrong size,
+    corrupt or malformed documents) surface in walk order, before the first byte of
+    an archive (EXP-7, EXP-13); a missing blob is a node that is not present.
+    """
+    reader = _Planning(content)
+    nodes: dict[str, Node] = {}
+    for n in await graph.walk(reader, roots, blobs=reader.present, unique=True):
+        desc = n.descriptor
+        info = reader.infos[desc.digest]
+        if info is None or not n.present:
+            nodes[desc.digest] = Node(present=False)
+            continue
         node = Node(present=True, labels=dict(info.labels))
-        if oci.is_manifest(desc.media_type) or oci.is_index(desc.media_type):
-            parsed = pre.parsed.get((desc.digest, desc.size, desc.media_type))
-            if parsed is None:
-                data = await graph.read_document(content, desc)  # capped, digest-checked
-                parsed = (
-                    tuple(oci.children(desc, data)),
-                    data if oci.is_index(desc.media_type) else None,
-                )
-            children, document = parsed
-            node = replace(node, children=children, document=document)
+        doc = await reader.read(desc) if desc.digest in reader.referrers else None
+        if doc is not None:
+            refs = reader.referrers[desc.digest]
+            children = doc.children[: len(doc.children) - len(refs)]
+            platform = None
             if oci.is_manifest(desc.media_type) and children and desc.platform is None:
-                config = children[0]
-                key = (config.digest, config.size)
-                platform = (
-                    pre.platforms[key]
-                    if key in pre.platforms and oci.is_config(config.media_type)
-                    else await _config_platform(content, config)
-                )
-                node = replace(node, platform=platform)
-            referrers = pre.referrers.get(desc.digest)
-            if referrers is None:
-                referrers = await _referrers(content, desc.digest, node.labels)
-            node = replace(node, referrers=referrers)
-            pushed = (*children, *node.referrers)
-            stack.extend(reversed(pushed))
-            queued.extend(d.digest for d in pushed if d.digest not in nodes)
+                platform = await _config_platform(reader, children[0])
+            node = replace(
+                node,
+                children=children,
+                document=doc.data if oci.is_index(desc.media_type) else None,
+                platform=platform,
+                referrers=refs,
+            )
         nodes[desc.digest] = node
     return nodes
 
@@ -366,15 +269,15 @@ async def _referrers(
     return tuple(out)
 
 
-async def _config_platform(content: BlobReader, config: oci.Descriptor) -> plat.Platform | None:
+async def _config_platform(reader: _Planning, config: oci.Descriptor) -> plat.Platform | None:
     """The platform a config names (IMP-8), or None when it is absent or says none."""
     if not oci.is_config(config.media_type) or config.size > oci.MAX_DOCUMENT:
         return None
     try:
-        data = await graph.read_document(content, config)
-        return oci.decode_config(data, name=str(config.digest)).platform()
+        doc = await reader.read(config)
     except (NotFound, InvalidArgument, FailedPrecondition):
         return None
+    return None if doc is None else doc.platform
 
 
 # -- lease coverage (SAVE-5) ------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import anyio
 import anyio.to_thread
 
-from castar.engine import _decompress, oci, platforms, reference
+from castar.engine import _decompress, graph, oci, platforms, reference
 from castar.engine._archive import WORKERS, Session, first_error
 from castar.engine._catalog import (
     DOCKER_MANIFEST,
@@ -39,9 +39,9 @@ __all__ = [
     "EmptyWalk",
     "Queued",
     "Walk",
-    "children",
     "decode",
     "fetch_needed",
+    "keep",
     "resolve",
     "walk_index",
 ]
@@ -217,28 +217,18 @@ async def _compressed_forms(sess: Session) -> dict[str, tuple[Digest, int]]:
 
 async def _store_document(sess: Session, data: bytes, media_type: str) -> oci.Descriptor:
     digest = compute(data)
+    sess.written[digest] = data  # the walk decodes these bytes, never reads them back
     await sess.store.content.write_blob(
         data, digest=digest, size=len(data), ref=sess.ref(f"document-{digest}"), sync=False
     )
     return oci.Descriptor(media_type, digest, len(data))
 
 
-#: Documents larger than this are decoded in a worker thread (a 20 MiB JSON parse would
-#: hold the event loop for a fifth of a second).
-_INLINE_JSON: Final = 256 << 10
-
-
 async def decode(decoder: Callable[..., _T], data: bytes, name: str) -> _T:
-    if len(data) > _INLINE_JSON:
+    """``decoder(data, name=name)``, off the event loop when the document is large."""
+    if len(data) > graph.INLINE_JSON:
         return await anyio.to_thread.run_sync(lambda: decoder(data, name=name))
     return decoder(data, name=name)
-
-
-async def children(desc: oci.Descriptor, data: bytes) -> list[oci.Descriptor]:
-    """MT-4 children, decoded off the event loop when the document is large."""
-    if len(data) > _INLINE_JSON:
-        return await anyio.to_thread.run_sync(oci.children, desc, data)
-    return oci.children(desc, data)
 
 
 # -- the walk (IMP-10..14) -------------------------------------------------------------------
@@ -250,11 +240,11 @@ class Walk:
     replaced: list[tuple[str, oci.Descriptor]] = field(default_factory=list)
     labels: dict[Digest, dict[str, str]] = field(default_factory=dict)
     needed: dict[Digest, oci.Descriptor] = field(default_factory=dict)
-    visited: set[Digest] = field(default_factory=set)
     produced: bool = False
 
 
-def _keep(sess: Session, desc: oci.Descriptor) -> bool:
+def keep(sess: Session, desc: oci.Descriptor) -> bool:
+    """The platform filter of the load (IMP-10): a descriptor without platform is kept."""
     return desc.platform is None or sess.matcher.match(desc.platform)
 
 
@@ -268,11 +258,18 @@ async def walk_index(sess: Session, top: oci.Descriptor) -> Walk:
     entries = list((await decode(oci.decode_index, data, str(top.digest))).manifests)
     for entry in entries:
         _queue_names(sess, walk, entry)
-    kept = [e for e in entries if _keep(sess, e)]
+    kept = [e for e in entries if keep(sess, e)]
     if kept:
         walk.produced = True
         walk.labels[top.digest] = oci.children_labels(kept)
-    await _visit(sess, walk, kept)
+    nodes = await graph.walk(
+        sess.reader, kept, keep=lambda d: keep(sess, d), skip_missing=sess.skip_missing, unique=True
+    )
+    for node in nodes:  # SkipDesc (IMP-11, EDGE-2): a missing document has no children
+        walk.needed.setdefault(node.descriptor.digest, node.descriptor)
+        if node.children:
+            walk.produced = True
+            walk.labels[node.descriptor.digest] = oci.children_labels(node.children)
     if not walk.produced:
         raise EmptyWalk
     return walk
@@ -304,29 +301,6 @@ def _normalized(name: str) -> str | None:
         return str(reference.parse_normalized(name))
     except InvalidArgument:
         return None
-
-
-async def _visit(sess: Session, walk: Walk, kept: list[oci.Descriptor]) -> None:
-    """Depth-first, in order, below the top index (an explicit stack: no recursion limit)."""
-    stack = kept[::-1]
-    while stack:
-        desc = stack.pop()
-        walk.needed.setdefault(desc.digest, desc)
-        if desc.digest in walk.visited:
-            continue
-        walk.visited.add(desc.digest)
-        if not (oci.is_manifest(desc.media_type) or oci.is_index(desc.media_type)):
-            continue
-        data = await sess.document(desc)
-        if data is None:
-            if sess.skip_missing:
-                continue  # SkipDesc (IMP-11, EDGE-2)
-            raise NotFound(f"content digest {desc.digest}")
-        kids = [c for c in await children(desc, data) if _keep(sess, c)]
-        if kids:
-            walk.produced = True
-            walk.labels[desc.digest] = oci.children_labels(kids)
-            stack += kids[::-1]
 
 
 async def fetch_needed(sess: Session, walk: Walk) -> None:

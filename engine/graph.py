@@ -1,16 +1,17 @@
-"""The image graph as the store holds it: documents, children, platforms, availability.
+"""The image graph: documents, children, platforms, availability, THE walk.
 
-Owns reading JSON documents from the content store under the 20 MiB cap (EDGE-13) with
-size and digest checks, MT-4 children of stored nodes, a manifest's platform (IMP-8),
-content availability (SAVE-6) and depth-first walks with present sizes (TREE-1).
-Uses anyio and the public content-store API only (``info``/``exists``/``read_all``);
-it must not import the importer, the exporter or the file backend.
+Owns the :class:`DocumentReader` protocol (where a walk reads documents: the store, an
+archive, later a registry), reading JSON documents from the content store under the
+20 MiB cap (EDGE-13) with size and digest checks, a manifest's platform (IMP-8),
+content availability (SAVE-6) and the depth-first walk with its platform filter and
+skip-missing policy (IMP-10..14, TREE-1, SAVE-6). Uses anyio and the public content-store API
+only; it must not import the importer, the exporter or the file backend.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Protocol, final
 
 import anyio.to_thread
 
@@ -19,25 +20,110 @@ from castar.store.digest import compute
 from castar.store.errors import DigestMismatch, InvalidArgument, NotFound, SizeMismatch
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+
     from castar.engine.oci import Descriptor
     from castar.engine.platforms import Platform
-    from castar.store.roles import BlobReader
 
 __all__ = [
+    "ContentReader",
+    "Document",
+    "DocumentReader",
     "Node",
-    "is_available",
+    "Reader",
+    "StoreReader",
     "manifest_platform",
-    "read_children",
     "read_document",
-    "subtree_size",
     "walk",
 ]
 
 # Hash documents above this size in a worker thread (STYLE §3.7: no multi-MB work on the loop).
 _THREAD_HASH = 1 << 20
+#: Documents larger than this are decoded in a worker thread (a 20 MiB JSON parse would
+#: hold the event loop for a fifth of a second).
+INLINE_JSON = 256 << 10
 # Indexes nested deeper than this are not followed (content addressing rules out cycles,
 # this only bounds hostile documents).
 _MAX_DEPTH = 32
+
+
+class _Sized(Protocol):
+    @property
+    def size(self) -> int: ...
+
+
+class ContentReader(Protocol):
+    """What :func:`read_document` reads through (a :class:`~castar.store.roles.BlobReader`)."""
+
+    async def info(self, digest: str) -> _Sized: ...  # noqa: D102
+    async def exists(self, digest: str) -> bool: ...  # noqa: D102
+    async def read_all(self, digest: str, *, limit: int) -> bytes: ...  # noqa: D102
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Document:
+    """A decoded document: its bytes, MT-4 children (manifests, indexes), platform (configs)."""
+
+    data: bytes
+    children: tuple[Descriptor, ...] = ()
+    platform: Platform | None = None
+
+
+class DocumentReader(Protocol):
+    """Where a walk reads documents from: the store, an archive, a registry."""
+
+    async def read(self, desc: Descriptor) -> Document | None:
+        """The decoded document, ``None`` when absent; decoded at most once per reader."""
+
+
+def _decode_sync(desc: Descriptor, data: bytes) -> Document:
+    if oci.is_manifest(desc.media_type) or oci.is_index(desc.media_type):
+        return Document(data, tuple(oci.children(desc, data)))
+    return Document(data, platform=oci.decode_config(data, name=str(desc.digest)).platform())
+
+
+class Reader:
+    """A :class:`DocumentReader` over a function loading a document's bytes (None: absent).
+
+    Decoded documents are cached by digest and media type, so one operation decodes
+    each document once; large ones are decoded off the event loop.
+    """
+
+    def __init__(self, load: Callable[[Descriptor], Awaitable[bytes | None]]) -> None:
+        self._load = load
+        self._docs: dict[tuple[str, str], Document | None] = {}
+
+    async def read(self, desc: Descriptor) -> Document | None:
+        """The decoded document (see :class:`DocumentReader`)."""
+        key = (desc.digest, desc.media_type)
+        if key not in self._docs:
+            data = await self._load(desc)
+            doc: Document | None = None
+            if data is not None and len(data) > INLINE_JSON:
+                doc = await anyio.to_thread.run_sync(_decode_sync, desc, data)
+            elif data is not None:
+                doc = _decode_sync(desc, data)
+            self._docs[key] = doc
+        return self._docs[key]
+
+
+class StoreReader(Reader):
+    """Documents from the content store, verified by :func:`read_document`."""
+
+    def __init__(self, content: ContentReader) -> None:
+        super().__init__(self._read)
+        self.content = content
+
+    async def _read(self, desc: Descriptor) -> bytes | None:
+        try:
+            return await read_document(self.content, desc)
+        except NotFound:
+            return None
+
+    async def exists(self, desc: Descriptor) -> bool:
+        """Whether the blob is stored."""
+        return await self.content.exists(desc.digest)
 
 
 @final
@@ -49,14 +135,16 @@ class Node:
         descriptor: as listed by its parent (the root as given).
         present: whether its blob is in the store (for manifests and indexes: readable).
         depth: 0 for the root, 1 for its children, …
+        children: the children the walk followed (after the platform filter).
     """
 
     descriptor: Descriptor
     present: bool
     depth: int
+    children: tuple[Descriptor, ...] = ()
 
 
-async def read_document(content: BlobReader, desc: Descriptor) -> bytes:
+async def read_document(content: ContentReader, desc: Descriptor) -> bytes:
     """Read a manifest, index or config document, verified against its descriptor.
 
     The size is checked against the 20 MiB cap before anything is read, then against
@@ -107,33 +195,7 @@ async def _digest_of(data: bytes, algorithm: str) -> str:
     return await anyio.to_thread.run_sync(compute, data, algorithm)
 
 
-async def read_children(
-    content: BlobReader, desc: Descriptor, *, skip_missing: bool = False
-) -> list[Descriptor]:
-    """The MT-4 children of a stored node (only manifests and indexes are read).
-
-    Args:
-        content: the content store.
-        desc: the node.
-        skip_missing: a missing manifest/index has no children instead of failing
-            (IMP-11 ``skip_missing``).
-
-    Raises:
-        NotFound: the manifest/index blob is missing and ``skip_missing`` is false.
-        MalformedManifest, UnsupportedMediaType: as :func:`castar.engine.oci.children`.
-    """
-    if not (oci.is_manifest(desc.media_type) or oci.is_index(desc.media_type)):
-        return []
-    try:
-        data = await read_document(content, desc)
-    except NotFound:
-        if skip_missing:
-            return []
-        raise
-    return oci.children(desc, data)
-
-
-async def manifest_platform(content: BlobReader, desc: Descriptor) -> Platform | None:
+async def manifest_platform(reader: DocumentReader, desc: Descriptor) -> Platform | None:
     """The platform of a manifest: its descriptor's, else its config's (IMP-8, SAVE-2).
 
     The config's platform is normalised (NORM-3); ``None`` when the descriptor has no
@@ -146,56 +208,56 @@ async def manifest_platform(content: BlobReader, desc: Descriptor) -> Platform |
         return desc.platform
     if not oci.is_manifest(desc.media_type):
         return None
-    config = oci.children(desc, await read_document(content, desc))[0]
-    data = await read_document(content, config)
-    return oci.decode_config(data, name=str(config.digest)).platform()
+    doc = await reader.read(desc)
+    config = None if doc is None else await reader.read(doc.children[0])
+    if config is None:
+        raise NotFound(f"content digest {desc.digest}: manifest or config")
+    return config.platform
 
 
-async def is_available(content: BlobReader, manifest_desc: Descriptor) -> bool:
-    """Whether a manifest's content is complete locally (SAVE-6).
+async def walk(
+    reader: DocumentReader,
+    roots: Sequence[Descriptor],
+    *,
+    keep: Callable[[Descriptor], bool] | None = None,
+    skip_missing: bool = True,
+    blobs: Callable[[Descriptor], Awaitable[bool]] | None = None,
+    unique: bool = False,
+) -> list[Node]:
+    """Every descriptor reachable from ``roots``, depth first, parents before children.
 
-    The manifest blob is readable and its config and every layer are present. For an
-    index: every blob reachable from it is present. Any other node: its blob is present.
-    """
-    return all(node.present for node in await walk(content, manifest_desc))
-
-
-async def walk(content: BlobReader, desc: Descriptor) -> list[Node]:
-    """Every descriptor reachable from ``desc``, depth first, parents before children.
-
-    Present or not: a missing manifest or index is listed with ``present=False`` and
-    no children; other missing blobs are listed with ``present=False``. Repeated
-    descriptors (a layer shared by two manifests) are listed each time they are
-    reached, as containerd's ``images.Walk`` visits them.
+    Args:
+        reader: where manifests and indexes are read (only they are).
+        roots: where to start, in order.
+        keep: the platform filter: children it refuses are neither listed nor followed.
+        skip_missing: a missing manifest or index is listed with ``present=False`` and
+            no children (IMP-11 ``SkipDesc``); false: ``NotFound`` instead.
+        blobs: tells whether another blob is present; without it they count as present.
+        unique: list a descriptor once; otherwise as often as it is reached, as
+            containerd's ``images.Walk`` visits a layer shared by two manifests.
 
     Raises:
-        MalformedManifest, UnsupportedMediaType: a stored document does not decode.
+        NotFound: ``content digest <d>: not found``, when ``skip_missing`` is false.
+        MalformedManifest, UnsupportedMediaType: a document does not decode.
     """
     out: list[Node] = []
-    stack: list[tuple[Descriptor, int]] = [(desc, 0)]
+    seen: set[str] = set()
+    stack: list[tuple[Descriptor, int]] = [(d, 0) for d in reversed(roots)]
     while stack:
         node, depth = stack.pop()
-        kids: list[Descriptor] = []
+        if unique and node.digest in seen:
+            continue
+        seen.add(node.digest)
+        kids: tuple[Descriptor, ...] = ()
         if oci.is_manifest(node.media_type) or oci.is_index(node.media_type):
-            try:
-                data = await read_document(content, node)
-            except NotFound:
-                present = False
-            else:
-                present = True
-                if depth < _MAX_DEPTH:
-                    kids = oci.children(node, data)
+            doc = await reader.read(node)
+            if doc is None and not skip_missing:
+                raise NotFound(f"content digest {node.digest}")
+            present = doc is not None
+            if doc is not None and depth < _MAX_DEPTH:
+                kids = tuple(c for c in doc.children if keep is None or keep(c))
         else:
-            present = await content.exists(node.digest)
-        out.append(Node(node, present, depth))
+            present = blobs is None or await blobs(node)
+        out.append(Node(node, present, depth, kids))
         stack.extend((k, depth + 1) for k in reversed(kids))
     return out
-
-
-async def subtree_size(content: BlobReader, desc: Descriptor) -> int:
-    """Bytes of the present blobs reachable from ``desc`` (TREE-1 ``Size.Content``).
-
-    Sizes come from the descriptors; a blob reached twice counts twice (moby's
-    ``PresentContentSize`` walks without de-duplication).
-    """
-    return sum(n.descriptor.size for n in await walk(content, desc) if n.present)

@@ -1,13 +1,13 @@
 """The images service: image records plus the per-platform tree view, inspect, tag and remove.
 
-Owns :class:`ImageService` (what ``castar.Store.images`` is), the tree values
-(SEMANTICS TREE-1..3) and their text rendering. Builds on castar.store records and
-the engine's OCI model and graph helpers; must not import the importer, the
-exporter or the facade (``castar._api``).
+Owns :class:`ImageService` (what ``castar.Store.images`` is) and the tree values
+(TREE-1..3). Builds on castar.store records and the engine's OCI model and graph;
+must not import the importer, the exporter or the facade (``castar._api``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import re
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from castar.engine.platforms import Platform
-    from castar.store.images import DescriptorLike, Image
+    from castar.store.images import DescriptorLike, Image, ImageStore
     from castar.store.roles import BlobReader
     from castar.store.root import Root
 
@@ -34,16 +34,27 @@ __all__ = [
     "ImageTree",
     "ManifestRow",
     "Removal",
-    "format_size",
-    "render_tree",
+    "as_oci",
+    "find",
+    "id_hex",
 ]
 
 Kind = Literal["image", "attestation", "unknown"]
 _HEX_PREFIX = re.compile(r"[a-f0-9]{4,64}")
-_MAX_DEPTH = 8  # nested indexes deeper than this are not listed (EDGE-5 needs two levels)
-#: A document the tree view cannot use: absent, undecodable, or not matching its digest.
-#: The view shows it as unavailable rather than failing; ``castar verify`` says why.
-_UNREADABLE = (NotFound, InvalidArgument, FailedPrecondition)
+
+
+class _Lenient(graph.StoreReader):
+    """The tree view's reader: an unusable document reads as absent.
+
+    Absent, undecodable or not matching its digest: the view shows it as unavailable
+    rather than failing; ``castar verify`` says why.
+    """
+
+    async def read(self, desc: oci.Descriptor) -> graph.Document | None:
+        try:
+            return await super().read(desc)
+        except (NotFound, InvalidArgument, FailedPrecondition):
+            return None
 
 
 @final
@@ -185,7 +196,8 @@ def _descriptor_json(desc: oci.Descriptor) -> dict[str, Any]:
     }
 
 
-def _as_oci(target: DescriptorLike) -> oci.Descriptor:
+def as_oci(target: DescriptorLike) -> oci.Descriptor:
+    """A record's target as an OCI descriptor."""
     return oci.Descriptor(
         media_type=target.media_type,
         digest=Digest(target.digest),
@@ -246,33 +258,8 @@ class ImageService:
         await self._records.delete(name, target=target)
 
     async def resolve(self, ref: str) -> Image:
-        """The record ``ref`` names: exact name, normalised name, digest or ID prefix.
-
-        Raises:
-            NotFound: ``image "<ref>": not found``.
-            Conflict: an ID prefix matches several images.
-        """
-        for name in _candidates(ref):
-            try:
-                return await self._records.get(name)
-            except NotFound:
-                continue
-        matches = await self._by_target(ref)
-        if not matches:
-            raise NotFound(f'image "{ref}"')
-        if len({m.target.digest for m in matches}) > 1:
-            raise Conflict(f'image ID prefix "{ref}" matches several images')
-        return matches[0]
-
-    async def _by_target(self, ref: str) -> builtins.list[Image]:
-        hex_part = ref.removeprefix("sha256:")
-        if not _HEX_PREFIX.fullmatch(hex_part) or (
-            ref.startswith("sha256:") and len(hex_part) != 64
-        ):
-            return []
-        return [
-            i for i in await self._records.list() if i.target.digest.encoded.startswith(hex_part)
-        ]
+        """The record ``ref`` names, as :func:`find`."""
+        return (await find(self._records, ref))[0]
 
     async def tree(self, names: Iterable[str] | None = None) -> builtins.list[ImageTree]:
         """The tree view (TREE-1..3): images grouped by target, sorted by first name.
@@ -281,6 +268,11 @@ class ImageService:
             names: restrict to these images (as :meth:`resolve` accepts them);
                 ``None`` lists every record.
         """
+        return await self._trees(names, _Lenient(self._content))
+
+    async def _trees(
+        self, names: Iterable[str] | None, reader: _Lenient
+    ) -> builtins.list[ImageTree]:
         records = await self._records.list()
         if names is not None:
             wanted = {(await self.resolve(n)).target.digest for n in names}
@@ -288,7 +280,7 @@ class ImageService:
         groups: dict[Digest, builtins.list[Image]] = {}
         for r in records:
             groups.setdefault(r.target.digest, []).append(r)
-        trees = [await self._tree_of(group) for group in groups.values()]
+        trees = [await self._tree_of(group, reader) for group in groups.values()]
         trees.sort(
             key=lambda t: (
                 not t.names,
@@ -298,9 +290,16 @@ class ImageService:
         )
         return trees
 
-    async def _tree_of(self, group: builtins.list[Image]) -> ImageTree:
-        target = _as_oci(group[0].target)
-        rows = [await self._row(m) for m in await self._manifests(target, 0)]
+    async def _tree_of(self, group: builtins.list[Image], reader: _Lenient) -> ImageTree:
+        target = as_oci(group[0].target)
+        # TREE-1: one walk, depth first in index order, present or not; each manifest's
+        # subtree is the run of deeper nodes after it.
+        nodes = await graph.walk(reader, [target], blobs=reader.exists)
+        rows = []
+        for i, n in enumerate(nodes):
+            if oci.is_manifest(n.descriptor.media_type):
+                end = next((j for j in range(i + 1, len(nodes)) if nodes[j].depth <= n.depth), None)
+                rows.append(await self._row(reader, nodes[i:end]))
         return ImageTree(
             names=tuple(sorted(r.name for r in group if not reference.is_dangling(r.name))),
             target=target,
@@ -308,30 +307,11 @@ class ImageService:
             created_at=min(r.created_at for r in group),
         )
 
-    async def _manifests(self, desc: oci.Descriptor, depth: int) -> builtins.list[oci.Descriptor]:
-        # TREE-1: depth first in index order, present or not; a missing index has no children.
-        if oci.is_manifest(desc.media_type):
-            return [desc]
-        if not oci.is_index(desc.media_type) or depth > _MAX_DEPTH:
-            return []
+    async def _row(self, reader: _Lenient, nodes: builtins.list[graph.Node]) -> ManifestRow:
+        desc = nodes[0].descriptor
         try:
-            data = await graph.read_document(self._content, desc)
-            children = oci.children(desc, data)
-        except _UNREADABLE:
-            return []
-        found: builtins.list[oci.Descriptor] = []
-        for child in children:
-            found += await self._manifests(child, depth + 1)
-        return found
-
-    async def _row(self, desc: oci.Descriptor) -> ManifestRow:
-        try:
-            nodes = await graph.walk(self._content, desc)  # one walk: availability and size
-        except _UNREADABLE:  # a document that does not decode or verify: unavailable
-            nodes = [graph.Node(desc, False, 0)]
-        try:
-            platform = await graph.manifest_platform(self._content, desc)
-        except _UNREADABLE:
+            platform = await graph.manifest_platform(reader, desc)
+        except NotFound:
             platform = None
         kind: Kind = "image"
         if oci.is_attestation(desc):
@@ -344,8 +324,8 @@ class ImageService:
             descriptor=desc,
             platform=platform,
             kind=kind,
-            available=all(n.present for n in nodes),  # SAVE-6, as graph.is_available
-            content_size=sum(n.descriptor.size for n in nodes if n.present),  # graph.subtree_size
+            available=all(n.present for n in nodes),  # SAVE-6
+            content_size=sum(n.descriptor.size for n in nodes if n.present),
         )
 
     async def inspect(self, name: str, platform: str | None = None) -> ImageDetails:
@@ -362,7 +342,8 @@ class ImageService:
             InvalidArgument: a bad platform spec.
         """
         image = await self.resolve(name)
-        (tree,) = await self.tree([image.name])
+        reader = _Lenient(self._content)
+        (tree,) = await self._trees([image.name], reader)
         row: ManifestRow | None = None
         if platform is not None:
             wanted = platforms.parse(platform)
@@ -383,13 +364,11 @@ class ImageService:
         if row is None:
             return ImageDetails(image=image, tree=tree)
         manifest_json = config_json = None
-        try:
-            data = await graph.read_document(self._content, row.descriptor)
-            manifest_json = json.loads(data)
-            config = oci.children(row.descriptor, data)[0]
-            config_json = json.loads(await graph.read_document(self._content, config))
-        except (NotFound, IndexError):
-            pass
+        doc = await reader.read(row.descriptor)  # read by the tree's walk: not read again
+        if doc is not None:
+            manifest_json = json.loads(doc.data)
+            config = await reader.read(doc.children[0]) if doc.children else None
+            config_json = None if config is None else json.loads(config.data)
         return ImageDetails(
             image=image,
             tree=tree,
@@ -425,8 +404,8 @@ class ImageService:
         """
         plan: builtins.list[tuple[str, builtins.list[Image]]] = []
         for ref in names:
-            image = await self.resolve(ref)
-            if image.name in _candidates(ref):
+            image, by_name = await find(self._records, ref)
+            if by_name:
                 plan.append((ref, [image]))
                 continue
             same = [i for i in await self._records.list() if i.target.digest == image.target.digest]
@@ -454,15 +433,42 @@ class ImageService:
         return removed
 
 
-def _candidates(ref: str) -> list[str]:
-    out = [ref]
-    try:
-        normalized = reference.normalize(ref)
-    except InvalidArgument:
-        return out
-    if normalized != ref:
-        out.append(normalized)
-    return out
+def id_hex(ref: str) -> str | None:
+    """The lower-case hex an image ID names: ``sha256:<64 hex>`` or 4 to 64 hex, any case."""
+    low = ref.lower()
+    hex_part = low.removeprefix("sha256:")
+    if not _HEX_PREFIX.fullmatch(hex_part) or (low != hex_part and len(hex_part) != 64):
+        return None
+    return hex_part
+
+
+async def find(records: ImageStore, ref: str) -> tuple[Image, bool]:
+    """The record ``ref`` names, and whether by name rather than by ID (SAVE-4, ``rm``).
+
+    Names are tried as given, then normalised (``alpine`` → full name); then ``ref``
+    as an image ID (:func:`id_hex`) matches the record targets it prefixes.
+
+    Raises:
+        NotFound: ``image "<ref>": not found``.
+        Conflict: an ID prefix matches several images.
+    """
+    names = [ref]
+    with contextlib.suppress(InvalidArgument):
+        names.append(reference.normalize(ref))
+    for name in names:
+        with contextlib.suppress(NotFound):
+            return await records.get(name), True
+    hex_part = id_hex(ref)
+    matches = (
+        [i for i in await records.list() if i.target.digest.encoded.startswith(hex_part)]
+        if hex_part
+        else []
+    )
+    if not matches:
+        raise NotFound(f'image "{ref}"')
+    if len({m.target.digest for m in matches}) > 1:
+        raise Conflict(f'image ID prefix "{ref}" matches several images')
+    return matches[0], False
 
 
 @dataclass(frozen=True, slots=True)
@@ -505,70 +511,3 @@ def _passes(image: Image, f: _Filters) -> bool:
         if not any(fnmatch.fnmatchcase(n, p) for p in f.references for n in (image.name, shown)):
             return False
     return all(k in image.labels and (v is None or image.labels[k] == v) for k, v in f.labels)
-
-
-def format_size(size: int) -> str:
-    """Decimal units with 3 significant digits, as Docker prints them (``4.09MB``, ``0B``)."""
-    units = ("B", "kB", "MB", "GB", "TB", "PB", "EB")
-    value = float(size)
-    i = 0
-    while value >= 1000 and i < len(units) - 1:
-        value /= 1000
-        i += 1
-    return f"{value:.3g}{units[i]}"
-
-
-_FAINT, _RESET = "\x1b[2m", "\x1b[0m"
-
-
-def render_tree(trees: Sequence[ImageTree], *, terminal: bool) -> list[str]:
-    """The ``images --tree`` table (TREE-3) as lines.
-
-    On a terminal, unavailable platform rows are faint (ANSI); otherwise an
-    AVAILABLE column says ``yes``/``no`` on every platform row.
-    """
-    head = ["IMAGE", "ID", "DISK USAGE", "CONTENT SIZE"] + ([] if terminal else ["AVAILABLE"])
-    rows: list[tuple[list[str], bool]] = []  # (cells, faint)
-    for t in trees:
-        names = [reference.display_name(n) for n in t.names] or ["<untagged>"]
-        top = [
-            names[0],
-            t.target.digest.encoded[:12],
-            format_size(t.disk_usage),
-            format_size(t.content_size),
-        ]
-        rows.append((top + ([] if terminal else [""]), False))
-        rows.extend(([n, "", "", ""] + ([] if terminal else [""]), False) for n in names[1:])
-        plats = t.platforms
-        for i, m in enumerate(plats):
-            branch = "└─ " if i == len(plats) - 1 else "├─ "
-            label = platforms.format(m.platform) if m.platform is not None else "unknown"
-            cells = [
-                branch + label,
-                m.descriptor.digest.encoded[:12],
-                format_size(m.content_size),
-                format_size(m.content_size),
-            ]
-            if not terminal:
-                cells.append("yes" if m.available else "no")
-            rows.append((cells, terminal and not m.available))
-        rows.append(([], False))
-    widths = [len(h) for h in head]
-    for cells, _ in rows:
-        for i, c in enumerate(cells):
-            widths[i] = max(widths[i], len(c))
-    right = {2, 3}  # sizes right-aligned
-
-    def line(cells: list[str]) -> str:
-        parts = [
-            c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(cells)
-        ]
-        return "   ".join(parts).rstrip()
-
-    out = [line(head)]
-    for cells, faint in rows:
-        text = line(cells) if cells else ""
-        out.append(f"{_FAINT}{text}{_RESET}" if faint else text)
-    while out and not out[-1]:
-        out.pop()
-    return out

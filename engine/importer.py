@@ -12,18 +12,10 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING
 
-from castar.engine import oci, reference
+from castar.engine import graph, oci, reference
 from castar.engine import platforms as plats
 from castar.engine._archive import Progress, ProgressCallback, Session, read_archive
-from castar.engine._resolve import (
-    EmptyWalk,
-    Walk,
-    children,
-    decode,
-    fetch_needed,
-    resolve,
-    walk_index,
-)
+from castar.engine._resolve import EmptyWalk, Walk, fetch_needed, keep, resolve, walk_index
 from castar.engine._streams import open_source
 from castar.engine.platforms import MatchComparer, Platform
 from castar.store.digest import Digest
@@ -43,27 +35,16 @@ __all__ = [
 ]
 
 # Strategy. Two ways in, one way out:
-# - a seekable plain tar file is scanned header by header in one worker thread (bodies are
-#   seeked over), giving a catalogue of entries and their offsets; the walk then copies
-#   each blob it needs, once: small ones (<= 1 MiB) in batches of up to 64 or 4 MiB, one
-#   worker-thread call reading, writing and renaming a whole batch and one transaction
-#   recording it; big ones in one worker-thread call per blob (pread into a reused
-#   1 MiB buffer, then the writer hashes and writes), two copying and four in progress;
-# - anything else (pipes, async streams, compressed files) goes through the decoder on
-#   the event loop once, every big entry into its own ingest as it passes, small ones
-#   gathered into the same batches, commits overlapping the next entries' bytes; blobs the
-#   walk leaves out are never labelled and
-#   go at the next GC once the import lease is released (EDGE-17).
-# Every blob is committed with sync=False (no per-blob fsync; small ones, ≤ 1 MiB, go
-# to the store whole: temp file + rename, no ingest directory), and ONE
-# store.content.sync() (syncfs) makes them durable after the last blob and before any
-# label or image record: an image never points at content a crash could tear
-# (IO-LIMITS §2.10; open_root drops rows a crash left unsynced).
-# Then both resolve the top index (IMP-5..9), walk it with the platform filter
-# (IMP-11..14), label parents (GC-7) and write image records last (IMP-15), so any
-# failure before that point leaves every image as it was.
-# Modules: _catalog (names, entries, header scan), _archive (session, copies, stream
-# ingest), _resolve (top index, walk, copy of what was kept), this one (records, LOAD).
+# - a seekable plain tar file: headers scanned in one worker thread (bodies seeked over),
+#   then each blob the walk needs copied once: small ones (<= 1 MiB) in batches (one
+#   worker-thread call and one transaction per batch), big ones one call each;
+# - anything else goes through the decoder once, each entry stored as it passes; blobs
+#   the walk leaves out are never labelled and go at the next GC (EDGE-17).
+# Blobs are committed with sync=False and ONE store.content.sync() makes them durable
+# before any label or image record, so an image never points at torn content. Then the
+# top index is resolved (IMP-5..9), walked with the platform filter (IMP-11..14,
+# graph.walk), parents labelled (GC-7) and image records written last (IMP-15): any
+# failure before that leaves every image as it was.
 
 
 # -- names (IMP-11, TV-64) -----------------------------------------------------------------
@@ -142,55 +123,35 @@ async def _record(sess: Session, walk: Walk) -> list[Image]:
 # -- LOAD-4: do the loaded images provide what was asked for? --------------------------------
 
 
-async def _present_manifests(store: Root, desc: oci.Descriptor) -> list[oci.Descriptor]:
-    if oci.is_manifest(desc.media_type):
-        return [desc] if await store.content.exists(desc.digest) else []
-    if not oci.is_index(desc.media_type):
-        return []
-    try:
-        data = await store.content.read_all(desc.digest, limit=oci.MAX_DOCUMENT)
-    except NotFound:
-        return []
-    out: list[oci.Descriptor] = []
-    for child in await children(desc, data):
-        out += await _present_manifests(store, child)
-    return out
-
-
-async def _provides(store: Root, target: oci.Descriptor, matcher: MatchComparer) -> bool:
-    content = store.content
-    for m in await _present_manifests(store, target):
+async def _provides(sess: Session, walk: Walk, target: oci.Descriptor) -> bool:
+    """Whether a complete manifest under ``target`` matches (SAVE-6), from the walk's documents."""
+    if target.digest not in walk.needed:  # left out by the filter: nothing of it was loaded
+        return False
+    content = sess.store.content
+    nodes = await graph.walk(sess.reader, [target], keep=lambda d: keep(sess, d))
+    for node in nodes:
+        m = node.descriptor
+        if not (oci.is_manifest(m.media_type) and node.present):
+            continue
         try:
-            raw = await content.read_all(m.digest, limit=oci.MAX_DOCUMENT)
+            platform = await graph.manifest_platform(sess.reader, m)
         except NotFound:
             continue
-        manifest = await decode(oci.decode_manifest, raw, str(m.digest))
-        platform = m.platform
-        if platform is None:
-            try:
-                raw = await content.read_all(manifest.config.digest, limit=oci.MAX_DOCUMENT)
-            except NotFound:
-                continue
-            config = await decode(oci.decode_config, raw, str(manifest.config.digest))
-            platform = config.platform()
-        if platform is None or not matcher.match(platform):
+        if platform is None or not sess.matcher.match(platform):
             continue
-        blobs = [manifest.config, *manifest.layers]
-        if all([await content.exists(b.digest) for b in blobs]):  # SAVE-6
+        if all([await content.exists(b.digest) for b in node.children]):
             return True
     return False
 
 
-async def _verify_platforms(
-    store: Root, images: list[Image], matcher: MatchComparer, wanted: str
-) -> None:
+async def _verify_platforms(sess: Session, walk: Walk, images: list[Image], wanted: str) -> None:
     if not images:
         raise NotFound(f"no images providing the requested platform(s) found: {wanted}")
     lacking = []
     for image in images:
         t = image.target
         target = oci.Descriptor(t.media_type, Digest(t.digest), t.size)
-        if not await _provides(store, target, matcher):
+        if not await _provides(sess, walk, target):
             lacking.append(reference.display_name(image.name))
     if len(lacking) == 1:
         raise NotFound(
@@ -305,5 +266,5 @@ async def load(
             f"requested platform(s) ({wanted}) found, but some content is missing: {exc}"
         ) from exc
     if requested:
-        await _verify_platforms(store, images, matcher, wanted)  # LOAD-4
+        await _verify_platforms(sess, walk, images, wanted)  # LOAD-4
     return images

@@ -1,11 +1,9 @@
-"""The export lookup's read-ahead (_export_lookup.fetch): few hops, same nodes, same errors.
+"""The export lookup's walk (_export_lookup.fetch): what it reads, its nodes, its errors.
 
-``fetch`` reads the graph level by level (one ``infos`` hop and one document hop per
-level) before its depth-first walk. These tests check that the hops do not grow with
-platforms or layers, that the nodes equal those of the one-blob-at-a-time walk (the
-read-ahead switched off), and that faults still surface in walk order with the messages
-one lookup per blob gives (EXP-7, EXP-13: before the first byte; DESC-3 size before
-digest; SAVE-6).
+These tests check that records are looked up in one ``infos`` call per level and each
+document is read once, whatever the number of platforms or layers, that the nodes say
+what the store holds, and that faults surface in walk order (EXP-7, EXP-13: before the
+first byte; DESC-3 size before digest; SAVE-6).
 """
 
 from __future__ import annotations
@@ -13,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import anyio.to_thread
 import pytest
 
 from castar.engine import _export_lookup, exporter, oci
@@ -22,7 +19,7 @@ from castar.store.errors import DataLoss, DigestMismatch, SizeMismatch
 from castar.store.root import Root, open_root
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Iterable
 
     from castar.store.content import Info
     from castar.store.digest import Digest
@@ -71,64 +68,52 @@ async def _image(store: Root, platforms: int, layers: int = 2) -> list[oci.Descr
     return entries
 
 
-def _count_hops(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """Count worker-thread hops by the function they run."""
-    counts: dict[str, int] = {}
-    run_sync = anyio.to_thread.run_sync
+def _count_reads(store: Root, monkeypatch: pytest.MonkeyPatch) -> dict[str, list[object]]:
+    """Record the store reads: ``infos`` (how many digests each), ``info``, document files."""
+    calls: dict[str, list[object]] = {"infos": [], "info": [], "files": []}
+    infos, info, path = store.content.infos, store.content.info, store.content.path
 
-    async def counting(fn: Callable[..., object], *args: object, **kw: object) -> object:
-        name = getattr(fn, "__name__", repr(fn))
-        counts[name] = counts.get(name, 0) + 1
-        return await run_sync(fn, *args, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
-    return counts
-
-
-def _count_infos(store: Root, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    sizes: list[int] = []
-    infos = store.content.infos
-
-    async def spy(digests: Iterable[str]) -> dict[Digest, Info]:
+    async def spy_infos(digests: Iterable[str]) -> dict[Digest, Info]:
         ds = list(digests)
-        sizes.append(len(ds))
+        calls["infos"].append(len(ds))
         return await infos(ds)
 
-    monkeypatch.setattr(store.content, "infos", spy)
-    return sizes
+    async def spy_info(digest: str) -> Info:
+        calls["info"].append(digest)
+        return await info(digest)
 
+    def spy_path(digest: str) -> Path:
+        calls["files"].append(digest)
+        return path(digest)
 
-async def _slow_fetch(store: Root, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
-    """The walk with the read-ahead switched off: every document read through the store."""
-    target = (await _export_lookup.resolve(store, NAME))[0]
-
-    async def nothing(content: object, roots: object) -> _export_lookup._Prefetched:
-        return _export_lookup._Prefetched()
-
-    with monkeypatch.context() as m:
-        m.setattr(_export_lookup, "_prefetch", nothing)
-        return dict(await _export_lookup.fetch(store.content, [target.desc]))
+    monkeypatch.setattr(store.content, "infos", spy_infos)
+    monkeypatch.setattr(store.content, "info", spy_info)
+    monkeypatch.setattr(store.content, "path", spy_path)
+    return calls
 
 
 @pytest.mark.parametrize("platforms", [2, 5])
-async def test_fetch_hops_do_not_grow_with_platforms_or_layers(
+async def test_fetch_reads_each_document_once_and_records_by_level(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, platforms: int
 ) -> None:
     async with open_root(tmp_path / "store") as store:
-        await _image(store, platforms, layers=platforms * 3)
+        entries = await _image(store, platforms, layers=platforms * 3)
         target = (await _export_lookup.resolve(store, NAME))[0]
-        infos = _count_infos(store, monkeypatch)
-        hops = _count_hops(monkeypatch)
+        data = await store.content.read_all(entries[-1].digest, limit=1 << 20)
+        config = oci.decode_manifest(data).config
+        calls = _count_reads(store, monkeypatch)
         nodes = await _export_lookup.fetch(store.content, [target.desc])
-        hops = dict(hops)  # not the store's own hops on closing
     assert all(n.present for n in nodes.values())
-    # levels: the index; its manifests and the nested index; configs + layers. The documents
-    # (index, manifests + nested index, the one config IMP-8 needs) take one hop per level.
-    assert len(infos) == 3
-    assert hops == {"run_txn": 3, "_read_verified": 3}  # no info() hop per document
+    nested = nodes[target.desc.digest].children[-1].digest
+    documents = [target.desc.digest, *(e.digest for e in entries), nested]
+    # one records lookup per document, for all its children at once: none per layer
+    assert len(calls["infos"]) == len(documents)
+    assert calls["info"] == []  # the records are known: no lookup per document
+    # every document read once, plus the one config IMP-8 needs
+    assert sorted(calls["files"]) == sorted([*documents, config.digest])
 
 
-async def test_fetch_with_read_ahead_gives_the_nodes_of_the_one_by_one_walk(
+async def test_fetch_gives_what_the_store_holds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with open_root(tmp_path / "store") as store:
@@ -136,12 +121,17 @@ async def test_fetch_with_read_ahead_gives_the_nodes_of_the_one_by_one_walk(
         gone = entries[1]
         await store.content.delete(gone.digest)  # EXP-7: a missing manifest stays a node
         target = (await _export_lookup.resolve(store, NAME))[0]
-        fast = await _export_lookup.fetch(store.content, [target.desc])
-        slow = await _slow_fetch(store, monkeypatch)
-    assert fast == slow
-    assert not fast[gone.digest].present
-    last = fast[entries[-1].digest]
+        nodes = await _export_lookup.fetch(store.content, [target.desc])
+        index = await store.content.read_all(target.desc.digest, limit=1 << 20)
+    assert not nodes[gone.digest].present
+    assert nodes[gone.digest].children == ()
+    top = nodes[target.desc.digest]
+    assert top.document == index  # indexes keep their bytes, for pruning
+    assert [c.digest for c in top.children][:4] == [e.digest for e in entries]
+    last = nodes[entries[-1].digest]
     assert last.platform == plat.parse("linux/s390x")  # IMP-8: from its config
+    assert last.document is None
+    assert nodes[entries[0].digest].platform is None  # the descriptor names it
 
 
 async def _corrupt(store: Root, digest: str) -> None:

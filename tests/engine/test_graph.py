@@ -53,6 +53,10 @@ class Graph:
     blobs: dict[str, bytes]
 
 
+def rd(g: Graph) -> graph.StoreReader:
+    return graph.StoreReader(g.content)
+
+
 @pytest.fixture
 async def g(tmp_path):
     async with open_root(tmp_path / "root") as store:
@@ -120,58 +124,80 @@ async def test_read_document_serves_matching_embedded_data_without_the_store(g):
         await graph.read_document(g.content, forged)
 
 
-async def test_read_children_of_manifest_and_index(g):
-    assert await graph.read_children(g.content, g.m1) == [g.c1, g.l1, g.ls]
-    assert await graph.read_children(g.content, g.index) == [g.m1, g.m2, g.m3]
+async def test_reader_decodes_children_of_manifest_and_index(g):
+    r = graph.StoreReader(g.content)
+    assert (await r.read(g.m1)).children == (g.c1, g.l1, g.ls)
+    assert (await r.read(g.index)).children == (g.m1, g.m2, g.m3)
+    assert (await r.read(g.c2)).platform == Platform("linux", "arm64")  # NORM-3
 
 
-async def test_read_children_of_a_layer_reads_nothing(g):
-    # MT-4: no children, no error, even for an absent blob
-    assert await graph.read_children(g.content, g.l2) == []
+async def test_reader_decodes_each_document_once(g):
+    loads: list[str] = []
+
+    async def load(desc: Descriptor) -> bytes | None:
+        loads.append(desc.digest)
+        try:
+            return await graph.read_document(g.content, desc)
+        except NotFound:
+            return None
+
+    r = graph.Reader(load)
+    for _ in range(2):
+        await graph.walk(r, [g.index, g.m1])
+    assert sorted(loads) == sorted([g.index.digest, g.m1.digest, g.m2.digest, g.m3.digest])
 
 
-async def test_read_children_of_a_missing_manifest(g):
-    with pytest.raises(NotFound):
-        await graph.read_children(g.content, g.m3)
-    assert await graph.read_children(g.content, g.m3, skip_missing=True) == []
+async def test_reader_of_a_missing_manifest_is_none(g):
+    assert await graph.StoreReader(g.content).read(g.m3) is None
 
 
-async def test_read_children_of_a_mistyped_document_fails_mt4(g):
+async def test_reader_of_a_mistyped_document_fails_mt4(g):
     as_index = Descriptor(oci.OCI_INDEX, g.m1.digest, g.m1.size)
     with pytest.raises(MalformedManifest, match="expected index but found manifest"):
-        await graph.read_children(g.content, as_index)
+        await graph.StoreReader(g.content).read(as_index)
+
+
+async def test_walk_filters_children_and_can_refuse_missing_documents(g):
+    r = graph.StoreReader(g.content)
+    amd64 = lambda d: d.platform is None or d.platform.architecture == "amd64"  # noqa: E731
+    nodes = await graph.walk(r, [g.index], keep=amd64, skip_missing=False)
+    assert [n.descriptor.digest for n in nodes] == [
+        g.index.digest,
+        g.m1.digest,
+        g.c1.digest,
+        g.l1.digest,
+        g.ls.digest,
+        g.m2.digest,
+        g.c2.digest,
+        g.l2.digest,
+        g.ls.digest,
+    ]
+    assert nodes[0].children == (g.m1, g.m2)
+    with pytest.raises(NotFound):
+        await graph.walk(r, [g.index], skip_missing=False)
+    unique = await graph.walk(r, [g.m1, g.m2], unique=True)
+    assert [n.descriptor.digest for n in unique].count(g.ls.digest) == 1
 
 
 async def test_manifest_platform_prefers_the_descriptor(g):
-    assert await graph.manifest_platform(g.content, g.m1) == Platform("linux", "amd64")
+    assert await graph.manifest_platform(rd(g), g.m1) == Platform("linux", "amd64")
 
 
 async def test_manifest_platform_falls_back_to_the_normalised_config(g):
     # IMP-8 / NORM-3: aarch64/v8 → arm64 without variant
-    assert await graph.manifest_platform(g.content, g.m2) == Platform("linux", "arm64")
+    assert await graph.manifest_platform(rd(g), g.m2) == Platform("linux", "arm64")
 
 
 async def test_manifest_platform_of_an_index_is_none_and_missing_manifest_not_found(g):
-    assert await graph.manifest_platform(g.content, g.index) is None
+    assert await graph.manifest_platform(rd(g), g.index) is None
     bare = Descriptor(g.m3.media_type, g.m3.digest, g.m3.size)
     with pytest.raises(NotFound):
-        await graph.manifest_platform(g.content, bare)
-
-
-async def test_is_available_follows_save6(g):
-    assert await graph.is_available(g.content, g.m1)
-    assert not await graph.is_available(g.content, g.m2)  # a layer is missing
-    assert not await graph.is_available(g.content, g.m3)  # the manifest is missing
-    assert not await graph.is_available(g.content, g.index)
-
-
-async def test_is_available_is_false_without_the_config(g):
-    await g.store.content.delete(g.c1.digest)
-    assert not await graph.is_available(g.content, g.m1)
+        await graph.manifest_platform(rd(g), bare)
 
 
 async def test_walk_lists_every_reachable_descriptor_depth_first(g):
-    nodes = await graph.walk(g.content, g.index)
+    r = graph.StoreReader(g.content)
+    nodes = await graph.walk(r, [g.index], blobs=r.exists)
     assert [(n.descriptor.digest, n.present, n.depth) for n in nodes] == [
         (g.index.digest, True, 0),
         (g.m1.digest, True, 1),
@@ -187,27 +213,15 @@ async def test_walk_lists_every_reachable_descriptor_depth_first(g):
     assert nodes[1].descriptor.platform == Platform("linux", "amd64")
 
 
-async def test_subtree_size_counts_present_bytes(g):
-    # TREE-1 Size.Content: manifest + config + present layers; missing manifest → 0
-    b = g.blobs
-    assert await graph.subtree_size(g.content, g.m1) == len(b["m1"]) + len(b["c1"]) + len(
-        b["l1"]
-    ) + len(b["ls"])
-    assert await graph.subtree_size(g.content, g.m2) == len(b["m2"]) + len(b["c2"]) + len(b["ls"])
-    assert await graph.subtree_size(g.content, g.m3) == 0
-
-
 async def test_a_stored_synthetic_image_is_fully_available(tmp_path):
     image = synth.plan(synth.SynthSpec(layer_size=5000, attestations=True, shared_fraction=0.5))
     async with open_root(tmp_path / "root") as store:
         for b in image.blobs:
             await store.content.write_blob(b"".join(bytes(p) for p in image.blob_chunks(b.digest)))
-        nodes = await graph.walk(store.content, image.index)
+        r = graph.StoreReader(store.content)
+        nodes = await graph.walk(r, [image.index], blobs=r.exists)
         assert all(n.present for n in nodes)
         for p in image.platforms:
-            assert await graph.is_available(store.content, p.manifest)
-            assert await graph.manifest_platform(store.content, p.manifest) == p.platform
+            assert await graph.manifest_platform(r, p.manifest) == p.platform
             assert p.attestation is not None
-            assert await graph.manifest_platform(store.content, p.attestation) == Platform(
-                "unknown", "unknown"
-            )
+            assert await graph.manifest_platform(r, p.attestation) == Platform("unknown", "unknown")

@@ -9,8 +9,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from castar.engine import oci
-from castar.engine.images import ImageService, format_size, render_tree
+from castar._render import format_size, render_tree
+from castar.engine import exporter, oci
+from castar.engine._save_plan import SaveOptions
+from castar.engine.images import ImageService
 from castar.engine.platforms import Platform
 from castar.store import Root, open_root
 from castar.store.digest import compute
@@ -206,6 +208,22 @@ async def test_resolve_accepts_familiar_names_digests_and_id_prefixes(store: Roo
         assert (await svc.resolve(name)).name == NAME
     with pytest.raises(NotFound, match='image "nope": not found'):
         await svc.resolve("nope")
+
+
+async def test_inspect_and_save_agree_on_image_ids_in_any_case(store: Root) -> None:
+    built = await build(store, present={"linux/amd64": "all"})
+    svc = ImageService(store)
+    full = str(built.index.digest)
+    hexes = built.index.digest.encoded
+    for ref in (full, full.upper(), hexes.upper(), hexes[:12], hexes[:12].upper(), hexes[:4]):
+        assert (await svc.inspect(ref)).image.target.digest == built.index.digest
+        (entry,) = (await exporter.plan_save(store, [ref], SaveOptions())).images
+        assert (entry.digest, entry.name) == (built.index.digest, None)
+    for ref in ("sha256:" + hexes[:12], "ZZZZ", hexes[:3]):
+        with pytest.raises(NotFound):
+            await svc.inspect(ref)
+        with pytest.raises(NotFound):
+            await exporter.plan_save(store, [ref], SaveOptions())
 
 
 async def test_tag_points_a_normalized_name_at_the_source_target(store: Root) -> None:
