@@ -695,7 +695,7 @@ async def test_cancel_in_mid_blob_leaves_no_partial_blob(store, tmp_path, compre
         async with anyio.create_task_group() as tg:
             tg.start_soon(load, store, reader)
             await reader.stalled.wait()
-            await anyio.sleep(0.05)
+            await anyio.wait_all_tasks_blocked()  # load is waiting for more of the blob
             tg.cancel_scope.cancel()
     assert not scope.cancelled_caught
     assert (await store.content.list_statuses()) == []  # the ingest was aborted

@@ -264,7 +264,7 @@ async def test_gc_removes_a_stray_temp_file_but_not_under_a_live_small_writer(
     async with anyio.create_task_group() as tg:
         async with writer_side.commit_lock(exclusive=False):
             tg.start_soon(collect)
-            await anyio.sleep(0.1)
+            await anyio.wait_all_tasks_blocked()  # gc is waiting for the lock
             assert stray.exists()
             assert not done.is_set()
         await done.wait()

@@ -142,7 +142,7 @@ async def test_commit_lock_waiter_gets_it_when_the_holder_leaves(tmp_path: Path)
     async with anyio.create_task_group() as tg:
         async with store.commit_lock(exclusive=True):
             tg.start_soon(waiter)
-            await anyio.sleep(0.05)
+            await anyio.wait_all_tasks_blocked()  # the waiter is at the lock
             assert not got.is_set()
             release.set()
         with anyio.fail_after(5):

@@ -267,7 +267,7 @@ async def test_a_batch_waits_for_gc_then_writes(store: Store) -> None:
     data = blobs(3)
     async with anyio.create_task_group() as tg, gc_side.commit_lock(exclusive=True):
         tg.start_soon(store.content.write_small_blobs, [SmallBlob(d) for d in data])
-        await anyio.sleep(0.05)
+        await anyio.wait_all_tasks_blocked()  # the batch is waiting for the lock
         assert files(store.root) == set()
     assert await recorded(store) == {compute(d) for d in data}
 
