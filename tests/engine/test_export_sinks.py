@@ -188,7 +188,7 @@ ZERO_COPY = {"file": "copy_file_range", "pipe": "splice", "socket": "sendfile"}
 async def test_big_blob_bodies_go_zero_copy_by_the_call_each_fd_kind_takes(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
-    # EXP-8 / IO-LIMITS: copy_file_range into files, splice into pipes, sendfile into
+    # EXP-8 / io-zero-copy: copy_file_range into files, splice into pipes, sendfile into
     # sockets; the five blobs over 256 KiB (4 x 600 KiB + 300 KB) never enter user space.
     moved = dict.fromkeys(ZERO_COPY.values(), 0)
     for call in moved:
@@ -506,7 +506,7 @@ class StepSpy:
 async def test_writing_hops_once_per_64_mib_into_fds_and_per_mib_into_streams(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # IO-LIMITS §2: 18 blobs, ~2.8 MB; an fd sink is written in one step (the writer knows
+    # io-hops: 18 blobs, ~2.8 MB; an fd sink is written in one step (the writer knows
     # it is the last: no extra hop to meet the end), a stream gets one step per ~1 MiB
     # read, never one per blob or per member.
     spy = StepSpy(monkeypatch)

@@ -1,4 +1,4 @@
-"""The pure engine modules never import an async library (STYLE §3.2, DESIGN §1).
+"""The pure engine modules never import an async library (design-rules pure-modules).
 
 Each module is imported in a fresh interpreter with the package ``__init__`` files
 replaced by bare packages (they re-export the async store and facade), so what is

@@ -151,7 +151,7 @@ BIG_MEMBERS = [("small", b"s" * 10), ("big", os.urandom(5 << 20)), ("last", b"l"
 
 @pytest.mark.parametrize("seekable", [True, False])
 async def test_reader_asks_for_1_mib_and_seeks_past_a_skipped_body(seekable: bool) -> None:
-    # IO-LIMITS §2: one receive (one thread hop for files) per >= 1 MiB; TAR-4 skipping.
+    # io-hops: one receive (one thread hop for files) per >= 1 MiB; TAR-4 skipping.
     raw = make_archive(BIG_MEMBERS)
     src = RecordingSource(raw, seekable=seekable)
     got = await read_all(TarReader(src), skip=frozenset({"big"}))

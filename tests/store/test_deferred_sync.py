@@ -1,4 +1,4 @@
-"""Deferred sync and the small-blob path (IO-LIMITS §2.10; SEMANTICS ING-8, ING-11, GC-9).
+"""Deferred sync and the small-blob path (io-sync, io-small-blobs; ING-8, ING-11, GC-9).
 
 A commit with ``sync=False`` skips the fsyncs but is verified, visible and recorded at once,
 marked with the boot id until ``ContentStore.sync()``; a store re-opened in another boot

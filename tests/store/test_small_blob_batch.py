@@ -1,6 +1,6 @@
 """``ContentStore.write_small_blobs``: many small blobs, one write hop, one record transaction.
 
-What the importer's small-layer path relies on (IO-LIMITS §2.10; SEMANTICS ING-2, ING-11,
+What the importer's small-layer path relies on (design-rules io-small-blobs; ING-2, ING-11,
 TV-44, GC-9): every blob verified before it is renamed, already-stored blobs a success that
 joins the lease, a mismatch named by its digests, a failure or a cancel leaving every
 renamed blob recorded and nothing else, and no ``mkdir``/``chmod``/``utime`` per blob.
