@@ -454,11 +454,8 @@ async def test_save_many_runs_one_archive_per_platform_concurrently(
 
 
 class StepSpy:
-    """Counts the writer's worker-thread steps and how many are in flight at once.
-
-    While ``held``, each step waits in its thread until ``release()``: the test sees every
-    step the limiter lets start, with no timing involved.
-    """
+    """Counts the writer's worker-thread steps, and how many run at once; ``held`` steps
+    wait in their thread for ``release()``, so a test sees all the limiter lets start."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, held: bool = False) -> None:
         self.steps = 0
@@ -489,10 +486,8 @@ class StepSpy:
                 self.running -= 1
 
     async def wait_running(self, n: int) -> None:
-        """Wait until ``n`` steps are in flight at once."""
-
-        def wait() -> bool:
-            with self._cond:  # the timeout only stops a broken save from hanging the suite
+        def wait() -> bool:  # the timeout only stops a broken save from hanging the suite
+            with self._cond:
                 return self._cond.wait_for(lambda: self.running >= n, timeout=30)
 
         assert await self._real(wait)
