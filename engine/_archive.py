@@ -346,8 +346,7 @@ def _batched(entries: Iterable[tuple[Entry, _T]]) -> Iterator[list[tuple[Entry, 
 class _StreamReader:
     """Pulls decoder events from a non-seekable source, ≤ 1 MiB buffered at a time.
 
-    Receiving and hashing take turns on purpose: a read-ahead task measured 5-25%
-    slower on this machine's SMT pair (IO-LIMITS §2.4).
+    Receiving and hashing take turns on purpose (io-no-pipeline).
     """
 
     def __init__(

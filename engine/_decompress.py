@@ -236,7 +236,7 @@ class DecompressedSource:
 
     def _open(self) -> _Reader:
         if self._kind == GZIP:
-            try:  # python-isal inflates 1.4-2x faster than zlib (IO-LIMITS §2.11)
+            try:  # python-isal inflates faster than zlib (io-compression)
                 from isal import igzip
             except ImportError:  # pragma: no cover - isal is optional at run time
                 import gzip

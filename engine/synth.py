@@ -228,8 +228,8 @@ def plan(spec: SynthSpec) -> SynthImage:
     """Compute every descriptor, digest and the archive size of ``spec``.
 
     Hashes each distinct layer once; generation is nearly free, so sha256 sets the pace
-    (≈1 GB/s of archive here for plain layers, about half that for gzip/zstd, which also
-    hash the uncompressed tar for the diff id). Nothing is written; memory stays bounded.
+    (gzip/zstd layers also hash the uncompressed tar for the diff id). Nothing is written;
+    memory stays bounded.
     """
     sources: dict[Digest, tuple[str, bytes | Layer]] = {}
     hashed: dict[str, tuple[Digest, int, Digest]] = {}

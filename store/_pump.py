@@ -3,9 +3,8 @@
 Owns ``Pump`` and ``hash_and_write``. The event loop hands a pump its steps without
 waiting for each one, up to ``DEPTH`` in flight, so the thread goes from one step to the
 next without idling while the loop takes the last step's result and sends the next: a
-thread hop costs 110-150 µs on the project machine, a 1 MiB sha256 about 0.55 ms
-(IO-LIMITS §2.1-2.2). Imports nothing of castar's at run time (``Buffer`` for types only):
-it knows nothing of ingests or errors.
+thread hop costs a good fraction of a 1 MiB sha256 (io-hops, io-coalesce). Imports nothing
+of castar's at run time (``Buffer`` for types only): it knows nothing of ingests or errors.
 """
 
 from __future__ import annotations
@@ -30,8 +29,8 @@ __all__ = ["DEPTH", "Pump", "hash_and_write", "write_all"]
 #: Steps a pump holds at most: the one being hashed and the ones queued behind it.
 DEPTH: Final = 3
 
-#: Steps hashing at once in this process, whatever the number of pumps (IO-LIMITS §2.5:
-#: past two, hashing jobs only add GIL churn and loop stalls on this machine).
+#: Steps hashing at once in this process, whatever the number of pumps (io-limiter:
+#: past two, hashing jobs only add GIL churn and loop stalls).
 _SLOTS: Final = threading.BoundedSemaphore(2)
 
 
@@ -139,7 +138,7 @@ class Pump:
     async def _wait(self, limit: int) -> None:
         """Wait until at most ``limit`` steps are in flight.
 
-        A cancel waits for the step being hashed to finish (about 1 ms) and never loses
+        A cancel waits for the step being hashed to finish (one 1 MiB hash) and never loses
         one: the worker thread reaps it itself, the loop does not wait for a return value.
         """
         self._reap_ready()

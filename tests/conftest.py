@@ -1,4 +1,4 @@
-"""Shared fixtures: every async test runs on asyncio and on trio (STYLE §3.8)."""
+"""Shared fixtures: every async test runs on asyncio and on trio (design-rules tests-backends)."""
 
 from __future__ import annotations
 

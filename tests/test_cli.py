@@ -1,7 +1,7 @@
 """The ``castar`` command line end to end, through ``python -m castar`` on temporary roots.
 
 Each command runs at least once as a subprocess (the real entry point); --help texts run
-in-process. Exit codes come from one table (castar._cli.EXIT_CODES, DESIGN §5).
+in-process. Exit codes come from one table (castar._cli.EXIT_CODES, design-rules errors-exit-codes).
 """
 
 from __future__ import annotations

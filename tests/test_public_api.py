@@ -32,7 +32,7 @@ def test_public_names_without_underscore_are_all_listed() -> None:
 
 
 def _concrete_classes() -> list[str]:
-    # Errors form a hierarchy on purpose (STYLE §3.4); abstract classes exist to be subclassed.
+    # Errors form a hierarchy on purpose (errors); abstract classes exist to be subclassed.
     return [
         n
         for n in castar.__all__
@@ -49,7 +49,7 @@ NOT_YET_FINAL: set[str] = set()
 
 @pytest.mark.parametrize("name", _concrete_classes())
 def test_concrete_public_classes_are_final(name: str) -> None:
-    # STYLE §3.5: concrete public classes are @final (trio's test_exports).
+    # final-classes: concrete public classes are @final (trio's test_exports).
     final = getattr(getattr(castar, name), "__final__", False)
     assert final is (name not in NOT_YET_FINAL)
 

@@ -1,4 +1,4 @@
-"""Exporter tests: SEMANTICS §14 (EXP, SAVE), TAR-1..3, EDGE-1/3/4/5/6, vectors TV-54..60.
+"""Exporter tests: behaviour.md "Save" (EXP, SAVE), TAR-1..3, EDGE-1/3/4/5/6, vectors TV-54..60.
 
 The store is filled directly with ``content.write_blob`` + ``images.create`` (the
 importer is only used for the round trip). Host pinned to linux/amd64 (HOST-3).

@@ -133,7 +133,7 @@ async def test_a_plan_failing_behind_the_gate_fails_save_many_before_its_first_b
 async def test_a_step_ends_only_before_more_blob_bytes_so_the_tail_costs_no_hop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # IO-LIMITS §2.1: hops are the cost; a 1.5 MiB layer under a 512 KiB budget is three
+    # io-hops: hops are the cost; a 1.5 MiB layer under a 512 KiB budget is three
     # copy steps, the padding, the other members and the end of archive ride on the last.
     async with open_root(tmp_path / "store") as store:
         c = await store.content.write_blob(b'{"architecture":"amd64","os":"linux"}')

@@ -12,7 +12,6 @@ import os
 import socket
 import tarfile
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -189,7 +188,7 @@ ZERO_COPY = {"file": "copy_file_range", "pipe": "splice", "socket": "sendfile"}
 async def test_big_blob_bodies_go_zero_copy_by_the_call_each_fd_kind_takes(
     store: Root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
-    # EXP-8 / IO-LIMITS: copy_file_range into files, splice into pipes, sendfile into
+    # EXP-8 / io-zero-copy: copy_file_range into files, splice into pipes, sendfile into
     # sockets; the five blobs over 256 KiB (4 x 600 KiB + 300 KB) never enter user space.
     moved = dict.fromkeys(ZERO_COPY.values(), 0)
     for call in moved:
@@ -453,14 +452,16 @@ async def test_save_many_runs_one_archive_per_platform_concurrently(
 
 
 class StepSpy:
-    """Counts the writer's worker-thread steps, and how many ran at once (in the threads)."""
+    """Counts the writer's worker-thread steps, and how many run at once; ``held`` steps
+    wait in their thread for ``release()``, so a test sees all the limiter lets start."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, held: bool = False) -> None:
         self.steps = 0
         self.running = 0
         self.peak = 0
-        self._lock = threading.Lock()
-        real = anyio.to_thread.run_sync
+        self.held = held
+        self._cond = threading.Condition()
+        self._real = real = anyio.to_thread.run_sync
 
         async def run_sync(func: Callable[..., object], *args: object, **kw: Any) -> object:
             if func is not next:  # not a writing step (store calls, sink opens, close)
@@ -471,21 +472,34 @@ class StepSpy:
         monkeypatch.setattr(anyio.to_thread, "run_sync", run_sync)
 
     def _counted(self, *args: Any) -> object:
-        with self._lock:
+        with self._cond:
             self.running += 1
             self.peak = max(self.peak, self.running)
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: not self.held)
         try:
-            time.sleep(0.01)  # long enough for concurrent saves to overlap
             return next(*args)
         finally:
-            with self._lock:
+            with self._cond:
                 self.running -= 1
+
+    async def wait_running(self, n: int) -> None:
+        def wait() -> bool:  # the timeout only stops a broken save from hanging the suite
+            with self._cond:
+                return self._cond.wait_for(lambda: self.running >= n, timeout=30)
+
+        assert await self._real(wait)
+
+    def release(self) -> None:
+        with self._cond:
+            self.held = False
+            self._cond.notify_all()
 
 
 async def test_writing_hops_once_per_64_mib_into_fds_and_per_mib_into_streams(
     store: Root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # IO-LIMITS §2: 18 blobs, ~2.8 MB; an fd sink is written in one step (the writer knows
+    # io-hops: 18 blobs, ~2.8 MB; an fd sink is written in one step (the writer knows
     # it is the last: no extra hop to meet the end), a stream gets one step per ~1 MiB
     # read, never one per blob or per member.
     spy = StepSpy(monkeypatch)
@@ -503,11 +517,15 @@ async def test_save_many_bounds_blob_work_across_its_jobs(
 ) -> None:
     # save_many: one CapacityLimiter(limit) for all jobs; default: the store's two
     # hashing hops (streams go through user space), however many jobs run.
-    spy = StepSpy(monkeypatch)
+    spy = StepSpy(monkeypatch, held=True)
     sinks = [Collector() for _ in range(6)]
-    await exporter.save_many(
-        store, [exporter.SaveJob([NAME], s, exporter.SaveOptions()) for s in sinks], limit=limit
-    )
+    jobs = [exporter.SaveJob([NAME], s, exporter.SaveOptions()) for s in sinks]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: exporter.save_many(store, jobs, limit=limit))
+        await spy.wait_running(peak)  # `peak` saves are writing at once...
+        await anyio.wait_all_tasks_blocked()  # ...and every other job waits for the limiter
+        assert spy.running == peak
+        spy.release()
     assert spy.peak == peak
     assert len({bytes(s.data) for s in sinks}) == 1
 

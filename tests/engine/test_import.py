@@ -1,4 +1,4 @@
-"""Importer (load): OCI archives from files and streams, verification, selection (SEMANTICS §15)."""
+"""Importer: OCI archives from files and streams, verification, selection (behaviour.md "Load")."""
 
 from __future__ import annotations
 
@@ -206,7 +206,7 @@ async def store(tmp_path: Path) -> AsyncIterator[Root]:
 
 @pytest.fixture(autouse=True)
 def _host() -> Iterator[None]:
-    with pinned_host("linux/amd64"):  # SEMANTICS §18 convention
+    with pinned_host("linux/amd64"):  # the vectors' convention
         yield
 
 
@@ -695,7 +695,7 @@ async def test_cancel_in_mid_blob_leaves_no_partial_blob(store, tmp_path, compre
         async with anyio.create_task_group() as tg:
             tg.start_soon(load, store, reader)
             await reader.stalled.wait()
-            await anyio.sleep(0.05)
+            await anyio.wait_all_tasks_blocked()  # load is waiting for more of the blob
             tg.cancel_scope.cancel()
     assert not scope.cancelled_caught
     assert (await store.content.list_statuses()) == []  # the ingest was aborted
@@ -1002,7 +1002,7 @@ async def test_multi_image_archive_records_every_image(store, tmp_path, stream):
     }
 
 
-# -- round trip with castar's own exporter (STYLE §3.8: load -> save -> load) -------------------
+# -- round trip with castar's own exporter (tests-roundtrip: load -> save -> load) -----------------
 
 
 async def test_load_save_load_round_trip(tmp_path):
@@ -1025,7 +1025,7 @@ async def test_load_save_load_round_trip(tmp_path):
         assert await state(b) == first
 
 
-# -- properties: any chunking, any truncation (STYLE §3.8) ------------------------------------
+# -- properties: any chunking, any truncation (tests-properties) -----------------------------------
 
 _PROP_IMG = make_oci(["linux/amd64", "linux/arm64"], layer_size=20_000, order="meta-last")
 _PROP_DATA = tar_bytes(_PROP_IMG.members)

@@ -1,4 +1,4 @@
-"""The importer stores small members in batches (issue 4's small-layer target; IO-LIMITS §2.10).
+"""The importer stores small members in batches (issue 4's small-layer target; io-small-blobs).
 
 From a seekable file the small blobs the walk keeps are read and written a batch per worker-
 thread hop; from a stream small members are gathered as they pass. Either way a batch holds

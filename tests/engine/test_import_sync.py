@@ -1,6 +1,6 @@
 """The importer's commits: no fsync per blob, ONE filesystem sync per load, before any record.
 
-IO-LIMITS §2.10: every blob is committed with ``sync=False`` and ``store.content.sync()``
+io-sync: every blob is committed with ``sync=False`` and ``store.content.sync()``
 runs once, after the last blob and before labels (GC-7) and image records (IMP-15), so an
 image never points at content a crash could tear. Small entries skip ingest directories.
 """

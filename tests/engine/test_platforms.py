@@ -1,4 +1,4 @@
-"""Platform parsing, formatting, normalisation, matchers and the host (SEMANTICS §12, TV-8..37)."""
+"""Platform parsing, formatting, normalisation, matchers and the host ("Platforms", TV-8..37)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ LINUX_AMD64 = P("linux", "amd64")
 
 @pytest.fixture(autouse=True)
 def _host_linux_amd64(monkeypatch: pytest.MonkeyPatch):
-    """SEMANTICS §18: host pinned to linux/amd64 unless a test says otherwise."""
+    """Platform vectors convention: host pinned to linux/amd64 unless a test says otherwise."""
     monkeypatch.delenv(platforms.HOST_ENV, raising=False)
     with platforms.pinned_host(LINUX_AMD64):
         yield

@@ -1,4 +1,4 @@
-"""The public content store through its API: SEMANTICS CS-1..7, LBL-1, ING-1..13, TV-41..46."""
+"""The public content store through its API: CS-1..7, LBL-1, ING-1..13, TV-41..46."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Deferred sync and the small-blob path (IO-LIMITS §2.10; SEMANTICS ING-8, ING-11, GC-9).
+"""Deferred sync and the small-blob path (io-sync, io-small-blobs; ING-8, ING-11, GC-9).
 
 A commit with ``sync=False`` skips the fsyncs but is verified, visible and recorded at once,
 marked with the boot id until ``ContentStore.sync()``; a store re-opened in another boot
@@ -264,7 +264,7 @@ async def test_gc_removes_a_stray_temp_file_but_not_under_a_live_small_writer(
     async with anyio.create_task_group() as tg:
         async with writer_side.commit_lock(exclusive=False):
             tg.start_soon(collect)
-            await anyio.sleep(0.1)
+            await anyio.wait_all_tasks_blocked()  # gc is waiting for the lock
             assert stray.exists()
             assert not done.is_set()
         await done.wait()

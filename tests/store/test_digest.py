@@ -1,4 +1,4 @@
-"""Digest validation and helpers: SEMANTICS DIG-1..6, vectors TV-1..7."""
+"""Digest validation and helpers: DIG-1..6, vectors TV-1..7."""
 
 from __future__ import annotations
 

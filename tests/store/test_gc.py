@@ -1,5 +1,5 @@
 """Garbage collection: pure mark/sweep, the label vocabulary, and containerd TestGCRoots-style
-tables through the public store (SEMANTICS GC-1..10, TV-48..51)."""
+tables through the public store (GC-1..10, TV-48..51)."""
 
 from __future__ import annotations
 

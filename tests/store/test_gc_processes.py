@@ -1,4 +1,4 @@
-"""GC against another OS process on the same root (SEMANTICS GC-10, GC-11, LEASE-5, ING-13).
+"""GC against another OS process on the same root (GC-10, GC-11, LEASE-5, ING-13).
 
 A child process holds a lease with committed blobs and an in-flight ingest and keeps committing,
 while this process runs ``gc()`` over and over: nothing the child protects may go, and every

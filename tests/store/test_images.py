@@ -1,4 +1,4 @@
-"""Image records through the public store: SEMANTICS IMG-1..6, DESC-5."""
+"""Image records through the public store: IMG-1..6, DESC-5."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Leases through the public store: SEMANTICS LEASE-1..7, and what they protect from GC."""
+"""Leases through the public store: LEASE-1..7, and what they protect from GC."""
 
 from __future__ import annotations
 

@@ -97,7 +97,7 @@ async def test_read_at_past_the_end_is_short_or_empty(tmp_path: Path) -> None:
 async def test_read_of_8_mib_yields_bounded_chunks_with_one_hop_per_mib(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # CS-2: never load the whole blob; STYLE §3.7.2: one thread hop per >= 1 MiB.
+    # CS-2: never load the whole blob; io-hops: one thread hop per >= 1 MiB.
     store = LocalContentStore(tmp_path)
     data = blob(8 * MiB)
     d = await put(store, data)
@@ -337,7 +337,7 @@ async def test_commit_checks_size_before_digest(tmp_path: Path) -> None:
 async def test_commit_fsyncs_data_then_renames_read_only_then_fsyncs_the_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # ING-8.7, STYLE §3.7.4: nothing is visible at the blob address before the data is
+    # ING-8.7, commit-order: nothing is visible at the blob address before the data is
     # verified and durable; the rename is made durable by fsyncing the blob directory.
     store = LocalContentStore(tmp_path)
     w = await store.open_writer("order")

@@ -1,4 +1,4 @@
-"""Cancelling a LocalWriter's write or commit leaves no blob at its address (DESIGN §4).
+"""Cancelling a LocalWriter's write or commit leaves no blob at its address (cancel-safe).
 
 After a cancel the ingest is resumable (reopen, finish, commit with the right digest) or
 reclaimable by abort (ING-5, ING-10). Cancels are injected deterministically: either

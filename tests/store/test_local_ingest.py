@@ -1,5 +1,5 @@
 """The file backend's ingests once open: status, listing, abort (ING-6, ING-10), the commit lock,
-error translation (STYLE §3.4) and recovery from a failed write or unreadable status files.
+error translation (errors-seam) and recovery from a failed write or unreadable status files.
 
 Opening, writing and committing are in test_local.py; crashes in test_local_process.py.
 """
@@ -143,7 +143,7 @@ async def test_commit_lock_waiter_gets_it_when_the_holder_leaves(tmp_path: Path)
     async with anyio.create_task_group() as tg:
         async with store.commit_lock(exclusive=True):
             tg.start_soon(waiter)
-            await anyio.sleep(0.05)
+            await anyio.wait_all_tasks_blocked()  # the waiter is at the lock
             assert not got.is_set()
             release.set()
         with anyio.fail_after(5):
@@ -164,7 +164,7 @@ async def test_commit_lock_waiter_gets_it_when_the_holder_leaves(tmp_path: Path)
     ],
 )
 def test_map_os_errors_translates_once_with_context(code: int, kind: type[CastarError]) -> None:
-    # STYLE §3.4: one translation seam, the path/digest named in the message
+    # errors-seam: one translation seam, the path/digest named in the message
     with pytest.raises(kind) as err, map_os_errors("content digest sha256:x"):
         raise OSError(code, os.strerror(code), "/some/path")
     assert type(err.value) is kind

@@ -1,6 +1,6 @@
 """``ContentStore.write_small_blobs``: many small blobs, one write hop, one record transaction.
 
-What the importer's small-layer path relies on (IO-LIMITS §2.10; SEMANTICS ING-2, ING-11,
+What the importer's small-layer path relies on (design-rules io-small-blobs; ING-2, ING-11,
 TV-44, GC-9): every blob verified before it is renamed, already-stored blobs a success that
 joins the lease, a mismatch named by its digests, a failure or a cancel leaving every
 renamed blob recorded and nothing else, and no ``mkdir``/``chmod``/``utime`` per blob.
@@ -267,7 +267,7 @@ async def test_a_batch_waits_for_gc_then_writes(store: Root) -> None:
     data = blobs(3)
     async with anyio.create_task_group() as tg, gc_side.commit_lock(exclusive=True):
         tg.start_soon(store.content.write_small_blobs, [SmallBlob(d) for d in data])
-        await anyio.sleep(0.05)
+        await anyio.wait_all_tasks_blocked()  # the batch is waiting for the lock
         assert files(store.root) == set()
     assert await recorded(store) == {compute(d) for d in data}
 

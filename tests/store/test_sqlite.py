@@ -63,7 +63,7 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_file_that_is_not_a_database_is_data_loss(tmp_path: Path) -> None:
-    # sqlite3 errors are translated once, at the connection too (STYLE §3.4)
+    # sqlite3 errors are translated once, at the connection too (design-rules errors-seam)
     (tmp_path / "meta.db").write_bytes(b"not a database, " * 256)
     with pytest.raises(DataLoss, match="metadata database: file is not a database"):
         _schema.connect(tmp_path / "meta.db")
