@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Final, final
 import anyio
 import anyio.to_thread
 
+from castar.store.collector import Collector
 from castar.store.content import ContentStore
-from castar.store.gc import Collector, GCReport
 from castar.store.images import ImageStore
 from castar.store.leases import LeaseManager
 from castar.store.local import LocalContentStore
@@ -25,6 +25,8 @@ from castar.store.sqlite import SQLiteMetadataDB
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
+
+    from castar.store.gc import GCReport
 
 __all__ = ["Root", "current_boot_id", "default_root", "open_root"]
 

@@ -17,8 +17,6 @@ import pytest
 CONTRACT = Path(__file__).with_name("_layering_contract.py")
 ROOT = Path(__file__).parents[1]
 PURE = runpy.run_path(str(CONTRACT))["PURE"]
-#: Pure modules that import an I/O library today, each reported to its owner.
-NOT_YET_PURE = {"castar.store.gc": "castar.store.gc imports anyio (GC marking is being split out)"}
 
 
 def _contract(root: Path) -> subprocess.CompletedProcess[str]:
@@ -38,15 +36,7 @@ def test_layers_import_only_downwards(broken: list[str]) -> None:
     assert [line for line in broken if ": layers: " in line] == []
 
 
-@pytest.mark.parametrize(
-    "module",
-    [
-        pytest.param(m, marks=pytest.mark.xfail(strict=True, reason=NOT_YET_PURE[m]))
-        if m in NOT_YET_PURE
-        else m
-        for m in PURE
-    ],
-)
+@pytest.mark.parametrize("module", PURE)
 def test_pure_module_imports_no_io_library(broken: list[str], module: str) -> None:
     assert [line for line in broken if line.startswith(f"{module}: pure: ")] == []
 
