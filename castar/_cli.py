@@ -2,7 +2,7 @@
 
 Owns the commands (load, save, images, inspect, tag, rm, gc, lease, verify, demo),
 their text and JSON output, and the error-category → exit-code table: the only
-place that catches CastarError broadly (STYLE §3.4). Goes through the facade
+place that catches CastarError broadly (design rule errors-seam). Goes through the facade
 (castar._api) and the engine's pure helpers; library modules must not import it.
 """
 

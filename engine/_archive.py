@@ -1,7 +1,7 @@
 """Getting an archive's bytes into the store: seekable copies and the one-pass stream ingest.
 
 Owns the import ``Session`` (ingest refs unique per session, ING-14; a worker-thread call
-per big blob copied from a seekable file or per batch of small ones, IO-LIMITS §2.5/2.10),
+per big blob copied from a seekable file or per batch of small ones: io-limiter, io-small-blobs),
 the one-pass ingest of a stream (IMP-3, §2.2), progress counting and ``read_archive``.
 Imports anyio, the store and the importer's private modules; never ``importer`` itself.
 """
@@ -59,16 +59,16 @@ __all__ = [
     "read_archive",
 ]
 
-#: Bytes per read, hash and write step, and per worker-thread hop (IO-LIMITS §2.3).
+#: Bytes per read, hash and write step, and per worker-thread hop (design rule io-chunk).
 CHUNK: Final = 1 << 20
-#: Worker threads copying blob bytes at once (IO-LIMITS §2.5).
+#: Worker threads copying blob bytes at once (design rule io-limiter).
 _IN_FLIGHT: Final = 2
 #: Blobs in progress at once: while two copy, others open or commit (rename, records).
 WORKERS: Final = 4
 #: Members up to this size are read whole and stored in batches (no ingest directory).
 _SMALL: Final = CHUNK
 #: A batch of small members ends at this many entries or bytes, whichever comes first:
-#: one write hop and one record transaction each (IO-LIMITS §2.10).
+#: one write hop and one record transaction each (design rule io-small-blobs).
 BATCH_ENTRIES: Final = 64
 BATCH_BYTES: Final = 4 << 20
 #: Batches being stored at once: the store's two blob-I/O threads.
@@ -305,7 +305,7 @@ async def _commit(w: Writer, entry: Entry, expected: Digest | None) -> Digest:
     """Commit an ingest (the store hashes and checks in a worker thread), fsync deferred.
 
     Every blob of an import is committed with ``sync=False``: ``load`` syncs the store's
-    filesystem once before it records images (IO-LIMITS §2.10). A digest mismatch becomes
+    filesystem once before it records images (design rule io-sync). A digest mismatch becomes
     the IMP-4 error naming the entry; the store has already dropped the bad ingest. An
     existing blob counts as success (ING-11).
     """
@@ -561,7 +561,7 @@ async def read_archive(sess: Session, src: Source, max_size: int | None) -> None
 
 
 def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first real error of a task group (STYLE §3.4: no ExceptionGroup for one failure)."""
+    """The first real error of a task group (errors-no-group: no ExceptionGroup for one)."""
     for exc in group.exceptions:
         if isinstance(exc, BaseExceptionGroup):
             return first_error(exc)

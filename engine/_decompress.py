@@ -1,6 +1,6 @@
 """Whole-archive decompression for the importer: gzip and zstd sniffed by magic bytes.
 
-Owns ``sniff`` (SEMANTICS IMP-1) and ``DecompressedSource``, a non-seekable source
+Owns ``sniff`` (IMP-1) and ``DecompressedSource``, a non-seekable source
 that inflates another source while streaming, in worker threads, ≥ 1 MiB per hop.
 Imports anyio, the codecs (isal when importable, else zlib; zstandard) and
 ``castar.store.errors``; it must not import the rest of the store or engine.
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CHUNK", "GZIP", "ZSTD", "DecompressedSource", "RawSource", "sniff"]
 
-#: Bytes moved per worker-thread hop (IO-LIMITS §2.3).
+#: Bytes moved per worker-thread hop (design rule io-chunk).
 CHUNK: Final = 1 << 20
 GZIP: Final = "gzip"
 ZSTD: Final = "zstd"

@@ -1,8 +1,8 @@
 """What byte sources and sinks share: the chunk size, names, and the file endpoint base.
 
-Owns ``CHUNK_SIZE`` (IO-LIMITS §2.3), how an adapted object is named in messages, which
+Owns ``CHUNK_SIZE`` (design rule io-chunk), how an adapted object is named in messages, which
 objects are files (``file_target``) and ``FileEndpoint``: a path or fd opened once in a
-worker thread with its open errors mapped once (STYLE §3.4). ``_streams`` (sources) and
+worker thread with its open errors mapped once (design rule errors-seam). ``_streams`` (sources) and
 ``_sinks`` build on it. anyio only; must not import the store (but its errors) or other
 engine modules.
 """
@@ -18,12 +18,12 @@ from castar.store.errors import InvalidArgument, NotFound
 
 __all__ = ["CHUNK_SIZE", "FileEndpoint", "describe", "file_target", "map_open_error"]
 
-#: Default read size and the size sinks coalesce small writes up to (IO-LIMITS §2.3).
+#: Default read size and the size sinks coalesce small writes up to (design rule io-chunk).
 CHUNK_SIZE: Final = 1 << 20
 
 
 def map_open_error(exc: OSError, name: str) -> Exception:
-    """Translate an open failure once (STYLE §3.4); other OSErrors stay as they are."""
+    """Translate an open failure once (design rule errors-seam); other OSErrors stay as they are."""
     if isinstance(exc, FileNotFoundError):
         return NotFound(f"archive {name}: {exc.strerror or exc}")
     if isinstance(exc, IsADirectoryError | NotADirectoryError):

@@ -1,6 +1,6 @@
 """Platform matchers: which platforms suit a wanted one, and which suit it best.
 
-Owns ``Matcher``/``MatchComparer`` and their implementations (SEMANTICS MATCH-1..7:
+Owns ``Matcher``/``MatchComparer`` and their implementations (MATCH-1..7:
 ``only``, ``only_strict``, ``ordered``, ``any_of``, ``only_os``, ``ALL``, the best-first
 sort) and HOST-4 ``match_any_with_preference``. ``platforms`` re-exports all of it.
 Pure: imports only ``_platform``; never anyio or I/O.

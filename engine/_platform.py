@@ -1,6 +1,6 @@
 """The platform value: normalisation, specifier parsing and formatting, OCI JSON, the host.
 
-Owns ``Platform`` and its text and JSON forms (SEMANTICS PLAT-1..6, NORM-1..3,
+Owns ``Platform`` and its text and JSON forms (PLAT-1..6, NORM-1..3,
 FMT-1..2, DESC-1) and the host platform (HOST-1..3: detection, ``$CASTAR_HOST_PLATFORM``,
 pinning). ``platforms`` re-exports all of it; the matchers live in ``_matchers``.
 Pure: imports only ``castar.store.errors``, ``_goquote`` and ``_json``; never anyio or I/O.

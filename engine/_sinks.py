@@ -1,7 +1,7 @@
 """Byte sinks: where archives are written (paths, fds, stdout, anyio streams, async writers).
 
-Owns ``Sink`` (``send`` coalesces small writes to >= 1 MiB worker-thread hops, IO-LIMITS
-§2), its adapters and ``open_sink``; ``_streams`` re-exports them. anyio only; must not
+Owns ``Sink`` (``send`` coalesces small writes to >= 1 MiB worker-thread hops, design rule
+io-coalesce), its adapters and ``open_sink``; ``_streams`` re-exports them. anyio only; must not
 import the store (but its errors) or other engine modules than ``_endpoints``.
 """
 

@@ -1,7 +1,7 @@
 """Byte sources and sinks: paths, fds, stdin/stdout, anyio streams and async file objects.
 
 Owns ``Source``, its adapters and ``open_source``: what the importer and the CLI read
-archives from, with one worker-thread hop per >= 1 MiB of file I/O (IO-LIMITS §2).
+archives from, with one worker-thread hop per >= 1 MiB of file I/O (design rule io-hops).
 Re-exports the sink side (``_sinks``) and ``CHUNK_SIZE`` (``_endpoints``): import all of
 them from here. anyio only; must not import the store (but its errors) or engine modules
 other than those two.
@@ -184,7 +184,7 @@ class _FileSource(FileEndpoint, Source):
         if self._regular or len(data) in (0, n):
             return data
         # A pipe hands out what is there (64 KiB at a time): fill the request in this
-        # same hop so the caller sees >= 1 MiB reads (IO-LIMITS §2.2).
+        # same hop so the caller sees >= 1 MiB reads (design rule io-coalesce).
         parts = [data]
         got = len(data)
         while got < n:

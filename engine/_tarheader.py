@@ -1,6 +1,6 @@
 """The tar header wire format: 512-byte header blocks and PAX records, both directions.
 
-Owns typeflags and field layout (SEMANTICS TAR-1..4), decoding numeric and text fields
+Owns typeflags and field layout (TAR-1..4), decoding numeric and text fields
 (octal, base-256, signed checksums) and PAX/GNU record bodies, and the deterministic
 header encoder. ``tarcodec`` (the streaming decoder) builds on it and re-exports the
 public names. Pure: imports only ``castar.store.errors``; never anyio (a test asserts it).

@@ -37,7 +37,7 @@ __all__ = [
     "walk",
 ]
 
-# Hash documents above this size in a worker thread (STYLE §3.7: no multi-MB work on the loop).
+# Hash documents above this size in a worker thread (design rule io-off-loop).
 _THREAD_HASH = 1 << 20
 #: Documents larger than this are decoded in a worker thread (a 20 MiB JSON parse would
 #: hold the event loop for a fifth of a second).

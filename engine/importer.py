@@ -1,4 +1,4 @@
-"""Import ("load") of OCI and Docker image archives into a store (SEMANTICS §15 IMP, LOAD).
+"""Import ("load") of OCI and Docker image archives into a store (docs/behaviour.md, Load).
 
 Owns ``load()``: reading an archive (index-first from a seekable file, one pass from
 a stream), verifying every ``blobs/<alg>/<hex>`` entry, choosing platforms, GC labels
@@ -250,7 +250,7 @@ async def load(
                 await sess.ensure_small(walk.needed)  # small blobs first, in batches
                 await fetch_needed(sess, walk)
             # Blobs were committed without fsync: one filesystem sync makes them all
-            # durable before any label or image points at them (IO-LIMITS §2.10).
+            # durable before any label or image points at them (design rule io-sync).
             await store.content.sync()
             images = await _record(sess, walk)
     except EmptyWalk as exc:

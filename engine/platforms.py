@@ -1,4 +1,4 @@
-"""Platforms: the value, specifier parsing and formatting, matchers, the host (SEMANTICS §12).
+"""Platforms: the value, specifier parsing and formatting, matchers, the host.
 
 The public face of everything that decides "does this manifest suit that machine":
 ``_platform`` owns the ``Platform`` value, PLAT-1..6 parsing, NORM-1..3, FMT-1..2, the

@@ -1,6 +1,6 @@
 """The tar codec: a sans-IO streaming decoder and its events, plus the header encoder.
 
-Owns reading the tar wire format as a stream (SEMANTICS TAR-4, EDGE-12/13): USTAR, PAX
+Owns reading the tar wire format as a stream (TAR-4, EDGE-12/13): USTAR, PAX
 ``x``/``g``, GNU ``L``/``K``, base-256 numbers, V7, each member handed out as events
 with body bytes as views of the fed buffers. Header fields and the deterministic
 encoder (TAR-1..3) live in ``_tarheader`` and are re-exported here. Pure: it imports
@@ -137,7 +137,7 @@ _S_END: Final = 4
 
 @final
 class TarDecoder:
-    """Sans-IO tar decoder (STYLE §3.2 seam 1): ``feed`` bytes, pull events.
+    """Sans-IO tar decoder (design rule seam-tar): ``feed`` bytes, pull events.
 
     Accepts USTAR, PAX (``x`` and ``g``: path, linkpath, size, mtime), GNU long
     names and links, base-256 numbers, V7 headers and the ustar prefix field (TAR-4).

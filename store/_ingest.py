@@ -2,7 +2,7 @@
 
 Owns writing ``<root>/ingest/<key>/data`` while hashing (coalesced 1 MiB thread hops),
 the commit (ING-8, containerd ``plugins/content/local/writer.go`` Commit, step for step;
-its fsyncs optional, IO-LIMITS §2.10), the small-blob put (``ingest/.tmp-*`` renamed into
+its fsyncs optional, design rule io-sync), the small-blob put (``ingest/.tmp-*`` renamed into
 place, no ingest directory) and the pieces local.py shares (IngestStatus, the
 ingest files' times); opening, locking and listing ingests is local.py's. Imports
 only castar.store.digest and errors: never local.py or the metadata layer.
@@ -74,7 +74,7 @@ _LIMITER: RunVar[anyio.CapacityLimiter] = RunVar("castar_blob_limiter")
 
 
 def blob_limiter() -> anyio.CapacityLimiter:
-    """The event loop's limiter for blob I/O hops: two at a time (IO-LIMITS §2.5)."""
+    """The event loop's limiter for blob I/O hops: two at a time (design rule io-limiter)."""
     try:
         return _LIMITER.get()
     except LookupError:
@@ -620,7 +620,7 @@ class LocalWriter:
             size: the expected size; 0 or less skips the size check.
             expected: the expected digest; ``None`` or ``""`` skips the digest check.
             sync: fsync the data and the blob directory; with False both are skipped (the
-                caller syncs the filesystem later, IO-LIMITS §2.10) and nothing else changes:
+                caller syncs the filesystem later, design rule io-sync) and nothing else changes:
                 the blob is still verified before it becomes visible.
 
         Raises:

@@ -169,7 +169,7 @@ def from_ts(text: str) -> datetime:
 
 @contextlib.contextmanager
 def _map_sqlite_errors() -> Iterator[None]:
-    """Translate ``sqlite3`` errors into castar's categories, once, at this seam (STYLE §3.4)."""
+    """Translate ``sqlite3`` errors into castar's categories, once, here (errors-seam)."""
     try:
         yield
     except CastarError:

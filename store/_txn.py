@@ -1,7 +1,7 @@
 """The metadata DB's transactions: one plain sync function per operation, by table family.
 
 Each ``<family>_<op>(conn, ...)`` runs inside one transaction that ``_schema.run_txn`` opened
-(STYLE §3.2 seam 3), so it is testable without an event loop; ``sqlite.py`` runs them in a
+(design rule seam-txn), so it is testable without an event loop; ``sqlite.py`` runs them in a
 worker thread. Labels are re-derived into GC edges on every label write (GC-5, GC-6). Imports
 the schema's rows, digest, errors and gc's label vocabulary; never anyio or the file backend.
 """

@@ -1,7 +1,7 @@
 """The public content store: blobs in the file backend, their records in the metadata DB.
 
 Owns ``ContentStore``, its ``Writer``, and the ``Info``/``Descriptor``/``SmallBlob`` values
-(SEMANTICS CS, ING). A blob exists for callers only once it is recorded; recording happens after
+(CS, ING). A blob exists for callers only once it is recorded; recording happens after
 the backend has fsynced (or, deferred, marked it unsynced: ``sync()``) and renamed it, under the
 shared commit lock GC respects; small blobs go a batch per write hop and per transaction.
 Imports the backend, the metadata DB and leases; never OCI documents, tar or platforms.
@@ -55,7 +55,7 @@ __all__ = [
 
 #: ING-13: an ingest opened outside a lease expires this long after it was opened.
 INGEST_TTL: Final = timedelta(hours=24)
-#: ``write_blob`` of bytes up to this size skips the ingest directory (IO-LIMITS §2.10).
+#: ``write_blob`` of bytes up to this size skips the ingest directory (design rule io-small-blobs).
 SMALL_BLOB: Final = 1 << 20
 
 
@@ -134,7 +134,7 @@ class Writer:
             sync: fsync the blob before recording it. With False the data and directory
                 fsyncs are skipped and the row is marked unsynced until
                 :meth:`ContentStore.sync`; a machine crash before that drops the row at the
-                next ``open_root`` (IO-LIMITS §2.10).
+                next ``open_root`` (design rule io-sync).
 
         Returns:
             The digest of the committed blob, now recorded and in the current lease.
@@ -173,7 +173,7 @@ class Writer:
 
 @final
 class ContentStore:
-    """Blobs with records: the content store callers see (SEMANTICS CS, ING).
+    """Blobs with records: the content store callers see (CS, ING).
 
     Args:
         backend: the file backend holding blobs and ingests.
@@ -381,7 +381,7 @@ class ContentStore:
         *,
         sync: bool,
     ) -> Digest:
-        # STYLE §3.7.4: the backend renames (after its fsyncs, unless deferred) before any DB
+        # commit-order: the backend renames (after its fsyncs, unless deferred) before any DB
         # write transaction starts. The shared commit lock is held from the rename until the
         # row is written, so GC's content sweep (exclusive) never sees the renamed-but-
         # unrecorded file.
@@ -572,7 +572,7 @@ class ContentStore:
         When ``digest`` is given and already recorded, a streamed ``data`` is not read at all
         (TV-44). A resumed ingest skips the bytes it already holds. Busy refs are retried
         (ING-4). Bytes of at most 1 MiB (and matching ``size``) take the small-blob path: no
-        ingest and no ref, one temp file renamed into place (IO-LIMITS §2.10). ``sync`` is as
+        ingest and no ref, one temp file renamed into place (io-small-blobs). ``sync`` is as
         for :meth:`Writer.commit`: False defers the fsyncs to :meth:`sync`.
 
         Raises:

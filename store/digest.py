@@ -1,4 +1,4 @@
-"""Content digests: validation (SEMANTICS DIG-1..6), hashing and blob paths.
+"""Content digests: validation (DIG-1..6), hashing and blob paths.
 
 A ``Digest`` is a ``str`` subclass so it can be passed wherever a digest string
 is expected; ``Digest(s)`` validates. Pure module: no I/O, no anyio; imports only

@@ -1,6 +1,6 @@
 """castar's error hierarchy: containerd errdefs categories, Python-shaped.
 
-A category answers "what should the caller do?" (SEMANTICS ERR-1, STYLE §3.4);
+A category answers "what should the caller do?" (ERR-1, design rule errors-seam);
 attributes are structured and ``str(err)`` names where it happened; ``map_os_errors`` is the
 one translation of ``OSError``. Imports nothing from the rest of castar, so every layer can
 raise these.
@@ -175,7 +175,7 @@ _PRECONDITION: Final = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 
 @contextlib.contextmanager
 def map_os_errors(context: str) -> Iterator[None]:
-    """Translate an ``OSError`` into its category once, at the backend's seam (STYLE §3.4).
+    """Translate an ``OSError`` into its category once, at the seam (design rule errors-seam).
 
     ``context`` names what was being done (``content digest <d>``, ``ingest ref "<r>"``):
     ENOENT becomes ``NotFound("<context>")``, EIO ``DataLoss``, ENOSPC ``Unavailable``,

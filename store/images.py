@@ -1,4 +1,4 @@
-"""Image records (SEMANTICS IMG-1..6): ``Image`` values and the ``ImageStore``.
+"""Image records (IMG-1..6): ``Image`` values and the ``ImageStore``.
 
 An image is a name pointing at a target descriptor; only the target's media type, digest, size
 and annotations are kept (DESC-5). Images are GC roots unless expired. Imports the metadata DB

@@ -1,4 +1,4 @@
-"""Leases (SEMANTICS LEASE-1..7): the ``Lease`` value, ``LeaseManager`` and the current lease.
+"""Leases (LEASE-1..7): the ``Lease`` value, ``LeaseManager`` and the current lease.
 
 A lease protects what is written under it from GC until it is deleted or expires. The current
 lease lives in a ContextVar so child tasks inherit it (no lease ids threaded through calls).

@@ -1,4 +1,4 @@
-"""LocalContentStore: the file backend of the content store (SEMANTICS CS, ING, LAY).
+"""LocalContentStore: the file backend of the content store (CS, ING, LAY).
 
 Owns ``<root>/blobs/<alg>/<hex>`` (read-only committed blobs), the ingest directories
 ``<root>/ingest/<sha256(ref)>/`` (opening, per-ref flock, status, abort; the writing and
@@ -562,7 +562,7 @@ class LocalContentStore:
 
         :meth:`commit_small_batch` of one item: one worker-thread hop takes the lock, writes
         ``data`` to a temp file under ``ingest/``, hashes and verifies it, fsyncs it when
-        ``sync``, and renames it into ``blobs/`` (IO-LIMITS §2.10). The lock stays held
+        ``sync``, and renames it into ``blobs/`` (design rule io-sync). The lock stays held
         (shared) until the block exits, so the caller records the row inside it. A cancel
         before the rename leaves nothing behind.
 

@@ -1,8 +1,8 @@
 """SQLiteMetadataDB: a store's metadata (content records, labels, images, leases, ingests, edges).
 
 Owns the async face of the metadata DB: ``read``/``write`` run one plain sync function of
-``_txn.py`` as one transaction in a worker thread behind a ``CapacityLimiter(1)`` (STYLE §3.2
-seam 3), so SQL never runs on the event loop; the schema, its ``user_version`` migrations and
+``_txn.py`` as one transaction in a worker thread behind a ``CapacityLimiter(1)`` (design rule
+seam-txn), so SQL never runs on the event loop; the schema, its ``user_version`` migrations and
 the row values are ``_schema.py``'s. Also owns LBL-1's label check. Never imports the file
 backend or anything of OCI.
 """

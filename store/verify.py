@@ -2,7 +2,7 @@
 
 Owns :func:`verify` and :class:`VerifyReport`. Store-only: an image's subtree is
 reached through the reference labels of the blobs (``containerd.io/gc.ref.content*``,
-SEMANTICS GC-5), so this module must not import castar.engine (no OCI, tar or
+GC-5), so this module must not import castar.engine (no OCI, tar or
 platforms). Blob files are read in worker threads, one hop per blob, 1 MiB at a time.
 """
 
@@ -32,7 +32,7 @@ __all__ = ["BlobProblem", "VerifyProgress", "VerifyReport", "verify"]
 VerifyProgress = Callable[[int, int, Digest], None]
 
 _CHUNK = 1 << 20
-#: Two blobs in flight saturate the machine's hashing (IO-LIMITS §2.5).
+#: Two blobs in flight saturate the machine's hashing (design rule io-limiter).
 _IN_FLIGHT = 2
 
 

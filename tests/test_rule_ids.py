@@ -13,8 +13,6 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 BEHAVIOUR = ROOT / "docs" / "behaviour.md"
 
@@ -29,7 +27,7 @@ _PREFIXES = (
 #: An id, or a range of ids sharing a prefix: ``IMP-5..9``, ``EDGE-1/3/4``.
 _CITED = re.compile(rf"\b({_PREFIXES})-(\d+)((?:(?:\.\.|/)\d+)*)\b")
 _DEFINED = re.compile(rf"^\s*- \*\*(({_PREFIXES})-\d+)\*\*", re.MULTILINE)
-_OUTSIDE = re.compile(r"SEMANTICS\.md|STYLE\.md|STYLE §|IO-LIMITS|DESIGN\.md|\.\./shared")
+_OUTSIDE = re.compile(r"SEMANTICS|STYLE\.md|STYLE §|IO-LIMITS|DESIGN\.md|DESIGN §|\.\./shared")
 
 
 def python_files() -> Iterator[Path]:
@@ -96,8 +94,12 @@ def test_every_cited_rule_id_is_defined_in_behaviour_md() -> None:
     assert not undefined, f"rule ids cited but not defined in docs/behaviour.md:\n{listing}"
 
 
-@pytest.mark.xfail(strict=True, reason="citations are rewritten after the refactor merge")
 def test_no_python_file_cites_documents_outside_the_repository() -> None:
-    cites = [f"  {place}: {text.strip()}" for place, text in where(_OUTSIDE)]
+    this = Path(__file__).relative_to(ROOT).as_posix()  # its pattern names them
+    cites = [
+        f"  {place}: {text.strip()}"
+        for place, text in where(_OUTSIDE)
+        if not place.startswith(f"{this}:")
+    ]
     listing = "\n".join(cites)
     assert not cites, f"cite docs/behaviour.md ids or docs/design-rules.md anchors:\n{listing}"
