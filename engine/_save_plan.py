@@ -1,13 +1,8 @@
-"""The save plan: what an archive will hold, and the pure planner that decides it.
+"""The save plan (what an archive holds, JSON for ``--dry-run --json``) and its planner.
 
-Owns ``SaveOptions``, ``SavePlan`` and its parts (``ImagePlan`` per ``index.json``
-entry, ``PlatformPlan`` per platform manifest walked, ``Skipped``, ``Member``: one tar
-member in writing order) with their JSON forms (``castar save --dry-run --json``), and
-``Planner``: the walk from each target (EXP-7 skip-missing, referrers, EXP-9), platform
-selection (SAVE-1..3, SAVE-2's strict single match, MATCH-7 for ``manifest.json``), the
-missing policy (``sparse``/``prune``/``fail``, pruned indexes), the ``index.json`` and
-``manifest.json`` entries (EXP-3/4/10) and the sorted member list. Pure: no anyio, no
-store, no I/O: the planner's inputs are the ``Node``/``Target`` values the lookup fetched.
+``Planner`` walks each target (EXP-7 skip-missing, referrers, EXP-9), selects platforms
+(SAVE-1..3, MATCH-7 for ``manifest.json``), applies the missing policy and lays out the
+``index.json``/``manifest.json`` entries (EXP-3/4/10) and members. Pure: no anyio, no I/O.
 """
 
 from __future__ import annotations
@@ -51,21 +46,14 @@ class SaveOptions:
 
     Attributes:
         platforms: the platforms to export; empty means all (SAVE-1..3).
-        missing: the missing-content policy: ``sparse`` keeps the original index and
-            leaves out what the store lacks (EXP-7); ``prune`` writes a new index
-            listing only the complete platforms exported; ``fail`` raises NotFound
-            naming the incomplete platform.
+        missing: ``sparse`` keeps the original index and leaves out what the store
+            lacks (EXP-7); ``prune`` writes a new index of only the complete platforms;
+            ``fail`` raises NotFound naming the incomplete platform.
         docker_manifest: whether to write ``manifest.json`` (EXP-10).
-        verify: re-hash every blob while copying (turns zero-copy off).
-        archive_digest: hash the archive as written into ``ExportResult.sha256``; every
-            blob then goes through user space and sha256 instead of a zero-copy path.
-        write_behind: into a regular file, start writeback of every 64 MiB written and
-            drop what is on disk from the page cache, so a big archive does not fill it
-            with dirty pages (the bytes written are the same); the save then runs at
-            the disk's rate, hence opt-in.
-
-    Raises:
-        InvalidArgument: an unknown missing policy.
+        verify: re-hash every blob while copying (no zero-copy).
+        archive_digest: hash the archive into ``ExportResult.sha256`` (no zero-copy).
+        write_behind: keep a regular file's written pages out of the page cache
+            (same bytes, disk-rate save, hence opt-in).
     """
 
     platforms: tuple[plat.Platform, ...] = ()
@@ -89,11 +77,7 @@ class SaveOptions:
         archive_digest: bool = False,
         write_behind: bool = False,
     ) -> SaveOptions:
-        """Options from user input: the policy checked, then platform specifiers parsed.
-
-        ``platforms`` holds specifiers (comma lists allowed, duplicates refused) or
-        :class:`Platform` values, taken as they are.
-        """
+        """Options from user input: specifiers (comma lists, no duplicates) or Platforms."""
         _check_missing(missing)
         specs = list(platforms or ())
         values = [p for p in specs if isinstance(p, plat.Platform)]
@@ -110,14 +94,9 @@ def _check_missing(missing: str) -> None:
 @final
 @dataclass(frozen=True, slots=True)
 class Member:
-    """One tar member of the archive, in writing order.
+    """One tar member in writing order: its header (TAR-1..3) and body.
 
-    Attributes:
-        name: the tar name (``oci-layout``, ``index.json``, ``blobs/sha256/<hex>``…).
-        size: body length in bytes.
-        header: the encoded header (TAR-1..3), PAX records included.
-        digest: for a blob copied from the store, its digest.
-        data: for a generated member (metadata, a pruned index), its bytes.
+    A blob has ``digest``; a generated member (metadata, a pruned index) has ``data``.
     """
 
     name: str
@@ -128,24 +107,19 @@ class Member:
 
     @property
     def length(self) -> int:
-        """Bytes the member takes in the archive: header, body and padding."""
+        """Header, body and padding bytes."""
         return len(self.header) + self.size + (-self.size % tarcodec.BLOCKSIZE)
 
 
 @final
 @dataclass(frozen=True, slots=True)
 class PlatformPlan:
-    """What happens to one platform manifest of an image.
+    """One platform manifest (or nested index) of an image.
 
-    Attributes:
-        platform: ``format_all`` of its platform (descriptor, else config), or
-            ``unknown`` when neither says.
-        digest: the platform manifest (or nested index).
-        state: ``complete`` (every blob written), ``partial`` (the manifest is
-            written, its missing children are not: EXP-7) or ``missing`` (the
-            manifest itself is not in the store; nothing written).
-        attestation: whether it is a BuildKit attestation manifest (MT-5).
-        absent: the digests of its subtree that the store does not hold.
+    ``platform`` is ``format_all`` of the descriptor's (else config's) platform or
+    ``unknown``; ``state`` is ``complete``, ``partial`` (written without its missing
+    children, EXP-7) or ``missing``; ``attestation`` per MT-5; ``absent`` lists the
+    subtree's digests the store lacks.
     """
 
     platform: str
@@ -158,14 +132,7 @@ class PlatformPlan:
 @final
 @dataclass(frozen=True, slots=True)
 class Skipped:
-    """Something the archive leaves out because the store does not hold it.
-
-    Attributes:
-        image: the image's name, or its digest when exported by digest.
-        platform: the platform concerned (a requested one for ``reason='not in image'``).
-        digest: the manifest concerned, when there is one.
-        reason: ``missing``, ``partial`` or ``not in image``.
-    """
+    """A platform left out: ``reason`` is ``missing``, ``partial`` or ``not in image``."""
 
     image: str
     platform: str
@@ -178,18 +145,9 @@ class Skipped:
 class ImagePlan:
     """One ``index.json`` entry of the archive.
 
-    Attributes:
-        reference: the name, digest or short id the caller gave.
-        name: the image name written in the name annotations (EXP-3), or ``None``
-            when exported by digest or id (SAVE-4).
-        media_type: media type of the entry.
-        digest: digest of the entry: the image target, the one platform manifest
-            (SAVE-2), or the new pruned index.
-        size: size of the entry.
-        original: with ``missing="prune"``, the original index the pruned one replaces.
-        platforms: the platform manifests walked, in index order.
-        not_found: requested platforms no manifest of the image matches.
-        docker_manifest: the manifest ``manifest.json`` points at for this entry.
+    ``name`` is what the name annotations carry (EXP-3), None by digest or id (SAVE-4);
+    the entry is the image target, the one platform manifest (SAVE-2) or a pruned index
+    replacing ``original``; ``not_found`` lists requested platforms no manifest matches.
     """
 
     reference: str
@@ -231,12 +189,9 @@ class ImagePlan:
 class SavePlan:
     """Everything :func:`save` will write, checked against the store.
 
-    Attributes:
-        images: the ``index.json`` entries, in input order.
-        members: the tar members in writing order: ``oci-layout``, ``index.json``,
-            ``manifest.json``, then the directories and blobs sorted by name.
-        size: total archive bytes, end-of-archive marker included.
-        warnings: what the caller should know (e.g. an image left out, EDGE-6).
+    ``members`` are in writing order (metadata, then directories and blobs by name);
+    ``size`` counts the end-of-archive marker; ``warnings`` include images left out
+    (EDGE-6).
     """
 
     images: tuple[ImagePlan, ...]
@@ -246,7 +201,7 @@ class SavePlan:
 
     @property
     def reads(self) -> tuple[Digest, ...]:
-        """The blobs whose bodies the archive copies from the store, in writing order."""
+        """The blobs copied from the store, in writing order."""
         return tuple(m.digest for m in self.members if m.digest is not None and m.data is None)
 
     @property
@@ -351,19 +306,10 @@ class Planner:
     def _platform_plan(self, desc: oci.Descriptor) -> PlatformPlan:
         absent = self._absent(desc)
         p = self._platform_of(desc)
-        if not self._nodes[desc.digest].present:
-            state = "missing"
-        elif absent:
-            state = "partial"
-        else:
-            state = "complete"
-        return PlatformPlan(
-            platform=plat.format_all(p) if p is not None else "unknown",
-            digest=desc.digest,
-            state=state,
-            attestation=oci.is_attestation(desc),
-            absent=tuple(absent),
-        )
+        present = self._nodes[desc.digest].present
+        state = "complete" if not absent else "partial" if present else "missing"
+        name = plat.format_all(p) if p is not None else "unknown"
+        return PlatformPlan(name, desc.digest, state, oci.is_attestation(desc), tuple(absent))
 
     # targets
 
@@ -537,35 +483,23 @@ class Planner:
         self, walked: list[tuple[int, oci.Descriptor, PlatformPlan]]
     ) -> list[tuple[int, oci.Descriptor, PlatformPlan]]:
         """The walked children a pruned index keeps: complete ones, attestations of kept."""
-        kept = [w for w in walked if w[2].state == "complete" and not w[2].attestation]
-        subjects = {str(c.digest) for _, c, _ in kept}
+        complete = [w for w in walked if w[2].state == "complete"]
+        subjects = {str(c.digest) for _, c, pp in complete if not pp.attestation}
         return [
             w
-            for w in walked
-            if w[2].state == "complete"
-            and (
-                not w[2].attestation
-                or w[1].annotations.get("vnd.docker.reference.digest") in subjects
-            )
+            for w in complete
+            if not w[2].attestation
+            or w[1].annotations.get("vnd.docker.reference.digest") in subjects
         ]
 
     def _pruned_index(self, desc: oci.Descriptor, node: Node, keep: list[int]) -> oci.Descriptor:
-        """A new index listing only ``keep`` of the original's entries.
-
-        Re-encoded from the OCI model, as containerd would: DESC-1 field order, DESC-2
-        bytes; members the model does not know are dropped.
-        """
+        """A new index of only ``keep`` of the original's entries, re-encoded (DESC-1/2)."""
         assert node.document is not None
         index = oci.decode_index(node.document, name=str(desc.digest))
         data = oci.encode_index(replace(index, manifests=tuple(index.manifests[i] for i in keep)))
         new = digests.compute(data)
         self._generated[new] = data
-        return oci.Descriptor(
-            media_type=desc.media_type,
-            digest=new,
-            size=len(data),
-            annotations=desc.annotations,
-        )
+        return oci.Descriptor(desc.media_type, new, len(data), annotations=desc.annotations)
 
     def _pick_docker(
         self, target: Target, candidates: list[tuple[oci.Descriptor, PlatformPlan]]
@@ -587,11 +521,7 @@ class Planner:
         return self._register(ordered[0], target.name)
 
     def _register(self, desc: oci.Descriptor, name: str | None) -> Digest | None:
-        """Add ``desc`` to manifest.json under ``name`` (EXP-10: one entry per digest).
-
-        Returns what the image's ``manifest.json`` entry points at: ``desc``, or None
-        when no ``manifest.json`` is written.
-        """
+        """Add ``desc`` to manifest.json under ``name`` (EXP-10: one entry per digest)."""
         if not self._opts.docker_manifest:
             return None
         node = self._nodes[desc.digest]

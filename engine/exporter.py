@@ -1,9 +1,7 @@
 """The exporter ("save"): images from the store to an OCI + Docker image archive.
 
-Owns the entry points (``plan_save``, ``save``, ``save_many``), the lease a save runs
-under (SAVE-5, LEASE-6) and the sink's lifetime; plans with ``_export_lookup`` +
-``_save_plan`` before the first byte, writes with ``_export_write``. Must not import
-the importer, the images service or the facade.
+Owns the entry points, the lease a save runs under (SAVE-5, LEASE-6) and the sink's
+lifetime; plans before the first byte, then writes with ``_export_write``.
 """
 
 from __future__ import annotations
@@ -56,21 +54,14 @@ __all__ = [
     "save_many",
 ]
 
-#: Plans in flight at once in save_many: the first job starts copying after one plan
-#: instead of after all of them, interleaved.
+#: save_many's plans in flight: the first job copies after one plan, not after all.
 _PLANS_AT_ONCE: Final = 2
 
 
 @final
 @dataclass(frozen=True, slots=True)
 class ExportResult:
-    """What :func:`save` wrote.
-
-    Attributes:
-        plan: the plan that was written (images, platforms, members, warnings).
-        size: bytes written.
-        sha256: sha256 of the archive bytes, when ``archive_digest`` was asked.
-    """
+    """What :func:`save` wrote: the plan, the bytes written, their sha256 if asked."""
 
     plan: SavePlan
     size: int
@@ -83,7 +74,7 @@ class ExportResult:
 
     @property
     def skipped(self) -> tuple[Skipped, ...]:
-        """What was left out as missing (see :attr:`SavePlan.skipped`)."""
+        """See :attr:`SavePlan.skipped`."""
         return self.plan.skipped
 
     @property
@@ -93,10 +84,11 @@ class ExportResult:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready form."""
-        out = self.plan.to_json()
-        out["written"] = self.size
-        out["sha256"] = self.sha256 and str(self.sha256)
-        return out
+        return {
+            **self.plan.to_json(),
+            "written": self.size,
+            "sha256": self.sha256 and str(self.sha256),
+        }
 
 
 @final
@@ -111,20 +103,11 @@ class SaveJob:
 
 
 async def plan_save(store: Root, names: Sequence[str], options: SaveOptions) -> SavePlan:
-    """What :func:`save` would write, without writing anything.
+    """What :func:`save` would write, checked against the store; writes nothing.
 
-    Resolves the names, walks the images, applies the platform filter and the
-    missing-content policy and checks every blob against the store, so every error
-    :func:`save` can raise before its first byte is raised here too. Under a lease
-    (the caller's current one), adds to it every blob the archive reads (SAVE-5).
-
-    Args:
-        store: the store to read.
-        names: image names, digests or image-id prefixes (SAVE-4).
-        options: what to select (platforms, missing policy, ``manifest.json``).
-
-    Returns:
-        The plan; ``plan.to_json()`` is what ``castar save --dry-run --json`` prints.
+    Raises every error :func:`save` can raise before its first byte. Under the caller's
+    current lease, adds to it every blob the archive reads (SAVE-5). ``names`` are
+    image names, digests or image-id prefixes (SAVE-4).
 
     Raises:
         NotFound: an unknown name, no manifest for a platform, or missing content
@@ -165,33 +148,19 @@ async def save(
 ) -> ExportResult:
     """Export images as one OCI image archive (with Docker's ``manifest.json``).
 
-    Plans first (:func:`plan_save`), under a lease holding every blob it will read
-    (SAVE-5; the caller's current lease when there is one, LEASE-6), so unknown
-    names, unmatched platforms and missing content fail before the sink is opened.
-    Then writes ``oci-layout``, ``index.json``, ``manifest.json`` and the blobs
-    sorted by name, with fixed headers (TAR-1..3) and canonical JSON (DESC-2): the
-    same content, names and options give the same bytes.
+    Plans first (:func:`plan_save`) under a lease holding every blob it reads (SAVE-5;
+    the caller's current one, LEASE-6), so errors come before the sink is opened.
+    Fixed headers (TAR-1..3) and canonical JSON (DESC-2): same content, names and
+    options give the same bytes.
 
-    Platforms (SAVE-1..3): none → every platform, ``manifest.json`` pointing at the
-    host's preferred *available* one (EDGE-1 fixed); one → that platform's manifest,
-    matched strictly, is the archive's only entry (SAVE-2); several → the image index
-    with only those platforms' subtrees. Attestations go whenever platforms are given.
+    Platforms (SAVE-1..3): none → all, ``manifest.json`` at the host's preferred
+    *available* one (EDGE-1 fixed); one → that manifest, matched strictly, as the only
+    entry (SAVE-2); several → the index with only their subtrees. Attestations go
+    whenever platforms are given.
 
-    Blob work shares the store's budgets with its other saves (one zero-copy hop and
-    two hashing hops in flight).
-
-    Args:
-        store: the store to read.
-        names: image names, digests or image-id prefixes (SAVE-4).
-        sink: a path, a file descriptor, ``"-"`` (stdout), an anyio ``ByteSendStream``
-            or any object with ``async write(b)``. Bodies go zero-copy to fds
-            (``copy_file_range``/``splice``/``sendfile``), in 1 MiB chunks to streams.
-        options: what to select and how to write (see :class:`SaveOptions`).
-        progress: called on the event loop after each hop with the bytes written,
-            the archive's size and the name of the member being written.
-
-    Returns:
-        What was written: images, platforms, what was skipped, size, sha256.
+    ``sink`` is a path, an fd, ``"-"`` (stdout), an anyio ``ByteSendStream`` or any
+    object with ``async write(b)``; ``progress(written, size, member)`` is called on
+    the event loop after each hop.
 
     Raises:
         NotFound, Conflict, InvalidArgument: see :func:`plan_save`, before any byte.
@@ -199,12 +168,11 @@ async def save(
         SizeMismatch: a stored blob does not have its recorded size.
         DataLoss: a recorded blob's file is missing from disk.
     """
-    job = SaveJob(names, sink, options, progress)
-    return await _save(store, job, store_limiters(store), None)
+    return await _save(store, SaveJob(names, sink, options, progress), store_limiters(store))
 
 
 async def _save(
-    store: Root, job: SaveJob, limiters: Limiters, planning: anyio.CapacityLimiter | None
+    store: Root, job: SaveJob, limiters: Limiters, planning: anyio.CapacityLimiter | None = None
 ) -> ExportResult:
     """:func:`save` of ``job``; ``planning`` bounds how many plans run at once."""
     lease: AbstractAsyncContextManager[object] = (
@@ -213,7 +181,7 @@ async def _save(
         else store.leases.hold(expire=timedelta(hours=24), labels={"castar.export": "1"})
     )
     async with lease:
-        async with planning if planning is not None else nullcontext():
+        async with planning or nullcontext():
             plan = await plan_save(store, job.names, job.options)
         paths = {d: str(store.content.path(d)) for d in plan.reads}
         sink = job.sink
@@ -237,17 +205,11 @@ async def _save(
 async def save_many(
     store: Root, jobs: Sequence[SaveJob], *, limit: int | None = None
 ) -> list[ExportResult]:
-    """Run several exports concurrently against one store.
+    """Run several exports concurrently; the results in job order.
 
-    Each job runs :func:`save` under its own lease (or all under the caller's current
-    lease, LEASE-6: one durable lease commit instead of two per job). Blob work shares
-    the store's budgets, or one ``CapacityLimiter(limit)`` when ``limit`` is given.
-    Two jobs plan at a time, so the first starts writing after one plan while the
-    others plan beside its copies. The first failure cancels the others and is raised
-    (never as an ExceptionGroup).
-
-    Returns:
-        The results in job order.
+    Each job runs :func:`save` under its own lease (or the caller's current one,
+    LEASE-6). Blob work shares the store's budgets, or one ``CapacityLimiter(limit)``.
+    The first failure cancels the others and is raised (never as an ExceptionGroup).
     """
     one = anyio.CapacityLimiter(limit) if limit else None  # both kinds of hop take it
     limiters = Limiters(one, one) if one is not None else store_limiters(store)
