@@ -1,9 +1,7 @@
 """What planning a save reads from the store: names resolved, nodes fetched, lease coverage.
 
-Owns SAVE-4 name resolution (name, repository, digest, image-id prefix), the fetch of
-every node reachable from the targets (infos and verified documents level by level in
-a few worker-thread hops, config platforms, SAVE-1 referrers) and which read blobs the
-lease must hold itself (GC-4/5). Root's public API only; must not import the planner.
+SAVE-4 name resolution, the fetch of every node reachable from the targets (with
+config platforms and SAVE-1 referrers) and which read blobs the lease must hold (GC-4/5).
 """
 
 from __future__ import annotations
@@ -20,12 +18,7 @@ from castar.engine import platforms as plat
 from castar.engine._export_plan import Node, Target
 from castar.engine.images import as_oci
 from castar.store import digest as digests
-from castar.store.errors import (
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    SizeMismatch,
-)
+from castar.store.errors import FailedPrecondition, InvalidArgument, NotFound, SizeMismatch
 from castar.store.labels import REFERRER, is_content_ref
 
 if TYPE_CHECKING:
@@ -40,15 +33,10 @@ if TYPE_CHECKING:
 __all__ = ["fetch", "resolve", "unlinked"]
 
 
-# -- resolving names (SAVE-4) ----------------------------------------------------------------
-
-
 async def resolve(store: Root, ref: str) -> list[Target]:
-    """The targets one caller-given reference names (SAVE-4).
+    """The targets one reference names (SAVE-4): by name, or without names by digest/id.
 
-    ``name:tag`` → that image under its name; a bare repository → every tagged image
-    of it, by name; a digest, ``name@digest`` or an image-id prefix (any case) → the
-    target without names.
+    A bare repository names every tagged image of it.
     """
     key = ref.lower() if images.id_hex(ref) is not None else ref
     if reference.is_digest_ref(key):
@@ -69,11 +57,7 @@ async def resolve(store: Root, ref: str) -> list[Target]:
 
 
 async def _by_digest(store: Root, ref: str, digest: Digest) -> Target:
-    """A target named by digest: an image's target, else a stored blob as it is.
-
-    A blob past the document cap (EDGE-13) cannot be a manifest: its media type stays
-    ``application/octet-stream`` and planning refuses it (TV-60).
-    """
+    """An image's target by digest, else the stored blob (past EDGE-13's cap: octet-stream)."""
     for image in await store.images.list():
         if image.target.digest == digest:
             return Target(ref, None, as_oci(image.target))
@@ -88,11 +72,7 @@ async def _by_digest(store: Root, ref: str, digest: Digest) -> Target:
 
 
 def _document(data: bytes) -> tuple[dict[str, Any] | None, str]:
-    """A stored blob read as a JSON object, with its declared or guessed media type.
-
-    Without ``mediaType``, ``manifests`` makes it an OCI index and ``config`` an OCI
-    manifest; otherwise the type is ``""``. Not a JSON object: ``(None, "")``.
-    """
+    """A blob as a JSON object with its declared or guessed media type; else ``(None, "")``."""
     try:
         obj = json.loads(data)
     except ValueError:
@@ -105,16 +85,11 @@ def _document(data: bytes) -> tuple[dict[str, Any] | None, str]:
     return obj, oci.OCI_INDEX if "manifests" in obj else oci.OCI_MANIFEST if "config" in obj else ""
 
 
-# -- what the store holds -------------------------------------------------------------------
-
-
 class _Planning(graph.Reader):
-    """Export planning's reader: blob records in rounds, documents verified, SAVE-1 referrers.
+    """Export planning's reader: one ``infos`` call per graph level, SAVE-1 referrers.
 
-    A record is looked up together with every blob reached since the last lookup, so a
-    walk makes one ``infos`` call per level of the graph, whatever the number of
-    platforms or layers. A document read through it lists its referrers after its
-    MT-4 children, so the walk follows them too.
+    A record is looked up with every blob reached since the last lookup; a document
+    lists its referrers after its MT-4 children, so the walk follows them too.
     """
 
     def __init__(self, content: BlobReader) -> None:
@@ -142,7 +117,6 @@ class _Planning(graph.Reader):
         return info
 
     async def present(self, desc: oci.Descriptor) -> bool:
-        """Whether the blob is recorded (with the descriptor's size)."""
         return await self.info(desc) is not None
 
     async def _load(self, desc: oci.Descriptor) -> bytes | None:
@@ -182,12 +156,9 @@ class _Recorded:
 
     async def read_all(self, digest: str, *, limit: int) -> bytes:
         """The blob's file in one worker-thread hop, else the store's read and its error."""
-        size = self.record.size
         path = self.content.path(digest)
-        data = await anyio.to_thread.run_sync(_read_file, path, size)
-        if data is None:
-            return await self.content.read_all(digest, limit=limit)
-        return data
+        data = await anyio.to_thread.run_sync(_read_file, path, self.record.size)
+        return data if data is not None else await self.content.read_all(digest, limit=limit)
 
 
 def _read_file(path: Path, size: int) -> bytes | None:
@@ -200,11 +171,10 @@ def _read_file(path: Path, size: int) -> bytes | None:
 
 
 async def fetch(content: BlobReader, roots: Sequence[oci.Descriptor]) -> dict[str, Node]:
-    """Info for every blob reachable from ``roots``, documents for manifests and indexes.
+    """A node for every blob reachable from ``roots``, in one depth-first walk.
 
-    One depth-first walk (:func:`castar.engine.graph.walk`): faults (wrong size,
-    corrupt or malformed documents) surface in walk order, before the first byte of
-    an archive (EXP-7, EXP-13); a missing blob is a node that is not present.
+    Faults (wrong size, corrupt documents) surface in walk order, before the first
+    byte of an archive (EXP-7, EXP-13); a missing blob is a node that is not present.
     """
     reader = _Planning(content)
     nodes: dict[str, Node] = {}
@@ -236,11 +206,7 @@ async def fetch(content: BlobReader, roots: Sequence[oci.Descriptor]) -> dict[st
 async def _referrers(
     content: BlobReader, subject: str, labels: Mapping[str, str]
 ) -> tuple[oci.Descriptor, ...]:
-    """SAVE-1: the referrers a node's labels name that exist locally, as descriptors.
-
-    Media type and artifact type come from the referrer's own document; each carries
-    ``io.containerd.manifest.subject: <subject>`` (EXP-7).
-    """
+    """SAVE-1: the local referrers a node's labels name, with the subject annotation (EXP-7)."""
     out = []
     for key in sorted(labels):
         if not key.startswith(REFERRER):
@@ -280,14 +246,11 @@ async def _config_platform(reader: _Planning, config: oci.Descriptor) -> plat.Pl
     return None if doc is None else doc.platform
 
 
-# -- lease coverage (SAVE-5) ------------------------------------------------------------------
-
-
 def unlinked(roots: Sequence[str], nodes: Mapping[str, Node], reads: Sequence[str]) -> list[str]:
-    """The blobs in ``reads`` that the roots' reference labels do not reach (GC-4/5).
+    """The blobs in ``reads`` the roots' reference labels do not reach (GC-4/5).
 
-    The lease holds the roots; GC marks what their labels reach, so only these need a
-    lease entry of their own (one SQL transaction each; usually none).
+    The lease holds the roots and GC marks what their labels reach: only these need
+    lease entries of their own.
     """
     covered: set[str] = set()
     stack = list(roots)

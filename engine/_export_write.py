@@ -1,10 +1,7 @@
-"""Writing a save plan: the archive's bytes to a sink with the cheapest copy it allows.
+"""Writing a save plan to a sink with the cheapest copy it allows (EXP-8).
 
-Owns the copy loops per sink kind (``copy_file_range`` to files, ``splice`` to pipes,
-``sendfile`` to sockets, 1 MiB chunks to async streams; EXP-8), header coalescing,
-``verify`` and the archive digest, and the worker-thread budgets blob work shares.
-Imports anyio, the store's digests and errors and the tar codec; must not import
-planning (it only reads a ``SavePlan``) or the exporter's entry points.
+``copy_file_range`` to files, ``splice`` to pipes, ``sendfile`` to sockets, 1 MiB chunks
+to async streams; headers coalesced; ``verify``, the archive digest, thread budgets.
 """
 
 from __future__ import annotations
@@ -49,11 +46,7 @@ _BREAK: Final = -1
 
 
 def _wait_writable(fd: int) -> None:
-    """Wait until ``fd`` takes bytes, checking for cancellation every 100 ms.
-
-    Worker threads only. A reader that stops reading must not pin a worker (and a
-    limiter token) forever once the save is cancelled.
-    """
+    """Wait (in a worker thread) until ``fd`` takes bytes, cancellable every 100 ms."""
     while not select.select([], [fd], [], 0.1)[1]:
         anyio.from_thread.check_cancelled()
 
@@ -87,15 +80,9 @@ def _write_all(fd: int, data: Buffer, kind: str) -> None:
 class _WriteBehind:
     """Keeps an archive's pages out of the page cache once the kernel has written them.
 
-    A big save otherwise leaves gigabytes of archive in the page cache, dirty for the
-    flusher to write back later (and on VMs that hand free guest pages back to the
-    host, each page a fresh fault). Instead, every ``_WINDOW`` bytes,
-    ``posix_fadvise(DONTNEED)`` on the newest window starts its writeback (without
-    waiting for it), and on the windows older than the one before drops the pages
-    whose writeback is done, so the next windows reuse them. The kernel never drops a
-    dirty page or one under writeback: nothing is lost, and what is still in flight at
-    the end stays cached. The save then runs at the disk's rate, hence opt-in. Worker
-    threads only.
+    Every ``_WINDOW`` bytes, ``posix_fadvise(DONTNEED)`` starts the newest window's
+    writeback and drops the written pages of windows older than the one before. The
+    kernel never drops a dirty page, so nothing is lost. Worker threads only.
     """
 
     def __init__(self, fd: int, appending: bool) -> None:
@@ -106,7 +93,7 @@ class _WriteBehind:
         self._dropped = self._kicked = self._previous = self._start
 
     def advance(self, written: int) -> None:
-        """The archive now has ``written`` bytes: start writeback, drop what is written."""
+        """The archive now has ``written`` bytes."""
         end = self._start + written
         if end - self._kicked < _WINDOW or not self._engaged:
             return
@@ -117,7 +104,7 @@ class _WriteBehind:
         self._previous, self._kicked = self._kicked, end
 
     def finish(self) -> None:
-        """The archive is complete: start writeback of the rest, drop what is clean."""
+        """The archive is complete: write back the rest, drop what is clean."""
         if self._engaged:
             self._advise(self._dropped, 0)  # 0: to the end of the file
 
@@ -129,13 +116,10 @@ class _WriteBehind:
 
 
 class _Copier:
-    """Moves a plan's bytes; every method runs in a worker thread, one hop per step.
+    """Moves a plan's bytes in worker threads: ``steps()`` runs one hop per step.
 
-    ``steps()`` is a generator the event loop advances with one ``to_thread`` hop per
-    step: for an fd sink a step writes about 256 MiB itself (zero-copy for blob bodies
-    unless hashing is asked, at most 64 MiB per call, checking for cancellation between
-    calls) and yields no chunks; for a stream sink a step reads about 1 MiB (headers and
-    small blobs coalesced) and yields the chunks to send.
+    An fd sink's step writes about ``_HOP`` bytes itself and yields no chunks; a stream
+    sink's step reads about ``_CHUNK`` bytes and yields the chunks to send.
     """
 
     def __init__(
@@ -174,7 +158,7 @@ class _Copier:
         return None if self._archive is None else digests.from_hasher(self._archive)
 
     def _emit(self, data: Buffer) -> None:
-        """Queue bytes for the sink: small ones coalesced up to 1 MiB, big ones as they are."""
+        """Queue bytes for the sink: small ones coalesced up to ``_CHUNK``."""
         if self._archive is not None:
             self._archive.update(data)
         if len(data) >= _SMALL:
@@ -186,26 +170,18 @@ class _Copier:
             self._flush()
 
     def _flush(self) -> None:
-        if not self._pending:
-            return
-        if self._fd is not None:  # written before the buffer is reused: no copy
+        if self._pending:  # _put writes it or copies it before the buffer is reused
             self._put(self._pending)
             self._pending.clear()
-            return
-        data = bytes(self._pending)  # streams may keep what they are given
-        self._pending.clear()
-        self._put(data)
 
     def _put(self, data: Buffer) -> None:
-        """Hand finished bytes to the sink (fd) or to the step's chunk list (stream)."""
         if self._fd is not None:
             _write_all(self._fd, data, self._kind)
-        else:
+        else:  # streams may keep what they are given
             self._out.append(data if isinstance(data, bytes) else bytes(data))
         self._moved(len(data))
 
     def _moved(self, n: int) -> None:
-        """``n`` more bytes reached the sink (or the step's chunk list)."""
         self.written += n
         if self._behind is not None:
             self._behind.advance(self.written)
@@ -213,11 +189,8 @@ class _Copier:
     def steps(self) -> Generator[list[bytes], None, None]:
         """One step per budget of bytes, ended only before more blob bytes are copied.
 
-        The small pieces after a budget's last blob bytes (padding, the next headers)
-        join that step, and so does the rest of the archive when less than a quarter of
-        a budget is left (small last blobs, the end of archive), instead of a hop each;
-        ``done`` is set before the last step, so the caller needs no further hop to
-        learn the generator is exhausted.
+        A rest under a quarter budget joins the last step; ``done`` is set before the
+        last step, so the caller needs no further hop to learn the end.
         """
         budget = _HOP if self._fd is not None else _CHUNK
         tail = budget // 4  # what is left of the archive below this joins the current step
@@ -284,7 +257,7 @@ class _Copier:
             os.close(src)
 
     def _buffered(self, src: int, m: Member, start: int = 0) -> Iterator[int]:
-        """Body through user space in 1 MiB reads: hashing, streams, fallbacks (EXP-8)."""
+        """Body through user space: hashing, streams, fallbacks (EXP-8)."""
         assert m.digest is not None
         h = digests.hasher(m.digest.algorithm) if self._verify else None
         buf = None
@@ -357,11 +330,9 @@ class _Copier:
 class Limiters:
     """Worker-thread budgets for blob work, shared by every save from one store."""
 
-    #: zero-copy hops: one in flight. Kernel copies share one core's memory bandwidth:
-    #: a second copying thread makes the copies slower and the event loop's stalls longer.
+    #: zero-copy hops: one, as kernel copies share one core's memory bandwidth.
     copy: anyio.CapacityLimiter
-    #: hops through user space (hashing, async streams): two.
-    hash: anyio.CapacityLimiter
+    hash: anyio.CapacityLimiter  #: hops through user space (hashing, async streams): two
 
 
 _limiters: weakref.WeakKeyDictionary[object, Limiters] = weakref.WeakKeyDictionary()
@@ -384,12 +355,9 @@ async def write(
     limiters: Limiters,
     progress: ProgressCallback | None,
 ) -> tuple[int, Digest | None]:
-    """Write ``plan`` to the open ``sink``, reading blob bodies from ``paths``.
+    """Write ``plan`` to the open ``sink``; the bytes written and, if asked, their sha256.
 
-    One worker-thread hop per step of :class:`_Copier` under the limiter its kind of
-    work takes; ``progress`` is called on the event loop after each. Write-behind: see
-    :class:`_WriteBehind` (regular files only). Returns the bytes written and, with
-    ``archive_digest``, their sha256.
+    One hop per step of :class:`_Copier` under its limiter; ``progress`` after each.
     """
     fd = sink.fileno() if sink.kind in ("file", "pipe", "socket") else None
     copier = _Copier(plan, paths, fd, sink.kind, options)

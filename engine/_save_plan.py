@@ -7,7 +7,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import re
+from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import TYPE_CHECKING, Any, Final, final
 
 from castar.engine import oci, reference, tarcodec
@@ -17,6 +18,8 @@ from castar.store.errors import Conflict, InvalidArgument, NotFound
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
+
+    from _typeshed import DataclassInstance
 
     from castar.engine._export_plan import Node, Target
     from castar.store.digest import Digest
@@ -162,26 +165,7 @@ class ImagePlan:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready summary."""
-        return {
-            "reference": self.reference,
-            "name": self.name,
-            "mediaType": self.media_type,
-            "digest": str(self.digest),
-            "size": self.size,
-            "original": self.original and str(self.original),
-            "platforms": [
-                {
-                    "platform": p.platform,
-                    "digest": str(p.digest),
-                    "state": p.state,
-                    "attestation": p.attestation,
-                    "absent": [str(d) for d in p.absent],
-                }
-                for p in self.platforms
-            ],
-            "notFound": list(self.not_found),
-            "dockerManifest": self.docker_manifest and str(self.docker_manifest),
-        }
+        return _json(self)
 
 
 @final
@@ -221,23 +205,26 @@ class SavePlan:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready form (``castar save --dry-run --json``)."""
         return {
-            "images": [i.to_json() for i in self.images],
-            "members": [
-                {"name": m.name, "size": m.size, "digest": m.digest and str(m.digest)}
-                for m in self.members
-            ],
-            "size": self.size,
-            "skipped": [
-                {
-                    "image": s.image,
-                    "platform": s.platform,
-                    "digest": s.digest and str(s.digest),
-                    "reason": s.reason,
-                }
-                for s in self.skipped
-            ],
-            "warnings": list(self.warnings),
+            "images": _plain(self.images),
+            "members": [_json(m, "name", "size", "digest") for m in self.members],
+            **_json(self, "size", "skipped", "warnings"),
         }
+
+
+def _json(obj: DataclassInstance, *names: str) -> dict[str, Any]:
+    """Fields ``names`` (else all) of ``obj``, JSON-ready under camelCase keys."""
+    return {
+        re.sub("_(.)", lambda m: m[1].upper(), n): _plain(getattr(obj, n))
+        for n in names or [f.name for f in fields(obj)]
+    }
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if is_dataclass(value) and not isinstance(value, type):
+        return _json(value)
+    return str(value) if isinstance(value, str) else value  # a Digest as a plain str
 
 
 class Planner:
