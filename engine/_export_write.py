@@ -142,8 +142,7 @@ class _Copier:
         self.written = 0
         self.item = ""  # the member being written, for progress
         self.done = False  # set by steps() before its last step
-        # copy_file_range, splice and sendfile refuse a file opened O_APPEND (a shell's
-        # ``>>``): its bodies go through user space like a stream's, by write().
+        # copy_file_range, splice and sendfile refuse an O_APPEND file: write() it
         self._appending = (
             kind == "file" and fd is not None and bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND)
         )

@@ -252,11 +252,7 @@ class Planner:
         return self._nodes[desc.digest].platform
 
     def _absent(self, desc: oci.Descriptor) -> list[Digest]:
-        """Digests of ``desc``'s subtree the store lacks (SAVE-6 availability).
-
-        [castar] Non-distributable layers do not count: the archive never carries them
-        (SAVE-1), so a Windows image whose foreign layers were never pulled is complete.
-        """
+        """Digests of ``desc``'s subtree the store lacks (SAVE-6), foreign layers aside (SAVE-1)."""
         node = self._nodes[desc.digest]
         if not node.present:
             return [desc.digest]
@@ -534,10 +530,8 @@ class Planner:
             if k not in (NAME_ANNOTATION, REF_NAME_ANNOTATION)
         }
         node = self._nodes.get(labelled)
-        if node is not None:
-            annotations.update(
-                {k: v for k, v in node.labels.items() if k.startswith(_SOURCE_LABEL)}
-            )
+        labels = node.labels if node is not None else {}
+        annotations.update((k, v) for k, v in labels.items() if k.startswith(_SOURCE_LABEL))
         if target.name is not None:
             annotations[NAME_ANNOTATION] = target.name
             annotations[REF_NAME_ANNOTATION] = reference.ref_name_annotation(target.name)
@@ -587,14 +581,10 @@ def _foreign(desc: oci.Descriptor) -> bool:
 
 
 def _dedup(entries: list[oci.Descriptor]) -> list[oci.Descriptor]:
-    seen: set[tuple[str, str | None]] = set()
-    out = []
+    seen: dict[tuple[str, str | None], oci.Descriptor] = {}
     for e in entries:
-        key = (str(e.digest), e.annotations.get(NAME_ANNOTATION))
-        if key not in seen:
-            seen.add(key)
-            out.append(e)
-    return out
+        seen.setdefault((str(e.digest), e.annotations.get(NAME_ANNOTATION)), e)
+    return list(seen.values())
 
 
 def _docker_manifest(entries: Mapping[str, tuple[str, list[str], list[str]]]) -> bytes:
