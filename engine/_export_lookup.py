@@ -184,7 +184,7 @@ async def fetch(content: BlobReader, roots: Sequence[oci.Descriptor]) -> dict[st
         if info is None or not n.present:
             nodes[desc.digest] = Node(present=False)
             continue
-        node = Node(present=True, labels=dict(info.labels))
+        nodes[desc.digest] = node = Node(present=True, labels=dict(info.labels))
         doc = await reader.read(desc) if desc.digest in reader.referrers else None
         if doc is not None:
             refs = reader.referrers[desc.digest]
@@ -192,14 +192,10 @@ async def fetch(content: BlobReader, roots: Sequence[oci.Descriptor]) -> dict[st
             platform = None
             if oci.is_manifest(desc.media_type) and children and desc.platform is None:
                 platform = await _config_platform(reader, children[0])
-            node = replace(
-                node,
-                children=children,
-                document=doc.data if oci.is_index(desc.media_type) else None,
-                platform=platform,
-                referrers=refs,
+            index = doc.data if oci.is_index(desc.media_type) else None
+            nodes[desc.digest] = replace(
+                node, children=children, document=index, platform=platform, referrers=refs
             )
-        nodes[desc.digest] = node
     return nodes
 
 
