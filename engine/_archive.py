@@ -12,7 +12,7 @@ import functools
 import os
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final, TypeVar
 
 import anyio
@@ -195,15 +195,15 @@ class Session:
 
     async def ensure_small(self, digests: Iterable[str]) -> None:
         """Store the seekable archive's small members of ``digests`` not stored yet, in batches."""
-        todo: dict[int, tuple[Entry, Digest]] = {}
-        for d in digests:
-            entry = self.blob_entry(d)
-            if entry is not None and entry.digest is None:
-                todo[id(entry)] = (entry, Digest(d))
-        if not todo:
-            return
-        self.progress.total = self.progress.done + sum(e.size for e, _ in todo.values())
-        await self._store_batches([(e, d) for e, d in todo.values() if e.size <= _SMALL])
+        todo = self.unstored(digests)
+        await self._store_batches([(e, d) for e, d in todo if e.size <= _SMALL])
+
+    def unstored(self, digests: Iterable[str]) -> list[tuple[Entry, Digest]]:
+        """The archive members of ``digests`` not stored yet; progress counts their bytes."""
+        todo = [(e, Digest(d)) for d in digests if (e := self.blob_entry(d)) and e.digest is None]
+        if todo:
+            self.progress.total = self.progress.done + sum(e.size for e, _ in todo)
+        return todo
 
     async def ensure_small_entries(self, entries: Iterable[Entry]) -> None:
         """:meth:`ensure_small` for members named by path (Docker archives): digests unchecked."""
@@ -212,19 +212,38 @@ class Session:
 
     async def _store_batches(self, small: list[tuple[Entry, Digest | None]]) -> None:
         """Store ``small`` in batches, each read and written in one hop, two at once."""
-        batches = _batched(small)
+
+        async def store(batch: list[tuple[Entry, Digest | None]]) -> None:
+            await self.store_small(
+                [(e, d, functools.partial(self._read_small, e)) for e, d in batch]
+            )
+
+        await self.pool(_batched(small), _BATCHES, store)
+
+    async def pool(
+        self,
+        items: Iterable[_T],
+        workers: int,
+        fn: Callable[[_T], Awaitable[object]],
+        *,
+        tick: bool = False,
+    ) -> None:
+        """``fn`` over ``items`` in ``workers`` tasks, reporting progress after each."""
+        pending = iter(items)
 
         async def worker() -> None:
-            for batch in batches:
-                await self.store_small(
-                    [(e, d, functools.partial(self._read_small, e)) for e, d in batch]
-                )
+            for item in pending:
+                await fn(item)
                 self.progress.report()
 
         try:
             async with anyio.create_task_group() as tg:
-                for _ in range(_BATCHES):
-                    tg.start_soon(worker)
+                if tick:
+                    tg.start_soon(self.progress.ticker)
+                async with anyio.create_task_group() as tasks:
+                    for _ in range(workers):
+                        tasks.start_soon(worker)
+                tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             raise first_error(group) from None
 
@@ -416,7 +435,7 @@ async def _ingest_stream(sess: Session, reader: _StreamReader) -> None:
                 reader.member = ev.name
                 cleaned = checked_name(ev.name, ev.header_offset)
                 if ev.type not in REGULAR:
-                    note_member(cat, ev, -1, None)
+                    note_member(cat, ev, -1)
                     await reader.drain()
                 elif cleaned in METADATA:
                     check_document_size(ev.size, cleaned, ev.name)
