@@ -1,18 +1,18 @@
 """Getting an archive's bytes into the store: seekable copies and the one-pass stream ingest.
 
-Owns the import ``Session`` (ingest refs unique per session, ING-14; a worker-thread call
-per big blob copied from a seekable file or per batch of small ones: io-limiter, io-small-blobs),
-the one-pass ingest of a stream (IMP-3, §2.2), progress counting and ``read_archive``.
-Imports anyio, the store and the importer's private modules; never ``importer`` itself.
+Owns the import ``Session`` (ingest refs unique per session, ING-14; io-limiter,
+io-small-blobs), the one-pass stream ingest (IMP-3), progress and ``read_archive``.
+Never imports ``importer``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final, TypeVar
 
 import anyio
@@ -154,11 +154,7 @@ class Session:
             while left:
                 n = os.preadv(self.fd, [view[: min(left, CHUNK)]], offset)
                 if n == 0:
-                    raise MalformedArchive(
-                        f"truncated archive: {left} bytes of member body missing",
-                        offset=offset,
-                        member=entry.name,
-                    )
+                    raise _truncated(entry, left, offset)
                 w.write_sync(view[:n])
                 offset += n
                 left -= n
@@ -174,22 +170,16 @@ class Session:
         while len(data) < entry.size:
             more = os.pread(self.fd, entry.size - len(data), entry.offset + len(data))
             if not more:
-                raise MalformedArchive(
-                    f"truncated archive: {entry.size - len(data)} bytes of member body missing",
-                    offset=entry.offset + len(data),
-                    member=entry.name,
-                )
+                raise _truncated(entry, entry.size - len(data), entry.offset + len(data))
             data += more
         self.progress.add(entry.size, entry.name)
         return data
 
     async def store_small(self, batch: Sequence[SmallMember]) -> list[Digest]:
-        """Store small members in one batch: ONE write hop, ONE record transaction.
+        """Store small members in one write hop and one record transaction; set their digests.
 
-        Each member is ``(entry, expected digest, data)``, ``data`` its bytes or a function
-        reading them (called in the write hop). Sets (and returns) each entry's digest. An
-        existing blob counts as success (ING-11); fsync is deferred to the import's one
-        sync; a bad digest is IMP-4's error naming the entry.
+        ``data`` is bytes or a function reading them in the write hop. An existing blob
+        counts as success (ING-11); fsync is deferred; a bad digest is IMP-4's error.
         """
         blobs = [SmallBlob(data, expected) for _, expected, data in batch]
         try:
@@ -204,62 +194,69 @@ class Session:
         return [desc.digest for desc in descs]
 
     async def ensure_small(self, digests: Iterable[str]) -> None:
-        """Store the small archive members of ``digests`` not stored yet, in batches.
+        """Store the seekable archive's small members of ``digests`` not stored yet, in batches."""
+        todo = self.unstored(digests)
+        await self._store_batches([(e, d) for e, d in todo if e.size <= _SMALL])
 
-        For a seekable archive, before the big blobs are copied: members are grouped
-        (:data:`BATCH_ENTRIES`, :data:`BATCH_BYTES`) and each batch is read and written in
-        one worker-thread hop (``pread`` per member, one member held at a time), two
-        batches at once. Members already stored (or streamed) are skipped.
-        """
-        todo: dict[int, tuple[Entry, Digest]] = {}
-        for d in digests:
-            entry = self.blob_entry(d)
-            if entry is not None and entry.digest is None:
-                todo[id(entry)] = (entry, Digest(d))
-        if not todo:
-            return
-        self.progress.total = self.progress.done + sum(e.size for e, _ in todo.values())
-        await self._store_batches([(e, d) for e, d in todo.values() if e.size <= _SMALL])
+    def unstored(self, digests: Iterable[str]) -> list[tuple[Entry, Digest]]:
+        """The archive members of ``digests`` not stored yet; progress counts their bytes."""
+        todo = [(e, Digest(d)) for d in digests if (e := self.blob_entry(d)) and e.digest is None]
+        if todo:
+            self.progress.total = self.progress.done + sum(e.size for e, _ in todo)
+        return todo
 
     async def ensure_small_entries(self, entries: Iterable[Entry]) -> None:
-        """:meth:`ensure_small` for members named by path, not digest (Docker archives).
-
-        Their digests are computed as they are stored, not checked against a name.
-        """
+        """:meth:`ensure_small` for members named by path (Docker archives): digests unchecked."""
         todo = {id(e): e for e in entries if e.digest is None and e.size <= _SMALL}
         await self._store_batches([(e, None) for e in todo.values()])
 
     async def _store_batches(self, small: list[tuple[Entry, Digest | None]]) -> None:
         """Store ``small`` in batches, each read and written in one hop, two at once."""
-        batches = _batched(small)
+
+        async def store(batch: list[tuple[Entry, Digest | None]]) -> None:
+            await self.store_small(
+                [(e, d, functools.partial(self._read_small, e)) for e, d in batch]
+            )
+
+        await self.pool(_batched(small), _BATCHES, store)
+
+    async def pool(
+        self,
+        items: Iterable[_T],
+        workers: int,
+        fn: Callable[[_T], Awaitable[object]],
+        *,
+        tick: bool = False,
+    ) -> None:
+        """``fn`` over ``items`` in ``workers`` tasks, reporting progress after each."""
+        pending = iter(items)
 
         async def worker() -> None:
-            for batch in batches:
-                await self.store_small([(e, d, self._reader(e)) for e, d in batch])
+            for item in pending:
+                await fn(item)
                 self.progress.report()
 
         try:
             async with anyio.create_task_group() as tg:
-                for _ in range(_BATCHES):
-                    tg.start_soon(worker)
+                if tick:
+                    tg.start_soon(self.progress.ticker)
+                async with anyio.create_task_group() as tasks:
+                    for _ in range(workers):
+                        tasks.start_soon(worker)
+                tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             raise first_error(group) from None
 
-    def _reader(self, entry: Entry) -> Callable[[], bytes]:
-        return lambda: self._read_small(entry)
-
     async def ensure(self, entry: Entry, expected: Digest | None = None) -> Digest:
-        """Make sure ``entry``'s bytes are stored; return their digest.
+        """Make sure ``entry``'s bytes are stored, checked against ``expected`` (IMP-4).
 
-        From a stream they already are. From a seekable file the member is copied once,
-        hashed with the algorithm of ``expected`` and checked against it (IMP-4); a big
-        blob already recorded is not read again (ING-2), a small one (≤ 1 MiB) is read
-        and stored whole, a batch of one: two hops (read + write + rename, record).
+        A big blob already recorded is not read again (ING-2); a small one is a batch of one.
         """
         if entry.digest is not None:
             return entry.digest
         if entry.size <= _SMALL:
-            (digest,) = await self.store_small([(entry, expected, self._reader(entry))])
+            read = functools.partial(self._read_small, entry)
+            (digest,) = await self.store_small([(entry, expected, read)])
             return digest
         ref = self.ref(entry.name)
         try:
@@ -280,11 +277,6 @@ class Session:
         d = Digest(digest)
         return self.catalog.entries.get(f"blobs/{d.algorithm}/{d.encoded}")
 
-    async def ensure_blob(self, desc: oci.Descriptor) -> None:
-        entry = self.blob_entry(desc.digest)
-        if entry is not None and entry.digest is None:
-            await self.ensure(entry, desc.digest)
-
     async def document(self, desc: oci.Descriptor) -> bytes | None:
         """A document: the bytes stored from the archive as they pass, else from the store."""
         data = self.written.get(desc.digest)
@@ -294,7 +286,8 @@ class Session:
             await self.store_small([(entry, Digest(desc.digest), data)])
         if data is not None:
             return data
-        await self.ensure_blob(desc)
+        if entry is not None and entry.digest is None:
+            await self.ensure(entry, desc.digest)
         try:
             return await self.store.content.read_all(desc.digest, limit=oci.MAX_DOCUMENT)
         except NotFound:
@@ -302,13 +295,7 @@ class Session:
 
 
 async def _commit(w: Writer, entry: Entry, expected: Digest | None) -> Digest:
-    """Commit an ingest (the store hashes and checks in a worker thread), fsync deferred.
-
-    Every blob of an import is committed with ``sync=False``: ``load`` syncs the store's
-    filesystem once before it records images (design rule io-sync). A digest mismatch becomes
-    the IMP-4 error naming the entry; the store has already dropped the bad ingest. An
-    existing blob counts as success (ING-11).
-    """
+    """Commit with fsync deferred to ``load``'s one sync (io-sync); IMP-4 error, ING-11."""
     try:
         return await w.commit(entry.size, expected, sync=False)
     except AlreadyExists:
@@ -322,6 +309,20 @@ def _imp4(entry: Entry, exc: DigestMismatch) -> DigestMismatch:
         f"blob {entry.name}: unexpected digest {exc.actual}, expected {exc.expected}",
         expected=exc.expected,
         actual=exc.actual,
+    )
+
+
+def _truncated(entry: Entry, missing: int, offset: int) -> MalformedArchive:
+    return MalformedArchive(
+        f"truncated archive: {missing} bytes of member body missing",
+        offset=offset,
+        member=entry.name,
+    )
+
+
+def _too_large(name: str, max_size: int) -> MalformedArchive:
+    return MalformedArchive(
+        f"archive {name} is larger than the {max_size}-byte limit (max_size)", offset=max_size
     )
 
 
@@ -381,11 +382,7 @@ class _StreamReader:
                 return
         self._fed += len(data)
         if self._max_size is not None and self._fed > self._max_size:
-            raise MalformedArchive(
-                f"archive {self._src.name} is larger than the {self._max_size}-byte limit"
-                " (max_size)",
-                offset=self._max_size,
-            )
+            raise _too_large(self._src.name, self._max_size)
         self.dec.feed(data)
         self._progress.add(len(data), self.member)
         self._progress.report()
@@ -406,13 +403,9 @@ class _StreamReader:
 async def _ingest_stream(sess: Session, reader: _StreamReader) -> None:
     """Store every regular entry as it streams by (IMP-3); keep the two metadata files.
 
-    A big member streams into its ingest here, then its commit (flush, rename, record;
-    fsync deferred) runs in a task while the next member streams in. Small members
-    (≤ 1 MiB) are read whole and gathered into batches (:data:`BATCH_ENTRIES` members or
-    :data:`BATCH_BYTES`, whichever comes first; a big member or the end closes a batch
-    early), each stored by a task of its own in one write hop and one record transaction
-    while the next batch gathers. One batch is stored at a time, so memory stays within a
-    few MiB (two batches and a chunk) whatever the archive holds.
+    A big member's commit runs in a task while the next member streams in. Small members
+    are gathered into batches (a big member or the end closes one early), each stored by a
+    task while the next gathers; one batch is stored at a time, so memory stays bounded.
     """
     cat = sess.catalog
     # A big member's commit (its last MiB, a re-hash for another algorithm) holds one of
@@ -442,7 +435,7 @@ async def _ingest_stream(sess: Session, reader: _StreamReader) -> None:
                 reader.member = ev.name
                 cleaned = checked_name(ev.name, ev.header_offset)
                 if ev.type not in REGULAR:
-                    note_member(cat, ev, -1, None)
+                    note_member(cat, ev, -1)
                     await reader.drain()
                 elif cleaned in METADATA:
                     check_document_size(ev.size, cleaned, ev.name)
@@ -538,10 +531,7 @@ async def read_archive(sess: Session, src: Source, max_size: int | None) -> None
         kind = _decompress.sniff(head)
         if kind is None:
             if max_size is not None and size > max_size:
-                raise MalformedArchive(
-                    f"archive {src.name} is larger than the {max_size}-byte limit (max_size)",
-                    offset=max_size,
-                )
+                raise _too_large(src.name, max_size)
             sess.catalog = await anyio.to_thread.run_sync(scan_sync, fd, base, size)
             sess.fd = fd
             return

@@ -1,10 +1,8 @@
 """What an image archive holds: tar-name rules, the entry catalogue, a header-only scan.
 
 Owns how tar names are cleaned and refused (IMP-2, EDGE-10), which members count
-(TAR-5), the catalogue of regular entries and symlinks, and the scan of a seekable
-tar file that seeks over every body. Synchronous, no anyio: ``scan_sync`` runs in a
-worker thread. Imports only the tar codec, ``oci.MAX_DOCUMENT`` and the store's
-digest and error modules; used by the importer's private modules only.
+(TAR-5), the catalogue and the scan of a seekable tar. Synchronous: ``scan_sync`` runs
+in a worker thread.
 """
 
 from __future__ import annotations
@@ -126,11 +124,7 @@ class Catalog:
 
 
 def scan_sync(fd: int, base: int, size: int) -> Catalog:
-    """Walk the headers of a tar file, seeking over bodies (runs in a worker thread).
-
-    Headers are fed to the decoder in 4 KiB reads; ``skip_body`` tells how far to jump.
-    Only ``oci-layout`` and ``manifest.json`` bodies are read (≤ 20 MiB each).
-    """
+    """Walk the headers of a tar file in 4 KiB reads, seeking over bodies but METADATA's."""
     dec = TarDecoder()
     cat = Catalog()
     while True:
@@ -154,7 +148,7 @@ def scan_sync(fd: int, base: int, size: int) -> Catalog:
                 offset=size,
                 member=ev.name,
             )
-        note_member(cat, ev, base + ev.data_offset, None)
+        note_member(cat, ev, base + ev.data_offset)
         cleaned = clean(ev.name)
         if ev.type in REGULAR and cleaned in METADATA:
             check_document_size(ev.size, cleaned, ev.name)
@@ -170,11 +164,11 @@ def check_document_size(size: int, cleaned: str, name: str) -> None:
         )
 
 
-def note_member(cat: Catalog, ev: MemberStart, offset: int, digest: Digest | None) -> None:
+def note_member(cat: Catalog, ev: MemberStart, offset: int) -> None:
     """Record a member by kind (TAR-5): regular files and symlinks; the rest is ignored."""
     cleaned = checked_name(ev.name, ev.header_offset)
     if ev.type in REGULAR:
         if cleaned not in METADATA:
-            cat.entries[cleaned] = Entry(cleaned, ev.size, offset, digest)
+            cat.entries[cleaned] = Entry(cleaned, ev.size, offset)
     elif ev.type == SYMTYPE:
         cat.symlinks[ev.name] = ev.linkname

@@ -1,10 +1,8 @@
 """From an archive's catalogue to image records-to-be: the top index and the filtered walk.
 
-Owns IMP-5..9 (``index.json`` wins, else a schema2 manifest and an index built from
-``manifest.json`` with symlinked layers), the walk below it (IMP-10..14: names queued
-for every top-level entry, platform filter at every level, GC-7 labels, EmptyWalk) and
-the copy of what the walk kept. Imports anyio, the store and the importer's private
-modules; must not import ``importer`` itself.
+Owns IMP-5..9 (``index.json`` wins, else an index built from ``manifest.json``), the
+walk below it (IMP-10..14, GC-7 labels, EmptyWalk) and the copy of what it kept.
+Must not import ``importer``.
 """
 
 from __future__ import annotations
@@ -18,7 +16,7 @@ import anyio
 import anyio.to_thread
 
 from castar.engine import _decompress, graph, oci, platforms, reference
-from castar.engine._archive import WORKERS, Session, first_error
+from castar.engine._archive import WORKERS, Session
 from castar.engine._catalog import (
     DOCKER_MANIFEST,
     INDEX,
@@ -178,26 +176,16 @@ async def _docker_index(sess: Session, items: list[Any]) -> oci.Descriptor:
             media_type=oci.DOCKER_MANIFEST,
         )
         desc = await _store_document(sess, oci.encode_manifest(manifest), oci.DOCKER_MANIFEST)
-        tags = _docker_str(item, "RepoTags", i)
-        if not tags:
-            entries.append(
-                oci.Descriptor(desc.media_type, desc.digest, desc.size, platform=platform)
-            )
+        tags: list[str | None] = [*_docker_str(item, "RepoTags", i)] or [None]
         for tag in tags:
-            name = reference.normalize(tag)
-            annotations = {
-                oci.ANNOTATION_IMAGE_NAME: name,
-                oci.ANNOTATION_REF_NAME: reference.ref_name_annotation(name),
-            }
-            entries.append(
-                oci.Descriptor(
-                    desc.media_type,
-                    desc.digest,
-                    desc.size,
-                    annotations=annotations,
-                    platform=platform,
-                )
-            )
+            annotations = {}
+            if tag is not None:
+                name = reference.normalize(tag)
+                annotations = {
+                    oci.ANNOTATION_IMAGE_NAME: name,
+                    oci.ANNOTATION_REF_NAME: reference.ref_name_annotation(name),
+                }
+            entries.append(dataclasses.replace(desc, annotations=annotations, platform=platform))
     index = oci.Index(manifests=tuple(entries), media_type="")
     return await _store_document(sess, oci.encode_index(index), oci.OCI_INDEX)
 
@@ -295,38 +283,14 @@ def _queue_names(sess: Session, walk: Walk, entry: oci.Descriptor) -> None:
 
 def _normalized(name: str) -> str | None:
     """Go ``ParseNormalizedNamed(name).String()``, None when empty or unparseable (LOAD-1)."""
-    if not name:
-        return None
-    try:
-        return str(reference.parse_normalized(name))
-    except InvalidArgument:
-        return None
+    with contextlib.suppress(InvalidArgument):
+        return str(reference.parse_normalized(name)) if name else None
+    return None
 
 
 async def fetch_needed(sess: Session, walk: Walk) -> None:
     """Copy the kept configs and layers a seekable archive holds: 2 copying, 4 in progress."""
-    todo = [
-        (entry, desc.digest)
-        for desc in walk.needed.values()
-        if (entry := sess.blob_entry(desc.digest)) is not None and entry.digest is None
-    ]
-    if not todo:
-        return
-    sess.progress.total = sess.progress.done + sum(e.size for e, _ in todo)
-    pending = iter(todo)
-
-    async def worker() -> None:
-        for entry, digest in pending:
-            await sess.ensure(entry, digest)
-            sess.progress.report()
-
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(sess.progress.ticker)
-            async with anyio.create_task_group() as workers:
-                for _ in range(WORKERS):
-                    workers.start_soon(worker)
-            tg.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        raise first_error(group) from None
-    sess.progress.report()
+    todo = sess.unstored(walk.needed)
+    if todo:
+        await sess.pool(todo, WORKERS, lambda t: sess.ensure(*t), tick=True)
+        sess.progress.report()

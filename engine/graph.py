@@ -1,17 +1,14 @@
 """The image graph: documents, children, platforms, availability, THE walk.
 
-Owns the :class:`DocumentReader` protocol (where a walk reads documents: the store, an
-archive, later a registry), reading JSON documents from the content store under the
-20 MiB cap (EDGE-13) with size and digest checks, a manifest's platform (IMP-8),
-content availability (SAVE-6) and the depth-first walk with its platform filter and
-skip-missing policy (IMP-10..14, TREE-1, SAVE-6). Uses anyio and the public content-store API
-only; it must not import the importer, the exporter or the file backend.
+Owns :class:`DocumentReader`, verified document reads under the cap (EDGE-13), a
+manifest's platform (IMP-8) and the depth-first walk with its platform filter and
+skip-missing policy (IMP-10..14, TREE-1, SAVE-6). Uses the public content-store API only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, final
+from typing import TYPE_CHECKING, Protocol, TypeVar, final
 
 import anyio.to_thread
 
@@ -39,9 +36,9 @@ __all__ = [
 
 # Hash documents above this size in a worker thread (design rule io-off-loop).
 _THREAD_HASH = 1 << 20
-#: Documents larger than this are decoded in a worker thread (a 20 MiB JSON parse would
-#: hold the event loop for a fifth of a second).
+#: Documents larger than this are decoded in a worker thread (io-off-loop).
 INLINE_JSON = 256 << 10
+_T = TypeVar("_T")
 # Indexes nested deeper than this are not followed (content addressing rules out cycles,
 # this only bounds hostile documents).
 _MAX_DEPTH = 32
@@ -86,8 +83,7 @@ def _decode_sync(desc: Descriptor, data: bytes) -> Document:
 class Reader:
     """A :class:`DocumentReader` over a function loading a document's bytes (None: absent).
 
-    Decoded documents are cached by digest and media type, so one operation decodes
-    each document once; large ones are decoded off the event loop.
+    Cached by digest and media type: one operation decodes each document once.
     """
 
     def __init__(self, load: Callable[[Descriptor], Awaitable[bytes | None]]) -> None:
@@ -100,10 +96,8 @@ class Reader:
         if key not in self._docs:
             data = await self._load(desc)
             doc: Document | None = None
-            if data is not None and len(data) > INLINE_JSON:
-                doc = await anyio.to_thread.run_sync(_decode_sync, desc, data)
-            elif data is not None:
-                doc = _decode_sync(desc, data)
+            if data is not None:
+                doc = await _off_loop(len(data) > INLINE_JSON, _decode_sync, desc, data)
             self._docs[key] = doc
         return self._docs[key]
 
@@ -129,28 +123,19 @@ class StoreReader(Reader):
 @final
 @dataclass(frozen=True, slots=True)
 class Node:
-    """One descriptor reached by :func:`walk`.
-
-    Attributes:
-        descriptor: as listed by its parent (the root as given).
-        present: whether its blob is in the store (for manifests and indexes: readable).
-        depth: 0 for the root, 1 for its children, …
-        children: the children the walk followed (after the platform filter).
-    """
+    """One descriptor reached by :func:`walk`, as its parent lists it."""
 
     descriptor: Descriptor
-    present: bool
-    depth: int
-    children: tuple[Descriptor, ...] = ()
+    present: bool  # its blob is stored (manifests and indexes: readable)
+    depth: int  # 0 for a root
+    children: tuple[Descriptor, ...] = ()  # those the walk followed (platform filter)
 
 
 async def read_document(content: ContentReader, desc: Descriptor) -> bytes:
     """Read a manifest, index or config document, verified against its descriptor.
 
-    The size is checked against the 20 MiB cap before anything is read, then against
-    the store's record, then the digest of the bytes (DESC-3: size before digest).
-    Embedded ``data`` that matches the descriptor is used without touching the store
-    (DESC-4).
+    Size against the cap, then the store's record, then the digest (DESC-3); matching
+    embedded ``data`` is used without touching the store (DESC-4).
 
     Raises:
         NotFound: ``content digest <d>: not found``.
@@ -190,16 +175,18 @@ async def read_document(content: ContentReader, desc: Descriptor) -> bytes:
 
 
 async def _digest_of(data: bytes, algorithm: str) -> str:
-    if len(data) < _THREAD_HASH:
-        return compute(data, algorithm)
-    return await anyio.to_thread.run_sync(compute, data, algorithm)
+    return await _off_loop(len(data) >= _THREAD_HASH, compute, data, algorithm)
+
+
+async def _off_loop(big: bool, fn: Callable[..., _T], *args: object) -> _T:
+    """``fn(*args)``, in a worker thread when ``big`` (design rule io-off-loop)."""
+    return await anyio.to_thread.run_sync(fn, *args) if big else fn(*args)
 
 
 async def manifest_platform(reader: DocumentReader, desc: Descriptor) -> Platform | None:
-    """The platform of a manifest: its descriptor's, else its config's (IMP-8, SAVE-2).
+    """The platform of a manifest: its descriptor's, else its config's (IMP-8, SAVE-2, NORM-3).
 
-    The config's platform is normalised (NORM-3); ``None`` when the descriptor has no
-    platform and the node is not a manifest or its config names no os/arch.
+    ``None`` for a non-manifest without platform or a config naming no os/arch.
 
     Raises:
         NotFound: the manifest or its config is missing.
@@ -227,14 +214,13 @@ async def walk(
     """Every descriptor reachable from ``roots``, depth first, parents before children.
 
     Args:
-        reader: where manifests and indexes are read (only they are).
+        reader: where manifests and indexes (only they) are read.
         roots: where to start, in order.
         keep: the platform filter: children it refuses are neither listed nor followed.
         skip_missing: a missing manifest or index is listed with ``present=False`` and
             no children (IMP-11 ``SkipDesc``); false: ``NotFound`` instead.
-        blobs: tells whether another blob is present; without it they count as present.
-        unique: list a descriptor once; otherwise as often as it is reached, as
-            containerd's ``images.Walk`` visits a layer shared by two manifests.
+        blobs: whether another blob is present; without it all are.
+        unique: list a descriptor once, not each time it is reached (``images.Walk``).
 
     Raises:
         NotFound: ``content digest <d>: not found``, when ``skip_missing`` is false.

@@ -1,8 +1,6 @@
-"""The images service: image records plus the per-platform tree view, inspect, tag and remove.
+"""The images service (``castar.Store.images``): records plus tree view, inspect, tag, remove.
 
-Owns :class:`ImageService` (what ``castar.Store.images`` is) and the tree values
-(TREE-1..3). Builds on castar.store records and the engine's OCI model and graph;
-must not import the importer, the exporter or the facade (``castar._api``).
+Owns the tree values (TREE-1..3); must not import the importer, the exporter or the facade.
 """
 
 from __future__ import annotations
@@ -44,11 +42,7 @@ _HEX_PREFIX = re.compile(r"[a-f0-9]{4,64}")
 
 
 class _Lenient(graph.StoreReader):
-    """The tree view's reader: an unusable document reads as absent.
-
-    Absent, undecodable or not matching its digest: the view shows it as unavailable
-    rather than failing; ``castar verify`` says why.
-    """
+    """The tree view's reader: an unusable document reads as absent (``verify`` says why)."""
 
     async def read(self, desc: oci.Descriptor) -> graph.Document | None:
         try:
@@ -60,21 +54,13 @@ class _Lenient(graph.StoreReader):
 @final
 @dataclass(frozen=True, slots=True)
 class ManifestRow:
-    """One manifest reachable from an image's target (TREE-1).
-
-    Attributes:
-        descriptor: the manifest's descriptor as the parent index lists it.
-        platform: the descriptor's platform, else the config's; ``None`` if unknown.
-        kind: ``"image"``, ``"attestation"`` (MT-5) or ``"unknown"`` (pseudo-images).
-        available: the manifest, its config and every layer are stored (SAVE-6).
-        content_size: bytes of the manifest's stored subtree (0 when the manifest is absent).
-    """
+    """One manifest reachable from an image's target (TREE-1), as its parent lists it."""
 
     descriptor: oci.Descriptor
-    platform: Platform | None
-    kind: Kind
-    available: bool
-    content_size: int
+    platform: Platform | None  # the descriptor's, else the config's
+    kind: Kind  # "attestation" (MT-5), "unknown" (pseudo-images) or "image"
+    available: bool  # the manifest, its config and every layer are stored (SAVE-6)
+    content_size: int  # bytes of the stored subtree
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able mapping (``castar images --tree --json``)."""
@@ -92,19 +78,12 @@ class ManifestRow:
 @final
 @dataclass(frozen=True, slots=True)
 class ImageTree:
-    """One image (all records sharing a target) with its manifests (TREE-1..3).
+    """One image (all records sharing a target) with its manifests (TREE-1..3)."""
 
-    Attributes:
-        names: the image's names, sorted; empty for an untagged (dangling) image.
-        target: the target descriptor the records share.
-        manifests: every reachable manifest, in index order, attestations included.
-        created_at: when the oldest of the records was created.
-    """
-
-    names: tuple[str, ...]
+    names: tuple[str, ...]  # sorted; empty for a dangling image
     target: oci.Descriptor
-    manifests: tuple[ManifestRow, ...]
-    created_at: datetime
+    manifests: tuple[ManifestRow, ...]  # every reachable one, in index order
+    created_at: datetime  # the oldest record's
 
     @property
     def content_size(self) -> int:
@@ -140,12 +119,8 @@ class ImageTree:
 class ImageDetails:
     """What ``inspect`` shows: the record, its tree, and one platform's documents.
 
-    Attributes:
-        image: the record that was named.
-        tree: the image's tree view.
-        manifest: the selected platform manifest's descriptor, if one was selected.
-        manifest_json: that manifest's decoded JSON (``None`` if absent or none selected).
-        config_json: its config's decoded JSON (``None`` if absent).
+    ``manifest`` is the selected platform manifest; its JSON and its config's are
+    ``None`` when absent or none was selected.
     """
 
     image: Image
@@ -210,10 +185,8 @@ def as_oci(target: DescriptorLike) -> oci.Descriptor:
 class ImageService:
     """Image records (IMG-1..5) plus the views and edits the CLI and users need.
 
-    ``create``/``get``/``list``/``update``/``delete`` are the store's records
-    unchanged; ``resolve``, ``tree``, ``inspect``, ``tag`` and ``remove`` accept the
-    names people type: full (``docker.io/library/alpine:latest``), familiar
-    (``alpine``), a target digest or a unique image-ID prefix.
+    ``resolve``, ``tree``, ``inspect``, ``tag`` and ``remove`` accept full, familiar
+    (``alpine``), target-digest or unique image-ID-prefix names.
     """
 
     def __init__(self, store: Root) -> None:
@@ -231,11 +204,10 @@ class ImageService:
         return await self._records.get(name)
 
     async def list(self, filters: Sequence[str] = ()) -> builtins.list[Image]:
-        """Records in name order (IMG-5), keeping those that pass every filter.
+        """Records in name order (IMG-5) passing every filter.
 
-        Filters (Docker's ``--filter`` subset): ``reference=<glob>`` (full or familiar
-        name; several are OR-ed), ``label=<key>`` / ``label=<key>=<value>`` (all must
-        hold), ``dangling=true|false``.
+        Filters: ``reference=<glob>`` (full or familiar name; OR-ed), ``label=<key>`` /
+        ``label=<key>=<value>`` (AND-ed), ``dangling=true|false``.
 
         Raises:
             InvalidArgument: a filter castar does not know.
@@ -262,12 +234,7 @@ class ImageService:
         return (await find(self._records, ref))[0]
 
     async def tree(self, names: Iterable[str] | None = None) -> builtins.list[ImageTree]:
-        """The tree view (TREE-1..3): images grouped by target, sorted by first name.
-
-        Args:
-            names: restrict to these images (as :meth:`resolve` accepts them);
-                ``None`` lists every record.
-        """
+        """The tree view (TREE-1..3) of ``names`` (default all): by target, sorted by name."""
         return await self._trees(names, _Lenient(self._content))
 
     async def _trees(
@@ -329,13 +296,10 @@ class ImageService:
         )
 
     async def inspect(self, name: str, platform: str | None = None) -> ImageDetails:
-        """The record, its tree and, for one platform, the manifest and config documents.
+        """The record, its tree and one platform's manifest and config documents.
 
-        Args:
-            name: the image (as :meth:`resolve` accepts it).
-            platform: a platform spec; the best match among the image's manifests
-                (``only(platform)``, MATCH-7 order, available ones first) is shown.
-                Without it, a single-manifest image shows its manifest.
+        ``platform`` picks the best match (``only(platform)``, MATCH-7 order, available
+        first); without it, only a single-manifest image shows its manifest.
 
         Raises:
             NotFound: unknown image, or no manifest for the platform.
@@ -392,11 +356,9 @@ class ImageService:
     async def remove(self, names: Sequence[str], *, force: bool = False) -> builtins.list[Removal]:
         """Remove image records, Docker ``rmi`` style; content goes at the next GC.
 
-        A name removes that record ("Untagged"); a digest or ID removes every record
-        with that target (dangling ``moby-dangling@`` ones included), which needs
-        ``force`` when the image has several names. "Deleted" is reported when an
-        image's last record goes. Every name is resolved before
-        anything is removed, so one bad name leaves the store unchanged.
+        A name removes that record ("Untagged"); a digest or ID removes every record with
+        that target (dangling included; ``force`` if several names). "Deleted" when an
+        image's last record goes. All names resolve first: a bad one changes nothing.
 
         Raises:
             NotFound: a name matches no image.
@@ -445,8 +407,7 @@ def id_hex(ref: str) -> str | None:
 async def find(records: ImageStore, ref: str) -> tuple[Image, bool]:
     """The record ``ref`` names, and whether by name rather than by ID (SAVE-4, ``rm``).
 
-    Names are tried as given, then normalised (``alpine`` → full name); then ``ref``
-    as an image ID (:func:`id_hex`) matches the record targets it prefixes.
+    Tried as given, normalised, then as an image ID (:func:`id_hex`) prefixing targets.
 
     Raises:
         NotFound: ``image "<ref>": not found``.

@@ -1,10 +1,7 @@
 """Import ("load") of OCI and Docker image archives into a store (docs/behaviour.md, Load).
 
-Owns ``load()``: reading an archive (index-first from a seekable file, one pass from
-a stream), verifying every ``blobs/<alg>/<hex>`` entry, choosing platforms, GC labels
-and image records. Imports anyio, the store, the pure engine modules and its own
-private modules (``_catalog``, ``_archive``, ``_resolve``, ``_decompress``); it must
-not import the exporter, the CLI or the facade. Tar names are only ever map keys.
+Owns ``load()``. Must not import the exporter, the CLI or the facade. Tar names are only
+ever map keys.
 """
 
 from __future__ import annotations
@@ -34,19 +31,6 @@ __all__ = [
     "load",
 ]
 
-# Strategy. Two ways in, one way out:
-# - a seekable plain tar file: headers scanned in one worker thread (bodies seeked over),
-#   then each blob the walk needs copied once: small ones (<= 1 MiB) in batches (one
-#   worker-thread call and one transaction per batch), big ones one call each;
-# - anything else goes through the decoder once, each entry stored as it passes; blobs
-#   the walk leaves out are never labelled and go at the next GC (EDGE-17).
-# Blobs are committed with sync=False and ONE store.content.sync() makes them durable
-# before any label or image record, so an image never points at torn content. Then the
-# top index is resolved (IMP-5..9), walked with the platform filter (IMP-11..14,
-# graph.walk), parents labelled (GC-7) and image records written last (IMP-15): any
-# failure before that leaves every image as it was.
-
-
 # -- names (IMP-11, TV-64) -----------------------------------------------------------------
 
 
@@ -55,18 +39,13 @@ def _ref_translator(image: str, *, check_prefix: bool) -> Callable[[str], str]:
         if not image:
             return ""
         if any(c in ref for c in "/:@"):  # already a full reference
-            if check_prefix and not _has_image_prefix(ref, image):
+            rest = ref.removeprefix(image)
+            if check_prefix and (rest == ref or rest[:1] not in ("", "/", ":", "@")):
                 return ""
             return ref
         return f"{image}:{ref}"
 
     return translate
-
-
-def _has_image_prefix(ref: str, image: str) -> bool:
-    if not ref.startswith(image):
-        return False
-    return len(ref) == len(image) or ref[len(image)] in "/:@"
 
 
 def add_ref_prefix(image: str) -> Callable[[str], str]:
@@ -187,15 +166,12 @@ async def load(
 ) -> list[Image]:
     """Import an OCI or Docker image archive into ``store`` and record its images.
 
-    The archive may be plain, gzip or zstd compressed (IMP-1). A seekable file is read
-    index-first: headers are scanned, the selection is resolved from ``index.json`` or
-    ``manifest.json``, and only the blobs that are needed and not already stored are
-    read. Any other source is ingested in one pass; blobs of platforms left out stay
-    unreferenced and go at the next GC (EDGE-17). Every ``blobs/<alg>/<hex>`` entry that
-    is read is verified (IMP-4). Blobs are committed without fsync and made durable by one
-    filesystem sync (``store.content.sync()``) before any record points at them. The whole
-    import runs under a lease (GC-11); image records are written last, so a failure or
-    cancellation changes no image.
+    Plain, gzip or zstd (IMP-1). A seekable plain tar is read index-first: headers
+    scanned, only needed blobs not yet stored are read. Any other source is ingested in
+    one pass; blobs left out go at the next GC (EDGE-17). Every ``blobs/<alg>/<hex>``
+    entry read is verified (IMP-4). One filesystem sync makes blobs durable before any
+    record points at them; the import runs under a lease (GC-11); records are written
+    last (IMP-15), so a failure or cancellation changes no image.
 
     Args:
         store: the store to import into.
