@@ -12,7 +12,6 @@ import functools
 import os
 import secrets
 import threading
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final, TypeVar
 
 import anyio
@@ -38,13 +37,14 @@ from castar.store.digest import Digest
 from castar.store.errors import AlreadyExists, DigestMismatch, MalformedArchive, NotFound
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
     from typing import TypeAlias
 
     from castar.engine._streams import Source
     from castar.engine.platforms import MatchComparer
     from castar.store import Root, Writer
     from castar.store._ingest import SmallData
+    from castar.store.progress import ProgressCallback
 
     #: A small member to store: its entry, the digest it must have, its bytes (or a reader).
     SmallMember: TypeAlias = tuple[Entry, Digest | None, SmallData]
@@ -53,7 +53,6 @@ __all__ = [
     "CHUNK",
     "WORKERS",
     "Progress",
-    "ProgressCallback",
     "Session",
     "first_error",
     "read_archive",
@@ -76,9 +75,6 @@ _BATCHES: Final = 2
 _PROGRESS_PERIOD: Final = 0.1
 
 _T = TypeVar("_T")
-
-#: ``progress(bytes_done, bytes_total_or_None, current_entry)``; called from the event loop.
-ProgressCallback = Callable[[int, int | None, str], None]
 
 
 class Progress:

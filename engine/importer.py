@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING
 
 from castar.engine import graph, oci, reference
 from castar.engine import platforms as plats
-from castar.engine._archive import Progress, ProgressCallback, Session, read_archive
+from castar.engine._archive import Progress, Session, read_archive
 from castar.engine._resolve import EmptyWalk, Walk, fetch_needed, keep, resolve, walk_index
 from castar.engine._streams import open_source
 from castar.engine.platforms import MatchComparer, Platform
 from castar.store.digest import Digest
 from castar.store.errors import AlreadyExists, NotFound
+from castar.store.progress import ProgressCallback
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
