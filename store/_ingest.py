@@ -1,11 +1,9 @@
 """LocalWriter: one open ingest of the file backend, and its commit sequence.
 
-Owns writing ``<root>/ingest/<key>/data`` while hashing (coalesced 1 MiB thread hops),
-the commit (ING-8, containerd ``plugins/content/local/writer.go`` Commit, step for step;
-its fsyncs optional, design rule io-sync), the small-blob put (``ingest/.tmp-*`` renamed into
-place, no ingest directory) and the pieces local.py shares (IngestStatus, the
-ingest files' times); opening, locking and listing ingests is local.py's. Imports
-only castar.store.digest and errors: never local.py or the metadata layer.
+Owns writing ``<root>/ingest/<key>/data`` while hashing, the commit (ING-8, containerd
+``plugins/content/local/writer.go`` Commit, step for step; fsyncs optional, design rule
+io-sync), the small-blob put (``ingest/.tmp-*`` renamed into place) and the pieces local.py
+shares. Imports only castar.store.digest, errors and _pump: never local.py or the DB.
 """
 
 from __future__ import annotations
@@ -53,13 +51,11 @@ __all__ = [
     "SmallData",
     "blob_limiter",
     "format_time",
-    "holds",
     "put_small",
     "put_small_batch",
     "ref_context",
     "rehash",
     "remove_stray_tmp",
-    "sync_dir",
     "write_atomic",
 ]
 
@@ -165,12 +161,9 @@ def sync_dir(path: Path) -> None:
 def holds(target: Path, size: int, digest: Digest, check: Callable[[], None] | None = None) -> bool:
     """True when the file at a blob address really holds ``digest`` (``size`` bytes).
 
-    A file found at the address when a commit arrives is normally the same blob (ING-12:
-    another ref won) and is kept, so stored blobs are never rewritten. It may also be a
-    leftover of an unsynced commit torn by a machine crash before its row was written:
-    right size, wrong bytes. It is re-hashed before it is trusted; a commit replaces it
-    otherwise. This path is rare (the metadata layer checks records first), so its cost,
-    one read of the blob, is paid only when the address is already taken.
+    A file already there is normally the same blob (ING-12: another ref won) and is kept;
+    it may also be an unsynced commit torn by a crash (right size, wrong bytes), so it is
+    re-hashed before it is trusted. Rare: the metadata layer checks records first.
     """
     try:
         fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
@@ -209,13 +202,19 @@ class SmallBatch:
     error: BaseException | None
 
 
+def _verified(digest: Digest, expected: Digest | None) -> Digest:
+    if expected is not None and expected != digest:
+        raise DigestMismatch(
+            f"unexpected commit digest {digest}, expected {expected}",
+            expected=expected,
+            actual=digest,
+        )
+    return digest
+
+
 @functools.cache
 def _umask_keeps_read_bits() -> bool:
-    """True when the process umask leaves ``0o444`` alone (``/proc/self/status``, Linux).
-
-    Then a temp file created with mode 0o444 is already read-only as LAY-1 wants, and no
-    ``fchmod`` is needed; anywhere the umask cannot be read, every put chmods.
-    """
+    """True when the umask leaves ``0o444`` alone (``/proc/self/status``): no ``fchmod`` needed."""
     try:
         with open("/proc/self/status", "rb") as f:
             for line in f:
@@ -236,26 +235,18 @@ def put_small(
 ) -> CommitResult:
     """Write a small blob held whole straight to its address: no ingest directory (§2.10).
 
-    Temp file ``<root>/ingest/.tmp-<pid>-<random>``, created read-only (0444), hashed and
-    written in the same call, fsynced when ``sync``, verified and renamed into place. The
-    caller holds the commit lock shared for the whole call, so GC (exclusive) only ever meets
-    a temp file whose writer crashed. A failure or a cancel (``check``, up to the rename)
-    removes the temp file. Directories are made only when a create or rename finds them
-    missing (no ``mkdir`` per blob), and the file is not re-timed: it was written just now,
-    so its mtime and atime are the commit time already (LAY-3). Sync: run in a worker thread.
+    Verified, written to a read-only ``<root>/ingest/.tmp-<pid>-<random>``, fsynced when
+    ``sync`` and renamed into place; the caller holds the commit lock shared, so GC only
+    meets temp files of crashed writers. A failure or a cancel (``check``, up to the rename)
+    removes the temp file. Directories are made only when found missing; the file is new,
+    so its times are the commit time already (LAY-3). Sync: run in a worker thread.
 
     Raises:
         DigestMismatch: ``unexpected commit digest <computed>, expected <expected>``.
     """
     h = hasher(expected.algorithm if expected is not None else algorithm)
     h.update(data)
-    digest = from_hasher(h)
-    if expected is not None and expected != digest:
-        raise DigestMismatch(
-            f"unexpected commit digest {digest}, expected {expected}",
-            expected=expected,
-            actual=digest,
-        )
+    digest = _verified(from_hasher(h), expected)
     size = memoryview(data).nbytes
     target = root / "blobs" / digest.algorithm / digest.encoded
     with map_os_errors(f"content {digest}: committing"):
@@ -304,10 +295,9 @@ def put_small_batch(
 ) -> SmallBatch:
     """:func:`put_small` for each ``(data, expected)`` in turn, in one call (one thread hop).
 
-    A digest mismatch is reported in its item's place and the batch goes on; anything else
-    (a cancel from ``check``, an error reading ``data``, an I/O error) stops it and is
-    returned as ``error``, with the results of the items already in place, so the caller
-    can still record those (their files are at their addresses). Sync: run in a thread.
+    ``data`` may be a function, called here. A digest mismatch is reported in its item's
+    place and the batch goes on; anything else (a cancel, a read or I/O error) stops it and
+    is returned as ``error`` beside the results of the items already in place.
     """
     results: list[CommitResult | DigestMismatch] = []
     for data, expected in items:
@@ -355,12 +345,10 @@ def _view(data: Buffer) -> memoryview:
 class LocalWriter:
     """An open, locked ingest: bytes are hashed as they are written (ING-3..9).
 
-    Writes coalesce into a buffer; each 1 MiB of it becomes a step of the writer's
-    :class:`~castar.store._pump.Pump`, a thread that hashes and writes steps in order
-    while ``write`` returns, up to three steps ahead (hashlib and ``os.write`` release
-    the GIL). A writer is used by one task at a time, and ``write`` and ``write_sync``
-    are never interleaved. Use ``async with`` or call :meth:`close` (or :meth:`commit`):
-    they release the ref lock.
+    Writes coalesce into a buffer; each 1 MiB becomes a step of the writer's
+    :class:`~castar.store._pump.Pump`, a thread hashing and writing up to three steps
+    ahead. One task at a time; never interleave ``write`` and ``write_sync``. ``async
+    with``, :meth:`close` or :meth:`commit` release the ref lock.
 
     Attributes:
         ref: the ingest's key.
@@ -450,11 +438,9 @@ class LocalWriter:
             raise pump.error
 
     def _stop_pump_sync(self) -> None:
-        """Wait for the pump's steps and end it (worker thread; a few ms at most).
+        """Wait for the pump's steps and end it (worker thread), before this thread uses the fd.
 
-        Always before the data fd is closed or written by this thread. A step's failure
-        not raised yet is dropped here with the writer marked broken: :meth:`commit`
-        raises it before it gets this far.
+        A failure not raised yet only marks the writer broken: :meth:`commit` raised it earlier.
         """
         pump, self._pump = self._pump, None
         if pump is None:
@@ -485,13 +471,10 @@ class LocalWriter:
     async def write(self, data: Buffer) -> None:
         """Append ``data``: buffered below 1 MiB, else queued for the pump in 1 MiB steps.
 
-        Returns once ``data`` is queued, but for a tail kept in the buffer: views of
-        ``bytes`` in steps of up to 1 MiB as they are (only pieces under 256 KiB are
-        copied into the buffer), other buffers copied in whole 1 MiB steps, so the caller
-        may reuse its buffer at once. It waits only while the pump is three steps ahead.
-        Cancellation is safe: ``offset`` always counts exactly the bytes accepted, which
-        may be the first steps of a cancelled call's ``data``.
-        A failed step's error is raised by a later ``write``, or by :meth:`commit`.
+        ``bytes`` are queued uncopied (pieces under 256 KiB are buffered), other buffers
+        copied, so the caller may reuse its buffer at once; waits only while the pump is
+        three steps ahead. On a cancel ``offset`` counts exactly the bytes accepted. A
+        failed step's error is raised by a later ``write`` or by :meth:`commit`.
 
         Raises:
             FailedPrecondition: the writer is closed or an earlier write failed.
@@ -607,21 +590,17 @@ class LocalWriter:
         """Verify the ingest and move it to ``blobs/<alg>/<hex>`` (ING-8), in one thread hop.
 
         Order (containerd ``writer.go`` Commit): flush, fsync data, size check, digest
-        check (re-hashing the data when ``expected`` uses another algorithm), then, if the
-        blob file exists already and holds these bytes (:func:`holds`), remove the ingest
-        and report ``existed``; else make the data read-only, rename it into place (over a
-        torn leftover, if any), fsync the directory and remove the ingest.
-        On a size or digest mismatch the ingest data is kept (as containerd does) so the
-        ref can be inspected, resumed or aborted. The ref lock is always released.
-        A cancel is honoured up to the rename, never after: a cancelled commit leaves no
-        file at the blob address and a resumable ingest.
+        check (re-hashing for another algorithm), then either keep a blob file that
+        :func:`holds` these bytes (``existed``) or chmod, rename into place, fsync the
+        directory; then remove the ingest. A mismatch keeps the ingest data (as containerd
+        does). The ref lock is always released. A cancel is honoured up to the rename, never
+        after: it leaves no file at the blob address and a resumable ingest.
 
         Args:
             size: the expected size; 0 or less skips the size check.
             expected: the expected digest; ``None`` or ``""`` skips the digest check.
-            sync: fsync the data and the blob directory; with False both are skipped (the
-                caller syncs the filesystem later, design rule io-sync) and nothing else changes:
-                the blob is still verified before it becomes visible.
+            sync: fsync the data and the blob directory; False skips both (the caller
+                syncs later, design rule io-sync); the blob is still verified.
 
         Raises:
             FailedPrecondition: ``cannot commit on closed writer``.
@@ -681,12 +660,7 @@ class LocalWriter:
                 with map_os_errors(f"{ctx}: re-hashing {data}"):
                     rehash(fd, h, check)
                 digest = from_hasher(h)
-            if expected is not None and expected != digest:
-                raise DigestMismatch(
-                    f"unexpected commit digest {digest}, expected {expected}",
-                    expected=expected,
-                    actual=digest,
-                )
+            _verified(digest, expected)
             target = self._root / "blobs" / digest.algorithm / digest.encoded
             with map_os_errors(f"content {digest}: committing {ctx}"):
                 target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)

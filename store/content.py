@@ -1,17 +1,16 @@
 """The public content store: blobs in the file backend, their records in the metadata DB.
 
-Owns ``ContentStore``, its ``Writer``, and the ``Info``/``Descriptor``/``SmallBlob`` values
-(CS, ING). A blob exists for callers only once it is recorded; recording happens after
-the backend has fsynced (or, deferred, marked it unsynced: ``sync()``) and renamed it, under the
-shared commit lock GC respects; small blobs go a batch per write hop and per transaction.
-Imports the backend, the metadata DB and leases; never OCI documents, tar or platforms.
+Owns ``ContentStore``, its ``Writer`` and ``SmallBlob`` (CS, ING). A blob exists for callers
+once recorded, which happens after the backend renamed it (fsynced, or marked unsynced
+until ``sync()``), under the shared commit lock GC respects. Imports the backend, the
+metadata DB and leases; never OCI documents, tar or platforms.
 """
 
 from __future__ import annotations
 
 import random
 import uuid
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Final, final
@@ -66,8 +65,7 @@ class SmallBlob:
 
     Attributes:
         data: the bytes, or a function returning them, called in the worker thread that
-            writes the batch, one blob at a time (an importer ``pread``s an archive member
-            there: one hop reads and writes a whole batch, and holds one blob at a time).
+            writes the batch (an importer ``pread``s an archive member there).
         digest: the digest the bytes must hash to (its algorithm is used), or None.
         labels: labels of a new record (LBL-1); ``gc.ref.*`` labels become GC edges.
         media_type: echoed in the returned :class:`Descriptor`.
@@ -237,18 +235,16 @@ class ContentStore:
             InvalidArgument: a label breaks LBL-1.
         """
         validate_labels(labels)
-        rec = await self._db.write(
+        return await self._db.write(
             _txn.content_labels, parse(digest), dict(labels), False, self._clock()
         )
-        return rec
 
     async def set_labels(self, digest: str, labels: Mapping[str, str]) -> Info:
         """Replace the blob's labels with ``labels`` (CS-5, no field paths)."""
         validate_labels(labels)
-        rec = await self._db.write(
+        return await self._db.write(
             _txn.content_labels, parse(digest), dict(labels), True, self._clock()
         )
-        return rec
 
     async def delete(self, digest: str) -> None:
         """Forget a blob at once; its file goes at the next GC (CS-6).
@@ -325,9 +321,10 @@ class ContentStore:
         """The committed file of a blob, for zero-copy export (the record is not checked)."""
         return self._backend.blob_path(parse(digest))
 
-    def writer(
+    @asynccontextmanager
+    async def writer(
         self, ref: str, *, size: int | None = None, digest: str | None = None
-    ) -> AbstractAsyncContextManager[Writer]:
+    ) -> AsyncIterator[Writer]:
         """Open an ingest ``ref``; leaving the block without commit keeps it resumable (ING-5).
 
         The ingest row is recorded before the backend ingest exists, so GC never meets an
@@ -338,20 +335,6 @@ class ContentStore:
             AlreadyExists: ``digest`` is recorded (it joins the current lease first, ING-2).
             Unavailable: another writer holds ``ref`` (ING-3).
         """
-        return self._writer(ref, size, digest)
-
-    @asynccontextmanager
-    async def _writer(
-        self, ref: str, size: int | None, digest: str | None
-    ) -> AsyncIterator[Writer]:
-        w = await self._open(ref, size, digest)
-        try:
-            yield w
-        finally:
-            with anyio.CancelScope(shield=True):
-                await w._close()
-
-    async def _open(self, ref: str, size: int | None, digest: str | None) -> Writer:
         if not ref:
             raise InvalidArgument("ref must not be empty")
         expected = parse(digest) if digest else None
@@ -367,9 +350,13 @@ class ContentStore:
         )
         if exists:
             raise AlreadyExists(f"content {expected}")
-        total = size if size else None
-        backend = await self._backend.open_writer(ref, total=total, expected=expected)
-        return Writer(self, backend, ref, expected)
+        backend = await self._backend.open_writer(ref, total=size or None, expected=expected)
+        w = Writer(self, backend, ref, expected)
+        try:
+            yield w
+        finally:
+            with anyio.CancelScope(shield=True):
+                await w._close()
 
     async def _commit(
         self,
@@ -396,51 +383,34 @@ class ContentStore:
                     await self._forget_ingest(ref)
                 raise
             with anyio.CancelScope(shield=True):
-                created = await self._record(ref, result.digest, result.size, labels, unsynced)
+                created = await self._db.write(  # unsynced data: its row need not be durable
+                    _txn.content_commit,
+                    ref,
+                    result.digest,
+                    result.size,
+                    dict(labels),
+                    current_lease_id(),
+                    self._clock(),
+                    unsynced,
+                    durable=unsynced is None,
+                )
         if not created:
             raise AlreadyExists(f"content {result.digest}")
         return result.digest
-
-    async def _record(
-        self,
-        ref: str | None,
-        digest: Digest,
-        size: int,
-        labels: Mapping[str, str],
-        unsynced: str | None,
-    ) -> bool:
-        return await self._db.write(  # unsynced data: its row need not be durable either
-            _txn.content_commit,
-            ref,
-            digest,
-            size,
-            dict(labels),
-            current_lease_id(),
-            self._clock(),
-            unsynced,
-            durable=unsynced is None,
-        )
 
     async def write_small_blobs(
         self, blobs: Iterable[SmallBlob], *, sync: bool = True
     ) -> list[Descriptor]:
         """Store many small blobs: ONE worker-thread hop writes them, ONE transaction records them.
 
-        Under the shared commit lock (held from the first rename until the rows are written,
-        so GC never sees a renamed-but-unrecorded blob), each blob goes to a temp file, is
-        hashed, checked against its ``digest`` and renamed to its address; a file already
-        there that re-hashes right is kept (stored blobs are not rewritten). Then one
-        transaction records them all (labels, the current lease, the unsynced mark when
-        ``sync`` is False: :meth:`sync` makes them durable). A blob already recorded is a
-        success and joins the current lease (ING-11, ING-2), as is data that does not hash
-        to a ``digest`` that is recorded already (TV-44).
-
-        On a failure nothing is visible but recorded, verified blobs: a digest mismatch
-        does not stop the batch (it may be TV-44's success), and every blob that verified is
-        recorded before the first mismatch is raised; anything else (a cancel, honoured
-        before each rename; a reader's error; an I/O error) stops the batch, and the blobs
-        renamed before it are recorded (shielded). All of them are in the current lease, so
-        GC takes them once nothing else holds them.
+        Each is verified against its ``digest`` and renamed to its address under the shared
+        commit lock, then all are recorded with their labels in the current lease (unsynced
+        when ``sync`` is False, until :meth:`sync`). A blob already recorded is a success
+        (ING-11, ING-2), as is data that misses a ``digest`` recorded already (TV-44).
+        A mismatch does not stop the batch: every verified blob is recorded before the
+        first mismatch is raised. Anything else (a cancel, a reader's or I/O error) stops
+        it, and the blobs renamed before it are recorded (shielded), so only recorded,
+        verified blobs are ever visible.
 
         Args:
             blobs: the blobs, each of at most 1 MiB (:data:`SMALL_BLOB`).
@@ -514,10 +484,9 @@ class ContentStore:
     async def sync(self, digests: Iterable[str] | None = None) -> int:
         """Make blobs committed with ``sync=False`` durable: one filesystem sync for all.
 
-        Syncs the store's filesystem once (``syncfs``, in a worker thread), then clears the
-        unsynced mark of ``digests`` in one durable transaction. Without ``digests``: every
-        blob committed unsynced in this boot, by any process, up to the moment of the call
-        (read before the sync, so a later commit is never marked durable too early).
+        One ``syncfs``, then one durable transaction clears the unsynced mark of ``digests``;
+        without them, of every blob committed unsynced in this boot by any process, read
+        before the sync (so a later commit is never marked durable too early).
 
         Returns:
             How many records were marked durable.
@@ -569,11 +538,10 @@ class ContentStore:
     ) -> Descriptor:
         """Store ``data`` and return its descriptor; an existing blob counts as success (ING-11).
 
-        When ``digest`` is given and already recorded, a streamed ``data`` is not read at all
-        (TV-44). A resumed ingest skips the bytes it already holds. Busy refs are retried
-        (ING-4). Bytes of at most 1 MiB (and matching ``size``) take the small-blob path: no
-        ingest and no ref, one temp file renamed into place (io-small-blobs). ``sync`` is as
-        for :meth:`Writer.commit`: False defers the fsyncs to :meth:`sync`.
+        A ``digest`` already recorded means a streamed ``data`` is not read (TV-44); a
+        resumed ingest skips the bytes it holds; busy refs are retried (ING-4). Bytes of at
+        most 1 MiB (matching ``size``) take the small-blob path (io-small-blobs). ``sync``
+        is as for :meth:`Writer.commit`.
 
         Raises:
             SizeMismatch: fewer (or more) bytes than ``size``.

@@ -1,11 +1,9 @@
 """LocalContentStore: the file backend of the content store (CS, ING, LAY).
 
-Owns ``<root>/blobs/<alg>/<hex>`` (read-only committed blobs), the ingest directories
-``<root>/ingest/<sha256(ref)>/`` (opening, per-ref flock, status, abort; the writing and
-the commit are ``_ingest.py``'s), small blobs written whole, a batch per thread hop
-(``commit_small_batch``; ``commit_small`` is a batch of one), the filesystem sync of
-deferred commits and ``<root>/commit.lock``. Knows nothing of labels, leases or the
-metadata DB (``content.py`` layers those on top): imports only digest, errors and _ingest.
+Owns ``<root>/blobs/<alg>/<hex>``, the ingest directories ``<root>/ingest/<sha256(ref)>/``
+(open, per-ref flock, status, abort; writing and commit are ``_ingest.py``'s), small-blob
+batches, the filesystem sync and ``<root>/commit.lock``. Knows nothing of labels, leases
+or the metadata DB: imports only digest, errors and _ingest.
 """
 
 from __future__ import annotations
@@ -55,7 +53,6 @@ from castar.store.errors import (
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
-    from contextlib import AbstractAsyncContextManager
 
 __all__ = ["CommitResult", "IngestStatus", "LocalContentStore", "LocalWriter", "SmallBatch"]
 
@@ -77,9 +74,6 @@ def _content(digest: str) -> str:
     return f"content digest {digest}"
 
 
-# --- ingest directories (sync: they run in worker threads) ---------------------------
-
-
 def _read_text(path: Path) -> str | None:
     try:
         return path.read_text()
@@ -92,15 +86,11 @@ def ingest_dir(root: Path, ref: str) -> Path:
     return root / "ingest" / hashlib.sha256(ref.encode()).hexdigest()
 
 
-# --- the per-ref lock -------------------------------------------------------------------
-
-
 def _lock_ref(path: Path, ref: str) -> int:
     """Take the ref's exclusive flock and return its fd (ING-3, across processes).
 
-    The lock file lives in the ingest directory, which a commit or an abort in another
-    process may remove between our ``open`` and our ``flock``: then we hold a lock on an
-    unlinked file, so we check the inode and start over.
+    A commit or abort elsewhere may remove the directory between ``open`` and ``flock``,
+    leaving us a lock on an unlinked file: the inode check catches that and retries.
     """
     lock_path = path / "lock"
     while True:
@@ -171,9 +161,6 @@ def _locked(fd: int, ref: str) -> Unavailable:
     return Unavailable(f"ref {ref} locked for {go_duration(held)} (since {stamp})")
 
 
-# --- opening, status, abort (sync; run in worker threads by LocalContentStore) ----------
-
-
 def open_ingest(
     root: Path,
     ref: str,
@@ -184,11 +171,9 @@ def open_ingest(
 ) -> LocalWriter:
     """Open (or resume, ING-5) the ingest of ``ref`` and lock it (ING-3). Sync: run in a thread.
 
-    Resuming re-hashes the bytes already in ``data``; with ``cancellable`` (inside an
-    anyio worker thread) a cancel of the waiting task stops that between 1 MiB reads and
-    releases the ref. A different non-zero ``total`` than the stored one restarts the
-    ingest at offset 0. The hash algorithm is that of ``expected`` (else the stored
-    expected digest, else sha256) (ING-7).
+    Resuming re-hashes the stored data; ``cancellable`` (in an anyio worker thread) lets a
+    cancel stop that between reads. A different non-zero ``total`` restarts at offset 0.
+    The hash algorithm is ``expected``'s, else the stored one's, else sha256 (ING-7).
     """
     check = anyio.from_thread.check_cancelled if cancellable else None
     path = ingest_dir(root, ref)
@@ -290,9 +275,8 @@ def list_ingests(root: Path) -> list[IngestStatus]:
 def abort_ingest(root: Path, ref: str, *, if_unlocked: bool) -> bool:
     """Remove the ingest of ``ref`` (ING-10). Sync: run in a thread.
 
-    With ``if_unlocked`` a ref whose lock is held (by any process) is left alone and
-    False returned. Without it the directory is removed even under a live writer, as
-    containerd does; that writer's commit then fails NotFound.
+    With ``if_unlocked`` a locked ref is left alone (False). Otherwise it is removed even
+    under a live writer, as containerd does; that writer's commit then fails NotFound.
     """
     path = ingest_dir(root, ref)
     ctx = ref_context(ref)
@@ -317,10 +301,8 @@ def abort_ingest(root: Path, ref: str, *, if_unlocked: bool) -> bool:
 class LocalContentStore:
     """Committed blobs and in-progress ingests under one root directory (LAY-1).
 
-    Every method that touches the disk runs in worker threads (blob I/O shares a
-    limiter of two per event loop). The store is safe to use from several tasks and
-    several processes on the same root: ingests are locked per ref with ``flock`` and
-    commits become visible by an atomic rename.
+    Disk work runs in worker threads (blob I/O shares a limiter of two per event loop).
+    Safe across tasks and processes: ingests are flocked per ref, commits are atomic renames.
 
     Args:
         root: the store's directory; created lazily by the first write.
@@ -368,11 +350,9 @@ class LocalContentStore:
     ) -> AsyncIterator[bytes]:
         """Stream ``length`` bytes of a blob from ``offset`` (all to the end when ``None``).
 
-        Yields chunks of at most ``chunk_size`` bytes; each worker-thread hop reads at
-        least 1 MiB, so memory stays near ``max(chunk_size, 1 MiB)`` whatever the blob's
-        size. Reading past the end is short, not an error (CS-2). The blob file is opened
-        on the first iteration, which raises ``NotFound`` if it is absent; call
-        ``aclose()`` on the iterator when stopping early.
+        Chunks of at most ``chunk_size``; each thread hop reads at least 1 MiB. Past the
+        end is short, not an error (CS-2). The file is opened on the first iteration;
+        ``aclose()`` the iterator when stopping early.
 
         Raises:
             InvalidArgument: a bad digest, a negative offset or length, chunk_size < 1.
@@ -410,8 +390,7 @@ class LocalContentStore:
     async def walk(self) -> list[tuple[Digest, int]]:
         """Every committed blob and its size, in ascending digest-string order (CS-3).
 
-        Directories under ``blobs/`` that are not an available algorithm, and files whose
-        name is not a valid digest, are skipped (LAY-2).
+        Unknown algorithm directories and files not named as a digest are skipped (LAY-2).
         """
 
         def scan() -> list[tuple[Digest, int]]:
@@ -459,13 +438,9 @@ class LocalContentStore:
     async def open_writer(
         self, ref: str, *, total: int | None = None, expected: str | None = None
     ) -> LocalWriter:
-        """Open the ingest of ``ref``, resuming it if it exists (ING-5).
+        """Open the ingest of ``ref`` (unique per import session, ING-14), resuming it (ING-5).
 
-        Args:
-            ref: the ingest key; unique per import session (ING-14).
-            total: the expected size, if known; a different non-zero total than the
-                stored one restarts the ingest at offset 0.
-            expected: the expected digest, if known; its algorithm is the writer's (ING-7).
+        ``total`` and ``expected`` are as for :func:`open_ingest`.
 
         Raises:
             InvalidArgument: ``ref must not be empty`` (ING-1), a bad digest or total.
@@ -495,15 +470,7 @@ class LocalContentStore:
         return await anyio.to_thread.run_sync(list_ingests, self.root)
 
     async def abort(self, ref: str, *, if_unlocked: bool = False) -> bool:
-        """Remove an ingest and its data (ING-10).
-
-        Args:
-            ref: the ingest to remove.
-            if_unlocked: leave a ref held by a live writer alone and return False
-                (GC uses this); otherwise it is removed even under its writer.
-
-        Returns:
-            True when the ingest was removed.
+        """Remove an ingest and its data (ING-10); False when ``if_unlocked`` kept a locked one.
 
         Raises:
             NotFound: ``ingest ref "<ref>": not found``.
@@ -513,16 +480,6 @@ class LocalContentStore:
         )
 
     # -- the commit lock
-
-    def commit_lock(self, *, exclusive: bool) -> AbstractAsyncContextManager[None]:
-        """A cross-process reader/writer lock: ``flock`` on ``<root>/commit.lock``.
-
-        Commits hold it shared from the rename until their DB row is written; GC's content
-        sweep holds it exclusive so it never sees a renamed-but-unrecorded blob. The first
-        try runs in a worker thread; while contended, the task polls with a non-blocking
-        ``flock`` (backing off to 50 ms), so waiting is cancellable and leaks nothing.
-        """
-        return self._commit_lock(exclusive)
 
     def _open_lock(self) -> int:
         path = self.root / "commit.lock"
@@ -535,7 +492,13 @@ class LocalContentStore:
                 return os.open(path, flags, 0o644)
 
     @contextlib.asynccontextmanager
-    async def _commit_lock(self, exclusive: bool) -> AsyncIterator[None]:
+    async def commit_lock(self, *, exclusive: bool) -> AsyncIterator[None]:
+        """A cross-process reader/writer lock: ``flock`` on ``<root>/commit.lock``.
+
+        Commits hold it shared from the rename until their DB row is written; GC's content
+        sweep holds it exclusive so it never sees a renamed-but-unrecorded blob. Waiting
+        polls a non-blocking ``flock`` (backing off to 50 ms), so it is cancellable.
+        """
         op = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
 
         def open_and_try() -> tuple[int, bool]:
@@ -555,26 +518,11 @@ class LocalContentStore:
 
     # -- small blobs and deferred sync
 
-    def commit_small(
-        self, data: Buffer, *, expected: Digest | None, sync: bool = True
-    ) -> AbstractAsyncContextManager[CommitResult]:
-        """Write a small blob held whole to its address, holding the commit lock shared.
-
-        :meth:`commit_small_batch` of one item: one worker-thread hop takes the lock, writes
-        ``data`` to a temp file under ``ingest/``, hashes and verifies it, fsyncs it when
-        ``sync``, and renames it into ``blobs/`` (design rule io-sync). The lock stays held
-        (shared) until the block exits, so the caller records the row inside it. A cancel
-        before the rename leaves nothing behind.
-
-        Raises:
-            DigestMismatch: ``data`` does not hash to ``expected``.
-        """
-        return self._commit_small(data, expected, sync)
-
     @contextlib.asynccontextmanager
-    async def _commit_small(
-        self, data: Buffer, expected: Digest | None, sync: bool
+    async def commit_small(
+        self, data: Buffer, *, expected: Digest | None, sync: bool = True
     ) -> AsyncIterator[CommitResult]:
+        """:meth:`commit_small_batch` of one blob; raises its error or DigestMismatch."""
         async with self.commit_small_batch([(data, expected)], sync=sync) as batch:
             if batch.error is not None:
                 raise batch.error
@@ -583,28 +531,17 @@ class LocalContentStore:
                 raise result
             yield result
 
-    def commit_small_batch(
-        self, items: Sequence[tuple[SmallData, Digest | None]], *, sync: bool = True
-    ) -> AbstractAsyncContextManager[SmallBatch]:
-        """Write many small blobs to their addresses in ONE worker-thread hop, lock held shared.
-
-        Each item is ``(data, expected)``: the bytes (or a function returning them, called
-        in the worker thread, so a caller reading an archive reads in the same hop) and the
-        digest they must have. Each goes to a temp file under ``ingest/``, is hashed,
-        verified, fsynced when ``sync`` and renamed into ``blobs/``; a file already at the
-        address that re-hashes right is kept (``existed``). A digest mismatch is reported in
-        its item's place and the batch goes on; a cancel (checked before each rename), or
-        any other error, stops it and is handed back as ``SmallBatch.error`` with the
-        results of the blobs already renamed. The commit lock stays held (shared) until the
-        block exits, so the caller records those blobs, then raises the error. Meant for
-        blobs of at most 1 MiB each and a few MiB per batch.
-        """
-        return self._commit_small_batch(items, sync)
-
     @contextlib.asynccontextmanager
-    async def _commit_small_batch(
-        self, items: Sequence[tuple[SmallData, Digest | None]], sync: bool
+    async def commit_small_batch(
+        self, items: Sequence[tuple[SmallData, Digest | None]], *, sync: bool = True
     ) -> AsyncIterator[SmallBatch]:
+        """Write small blobs (``(data, expected)`` each) in ONE worker-thread hop, lock held shared.
+
+        :func:`put_small_batch` does the work; the commit lock stays held (shared) until
+        the block exits, so the caller records the blobs renamed (even when
+        ``SmallBatch.error`` stopped the batch), then raises the error. Meant for blobs
+        of at most 1 MiB each and a few MiB per batch.
+        """
         op = fcntl.LOCK_SH | fcntl.LOCK_NB
 
         def put() -> SmallBatch:
@@ -629,10 +566,7 @@ class LocalContentStore:
             os.close(fd)
 
     async def sync_filesystem(self) -> None:
-        """Make everything written so far durable: one ``syncfs`` of the root's filesystem.
-
-        One worker-thread hop; falls back to ``os.sync()`` where ``syncfs`` is missing.
-        """
+        """One ``syncfs`` of the root's filesystem (``os.sync()`` where it is missing)."""
 
         def run() -> None:
             syncfs = _syncfs()
