@@ -11,7 +11,7 @@ import json
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, final
+from typing import final
 
 from rich.console import Console
 from rich.progress import (
@@ -23,9 +23,6 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
-
-if TYPE_CHECKING:
-    from types import TracebackType
 
 __all__ = ["JsonProgress", "ProgressBar", "open_progress"]
 
@@ -81,12 +78,7 @@ class ProgressBar:
             self._task = self._progress.add_task(self._description, total=None)
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         if self._progress is not None:
             self._progress.stop()
 
@@ -121,12 +113,7 @@ class JsonProgress:
         self._emit("start")
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         with self._lock:
             self._emit("end", ok=exc_type is None)
 

@@ -185,19 +185,13 @@ def _map_sqlite_errors() -> Iterator[None]:
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
-        if version > len(MIGRATIONS):
-            raise DataLoss(f"metadata schema version {version} is newer than this castar")
-        for i in range(version, len(MIGRATIONS)):
-            for stmt in MIGRATIONS[i]:
-                conn.execute(stmt)
-        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version > len(MIGRATIONS):
+        raise DataLoss(f"metadata schema version {version} is newer than this castar")
+    for i in range(version, len(MIGRATIONS)):
+        for stmt in MIGRATIONS[i]:
+            conn.execute(stmt)
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -214,7 +208,7 @@ def connect(path: Path) -> sqlite3.Connection:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
-            _migrate(conn)
+            run_txn(conn, True, _migrate, ())
         except BaseException:
             conn.close()
             raise

@@ -20,13 +20,10 @@ from castar.store.errors import InvalidArgument
 if TYPE_CHECKING:
     import sqlite3
     from collections.abc import Callable, Mapping
+    from datetime import datetime
     from pathlib import Path
 
-__all__ = [
-    "MAX_LABEL",
-    "SQLiteMetadataDB",
-    "validate_labels",
-]
+__all__ = ["MAX_LABEL", "Records", "SQLiteMetadataDB", "validate_labels"]
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -91,3 +88,11 @@ class SQLiteMetadataDB:
         return await anyio.to_thread.run_sync(
             run_txn, self._conn, True, fn, args, durable, limiter=self._limiter
         )
+
+
+class Records:
+    """Base of the image and lease managers: ``db`` and ``clock`` (returns aware UTC now)."""
+
+    def __init__(self, db: SQLiteMetadataDB, clock: Callable[[], datetime]) -> None:
+        self._db = db
+        self._clock = clock
