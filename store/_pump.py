@@ -36,10 +36,7 @@ _SLOTS: Final = threading.BoundedSemaphore(2)
 
 @functools.cache
 def _writers() -> concurrent.futures.ThreadPoolExecutor:
-    """Threads that write a step's bytes while the thread that runs the step hashes them.
-
-    Two, like the hashing slots: at most two steps run at once per process.
-    """
+    """Threads writing a step's bytes while its own thread hashes them (two, like ``_SLOTS``)."""
     return concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="castar-write")
 
 
@@ -155,11 +152,7 @@ class Pump:
         await self._wait(DEPTH - 1)
 
     def put(self, data: memoryview, size: int) -> None:
-        """Queue ``data`` as one step (after :meth:`room`; ``size``: the pump's buffer size).
-
-        ``data`` is queued as it is when it views a ``bytes`` object, else copied into a
-        buffer of the pump's own, so the caller may reuse its buffer at once.
-        """
+        """Queue ``data`` as one step (after :meth:`room`; ``size``: the pump's buffer size)."""
         if isinstance(data.obj, bytes):
             step = data
         else:

@@ -87,16 +87,21 @@ def _add_resource(conn: sqlite3.Connection, lease: str, type_: str, resource: st
     conn.execute("INSERT OR IGNORE INTO lease_resources VALUES (?, ?, ?)", (lease, type_, resource))
 
 
-def _drop_content(conn: sqlite3.Connection, digest: str) -> int:
-    """Delete a content row (its labels cascade) and its edges; the number of rows deleted."""
-    n = conn.execute("DELETE FROM content WHERE digest = ?", (digest,)).rowcount
-    conn.execute("DELETE FROM edges WHERE owner_kind = 'content' AND owner = ?", (digest,))
+#: The table, key column and lease resource type of each kind ``_drop`` deletes.
+_DROP: Final = {"content": ("content", "digest", "content"), "image": ("images", "name", "images")}
+
+
+def _drop(conn: sqlite3.Connection, kind: str, key: str, *, leases: bool) -> int:
+    """Delete a row (its labels cascade) and its edges, with ``leases`` its lease memberships.
+
+    Returns the number of rows deleted.
+    """
+    table, col, type_ = _DROP[kind]
+    n = conn.execute(f"DELETE FROM {table} WHERE {col} = ?", (key,)).rowcount
+    conn.execute("DELETE FROM edges WHERE owner_kind = ? AND owner = ?", (kind, key))
+    if leases:
+        conn.execute("DELETE FROM lease_resources WHERE type = ? AND resource = ?", (type_, key))
     return n
-
-
-def _drop_image(conn: sqlite3.Connection, name: str) -> None:
-    conn.execute("DELETE FROM images WHERE name = ?", (name,))
-    conn.execute("DELETE FROM edges WHERE owner_kind = 'image' AND owner = ?", (name,))
 
 
 # --- content and ingests ------------------------------------------------------------------------
@@ -172,7 +177,7 @@ def content_labels(
 
 
 def content_delete(conn: sqlite3.Connection, digest: str, lease: str | None) -> None:
-    if not _drop_content(conn, digest):
+    if not _drop(conn, "content", digest, leases=False):
         raise NotFound(f"content digest {digest}")
     if lease is not None:  # CS-6: the digest leaves the context lease
         conn.execute(
@@ -308,14 +313,10 @@ def content_unsynced(conn: sqlite3.Connection, boot: str) -> list[str]:
 
 def content_mark_synced(conn: sqlite3.Connection, digests: Iterable[str]) -> int:
     """Clear the unsynced mark of ``digests`` (their data is on disk); how many were marked."""
-    n = 0
-    for d in digests:
-        n += conn.execute(
-            "UPDATE content SET unsynced_boot = NULL"
-            " WHERE digest = ? AND unsynced_boot IS NOT NULL",
-            (d,),
-        ).rowcount
-    return n
+    return conn.executemany(
+        "UPDATE content SET unsynced_boot = NULL WHERE digest = ? AND unsynced_boot IS NOT NULL",
+        [(d,) for d in digests],
+    ).rowcount
 
 
 def content_stale(conn: sqlite3.Connection, boot: str) -> list[str]:
@@ -334,8 +335,7 @@ def content_drop_stale(conn: sqlite3.Connection, boot: str) -> list[str]:
     """
     stale = content_stale(conn, boot)
     for d in stale:
-        _drop_content(conn, d)
-        conn.execute("DELETE FROM lease_resources WHERE type = 'content' AND resource = ?", (d,))
+        _drop(conn, "content", d, leases=True)
     return stale
 
 
@@ -407,7 +407,7 @@ def image_delete(conn: sqlite3.Connection, name: str, target: str | None) -> Non
         raise NotFound(f'image "{name}"')
     if target is not None and row[0] != target:
         raise NotFound(f'image "{name}" has target {row[0]}, not {target}')
-    _drop_image(conn, name)
+    _drop(conn, "image", name, leases=False)
 
 
 # --- leases -------------------------------------------------------------------------------------
@@ -490,16 +490,8 @@ def gc_sweep(
     if dry_run:
         return graph, doomed
     for kind, key in doomed:
-        if kind == "content":
-            _drop_content(conn, key)
-            conn.execute(
-                "DELETE FROM lease_resources WHERE type = 'content' AND resource = ?", (key,)
-            )
-        elif kind == "image":
-            _drop_image(conn, key)
-            conn.execute(
-                "DELETE FROM lease_resources WHERE type = 'images' AND resource = ?", (key,)
-            )
+        if kind in _DROP:
+            _drop(conn, kind, key, leases=True)
         elif kind == "lease":
             conn.execute("DELETE FROM leases WHERE id = ?", (key,))
         elif kind == "ingest":

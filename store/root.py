@@ -53,11 +53,9 @@ def current_boot_id() -> str | None:
 
 def default_root() -> Path:
     """``$CASTAR_ROOT``, else ``$XDG_DATA_HOME/castar``, else ``~/.local/share/castar``."""
-    root = os.environ.get("CASTAR_ROOT")
-    if root:
+    if root := os.environ.get("CASTAR_ROOT"):
         return Path(root)
-    xdg = os.environ.get("XDG_DATA_HOME")
-    if xdg:
+    if xdg := os.environ.get("XDG_DATA_HOME"):
         return Path(xdg) / "castar"
     return Path.home() / ".local" / "share" / "castar"
 
