@@ -1,9 +1,7 @@
 """The ``castar`` command line: argparse, one ``anyio.run`` per command, one exit-code table.
 
-Owns the commands (load, save, images, inspect, tag, rm, gc, lease, verify, demo),
-their text and JSON output, and the error-category → exit-code table: the only
-place that catches CastarError broadly (design rule errors-seam). Goes through the facade
-(castar._api) and the engine's pure helpers; library modules must not import it.
+The only place that catches CastarError broadly (design rule errors-seam). Goes through the
+facade and the engine's pure helpers; library modules must not import it.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Progress display for the CLI: a rich bar on a terminal's stderr, JSON lines, or nothing.
 
-Owns :class:`ProgressBar` and :class:`JsonProgress`, the callables handed to
-load/save/verify as their ``progress=`` callback. CLI-only: library modules must
-not import it (they take any callable). Callbacks may arrive from worker threads.
+CLI-only: library modules take any callable as ``progress=``. Callbacks may arrive from
+worker threads.
 """
 
 from __future__ import annotations

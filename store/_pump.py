@@ -1,10 +1,8 @@
 """The writer's pipeline: a thread that hashes and writes one writer's steps in order.
 
-Owns ``Pump`` and ``hash_and_write``. The event loop hands a pump its steps without
-waiting for each one, up to ``DEPTH`` in flight, so the thread goes from one step to the
-next without idling while the loop takes the last step's result and sends the next: a
-thread hop costs a good fraction of a 1 MiB sha256 (io-hops, io-coalesce). Imports nothing
-of castar's at run time (``Buffer`` for types only): it knows nothing of ingests or errors.
+The event loop hands a pump its steps without waiting for each, up to ``DEPTH`` in flight,
+so the thread never idles while the loop takes a result and sends the next: a thread hop
+costs a good fraction of a 1 MiB sha256 (io-hops, io-coalesce). Knows nothing of ingests.
 """
 
 from __future__ import annotations

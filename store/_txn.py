@@ -1,9 +1,8 @@
 """The metadata DB's transactions: one plain sync function per operation, by table family.
 
-Each ``<family>_<op>(conn, ...)`` runs inside one transaction that ``_schema.run_txn`` opened
-(design rule seam-txn), so it is testable without an event loop; ``sqlite.py`` runs them in a
-worker thread. Labels are re-derived into GC edges on every label write (GC-5, GC-6). Imports
-the schema's rows, digest, errors and gc's label vocabulary; never anyio or the file backend.
+Each ``<family>_<op>(conn, ...)`` runs inside one transaction ``_schema.run_txn`` opened
+(design rule seam-txn), testable without an event loop. Every label write re-derives the GC
+edges (GC-5, GC-6). Never imports anyio or the file backend.
 """
 
 from __future__ import annotations
@@ -92,10 +91,7 @@ _DROP: Final = {"content": ("content", "digest", "content"), "image": ("images",
 
 
 def _drop(conn: sqlite3.Connection, kind: str, key: str, *, leases: bool) -> int:
-    """Delete a row (its labels cascade) and its edges, with ``leases`` its lease memberships.
-
-    Returns the number of rows deleted.
-    """
+    """Delete a row (labels cascade), its edges and with ``leases`` its memberships; the count."""
     table, col, type_ = _DROP[kind]
     n = conn.execute(f"DELETE FROM {table} WHERE {col} = ?", (key,)).rowcount
     conn.execute("DELETE FROM edges WHERE owner_kind = ? AND owner = ?", (kind, key))
@@ -124,9 +120,8 @@ IN_CHUNK: Final = 500
 def content_infos(conn: sqlite3.Connection, digests: Sequence[Digest]) -> list[Info]:
     """The records of those ``digests`` that exist, in the order given (duplicates once).
 
-    Two queries per :data:`IN_CHUNK` digests (labels, then rows), all in the caller's one
-    read transaction, so every record comes from the same snapshot. The records carry the
-    caller's (already validated) ``Digest`` objects.
+    Two queries per :data:`IN_CHUNK` digests, all in the caller's one read transaction (one
+    snapshot); the records carry the caller's ``Digest`` objects.
     """
     unique = list(dict.fromkeys(digests))
     labels: dict[str, dict[str, str]] = {}
@@ -234,9 +229,8 @@ def content_commit(
 ) -> bool:
     """Record a committed blob and drop its ingest; False when it was recorded already (ING-8.6).
 
-    Either way the digest joins the context lease (ING-8.7) and the ingest (if any: a small
-    blob written whole has none) leaves it. ``unsynced_boot`` marks a blob committed without
-    fsync: the boot id it was written in, until :func:`content_mark_synced` clears it.
+    Either way the digest joins the context lease (ING-8.7). ``unsynced_boot``: the boot id
+    of a blob committed without fsync, until :func:`content_mark_synced` clears it.
     """
     if ref is not None:
         ingest_delete(conn, ref)
@@ -260,8 +254,7 @@ def _insert_content(
         " VALUES (?, ?, ?, ?, ?)",
         (digest, size, to_ts(now), to_ts(now), unsynced_boot),
     ).rowcount
-    # A new row has no labels and no edges yet (dropping a row drops both): only labels to
-    # add cost statements.
+    # A new row has no labels nor edges yet: only labels to add cost statements.
     if created and labels:
         _set_labels(conn, "content", digest, labels)
     return bool(created)
@@ -287,10 +280,9 @@ def content_commit_batch(
 ) -> tuple[list[bool], list[int | None]]:
     """Record many small blobs written whole, and join recorded ones, in ONE transaction.
 
-    ``blobs`` are ``(digest, size, labels)`` as :func:`content_commit` (no ingest) records
-    them; ``joins`` are digests whose data did not verify, looked up as :func:`content_join`
-    (TV-44: a recorded digest is still a success). Returns, in order, whether each blob's row
-    was created, and each join's recorded size (None when unrecorded).
+    ``blobs`` are ``(digest, size, labels)`` as :func:`content_commit` records them; ``joins``
+    are digests whose data did not verify, looked up as :func:`content_join` (TV-44). Returns
+    whether each blob's row was created, and each join's recorded size (None when unrecorded).
     """
     created = [_insert_content(conn, d, n, labels, now, unsynced_boot) for d, n, labels in blobs]
     joined = [content_join(conn, d, None) for d in joins]
@@ -329,10 +321,7 @@ def content_stale(conn: sqlite3.Connection, boot: str) -> list[str]:
 
 
 def content_drop_stale(conn: sqlite3.Connection, boot: str) -> list[str]:
-    """Delete the rows :func:`content_stale` finds; their digests.
-
-    Their data may be torn, so they leave every lease too; the caller removes their files.
-    """
+    """Delete the rows :func:`content_stale` finds (data maybe torn: leases too); their digests."""
     stale = content_stale(conn, boot)
     for d in stale:
         _drop(conn, "content", d, leases=True)

@@ -1,8 +1,7 @@
 """Image records (IMG-1..6): ``Image`` values and the ``ImageStore``.
 
-An image is a name pointing at a target descriptor; only the target's media type, digest, size
-and annotations are kept (DESC-5). Images are GC roots unless expired. Imports the metadata DB
-and leases; never the file backend, OCI documents or platforms.
+An image is a name pointing at a target descriptor (DESC-5); images are GC roots unless
+expired. Never imports the file backend, OCI documents or platforms.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Leases (LEASE-1..7): the ``Lease`` value, ``LeaseManager`` and the current lease.
 
 A lease protects what is written under it from GC until it is deleted or expires. The current
-lease lives in a ContextVar so child tasks inherit it (no lease ids threaded through calls).
-Imports the metadata DB and labels.py; never the file backend or OCI code.
+lease lives in a ContextVar so child tasks inherit it. Never imports the file backend or OCI.
 """
 
 from __future__ import annotations
@@ -80,8 +79,7 @@ class LeaseManager(Records):
     ) -> Lease:
         """Create a lease (random id when None) expiring after ``expire`` if given.
 
-        ``durable=False`` skips the database's fsync, for leases an operation holds only
-        while it runs (:meth:`hold`): losing one in a power cut is harmless.
+        ``durable=False`` skips the fsync, for leases held only while an operation runs.
 
         Raises:
             InvalidArgument: empty id or a label breaking LBL-1.
