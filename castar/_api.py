@@ -1,9 +1,8 @@
 """The public facade: :func:`open_store` and the :class:`Store` users hold.
 
-Composes castar.store (content, records, leases, GC, verify) and castar.engine
-(images service, load, save) into one object. It holds no behaviour of its own
-beyond wiring; it is imported by ``castar/__init__`` and the CLI only, and no
-castar.store or castar.engine module may import it.
+Wires castar.store (content, records, leases, GC, verify) and castar.engine (images
+service, load, save) into one object, with no behaviour of its own. Only ``castar/__init__``
+and the CLI import it.
 """
 
 from __future__ import annotations
@@ -146,12 +145,12 @@ class Store:
     ) -> VerifyReport:
         """Re-hash stored blobs: all of them, or the stored subtrees of the named images.
 
-        Returns a report listing every missing and corrupt blob; raises NotFound
-        for an unknown image name.
+        Raises:
+            NotFound: an unknown image name.
         """
-        if names is None:
-            return await _verify.verify(self._root.content, progress=progress)
-        roots = [(await self.images.resolve(n)).target.digest for n in names]
+        roots = (
+            None if names is None else [(await self.images.resolve(n)).target.digest for n in names]
+        )
         return await _verify.verify(self._root.content, roots, progress=progress)
 
     async def aclose(self) -> None:

@@ -1,9 +1,7 @@
 """The ``castar`` command line: argparse, one ``anyio.run`` per command, one exit-code table.
 
-Owns the commands (load, save, images, inspect, tag, rm, gc, lease, verify, demo),
-their text and JSON output, and the error-category → exit-code table: the only
-place that catches CastarError broadly (design rule errors-seam). Goes through the facade
-(castar._api) and the engine's pure helpers; library modules must not import it.
+The only place that catches CastarError broadly (design rule errors-seam). Goes through the
+facade and the engine's pure helpers; library modules must not import it.
 """
 
 from __future__ import annotations
@@ -89,12 +87,8 @@ def _message(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _out(text: str = "") -> None:
-    print(text)
-
-
 def _dump(obj: object) -> None:
-    _out(json.dumps(obj, indent=2, default=_json_default))
+    print(json.dumps(obj, indent=2, default=_json_default))
 
 
 def _json_default(obj: object) -> object:
@@ -150,9 +144,9 @@ async def _cmd_load(store: Store, args: argparse.Namespace) -> int:
         return 0
     for i in images:  # LOAD-5
         if reference.is_dangling(i.name):
-            _out(f"Loaded image ID: {i.target.digest}")
+            print(f"Loaded image ID: {i.target.digest}")
         else:
-            _out(f"Loaded image: {reference.display_name(i.name)}")
+            print(f"Loaded image: {reference.display_name(i.name)}")
     return 0
 
 
@@ -172,34 +166,34 @@ async def _cmd_save(store: Store, args: argparse.Namespace) -> int:
             "cowardly refusing to write an image archive to a terminal: "
             "use -o FILE or redirect stdout"
         )
-    show = _progress_mode(args)
-    options: dict[str, Any] = {
-        "platforms": plats,
-        "missing": args.missing,
-        "write_behind": args.write_behind,
-    }
-    if to_stdout:
-        with open_progress("Saving", mode=show) as bar:
-            await store.save(args.images, "-", progress=bar, **options)
-        return 0
-    target = Path(args.output)
     # Write beside the target and rename on success, so a failed save leaves no
-    # half archive; devices and FIFOs (e.g. /dev/null) are written in place.
-    apath = anyio.Path(target)
-    if not await apath.parent.is_dir():
-        raise NotFound(f"output directory {target.parent} (for {target})")
-    in_place = await apath.exists() and not await apath.is_file()
-    tmp = target if in_place else target.with_name(f".{target.name}.castar-{os.getpid()}")
+    # half archive; stdout, devices and FIFOs (e.g. /dev/null) are written in place.
+    target = Path(args.output or "-")
+    sink: str | Path = "-"
+    in_place = to_stdout
+    if not to_stdout:
+        apath = anyio.Path(target)
+        if not await apath.parent.is_dir():
+            raise NotFound(f"output directory {target.parent} (for {target})")
+        in_place = await apath.exists() and not await apath.is_file()
+        sink = target if in_place else target.with_name(f".{target.name}.castar-{os.getpid()}")
     try:
-        with open_progress("Saving", mode=show) as bar:
-            result = await store.save(args.images, tmp, progress=bar, **options)
+        with open_progress("Saving", mode=_progress_mode(args)) as bar:
+            result = await store.save(
+                args.images,
+                sink,
+                platforms=plats,
+                missing=args.missing,
+                write_behind=args.write_behind,
+                progress=bar,
+            )
         if not in_place:
-            await anyio.Path(tmp).rename(target)
+            await anyio.Path(sink).rename(target)
     finally:
         if not in_place:
             with anyio.CancelScope(shield=True):
-                await anyio.Path(tmp).unlink(missing_ok=True)
-    if args.json:
+                await anyio.Path(sink).unlink(missing_ok=True)
+    if args.json and not to_stdout:
         _dump(result.to_json())
     return 0
 
@@ -209,15 +203,15 @@ def _plan_summary(plan: dict[str, Any]) -> None:
     for image in plan["images"]:
         name = reference.display_name(image["name"]) if image["name"] else image["reference"]
         kind = "index" if oci.is_index(image["mediaType"]) else "manifest"
-        _out(f"{name} -> {kind} {image['digest']}")
+        print(f"{name} -> {kind} {image['digest']}")
         for p in image["platforms"]:
-            _out(f"  {p['platform']:<24} {p['state']}")
+            print(f"  {p['platform']:<24} {p['state']}")
         for p in image["notFound"]:
-            _out(f"  {p:<24} not in image")
+            print(f"  {p:<24} not in image")
     blobs = sum(1 for m in plan["members"] if m["digest"])
-    _out(f"{blobs} blobs, {format_size(plan['size'])} archive")
+    print(f"{blobs} blobs, {format_size(plan['size'])} archive")
     for warning in plan["warnings"]:
-        _out(f"warning: {warning}")
+        print(f"warning: {warning}")
 
 
 # -- images, inspect, tag, rm ----------------------------------------------------------------
@@ -232,7 +226,7 @@ async def _cmd_images(store: Store, args: argparse.Namespace) -> int:
         _dump([t.to_json() for t in trees])
     elif args.tree:
         for line in render_tree(trees, terminal=sys.stdout.isatty()):
-            _out(line)
+            print(line)
     else:
         rows = [["IMAGE", "ID", "CREATED", "CONTENT SIZE", "PLATFORMS"]]
         rows += [
@@ -253,7 +247,7 @@ async def _cmd_images(store: Store, args: argparse.Namespace) -> int:
 def _table(rows: list[list[str]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        _out("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        print("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
 async def _cmd_inspect(store: Store, args: argparse.Namespace) -> int:
@@ -271,7 +265,7 @@ async def _cmd_tag(store: Store, args: argparse.Namespace) -> int:
 
 async def _cmd_rm(store: Store, args: argparse.Namespace) -> int:
     for removal in await store.images.remove(args.images, force=args.force):
-        _out(str(removal))
+        print(str(removal))
     return 0
 
 
@@ -290,9 +284,9 @@ async def _cmd_gc(store: Store, args: argparse.Namespace) -> int:
         if args.json:
             _dump({"digest": args.why, "path": path, "garbage": not path})
         elif path:
-            _out(" -> ".join(path))
+            print(" -> ".join(path))
         else:
-            _out(f"{args.why} is garbage: no image, lease or ingest keeps it alive")
+            print(f"{args.why} is garbage: no image, lease or ingest keeps it alive")
         return 0
     report = await store.gc(dry_run=args.dry_run)
     if args.json:
@@ -306,9 +300,9 @@ async def _cmd_gc(store: Store, args: argparse.Namespace) -> int:
         ("blob", report.removed),
     ):
         for item in items:
-            _out(f"{verb} {what}: {item}")
+            print(f"{verb} {what}: {item}")
     freed = "would free" if report.dry_run else "freed"
-    _out(f"{len(report.removed)} blobs, {format_size(report.bytes_freed)} {freed}")
+    print(f"{len(report.removed)} blobs, {format_size(report.bytes_freed)} {freed}")
     return 0
 
 
@@ -349,7 +343,7 @@ async def _cmd_lease(store: Store, args: argparse.Namespace) -> int:
         lease = await store.leases.create(
             args.id, expire=_duration(args.expire), labels=_labels(args.label)
         )
-        _out(lease.id)
+        print(lease.id)
     elif args.lease_command == "ls":
         leases = await store.leases.list()
         if args.json:
@@ -364,7 +358,7 @@ async def _cmd_lease(store: Store, args: argparse.Namespace) -> int:
     else:
         for lease_id in args.ids:
             await store.leases.delete(lease_id)
-            _out(lease_id)
+            print(lease_id)
     return 0
 
 
@@ -375,8 +369,8 @@ async def _cmd_verify(store: Store, args: argparse.Namespace) -> int:
         _dump(report.to_json())
     else:
         for problem in report.problems:
-            _out(str(problem))
-        _out(f"{report.checked} blobs checked, {format_size(report.bytes_checked)} hashed")
+            print(str(problem))
+        print(f"{report.checked} blobs checked, {format_size(report.bytes_checked)} hashed")
     if not report.ok:
         raise DataLoss(f"{len(report.problems)} of {report.checked} blobs are missing or corrupt")
     return 0
@@ -525,8 +519,7 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _run(args: argparse.Namespace) -> int:
     async with open_store(args.root) as store:
-        code: int = await args.run(store, args)
-        return code
+        return int(await args.run(store, args))
 
 
 def _unwrap(exc: BaseException) -> BaseException:

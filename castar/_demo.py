@@ -1,9 +1,7 @@
 """``castar demo``: castar's main job end to end on the embedded store, in seconds.
 
-Owns the demo script: generate a synthetic multi-platform archive (castar.engine.synth),
-load two of its platforms, show the tree, save one platform, check that the archive
-round-trips, and print what happened and how fast. Goes through the facade
-(castar._api); only castar._cli imports it.
+Generate a synthetic multi-platform archive, load two of its platforms, show the tree, save
+one platform, check the archive round-trips. Goes through the facade; only castar._cli uses it.
 """
 
 from __future__ import annotations

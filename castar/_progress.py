@@ -1,8 +1,7 @@
 """Progress display for the CLI: a rich bar on a terminal's stderr, JSON lines, or nothing.
 
-Owns :class:`ProgressBar` and :class:`JsonProgress`, the callables handed to
-load/save/verify as their ``progress=`` callback. CLI-only: library modules must
-not import it (they take any callable). Callbacks may arrive from worker threads.
+CLI-only: library modules take any callable as ``progress=``. Callbacks may arrive from
+worker threads.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ import json
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, final
+from typing import final
 
 from rich.console import Console
 from rich.progress import (
@@ -23,9 +22,6 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
-
-if TYPE_CHECKING:
-    from types import TracebackType
 
 __all__ = ["JsonProgress", "ProgressBar", "open_progress"]
 
@@ -81,12 +77,7 @@ class ProgressBar:
             self._task = self._progress.add_task(self._description, total=None)
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         if self._progress is not None:
             self._progress.stop()
 
@@ -121,12 +112,7 @@ class JsonProgress:
         self._emit("start")
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         with self._lock:
             self._emit("end", ok=exc_type is None)
 

@@ -1,10 +1,8 @@
 """The writer's pipeline: a thread that hashes and writes one writer's steps in order.
 
-Owns ``Pump`` and ``hash_and_write``. The event loop hands a pump its steps without
-waiting for each one, up to ``DEPTH`` in flight, so the thread goes from one step to the
-next without idling while the loop takes the last step's result and sends the next: a
-thread hop costs a good fraction of a 1 MiB sha256 (io-hops, io-coalesce). Imports nothing
-of castar's at run time (``Buffer`` for types only): it knows nothing of ingests or errors.
+The event loop hands a pump its steps without waiting for each, up to ``DEPTH`` in flight,
+so the thread never idles while the loop takes a result and sends the next: a thread hop
+costs a good fraction of a 1 MiB sha256 (io-hops, io-coalesce). Knows nothing of ingests.
 """
 
 from __future__ import annotations
@@ -36,10 +34,7 @@ _SLOTS: Final = threading.BoundedSemaphore(2)
 
 @functools.cache
 def _writers() -> concurrent.futures.ThreadPoolExecutor:
-    """Threads that write a step's bytes while the thread that runs the step hashes them.
-
-    Two, like the hashing slots: at most two steps run at once per process.
-    """
+    """Threads writing a step's bytes while its own thread hashes them (two, like ``_SLOTS``)."""
     return concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="castar-write")
 
 
@@ -155,11 +150,7 @@ class Pump:
         await self._wait(DEPTH - 1)
 
     def put(self, data: memoryview, size: int) -> None:
-        """Queue ``data`` as one step (after :meth:`room`; ``size``: the pump's buffer size).
-
-        ``data`` is queued as it is when it views a ``bytes`` object, else copied into a
-        buffer of the pump's own, so the caller may reuse its buffer at once.
-        """
+        """Queue ``data`` as one step (after :meth:`room`; ``size``: the pump's buffer size)."""
         if isinstance(data.obj, bytes):
             step = data
         else:

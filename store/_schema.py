@@ -1,10 +1,8 @@
 """The metadata DB's tables, their ``user_version`` migrations, its rows, and the txn runner.
 
-Owns the SQL schema (``MIGRATIONS``), opening a connection (WAL, foreign keys, migrating),
-the values rows are read into (``Info``, ``Image``, ``Lease``…) and ``run_txn``, which runs
-one ``_txn_*`` function as one transaction and maps ``sqlite3`` errors to castar's categories
-once. Sync code for worker threads; imports only digest, errors and labels: never anyio,
-the file backend or anything of OCI.
+``run_txn`` runs one ``_txn`` function as one transaction and maps ``sqlite3`` errors to
+castar's categories once. Sync code for worker threads; never imports anyio, the file
+backend or anything of OCI.
 """
 
 from __future__ import annotations
@@ -185,19 +183,13 @@ def _map_sqlite_errors() -> Iterator[None]:
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
-        if version > len(MIGRATIONS):
-            raise DataLoss(f"metadata schema version {version} is newer than this castar")
-        for i in range(version, len(MIGRATIONS)):
-            for stmt in MIGRATIONS[i]:
-                conn.execute(stmt)
-        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version > len(MIGRATIONS):
+        raise DataLoss(f"metadata schema version {version} is newer than this castar")
+    for i in range(version, len(MIGRATIONS)):
+        for stmt in MIGRATIONS[i]:
+            conn.execute(stmt)
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -214,7 +206,7 @@ def connect(path: Path) -> sqlite3.Connection:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
-            _migrate(conn)
+            run_txn(conn, True, _migrate, ())
         except BaseException:
             conn.close()
             raise
@@ -230,11 +222,10 @@ def run_txn(
 ) -> T:
     """Run ``fn(conn, *args)`` as one transaction: committed if it returns, rolled back if not.
 
-    Write transactions take the RESERVED lock up front (``BEGIN IMMEDIATE``) so two processes
-    never deadlock upgrading read locks; ``busy_timeout`` makes the loser wait instead of
-    failing. A non-durable write skips the WAL fsync (``synchronous = NORMAL``): it may be lost
-    in a power cut, is never reordered after a later durable commit, and the database stays
-    consistent.
+    Writes take the RESERVED lock up front (``BEGIN IMMEDIATE``) so two processes never
+    deadlock upgrading read locks; ``busy_timeout`` makes the loser wait. A non-durable write
+    skips the WAL fsync (``synchronous = NORMAL``): it may be lost in a power cut, but is never
+    reordered after a later durable commit.
     """
     with _map_sqlite_errors():
         if not durable:

@@ -1,9 +1,8 @@
 """The metadata DB's transactions: one plain sync function per operation, by table family.
 
-Each ``<family>_<op>(conn, ...)`` runs inside one transaction that ``_schema.run_txn`` opened
-(design rule seam-txn), so it is testable without an event loop; ``sqlite.py`` runs them in a
-worker thread. Labels are re-derived into GC edges on every label write (GC-5, GC-6). Imports
-the schema's rows, digest, errors and gc's label vocabulary; never anyio or the file backend.
+Each ``<family>_<op>(conn, ...)`` runs inside one transaction ``_schema.run_txn`` opened
+(design rule seam-txn), testable without an event loop. Every label write re-derives the GC
+edges (GC-5, GC-6). Never imports anyio or the file backend.
 """
 
 from __future__ import annotations
@@ -87,16 +86,18 @@ def _add_resource(conn: sqlite3.Connection, lease: str, type_: str, resource: st
     conn.execute("INSERT OR IGNORE INTO lease_resources VALUES (?, ?, ?)", (lease, type_, resource))
 
 
-def _drop_content(conn: sqlite3.Connection, digest: str) -> int:
-    """Delete a content row (its labels cascade) and its edges; the number of rows deleted."""
-    n = conn.execute("DELETE FROM content WHERE digest = ?", (digest,)).rowcount
-    conn.execute("DELETE FROM edges WHERE owner_kind = 'content' AND owner = ?", (digest,))
+#: The table, key column and lease resource type of each kind ``_drop`` deletes.
+_DROP: Final = {"content": ("content", "digest", "content"), "image": ("images", "name", "images")}
+
+
+def _drop(conn: sqlite3.Connection, kind: str, key: str, *, leases: bool) -> int:
+    """Delete a row (labels cascade), its edges and with ``leases`` its memberships; the count."""
+    table, col, type_ = _DROP[kind]
+    n = conn.execute(f"DELETE FROM {table} WHERE {col} = ?", (key,)).rowcount
+    conn.execute("DELETE FROM edges WHERE owner_kind = ? AND owner = ?", (kind, key))
+    if leases:
+        conn.execute("DELETE FROM lease_resources WHERE type = ? AND resource = ?", (type_, key))
     return n
-
-
-def _drop_image(conn: sqlite3.Connection, name: str) -> None:
-    conn.execute("DELETE FROM images WHERE name = ?", (name,))
-    conn.execute("DELETE FROM edges WHERE owner_kind = 'image' AND owner = ?", (name,))
 
 
 # --- content and ingests ------------------------------------------------------------------------
@@ -119,9 +120,8 @@ IN_CHUNK: Final = 500
 def content_infos(conn: sqlite3.Connection, digests: Sequence[Digest]) -> list[Info]:
     """The records of those ``digests`` that exist, in the order given (duplicates once).
 
-    Two queries per :data:`IN_CHUNK` digests (labels, then rows), all in the caller's one
-    read transaction, so every record comes from the same snapshot. The records carry the
-    caller's (already validated) ``Digest`` objects.
+    Two queries per :data:`IN_CHUNK` digests, all in the caller's one read transaction (one
+    snapshot); the records carry the caller's ``Digest`` objects.
     """
     unique = list(dict.fromkeys(digests))
     labels: dict[str, dict[str, str]] = {}
@@ -172,7 +172,7 @@ def content_labels(
 
 
 def content_delete(conn: sqlite3.Connection, digest: str, lease: str | None) -> None:
-    if not _drop_content(conn, digest):
+    if not _drop(conn, "content", digest, leases=False):
         raise NotFound(f"content digest {digest}")
     if lease is not None:  # CS-6: the digest leaves the context lease
         conn.execute(
@@ -229,9 +229,8 @@ def content_commit(
 ) -> bool:
     """Record a committed blob and drop its ingest; False when it was recorded already (ING-8.6).
 
-    Either way the digest joins the context lease (ING-8.7) and the ingest (if any: a small
-    blob written whole has none) leaves it. ``unsynced_boot`` marks a blob committed without
-    fsync: the boot id it was written in, until :func:`content_mark_synced` clears it.
+    Either way the digest joins the context lease (ING-8.7). ``unsynced_boot``: the boot id
+    of a blob committed without fsync, until :func:`content_mark_synced` clears it.
     """
     if ref is not None:
         ingest_delete(conn, ref)
@@ -255,8 +254,7 @@ def _insert_content(
         " VALUES (?, ?, ?, ?, ?)",
         (digest, size, to_ts(now), to_ts(now), unsynced_boot),
     ).rowcount
-    # A new row has no labels and no edges yet (dropping a row drops both): only labels to
-    # add cost statements.
+    # A new row has no labels nor edges yet: only labels to add cost statements.
     if created and labels:
         _set_labels(conn, "content", digest, labels)
     return bool(created)
@@ -282,10 +280,9 @@ def content_commit_batch(
 ) -> tuple[list[bool], list[int | None]]:
     """Record many small blobs written whole, and join recorded ones, in ONE transaction.
 
-    ``blobs`` are ``(digest, size, labels)`` as :func:`content_commit` (no ingest) records
-    them; ``joins`` are digests whose data did not verify, looked up as :func:`content_join`
-    (TV-44: a recorded digest is still a success). Returns, in order, whether each blob's row
-    was created, and each join's recorded size (None when unrecorded).
+    ``blobs`` are ``(digest, size, labels)`` as :func:`content_commit` records them; ``joins``
+    are digests whose data did not verify, looked up as :func:`content_join` (TV-44). Returns
+    whether each blob's row was created, and each join's recorded size (None when unrecorded).
     """
     created = [_insert_content(conn, d, n, labels, now, unsynced_boot) for d, n, labels in blobs]
     joined = [content_join(conn, d, None) for d in joins]
@@ -308,14 +305,10 @@ def content_unsynced(conn: sqlite3.Connection, boot: str) -> list[str]:
 
 def content_mark_synced(conn: sqlite3.Connection, digests: Iterable[str]) -> int:
     """Clear the unsynced mark of ``digests`` (their data is on disk); how many were marked."""
-    n = 0
-    for d in digests:
-        n += conn.execute(
-            "UPDATE content SET unsynced_boot = NULL"
-            " WHERE digest = ? AND unsynced_boot IS NOT NULL",
-            (d,),
-        ).rowcount
-    return n
+    return conn.executemany(
+        "UPDATE content SET unsynced_boot = NULL WHERE digest = ? AND unsynced_boot IS NOT NULL",
+        [(d,) for d in digests],
+    ).rowcount
 
 
 def content_stale(conn: sqlite3.Connection, boot: str) -> list[str]:
@@ -328,14 +321,10 @@ def content_stale(conn: sqlite3.Connection, boot: str) -> list[str]:
 
 
 def content_drop_stale(conn: sqlite3.Connection, boot: str) -> list[str]:
-    """Delete the rows :func:`content_stale` finds; their digests.
-
-    Their data may be torn, so they leave every lease too; the caller removes their files.
-    """
+    """Delete the rows :func:`content_stale` finds (data maybe torn: leases too); their digests."""
     stale = content_stale(conn, boot)
     for d in stale:
-        _drop_content(conn, d)
-        conn.execute("DELETE FROM lease_resources WHERE type = 'content' AND resource = ?", (d,))
+        _drop(conn, "content", d, leases=True)
     return stale
 
 
@@ -407,7 +396,7 @@ def image_delete(conn: sqlite3.Connection, name: str, target: str | None) -> Non
         raise NotFound(f'image "{name}"')
     if target is not None and row[0] != target:
         raise NotFound(f'image "{name}" has target {row[0]}, not {target}')
-    _drop_image(conn, name)
+    _drop(conn, "image", name, leases=False)
 
 
 # --- leases -------------------------------------------------------------------------------------
@@ -490,16 +479,8 @@ def gc_sweep(
     if dry_run:
         return graph, doomed
     for kind, key in doomed:
-        if kind == "content":
-            _drop_content(conn, key)
-            conn.execute(
-                "DELETE FROM lease_resources WHERE type = 'content' AND resource = ?", (key,)
-            )
-        elif kind == "image":
-            _drop_image(conn, key)
-            conn.execute(
-                "DELETE FROM lease_resources WHERE type = 'images' AND resource = ?", (key,)
-            )
+        if kind in _DROP:
+            _drop(conn, kind, key, leases=True)
         elif kind == "lease":
             conn.execute("DELETE FROM leases WHERE id = ?", (key,))
         elif kind == "ingest":

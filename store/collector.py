@@ -26,10 +26,7 @@ __all__ = ["Collector"]
 class Collector:
     """Runs collections over one store's metadata DB and file backend (GC-10).
 
-    Args:
-        db: the metadata database.
-        backend: the file backend.
-        clock: returns the current time (aware, UTC); expiries are evaluated against it.
+    ``clock`` returns the current time (aware, UTC) expiries are evaluated against.
     """
 
     def __init__(

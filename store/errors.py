@@ -1,12 +1,9 @@
 """castar's error hierarchy: containerd errdefs categories, Python-shaped.
 
 A category answers "what should the caller do?" (ERR-1, design rule errors-seam);
-attributes are structured and ``str(err)`` names where it happened; ``map_os_errors`` is the
-one translation of ``OSError``. Imports nothing from the rest of castar, so every layer can
-raise these.
-
-Rendered messages follow Go's ``%w`` wrapping: ``<context>: <suffix>`` where the
-suffix is the category's canonical text (``not found``, ``invalid argument``…).
+``map_os_errors`` is the one translation of ``OSError``. Imports nothing from the rest of
+castar, so every layer can raise these. Messages follow Go's ``%w`` wrapping:
+``<context>: <suffix>``, the suffix being the category's text (``not found``…).
 """
 
 from __future__ import annotations
@@ -114,12 +111,7 @@ class FailedPrecondition(CastarError):
 
 
 class DigestMismatch(FailedPrecondition):
-    """Bytes did not hash to the digest they were expected to have.
-
-    Attributes:
-        expected: the digest that was promised.
-        actual: the digest the bytes really have.
-    """
+    """Bytes did not hash to the ``expected`` digest; ``actual`` is the one they have."""
 
     def __init__(self, message: str, *, expected: str, actual: str) -> None:
         super().__init__(message)
@@ -128,12 +120,7 @@ class DigestMismatch(FailedPrecondition):
 
 
 class SizeMismatch(FailedPrecondition):
-    """Bytes were not of the size they were expected to have.
-
-    Attributes:
-        expected: the size that was promised.
-        actual: the size seen.
-    """
+    """Bytes were not of the ``expected`` size; ``actual`` is the size seen."""
 
     def __init__(self, message: str, *, expected: int, actual: int) -> None:
         super().__init__(message)

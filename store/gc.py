@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple, final
+from typing import TYPE_CHECKING, Final, NamedTuple, final
 
 from castar.store.labels import FLAT, ROOT, expired
 
@@ -91,6 +91,10 @@ def path_to(
     return []
 
 
+#: The node kind of each lease resource type (an ingest has no flat bit).
+_RESOURCE_KINDS: Final = {"content": "content", "images": "image", "ingests": "ingest"}
+
+
 def roots_and_edges(
     graph: GCGraph, now: datetime
 ) -> tuple[list[Node], dict[Node, list[Node]], list[Node]]:
@@ -111,13 +115,9 @@ def roots_and_edges(
         if not expired(lease.labels, now):
             roots.append(node)
     for lease_id, type_, resource in graph.resources:
-        flat = lease_id in flat_leases
-        if type_ == "content":
-            add(Node("lease", lease_id), Node("content", resource, flat))
-        elif type_ == "images":
-            add(Node("lease", lease_id), Node("image", resource, flat))
-        elif type_ == "ingests":
-            add(Node("lease", lease_id), Node("ingest", resource))
+        if kind := _RESOURCE_KINDS.get(type_):
+            flat = kind != "ingest" and lease_id in flat_leases
+            add(Node("lease", lease_id), Node(kind, resource, flat))
     for name, target, labels in graph.images:
         node = Node("image", name)
         all_nodes.append(node)

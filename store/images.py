@@ -1,8 +1,7 @@
 """Image records (IMG-1..6): ``Image`` values and the ``ImageStore``.
 
-An image is a name pointing at a target descriptor; only the target's media type, digest, size
-and annotations are kept (DESC-5). Images are GC roots unless expired. Imports the metadata DB
-and leases; never the file backend, OCI documents or platforms.
+An image is a name pointing at a target descriptor (DESC-5); images are GC roots unless
+expired. Never imports the file backend, OCI documents or platforms.
 """
 
 from __future__ import annotations
@@ -15,14 +14,11 @@ from castar.store.content import Descriptor
 from castar.store.digest import parse
 from castar.store.errors import InvalidArgument, NotFound
 from castar.store.leases import current_lease_id
-from castar.store.sqlite import validate_labels
+from castar.store.sqlite import Records, validate_labels
 
 if TYPE_CHECKING:
     import builtins
-    from collections.abc import Callable, Mapping
-    from datetime import datetime
-
-    from castar.store.sqlite import SQLiteMetadataDB
+    from collections.abc import Mapping
 
 __all__ = ["DescriptorLike", "Image", "ImageStore"]
 
@@ -54,17 +50,8 @@ def _target(target: DescriptorLike) -> Descriptor:
 
 
 @final
-class ImageStore:
-    """Image records: create, get, list (by name), update, delete.
-
-    Args:
-        db: the metadata database.
-        clock: returns the current time (aware, UTC).
-    """
-
-    def __init__(self, db: SQLiteMetadataDB, clock: Callable[[], datetime]) -> None:
-        self._db = db
-        self._clock = clock
+class ImageStore(Records):
+    """Image records: create, get, list (by name), update, delete."""
 
     async def _put(
         self,
@@ -80,7 +67,7 @@ class ImageStore:
         checked = None if target is None else _target(target)
         if labels is not None:
             validate_labels(labels)
-        rec = await self._db.write(
+        return await self._db.write(
             _txn.image_put,
             name,
             checked,
@@ -89,7 +76,6 @@ class ImageStore:
             current_lease_id(),
             self._clock(),
         )
-        return rec
 
     async def create(
         self, name: str, target: DescriptorLike, *, labels: Mapping[str, str] | None = None

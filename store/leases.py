@@ -1,8 +1,7 @@
 """Leases (LEASE-1..7): the ``Lease`` value, ``LeaseManager`` and the current lease.
 
 A lease protects what is written under it from GC until it is deleted or expires. The current
-lease lives in a ContextVar so child tasks inherit it (no lease ids threaded through calls).
-Imports the metadata DB and labels.py; never the file backend or OCI code.
+lease lives in a ContextVar so child tasks inherit it. Never imports the file backend or OCI.
 """
 
 from __future__ import annotations
@@ -22,13 +21,11 @@ from castar.store._schema import Lease
 from castar.store.digest import parse
 from castar.store.errors import InvalidArgument, NotFound, NotImplementedKind
 from castar.store.labels import EXPIRE
-from castar.store.sqlite import validate_labels
+from castar.store.sqlite import Records, validate_labels
 
 if TYPE_CHECKING:
     import builtins
-    from collections.abc import AsyncIterator, Callable, Mapping
-
-    from castar.store.sqlite import SQLiteMetadataDB
+    from collections.abc import AsyncIterator, Mapping
 
 __all__ = [
     "RESOURCE_TYPES",
@@ -69,17 +66,8 @@ def rfc3339(dt: datetime) -> str:
 
 
 @final
-class LeaseManager:
-    """Creates, lists and deletes leases and their resources.
-
-    Args:
-        db: the metadata database.
-        clock: returns the current time (aware, UTC).
-    """
-
-    def __init__(self, db: SQLiteMetadataDB, clock: Callable[[], datetime]) -> None:
-        self._db = db
-        self._clock = clock
+class LeaseManager(Records):
+    """Creates, lists and deletes leases and their resources."""
 
     async def create(
         self,
@@ -91,8 +79,7 @@ class LeaseManager:
     ) -> Lease:
         """Create a lease (random id when None) expiring after ``expire`` if given.
 
-        ``durable=False`` skips the database's fsync, for leases an operation holds only
-        while it runs (:meth:`hold`): losing one in a power cut is harmless.
+        ``durable=False`` skips the fsync, for leases held only while an operation runs.
 
         Raises:
             InvalidArgument: empty id or a label breaking LBL-1.
@@ -122,8 +109,7 @@ class LeaseManager:
         lease (LEASE-5), and child tasks started in the block inherit it. Deletion at exit is
         shielded from cancellation; a lease GC already removed (expired) is no error.
         """
-        # Not durable: a lease held only while this block runs is worthless after a power
-        # cut, and each durable commit costs an fsync under write load.
+        # Not durable: worthless after a power cut, and each durable commit costs an fsync.
         lease = await self.create(expire=expire, labels=labels, durable=False)
         token = _current.set(lease)
         try:

@@ -1,8 +1,7 @@
 """``Root``: one root directory's content, image records, leases and GC; ``open_root``.
 
-Composes the file backend (``local.py``) and the metadata DB (``sqlite.py``) under one root,
-and owns the boot id that tells a crash apart from a live writer for blobs committed without
-fsync. Not a facade (``castar._api.Store`` is); never imports castar.engine.
+Composes the file backend and the metadata DB under one root, and owns the boot id that tells
+a crash from a live writer for blobs committed without fsync. Never imports castar.engine.
 """
 
 from __future__ import annotations
@@ -42,8 +41,7 @@ def current_boot_id() -> str | None:
     """This machine boot's id (Linux ``/proc/sys/kernel/random/boot_id``); None if unknown.
 
     Blobs committed without fsync carry it until synced: a different id at the next open
-    means a machine crash happened in between (page cache is shared by live processes, so
-    only a crash can lose their data).
+    means a machine crash in between (only a crash loses the shared page cache).
     """
     try:
         return _BOOT_ID.read_text().strip() or None
@@ -53,11 +51,9 @@ def current_boot_id() -> str | None:
 
 def default_root() -> Path:
     """``$CASTAR_ROOT``, else ``$XDG_DATA_HOME/castar``, else ``~/.local/share/castar``."""
-    root = os.environ.get("CASTAR_ROOT")
-    if root:
+    if root := os.environ.get("CASTAR_ROOT"):
         return Path(root)
-    xdg = os.environ.get("XDG_DATA_HOME")
-    if xdg:
+    if xdg := os.environ.get("XDG_DATA_HOME"):
         return Path(xdg) / "castar"
     return Path.home() / ".local" / "share" / "castar"
 

@@ -1,10 +1,8 @@
-"""SQLiteMetadataDB: a store's metadata (content records, labels, images, leases, ingests, edges).
+"""SQLiteMetadataDB: the async face of a store's metadata DB, and LBL-1's label check.
 
-Owns the async face of the metadata DB: ``read``/``write`` run one plain sync function of
-``_txn.py`` as one transaction in a worker thread behind a ``CapacityLimiter(1)`` (design rule
-seam-txn), so SQL never runs on the event loop; the schema, its ``user_version`` migrations and
-the row values are ``_schema.py``'s. Also owns LBL-1's label check. Never imports the file
-backend or anything of OCI.
+``read``/``write`` run one sync ``_txn`` function as one transaction in a worker thread behind
+a ``CapacityLimiter(1)`` (design rule seam-txn), so SQL never runs on the event loop. Never
+imports the file backend or anything of OCI.
 """
 
 from __future__ import annotations
@@ -20,13 +18,10 @@ from castar.store.errors import InvalidArgument
 if TYPE_CHECKING:
     import sqlite3
     from collections.abc import Callable, Mapping
+    from datetime import datetime
     from pathlib import Path
 
-__all__ = [
-    "MAX_LABEL",
-    "SQLiteMetadataDB",
-    "validate_labels",
-]
+__all__ = ["MAX_LABEL", "Records", "SQLiteMetadataDB", "validate_labels"]
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -54,9 +49,8 @@ def validate_labels(labels: Mapping[str, str]) -> None:
 class SQLiteMetadataDB:
     """The metadata database at ``<root>/meta.db`` (SQLite in WAL mode, LAY-4).
 
-    ``read``/``write`` run one transaction each in a worker thread; a ``CapacityLimiter(1)``
-    serialises this process's use of its single connection. Several processes may open the same
-    file: write transactions start with ``BEGIN IMMEDIATE`` and wait on ``busy_timeout``.
+    Several processes may open the same file: writes start with ``BEGIN IMMEDIATE`` and wait
+    on ``busy_timeout``.
     """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -84,10 +78,17 @@ class SQLiteMetadataDB:
     ) -> T:
         """``fn(conn, *args)`` as one write transaction; ``durable=False`` skips the WAL fsync.
 
-        Non-durable writes are for rows whose loss in a power cut is harmless (ingest rows,
-        an operation's own lease, rows of blobs not fsynced yet): a later durable commit
-        persists them anyway, as the WAL is sequential.
+        Non-durable writes are for rows whose loss in a power cut is harmless (ingest rows, an
+        operation's own lease, rows of blobs not fsynced yet).
         """
         return await anyio.to_thread.run_sync(
             run_txn, self._conn, True, fn, args, durable, limiter=self._limiter
         )
+
+
+class Records:
+    """Base of the image and lease managers: ``db`` and ``clock`` (returns aware UTC now)."""
+
+    def __init__(self, db: SQLiteMetadataDB, clock: Callable[[], datetime]) -> None:
+        self._db = db
+        self._clock = clock

@@ -1,9 +1,8 @@
 """Re-hashing of stored blobs: which recorded blobs are missing or corrupt on disk.
 
-Owns :func:`verify` and :class:`VerifyReport`. Store-only: an image's subtree is
-reached through the reference labels of the blobs (``containerd.io/gc.ref.content*``,
-GC-5), so this module must not import castar.engine (no OCI, tar or
-platforms). Blob files are read in worker threads, one hop per blob, 1 MiB at a time.
+Store-only: an image's subtree is reached through the blobs' reference labels
+(``containerd.io/gc.ref.content*``, GC-5), so this module must not import castar.engine.
+Blob files are read in worker threads, one hop per blob, 1 MiB at a time.
 """
 
 from __future__ import annotations
@@ -158,25 +157,16 @@ async def verify(
     *,
     progress: VerifyProgress | None = None,
 ) -> VerifyReport:
-    """Re-hash recorded blobs and report every missing or corrupt one.
-
-    Never loads a whole blob: each blob is read in 1 MiB steps in one worker-thread
-    call, two blobs at a time. Nothing is changed in the store.
+    """Re-hash recorded blobs (1 MiB at a time, two blobs at once) and report the bad ones.
 
     Args:
-        content: the store's content store.
+        content: the store's content store (nothing in it is changed).
         digests: roots to check with everything they reference (an image's target
-            digest checks the image's whole stored subtree); ``None`` checks every
-            recorded blob.
+            digest checks its whole stored subtree); ``None`` checks every recorded blob.
         progress: optional callback after each blob.
-
-    Returns:
-        The report; call :meth:`VerifyReport.raise_for_problems` to turn problems
-        into :class:`~castar.store.errors.DataLoss`.
     """
     if digests is None:
-        infos = await content.walk()
-        todo = {info.digest: info.size for info in infos}
+        todo = {info.digest: info.size for info in await content.walk()}
         absent: list[Digest] = []
     else:
         todo, absent = await _subtree(content, digests)
