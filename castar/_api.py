@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from castar.store.images import Image
     from castar.store.leases import Lease, LeaseManager
     from castar.store.progress import ProgressCallback
-    from castar.store.verify import VerifyProgress, VerifyReport
+    from castar.store.verify import VerifyReport
 
 __all__ = ["Store", "open_store"]
 
@@ -141,7 +141,7 @@ class Store:
         return await exporter.save_many(self._root, jobs)
 
     async def verify(
-        self, names: Iterable[str] | None = None, *, progress: VerifyProgress | None = None
+        self, names: Iterable[str] | None = None, *, progress: ProgressCallback | None = None
     ) -> VerifyReport:
         """Re-hash stored blobs: all of them, or the stored subtrees of the named images.
 

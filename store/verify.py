@@ -8,7 +8,6 @@ Blob files are read in worker threads, one hop per blob, 1 MiB at a time.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, final
 
@@ -21,14 +20,13 @@ from castar.store.errors import DataLoss, NotFound
 from castar.store.labels import is_content_ref
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
     from pathlib import Path
 
     from castar.store.content import ContentStore
+    from castar.store.progress import ProgressCallback
 
-__all__ = ["BlobProblem", "VerifyProgress", "VerifyReport", "verify"]
-
-#: Called after each blob with (bytes hashed so far, bytes to hash in total, blob digest).
-VerifyProgress = Callable[[int, int, Digest], None]
+__all__ = ["BlobProblem", "VerifyReport", "verify"]
 
 _CHUNK = 1 << 20
 #: Two blobs in flight saturate the machine's hashing (design rule io-limiter).
@@ -155,7 +153,7 @@ async def verify(
     content: ContentStore,
     digests: Iterable[str] | None = None,
     *,
-    progress: VerifyProgress | None = None,
+    progress: ProgressCallback | None = None,
 ) -> VerifyReport:
     """Re-hash recorded blobs (1 MiB at a time, two blobs at once) and report the bad ones.
 
