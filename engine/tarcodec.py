@@ -58,17 +58,10 @@ __all__ = [
 class MemberStart:
     """A member's header (after PAX/GNU records are applied).
 
-    Attributes:
-        name: the member path as stored (PAX ``path`` > GNU ``L`` > ustar prefix/name).
-        size: body length in bytes (0 for header-only types: links, directories, devices).
-        type: the one-byte typeflag; the legacy NUL typeflag is reported as ``b"0"`` (or
-            ``b"5"`` for a V7 name ending in ``/``).
-        linkname: link target for hard and symbolic links, else ``""``.
-        mode: permission bits from the header.
-        mtime: modification time in whole seconds.
-        header_offset: archive offset of the member's first header block (its PAX or
-            GNU record header when it has one, as ``TarInfo.offset``).
-        data_offset: archive offset of the first body byte.
+    ``name`` is PAX ``path`` > GNU ``L`` > ustar prefix/name; ``size`` is 0 for header-only
+    types; the legacy NUL ``type`` reads ``b"0"`` (``b"5"`` for a V7 name ending in ``/``);
+    ``header_offset`` is that of the first header block (its PAX/GNU record header when
+    it has one, as ``TarInfo.offset``).
     """
 
     name: str
