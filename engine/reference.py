@@ -73,14 +73,7 @@ _PORT_RE: Final = re.compile(r"(?::[0-9]*)?")
 @final
 @dataclass(frozen=True, slots=True)
 class Reference:
-    """A parsed image reference ``[domain/]path[:tag][@digest]``.
-
-    Attributes:
-        domain: registry host (and port), ``""`` when the string had none.
-        path: repository path below the domain (``library/alpine``); ``""`` for a bare digest.
-        tag: the tag, ``""`` when none.
-        digest: the digest, ``""`` when none.
-    """
+    """A parsed image reference ``[domain/]path[:tag][@digest]``; absent parts are ``""``."""
 
     domain: str
     path: str
