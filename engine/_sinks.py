@@ -44,7 +44,6 @@ class Sink(Endpoint):
 
     def __init__(self) -> None:
         self._buf = bytearray()
-        self.bytes_sent = 0
 
     def fileno(self) -> int | None:
         """The OS file descriptor written to, or None."""
@@ -55,7 +54,6 @@ class Sink(Endpoint):
         n = len(data)
         if not n:
             return
-        self.bytes_sent += n
         if n < _DIRECT:
             self._buf += data
             if len(self._buf) >= CHUNK_SIZE:

@@ -209,10 +209,8 @@ def normalize(name: str) -> str:
 
 def try_normalize(name: str) -> str | None:
     """``normalize(name)``, or ``None`` for an empty or unparseable name (LOAD-1)."""
-    if not name:
-        return None
     try:
-        return str(parse_docker_ref(name))
+        return normalize(name) if name else None
     except InvalidArgument:
         return None
 
