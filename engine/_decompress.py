@@ -53,12 +53,9 @@ class RawSource(Protocol):
 def sniff(head: bytes) -> str | None:
     """Name the whole-archive compression of a stream from its first bytes (IMP-1).
 
-    Args:
-        head: at least the first 4 bytes of the stream (fewer only when it is shorter).
-
-    Returns:
-        ``"gzip"`` (``1F 8B 08``), ``"zstd"`` (a frame or a skippable frame), or
-        ``None`` for anything else, which the caller reads as a plain tar.
+    ``head`` is at least the first 4 bytes (fewer only in a shorter stream). Returns
+    ``"gzip"`` (``1F 8B 08``), ``"zstd"`` (a frame or a skippable frame), or ``None``
+    for anything else, which the caller reads as a plain tar.
     """
     if head.startswith(_GZIP_MAGIC):
         return GZIP
@@ -199,12 +196,9 @@ class _Reader(Protocol):
 class DecompressedSource:
     """The decompressed bytes of ``raw``: a non-seekable source of at most ``CHUNK`` per receive.
 
-    Args:
-        raw: the compressed stream; ``head`` holds bytes already taken from it.
-        kind: ``"gzip"`` or ``"zstd"`` (from :func:`sniff`).
-        head: the bytes read from ``raw`` to sniff it, given back first.
-        direct: when ``raw`` is a regular file, its unbuffered file at ``raw``'s position:
-            read in the inflating thread, saving two thread hops per MiB.
+    ``head`` (the bytes read from ``raw`` to sniff its ``kind``) is given back first.
+    ``direct``, when ``raw`` is a regular file, is its unbuffered file at ``raw``'s
+    position: read in the inflating thread, saving two thread hops per MiB.
 
     Raises (from ``receive``):
         MalformedArchive: the compressed data is corrupt or ends early.

@@ -10,13 +10,16 @@ engine modules.
 from __future__ import annotations
 
 import os
-from typing import Final
+from typing import TYPE_CHECKING, Final, Self
 
 import anyio
 
 from castar.store.errors import InvalidArgument, NotFound
 
-__all__ = ["CHUNK_SIZE", "FileEndpoint", "describe", "file_target", "map_open_error"]
+if TYPE_CHECKING:
+    from types import TracebackType
+
+__all__ = ["CHUNK_SIZE", "Endpoint", "FileEndpoint", "describe", "file_target", "map_open_error"]
 
 #: Default read size and the size sinks coalesce small writes up to (design rule io-chunk).
 CHUNK_SIZE: Final = 1 << 20
@@ -29,6 +32,36 @@ def map_open_error(exc: OSError, name: str) -> Exception:
     if isinstance(exc, IsADirectoryError | NotADirectoryError):
         return InvalidArgument(f"archive {name}: {exc.strerror or exc}")
     return exc
+
+
+class Endpoint:
+    """A source or sink: ``async with`` opens it, and closes it shielded on the way out."""
+
+    #: What to name in messages: the path, ``<stdin>``, ``<fd N>`` or the object.
+    name: str
+
+    async def open(self) -> None:
+        """Open the underlying file if not done yet (idempotent)."""
+
+    async def aclose(self) -> None:
+        """Release what ``open_source``/``open_sink`` opened itself."""
+
+    async def _abort(self) -> None:
+        """Leave on an error; sinks drop their buffered bytes first."""
+        await self.aclose()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with anyio.CancelScope(shield=True):
+            await (self.aclose() if exc_type is None else self._abort())
 
 
 class FileEndpoint:

@@ -55,17 +55,10 @@ _ESCAPES: Final = (("%", "%25"), ("+", "%2B"), ("(", "%28"), (")", "%29"), ("/",
 @final
 @dataclass(frozen=True, slots=True)
 class Platform:
-    """An OCI platform: what a manifest runs on.
+    """An OCI platform: what a manifest runs on; ``""``/``()`` for an absent field.
 
     Values are kept as given; use ``normalize`` before comparing by hand (matchers
     normalise for you).
-
-    Attributes:
-        os: operating system (``linux``, ``windows``…).
-        architecture: CPU architecture (``amd64``, ``arm64``…).
-        variant: CPU variant (``v7``, ``v8``…), ``""`` when none.
-        os_version: OS version (Windows builds), ``""`` when none.
-        os_features: required OS features, in the order given.
     """
 
     os: str
@@ -299,9 +292,6 @@ def parse_list(values: Iterable[str]) -> list[Platform]:
     Items are trimmed; empty items and items equal to an earlier one after
     normalisation (``linux/arm64`` and ``linux/aarch64/v8``) are rejected.
 
-    Returns:
-        The parsed platforms (as ``parse`` returns them), in order.
-
     Raises:
         InvalidArgument: an empty, malformed or duplicate item, named in the message.
     """
@@ -373,10 +363,6 @@ def to_json(p: Platform) -> Struct:
 
 def from_json(obj: object, *, where: str = "platform") -> Platform:
     """Decode an OCI platform object; absent or ``null`` fields are empty, nothing is normalised.
-
-    Args:
-        obj: the decoded JSON value.
-        where: what to name in messages (``index <d>: manifests[0]: platform``).
 
     Raises:
         MalformedManifest: ``obj`` is not an object or a field has the wrong JSON type.

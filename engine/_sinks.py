@@ -11,17 +11,15 @@ import inspect
 import os
 import select
 import stat
-from typing import TYPE_CHECKING, Final, Literal, Self, final
+from typing import TYPE_CHECKING, Final, Literal, final
 
 import anyio
 import anyio.abc
 
-from castar.engine._endpoints import CHUNK_SIZE, FileEndpoint, describe, file_target
+from castar.engine._endpoints import CHUNK_SIZE, Endpoint, FileEndpoint, describe, file_target
 from castar.store.errors import InvalidArgument
 
 if TYPE_CHECKING:
-    from types import TracebackType
-
     from castar.store.digest import Buffer
 
 __all__ = ["Sink", "SinkKind", "open_sink"]
@@ -32,7 +30,7 @@ _DIRECT: Final = 64 << 10
 SinkKind = Literal["file", "pipe", "socket", "stream"]
 
 
-class Sink:
+class Sink(Endpoint):
     """Where archive bytes go; ``send`` coalesces small writes up to 1 MiB.
 
     Use as ``async with open_sink(obj) as sink:``. Whoever writes to ``fileno()``
@@ -41,28 +39,21 @@ class Sink:
     ``open_sink`` opened itself (paths).
     """
 
-    #: What to name in messages.
-    name: str
     #: "file" (regular file), "pipe", "socket", or "stream" (anything else: send() only).
     kind: SinkKind = "stream"
 
     def __init__(self) -> None:
         self._buf = bytearray()
-        self.bytes_sent = 0
 
     def fileno(self) -> int | None:
         """The OS file descriptor written to, or None."""
         return None
-
-    async def open(self) -> None:
-        """Open the underlying file if not done yet (idempotent)."""
 
     async def send(self, data: Buffer) -> None:
         """Write ``data`` (copied or written before returning: the caller may reuse it)."""
         n = len(data)
         if not n:
             return
-        self.bytes_sent += n
         if n < _DIRECT:
             self._buf += data
             if len(self._buf) >= CHUNK_SIZE:
@@ -88,24 +79,7 @@ class Sink:
         with anyio.CancelScope(shield=True):
             await self.flush()
 
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            await self.aclose()
-            return
-        with anyio.CancelScope(shield=True):
-            await self._close_quietly()
-
-    async def _close_quietly(self) -> None:
-        """On an error: drop buffered bytes and release resources."""
+    async def _abort(self) -> None:
         self._buf = bytearray()
         await self.aclose()
 

@@ -14,22 +14,19 @@ import io
 import os
 import select
 import stat
-from typing import TYPE_CHECKING, Any, Self, final
+from typing import Any, final
 
 import anyio
 import anyio.abc
 
-from castar.engine._endpoints import CHUNK_SIZE, FileEndpoint, describe, file_target
+from castar.engine._endpoints import CHUNK_SIZE, Endpoint, FileEndpoint, describe, file_target
 from castar.engine._sinks import Sink, SinkKind, open_sink
 from castar.store.errors import InvalidArgument
-
-if TYPE_CHECKING:
-    from types import TracebackType
 
 __all__ = ["CHUNK_SIZE", "Sink", "SinkKind", "Source", "open_sink", "open_source"]
 
 
-class Source:
+class Source(Endpoint):
     """Where archive bytes come from; the shape of an anyio ``ByteReceiveStream``.
 
     Use as ``async with open_source(obj) as src:``. Paths are opened (in a worker
@@ -37,9 +34,6 @@ class Source:
     ``size`` are known from then on. ``aclose`` closes only what ``open_source``
     opened itself: fds, stdin and the caller's streams or files are left open.
     """
-
-    #: What to name in messages: the path, ``<stdin>``, ``<fd N>`` or the object.
-    name: str
 
     @property
     def seekable(self) -> bool:
@@ -62,9 +56,6 @@ class Source:
         the source back (or use ``os.pread`` on ``fileno()``, which moves nothing).
         """
         return None
-
-    async def open(self) -> None:
-        """Open the underlying file if not done yet (idempotent)."""
 
     async def receive(self, max_bytes: int = CHUNK_SIZE) -> bytes:
         """Return the next 1..max_bytes bytes.
@@ -103,22 +94,6 @@ class Source:
                 n -= len(await self.receive(min(n, CHUNK_SIZE)))
             except anyio.EndOfStream:
                 return
-
-    async def aclose(self) -> None:
-        """Release what ``open_source`` opened."""
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        with anyio.CancelScope(shield=True):
-            await self.aclose()
 
 
 @final

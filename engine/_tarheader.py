@@ -214,15 +214,8 @@ def encode_header(
     ``linkpath`` and/or ``size`` (names > 255 bytes or unsplittable, non-ASCII text,
     sizes of 8 GiB and more, which are also written base-256 in the ustar field).
 
-    Args:
-        name: member path; directories should end with ``/`` (TAR-1).
-        size: body length in bytes.
-        mode: permission bits (TAR-3: 0o444 for blobs).
-        type: one-byte typeflag.
-        linkname: link target for link types.
-
-    Returns:
-        512 bytes, or 1024 + PAX record blocks when PAX is needed.
+    Directory names should end with ``/`` (TAR-1); blobs are ``mode`` 0o444 (TAR-3).
+    Returns 512 bytes, or 1024 + PAX record blocks when PAX is needed.
 
     Raises:
         InvalidArgument: negative size or a typeflag that is not one byte (a ValueError).

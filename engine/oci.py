@@ -325,11 +325,8 @@ def _index_from(o: Mapping[str, Any], where: str) -> Index:
 def decode_manifest(data: bytes, *, name: str = "") -> Manifest:
     """Decode a manifest document strictly (at most :data:`MAX_DOCUMENT` bytes).
 
-    Unknown members are ignored and ``null`` counts as absent, as in Go.
-
-    Args:
-        data: the document bytes.
-        name: the digest or path, for messages.
+    Unknown members are ignored and ``null`` counts as absent, as in Go; ``name`` (a
+    digest or path) is for messages.
 
     Raises:
         MalformedManifest: over the cap, not JSON, no config, a field of the wrong type,

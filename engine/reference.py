@@ -73,14 +73,7 @@ _PORT_RE: Final = re.compile(r"(?::[0-9]*)?")
 @final
 @dataclass(frozen=True, slots=True)
 class Reference:
-    """A parsed image reference ``[domain/]path[:tag][@digest]``.
-
-    Attributes:
-        domain: registry host (and port), ``""`` when the string had none.
-        path: repository path below the domain (``library/alpine``); ``""`` for a bare digest.
-        tag: the tag, ``""`` when none.
-        digest: the digest, ``""`` when none.
-    """
+    """A parsed image reference ``[domain/]path[:tag][@digest]``; absent parts are ``""``."""
 
     domain: str
     path: str
@@ -216,10 +209,8 @@ def normalize(name: str) -> str:
 
 def try_normalize(name: str) -> str | None:
     """``normalize(name)``, or ``None`` for an empty or unparseable name (LOAD-1)."""
-    if not name:
-        return None
     try:
-        return str(parse_docker_ref(name))
+        return normalize(name) if name else None
     except InvalidArgument:
         return None
 

@@ -58,17 +58,10 @@ __all__ = [
 class MemberStart:
     """A member's header (after PAX/GNU records are applied).
 
-    Attributes:
-        name: the member path as stored (PAX ``path`` > GNU ``L`` > ustar prefix/name).
-        size: body length in bytes (0 for header-only types: links, directories, devices).
-        type: the one-byte typeflag; the legacy NUL typeflag is reported as ``b"0"`` (or
-            ``b"5"`` for a V7 name ending in ``/``).
-        linkname: link target for hard and symbolic links, else ``""``.
-        mode: permission bits from the header.
-        mtime: modification time in whole seconds.
-        header_offset: archive offset of the member's first header block (its PAX or
-            GNU record header when it has one, as ``TarInfo.offset``).
-        data_offset: archive offset of the first body byte.
+    ``name`` is PAX ``path`` > GNU ``L`` > ustar prefix/name; ``size`` is 0 for header-only
+    types; the legacy NUL ``type`` reads ``b"0"`` (``b"5"`` for a V7 name ending in ``/``);
+    ``header_offset`` is that of the first header block (its PAX/GNU record header when
+    it has one, as ``TarInfo.offset``).
     """
 
     name: str
@@ -207,13 +200,9 @@ class TarDecoder:
     def skip_body(self) -> int:
         """Skip the body and padding of the member whose ``MemberStart`` was just returned.
 
-        Whatever of them is already buffered is dropped; no ``Chunk`` or ``MemberEnd``
-        follows for this member, and the decoder expects the next header.
-
-        Returns:
-            How many bytes of body and padding have not been fed yet: the caller
-            skips exactly that many in its source (seek, or read and discard) before
-            feeding again. ``offset`` is then the next header's archive offset.
+        No ``Chunk`` or ``MemberEnd`` follows for this member. Returns how many bytes of
+        body and padding have not been fed yet: the caller skips exactly that many in its
+        source before feeding again; ``offset`` is then the next header's offset.
 
         Raises:
             RuntimeError: not called right after a ``MemberStart``.
@@ -296,32 +285,14 @@ class TarDecoder:
 
     def _take_bytes(self, n: int) -> bytes:
         """Consume exactly ``n`` buffered bytes as a copy (``n <= self._avail``)."""
-        buf = self._bufs[0]
-        head = self._head
-        if len(buf) - head >= n:
-            out = bytes(buf[head : head + n])
-            if len(buf) - head == n:
-                self._bufs.popleft()
-                self._head = 0
-            else:
-                self._head = head + n
-        else:
-            parts = []
-            left = n
-            while left:
-                buf = self._bufs[0]
-                piece = buf[self._head : self._head + left]
-                parts.append(piece)
-                left -= len(piece)
-                if self._head + len(piece) == len(buf):
-                    self._bufs.popleft()
-                    self._head = 0
-                else:
-                    self._head += len(piece)
-            out = b"".join(parts)
-        self._avail -= n
-        self._offset += n
-        return out
+        need = self._need
+        parts = []
+        while n:
+            view = self._take_view(n)
+            parts.append(view)
+            n -= len(view)
+        self._need = need
+        return b"".join(parts)
 
     def _drop(self, n: int) -> int:
         """Consume up to ``n`` buffered bytes without looking at them; return how many."""
