@@ -86,10 +86,12 @@ def _document(data: bytes) -> tuple[dict[str, Any] | None, str]:
 
 
 class _Planning(graph.Reader):
-    """Export planning's reader: one ``infos`` call per graph level, SAVE-1 referrers.
+    """Export planning's reader: blob records in batches, SAVE-1 referrers.
 
-    A record is looked up with every blob reached since the last lookup; a document
-    lists its referrers after its MT-4 children, so the walk follows them too.
+    A record is looked up with every blob reached since the last lookup, so an image
+    takes one ``infos`` call for its index, one for its manifests and one per manifest
+    (config and layers), never one per layer. A document lists its referrers after its
+    MT-4 children, so the walk follows them too.
     """
 
     def __init__(self, content: BlobReader) -> None:
