@@ -1,18 +1,16 @@
-"""The OCI/Docker image model: descriptors, manifests, indexes, image configs, their graph.
+"""The OCI/Docker image model: media types, descriptors, manifests, indexes, configs, their graph.
 
-Owns the document dataclasses with strict decoding under the 20 MiB cap (EDGE-13) and
-DESC-1 encoding, the children of a node (MT-4), attestations, referrers and pseudo
-images (MT-5/6) and the GC child labels (GC-7). Re-exports the media types and their
-classification (``_mediatypes``, MT-1..3) and the canonical JSON encoder (``_json``,
-DESC-2): import all of them from here. Pure: imports only ``castar.store`` digests, labels
-and errors and the pure engine modules; never anyio or I/O.
+Owns the media types and their classification (MT-1/2), the document dataclasses with strict
+decoding under the 20 MiB cap (EDGE-13) and DESC-1 encoding, the children of a node (MT-4),
+attestations, referrers and pseudo images (MT-5/6) and the GC child labels (GC-7).
+Re-exports the canonical JSON encoder (``_json``, DESC-2).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import TYPE_CHECKING, Any, Final, final
 
 from castar.engine import platforms
@@ -28,44 +26,12 @@ from castar.engine._json import (
     malformed,
     object_of,
 )
-from castar.engine._mediatypes import (
-    CHECKPOINT,
-    CHECKPOINT_CONFIG,
-    DOCKER_CONFIG,
-    DOCKER_LAYER,
-    DOCKER_LAYER_FOREIGN,
-    DOCKER_LAYER_FOREIGN_GZIP,
-    DOCKER_LAYER_GZIP,
-    DOCKER_LAYER_ZSTD,
-    DOCKER_MANIFEST,
-    DOCKER_MANIFEST_LIST,
-    DOCKER_SCHEMA1_MANIFEST,
-    EROFS_LAYER,
-    IN_TOTO,
-    OCI_CONFIG,
-    OCI_EMPTY,
-    OCI_INDEX,
-    OCI_LAYER,
-    OCI_LAYER_GZIP,
-    OCI_LAYER_ND,
-    OCI_LAYER_ND_GZIP,
-    OCI_LAYER_ND_ZSTD,
-    OCI_LAYER_ZSTD,
-    OCI_LAYOUT_HEADER,
-    OCI_MANIFEST,
-    is_config,
-    is_index,
-    is_known_config,
-    is_layer,
-    is_manifest,
-    is_non_distributable,
-    layer_compression,
-)
 from castar.engine.platforms import Platform
 from castar.store.digest import Digest
 from castar.store.errors import (
     InvalidArgument,
     MalformedManifest,
+    NotImplementedKind,
     UnsupportedMediaType,
 )
 from castar.store.labels import REF_CONTENT, REFERRER
@@ -87,6 +53,105 @@ __all__ = [
     "is_known_config", "is_layer", "is_manifest", "is_non_distributable", "is_pseudo_image",
     "is_referrer", "layer_compression",
 ]  # fmt: skip
+
+# --- media types (MT-1) -------------------------------------------------------------------------
+
+OCI_INDEX: Final = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST: Final = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG: Final = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER: Final = "application/vnd.oci.image.layer.v1.tar"
+OCI_LAYER_GZIP: Final = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_LAYER_ZSTD: Final = "application/vnd.oci.image.layer.v1.tar+zstd"
+OCI_LAYER_ND: Final = "application/vnd.oci.image.layer.nondistributable.v1.tar"
+OCI_LAYER_ND_GZIP: Final = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+OCI_LAYER_ND_ZSTD: Final = "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
+OCI_EMPTY: Final = "application/vnd.oci.empty.v1+json"
+OCI_LAYOUT_HEADER: Final = "application/vnd.oci.layout.header.v1+json"
+DOCKER_MANIFEST: Final = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST: Final = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_CONFIG: Final = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER: Final = "application/vnd.docker.image.rootfs.diff.tar"
+DOCKER_LAYER_GZIP: Final = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+DOCKER_LAYER_ZSTD: Final = "application/vnd.docker.image.rootfs.diff.tar.zstd"
+DOCKER_LAYER_FOREIGN: Final = "application/vnd.docker.image.rootfs.foreign.diff.tar"
+DOCKER_LAYER_FOREIGN_GZIP: Final = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+DOCKER_SCHEMA1_MANIFEST: Final = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+IN_TOTO: Final = "application/vnd.in-toto+json"
+CHECKPOINT: Final = "application/vnd.containerd.container.criu.checkpoint.criu.tar"
+CHECKPOINT_CONFIG: Final = "application/vnd.containerd.container.checkpoint.config.v1+proto"
+EROFS_LAYER: Final = "application/vnd.erofs.layer.v1"
+
+_DOCKER_LAYERS: Final = frozenset(
+    (DOCKER_LAYER, DOCKER_LAYER_GZIP, DOCKER_LAYER_ZSTD, DOCKER_LAYER_FOREIGN)
+) | {DOCKER_LAYER_FOREIGN_GZIP}
+
+
+# --- classification (MT-2, MT-3) ----------------------------------------------------------------
+
+
+def is_manifest(media_type: str) -> bool:
+    """True for exactly the OCI or Docker schema2 manifest type (MT-2)."""
+    return media_type in (OCI_MANIFEST, DOCKER_MANIFEST)
+
+
+def is_index(media_type: str) -> bool:
+    """True for exactly the OCI index or the Docker manifest list type (MT-2)."""
+    return media_type in (OCI_INDEX, DOCKER_MANIFEST_LIST)
+
+
+def is_config(media_type: str) -> bool:
+    """True for the OCI or Docker image config type (MT-2)."""
+    return media_type in (OCI_CONFIG, DOCKER_CONFIG)
+
+
+def is_known_config(media_type: str) -> bool:
+    """True for an image config or a containerd checkpoint config type (MT-2)."""
+    return media_type in (OCI_CONFIG, DOCKER_CONFIG, CHECKPOINT, CHECKPOINT_CONFIG)
+
+
+def is_layer(media_type: str) -> bool:
+    """True for any OCI layer type, a Docker layer type with any ``+suffix``, or erofs (MT-2)."""
+    if media_type.startswith("application/vnd.oci.image.layer."):
+        return True
+    base = media_type.partition("+")[0]
+    return base in _DOCKER_LAYERS or base == EROFS_LAYER
+
+
+def is_non_distributable(media_type: str) -> bool:
+    """True for OCI non-distributable and Docker foreign layer types (MT-2)."""
+    return media_type.startswith(
+        (
+            "application/vnd.oci.image.layer.nondistributable.",
+            "application/vnd.docker.image.rootfs.foreign.",
+        )
+    )
+
+
+def layer_compression(media_type: str) -> str:
+    """The compression a layer media type implies (MT-3).
+
+    Returns:
+        ``"gzip"``, ``"zstd"``, ``""`` (none, or a wrapped Docker type such as ``+encrypted``)
+        or ``"unknown"`` for Docker ``.tar`` types that may be compressed anyway (sniff them).
+
+    Raises:
+        NotImplementedKind: ``unrecognised mediatype <mt>`` for anything that is not a layer.
+    """
+    base, plus, ext = media_type.partition("+")
+    suffixes = sorted(ext.split("+")) if plus else []
+    if base in (DOCKER_LAYER, DOCKER_LAYER_FOREIGN):
+        return "" if suffixes else "unknown"
+    if base in (DOCKER_LAYER_GZIP, DOCKER_LAYER_FOREIGN_GZIP):
+        return "" if suffixes else "gzip"
+    if base == DOCKER_LAYER_ZSTD:
+        return "" if suffixes else "zstd"
+    if base in (OCI_LAYER, OCI_LAYER_ND):
+        # containerd sorts the suffixes and looks at the last one: tar+gzip+encrypted is gzip.
+        if suffixes and suffixes[-1] in ("gzip", "zstd"):
+            return suffixes[-1]
+        return ""
+    raise NotImplementedKind(f"unrecognised mediatype {media_type}")
+
 
 # --- annotations --------------------------------------------------------------------------------
 
@@ -111,23 +176,16 @@ def _where(what: str, name: str) -> str:
 @final
 @dataclass(frozen=True, slots=True)
 class Descriptor:
-    """A typed, sized, content-addressed reference to a blob (OCI descriptor, DESC-1).
-
-    Equal descriptors hash alike; the hash covers media type, digest, size, urls and
-    artifact type (annotations are a mapping and are compared, not hashed).
-    """
+    """A typed, sized, content-addressed reference to a blob (OCI descriptor, DESC-1)."""
 
     media_type: str
     digest: Digest
     size: int
     urls: tuple[str, ...] = ()
-    annotations: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict, hash=False)
     data: bytes | None = None
     platform: Platform | None = None
     artifact_type: str = ""
-
-    def __hash__(self) -> int:
-        return hash((self.media_type, self.digest, self.size, self.urls, self.artifact_type))
 
     def to_json(self) -> Struct:
         """The JSON object in DESC-1 field order, empty optional fields omitted."""
@@ -172,11 +230,6 @@ class Descriptor:
             except (binascii.Error, ValueError) as exc:
                 raise MalformedManifest(f"{where}: data: invalid base64: {exc}") from exc
         raw_platform = o.get("platform")
-        platform = (
-            None
-            if raw_platform is None
-            else platforms.from_json(raw_platform, where=f"{where}: platform")
-        )
         return cls(
             media_type=media_type,
             digest=digest,
@@ -184,50 +237,62 @@ class Descriptor:
             urls=get_strs(o, "urls", where),
             annotations=get_map(o, "annotations", where),
             data=data or None,
-            platform=platform,
+            platform=None
+            if raw_platform is None
+            else platforms.from_json(raw_platform, where=f"{where}: platform"),
             artifact_type=get_str(o, "artifactType", where),
         )
 
 
-@final
 @dataclass(frozen=True, slots=True)
-class Manifest:
-    """An OCI image manifest or Docker schema2 manifest (DESC-1 field order when encoded)."""
+class _Document:
+    """The members a manifest and an index share, in DESC-1 order around the body."""
 
-    config: Descriptor
-    layers: tuple[Descriptor, ...] = ()
-    media_type: str = OCI_MANIFEST
+    _: KW_ONLY
+    media_type: str
     schema_version: int = 2
     artifact_type: str = ""
     subject: Descriptor | None = None
-    annotations: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict, hash=False)
 
-    def __hash__(self) -> int:
-        return hash((self.media_type, self.config, self.layers, self.subject))
+    def _json(self, body: Struct) -> Struct:
+        out = Struct(schemaVersion=self.schema_version)
+        if self.media_type:
+            out["mediaType"] = self.media_type
+        if self.artifact_type:
+            out["artifactType"] = self.artifact_type
+        out.update(body)
+        if self.subject is not None:
+            out["subject"] = self.subject.to_json()
+        if self.annotations:
+            out["annotations"] = dict(self.annotations)
+        return out
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Manifest(_Document):
+    """An OCI image manifest or Docker schema2 manifest."""
+
+    config: Descriptor
+    layers: tuple[Descriptor, ...] = ()
+    media_type: str = field(default=OCI_MANIFEST, kw_only=True)
 
     def to_json(self) -> Struct:
         """The JSON object in DESC-1 order; ``layers`` is always written (``[]`` when empty)."""
         # containerd's importer builds layers with make(len) → "[]", never null.
-        return _document_json(
-            self,
-            Struct(config=self.config.to_json(), layers=[d.to_json() for d in self.layers]),
+        return self._json(
+            Struct(config=self.config.to_json(), layers=[d.to_json() for d in self.layers])
         )
 
 
 @final
 @dataclass(frozen=True, slots=True)
-class Index:
-    """An OCI image index or Docker manifest list (DESC-1 field order when encoded)."""
+class Index(_Document):
+    """An OCI image index or Docker manifest list."""
 
     manifests: tuple[Descriptor, ...] = ()
-    media_type: str = OCI_INDEX
-    schema_version: int = 2
-    artifact_type: str = ""
-    subject: Descriptor | None = None
-    annotations: Mapping[str, str] = field(default_factory=dict)
-
-    def __hash__(self) -> int:
-        return hash((self.media_type, self.manifests, self.subject))
+    media_type: str = field(default=OCI_INDEX, kw_only=True)
 
     def to_json(self) -> Struct:
         """The JSON object in DESC-1 order; an empty ``manifests`` is written as ``null``.
@@ -236,23 +301,7 @@ class Index:
         every entry was dropped, EDGE-6) is built by appending to a Go nil slice, which
         marshals as ``null``. ``mediaType`` is omitted when empty (IMP-9).
         """
-        manifests = [d.to_json() for d in self.manifests] if self.manifests else None
-        return _document_json(self, Struct(manifests=manifests))
-
-
-def _document_json(doc: Manifest | Index, body: Struct) -> Struct:
-    """A manifest or index in DESC-1 order: the shared head, ``body``, the shared tail."""
-    out = Struct(schemaVersion=doc.schema_version)
-    if doc.media_type:
-        out["mediaType"] = doc.media_type
-    if doc.artifact_type:
-        out["artifactType"] = doc.artifact_type
-    out.update(body)
-    if doc.subject is not None:
-        out["subject"] = doc.subject.to_json()
-    if doc.annotations:
-        out["annotations"] = dict(doc.annotations)
-    return out
+        return self._json(Struct(manifests=[d.to_json() for d in self.manifests] or None))
 
 
 @final
@@ -272,13 +321,7 @@ class ImageConfig:
         if not self.os and not self.architecture:
             return None
         return platforms.normalize(
-            Platform(
-                os=self.os,
-                architecture=self.architecture,
-                variant=self.variant,
-                os_version=self.os_version,
-                os_features=self.os_features,
-            )
+            Platform(self.os, self.architecture, self.variant, self.os_version, self.os_features)
         )
 
 
@@ -291,9 +334,18 @@ def _descriptors(o: Mapping[str, Any], key: str, where: str) -> tuple[Descriptor
     return tuple(Descriptor.from_json(x, where=f"{where}: {key}[{i}]") for i, x in enumerate(v))
 
 
-def _subject(o: Mapping[str, Any], where: str) -> Descriptor | None:
-    v = o.get("subject")
-    return None if v is None else Descriptor.from_json(v, where=f"{where}: subject")
+def _head(o: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The ``_Document`` members of a decoded manifest or index."""
+    subject = o.get("subject")
+    return {
+        "schema_version": get_int(o, "schemaVersion", where),
+        "media_type": get_str(o, "mediaType", where),
+        "artifact_type": get_str(o, "artifactType", where),
+        "subject": None
+        if subject is None
+        else Descriptor.from_json(subject, where=f"{where}: subject"),
+        "annotations": get_map(o, "annotations", where),
+    }
 
 
 def _manifest_from(o: Mapping[str, Any], where: str) -> Manifest:
@@ -301,25 +353,14 @@ def _manifest_from(o: Mapping[str, Any], where: str) -> Manifest:
     if config is None:
         raise MalformedManifest(f"{where}: config: missing")
     return Manifest(
-        schema_version=get_int(o, "schemaVersion", where),
-        media_type=get_str(o, "mediaType", where),
-        artifact_type=get_str(o, "artifactType", where),
-        config=Descriptor.from_json(config, where=f"{where}: config"),
-        layers=_descriptors(o, "layers", where),
-        subject=_subject(o, where),
-        annotations=get_map(o, "annotations", where),
+        Descriptor.from_json(config, where=f"{where}: config"),
+        _descriptors(o, "layers", where),
+        **_head(o, where),
     )
 
 
 def _index_from(o: Mapping[str, Any], where: str) -> Index:
-    return Index(
-        schema_version=get_int(o, "schemaVersion", where),
-        media_type=get_str(o, "mediaType", where),
-        artifact_type=get_str(o, "artifactType", where),
-        manifests=_descriptors(o, "manifests", where),
-        subject=_subject(o, where),
-        annotations=get_map(o, "annotations", where),
-    )
+    return Index(_descriptors(o, "manifests", where), **_head(o, where))
 
 
 def decode_manifest(data: bytes, *, name: str = "") -> Manifest:

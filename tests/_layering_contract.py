@@ -22,7 +22,6 @@ PURE = (
     "castar.engine._matchers",
     "castar.engine.oci",
     "castar.engine._json",
-    "castar.engine._mediatypes",
     "castar.engine.reference",
     "castar.engine._goquote",
     "castar.engine.synth",

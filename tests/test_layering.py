@@ -44,7 +44,7 @@ def test_pure_module_imports_no_io_library(broken: list[str], module: str) -> No
 def test_the_contract_names_a_planted_import_and_its_chain(tmp_path: Path) -> None:
     for folder in ("castar", "store", "engine"):
         shutil.copytree(ROOT / folder, tmp_path / folder, symlinks=True)
-    with (tmp_path / "engine" / "_mediatypes.py").open("a") as f:
+    with (tmp_path / "engine" / "_json.py").open("a") as f:
         f.write("import anyio\n")
     with (tmp_path / "store" / "digest.py").open("a") as f:
         f.write("import castar.engine\n")
@@ -53,9 +53,9 @@ def test_the_contract_names_a_planted_import_and_its_chain(tmp_path: Path) -> No
     lines = result.stdout.splitlines()
     assert (
         "castar.engine.oci: pure: imports an I/O library: "
-        "castar.engine.oci -> castar.engine._mediatypes -> anyio"
+        "castar.engine.oci -> castar.engine._json -> anyio"
     ) in lines
-    assert "castar.engine._mediatypes: pure: a fresh import loads anyio" in lines
+    assert "castar.engine._json: pure: a fresh import loads anyio" in lines
     assert (
         "castar.store.digest: layers: the store imports the engine or the facade: "
         "castar.store.digest -> castar.engine"
