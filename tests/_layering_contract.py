@@ -18,8 +18,6 @@ PURE = (
     "castar.engine.tarcodec",
     "castar.engine._tarheader",
     "castar.engine.platforms",
-    "castar.engine._platform",
-    "castar.engine._matchers",
     "castar.engine.oci",
     "castar.engine._json",
     "castar.engine.reference",

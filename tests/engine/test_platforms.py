@@ -5,13 +5,12 @@ from __future__ import annotations
 import ast
 import itertools
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from castar.engine import _matchers, _platform, platforms
+from castar.engine import platforms
 from castar.engine.platforms import (
     ALL,
     Platform,
@@ -525,15 +524,15 @@ def test_host_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:  # HOST
 def test_host_autodetection(
     monkeypatch: pytest.MonkeyPatch, machine: str, expected: Platform
 ) -> None:
-    monkeypatch.setattr(_platform._stdlib_platform, "system", lambda: "Linux")
-    monkeypatch.setattr(_platform._stdlib_platform, "machine", lambda: machine)
-    _platform._detected.cache_clear()
+    monkeypatch.setattr(platforms._stdlib_platform, "system", lambda: "Linux")
+    monkeypatch.setattr(platforms._stdlib_platform, "machine", lambda: machine)
+    platforms._detected.cache_clear()
     previous = platforms.set_host(None)
     try:
         assert platforms.host() == expected
     finally:
         platforms.set_host(previous)
-        _platform._detected.cache_clear()
+        platforms._detected.cache_clear()
 
 
 # -- OCI JSON ---------------------------------------------------------------------------
@@ -560,10 +559,9 @@ def test_from_json_round_trips_and_rejects_bad_types() -> None:
             platforms.from_json(bad)
 
 
-@pytest.mark.parametrize("module", [platforms, _platform, _matchers])
-def test_modules_are_pure(module: ModuleType) -> None:
+def test_module_is_pure() -> None:
     """No I/O library (no anyio): stdlib only, plus castar.store's errors and pure helpers."""
-    tree = ast.parse(Path(str(module.__file__)).read_text())
+    tree = ast.parse(Path(str(platforms.__file__)).read_text())
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
         a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
     }
@@ -572,28 +570,19 @@ def test_modules_are_pure(module: ModuleType) -> None:
         "castar.store.errors",
         "castar.engine._goquote",
         "castar.engine._json",
-        "castar.engine._platform",
-        "castar.engine._matchers",
     }
-
-
-def test_public_names_are_reexported_from_platforms() -> None:
-    for module in (_platform, _matchers):
-        for name in module.__all__:
-            assert getattr(platforms, name) is getattr(module, name), name
-            assert name in platforms.__all__, name
 
 
 def test_host_autodetection_on_windows_keeps_the_build(monkeypatch: pytest.MonkeyPatch) -> None:
     # HOST-1: on Windows the host spec carries major.minor.build as its OS version.
-    monkeypatch.setattr(_platform._stdlib_platform, "system", lambda: "Windows")
-    monkeypatch.setattr(_platform._stdlib_platform, "machine", lambda: "AMD64")
-    monkeypatch.setattr(_platform._stdlib_platform, "version", lambda: "10.0.20348.1234")
-    _platform._detected.cache_clear()
+    monkeypatch.setattr(platforms._stdlib_platform, "system", lambda: "Windows")
+    monkeypatch.setattr(platforms._stdlib_platform, "machine", lambda: "AMD64")
+    monkeypatch.setattr(platforms._stdlib_platform, "version", lambda: "10.0.20348.1234")
+    platforms._detected.cache_clear()
     previous = platforms.set_host(None)
     try:
         assert platforms.host() == P("windows", "amd64", "", "10.0.20348")
         assert format_all(platforms.host()) == "windows(10.0.20348)/amd64"
     finally:
         platforms.set_host(previous)
-        _platform._detected.cache_clear()
+        platforms._detected.cache_clear()
