@@ -16,7 +16,6 @@ import sys
 #: The modules that import no async, database or I/O library; kept here only.
 PURE = (
     "castar.engine.tarcodec",
-    "castar.engine._tarheader",
     "castar.engine.platforms",
     "castar.engine.oci",
     "castar.engine._json",

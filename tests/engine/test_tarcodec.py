@@ -577,7 +577,7 @@ def test_corrupted_archives_give_events_or_malformed_archive(
 
 # -- values ---------------------------------------------------------------------------------------
 
-# That tarcodec (and _tarheader) never import anyio is checked in tests/_layering_contract.py.
+# That tarcodec never imports anyio is checked in tests/_layering_contract.py.
 
 
 def test_member_start_is_a_frozen_value() -> None:
