@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ALL", "HOST_ENV", "KNOWN_ARCHITECTURES", "KNOWN_OS", "MatchComparer", "Matcher", "Platform",
     "any_of", "format", "format_all", "from_json", "host", "match_any_with_preference",
-    "normalize", "only", "only_os", "only_strict", "ordered", "parse", "parse_all", "parse_list",
+    "normalize", "only", "only_strict", "ordered", "parse", "parse_all", "parse_list",
     "pinned_host", "set_host", "sort_best_first", "to_json",
 ]  # fmt: skip
 
@@ -54,11 +54,7 @@ _ESCAPES: Final = (("%", "%25"), ("+", "%2B"), ("(", "%28"), (")", "%29"), ("/",
 @final
 @dataclass(frozen=True, slots=True)
 class Platform:
-    """An OCI platform: what a manifest runs on; ``""``/``()`` for an absent field.
-
-    Values are kept as given; use ``normalize`` before comparing by hand (matchers
-    normalise for you).
-    """
+    """An OCI platform, values as given (``""``/``()`` when absent); matchers normalise."""
 
     os: str
     architecture: str
@@ -106,16 +102,9 @@ def _from_env(spec: str) -> Platform:
 
 
 def host() -> Platform:
-    """The host platform (HOST-1, HOST-3).
+    """The pinned host, else ``$CASTAR_HOST_PLATFORM``, else the detected one (HOST-1..3).
 
-    In order: the value pinned by ``set_host``/``pinned_host``; the specifier in
-    ``$CASTAR_HOST_PLATFORM``; autodetection from ``platform.system()`` and
-    ``platform.machine()`` (``arm64`` gets variant ``v8``, 32-bit arm its ``vN``).
-    An amd64 host stays plain ``amd64``: castar does not detect the amd64 level that
-    moby adds (HOST-2), so ``only(host())`` prefers plain amd64 manifests.
-
-    Raises:
-        InvalidArgument: ``$CASTAR_HOST_PLATFORM`` is not a valid specifier.
+    An amd64 host stays plain ``amd64``: castar does not detect the amd64 level (HOST-2).
     """
     if _pinned is not None:
         return _pinned
@@ -134,11 +123,7 @@ def set_host(p: Platform | None) -> Platform | None:
 
 @contextmanager
 def pinned_host(p: Platform | str) -> Iterator[Platform]:
-    """Pin the host platform for the duration of a ``with`` block (HOST-3).
-
-    Args:
-        p: the platform, or a specifier parsed against the detected host.
-    """
+    """Pin the host platform (or a specifier parsed against the detected one) in a block."""
     value = _parse(p, _detected()) if isinstance(p, str) else p
     previous = set_host(value)
     try:
@@ -182,11 +167,7 @@ def _normalize_arch(arch: str, variant: str) -> tuple[str, str]:
 
 
 def normalize(p: Platform) -> Platform:
-    """Canonical form (NORM-3): NORM-1 os, NORM-2 arch/variant, features sorted and unique.
-
-    ``os_version`` is left untouched. Canonical forms: arm64 has no variant for v8, arm
-    has ``v7`` explicit, amd64 has no variant for v1; an empty os becomes the host's.
-    """
+    """Canonical form (NORM-1..3); features sorted and unique, an empty os is the host's."""
     arch, variant = _normalize_arch(p.architecture, p.variant)
     os_name = _normalize_os(p.os, "") or host().os
     return Platform(os_name, arch, variant, p.os_version, tuple(sorted(set(p.os_features))))
@@ -257,25 +238,12 @@ def _parse(spec: str, base: Platform) -> Platform:
 
 
 def parse(spec: str) -> Platform:
-    """Parse a platform specifier (PLAT-1..6).
-
-    ``<os>[(<osversion>[+<feature>]*)] | <arch> | <os>[(…)]/<arch>[/<variant>]``; a
-    lone os or arch is completed from ``host()``. The result is *not* fully
-    normalised (``linux/arm64/v8`` keeps ``v8``, features keep their order).
-
-    Raises:
-        InvalidArgument: the specifier is malformed, e.g.
-            ``"foo": unknown operating system or architecture: invalid argument``.
-    """
+    """Parse a platform specifier (PLAT-1..6), a lone os or arch completed from ``host()``."""
     return _parse(spec, host())
 
 
 def parse_all(specs: Iterable[str]) -> list[Platform]:
-    """Parse every specifier; failures read ``invalid platform <s>: <error>`` (PLAT-6).
-
-    Raises:
-        InvalidArgument: the first malformed specifier.
-    """
+    """Parse every specifier; failures read ``invalid platform <s>: <error>`` (PLAT-6)."""
     out: list[Platform] = []
     for spec in specs:
         try:
@@ -286,14 +254,7 @@ def parse_all(specs: Iterable[str]) -> list[Platform]:
 
 
 def parse_list(values: Iterable[str]) -> list[Platform]:
-    """Parse CLI ``--platform`` values: repeated options and/or comma-separated lists.
-
-    Items are trimmed; empty items and items equal to an earlier one after
-    normalisation (``linux/arm64`` and ``linux/aarch64/v8``) are rejected.
-
-    Raises:
-        InvalidArgument: an empty, malformed or duplicate item, named in the message.
-    """
+    """Parse ``--platform`` values (repeated, comma-separated); no empty or duplicate items."""
     out: list[Platform] = []
     seen: dict[Platform, str] = {}
     for value in values:
@@ -316,10 +277,7 @@ def parse_list(values: Iterable[str]) -> list[Platform]:
 
 
 def format(p: Platform) -> str:
-    """``os/arch/variant`` with empty parts dropped, ``unknown`` without an os (FMT-1).
-
-    No normalisation, and no os version or features (see ``format_all``).
-    """
+    """``os/arch/variant`` with empty parts dropped, ``unknown`` without an os (FMT-1)."""
     if not p.os:
         return "unknown"
     return "/".join(s for s in (p.os, p.architecture, p.variant) if s)
@@ -332,12 +290,7 @@ def _escape(s: str) -> str:
 
 
 def format_all(p: Platform) -> str:
-    """Like ``format`` plus ``(<osversion>+<features…>)`` after the os (FMT-2).
-
-    Features are sorted, de-duplicated and empties skipped; ``%+()/`` are
-    percent-escaped so that ``parse(format_all(p))`` gives ``p`` back for normalised
-    values.
-    """
+    """Like ``format`` plus ``(<osversion>+<features…>)``, percent-escaped, after the os (FMT-2)."""
     features = sorted({f for f in p.os_features if f})
     if not p.os or (not p.os_version and not features):
         return format(p)
@@ -361,11 +314,7 @@ def to_json(p: Platform) -> Struct:
 
 
 def from_json(obj: object, *, where: str = "platform") -> Platform:
-    """Decode an OCI platform object; absent or ``null`` fields are empty, nothing is normalised.
-
-    Raises:
-        MalformedManifest: ``obj`` is not an object or a field has the wrong JSON type.
-    """
+    """Decode an OCI platform object strictly; absent or ``null`` fields are empty."""
     o = object_of(obj, where)
     return Platform(
         os=get_str(o, "os", where),
@@ -500,21 +449,6 @@ class _All:
 
 
 @dataclass(frozen=True, slots=True)
-class _OnlyOS:
-    """MATCH-5 ``only_os``: same os (version, features), the exact arch preferred."""
-
-    base: _Exact
-
-    def match(self, p: Platform) -> bool:
-        return self.base.match(
-            replace(p, architecture=self.base.want.architecture, variant=self.base.want.variant)
-        )
-
-    def less(self, a: Platform, b: Platform) -> bool:
-        return self.base.match(a) and not self.base.match(b)
-
-
-@dataclass(frozen=True, slots=True)
 class _WithPreference:
     """HOST-4: ``any_of(ps)`` (everything when ``ps`` is empty), ordered by ``preferred``."""
 
@@ -541,18 +475,11 @@ def _vector(p: Platform) -> list[Platform]:
         return replace(p, architecture=arch, variant=variant)
 
     arch, variant = p.architecture, p.variant
-    if arch == "amd64":
-        level = _int_variant(variant)
-        out = [p]
-        if level is not None and level > 1:
-            out += [v("amd64", f"v{n}") for n in range(level - 1, 0, -1)]
-        return [*out, v("386", "")]
-    if arch == "arm":
-        level = _int_variant(variant)
-        out = [p]
-        if level is not None and level > 5:
-            out += [v("arm", f"v{n}") for n in range(level - 1, 4, -1)]
-        return out
+    if arch in ("amd64", "arm"):  # the lower variants down to amd64 v1 / arm v5
+        digits = variant.removeprefix("v")
+        top = int(digits) - 1 if digits.isdigit() else 0
+        out = [p, *(v(arch, f"v{n}") for n in range(top, 0 if arch == "amd64" else 4, -1))]
+        return [*out, v("386", "")] if arch == "amd64" else out
     if arch == "arm64":
         m = _ARM64_VARIANT.fullmatch(variant or "v8")
         if m is None:
@@ -567,21 +494,12 @@ def _vector(p: Platform) -> list[Platform]:
     return [p]
 
 
-def _int_variant(variant: str) -> int | None:
-    digits = variant.removeprefix("v")
-    return int(digits) if digits.isdigit() else None
-
-
 def _exact(p: Platform) -> _Exact:
     return _Exact(normalize(p))
 
 
 def only(p: Platform) -> MatchComparer:
-    """``p`` and the platforms it can run, most specific first (MATCH-2).
-
-    ``amd64/vN`` also takes ``vN-1``…``v1`` and ``386``; ``arm/vN`` down to ``v5``;
-    ``arm64`` its v8/v9 ladder then ``arm/v8``…``v5``.
-    """
+    """``p`` and the platforms it can run, most specific first (MATCH-2)."""
     return _Ordered(tuple(_exact(q) for q in _vector(normalize(p))))
 
 
@@ -598,11 +516,6 @@ def ordered(*ps: Platform) -> MatchComparer:
 def any_of(*ps: Platform) -> MatchComparer:
     """Any of ``ps`` (exact), no preference among them (MATCH-5, Go's ``platforms.Any``)."""
     return _Any(tuple(_exact(p) for p in ps))
-
-
-def only_os(p: Platform) -> MatchComparer:
-    """Same os, os version and features as ``p`` whatever the arch; ``p``'s arch first."""
-    return _OnlyOS(_exact(p))
 
 
 def match_any_with_preference(preferred: MatchComparer, ps: Sequence[Platform]) -> MatchComparer:

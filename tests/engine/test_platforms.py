@@ -19,7 +19,6 @@ from castar.engine.platforms import (
     match_any_with_preference,
     normalize,
     only,
-    only_os,
     only_strict,
     ordered,
     parse,
@@ -303,11 +302,6 @@ def _matches(matcher: platforms.MatchComparer, specs: list[str]) -> list[bool]:
         ),
         (only(parse("linux/arm64/v7")), [], ["linux/arm64/v7", "linux/arm/v7"]),  # MATCH-2
         (only(parse("linux/riscv64")), ["linux/riscv64"], ["linux/riscv64/rva23"]),
-        (  # MATCH-5 only_os
-            only_os(parse("linux/arm64")),
-            ["linux/amd64", "linux/riscv64", "linux/arm64"],
-            ["windows/arm64", "linux(+x)/arm64"],
-        ),
     ],
 )
 def test_matcher_vectors(matcher: platforms.MatchComparer, yes: list[str], no: list[str]) -> None:
@@ -384,12 +378,6 @@ def test_all_prefers_nothing() -> None:  # MATCH-5
     assert not ALL.less(LINUX_AMD64, P("windows", "arm64"))
 
 
-def test_only_os_prefers_the_exact_arch() -> None:  # MATCH-5
-    m = only_os(parse("linux/arm64"))
-    assert m.less(parse("linux/arm64"), parse("linux/amd64"))
-    assert not m.less(parse("linux/amd64"), parse("linux/riscv64"))
-
-
 def test_match_any_with_preference() -> None:  # HOST-4, SAVE-1, LOAD-1
     pm = match_any_with_preference(only(LINUX_AMD64), [])
     assert pm.match(P("unknown", "unknown"))  # empty list: everything
@@ -426,7 +414,6 @@ _candidates = st.sampled_from(
 _matcher_strategy = st.one_of(
     _candidates.map(only),
     _candidates.map(only_strict),
-    _candidates.map(only_os),
     st.lists(_candidates, max_size=3).map(lambda ps: ordered(*ps)),
     st.lists(_candidates, max_size=3).map(lambda ps: any_of(*ps)),
     st.lists(_candidates, max_size=3).map(
