@@ -155,7 +155,7 @@ async def _docker_index(sess: Session, items: list[Any]) -> oci.Descriptor:
         config_digest = await sess.ensure(config)
         try:
             raw = await content.read_all(config_digest, limit=oci.MAX_DOCUMENT)
-            platform = (await decode(oci.decode_config, raw, config.name)).platform()
+            platform = await decode(oci.config_platform, raw, config.name)
         except (MalformedManifest, InvalidArgument) as exc:
             raise MalformedManifest(f"unable to resolve platform: {exc}") from exc
         if platform is not None and platform.os == "windows" and not platform.os_version:

@@ -77,7 +77,7 @@ class DocumentReader(Protocol):
 def _decode_sync(desc: Descriptor, data: bytes) -> Document:
     if oci.is_manifest(desc.media_type) or oci.is_index(desc.media_type):
         return Document(data, tuple(oci.children(desc, data)))
-    return Document(data, platform=oci.decode_config(data, name=str(desc.digest)).platform())
+    return Document(data, platform=oci.config_platform(data, name=str(desc.digest)))
 
 
 class Reader:

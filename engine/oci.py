@@ -26,12 +26,10 @@ from castar.engine._json import (
     malformed,
     object_of,
 )
-from castar.engine.platforms import Platform
 from castar.store.digest import Digest
 from castar.store.errors import (
     InvalidArgument,
     MalformedManifest,
-    NotImplementedKind,
     UnsupportedMediaType,
 )
 from castar.store.labels import REF_CONTENT, REFERRER
@@ -46,12 +44,12 @@ __all__ = [
     "DOCKER_LAYER_FOREIGN_GZIP", "DOCKER_LAYER_GZIP", "DOCKER_LAYER_ZSTD", "DOCKER_MANIFEST",
     "DOCKER_MANIFEST_LIST", "DOCKER_SCHEMA1_MANIFEST", "EROFS_LAYER", "IN_TOTO", "MAX_DOCUMENT",
     "OCI_CONFIG", "OCI_EMPTY", "OCI_INDEX", "OCI_LAYER", "OCI_LAYER_GZIP", "OCI_LAYER_ND",
-    "OCI_LAYER_ND_GZIP", "OCI_LAYER_ND_ZSTD", "OCI_LAYER_ZSTD", "OCI_LAYOUT_HEADER",
-    "OCI_MANIFEST", "Descriptor", "ImageConfig", "Index", "Manifest", "Struct", "canonical_json",
-    "children", "children_labels", "decode_config", "decode_index", "decode_manifest",
+    "OCI_LAYER_ND_GZIP", "OCI_LAYER_ND_ZSTD", "OCI_LAYER_ZSTD",
+    "OCI_MANIFEST", "Descriptor", "Index", "Manifest", "Struct", "canonical_json",
+    "children", "children_labels", "config_platform", "decode_index", "decode_manifest",
     "encode_index", "encode_manifest", "is_attestation", "is_config", "is_index",
     "is_known_config", "is_layer", "is_manifest", "is_non_distributable", "is_pseudo_image",
-    "is_referrer", "layer_compression",
+    "is_referrer",
 ]  # fmt: skip
 
 # --- media types (MT-1) -------------------------------------------------------------------------
@@ -66,7 +64,6 @@ OCI_LAYER_ND: Final = "application/vnd.oci.image.layer.nondistributable.v1.tar"
 OCI_LAYER_ND_GZIP: Final = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
 OCI_LAYER_ND_ZSTD: Final = "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
 OCI_EMPTY: Final = "application/vnd.oci.empty.v1+json"
-OCI_LAYOUT_HEADER: Final = "application/vnd.oci.layout.header.v1+json"
 DOCKER_MANIFEST: Final = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST: Final = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_CONFIG: Final = "application/vnd.docker.container.image.v1+json"
@@ -86,7 +83,7 @@ _DOCKER_LAYERS: Final = frozenset(
 ) | {DOCKER_LAYER_FOREIGN_GZIP}
 
 
-# --- classification (MT-2, MT-3) ----------------------------------------------------------------
+# --- classification (MT-2) ----- ----------------------------------------------------------------
 
 
 def is_manifest(media_type: str) -> bool:
@@ -127,32 +124,6 @@ def is_non_distributable(media_type: str) -> bool:
     )
 
 
-def layer_compression(media_type: str) -> str:
-    """The compression a layer media type implies (MT-3).
-
-    Returns:
-        ``"gzip"``, ``"zstd"``, ``""`` (none, or a wrapped Docker type such as ``+encrypted``)
-        or ``"unknown"`` for Docker ``.tar`` types that may be compressed anyway (sniff them).
-
-    Raises:
-        NotImplementedKind: ``unrecognised mediatype <mt>`` for anything that is not a layer.
-    """
-    base, plus, ext = media_type.partition("+")
-    suffixes = sorted(ext.split("+")) if plus else []
-    if base in (DOCKER_LAYER, DOCKER_LAYER_FOREIGN):
-        return "" if suffixes else "unknown"
-    if base in (DOCKER_LAYER_GZIP, DOCKER_LAYER_FOREIGN_GZIP):
-        return "" if suffixes else "gzip"
-    if base == DOCKER_LAYER_ZSTD:
-        return "" if suffixes else "zstd"
-    if base in (OCI_LAYER, OCI_LAYER_ND):
-        # containerd sorts the suffixes and looks at the last one: tar+gzip+encrypted is gzip.
-        if suffixes and suffixes[-1] in ("gzip", "zstd"):
-            return suffixes[-1]
-        return ""
-    raise NotImplementedKind(f"unrecognised mediatype {media_type}")
-
-
 # --- annotations --------------------------------------------------------------------------------
 
 ANNOTATION_IMAGE_NAME: Final = "io.containerd.image.name"
@@ -184,7 +155,7 @@ class Descriptor:
     urls: tuple[str, ...] = ()
     annotations: Mapping[str, str] = field(default_factory=dict, hash=False)
     data: bytes | None = None
-    platform: Platform | None = None
+    platform: platforms.Platform | None = None
     artifact_type: str = ""
 
     def to_json(self) -> Struct:
@@ -304,27 +275,6 @@ class Index(_Document):
         return self._json(Struct(manifests=[d.to_json() for d in self.manifests] or None))
 
 
-@final
-@dataclass(frozen=True, slots=True)
-class ImageConfig:
-    """The few image-config fields castar reads: the platform (IMP-8) and the diff ids."""
-
-    os: str = ""
-    architecture: str = ""
-    variant: str = ""
-    os_version: str = ""
-    os_features: tuple[str, ...] = ()
-    diff_ids: tuple[str, ...] = ()
-
-    def platform(self) -> Platform | None:
-        """The config's platform normalised (NORM-3), or ``None`` if it names no os/arch (IMP-8)."""
-        if not self.os and not self.architecture:
-            return None
-        return platforms.normalize(
-            Platform(self.os, self.architecture, self.variant, self.os_version, self.os_features)
-        )
-
-
 def _descriptors(o: Mapping[str, Any], key: str, where: str) -> tuple[Descriptor, ...]:
     v = o.get(key)
     if v is None:
@@ -364,43 +314,32 @@ def _index_from(o: Mapping[str, Any], where: str) -> Index:
 
 
 def decode_manifest(data: bytes, *, name: str = "") -> Manifest:
-    """Decode a manifest document strictly (at most :data:`MAX_DOCUMENT` bytes).
+    """Decode a manifest of at most :data:`MAX_DOCUMENT` bytes as Go does, ``name`` for messages.
 
-    Unknown members are ignored and ``null`` counts as absent, as in Go; ``name`` (a
-    digest or path) is for messages.
-
-    Raises:
-        MalformedManifest: over the cap, not JSON, no config, a field of the wrong type,
-            an invalid digest or a negative size.
+    Unknown members are ignored and ``null`` counts as absent; anything else raises
+    ``MalformedManifest``.
     """
     where = _where("manifest", name)
     return _manifest_from(load_object(data, where, MAX_DOCUMENT), where)
 
 
 def decode_index(data: bytes, *, name: str = "") -> Index:
-    """Decode an index (or Docker manifest list) document strictly (at most 20 MiB).
-
-    Raises:
-        MalformedManifest: over the cap, not JSON, or a field of the wrong type.
-    """
+    """Decode an index (or Docker manifest list) as ``decode_manifest`` decodes a manifest."""
     where = _where("index", name)
     return _index_from(load_object(data, where, MAX_DOCUMENT), where)
 
 
-def decode_config(data: bytes, *, name: str = "") -> ImageConfig:
-    """Decode the platform and ``rootfs.diff_ids`` of an image config (at most 20 MiB).
+def config_platform(data: bytes, *, name: str = "") -> platforms.Platform | None:
+    """An image config's platform normalised (NORM-3), ``None`` without os and arch (IMP-8).
 
-    Raises:
-        MalformedManifest: over the cap, not JSON, or one of those fields of the wrong type.
+    Decoded as ``decode_manifest`` decodes; ``rootfs.diff_ids`` is type-checked too, as Go does.
     """
     where = _where("config", name)
     o = load_object(data, where, MAX_DOCUMENT)
-    rootfs = o.get("rootfs")
-    diff_ids: tuple[str, ...] = ()
-    if rootfs is not None:
-        diff_ids = get_strs(object_of(rootfs, f"{where}: rootfs"), "diff_ids", f"{where}: rootfs")
+    if (rootfs := o.get("rootfs")) is not None:
+        get_strs(object_of(rootfs, f"{where}: rootfs"), "diff_ids", f"{where}: rootfs")
     p = platforms.from_json(o, where=where)  # the config's platform fields, as in an index
-    return ImageConfig(p.os, p.architecture, p.variant, p.os_version, p.os_features, diff_ids)
+    return platforms.normalize(p) if p.os or p.architecture else None
 
 
 def encode_manifest(manifest: Manifest) -> bytes:
@@ -437,13 +376,7 @@ def _check_document_type(o: Mapping[str, Any], media_type: str) -> None:
 def children(desc: Descriptor, data: bytes) -> list[Descriptor]:
     """The children of a node (MT-4): config then layers, or an index's manifests in order.
 
-    ``data`` is the node's document; it is only looked at for manifests and indexes,
-    anything else has no children. The ``subject`` of a manifest is not a child.
-
-    Raises:
-        UnsupportedMediaType: ``children: invalid desc <d>: media-type: schema 1 not supported``.
-        MalformedManifest: the document contradicts its media type (MT-4 texts), is over
-            20 MiB, is not JSON, or does not decode.
+    Only a manifest's or index's ``data`` is read; a ``subject`` is not a child.
     """
     if not (is_manifest(desc.media_type) or is_index(desc.media_type)):
         return []
@@ -473,11 +406,7 @@ def is_referrer(desc: Descriptor) -> bool:
 
 
 def is_pseudo_image(desc: Descriptor, manifest: Manifest | None = None) -> bool:
-    """True for manifests that are not runnable images (MT-5).
-
-    An attestation, a platform ``unknown/unknown``, or (when ``manifest`` is given) a
-    manifest with at least one layer and none of a layer type (MT-2).
-    """
+    """An attestation, ``unknown/unknown``, or a manifest with layers but none a layer (MT-5)."""
     if is_attestation(desc):
         return True
     p = desc.platform
@@ -492,7 +421,7 @@ def is_pseudo_image(desc: Descriptor, manifest: Manifest | None = None) -> bool:
 
 
 def _child_label_key(child: Descriptor) -> str:
-    if ANNOTATION_MANIFEST_SUBJECT in child.annotations:
+    if is_referrer(child):
         return REFERRER
     if is_known_config(child.media_type):
         return f"{REF_CONTENT}.config"
@@ -504,12 +433,7 @@ def _child_label_key(child: Descriptor) -> str:
 
 
 def children_labels(children: Sequence[Descriptor]) -> dict[str, str]:
-    """The GC reference labels a parent gets for its children (GC-7).
-
-    Keys: ``….config`` (then ``.config1``…), ``….m.<n>``, ``….l.<n>``, ``….<n>`` with a
-    counter per key in child order, and ``….referrer.sha256.<first 12 hex>`` for
-    children annotated with a subject. Values are the child digests.
-    """
+    """The GC reference labels a parent gets for its children: key → child digest (GC-7)."""
     labels: dict[str, str] = {}
     counters: dict[str, int] = {}
     for child in children:
