@@ -1,10 +1,7 @@
-"""Docker image references: parse, normalise, familiarise, the OCI ref-name tag, dangling names.
+"""Docker image references: the distribution/reference grammar as docker and containerd use it.
 
-Owns the distribution/reference grammar as docker and containerd apply it to image names:
-IMP-9 normalisation (``alpine`` → ``docker.io/library/alpine:latest``), EXP-10 familiar names,
-EXP-3 ``org.opencontainers.image.ref.name`` values, and LOAD-1 ``moby-dangling@<digest>``
-names. Pure: no I/O library (no anyio); imports only ``castar.store.errors``, ``digest``
-and ``_goquote``.
+Owns IMP-9 normalisation (``alpine`` → ``docker.io/library/alpine:latest``), EXP-10 familiar
+names, EXP-3 ``org.opencontainers.image.ref.name`` values and LOAD-1 ``moby-dangling@<digest>``.
 """
 
 from __future__ import annotations
@@ -19,32 +16,14 @@ from castar.store.digest import parse as parse_digest
 from castar.store.errors import InvalidArgument
 
 __all__ = [
-    "DANGLING_PREFIX",
-    "DEFAULT_DOMAIN",
-    "DEFAULT_TAG",
-    "NAME_MAX",
-    "Reference",
-    "dangling_digest",
-    "dangling_name",
-    "display_name",
-    "familiarize",
-    "is_dangling",
-    "is_digest_ref",
-    "normalize",
-    "parse",
-    "parse_any",
-    "parse_docker_ref",
-    "parse_normalized",
-    "ref_name_annotation",
-    "try_normalize",
-]
+    "DANGLING_PREFIX", "Reference", "dangling_digest", "dangling_name", "display_name",
+    "familiarize", "is_dangling", "is_digest_ref", "normalize", "parse", "parse_any",
+    "parse_docker_ref", "parse_normalized", "ref_name_annotation",
+]  # fmt: skip
 
-#: Docker Hub's domain in normalised names.
 DEFAULT_DOMAIN: Final = "docker.io"
-#: The tag a bare repository name gets.
 DEFAULT_TAG: Final = "latest"
-#: The longest repository path the grammar accepts.
-NAME_MAX: Final = 255
+NAME_MAX: Final = 255  # the longest repository path the grammar accepts
 #: Repository of the names moby gives images that have none (LOAD-1).
 DANGLING_PREFIX: Final = "moby-dangling"
 
@@ -111,16 +90,7 @@ def _join(name: str, tag: str, digest: str) -> str:
 
 
 def parse(s: str) -> Reference:
-    """Parse ``s`` as it is written, without adding a domain or tag (Go ``reference.Parse``).
-
-    A bare digest cannot be written this way (see ``parse_any``); the domain is whatever
-    the grammar takes as one (``foo/bar`` gives domain ``foo``).
-
-    Raises:
-        InvalidArgument: ``invalid reference format``, ``repository name must be
-            lowercase``, ``repository name must have at least one component``, a
-            too long name, or the digest's own error.
-    """
+    """Parse ``s`` as written, adding no domain or tag (Go ``reference.Parse``)."""
     if not s:
         raise InvalidArgument("repository name must have at least one component")
     m = _REFERENCE_RE.fullmatch(s)
@@ -155,15 +125,9 @@ def _split_docker_domain(name: str) -> tuple[str, str]:
 
 
 def parse_normalized(s: str) -> Reference:
-    """Parse a name as docker does, filling in ``docker.io`` and ``library/`` (no tag added).
+    """Parse a name as docker does, filling in ``docker.io`` and ``library/`` but no tag.
 
-    ``alpine`` → ``docker.io/library/alpine``; ``foo/bar:1`` → ``docker.io/foo/bar:1``;
-    ``localhost:5000/x`` keeps its domain. (Go ``reference.ParseNormalizedNamed``.)
-
-    Raises:
-        InvalidArgument: a 64-hex identifier, upper case in the repository
-            (``invalid reference format: repository name (library/Foo) must be lowercase``)
-            or any ``parse`` error.
+    Go ``reference.ParseNormalizedNamed``: ``foo/bar:1`` → ``docker.io/foo/bar:1``.
     """
     if _IDENTIFIER_RE.fullmatch(s):
         raise InvalidArgument(
@@ -179,14 +143,7 @@ def parse_normalized(s: str) -> Reference:
 
 
 def parse_docker_ref(s: str) -> Reference:
-    """``parse_normalized`` then docker's rules: a digest wins over a tag, else ``:latest``.
-
-    ``alpine`` → ``docker.io/library/alpine:latest``;
-    ``alpine:3@sha256:…`` → ``docker.io/library/alpine@sha256:…`` (IMP-9).
-
-    Raises:
-        InvalidArgument: as ``parse_normalized``.
-    """
+    """``parse_normalized``, then a digest wins over a tag, else ``:latest`` (IMP-9)."""
     ref = parse_normalized(s)
     if ref.digest:
         return Reference(ref.domain, ref.path, "", ref.digest)
@@ -196,34 +153,15 @@ def parse_docker_ref(s: str) -> Reference:
 
 
 def normalize(name: str) -> str:
-    """The name an image record gets (IMP-9, SAVE-4): ``parse_docker_ref(name)`` as text.
-
-    Raises:
-        InvalidArgument: ``normalize image ref "<name>": <parse error>``.
-    """
+    """The name an image record gets (IMP-9, SAVE-4): ``parse_docker_ref(name)`` as text."""
     try:
         return str(parse_docker_ref(name))
     except InvalidArgument as err:
         raise InvalidArgument(f"normalize image ref {_quote(name)}: {err.message}") from err
 
 
-def try_normalize(name: str) -> str | None:
-    """``normalize(name)``, or ``None`` for an empty or unparseable name (LOAD-1)."""
-    try:
-        return normalize(name) if name else None
-    except InvalidArgument:
-        return None
-
-
 def familiarize(name: str) -> str:
-    """A name in docker's short form with a tag, as ``manifest.json`` RepoTags hold (EXP-10).
-
-    ``docker.io/library/alpine:latest`` → ``alpine:latest``; ``docker.io/foo/bar:1`` →
-    ``foo/bar:1``; ``alpine`` → ``alpine:latest``; a digest is kept.
-
-    Raises:
-        InvalidArgument: ``failed to parse "<name>": <parse error>``.
-    """
+    """A name in docker's short form with a tag, as ``manifest.json`` RepoTags hold (EXP-10)."""
     try:
         ref = parse_normalized(name)
     except InvalidArgument as err:
@@ -234,13 +172,7 @@ def familiarize(name: str) -> str:
 
 
 def parse_any(s: str) -> Reference:
-    """A bare digest, a 64-hex image id (as ``sha256:<id>``) or a normalised name.
-
-    Digest-only results have empty ``domain`` and ``path``. (Go ``ParseAnyReference``.)
-
-    Raises:
-        InvalidArgument: as ``parse_normalized``.
-    """
+    """A bare digest, a 64-hex image id (as ``sha256:<id>``) or a normalised name."""
     if _IDENTIFIER_RE.fullmatch(s):
         return Reference("", "", "", parse_digest(f"sha256:{s}"))
     try:
@@ -250,10 +182,7 @@ def parse_any(s: str) -> Reference:
 
 
 def is_digest_ref(s: str) -> bool:
-    """Whether ``s`` pins content by digest: ``sha256:…``, a 64-hex id or ``name@sha256:…``.
-
-    SAVE-4 exports such references without names. Unparseable strings give ``False``.
-    """
+    """Whether ``s`` parses and pins content by digest (SAVE-4)."""
     try:
         return bool(parse_any(s).digest)
     except InvalidArgument:
@@ -274,10 +203,8 @@ def _valid_url_host(host: str) -> bool:
 def ref_name_annotation(name: str) -> str:
     """The ``org.opencontainers.image.ref.name`` value for an exported image (EXP-3).
 
-    The tag part (text after the first ``:`` or ``@`` of the path) when ``name`` reads as
-    ``host/path…`` and that part does not start with ``@``; otherwise the full name.
-    ``docker.io/library/alpine:3.18`` → ``3.18``; ``localhost:5000/foo:tag`` → ``tag``;
-    ``docker.io/library/alpine@sha256:…`` and ``docker.io/library/alpine`` → the full name.
+    The tag (after the path's first ``:`` or ``@``) when ``name`` reads as a URL ``host/path``
+    and the tag does not start with ``@``; else the full name.
     """
     if "://" in name or any(c in name for c in "?#"):
         return name
@@ -294,11 +221,7 @@ def ref_name_annotation(name: str) -> str:
 
 
 def dangling_name(digest: str) -> str:
-    """``moby-dangling@<digest>``: the record keeping an unnamed image alive (LOAD-1).
-
-    Raises:
-        InvalidArgument: ``digest`` is not a valid digest.
-    """
+    """``moby-dangling@<digest>``: the record keeping an unnamed image alive (LOAD-1)."""
     return f"{DANGLING_PREFIX}@{parse_digest(digest)}"
 
 
@@ -318,11 +241,7 @@ def dangling_digest(name: str) -> Digest | None:
 
 
 def display_name(name: str) -> str:
-    """How docker shows an image name in messages (LOAD-4, LOAD-5).
-
-    A dangling name shows as its digest, others familiarised with a tag; a name that
-    does not parse is shown as is.
-    """
+    """How docker shows a name (LOAD-4/5): a dangling one as its digest, else familiarised."""
     digest = dangling_digest(name)
     if digest is not None:
         return str(digest)

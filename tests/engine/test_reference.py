@@ -181,12 +181,6 @@ def test_parse_any_and_is_digest_ref() -> None:  # SAVE-4
         assert not is_digest_ref(name), name
 
 
-def test_try_normalize() -> None:  # LOAD-1 skip_digest_ref: empty/unparseable names
-    assert reference.try_normalize("alpine") == "docker.io/library/alpine:latest"
-    assert reference.try_normalize("") is None
-    assert reference.try_normalize("Bad") is None
-
-
 def test_dangling_names() -> None:  # LOAD-1, TV-74
     name = dangling_name(D)
     assert name == f"moby-dangling@{D}"
