@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from datetime import datetime
 
-    from castar.store.local import LocalContentStore
+    from castar.store.ingest import LocalContentStore
     from castar.store.sqlite import SQLiteMetadataDB
 
 __all__ = ["Collector"]

@@ -38,8 +38,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
     from pathlib import Path
 
-    from castar.store._ingest import SmallData
-    from castar.store.local import IngestStatus, LocalContentStore, LocalWriter
+    from castar.store.blobs import SmallData
+    from castar.store.ingest import IngestStatus, LocalContentStore, LocalWriter
     from castar.store.sqlite import SQLiteMetadataDB
 
 __all__ = [

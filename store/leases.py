@@ -11,7 +11,7 @@ import os
 import time
 from contextlib import asynccontextmanager, suppress
 from contextvars import ContextVar
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Final, final
 
 import anyio
@@ -20,7 +20,7 @@ from castar.store import _txn
 from castar.store._schema import Lease
 from castar.store.digest import parse
 from castar.store.errors import InvalidArgument, NotFound, NotImplementedKind
-from castar.store.labels import EXPIRE
+from castar.store.labels import EXPIRE, rfc3339
 from castar.store.sqlite import Records, validate_labels
 
 if TYPE_CHECKING:
@@ -58,11 +58,6 @@ def random_lease_id() -> str:
     """``<nanosecond field of now>-<base64url of 3 random bytes>`` (LEASE-1)."""
     ns = time.time_ns() % 1_000_000_000
     return f"{ns}-{base64.urlsafe_b64encode(os.urandom(3)).decode()}"
-
-
-def rfc3339(dt: datetime) -> str:
-    """Second-precision RFC 3339 in UTC, as ``gc.expire`` labels are written (LEASE-2)."""
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @final

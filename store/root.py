@@ -18,8 +18,8 @@ import anyio.to_thread
 from castar.store.collector import Collector
 from castar.store.content import ContentStore
 from castar.store.images import ImageStore
+from castar.store.ingest import LocalContentStore
 from castar.store.leases import LeaseManager
-from castar.store.local import LocalContentStore
 from castar.store.sqlite import SQLiteMetadataDB
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ from castar.store.errors import (
     SizeMismatch,
     Unavailable,
 )
-from castar.store.local import LocalContentStore, LocalWriter
+from castar.store.ingest import LocalContentStore, LocalWriter
 
 if TYPE_CHECKING:
     from conftest import Clock
