@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -25,7 +26,7 @@ from castar.store.errors import (
     SizeMismatch,
     Unavailable,
 )
-from castar.store.ingest import LocalContentStore, LocalWriter
+from castar.store.ingest import LocalContentStore, LocalWriter, ingest_dir
 
 if TYPE_CHECKING:
     from conftest import Clock
@@ -247,6 +248,32 @@ async def test_concurrent_write_blob_of_one_digest_both_succeed(store: Root) -> 
         tg.start_soon(put)
         tg.start_soon(put)
     assert [r.digest for r in results] == [compute(data)] * 2
+    assert await store.content.list_statuses() == []
+
+
+async def test_ingest_open_retries_when_its_directory_vanishes_after_mkdir(
+    store: Root, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The race above made deterministic: the loser's mkdir finds the directory the winner
+    # made, and the winner's commit removes it before the loser opens its lock file.
+    path = ingest_dir(store.root, "r")
+    real_mkdir = os.mkdir
+    raced = []
+
+    def mkdir(p: str | os.PathLike[str], mode: int = 0o777) -> None:
+        if Path(p) == path and not raced:
+            raced.append(p)
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(p))
+        real_mkdir(p, mode)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+
+    async def source() -> AsyncIterator[bytes]:
+        yield HELLO
+
+    desc = await store.content.write_blob(source(), digest=H_HELLO, ref="r")
+    assert raced
+    assert desc.digest == H_HELLO
     assert await store.content.list_statuses() == []
 
 
