@@ -154,21 +154,30 @@ def content_list(conn: sqlite3.Connection) -> list[Info]:
 
 
 def content_labels(
-    conn: sqlite3.Connection, digest: str, labels: Mapping[str, str], replace: bool, now: datetime
-) -> Info:
-    """Merge (or replace) a blob's labels; an empty value deletes the key (CS-5)."""
-    current = content_info(conn, digest)
-    if current is None:
-        raise NotFound(f"content digest {digest}")
-    merged = {} if replace else dict(current.labels)
-    for k, v in labels.items():
-        if v:
-            merged[k] = v
-        else:
-            merged.pop(k, None)
-    _set_labels(conn, "content", digest, merged)
-    conn.execute("UPDATE content SET updated_at = ? WHERE digest = ?", (to_ts(now), digest))
-    return Info(current.digest, current.size, merged, current.created_at, now)
+    conn: sqlite3.Connection,
+    updates: Mapping[Digest, Mapping[str, str]],
+    replace: bool,
+    now: datetime,
+) -> dict[Digest, Info]:
+    """Merge (or replace) blobs' labels; an empty value deletes the key (CS-5).
+
+    Unrecorded digests are skipped (missing from the result).
+    """
+    out = {}
+    for digest, labels in updates.items():
+        current = content_info(conn, digest)
+        if current is None:
+            continue
+        merged = {} if replace else dict(current.labels)
+        for k, v in labels.items():
+            if v:
+                merged[k] = v
+            else:
+                merged.pop(k, None)
+        _set_labels(conn, "content", digest, merged)
+        conn.execute("UPDATE content SET updated_at = ? WHERE digest = ?", (to_ts(now), digest))
+        out[current.digest] = Info(current.digest, current.size, merged, current.created_at, now)
+    return out
 
 
 def content_delete(conn: sqlite3.Connection, digest: str, lease: str | None) -> None:
@@ -432,9 +441,12 @@ def lease_resources(conn: sqlite3.Connection, id_: str) -> list[tuple[str, str]]
     return sorted(rows, key=lambda tr: (_RESOURCE_ORDER.get(tr[0], 3), tr[0], tr[1]))
 
 
-def lease_add(conn: sqlite3.Connection, id_: str, type_: str, resource: str) -> None:
+def lease_add(conn: sqlite3.Connection, id_: str, type_: str, resources: Iterable[str]) -> None:
     _require_lease(conn, id_, f'lease "{id_}"')
-    conn.execute("INSERT OR IGNORE INTO lease_resources VALUES (?, ?, ?)", (id_, type_, resource))
+    conn.executemany(
+        "INSERT OR IGNORE INTO lease_resources VALUES (?, ?, ?)",
+        [(id_, type_, r) for r in resources],
+    )
 
 
 def lease_remove(conn: sqlite3.Connection, id_: str, type_: str, resource: str) -> None:

@@ -234,17 +234,34 @@ class ContentStore:
             NotFound: the blob is not recorded.
             InvalidArgument: a label breaks LBL-1.
         """
-        validate_labels(labels)
-        return await self._db.write(
-            _txn.content_labels, parse(digest), dict(labels), False, self._clock()
-        )
+        return await self._relabel(digest, labels, replace=False)
 
     async def set_labels(self, digest: str, labels: Mapping[str, str]) -> Info:
         """Replace the blob's labels with ``labels`` (CS-5, no field paths)."""
+        return await self._relabel(digest, labels, replace=True)
+
+    async def _relabel(self, digest: str, labels: Mapping[str, str], *, replace: bool) -> Info:
+        d = parse(digest)
         validate_labels(labels)
-        return await self._db.write(
-            _txn.content_labels, parse(digest), dict(labels), True, self._clock()
-        )
+        todo: dict[Digest, Mapping[str, str]] = {d: dict(labels)}
+        done = await self._db.write(_txn.content_labels, todo, replace, self._clock())
+        if d not in done:
+            raise NotFound(f"content digest {d}")
+        return done[d]
+
+    async def update_labels_many(
+        self, updates: Iterable[tuple[str, Mapping[str, str]]]
+    ) -> dict[Digest, Info]:
+        """:meth:`update_labels` of many ``(digest, labels)`` in ONE transaction.
+
+        Unrecorded digests are skipped (missing from the result).
+        """
+        todo: dict[Digest, Mapping[str, str]] = {parse(d): dict(labels) for d, labels in updates}
+        for labels in todo.values():
+            validate_labels(labels)
+        if not todo:
+            return {}
+        return await self._db.write(_txn.content_labels, todo, False, self._clock())
 
     async def delete(self, digest: str) -> None:
         """Forget a blob at once; its file goes at the next GC (CS-6).

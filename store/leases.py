@@ -25,7 +25,7 @@ from castar.store.sqlite import Records, validate_labels
 
 if TYPE_CHECKING:
     import builtins
-    from collections.abc import AsyncIterator, Mapping
+    from collections.abc import AsyncIterator, Iterable, Mapping
 
 __all__ = [
     "RESOURCE_TYPES",
@@ -136,8 +136,14 @@ class LeaseManager(Records):
             NotImplementedKind: an unknown type.
             NotFound: no such lease.
         """
-        _check_resource(type, resource)
-        await self._db.write(_txn.lease_add, id, type, resource)
+        await self.add_resources(id, type, [resource])
+
+    async def add_resources(self, id: str, type: str, resources: Iterable[str]) -> None:
+        """:meth:`add_resource` of many resources of one type in ONE transaction."""
+        todo = list(resources)
+        for resource in todo:
+            _check_resource(type, resource)
+        await self._db.write(_txn.lease_add, id, type, todo)
 
     async def delete_resource(self, id: str, type: str, resource: str) -> None:
         """Remove a resource from a lease (absent resources are ignored)."""

@@ -124,6 +124,29 @@ async def test_update_labels_of_absent_blob_is_not_found(store: Root) -> None:
         await store.content.update_labels(H_WORLD, {"a": "1"})
 
 
+async def test_update_labels_many_is_one_transaction_skipping_unrecorded(
+    store: Root, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.content.write_blob(HELLO, labels={"keep": "1", "a": "0"})
+    await store.content.write_blob(b"other")
+    db = store.content._db
+    writes = []
+    real_write = db.write
+    monkeypatch.setattr(db, "write", lambda *a, **k: writes.append(a[0]) or real_write(*a, **k))
+    got = await store.content.update_labels_many(
+        [(H_HELLO, {"a": ""}), (compute(b"other"), {"b": "2"}), (H_WORLD, {"c": "3"})]
+    )
+    assert len(writes) == 1
+    assert {d: dict(i.labels) for d, i in got.items()} == {
+        H_HELLO: {"keep": "1"},
+        compute(b"other"): {"b": "2"},
+    }
+    assert dict((await store.content.info(H_HELLO)).labels) == {"keep": "1"}
+    with pytest.raises(InvalidArgument):  # LBL-1, before anything is written
+        await store.content.update_labels_many([(H_HELLO, {"k": "v" * 5000})])
+    assert len(writes) == 1
+
+
 async def test_label_over_4096_bytes_is_invalid_argument(store: Root) -> None:
     await store.content.write_blob(HELLO)
     with pytest.raises(InvalidArgument) as err:  # TV-46, LBL-1
