@@ -67,13 +67,9 @@ class Root:
     """
 
     def __init__(
-        self,
-        root: Path,
-        backend: LocalContentStore,
-        db: SQLiteMetadataDB,
-        clock: Callable[[], datetime],
-        boot_id: str | None = None,
+        self, root: Path, db: SQLiteMetadataDB, clock: Callable[[], datetime], boot_id: str | None
     ) -> None:
+        backend = LocalContentStore(root)  # does no I/O: the first write creates its folders
         self.root = root
         self._db = db
         self.content = ContentStore(backend, db, clock, boot_id)
@@ -114,11 +110,10 @@ async def open_root(
     """
     path = Path(root) if root is not None else default_root()
     await anyio.Path(path).mkdir(parents=True, exist_ok=True)
-    backend = LocalContentStore(path)  # does no I/O: the first write creates its folders
     if boot_id is None:
         boot_id = await anyio.to_thread.run_sync(current_boot_id)
     db = await SQLiteMetadataDB.open(path / "meta.db")
-    store = Root(path, backend, db, clock or _utcnow, boot_id)
+    store = Root(path, db, clock or _utcnow, boot_id)
     try:
         await store.content.drop_stale()
         yield store
