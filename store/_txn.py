@@ -118,11 +118,7 @@ IN_CHUNK: Final = 500
 
 
 def content_infos(conn: sqlite3.Connection, digests: Sequence[Digest]) -> list[Info]:
-    """The records of those ``digests`` that exist, in the order given (duplicates once).
-
-    Two queries per :data:`IN_CHUNK` digests, all in the caller's one read transaction (one
-    snapshot); the records carry the caller's ``Digest`` objects.
-    """
+    """The records of those ``digests`` that exist, in order, duplicates once."""
     unique = list(dict.fromkeys(digests))
     labels: dict[str, dict[str, str]] = {}
     rows: dict[str, tuple[int, str, str]] = {}
@@ -236,11 +232,7 @@ def content_commit(
     now: datetime,
     unsynced_boot: str | None = None,
 ) -> bool:
-    """Record a committed blob and drop its ingest; False when it was recorded already (ING-8.6).
-
-    Either way the digest joins the context lease (ING-8.7). ``unsynced_boot``: the boot id
-    of a blob committed without fsync, until :func:`content_mark_synced` clears it.
-    """
+    """Record a committed blob, drop its ingest and join the lease; False if recorded (ING-8)."""
     if ref is not None:
         ingest_delete(conn, ref)
     created = _insert_content(conn, digest, size, labels, now, unsynced_boot)
@@ -287,11 +279,9 @@ def content_commit_batch(
     now: datetime,
     unsynced_boot: str | None = None,
 ) -> tuple[list[bool], list[int | None]]:
-    """Record many small blobs written whole, and join recorded ones, in ONE transaction.
+    """Record ``(digest, size, labels)`` blobs and join the ``joins`` digests (TV-44) at once.
 
-    ``blobs`` are ``(digest, size, labels)`` as :func:`content_commit` records them; ``joins``
-    are digests whose data did not verify, looked up as :func:`content_join` (TV-44). Returns
-    whether each blob's row was created, and each join's recorded size (None when unrecorded).
+    Returns whether each row was created, and each join's recorded size (None: unrecorded).
     """
     created = [_insert_content(conn, d, n, labels, now, unsynced_boot) for d, n, labels in blobs]
     joined = [content_join(conn, d, None) for d in joins]

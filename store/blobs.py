@@ -401,19 +401,6 @@ class BlobStore:
             os.close(fd)  # drops the flock
 
     @contextlib.asynccontextmanager
-    async def commit_small(
-        self, data: Buffer, *, expected: Digest | None, sync: bool = True
-    ) -> AsyncIterator[CommitResult]:
-        """:meth:`commit_small_batch` of one blob; raises its error or DigestMismatch."""
-        async with self.commit_small_batch([(data, expected)], sync=sync) as batch:
-            if batch.error is not None:
-                raise batch.error
-            (result,) = batch.results
-            if isinstance(result, DigestMismatch):
-                raise result
-            yield result
-
-    @contextlib.asynccontextmanager
     async def commit_small_batch(
         self, items: Sequence[tuple[SmallData, Digest | None]], *, sync: bool = True
     ) -> AsyncIterator[SmallBatch]:

@@ -44,10 +44,7 @@ _KINDS: Final = ("content", "image")  # what a gc.ref/gc.bref label can point at
 
 
 def ref_kind(key: str, prefix: str = REF) -> str | None:
-    """``content``/``image`` when ``key`` is ``<prefix><kind>`` or ``<prefix><kind>[./]…``.
-
-    Else None: other keys, snapshot references and keys without a separator (``…contentX``).
-    """
+    """``content``/``image`` when ``key`` is ``<prefix><kind>`` or ``<prefix><kind>[./]…``."""
     if not key.startswith(prefix):
         return None
     rest = key[len(prefix) :]
@@ -75,13 +72,7 @@ class Edge:
 
 
 def label_edges(owner_kind: str, owner: str, labels: Mapping[str, str]) -> list[Edge]:
-    """The edges one object's labels declare.
-
-    ``containerd.io/gc.ref.content[./…]=<d>`` and ``…gc.ref.image[./…]=<name>`` make the owner
-    keep the target (GC-5); ``containerd.io/gc.bref.content[./…]=<d>`` and ``…gc.bref.image…``
-    make the target keep the owner (GC-6). Keys without a separator (``gc.ref.contentX``) and
-    snapshot references are ignored; values are not validated.
-    """
+    """The edges an object's labels declare: ``gc.ref.*`` (GC-5), ``gc.bref.*`` (GC-6)."""
     out = []
     for key, value in labels.items():
         if kind := ref_kind(key):

@@ -75,10 +75,6 @@ class LeaseManager(Records):
         """Create a lease (random id when None) expiring after ``expire`` if given.
 
         ``durable=False`` skips the fsync, for leases held only while an operation runs.
-
-        Raises:
-            InvalidArgument: empty id or a label breaking LBL-1.
-            AlreadyExists: ``lease "<id>": already exists``.
         """
         if id is None:
             id = random_lease_id()
@@ -98,11 +94,9 @@ class LeaseManager(Records):
         expire: timedelta | None = timedelta(hours=24),
         labels: Mapping[str, str] | None = None,
     ) -> AsyncIterator[Lease]:
-        """Create a lease and make it current for the block; delete it on exit.
+        """Create a lease and make it current for the block (child tasks too); delete it on exit.
 
-        Everything written in the block (blobs, ingests, images with ``gc.expire``) joins the
-        lease (LEASE-5), and child tasks started in the block inherit it. Deletion at exit is
-        shielded from cancellation; a lease GC already removed (expired) is no error.
+        What the block writes joins it (LEASE-5); a lease GC already removed is no error.
         """
         # Not durable: worthless after a power cut, and each durable commit costs an fsync.
         lease = await self.create(expire=expire, labels=labels, durable=False)
@@ -122,20 +116,11 @@ class LeaseManager(Records):
         """Delete a lease; what only it protected becomes garbage (LEASE-3).
 
         ``durable=False``: a delete lost in a power cut keeps the lease until it expires.
-
-        Raises:
-            NotFound: ``lease "<id>": not found``.
         """
         await self._db.write(_txn.lease_delete, id, durable=durable)
 
     async def add_resource(self, id: str, type: str, resource: str) -> None:
-        """Add ``resource`` of ``type`` (``content``, ``images``, ``ingests``) to lease ``id``.
-
-        Raises:
-            InvalidArgument: a content resource that is not a digest, or a ``x/y`` type.
-            NotImplementedKind: an unknown type.
-            NotFound: no such lease.
-        """
+        """Add ``resource`` of ``type`` (``content``, ``images``, ``ingests``) to lease ``id``."""
         await self.add_resources(id, type, [resource])
 
     async def add_resources(self, id: str, type: str, resources: Iterable[str]) -> None:

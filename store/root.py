@@ -38,11 +38,7 @@ _BOOT_ID: Final = Path("/proc/sys/kernel/random/boot_id")
 
 
 def current_boot_id() -> str | None:
-    """This machine boot's id (Linux ``/proc/sys/kernel/random/boot_id``); None if unknown.
-
-    Blobs committed without fsync carry it until synced: a different id at the next open
-    means a machine crash in between (only a crash loses the shared page cache).
-    """
+    """This machine boot's id (Linux ``/proc/sys/kernel/random/boot_id``); None if unknown."""
     try:
         return _BOOT_ID.read_text().strip() or None
     except OSError:
@@ -60,10 +56,9 @@ def default_root() -> Path:
 
 @final
 class Root:
-    """One root directory's parts: ``content``, ``images`` (records), ``leases`` and GC.
+    """One root directory's ``content``, ``images``, ``leases`` and GC; see :func:`open_root`.
 
-    Use :func:`open_root`. Several ``Root`` objects, in this process or others, may share a
-    directory: the metadata DB and the backend's locks make that safe, GC included.
+    Several ``Root`` objects, in this process or others, may share a directory safely.
     """
 
     def __init__(
@@ -99,14 +94,8 @@ async def open_root(
 ) -> AsyncIterator[Root]:
     """Open (creating it if needed) the root at ``root``, else at :func:`default_root`.
 
-    Blobs committed unsynced in an earlier boot (a machine crash since) are forgotten on
-    opening: their data may be torn (``ContentStore.drop_stale``).
-
-    Args:
-        root: the directory.
-        clock: returns the current time, aware and in UTC (tests inject one to expire things).
-        boot_id: the machine boot's id; default :func:`current_boot_id` (tests inject one to
-            simulate a reboot).
+    Blobs committed unsynced in an earlier boot (a machine crash since) are forgotten: their
+    data may be torn. Tests inject ``clock`` (aware UTC now) and ``boot_id``.
     """
     path = Path(root) if root is not None else default_root()
     await anyio.Path(path).mkdir(parents=True, exist_ok=True)
