@@ -80,10 +80,19 @@ def _require_lease(conn: sqlite3.Connection, lease: str, message: str) -> None:
         raise NotFound(message)
 
 
-def _add_resource(conn: sqlite3.Connection, lease: str, type_: str, resource: str) -> None:
-    """Add to the context lease (LEASE-5): NotFound ``lease does not exist`` when it is gone."""
-    _require_lease(conn, lease, "lease does not exist")
-    conn.execute("INSERT OR IGNORE INTO lease_resources VALUES (?, ?, ?)", (lease, type_, resource))
+def _add_resources(
+    conn: sqlite3.Connection,
+    lease: str,
+    type_: str,
+    resources: Iterable[str],
+    missing: str = "lease does not exist",
+) -> None:
+    """Add to a lease (LEASE-5, the context lease's by default): NotFound ``missing`` if gone."""
+    _require_lease(conn, lease, missing)
+    conn.executemany(
+        "INSERT OR IGNORE INTO lease_resources VALUES (?, ?, ?)",
+        [(lease, type_, r) for r in resources],
+    )
 
 
 #: The table, key column and lease resource type of each kind ``_drop`` deletes.
@@ -201,7 +210,7 @@ def ingest_open(
         hit = conn.execute("SELECT 1 FROM content WHERE digest = ?", (expected,)).fetchone()
         if hit is not None:  # ING-2: join the lease first, so a concurrent delete cannot orphan it
             if lease is not None:
-                _add_resource(conn, lease, "content", expected)
+                _add_resources(conn, lease, "content", [expected])
             return True
     # Under a lease the row has no expiry (the lease keeps it, ING-13); reopening keeps the
     # later of two expiries, and no expiry wins over any.
@@ -213,7 +222,7 @@ def ingest_open(
         (ref, expected, None if lease is not None else to_ts(expires_at or now), to_ts(now)),
     )
     if lease is not None:
-        _add_resource(conn, lease, "ingests", ref)
+        _add_resources(conn, lease, "ingests", [ref])
     return False
 
 
@@ -237,7 +246,7 @@ def content_commit(
         ingest_delete(conn, ref)
     created = _insert_content(conn, digest, size, labels, now, unsynced_boot)
     if lease is not None:
-        _add_resource(conn, lease, "content", digest)
+        _add_resources(conn, lease, "content", [digest])
     return created
 
 
@@ -261,16 +270,6 @@ def _insert_content(
     return bool(created)
 
 
-def content_join(conn: sqlite3.Connection, digest: str, lease: str | None) -> int | None:
-    """The size of a recorded blob, which joins ``lease`` (ING-2); None when unrecorded."""
-    row = conn.execute("SELECT size FROM content WHERE digest = ?", (digest,)).fetchone()
-    if row is None:
-        return None
-    if lease is not None:
-        _add_resource(conn, lease, "content", digest)
-    return int(row[0])
-
-
 def content_commit_batch(
     conn: sqlite3.Connection,
     blobs: Sequence[tuple[str, int, Mapping[str, str]]],
@@ -284,15 +283,14 @@ def content_commit_batch(
     Returns whether each row was created, and each join's recorded size (None: unrecorded).
     """
     created = [_insert_content(conn, d, n, labels, now, unsynced_boot) for d, n, labels in blobs]
-    joined = [content_join(conn, d, None) for d in joins]
-    if lease is not None:  # the lease is checked once, its members inserted in one statement
-        _require_lease(conn, lease, "lease does not exist")
+    joined: list[int | None] = []
+    for d in joins:
+        row = conn.execute("SELECT size FROM content WHERE digest = ?", (d,)).fetchone()
+        joined.append(None if row is None else int(row[0]))
+    if lease is not None:
         members = [d for d, _, _ in blobs]
         members += [d for d, n in zip(joins, joined, strict=True) if n is not None]
-        conn.executemany(
-            "INSERT OR IGNORE INTO lease_resources VALUES (?, 'content', ?)",
-            [(lease, d) for d in members],
-        )
+        _add_resources(conn, lease, "content", members)
     return created, joined
 
 
@@ -385,7 +383,7 @@ def image_put(
     )
     _set_labels(conn, "image", name, rec.labels)
     if lease is not None and EXPIRE in rec.labels:  # IMG-6
-        _add_resource(conn, lease, "images", name)
+        _add_resources(conn, lease, "images", [name])
     return rec
 
 
@@ -432,11 +430,7 @@ def lease_resources(conn: sqlite3.Connection, id_: str) -> list[tuple[str, str]]
 
 
 def lease_add(conn: sqlite3.Connection, id_: str, type_: str, resources: Iterable[str]) -> None:
-    _require_lease(conn, id_, f'lease "{id_}"')
-    conn.executemany(
-        "INSERT OR IGNORE INTO lease_resources VALUES (?, ?, ?)",
-        [(id_, type_, r) for r in resources],
-    )
+    _add_resources(conn, id_, type_, resources, f'lease "{id_}"')
 
 
 def lease_remove(conn: sqlite3.Connection, id_: str, type_: str, resource: str) -> None:
