@@ -21,7 +21,7 @@ from pathlib import Path
 import anyio
 
 from castar.store import open_root
-from castar.store.local import LocalContentStore
+from castar.store.ingest import LocalContentStore
 
 
 async def run_backend(root: Path, n: int, size: int) -> float:

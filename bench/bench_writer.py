@@ -38,7 +38,7 @@ from pathlib import Path
 
 import anyio
 
-from castar.store.local import LocalContentStore, ingest_dir
+from castar.store.ingest import LocalContentStore, ingest_dir
 
 MiB = 1 << 20
 

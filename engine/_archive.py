@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from castar.engine._streams import Source
     from castar.engine.platforms import MatchComparer
     from castar.store import Root, Writer
-    from castar.store._ingest import SmallData
+    from castar.store.blobs import SmallData
     from castar.store.progress import ProgressCallback
 
     #: A small member to store: its entry, the digest it must have, its bytes (or a reader).

@@ -65,9 +65,7 @@ def filter_ref_prefix(image: str) -> Callable[[str], str]:
 async def _record(sess: Session, walk: Walk) -> list[Image]:
     """Label the kept graph (GC-7), then create or re-target the image records (IMP-15)."""
     content = sess.store.content
-    for digest, labels in walk.labels.items():
-        with contextlib.suppress(NotFound):  # a parent skipped as missing
-            await content.update_labels(digest, labels)
+    await content.update_labels_many(walk.labels.items())  # skips parents skipped as missing
     images = sess.store.images
     for normalized, target in walk.replaced:
         # LOAD-1: the image a name is taken from stays alive as a dangling record

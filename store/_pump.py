@@ -47,11 +47,7 @@ def write_all(fd: int, data: Buffer) -> None:
 
 
 def hash_and_write(fd: int, h: hashlib._Hash, data: Buffer) -> None:
-    """Hash ``data`` in this thread while a helper thread appends it to ``fd``.
-
-    Both release the GIL, so a 1 MiB step costs max(hash, write), not their sum. ``data``
-    is not touched again once this returns (the write has finished by then).
-    """
+    """Hash ``data`` here while a helper thread appends it to ``fd`` (both drop the GIL)."""
     pending = _writers().submit(write_all, fd, data)
     try:
         h.update(data)
@@ -62,18 +58,10 @@ def hash_and_write(fd: int, h: hashlib._Hash, data: Buffer) -> None:
 class Pump:
     """One writer's steps, hashed into ``h`` and appended to ``fd`` by a thread of its own.
 
-    The event loop calls :meth:`room`, :meth:`put` and :meth:`drain` (never two at once: a
-    writer is used by one task at a time). ``put`` queues a step without waiting; ``room``
-    waits (in a worker thread, cancellably) only while ``DEPTH`` steps are in flight.
-    Finished steps are *reaped*: counted in ``done_bytes`` or, for the first failure,
-    kept in ``error``; steps after a failure are skipped. Bytes objects are queued as
-    they are; any other buffer is copied into one of the pump's own buffers first, so
-    the caller may reuse its buffer as soon as ``put`` returns.
-
-    Attributes:
-        done_bytes: bytes hashed and written by the steps reaped so far.
-        queued_bytes: bytes of the steps put and not reaped yet.
-        error: the first exception a step raised (set when that step is reaped).
+    One task at a time calls :meth:`room` (waits while ``DEPTH`` steps are in flight),
+    :meth:`put` (never waits) and :meth:`drain`. Finished steps are *reaped*: counted in
+    ``done_bytes`` or, for the first failure, kept in ``error``; later steps are skipped.
+    Non-``bytes`` buffers are copied at ``put``, so the caller may reuse them at once.
     """
 
     def __init__(self, fd: int, h: hashlib._Hash) -> None:
@@ -131,11 +119,7 @@ class Pump:
             self._reap(*done)
 
     async def _wait(self, limit: int) -> None:
-        """Wait until at most ``limit`` steps are in flight.
-
-        A cancel waits for the step being hashed to finish (one 1 MiB hash) and never loses
-        one: the worker thread reaps it itself, the loop does not wait for a return value.
-        """
+        """Wait until at most ``limit`` steps are in flight; a cancel never loses a step."""
         self._reap_ready()
         if self._inflight <= limit:
             await anyio.lowlevel.checkpoint()  # a wait that did not wait still yields

@@ -193,12 +193,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    """Open ``path`` in WAL mode with foreign keys on and migrate it to ``len(MIGRATIONS)``.
-
-    Raises:
-        DataLoss: the file is not a database, or its schema is newer than this castar.
-        Unavailable: another process holds it locked past the 60 s busy timeout.
-    """
+    """Open ``path`` in WAL mode with foreign keys on and migrate it to ``len(MIGRATIONS)``."""
     with _map_sqlite_errors():
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60)
         try:
@@ -223,9 +218,8 @@ def run_txn(
     """Run ``fn(conn, *args)`` as one transaction: committed if it returns, rolled back if not.
 
     Writes take the RESERVED lock up front (``BEGIN IMMEDIATE``) so two processes never
-    deadlock upgrading read locks; ``busy_timeout`` makes the loser wait. A non-durable write
-    skips the WAL fsync (``synchronous = NORMAL``): it may be lost in a power cut, but is never
-    reordered after a later durable commit.
+    deadlock upgrading read locks. A non-durable write skips the WAL fsync: it may be lost in
+    a power cut, but is never reordered after a later durable commit.
     """
     with _map_sqlite_errors():
         if not durable:

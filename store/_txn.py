@@ -80,10 +80,19 @@ def _require_lease(conn: sqlite3.Connection, lease: str, message: str) -> None:
         raise NotFound(message)
 
 
-def _add_resource(conn: sqlite3.Connection, lease: str, type_: str, resource: str) -> None:
-    """Add to the context lease (LEASE-5): NotFound ``lease does not exist`` when it is gone."""
-    _require_lease(conn, lease, "lease does not exist")
-    conn.execute("INSERT OR IGNORE INTO lease_resources VALUES (?, ?, ?)", (lease, type_, resource))
+def _add_resources(
+    conn: sqlite3.Connection,
+    lease: str,
+    type_: str,
+    resources: Iterable[str],
+    missing: str = "lease does not exist",
+) -> None:
+    """Add to a lease (LEASE-5, the context lease's by default): NotFound ``missing`` if gone."""
+    _require_lease(conn, lease, missing)
+    conn.executemany(
+        "INSERT OR IGNORE INTO lease_resources VALUES (?, ?, ?)",
+        [(lease, type_, r) for r in resources],
+    )
 
 
 #: The table, key column and lease resource type of each kind ``_drop`` deletes.
@@ -118,11 +127,7 @@ IN_CHUNK: Final = 500
 
 
 def content_infos(conn: sqlite3.Connection, digests: Sequence[Digest]) -> list[Info]:
-    """The records of those ``digests`` that exist, in the order given (duplicates once).
-
-    Two queries per :data:`IN_CHUNK` digests, all in the caller's one read transaction (one
-    snapshot); the records carry the caller's ``Digest`` objects.
-    """
+    """The records of those ``digests`` that exist, in order, duplicates once."""
     unique = list(dict.fromkeys(digests))
     labels: dict[str, dict[str, str]] = {}
     rows: dict[str, tuple[int, str, str]] = {}
@@ -154,21 +159,30 @@ def content_list(conn: sqlite3.Connection) -> list[Info]:
 
 
 def content_labels(
-    conn: sqlite3.Connection, digest: str, labels: Mapping[str, str], replace: bool, now: datetime
-) -> Info:
-    """Merge (or replace) a blob's labels; an empty value deletes the key (CS-5)."""
-    current = content_info(conn, digest)
-    if current is None:
-        raise NotFound(f"content digest {digest}")
-    merged = {} if replace else dict(current.labels)
-    for k, v in labels.items():
-        if v:
-            merged[k] = v
-        else:
-            merged.pop(k, None)
-    _set_labels(conn, "content", digest, merged)
-    conn.execute("UPDATE content SET updated_at = ? WHERE digest = ?", (to_ts(now), digest))
-    return Info(current.digest, current.size, merged, current.created_at, now)
+    conn: sqlite3.Connection,
+    updates: Mapping[Digest, Mapping[str, str]],
+    replace: bool,
+    now: datetime,
+) -> dict[Digest, Info]:
+    """Merge (or replace) blobs' labels; an empty value deletes the key (CS-5).
+
+    Unrecorded digests are skipped (missing from the result).
+    """
+    out = {}
+    for digest, labels in updates.items():
+        current = content_info(conn, digest)
+        if current is None:
+            continue
+        merged = {} if replace else dict(current.labels)
+        for k, v in labels.items():
+            if v:
+                merged[k] = v
+            else:
+                merged.pop(k, None)
+        _set_labels(conn, "content", digest, merged)
+        conn.execute("UPDATE content SET updated_at = ? WHERE digest = ?", (to_ts(now), digest))
+        out[current.digest] = Info(current.digest, current.size, merged, current.created_at, now)
+    return out
 
 
 def content_delete(conn: sqlite3.Connection, digest: str, lease: str | None) -> None:
@@ -196,7 +210,7 @@ def ingest_open(
         hit = conn.execute("SELECT 1 FROM content WHERE digest = ?", (expected,)).fetchone()
         if hit is not None:  # ING-2: join the lease first, so a concurrent delete cannot orphan it
             if lease is not None:
-                _add_resource(conn, lease, "content", expected)
+                _add_resources(conn, lease, "content", [expected])
             return True
     # Under a lease the row has no expiry (the lease keeps it, ING-13); reopening keeps the
     # later of two expiries, and no expiry wins over any.
@@ -208,7 +222,7 @@ def ingest_open(
         (ref, expected, None if lease is not None else to_ts(expires_at or now), to_ts(now)),
     )
     if lease is not None:
-        _add_resource(conn, lease, "ingests", ref)
+        _add_resources(conn, lease, "ingests", [ref])
     return False
 
 
@@ -227,16 +241,12 @@ def content_commit(
     now: datetime,
     unsynced_boot: str | None = None,
 ) -> bool:
-    """Record a committed blob and drop its ingest; False when it was recorded already (ING-8.6).
-
-    Either way the digest joins the context lease (ING-8.7). ``unsynced_boot``: the boot id
-    of a blob committed without fsync, until :func:`content_mark_synced` clears it.
-    """
+    """Record a committed blob, drop its ingest and join the lease; False if recorded (ING-8)."""
     if ref is not None:
         ingest_delete(conn, ref)
     created = _insert_content(conn, digest, size, labels, now, unsynced_boot)
     if lease is not None:
-        _add_resource(conn, lease, "content", digest)
+        _add_resources(conn, lease, "content", [digest])
     return created
 
 
@@ -260,16 +270,6 @@ def _insert_content(
     return bool(created)
 
 
-def content_join(conn: sqlite3.Connection, digest: str, lease: str | None) -> int | None:
-    """The size of a recorded blob, which joins ``lease`` (ING-2); None when unrecorded."""
-    row = conn.execute("SELECT size FROM content WHERE digest = ?", (digest,)).fetchone()
-    if row is None:
-        return None
-    if lease is not None:
-        _add_resource(conn, lease, "content", digest)
-    return int(row[0])
-
-
 def content_commit_batch(
     conn: sqlite3.Connection,
     blobs: Sequence[tuple[str, int, Mapping[str, str]]],
@@ -278,22 +278,19 @@ def content_commit_batch(
     now: datetime,
     unsynced_boot: str | None = None,
 ) -> tuple[list[bool], list[int | None]]:
-    """Record many small blobs written whole, and join recorded ones, in ONE transaction.
+    """Record ``(digest, size, labels)`` blobs and join the ``joins`` digests (TV-44) at once.
 
-    ``blobs`` are ``(digest, size, labels)`` as :func:`content_commit` records them; ``joins``
-    are digests whose data did not verify, looked up as :func:`content_join` (TV-44). Returns
-    whether each blob's row was created, and each join's recorded size (None when unrecorded).
+    Returns whether each row was created, and each join's recorded size (None: unrecorded).
     """
     created = [_insert_content(conn, d, n, labels, now, unsynced_boot) for d, n, labels in blobs]
-    joined = [content_join(conn, d, None) for d in joins]
-    if lease is not None:  # the lease is checked once, its members inserted in one statement
-        _require_lease(conn, lease, "lease does not exist")
+    joined: list[int | None] = []
+    for d in joins:
+        row = conn.execute("SELECT size FROM content WHERE digest = ?", (d,)).fetchone()
+        joined.append(None if row is None else int(row[0]))
+    if lease is not None:
         members = [d for d, _, _ in blobs]
         members += [d for d, n in zip(joins, joined, strict=True) if n is not None]
-        conn.executemany(
-            "INSERT OR IGNORE INTO lease_resources VALUES (?, 'content', ?)",
-            [(lease, d) for d in members],
-        )
+        _add_resources(conn, lease, "content", members)
     return created, joined
 
 
@@ -386,7 +383,7 @@ def image_put(
     )
     _set_labels(conn, "image", name, rec.labels)
     if lease is not None and EXPIRE in rec.labels:  # IMG-6
-        _add_resource(conn, lease, "images", name)
+        _add_resources(conn, lease, "images", [name])
     return rec
 
 
@@ -432,9 +429,8 @@ def lease_resources(conn: sqlite3.Connection, id_: str) -> list[tuple[str, str]]
     return sorted(rows, key=lambda tr: (_RESOURCE_ORDER.get(tr[0], 3), tr[0], tr[1]))
 
 
-def lease_add(conn: sqlite3.Connection, id_: str, type_: str, resource: str) -> None:
-    _require_lease(conn, id_, f'lease "{id_}"')
-    conn.execute("INSERT OR IGNORE INTO lease_resources VALUES (?, ?, ?)", (id_, type_, resource))
+def lease_add(conn: sqlite3.Connection, id_: str, type_: str, resources: Iterable[str]) -> None:
+    _add_resources(conn, id_, type_, resources, f'lease "{id_}"')
 
 
 def lease_remove(conn: sqlite3.Connection, id_: str, type_: str, resource: str) -> None:

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from datetime import datetime
 
-    from castar.store.local import LocalContentStore
+    from castar.store.ingest import LocalContentStore
     from castar.store.sqlite import SQLiteMetadataDB
 
 __all__ = ["Collector"]
@@ -24,10 +24,7 @@ __all__ = ["Collector"]
 
 @final
 class Collector:
-    """Runs collections over one store's metadata DB and file backend (GC-10).
-
-    ``clock`` returns the current time (aware, UTC) expiries are evaluated against.
-    """
+    """Runs collections over one store's metadata DB and file backend (GC-10)."""
 
     def __init__(
         self,
@@ -43,11 +40,9 @@ class Collector:
     async def collect(self, *, dry_run: bool = False) -> GCReport:
         """Sweep the metadata in one write transaction, then the backend under the commit lock.
 
-        The content sweep holds ``commit_lock(exclusive=True)`` and re-reads the recorded
-        digests inside it, so a blob renamed by a concurrent commit (which holds the lock shared
-        until its row is written) is never taken for garbage. Backend ingests are listed BEFORE
-        the ingest rows are read: writers record their row before they create the ingest, so
-        every ingest listed has its row visible by then. Held ingests are never aborted.
+        The content sweep re-reads the recorded digests under the exclusive lock, so a blob a
+        concurrent commit renamed is never garbage. Backend ingests are listed BEFORE the
+        ingest rows are read (writers record the row first); held ingests are never aborted.
         """
         async with self._lock:
             now = self._clock()
@@ -67,11 +62,7 @@ class Collector:
             )
 
     async def _sweep_content(self, swept: set[Digest], dry_run: bool) -> tuple[set[Digest], int]:
-        """Delete blob files no record (nor ingest) keeps; the digests gone and orphans' bytes.
-
-        ``swept`` are the records the metadata sweep removed (or, dry, would remove): their
-        files go too, and their bytes were counted from the records.
-        """
+        """Delete blob files no record nor ingest keeps; the digests gone and orphans' bytes."""
         removed = set(swept)
         orphan_bytes = 0
         async with self._backend.commit_lock(exclusive=True):

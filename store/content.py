@@ -38,8 +38,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
     from pathlib import Path
 
-    from castar.store._ingest import SmallData
-    from castar.store.local import IngestStatus, LocalContentStore, LocalWriter
+    from castar.store.blobs import SmallData
+    from castar.store.ingest import IngestStatus, LocalContentStore, LocalWriter
     from castar.store.sqlite import SQLiteMetadataDB
 
 __all__ = [
@@ -63,12 +63,9 @@ SMALL_BLOB: Final = 1 << 20
 class SmallBlob:
     """One blob of :meth:`ContentStore.write_small_blobs`: at most 1 MiB, stored whole.
 
-    Attributes:
-        data: the bytes, or a function returning them, called in the worker thread that
-            writes the batch (an importer ``pread``s an archive member there).
-        digest: the digest the bytes must hash to (its algorithm is used), or None.
-        labels: labels of a new record (LBL-1); ``gc.ref.*`` labels become GC edges.
-        media_type: echoed in the returned :class:`Descriptor`.
+    ``data`` may be a function returning the bytes, called in the worker thread writing the
+    batch; ``digest`` (its algorithm is used) is what they must hash to; ``labels`` are a new
+    record's (LBL-1); ``media_type`` is echoed in the returned :class:`Descriptor`.
     """
 
     data: SmallData
@@ -79,19 +76,12 @@ class SmallBlob:
 
 @final
 class Writer:
-    """An open ingest: a backend ``LocalWriter`` plus its metadata record.
+    """An open ingest: a backend ``LocalWriter`` whose ``commit`` also records the blob."""
 
-    ``write``/``write_sync``/``digest``/``offset`` are the backend writer's. ``commit`` verifies,
-    publishes and records the blob; the writer cannot be used afterwards.
-    """
-
-    def __init__(
-        self, store: ContentStore, backend: LocalWriter, ref: str, expected: str | None
-    ) -> None:
+    def __init__(self, store: ContentStore, backend: LocalWriter, ref: str) -> None:
         self._store = store
         self._backend = backend
         self.ref = ref
-        self._expected = expected
         self._done = False
 
     @property
@@ -99,20 +89,16 @@ class Writer:
         """Bytes written so far (after a resume: including the earlier ones)."""
         return self._backend.offset
 
-    async def write(self, data: Buffer) -> None:
-        """Append ``data`` (coalesced to ≥ 1 MiB per worker-thread hop by the backend)."""
+    async def write(self, data: Buffer) -> None:  # noqa: D102 - LocalWriter's
         await self._backend.write(data)
 
-    def write_sync(self, data: Buffer) -> None:
-        """Append ``data`` from a worker thread; never interleave with :meth:`write`."""
+    def write_sync(self, data: Buffer) -> None:  # noqa: D102 - LocalWriter's
         self._backend.write_sync(data)
 
-    def digest(self) -> Digest:
-        """Digest of the bytes written so far."""
+    def digest(self) -> Digest:  # noqa: D102 - LocalWriter's
         return self._backend.digest()
 
-    async def truncate(self, size: int) -> None:
-        """``truncate(0)`` restarts the ingest (ING-9)."""
+    async def truncate(self, size: int) -> None:  # noqa: D102 - LocalWriter's
         await self._backend.truncate(size)
 
     async def commit(
@@ -123,38 +109,55 @@ class Writer:
         *,
         sync: bool = True,
     ) -> Digest:
-        """Verify, publish and record the blob (ING-8).
+        """Verify, publish and record the blob (ING-8); it joins the current lease.
 
-        Args:
-            size: expected size; 0 skips the check.
-            digest: expected digest; None (or "") skips the check.
-            labels: labels of the new record (LBL-1); ``gc.ref.*`` labels become GC edges.
-            sync: fsync the blob before recording it. With False the data and directory
-                fsyncs are skipped and the row is marked unsynced until
-                :meth:`ContentStore.sync`; a machine crash before that drops the row at the
-                next ``open_root`` (design rule io-sync).
-
-        Returns:
-            The digest of the committed blob, now recorded and in the current lease.
+        ``size`` 0 and ``digest`` None skip their checks. ``sync=False`` skips the fsyncs and
+        marks the row unsynced until :meth:`ContentStore.sync`; a machine crash before that
+        drops the row at the next ``open_root`` (design rule io-sync).
 
         Raises:
             FailedPrecondition: the writer was already committed.
             SizeMismatch, DigestMismatch: the data is not what was promised; the ingest is
                 removed and nothing is recorded.
-            InvalidArgument: a label breaks LBL-1.
             AlreadyExists: ``content <d>: already exists`` when the digest was recorded
                 before (the digest still joins the current lease).
         """
         if self._done:
             raise FailedPrecondition("cannot commit on closed writer")
         self._done = True
+        store = self._store
         try:
             expected = parse(digest) if digest else None
             labels = dict(labels or {})
             validate_labels(labels)
-            return await self._store._commit(
-                self._backend, self.ref, size, expected, labels, sync=sync
-            )
+            # commit-order: the backend renames (after its fsyncs, unless deferred) before any
+            # DB write starts. The shared commit lock is held from the rename until the row is
+            # written, so GC's content sweep never sees the renamed-but-unrecorded file.
+            unsynced = None if sync else store._boot
+            async with store._backend.commit_lock(exclusive=False):
+                try:
+                    result = await self._backend.commit(size, expected, sync=unsynced is None)
+                except (SizeMismatch, DigestMismatch):
+                    # Bad data is never resumed: drop the ingest and its row. Other failures
+                    # (EACCES, EROFS, ENOSPC…) keep the ingest resumable.
+                    with anyio.CancelScope(shield=True):
+                        await store._forget_ingest(self.ref)
+                    raise
+                with anyio.CancelScope(shield=True):
+                    created = await store._db.write(
+                        _txn.content_commit,
+                        self.ref,
+                        result.digest,
+                        result.size,
+                        labels,
+                        current_lease_id(),
+                        store._clock(),
+                        unsynced,
+                        durable=unsynced is None,  # unsynced data: its row need not be durable
+                    )
+            if not created:
+                raise AlreadyExists(f"content {result.digest}")
+            return result.digest
         except BaseException:
             # commit always closes (ING-8): a bad argument, a bad label or a cancel before the
             # backend commit ran (e.g. waiting for the commit lock) must still release the ref,
@@ -164,21 +167,16 @@ class Writer:
             raise
 
     async def _close(self) -> None:
-        if not self._done:
-            self._done = True
-            await self._backend.close()
+        self._done = True
+        await self._backend.close()
 
 
 @final
 class ContentStore:
     """Blobs with records: the content store callers see (CS, ING).
 
-    Args:
-        backend: the file backend holding blobs and ingests.
-        db: the metadata database holding records, labels and ingest rows.
-        clock: returns the current time (aware, UTC).
-        boot_id: the running machine boot's id, which marks blobs committed without fsync;
-            None (unknown) makes every commit sync.
+    ``clock`` returns the aware UTC now; ``boot_id`` marks blobs committed without fsync
+    (None, unknown, makes every commit sync).
     """
 
     def __init__(
@@ -194,11 +192,7 @@ class ContentStore:
         self._boot = boot_id
 
     async def info(self, digest: str) -> Info:
-        """The record of a blob (CS-1).
-
-        Raises:
-            NotFound: ``content digest <d>: not found``.
-        """
+        """The record of a blob (CS-1); NotFound ``content digest <d>: not found``."""
         d = parse(digest)
         rec = await self._db.read(_txn.content_info, d)
         if rec is None:
@@ -206,14 +200,7 @@ class ContentStore:
         return rec
 
     async def infos(self, digests: Iterable[str]) -> dict[Digest, Info]:
-        """The records of many blobs at once: one worker-thread hop, one read transaction.
-
-        Every digest is validated before anything is read. Digests that are not recorded
-        are simply missing from the result (no NotFound); duplicates are looked up once.
-
-        Raises:
-            InvalidArgument: a digest is malformed (as for :meth:`info`).
-        """
+        """The records of many blobs in one read transaction; unrecorded ones are missing."""
         ds = [parse(d) for d in digests]
         if not ds:
             return {}
@@ -228,30 +215,38 @@ class ContentStore:
         return True
 
     async def update_labels(self, digest: str, labels: Mapping[str, str]) -> Info:
-        """Merge ``labels`` into the blob's labels; an empty value deletes the key (CS-5).
-
-        Raises:
-            NotFound: the blob is not recorded.
-            InvalidArgument: a label breaks LBL-1.
-        """
-        validate_labels(labels)
-        return await self._db.write(
-            _txn.content_labels, parse(digest), dict(labels), False, self._clock()
-        )
+        """Merge ``labels`` into the blob's, an empty value deleting the key (CS-5, LBL-1)."""
+        return await self._relabel(digest, labels, replace=False)
 
     async def set_labels(self, digest: str, labels: Mapping[str, str]) -> Info:
         """Replace the blob's labels with ``labels`` (CS-5, no field paths)."""
-        validate_labels(labels)
-        return await self._db.write(
-            _txn.content_labels, parse(digest), dict(labels), True, self._clock()
+        return await self._relabel(digest, labels, replace=True)
+
+    async def _relabel(self, digest: str, labels: Mapping[str, str], *, replace: bool) -> Info:
+        d = parse(digest)
+        done = await self._labels([(d, labels)], replace)
+        if d not in done:
+            raise NotFound(f"content digest {d}")
+        return done[d]
+
+    async def update_labels_many(
+        self, updates: Iterable[tuple[str, Mapping[str, str]]]
+    ) -> dict[Digest, Info]:
+        """:meth:`update_labels` of many ``(digest, labels)`` in ONE transaction, bar unrecorded."""
+        return await self._labels(updates, False)
+
+    async def _labels(
+        self, updates: Iterable[tuple[str, Mapping[str, str]]], replace: bool
+    ) -> dict[Digest, Info]:
+        todo: dict[Digest, Mapping[str, str]] = {parse(d): dict(labels) for d, labels in updates}
+        for labels in todo.values():
+            validate_labels(labels)
+        return (
+            await self._db.write(_txn.content_labels, todo, replace, self._clock()) if todo else {}
         )
 
     async def delete(self, digest: str) -> None:
-        """Forget a blob at once; its file goes at the next GC (CS-6).
-
-        Raises:
-            NotFound: the blob is not recorded.
-        """
+        """Forget a recorded blob at once; its file goes at the next GC (CS-6)."""
         await self._db.write(_txn.content_delete, parse(digest), current_lease_id())
 
     async def walk(self) -> list[Info]:
@@ -266,12 +261,7 @@ class ContentStore:
         length: int | None = None,
         chunk_size: int = 1 << 20,
     ) -> AsyncIterator[bytes]:
-        """Stream a recorded blob in chunks of up to ``chunk_size`` bytes.
-
-        Raises:
-            NotFound: the blob is not recorded.
-            DataLoss: recorded, but its file is missing.
-        """
+        """Stream a recorded blob in chunks of up to ``chunk_size`` bytes (DataLoss: file gone)."""
         d = parse(digest)
         await self.info(d)
         chunks = self._backend.read(d, offset=offset, length=length, chunk_size=chunk_size)
@@ -302,11 +292,7 @@ class ContentStore:
         return DataLoss(f"content {digest}: recorded but missing on disk")
 
     async def read_all(self, digest: str, *, limit: int) -> bytes:
-        """The whole blob, for small documents only.
-
-        Raises:
-            InvalidArgument: the blob is larger than ``limit`` bytes.
-        """
+        """The whole blob, for small documents: InvalidArgument when over ``limit`` bytes."""
         info = await self.info(digest)
         if info.size > limit:
             raise InvalidArgument(
@@ -328,12 +314,9 @@ class ContentStore:
         """Open an ingest ``ref``; leaving the block without commit keeps it resumable (ING-5).
 
         The ingest row is recorded before the backend ingest exists, so GC never meets an
-        unrecorded in-flight ingest: it joins the current lease, else it expires in 24 h (ING-13).
-
-        Raises:
-            InvalidArgument: ``ref must not be empty``.
-            AlreadyExists: ``digest`` is recorded (it joins the current lease first, ING-2).
-            Unavailable: another writer holds ``ref`` (ING-3).
+        unrecorded in-flight ingest: it joins the current lease, else it expires (ING-13).
+        AlreadyExists when ``digest`` is recorded (joining the lease first, ING-2);
+        Unavailable while another writer holds ``ref`` (ING-3).
         """
         if not ref:
             raise InvalidArgument("ref must not be empty")
@@ -351,80 +334,26 @@ class ContentStore:
         if exists:
             raise AlreadyExists(f"content {expected}")
         backend = await self._backend.open_writer(ref, total=size or None, expected=expected)
-        w = Writer(self, backend, ref, expected)
+        w = Writer(self, backend, ref)
         try:
             yield w
         finally:
             with anyio.CancelScope(shield=True):
                 await w._close()
 
-    async def _commit(
-        self,
-        backend: LocalWriter,
-        ref: str,
-        size: int,
-        expected: Digest | None,
-        labels: Mapping[str, str],
-        *,
-        sync: bool,
-    ) -> Digest:
-        # commit-order: the backend renames (after its fsyncs, unless deferred) before any DB
-        # write transaction starts. The shared commit lock is held from the rename until the
-        # row is written, so GC's content sweep (exclusive) never sees the renamed-but-
-        # unrecorded file.
-        unsynced = None if sync else self._boot
-        async with self._backend.commit_lock(exclusive=False):
-            try:
-                result = await backend.commit(size, expected, sync=unsynced is None)
-            except (SizeMismatch, DigestMismatch):
-                # Bad data is never resumed: drop the ingest and its row (nothing is left).
-                # Other failures (EACCES, EROFS, ENOSPC…) keep the ingest resumable.
-                with anyio.CancelScope(shield=True):
-                    await self._forget_ingest(ref)
-                raise
-            with anyio.CancelScope(shield=True):
-                created = await self._db.write(  # unsynced data: its row need not be durable
-                    _txn.content_commit,
-                    ref,
-                    result.digest,
-                    result.size,
-                    dict(labels),
-                    current_lease_id(),
-                    self._clock(),
-                    unsynced,
-                    durable=unsynced is None,
-                )
-        if not created:
-            raise AlreadyExists(f"content {result.digest}")
-        return result.digest
-
     async def write_small_blobs(
         self, blobs: Iterable[SmallBlob], *, sync: bool = True
     ) -> list[Descriptor]:
-        """Store many small blobs: ONE worker-thread hop writes them, ONE transaction records them.
+        """Store small blobs: ONE worker-thread hop writes them, ONE transaction records them.
 
-        Each is verified against its ``digest`` and renamed to its address under the shared
-        commit lock, then all are recorded with their labels in the current lease (unsynced
-        when ``sync`` is False, until :meth:`sync`). A blob already recorded is a success
-        (ING-11, ING-2), as is data that misses a ``digest`` recorded already (TV-44).
-        A mismatch does not stop the batch: every verified blob is recorded before the
-        first mismatch is raised. Anything else (a cancel, a reader's or I/O error) stops
-        it, and the blobs renamed before it are recorded (shielded), so only recorded,
-        verified blobs are ever visible.
-
-        Args:
-            blobs: the blobs, each of at most 1 MiB (:data:`SMALL_BLOB`).
-            sync: as for :meth:`Writer.commit`; False defers the fsyncs to :meth:`sync`.
-
-        Returns:
-            One descriptor per blob, in order (the ``media_type`` each blob gave).
-
-        Raises:
-            DigestMismatch: ``unexpected commit digest <computed>, expected <expected>``
-                for the first blob whose data does not hash to its unrecorded ``digest``
-                (``expected`` and ``actual`` name both).
-            InvalidArgument: a bad digest or label (LBL-1), or bytes over 1 MiB, before
-                anything is written.
+        Each is verified and renamed to its address under the shared commit lock, then all are
+        recorded in the current lease (``sync`` as for :meth:`Writer.commit`). A blob already
+        recorded is a success (ING-11, ING-2), as is data missing a recorded ``digest``
+        (TV-44). Every verified blob is recorded before the first DigestMismatch is raised;
+        anything else (a cancel, a read or I/O error) stops the batch, and the blobs renamed
+        before it are recorded, so only recorded, verified blobs are ever visible. Bad digests,
+        labels (LBL-1) or sizes are InvalidArgument before anything is written. Returns one
+        descriptor per blob, in order.
         """
         items = list(blobs)
         if not items:
@@ -440,12 +369,8 @@ class ContentStore:
         unsynced = None if sync else self._boot
         work = [(b.data, d) for b, d in zip(items, expected, strict=True)]
         async with self._backend.commit_small_batch(work, sync=unsynced is None) as batch:
-            done = [r for r in batch.results if not isinstance(r, DigestMismatch)]
-            bad = [
-                expected[i] for i, r in enumerate(batch.results) if isinstance(r, DigestMismatch)
-            ]
             joined: list[int | None] = []
-            if done or bad:
+            if batch.results:
                 with anyio.CancelScope(shield=True):
                     _, joined = await self._db.write(
                         _txn.content_commit_batch,
@@ -454,7 +379,7 @@ class ContentStore:
                             for i, r in enumerate(batch.results)
                             if not isinstance(r, DigestMismatch)
                         ],
-                        [d for d in bad if d is not None],
+                        [r.expected for r in batch.results if isinstance(r, DigestMismatch)],
                         current_lease_id(),
                         self._clock(),
                         unsynced,
@@ -482,14 +407,11 @@ class ContentStore:
         return out
 
     async def sync(self, digests: Iterable[str] | None = None) -> int:
-        """Make blobs committed with ``sync=False`` durable: one filesystem sync for all.
+        """Make blobs committed with ``sync=False`` durable; how many records were marked.
 
         One ``syncfs``, then one durable transaction clears the unsynced mark of ``digests``;
         without them, of every blob committed unsynced in this boot by any process, read
         before the sync (so a later commit is never marked durable too early).
-
-        Returns:
-            How many records were marked durable.
         """
         if self._boot is None:
             return 0  # no boot id: every commit synced already
@@ -538,14 +460,9 @@ class ContentStore:
     ) -> Descriptor:
         """Store ``data`` and return its descriptor; an existing blob counts as success (ING-11).
 
-        A ``digest`` already recorded means a streamed ``data`` is not read (TV-44); a
-        resumed ingest skips the bytes it holds; busy refs are retried (ING-4). Bytes of at
-        most 1 MiB (matching ``size``) take the small-blob path (io-small-blobs). ``sync``
-        is as for :meth:`Writer.commit`.
-
-        Raises:
-            SizeMismatch: fewer (or more) bytes than ``size``.
-            DigestMismatch: the bytes do not hash to ``digest``.
+        A ``digest`` already recorded means a streamed ``data`` is not read (TV-44); a resumed
+        ingest skips the bytes it holds; busy refs are retried (ING-4). Bytes of at most 1 MiB
+        take the small-blob path (io-small-blobs). ``sync`` is as for :meth:`Writer.commit`.
         """
         expected = parse(digest) if digest else None
         if isinstance(data, bytes | bytearray | memoryview):
@@ -585,11 +502,7 @@ class ContentStore:
         return await self._backend.list_ingests()
 
     async def abort(self, ref: str) -> None:
-        """Remove ingest ``ref`` and its data (ING-10).
-
-        Raises:
-            NotFound: ``reference <ref>: not found``.
-        """
+        """Remove ingest ``ref`` and its data (ING-10); NotFound ``reference <ref>: not found``."""
         try:
             found = await self._backend.abort(ref)
         except NotFound:

@@ -64,15 +64,7 @@ class UnsupportedDigestAlgorithm(InvalidArgument):
 
 
 def parse(value: str) -> Digest:
-    """Validate ``value`` in the order DIG-3 gives and return it as a :class:`Digest`.
-
-    Raises:
-        InvalidDigestFormat: no colon, empty parts, bad grammar or non-lowercase-hex.
-        UnsupportedDigestAlgorithm: a grammatical but unavailable algorithm.
-        InvalidDigestLength: wrong encoded length for the algorithm.
-    """
-    if isinstance(value, Digest):
-        return value
+    """``value`` validated in DIG-3's order, as a :class:`Digest`."""
     return Digest(value)
 
 

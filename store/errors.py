@@ -35,12 +35,7 @@ __all__ = [
 
 
 class CastarError(Exception):
-    """Base of every error castar raises on purpose.
-
-    Args:
-        message: the context, without the category suffix. ``str(err)`` is
-            ``"<message>: <suffix>"`` unless the message already ends with the suffix.
-    """
+    """Base of every error castar raises on purpose: ``str()`` is ``<message>: <suffix>``."""
 
     suffix: ClassVar[str] = "internal"
 
@@ -75,12 +70,7 @@ class InvalidArgument(CastarError, ValueError):
 
 
 class MalformedArchive(InvalidArgument):
-    """A tar stream or image archive is not well formed.
-
-    Attributes:
-        offset: byte offset in the (decompressed) archive where the problem was seen.
-        member: the tar member name involved, or ``None``.
-    """
+    """A tar stream or image archive is not well formed (at ``offset``, in ``member``)."""
 
     def __init__(
         self, message: str, *, offset: int | None = None, member: str | None = None
@@ -164,10 +154,8 @@ _PRECONDITION: Final = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 def map_os_errors(context: str) -> Iterator[None]:
     """Translate an ``OSError`` into its category once, at the seam (design rule errors-seam).
 
-    ``context`` names what was being done (``content digest <d>``, ``ingest ref "<r>"``):
-    ENOENT becomes ``NotFound("<context>")``, EIO ``DataLoss``, ENOSPC ``Unavailable``,
-    EACCES ``FailedPrecondition``, anything else an internal ``CastarError``; the
-    OS message and path follow the context.
+    ENOENT becomes ``NotFound(context)``, EIO ``DataLoss``, ENOSPC ``Unavailable``, EACCES
+    ``FailedPrecondition``, anything else ``CastarError``; the OS message and path follow.
     """
     try:
         yield

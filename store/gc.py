@@ -42,11 +42,7 @@ class Node(NamedTuple):
 
 
 def mark(roots: Iterable[Node], edges: Mapping[Node, Iterable[Node]]) -> set[Node]:
-    """Every node reachable from ``roots`` (iterative tri-colour DFS, GC-9).
-
-    Nodes are visited with their flat bit (a flat node has its own, smaller edge list), and the
-    bit is stripped when a node turns black, so flat and non-flat visits mark the same node.
-    """
+    """Every node reachable from ``roots`` (tri-colour DFS, GC-9), flat bits stripped."""
     grays = list(roots)
     seen: set[Node] = set()
     black: set[Node] = set()

@@ -80,22 +80,11 @@ class ImageStore(Records):
     async def create(
         self, name: str, target: DescriptorLike, *, labels: Mapping[str, str] | None = None
     ) -> Image:
-        """Record image ``name`` → ``target`` (IMG-1, IMG-2).
-
-        Under a lease, an image labelled ``containerd.io/gc.expire`` joins it (IMG-6).
-
-        Raises:
-            InvalidArgument: empty name, bad target digest, size <= 0, empty media type, LBL-1.
-            AlreadyExists: ``image "<name>": already exists``.
-        """
+        """Record image ``name`` → ``target`` (IMG-1, IMG-2; IMG-6 under a lease)."""
         return await self._put(name, target, labels or {}, create=True)
 
     async def get(self, name: str) -> Image:
-        """The image named ``name``.
-
-        Raises:
-            NotFound: ``image "<name>": not found``.
-        """
+        """The image named ``name``; NotFound ``image "<name>": not found``."""
         rec = await self._db.read(_txn.image_get, name)
         if rec is None:
             raise NotFound(f'image "{name}"')
@@ -112,18 +101,9 @@ class ImageStore(Records):
         target: DescriptorLike | None = None,
         labels: Mapping[str, str] | None = None,
     ) -> Image:
-        """Replace the target and/or the labels of an image (IMG-3); created_at is kept.
-
-        Raises:
-            NotFound: ``image "<name>": not found``.
-            InvalidArgument: as for :meth:`create`.
-        """
+        """Replace the target and/or the labels of an image (IMG-3); created_at is kept."""
         return await self._put(name, target, labels, create=False)
 
     async def delete(self, name: str, *, target: str | None = None) -> None:
-        """Delete an image; with ``target`` only if it still points there (IMG-4).
-
-        Raises:
-            NotFound: ``image "<name>": not found`` or ``image "<name>" has target <a>, not <t>``.
-        """
+        """Delete an image; with ``target`` only if it still points there (IMG-4)."""
         await self._db.write(_txn.image_delete, name, target)

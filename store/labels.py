@@ -6,8 +6,9 @@ through these names only.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, final
 
 if TYPE_CHECKING:
@@ -23,10 +24,12 @@ __all__ = [
     "ROOT",
     "Edge",
     "expired",
+    "format_time",
     "is_content_ref",
     "label_edges",
     "parse_expire",
     "ref_kind",
+    "rfc3339",
 ]
 
 EXPIRE: Final = "containerd.io/gc.expire"
@@ -41,10 +44,7 @@ _KINDS: Final = ("content", "image")  # what a gc.ref/gc.bref label can point at
 
 
 def ref_kind(key: str, prefix: str = REF) -> str | None:
-    """``content``/``image`` when ``key`` is ``<prefix><kind>`` or ``<prefix><kind>[./]…``.
-
-    Else None: other keys, snapshot references and keys without a separator (``…contentX``).
-    """
+    """``content``/``image`` when ``key`` is ``<prefix><kind>`` or ``<prefix><kind>[./]…``."""
     if not key.startswith(prefix):
         return None
     rest = key[len(prefix) :]
@@ -72,13 +72,7 @@ class Edge:
 
 
 def label_edges(owner_kind: str, owner: str, labels: Mapping[str, str]) -> list[Edge]:
-    """The edges one object's labels declare.
-
-    ``containerd.io/gc.ref.content[./…]=<d>`` and ``…gc.ref.image[./…]=<name>`` make the owner
-    keep the target (GC-5); ``containerd.io/gc.bref.content[./…]=<d>`` and ``…gc.bref.image…``
-    make the target keep the owner (GC-6). Keys without a separator (``gc.ref.contentX``) and
-    snapshot references are ignored; values are not validated.
-    """
+    """The edges an object's labels declare: ``gc.ref.*`` (GC-5), ``gc.bref.*`` (GC-6)."""
     out = []
     for key, value in labels.items():
         if kind := ref_kind(key):
@@ -88,8 +82,19 @@ def label_edges(owner_kind: str, owner: str, labels: Mapping[str, str]) -> list[
     return out
 
 
+def rfc3339(dt: datetime) -> str:
+    """Second-precision RFC 3339 in UTC, as ``gc.expire`` labels are written (LEASE-2)."""
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def format_time(ns: int) -> str:
+    """RFC 3339 with nanoseconds, UTC (what containerd writes to startedat/updatedat)."""
+    sec, frac = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{frac:09d}Z"
+
+
 def parse_expire(value: str) -> datetime | None:
-    """An RFC 3339 ``gc.expire`` value as an aware datetime; None when unparsable (GC-2)."""
+    """An RFC 3339 time (a ``gc.expire`` value) as an aware datetime; None when unparsable."""
     text = value.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"

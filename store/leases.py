@@ -11,7 +11,7 @@ import os
 import time
 from contextlib import asynccontextmanager, suppress
 from contextvars import ContextVar
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Final, final
 
 import anyio
@@ -20,12 +20,12 @@ from castar.store import _txn
 from castar.store._schema import Lease
 from castar.store.digest import parse
 from castar.store.errors import InvalidArgument, NotFound, NotImplementedKind
-from castar.store.labels import EXPIRE
+from castar.store.labels import EXPIRE, rfc3339
 from castar.store.sqlite import Records, validate_labels
 
 if TYPE_CHECKING:
     import builtins
-    from collections.abc import AsyncIterator, Mapping
+    from collections.abc import AsyncIterator, Iterable, Mapping
 
 __all__ = [
     "RESOURCE_TYPES",
@@ -60,11 +60,6 @@ def random_lease_id() -> str:
     return f"{ns}-{base64.urlsafe_b64encode(os.urandom(3)).decode()}"
 
 
-def rfc3339(dt: datetime) -> str:
-    """Second-precision RFC 3339 in UTC, as ``gc.expire`` labels are written (LEASE-2)."""
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 @final
 class LeaseManager(Records):
     """Creates, lists and deletes leases and their resources."""
@@ -80,10 +75,6 @@ class LeaseManager(Records):
         """Create a lease (random id when None) expiring after ``expire`` if given.
 
         ``durable=False`` skips the fsync, for leases held only while an operation runs.
-
-        Raises:
-            InvalidArgument: empty id or a label breaking LBL-1.
-            AlreadyExists: ``lease "<id>": already exists``.
         """
         if id is None:
             id = random_lease_id()
@@ -103,11 +94,9 @@ class LeaseManager(Records):
         expire: timedelta | None = timedelta(hours=24),
         labels: Mapping[str, str] | None = None,
     ) -> AsyncIterator[Lease]:
-        """Create a lease and make it current for the block; delete it on exit.
+        """Create a lease and make it current for the block (child tasks too); delete it on exit.
 
-        Everything written in the block (blobs, ingests, images with ``gc.expire``) joins the
-        lease (LEASE-5), and child tasks started in the block inherit it. Deletion at exit is
-        shielded from cancellation; a lease GC already removed (expired) is no error.
+        What the block writes joins it (LEASE-5); a lease GC already removed is no error.
         """
         # Not durable: worthless after a power cut, and each durable commit costs an fsync.
         lease = await self.create(expire=expire, labels=labels, durable=False)
@@ -127,22 +116,19 @@ class LeaseManager(Records):
         """Delete a lease; what only it protected becomes garbage (LEASE-3).
 
         ``durable=False``: a delete lost in a power cut keeps the lease until it expires.
-
-        Raises:
-            NotFound: ``lease "<id>": not found``.
         """
         await self._db.write(_txn.lease_delete, id, durable=durable)
 
     async def add_resource(self, id: str, type: str, resource: str) -> None:
-        """Add ``resource`` of ``type`` (``content``, ``images``, ``ingests``) to lease ``id``.
+        """Add ``resource`` of ``type`` (``content``, ``images``, ``ingests``) to lease ``id``."""
+        await self.add_resources(id, type, [resource])
 
-        Raises:
-            InvalidArgument: a content resource that is not a digest, or a ``x/y`` type.
-            NotImplementedKind: an unknown type.
-            NotFound: no such lease.
-        """
-        _check_resource(type, resource)
-        await self._db.write(_txn.lease_add, id, type, resource)
+    async def add_resources(self, id: str, type: str, resources: Iterable[str]) -> None:
+        """:meth:`add_resource` of many resources of one type in ONE transaction."""
+        todo = list(resources)
+        for resource in todo:
+            _check_resource(type, resource)
+        await self._db.write(_txn.lease_add, id, type, todo)
 
     async def delete_resource(self, id: str, type: str, resource: str) -> None:
         """Remove a resource from a lease (absent resources are ignored)."""

@@ -59,6 +59,9 @@ class BlobIngester(BlobReader, Protocol):
         self, blobs: Iterable[SmallBlob], *, sync: bool = True
     ) -> list[Descriptor]: ...
     async def update_labels(self, digest: str, labels: Mapping[str, str]) -> Info: ...  # noqa: D102
+    async def update_labels_many(  # noqa: D102
+        self, updates: Iterable[tuple[str, Mapping[str, str]]]
+    ) -> dict[Digest, Info]: ...
     async def sync(self, digests: Iterable[str] | None = None) -> int: ...  # noqa: D102
     async def delete(self, digest: str) -> None: ...  # noqa: D102
     async def abort(self, ref: str) -> None: ...  # noqa: D102
@@ -89,3 +92,4 @@ class Leases(Protocol):
         self, *, expire: timedelta | None = ..., labels: Mapping[str, str] | None = None
     ) -> AbstractAsyncContextManager[Lease]: ...
     async def add_resource(self, id: str, type: str, resource: str) -> None: ...  # noqa: D102
+    async def add_resources(self, id: str, type: str, resources: Iterable[str]) -> None: ...  # noqa: D102

@@ -18,8 +18,8 @@ import anyio.to_thread
 from castar.store.collector import Collector
 from castar.store.content import ContentStore
 from castar.store.images import ImageStore
+from castar.store.ingest import LocalContentStore
 from castar.store.leases import LeaseManager
-from castar.store.local import LocalContentStore
 from castar.store.sqlite import SQLiteMetadataDB
 
 if TYPE_CHECKING:
@@ -38,11 +38,7 @@ _BOOT_ID: Final = Path("/proc/sys/kernel/random/boot_id")
 
 
 def current_boot_id() -> str | None:
-    """This machine boot's id (Linux ``/proc/sys/kernel/random/boot_id``); None if unknown.
-
-    Blobs committed without fsync carry it until synced: a different id at the next open
-    means a machine crash in between (only a crash loses the shared page cache).
-    """
+    """This machine boot's id (Linux ``/proc/sys/kernel/random/boot_id``); None if unknown."""
     try:
         return _BOOT_ID.read_text().strip() or None
     except OSError:
@@ -60,20 +56,15 @@ def default_root() -> Path:
 
 @final
 class Root:
-    """One root directory's parts: ``content``, ``images`` (records), ``leases`` and GC.
+    """One root directory's ``content``, ``images``, ``leases`` and GC; see :func:`open_root`.
 
-    Use :func:`open_root`. Several ``Root`` objects, in this process or others, may share a
-    directory: the metadata DB and the backend's locks make that safe, GC included.
+    Several ``Root`` objects, in this process or others, may share a directory safely.
     """
 
     def __init__(
-        self,
-        root: Path,
-        backend: LocalContentStore,
-        db: SQLiteMetadataDB,
-        clock: Callable[[], datetime],
-        boot_id: str | None = None,
+        self, root: Path, db: SQLiteMetadataDB, clock: Callable[[], datetime], boot_id: str | None
     ) -> None:
+        backend = LocalContentStore(root)  # does no I/O: the first write creates its folders
         self.root = root
         self._db = db
         self.content = ContentStore(backend, db, clock, boot_id)
@@ -103,22 +94,15 @@ async def open_root(
 ) -> AsyncIterator[Root]:
     """Open (creating it if needed) the root at ``root``, else at :func:`default_root`.
 
-    Blobs committed unsynced in an earlier boot (a machine crash since) are forgotten on
-    opening: their data may be torn (``ContentStore.drop_stale``).
-
-    Args:
-        root: the directory.
-        clock: returns the current time, aware and in UTC (tests inject one to expire things).
-        boot_id: the machine boot's id; default :func:`current_boot_id` (tests inject one to
-            simulate a reboot).
+    Blobs committed unsynced in an earlier boot (a machine crash since) are forgotten: their
+    data may be torn. Tests inject ``clock`` (aware UTC now) and ``boot_id``.
     """
     path = Path(root) if root is not None else default_root()
     await anyio.Path(path).mkdir(parents=True, exist_ok=True)
-    backend = LocalContentStore(path)  # does no I/O: the first write creates its folders
     if boot_id is None:
         boot_id = await anyio.to_thread.run_sync(current_boot_id)
     db = await SQLiteMetadataDB.open(path / "meta.db")
-    store = Root(path, backend, db, clock or _utcnow, boot_id)
+    store = Root(path, db, clock or _utcnow, boot_id)
     try:
         await store.content.drop_stale()
         yield store

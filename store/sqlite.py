@@ -31,11 +31,7 @@ MAX_LABEL: Final = 4096
 
 
 def validate_labels(labels: Mapping[str, str]) -> None:
-    """Check every label against LBL-1 (content, image and lease labels alike).
-
-    Raises:
-        InvalidArgument: a key plus its value is longer than 4096 bytes.
-    """
+    """Check every label against LBL-1 (content, image and lease labels alike)."""
     for key, value in labels.items():
         n = len(key.encode()) + len(value.encode())
         if n > MAX_LABEL:
@@ -47,11 +43,7 @@ def validate_labels(labels: Mapping[str, str]) -> None:
 
 @final
 class SQLiteMetadataDB:
-    """The metadata database at ``<root>/meta.db`` (SQLite in WAL mode, LAY-4).
-
-    Several processes may open the same file: writes start with ``BEGIN IMMEDIATE`` and wait
-    on ``busy_timeout``.
-    """
+    """The metadata database at ``<root>/meta.db`` (SQLite in WAL mode, LAY-4), multi-process."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
@@ -76,11 +68,7 @@ class SQLiteMetadataDB:
     async def write(
         self, fn: Callable[[sqlite3.Connection, *Ts], T], *args: *Ts, durable: bool = True
     ) -> T:
-        """``fn(conn, *args)`` as one write transaction; ``durable=False`` skips the WAL fsync.
-
-        Non-durable writes are for rows whose loss in a power cut is harmless (ingest rows, an
-        operation's own lease, rows of blobs not fsynced yet).
-        """
+        """``fn(conn, *args)`` as one write transaction; ``durable=False`` skips the WAL fsync."""
         return await anyio.to_thread.run_sync(
             run_txn, self._conn, True, fn, args, durable, limiter=self._limiter
         )

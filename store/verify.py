@@ -15,7 +15,8 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
-from castar.store.digest import Digest, hasher, parse
+from castar.store.blobs import rehash
+from castar.store.digest import Digest, from_hasher, hasher, parse
 from castar.store.errors import DataLoss, NotFound
 from castar.store.labels import is_content_ref
 
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 
 __all__ = ["BlobProblem", "VerifyReport", "verify"]
 
-_CHUNK = 1 << 20
 #: Two blobs in flight saturate the machine's hashing (design rule io-limiter).
 _IN_FLIGHT = 2
 
@@ -36,13 +36,7 @@ _IN_FLIGHT = 2
 @final
 @dataclass(frozen=True, slots=True)
 class BlobProblem:
-    """One recorded blob that cannot be read back as recorded.
-
-    Attributes:
-        digest: the recorded digest.
-        kind: ``"missing"`` (no file at its address) or ``"corrupt"`` (wrong size or bytes).
-        detail: what was found, for people (names the path, sizes or the actual digest).
-    """
+    """One recorded blob that is ``missing`` (no file) or ``corrupt``; ``detail`` says what."""
 
     digest: Digest
     kind: Literal["missing", "corrupt"]
@@ -55,14 +49,10 @@ class BlobProblem:
 @final
 @dataclass(frozen=True, slots=True)
 class VerifyReport:
-    """What :func:`verify` checked and found.
+    """What :func:`verify` checked and found, by digest.
 
-    Attributes:
-        checked: number of recorded blobs re-hashed (or found missing).
-        bytes_checked: bytes hashed.
-        problems: missing and corrupt blobs, by digest.
-        absent: digests an image references that were never stored (a sparse image,
-            e.g. platforms filtered out at load): not a problem.
+    ``absent`` are digests an image references that were never stored (a sparse image, e.g.
+    platforms filtered out at load): not a problem.
     """
 
     checked: int
@@ -126,24 +116,19 @@ async def _subtree(
 def _check_file(path: Path, digest: Digest, size: int) -> tuple[int, BlobProblem | None]:
     """Hash one blob file (runs in a worker thread); returns (bytes hashed, problem)."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return 0, BlobProblem(digest, "missing", f"no file at {path}")
     h = hasher(digest.algorithm)
-    buf = bytearray(_CHUNK)
-    view = memoryview(buf)
-    done = 0
     try:
-        with os.fdopen(fd, "rb", buffering=0) as f:
-            while n := f.readinto(view):
-                h.update(view[:n])
-                done += n
-                anyio.from_thread.check_cancelled()
+        done = rehash(fd, h, anyio.from_thread.check_cancelled)
     except OSError as exc:
-        return done, BlobProblem(digest, "corrupt", f"reading {path}: {exc.strerror or exc}")
+        return 0, BlobProblem(digest, "corrupt", f"reading {path}: {exc.strerror or exc}")
+    finally:
+        os.close(fd)
     if done != size:
         return done, BlobProblem(digest, "corrupt", f"{path} holds {done} bytes, recorded {size}")
-    actual = f"{digest.algorithm}:{h.hexdigest()}"
+    actual = from_hasher(h)
     if actual != digest:
         return done, BlobProblem(digest, "corrupt", f"{path} hashes to {actual}")
     return done, None
@@ -155,13 +140,10 @@ async def verify(
     *,
     progress: ProgressCallback | None = None,
 ) -> VerifyReport:
-    """Re-hash recorded blobs (1 MiB at a time, two blobs at once) and report the bad ones.
+    """Re-hash recorded blobs (two at once) and report the bad ones; nothing is changed.
 
-    Args:
-        content: the store's content store (nothing in it is changed).
-        digests: roots to check with everything they reference (an image's target
-            digest checks its whole stored subtree); ``None`` checks every recorded blob.
-        progress: optional callback after each blob.
+    ``digests`` are roots checked with everything they reference (an image's target digest
+    checks its stored subtree); None checks every recorded blob.
     """
     if digests is None:
         todo = {info.digest: info.size for info in await content.walk()}

@@ -21,7 +21,7 @@ from castar.engine.importer import load
 from castar.engine.platforms import pinned_host
 from castar.store import Root, open_root
 from castar.store.errors import InvalidArgument, NotFound
-from castar.store.local import LocalContentStore
+from castar.store.ingest import LocalContentStore
 
 
 def sha(data: bytes) -> str:

@@ -22,8 +22,9 @@ from castar.engine import synth
 from castar.engine.importer import load
 from castar.engine.platforms import pinned_host
 from castar.store import Root, open_root
+from castar.store.blobs import SmallBatch
 from castar.store.errors import DigestMismatch
-from castar.store.local import LocalContentStore, SmallBatch
+from castar.store.ingest import LocalContentStore
 
 MANY = synth.SynthSpec(
     name="batch/many:1", platforms=("linux/amd64", "linux/arm64"), layers=80, layer_size=2048

@@ -20,9 +20,10 @@ from castar.engine import synth
 from castar.engine.importer import load
 from castar.engine.platforms import pinned_host
 from castar.store import Root, open_root
+from castar.store.blobs import CommitResult, SmallBatch
 from castar.store.content import ContentStore
 from castar.store.images import ImageStore
-from castar.store.local import CommitResult, LocalContentStore, LocalWriter, SmallBatch
+from castar.store.ingest import LocalContentStore, LocalWriter
 
 SMALL = synth.SynthSpec(
     name="sync/small:1", platforms=("linux/amd64", "linux/arm64"), layers=3, layer_size=4096

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -25,7 +26,7 @@ from castar.store.errors import (
     SizeMismatch,
     Unavailable,
 )
-from castar.store.local import LocalContentStore, LocalWriter
+from castar.store.ingest import LocalContentStore, LocalWriter, ingest_dir
 
 if TYPE_CHECKING:
     from conftest import Clock
@@ -121,6 +122,29 @@ async def test_set_labels_replaces_the_map(store: Root) -> None:
 async def test_update_labels_of_absent_blob_is_not_found(store: Root) -> None:
     with pytest.raises(NotFound):
         await store.content.update_labels(H_WORLD, {"a": "1"})
+
+
+async def test_update_labels_many_is_one_transaction_skipping_unrecorded(
+    store: Root, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.content.write_blob(HELLO, labels={"keep": "1", "a": "0"})
+    await store.content.write_blob(b"other")
+    db = store.content._db
+    writes = []
+    real_write = db.write
+    monkeypatch.setattr(db, "write", lambda *a, **k: writes.append(a[0]) or real_write(*a, **k))
+    got = await store.content.update_labels_many(
+        [(H_HELLO, {"a": ""}), (compute(b"other"), {"b": "2"}), (H_WORLD, {"c": "3"})]
+    )
+    assert len(writes) == 1
+    assert {d: dict(i.labels) for d, i in got.items()} == {
+        H_HELLO: {"keep": "1"},
+        compute(b"other"): {"b": "2"},
+    }
+    assert dict((await store.content.info(H_HELLO)).labels) == {"keep": "1"}
+    with pytest.raises(InvalidArgument):  # LBL-1, before anything is written
+        await store.content.update_labels_many([(H_HELLO, {"k": "v" * 5000})])
+    assert len(writes) == 1
 
 
 async def test_label_over_4096_bytes_is_invalid_argument(store: Root) -> None:
@@ -247,6 +271,32 @@ async def test_concurrent_write_blob_of_one_digest_both_succeed(store: Root) -> 
         tg.start_soon(put)
         tg.start_soon(put)
     assert [r.digest for r in results] == [compute(data)] * 2
+    assert await store.content.list_statuses() == []
+
+
+async def test_ingest_open_retries_when_its_directory_vanishes_after_mkdir(
+    store: Root, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The race above made deterministic: the loser's mkdir finds the directory the winner
+    # made, and the winner's commit removes it before the loser opens its lock file.
+    path = ingest_dir(store.root, "r")
+    real_mkdir = os.mkdir
+    raced = []
+
+    def mkdir(p: str | os.PathLike[str], mode: int = 0o777) -> None:
+        if Path(p) == path and not raced:
+            raced.append(p)
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(p))
+        real_mkdir(p, mode)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+
+    async def source() -> AsyncIterator[bytes]:
+        yield HELLO
+
+    desc = await store.content.write_blob(source(), digest=H_HELLO, ref="r")
+    assert raced
+    assert desc.digest == H_HELLO
     assert await store.content.list_statuses() == []
 
 

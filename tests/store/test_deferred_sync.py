@@ -16,12 +16,12 @@ from pathlib import Path
 import anyio
 import pytest
 
-from castar.store import Root, _ingest, open_root
+from castar.store import Root, blobs, open_root
 from castar.store._schema import MIGRATIONS
 from castar.store.content import SMALL_BLOB
 from castar.store.digest import compute
 from castar.store.errors import DigestMismatch
-from castar.store.local import LocalContentStore
+from castar.store.ingest import LocalContentStore
 
 BOOT = "boot-1"
 BIG = bytes(range(256)) * ((SMALL_BLOB + 4096) // 256)  # > 1 MiB: the ingest path
@@ -241,7 +241,7 @@ def test_cancel_inside_the_small_write_removes_its_temp_file(tmp_path: Path) -> 
         raise Cancelled
 
     with pytest.raises(Cancelled):
-        _ingest.put_small(tmp_path, b"data", None, "sha256", False, cancel)
+        blobs.put_small(tmp_path, b"data", None, "sha256", False, cancel)
     assert ingest_entries(tmp_path) == []
     assert not blob_file(tmp_path, compute(b"data")).exists()
 
@@ -250,7 +250,7 @@ async def test_gc_removes_a_stray_temp_file_but_not_under_a_live_small_writer(
     store: Root,
 ) -> None:
     # GC-9: a crashed small writer's temp file is garbage; a live writer holds the lock shared.
-    stray = store.root / "ingest" / f"{_ingest.TMP_PREFIX}999-dead"
+    stray = store.root / "ingest" / f"{blobs.TMP_PREFIX}999-dead"
     stray.parent.mkdir(parents=True, exist_ok=True)
     stray.write_bytes(b"partial")
     assert await store.content.list_statuses() == []  # not taken for an ingest

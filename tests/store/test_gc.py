@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from castar.store import Descriptor, Root, _txn
 from castar.store.digest import Digest, compute
 from castar.store.gc import Node, decide, mark, sweep
+from castar.store.ingest import LocalContentStore
 from castar.store.labels import Edge, label_edges
-from castar.store.local import LocalContentStore
 
 if TYPE_CHECKING:
     from conftest import Clock

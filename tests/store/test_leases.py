@@ -90,6 +90,18 @@ async def test_resources_validation_and_order(store: Root) -> None:
     assert ("images", "img") not in await store.leases.list_resources("r")
 
 
+async def test_add_resources_adds_many_of_one_type_or_none(store: Root) -> None:
+    await store.leases.create("r")
+    d2 = compute(b"two")
+    await store.leases.add_resources("r", "content", [D1, d2, D1])
+    assert await store.leases.list_resources("r") == sorted([("content", D1), ("content", d2)])
+    with pytest.raises(InvalidArgument, match="invalid content resource id"):
+        await store.leases.add_resources("r", "content", [compute(b"three"), "not-a-digest"])
+    assert len(await store.leases.list_resources("r")) == 2  # checked before anything is added
+    with pytest.raises(NotFound):
+        await store.leases.add_resources("missing", "content", [D1])
+
+
 async def test_lease_context_is_current_inherited_and_deleted(store: Root) -> None:
     assert current_lease() is None
     seen: list[str | None] = []

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from castar.store import local
+from castar.store import ingest
 from castar.store.digest import Digest, compute
 from castar.store.errors import (
     DigestMismatch,
@@ -30,7 +30,7 @@ from castar.store.errors import (
     SizeMismatch,
     Unavailable,
 )
-from castar.store.local import LocalContentStore
+from castar.store.ingest import LocalContentStore
 
 MiB = 1 << 20
 
@@ -238,7 +238,7 @@ async def test_walk_is_ascending_by_digest_and_skips_strays(
     (tmp_path / "blobs" / "sha256" / "not-a-digest").write_bytes(b"x")
     (tmp_path / "blobs" / "sha256" / ("A" * 64)).write_bytes(b"x")
     (tmp_path / "blobs" / "sha256" / ("b" * 64)).mkdir()
-    with caplog.at_level("WARNING", logger="castar.store.local"):
+    with caplog.at_level("WARNING", logger="castar.store.blobs"):
         walked = await store.walk()
     assert "not-a-digest" in caplog.text  # LAY-2: logged, not fatal
     assert walked == sorted(expected, key=lambda item: str(item[0]))
@@ -436,14 +436,14 @@ def test_write_sync_is_split_invariant(
 ) -> None:
     # write_sync (the importer's path) coalesces exactly like write: any split, same bytes
     root = tmp_path_factory.mktemp("split")
-    w = local.open_ingest(root, "split")
+    w = ingest.open_ingest(root, "split")
     bounds = sorted({0, len(data), *(c for c in cuts if c < len(data))})
     for a, b in itertools.pairwise(bounds):
         w.write_sync(data[a:b])
     assert w.offset == len(data)
     assert w.digest() == h(data)
     w._release_sync(flush=True)
-    assert (local.ingest_dir(root, "split") / "data").read_bytes() == data
+    assert (ingest.ingest_dir(root, "split") / "data").read_bytes() == data
 
 
 async def test_write_accepts_bytearray_and_non_byte_memoryviews(tmp_path: Path) -> None:

@@ -16,9 +16,9 @@ import anyio.from_thread
 import anyio.lowlevel
 import pytest
 
-from castar.store import _ingest, local
+from castar.store import ingest
 from castar.store.digest import compute
-from castar.store.local import LocalContentStore, LocalWriter
+from castar.store.ingest import LocalContentStore, LocalWriter
 
 MiB = 1 << 20
 DATA = bytes(range(256)) * (12 * MiB // 256 + 3)  # 12 MiB + 768 bytes
@@ -110,14 +110,14 @@ async def test_commit_cancelled_inside_its_thread_leaves_no_blob(
 
         monkeypatch.setattr(w, "_flush_sync", flush)
     else:
-        real_rehash = _ingest.rehash
+        real_rehash = ingest.rehash
 
         def rehash(fd: int, h: hashlib._Hash, check=None) -> int:  # type: ignore[no-untyped-def]
             if check is not None:  # the commit's re-hash, not a resume
                 cancel_from_thread()
             return real_rehash(fd, h, check)
 
-        monkeypatch.setattr(_ingest, "rehash", rehash)
+        monkeypatch.setattr(ingest, "rehash", rehash)
     with scope:
         await w.commit(len(DATA), compute(DATA, alg))
         pytest.fail("the commit was not cancelled")
@@ -178,13 +178,13 @@ async def test_open_cancelled_while_rehashing_a_resumed_ingest_releases_the_ref(
     async with await store.open_writer("big") as w:
         await w.write(DATA[: 3 * MiB])
     scope = anyio.CancelScope()
-    real_rehash = local.rehash
+    real_rehash = ingest.rehash
 
     def rehash(fd: int, h: hashlib._Hash, check=None) -> int:  # type: ignore[no-untyped-def]
         anyio.from_thread.run_sync(scope.cancel)
         return real_rehash(fd, h, check)
 
-    monkeypatch.setattr(local, "rehash", rehash)
+    monkeypatch.setattr(ingest, "rehash", rehash)
     with scope:
         await store.open_writer("big")
         pytest.fail("the open was not cancelled")

@@ -14,7 +14,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from castar.store import _ingest, _pump, local
+from castar.store import _pump, ingest, labels
 from castar.store.digest import compute
 from castar.store.errors import (
     CastarError,
@@ -24,7 +24,7 @@ from castar.store.errors import (
     Unavailable,
     map_os_errors,
 )
-from castar.store.local import LocalContentStore
+from castar.store.ingest import LocalContentStore
 
 MiB = 1 << 20
 
@@ -74,7 +74,7 @@ async def test_abort_removes_the_ingest_and_unknown_ref_is_not_found(tmp_path: P
     async with await store.open_writer("ab") as w:
         await w.write(b"data")
     assert await store.abort("ab") is True
-    assert not local.ingest_dir(tmp_path, "ab").exists()
+    assert not ingest.ingest_dir(tmp_path, "ab").exists()
     with pytest.raises(NotFound) as err:
         await store.abort("ab")
     assert str(err.value) == 'ingest ref "ab": not found'
@@ -180,13 +180,14 @@ def test_map_os_errors_translates_once_with_context(code: int, kind: type[Castar
 )
 def test_lock_duration_reads_like_go(seconds: float, text: str) -> None:
     # ING-3 "locked for <duration>" (Go's Duration.String)
-    assert local.go_duration(seconds) == text
+    assert ingest.go_duration(seconds) == text
 
 
 def test_rfc3339_nano_round_trips_to_microseconds() -> None:
-    text = _ingest.format_time(1_700_000_000_123_456_789)
+    text = labels.format_time(1_700_000_000_123_456_789)
     assert text == "2023-11-14T22:13:20.123456789Z"
-    parsed = local.parse_time(text)
+    parsed = labels.parse_expire(text)
+    assert parsed is not None
     assert parsed.timestamp() == pytest.approx(1_700_000_000.123456, abs=1e-6)
 
 
@@ -242,7 +243,7 @@ async def test_corrupt_ingest_status_is_data_loss_and_reopening_starts_over(
     store = LocalContentStore(tmp_path)
     async with await store.open_writer("bad", total=9) as w:
         await w.write(b"partial")
-    path = local.ingest_dir(tmp_path, "bad")
+    path = ingest.ingest_dir(tmp_path, "bad")
     (path / "total").write_text("nine")
     with pytest.raises(DataLoss, match=r'^ingest ref "bad": unreadable status'):
         await store.ingest_status("bad")

@@ -22,7 +22,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from castar.store import open_root
 from castar.store._pump import DEPTH
 from castar.store.errors import Unavailable
-from castar.store.local import LocalContentStore
+from castar.store.ingest import LocalContentStore
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="flock and SIGKILL")
 
@@ -35,7 +35,7 @@ CHILD = textwrap.dedent(
     from pathlib import Path
     import anyio
     from castar.store import open_root
-    from castar.store.local import LocalContentStore
+    from castar.store.ingest import LocalContentStore
 
     def block(i):
         return hashlib.sha512(str(i).encode()).digest() * (1024 * 1024 // 64)

@@ -18,7 +18,7 @@ import pytest
 from castar.store import _pump
 from castar.store._pump import DEPTH
 from castar.store.digest import compute
-from castar.store.local import LocalContentStore
+from castar.store.ingest import LocalContentStore
 
 MiB = 1 << 20
 DATA = random.Random(7).randbytes(8 * MiB + 123)

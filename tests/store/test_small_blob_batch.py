@@ -20,11 +20,12 @@ import anyio.from_thread
 import anyio.to_thread
 import pytest
 
-from castar.store import Root, _ingest, _schema, _txn, open_root
+from castar.store import Root, _schema, _txn, open_root
+from castar.store.blobs import TMP_PREFIX, _umask_keeps_read_bits
 from castar.store.content import SMALL_BLOB, SmallBlob
 from castar.store.digest import compute
 from castar.store.errors import DigestMismatch, InvalidArgument, MalformedArchive, NotFound
-from castar.store.local import LocalContentStore
+from castar.store.ingest import LocalContentStore
 
 BOOT = "boot-1"
 
@@ -56,7 +57,7 @@ def files(root: Path) -> set[str]:
 
 def temp_files(root: Path) -> list[str]:
     try:
-        return [n for n in os.listdir(root / "ingest") if n.startswith(_ingest.TMP_PREFIX)]
+        return [n for n in os.listdir(root / "ingest") if n.startswith(TMP_PREFIX)]
     except FileNotFoundError:
         return []
 
@@ -291,7 +292,7 @@ async def test_no_mkdir_chmod_or_utime_per_blob(
     data = blobs(20)
     await store.content.write_small_blobs([SmallBlob(d) for d in data], sync=False)
     await store.content.write_blob(b"one more", sync=False)
-    expected_chmods = 0 if _ingest._umask_keeps_read_bits() else 21
+    expected_chmods = 0 if _umask_keeps_read_bits() else 21
     assert calls.count("mkdir") == 0
     assert calls.count("utime") == 0
     assert calls.count("fchmod") + calls.count("chmod") == expected_chmods

@@ -72,9 +72,9 @@ def test_a_file_that_is_not_a_database_is_data_loss(tmp_path: Path) -> None:
 def test_label_writes_rederive_edges(conn: sqlite3.Connection) -> None:
     write(conn, _txn.content_commit, "r", A, 1, {f"{REF}.l.0": B}, None, NOW)
     assert edges(conn) == {("content", A, "content", B)}  # GC-5
-    write(conn, _txn.content_labels, A, {f"{REF}.l.0": "", f"{REF}/x": C}, False, NOW)
+    write(conn, _txn.content_labels, {A: {f"{REF}.l.0": "", f"{REF}/x": C}}, False, NOW)
     assert edges(conn) == {("content", A, "content", C)}
-    write(conn, _txn.content_labels, A, {"containerd.io/gc.bref.content": B}, True, NOW)
+    write(conn, _txn.content_labels, {A: {"containerd.io/gc.bref.content": B}}, True, NOW)
     assert edges(conn) == {("content", B, "content", A)}  # GC-6: B keeps A
     write(conn, _txn.content_delete, A, None)
     assert edges(conn) == set()
