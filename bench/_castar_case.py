@@ -15,7 +15,8 @@ from pathlib import Path
 
 import anyio
 
-from castar.engine import exporter, importer, oci
+from castar.engine import exporter, oci
+from castar.engine.load import importer
 from castar.store.root import open_root
 
 

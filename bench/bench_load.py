@@ -129,7 +129,7 @@ async def load_case(
 ) -> dict[str, float]:
     import anyio
 
-    from castar.engine.importer import load
+    from castar.engine.load.importer import load
     from castar.store import open_root
 
     worst = 0.0

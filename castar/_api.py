@@ -11,8 +11,9 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, final
 
-from castar.engine import exporter, importer
+from castar.engine import exporter
 from castar.engine.images import ImageService
+from castar.engine.load import importer
 from castar.store import verify as _verify
 from castar.store.root import Root, open_root
 
@@ -82,7 +83,7 @@ class Store:
         progress: importer.ProgressCallback | None = None,
         max_size: int | None = None,
     ) -> list[Image]:
-        """Import an OCI or Docker image archive; see :func:`castar.engine.importer.load`."""
+        """Import an OCI or Docker image archive; see :func:`castar.engine.load.importer.load`."""
         return await importer.load(
             self._root,
             source,

@@ -794,7 +794,7 @@ def _digest(d: str) -> Digest:
 async def test_save_load_save_round_trips_to_identical_bytes(
     store: Root, tmp_path: Path, missing: str
 ) -> None:
-    from castar.engine import importer
+    from castar.engine.load import importer
 
     w = await build_world(store)
     await store.images.create("docker.io/library/alpine:3.18", w.I)

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from castar.engine import oci
-from castar.engine.importer import add_ref_prefix, filter_ref_prefix, load
+from castar.engine.load.importer import add_ref_prefix, filter_ref_prefix, load
 from castar.engine.platforms import pinned_host
 from castar.store import Root, open_root
 from castar.store.errors import (

@@ -9,7 +9,7 @@ import anyio
 import pytest
 import zstandard
 
-from castar.engine._decompress import GZIP, ZSTD, DecompressedSource, sniff
+from castar.engine.load.decompress import GZIP, ZSTD, DecompressedSource, sniff
 from castar.store.errors import MalformedArchive
 
 

@@ -17,7 +17,7 @@ import pytest
 import zstandard
 
 from castar.engine import oci
-from castar.engine.importer import load
+from castar.engine.load.importer import load
 from castar.engine.platforms import pinned_host
 from castar.store import Root, open_root
 from castar.store.errors import InvalidArgument, NotFound

@@ -17,7 +17,7 @@ import anyio.to_thread
 import pytest
 
 from castar.engine import synth
-from castar.engine.importer import load
+from castar.engine.load.importer import load
 from castar.engine.platforms import pinned_host
 from castar.store import Root, open_root
 from castar.store.content import ContentStore

@@ -19,7 +19,7 @@ import anyio.lowlevel
 import pytest
 
 from castar.engine import oci, synth
-from castar.engine.importer import load
+from castar.engine.load.importer import load
 from castar.engine.platforms import pinned_host
 from castar.store import Root, open_root
 

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 
 from castar.engine import graph, oci, reference
 from castar.engine import platforms as plats
-from castar.engine._archive import Progress, Session, read_archive
-from castar.engine._resolve import EmptyWalk, Walk, fetch_needed, keep, resolve, walk_index
 from castar.engine._streams import open_source
+from castar.engine.load.archive import Progress, Session, read_archive
+from castar.engine.load.resolve import EmptyWalk, Walk, fetch_needed, keep, resolve, walk_index
 from castar.engine.platforms import MatchComparer, Platform
 from castar.store.digest import Digest
 from castar.store.errors import AlreadyExists, NotFound

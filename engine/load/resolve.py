@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import anyio
 import anyio.to_thread
 
-from castar.engine import _decompress, graph, oci, platforms, reference
-from castar.engine._archive import WORKERS, Session
-from castar.engine._catalog import (
+from castar.engine import graph, oci, platforms, reference
+from castar.engine.load import decompress
+from castar.engine.load.archive import WORKERS, Session
+from castar.engine.load.catalog import (
     DOCKER_MANIFEST,
     INDEX,
     LAYOUT,
@@ -115,8 +116,8 @@ def _docker_str(item: Mapping[str, Any], key: str, i: int) -> list[str]:
 
 
 _LAYER_TYPES: Final = {
-    _decompress.GZIP: oci.DOCKER_LAYER_GZIP,
-    _decompress.ZSTD: oci.DOCKER_LAYER_ZSTD,  # EDGE-8: castar types zstd as zstd
+    decompress.GZIP: oci.DOCKER_LAYER_GZIP,
+    decompress.ZSTD: oci.DOCKER_LAYER_ZSTD,  # EDGE-8: castar types zstd as zstd
 }
 
 
@@ -167,7 +168,7 @@ async def _docker_index(sess: Session, items: list[Any]) -> oci.Descriptor:
             size = entry.size
             if digest in compressed:  # IMP-7: the stored compressed form of this layer
                 digest, size = compressed[digest]
-            kind = _decompress.sniff(await content.read_at(digest, 0, 10))
+            kind = decompress.sniff(await content.read_at(digest, 0, 10))
             media_type = _LAYER_TYPES.get(kind or "", oci.DOCKER_LAYER)
             layer_descs.append(oci.Descriptor(media_type, digest, size))
         manifest = oci.Manifest(

@@ -19,8 +19,9 @@ import anyio.abc
 import anyio.from_thread
 import anyio.to_thread
 
-from castar.engine import _decompress, graph, oci
-from castar.engine._catalog import (
+from castar.engine import graph, oci
+from castar.engine.load import decompress
+from castar.engine.load.catalog import (
     METADATA,
     REGULAR,
     Catalog,
@@ -348,7 +349,7 @@ class _StreamReader:
 
     def __init__(
         self,
-        src: _decompress.RawSource,
+        src: decompress.RawSource,
         first: bytes,
         max_size: int | None,
         progress: Progress,
@@ -524,7 +525,7 @@ async def read_archive(sess: Session, src: Source, max_size: int | None) -> None
             return base, os.fstat(fd).st_size - base, os.pread(fd, 8, base)
 
         base, size, head = await anyio.to_thread.run_sync(probe, fd)
-        kind = _decompress.sniff(head)
+        kind = decompress.sniff(head)
         if kind is None:
             if max_size is not None and size > max_size:
                 raise _too_large(src.name, max_size)
@@ -537,11 +538,11 @@ async def read_archive(sess: Session, src: Source, max_size: int | None) -> None
                 first += await src.receive(CHUNK)
             except anyio.EndOfStream:
                 break
-        kind = _decompress.sniff(first)
-    stream: _decompress.RawSource = src
+        kind = decompress.sniff(first)
+    stream: decompress.RawSource = src
     if kind is not None:
         direct = src.raw_file() if fd is not None else None  # a regular file
-        stream = _decompress.DecompressedSource(src, kind, first, direct)
+        stream = decompress.DecompressedSource(src, kind, first, direct)
         first = b""
     await _ingest_stream(sess, _StreamReader(stream, first, max_size, sess.progress))
 
