@@ -58,7 +58,7 @@ async def _save_many(args: argparse.Namespace) -> int:
 async def _load(args: argparse.Namespace) -> int:
     source: object = "-" if args.input in (None, "-") else Path(args.input)
     async with open_root(args.root) as store:
-        await importer.load(store, source, platforms=args.platform)
+        await importer.load(store, source, importer.LoadOptions.parse(args.platform))
     return 0
 
 

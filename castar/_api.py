@@ -80,20 +80,22 @@ class Store:
         all_platforms: bool = False,
         skip_missing: bool | None = None,
         name: str | None = None,
-        progress: importer.ProgressCallback | None = None,
+        progress: ProgressCallback | None = None,
         max_size: int | None = None,
     ) -> list[Image]:
-        """Import an OCI or Docker image archive; see :func:`castar.engine.load.importer.load`."""
-        return await importer.load(
-            self._root,
-            source,
-            platforms=platforms,
+        """Import an OCI or Docker image archive; see :func:`castar.engine.load.importer.load`.
+
+        The keywords are :class:`~castar.engine.load.importer.LoadOptions`' fields, with
+        ``platforms`` given as specifiers or :class:`Platform` values.
+        """
+        options = importer.LoadOptions.parse(
+            platforms,
             all_platforms=all_platforms,
             skip_missing=skip_missing,
             name=name,
-            progress=progress,
             max_size=max_size,
         )
+        return await importer.load(self._root, source, options, progress=progress)
 
     async def save(
         self,

@@ -1,36 +1,76 @@
 """Import ("load") of OCI and Docker image archives into a store (docs/behaviour.md, Load).
 
-Owns ``load()``. Must not import the exporter, the CLI or the facade. Tar names are only
-ever map keys.
+Owns ``load()`` and ``LoadOptions``. Must not import the exporter, the CLI or the facade.
+Tar names are only ever map keys.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, final
 
 from castar.engine import graph, oci, reference
 from castar.engine import platforms as plats
 from castar.engine._streams import open_source
 from castar.engine.load.archive import Progress, Session, read_archive
 from castar.engine.load.resolve import EmptyWalk, Walk, fetch_needed, keep, resolve, walk_index
-from castar.engine.platforms import MatchComparer, Platform
+from castar.engine.platforms import Platform
 from castar.store.digest import Digest
 from castar.store.errors import AlreadyExists, NotFound
-from castar.store.progress import ProgressCallback
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterable
 
     from castar.store import Image, Root
+    from castar.store.progress import ProgressCallback
 
-__all__ = [
-    "EmptyWalk",
-    "ProgressCallback",
-    "add_ref_prefix",
-    "filter_ref_prefix",
-    "load",
-]
+__all__ = ["LoadOptions", "add_ref_prefix", "filter_ref_prefix", "load"]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class LoadOptions:
+    """What to load.
+
+    Attributes:
+        platforms: platforms to keep, any of them matching (LOAD-1); empty keeps all.
+        all_platforms: keep every platform even when ``platforms`` is given.
+        skip_missing: tolerate manifests missing from archive and store; None means
+            True when no platform is requested (LOAD-2), else False.
+        name: for ``org.opencontainers.image.ref.name`` tags: a prefix (``"repo/x"``
+            names the tag ``latest`` ``repo/x:latest``) or a translator function
+            (see :func:`add_ref_prefix`, :func:`filter_ref_prefix`).
+        max_size: refuse archives whose (decompressed) size exceeds this many bytes.
+    """
+
+    platforms: tuple[Platform, ...] = ()
+    all_platforms: bool = False
+    skip_missing: bool | None = None
+    name: str | Callable[[str], str] | None = None
+    max_size: int | None = None
+
+    @classmethod
+    def parse(
+        cls,
+        platforms: Iterable[str | Platform] | str | None = None,
+        *,
+        all_platforms: bool = False,
+        skip_missing: bool | None = None,
+        name: str | Callable[[str], str] | None = None,
+        max_size: int | None = None,
+    ) -> LoadOptions:
+        """Options from user input: specifiers (comma lists, no duplicates) or Platforms."""
+        given = [platforms] if isinstance(platforms, str) else list(platforms or ())
+        parsed = iter(plats.parse_list(p for p in given if isinstance(p, str)))
+        values = tuple(p if isinstance(p, Platform) else next(parsed) for p in given)
+        return cls(values, all_platforms, skip_missing, name, max_size)
+
+    @property
+    def requested(self) -> tuple[Platform, ...]:
+        """The platforms the load filters on: none with ``all_platforms``."""
+        return () if self.all_platforms else self.platforms
+
 
 # -- names (IMP-11, TV-64) -----------------------------------------------------------------
 
@@ -144,26 +184,12 @@ async def _verify_platforms(sess: Session, walk: Walk, images: list[Image], want
         )
 
 
-def _requested(platforms_: Sequence[str | Platform] | str | None) -> list[Platform]:
-    if platforms_ is None:
-        return []
-    if isinstance(platforms_, str):
-        platforms_ = [platforms_]
-    specs = [p for p in platforms_ if isinstance(p, str)]
-    parsed = iter(plats.parse_list(specs)) if specs else iter(())
-    return [p if isinstance(p, Platform) else next(parsed) for p in platforms_]
-
-
 async def load(
     store: Root,
     source: object,
+    options: LoadOptions,
     *,
-    platforms: Sequence[str | Platform] | str | None = None,
-    all_platforms: bool = False,
-    skip_missing: bool | None = None,
-    name: str | Callable[[str], str] | None = None,
     progress: ProgressCallback | None = None,
-    max_size: int | None = None,
 ) -> list[Image]:
     """Import an OCI or Docker image archive into ``store`` and record its images.
 
@@ -178,18 +204,9 @@ async def load(
         store: the store to import into.
         source: a path, an int file descriptor, ``"-"`` for stdin, an anyio
             ``ByteReceiveStream`` or any object with ``async read(n)``.
-        platforms: platforms to keep (``"linux/arm64/v8"``, comma lists, or
-            ``Platform`` values); any of them matches (LOAD-1). Without them every
-            platform is kept.
-        all_platforms: keep every platform even when ``platforms`` is given.
-        skip_missing: tolerate manifests missing from archive and store; default: True
-            when no platform is requested (LOAD-2), else False.
-        name: for ``org.opencontainers.image.ref.name`` tags: a prefix (``"repo/x"``
-            names the tag ``latest`` ``repo/x:latest``) or a translator function
-            (see :func:`add_ref_prefix`, :func:`filter_ref_prefix`).
+        options: what to load.
         progress: called on the event loop with (bytes done, bytes total or None,
             current entry) about once per MiB or every 0.1 s.
-        max_size: refuse archives whose (decompressed) size exceeds this many bytes.
 
     Returns:
         The images recorded, in archive order (unnamed ones as ``moby-dangling@<digest>``).
@@ -200,29 +217,28 @@ async def load(
         DigestMismatch: ``blob <name>: unexpected digest <d>, expected <d>`` (IMP-4).
         NotFound: a needed manifest is missing, nothing matched (``EmptyWalk``), or the
             LOAD-3/LOAD-4 platform errors.
-        InvalidArgument: a bad platform, name or oversized JSON document.
+        InvalidArgument: a bad name or oversized JSON document.
     """
-    requested = [] if all_platforms else _requested(platforms)
-    matcher: MatchComparer = (
+    requested = options.requested
+    matcher = (
         plats.match_any_with_preference(plats.only(plats.host()), requested)
         if requested
         else plats.ALL
     )
-    if skip_missing is None:
-        skip_missing = not requested  # LOAD-2
-    translator = add_ref_prefix(name) if isinstance(name, str) else name
+    skip_missing = not requested if options.skip_missing is None else options.skip_missing
+    name = options.name
     wanted = "[" + " ".join(plats.format_all(p) for p in requested) + "]"
     sess = Session(
         store,
         matcher=matcher,
-        skip_missing=skip_missing,
-        translator=translator,
+        skip_missing=skip_missing,  # LOAD-2
+        translator=add_ref_prefix(name) if isinstance(name, str) else name,
         progress=Progress(progress, None),
     )
     try:
         async with store.leases.hold(labels={"castar.import": sess.session}):
             async with open_source(source) as src:  # a seekable file is read until the end
-                await read_archive(sess, src, max_size)
+                await read_archive(sess, src, options.max_size)
                 walk = await walk_index(sess, await resolve(sess))
                 await sess.ensure_small(walk.needed)  # small blobs first, in batches
                 await fetch_needed(sess, walk)
@@ -230,18 +246,15 @@ async def load(
             # durable before any label or image points at them (design rule io-sync).
             await store.content.sync()
             images = await _record(sess, walk)
-    except EmptyWalk as exc:
-        if not requested:
-            raise
-        raise NotFound(
-            f"requested platform(s) ({wanted}) not found: image might be filtered out"
-        ) from exc
     except NotFound as exc:
         if not requested:
             raise
-        raise NotFound(
-            f"requested platform(s) ({wanted}) found, but some content is missing: {exc}"
-        ) from exc
+        why = (
+            "not found: image might be filtered out"
+            if isinstance(exc, EmptyWalk)
+            else f"found, but some content is missing: {exc}"
+        )
+        raise NotFound(f"requested platform(s) ({wanted}) {why}") from exc
     if requested:
         await _verify_platforms(sess, walk, images, wanted)  # LOAD-4
     return images

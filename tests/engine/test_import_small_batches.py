@@ -19,15 +19,21 @@ import anyio
 import pytest
 
 from castar.engine import synth
-from castar.engine.load.importer import load
+from castar.engine.load import importer
+from castar.engine.load.importer import LoadOptions
 from castar.engine.platforms import pinned_host
-from castar.store import Root, open_root
+from castar.store import Image, Root, open_root
 from castar.store.errors import DigestMismatch
 from castar.store.local import LocalContentStore, SmallBatch
 
 MANY = synth.SynthSpec(
     name="batch/many:1", platforms=("linux/amd64", "linux/arm64"), layers=80, layer_size=2048
 )
+
+
+async def load(root: Root, source: object, progress: Any = None, **options: Any) -> list[Image]:
+    """The importer over a whole root, its options as keywords."""
+    return await importer.load(root, source, LoadOptions.parse(**options), progress=progress)
 
 
 class Stream:

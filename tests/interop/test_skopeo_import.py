@@ -13,15 +13,23 @@ import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
 
 from castar.engine import oci, synth
-from castar.engine.load.importer import load
+from castar.engine.load import importer
+from castar.engine.load.importer import LoadOptions
 from castar.engine.platforms import pinned_host
-from castar.store import Root, open_root
+from castar.store import Image, Root, open_root
+
+
+async def load(root: Root, source: object, progress: Any = None, **options: Any) -> list[Image]:
+    """The importer over a whole root, its options as keywords."""
+    return await importer.load(root, source, LoadOptions.parse(**options), progress=progress)
+
 
 pytestmark = pytest.mark.interop
 
