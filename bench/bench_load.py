@@ -149,7 +149,8 @@ async def load_case(
         await anyio.sleep(0.05)
         t0 = time.perf_counter()
         options = LoadOptions.parse(platform or None)
-        images = await load(store, "-" if pipe else archive, options)
+        roles = (store.content, store.images, store.leases)
+        images = await load(*roles, "-" if pipe else archive, options)
         seconds = time.perf_counter() - t0
         tg.cancel_scope.cancel()
     assert images, "nothing loaded"

@@ -95,7 +95,10 @@ class Store:
             name=name,
             max_size=max_size,
         )
-        return await importer.load(self._root, source, options, progress=progress)
+        root = self._root
+        return await importer.load(
+            root.content, root.images, root.leases, source, options, progress=progress
+        )
 
     async def save(
         self,

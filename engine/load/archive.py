@@ -2,7 +2,6 @@
 
 Owns the import ``Session`` (ingest refs unique per session, ING-14; io-limiter,
 io-small-blobs), the one-pass stream ingest (IMP-3), progress and ``read_archive``.
-Never imports ``importer``.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ import functools
 import os
 import secrets
 import threading
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, TypeVar
 
 import anyio
@@ -43,21 +43,14 @@ if TYPE_CHECKING:
 
     from castar.engine._streams import Source
     from castar.engine.platforms import MatchComparer
-    from castar.store import Root, Writer
-    from castar.store._ingest import SmallData
+    from castar.store import Writer
     from castar.store.progress import ProgressCallback
+    from castar.store.roles import BlobIngester
 
     #: A small member to store: its entry, the digest it must have, its bytes (or a reader).
-    SmallMember: TypeAlias = tuple[Entry, Digest | None, SmallData]
+    SmallMember: TypeAlias = tuple[Entry, Digest | None, bytes | Callable[[], bytes]]
 
-__all__ = [
-    "CHUNK",
-    "WORKERS",
-    "Progress",
-    "Session",
-    "first_error",
-    "read_archive",
-]
+__all__ = ["WORKERS", "Progress", "Session", "read_archive"]
 
 #: Bytes per read, hash and write step, and per worker-thread hop (design rule io-chunk).
 CHUNK: Final = 1 << 20
@@ -81,10 +74,10 @@ _T = TypeVar("_T")
 class Progress:
     """Byte counter updated from worker threads, reported on the event loop."""
 
-    def __init__(self, callback: ProgressCallback | None, total: int | None) -> None:
+    def __init__(self, callback: ProgressCallback | None) -> None:
         self._callback = callback
         self._lock = threading.Lock()
-        self.total = total
+        self.total: int | None = None
         self.done = 0
         self.entry = ""
 
@@ -103,30 +96,26 @@ class Progress:
             self.report()
 
 
+@dataclass(eq=False)
 class Session:
-    """State of one ``load`` call: the store, the archive and what the walk found."""
+    """State of one ``load`` call: the content store, the archive and what the walk found."""
 
-    def __init__(
-        self,
-        store: Root,
-        *,
-        matcher: MatchComparer,
-        skip_missing: bool,
-        translator: Callable[[str], str] | None,
-        progress: Progress,
-    ) -> None:
-        self.store = store
-        self.matcher = matcher
-        self.skip_missing = skip_missing
-        self.translator = translator
-        self.progress = progress
-        self.session = secrets.token_hex(6)
-        self.catalog = Catalog()
-        self.fd: int | None = None  # seekable archives are read with pread on this fd
-        self.limiter = anyio.CapacityLimiter(_IN_FLIGHT)
-        self._serial = 0
-        self._buffers: list[bytearray] = []
-        self.written: dict[str, bytes] = {}  # documents the load built and stored
+    content: BlobIngester
+    matcher: MatchComparer
+    skip_missing: bool
+    translator: Callable[[str], str] | None
+    progress: Progress
+    session: str = field(default_factory=lambda: secrets.token_hex(6))
+    catalog: Catalog = field(default_factory=Catalog)
+    fd: int | None = None  # seekable archives are read with pread on this fd
+    limiter: anyio.CapacityLimiter = field(
+        default_factory=lambda: anyio.CapacityLimiter(_IN_FLIGHT)
+    )
+    written: dict[str, bytes] = field(default_factory=dict)  # documents the load built and stored
+    _serial: int = 0
+    _buffers: list[bytearray] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
         self.reader = graph.Reader(self.document)  # the load's walks decode each document once
 
     def ref(self, name: str) -> str:
@@ -136,7 +125,7 @@ class Session:
 
     async def discard(self, ref: str) -> None:
         with anyio.CancelScope(shield=True), contextlib.suppress(NotFound):
-            await self.store.content.abort(ref)
+            await self.content.abort(ref)
 
     # -- blob copies ------------------------------------------------------------------
 
@@ -180,7 +169,7 @@ class Session:
         """
         blobs = [SmallBlob(data, expected) for _, expected, data in batch]
         try:
-            descs = await self.store.content.write_small_blobs(blobs, sync=False)
+            descs = await self.content.write_small_blobs(blobs, sync=False)
         except DigestMismatch as exc:
             entry = next((e for e, x, _ in batch if x is not None and x == exc.expected), None)
             if entry is None:  # pragma: no cover - only an expected digest can mismatch
@@ -257,7 +246,7 @@ class Session:
             return digest
         ref = self.ref(entry.name)
         try:
-            async with self.store.content.writer(ref, size=entry.size, digest=expected) as w:
+            async with self.content.writer(ref, size=entry.size, digest=expected) as w:
                 await anyio.to_thread.run_sync(self._copy_sync, w, entry, limiter=self.limiter)
                 digest = await _commit(w, entry, expected)
         except AlreadyExists:
@@ -286,7 +275,7 @@ class Session:
         if entry is not None and entry.digest is None:
             await self.ensure(entry, desc.digest)
         try:
-            return await self.store.content.read_all(desc.digest, limit=oci.MAX_DOCUMENT)
+            return await self.content.read_all(desc.digest, limit=oci.MAX_DOCUMENT)
         except NotFound:
             return None
 
@@ -467,7 +456,7 @@ async def _ingest_member(
     try:
         try:
             w = await stack.enter_async_context(
-                sess.store.content.writer(ref, size=entry.size, digest=expected)
+                sess.content.writer(ref, size=entry.size, digest=expected)
             )
         except AlreadyExists:
             assert expected is not None

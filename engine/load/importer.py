@@ -22,8 +22,9 @@ from castar.store.errors import AlreadyExists, NotFound
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-    from castar.store import Image, Root
+    from castar.store import Image
     from castar.store.progress import ProgressCallback
+    from castar.store.roles import BlobIngester, ImageRecords, Leases
 
 __all__ = ["LoadOptions", "add_ref_prefix", "filter_ref_prefix", "load"]
 
@@ -102,13 +103,11 @@ def filter_ref_prefix(image: str) -> Callable[[str], str]:
     return _ref_translator(image, check_prefix=True)
 
 
-async def _record(sess: Session, walk: Walk) -> list[Image]:
+async def _record(sess: Session, images: ImageRecords, walk: Walk) -> list[Image]:
     """Label the kept graph (GC-7), then create or re-target the image records (IMP-15)."""
-    content = sess.store.content
     for digest, labels in walk.labels.items():
         with contextlib.suppress(NotFound):  # a parent skipped as missing
-            await content.update_labels(digest, labels)
-    images = sess.store.images
+            await sess.content.update_labels(digest, labels)
     for normalized, target in walk.replaced:
         # LOAD-1: the image a name is taken from stays alive as a dangling record
         try:
@@ -147,19 +146,16 @@ async def _provides(sess: Session, walk: Walk, target: oci.Descriptor) -> bool:
     """Whether a complete manifest under ``target`` matches (SAVE-6), from the walk's documents."""
     if target.digest not in walk.needed:  # left out by the filter: nothing of it was loaded
         return False
-    content = sess.store.content
-    nodes = await graph.walk(sess.reader, [target], keep=lambda d: keep(sess, d))
-    for node in nodes:
-        m = node.descriptor
-        if not (oci.is_manifest(m.media_type) and node.present):
+    for node in await graph.walk(sess.reader, [target], keep=lambda d: keep(sess, d)):
+        if not (oci.is_manifest(node.descriptor.media_type) and node.present):
             continue
         try:
-            platform = await graph.manifest_platform(sess.reader, m)
+            platform = await graph.manifest_platform(sess.reader, node.descriptor)
         except NotFound:
             continue
         if platform is None or not sess.matcher.match(platform):
             continue
-        if all([await content.exists(b.digest) for b in node.children]):
+        if all([await sess.content.exists(b.digest) for b in node.children]):
             return True
     return False
 
@@ -185,13 +181,15 @@ async def _verify_platforms(sess: Session, walk: Walk, images: list[Image], want
 
 
 async def load(
-    store: Root,
+    content: BlobIngester,
+    images: ImageRecords,
+    leases: Leases,
     source: object,
     options: LoadOptions,
     *,
     progress: ProgressCallback | None = None,
 ) -> list[Image]:
-    """Import an OCI or Docker image archive into ``store`` and record its images.
+    """Import an OCI or Docker image archive into ``content`` and record its ``images``.
 
     Plain, gzip or zstd (IMP-1). A seekable plain tar is read index-first: headers
     scanned, only needed blobs not yet stored are read. Any other source is ingested in
@@ -201,7 +199,9 @@ async def load(
     last (IMP-15), so a failure or cancellation changes no image.
 
     Args:
-        store: the store to import into.
+        content: the blobs to import into.
+        images: the image records to write.
+        leases: the import runs under a lease of these.
         source: a path, an int file descriptor, ``"-"`` for stdin, an anyio
             ``ByteReceiveStream`` or any object with ``async read(n)``.
         options: what to load.
@@ -225,18 +225,13 @@ async def load(
         if requested
         else plats.ALL
     )
-    skip_missing = not requested if options.skip_missing is None else options.skip_missing
-    name = options.name
+    skip_missing = not requested if options.skip_missing is None else options.skip_missing  # LOAD-2
     wanted = "[" + " ".join(plats.format_all(p) for p in requested) + "]"
-    sess = Session(
-        store,
-        matcher=matcher,
-        skip_missing=skip_missing,  # LOAD-2
-        translator=add_ref_prefix(name) if isinstance(name, str) else name,
-        progress=Progress(progress, None),
-    )
+    name = options.name
+    translator = add_ref_prefix(name) if isinstance(name, str) else name
+    sess = Session(content, matcher, skip_missing, translator, Progress(progress))
     try:
-        async with store.leases.hold(labels={"castar.import": sess.session}):
+        async with leases.hold(labels={"castar.import": sess.session}):
             async with open_source(source) as src:  # a seekable file is read until the end
                 await read_archive(sess, src, options.max_size)
                 walk = await walk_index(sess, await resolve(sess))
@@ -244,8 +239,8 @@ async def load(
                 await fetch_needed(sess, walk)
             # Blobs were committed without fsync: one filesystem sync makes them all
             # durable before any label or image points at them (design rule io-sync).
-            await store.content.sync()
-            images = await _record(sess, walk)
+            await content.sync()
+            loaded = await _record(sess, images, walk)
     except NotFound as exc:
         if not requested:
             raise
@@ -256,5 +251,5 @@ async def load(
         )
         raise NotFound(f"requested platform(s) ({wanted}) {why}") from exc
     if requested:
-        await _verify_platforms(sess, walk, images, wanted)  # LOAD-4
-    return images
+        await _verify_platforms(sess, walk, loaded, wanted)  # LOAD-4
+    return loaded

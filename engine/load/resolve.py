@@ -129,7 +129,7 @@ async def _docker_index(sess: Session, items: list[Any]) -> oci.Descriptor:
     def lookup(path: str) -> Entry | None:
         return links.get(path) or cat.entries.get(clean(path))  # EDGE-7: both sides cleaned
 
-    content = sess.store.content
+    content = sess.content
     compressed = await _compressed_forms(sess)
     # Small configs and layers first, in batches (the loop below finds them stored); an
     # item the loop will refuse is skipped here, so its error stays the loop's.
@@ -197,7 +197,7 @@ _UNCOMPRESSED: Final = "containerd.io/uncompressed"
 async def _compressed_forms(sess: Session) -> dict[str, tuple[Digest, int]]:
     """Stored blobs labelled ``containerd.io/uncompressed``: uncompressed digest -> blob (IMP-7)."""
     out: dict[str, tuple[Digest, int]] = {}
-    for info in await sess.store.content.walk():
+    for info in await sess.content.walk():
         plain = info.labels.get(_UNCOMPRESSED)
         if plain and plain not in out:
             out[plain] = (info.digest, info.size)
@@ -207,7 +207,7 @@ async def _compressed_forms(sess: Session) -> dict[str, tuple[Digest, int]]:
 async def _store_document(sess: Session, data: bytes, media_type: str) -> oci.Descriptor:
     digest = compute(data)
     sess.written[digest] = data  # the walk decodes these bytes, never reads them back
-    await sess.store.content.write_blob(
+    await sess.content.write_blob(
         data, digest=digest, size=len(data), ref=sess.ref(f"document-{digest}"), sync=False
     )
     return oci.Descriptor(media_type, digest, len(data))

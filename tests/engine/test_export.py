@@ -803,7 +803,8 @@ async def test_save_load_save_round_trips_to_identical_bytes(
     archive = tmp_path / "first.tar"
     archive.write_bytes(first)
     async with open_root(tmp_path / "other") as other:
-        loaded = await importer.load(other, archive, importer.LoadOptions())
+        roles = (other.content, other.images, other.leases)
+        loaded = await importer.load(*roles, archive, importer.LoadOptions())
         assert sorted(i.name for i in loaded) == ["docker.io/library/alpine:3.18", ALPINE]
         second = await save_bytes(other, tmp_path, ["alpine"], missing=missing)
     assert second == first

@@ -28,7 +28,9 @@ from castar.store.local import LocalContentStore
 
 async def load(root: Root, source: object, progress: Any = None, **options: Any) -> list[Image]:
     """The importer over a whole root, its options as keywords."""
-    return await importer.load(root, source, LoadOptions.parse(**options), progress=progress)
+    options_ = LoadOptions.parse(**options)
+    roles = (root.content, root.images, root.leases)
+    return await importer.load(*roles, source, options_, progress=progress)
 
 
 def sha(data: bytes) -> str:
