@@ -20,6 +20,7 @@ import anyio.from_thread
 import anyio.to_thread
 
 from castar.engine import graph, oci
+from castar.engine._endpoints import CHUNK_SIZE as CHUNK
 from castar.engine.load import decompress
 from castar.engine.load.catalog import (
     METADATA,
@@ -52,8 +53,6 @@ if TYPE_CHECKING:
 
 __all__ = ["WORKERS", "Progress", "Session", "read_archive"]
 
-#: Bytes per read, hash and write step, and per worker-thread hop (design rule io-chunk).
-CHUNK: Final = 1 << 20
 #: Worker threads copying blob bytes at once (design rule io-limiter).
 _IN_FLIGHT: Final = 2
 #: Blobs in progress at once: while two copy, others open or commit (rename, records).
@@ -66,7 +65,6 @@ BATCH_ENTRIES: Final = 64
 BATCH_BYTES: Final = 4 << 20
 #: Batches being stored at once: the store's two blob-I/O threads.
 _BATCHES: Final = 2
-_PROGRESS_PERIOD: Final = 0.1
 
 _T = TypeVar("_T")
 
@@ -92,7 +90,7 @@ class Progress:
 
     async def ticker(self) -> None:
         while True:
-            await anyio.sleep(_PROGRESS_PERIOD)
+            await anyio.sleep(0.1)
             self.report()
 
 
@@ -153,20 +151,13 @@ class Session:
         """A small member's whole body from the archive file (one worker-thread call)."""
         assert self.fd is not None
         data = os.pread(self.fd, entry.size, entry.offset)
-        while len(data) < entry.size:
-            more = os.pread(self.fd, entry.size - len(data), entry.offset + len(data))
-            if not more:
-                raise _truncated(entry, entry.size - len(data), entry.offset + len(data))
-            data += more
+        if len(data) < entry.size:  # a regular file reads short only at its end
+            raise _truncated(entry, entry.size - len(data), entry.offset + len(data))
         self.progress.add(entry.size, entry.name)
         return data
 
     async def store_small(self, batch: Sequence[SmallMember]) -> list[Digest]:
-        """Store small members in one write hop and one record transaction; set their digests.
-
-        ``data`` is bytes or a function reading them in the write hop. An existing blob
-        counts as success (ING-11); fsync is deferred; a bad digest is IMP-4's error.
-        """
+        """Store small members in one write hop and one record transaction (ING-11, IMP-4)."""
         blobs = [SmallBlob(data, expected) for _, expected, data in batch]
         try:
             descs = await self.content.write_small_blobs(blobs, sync=False)
@@ -234,10 +225,7 @@ class Session:
             raise first_error(group) from None
 
     async def ensure(self, entry: Entry, expected: Digest | None = None) -> Digest:
-        """Make sure ``entry``'s bytes are stored, checked against ``expected`` (IMP-4).
-
-        A big blob already recorded is not read again (ING-2); a small one is a batch of one.
-        """
+        """Store ``entry``'s bytes unless stored (ING-2), checked against ``expected`` (IMP-4)."""
         if entry.digest is not None:
             return entry.digest
         if entry.size <= _SMALL:
@@ -330,26 +318,19 @@ def _batched(entries: Iterable[tuple[Entry, _T]]) -> Iterator[list[tuple[Entry, 
 # -- reading a stream: one pass ---------------------------------------------------------------
 
 
+@dataclass(eq=False)
 class _StreamReader:
     """Pulls decoder events from a non-seekable source, ≤ 1 MiB buffered at a time.
 
     Receiving and hashing take turns on purpose (io-no-pipeline).
     """
 
-    def __init__(
-        self,
-        src: decompress.RawSource,
-        first: bytes,
-        max_size: int | None,
-        progress: Progress,
-    ) -> None:
-        self._src = src
-        self._pending = first
-        self._max_size = max_size
-        self._progress = progress
-        self._fed = 0
-        self.dec = TarDecoder()
-        self.member = ""
+    src: decompress.RawSource
+    max_size: int | None
+    progress: Progress
+    dec: TarDecoder = field(default_factory=TarDecoder)
+    member: str = ""
+    fed: int = 0
 
     async def next(self) -> MemberStart | Chunk | MemberEnd | ArchiveEnd:
         while True:
@@ -359,19 +340,18 @@ class _StreamReader:
             await self._fill()
 
     async def _fill(self) -> None:
-        data, self._pending = self._pending, b""
-        if not data:
-            try:
-                data = await self._src.receive(CHUNK)
-            except anyio.EndOfStream:
-                self.dec.feed_eof()
-                return
-        self._fed += len(data)
-        if self._max_size is not None and self._fed > self._max_size:
-            raise _too_large(self._src.name, self._max_size)
+        try:
+            self.feed(await self.src.receive(CHUNK))
+        except anyio.EndOfStream:
+            self.dec.feed_eof()
+
+    def feed(self, data: bytes) -> None:
+        self.fed += len(data)
+        if self.max_size is not None and self.fed > self.max_size:
+            raise _too_large(self.src.name, self.max_size)
         self.dec.feed(data)
-        self._progress.add(len(data), self.member)
-        self._progress.report()
+        self.progress.add(len(data), self.member)
+        self.progress.report()
 
     async def body(self) -> bytes:
         """The rest of the current member's body, joined (callers cap the size first)."""
@@ -533,13 +513,13 @@ async def read_archive(sess: Session, src: Source, max_size: int | None) -> None
         direct = src.raw_file() if fd is not None else None  # a regular file
         stream = decompress.DecompressedSource(src, kind, first, direct)
         first = b""
-    await _ingest_stream(sess, _StreamReader(stream, first, max_size, sess.progress))
+    reader = _StreamReader(stream, max_size, sess.progress)
+    if first:
+        reader.feed(first)
+    await _ingest_stream(sess, reader)
 
 
 def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The first real error of a task group (errors-no-group: no ExceptionGroup for one)."""
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return first_error(exc)
-        return exc
-    return group  # pragma: no cover - groups are never empty
+    exc = group.exceptions[0]
+    return first_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
