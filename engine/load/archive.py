@@ -22,17 +22,7 @@ import anyio.to_thread
 from castar.engine import graph, oci
 from castar.engine._endpoints import CHUNK_SIZE as CHUNK
 from castar.engine.load import decompress
-from castar.engine.load.catalog import (
-    METADATA,
-    REGULAR,
-    Catalog,
-    Entry,
-    blob_digest,
-    check_document_size,
-    checked_name,
-    note_member,
-    scan_sync,
-)
+from castar.engine.load.catalog import Catalog, Entry, blob_digest, note_member, scan_sync
 from castar.engine.tarcodec import NEED_DATA, ArchiveEnd, Chunk, MemberEnd, MemberStart, TarDecoder
 from castar.store.content import SmallBlob
 from castar.store.digest import Digest
@@ -399,17 +389,13 @@ async def _ingest_stream(sess: Session, reader: _StreamReader) -> None:
                 if not isinstance(ev, MemberStart):  # pragma: no cover - members are read whole
                     continue
                 reader.member = ev.name
-                cleaned = checked_name(ev.name, ev.header_offset)
-                if ev.type not in REGULAR:
-                    note_member(cat, ev, -1)
+                entry = note_member(cat, ev, -1)
+                if entry is None:
                     await reader.drain()
-                elif cleaned in METADATA:
-                    check_document_size(ev.size, cleaned, ev.name)
-                    cat.documents[cleaned] = (ev.name, await reader.body())
+                elif isinstance(entry, str):
+                    cat.documents[entry] = (ev.name, await reader.body())
                 else:
-                    entry = Entry(cleaned, ev.size)
-                    cat.entries[cleaned] = entry
-                    expected = blob_digest(cleaned)
+                    expected = blob_digest(entry.name)
                     if ev.size <= _SMALL:
                         if len(pending) >= BATCH_ENTRIES or pending_bytes + ev.size > BATCH_BYTES:
                             await flush()

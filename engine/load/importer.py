@@ -126,16 +126,16 @@ async def _record(sess: Session, images: ImageRecords, walk: Walk) -> list[Image
                 reference.dangling_name(old.target.digest), old.target, labels=labels
             )
     out: dict[str, Image] = {}
-    for q in walk.queued:
+    for name, target in walk.queued:
         try:
-            image = await images.update(q.name, target=q.target)
+            image = await images.update(name, target=target)
         except NotFound:
             try:
-                image = await images.create(q.name, q.target)
+                image = await images.create(name, target)
             except AlreadyExists:
-                image = await images.update(q.name, target=q.target)
-        out.pop(q.name, None)
-        out[q.name] = image
+                image = await images.update(name, target=target)
+        out.pop(name, None)
+        out[name] = image
     return list(out.values())
 
 

@@ -2,15 +2,15 @@
 
 Owns IMP-5..9 (``index.json`` wins, else an index built from ``manifest.json``), the
 walk below it (IMP-10..14, GC-7 labels, EmptyWalk) and the copy of what it kept.
-Must not import ``importer``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.to_thread
@@ -32,20 +32,9 @@ from castar.store.digest import Digest, compute
 from castar.store.errors import InvalidArgument, MalformedArchive, MalformedManifest, NotFound
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Mapping
 
-__all__ = [
-    "EmptyWalk",
-    "Queued",
-    "Walk",
-    "decode",
-    "fetch_needed",
-    "keep",
-    "resolve",
-    "walk_index",
-]
-
-_T = TypeVar("_T")
+__all__ = ["EmptyWalk", "Walk", "fetch_needed", "keep", "resolve", "walk_index"]
 
 
 class EmptyWalk(NotFound):
@@ -53,12 +42,6 @@ class EmptyWalk(NotFound):
 
     def __init__(self) -> None:
         super().__init__("image might be filtered out")
-
-
-@dataclass(frozen=True, slots=True)
-class Queued:
-    name: str
-    target: oci.Descriptor
 
 
 # -- resolving the archive's index (IMP-5..9) ------------------------------------------------
@@ -156,7 +139,9 @@ async def _docker_index(sess: Session, items: list[Any]) -> oci.Descriptor:
         config_digest = await sess.ensure(config)
         try:
             raw = await content.read_all(config_digest, limit=oci.MAX_DOCUMENT)
-            platform = (await decode(oci.decode_config, raw, config.name)).platform()
+            read = functools.partial(oci.decode_config, raw, name=config.name)
+            big = len(raw) > graph.INLINE_JSON  # design rule io-off-loop
+            platform = (await anyio.to_thread.run_sync(read) if big else read()).platform()
         except (MalformedManifest, InvalidArgument) as exc:
             raise MalformedManifest(f"unable to resolve platform: {exc}") from exc
         if platform is not None and platform.os == "windows" and not platform.os_version:
@@ -213,19 +198,14 @@ async def _store_document(sess: Session, data: bytes, media_type: str) -> oci.De
     return oci.Descriptor(media_type, digest, len(data))
 
 
-async def decode(decoder: Callable[..., _T], data: bytes, name: str) -> _T:
-    """``decoder(data, name=name)``, off the event loop when the document is large."""
-    if len(data) > graph.INLINE_JSON:
-        return await anyio.to_thread.run_sync(lambda: decoder(data, name=name))
-    return decoder(data, name=name)
-
-
 # -- the walk (IMP-10..14) -------------------------------------------------------------------
 
 
 @dataclass(slots=True)
 class Walk:
-    queued: list[Queued] = field(default_factory=list)
+    """What the walk found: records to write (name, target), names taken, labels, blobs."""
+
+    queued: list[tuple[str, oci.Descriptor]] = field(default_factory=list)
     replaced: list[tuple[str, oci.Descriptor]] = field(default_factory=list)
     labels: dict[Digest, dict[str, str]] = field(default_factory=dict)
     needed: dict[Digest, oci.Descriptor] = field(default_factory=dict)
@@ -241,10 +221,10 @@ async def walk_index(sess: Session, top: oci.Descriptor) -> Walk:
     """Name, filter and label from the top index down; only manifests and indexes are read."""
     walk = Walk()
     walk.needed[top.digest] = top
-    data = await sess.document(top)
-    if data is None:
+    doc = await sess.reader.read(top)
+    if doc is None:
         raise NotFound(f"content digest {top.digest}")
-    entries = list((await decode(oci.decode_index, data, str(top.digest))).manifests)
+    entries = list(doc.children)
     for entry in entries:
         _queue_names(sess, walk, entry)
     kept = [e for e in entries if keep(sess, e)]
@@ -272,12 +252,12 @@ def _queue_names(sess: Session, walk: Walk, entry: oci.Descriptor) -> None:
         if name and sess.translator is not None:
             name = sess.translator(name)
     if name:
-        walk.queued.append(Queued(name, entry))
+        walk.queued.append((name, entry))
     if oci.is_referrer(entry):
         return  # MT-6: no digest-named record for a referrer
     normalized = _normalized(name)
     if normalized is None:
-        walk.queued.append(Queued(reference.dangling_name(entry.digest), entry))
+        walk.queued.append((reference.dangling_name(entry.digest), entry))
     else:
         walk.replaced.append((normalized, entry))
 
