@@ -160,11 +160,6 @@ class Session:
             entry.digest = desc.digest
         return [desc.digest for desc in descs]
 
-    async def ensure_small(self, digests: Iterable[str]) -> None:
-        """Store the seekable archive's small members of ``digests`` not stored yet, in batches."""
-        todo = self.unstored(digests)
-        await self._store_batches([(e, d) for e, d in todo if e.size <= _SMALL])
-
     def unstored(self, digests: Iterable[str]) -> list[tuple[Entry, Digest]]:
         """The archive members of ``digests`` not stored yet; progress counts their bytes."""
         todo = [(e, Digest(d)) for d in digests if (e := self.blob_entry(d)) and e.digest is None]
@@ -172,20 +167,15 @@ class Session:
             self.progress.total = self.progress.done + sum(e.size for e, _ in todo)
         return todo
 
-    async def ensure_small_entries(self, entries: Iterable[Entry]) -> None:
-        """:meth:`ensure_small` for members named by path (Docker archives): digests unchecked."""
-        todo = {id(e): e for e in entries if e.digest is None and e.size <= _SMALL}
-        await self._store_batches([(e, None) for e in todo.values()])
-
-    async def _store_batches(self, small: list[tuple[Entry, Digest | None]]) -> None:
-        """Store ``small`` in batches, each read and written in one hop, two at once."""
+    async def ensure_small(self, members: Iterable[tuple[Entry, Digest | None]]) -> None:
+        """Store the small ``members`` not stored yet, in batches, two at once."""
+        todo = {id(e): (e, d) for e, d in members if e.digest is None and e.size <= _SMALL}
 
         async def store(batch: list[tuple[Entry, Digest | None]]) -> None:
-            await self.store_small(
-                [(e, d, functools.partial(self._read_small, e)) for e, d in batch]
-            )
+            read = self._read_small
+            await self.store_small([(e, d, functools.partial(read, e)) for e, d in batch])
 
-        await self.pool(_batched(small), _BATCHES, store)
+        await self.pool(_batched(todo.values()), _BATCHES, store)
 
     async def pool(
         self,

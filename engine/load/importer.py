@@ -67,11 +67,6 @@ class LoadOptions:
         values = tuple(p if isinstance(p, Platform) else next(parsed) for p in given)
         return cls(values, all_platforms, skip_missing, name, max_size)
 
-    @property
-    def requested(self) -> tuple[Platform, ...]:
-        """The platforms the load filters on: none with ``all_platforms``."""
-        return () if self.all_platforms else self.platforms
-
 
 # -- names (IMP-11, TV-64) -----------------------------------------------------------------
 
@@ -189,21 +184,19 @@ async def load(
     *,
     progress: ProgressCallback | None = None,
 ) -> list[Image]:
-    """Import an OCI or Docker image archive into ``content`` and record its ``images``.
+    """Import an OCI or Docker image archive and record its images (last: IMP-15).
 
-    Plain, gzip or zstd (IMP-1). A seekable plain tar is read index-first: headers
-    scanned, only needed blobs not yet stored are read. Any other source is ingested in
-    one pass; blobs left out go at the next GC (EDGE-17). Every ``blobs/<alg>/<hex>``
-    entry read is verified (IMP-4). One filesystem sync makes blobs durable before any
-    record points at them; the import runs under a lease (GC-11); records are written
-    last (IMP-15), so a failure or cancellation changes no image.
+    Plain, gzip or zstd (IMP-1). A seekable plain tar is read index-first, reading only
+    the needed blobs not yet stored; any other source in one pass, what is left out
+    going at the next GC (EDGE-17). Blobs are verified (IMP-4) and synced once before
+    any record points at them, all under a lease (GC-11): a failure changes no image.
 
     Args:
         content: the blobs to import into.
         images: the image records to write.
         leases: the import runs under a lease of these.
-        source: a path, an int file descriptor, ``"-"`` for stdin, an anyio
-            ``ByteReceiveStream`` or any object with ``async read(n)``.
+        source: a path, an int fd, ``"-"`` for stdin, an anyio ``ByteReceiveStream``
+            or any object with ``async read(n)``.
         options: what to load.
         progress: called on the event loop with (bytes done, bytes total or None,
             current entry) about once per MiB or every 0.1 s.
@@ -215,11 +208,11 @@ async def load(
         MalformedArchive: not a tar, truncated, unsafe names, unrecognised format,
             over ``max_size``.
         DigestMismatch: ``blob <name>: unexpected digest <d>, expected <d>`` (IMP-4).
-        NotFound: a needed manifest is missing, nothing matched (``EmptyWalk``), or the
-            LOAD-3/LOAD-4 platform errors.
+        NotFound: a needed manifest is missing, nothing matched, or the LOAD-3/LOAD-4
+            platform errors.
         InvalidArgument: a bad name or oversized JSON document.
     """
-    requested = options.requested
+    requested = () if options.all_platforms else options.platforms
     matcher = (
         plats.match_any_with_preference(plats.only(plats.host()), requested)
         if requested
@@ -235,7 +228,7 @@ async def load(
             async with open_source(source) as src:  # a seekable file is read until the end
                 await read_archive(sess, src, options.max_size)
                 walk = await walk_index(sess, await resolve(sess))
-                await sess.ensure_small(walk.needed)  # small blobs first, in batches
+                await sess.ensure_small(sess.unstored(walk.needed))  # small blobs first
                 await fetch_needed(sess, walk)
             # Blobs were committed without fsync: one filesystem sync makes them all
             # durable before any label or image points at them (design rule io-sync).

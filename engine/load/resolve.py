@@ -116,12 +116,12 @@ async def _docker_index(sess: Session, items: list[Any]) -> oci.Descriptor:
     compressed = await _compressed_forms(sess)
     # Small configs and layers first, in batches (the loop below finds them stored); an
     # item the loop will refuse is skipped here, so its error stays the loop's.
-    small: list[Entry] = []
+    small: list[tuple[Entry, None]] = []
     for i, item in enumerate(items):
         with contextlib.suppress(MalformedManifest, MalformedArchive, AttributeError):
             for key in ("Config", "Layers"):
-                small.extend(e for p in _docker_str(item, key, i) if (e := lookup(p)))
-    await sess.ensure_small_entries(small)
+                small.extend((e, None) for p in _docker_str(item, key, i) if (e := lookup(p)))
+    await sess.ensure_small(small)
     entries: list[oci.Descriptor] = []
     for i, item in enumerate(items):
         if not isinstance(item, dict):
