@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
 from dataclasses import dataclass, field
 from typing import Final
@@ -44,22 +45,8 @@ LAYOUT_VERSION: Final = "1.0.0"
 
 def clean(name: str) -> str:
     """POSIX lexical clean (Go ``path.Clean``): the only form tar names are compared in (IMP-2)."""
-    rooted = name.startswith("/")
-    parts: list[str] = []
-    for part in name.split("/"):
-        if not part or part == ".":
-            continue
-        if part == "..":
-            if parts and parts[-1] != "..":
-                parts.pop()
-            elif not rooted:
-                parts.append("..")
-            continue
-        parts.append(part)
-    text = "/".join(parts)
-    if rooted:
-        return "/" + text
-    return text or "."
+    cleaned = posixpath.normpath(name)
+    return cleaned[1:] if cleaned.startswith("//") else cleaned  # Go keeps one leading slash
 
 
 def _checked_name(name: str, offset: int) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import zlib
-from typing import IO, TYPE_CHECKING, Any, Final, Protocol, cast
+from typing import IO, Final, Protocol, cast
 
 import anyio
 import anyio.from_thread
@@ -16,9 +16,6 @@ import anyio.to_thread
 
 from castar.engine._endpoints import CHUNK_SIZE as CHUNK
 from castar.store.errors import CastarError, MalformedArchive
-
-if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
 
 __all__ = ["GZIP", "ZSTD", "DecompressedSource", "RawSource", "sniff"]
 
@@ -109,11 +106,8 @@ class _ZstdFrames:
             header = int.from_bytes(field, "little")
             kind = (header >> 1) & 0x03
             self._skip = 1 if kind == 1 else header >> 3
-            if header & 1:  # last block
-                if self._checksum:
-                    self._state, self._need = "checksum", 4
-                else:
-                    self._state, self._need = "magic", 4
+            if header & 1:  # the last block, then its checksum if any
+                self._state, self._need = ("checksum" if self._checksum else "magic"), 4
         else:  # checksum
             self._state, self._need = "magic", 4
 
@@ -126,14 +120,10 @@ class _Bridge(io.RawIOBase):
     """
 
     def __init__(
-        self,
-        fetch: Callable[[int], Coroutine[Any, Any, bytes]],
-        head: bytes,
-        frames: _ZstdFrames | None = None,
-        direct: IO[bytes] | None = None,
+        self, raw: RawSource, head: bytes, frames: _ZstdFrames | None, direct: IO[bytes] | None
     ) -> None:
         super().__init__()
-        self._fetch = fetch
+        self._raw = raw
         self._direct = direct
         self._buf = memoryview(head)
         self._eof = False
@@ -145,6 +135,12 @@ class _Bridge(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    async def _fetch(self) -> bytes:
+        try:
+            return await self._raw.receive(CHUNK)
+        except anyio.EndOfStream:
+            return b""
+
     def readinto(self, b: memoryview) -> int:  # type: ignore[override]
         if not self._buf:
             if self._eof:
@@ -153,7 +149,7 @@ class _Bridge(io.RawIOBase):
                 anyio.from_thread.check_cancelled()
                 data = self._direct.read(CHUNK)
             else:
-                data = anyio.from_thread.run(self._fetch, CHUNK)
+                data = anyio.from_thread.run(self._fetch)
             if not data:
                 self._eof = True
                 if self._frames is not None and not self._frames.between_frames:
@@ -184,19 +180,12 @@ class DecompressedSource:
     def __init__(
         self, raw: RawSource, kind: str, head: bytes = b"", direct: IO[bytes] | None = None
     ) -> None:
-        self._raw = raw
         self._kind = kind
         self.name = raw.name
         frames = _ZstdFrames() if kind == ZSTD else None
-        self._bridge = _Bridge(self._fetch, head, frames, direct)
+        self._bridge = _Bridge(raw, head, frames, direct)
         self._reader: _Reader | None = None
         self._eof = False
-
-    async def _fetch(self, n: int) -> bytes:
-        try:
-            return await self._raw.receive(n)
-        except anyio.EndOfStream:
-            return b""
 
     def _open(self) -> _Reader:
         if self._kind == GZIP:
