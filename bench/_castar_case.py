@@ -15,7 +15,8 @@ from pathlib import Path
 
 import anyio
 
-from castar.engine import exporter, importer, oci
+from castar.engine import exporter, oci
+from castar.engine.load import importer
 from castar.store.root import open_root
 
 
@@ -57,7 +58,8 @@ async def _save_many(args: argparse.Namespace) -> int:
 async def _load(args: argparse.Namespace) -> int:
     source: object = "-" if args.input in (None, "-") else Path(args.input)
     async with open_root(args.root) as store:
-        await importer.load(store, source, platforms=args.platform)
+        options = importer.LoadOptions.parse(args.platform)
+        await importer.load(store.content, store.images, store.leases, source, options)
     return 0
 
 

@@ -129,7 +129,7 @@ async def load_case(
 ) -> dict[str, float]:
     import anyio
 
-    from castar.engine.importer import load
+    from castar.engine.load.importer import LoadOptions, load
     from castar.store import open_root
 
     worst = 0.0
@@ -148,9 +148,9 @@ async def load_case(
         tg.start_soon(ticker)
         await anyio.sleep(0.05)
         t0 = time.perf_counter()
-        images = await load(
-            store, "-" if pipe else archive, platforms=[platform] if platform else None
-        )
+        options = LoadOptions.parse(platform or None)
+        roles = (store.content, store.images, store.leases)
+        images = await load(*roles, "-" if pipe else archive, options)
         seconds = time.perf_counter() - t0
         tg.cancel_scope.cancel()
     assert images, "nothing loaded"

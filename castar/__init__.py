@@ -25,6 +25,7 @@ if typing.TYPE_CHECKING:
     from castar.engine.images import ImageTree as ImageTree
     from castar.engine.images import ManifestRow as ManifestRow
     from castar.engine.images import Removal as Removal
+    from castar.engine.load.importer import LoadOptions as LoadOptions
     from castar.engine.platforms import Platform as Platform
     from castar.store.content import Descriptor as Descriptor
     from castar.store.content import Info as Info
@@ -56,6 +57,7 @@ if not typing.TYPE_CHECKING:  # each name's module loads on first use (PEP 562)
             "castar._api": "Store open_store",
             "castar.engine.exporter": "ExportResult SaveJob SaveOptions SavePlan",
             "castar.engine.images": "ImageDetails ImageService ImageTree ManifestRow Removal",
+            "castar.engine.load.importer": "LoadOptions",
             "castar.engine.platforms": "Platform",
             "castar.store.root": "default_root",
             "castar.store.content": "Descriptor Info",
@@ -89,6 +91,7 @@ __all__ = [
     "Info",
     "InvalidArgument",
     "Lease",
+    "LoadOptions",
     "MalformedArchive",
     "MalformedManifest",
     "ManifestRow",

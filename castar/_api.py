@@ -11,8 +11,9 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, final
 
-from castar.engine import exporter, importer
+from castar.engine import exporter
 from castar.engine.images import ImageService
+from castar.engine.load import importer
 from castar.store import verify as _verify
 from castar.store.root import Root, open_root
 
@@ -79,19 +80,24 @@ class Store:
         all_platforms: bool = False,
         skip_missing: bool | None = None,
         name: str | None = None,
-        progress: importer.ProgressCallback | None = None,
+        progress: ProgressCallback | None = None,
         max_size: int | None = None,
     ) -> list[Image]:
-        """Import an OCI or Docker image archive; see :func:`castar.engine.importer.load`."""
-        return await importer.load(
-            self._root,
-            source,
-            platforms=platforms,
+        """Import an OCI or Docker image archive; see :func:`castar.engine.load.importer.load`.
+
+        The keywords are :class:`~castar.engine.load.importer.LoadOptions`' fields, with
+        ``platforms`` given as specifiers or :class:`Platform` values.
+        """
+        options = importer.LoadOptions.parse(
+            platforms,
             all_platforms=all_platforms,
             skip_missing=skip_missing,
             name=name,
-            progress=progress,
             max_size=max_size,
+        )
+        root = self._root
+        return await importer.load(
+            root.content, root.images, root.leases, source, options, progress=progress
         )
 
     async def save(

@@ -108,18 +108,12 @@ def _progress_mode(args: argparse.Namespace) -> str:
     return str(args.progress)
 
 
-def _platform_list(values: Sequence[str] | None) -> list[str] | None:
-    """Validate ``--platform`` values early (bad spec → exit 4 before the store is touched)."""
-    if not values:
-        return None
-    return [platforms.format_all(p) for p in platforms.parse_list(values)]
-
-
 # -- load / save --------------------------------------------------------------------------
 
 
 async def _cmd_load(store: Store, args: argparse.Namespace) -> int:
-    plats = _platform_list(args.platform)
+    # parsed here so a bad spec exits 4 before the store is touched; parsed once
+    plats = platforms.parse_list(args.platform) if args.platform else None
     source: object
     if args.input in (None, "-"):
         if sys.stdin.isatty():

@@ -1,10 +1,7 @@
-"""What byte sources and sinks share: the chunk size, names, and the file endpoint base.
+"""What byte sources (``_streams``) and sinks (``_sinks``) share: chunk size, names, files.
 
-Owns ``CHUNK_SIZE`` (design rule io-chunk), how an adapted object is named in messages, which
-objects are files (``file_target``) and ``FileEndpoint``: a path or fd opened once in a
-worker thread with its open errors mapped once (design rule errors-seam). ``_streams`` (sources) and
-``_sinks`` build on it. anyio only; must not import the store (but its errors) or other
-engine modules.
+``FileEndpoint`` opens a path or fd once in a worker thread, mapping its open errors once
+(design rule errors-seam). anyio only; imports no store module but its errors.
 """
 
 from __future__ import annotations
@@ -26,7 +23,7 @@ CHUNK_SIZE: Final = 1 << 20
 
 
 def map_open_error(exc: OSError, name: str) -> Exception:
-    """Translate an open failure once (design rule errors-seam); other OSErrors stay as they are."""
+    """The castar error for an open failure; other OSErrors stay as they are."""
     if isinstance(exc, FileNotFoundError):
         return NotFound(f"archive {name}: {exc.strerror or exc}")
     if isinstance(exc, IsADirectoryError | NotADirectoryError):
@@ -41,7 +38,7 @@ class Endpoint:
     name: str
 
     async def open(self) -> None:
-        """Open the underlying file if not done yet (idempotent)."""
+        """Open the underlying file if not done yet."""
 
     async def aclose(self) -> None:
         """Release what ``open_source``/``open_sink`` opened itself."""
@@ -65,11 +62,7 @@ class Endpoint:
 
 
 class FileEndpoint:
-    """What file sources and sinks share: a path or fd, opened once in a worker thread.
-
-    Subclasses say whether they are open and how to open (``_open_sync``); ``open`` maps
-    the OSErrors of opening once and refuses to reopen after ``aclose``.
-    """
+    """A path or fd, opened once in a worker thread (``_open_sync``), never after ``aclose``."""
 
     _role = "file"
 
@@ -93,7 +86,7 @@ class FileEndpoint:
         return RuntimeError(f"{self._role} {self.name} is not open yet: use `async with` or open()")
 
     async def open(self) -> None:
-        """Open the file in a worker thread unless it is open (idempotent)."""
+        """Open the file in a worker thread unless it is open."""
         if self._is_open():
             return
         if self._closed:
@@ -113,11 +106,7 @@ def describe(obj: object) -> str:
 def file_target(
     obj: object, std_fd: int, std_name: str
 ) -> tuple[str | os.PathLike[str] | int, str] | None:
-    """What a file endpoint opens and how it is named, or ``None`` for a non-file object.
-
-    A path is itself (named by its text), ``"-"`` is ``std_fd`` (stdin or stdout), an int
-    is a caller's fd (``<fd N>``).
-    """
+    """What a file endpoint opens and its name (``"-"`` is ``std_fd``), None for a non-file."""
     if isinstance(obj, str) and obj == "-":
         return std_fd, std_name
     if isinstance(obj, str | os.PathLike):

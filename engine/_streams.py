@@ -1,10 +1,8 @@
 """Byte sources and sinks: paths, fds, stdin/stdout, anyio streams and async file objects.
 
-Owns ``Source``, its adapters and ``open_source``: what the importer and the CLI read
-archives from, with one worker-thread hop per >= 1 MiB of file I/O (design rule io-hops).
-Re-exports the sink side (``_sinks``) and ``CHUNK_SIZE`` (``_endpoints``): import all of
-them from here. anyio only; must not import the store (but its errors) or engine modules
-other than those two.
+Owns ``Source``, its adapters and ``open_source``, with one worker-thread hop per >= 1 MiB
+of file I/O (design rule io-hops). Re-exports the sink side (``_sinks``) and ``CHUNK_SIZE``:
+import them from here. anyio only; imports no store module but its errors.
 """
 
 from __future__ import annotations
@@ -29,71 +27,26 @@ __all__ = ["CHUNK_SIZE", "Sink", "SinkKind", "Source", "open_sink", "open_source
 class Source(Endpoint):
     """Where archive bytes come from; the shape of an anyio ``ByteReceiveStream``.
 
-    Use as ``async with open_source(obj) as src:``. Paths are opened (in a worker
-    thread) on entering, or on the first ``receive``/``seek``; ``seekable`` and
-    ``size`` are known from then on. ``aclose`` closes only what ``open_source``
-    opened itself: fds, stdin and the caller's streams or files are left open.
+    Use as ``async with open_source(obj) as src:``; ``aclose`` closes only what
+    ``open_source`` opened itself (paths), never fds, stdin or the caller's objects.
     """
 
     @property
     def seekable(self) -> bool:
-        """Whether ``seek`` works (a regular file, or an async file object over one)."""
+        """Whether this is a regular file, readable with ``os.pread`` on ``fileno()``."""
         return False
-
-    @property
-    def size(self) -> int | None:
-        """Bytes from the opening position to the end, when known."""
-        return None
 
     def fileno(self) -> int | None:
         """The OS file descriptor read from, or None for streams and file objects."""
         return None
 
     def raw_file(self) -> io.FileIO | None:
-        """The unbuffered file under a path/fd/stdin source, for sync use in a worker thread.
-
-        Its position is the source's position: a caller that moves it must ``seek``
-        the source back (or use ``os.pread`` on ``fileno()``, which moves nothing).
-        """
+        """The unbuffered file under a path/fd/stdin source, for a worker thread to read."""
         return None
 
     async def receive(self, max_bytes: int = CHUNK_SIZE) -> bytes:
-        """Return the next 1..max_bytes bytes.
-
-        Raises:
-            anyio.EndOfStream: no bytes are left.
-        """
+        """Return the next 1..max_bytes bytes; ``anyio.EndOfStream`` when none are left."""
         raise NotImplementedError
-
-    async def receive_into(self, buffer: memoryview) -> int:
-        """Fill the start of ``buffer`` with the next bytes; return how many (0 at the end)."""
-        try:
-            data = await self.receive(len(buffer))
-        except anyio.EndOfStream:
-            return 0
-        buffer[: len(data)] = data
-        return len(data)
-
-    async def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        """Move the read position (``os.lseek`` semantics); return the new position.
-
-        Raises:
-            InvalidArgument: the source is not seekable.
-        """
-        raise InvalidArgument(f"archive {self.name}: source is not seekable")
-
-    async def skip(self, n: int) -> None:
-        """Advance past ``n`` bytes: seek when seekable, else read and discard."""
-        if n <= 0:
-            return
-        if self.seekable:
-            await self.seek(n, os.SEEK_CUR)
-            return
-        while n:
-            try:
-                n -= len(await self.receive(min(n, CHUNK_SIZE)))
-            except anyio.EndOfStream:
-                return
 
 
 @final
@@ -106,25 +59,16 @@ class _FileSource(FileEndpoint, Source):
         super().__init__(target, name)
         self._file: io.FileIO | None = None
         self._regular = False
-        self._size: int | None = None
 
     @property
     def seekable(self) -> bool:
-        self._opened()
+        self.raw_file()  # refuses before opening
         return self._regular
 
-    @property
-    def size(self) -> int | None:
-        self._opened()
-        return self._size
-
     def fileno(self) -> int | None:
-        return self._opened().fileno()
+        return self.raw_file().fileno()
 
-    def raw_file(self) -> io.FileIO | None:
-        return self._opened()
-
-    def _opened(self) -> io.FileIO:
+    def raw_file(self) -> io.FileIO:
         if self._file is None:
             raise self._not_open()
         return self._file
@@ -133,15 +77,8 @@ class _FileSource(FileEndpoint, Source):
         return self._file is not None
 
     def _open_sync(self) -> None:
-        target = self._target
-        if isinstance(target, int):
-            f = io.FileIO(target, "rb", closefd=False)
-        else:
-            f = io.FileIO(os.fspath(target), "rb")
-        st = os.fstat(f.fileno())
-        self._regular = stat.S_ISREG(st.st_mode) and f.seekable()
-        if self._regular:
-            self._size = max(0, st.st_size - os.lseek(f.fileno(), 0, os.SEEK_CUR))
+        f = io.FileIO(self._target, "rb", closefd=self._owned)
+        self._regular = stat.S_ISREG(os.fstat(f.fileno()).st_mode) and f.seekable()
         self._file = f
 
     async def receive(self, max_bytes: int = CHUNK_SIZE) -> bytes:
@@ -154,7 +91,7 @@ class _FileSource(FileEndpoint, Source):
         return data
 
     def _read(self, n: int) -> bytes:
-        f = self._opened()
+        f = self.raw_file()
         data = self._read_once(f, n)
         if self._regular or len(data) in (0, n):
             return data
@@ -177,20 +114,6 @@ class _FileSource(FileEndpoint, Source):
             if data is not None:
                 return data
             select.select([f.fileno()], [], [])  # a non-blocking fd with nothing yet
-
-    async def receive_into(self, buffer: memoryview) -> int:
-        await self.open()
-        f = self._opened()
-        return (
-            await anyio.to_thread.run_sync(f.readinto, buffer, abandon_on_cancel=not self._regular)
-            or 0
-        )
-
-    async def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        await self.open()
-        if not self.seekable:
-            raise InvalidArgument(f"archive {self.name}: source is not seekable")
-        return await anyio.to_thread.run_sync(self._opened().seek, offset, whence)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -260,61 +183,20 @@ class _ReaderSource(Source):
     def __init__(self, obj: object, name: str) -> None:
         self.name = name
         self._obj: Any = obj
-        self._checked = False
-        self._seekable = False
-        self._size: int | None = None
-
-    @property
-    def seekable(self) -> bool:
-        return self._seekable
-
-    @property
-    def size(self) -> int | None:
-        return self._size
-
-    async def open(self) -> None:
-        if self._checked:
-            return
-        self._checked = True
-        seek = getattr(self._obj, "seek", None)
-        tell = getattr(self._obj, "tell", None)
-        if not (inspect.iscoroutinefunction(seek) and inspect.iscoroutinefunction(tell)):
-            return
-        try:
-            here = await self._obj.tell()
-            end = await self._obj.seek(0, os.SEEK_END)
-            await self._obj.seek(here)
-        except (OSError, ValueError):
-            return  # a pipe under the file object
-        self._seekable = True
-        self._size = max(0, end - here)
 
     async def receive(self, max_bytes: int = CHUNK_SIZE) -> bytes:
-        await self.open()
         data = await self._obj.read(max_bytes)
         if not data:
             raise anyio.EndOfStream
         return bytes(data)
 
-    async def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        await self.open()
-        if not self._seekable:
-            raise InvalidArgument(f"archive {self.name}: source is not seekable")
-        pos: int = await self._obj.seek(offset, whence)
-        return pos
-
 
 def open_source(obj: object) -> Source:
-    """Adapt ``obj`` to a ``Source`` (no I/O: paths open on entering or first use).
+    """Adapt ``obj`` to a ``Source``; paths open on entering.
 
-    Args:
-        obj: a path (``str``/``PathLike``), ``"-"`` for stdin, an int fd, an anyio
-            ``ByteReceiveStream`` (anything with ``async receive``), or an object
-            with ``async read(n)``; the latter is seekable when it has async
-            ``seek``/``tell`` over a seekable file.
-
-    Raises:
-        InvalidArgument: ``obj`` is none of these.
+    ``obj`` is a path, ``"-"`` for stdin, an int fd, an anyio ``ByteReceiveStream``
+    (anything with ``async receive``) or an object with ``async read(n)``; anything
+    else is InvalidArgument.
     """
     if isinstance(obj, Source):
         return obj

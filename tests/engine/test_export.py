@@ -794,7 +794,7 @@ def _digest(d: str) -> Digest:
 async def test_save_load_save_round_trips_to_identical_bytes(
     store: Root, tmp_path: Path, missing: str
 ) -> None:
-    from castar.engine import importer
+    from castar.engine.load import importer
 
     w = await build_world(store)
     await store.images.create("docker.io/library/alpine:3.18", w.I)
@@ -803,7 +803,8 @@ async def test_save_load_save_round_trips_to_identical_bytes(
     archive = tmp_path / "first.tar"
     archive.write_bytes(first)
     async with open_root(tmp_path / "other") as other:
-        loaded = await importer.load(other, archive)
+        roles = (other.content, other.images, other.leases)
+        loaded = await importer.load(*roles, archive, importer.LoadOptions())
         assert sorted(i.name for i in loaded) == ["docker.io/library/alpine:3.18", ALPINE]
         second = await save_bytes(other, tmp_path, ["alpine"], missing=missing)
     assert second == first

@@ -13,6 +13,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -22,9 +23,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from castar.engine import oci
-from castar.engine.importer import add_ref_prefix, filter_ref_prefix, load
+from castar.engine.load import importer
+from castar.engine.load.importer import LoadOptions, add_ref_prefix, filter_ref_prefix
 from castar.engine.platforms import pinned_host
-from castar.store import Root, open_root
+from castar.store import Image, Root, open_root
 from castar.store.errors import (
     DigestMismatch,
     FailedPrecondition,
@@ -32,6 +34,14 @@ from castar.store.errors import (
     MalformedArchive,
     NotFound,
 )
+
+
+async def load(root: Root, source: object, progress: Any = None, **options: Any) -> list[Image]:
+    """The importer over a whole root, its options as keywords."""
+    options_ = LoadOptions.parse(**options)
+    roles = (root.content, root.images, root.leases)
+    return await importer.load(*roles, source, options_, progress=progress)
+
 
 # -- archive builders (tarfile is the independent writer) ------------------------------------
 

@@ -10,6 +10,7 @@ import tarfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -17,11 +18,19 @@ import pytest
 import zstandard
 
 from castar.engine import oci
-from castar.engine.importer import load
+from castar.engine.load import importer
+from castar.engine.load.importer import LoadOptions
 from castar.engine.platforms import pinned_host
-from castar.store import Root, open_root
+from castar.store import Image, Root, open_root
 from castar.store.errors import InvalidArgument, NotFound
 from castar.store.ingest import LocalContentStore
+
+
+async def load(root: Root, source: object, progress: Any = None, **options: Any) -> list[Image]:
+    """The importer over a whole root, its options as keywords."""
+    options_ = LoadOptions.parse(**options)
+    roles = (root.content, root.images, root.leases)
+    return await importer.load(*roles, source, options_, progress=progress)
 
 
 def sha(data: bytes) -> str:

@@ -19,9 +19,10 @@ import anyio
 import pytest
 
 from castar.engine import synth
-from castar.engine.importer import load
+from castar.engine.load import importer
+from castar.engine.load.importer import LoadOptions
 from castar.engine.platforms import pinned_host
-from castar.store import Root, open_root
+from castar.store import Image, Root, open_root
 from castar.store.blobs import SmallBatch
 from castar.store.errors import DigestMismatch
 from castar.store.ingest import LocalContentStore
@@ -29,6 +30,13 @@ from castar.store.ingest import LocalContentStore
 MANY = synth.SynthSpec(
     name="batch/many:1", platforms=("linux/amd64", "linux/arm64"), layers=80, layer_size=2048
 )
+
+
+async def load(root: Root, source: object, progress: Any = None, **options: Any) -> list[Image]:
+    """The importer over a whole root, its options as keywords."""
+    options_ = LoadOptions.parse(**options)
+    roles = (root.content, root.images, root.leases)
+    return await importer.load(*roles, source, options_, progress=progress)
 
 
 class Stream:

@@ -11,15 +11,17 @@ import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
 import pytest
 
 from castar.engine import synth
-from castar.engine.importer import load
+from castar.engine.load import importer
+from castar.engine.load.importer import LoadOptions
 from castar.engine.platforms import pinned_host
-from castar.store import Root, open_root
+from castar.store import Image, Root, open_root
 from castar.store.blobs import CommitResult, SmallBatch
 from castar.store.content import ContentStore
 from castar.store.images import ImageStore
@@ -31,6 +33,13 @@ SMALL = synth.SynthSpec(
 BIG = synth.SynthSpec(
     name="sync/big:1", platforms=("linux/amd64",), layers=2, layer_size=(1 << 20) + 4096
 )
+
+
+async def load(root: Root, source: object, progress: Any = None, **options: Any) -> list[Image]:
+    """The importer over a whole root, its options as keywords."""
+    options_ = LoadOptions.parse(**options)
+    roles = (root.content, root.images, root.leases)
+    return await importer.load(*roles, source, options_, progress=progress)
 
 
 class Stream:

@@ -1,14 +1,14 @@
-"""What an image archive holds: tar-name rules, the entry catalogue, a header-only scan.
+"""What an image archive holds: tar-name rules (IMP-2, EDGE-10), the catalogue, a scan.
 
-Owns how tar names are cleaned and refused (IMP-2, EDGE-10), which members count
-(TAR-5), the catalogue and the scan of a seekable tar. Synchronous: ``scan_sync`` runs
-in a worker thread.
+Which members count (TAR-5) and the header-only scan of a seekable tar, synchronous:
+``scan_sync`` runs in a worker thread.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
 from dataclasses import dataclass, field
 from typing import Final
@@ -23,52 +23,33 @@ __all__ = [
     "INDEX",
     "LAYOUT",
     "LAYOUT_VERSION",
-    "METADATA",
-    "REGULAR",
     "Catalog",
     "Entry",
     "blob_digest",
-    "check_document_size",
-    "checked_name",
     "clean",
     "json_value",
     "note_member",
     "scan_sync",
 ]
 
-_CONTTYPE: Final = b"7"
-#: Typeflags stored as content (TAR-5): regular files, including contiguous ones.
-REGULAR: Final = frozenset((REGTYPE, _CONTTYPE))
+#: Typeflags stored as content (TAR-5): regular files, including contiguous ones (``7``).
+_REGULAR: Final = frozenset((REGTYPE, b"7"))
 _BLOB_NAME: Final = re.compile(r"blobs/([a-z0-9]+)/([a-f0-9]+)")
 LAYOUT: Final = "oci-layout"
 DOCKER_MANIFEST: Final = "manifest.json"
 INDEX: Final = "index.json"
 #: Entries read as JSON documents instead of being stored (IMP-2).
-METADATA: Final = frozenset((LAYOUT, DOCKER_MANIFEST))
+_METADATA: Final = frozenset((LAYOUT, DOCKER_MANIFEST))
 LAYOUT_VERSION: Final = "1.0.0"
 
 
 def clean(name: str) -> str:
     """POSIX lexical clean (Go ``path.Clean``): the only form tar names are compared in (IMP-2)."""
-    rooted = name.startswith("/")
-    parts: list[str] = []
-    for part in name.split("/"):
-        if not part or part == ".":
-            continue
-        if part == "..":
-            if parts and parts[-1] != "..":
-                parts.pop()
-            elif not rooted:
-                parts.append("..")
-            continue
-        parts.append(part)
-    text = "/".join(parts)
-    if rooted:
-        return "/" + text
-    return text or "."
+    cleaned = posixpath.normpath(name)
+    return cleaned[1:] if cleaned.startswith("//") else cleaned  # Go keeps one leading slash
 
 
-def checked_name(name: str, offset: int) -> str:
+def _checked_name(name: str, offset: int) -> str:
     """The cleaned name, refusing absolute and parent-relative ones (EDGE-10, castar)."""
     cleaned = clean(name)
     if cleaned.startswith(("/", "../")) or cleaned == "..":
@@ -124,7 +105,7 @@ class Catalog:
 
 
 def scan_sync(fd: int, base: int, size: int) -> Catalog:
-    """Walk the headers of a tar file in 4 KiB reads, seeking over bodies but METADATA's."""
+    """Walk the headers of a tar file in 4 KiB reads, seeking over bodies but documents'."""
     dec = TarDecoder()
     cat = Catalog()
     while True:
@@ -148,27 +129,28 @@ def scan_sync(fd: int, base: int, size: int) -> Catalog:
                 offset=size,
                 member=ev.name,
             )
-        note_member(cat, ev, base + ev.data_offset)
-        cleaned = clean(ev.name)
-        if ev.type in REGULAR and cleaned in METADATA:
-            check_document_size(ev.size, cleaned, ev.name)
-            cat.documents[cleaned] = (ev.name, os.pread(fd, ev.size, base + ev.data_offset))
+        found = note_member(cat, ev, base + ev.data_offset)
+        if isinstance(found, str):
+            cat.documents[found] = (ev.name, os.pread(fd, ev.size, base + ev.data_offset))
 
 
-def check_document_size(size: int, cleaned: str, name: str) -> None:
-    if size > oci.MAX_DOCUMENT:
+def note_member(cat: Catalog, ev: MemberStart, offset: int) -> Entry | str | None:
+    """Record a member by kind (TAR-5): its new entry, a document's name to read, or None.
+
+    Documents are ``oci-layout`` and ``manifest.json``, returned by their cleaned name.
+    """
+    cleaned = _checked_name(ev.name, ev.header_offset)
+    if ev.type == SYMTYPE:
+        cat.symlinks[ev.name] = ev.linkname
+    if ev.type not in _REGULAR:
+        return None
+    if cleaned not in _METADATA:
+        entry = cat.entries[cleaned] = Entry(cleaned, ev.size, offset)
+        return entry
+    if ev.size > oci.MAX_DOCUMENT:
         what = "oci layout" if cleaned == LAYOUT else "manifest"
         raise InvalidArgument(
-            f'untar {what} "{name}": document of {size} bytes exceeds the '
+            f'untar {what} "{ev.name}": document of {ev.size} bytes exceeds the '
             f"{oci.MAX_DOCUMENT}-byte cap"
         )
-
-
-def note_member(cat: Catalog, ev: MemberStart, offset: int) -> None:
-    """Record a member by kind (TAR-5): regular files and symlinks; the rest is ignored."""
-    cleaned = checked_name(ev.name, ev.header_offset)
-    if ev.type in REGULAR:
-        if cleaned not in METADATA:
-            cat.entries[cleaned] = Entry(cleaned, ev.size, offset)
-    elif ev.type == SYMTYPE:
-        cat.symlinks[ev.name] = ev.linkname
+    return cleaned

@@ -2,7 +2,6 @@
 
 Owns the import ``Session`` (ingest refs unique per session, ING-14; io-limiter,
 io-small-blobs), the one-pass stream ingest (IMP-3), progress and ``read_archive``.
-Never imports ``importer``.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ import functools
 import os
 import secrets
 import threading
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, TypeVar
 
 import anyio
@@ -19,18 +19,10 @@ import anyio.abc
 import anyio.from_thread
 import anyio.to_thread
 
-from castar.engine import _decompress, graph, oci
-from castar.engine._catalog import (
-    METADATA,
-    REGULAR,
-    Catalog,
-    Entry,
-    blob_digest,
-    check_document_size,
-    checked_name,
-    note_member,
-    scan_sync,
-)
+from castar.engine import graph, oci
+from castar.engine._endpoints import CHUNK_SIZE as CHUNK
+from castar.engine.load import decompress
+from castar.engine.load.catalog import Catalog, Entry, blob_digest, note_member, scan_sync
 from castar.engine.tarcodec import NEED_DATA, ArchiveEnd, Chunk, MemberEnd, MemberStart, TarDecoder
 from castar.store.content import SmallBlob
 from castar.store.digest import Digest
@@ -42,24 +34,15 @@ if TYPE_CHECKING:
 
     from castar.engine._streams import Source
     from castar.engine.platforms import MatchComparer
-    from castar.store import Root, Writer
-    from castar.store.blobs import SmallData
+    from castar.store import Writer
     from castar.store.progress import ProgressCallback
+    from castar.store.roles import BlobIngester
 
     #: A small member to store: its entry, the digest it must have, its bytes (or a reader).
-    SmallMember: TypeAlias = tuple[Entry, Digest | None, SmallData]
+    SmallMember: TypeAlias = tuple[Entry, Digest | None, bytes | Callable[[], bytes]]
 
-__all__ = [
-    "CHUNK",
-    "WORKERS",
-    "Progress",
-    "Session",
-    "first_error",
-    "read_archive",
-]
+__all__ = ["WORKERS", "Progress", "Session", "read_archive"]
 
-#: Bytes per read, hash and write step, and per worker-thread hop (design rule io-chunk).
-CHUNK: Final = 1 << 20
 #: Worker threads copying blob bytes at once (design rule io-limiter).
 _IN_FLIGHT: Final = 2
 #: Blobs in progress at once: while two copy, others open or commit (rename, records).
@@ -72,7 +55,6 @@ BATCH_ENTRIES: Final = 64
 BATCH_BYTES: Final = 4 << 20
 #: Batches being stored at once: the store's two blob-I/O threads.
 _BATCHES: Final = 2
-_PROGRESS_PERIOD: Final = 0.1
 
 _T = TypeVar("_T")
 
@@ -80,10 +62,10 @@ _T = TypeVar("_T")
 class Progress:
     """Byte counter updated from worker threads, reported on the event loop."""
 
-    def __init__(self, callback: ProgressCallback | None, total: int | None) -> None:
+    def __init__(self, callback: ProgressCallback | None) -> None:
         self._callback = callback
         self._lock = threading.Lock()
-        self.total = total
+        self.total: int | None = None
         self.done = 0
         self.entry = ""
 
@@ -98,34 +80,30 @@ class Progress:
 
     async def ticker(self) -> None:
         while True:
-            await anyio.sleep(_PROGRESS_PERIOD)
+            await anyio.sleep(0.1)
             self.report()
 
 
+@dataclass(eq=False)
 class Session:
-    """State of one ``load`` call: the store, the archive and what the walk found."""
+    """State of one ``load`` call: the content store, the archive and what the walk found."""
 
-    def __init__(
-        self,
-        store: Root,
-        *,
-        matcher: MatchComparer,
-        skip_missing: bool,
-        translator: Callable[[str], str] | None,
-        progress: Progress,
-    ) -> None:
-        self.store = store
-        self.matcher = matcher
-        self.skip_missing = skip_missing
-        self.translator = translator
-        self.progress = progress
-        self.session = secrets.token_hex(6)
-        self.catalog = Catalog()
-        self.fd: int | None = None  # seekable archives are read with pread on this fd
-        self.limiter = anyio.CapacityLimiter(_IN_FLIGHT)
-        self._serial = 0
-        self._buffers: list[bytearray] = []
-        self.written: dict[str, bytes] = {}  # documents the load built and stored
+    content: BlobIngester
+    matcher: MatchComparer
+    skip_missing: bool
+    translator: Callable[[str], str] | None
+    progress: Progress
+    session: str = field(default_factory=lambda: secrets.token_hex(6))
+    catalog: Catalog = field(default_factory=Catalog)
+    fd: int | None = None  # seekable archives are read with pread on this fd
+    limiter: anyio.CapacityLimiter = field(
+        default_factory=lambda: anyio.CapacityLimiter(_IN_FLIGHT)
+    )
+    written: dict[str, bytes] = field(default_factory=dict)  # documents the load built and stored
+    _serial: int = 0
+    _buffers: list[bytearray] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
         self.reader = graph.Reader(self.document)  # the load's walks decode each document once
 
     def ref(self, name: str) -> str:
@@ -135,7 +113,7 @@ class Session:
 
     async def discard(self, ref: str) -> None:
         with anyio.CancelScope(shield=True), contextlib.suppress(NotFound):
-            await self.store.content.abort(ref)
+            await self.content.abort(ref)
 
     # -- blob copies ------------------------------------------------------------------
 
@@ -163,23 +141,16 @@ class Session:
         """A small member's whole body from the archive file (one worker-thread call)."""
         assert self.fd is not None
         data = os.pread(self.fd, entry.size, entry.offset)
-        while len(data) < entry.size:
-            more = os.pread(self.fd, entry.size - len(data), entry.offset + len(data))
-            if not more:
-                raise _truncated(entry, entry.size - len(data), entry.offset + len(data))
-            data += more
+        if len(data) < entry.size:  # a regular file reads short only at its end
+            raise _truncated(entry, entry.size - len(data), entry.offset + len(data))
         self.progress.add(entry.size, entry.name)
         return data
 
     async def store_small(self, batch: Sequence[SmallMember]) -> list[Digest]:
-        """Store small members in one write hop and one record transaction; set their digests.
-
-        ``data`` is bytes or a function reading them in the write hop. An existing blob
-        counts as success (ING-11); fsync is deferred; a bad digest is IMP-4's error.
-        """
+        """Store small members in one write hop and one record transaction (ING-11, IMP-4)."""
         blobs = [SmallBlob(data, expected) for _, expected, data in batch]
         try:
-            descs = await self.store.content.write_small_blobs(blobs, sync=False)
+            descs = await self.content.write_small_blobs(blobs, sync=False)
         except DigestMismatch as exc:
             entry = next((e for e, x, _ in batch if x is not None and x == exc.expected), None)
             if entry is None:  # pragma: no cover - only an expected digest can mismatch
@@ -189,11 +160,6 @@ class Session:
             entry.digest = desc.digest
         return [desc.digest for desc in descs]
 
-    async def ensure_small(self, digests: Iterable[str]) -> None:
-        """Store the seekable archive's small members of ``digests`` not stored yet, in batches."""
-        todo = self.unstored(digests)
-        await self._store_batches([(e, d) for e, d in todo if e.size <= _SMALL])
-
     def unstored(self, digests: Iterable[str]) -> list[tuple[Entry, Digest]]:
         """The archive members of ``digests`` not stored yet; progress counts their bytes."""
         todo = [(e, Digest(d)) for d in digests if (e := self.blob_entry(d)) and e.digest is None]
@@ -201,20 +167,15 @@ class Session:
             self.progress.total = self.progress.done + sum(e.size for e, _ in todo)
         return todo
 
-    async def ensure_small_entries(self, entries: Iterable[Entry]) -> None:
-        """:meth:`ensure_small` for members named by path (Docker archives): digests unchecked."""
-        todo = {id(e): e for e in entries if e.digest is None and e.size <= _SMALL}
-        await self._store_batches([(e, None) for e in todo.values()])
-
-    async def _store_batches(self, small: list[tuple[Entry, Digest | None]]) -> None:
-        """Store ``small`` in batches, each read and written in one hop, two at once."""
+    async def ensure_small(self, members: Iterable[tuple[Entry, Digest | None]]) -> None:
+        """Store the small ``members`` not stored yet, in batches, two at once."""
+        todo = {id(e): (e, d) for e, d in members if e.digest is None and e.size <= _SMALL}
 
         async def store(batch: list[tuple[Entry, Digest | None]]) -> None:
-            await self.store_small(
-                [(e, d, functools.partial(self._read_small, e)) for e, d in batch]
-            )
+            read = self._read_small
+            await self.store_small([(e, d, functools.partial(read, e)) for e, d in batch])
 
-        await self.pool(_batched(small), _BATCHES, store)
+        await self.pool(_batched(todo.values()), _BATCHES, store)
 
     async def pool(
         self,
@@ -244,10 +205,7 @@ class Session:
             raise first_error(group) from None
 
     async def ensure(self, entry: Entry, expected: Digest | None = None) -> Digest:
-        """Make sure ``entry``'s bytes are stored, checked against ``expected`` (IMP-4).
-
-        A big blob already recorded is not read again (ING-2); a small one is a batch of one.
-        """
+        """Store ``entry``'s bytes unless stored (ING-2), checked against ``expected`` (IMP-4)."""
         if entry.digest is not None:
             return entry.digest
         if entry.size <= _SMALL:
@@ -256,7 +214,7 @@ class Session:
             return digest
         ref = self.ref(entry.name)
         try:
-            async with self.store.content.writer(ref, size=entry.size, digest=expected) as w:
+            async with self.content.writer(ref, size=entry.size, digest=expected) as w:
                 await anyio.to_thread.run_sync(self._copy_sync, w, entry, limiter=self.limiter)
                 digest = await _commit(w, entry, expected)
         except AlreadyExists:
@@ -285,7 +243,7 @@ class Session:
         if entry is not None and entry.digest is None:
             await self.ensure(entry, desc.digest)
         try:
-            return await self.store.content.read_all(desc.digest, limit=oci.MAX_DOCUMENT)
+            return await self.content.read_all(desc.digest, limit=oci.MAX_DOCUMENT)
         except NotFound:
             return None
 
@@ -340,26 +298,19 @@ def _batched(entries: Iterable[tuple[Entry, _T]]) -> Iterator[list[tuple[Entry, 
 # -- reading a stream: one pass ---------------------------------------------------------------
 
 
+@dataclass(eq=False)
 class _StreamReader:
     """Pulls decoder events from a non-seekable source, ≤ 1 MiB buffered at a time.
 
     Receiving and hashing take turns on purpose (io-no-pipeline).
     """
 
-    def __init__(
-        self,
-        src: _decompress.RawSource,
-        first: bytes,
-        max_size: int | None,
-        progress: Progress,
-    ) -> None:
-        self._src = src
-        self._pending = first
-        self._max_size = max_size
-        self._progress = progress
-        self._fed = 0
-        self.dec = TarDecoder()
-        self.member = ""
+    src: decompress.RawSource
+    max_size: int | None
+    progress: Progress
+    dec: TarDecoder = field(default_factory=TarDecoder)
+    member: str = ""
+    fed: int = 0
 
     async def next(self) -> MemberStart | Chunk | MemberEnd | ArchiveEnd:
         while True:
@@ -369,19 +320,18 @@ class _StreamReader:
             await self._fill()
 
     async def _fill(self) -> None:
-        data, self._pending = self._pending, b""
-        if not data:
-            try:
-                data = await self._src.receive(CHUNK)
-            except anyio.EndOfStream:
-                self.dec.feed_eof()
-                return
-        self._fed += len(data)
-        if self._max_size is not None and self._fed > self._max_size:
-            raise _too_large(self._src.name, self._max_size)
+        try:
+            self.feed(await self.src.receive(CHUNK))
+        except anyio.EndOfStream:
+            self.dec.feed_eof()
+
+    def feed(self, data: bytes) -> None:
+        self.fed += len(data)
+        if self.max_size is not None and self.fed > self.max_size:
+            raise _too_large(self.src.name, self.max_size)
         self.dec.feed(data)
-        self._progress.add(len(data), self.member)
-        self._progress.report()
+        self.progress.add(len(data), self.member)
+        self.progress.report()
 
     async def body(self) -> bytes:
         """The rest of the current member's body, joined (callers cap the size first)."""
@@ -429,17 +379,13 @@ async def _ingest_stream(sess: Session, reader: _StreamReader) -> None:
                 if not isinstance(ev, MemberStart):  # pragma: no cover - members are read whole
                     continue
                 reader.member = ev.name
-                cleaned = checked_name(ev.name, ev.header_offset)
-                if ev.type not in REGULAR:
-                    note_member(cat, ev, -1)
+                entry = note_member(cat, ev, -1)
+                if entry is None:
                     await reader.drain()
-                elif cleaned in METADATA:
-                    check_document_size(ev.size, cleaned, ev.name)
-                    cat.documents[cleaned] = (ev.name, await reader.body())
+                elif isinstance(entry, str):
+                    cat.documents[entry] = (ev.name, await reader.body())
                 else:
-                    entry = Entry(cleaned, ev.size)
-                    cat.entries[cleaned] = entry
-                    expected = blob_digest(cleaned)
+                    expected = blob_digest(entry.name)
                     if ev.size <= _SMALL:
                         if len(pending) >= BATCH_ENTRIES or pending_bytes + ev.size > BATCH_BYTES:
                             await flush()
@@ -466,7 +412,7 @@ async def _ingest_member(
     try:
         try:
             w = await stack.enter_async_context(
-                sess.store.content.writer(ref, size=entry.size, digest=expected)
+                sess.content.writer(ref, size=entry.size, digest=expected)
             )
         except AlreadyExists:
             assert expected is not None
@@ -524,7 +470,7 @@ async def read_archive(sess: Session, src: Source, max_size: int | None) -> None
             return base, os.fstat(fd).st_size - base, os.pread(fd, 8, base)
 
         base, size, head = await anyio.to_thread.run_sync(probe, fd)
-        kind = _decompress.sniff(head)
+        kind = decompress.sniff(head)
         if kind is None:
             if max_size is not None and size > max_size:
                 raise _too_large(src.name, max_size)
@@ -537,19 +483,19 @@ async def read_archive(sess: Session, src: Source, max_size: int | None) -> None
                 first += await src.receive(CHUNK)
             except anyio.EndOfStream:
                 break
-        kind = _decompress.sniff(first)
-    stream: _decompress.RawSource = src
+        kind = decompress.sniff(first)
+    stream: decompress.RawSource = src
     if kind is not None:
         direct = src.raw_file() if fd is not None else None  # a regular file
-        stream = _decompress.DecompressedSource(src, kind, first, direct)
+        stream = decompress.DecompressedSource(src, kind, first, direct)
         first = b""
-    await _ingest_stream(sess, _StreamReader(stream, first, max_size, sess.progress))
+    reader = _StreamReader(stream, max_size, sess.progress)
+    if first:
+        reader.feed(first)
+    await _ingest_stream(sess, reader)
 
 
 def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The first real error of a task group (errors-no-group: no ExceptionGroup for one)."""
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return first_error(exc)
-        return exc
-    return group  # pragma: no cover - groups are never empty
+    exc = group.exceptions[0]
+    return first_error(exc) if isinstance(exc, BaseExceptionGroup) else exc

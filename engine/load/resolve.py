@@ -2,22 +2,23 @@
 
 Owns IMP-5..9 (``index.json`` wins, else an index built from ``manifest.json``), the
 walk below it (IMP-10..14, GC-7 labels, EmptyWalk) and the copy of what it kept.
-Must not import ``importer``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.to_thread
 
-from castar.engine import _decompress, graph, oci, platforms, reference
-from castar.engine._archive import WORKERS, Session
-from castar.engine._catalog import (
+from castar.engine import graph, oci, platforms, reference
+from castar.engine.load import decompress
+from castar.engine.load.archive import WORKERS, Session
+from castar.engine.load.catalog import (
     DOCKER_MANIFEST,
     INDEX,
     LAYOUT,
@@ -31,20 +32,9 @@ from castar.store.digest import Digest, compute
 from castar.store.errors import InvalidArgument, MalformedArchive, MalformedManifest, NotFound
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Mapping
 
-__all__ = [
-    "EmptyWalk",
-    "Queued",
-    "Walk",
-    "decode",
-    "fetch_needed",
-    "keep",
-    "resolve",
-    "walk_index",
-]
-
-_T = TypeVar("_T")
+__all__ = ["EmptyWalk", "Walk", "fetch_needed", "keep", "resolve", "walk_index"]
 
 
 class EmptyWalk(NotFound):
@@ -52,12 +42,6 @@ class EmptyWalk(NotFound):
 
     def __init__(self) -> None:
         super().__init__("image might be filtered out")
-
-
-@dataclass(frozen=True, slots=True)
-class Queued:
-    name: str
-    target: oci.Descriptor
 
 
 # -- resolving the archive's index (IMP-5..9) ------------------------------------------------
@@ -115,8 +99,8 @@ def _docker_str(item: Mapping[str, Any], key: str, i: int) -> list[str]:
 
 
 _LAYER_TYPES: Final = {
-    _decompress.GZIP: oci.DOCKER_LAYER_GZIP,
-    _decompress.ZSTD: oci.DOCKER_LAYER_ZSTD,  # EDGE-8: castar types zstd as zstd
+    decompress.GZIP: oci.DOCKER_LAYER_GZIP,
+    decompress.ZSTD: oci.DOCKER_LAYER_ZSTD,  # EDGE-8: castar types zstd as zstd
 }
 
 
@@ -128,16 +112,16 @@ async def _docker_index(sess: Session, items: list[Any]) -> oci.Descriptor:
     def lookup(path: str) -> Entry | None:
         return links.get(path) or cat.entries.get(clean(path))  # EDGE-7: both sides cleaned
 
-    content = sess.store.content
+    content = sess.content
     compressed = await _compressed_forms(sess)
     # Small configs and layers first, in batches (the loop below finds them stored); an
     # item the loop will refuse is skipped here, so its error stays the loop's.
-    small: list[Entry] = []
+    small: list[tuple[Entry, None]] = []
     for i, item in enumerate(items):
         with contextlib.suppress(MalformedManifest, MalformedArchive, AttributeError):
             for key in ("Config", "Layers"):
-                small.extend(e for p in _docker_str(item, key, i) if (e := lookup(p)))
-    await sess.ensure_small_entries(small)
+                small.extend((e, None) for p in _docker_str(item, key, i) if (e := lookup(p)))
+    await sess.ensure_small(small)
     entries: list[oci.Descriptor] = []
     for i, item in enumerate(items):
         if not isinstance(item, dict):
@@ -155,7 +139,9 @@ async def _docker_index(sess: Session, items: list[Any]) -> oci.Descriptor:
         config_digest = await sess.ensure(config)
         try:
             raw = await content.read_all(config_digest, limit=oci.MAX_DOCUMENT)
-            platform = await decode(oci.config_platform, raw, config.name)
+            read = functools.partial(oci.config_platform, raw, name=config.name)
+            big = len(raw) > graph.INLINE_JSON  # design rule io-off-loop
+            platform = await anyio.to_thread.run_sync(read) if big else read()
         except (MalformedManifest, InvalidArgument) as exc:
             raise MalformedManifest(f"unable to resolve platform: {exc}") from exc
         if platform is not None and platform.os == "windows" and not platform.os_version:
@@ -167,7 +153,7 @@ async def _docker_index(sess: Session, items: list[Any]) -> oci.Descriptor:
             size = entry.size
             if digest in compressed:  # IMP-7: the stored compressed form of this layer
                 digest, size = compressed[digest]
-            kind = _decompress.sniff(await content.read_at(digest, 0, 10))
+            kind = decompress.sniff(await content.read_at(digest, 0, 10))
             media_type = _LAYER_TYPES.get(kind or "", oci.DOCKER_LAYER)
             layer_descs.append(oci.Descriptor(media_type, digest, size))
         manifest = oci.Manifest(
@@ -196,7 +182,7 @@ _UNCOMPRESSED: Final = "containerd.io/uncompressed"
 async def _compressed_forms(sess: Session) -> dict[str, tuple[Digest, int]]:
     """Stored blobs labelled ``containerd.io/uncompressed``: uncompressed digest -> blob (IMP-7)."""
     out: dict[str, tuple[Digest, int]] = {}
-    for info in await sess.store.content.walk():
+    for info in await sess.content.walk():
         plain = info.labels.get(_UNCOMPRESSED)
         if plain and plain not in out:
             out[plain] = (info.digest, info.size)
@@ -206,17 +192,10 @@ async def _compressed_forms(sess: Session) -> dict[str, tuple[Digest, int]]:
 async def _store_document(sess: Session, data: bytes, media_type: str) -> oci.Descriptor:
     digest = compute(data)
     sess.written[digest] = data  # the walk decodes these bytes, never reads them back
-    await sess.store.content.write_blob(
+    await sess.content.write_blob(
         data, digest=digest, size=len(data), ref=sess.ref(f"document-{digest}"), sync=False
     )
     return oci.Descriptor(media_type, digest, len(data))
-
-
-async def decode(decoder: Callable[..., _T], data: bytes, name: str) -> _T:
-    """``decoder(data, name=name)``, off the event loop when the document is large."""
-    if len(data) > graph.INLINE_JSON:
-        return await anyio.to_thread.run_sync(lambda: decoder(data, name=name))
-    return decoder(data, name=name)
 
 
 # -- the walk (IMP-10..14) -------------------------------------------------------------------
@@ -224,7 +203,9 @@ async def decode(decoder: Callable[..., _T], data: bytes, name: str) -> _T:
 
 @dataclass(slots=True)
 class Walk:
-    queued: list[Queued] = field(default_factory=list)
+    """What the walk found: records to write (name, target), names taken, labels, blobs."""
+
+    queued: list[tuple[str, oci.Descriptor]] = field(default_factory=list)
     replaced: list[tuple[str, oci.Descriptor]] = field(default_factory=list)
     labels: dict[Digest, dict[str, str]] = field(default_factory=dict)
     needed: dict[Digest, oci.Descriptor] = field(default_factory=dict)
@@ -240,10 +221,10 @@ async def walk_index(sess: Session, top: oci.Descriptor) -> Walk:
     """Name, filter and label from the top index down; only manifests and indexes are read."""
     walk = Walk()
     walk.needed[top.digest] = top
-    data = await sess.document(top)
-    if data is None:
+    doc = await sess.reader.read(top)
+    if doc is None:
         raise NotFound(f"content digest {top.digest}")
-    entries = list((await decode(oci.decode_index, data, str(top.digest))).manifests)
+    entries = list(doc.children)
     for entry in entries:
         _queue_names(sess, walk, entry)
     kept = [e for e in entries if keep(sess, e)]
@@ -271,12 +252,12 @@ def _queue_names(sess: Session, walk: Walk, entry: oci.Descriptor) -> None:
         if name and sess.translator is not None:
             name = sess.translator(name)
     if name:
-        walk.queued.append(Queued(name, entry))
+        walk.queued.append((name, entry))
     if oci.is_referrer(entry):
         return  # MT-6: no digest-named record for a referrer
     normalized = _normalized(name)
     if normalized is None:
-        walk.queued.append(Queued(reference.dangling_name(entry.digest), entry))
+        walk.queued.append((reference.dangling_name(entry.digest), entry))
     else:
         walk.replaced.append((normalized, entry))
 

@@ -1,30 +1,24 @@
-"""Whole-archive decompression for the importer: gzip and zstd sniffed by magic bytes.
+"""Whole-archive decompression: gzip and zstd sniffed by magic bytes (IMP-1).
 
-Owns ``sniff`` (IMP-1) and ``DecompressedSource``, a non-seekable source
-that inflates another source while streaming, in worker threads, ≥ 1 MiB per hop.
-Imports anyio, the codecs (isal when importable, else zlib; zstandard) and
-``castar.store.errors``; it must not import the rest of the store or engine.
+``DecompressedSource`` inflates another source while streaming, in worker threads,
+≥ 1 MiB per hop; isal when importable, else zlib; zstandard.
 """
 
 from __future__ import annotations
 
 import io
 import zlib
-from typing import IO, TYPE_CHECKING, Any, Final, Protocol, cast
+from typing import IO, Final, Protocol, cast
 
 import anyio
 import anyio.from_thread
 import anyio.to_thread
 
+from castar.engine._endpoints import CHUNK_SIZE as CHUNK
 from castar.store.errors import CastarError, MalformedArchive
 
-if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
+__all__ = ["GZIP", "ZSTD", "DecompressedSource", "RawSource", "sniff"]
 
-__all__ = ["CHUNK", "GZIP", "ZSTD", "DecompressedSource", "RawSource", "sniff"]
-
-#: Bytes moved per worker-thread hop (design rule io-chunk).
-CHUNK: Final = 1 << 20
 GZIP: Final = "gzip"
 ZSTD: Final = "zstd"
 
@@ -34,29 +28,15 @@ _ZSTD_SKIPPABLE: Final = 0x184D2A50
 
 
 class RawSource(Protocol):
-    """What ``DecompressedSource`` needs from the stream it inflates."""
+    """A named stream of bytes: ``receive`` raises ``anyio.EndOfStream`` at the end."""
 
     @property
-    def name(self) -> str:
-        """The source's name, for messages."""
-        ...
-
-    async def receive(self, max_bytes: int = ...) -> bytes:
-        """Return the next bytes; raise ``anyio.EndOfStream`` at the end."""
-        ...
-
-    async def aclose(self) -> None:
-        """Release the stream."""
-        ...
+    def name(self) -> str: ...
+    async def receive(self, max_bytes: int = ...) -> bytes: ...
 
 
 def sniff(head: bytes) -> str | None:
-    """Name the whole-archive compression of a stream from its first bytes (IMP-1).
-
-    ``head`` is at least the first 4 bytes (fewer only in a shorter stream). Returns
-    ``"gzip"`` (``1F 8B 08``), ``"zstd"`` (a frame or a skippable frame), or ``None``
-    for anything else, which the caller reads as a plain tar.
-    """
+    """``"gzip"``, ``"zstd"`` (a frame or a skippable one) or None (a plain tar) from 4 bytes."""
     if head.startswith(_GZIP_MAGIC):
         return GZIP
     if head.startswith(_ZSTD_MAGIC):
@@ -67,11 +47,10 @@ def sniff(head: bytes) -> str | None:
 
 
 class _ZstdFrames:
-    """Follows zstd frame and block headers in the compressed bytes (RFC 8878 §3.1).
+    """Follows zstd frame and block headers (RFC 8878 §3.1), bodies skipped.
 
-    zstandard's streaming reader ends quietly when its input stops inside a frame;
-    walking the block headers (3 bytes per ≤ 128 KiB block, bodies skipped) tells
-    whether the input stopped between frames, without inflating anything twice.
+    zstandard's streaming reader ends quietly when its input stops inside a frame: this
+    tells whether it stopped between frames.
     """
 
     _FCS: Final = (0, 2, 4, 8)
@@ -127,33 +106,24 @@ class _ZstdFrames:
             header = int.from_bytes(field, "little")
             kind = (header >> 1) & 0x03
             self._skip = 1 if kind == 1 else header >> 3
-            if header & 1:  # last block
-                if self._checksum:
-                    self._state, self._need = "checksum", 4
-                else:
-                    self._state, self._need = "magic", 4
+            if header & 1:  # the last block, then its checksum if any
+                self._state, self._need = ("checksum" if self._checksum else "magic"), 4
         else:  # checksum
             self._state, self._need = "magic", 4
 
 
 class _Bridge(io.RawIOBase):
-    """A blocking file object over an async source, used from the decompressing thread.
+    """A blocking file object over an async source, read from the decompressing thread.
 
-    Each refill is one ``from_thread.run`` back to the event loop fetching ≥ 1 MiB, so
-    the codec's small reads never cost a hop each; cancellation of the importing task
-    reaches the thread through that call. A regular file (``direct``) is read in the
-    thread itself (it never blocks for long), checking for cancellation per refill.
+    Each refill fetches ≥ 1 MiB in one ``from_thread.run`` (which carries cancellation);
+    a regular file (``direct``) is read in the thread itself, checking for cancellation.
     """
 
     def __init__(
-        self,
-        fetch: Callable[[int], Coroutine[Any, Any, bytes]],
-        head: bytes,
-        frames: _ZstdFrames | None = None,
-        direct: IO[bytes] | None = None,
+        self, raw: RawSource, head: bytes, frames: _ZstdFrames | None, direct: IO[bytes] | None
     ) -> None:
         super().__init__()
-        self._fetch = fetch
+        self._raw = raw
         self._direct = direct
         self._buf = memoryview(head)
         self._eof = False
@@ -165,6 +135,12 @@ class _Bridge(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    async def _fetch(self) -> bytes:
+        try:
+            return await self._raw.receive(CHUNK)
+        except anyio.EndOfStream:
+            return b""
+
     def readinto(self, b: memoryview) -> int:  # type: ignore[override]
         if not self._buf:
             if self._eof:
@@ -173,7 +149,7 @@ class _Bridge(io.RawIOBase):
                 anyio.from_thread.check_cancelled()
                 data = self._direct.read(CHUNK)
             else:
-                data = anyio.from_thread.run(self._fetch, CHUNK)
+                data = anyio.from_thread.run(self._fetch)
             if not data:
                 self._eof = True
                 if self._frames is not None and not self._frames.between_frames:
@@ -194,39 +170,22 @@ class _Reader(Protocol):
 
 
 class DecompressedSource:
-    """The decompressed bytes of ``raw``: a non-seekable source of at most ``CHUNK`` per receive.
+    """The decompressed bytes of ``raw``, at most ``CHUNK`` per receive.
 
-    ``head`` (the bytes read from ``raw`` to sniff its ``kind``) is given back first.
-    ``direct``, when ``raw`` is a regular file, is its unbuffered file at ``raw``'s
-    position: read in the inflating thread, saving two thread hops per MiB.
-
-    Raises (from ``receive``):
-        MalformedArchive: the compressed data is corrupt or ends early.
+    ``head`` (the bytes read to sniff ``kind``) is given back first. ``direct``, when
+    ``raw`` is a regular file, is its unbuffered file, read in the inflating thread.
+    ``receive`` raises MalformedArchive when the data is corrupt or ends early.
     """
-
-    seekable: Final = False
-    size: Final = None
 
     def __init__(
         self, raw: RawSource, kind: str, head: bytes = b"", direct: IO[bytes] | None = None
     ) -> None:
-        self._raw = raw
         self._kind = kind
         self.name = raw.name
         frames = _ZstdFrames() if kind == ZSTD else None
-        self._bridge = _Bridge(self._fetch, head, frames, direct)
+        self._bridge = _Bridge(raw, head, frames, direct)
         self._reader: _Reader | None = None
         self._eof = False
-
-    def fileno(self) -> int | None:
-        """No descriptor: the bytes exist only after inflating."""
-        return None
-
-    async def _fetch(self, n: int) -> bytes:
-        try:
-            return await self._raw.receive(n)
-        except anyio.EndOfStream:
-            return b""
 
     def _open(self) -> _Reader:
         if self._kind == GZIP:
@@ -289,7 +248,3 @@ class DecompressedSource:
             self._eof = True
             raise anyio.EndOfStream
         return data
-
-    async def aclose(self) -> None:
-        """Close the compressed stream."""
-        await self._raw.aclose()

@@ -1,0 +1,246 @@
+"""Import ("load") of OCI and Docker image archives into a store (docs/behaviour.md, Load).
+
+Owns ``load()`` and ``LoadOptions``. Must not import the exporter, the CLI or the facade.
+Tar names are only ever map keys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, final
+
+from castar.engine import graph, oci, reference
+from castar.engine import platforms as plats
+from castar.engine._streams import open_source
+from castar.engine.load.archive import Progress, Session, read_archive
+from castar.engine.load.resolve import EmptyWalk, Walk, fetch_needed, keep, resolve, walk_index
+from castar.engine.platforms import Platform
+from castar.store.digest import Digest
+from castar.store.errors import AlreadyExists, NotFound
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from castar.store import Image
+    from castar.store.progress import ProgressCallback
+    from castar.store.roles import BlobIngester, ImageRecords, Leases
+
+__all__ = ["LoadOptions", "add_ref_prefix", "filter_ref_prefix", "load"]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class LoadOptions:
+    """What to load.
+
+    Attributes:
+        platforms: platforms to keep, any of them matching (LOAD-1); empty keeps all.
+        all_platforms: keep every platform even when ``platforms`` is given.
+        skip_missing: tolerate manifests missing from archive and store; None means
+            True when no platform is requested (LOAD-2), else False.
+        name: for ``org.opencontainers.image.ref.name`` tags: a prefix (``"repo/x"``
+            names the tag ``latest`` ``repo/x:latest``) or a translator function
+            (see :func:`add_ref_prefix`, :func:`filter_ref_prefix`).
+        max_size: refuse archives whose (decompressed) size exceeds this many bytes.
+    """
+
+    platforms: tuple[Platform, ...] = ()
+    all_platforms: bool = False
+    skip_missing: bool | None = None
+    name: str | Callable[[str], str] | None = None
+    max_size: int | None = None
+
+    @classmethod
+    def parse(
+        cls,
+        platforms: Iterable[str | Platform] | str | None = None,
+        *,
+        all_platforms: bool = False,
+        skip_missing: bool | None = None,
+        name: str | Callable[[str], str] | None = None,
+        max_size: int | None = None,
+    ) -> LoadOptions:
+        """Options from user input: specifiers (comma lists, no duplicates) or Platforms."""
+        given = [platforms] if isinstance(platforms, str) else list(platforms or ())
+        parsed = iter(plats.parse_list(p for p in given if isinstance(p, str)))
+        values = tuple(p if isinstance(p, Platform) else next(parsed) for p in given)
+        return cls(values, all_platforms, skip_missing, name, max_size)
+
+
+# -- names (IMP-11, TV-64) -----------------------------------------------------------------
+
+
+def _ref_translator(image: str, *, check_prefix: bool) -> Callable[[str], str]:
+    def translate(ref: str) -> str:
+        if not image:
+            return ""
+        if any(c in ref for c in "/:@"):  # already a full reference
+            rest = ref.removeprefix(image)
+            if check_prefix and (rest == ref or rest[:1] not in ("", "/", ":", "@")):
+                return ""
+            return ref
+        return f"{image}:{ref}"
+
+    return translate
+
+
+def add_ref_prefix(image: str) -> Callable[[str], str]:
+    """Translator naming bare ``ref.name`` tags ``<image>:<tag>`` (containerd ``AddRefPrefix``).
+
+    Full references (containing ``/``, ``:`` or ``@``) are kept as they are (TV-64).
+    """
+    return _ref_translator(image, check_prefix=False)
+
+
+def filter_ref_prefix(image: str) -> Callable[[str], str]:
+    """Like :func:`add_ref_prefix`, but full references outside ``image`` are dropped (TV-64)."""
+    return _ref_translator(image, check_prefix=True)
+
+
+async def _record(sess: Session, images: ImageRecords, walk: Walk) -> list[Image]:
+    """Label the kept graph (GC-7), then create or re-target the image records (IMP-15)."""
+    await sess.content.update_labels_many(walk.labels.items())  # skips parents skipped as missing
+    for normalized, target in walk.replaced:
+        # LOAD-1: the image a name is taken from stays alive as a dangling record
+        try:
+            old = await images.get(normalized)
+        except NotFound:
+            continue
+        if old.target.digest == target.digest:
+            continue
+        labels = {
+            k: v
+            for k, v in old.labels.items()
+            if k not in (oci.ANNOTATION_IMAGE_NAME, oci.ANNOTATION_REF_NAME)
+        }
+        with contextlib.suppress(AlreadyExists):
+            await images.create(
+                reference.dangling_name(old.target.digest), old.target, labels=labels
+            )
+    out: dict[str, Image] = {}
+    for name, target in walk.queued:
+        try:
+            image = await images.update(name, target=target)
+        except NotFound:
+            try:
+                image = await images.create(name, target)
+            except AlreadyExists:
+                image = await images.update(name, target=target)
+        out.pop(name, None)
+        out[name] = image
+    return list(out.values())
+
+
+# -- LOAD-4: do the loaded images provide what was asked for? --------------------------------
+
+
+async def _provides(sess: Session, walk: Walk, target: oci.Descriptor) -> bool:
+    """Whether a complete manifest under ``target`` matches (SAVE-6), from the walk's documents."""
+    if target.digest not in walk.needed:  # left out by the filter: nothing of it was loaded
+        return False
+    for node in await graph.walk(sess.reader, [target], keep=lambda d: keep(sess, d)):
+        if not (oci.is_manifest(node.descriptor.media_type) and node.present):
+            continue
+        try:
+            platform = await graph.manifest_platform(sess.reader, node.descriptor)
+        except NotFound:
+            continue
+        if platform is None or not sess.matcher.match(platform):
+            continue
+        if all([await sess.content.exists(b.digest) for b in node.children]):
+            return True
+    return False
+
+
+async def _verify_platforms(sess: Session, walk: Walk, images: list[Image], wanted: str) -> None:
+    if not images:
+        raise NotFound(f"no images providing the requested platform(s) found: {wanted}")
+    lacking = []
+    for image in images:
+        t = image.target
+        target = oci.Descriptor(t.media_type, Digest(t.digest), t.size)
+        if not await _provides(sess, walk, target):
+            lacking.append(reference.display_name(image.name))
+    if len(lacking) == 1:
+        raise NotFound(
+            f"image {lacking[0]} was loaded, but doesn't provide the requested platform ({wanted})"
+        )
+    if lacking:
+        raise NotFound(
+            f"images [{', '.join(lacking)}] were loaded, but don't provide the requested"
+            f" platform ({wanted})"
+        )
+
+
+async def load(
+    content: BlobIngester,
+    images: ImageRecords,
+    leases: Leases,
+    source: object,
+    options: LoadOptions,
+    *,
+    progress: ProgressCallback | None = None,
+) -> list[Image]:
+    """Import an OCI or Docker image archive and record its images (last: IMP-15).
+
+    Plain, gzip or zstd (IMP-1). A seekable plain tar is read index-first, reading only
+    the needed blobs not yet stored; any other source in one pass, what is left out
+    going at the next GC (EDGE-17). Blobs are verified (IMP-4) and synced once before
+    any record points at them, all under a lease (GC-11): a failure changes no image.
+
+    Args:
+        content: the blobs to import into.
+        images: the image records to write.
+        leases: the import runs under a lease of these.
+        source: a path, an int fd, ``"-"`` for stdin, an anyio ``ByteReceiveStream``
+            or any object with ``async read(n)``.
+        options: what to load.
+        progress: called on the event loop with (bytes done, bytes total or None,
+            current entry) about once per MiB or every 0.1 s.
+
+    Returns:
+        The images recorded, in archive order (unnamed ones as ``moby-dangling@<digest>``).
+
+    Raises:
+        MalformedArchive: not a tar, truncated, unsafe names, unrecognised format,
+            over ``max_size``.
+        DigestMismatch: ``blob <name>: unexpected digest <d>, expected <d>`` (IMP-4).
+        NotFound: a needed manifest is missing, nothing matched, or the LOAD-3/LOAD-4
+            platform errors.
+        InvalidArgument: a bad name or oversized JSON document.
+    """
+    requested = () if options.all_platforms else options.platforms
+    matcher = (
+        plats.match_any_with_preference(plats.only(plats.host()), requested)
+        if requested
+        else plats.ALL
+    )
+    skip_missing = not requested if options.skip_missing is None else options.skip_missing  # LOAD-2
+    wanted = "[" + " ".join(plats.format_all(p) for p in requested) + "]"
+    name = options.name
+    translator = add_ref_prefix(name) if isinstance(name, str) else name
+    sess = Session(content, matcher, skip_missing, translator, Progress(progress))
+    try:
+        async with leases.hold(labels={"castar.import": sess.session}):
+            async with open_source(source) as src:  # a seekable file is read until the end
+                await read_archive(sess, src, options.max_size)
+                walk = await walk_index(sess, await resolve(sess))
+                await sess.ensure_small(sess.unstored(walk.needed))  # small blobs first
+                await fetch_needed(sess, walk)
+            # Blobs were committed without fsync: one filesystem sync makes them all
+            # durable before any label or image points at them (design rule io-sync).
+            await content.sync()
+            loaded = await _record(sess, images, walk)
+    except NotFound as exc:
+        if not requested:
+            raise
+        why = (
+            "not found: image might be filtered out"
+            if isinstance(exc, EmptyWalk)
+            else f"found, but some content is missing: {exc}"
+        )
+        raise NotFound(f"requested platform(s) ({wanted}) {why}") from exc
+    if requested:
+        await _verify_platforms(sess, walk, loaded, wanted)  # LOAD-4
+    return loaded
