@@ -11,8 +11,9 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, final
 
-from castar.engine import exporter, importer
+from castar.engine import importer
 from castar.engine.images import ImageService
+from castar.engine.save import exporter
 from castar.store import verify as _verify
 from castar.store.root import Root, open_root
 
@@ -21,8 +22,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
     from pathlib import Path
 
-    from castar.engine.exporter import ExportResult, SaveJob, SavePlan
     from castar.engine.platforms import Platform
+    from castar.engine.save.exporter import ExportResult, SaveJob, SavePlan
     from castar.store.content import ContentStore
     from castar.store.gc import GCReport
     from castar.store.images import Image
@@ -107,9 +108,9 @@ class Store:
         archive_digest: bool = False,
         write_behind: bool = False,
     ) -> ExportResult:
-        """Export images as an OCI archive; see :func:`castar.engine.exporter.save`.
+        """Export images as an OCI archive; see :func:`castar.engine.save.exporter.save`.
 
-        The keywords are :class:`~castar.engine.exporter.SaveOptions`' fields, with
+        The keywords are :class:`~castar.engine.save.exporter.SaveOptions`' fields, with
         ``platforms`` given as specifiers or :class:`Platform` values.
         """
         options = exporter.SaveOptions.parse(
@@ -137,7 +138,7 @@ class Store:
         return await exporter.plan_save(self._root, names, options)
 
     async def save_many(self, jobs: Sequence[SaveJob]) -> list[ExportResult]:
-        """Run several exports concurrently; see :func:`castar.engine.exporter.save_many`."""
+        """Run several exports concurrently; see :func:`castar.engine.save.exporter.save_many`."""
         return await exporter.save_many(self._root, jobs)
 
     async def verify(

@@ -3,7 +3,7 @@
 Owns ``CHUNK_SIZE`` (design rule io-chunk), how an adapted object is named in messages, which
 objects are files (``file_target``) and ``FileEndpoint``: a path or fd opened once in a
 worker thread with its open errors mapped once (design rule errors-seam). ``_streams`` (sources) and
-``_sinks`` build on it. anyio only; must not import the store (but its errors) or other
+``save.sinks`` build on it. anyio only; must not import the store (but its errors) or other
 engine modules.
 """
 

@@ -2,7 +2,7 @@
 
 Owns ``Source``, its adapters and ``open_source``: what the importer and the CLI read
 archives from, with one worker-thread hop per >= 1 MiB of file I/O (design rule io-hops).
-Re-exports the sink side (``_sinks``) and ``CHUNK_SIZE`` (``_endpoints``): import all of
+Re-exports the sink side (``save.sinks``) and ``CHUNK_SIZE`` (``_endpoints``): import all of
 them from here. anyio only; must not import the store (but its errors) or engine modules
 other than those two.
 """
@@ -20,7 +20,7 @@ import anyio
 import anyio.abc
 
 from castar.engine._endpoints import CHUNK_SIZE, Endpoint, FileEndpoint, describe, file_target
-from castar.engine._sinks import Sink, SinkKind, open_sink
+from castar.engine.save.sinks import Sink, SinkKind, open_sink
 from castar.store.errors import InvalidArgument
 
 __all__ = ["CHUNK_SIZE", "Sink", "SinkKind", "Source", "open_sink", "open_source"]

@@ -27,8 +27,8 @@ from castar.store.errors import DataLoss, DigestMismatch, SizeMismatch
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterator, Mapping
 
-    from castar.engine._save_plan import Member, SaveOptions, SavePlan
     from castar.engine._streams import Sink
+    from castar.engine.save.plan import Member, SaveOptions, SavePlan
     from castar.store.digest import Buffer, Digest
     from castar.store.progress import ProgressCallback
     from castar.store.root import Root

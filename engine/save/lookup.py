@@ -15,8 +15,8 @@ import anyio.to_thread
 
 from castar.engine import graph, images, oci, reference
 from castar.engine import platforms as plat
-from castar.engine._export_plan import Node, Target
 from castar.engine.images import as_oci
+from castar.engine.save.plan import Node, Target
 from castar.store import digest as digests
 from castar.store.errors import FailedPrecondition, InvalidArgument, NotFound, SizeMismatch
 from castar.store.labels import REFERRER, is_content_ref

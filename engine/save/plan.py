@@ -1,14 +1,14 @@
 """The save plan (what an archive holds, JSON for ``--dry-run --json``) and its planner.
 
-``Planner`` walks each target (EXP-7 skip-missing, referrers, EXP-9), selects platforms
-(SAVE-1..3, MATCH-7 for ``manifest.json``), applies the missing policy and lays out the
-``index.json``/``manifest.json`` entries (EXP-3/4/10) and members. Pure: no anyio, no I/O.
+``Planner`` walks each target's fetched nodes (EXP-7 skip-missing, referrers, EXP-9), selects
+platforms (SAVE-1..3, MATCH-7 for ``manifest.json``), applies the missing policy and lays out
+the ``index.json``/``manifest.json`` entries (EXP-3/4/10) and members. Pure: no anyio, no I/O.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields, is_dataclass, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import TYPE_CHECKING, Any, Final, final
 
 from castar.engine import oci, reference, tarcodec
@@ -21,18 +21,19 @@ if TYPE_CHECKING:
 
     from _typeshed import DataclassInstance
 
-    from castar.engine._export_plan import Node, Target
     from castar.store.digest import Digest
 
 __all__ = [
     "MISSING_POLICIES",
     "ImagePlan",
     "Member",
+    "Node",
     "Planner",
     "PlatformPlan",
     "SaveOptions",
     "SavePlan",
     "Skipped",
+    "Target",
 ]
 
 MISSING_POLICIES: Final = ("sparse", "prune", "fail")
@@ -40,6 +41,32 @@ NAME_ANNOTATION: Final = oci.ANNOTATION_IMAGE_NAME
 REF_NAME_ANNOTATION: Final = oci.ANNOTATION_REF_NAME
 _SOURCE_LABEL: Final = "containerd.io/distribution.source"
 _OCI_LAYOUT: Final = b'{"imageLayoutVersion":"1.0.0"}'
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """What the store holds for one digest: enough to plan without further I/O."""
+
+    present: bool
+    labels: Mapping[str, str] = field(default_factory=dict)
+    children: tuple[oci.Descriptor, ...] = ()
+    document: bytes | None = None  # indexes only: the raw bytes, for pruning
+    platform: plat.Platform | None = None  # manifests only: from the config
+    referrers: tuple[oci.Descriptor, ...] = ()  # SAVE-1: present referrers, subject-annotated
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One image named for saving."""
+
+    reference: str  # as given by the caller
+    name: str | None  # full name for the annotations; None → exported without names
+    desc: oci.Descriptor
+
+    @property
+    def who(self) -> str:
+        """What messages call it: the name, else the caller's reference."""
+        return self.name or self.reference
 
 
 @final

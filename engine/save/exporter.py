@@ -1,7 +1,7 @@
 """The exporter ("save"): images from the store to an OCI + Docker image archive.
 
 Owns the entry points, the lease a save runs under (SAVE-5, LEASE-6) and the sink's
-lifetime; plans before the first byte, then writes with ``_export_write``.
+lifetime; plans before the first byte, then writes with ``write``.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, Final, final
 import anyio
 
 from castar.engine import platforms as plat
-from castar.engine._export_lookup import fetch, resolve, unlinked
-from castar.engine._export_write import Limiters, store_limiters, write
-from castar.engine._save_plan import (
+from castar.engine._streams import open_sink
+from castar.engine.save.lookup import fetch, resolve, unlinked
+from castar.engine.save.plan import (
     MISSING_POLICIES,
     ImagePlan,
     Member,
@@ -27,14 +27,14 @@ from castar.engine._save_plan import (
     SavePlan,
     Skipped,
 )
-from castar.engine._streams import open_sink
+from castar.engine.save.write import Limiters, store_limiters, write
 from castar.store.errors import InvalidArgument
 from castar.store.leases import current_lease
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from castar.engine._export_plan import Target
+    from castar.engine.save.plan import Target
     from castar.store.digest import Digest
     from castar.store.progress import ProgressCallback
     from castar.store.root import Root
