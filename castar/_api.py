@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from castar.engine.platforms import Platform
-    from castar.engine.save.exporter import ExportResult, SaveJob, SavePlan
+    from castar.engine.save.exporter import ExportResult, SaveJob, SaveOptions, SavePlan
     from castar.store.content import ContentStore
     from castar.store.gc import GCReport
     from castar.store.images import Image
@@ -123,19 +123,9 @@ class Store:
         )
         return await exporter.save(self._root, names, sink, options, progress=progress)
 
-    async def plan_save(
-        self,
-        names: Sequence[str],
-        *,
-        platforms: Sequence[str | Platform] | None = None,
-        missing: str = "sparse",
-        docker_manifest: bool = True,
-    ) -> SavePlan:
+    async def plan_save(self, names: Sequence[str], options: SaveOptions | None = None) -> SavePlan:
         """What :meth:`save` would write, without writing (``castar save --dry-run``)."""
-        options = exporter.SaveOptions.parse(
-            platforms, missing=missing, docker_manifest=docker_manifest
-        )
-        return await exporter.plan_save(self._root, names, options)
+        return await exporter.plan_save(self._root, names, options or exporter.SaveOptions())
 
     async def save_many(self, jobs: Sequence[SaveJob]) -> list[ExportResult]:
         """Run several exports concurrently; see :func:`castar.engine.save.exporter.save_many`."""

@@ -109,10 +109,14 @@ class SaveOptions:
     ) -> SaveOptions:
         """Options from user input: specifiers (comma lists, no duplicates) or Platforms."""
         _check_missing(missing)
-        specs = list(platforms or ())
-        values = [p for p in specs if isinstance(p, plat.Platform)]
-        if len(values) != len(specs):  # a Platform among specifiers takes its spec form
-            values = plat.parse_list(p if isinstance(p, str) else plat.format_all(p) for p in specs)
+        values: list[plat.Platform] = []
+        seen: set[plat.Platform] = set()
+        for p in platforms or ():
+            for value in [p] if isinstance(p, plat.Platform) else plat.parse_list([p]):
+                if (key := plat.normalize(value)) in seen:
+                    raise InvalidArgument(f"duplicate platform {plat.format_all(value)!r}")
+                seen.add(key)
+                values.append(value)
         return cls(tuple(values), missing, docker_manifest, verify, archive_digest, write_behind)
 
 
