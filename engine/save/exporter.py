@@ -34,10 +34,10 @@ from castar.store.leases import current_lease
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from castar.engine.save.lookup import Roles
     from castar.engine.save.plan import Target
     from castar.store.digest import Digest
     from castar.store.progress import ProgressCallback
-    from castar.store.root import Root
 
 __all__ = [
     "MISSING_POLICIES",
@@ -102,7 +102,7 @@ class SaveJob:
     progress: ProgressCallback | None = None
 
 
-async def plan_save(store: Root, names: Sequence[str], options: SaveOptions) -> SavePlan:
+async def plan_save(store: Roles, names: Sequence[str], options: SaveOptions) -> SavePlan:
     """What :func:`save` would write, checked against the store; writes nothing.
 
     Raises every error :func:`save` can raise before its first byte. Under the caller's
@@ -139,7 +139,7 @@ async def plan_save(store: Root, names: Sequence[str], options: SaveOptions) -> 
 
 
 async def save(
-    store: Root,
+    store: Roles,
     names: Sequence[str],
     sink: object,
     options: SaveOptions,
@@ -168,11 +168,13 @@ async def save(
         SizeMismatch: a stored blob does not have its recorded size.
         DataLoss: a recorded blob's file is missing from disk.
     """
-    return await _save(store, SaveJob(names, sink, options, progress), store_limiters(store))
+    return await _save(
+        store, SaveJob(names, sink, options, progress), store_limiters(store.content)
+    )
 
 
 async def _save(
-    store: Root, job: SaveJob, limiters: Limiters, planning: anyio.CapacityLimiter | None = None
+    store: Roles, job: SaveJob, limiters: Limiters, planning: anyio.CapacityLimiter | None = None
 ) -> ExportResult:
     """:func:`save` of ``job``; ``planning`` bounds how many plans run at once."""
     lease: AbstractAsyncContextManager[object] = (
@@ -203,7 +205,7 @@ async def _save(
 
 
 async def save_many(
-    store: Root, jobs: Sequence[SaveJob], *, limit: int | None = None
+    store: Roles, jobs: Sequence[SaveJob], *, limit: int | None = None
 ) -> list[ExportResult]:
     """Run several exports concurrently; the results in job order.
 
@@ -212,7 +214,7 @@ async def save_many(
     The first failure cancels the others and is raised (never as an ExceptionGroup).
     """
     one = anyio.CapacityLimiter(limit) if limit else None  # both kinds of hop take it
-    limiters = Limiters(one, one) if one is not None else store_limiters(store)
+    limiters = Limiters(one, one) if one is not None else store_limiters(store.content)
     planning = anyio.CapacityLimiter(_PLANS_AT_ONCE)
     results: list[ExportResult | None] = [None] * len(jobs)
     failure: list[BaseException] = []

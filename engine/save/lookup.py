@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio.to_thread
 
@@ -27,13 +27,23 @@ if TYPE_CHECKING:
 
     from castar.store.content import Info
     from castar.store.digest import Digest
-    from castar.store.roles import BlobReader
-    from castar.store.root import Root
+    from castar.store.roles import BlobReader, ImageRecords, Leases
 
-__all__ = ["fetch", "resolve", "unlinked"]
+__all__ = ["Roles", "fetch", "resolve", "unlinked"]
 
 
-async def resolve(store: Root, ref: str) -> list[Target]:
+class Roles(Protocol):
+    """What a save uses of a root: blobs, image records and leases."""
+
+    @property
+    def content(self) -> BlobReader: ...  # noqa: D102
+    @property
+    def images(self) -> ImageRecords: ...  # noqa: D102
+    @property
+    def leases(self) -> Leases: ...  # noqa: D102
+
+
+async def resolve(store: Roles, ref: str) -> list[Target]:
     """The targets one reference names (SAVE-4): by name, or without names by digest/id.
 
     A bare repository names every tagged image of it.
@@ -56,7 +66,7 @@ async def resolve(store: Root, ref: str) -> list[Target]:
     return [Target(ref, image.name if named else None, as_oci(image.target))]
 
 
-async def _by_digest(store: Root, ref: str, digest: Digest) -> Target:
+async def _by_digest(store: Roles, ref: str, digest: Digest) -> Target:
     """An image's target by digest, else the stored blob (past EDGE-13's cap: octet-stream)."""
     for image in await store.images.list():
         if image.target.digest == digest:

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from castar.engine.save.plan import Member, SaveOptions, SavePlan
     from castar.store.digest import Buffer, Digest
     from castar.store.progress import ProgressCallback
-    from castar.store.root import Root
+    from castar.store.roles import BlobReader
 
 __all__ = ["Limiters", "store_limiters", "write"]
 
@@ -337,12 +337,11 @@ class Limiters:
 _limiters: weakref.WeakKeyDictionary[object, Limiters] = weakref.WeakKeyDictionary()
 
 
-def store_limiters(store: Root) -> Limiters:
-    """The budgets every save from ``store`` shares (made on first use, dropped with it)."""
-    limiters = _limiters.get(store)
+def store_limiters(content: BlobReader) -> Limiters:
+    """The budgets every save from ``content`` shares (made on first use, dropped with it)."""
+    limiters = _limiters.get(content)
     if limiters is None:
-        limiters = Limiters(anyio.CapacityLimiter(1), anyio.CapacityLimiter(2))
-        _limiters[store] = limiters
+        limiters = _limiters[content] = Limiters(anyio.CapacityLimiter(1), anyio.CapacityLimiter(2))
     return limiters
 
 
