@@ -1,8 +1,4 @@
-"""What planning a save reads from the store: names resolved, nodes fetched, lease coverage.
-
-SAVE-4 name resolution, the fetch of every node reachable from the targets (with
-config platforms and SAVE-1 referrers) and which read blobs the lease must hold (GC-4/5).
-"""
+"""What planning a save reads: names (SAVE-4), nodes, referrers, lease coverage (GC-4/5)."""
 
 from __future__ import annotations
 
@@ -44,10 +40,7 @@ class Roles(Protocol):
 
 
 async def resolve(store: Roles, ref: str) -> list[Target]:
-    """The targets one reference names (SAVE-4): by name, or without names by digest/id.
-
-    A bare repository names every tagged image of it.
-    """
+    """The targets ``ref`` names (SAVE-4): by name (a repository: its tags), else by digest/id."""
     key = ref.lower() if images.id_hex(ref) is not None else ref
     if reference.is_digest_ref(key):
         return [await _by_digest(store, ref, digests.parse(reference.parse_any(key).digest))]
@@ -96,12 +89,10 @@ def _document(data: bytes) -> tuple[dict[str, Any] | None, str]:
 
 
 class _Planning(graph.Reader):
-    """Export planning's reader: blob records in batches, SAVE-1 referrers.
+    """Planning's reader: records in batches, SAVE-1 referrers after a document's children.
 
-    A record is looked up with every blob reached since the last lookup, so an image
-    takes one ``infos`` call for its index, one for its manifests and one per manifest
-    (config and layers), never one per layer. A document lists its referrers after its
-    MT-4 children, so the walk follows them too.
+    A record is looked up with every blob reached since the last lookup: one ``infos`` call
+    per document, never one per layer.
     """
 
     def __init__(self, content: BlobReader) -> None:
@@ -185,8 +176,7 @@ def _read_file(path: Path, size: int) -> bytes | None:
 async def fetch(content: BlobReader, roots: Sequence[oci.Descriptor]) -> dict[str, Node]:
     """A node for every blob reachable from ``roots``, in one depth-first walk.
 
-    Faults (wrong size, corrupt documents) surface in walk order, before the first
-    byte of an archive (EXP-7, EXP-13); a missing blob is a node that is not present.
+    Faults surface in walk order, before an archive's first byte (EXP-7, EXP-13).
     """
     reader = _Planning(content)
     nodes: dict[str, Node] = {}
@@ -255,11 +245,7 @@ async def _config_platform(reader: _Planning, config: oci.Descriptor) -> plat.Pl
 
 
 def unlinked(roots: Sequence[str], nodes: Mapping[str, Node], reads: Sequence[str]) -> list[str]:
-    """The blobs in ``reads`` the roots' reference labels do not reach (GC-4/5).
-
-    The lease holds the roots and GC marks what their labels reach: only these need
-    lease entries of their own.
-    """
+    """The blobs in ``reads`` the roots' labels do not reach: lease entries of their own."""
     covered: set[str] = set()
     stack = list(roots)
     while stack:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, fields, is_dataclass, replace
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, Self, final
 
 from castar.engine import oci, reference, tarcodec
 from castar.engine import platforms as plat
@@ -37,8 +37,6 @@ __all__ = [
 ]
 
 MISSING_POLICIES: Final = ("sparse", "prune", "fail")
-NAME_ANNOTATION: Final = oci.ANNOTATION_IMAGE_NAME
-REF_NAME_ANNOTATION: Final = oci.ANNOTATION_REF_NAME
 _SOURCE_LABEL: Final = "containerd.io/distribution.source"
 _OCI_LAYOUT: Final = b'{"imageLayoutVersion":"1.0.0"}'
 
@@ -74,41 +72,28 @@ class Target:
 class SaveOptions:
     """How to save: what the archive selects and how it is written.
 
-    Attributes:
-        platforms: the platforms to export; empty means all (SAVE-1..3).
-        missing: ``sparse`` keeps the original index and leaves out what the store
-            lacks (EXP-7); ``prune`` writes a new index of only the complete platforms;
-            ``fail`` raises NotFound naming the incomplete platform.
-        docker_manifest: whether to write ``manifest.json`` (EXP-10).
-        verify: re-hash every blob while copying (no zero-copy).
-        archive_digest: hash the archive into ``ExportResult.sha256`` (no zero-copy).
-        write_behind: keep a regular file's written pages out of the page cache
-            (same bytes, disk-rate save, hence opt-in).
+    ``missing``: ``sparse`` leaves out what the store lacks (EXP-7), ``prune`` writes a new
+    index of the complete platforms, ``fail`` raises NotFound. ``verify`` and
+    ``archive_digest`` hash while copying (no zero-copy); ``write_behind`` keeps a file's
+    written pages out of the page cache (same bytes, disk-rate save, hence opt-in).
     """
 
-    platforms: tuple[plat.Platform, ...] = ()
+    platforms: tuple[plat.Platform, ...] = ()  # empty: all (SAVE-1..3)
     missing: str = "sparse"
-    docker_manifest: bool = True
+    docker_manifest: bool = True  # EXP-10
     verify: bool = False
-    archive_digest: bool = False
+    archive_digest: bool = False  # into ExportResult.sha256
     write_behind: bool = False
 
     def __post_init__(self) -> None:
-        _check_missing(self.missing)
+        if self.missing not in MISSING_POLICIES:
+            raise InvalidArgument(
+                f"missing={self.missing!r}: must be one of {', '.join(MISSING_POLICIES)}"
+            )
 
     @classmethod
-    def parse(
-        cls,
-        platforms: Iterable[str | plat.Platform] | None = None,
-        *,
-        missing: str = "sparse",
-        docker_manifest: bool = True,
-        verify: bool = False,
-        archive_digest: bool = False,
-        write_behind: bool = False,
-    ) -> SaveOptions:
-        """Options from user input: specifiers (comma lists, no duplicates) or Platforms."""
-        _check_missing(missing)
+    def parse(cls, platforms: Iterable[str | plat.Platform] | None = None, **fields: Any) -> Self:  # noqa: ANN401
+        """Options with ``platforms`` as specifiers (comma lists, no duplicates) or Platforms."""
         values: list[plat.Platform] = []
         seen: set[plat.Platform] = set()
         for p in platforms or ():
@@ -117,21 +102,13 @@ class SaveOptions:
                     raise InvalidArgument(f"duplicate platform {plat.format_all(value)!r}")
                 seen.add(key)
                 values.append(value)
-        return cls(tuple(values), missing, docker_manifest, verify, archive_digest, write_behind)
-
-
-def _check_missing(missing: str) -> None:
-    if missing not in MISSING_POLICIES:
-        raise InvalidArgument(f"missing={missing!r}: must be one of {', '.join(MISSING_POLICIES)}")
+        return cls(tuple(values), **fields)
 
 
 @final
 @dataclass(frozen=True, slots=True)
 class Member:
-    """One tar member in writing order: its header (TAR-1..3) and body.
-
-    A blob has ``digest``; a generated member (metadata, a pruned index) has ``data``.
-    """
+    """One tar member in writing order (TAR-1..3): a blob has ``digest``, generated ``data``."""
 
     name: str
     size: int
@@ -150,10 +127,8 @@ class Member:
 class PlatformPlan:
     """One platform manifest (or nested index) of an image.
 
-    ``platform`` is ``format_all`` of the descriptor's (else config's) platform or
-    ``unknown``; ``state`` is ``complete``, ``partial`` (written without its missing
-    children, EXP-7) or ``missing``; ``attestation`` per MT-5; ``absent`` lists the
-    subtree's digests the store lacks.
+    ``platform`` is the descriptor's (else config's) platform or ``unknown``; ``state`` is
+    ``complete``, ``partial`` (EXP-7) or ``missing``; ``attestation`` per MT-5.
     """
 
     platform: str
@@ -177,11 +152,9 @@ class Skipped:
 @final
 @dataclass(frozen=True, slots=True)
 class ImagePlan:
-    """One ``index.json`` entry of the archive.
+    """One ``index.json`` entry: the target, one manifest (SAVE-2) or a pruned index.
 
-    ``name`` is what the name annotations carry (EXP-3), None by digest or id (SAVE-4);
-    the entry is the image target, the one platform manifest (SAVE-2) or a pruned index
-    replacing ``original``; ``not_found`` lists requested platforms no manifest matches.
+    ``name`` is what the name annotations carry (EXP-3), None by digest or id (SAVE-4).
     """
 
     reference: str
@@ -202,11 +175,9 @@ class ImagePlan:
 @final
 @dataclass(frozen=True, slots=True)
 class SavePlan:
-    """Everything :func:`save` will write, checked against the store.
+    """Everything :func:`save` will write: ``members`` in order, ``size`` with the end marker.
 
-    ``members`` are in writing order (metadata, then directories and blobs by name);
-    ``size`` counts the end-of-archive marker; ``warnings`` include images left out
-    (EDGE-6).
+    ``warnings`` include images left out (EDGE-6).
     """
 
     images: tuple[ImagePlan, ...]
@@ -275,8 +246,6 @@ class Planner:
         self._docker: dict[str, tuple[str, list[str], list[str]]] = {}  # m → cfg, layers, tags
         self._warnings: list[str] = []
 
-    # walking
-
     def _platform_of(self, desc: oci.Descriptor) -> plat.Platform | None:
         if desc.platform is not None:
             return desc.platform
@@ -324,8 +293,6 @@ class Planner:
         state = "complete" if not absent else "partial" if present else "missing"
         name = plat.format_all(p) if p is not None else "unknown"
         return PlatformPlan(name, desc.digest, state, oci.is_attestation(desc), tuple(absent))
-
-    # targets
 
     def add(self, target: Target) -> ImagePlan | None:
         """Plan one top-level entry; None when it is left out (EDGE-6)."""
@@ -558,17 +525,15 @@ class Planner:
         annotations = {
             k: v
             for k, v in desc.annotations.items()
-            if k not in (NAME_ANNOTATION, REF_NAME_ANNOTATION)
+            if k not in (oci.ANNOTATION_IMAGE_NAME, oci.ANNOTATION_REF_NAME)
         }
         node = self._nodes.get(labelled)
         labels = node.labels if node is not None else {}
         annotations.update((k, v) for k, v in labels.items() if k.startswith(_SOURCE_LABEL))
         if target.name is not None:
-            annotations[NAME_ANNOTATION] = target.name
-            annotations[REF_NAME_ANNOTATION] = reference.ref_name_annotation(target.name)
+            annotations[oci.ANNOTATION_IMAGE_NAME] = target.name
+            annotations[oci.ANNOTATION_REF_NAME] = reference.ref_name_annotation(target.name)
         return replace(desc, annotations=annotations, data=None)
-
-    # output
 
     def finish(self, images: list[ImagePlan]) -> SavePlan:
         """Lay out the members: metadata first, then directories and blobs by name."""
@@ -614,7 +579,7 @@ def _foreign(desc: oci.Descriptor) -> bool:
 def _dedup(entries: list[oci.Descriptor]) -> list[oci.Descriptor]:
     seen: dict[tuple[str, str | None], oci.Descriptor] = {}
     for e in entries:
-        seen.setdefault((str(e.digest), e.annotations.get(NAME_ANNOTATION)), e)
+        seen.setdefault((str(e.digest), e.annotations.get(oci.ANNOTATION_IMAGE_NAME)), e)
     return list(seen.values())
 
 

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from castar.engine import oci
 from castar.engine import platforms as plat
 from castar.engine.save import exporter, lookup
-from castar.engine.save.plan import Node, Planner, SaveOptions, Target
+from castar.engine.save.plan import MISSING_POLICIES, Node, Planner, SaveOptions, Target
 from castar.store.errors import NotFound, SizeMismatch
 from castar.store.root import Root, open_root
 
@@ -102,7 +102,7 @@ def _reach(desc: oci.Descriptor, docs: dict[str, bytes], nodes) -> set[str]:
 )
 @given(
     hidden=st.sets(st.integers(0, 30), max_size=6),
-    missing=st.sampled_from(exporter.MISSING_POLICIES),
+    missing=st.sampled_from(MISSING_POLICIES),
     platforms=st.sampled_from(
         [(), ("linux/amd64", "linux/s390x"), ("linux/arm64", "linux/riscv64")]
     ),
