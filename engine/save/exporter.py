@@ -154,7 +154,6 @@ async def _save(
     async with lease:
         async with planning or nullcontext():
             plan = await plan_save(store, job.names, job.options)
-        paths = {d: str(store.content.path(d)) for d in plan.reads}
         sink = job.sink
         ours = None  # a regular file save() created from a path: removed if writing fails
         try:
@@ -164,7 +163,9 @@ async def _save(
             async with out:
                 if isinstance(sink, str | os.PathLike) and sink != "-" and out.kind == "file":
                     ours = anyio.Path(os.fspath(sink))
-                size, sha = await write(plan, out, paths, job.options, limiters, job.progress)
+                size, sha = await write(
+                    plan, store.content, out, job.options, limiters, job.progress
+                )
         except BaseException:
             if ours is not None:
                 with anyio.CancelScope(shield=True), suppress(OSError):

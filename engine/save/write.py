@@ -1,7 +1,7 @@
 """Writing a save plan to a sink with the cheapest copy it allows (EXP-8).
 
 ``copy_file_range`` to files, ``splice`` to pipes, ``sendfile`` to sockets, 1 MiB chunks
-to async streams; headers coalesced; ``verify``, the archive digest, thread budgets.
+to async streams; the blob files come from the content role's ``path``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from castar.store import digest as digests
 from castar.store.errors import DataLoss, DigestMismatch, SizeMismatch
 
 if TYPE_CHECKING:
-    from collections.abc import Generator, Iterator, Mapping
+    from collections.abc import Generator, Iterator
 
     from castar.engine._streams import Sink
     from castar.engine.save.plan import Member, SaveOptions, SavePlan
@@ -122,20 +122,13 @@ class _Copier:
     sink's step reads about ``_CHUNK`` bytes and yields the chunks to send.
     """
 
-    def __init__(
-        self,
-        plan: SavePlan,
-        paths: Mapping[Digest, str],
-        fd: int | None,
-        kind: str,
-        options: SaveOptions,
-    ) -> None:
+    def __init__(self, plan: SavePlan, content: BlobReader, sink: Sink, opts: SaveOptions) -> None:
         self._plan = plan
-        self._paths = paths
-        self._fd = fd
-        self._kind = kind
-        self._verify = options.verify
-        self._archive = digests.hasher("sha256") if options.archive_digest else None
+        self._content = content
+        self._kind = kind = sink.kind
+        self._fd = fd = sink.fileno() if kind in ("file", "pipe", "socket") else None
+        self._opts = opts
+        self._archive = digests.hasher("sha256") if opts.archive_digest else None
         self._pending = bytearray()
         self._buffer: bytearray | None = None
         self._out: list[bytes] = []
@@ -147,9 +140,8 @@ class _Copier:
             kind == "file" and fd is not None and bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND)
         )
         self.zero_copy = (
-            fd is not None and not self._verify and self._archive is None and not self._appending
+            fd is not None and not opts.verify and not opts.archive_digest and not self._appending
         )
-        self._write_behind = options.write_behind
         self._behind: _WriteBehind | None = None  # made in a worker thread (lseek)
 
     @property
@@ -208,7 +200,7 @@ class _Copier:
 
     def _pieces(self) -> Iterator[int]:
         """Emit the whole archive; yields the bytes moved after each piece."""
-        if self._kind == "file" and self._fd is not None and self._write_behind:
+        if self._kind == "file" and self._fd is not None and self._opts.write_behind:
             self._behind = _WriteBehind(self._fd, self._appending)
         for m in self._plan.members:
             self.item = m.name
@@ -232,9 +224,8 @@ class _Copier:
     def _blob(self, m: Member) -> Iterator[int]:
         """Copy one blob body; yields the bytes moved after each piece (EXP-8)."""
         assert m.digest is not None
-        path = self._paths[m.digest]
         try:
-            src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            src = os.open(self._content.path(m.digest), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:  # recorded (the plan checked) but gone from disk
             raise DataLoss(
                 f"failed to get reader: content {m.digest}: recorded but missing on disk"
@@ -258,7 +249,7 @@ class _Copier:
     def _buffered(self, src: int, m: Member, start: int = 0) -> Iterator[int]:
         """Body through user space: hashing, streams, fallbacks (EXP-8)."""
         assert m.digest is not None
-        h = digests.hasher(m.digest.algorithm) if self._verify else None
+        h = digests.hasher(m.digest.algorithm) if self._opts.verify else None
         buf = None
         if self._fd is not None:  # written before the next read: one buffer serves
             buf = self._buffer = self._buffer or bytearray(_CHUNK)
@@ -347,31 +338,22 @@ def store_limiters(content: BlobReader) -> Limiters:
 
 async def write(
     plan: SavePlan,
+    content: BlobReader,
     sink: Sink,
-    paths: Mapping[Digest, str],
     options: SaveOptions,
     limiters: Limiters,
     progress: ProgressCallback | None,
 ) -> tuple[int, Digest | None]:
-    """Write ``plan`` to the open ``sink``; the bytes written and, if asked, their sha256.
-
-    One hop per step of :class:`_Copier` under its limiter; ``progress`` after each.
-    """
-    fd = sink.fileno() if sink.kind in ("file", "pipe", "socket") else None
-    copier = _Copier(plan, paths, fd, sink.kind, options)
+    """Write ``plan`` to the open ``sink``, one hop per step; the bytes written, their sha256."""
+    copier = _Copier(plan, content, sink, options)
     limiter = limiters.copy if copier.zero_copy else limiters.hash
     steps = copier.steps()
     try:
-        while True:
-            chunks = await anyio.to_thread.run_sync(next, steps, None, limiter=limiter)
-            if chunks is None:
-                break
-            for chunk in chunks:
+        while not copier.done:  # set before the last step: the generator never runs out
+            for chunk in await anyio.to_thread.run_sync(next, steps, limiter=limiter):
                 await sink.send(chunk)
             if progress is not None:
                 progress(copier.written, plan.size, copier.item)
-            if copier.done:
-                break
     finally:
         if copier.done:  # parked at its last yield: closing runs no I/O
             steps.close()
