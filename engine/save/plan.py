@@ -116,11 +116,6 @@ class Member:
     digest: Digest | None = None
     data: bytes | None = None
 
-    @property
-    def length(self) -> int:
-        """Header, body and padding bytes."""
-        return len(self.header) + self.size + (-self.size % tarcodec.BLOCKSIZE)
-
 
 @final
 @dataclass(frozen=True, slots=True)
@@ -166,10 +161,6 @@ class ImagePlan:
     platforms: tuple[PlatformPlan, ...] = ()
     not_found: tuple[str, ...] = ()
     docker_manifest: Digest | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready summary."""
-        return _json(self)
 
 
 @final
@@ -247,9 +238,7 @@ class Planner:
         self._warnings: list[str] = []
 
     def _platform_of(self, desc: oci.Descriptor) -> plat.Platform | None:
-        if desc.platform is not None:
-            return desc.platform
-        return self._nodes[desc.digest].platform
+        return desc.platform if desc.platform is not None else self._nodes[desc.digest].platform
 
     def _absent(self, desc: oci.Descriptor) -> list[Digest]:
         """Digests of ``desc``'s subtree the store lacks (SAVE-6), foreign layers aside (SAVE-1)."""
@@ -302,8 +291,13 @@ class Planner:
                 f"export {desc.digest} ({desc.media_type}): only manifests may be exported"
             )
         node = self._nodes[desc.digest]
-        if len(self._opts.platforms) == 1:
-            return self._add_single(target, self._single_target(target))
+        if len(self._opts.platforms) == 1:  # SAVE-2
+            one = self._single_target(target)
+            self._emit(one)
+            entry = self._entry(target, one, desc.digest)
+            return self._image(
+                target, entry, [self._platform_plan(one)], self._register(one, target.name)
+            )
         if not node.present:
             if self._opts.missing == "fail":
                 raise NotFound(f"{target.who}: content digest {desc.digest}")
@@ -345,15 +339,6 @@ class Planner:
                 f"multiple manifests found for platform {plat.format_all(want)}"
             )
         return found[0]
-
-    def _add_single(self, target: Target, desc: oci.Descriptor) -> ImagePlan:
-        self._emit(desc)
-        return self._image(
-            target,
-            self._entry(target, desc, target.desc.digest),
-            [self._platform_plan(desc)],
-            self._register(desc, target.name),
-        )
 
     def _add_manifest(self, target: Target) -> ImagePlan:
         desc = target.desc
@@ -438,17 +423,8 @@ class Planner:
     ) -> ImagePlan:
         """Add ``entry`` to ``index.json`` and describe it."""
         self._entries.append(entry)
-        return ImagePlan(
-            reference=target.reference,
-            name=target.name,
-            media_type=entry.media_type,
-            digest=entry.digest,
-            size=entry.size,
-            original=original,
-            platforms=tuple(platforms),
-            not_found=not_found,
-            docker_manifest=docker,
-        )
+        head = (target.reference, target.name, entry.media_type, entry.digest, entry.size)
+        return ImagePlan(*head, original, tuple(platforms), not_found, docker)
 
     def _check_complete(self, target: Target, plans: Sequence[PlatformPlan]) -> None:
         if self._opts.missing != "fail":
@@ -568,7 +544,8 @@ class Planner:
                     header = tarcodec.encode_header(folder, 0, mode=0o755, type=tarcodec.DIRTYPE)
                     blobs[folder] = Member(folder, 0, header)
         members.extend(blobs[k] for k in sorted(blobs, key=lambda n: n.encode()))
-        size = sum(m.length for m in members) + len(tarcodec.END_OF_ARCHIVE)
+        size = sum(len(m.header) + m.size + -m.size % tarcodec.BLOCKSIZE for m in members)
+        size += len(tarcodec.END_OF_ARCHIVE)
         return SavePlan(tuple(images), tuple(members), size, tuple(self._warnings))
 
 

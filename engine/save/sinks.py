@@ -1,8 +1,6 @@
-"""Byte sinks: where archives are written (paths, fds, stdout, anyio streams, async writers).
+"""Byte sinks: paths, fds, stdout, anyio streams, async writers (design rule io-coalesce).
 
-Owns ``Sink`` (``send`` coalesces small writes to >= 1 MiB worker-thread hops, design rule
-io-coalesce), its adapters and ``open_sink``; ``_streams`` re-exports them. anyio only; must not
-import the store (but its errors) or other engine modules than ``_endpoints``.
+anyio only; imports of the store's errors and ``_endpoints`` only; ``_streams`` re-exports it.
 """
 
 from __future__ import annotations
@@ -24,8 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Sink", "SinkKind", "open_sink"]
 
-# Sends at least this large skip the coalescing buffer.
-_DIRECT: Final = 64 << 10
+_DIRECT: Final = 64 << 10  # sends at least this large skip the coalescing buffer
 
 SinkKind = Literal["file", "pipe", "socket", "stream"]
 
@@ -33,10 +30,7 @@ SinkKind = Literal["file", "pipe", "socket", "stream"]
 class Sink(Endpoint):
     """Where archive bytes go; ``send`` coalesces small writes up to 1 MiB.
 
-    Use as ``async with open_sink(obj) as sink:``. Whoever writes to ``fileno()``
-    directly (``copy_file_range``/``splice``) must ``await flush()`` first so
-    buffered bytes land before theirs. ``aclose`` flushes, then closes only what
-    ``open_sink`` opened itself (paths).
+    Whoever writes to ``fileno()`` directly must ``await flush()`` first.
     """
 
     #: "file" (regular file), "pipe", "socket", or "stream" (anything else: send() only).
@@ -95,13 +89,13 @@ class _FileSink(FileEndpoint, Sink):
         FileEndpoint.__init__(self, target, name)
         self._fd: int | None = None
 
-    def fileno(self) -> int | None:
-        if self._fd is None:
-            raise self._not_open()
-        return self._fd
-
     def _is_open(self) -> bool:
         return self._fd is not None
+
+    def fileno(self) -> int | None:
+        if not self._is_open():
+            raise self._not_open()
+        return self._fd
 
     def _open_sync(self) -> None:
         target = self._target
@@ -126,7 +120,7 @@ class _FileSink(FileEndpoint, Sink):
         await anyio.to_thread.run_sync(self._write_sync, parts)
 
     def _write_sync(self, parts: tuple[Buffer, ...]) -> None:
-        fd = self.fileno()
+        fd = self._fd
         assert fd is not None
         for data in parts:
             view = memoryview(data)
@@ -165,15 +159,10 @@ class _StreamSink(Sink):
 
 
 def open_sink(obj: object) -> Sink:
-    """Adapt ``obj`` to a ``Sink`` (no I/O: paths are created on entering or first send).
+    """Adapt ``obj`` to a ``Sink``; no I/O until it is entered.
 
-    Args:
-        obj: a path (created or truncated), ``"-"`` for stdout, an int fd, an anyio
-            ``ByteSendStream`` (anything with ``async send``), or an object with
-            ``async write(b)``.
-
-    Raises:
-        InvalidArgument: ``obj`` is none of these.
+    ``obj``: a path (created or truncated), ``"-"`` (stdout), an fd, an object with ``async
+    send`` (an anyio ``ByteSendStream``) or ``async write(b)``; else InvalidArgument.
     """
     if isinstance(obj, Sink):
         return obj
