@@ -427,14 +427,12 @@ class Planner:
         return ImagePlan(*head, original, tuple(platforms), not_found, docker)
 
     def _check_complete(self, target: Target, plans: Sequence[PlatformPlan]) -> None:
-        if self._opts.missing != "fail":
-            return
-        for pp in plans:
-            if pp.state != "complete":
-                raise NotFound(
-                    f"{target.who}: platform {pp.platform} "
-                    f"({pp.digest}) is not complete locally: content digest {pp.absent[0]}"
-                )
+        bad = [pp for pp in plans if pp.state != "complete"]
+        if self._opts.missing == "fail" and bad:
+            raise NotFound(
+                f"{target.who}: platform {bad[0].platform} ({bad[0].digest}) "
+                f"is not complete locally: content digest {bad[0].absent[0]}"
+            )
 
     def _prunable(
         self, walked: list[tuple[int, oci.Descriptor, PlatformPlan]]
@@ -498,11 +496,8 @@ class Planner:
 
     def _entry(self, target: Target, desc: oci.Descriptor, labelled: str) -> oci.Descriptor:
         """The index.json descriptor: EXP-3 names (or none, SAVE-4) + EXP-4 sources."""
-        annotations = {
-            k: v
-            for k, v in desc.annotations.items()
-            if k not in (oci.ANNOTATION_IMAGE_NAME, oci.ANNOTATION_REF_NAME)
-        }
+        names = (oci.ANNOTATION_IMAGE_NAME, oci.ANNOTATION_REF_NAME)
+        annotations = {k: v for k, v in desc.annotations.items() if k not in names}
         node = self._nodes.get(labelled)
         labels = node.labels if node is not None else {}
         annotations.update((k, v) for k, v in labels.items() if k.startswith(_SOURCE_LABEL))
@@ -532,13 +527,8 @@ class Planner:
         for d, size in [*self._blobs.items(), *((d, len(b)) for d, b in self._generated.items())]:
             dg = digests.parse(d)
             name = digests.blob_path(dg)
-            blobs[name] = Member(
-                name,
-                size,
-                tarcodec.encode_header(name, size, mode=0o444),
-                digest=dg,
-                data=self._generated.get(d),
-            )
+            header = tarcodec.encode_header(name, size, mode=0o444)
+            blobs[name] = Member(name, size, header, dg, self._generated.get(d))
             for folder in ("blobs/", f"blobs/{dg.algorithm}/"):
                 if folder not in blobs:  # one header each, not one per blob
                     header = tarcodec.encode_header(folder, 0, mode=0o755, type=tarcodec.DIRTYPE)

@@ -5,14 +5,18 @@ anyio only; imports of the store's errors and ``_endpoints`` only; ``_streams`` 
 
 from __future__ import annotations
 
+import fcntl
 import inspect
 import os
 import select
 import stat
+import struct
+import termios
 from typing import TYPE_CHECKING, Final, Literal, final
 
 import anyio
 import anyio.abc
+import anyio.from_thread
 
 from castar.engine._endpoints import CHUNK_SIZE, Endpoint, FileEndpoint, describe, file_target
 from castar.store.errors import InvalidArgument
@@ -20,11 +24,43 @@ from castar.store.errors import InvalidArgument
 if TYPE_CHECKING:
     from castar.store.digest import Buffer
 
-__all__ = ["Sink", "SinkKind", "open_sink"]
+__all__ = ["Sink", "SinkKind", "open_sink", "wait_writable", "write_all"]
 
 _DIRECT: Final = 64 << 10  # sends at least this large skip the coalescing buffer
 
 SinkKind = Literal["file", "pipe", "socket", "stream"]
+
+
+def wait_writable(fd: int) -> None:
+    """Wait (in a worker thread) until ``fd`` takes bytes, cancellable every 100 ms."""
+    while not select.select([], [fd], [], 0.1)[1]:
+        anyio.from_thread.check_cancelled()
+
+
+def _pipe_room(fd: int) -> int | None:
+    """Bytes the pipe ``fd`` takes now without blocking (Linux), None when unknown."""
+    try:
+        size = fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+        (queued,) = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))
+    except OSError:
+        return None
+    return max(0, size - int(queued))
+
+
+def write_all(fd: int, data: Buffer, kind: str) -> None:
+    """Write all of ``data``; into a pipe never more than it takes, so waits stay cancellable."""
+    view = memoryview(data)
+    while view:
+        room = _pipe_room(fd) if kind == "pipe" else None
+        if room == 0:
+            wait_writable(fd)
+            continue
+        try:
+            n = os.write(fd, view if room is None else view[:room])
+        except BlockingIOError:
+            wait_writable(fd)
+            continue
+        view = view[n:]
 
 
 class Sink(Endpoint):
@@ -120,17 +156,9 @@ class _FileSink(FileEndpoint, Sink):
         await anyio.to_thread.run_sync(self._write_sync, parts)
 
     def _write_sync(self, parts: tuple[Buffer, ...]) -> None:
-        fd = self._fd
-        assert fd is not None
+        assert self._fd is not None
         for data in parts:
-            view = memoryview(data)
-            while view:
-                try:
-                    n = os.write(fd, view)
-                except BlockingIOError:
-                    select.select([], [fd], [])
-                    continue
-                view = view[n:]
+            write_all(self._fd, data, self.kind)
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):

@@ -9,9 +9,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import select
-import struct
-import termios
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -21,6 +18,7 @@ import anyio.from_thread
 import anyio.to_thread
 
 from castar.engine import tarcodec
+from castar.engine.save.sinks import wait_writable, write_all
 from castar.store import digest as digests
 from castar.store.errors import DataLoss, DigestMismatch, SizeMismatch
 
@@ -43,38 +41,6 @@ _SPLICE_FLAGS: Final = os.SPLICE_F_NONBLOCK | os.SPLICE_F_MOVE
 _WINDOW: Final = 64 << 20  # write-behind: writeback starts for every this many bytes
 #: What ``_pieces`` yields right before it copies more blob bytes: where a step may end.
 _BREAK: Final = -1
-
-
-def _wait_writable(fd: int) -> None:
-    """Wait (in a worker thread) until ``fd`` takes bytes, cancellable every 100 ms."""
-    while not select.select([], [fd], [], 0.1)[1]:
-        anyio.from_thread.check_cancelled()
-
-
-def _pipe_room(fd: int) -> int | None:
-    """Bytes the pipe ``fd`` takes now without blocking (Linux), None when unknown."""
-    try:
-        size = fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
-        (queued,) = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))
-    except OSError:
-        return None
-    return max(0, size - int(queued))
-
-
-def _write_all(fd: int, data: Buffer, kind: str) -> None:
-    """Write all of ``data``; into a pipe never more than it takes, so waits stay cancellable."""
-    view = memoryview(data)
-    while view:
-        room = _pipe_room(fd) if kind == "pipe" else None
-        if room == 0:
-            _wait_writable(fd)
-            continue
-        try:
-            n = os.write(fd, view if room is None else view[:room])
-        except BlockingIOError:
-            _wait_writable(fd)
-            continue
-        view = view[n:]
 
 
 class _WriteBehind:
@@ -167,7 +133,7 @@ class _Copier:
 
     def _put(self, data: Buffer) -> None:
         if self._fd is not None:
-            _write_all(self._fd, data, self._kind)
+            write_all(self._fd, data, self._kind)
         else:  # streams may keep what they are given
             self._out.append(data if isinstance(data, bytes) else bytes(data))
         self._moved(len(data))
@@ -292,11 +258,11 @@ class _Copier:
                     n = os.splice(src, dst, count, offset_src=offset, flags=_SPLICE_FLAGS)
                 else:  # a blocking socket blocks per call: keep calls to 1 MiB
                     if self._kind == "socket":
-                        _wait_writable(dst)
+                        wait_writable(dst)
                         count = min(count, _CHUNK)
                     n = os.sendfile(dst, src, offset, count)
             except BlockingIOError:
-                _wait_writable(dst)
+                wait_writable(dst)
                 continue
             except OSError as exc:
                 if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
