@@ -199,11 +199,7 @@ class _Copier:
         try:
             actual = os.fstat(src).st_size
             if actual != m.size:
-                raise SizeMismatch(
-                    f"unexpected copy size for {m.name}: store file has {actual} bytes",
-                    expected=m.size,
-                    actual=actual,
-                )
+                raise _short(m, actual, f": store file has {actual} bytes")
             if self.zero_copy and m.size > _SMALL:
                 self._flush()
                 yield from self._splice(src, m)
@@ -229,9 +225,7 @@ class _Copier:
             else:
                 data = os.read(src, want)  # streams may keep it: a fresh bytes object
             if not data:
-                raise SizeMismatch(
-                    f"unexpected copy size for {m.name}", expected=m.size, actual=m.size - left
-                )
+                raise _short(m, m.size - left)
             left -= len(data)
             if h is not None:
                 h.update(data)
@@ -274,12 +268,16 @@ class _Copier:
                 yield from self._buffered(src, m, offset)
                 return
             if n == 0:
-                raise SizeMismatch(
-                    f"unexpected copy size for {m.name}", expected=m.size, actual=offset
-                )
+                raise _short(m, offset)
             offset += n
             self._moved(n)
             yield n
+
+
+def _short(m: Member, actual: int, detail: str = "") -> SizeMismatch:
+    return SizeMismatch(
+        f"unexpected copy size for {m.name}{detail}", expected=m.size, actual=actual
+    )
 
 
 @dataclass(frozen=True, slots=True)
