@@ -48,11 +48,8 @@ async def resolve(store: Roles, ref: str) -> list[Target]:
         parsed = reference.parse_normalized(ref)
         if parsed.is_name_only:  # a bare repository: all its tags, by name
             repo = parsed.name + ":"
-            tagged = [
-                i
-                for i in await store.images.list()
-                if i.name.startswith(repo) and "@" not in i.name
-            ]
+            listed = await store.images.list()
+            tagged = [i for i in listed if i.name.startswith(repo) and "@" not in i.name]
             if tagged:
                 return [Target(ref, i.name, as_oci(i.target)) for i in tagged]
     image, named = await images.find(store.images, ref)
@@ -124,9 +121,9 @@ class _Planning(graph.Reader):
 
     async def _load(self, desc: oci.Descriptor) -> bytes | None:
         info = await self.info(desc)
-        if info is None:
-            return None
-        return await graph.read_document(_Recorded(self.content, info), desc)
+        return (
+            None if info is None else await graph.read_document(_Recorded(self.content, info), desc)
+        )
 
     async def read(self, desc: oci.Descriptor) -> graph.Document | None:
         """The document, its referrers listed after its children (SAVE-1)."""
@@ -137,9 +134,7 @@ class _Planning(graph.Reader):
         if refs is None:
             info = self.infos[desc.digest]
             assert info is not None
-            refs = self.referrers[desc.digest] = await _referrers(
-                self.content, desc.digest, info.labels
-            )
+            refs = self.referrers[desc.digest] = await _referrers(self.content, info)
             self._reached += [d.digest for d in (*doc.children, *refs)]
         return replace(doc, children=(*doc.children, *refs))
 
@@ -201,16 +196,12 @@ async def fetch(content: BlobReader, roots: Sequence[oci.Descriptor]) -> dict[st
     return nodes
 
 
-async def _referrers(
-    content: BlobReader, subject: str, labels: Mapping[str, str]
-) -> tuple[oci.Descriptor, ...]:
+async def _referrers(content: BlobReader, subject: Info) -> tuple[oci.Descriptor, ...]:
     """SAVE-1: the local referrers a node's labels name, with the subject annotation (EXP-7)."""
     out = []
-    for key in sorted(labels):
-        if not key.startswith(REFERRER):
-            continue
+    for key in sorted(k for k in subject.labels if k.startswith(REFERRER)):
         try:
-            digest = digests.parse(labels[key])
+            digest = digests.parse(subject.labels[key])
             data = await content.read_all(digest, limit=oci.MAX_DOCUMENT)
         except (NotFound, InvalidArgument):
             continue
@@ -221,13 +212,11 @@ async def _referrers(
         config = obj.get("config")
         if not isinstance(artifact, str) or not artifact:
             artifact = config.get("mediaType") if isinstance(config, dict) else ""
+        kind = artifact if isinstance(artifact, str) else ""
+        subject_of = {oci.ANNOTATION_MANIFEST_SUBJECT: subject.digest}
         out.append(
             oci.Descriptor(
-                media_type,
-                digest,
-                len(data),
-                annotations={oci.ANNOTATION_MANIFEST_SUBJECT: subject},
-                artifact_type=artifact if isinstance(artifact, str) else "",
+                media_type, digest, len(data), annotations=subject_of, artifact_type=kind
             )
         )
     return tuple(out)

@@ -118,13 +118,13 @@ class _Copier:
         """Queue bytes for the sink: small ones coalesced up to ``_CHUNK``."""
         if self._archive is not None:
             self._archive.update(data)
-        if len(data) >= _SMALL:
+        if len(data) < _SMALL:
+            self._pending += data
+            if len(self._pending) >= _CHUNK:
+                self._flush()
+        else:
             self._flush()
             self._put(data)
-            return
-        self._pending += data
-        if len(self._pending) >= _CHUNK:
-            self._flush()
 
     def _flush(self) -> None:
         if self._pending:  # _put writes it or copies it before the buffer is reused
