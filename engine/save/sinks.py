@@ -29,6 +29,11 @@ __all__ = ["Sink", "SinkKind", "open_sink", "wait_writable", "write_all"]
 _DIRECT: Final = 64 << 10  # sends at least this large skip the coalescing buffer
 
 SinkKind = Literal["file", "pipe", "socket", "stream"]
+_KINDS: Final[dict[int, SinkKind]] = {
+    stat.S_IFREG: "file",
+    stat.S_IFIFO: "pipe",
+    stat.S_IFSOCK: "socket",
+}
 
 
 def wait_writable(fd: int) -> None:
@@ -89,11 +94,8 @@ class Sink(Endpoint):
             if len(self._buf) >= CHUNK_SIZE:
                 await self.flush()
             return
-        if self._buf:
-            head, self._buf = self._buf, bytearray()
-            await self._write(head, data)
-            return
-        await self._write(data)
+        head, self._buf = self._buf, bytearray()
+        await (self._write(head, data) if head else self._write(data))
 
     async def flush(self) -> None:
         """Write out whatever ``send`` has buffered."""
@@ -140,15 +142,7 @@ class _FileSink(FileEndpoint, Sink):
         else:
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
             fd = os.open(target, flags, 0o666)
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISREG(mode):
-            self.kind = "file"
-        elif stat.S_ISFIFO(mode):
-            self.kind = "pipe"
-        elif stat.S_ISSOCK(mode):
-            self.kind = "socket"
-        else:
-            self.kind = "stream"
+        self.kind = _KINDS.get(stat.S_IFMT(os.fstat(fd).st_mode), "stream")
         self._fd = fd
 
     async def _write(self, *parts: Buffer) -> None:

@@ -46,9 +46,8 @@ _BREAK: Final = -1
 class _WriteBehind:
     """Keeps an archive's pages out of the page cache once the kernel has written them.
 
-    Every ``_WINDOW`` bytes, ``posix_fadvise(DONTNEED)`` starts the newest window's
-    writeback and drops the written pages of windows older than the one before. The
-    kernel never drops a dirty page, so nothing is lost. Worker threads only.
+    Every ``_WINDOW`` bytes, ``posix_fadvise(DONTNEED)`` starts the newest window's writeback
+    and drops windows older than the one before (never a dirty page). Worker threads only.
     """
 
     def __init__(self, fd: int, appending: bool) -> None:
@@ -105,8 +104,8 @@ class _Copier:
         self._appending = (
             kind == "file" and fd is not None and bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND)
         )
-        self.zero_copy = (
-            fd is not None and not opts.verify and not opts.archive_digest and not self._appending
+        self.zero_copy = fd is not None and not (
+            opts.verify or opts.archive_digest or self._appending
         )
         self._behind: _WriteBehind | None = None  # made in a worker thread (lseek)
 
@@ -144,11 +143,7 @@ class _Copier:
             self._behind.advance(self.written)
 
     def steps(self) -> Generator[list[bytes], None, None]:
-        """One step per budget of bytes, ended only before more blob bytes are copied.
-
-        A rest under a quarter budget joins the last step; ``done`` is set before the
-        last step, so the caller needs no further hop to learn the end.
-        """
+        """Steps of a budget of bytes, ended before blob bytes; ``done`` is set before the last."""
         budget = _HOP if self._fd is not None else _CHUNK
         tail = budget // 4  # what is left of the archive below this joins the current step
         moved = total = 0
