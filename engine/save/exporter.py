@@ -133,9 +133,7 @@ async def save(
 
     Raises:
         NotFound, Conflict, InvalidArgument: see :func:`plan_save`, before any byte.
-        DigestMismatch: with ``verify``, a stored blob does not hash to its digest.
-        SizeMismatch: a stored blob does not have its recorded size.
-        DataLoss: a recorded blob's file is missing from disk.
+        DigestMismatch, SizeMismatch, DataLoss: a stored blob is not what its record says.
     """
     return await _save(
         store, SaveJob(names, sink, options, progress), store_limiters(store.content)

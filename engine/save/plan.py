@@ -1,8 +1,7 @@
-"""The save plan (what an archive holds, JSON for ``--dry-run --json``) and its planner.
+"""The save plan (what an archive holds, ``--dry-run --json``) and its planner; pure, no I/O.
 
-``Planner`` walks each target's fetched nodes (EXP-7 skip-missing, referrers, EXP-9), selects
-platforms (SAVE-1..3, MATCH-7 for ``manifest.json``), applies the missing policy and lays out
-the ``index.json``/``manifest.json`` entries (EXP-3/4/10) and members. Pure: no anyio, no I/O.
+``Planner`` walks the fetched nodes (EXP-7, EXP-9), selects platforms (SAVE-1..3, MATCH-7)
+and lays out the ``index.json``/``manifest.json`` entries (EXP-3/4/10) and members.
 """
 
 from __future__ import annotations
