@@ -1,7 +1,7 @@
 """castar cases the command line has no verb for, as one process each (whole-process timing).
 
 ``python -m bench._castar_case save-many --root DIR --count 16 --out DIR IMAGE``: 16
-concurrent one-platform saves through ``castar.engine.exporter.save_many`` (platforms
+concurrent one-platform saves through ``castar.engine.save.exporter.save_many`` (platforms
 taken in turn from the image's index). ``load`` and ``save`` drive the library the way
 ``castar load``/``castar save`` do, for trees where the CLI is missing. Imports castar's
 store and engine; nothing in castar imports this.
@@ -15,8 +15,9 @@ from pathlib import Path
 
 import anyio
 
-from castar.engine import exporter, oci
+from castar.engine import oci
 from castar.engine.load import importer
+from castar.engine.save import exporter
 from castar.store.root import open_root
 
 

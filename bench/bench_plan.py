@@ -23,7 +23,8 @@ from unittest.mock import patch
 
 import anyio
 
-from castar.engine import exporter, oci
+from castar.engine import oci
+from castar.engine.save import exporter
 from castar.store.errors import NotFound
 from castar.store.root import Root, open_root
 

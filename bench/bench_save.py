@@ -36,8 +36,9 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.abc
 
-from castar.engine import exporter, oci
+from castar.engine import oci
 from castar.engine import platforms as plat
+from castar.engine.save import exporter
 from castar.store.errors import NotFound
 from castar.store.root import Root, open_root
 

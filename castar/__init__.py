@@ -16,10 +16,6 @@ from castar.store import lazy_exports as _lazy_exports
 if typing.TYPE_CHECKING:
     from castar._api import Store as Store
     from castar._api import open_store as open_store
-    from castar.engine.exporter import ExportResult as ExportResult
-    from castar.engine.exporter import SaveJob as SaveJob
-    from castar.engine.exporter import SaveOptions as SaveOptions
-    from castar.engine.exporter import SavePlan as SavePlan
     from castar.engine.images import ImageDetails as ImageDetails
     from castar.engine.images import ImageService as ImageService
     from castar.engine.images import ImageTree as ImageTree
@@ -27,6 +23,10 @@ if typing.TYPE_CHECKING:
     from castar.engine.images import Removal as Removal
     from castar.engine.load.importer import LoadOptions as LoadOptions
     from castar.engine.platforms import Platform as Platform
+    from castar.engine.save.exporter import ExportResult as ExportResult
+    from castar.engine.save.exporter import SaveJob as SaveJob
+    from castar.engine.save.exporter import SaveOptions as SaveOptions
+    from castar.engine.save.exporter import SavePlan as SavePlan
     from castar.store.content import Descriptor as Descriptor
     from castar.store.content import Info as Info
     from castar.store.errors import AlreadyExists as AlreadyExists
@@ -55,7 +55,7 @@ if not typing.TYPE_CHECKING:  # each name's module loads on first use (PEP 562)
         __name__,
         {
             "castar._api": "Store open_store",
-            "castar.engine.exporter": "ExportResult SaveJob SaveOptions SavePlan",
+            "castar.engine.save.exporter": "ExportResult SaveJob SaveOptions SavePlan",
             "castar.engine.images": "ImageDetails ImageService ImageTree ManifestRow Removal",
             "castar.engine.load.importer": "LoadOptions",
             "castar.engine.platforms": "Platform",

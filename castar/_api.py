@@ -11,9 +11,9 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, final
 
-from castar.engine import exporter
 from castar.engine.images import ImageService
 from castar.engine.load import importer
+from castar.engine.save import exporter
 from castar.store import verify as _verify
 from castar.store.root import Root, open_root
 
@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
     from pathlib import Path
 
-    from castar.engine.exporter import ExportResult, SaveJob, SavePlan
     from castar.engine.platforms import Platform
+    from castar.engine.save.exporter import ExportResult, SaveJob, SaveOptions, SavePlan
     from castar.store.content import ContentStore
     from castar.store.gc import GCReport
     from castar.store.images import Image
@@ -113,9 +113,9 @@ class Store:
         archive_digest: bool = False,
         write_behind: bool = False,
     ) -> ExportResult:
-        """Export images as an OCI archive; see :func:`castar.engine.exporter.save`.
+        """Export images as an OCI archive; see :func:`castar.engine.save.exporter.save`.
 
-        The keywords are :class:`~castar.engine.exporter.SaveOptions`' fields, with
+        The keywords are :class:`~castar.engine.save.exporter.SaveOptions`' fields, with
         ``platforms`` given as specifiers or :class:`Platform` values.
         """
         options = exporter.SaveOptions.parse(
@@ -128,22 +128,12 @@ class Store:
         )
         return await exporter.save(self._root, names, sink, options, progress=progress)
 
-    async def plan_save(
-        self,
-        names: Sequence[str],
-        *,
-        platforms: Sequence[str | Platform] | None = None,
-        missing: str = "sparse",
-        docker_manifest: bool = True,
-    ) -> SavePlan:
+    async def plan_save(self, names: Sequence[str], options: SaveOptions | None = None) -> SavePlan:
         """What :meth:`save` would write, without writing (``castar save --dry-run``)."""
-        options = exporter.SaveOptions.parse(
-            platforms, missing=missing, docker_manifest=docker_manifest
-        )
-        return await exporter.plan_save(self._root, names, options)
+        return await exporter.plan_save(self._root, names, options or exporter.SaveOptions())
 
     async def save_many(self, jobs: Sequence[SaveJob]) -> list[ExportResult]:
-        """Run several exports concurrently; see :func:`castar.engine.exporter.save_many`."""
+        """Run several exports concurrently; see :func:`castar.engine.save.exporter.save_many`."""
         return await exporter.save_many(self._root, jobs)
 
     async def verify(

@@ -21,7 +21,7 @@ from typing import Any, Final, NoReturn
 import anyio
 import anyio.to_thread
 
-from castar import __version__
+from castar import SaveJob, SaveOptions, __version__
 from castar._api import Store, open_store
 from castar._demo import PLATFORMS as DEMO_PLATFORMS
 from castar._demo import run_demo
@@ -145,10 +145,10 @@ async def _cmd_load(store: Store, args: argparse.Namespace) -> int:
 
 
 async def _cmd_save(store: Store, args: argparse.Namespace) -> int:
-    # parsed here so a bad spec exits 4 before anything else is checked; parsed once
-    plats = platforms.parse_list(args.platform) if args.platform else None
+    # built first so a bad spec exits 4 before anything else is checked
+    options = SaveOptions.parse(args.platform, missing=args.missing, write_behind=args.write_behind)
     if args.dry_run:
-        plan = (await store.plan_save(args.images, platforms=plats, missing=args.missing)).to_json()
+        plan = (await store.plan_save(args.images, options)).to_json()
         if args.json:
             _dump(plan)
         else:
@@ -173,14 +173,7 @@ async def _cmd_save(store: Store, args: argparse.Namespace) -> int:
         sink = target if in_place else target.with_name(f".{target.name}.castar-{os.getpid()}")
     try:
         with open_progress("Saving", mode=_progress_mode(args)) as bar:
-            result = await store.save(
-                args.images,
-                sink,
-                platforms=plats,
-                missing=args.missing,
-                write_behind=args.write_behind,
-                progress=bar,
-            )
+            (result,) = await store.save_many([SaveJob(args.images, sink, options, bar)])
         if not in_place:
             await anyio.Path(sink).rename(target)
     finally:

@@ -1,4 +1,4 @@
-"""What byte sources (``_streams``) and sinks (``_sinks``) share: chunk size, names, files.
+"""What byte sources (``_streams``) and sinks (``save.sinks``) share: chunk size, names, files.
 
 ``FileEndpoint`` opens a path or fd once in a worker thread, mapping its open errors once
 (design rule errors-seam). anyio only; imports no store module but its errors.

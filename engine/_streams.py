@@ -1,7 +1,7 @@
 """Byte sources and sinks: paths, fds, stdin/stdout, anyio streams and async file objects.
 
 Owns ``Source``, its adapters and ``open_source``, with one worker-thread hop per >= 1 MiB
-of file I/O (design rule io-hops). Re-exports the sink side (``_sinks``) and ``CHUNK_SIZE``:
+of file I/O (design rule io-hops). Re-exports the sink side (``save.sinks``) and ``CHUNK_SIZE``:
 import them from here. anyio only; imports no store module but its errors.
 """
 
@@ -18,7 +18,7 @@ import anyio
 import anyio.abc
 
 from castar.engine._endpoints import CHUNK_SIZE, Endpoint, FileEndpoint, describe, file_target
-from castar.engine._sinks import Sink, SinkKind, open_sink
+from castar.engine.save.sinks import Sink, SinkKind, open_sink
 from castar.store.errors import InvalidArgument
 
 __all__ = ["CHUNK_SIZE", "Sink", "SinkKind", "Source", "open_sink", "open_source"]

@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from castar.engine.platforms import Platform
-    from castar.store.images import DescriptorLike, Image, ImageStore
-    from castar.store.roles import BlobReader
+    from castar.store.images import DescriptorLike, Image
+    from castar.store.roles import BlobReader, ImageRecords
     from castar.store.root import Root
 
 __all__ = [
@@ -404,7 +404,7 @@ def id_hex(ref: str) -> str | None:
     return hex_part
 
 
-async def find(records: ImageStore, ref: str) -> tuple[Image, bool]:
+async def find(records: ImageRecords, ref: str) -> tuple[Image, bool]:
     """The record ``ref`` names, and whether by name rather than by ID (SAVE-4, ``rm``).
 
     Tried as given, normalised, then as an image ID (:func:`id_hex`) prefixing targets.

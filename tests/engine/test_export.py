@@ -19,8 +19,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from castar.engine import exporter, oci
+from castar.engine import oci
 from castar.engine import platforms as plat
+from castar.engine.save import exporter
 from castar.store.digest import Digest, compute
 from castar.store.errors import (
     Conflict,

@@ -1,4 +1,4 @@
-"""The export lookup's walk (_export_lookup.fetch): what it reads, its nodes, its errors.
+"""The export lookup's walk (lookup.fetch): what it reads, its nodes, its errors.
 
 These tests check that records are looked up in one ``infos`` call per level and each
 document is read once, whatever the number of platforms or layers, that the nodes say
@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from castar.engine import _export_lookup, exporter, oci
+from castar.engine import oci
 from castar.engine import platforms as plat
+from castar.engine.save import exporter, lookup
 from castar.store.errors import DataLoss, DigestMismatch, SizeMismatch
 from castar.store.root import Root, open_root
 
@@ -98,11 +99,11 @@ async def test_fetch_reads_each_document_once_and_records_by_level(
 ) -> None:
     async with open_root(tmp_path / "store") as store:
         entries = await _image(store, platforms, layers=platforms * 3)
-        target = (await _export_lookup.resolve(store, NAME))[0]
+        target = (await lookup.resolve(store, NAME))[0]
         data = await store.content.read_all(entries[-1].digest, limit=1 << 20)
         config = oci.decode_manifest(data).config
         calls = _count_reads(store, monkeypatch)
-        nodes = await _export_lookup.fetch(store.content, [target.desc])
+        nodes = await lookup.fetch(store.content, [target.desc])
     assert all(n.present for n in nodes.values())
     nested = nodes[target.desc.digest].children[-1].digest
     documents = [target.desc.digest, *(e.digest for e in entries), nested]
@@ -120,8 +121,8 @@ async def test_fetch_gives_what_the_store_holds(
         entries = await _image(store, 4)
         gone = entries[1]
         await store.content.delete(gone.digest)  # EXP-7: a missing manifest stays a node
-        target = (await _export_lookup.resolve(store, NAME))[0]
-        nodes = await _export_lookup.fetch(store.content, [target.desc])
+        target = (await lookup.resolve(store, NAME))[0]
+        nodes = await lookup.fetch(store.content, [target.desc])
         index = await store.content.read_all(target.desc.digest, limit=1 << 20)
     assert not nodes[gone.digest].present
     assert nodes[gone.digest].children == ()

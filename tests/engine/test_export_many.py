@@ -17,15 +17,16 @@ import anyio.from_thread
 import anyio.to_thread
 import pytest
 
-from castar.engine import _export_write, exporter, oci
+from castar.engine import oci
 from castar.engine import platforms as plat
+from castar.engine.save import exporter, write
 from castar.store.errors import NotFound
 from castar.store.root import Root, open_root
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from castar.engine.exporter import SavePlan
+    from castar.engine.save.exporter import SavePlan
 
 NAME = "docker.io/library/many-saves:1"
 SPECS = ("linux/amd64", "linux/arm64/v8", "linux/s390x")
@@ -148,8 +149,8 @@ async def test_a_step_ends_only_before_more_blob_bytes_so_the_tail_costs_no_hop(
         await store.images.create("docker.io/library/one:1", target)
         whole = tmp_path / "whole.tar"
         await exporter.save(store, ["docker.io/library/one:1"], whole, exporter.SaveOptions())
-        monkeypatch.setattr(_export_write, "_HOP", 512 << 10)
-        monkeypatch.setattr(_export_write, "_CALL", 512 << 10)
+        monkeypatch.setattr(write, "_HOP", 512 << 10)
+        monkeypatch.setattr(write, "_CALL", 512 << 10)
         steps = _count_steps(monkeypatch)
         out = tmp_path / "stepped.tar"
         await exporter.save(store, ["docker.io/library/one:1"], out, exporter.SaveOptions())
@@ -183,7 +184,7 @@ async def test_a_long_zero_copy_hop_is_cancellable_between_copy_calls(
             "docker.io/library/big:1",
             await _manifest_of(store, oci.Descriptor(oci.OCI_LAYER, big.digest, big.size)),
         )
-        monkeypatch.setattr(_export_write, "_CALL", 64 << 10)  # 64 calls for the layer
+        monkeypatch.setattr(write, "_CALL", 64 << 10)  # 64 calls for the layer
         calls = [0]
         real = os.copy_file_range
         scope = anyio.CancelScope()

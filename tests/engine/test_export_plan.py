@@ -1,4 +1,4 @@
-"""Properties of the pure planner (_save_plan.Planner) over what the store holds.
+"""Properties of the pure planner (save.plan.Planner) over what the store holds.
 
 The store is fetched once; hypothesis then hides any subset of its blobs from the
 planner (no I/O per example) and checks the missing-content policies (EXP-7, SAVE-6):
@@ -20,10 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from castar.engine import _export_lookup, exporter, oci
+from castar.engine import oci
 from castar.engine import platforms as plat
-from castar.engine._export_plan import Node, Target
-from castar.engine._save_plan import Planner, SaveOptions
+from castar.engine.save import exporter, lookup
+from castar.engine.save.plan import MISSING_POLICIES, Node, Planner, SaveOptions, Target
 from castar.store.errors import NotFound, SizeMismatch
 from castar.store.root import Root, open_root
 
@@ -66,8 +66,8 @@ async def _snapshot(root: Path) -> tuple[list[Target], dict[str, Node]]:
         top = tuple(entries)
         index = await put(oci.encode_index(oci.Index(manifests=top)), oci.OCI_INDEX, top)
         await store.images.create(NAME, index)
-        targets = await _export_lookup.resolve(store, NAME)
-        nodes = await _export_lookup.fetch(store.content, [t.desc for t in targets])
+        targets = await lookup.resolve(store, NAME)
+        nodes = await lookup.fetch(store.content, [t.desc for t in targets])
         return targets, nodes
 
 
@@ -102,7 +102,7 @@ def _reach(desc: oci.Descriptor, docs: dict[str, bytes], nodes) -> set[str]:
 )
 @given(
     hidden=st.sets(st.integers(0, 30), max_size=6),
-    missing=st.sampled_from(exporter.MISSING_POLICIES),
+    missing=st.sampled_from(MISSING_POLICIES),
     platforms=st.sampled_from(
         [(), ("linux/amd64", "linux/s390x"), ("linux/arm64", "linux/riscv64")]
     ),
@@ -203,7 +203,7 @@ async def test_a_layer_of_another_size_than_stored_is_size_mismatch_before_any_b
     async with open_root(tmp_path / "store") as store:
         # layers 1 and 3 lie about their size; the depth-first walk reports layer 1 (EXP-7)
         await _many_layers(store, 4, sizes={1: 99, 3: 98})
-        bad = (await _export_lookup.resolve(store, MANY))[0]
+        bad = (await lookup.resolve(store, MANY))[0]
         manifest = oci.decode_manifest(await store.content.read_all(bad.desc.digest, limit=1 << 20))
         first = manifest.layers[1]
         out = tmp_path / "out.tar"
@@ -218,7 +218,7 @@ async def test_a_layer_of_another_size_than_stored_is_size_mismatch_before_any_b
 async def test_an_absent_layer_keeps_its_policies_with_batched_infos(tmp_path: Path) -> None:
     async with open_root(tmp_path / "store") as store:
         await _many_layers(store, 3)
-        manifest_digest = (await _export_lookup.resolve(store, MANY))[0].desc.digest
+        manifest_digest = (await lookup.resolve(store, MANY))[0].desc.digest
         data = await store.content.read_all(manifest_digest, limit=1 << 20)
         gone = oci.decode_manifest(data).layers[2].digest
         await store.content.delete(gone)

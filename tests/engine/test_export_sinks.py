@@ -20,8 +20,9 @@ import anyio
 import anyio.abc
 import pytest
 
-from castar.engine import _export_write, exporter, oci
+from castar.engine import oci
 from castar.engine import platforms as plat
+from castar.engine.save import exporter, write
 from castar.store.errors import NotFound
 from castar.store.root import Root, open_root
 
@@ -271,7 +272,7 @@ async def test_write_behind_starts_writeback_per_window_and_drops_only_older_win
 ) -> None:
     expected = await reference_bytes(store, tmp_path)
     window = 256 << 10  # the archive (~3.3 MB) spans a dozen windows
-    monkeypatch.setattr(_export_write, "_WINDOW", window)
+    monkeypatch.setattr(write, "_WINDOW", window)
     calls = _spy_fadvise(monkeypatch)
     path = tmp_path / "behind.tar"
     prefix = b"not castar's" * 100  # an fd given past its start: offsets follow the archive
@@ -306,7 +307,7 @@ async def test_write_behind_starts_writeback_per_window_and_drops_only_older_win
 async def test_without_write_behind_no_advice_is_given(
     store: Root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_export_write, "_WINDOW", 64 << 10)
+    monkeypatch.setattr(write, "_WINDOW", 64 << 10)
     calls = _spy_fadvise(monkeypatch)
     await exporter.save(store, [NAME], tmp_path / "plain.tar", exporter.SaveOptions())
     jobs = [
@@ -326,7 +327,7 @@ async def test_write_behind_refused_by_the_file_system_is_given_up_quietly(
     store: Root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     expected = await reference_bytes(store, tmp_path)
-    monkeypatch.setattr(_export_write, "_WINDOW", 64 << 10)
+    monkeypatch.setattr(write, "_WINDOW", 64 << 10)
     refused: list[int] = []
 
     def refuse(fd: int, offset: int, length: int, advice: int) -> None:

@@ -10,10 +10,11 @@ import anyio
 import pytest
 
 from castar._render import format_size, render_tree
-from castar.engine import exporter, oci
-from castar.engine._save_plan import SaveOptions
+from castar.engine import oci
 from castar.engine.images import ImageService
 from castar.engine.platforms import Platform
+from castar.engine.save import exporter
+from castar.engine.save.plan import SaveOptions
 from castar.store import Root, open_root
 from castar.store.digest import compute
 from castar.store.errors import Conflict, InvalidArgument, NotFound

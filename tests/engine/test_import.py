@@ -1016,7 +1016,7 @@ async def test_multi_image_archive_records_every_image(store, tmp_path, stream):
 
 
 async def test_load_save_load_round_trip(tmp_path):
-    from castar.engine import exporter
+    from castar.engine.save import exporter
 
     img = make_oci(["linux/amd64", "linux/arm64"], order="meta-last")
     async with open_root(tmp_path / "a") as a:

@@ -20,8 +20,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from castar.engine import exporter, oci
+from castar.engine import oci
 from castar.engine import platforms as plat
+from castar.engine.save import exporter
 from castar.store.root import Root, open_root
 
 pytestmark = pytest.mark.interop

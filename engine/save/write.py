@@ -1,7 +1,7 @@
 """Writing a save plan to a sink with the cheapest copy it allows (EXP-8).
 
 ``copy_file_range`` to files, ``splice`` to pipes, ``sendfile`` to sockets, 1 MiB chunks
-to async streams; headers coalesced; ``verify``, the archive digest, thread budgets.
+to async streams; the blob files come from the content role's ``path``.
 """
 
 from __future__ import annotations
@@ -9,9 +9,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import select
-import struct
-import termios
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -21,17 +18,18 @@ import anyio.from_thread
 import anyio.to_thread
 
 from castar.engine import tarcodec
+from castar.engine.save.sinks import wait_writable, write_all
 from castar.store import digest as digests
 from castar.store.errors import DataLoss, DigestMismatch, SizeMismatch
 
 if TYPE_CHECKING:
-    from collections.abc import Generator, Iterator, Mapping
+    from collections.abc import Generator, Iterator
 
-    from castar.engine._save_plan import Member, SaveOptions, SavePlan
     from castar.engine._streams import Sink
+    from castar.engine.save.plan import Member, SaveOptions, SavePlan
     from castar.store.digest import Buffer, Digest
     from castar.store.progress import ProgressCallback
-    from castar.store.root import Root
+    from castar.store.roles import BlobReader
 
 __all__ = ["Limiters", "store_limiters", "write"]
 
@@ -45,44 +43,11 @@ _WINDOW: Final = 64 << 20  # write-behind: writeback starts for every this many 
 _BREAK: Final = -1
 
 
-def _wait_writable(fd: int) -> None:
-    """Wait (in a worker thread) until ``fd`` takes bytes, cancellable every 100 ms."""
-    while not select.select([], [fd], [], 0.1)[1]:
-        anyio.from_thread.check_cancelled()
-
-
-def _pipe_room(fd: int) -> int | None:
-    """Bytes the pipe ``fd`` takes now without blocking (Linux), None when unknown."""
-    try:
-        size = fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
-        (queued,) = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))
-    except OSError:
-        return None
-    return max(0, size - int(queued))
-
-
-def _write_all(fd: int, data: Buffer, kind: str) -> None:
-    """Write all of ``data``; into a pipe never more than it takes, so waits stay cancellable."""
-    view = memoryview(data)
-    while view:
-        room = _pipe_room(fd) if kind == "pipe" else None
-        if room == 0:
-            _wait_writable(fd)
-            continue
-        try:
-            n = os.write(fd, view if room is None else view[:room])
-        except BlockingIOError:
-            _wait_writable(fd)
-            continue
-        view = view[n:]
-
-
 class _WriteBehind:
     """Keeps an archive's pages out of the page cache once the kernel has written them.
 
-    Every ``_WINDOW`` bytes, ``posix_fadvise(DONTNEED)`` starts the newest window's
-    writeback and drops the written pages of windows older than the one before. The
-    kernel never drops a dirty page, so nothing is lost. Worker threads only.
+    Every ``_WINDOW`` bytes, ``posix_fadvise(DONTNEED)`` starts the newest window's writeback
+    and drops windows older than the one before (never a dirty page). Worker threads only.
     """
 
     def __init__(self, fd: int, appending: bool) -> None:
@@ -122,20 +87,13 @@ class _Copier:
     sink's step reads about ``_CHUNK`` bytes and yields the chunks to send.
     """
 
-    def __init__(
-        self,
-        plan: SavePlan,
-        paths: Mapping[Digest, str],
-        fd: int | None,
-        kind: str,
-        options: SaveOptions,
-    ) -> None:
+    def __init__(self, plan: SavePlan, content: BlobReader, sink: Sink, opts: SaveOptions) -> None:
         self._plan = plan
-        self._paths = paths
-        self._fd = fd
-        self._kind = kind
-        self._verify = options.verify
-        self._archive = digests.hasher("sha256") if options.archive_digest else None
+        self._content = content
+        self._kind = kind = sink.kind
+        self._fd = fd = sink.fileno() if kind in ("file", "pipe", "socket") else None
+        self._opts = opts
+        self._archive = digests.hasher("sha256") if opts.archive_digest else None
         self._pending = bytearray()
         self._buffer: bytearray | None = None
         self._out: list[bytes] = []
@@ -146,10 +104,9 @@ class _Copier:
         self._appending = (
             kind == "file" and fd is not None and bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND)
         )
-        self.zero_copy = (
-            fd is not None and not self._verify and self._archive is None and not self._appending
+        self.zero_copy = fd is not None and not (
+            opts.verify or opts.archive_digest or self._appending
         )
-        self._write_behind = options.write_behind
         self._behind: _WriteBehind | None = None  # made in a worker thread (lseek)
 
     @property
@@ -160,13 +117,13 @@ class _Copier:
         """Queue bytes for the sink: small ones coalesced up to ``_CHUNK``."""
         if self._archive is not None:
             self._archive.update(data)
-        if len(data) >= _SMALL:
+        if len(data) < _SMALL:
+            self._pending += data
+            if len(self._pending) >= _CHUNK:
+                self._flush()
+        else:
             self._flush()
             self._put(data)
-            return
-        self._pending += data
-        if len(self._pending) >= _CHUNK:
-            self._flush()
 
     def _flush(self) -> None:
         if self._pending:  # _put writes it or copies it before the buffer is reused
@@ -175,7 +132,7 @@ class _Copier:
 
     def _put(self, data: Buffer) -> None:
         if self._fd is not None:
-            _write_all(self._fd, data, self._kind)
+            write_all(self._fd, data, self._kind)
         else:  # streams may keep what they are given
             self._out.append(data if isinstance(data, bytes) else bytes(data))
         self._moved(len(data))
@@ -186,11 +143,7 @@ class _Copier:
             self._behind.advance(self.written)
 
     def steps(self) -> Generator[list[bytes], None, None]:
-        """One step per budget of bytes, ended only before more blob bytes are copied.
-
-        A rest under a quarter budget joins the last step; ``done`` is set before the
-        last step, so the caller needs no further hop to learn the end.
-        """
+        """Steps of a budget of bytes, ended before blob bytes; ``done`` is set before the last."""
         budget = _HOP if self._fd is not None else _CHUNK
         tail = budget // 4  # what is left of the archive below this joins the current step
         moved = total = 0
@@ -208,7 +161,7 @@ class _Copier:
 
     def _pieces(self) -> Iterator[int]:
         """Emit the whole archive; yields the bytes moved after each piece."""
-        if self._kind == "file" and self._fd is not None and self._write_behind:
+        if self._kind == "file" and self._fd is not None and self._opts.write_behind:
             self._behind = _WriteBehind(self._fd, self._appending)
         for m in self._plan.members:
             self.item = m.name
@@ -232,9 +185,8 @@ class _Copier:
     def _blob(self, m: Member) -> Iterator[int]:
         """Copy one blob body; yields the bytes moved after each piece (EXP-8)."""
         assert m.digest is not None
-        path = self._paths[m.digest]
         try:
-            src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            src = os.open(self._content.path(m.digest), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:  # recorded (the plan checked) but gone from disk
             raise DataLoss(
                 f"failed to get reader: content {m.digest}: recorded but missing on disk"
@@ -242,11 +194,7 @@ class _Copier:
         try:
             actual = os.fstat(src).st_size
             if actual != m.size:
-                raise SizeMismatch(
-                    f"unexpected copy size for {m.name}: store file has {actual} bytes",
-                    expected=m.size,
-                    actual=actual,
-                )
+                raise _short(m, actual, f": store file has {actual} bytes")
             if self.zero_copy and m.size > _SMALL:
                 self._flush()
                 yield from self._splice(src, m)
@@ -258,7 +206,7 @@ class _Copier:
     def _buffered(self, src: int, m: Member, start: int = 0) -> Iterator[int]:
         """Body through user space: hashing, streams, fallbacks (EXP-8)."""
         assert m.digest is not None
-        h = digests.hasher(m.digest.algorithm) if self._verify else None
+        h = digests.hasher(m.digest.algorithm) if self._opts.verify else None
         buf = None
         if self._fd is not None:  # written before the next read: one buffer serves
             buf = self._buffer = self._buffer or bytearray(_CHUNK)
@@ -272,9 +220,7 @@ class _Copier:
             else:
                 data = os.read(src, want)  # streams may keep it: a fresh bytes object
             if not data:
-                raise SizeMismatch(
-                    f"unexpected copy size for {m.name}", expected=m.size, actual=m.size - left
-                )
+                raise _short(m, m.size - left)
             left -= len(data)
             if h is not None:
                 h.update(data)
@@ -301,11 +247,11 @@ class _Copier:
                     n = os.splice(src, dst, count, offset_src=offset, flags=_SPLICE_FLAGS)
                 else:  # a blocking socket blocks per call: keep calls to 1 MiB
                     if self._kind == "socket":
-                        _wait_writable(dst)
+                        wait_writable(dst)
                         count = min(count, _CHUNK)
                     n = os.sendfile(dst, src, offset, count)
             except BlockingIOError:
-                _wait_writable(dst)
+                wait_writable(dst)
                 continue
             except OSError as exc:
                 if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
@@ -317,12 +263,16 @@ class _Copier:
                 yield from self._buffered(src, m, offset)
                 return
             if n == 0:
-                raise SizeMismatch(
-                    f"unexpected copy size for {m.name}", expected=m.size, actual=offset
-                )
+                raise _short(m, offset)
             offset += n
             self._moved(n)
             yield n
+
+
+def _short(m: Member, actual: int, detail: str = "") -> SizeMismatch:
+    return SizeMismatch(
+        f"unexpected copy size for {m.name}{detail}", expected=m.size, actual=actual
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,42 +287,32 @@ class Limiters:
 _limiters: weakref.WeakKeyDictionary[object, Limiters] = weakref.WeakKeyDictionary()
 
 
-def store_limiters(store: Root) -> Limiters:
-    """The budgets every save from ``store`` shares (made on first use, dropped with it)."""
-    limiters = _limiters.get(store)
+def store_limiters(content: BlobReader) -> Limiters:
+    """The budgets every save from ``content`` shares (made on first use, dropped with it)."""
+    limiters = _limiters.get(content)
     if limiters is None:
-        limiters = Limiters(anyio.CapacityLimiter(1), anyio.CapacityLimiter(2))
-        _limiters[store] = limiters
+        limiters = _limiters[content] = Limiters(anyio.CapacityLimiter(1), anyio.CapacityLimiter(2))
     return limiters
 
 
 async def write(
     plan: SavePlan,
+    content: BlobReader,
     sink: Sink,
-    paths: Mapping[Digest, str],
     options: SaveOptions,
     limiters: Limiters,
     progress: ProgressCallback | None,
 ) -> tuple[int, Digest | None]:
-    """Write ``plan`` to the open ``sink``; the bytes written and, if asked, their sha256.
-
-    One hop per step of :class:`_Copier` under its limiter; ``progress`` after each.
-    """
-    fd = sink.fileno() if sink.kind in ("file", "pipe", "socket") else None
-    copier = _Copier(plan, paths, fd, sink.kind, options)
+    """Write ``plan`` to the open ``sink``, one hop per step; the bytes written, their sha256."""
+    copier = _Copier(plan, content, sink, options)
     limiter = limiters.copy if copier.zero_copy else limiters.hash
     steps = copier.steps()
     try:
-        while True:
-            chunks = await anyio.to_thread.run_sync(next, steps, None, limiter=limiter)
-            if chunks is None:
-                break
-            for chunk in chunks:
+        while not copier.done:  # set before the last step: the generator never runs out
+            for chunk in await anyio.to_thread.run_sync(next, steps, limiter=limiter):
                 await sink.send(chunk)
             if progress is not None:
                 progress(copier.written, plan.size, copier.item)
-            if copier.done:
-                break
     finally:
         if copier.done:  # parked at its last yield: closing runs no I/O
             steps.close()

@@ -1,22 +1,18 @@
-"""What planning a save reads from the store: names resolved, nodes fetched, lease coverage.
-
-SAVE-4 name resolution, the fetch of every node reachable from the targets (with
-config platforms and SAVE-1 referrers) and which read blobs the lease must hold (GC-4/5).
-"""
+"""What planning a save reads: names (SAVE-4), nodes, referrers, lease coverage (GC-4/5)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio.to_thread
 
 from castar.engine import graph, images, oci, reference
 from castar.engine import platforms as plat
-from castar.engine._export_plan import Node, Target
 from castar.engine.images import as_oci
+from castar.engine.save.plan import Node, Target
 from castar.store import digest as digests
 from castar.store.errors import FailedPrecondition, InvalidArgument, NotFound, SizeMismatch
 from castar.store.labels import REFERRER, is_content_ref
@@ -27,17 +23,24 @@ if TYPE_CHECKING:
 
     from castar.store.content import Info
     from castar.store.digest import Digest
-    from castar.store.roles import BlobReader
-    from castar.store.root import Root
+    from castar.store.roles import BlobReader, ImageRecords, Leases
 
-__all__ = ["fetch", "resolve", "unlinked"]
+__all__ = ["Roles", "fetch", "resolve", "unlinked"]
 
 
-async def resolve(store: Root, ref: str) -> list[Target]:
-    """The targets one reference names (SAVE-4): by name, or without names by digest/id.
+class Roles(Protocol):
+    """What a save uses of a root: blobs, image records and leases."""
 
-    A bare repository names every tagged image of it.
-    """
+    @property
+    def content(self) -> BlobReader: ...  # noqa: D102
+    @property
+    def images(self) -> ImageRecords: ...  # noqa: D102
+    @property
+    def leases(self) -> Leases: ...  # noqa: D102
+
+
+async def resolve(store: Roles, ref: str) -> list[Target]:
+    """The targets ``ref`` names (SAVE-4): by name (a repository: its tags), else by digest/id."""
     key = ref.lower() if images.id_hex(ref) is not None else ref
     if reference.is_digest_ref(key):
         return [await _by_digest(store, ref, digests.parse(reference.parse_any(key).digest))]
@@ -45,18 +48,15 @@ async def resolve(store: Root, ref: str) -> list[Target]:
         parsed = reference.parse_normalized(ref)
         if parsed.is_name_only:  # a bare repository: all its tags, by name
             repo = parsed.name + ":"
-            tagged = [
-                i
-                for i in await store.images.list()
-                if i.name.startswith(repo) and "@" not in i.name
-            ]
+            listed = await store.images.list()
+            tagged = [i for i in listed if i.name.startswith(repo) and "@" not in i.name]
             if tagged:
                 return [Target(ref, i.name, as_oci(i.target)) for i in tagged]
     image, named = await images.find(store.images, ref)
     return [Target(ref, image.name if named else None, as_oci(image.target))]
 
 
-async def _by_digest(store: Root, ref: str, digest: Digest) -> Target:
+async def _by_digest(store: Roles, ref: str, digest: Digest) -> Target:
     """An image's target by digest, else the stored blob (past EDGE-13's cap: octet-stream)."""
     for image in await store.images.list():
         if image.target.digest == digest:
@@ -86,12 +86,10 @@ def _document(data: bytes) -> tuple[dict[str, Any] | None, str]:
 
 
 class _Planning(graph.Reader):
-    """Export planning's reader: blob records in batches, SAVE-1 referrers.
+    """Planning's reader: records in batches, SAVE-1 referrers after a document's children.
 
-    A record is looked up with every blob reached since the last lookup, so an image
-    takes one ``infos`` call for its index, one for its manifests and one per manifest
-    (config and layers), never one per layer. A document lists its referrers after its
-    MT-4 children, so the walk follows them too.
+    A record is looked up with every blob reached since the last lookup: one ``infos`` call
+    per document, never one per layer.
     """
 
     def __init__(self, content: BlobReader) -> None:
@@ -123,9 +121,9 @@ class _Planning(graph.Reader):
 
     async def _load(self, desc: oci.Descriptor) -> bytes | None:
         info = await self.info(desc)
-        if info is None:
-            return None
-        return await graph.read_document(_Recorded(self.content, info), desc)
+        return (
+            None if info is None else await graph.read_document(_Recorded(self.content, info), desc)
+        )
 
     async def read(self, desc: oci.Descriptor) -> graph.Document | None:
         """The document, its referrers listed after its children (SAVE-1)."""
@@ -136,9 +134,7 @@ class _Planning(graph.Reader):
         if refs is None:
             info = self.infos[desc.digest]
             assert info is not None
-            refs = self.referrers[desc.digest] = await _referrers(
-                self.content, desc.digest, info.labels
-            )
+            refs = self.referrers[desc.digest] = await _referrers(self.content, info)
             self._reached += [d.digest for d in (*doc.children, *refs)]
         return replace(doc, children=(*doc.children, *refs))
 
@@ -175,8 +171,7 @@ def _read_file(path: Path, size: int) -> bytes | None:
 async def fetch(content: BlobReader, roots: Sequence[oci.Descriptor]) -> dict[str, Node]:
     """A node for every blob reachable from ``roots``, in one depth-first walk.
 
-    Faults (wrong size, corrupt documents) surface in walk order, before the first
-    byte of an archive (EXP-7, EXP-13); a missing blob is a node that is not present.
+    Faults surface in walk order, before an archive's first byte (EXP-7, EXP-13).
     """
     reader = _Planning(content)
     nodes: dict[str, Node] = {}
@@ -201,16 +196,12 @@ async def fetch(content: BlobReader, roots: Sequence[oci.Descriptor]) -> dict[st
     return nodes
 
 
-async def _referrers(
-    content: BlobReader, subject: str, labels: Mapping[str, str]
-) -> tuple[oci.Descriptor, ...]:
+async def _referrers(content: BlobReader, subject: Info) -> tuple[oci.Descriptor, ...]:
     """SAVE-1: the local referrers a node's labels name, with the subject annotation (EXP-7)."""
     out = []
-    for key in sorted(labels):
-        if not key.startswith(REFERRER):
-            continue
+    for key in sorted(k for k in subject.labels if k.startswith(REFERRER)):
         try:
-            digest = digests.parse(labels[key])
+            digest = digests.parse(subject.labels[key])
             data = await content.read_all(digest, limit=oci.MAX_DOCUMENT)
         except (NotFound, InvalidArgument):
             continue
@@ -221,13 +212,11 @@ async def _referrers(
         config = obj.get("config")
         if not isinstance(artifact, str) or not artifact:
             artifact = config.get("mediaType") if isinstance(config, dict) else ""
+        kind = artifact if isinstance(artifact, str) else ""
+        subject_of = {oci.ANNOTATION_MANIFEST_SUBJECT: subject.digest}
         out.append(
             oci.Descriptor(
-                media_type,
-                digest,
-                len(data),
-                annotations={oci.ANNOTATION_MANIFEST_SUBJECT: subject},
-                artifact_type=artifact if isinstance(artifact, str) else "",
+                media_type, digest, len(data), annotations=subject_of, artifact_type=kind
             )
         )
     return tuple(out)
@@ -245,11 +234,7 @@ async def _config_platform(reader: _Planning, config: oci.Descriptor) -> plat.Pl
 
 
 def unlinked(roots: Sequence[str], nodes: Mapping[str, Node], reads: Sequence[str]) -> list[str]:
-    """The blobs in ``reads`` the roots' reference labels do not reach (GC-4/5).
-
-    The lease holds the roots and GC marks what their labels reach: only these need
-    lease entries of their own.
-    """
+    """The blobs in ``reads`` the roots' labels do not reach: lease entries of their own."""
     covered: set[str] = set()
     stack = list(roots)
     while stack:

@@ -1,7 +1,6 @@
 """The exporter ("save"): images from the store to an OCI + Docker image archive.
 
-Owns the entry points, the lease a save runs under (SAVE-5, LEASE-6) and the sink's
-lifetime; plans before the first byte, then writes with ``_export_write``.
+Owns the entry points, the lease a save runs under (SAVE-5, LEASE-6) and the sink's lifetime.
 """
 
 from __future__ import annotations
@@ -15,44 +14,22 @@ from typing import TYPE_CHECKING, Any, Final, final
 import anyio
 
 from castar.engine import platforms as plat
-from castar.engine._export_lookup import fetch, resolve, unlinked
-from castar.engine._export_write import Limiters, store_limiters, write
-from castar.engine._save_plan import (
-    MISSING_POLICIES,
-    ImagePlan,
-    Member,
-    Planner,
-    PlatformPlan,
-    SaveOptions,
-    SavePlan,
-    Skipped,
-)
-from castar.engine._streams import open_sink
+from castar.engine.save.lookup import fetch, resolve, unlinked
+from castar.engine.save.plan import Planner, SaveOptions, SavePlan
+from castar.engine.save.sinks import open_sink
+from castar.engine.save.write import Limiters, store_limiters, write
 from castar.store.errors import InvalidArgument
 from castar.store.leases import current_lease
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from castar.engine._export_plan import Target
+    from castar.engine.save.lookup import Roles
+    from castar.engine.save.plan import ImagePlan, Skipped, Target
     from castar.store.digest import Digest
     from castar.store.progress import ProgressCallback
-    from castar.store.root import Root
 
-__all__ = [
-    "MISSING_POLICIES",
-    "ExportResult",
-    "ImagePlan",
-    "Member",
-    "PlatformPlan",
-    "SaveJob",
-    "SaveOptions",
-    "SavePlan",
-    "Skipped",
-    "plan_save",
-    "save",
-    "save_many",
-]
+__all__ = ["ExportResult", "SaveJob", "SaveOptions", "SavePlan", "plan_save", "save", "save_many"]
 
 #: save_many's plans in flight: the first job copies after one plan, not after all.
 _PLANS_AT_ONCE: Final = 2
@@ -94,7 +71,7 @@ class ExportResult:
 @final
 @dataclass(frozen=True, slots=True)
 class SaveJob:
-    """One export of :func:`save_many`; the fields are :func:`save`'s arguments."""
+    """One export of :func:`save_many`: :func:`save`'s arguments."""
 
     names: Sequence[str]
     sink: object
@@ -102,12 +79,11 @@ class SaveJob:
     progress: ProgressCallback | None = None
 
 
-async def plan_save(store: Root, names: Sequence[str], options: SaveOptions) -> SavePlan:
-    """What :func:`save` would write, checked against the store; writes nothing.
+async def plan_save(store: Roles, names: Sequence[str], options: SaveOptions) -> SavePlan:
+    """What :func:`save` would write, with every error it raises before its first byte.
 
-    Raises every error :func:`save` can raise before its first byte. Under the caller's
-    current lease, adds to it every blob the archive reads (SAVE-5). ``names`` are
-    image names, digests or image-id prefixes (SAVE-4).
+    ``names`` are image names, digests or image-id prefixes (SAVE-4); the caller's current
+    lease gets every blob the archive reads (SAVE-5).
 
     Raises:
         NotFound: an unknown name, no manifest for a platform, or missing content
@@ -139,7 +115,7 @@ async def plan_save(store: Root, names: Sequence[str], options: SaveOptions) -> 
 
 
 async def save(
-    store: Root,
+    store: Roles,
     names: Sequence[str],
     sink: object,
     options: SaveOptions,
@@ -148,33 +124,26 @@ async def save(
 ) -> ExportResult:
     """Export images as one OCI image archive (with Docker's ``manifest.json``).
 
-    Plans first (:func:`plan_save`) under a lease holding every blob it reads (SAVE-5;
-    the caller's current one, LEASE-6), so errors come before the sink is opened.
-    Fixed headers (TAR-1..3) and canonical JSON (DESC-2): same content, names and
-    options give the same bytes.
+    Plans first (:func:`plan_save`) under a lease holding every blob it reads (SAVE-5,
+    LEASE-6), so errors come before the sink is opened. Same content, names and options
+    give the same bytes (TAR-1..3, DESC-2). Platforms: SAVE-1..3, EDGE-1.
 
-    Platforms (SAVE-1..3): none → all, ``manifest.json`` at the host's preferred
-    *available* one (EDGE-1 fixed); one → that manifest, matched strictly, as the only
-    entry (SAVE-2); several → the index with only their subtrees. Attestations go
-    whenever platforms are given.
-
-    ``sink`` is a path, an fd, ``"-"`` (stdout), an anyio ``ByteSendStream`` or any
-    object with ``async write(b)``; ``progress(written, size, member)`` is called on
-    the event loop after each hop.
+    ``sink``: see :func:`~castar.engine.save.sinks.open_sink`; ``progress(written, size,
+    member)`` is called on the event loop after each hop.
 
     Raises:
         NotFound, Conflict, InvalidArgument: see :func:`plan_save`, before any byte.
-        DigestMismatch: with ``verify``, a stored blob does not hash to its digest.
-        SizeMismatch: a stored blob does not have its recorded size.
-        DataLoss: a recorded blob's file is missing from disk.
+        DigestMismatch, SizeMismatch, DataLoss: a stored blob is not what its record says.
     """
-    return await _save(store, SaveJob(names, sink, options, progress), store_limiters(store))
+    return await _save(
+        store, SaveJob(names, sink, options, progress), store_limiters(store.content)
+    )
 
 
 async def _save(
-    store: Root, job: SaveJob, limiters: Limiters, planning: anyio.CapacityLimiter | None = None
+    store: Roles, job: SaveJob, limiters: Limiters, planning: anyio.CapacityLimiter | None = None
 ) -> ExportResult:
-    """:func:`save` of ``job``; ``planning`` bounds how many plans run at once."""
+    """:func:`save` of ``job``; ``planning`` bounds the plans at once."""
     lease: AbstractAsyncContextManager[object] = (
         nullcontext()  # LEASE-6: the caller's lease holds what we read
         if current_lease() is not None
@@ -183,7 +152,6 @@ async def _save(
     async with lease:
         async with planning or nullcontext():
             plan = await plan_save(store, job.names, job.options)
-        paths = {d: str(store.content.path(d)) for d in plan.reads}
         sink = job.sink
         ours = None  # a regular file save() created from a path: removed if writing fails
         try:
@@ -193,7 +161,9 @@ async def _save(
             async with out:
                 if isinstance(sink, str | os.PathLike) and sink != "-" and out.kind == "file":
                     ours = anyio.Path(os.fspath(sink))
-                size, sha = await write(plan, out, paths, job.options, limiters, job.progress)
+                size, sha = await write(
+                    plan, store.content, out, job.options, limiters, job.progress
+                )
         except BaseException:
             if ours is not None:
                 with anyio.CancelScope(shield=True), suppress(OSError):
@@ -203,16 +173,15 @@ async def _save(
 
 
 async def save_many(
-    store: Root, jobs: Sequence[SaveJob], *, limit: int | None = None
+    store: Roles, jobs: Sequence[SaveJob], *, limit: int | None = None
 ) -> list[ExportResult]:
-    """Run several exports concurrently; the results in job order.
+    """Run several :func:`save` jobs concurrently; the results in job order.
 
-    Each job runs :func:`save` under its own lease (or the caller's current one,
-    LEASE-6). Blob work shares the store's budgets, or one ``CapacityLimiter(limit)``.
-    The first failure cancels the others and is raised (never as an ExceptionGroup).
+    Blob work shares the store's budgets, or one ``CapacityLimiter(limit)``. The first
+    failure cancels the others and is raised (never as an ExceptionGroup).
     """
     one = anyio.CapacityLimiter(limit) if limit else None  # both kinds of hop take it
-    limiters = Limiters(one, one) if one is not None else store_limiters(store)
+    limiters = Limiters(one, one) if one is not None else store_limiters(store.content)
     planning = anyio.CapacityLimiter(_PLANS_AT_ONCE)
     results: list[ExportResult | None] = [None] * len(jobs)
     failure: list[BaseException] = []

@@ -1,15 +1,14 @@
-"""The save plan (what an archive holds, JSON for ``--dry-run --json``) and its planner.
+"""The save plan (what an archive holds, ``--dry-run --json``) and its planner; pure, no I/O.
 
-``Planner`` walks each target (EXP-7 skip-missing, referrers, EXP-9), selects platforms
-(SAVE-1..3, MATCH-7 for ``manifest.json``), applies the missing policy and lays out the
-``index.json``/``manifest.json`` entries (EXP-3/4/10) and members. Pure: no anyio, no I/O.
+``Planner`` walks the fetched nodes (EXP-7, EXP-9), selects platforms (SAVE-1..3, MATCH-7)
+and lays out the ``index.json``/``manifest.json`` entries (EXP-3/4/10) and members.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields, is_dataclass, replace
-from typing import TYPE_CHECKING, Any, Final, final
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import TYPE_CHECKING, Any, Final, Self, final
 
 from castar.engine import oci, reference, tarcodec
 from castar.engine import platforms as plat
@@ -21,25 +20,50 @@ if TYPE_CHECKING:
 
     from _typeshed import DataclassInstance
 
-    from castar.engine._export_plan import Node, Target
     from castar.store.digest import Digest
 
 __all__ = [
     "MISSING_POLICIES",
     "ImagePlan",
     "Member",
+    "Node",
     "Planner",
     "PlatformPlan",
     "SaveOptions",
     "SavePlan",
     "Skipped",
+    "Target",
 ]
 
 MISSING_POLICIES: Final = ("sparse", "prune", "fail")
-NAME_ANNOTATION: Final = oci.ANNOTATION_IMAGE_NAME
-REF_NAME_ANNOTATION: Final = oci.ANNOTATION_REF_NAME
 _SOURCE_LABEL: Final = "containerd.io/distribution.source"
 _OCI_LAYOUT: Final = b'{"imageLayoutVersion":"1.0.0"}'
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """What the store holds for one digest: enough to plan without further I/O."""
+
+    present: bool
+    labels: Mapping[str, str] = field(default_factory=dict)
+    children: tuple[oci.Descriptor, ...] = ()
+    document: bytes | None = None  # indexes only: the raw bytes, for pruning
+    platform: plat.Platform | None = None  # manifests only: from the config
+    referrers: tuple[oci.Descriptor, ...] = ()  # SAVE-1: present referrers, subject-annotated
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One image named for saving."""
+
+    reference: str  # as given by the caller
+    name: str | None  # full name for the annotations; None → exported without names
+    desc: oci.Descriptor
+
+    @property
+    def who(self) -> str:
+        """What messages call it: the name, else the caller's reference."""
+        return self.name or self.reference
 
 
 @final
@@ -47,60 +71,43 @@ _OCI_LAYOUT: Final = b'{"imageLayoutVersion":"1.0.0"}'
 class SaveOptions:
     """How to save: what the archive selects and how it is written.
 
-    Attributes:
-        platforms: the platforms to export; empty means all (SAVE-1..3).
-        missing: ``sparse`` keeps the original index and leaves out what the store
-            lacks (EXP-7); ``prune`` writes a new index of only the complete platforms;
-            ``fail`` raises NotFound naming the incomplete platform.
-        docker_manifest: whether to write ``manifest.json`` (EXP-10).
-        verify: re-hash every blob while copying (no zero-copy).
-        archive_digest: hash the archive into ``ExportResult.sha256`` (no zero-copy).
-        write_behind: keep a regular file's written pages out of the page cache
-            (same bytes, disk-rate save, hence opt-in).
+    ``missing``: ``sparse`` leaves out what the store lacks (EXP-7), ``prune`` writes a new
+    index of the complete platforms, ``fail`` raises NotFound. ``verify`` and
+    ``archive_digest`` hash while copying (no zero-copy); ``write_behind`` keeps a file's
+    written pages out of the page cache (same bytes, disk-rate save, hence opt-in).
     """
 
-    platforms: tuple[plat.Platform, ...] = ()
+    platforms: tuple[plat.Platform, ...] = ()  # empty: all (SAVE-1..3)
     missing: str = "sparse"
-    docker_manifest: bool = True
+    docker_manifest: bool = True  # EXP-10
     verify: bool = False
-    archive_digest: bool = False
+    archive_digest: bool = False  # into ExportResult.sha256
     write_behind: bool = False
 
     def __post_init__(self) -> None:
-        _check_missing(self.missing)
+        if self.missing not in MISSING_POLICIES:
+            raise InvalidArgument(
+                f"missing={self.missing!r}: must be one of {', '.join(MISSING_POLICIES)}"
+            )
 
     @classmethod
-    def parse(
-        cls,
-        platforms: Iterable[str | plat.Platform] | None = None,
-        *,
-        missing: str = "sparse",
-        docker_manifest: bool = True,
-        verify: bool = False,
-        archive_digest: bool = False,
-        write_behind: bool = False,
-    ) -> SaveOptions:
-        """Options from user input: specifiers (comma lists, no duplicates) or Platforms."""
-        _check_missing(missing)
-        specs = list(platforms or ())
-        values = [p for p in specs if isinstance(p, plat.Platform)]
-        if len(values) != len(specs):  # a Platform among specifiers takes its spec form
-            values = plat.parse_list(p if isinstance(p, str) else plat.format_all(p) for p in specs)
-        return cls(tuple(values), missing, docker_manifest, verify, archive_digest, write_behind)
-
-
-def _check_missing(missing: str) -> None:
-    if missing not in MISSING_POLICIES:
-        raise InvalidArgument(f"missing={missing!r}: must be one of {', '.join(MISSING_POLICIES)}")
+    def parse(cls, platforms: Iterable[str | plat.Platform] | None = None, **fields: Any) -> Self:  # noqa: ANN401
+        """Options with ``platforms`` as specifiers (comma lists, no duplicates) or Platforms."""
+        values: list[plat.Platform] = []
+        seen: set[plat.Platform] = set()
+        for p in platforms or ():
+            for value in [p] if isinstance(p, plat.Platform) else plat.parse_list([p]):
+                if (key := plat.normalize(value)) in seen:
+                    raise InvalidArgument(f"duplicate platform {plat.format_all(value)!r}")
+                seen.add(key)
+                values.append(value)
+        return cls(tuple(values), **fields)
 
 
 @final
 @dataclass(frozen=True, slots=True)
 class Member:
-    """One tar member in writing order: its header (TAR-1..3) and body.
-
-    A blob has ``digest``; a generated member (metadata, a pruned index) has ``data``.
-    """
+    """One tar member in writing order (TAR-1..3): a blob has ``digest``, generated ``data``."""
 
     name: str
     size: int
@@ -108,21 +115,14 @@ class Member:
     digest: Digest | None = None
     data: bytes | None = None
 
-    @property
-    def length(self) -> int:
-        """Header, body and padding bytes."""
-        return len(self.header) + self.size + (-self.size % tarcodec.BLOCKSIZE)
-
 
 @final
 @dataclass(frozen=True, slots=True)
 class PlatformPlan:
     """One platform manifest (or nested index) of an image.
 
-    ``platform`` is ``format_all`` of the descriptor's (else config's) platform or
-    ``unknown``; ``state`` is ``complete``, ``partial`` (written without its missing
-    children, EXP-7) or ``missing``; ``attestation`` per MT-5; ``absent`` lists the
-    subtree's digests the store lacks.
+    ``platform`` is the descriptor's (else config's) platform or ``unknown``; ``state`` is
+    ``complete``, ``partial`` (EXP-7) or ``missing``; ``attestation`` per MT-5.
     """
 
     platform: str
@@ -146,11 +146,9 @@ class Skipped:
 @final
 @dataclass(frozen=True, slots=True)
 class ImagePlan:
-    """One ``index.json`` entry of the archive.
+    """One ``index.json`` entry: the target, one manifest (SAVE-2) or a pruned index.
 
-    ``name`` is what the name annotations carry (EXP-3), None by digest or id (SAVE-4);
-    the entry is the image target, the one platform manifest (SAVE-2) or a pruned index
-    replacing ``original``; ``not_found`` lists requested platforms no manifest matches.
+    ``name`` is what the name annotations carry (EXP-3), None by digest or id (SAVE-4).
     """
 
     reference: str
@@ -163,19 +161,13 @@ class ImagePlan:
     not_found: tuple[str, ...] = ()
     docker_manifest: Digest | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready summary."""
-        return _json(self)
-
 
 @final
 @dataclass(frozen=True, slots=True)
 class SavePlan:
-    """Everything :func:`save` will write, checked against the store.
+    """Everything :func:`save` will write: ``members`` in order, ``size`` with the end marker.
 
-    ``members`` are in writing order (metadata, then directories and blobs by name);
-    ``size`` counts the end-of-archive marker; ``warnings`` include images left out
-    (EDGE-6).
+    ``warnings`` include images left out (EDGE-6).
     """
 
     images: tuple[ImagePlan, ...]
@@ -244,12 +236,8 @@ class Planner:
         self._docker: dict[str, tuple[str, list[str], list[str]]] = {}  # m → cfg, layers, tags
         self._warnings: list[str] = []
 
-    # walking
-
     def _platform_of(self, desc: oci.Descriptor) -> plat.Platform | None:
-        if desc.platform is not None:
-            return desc.platform
-        return self._nodes[desc.digest].platform
+        return desc.platform if desc.platform is not None else self._nodes[desc.digest].platform
 
     def _absent(self, desc: oci.Descriptor) -> list[Digest]:
         """Digests of ``desc``'s subtree the store lacks (SAVE-6), foreign layers aside (SAVE-1)."""
@@ -294,8 +282,6 @@ class Planner:
         name = plat.format_all(p) if p is not None else "unknown"
         return PlatformPlan(name, desc.digest, state, oci.is_attestation(desc), tuple(absent))
 
-    # targets
-
     def add(self, target: Target) -> ImagePlan | None:
         """Plan one top-level entry; None when it is left out (EDGE-6)."""
         desc = target.desc
@@ -304,8 +290,13 @@ class Planner:
                 f"export {desc.digest} ({desc.media_type}): only manifests may be exported"
             )
         node = self._nodes[desc.digest]
-        if len(self._opts.platforms) == 1:
-            return self._add_single(target, self._single_target(target))
+        if len(self._opts.platforms) == 1:  # SAVE-2
+            one = self._single_target(target)
+            self._emit(one)
+            entry = self._entry(target, one, desc.digest)
+            return self._image(
+                target, entry, [self._platform_plan(one)], self._register(one, target.name)
+            )
         if not node.present:
             if self._opts.missing == "fail":
                 raise NotFound(f"{target.who}: content digest {desc.digest}")
@@ -347,15 +338,6 @@ class Planner:
                 f"multiple manifests found for platform {plat.format_all(want)}"
             )
         return found[0]
-
-    def _add_single(self, target: Target, desc: oci.Descriptor) -> ImagePlan:
-        self._emit(desc)
-        return self._image(
-            target,
-            self._entry(target, desc, target.desc.digest),
-            [self._platform_plan(desc)],
-            self._register(desc, target.name),
-        )
 
     def _add_manifest(self, target: Target) -> ImagePlan:
         desc = target.desc
@@ -440,27 +422,16 @@ class Planner:
     ) -> ImagePlan:
         """Add ``entry`` to ``index.json`` and describe it."""
         self._entries.append(entry)
-        return ImagePlan(
-            reference=target.reference,
-            name=target.name,
-            media_type=entry.media_type,
-            digest=entry.digest,
-            size=entry.size,
-            original=original,
-            platforms=tuple(platforms),
-            not_found=not_found,
-            docker_manifest=docker,
-        )
+        head = (target.reference, target.name, entry.media_type, entry.digest, entry.size)
+        return ImagePlan(*head, original, tuple(platforms), not_found, docker)
 
     def _check_complete(self, target: Target, plans: Sequence[PlatformPlan]) -> None:
-        if self._opts.missing != "fail":
-            return
-        for pp in plans:
-            if pp.state != "complete":
-                raise NotFound(
-                    f"{target.who}: platform {pp.platform} "
-                    f"({pp.digest}) is not complete locally: content digest {pp.absent[0]}"
-                )
+        bad = [pp for pp in plans if pp.state != "complete"]
+        if self._opts.missing == "fail" and bad:
+            raise NotFound(
+                f"{target.who}: platform {bad[0].platform} ({bad[0].digest}) "
+                f"is not complete locally: content digest {bad[0].absent[0]}"
+            )
 
     def _prunable(
         self, walked: list[tuple[int, oci.Descriptor, PlatformPlan]]
@@ -524,20 +495,15 @@ class Planner:
 
     def _entry(self, target: Target, desc: oci.Descriptor, labelled: str) -> oci.Descriptor:
         """The index.json descriptor: EXP-3 names (or none, SAVE-4) + EXP-4 sources."""
-        annotations = {
-            k: v
-            for k, v in desc.annotations.items()
-            if k not in (NAME_ANNOTATION, REF_NAME_ANNOTATION)
-        }
+        names = (oci.ANNOTATION_IMAGE_NAME, oci.ANNOTATION_REF_NAME)
+        annotations = {k: v for k, v in desc.annotations.items() if k not in names}
         node = self._nodes.get(labelled)
         labels = node.labels if node is not None else {}
         annotations.update((k, v) for k, v in labels.items() if k.startswith(_SOURCE_LABEL))
         if target.name is not None:
-            annotations[NAME_ANNOTATION] = target.name
-            annotations[REF_NAME_ANNOTATION] = reference.ref_name_annotation(target.name)
+            annotations[oci.ANNOTATION_IMAGE_NAME] = target.name
+            annotations[oci.ANNOTATION_REF_NAME] = reference.ref_name_annotation(target.name)
         return replace(desc, annotations=annotations, data=None)
-
-    # output
 
     def finish(self, images: list[ImagePlan]) -> SavePlan:
         """Lay out the members: metadata first, then directories and blobs by name."""
@@ -560,19 +526,15 @@ class Planner:
         for d, size in [*self._blobs.items(), *((d, len(b)) for d, b in self._generated.items())]:
             dg = digests.parse(d)
             name = digests.blob_path(dg)
-            blobs[name] = Member(
-                name,
-                size,
-                tarcodec.encode_header(name, size, mode=0o444),
-                digest=dg,
-                data=self._generated.get(d),
-            )
+            header = tarcodec.encode_header(name, size, mode=0o444)
+            blobs[name] = Member(name, size, header, dg, self._generated.get(d))
             for folder in ("blobs/", f"blobs/{dg.algorithm}/"):
                 if folder not in blobs:  # one header each, not one per blob
                     header = tarcodec.encode_header(folder, 0, mode=0o755, type=tarcodec.DIRTYPE)
                     blobs[folder] = Member(folder, 0, header)
         members.extend(blobs[k] for k in sorted(blobs, key=lambda n: n.encode()))
-        size = sum(m.length for m in members) + len(tarcodec.END_OF_ARCHIVE)
+        size = sum(len(m.header) + m.size + -m.size % tarcodec.BLOCKSIZE for m in members)
+        size += len(tarcodec.END_OF_ARCHIVE)
         return SavePlan(tuple(images), tuple(members), size, tuple(self._warnings))
 
 
@@ -583,7 +545,7 @@ def _foreign(desc: oci.Descriptor) -> bool:
 def _dedup(entries: list[oci.Descriptor]) -> list[oci.Descriptor]:
     seen: dict[tuple[str, str | None], oci.Descriptor] = {}
     for e in entries:
-        seen.setdefault((str(e.digest), e.annotations.get(NAME_ANNOTATION)), e)
+        seen.setdefault((str(e.digest), e.annotations.get(oci.ANNOTATION_IMAGE_NAME)), e)
     return list(seen.values())
 
 

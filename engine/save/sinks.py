@@ -1,20 +1,22 @@
-"""Byte sinks: where archives are written (paths, fds, stdout, anyio streams, async writers).
+"""Byte sinks: paths, fds, stdout, anyio streams, async writers (design rule io-coalesce).
 
-Owns ``Sink`` (``send`` coalesces small writes to >= 1 MiB worker-thread hops, design rule
-io-coalesce), its adapters and ``open_sink``; ``_streams`` re-exports them. anyio only; must not
-import the store (but its errors) or other engine modules than ``_endpoints``.
+anyio only; imports of the store's errors and ``_endpoints`` only; ``_streams`` re-exports it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import inspect
 import os
 import select
 import stat
+import struct
+import termios
 from typing import TYPE_CHECKING, Final, Literal, final
 
 import anyio
 import anyio.abc
+import anyio.from_thread
 
 from castar.engine._endpoints import CHUNK_SIZE, Endpoint, FileEndpoint, describe, file_target
 from castar.store.errors import InvalidArgument
@@ -22,21 +24,54 @@ from castar.store.errors import InvalidArgument
 if TYPE_CHECKING:
     from castar.store.digest import Buffer
 
-__all__ = ["Sink", "SinkKind", "open_sink"]
+__all__ = ["Sink", "SinkKind", "open_sink", "wait_writable", "write_all"]
 
-# Sends at least this large skip the coalescing buffer.
-_DIRECT: Final = 64 << 10
+_DIRECT: Final = 64 << 10  # sends at least this large skip the coalescing buffer
 
 SinkKind = Literal["file", "pipe", "socket", "stream"]
+_KINDS: Final[dict[int, SinkKind]] = {
+    stat.S_IFREG: "file",
+    stat.S_IFIFO: "pipe",
+    stat.S_IFSOCK: "socket",
+}
+
+
+def wait_writable(fd: int) -> None:
+    """Wait (in a worker thread) until ``fd`` takes bytes, cancellable every 100 ms."""
+    while not select.select([], [fd], [], 0.1)[1]:
+        anyio.from_thread.check_cancelled()
+
+
+def _pipe_room(fd: int) -> int | None:
+    """Bytes the pipe ``fd`` takes now without blocking (Linux), None when unknown."""
+    try:
+        size = fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+        (queued,) = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))
+    except OSError:
+        return None
+    return max(0, size - int(queued))
+
+
+def write_all(fd: int, data: Buffer, kind: str) -> None:
+    """Write all of ``data``; into a pipe never more than it takes, so waits stay cancellable."""
+    view = memoryview(data)
+    while view:
+        room = _pipe_room(fd) if kind == "pipe" else None
+        if room == 0:
+            wait_writable(fd)
+            continue
+        try:
+            n = os.write(fd, view if room is None else view[:room])
+        except BlockingIOError:
+            wait_writable(fd)
+            continue
+        view = view[n:]
 
 
 class Sink(Endpoint):
     """Where archive bytes go; ``send`` coalesces small writes up to 1 MiB.
 
-    Use as ``async with open_sink(obj) as sink:``. Whoever writes to ``fileno()``
-    directly (``copy_file_range``/``splice``) must ``await flush()`` first so
-    buffered bytes land before theirs. ``aclose`` flushes, then closes only what
-    ``open_sink`` opened itself (paths).
+    Whoever writes to ``fileno()`` directly must ``await flush()`` first.
     """
 
     #: "file" (regular file), "pipe", "socket", or "stream" (anything else: send() only).
@@ -59,11 +94,8 @@ class Sink(Endpoint):
             if len(self._buf) >= CHUNK_SIZE:
                 await self.flush()
             return
-        if self._buf:
-            head, self._buf = self._buf, bytearray()
-            await self._write(head, data)
-            return
-        await self._write(data)
+        head, self._buf = self._buf, bytearray()
+        await (self._write(head, data) if head else self._write(data))
 
     async def flush(self) -> None:
         """Write out whatever ``send`` has buffered."""
@@ -95,13 +127,13 @@ class _FileSink(FileEndpoint, Sink):
         FileEndpoint.__init__(self, target, name)
         self._fd: int | None = None
 
-    def fileno(self) -> int | None:
-        if self._fd is None:
-            raise self._not_open()
-        return self._fd
-
     def _is_open(self) -> bool:
         return self._fd is not None
+
+    def fileno(self) -> int | None:
+        if not self._is_open():
+            raise self._not_open()
+        return self._fd
 
     def _open_sync(self) -> None:
         target = self._target
@@ -110,15 +142,7 @@ class _FileSink(FileEndpoint, Sink):
         else:
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
             fd = os.open(target, flags, 0o666)
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISREG(mode):
-            self.kind = "file"
-        elif stat.S_ISFIFO(mode):
-            self.kind = "pipe"
-        elif stat.S_ISSOCK(mode):
-            self.kind = "socket"
-        else:
-            self.kind = "stream"
+        self.kind = _KINDS.get(stat.S_IFMT(os.fstat(fd).st_mode), "stream")
         self._fd = fd
 
     async def _write(self, *parts: Buffer) -> None:
@@ -126,17 +150,9 @@ class _FileSink(FileEndpoint, Sink):
         await anyio.to_thread.run_sync(self._write_sync, parts)
 
     def _write_sync(self, parts: tuple[Buffer, ...]) -> None:
-        fd = self.fileno()
-        assert fd is not None
+        assert self._fd is not None
         for data in parts:
-            view = memoryview(data)
-            while view:
-                try:
-                    n = os.write(fd, view)
-                except BlockingIOError:
-                    select.select([], [fd], [])
-                    continue
-                view = view[n:]
+            write_all(self._fd, data, self.kind)
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
@@ -165,15 +181,10 @@ class _StreamSink(Sink):
 
 
 def open_sink(obj: object) -> Sink:
-    """Adapt ``obj`` to a ``Sink`` (no I/O: paths are created on entering or first send).
+    """Adapt ``obj`` to a ``Sink``; no I/O until it is entered.
 
-    Args:
-        obj: a path (created or truncated), ``"-"`` for stdout, an int fd, an anyio
-            ``ByteSendStream`` (anything with ``async send``), or an object with
-            ``async write(b)``.
-
-    Raises:
-        InvalidArgument: ``obj`` is none of these.
+    ``obj``: a path (created or truncated), ``"-"`` (stdout), an fd, an object with ``async
+    send`` (an anyio ``ByteSendStream``) or ``async write(b)``; else InvalidArgument.
     """
     if isinstance(obj, Sink):
         return obj
