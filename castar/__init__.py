@@ -25,8 +25,8 @@ if typing.TYPE_CHECKING:
     from castar.engine.images import ImageTree as ImageTree
     from castar.engine.images import ManifestRow as ManifestRow
     from castar.engine.images import Removal as Removal
+    from castar.engine.oci import Descriptor as Descriptor
     from castar.engine.platforms import Platform as Platform
-    from castar.store.content import Descriptor as Descriptor
     from castar.store.content import Info as Info
     from castar.store.errors import AlreadyExists as AlreadyExists
     from castar.store.errors import CastarError as CastarError
@@ -56,9 +56,10 @@ if not typing.TYPE_CHECKING:  # each name's module loads on first use (PEP 562)
             "castar._api": "Store open_store",
             "castar.engine.exporter": "ExportResult SaveJob SaveOptions SavePlan",
             "castar.engine.images": "ImageDetails ImageService ImageTree ManifestRow Removal",
+            "castar.engine.oci": "Descriptor",
             "castar.engine.platforms": "Platform",
             "castar.store.root": "default_root",
-            "castar.store.content": "Descriptor Info",
+            "castar.store.content": "Info",
             "castar.store.errors": "AlreadyExists CastarError Conflict DataLoss DigestMismatch"
             " FailedPrecondition InvalidArgument MalformedArchive MalformedManifest NotFound"
             " NotImplementedKind SizeMismatch Unavailable UnsupportedMediaType",
