@@ -51,7 +51,7 @@ class Store:
         self._root = root
         self.root: Path = root.root
         self.content: ContentStore = root.content
-        self.images: ImageService = ImageService(root)
+        self.images: ImageService = ImageService(root.images, root.content)
         self.leases: LeaseManager = root.leases
 
     def lease(

@@ -22,9 +22,8 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from castar.engine.platforms import Platform
-    from castar.store.images import DescriptorLike, Image, ImageStore
-    from castar.store.roles import BlobReader
-    from castar.store.root import Root
+    from castar.store.images import DescriptorLike, Image
+    from castar.store.roles import BlobReader, ImageRecords
 
 __all__ = [
     "ImageDetails",
@@ -189,9 +188,9 @@ class ImageService:
     (``alpine``), target-digest or unique image-ID-prefix names.
     """
 
-    def __init__(self, store: Root) -> None:
-        self._records = store.images
-        self._content: BlobReader = store.content
+    def __init__(self, records: ImageRecords, content: BlobReader) -> None:
+        self._records = records
+        self._content = content
 
     async def create(
         self, name: str, target: DescriptorLike, *, labels: Mapping[str, str] | None = None
@@ -404,7 +403,7 @@ def id_hex(ref: str) -> str | None:
     return hex_part
 
 
-async def find(records: ImageStore, ref: str) -> tuple[Image, bool]:
+async def find(records: ImageRecords, ref: str) -> tuple[Image, bool]:
     """The record ``ref`` names, and whether by name rather than by ID (SAVE-4, ``rm``).
 
     Tried as given, normalised, then as an image ID (:func:`id_hex`) prefixing targets.
