@@ -18,7 +18,7 @@ from castar.store.errors import Conflict, FailedPrecondition, InvalidArgument, N
 
 if TYPE_CHECKING:
     import builtins
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Iterable, Sequence
     from datetime import datetime
 
     from castar.engine.platforms import Platform
@@ -191,16 +191,11 @@ class ImageService:
     def __init__(self, records: ImageRecords, content: BlobReader) -> None:
         self._records = records
         self._content = content
-
-    async def create(
-        self, name: str, target: DescriptorLike, *, labels: Mapping[str, str] | None = None
-    ) -> Image:
-        """Create a record (IMG-1/2); AlreadyExists when the name is taken."""
-        return await self._records.create(name, target, labels=labels)
-
-    async def get(self, name: str) -> Image:
-        """The record with exactly this name; NotFound otherwise."""
-        return await self._records.get(name)
+        # Plain record access is the records' own (IMG-1..4).
+        self.create = records.create
+        self.get = records.get
+        self.update = records.update
+        self.delete = records.delete
 
     async def list(self, filters: Sequence[str] = ()) -> builtins.list[Image]:
         """Records in name order (IMG-5) passing every filter.
@@ -213,20 +208,6 @@ class ImageService:
         """
         wanted = _parse_filters(filters)
         return [img for img in await self._records.list() if _passes(img, wanted)]
-
-    async def update(
-        self,
-        name: str,
-        *,
-        target: DescriptorLike | None = None,
-        labels: Mapping[str, str] | None = None,
-    ) -> Image:
-        """Re-target or relabel a record (IMG-3)."""
-        return await self._records.update(name, target=target, labels=labels)
-
-    async def delete(self, name: str, *, target: str | None = None) -> None:
-        """Delete a record (IMG-4); content goes at the next GC if nothing else keeps it."""
-        await self._records.delete(name, target=target)
 
     async def resolve(self, ref: str) -> Image:
         """The record ``ref`` names, as :func:`find`."""
