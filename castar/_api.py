@@ -1,9 +1,4 @@
-"""The public facade: :func:`open_store` and the :class:`Store` users hold.
-
-Wires castar.store (content, records, leases, GC, verify) and castar.engine (images
-service, load, save) into one object, with no behaviour of its own. Only ``castar/__init__``
-and the CLI import it.
-"""
+"""The facade: :func:`open_store` and :class:`Store` wire the store and the engine together."""
 
 from __future__ import annotations
 
@@ -35,16 +30,9 @@ __all__ = ["Store", "open_store"]
 
 @final
 class Store:
-    """An open castar store: content, image records, leases, GC, load and save.
+    """An open store: ``root`` (its directory), ``content``, ``images``, ``leases``, load, save.
 
     Get one from :func:`open_store`. Every coroutine runs on asyncio and trio.
-
-    Attributes:
-        root: the store's directory.
-        content: the content store (blobs by digest, labels, ingests).
-        images: the images service: records plus ``tree()``, ``inspect()``, ``tag()``
-            and ``remove()``.
-        leases: the lease manager (leases protect what is written under them from GC).
     """
 
     def __init__(self, root: Root) -> None:
@@ -143,28 +131,18 @@ class Store:
     async def verify(
         self, names: Iterable[str] | None = None, *, progress: ProgressCallback | None = None
     ) -> VerifyReport:
-        """Re-hash stored blobs: all of them, or the stored subtrees of the named images.
-
-        Raises:
-            NotFound: an unknown image name.
-        """
+        """Re-hash stored blobs: all of them, or the stored subtrees of the named images."""
         roots = (
             None if names is None else [(await self.images.resolve(n)).target.digest for n in names]
         )
         return await _verify.verify(self._root.content, roots, progress=progress)
 
     async def aclose(self) -> None:
-        """Close the store (done by :func:`open_store` on exit)."""
         await self._root.aclose()
 
 
 @asynccontextmanager
 async def open_store(root: str | os.PathLike[str] | None = None) -> AsyncIterator[Store]:
-    """Open (creating it if needed) the store at ``root``; close it on exit.
-
-    Args:
-        root: the store directory; ``None`` means the default store: ``$CASTAR_ROOT``,
-            else ``$XDG_DATA_HOME/castar``, else ``~/.local/share/castar``.
-    """
+    """Open (creating it if needed) the store at ``root``, else :func:`default_root`."""
     async with open_root(root) as r:
         yield Store(r)

@@ -29,11 +29,8 @@ _FAINT, _RESET = "\x1b[2m", "\x1b[0m"
 
 
 def render_tree(trees: Sequence[ImageTree], *, terminal: bool) -> list[str]:
-    """The ``images --tree`` table (TREE-3) as lines.
-
-    On a terminal, unavailable platform rows are faint (ANSI); otherwise an
-    AVAILABLE column says ``yes``/``no`` on every platform row.
-    """
+    """``images --tree`` (TREE-3): unavailable rows are faint, or off a terminal say so."""
+    extra = [] if terminal else [""]
     head = ["IMAGE", "ID", "DISK USAGE", "CONTENT SIZE"] + ([] if terminal else ["AVAILABLE"])
     rows: list[tuple[list[str], bool]] = []  # (cells, faint)
     for t in trees:
@@ -44,11 +41,10 @@ def render_tree(trees: Sequence[ImageTree], *, terminal: bool) -> list[str]:
             format_size(t.disk_usage),
             format_size(t.content_size),
         ]
-        rows.append((top + ([] if terminal else [""]), False))
-        rows.extend(([n, "", "", ""] + ([] if terminal else [""]), False) for n in names[1:])
-        plats = t.platforms
-        for i, m in enumerate(plats):
-            branch = "└─ " if i == len(plats) - 1 else "├─ "
+        rows.append((top + extra, False))
+        rows.extend(([n, "", "", "", *extra], False) for n in names[1:])
+        for i, m in enumerate(t.platforms):
+            branch = "└─ " if i == len(t.platforms) - 1 else "├─ "
             label = platforms.format(m.platform) if m.platform is not None else "unknown"
             cells = [
                 branch + label,
@@ -60,10 +56,10 @@ def render_tree(trees: Sequence[ImageTree], *, terminal: bool) -> list[str]:
                 cells.append("yes" if m.available else "no")
             rows.append((cells, terminal and not m.available))
         rows.append(([], False))
-    widths = [len(h) for h in head]
-    for cells, _ in rows:
-        for i, c in enumerate(cells):
-            widths[i] = max(widths[i], len(c))
+    widths = [
+        max(len(c[i]) for c in [head, *(cells for cells, _ in rows if cells)])
+        for i in range(len(head))
+    ]
     right = {2, 3}  # sizes right-aligned
 
     def line(cells: list[str]) -> str:
