@@ -1,7 +1,6 @@
 """The ``castar`` command line: argparse, one ``anyio.run`` per command, one exit-code table.
 
-The only place that catches CastarError broadly (design rule errors-seam). Goes through the
-facade and the engine's pure helpers; library modules must not import it.
+The only place that catches CastarError broadly (design rule errors-seam).
 """
 
 from __future__ import annotations
@@ -251,8 +250,6 @@ def _table(rows: list[list[str]]) -> None:
 
 
 async def _cmd_inspect(store: Store, args: argparse.Namespace) -> int:
-    if args.platform is not None:
-        platforms.parse(args.platform)  # InvalidArgument before any lookup
     details = await store.images.inspect(args.image, platform=args.platform)
     _dump(details.to_json())
     return 0
@@ -330,10 +327,6 @@ def _labels(values: Sequence[str] | None) -> dict[str, str]:
     return out
 
 
-def _pairs(labels: Mapping[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-
-
 def _when(dt: datetime | None) -> str:
     return "never" if dt is None else dt.strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -351,7 +344,12 @@ async def _cmd_lease(store: Store, args: argparse.Namespace) -> int:
         else:
             rows = [["ID", "CREATED", "EXPIRES", "LABELS"]]
             rows += [
-                [le.id, _when(le.created_at), _when(le.expires_at), _pairs(le.labels)]
+                [
+                    le.id,
+                    _when(le.created_at),
+                    _when(le.expires_at),
+                    ",".join(f"{k}={v}" for k, v in sorted(le.labels.items())),
+                ]
                 for le in leases
             ]
             _table(rows)
@@ -522,12 +520,6 @@ async def _run(args: argparse.Namespace) -> int:
         return int(await args.run(store, args))
 
 
-def _unwrap(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``castar`` command line; returns the exit code (see ``castar --help``)."""
     parser = _parser()
@@ -544,7 +536,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as group:
-        exc = _unwrap(group)
+        exc: BaseException = group
+        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]
         code = _exit_code(exc)
         if code is None or args.debug:
             traceback.print_exception(exc)

@@ -166,10 +166,7 @@ def _descriptor_json(desc: oci.Descriptor) -> dict[str, Any]:
 def as_oci(target: DescriptorLike) -> oci.Descriptor:
     """A record's target as an OCI descriptor."""
     return oci.Descriptor(
-        media_type=target.media_type,
-        digest=Digest(target.digest),
-        size=target.size,
-        annotations=dict(target.annotations),
+        target.media_type, Digest(target.digest), target.size, annotations=dict(target.annotations)
     )
 
 
@@ -243,12 +240,12 @@ class ImageService:
         ``platform`` picks the best match (``only(platform)``, MATCH-7 order, available first;
         NotFound if none); without it, only a single-manifest image shows its manifest.
         """
+        wanted = None if platform is None else platforms.parse(platform)
         image = await self.resolve(name)
         reader = _Lenient(self._content)
         (tree,) = await self._trees([image.name], reader)
         row = tree.manifests[0] if len(tree.manifests) == 1 else None
-        if platform is not None:
-            wanted = platforms.parse(platform)
+        if wanted is not None:
             matcher = platforms.only(wanted)
             rows = platforms.sort_best_first(
                 (m for m in tree.platforms if m.platform is not None and matcher.match(m.platform)),
