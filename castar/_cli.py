@@ -25,7 +25,7 @@ from castar._api import Store, open_store
 from castar._demo import PLATFORMS as DEMO_PLATFORMS
 from castar._demo import run_demo
 from castar._progress import open_progress
-from castar._render import format_size, render_tree
+from castar._render import format_size, render_tree, table
 from castar.engine import oci, platforms, reference
 from castar.store import digest as digests
 from castar.store.errors import (
@@ -224,8 +224,7 @@ async def _cmd_images(store: Store, args: argparse.Namespace) -> int:
     if args.json:
         _dump([t.to_json() for t in trees])
     elif args.tree:
-        for line in render_tree(trees, terminal=sys.stdout.isatty()):
-            print(line)
+        print("\n".join(render_tree(trees, terminal=sys.stdout.isatty())))
     else:
         rows = [["IMAGE", "ID", "CREATED", "CONTENT SIZE", "PLATFORMS"]]
         rows += [
@@ -239,14 +238,8 @@ async def _cmd_images(store: Store, args: argparse.Namespace) -> int:
             for t in trees
             for n in [reference.display_name(n) for n in t.names] or ["<untagged>"]
         ]
-        _table(rows)
+        print("\n".join(table(rows)))
     return 0
-
-
-def _table(rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
 async def _cmd_inspect(store: Store, args: argparse.Namespace) -> int:
@@ -352,7 +345,7 @@ async def _cmd_lease(store: Store, args: argparse.Namespace) -> int:
                 ]
                 for le in leases
             ]
-            _table(rows)
+            print("\n".join(table(rows)))
     else:
         for lease_id in args.ids:
             await store.leases.delete(lease_id)
