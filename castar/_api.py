@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import timedelta
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, final
 
 from castar.engine import exporter, importer
@@ -13,15 +12,14 @@ from castar.store.root import Root, open_root
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+    from collections.abc import AsyncIterator, Iterable, Sequence
     from pathlib import Path
 
     from castar.engine.exporter import ExportResult, SaveJob, SavePlan
     from castar.engine.platforms import Platform
     from castar.store.content import ContentStore
-    from castar.store.gc import GCReport
     from castar.store.images import Image
-    from castar.store.leases import Lease, LeaseManager
+    from castar.store.leases import LeaseManager
     from castar.store.progress import ProgressCallback
     from castar.store.verify import VerifyReport
 
@@ -30,7 +28,7 @@ __all__ = ["Store", "open_store"]
 
 @final
 class Store:
-    """An open store: ``root`` (its directory), ``content``, ``images``, ``leases``, load, save.
+    """An open store: ``root`` (its directory), ``content``, ``images``, ``leases``, gc, load, save.
 
     Get one from :func:`open_store`. Every coroutine runs on asyncio and trio.
     """
@@ -41,23 +39,11 @@ class Store:
         self.content: ContentStore = root.content
         self.images: ImageService = ImageService(root.images, root.content)
         self.leases: LeaseManager = root.leases
-
-    def lease(
-        self,
-        *,
-        expire: timedelta | None = timedelta(hours=24),
-        labels: Mapping[str, str] | None = None,
-    ) -> AbstractAsyncContextManager[Lease]:
-        """Create a lease and make it current for the block: see ``LeaseManager.hold``."""
-        return self.leases.hold(expire=expire, labels=labels)
-
-    async def gc(self, *, dry_run: bool = False) -> GCReport:
-        """Collect garbage: what no image, unexpired lease or ingest keeps alive (GC-2..10)."""
-        return await self._root.gc(dry_run=dry_run)
-
-    async def explain(self, digest: str) -> list[str]:
-        """The path from a GC root to ``digest``, ``[]`` when the blob is garbage."""
-        return await self._root.explain(digest)
+        # What needs no engine is the root's own (GC-1..10, LeaseManager.hold).
+        self.lease = root.leases.hold
+        self.gc = root.gc
+        self.explain = root.explain
+        self.aclose = root.aclose
 
     async def load(
         self,
@@ -136,9 +122,6 @@ class Store:
             None if names is None else [(await self.images.resolve(n)).target.digest for n in names]
         )
         return await _verify.verify(self._root.content, roots, progress=progress)
-
-    async def aclose(self) -> None:
-        await self._root.aclose()
 
 
 @asynccontextmanager
