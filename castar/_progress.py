@@ -1,8 +1,4 @@
-"""Progress display for the CLI: a rich bar on a terminal's stderr, JSON lines, or nothing.
-
-CLI-only: library modules take any callable as ``progress=``. Callbacks may arrive from
-worker threads.
-"""
+"""Progress display for the CLI: a rich bar on a terminal's stderr, JSON lines, or nothing."""
 
 from __future__ import annotations
 
@@ -82,7 +78,7 @@ def _bar(description: str) -> Iterator[ProgressCallback]:
 @contextmanager
 def _json_lines(op: str) -> Iterator[ProgressCallback]:
     """``start``, ``progress`` lines at most every 0.2 s, ``end`` with ``ok`` and the counts."""
-    lock = threading.Lock()
+    lock = threading.Lock()  # callbacks may arrive from worker threads
     state: dict[str, object] = {"done": 0, "total": None, "item": None}
     last = 0.0
 

@@ -174,8 +174,7 @@ def as_oci(target: DescriptorLike) -> oci.Descriptor:
 class ImageService:
     """Image records (IMG-1..5) plus the views and edits the CLI and users need.
 
-    ``resolve``, ``tree``, ``inspect``, ``tag`` and ``remove`` accept full, familiar
-    (``alpine``), target-digest or unique image-ID-prefix names.
+    Names may be full, familiar (``alpine``), a target digest or a unique image-ID prefix.
     """
 
     def __init__(self, records: ImageRecords, content: BlobReader) -> None:
@@ -266,10 +265,7 @@ class ImageService:
         return ImageDetails(image, tree, row.descriptor, *docs)
 
     async def tag(self, src: str, dst: str) -> Image:
-        """Point ``dst`` at ``src``'s target; ``dst`` is normalised (``alpine:1`` → full name).
-
-        An existing ``dst`` is re-targeted; a new one copies ``src``'s labels.
-        """
+        """Point ``dst`` (normalised) at ``src``'s target; a new ``dst`` copies ``src``'s labels."""
         image = await self.resolve(src)
         name = reference.normalize(dst)
         try:
@@ -300,12 +296,8 @@ class ImageService:
                 )
             plan.extend(same)
         removed: builtins.list[Removal] = []
-        gone: set[str] = set()
-        for rec in plan:
-            if rec.name in gone:
-                continue
+        for rec in {r.name: r for r in plan}.values():  # each record once, in order
             await self._records.delete(rec.name)
-            gone.add(rec.name)
             if not reference.is_dangling(rec.name):
                 removed.append(Removal("untagged", reference.display_name(rec.name)))
             if all(i.target.digest != rec.target.digest for i in await self._records.list()):
@@ -325,11 +317,8 @@ def id_hex(ref: str) -> str | None:
 async def find(records: ImageRecords, ref: str) -> tuple[Image, bool]:
     """The record ``ref`` names, and whether by name rather than by ID (SAVE-4, ``rm``).
 
-    Tried as given, normalised, then as an image ID (:func:`id_hex`) prefixing targets.
-
-    Raises:
-        NotFound: ``image "<ref>": not found``.
-        Conflict: an ID prefix matches several images.
+    Tried as given, normalised, then as an image-ID prefix (:func:`id_hex`) of targets:
+    Conflict when it matches several images.
     """
     names = [ref]
     with contextlib.suppress(InvalidArgument):
