@@ -1,10 +1,6 @@
 """castar: an async content-addressed store for container images.
 
-The public import surface. Layout: ``castar.store`` is self-contained (digests,
-content, metadata, leases, GC, verify); ``castar.engine`` builds on it (platforms,
-OCI model, tar codec, load, save, the images service); ``castar._api`` composes
-both into the :class:`Store` facade that :func:`open_store` yields, and
-``castar._cli`` is the command line. This module only re-exports what users need.
+The public names, each loaded on first use; the layers are mapped in docs/interfaces.md.
 """
 
 from __future__ import annotations
@@ -22,12 +18,12 @@ if typing.TYPE_CHECKING:
     from castar.engine.images import ManifestRow as ManifestRow
     from castar.engine.images import Removal as Removal
     from castar.engine.load.importer import LoadOptions as LoadOptions
+    from castar.engine.oci import Descriptor as Descriptor
     from castar.engine.platforms import Platform as Platform
     from castar.engine.save.exporter import ExportResult as ExportResult
     from castar.engine.save.exporter import SaveJob as SaveJob
     from castar.engine.save.exporter import SaveOptions as SaveOptions
     from castar.engine.save.exporter import SavePlan as SavePlan
-    from castar.store.content import Descriptor as Descriptor
     from castar.store.content import Info as Info
     from castar.store.errors import AlreadyExists as AlreadyExists
     from castar.store.errors import CastarError as CastarError
@@ -50,64 +46,27 @@ if typing.TYPE_CHECKING:
     from castar.store.verify import BlobProblem as BlobProblem
     from castar.store.verify import VerifyReport as VerifyReport
 
-if not typing.TYPE_CHECKING:  # each name's module loads on first use (PEP 562)
-    __getattr__, __dir__ = _lazy_exports(
-        __name__,
-        {
-            "castar._api": "Store open_store",
-            "castar.engine.save.exporter": "ExportResult SaveJob SaveOptions SavePlan",
-            "castar.engine.images": "ImageDetails ImageService ImageTree ManifestRow Removal",
-            "castar.engine.load.importer": "LoadOptions",
-            "castar.engine.platforms": "Platform",
-            "castar.store.root": "default_root",
-            "castar.store.content": "Descriptor Info",
-            "castar.store.errors": "AlreadyExists CastarError Conflict DataLoss DigestMismatch"
-            " FailedPrecondition InvalidArgument MalformedArchive MalformedManifest NotFound"
-            " NotImplementedKind SizeMismatch Unavailable UnsupportedMediaType",
-            "castar.store.gc": "GCReport",
-            "castar.store.images": "Image",
-            "castar.store.leases": "Lease",
-            "castar.store.verify": "BlobProblem VerifyReport",
-        },
-    )
+_EXPORTS = {
+    "castar._api": "Store open_store",
+    "castar.engine.save.exporter": "ExportResult SaveJob SaveOptions SavePlan",
+    "castar.engine.load.importer": "LoadOptions",
+    "castar.engine.images": "ImageDetails ImageService ImageTree ManifestRow Removal",
+    "castar.engine.oci": "Descriptor",
+    "castar.engine.platforms": "Platform",
+    "castar.store.root": "default_root",
+    "castar.store.content": "Info",
+    "castar.store.errors": "AlreadyExists CastarError Conflict DataLoss DigestMismatch"
+    " FailedPrecondition InvalidArgument MalformedArchive MalformedManifest NotFound"
+    " NotImplementedKind SizeMismatch Unavailable UnsupportedMediaType",
+    "castar.store.gc": "GCReport",
+    "castar.store.images": "Image",
+    "castar.store.leases": "Lease",
+    "castar.store.verify": "BlobProblem VerifyReport",
+}
+
+if not typing.TYPE_CHECKING:  # PEP 562
+    __getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AlreadyExists",
-    "BlobProblem",
-    "CastarError",
-    "Conflict",
-    "DataLoss",
-    "Descriptor",
-    "DigestMismatch",
-    "ExportResult",
-    "FailedPrecondition",
-    "GCReport",
-    "Image",
-    "ImageDetails",
-    "ImageService",
-    "ImageTree",
-    "Info",
-    "InvalidArgument",
-    "Lease",
-    "LoadOptions",
-    "MalformedArchive",
-    "MalformedManifest",
-    "ManifestRow",
-    "NotFound",
-    "NotImplementedKind",
-    "Platform",
-    "Removal",
-    "SaveJob",
-    "SaveOptions",
-    "SavePlan",
-    "SizeMismatch",
-    "Store",
-    "Unavailable",
-    "UnsupportedMediaType",
-    "VerifyReport",
-    "__version__",
-    "default_root",
-    "open_store",
-]
+__all__ = sorted([*" ".join(_EXPORTS.values()).split(), "__version__"])

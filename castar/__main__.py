@@ -1,7 +1,4 @@
-"""The ``castar`` console script and ``python -m castar``; the commands live in castar._cli.
-
-``--version`` answers here, before the commands (and anyio, sqlite3) are imported.
-"""
+"""``castar`` and ``python -m castar``: ``--version`` answers before anyio and sqlite3 load."""
 
 from __future__ import annotations
 
@@ -13,7 +10,6 @@ if TYPE_CHECKING:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``castar`` command line; returns the exit code (see ``castar --help``)."""
     args = sys.argv[1:] if argv is None else list(argv)
     if args == ["--version"]:
         from castar import __version__

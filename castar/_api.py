@@ -1,14 +1,8 @@
-"""The public facade: :func:`open_store` and the :class:`Store` users hold.
-
-Wires castar.store (content, records, leases, GC, verify) and castar.engine (images
-service, load, save) into one object, with no behaviour of its own. Only ``castar/__init__``
-and the CLI import it.
-"""
+"""The facade: :func:`open_store` and :class:`Store` wire the store and the engine together."""
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import timedelta
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, final
 
 from castar.engine.images import ImageService
@@ -19,15 +13,14 @@ from castar.store.root import Root, open_root
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+    from collections.abc import AsyncIterator, Iterable, Sequence
     from pathlib import Path
 
     from castar.engine.platforms import Platform
     from castar.engine.save.exporter import ExportResult, SaveJob, SaveOptions, SavePlan
     from castar.store.content import ContentStore
-    from castar.store.gc import GCReport
     from castar.store.images import Image
-    from castar.store.leases import Lease, LeaseManager
+    from castar.store.leases import LeaseManager
     from castar.store.progress import ProgressCallback
     from castar.store.verify import VerifyReport
 
@@ -36,41 +29,22 @@ __all__ = ["Store", "open_store"]
 
 @final
 class Store:
-    """An open castar store: content, image records, leases, GC, load and save.
+    """An open store: ``root`` (its directory), ``content``, ``images``, ``leases``, gc, load, save.
 
     Get one from :func:`open_store`. Every coroutine runs on asyncio and trio.
-
-    Attributes:
-        root: the store's directory.
-        content: the content store (blobs by digest, labels, ingests).
-        images: the images service: records plus ``tree()``, ``inspect()``, ``tag()``
-            and ``remove()``.
-        leases: the lease manager (leases protect what is written under them from GC).
     """
 
     def __init__(self, root: Root) -> None:
         self._root = root
         self.root: Path = root.root
         self.content: ContentStore = root.content
-        self.images: ImageService = ImageService(root)
+        self.images: ImageService = ImageService(root.images, root.content)
         self.leases: LeaseManager = root.leases
-
-    def lease(
-        self,
-        *,
-        expire: timedelta | None = timedelta(hours=24),
-        labels: Mapping[str, str] | None = None,
-    ) -> AbstractAsyncContextManager[Lease]:
-        """Create a lease and make it current for the block: see ``LeaseManager.hold``."""
-        return self.leases.hold(expire=expire, labels=labels)
-
-    async def gc(self, *, dry_run: bool = False) -> GCReport:
-        """Collect garbage: what no image, unexpired lease or ingest keeps alive (GC-2..10)."""
-        return await self._root.gc(dry_run=dry_run)
-
-    async def explain(self, digest: str) -> list[str]:
-        """The path from a GC root to ``digest``, ``[]`` when the blob is garbage."""
-        return await self._root.explain(digest)
+        # What needs no engine is the root's own (GC-1..10, LeaseManager.hold).
+        self.lease = root.leases.hold
+        self.gc = root.gc
+        self.explain = root.explain
+        self.aclose = root.aclose
 
     async def load(
         self,
@@ -139,28 +113,15 @@ class Store:
     async def verify(
         self, names: Iterable[str] | None = None, *, progress: ProgressCallback | None = None
     ) -> VerifyReport:
-        """Re-hash stored blobs: all of them, or the stored subtrees of the named images.
-
-        Raises:
-            NotFound: an unknown image name.
-        """
+        """Re-hash stored blobs: all of them, or the stored subtrees of the named images."""
         roots = (
             None if names is None else [(await self.images.resolve(n)).target.digest for n in names]
         )
         return await _verify.verify(self._root.content, roots, progress=progress)
 
-    async def aclose(self) -> None:
-        """Close the store (done by :func:`open_store` on exit)."""
-        await self._root.aclose()
-
 
 @asynccontextmanager
 async def open_store(root: str | os.PathLike[str] | None = None) -> AsyncIterator[Store]:
-    """Open (creating it if needed) the store at ``root``; close it on exit.
-
-    Args:
-        root: the store directory; ``None`` means the default store: ``$CASTAR_ROOT``,
-            else ``$XDG_DATA_HOME/castar``, else ``~/.local/share/castar``.
-    """
+    """Open (creating it if needed) the store at ``root``, else :func:`default_root`."""
     async with open_root(root) as r:
         yield Store(r)

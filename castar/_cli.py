@@ -1,7 +1,6 @@
 """The ``castar`` command line: argparse, one ``anyio.run`` per command, one exit-code table.
 
-The only place that catches CastarError broadly (design rule errors-seam). Goes through the
-facade and the engine's pure helpers; library modules must not import it.
+The only place that catches CastarError broadly (design rule errors-seam).
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from castar._api import Store, open_store
 from castar._demo import PLATFORMS as DEMO_PLATFORMS
 from castar._demo import run_demo
 from castar._progress import open_progress
-from castar._render import format_size, render_tree
+from castar._render import format_size, render_tree, table
 from castar.engine import oci, platforms, reference
 from castar.store import digest as digests
 from castar.store.errors import (
@@ -212,8 +211,7 @@ async def _cmd_images(store: Store, args: argparse.Namespace) -> int:
     if args.json:
         _dump([t.to_json() for t in trees])
     elif args.tree:
-        for line in render_tree(trees, terminal=sys.stdout.isatty()):
-            print(line)
+        print("\n".join(render_tree(trees, terminal=sys.stdout.isatty())))
     else:
         rows = [["IMAGE", "ID", "CREATED", "CONTENT SIZE", "PLATFORMS"]]
         rows += [
@@ -227,19 +225,11 @@ async def _cmd_images(store: Store, args: argparse.Namespace) -> int:
             for t in trees
             for n in [reference.display_name(n) for n in t.names] or ["<untagged>"]
         ]
-        _table(rows)
+        print("\n".join(table(rows)))
     return 0
 
 
-def _table(rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-
-
 async def _cmd_inspect(store: Store, args: argparse.Namespace) -> int:
-    if args.platform is not None:
-        platforms.parse(args.platform)  # InvalidArgument before any lookup
     details = await store.images.inspect(args.image, platform=args.platform)
     _dump(details.to_json())
     return 0
@@ -317,10 +307,6 @@ def _labels(values: Sequence[str] | None) -> dict[str, str]:
     return out
 
 
-def _pairs(labels: Mapping[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-
-
 def _when(dt: datetime | None) -> str:
     return "never" if dt is None else dt.strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -338,10 +324,15 @@ async def _cmd_lease(store: Store, args: argparse.Namespace) -> int:
         else:
             rows = [["ID", "CREATED", "EXPIRES", "LABELS"]]
             rows += [
-                [le.id, _when(le.created_at), _when(le.expires_at), _pairs(le.labels)]
+                [
+                    le.id,
+                    _when(le.created_at),
+                    _when(le.expires_at),
+                    ",".join(f"{k}={v}" for k, v in sorted(le.labels.items())),
+                ]
                 for le in leases
             ]
-            _table(rows)
+            print("\n".join(table(rows)))
     else:
         for lease_id in args.ids:
             await store.leases.delete(lease_id)
@@ -509,12 +500,6 @@ async def _run(args: argparse.Namespace) -> int:
         return int(await args.run(store, args))
 
 
-def _unwrap(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``castar`` command line; returns the exit code (see ``castar --help``)."""
     parser = _parser()
@@ -531,7 +516,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as group:
-        exc = _unwrap(group)
+        exc: BaseException = group
+        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]
         code = _exit_code(exc)
         if code is None or args.debug:
             traceback.print_exception(exc)

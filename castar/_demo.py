@@ -1,8 +1,4 @@
-"""``castar demo``: castar's main job end to end on the embedded store, in seconds.
-
-Generate a synthetic multi-platform archive, load two of its platforms, show the tree, save
-one platform, check the archive round-trips. Goes through the facade; only castar._cli uses it.
-"""
+"""``castar demo``: generate a multi-platform archive, load two platforms, save one, round-trip."""
 
 from __future__ import annotations
 
@@ -67,14 +63,9 @@ async def run_demo(
     progress: str = "auto",
     out: Callable[[str], object] = print,
 ) -> None:
-    """Run the demo against ``store``, printing each step with ``out``.
+    """Run the demo against ``store``, printing each step with ``out``; the image stays there.
 
-    Temporary files live in a temporary directory removed at the end; the demo
-    image stays in ``store`` (``castar rm castar-demo`` removes it).
-
-    Raises:
-        InvalidArgument: a bad ``size`` or ``platforms``.
-        DataLoss: the saved archive did not round-trip.
+    Raises DataLoss when the saved archive does not round-trip.
     """
     plats = parse_platforms(platforms)
     layer_size = max(4096, parse_size(size) // (len(plats) * _LAYERS))

@@ -1,8 +1,4 @@
-"""Progress display for the CLI: a rich bar on a terminal's stderr, JSON lines, or nothing.
-
-CLI-only: library modules take any callable as ``progress=``. Callbacks may arrive from
-worker threads.
-"""
+"""Progress display for the CLI: a rich bar on a terminal's stderr, JSON lines, or nothing."""
 
 from __future__ import annotations
 
@@ -10,36 +6,48 @@ import json
 import sys
 import threading
 import time
-from typing import final
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
-    TaskID,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
 
-__all__ = ["JsonProgress", "ProgressBar", "open_progress"]
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from castar.store.progress import ProgressCallback
+
+__all__ = ["open_progress"]
 
 #: Seconds between two JSON progress lines (the last one is always written).
 _JSON_INTERVAL = 0.2
 
 
-def open_progress(description: str, *, mode: str) -> ProgressBar | JsonProgress:
-    """The progress display for ``--progress MODE``.
+@contextmanager
+def open_progress(description: str, *, mode: str) -> Iterator[ProgressCallback]:
+    """The progress callback for ``--progress MODE`` (``auto``, ``json`` or ``none``).
 
-    Args:
-        description: what is going on (``Loading``, ``Saving``, ``Verifying``).
-        mode: ``auto`` (a bar when stderr is a terminal), ``json`` (JSON lines on
-            stderr) or ``none``.
+    ``auto`` is a bar with bytes, rate and ETA when stderr is a terminal, else nothing.
     """
     if mode == "json":
-        return JsonProgress(description)
-    return ProgressBar(description, enabled=mode == "auto" and sys.stderr.isatty())
+        with _json_lines(description.lower()) as update:
+            yield update
+    elif mode == "auto" and sys.stderr.isatty():
+        with _bar(description) as update:
+            yield update
+    else:
+        yield _ignore
+
+
+def _ignore(done: int, total: int | None = None, what: object = None) -> None:
+    pass
 
 
 def _short(what: object) -> str:
@@ -47,84 +55,50 @@ def _short(what: object) -> str:
     return str(what).rpartition("/")[2].rpartition(":")[2][:12]
 
 
-@final
-class ProgressBar:
-    """A context manager and progress callback: bytes, rate and ETA when the total is known.
+@contextmanager
+def _bar(description: str) -> Iterator[ProgressCallback]:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=False),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as progress:
+        task = progress.add_task(description, total=None)
 
-    Call it as ``bar(done, total, what)``; ``total`` may be ``None`` (unknown,
-    e.g. reading a pipe) and ``what`` names the current entry or blob. When
-    ``enabled`` is false every call is a no-op.
-    """
+        def update(done: int, total: int | None = None, what: object = None) -> None:
+            shown = description if what is None else f"{description} {_short(what)}"
+            progress.update(task, completed=done, total=total, description=shown)
 
-    def __init__(self, description: str, *, enabled: bool) -> None:
-        self._description = description
-        self._progress: Progress | None = None
-        self._task: TaskID | None = None
-        if enabled:
-            self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                DownloadColumn(binary_units=False),
-                TransferSpeedColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
-
-    def __enter__(self) -> ProgressBar:
-        if self._progress is not None:
-            self._progress.start()
-            self._task = self._progress.add_task(self._description, total=None)
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-    def __call__(self, done: int, total: int | None = None, what: object = None) -> None:
-        """Record progress: ``done`` bytes of ``total`` (``None`` when unknown)."""
-        if self._progress is None or self._task is None:
-            return
-        description = self._description if what is None else f"{self._description} {_short(what)}"
-        self._progress.update(self._task, completed=done, total=total, description=description)
+        yield update
 
 
-@final
-class JsonProgress:
-    """A context manager and progress callback writing JSON lines to stderr.
+@contextmanager
+def _json_lines(op: str) -> Iterator[ProgressCallback]:
+    """``start``, ``progress`` lines at most every 0.2 s, ``end`` with ``ok`` and the counts."""
+    lock = threading.Lock()  # callbacks may arrive from worker threads
+    state: dict[str, object] = {"done": 0, "total": None, "item": None}
+    last = 0.0
 
-    One ``{"event": "start"}`` line, ``{"event": "progress", "done", "total", "item"}``
-    lines at most every 0.2 s, and one ``{"event": "end"}`` line with the final
-    counts (``"ok": false`` when the work failed). Safe to call from worker threads.
-    """
+    def emit(event: str, **extra: object) -> None:
+        print(json.dumps({"event": event, "op": op, **state, **extra}), file=sys.stderr, flush=True)
 
-    def __init__(self, description: str) -> None:
-        self._op = description.lower()
-        self._lock = threading.Lock()
-        self._last = 0.0
-        self._state: dict[str, object] = {"done": 0, "total": None, "item": None}
-
-    def _emit(self, event: str, **extra: object) -> None:
-        line = {"event": event, "op": self._op, **self._state, **extra}
-        print(json.dumps(line), file=sys.stderr, flush=True)
-
-    def __enter__(self) -> JsonProgress:
-        self._emit("start")
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        with self._lock:
-            self._emit("end", ok=exc_type is None)
-
-    def __call__(self, done: int, total: int | None = None, what: object = None) -> None:
-        """Record progress: ``done`` bytes of ``total`` (``None`` when unknown)."""
-        with self._lock:
-            self._state = {
-                "done": done,
-                "total": total,
-                "item": None if what is None else str(what),
-            }
+    def update(done: int, total: int | None = None, what: object = None) -> None:
+        nonlocal last
+        with lock:
+            state.update(done=done, total=total, item=None if what is None else str(what))
             now = time.monotonic()
-            if now - self._last >= _JSON_INTERVAL:
-                self._last = now
-                self._emit("progress")
+            if now - last >= _JSON_INTERVAL:
+                last = now
+                emit("progress")
+
+    emit("start")
+    ok = False
+    try:
+        yield update
+        ok = True
+    finally:
+        with lock:
+            emit("end", ok=ok)

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 from castar.engine import platforms, reference
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Container, Sequence
 
     from castar.engine.images import ImageTree
 
-__all__ = ["format_size", "render_tree"]
+__all__ = ["format_size", "render_tree", "table"]
 
 
 def format_size(size: int) -> str:
@@ -28,54 +28,39 @@ def format_size(size: int) -> str:
 _FAINT, _RESET = "\x1b[2m", "\x1b[0m"
 
 
-def render_tree(trees: Sequence[ImageTree], *, terminal: bool) -> list[str]:
-    """The ``images --tree`` table (TREE-3) as lines.
+def table(rows: Sequence[Sequence[str]], right: Container[int] = ()) -> list[str]:
+    """Columns three spaces apart, each as wide as its widest cell; ``right`` ones right-aligned."""
+    widths = [max(len(r[i]) for r in rows if r) for i in range(len(rows[0]))]
 
-    On a terminal, unavailable platform rows are faint (ANSI); otherwise an
-    AVAILABLE column says ``yes``/``no`` on every platform row.
-    """
-    head = ["IMAGE", "ID", "DISK USAGE", "CONTENT SIZE"] + ([] if terminal else ["AVAILABLE"])
-    rows: list[tuple[list[str], bool]] = []  # (cells, faint)
+    def line(cells: Sequence[str]) -> str:
+        pairs = enumerate(zip(cells, widths, strict=False))  # an empty row is an empty line
+        return "   ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in pairs).rstrip()
+
+    return [line(r) for r in rows]
+
+
+def render_tree(trees: Sequence[ImageTree], *, terminal: bool) -> list[str]:
+    """``images --tree`` (TREE-3): unavailable rows are faint, or off a terminal say so."""
+    extra = [] if terminal else [""]
+    rows = [["IMAGE", "ID", "DISK USAGE", "CONTENT SIZE"] + ([] if terminal else ["AVAILABLE"])]
+    faint: set[int] = set()
     for t in trees:
         names = [reference.display_name(n) for n in t.names] or ["<untagged>"]
-        top = [
-            names[0],
-            t.target.digest.encoded[:12],
-            format_size(t.disk_usage),
-            format_size(t.content_size),
-        ]
-        rows.append((top + ([] if terminal else [""]), False))
-        rows.extend(([n, "", "", ""] + ([] if terminal else [""]), False) for n in names[1:])
-        plats = t.platforms
-        for i, m in enumerate(plats):
-            branch = "└─ " if i == len(plats) - 1 else "├─ "
+        sizes = [format_size(t.disk_usage), format_size(t.content_size)]
+        rows.append([names[0], t.target.digest.encoded[:12], *sizes, *extra])
+        rows.extend([n, "", "", "", *extra] for n in names[1:])
+        for i, m in enumerate(t.platforms):
+            branch = "└─ " if i == len(t.platforms) - 1 else "├─ "
             label = platforms.format(m.platform) if m.platform is not None else "unknown"
-            cells = [
-                branch + label,
-                m.descriptor.digest.encoded[:12],
-                format_size(m.content_size),
-                format_size(m.content_size),
-            ]
+            size = format_size(m.content_size)
+            cells = [branch + label, m.descriptor.digest.encoded[:12], size, size]
             if not terminal:
                 cells.append("yes" if m.available else "no")
-            rows.append((cells, terminal and not m.available))
-        rows.append(([], False))
-    widths = [len(h) for h in head]
-    for cells, _ in rows:
-        for i, c in enumerate(cells):
-            widths[i] = max(widths[i], len(c))
-    right = {2, 3}  # sizes right-aligned
-
-    def line(cells: list[str]) -> str:
-        parts = [
-            c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(cells)
-        ]
-        return "   ".join(parts).rstrip()
-
-    out = [line(head)]
-    for cells, faint in rows:
-        text = line(cells) if cells else ""
-        out.append(f"{_FAINT}{text}{_RESET}" if faint else text)
+            elif not m.available:
+                faint.add(len(rows))
+            rows.append(cells)
+        rows.append([])
+    out = [f"{_FAINT}{s}{_RESET}" if i in faint else s for i, s in enumerate(table(rows, {2, 3}))]
     while out and not out[-1]:
         out.pop()
     return out

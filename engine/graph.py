@@ -1,9 +1,4 @@
-"""The image graph: documents, children, platforms, availability, THE walk.
-
-Owns :class:`DocumentReader`, verified document reads under the cap (EDGE-13), a
-manifest's platform (IMP-8) and the depth-first walk with its platform filter and
-skip-missing policy (IMP-10..14, TREE-1, SAVE-6). Uses the public content-store API only.
-"""
+"""The image graph: document reads (EDGE-13), manifest platforms (IMP-8), THE walk (IMP-10..14)."""
 
 from __future__ import annotations
 
@@ -21,6 +16,7 @@ if TYPE_CHECKING:
 
     from castar.engine.oci import Descriptor
     from castar.engine.platforms import Platform
+    from castar.store.content import Info
 
 __all__ = [
     "ContentReader",
@@ -44,15 +40,10 @@ _T = TypeVar("_T")
 _MAX_DEPTH = 32
 
 
-class _Sized(Protocol):
-    @property
-    def size(self) -> int: ...
-
-
 class ContentReader(Protocol):
     """What :func:`read_document` reads through (a :class:`~castar.store.roles.BlobReader`)."""
 
-    async def info(self, digest: str) -> _Sized: ...  # noqa: D102
+    async def info(self, digest: str) -> Info: ...  # noqa: D102
     async def exists(self, digest: str) -> bool: ...  # noqa: D102
     async def read_all(self, digest: str, *, limit: int) -> bytes: ...  # noqa: D102
 
@@ -81,17 +72,13 @@ def _decode_sync(desc: Descriptor, data: bytes) -> Document:
 
 
 class Reader:
-    """A :class:`DocumentReader` over a function loading a document's bytes (None: absent).
-
-    Cached by digest and media type: one operation decodes each document once.
-    """
+    """A :class:`DocumentReader` over a function loading a document's bytes (None: absent)."""
 
     def __init__(self, load: Callable[[Descriptor], Awaitable[bytes | None]]) -> None:
         self._load = load
         self._docs: dict[tuple[str, str], Document | None] = {}
 
-    async def read(self, desc: Descriptor) -> Document | None:
-        """The decoded document (see :class:`DocumentReader`)."""
+    async def read(self, desc: Descriptor) -> Document | None:  # noqa: D102
         key = (desc.digest, desc.media_type)
         if key not in self._docs:
             data = await self._load(desc)
@@ -132,16 +119,10 @@ class Node:
 
 
 async def read_document(content: ContentReader, desc: Descriptor) -> bytes:
-    """Read a manifest, index or config document, verified against its descriptor.
+    """A manifest, index or config document, checked against its descriptor.
 
-    Size against the cap, then the store's record, then the digest (DESC-3); matching
-    embedded ``data`` is used without touching the store (DESC-4).
-
-    Raises:
-        NotFound: ``content digest <d>: not found``.
-        InvalidArgument: the descriptor's size exceeds the cap (EDGE-13) or is negative.
-        SizeMismatch: the stored blob's size differs from the descriptor's.
-        DigestMismatch: the stored bytes do not hash to the digest.
+    Size against the cap (EDGE-13), then the store's record, then the digest (DESC-3);
+    matching embedded ``data`` skips the store (DESC-4).
     """
     digest = desc.digest
     if desc.size < 0:
@@ -184,12 +165,9 @@ async def _off_loop(big: bool, fn: Callable[..., _T], *args: object) -> _T:
 
 
 async def manifest_platform(reader: DocumentReader, desc: Descriptor) -> Platform | None:
-    """The platform of a manifest: its descriptor's, else its config's (IMP-8, SAVE-2, NORM-3).
+    """A manifest's descriptor platform, else its config's (IMP-8, SAVE-2, NORM-3).
 
-    ``None`` for a non-manifest without platform or a config naming no os/arch.
-
-    Raises:
-        NotFound: the manifest or its config is missing.
+    Raises NotFound when the manifest or its config is missing.
     """
     if desc.platform is not None:
         return desc.platform
@@ -213,18 +191,10 @@ async def walk(
 ) -> list[Node]:
     """Every descriptor reachable from ``roots``, depth first, parents before children.
 
-    Args:
-        reader: where manifests and indexes (only they) are read.
-        roots: where to start, in order.
-        keep: the platform filter: children it refuses are neither listed nor followed.
-        skip_missing: a missing manifest or index is listed with ``present=False`` and
-            no children (IMP-11 ``SkipDesc``); false: ``NotFound`` instead.
-        blobs: whether another blob is present; without it all are.
-        unique: list a descriptor once, not each time it is reached (``images.Walk``).
-
-    Raises:
-        NotFound: ``content digest <d>: not found``, when ``skip_missing`` is false.
-        MalformedManifest, UnsupportedMediaType: a document does not decode.
+    ``keep`` filters children (refused ones are neither listed nor followed); a missing
+    manifest or index is listed absent (IMP-11 ``SkipDesc``), or NotFound without
+    ``skip_missing``; ``blobs`` says whether any other blob is present (default: all are);
+    ``unique`` lists a descriptor once (``images.Walk``).
     """
     out: list[Node] = []
     seen: set[str] = set()

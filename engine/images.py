@@ -1,7 +1,4 @@
-"""The images service (``castar.Store.images``): records plus tree view, inspect, tag, remove.
-
-Owns the tree values (TREE-1..3); must not import the importer, the exporter or the facade.
-"""
+"""The images service (``castar.Store.images``): records, tree view (TREE-1..3), inspect, rm."""
 
 from __future__ import annotations
 
@@ -18,13 +15,12 @@ from castar.store.errors import Conflict, FailedPrecondition, InvalidArgument, N
 
 if TYPE_CHECKING:
     import builtins
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Sequence
     from datetime import datetime
 
     from castar.engine.platforms import Platform
     from castar.store.images import DescriptorLike, Image
     from castar.store.roles import BlobReader, ImageRecords
-    from castar.store.root import Root
 
 __all__ = [
     "ImageDetails",
@@ -117,11 +113,7 @@ class ImageTree:
 @final
 @dataclass(frozen=True, slots=True)
 class ImageDetails:
-    """What ``inspect`` shows: the record, its tree, and one platform's documents.
-
-    ``manifest`` is the selected platform manifest; its JSON and its config's are
-    ``None`` when absent or none was selected.
-    """
+    """What ``inspect`` shows: the record, its tree, and the selected manifest's documents."""
 
     image: Image
     tree: ImageTree
@@ -174,10 +166,7 @@ def _descriptor_json(desc: oci.Descriptor) -> dict[str, Any]:
 def as_oci(target: DescriptorLike) -> oci.Descriptor:
     """A record's target as an OCI descriptor."""
     return oci.Descriptor(
-        media_type=target.media_type,
-        digest=Digest(target.digest),
-        size=target.size,
-        annotations=dict(target.annotations),
+        target.media_type, Digest(target.digest), target.size, annotations=dict(target.annotations)
     )
 
 
@@ -185,49 +174,26 @@ def as_oci(target: DescriptorLike) -> oci.Descriptor:
 class ImageService:
     """Image records (IMG-1..5) plus the views and edits the CLI and users need.
 
-    ``resolve``, ``tree``, ``inspect``, ``tag`` and ``remove`` accept full, familiar
-    (``alpine``), target-digest or unique image-ID-prefix names.
+    Names may be full, familiar (``alpine``), a target digest or a unique image-ID prefix.
     """
 
-    def __init__(self, store: Root) -> None:
-        self._records = store.images
-        self._content: BlobReader = store.content
-
-    async def create(
-        self, name: str, target: DescriptorLike, *, labels: Mapping[str, str] | None = None
-    ) -> Image:
-        """Create a record (IMG-1/2); AlreadyExists when the name is taken."""
-        return await self._records.create(name, target, labels=labels)
-
-    async def get(self, name: str) -> Image:
-        """The record with exactly this name; NotFound otherwise."""
-        return await self._records.get(name)
+    def __init__(self, records: ImageRecords, content: BlobReader) -> None:
+        self._records = records
+        self._content = content
+        # Plain record access is the records' own (IMG-1..4).
+        self.create = records.create
+        self.get = records.get
+        self.update = records.update
+        self.delete = records.delete
 
     async def list(self, filters: Sequence[str] = ()) -> builtins.list[Image]:
         """Records in name order (IMG-5) passing every filter.
 
-        Filters: ``reference=<glob>`` (full or familiar name; OR-ed), ``label=<key>`` /
-        ``label=<key>=<value>`` (AND-ed), ``dangling=true|false``.
-
-        Raises:
-            InvalidArgument: a filter castar does not know.
+        ``reference=<glob>`` (full or familiar name; OR-ed), ``label=<key>[=<value>]``
+        (AND-ed), ``dangling=true|false``; any other is InvalidArgument.
         """
-        wanted = _parse_filters(filters)
-        return [img for img in await self._records.list() if _passes(img, wanted)]
-
-    async def update(
-        self,
-        name: str,
-        *,
-        target: DescriptorLike | None = None,
-        labels: Mapping[str, str] | None = None,
-    ) -> Image:
-        """Re-target or relabel a record (IMG-3)."""
-        return await self._records.update(name, target=target, labels=labels)
-
-    async def delete(self, name: str, *, target: str | None = None) -> None:
-        """Delete a record (IMG-4); content goes at the next GC if nothing else keeps it."""
-        await self._records.delete(name, target=target)
+        passes = _filter(filters)
+        return [img for img in await self._records.list() if passes(img)]
 
     async def resolve(self, ref: str) -> Image:
         """The record ``ref`` names, as :func:`find`."""
@@ -248,14 +214,7 @@ class ImageService:
         for r in records:
             groups.setdefault(r.target.digest, []).append(r)
         trees = [await self._tree_of(group, reader) for group in groups.values()]
-        trees.sort(
-            key=lambda t: (
-                not t.names,
-                [reference.display_name(n) for n in t.names],
-                t.target.digest,
-            )
-        )
-        return trees
+        return sorted(trees, key=_tree_order)
 
     async def _tree_of(self, group: builtins.list[Image], reader: _Lenient) -> ImageTree:
         target = as_oci(group[0].target)
@@ -266,7 +225,7 @@ class ImageService:
         for i, n in enumerate(nodes):
             if oci.is_manifest(n.descriptor.media_type):
                 end = next((j for j in range(i + 1, len(nodes)) if nodes[j].depth <= n.depth), None)
-                rows.append(await self._row(reader, nodes[i:end]))
+                rows.append(await _row(reader, nodes[i:end]))
         return ImageTree(
             names=tuple(sorted(r.name for r in group if not reference.is_dangling(r.name))),
             target=target,
@@ -274,43 +233,18 @@ class ImageService:
             created_at=min(r.created_at for r in group),
         )
 
-    async def _row(self, reader: _Lenient, nodes: builtins.list[graph.Node]) -> ManifestRow:
-        desc = nodes[0].descriptor
-        try:
-            platform = await graph.manifest_platform(reader, desc)
-        except NotFound:
-            platform = None
-        kind: Kind = "image"
-        if oci.is_attestation(desc):
-            kind = "attestation"
-        elif oci.is_pseudo_image(desc) or (
-            platform is not None and platform.os == "unknown" and platform.architecture == "unknown"
-        ):
-            kind = "unknown"
-        return ManifestRow(
-            descriptor=desc,
-            platform=platform,
-            kind=kind,
-            available=all(n.present for n in nodes),  # SAVE-6
-            content_size=sum(n.descriptor.size for n in nodes if n.present),
-        )
-
     async def inspect(self, name: str, platform: str | None = None) -> ImageDetails:
-        """The record, its tree and one platform's manifest and config documents.
+        """The record, its tree and one manifest's and its config's documents.
 
-        ``platform`` picks the best match (``only(platform)``, MATCH-7 order, available
-        first); without it, only a single-manifest image shows its manifest.
-
-        Raises:
-            NotFound: unknown image, or no manifest for the platform.
-            InvalidArgument: a bad platform spec.
+        ``platform`` picks the best match (``only(platform)``, MATCH-7 order, available first;
+        NotFound if none); without it, only a single-manifest image shows its manifest.
         """
+        wanted = None if platform is None else platforms.parse(platform)
         image = await self.resolve(name)
         reader = _Lenient(self._content)
         (tree,) = await self._trees([image.name], reader)
-        row: ManifestRow | None = None
-        if platform is not None:
-            wanted = platforms.parse(platform)
+        row = tree.manifests[0] if len(tree.manifests) == 1 else None
+        if wanted is not None:
             matcher = platforms.only(wanted)
             rows = platforms.sort_best_first(
                 (m for m in tree.platforms if m.platform is not None and matcher.match(m.platform)),
@@ -323,29 +257,15 @@ class ImageService:
                     f"{platforms.format(wanted)}"
                 )
             row = next((m for m in rows if m.available), rows[0])
-        elif len(tree.manifests) == 1:
-            row = tree.manifests[0]
         if row is None:
-            return ImageDetails(image=image, tree=tree)
-        manifest_json = config_json = None
+            return ImageDetails(image, tree)
         doc = await reader.read(row.descriptor)  # read by the tree's walk: not read again
-        if doc is not None:
-            manifest_json = json.loads(doc.data)
-            config = await reader.read(doc.children[0]) if doc.children else None
-            config_json = None if config is None else json.loads(config.data)
-        return ImageDetails(
-            image=image,
-            tree=tree,
-            manifest=row.descriptor,
-            manifest_json=manifest_json,
-            config_json=config_json,
-        )
+        config = await reader.read(doc.children[0]) if doc and doc.children else None
+        docs = [None if d is None else json.loads(d.data) for d in (doc, config)]
+        return ImageDetails(image, tree, row.descriptor, *docs)
 
     async def tag(self, src: str, dst: str) -> Image:
-        """Point ``dst`` at ``src``'s target; ``dst`` is normalised (``alpine:1`` → full name).
-
-        An existing ``dst`` is re-targeted; a new one copies ``src``'s labels.
-        """
+        """Point ``dst`` (normalised) at ``src``'s target; a new ``dst`` copies ``src``'s labels."""
         image = await self.resolve(src)
         name = reference.normalize(dst)
         try:
@@ -356,19 +276,15 @@ class ImageService:
     async def remove(self, names: Sequence[str], *, force: bool = False) -> builtins.list[Removal]:
         """Remove image records, Docker ``rmi`` style; content goes at the next GC.
 
-        A name removes that record ("Untagged"); a digest or ID removes every record with
-        that target (dangling included; ``force`` if several names). "Deleted" when an
-        image's last record goes. All names resolve first: a bad one changes nothing.
-
-        Raises:
-            NotFound: a name matches no image.
-            Conflict: an ID names an image with several names and ``force`` is false.
+        A name removes that record ("Untagged"); a digest or ID removes every record with that
+        target (dangling included; Conflict without ``force`` if several names). "Deleted" when
+        an image's last record goes. All names resolve first: a bad one changes nothing.
         """
-        plan: builtins.list[tuple[str, builtins.list[Image]]] = []
+        plan: builtins.list[Image] = []
         for ref in names:
             image, by_name = await find(self._records, ref)
             if by_name:
-                plan.append((ref, [image]))
+                plan.append(image)
                 continue
             same = [i for i in await self._records.list() if i.target.digest == image.target.digest]
             named = [i for i in same if not reference.is_dangling(i.name)]
@@ -378,20 +294,14 @@ class ImageService:
                     f"unable to delete {ref} (must be forced) - image is referenced in "
                     f"multiple repositories: {shown}"
                 )
-            plan.append((ref, same))
+            plan.extend(same)
         removed: builtins.list[Removal] = []
-        gone: set[str] = set()
-        for _ref, records in plan:
-            for rec in records:
-                if rec.name in gone:
-                    continue
-                await self._records.delete(rec.name)
-                gone.add(rec.name)
-                if not reference.is_dangling(rec.name):
-                    removed.append(Removal("untagged", reference.display_name(rec.name)))
-                records_left = await self._records.list()
-                if all(i.target.digest != rec.target.digest for i in records_left):
-                    removed.append(Removal("deleted", str(rec.target.digest)))
+        for rec in {r.name: r for r in plan}.values():  # each record once, in order
+            await self._records.delete(rec.name)
+            if not reference.is_dangling(rec.name):
+                removed.append(Removal("untagged", reference.display_name(rec.name)))
+            if all(i.target.digest != rec.target.digest for i in await self._records.list()):
+                removed.append(Removal("deleted", str(rec.target.digest)))
         return removed
 
 
@@ -407,11 +317,8 @@ def id_hex(ref: str) -> str | None:
 async def find(records: ImageRecords, ref: str) -> tuple[Image, bool]:
     """The record ``ref`` names, and whether by name rather than by ID (SAVE-4, ``rm``).
 
-    Tried as given, normalised, then as an image ID (:func:`id_hex`) prefixing targets.
-
-    Raises:
-        NotFound: ``image "<ref>": not found``.
-        Conflict: an ID prefix matches several images.
+    Tried as given, normalised, then as an image-ID prefix (:func:`id_hex`) of targets:
+    Conflict when it matches several images.
     """
     names = [ref]
     with contextlib.suppress(InvalidArgument):
@@ -432,14 +339,33 @@ async def find(records: ImageRecords, ref: str) -> tuple[Image, bool]:
     return matches[0], False
 
 
-@dataclass(frozen=True, slots=True)
-class _Filters:
-    references: tuple[str, ...] = ()
-    labels: tuple[tuple[str, str | None], ...] = ()
-    dangling: bool | None = None
+async def _row(reader: _Lenient, nodes: builtins.list[graph.Node]) -> ManifestRow:
+    desc = nodes[0].descriptor
+    try:
+        platform = await graph.manifest_platform(reader, desc)
+    except NotFound:
+        platform = None
+    kind: Kind = "image"
+    if oci.is_attestation(desc):
+        kind = "attestation"
+    elif oci.is_pseudo_image(desc) or (
+        platform and platform.os == platform.architecture == "unknown"
+    ):
+        kind = "unknown"
+    return ManifestRow(
+        descriptor=desc,
+        platform=platform,
+        kind=kind,
+        available=all(n.present for n in nodes),  # SAVE-6
+        content_size=sum(n.descriptor.size for n in nodes if n.present),
+    )
 
 
-def _parse_filters(filters: Sequence[str]) -> _Filters:
+def _tree_order(t: ImageTree) -> tuple[bool, builtins.list[str], str]:
+    return not t.names, [reference.display_name(n) for n in t.names], t.target.digest
+
+
+def _filter(filters: Sequence[str]) -> Callable[[Image], bool]:
     references: builtins.list[str] = []
     labels: builtins.list[tuple[str, str | None]] = []
     dangling: bool | None = None
@@ -460,15 +386,13 @@ def _parse_filters(filters: Sequence[str]) -> _Filters:
             raise InvalidArgument(
                 f'bad filter "{f}": unknown key "{key}" (reference, label, dangling)'
             )
-    return _Filters(tuple(references), tuple(labels), dangling)
 
-
-def _passes(image: Image, f: _Filters) -> bool:
-    dangling = reference.is_dangling(image.name)
-    if f.dangling is not None and f.dangling != dangling:
-        return False
-    if f.references:
-        shown = reference.display_name(image.name)
-        if not any(fnmatch.fnmatchcase(n, p) for p in f.references for n in (image.name, shown)):
+    def passes(image: Image) -> bool:
+        if dangling is not None and dangling != reference.is_dangling(image.name):
             return False
-    return all(k in image.labels and (v is None or image.labels[k] == v) for k, v in f.labels)
+        shown = (image.name, reference.display_name(image.name))
+        if references and not any(fnmatch.fnmatchcase(n, p) for p in references for n in shown):
+            return False
+        return all(k in image.labels and (v is None or image.labels[k] == v) for k, v in labels)
+
+    return passes

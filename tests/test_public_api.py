@@ -31,6 +31,13 @@ def test_public_names_without_underscore_are_all_listed() -> None:
     assert public <= set(castar.__all__)
 
 
+def test_descriptor_is_the_oci_one_and_the_store_keeps_its_record() -> None:
+    import castar.store
+
+    assert castar.Descriptor is oci.Descriptor
+    assert castar.store.Descriptor is not oci.Descriptor
+
+
 def _concrete_classes() -> list[str]:
     # Errors form a hierarchy on purpose (errors); abstract classes exist to be subclassed.
     return [
@@ -63,8 +70,8 @@ async def test_facade_stores_lists_tags_collects_and_verifies(tmp_path: Path) ->
         async with store.lease(expire=timedelta(minutes=5)) as lease:
             c = await store.content.write_blob(config, media_type=oci.OCI_CONFIG)
             lyr = await store.content.write_blob(layer, media_type=oci.OCI_LAYER)
-            cd = oci.Descriptor(media_type=c.media_type, digest=c.digest, size=c.size)
-            ld = oci.Descriptor(media_type=lyr.media_type, digest=lyr.digest, size=lyr.size)
+            cd = castar.Descriptor(media_type=c.media_type, digest=c.digest, size=c.size)
+            ld = castar.Descriptor(media_type=lyr.media_type, digest=lyr.digest, size=lyr.size)
             manifest = oci.encode_manifest(oci.Manifest(config=cd, layers=(ld,)))
             m = await store.content.write_blob(
                 manifest,

@@ -117,7 +117,7 @@ async def store(tmp_path: Path):
 async def test_tree_lists_every_platform_in_index_order_with_availability(store: Root) -> None:
     # TREE-1: every manifest, present or not, in index order; Available = SAVE-6.
     built = await build(store, present=MIXED)
-    (tree,) = await ImageService(store).tree()
+    (tree,) = await ImageService(store.images, store.content).tree()
     assert tree.names == (NAME,)
     assert tree.target.digest == built.index.digest
     rows = tree.platforms
@@ -130,7 +130,7 @@ async def test_tree_counts_attestations_in_content_size_but_lists_no_row(store: 
     # TREE-3: top CONTENT SIZE sums ALL manifests (attestations included); child rows only
     # for kind image.
     built = await build(store, present=MIXED)
-    (tree,) = await ImageService(store).tree()
+    (tree,) = await ImageService(store.images, store.content).tree()
     kinds = [m.kind for m in tree.manifests]
     assert kinds == ["image"] * 4 + ["attestation"]
     assert all(r.kind == "image" for r in tree.platforms)
@@ -154,7 +154,7 @@ async def test_tree_of_only_one_present_platform_tv76(store: Root) -> None:
     built = await build(
         store, present={p: "all" if p == "linux/arm64/v8" else "none" for p in specs}
     )
-    (tree,) = await ImageService(store).tree()
+    (tree,) = await ImageService(store.images, store.content).tree()
     assert [str(r.platform) for r in tree.platforms] == specs
     avail = {str(r.platform): (r.available, r.content_size) for r in tree.platforms}
     assert avail.pop("linux/arm64/v8") == (True, built.sizes["linux/arm64/v8"])
@@ -172,7 +172,7 @@ async def test_tree_of_only_one_present_platform_tv76(store: Root) -> None:
 async def test_render_tree_is_faint_for_unavailable_rows_on_a_terminal(store: Root) -> None:
     # TREE-3: unavailable rows faint on terminals, no marker column there.
     await build(store, present=MIXED)
-    trees = await ImageService(store).tree()
+    trees = await ImageService(store.images, store.content).tree()
     lines = render_tree(trees, terminal=True)
     assert "AVAILABLE" not in lines[0]
     faint = [ln for ln in lines if ln.startswith("\x1b[2m")]
@@ -192,7 +192,7 @@ def test_format_size_uses_decimal_units_with_three_digits(size: int, text: str) 
 async def test_tree_groups_names_of_one_target_and_puts_untagged_last(store: Root) -> None:
     built = await build(store, present={"linux/amd64": "all"})
     other = await build(store, present={"linux/arm64": "all"}, name="docker.io/library/b:2")
-    svc = ImageService(store)
+    svc = ImageService(store.images, store.content)
     await svc.tag(NAME, "zz:9")
     await store.images.create(f"moby-dangling@{other.index.digest}", other.index)
     await svc.delete("docker.io/library/b:2")
@@ -204,7 +204,7 @@ async def test_tree_groups_names_of_one_target_and_puts_untagged_last(store: Roo
 
 async def test_resolve_accepts_familiar_names_digests_and_id_prefixes(store: Root) -> None:
     built = await build(store, present={"linux/amd64": "all"})
-    svc = ImageService(store)
+    svc = ImageService(store.images, store.content)
     for name in (NAME, "demo:1", str(built.index.digest), built.index.digest.encoded[:12]):
         assert (await svc.resolve(name)).name == NAME
     with pytest.raises(NotFound, match='image "nope": not found'):
@@ -213,7 +213,7 @@ async def test_resolve_accepts_familiar_names_digests_and_id_prefixes(store: Roo
 
 async def test_inspect_and_save_agree_on_image_ids_in_any_case(store: Root) -> None:
     built = await build(store, present={"linux/amd64": "all"})
-    svc = ImageService(store)
+    svc = ImageService(store.images, store.content)
     full = str(built.index.digest)
     hexes = built.index.digest.encoded
     for ref in (full, full.upper(), hexes.upper(), hexes[:12], hexes[:12].upper(), hexes[:4]):
@@ -229,7 +229,7 @@ async def test_inspect_and_save_agree_on_image_ids_in_any_case(store: Root) -> N
 
 async def test_tag_points_a_normalized_name_at_the_source_target(store: Root) -> None:
     built = await build(store, present={"linux/amd64": "all"})
-    svc = ImageService(store)
+    svc = ImageService(store.images, store.content)
     image = await svc.tag("demo:1", "mirror/demo")
     assert image.name == "docker.io/mirror/demo:latest"
     assert image.target.digest == built.index.digest
@@ -239,7 +239,7 @@ async def test_tag_points_a_normalized_name_at_the_source_target(store: Root) ->
 
 async def test_remove_by_name_untags_and_by_id_needs_force_when_shared(store: Root) -> None:
     built = await build(store, present={"linux/amd64": "all"})
-    svc = ImageService(store)
+    svc = ImageService(store.images, store.content)
     await svc.tag(NAME, "other:1")
     short = built.index.digest.encoded[:12]
     with pytest.raises(Conflict, match="must be forced"):
@@ -254,7 +254,7 @@ async def test_remove_by_name_untags_and_by_id_needs_force_when_shared(store: Ro
 
 async def test_remove_with_one_unknown_name_removes_nothing(store: Root) -> None:
     await build(store, present={"linux/amd64": "all"})
-    svc = ImageService(store)
+    svc = ImageService(store.images, store.content)
     with pytest.raises(NotFound):
         await svc.remove(["demo:1", "nope:1"])
     assert [i.name for i in await svc.list()] == [NAME]
@@ -262,7 +262,7 @@ async def test_remove_with_one_unknown_name_removes_nothing(store: Root) -> None
 
 async def test_list_filters_by_reference_label_and_dangling(store: Root) -> None:
     built = await build(store, present={"linux/amd64": "all"})
-    svc = ImageService(store)
+    svc = ImageService(store.images, store.content)
     await store.images.create("docker.io/library/web:2", built.index, labels={"team": "a"})
     await store.images.create(f"moby-dangling@{built.index.digest}", built.index)
     names = lambda imgs: [i.name for i in imgs]  # noqa: E731
@@ -277,7 +277,9 @@ async def test_list_filters_by_reference_label_and_dangling(store: Root) -> None
 
 async def test_inspect_with_platform_shows_that_manifest_and_config(store: Root) -> None:
     built = await build(store, present=MIXED)
-    details = await ImageService(store).inspect("demo:1", platform="linux/amd64")
+    details = await ImageService(store.images, store.content).inspect(
+        "demo:1", platform="linux/amd64"
+    )
     assert details.manifest is not None
     assert details.manifest.digest == built.manifests["linux/amd64"].digest
     doc = details.to_json()
@@ -285,13 +287,15 @@ async def test_inspect_with_platform_shows_that_manifest_and_config(store: Root)
     assert doc["manifest"]["layers"][0]["size"] == 1000
     assert [p["platform"] for p in doc["platforms"]][:4] == list(MIXED)
     with pytest.raises(NotFound, match="does not provide platform linux/s390x"):
-        await ImageService(store).inspect("demo:1", platform="linux/s390x")
+        await ImageService(store.images, store.content).inspect("demo:1", platform="linux/s390x")
 
 
 async def test_inspect_picks_the_best_match_not_the_first_in_the_index(store: Root) -> None:
     # only(linux/arm/v7) also matches v6 (MATCH rules); MATCH-7 order puts v7 first.
     built = await build(store, present={"linux/arm/v6": "all", "linux/arm/v7": "all"})
-    details = await ImageService(store).inspect("demo:1", platform="linux/arm/v7")
+    details = await ImageService(store.images, store.content).inspect(
+        "demo:1", platform="linux/arm/v7"
+    )
     assert details.manifest is not None
     assert details.manifest.digest == built.manifests["linux/arm/v7"].digest
 
@@ -299,7 +303,7 @@ async def test_inspect_picks_the_best_match_not_the_first_in_the_index(store: Ro
 async def test_remove_by_id_takes_dangling_records_along_without_force(store: Root) -> None:
     built = await build(store, present={"linux/amd64": "all"})
     await store.images.create(f"moby-dangling@{built.index.digest}", built.index)
-    svc = ImageService(store)
+    svc = ImageService(store.images, store.content)
     removed = await svc.remove([built.index.digest.encoded[:12]])
     assert [str(r) for r in removed] == ["Untagged: demo:1", f"Deleted: {built.index.digest}"]
     assert await svc.list() == []
@@ -312,7 +316,7 @@ async def test_tree_shows_a_corrupt_manifest_unavailable_instead_of_failing(stor
     await anyio.Path(path).write_bytes(
         b"{not json" + b" " * (built.manifests["linux/amd64"].size - 9)
     )
-    (tree,) = await ImageService(store).tree()
+    (tree,) = await ImageService(store.images, store.content).tree()
     amd64 = tree.platforms[0]
     assert str(amd64.platform) == "linux/amd64"  # from the index descriptor
     assert (amd64.available, amd64.content_size) == (False, 0)
@@ -320,5 +324,5 @@ async def test_tree_shows_a_corrupt_manifest_unavailable_instead_of_failing(stor
     index_path = store.content.path(built.index.digest)
     await anyio.to_thread.run_sync(index_path.chmod, 0o644)
     await anyio.Path(index_path).write_bytes(b"x" * built.index.size)
-    (tree,) = await ImageService(store).tree()
+    (tree,) = await ImageService(store.images, store.content).tree()
     assert (tree.names, tree.manifests) == ((NAME,), ())
