@@ -26,7 +26,7 @@ __all__ = [
     "ALL", "HOST_ENV", "KNOWN_ARCHITECTURES", "KNOWN_OS", "MatchComparer", "Matcher", "Platform",
     "any_of", "format", "format_all", "from_json", "host", "match_any_with_preference",
     "normalize", "only", "only_strict", "ordered", "parse", "parse_all", "parse_list",
-    "pinned_host", "set_host", "sort_best_first", "to_json",
+    "pinned_host", "sort_best_first", "to_json",
 ]  # fmt: skip
 
 #: Environment variable overriding the detected host platform (a platform specifier).
@@ -114,22 +114,15 @@ def host() -> Platform:
     return _detected()
 
 
-def set_host(p: Platform | None) -> Platform | None:
-    """Pin the host platform process-wide (tests); ``None`` unpins. Returns the previous pin."""
-    global _pinned
-    previous, _pinned = _pinned, p
-    return previous
-
-
 @contextmanager
 def pinned_host(p: Platform | str) -> Iterator[Platform]:
     """Pin the host platform (or a specifier parsed against the detected one) in a block."""
-    value = _parse(p, _detected()) if isinstance(p, str) else p
-    previous = set_host(value)
+    global _pinned
+    previous, _pinned = _pinned, _parse(p, _detected()) if isinstance(p, str) else p
     try:
-        yield value
+        yield _pinned
     finally:
-        set_host(previous)
+        _pinned = previous
 
 
 # -- normalisation (NORM-1..3) ----------------------------------------------------------
