@@ -56,7 +56,7 @@ _ESCAPES: Final = (("%", "%25"), ("+", "%2B"), ("(", "%28"), (")", "%29"), ("/",
 class Platform:
     """An OCI platform, values as given (``""``/``()`` when absent); matchers normalise."""
 
-    os: str
+    os: str  # os and architecture take Go's names (GOOS, GOARCH): "linux", "amd64"
     architecture: str
     variant: str = ""
     os_version: str = ""
