@@ -207,27 +207,21 @@ def _parse(spec: str, base: Platform) -> Platform:
             features.append(feature)
     p = Platform(os_name, "", "", os_version, tuple(features))
 
-    if len(parts) == 1:
-        if os_name in KNOWN_OS:
-            variant = base.variant if base.architecture == "arm" and base.variant != "v7" else ""
-            return replace(p, architecture=base.architecture, variant=variant)
-        arch, variant = _normalize_arch(parts[0], "")
-        if arch == "arm" and variant == "v7":
-            variant = ""
-        if arch in KNOWN_ARCHITECTURES:
-            return Platform(base.os, arch, variant)
-        raise InvalidArgument(f"{_quote(spec)}: unknown operating system or architecture")
-    if len(parts) == 2:
-        arch, variant = _normalize_arch(parts[1], "")
-        if arch == "arm" and variant == "v7":
-            variant = ""
-        return replace(p, architecture=arch, variant=variant)
+    if len(parts) > 3:
+        raise InvalidArgument(f"{_quote(spec)}: cannot parse platform specifier")
+    if len(parts) == 1 and os_name in KNOWN_OS:
+        variant = base.variant if base.architecture == "arm" and base.variant != "v7" else ""
+        return replace(p, architecture=base.architecture, variant=variant)
+    arch, variant = _normalize_arch(parts[1 if len(parts) > 1 else 0], "".join(parts[2:]))
     if len(parts) == 3:
-        arch, variant = _normalize_arch(parts[1], parts[2])
-        if arch == "arm64" and not variant:
-            variant = "v8"
+        variant = variant or ("v8" if arch == "arm64" else "")
+    elif arch == "arm" and variant == "v7":
+        variant = ""
+    if len(parts) > 1:
         return replace(p, architecture=arch, variant=variant)
-    raise InvalidArgument(f"{_quote(spec)}: cannot parse platform specifier")
+    if arch in KNOWN_ARCHITECTURES:
+        return Platform(base.os, arch, variant)
+    raise InvalidArgument(f"{_quote(spec)}: unknown operating system or architecture")
 
 
 def parse(spec: str) -> Platform:
