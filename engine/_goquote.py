@@ -1,14 +1,8 @@
-"""Go's ``%q`` verb (``strconv.Quote``): how containerd and docker quote names in messages.
-
-Owns the one quoting routine that error texts copied from Go need (PLAT-1/2 platform
-specifiers, reference normalisation). Pure: stdlib only; never anyio or castar modules.
-"""
+"""Go's ``%q`` verb (``strconv.Quote``): how containerd and docker quote names in messages."""
 
 from __future__ import annotations
 
 from typing import Final
-
-__all__ = ["quote"]
 
 _GO_ESCAPES: Final = {
     "\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"
@@ -16,11 +10,7 @@ _GO_ESCAPES: Final = {
 
 
 def quote(s: str) -> str:
-    """``s`` in double quotes, as Go's ``%q`` prints it.
-
-    Quotes and backslashes get a backslash; control characters take Go's short escapes
-    (newline, tab…) or a hex escape; other unprintable characters a unicode escape.
-    """
+    """``s`` in double quotes with Go's escapes, as ``%q`` prints it."""
     out = []
     for ch in s:
         if ch in '"\\':

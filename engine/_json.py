@@ -1,10 +1,4 @@
-"""JSON for OCI documents: the canonical encoder (DESC-2) and strict, capped field readers.
-
-Owns the bytes castar writes for every JSON document (Go ``encoding/json``: compact,
-sorted map keys, struct field order, HTML escapes) and the readers that decode a
-document member by member with Go's typing rules, raising ``MalformedManifest``.
-Pure: imports only ``castar.store.errors``; never anyio, I/O or other engine modules.
-"""
+"""JSON as Go's ``encoding/json`` does it: the canonical encoder (DESC-2), strict member readers."""
 
 from __future__ import annotations
 
@@ -19,19 +13,6 @@ from typing import Any, Final
 
 from castar.store.errors import InvalidArgument, MalformedManifest
 
-__all__ = [
-    "Struct",
-    "canonical_json",
-    "get_int",
-    "get_map",
-    "get_str",
-    "get_strs",
-    "kind",
-    "load_object",
-    "malformed",
-    "object_of",
-]
-
 _MAX_INT64: Final = (1 << 63) - 1
 
 
@@ -39,13 +20,7 @@ _MAX_INT64: Final = (1 << 63) - 1
 
 
 class Struct(dict[str, Any]):
-    """A JSON object whose members keep their insertion order, like a Go struct.
-
-    :func:`canonical_json` sorts the keys of every plain mapping (Go maps) but writes a
-    ``Struct`` in the order it was built: documents (index, manifest, descriptor,
-    platform, Docker ``manifest.json`` entries) are structs in Go, so their members
-    come in field order (DESC-1) while annotation and label maps are key-sorted.
-    """
+    """A JSON object written in insertion order like a Go struct (DESC-1); other maps are sorted."""
 
     __slots__ = ()
 
@@ -125,11 +100,9 @@ def _encode(obj: object, out: Callable[[str], object]) -> None:
 
 def _encode_members(items: Iterable[tuple[str, object]], out: Callable[[str], object]) -> None:
     out("{")
-    first = True
-    for k, v in items:
-        if not first:
+    for i, (k, v) in enumerate(items):
+        if i:
             out(",")
-        first = False
         out(_json_string(k))
         out(":")
         _encode(v, out)
@@ -137,15 +110,10 @@ def _encode_members(items: Iterable[tuple[str, object]], out: Callable[[str], ob
 
 
 def canonical_json(obj: object) -> bytes:
-    r"""Encode ``obj`` byte-for-byte as Go's ``json.Marshal`` would (DESC-2).
+    """Encode ``obj`` byte-for-byte as Go's ``json.Marshal`` would (DESC-2).
 
-    Compact, no trailing newline; mapping keys sorted by byte value except in a
-    :class:`Struct` (field order); ``<``, ``>``, ``&``, U+2028 and U+2029 escaped as
-    ``\u003c`` etc.; other non-ASCII kept as UTF-8; ``None`` → ``null``; ``bytes`` →
-    base64 (Go ``[]byte``); objects with a ``to_json()`` method are encoded through it.
-
-    Raises:
-        InvalidArgument: a value JSON cannot hold (NaN, a non-string key, an unknown type).
+    ``bytes`` are base64 (Go ``[]byte``), objects with ``to_json()`` are encoded through it;
+    a value JSON cannot hold (NaN, a non-string key, another type) is ``InvalidArgument``.
     """
     parts: list[str] = []
     _encode(obj, parts.append)
@@ -228,15 +196,7 @@ def object_of(v: object, where: str) -> dict[str, Any]:
 
 
 def load_object(data: bytes, where: str, limit: int) -> dict[str, Any]:
-    """Parse a document that must be a JSON object of at most ``limit`` bytes.
-
-    The size is checked before parsing; invalid UTF-8 reads as U+FFFD (as in Go);
-    ``NaN``/``Infinity`` literals are refused.
-
-    Raises:
-        MalformedManifest: over ``limit``, not JSON, or not an object; ``where`` leads
-            the message.
-    """
+    """A JSON object of at most ``limit`` bytes (checked first); bad UTF-8 reads as U+FFFD."""
     if len(data) > limit:
         raise MalformedManifest(
             f"{where}: document of {len(data)} bytes exceeds the {limit} byte limit"

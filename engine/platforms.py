@@ -26,7 +26,7 @@ __all__ = [
     "ALL", "HOST_ENV", "KNOWN_ARCHITECTURES", "KNOWN_OS", "MatchComparer", "Matcher", "Platform",
     "any_of", "format", "format_all", "from_json", "host", "match_any_with_preference",
     "normalize", "only", "only_strict", "ordered", "parse", "parse_all", "parse_list",
-    "pinned_host", "set_host", "sort_best_first", "to_json",
+    "pinned_host", "sort_best_first", "to_json",
 ]  # fmt: skip
 
 #: Environment variable overriding the detected host platform (a platform specifier).
@@ -56,7 +56,7 @@ _ESCAPES: Final = (("%", "%25"), ("+", "%2B"), ("(", "%28"), (")", "%29"), ("/",
 class Platform:
     """An OCI platform, values as given (``""``/``()`` when absent); matchers normalise."""
 
-    os: str
+    os: str  # os and architecture take Go's names (GOOS, GOARCH): "linux", "amd64"
     architecture: str
     variant: str = ""
     os_version: str = ""
@@ -114,22 +114,15 @@ def host() -> Platform:
     return _detected()
 
 
-def set_host(p: Platform | None) -> Platform | None:
-    """Pin the host platform process-wide (tests); ``None`` unpins. Returns the previous pin."""
-    global _pinned
-    previous, _pinned = _pinned, p
-    return previous
-
-
 @contextmanager
 def pinned_host(p: Platform | str) -> Iterator[Platform]:
     """Pin the host platform (or a specifier parsed against the detected one) in a block."""
-    value = _parse(p, _detected()) if isinstance(p, str) else p
-    previous = set_host(value)
+    global _pinned
+    previous, _pinned = _pinned, _parse(p, _detected()) if isinstance(p, str) else p
     try:
-        yield value
+        yield _pinned
     finally:
-        set_host(previous)
+        _pinned = previous
 
 
 # -- normalisation (NORM-1..3) ----------------------------------------------------------
@@ -214,27 +207,21 @@ def _parse(spec: str, base: Platform) -> Platform:
             features.append(feature)
     p = Platform(os_name, "", "", os_version, tuple(features))
 
-    if len(parts) == 1:
-        if os_name in KNOWN_OS:
-            variant = base.variant if base.architecture == "arm" and base.variant != "v7" else ""
-            return replace(p, architecture=base.architecture, variant=variant)
-        arch, variant = _normalize_arch(parts[0], "")
-        if arch == "arm" and variant == "v7":
-            variant = ""
-        if arch in KNOWN_ARCHITECTURES:
-            return Platform(base.os, arch, variant)
-        raise InvalidArgument(f"{_quote(spec)}: unknown operating system or architecture")
-    if len(parts) == 2:
-        arch, variant = _normalize_arch(parts[1], "")
-        if arch == "arm" and variant == "v7":
-            variant = ""
-        return replace(p, architecture=arch, variant=variant)
+    if len(parts) > 3:
+        raise InvalidArgument(f"{_quote(spec)}: cannot parse platform specifier")
+    if len(parts) == 1 and os_name in KNOWN_OS:
+        variant = base.variant if base.architecture == "arm" and base.variant != "v7" else ""
+        return replace(p, architecture=base.architecture, variant=variant)
+    arch, variant = _normalize_arch(parts[1 if len(parts) > 1 else 0], "".join(parts[2:]))
     if len(parts) == 3:
-        arch, variant = _normalize_arch(parts[1], parts[2])
-        if arch == "arm64" and not variant:
-            variant = "v8"
+        variant = variant or ("v8" if arch == "arm64" else "")
+    elif arch == "arm" and variant == "v7":
+        variant = ""
+    if len(parts) > 1:
         return replace(p, architecture=arch, variant=variant)
-    raise InvalidArgument(f"{_quote(spec)}: cannot parse platform specifier")
+    if arch in KNOWN_ARCHITECTURES:
+        return Platform(base.os, arch, variant)
+    raise InvalidArgument(f"{_quote(spec)}: unknown operating system or architecture")
 
 
 def parse(spec: str) -> Platform:

@@ -51,25 +51,17 @@ MAX_OCTAL_SIZE: Final = 0o77777777777  # 8 GiB - 1: the largest size a USTAR fie
 
 
 def text_field(block: bytes, start: int, stop: int) -> str:
-    """A NUL-terminated text field of a header block (undecodable bytes kept as surrogates)."""
+    """A NUL-terminated text field (undecodable bytes kept as surrogates)."""
     end = block.find(b"\0", start, stop)
     raw = block[start : stop if end < 0 else end]
     return raw.decode("utf-8", "surrogateescape")
 
 
-def cstring(data: bytes) -> str:
-    """A GNU long name/link record body: text up to the first NUL."""
-    end = data.find(b"\0")
-    return (data if end < 0 else data[:end]).decode("utf-8", "surrogateescape")
-
-
-def number_field(block: bytes, start: int, stop: int, offset: int, member: str) -> int:
+def number_field(block: bytes, start: int, stop: int, offset: int) -> int:
     """Decode an octal or base-256 numeric field (tarfile ``nti``)."""
     if block[start] & 0x80:
         if block[start] not in (0o200, 0o377):
-            raise MalformedArchive(
-                "invalid tar header: bad numeric field", offset=offset, member=member or None
-            )
+            raise MalformedArchive("invalid tar header: bad numeric field", offset=offset)
         n = int.from_bytes(block[start + 1 : stop], "big")
         if block[start] == 0o377:
             n -= 256 ** (stop - start - 1)
@@ -83,18 +75,11 @@ def number_field(block: bytes, start: int, stop: int, offset: int, member: str) 
             pass  # 8 or 9
     elif not raw:
         return 0
-    raise MalformedArchive(
-        f"invalid tar header: bad numeric field {raw!r}", offset=offset, member=member or None
-    )
+    raise MalformedArchive(f"invalid tar header: bad numeric field {raw!r}", offset=offset)
 
 
+#: The header bytes outside the checksum field as signed values (old Unix tars summed those).
 _SIGNED: Final = struct.Struct("148b8x356b")
-
-
-def signed_checksum(block: bytes) -> int:
-    """The header checksum summed over signed bytes (old Unix tars; tarfile accepts it)."""
-    signed: tuple[int, ...] = _SIGNED.unpack(block)
-    return 256 + sum(signed)
 
 
 def parse_pax(data: bytes, offset: int) -> dict[str, str]:
@@ -125,12 +110,8 @@ def parse_pax(data: bytes, offset: int) -> dict[str, str]:
 def apply_pax(
     pax: dict[str, str], name: str, linkname: str, size: int, mtime: int, offset: int
 ) -> tuple[str, str, int, int]:
-    value = pax.get("path")
-    if value:
-        name = value
-    value = pax.get("linkpath")
-    if value:
-        linkname = value
+    name = pax.get("path") or name
+    linkname = pax.get("linkpath") or linkname
     value = pax.get("size")
     if value:
         if not value.isdigit():
@@ -210,18 +191,10 @@ def encode_header(
     type: bytes = REGTYPE,
     linkname: str = "",
 ) -> bytes:
-    """Encode a deterministic header for one member (TAR-1, TAR-2).
+    """A deterministic header for one member (TAR-1..3): ids 0, no owner names, mtime 0.
 
-    uid/gid 0, empty uname/gname, mtime 0. USTAR (with a prefix split) when the name,
-    link name and size fit; otherwise a PAX ``x`` record carries ``path``,
-    ``linkpath`` and/or ``size`` (names > 255 bytes or unsplittable, non-ASCII text,
-    sizes of 8 GiB and more, which are also written base-256 in the ustar field).
-
-    Directory names should end with ``/`` (TAR-1); blobs are ``mode`` 0o444 (TAR-3).
-    Returns 512 bytes, or 1024 + PAX record blocks when PAX is needed.
-
-    Raises:
-        InvalidArgument: negative size or a typeflag that is not one byte (a ValueError).
+    USTAR (with a prefix split) when name, link name and size fit; else a PAX ``x`` record
+    carries ``path``, ``linkpath`` and/or ``size`` (8 GiB and more, also base-256 in ustar).
     """
     if size < 0:
         raise InvalidArgument(f"tar member {name!r}: negative size {size}")
@@ -237,11 +210,9 @@ def encode_header(
             if split is not None:
                 return _block(split[1], mode, size, type, link, split[0])
     records = []
-    raw_name = name.encode("utf-8", "surrogateescape")
-    raw_link = linkname.encode("utf-8", "surrogateescape")
-    if not name.isascii() or len(raw_name) > 100:
+    if not name.isascii() or len(name) > 100:
         records.append(_pax_record("path", name))
-    if not linkname.isascii() or len(raw_link) > 100:
+    if not linkname.isascii() or len(linkname) > 100:
         records.append(_pax_record("linkpath", linkname))
     if size > MAX_OCTAL_SIZE:
         records.append(_pax_record("size", str(size)))
@@ -249,14 +220,8 @@ def encode_header(
     pax_header = _block(b"././@PaxHeader", 0o644, len(data), PAX_FILE, b"", b"")
     short_name = name.encode("ascii", "replace")[:100]
     short_link = linkname.encode("ascii", "replace")[:100]
-    return b"".join(
-        (
-            pax_header,
-            data,
-            padding(len(data)),
-            _block(short_name, mode, size, type, short_link, b""),
-        )
-    )
+    member = _block(short_name, mode, size, type, short_link, b"")
+    return b"".join((pax_header, data, padding(len(data)), member))
 
 
 # -- events ----------------------------------------------------------------------------------
@@ -265,12 +230,10 @@ def encode_header(
 @final
 @dataclass(frozen=True, slots=True)
 class MemberStart:
-    """A member's header (after PAX/GNU records are applied).
+    """A member's header, PAX/GNU records applied (``name``: PAX ``path`` > GNU ``L`` > ustar).
 
-    ``name`` is PAX ``path`` > GNU ``L`` > ustar prefix/name; ``size`` is 0 for header-only
-    types; the legacy NUL ``type`` reads ``b"0"`` (``b"5"`` for a V7 name ending in ``/``);
-    ``header_offset`` is that of the first header block (its PAX/GNU record header when
-    it has one, as ``TarInfo.offset``).
+    ``size`` is 0 for header-only types; a NUL ``type`` reads ``b"0"`` (``b"5"`` for a V7
+    name ending in ``/``); ``header_offset`` is that of its first record, as ``TarInfo.offset``.
     """
 
     name: str
@@ -325,10 +288,8 @@ Event = MemberStart | Chunk | MemberEnd | ArchiveEnd | NeedData
 
 # -- decoder ---------------------------------------------------------------------------------
 
-# Strategy: fed buffers are kept as memoryviews in a deque with a read position into the
-# first one, so body bytes are handed out as slices without copying (one Chunk per fed
-# buffer per member). Only header blocks and PAX/GNU records are copied, and only they
-# are joined across feeds. Each state needs a bounded number of bytes before it can
+# Fed buffers stay memoryviews in a deque, so bodies go out as slices without copying; only
+# header blocks and PAX/GNU records are copied. Each state needs a bounded number of bytes to
 # make progress, so next_event is O(fed bytes) overall and never loops without input.
 _S_HEADER: Final = 0
 _S_META: Final = 1  # collecting a PAX / GNU record body
@@ -339,17 +300,11 @@ _S_END: Final = 4
 
 @final
 class TarDecoder:
-    """Sans-IO tar decoder (design rule seam-tar): ``feed`` bytes, pull events.
+    """Sans-IO tar decoder (design rule seam-tar, TAR-4): ``feed`` bytes, pull events.
 
-    Accepts USTAR, PAX (``x`` and ``g``: path, linkpath, size, mtime), GNU long
-    names and links, base-256 numbers, V7 headers and the ustar prefix field (TAR-4).
-    Checksums are verified (unsigned or signed sums, as tarfile). The archive ends at
-    the first zero block or at EOF on a member boundary (tarfile's leniency); a
-    truncated header, body or padding is an error. Any malformed input raises
-    ``MalformedArchive`` naming the offset and member.
-
-    Buffers passed to ``feed`` are referenced, not copied: do not mutate them until
-    the decoder has moved past them.
+    Checksums are verified (unsigned or signed sums, as tarfile). The archive ends at the
+    first zero block or at EOF on a member boundary; any truncation or malformed input
+    raises ``MalformedArchive``. Fed buffers are referenced: do not mutate them.
     """
 
     __slots__ = (
@@ -407,14 +362,10 @@ class TarDecoder:
         self._eof = True
 
     def skip_body(self) -> int:
-        """Skip the body and padding of the member whose ``MemberStart`` was just returned.
+        """Skip the body and padding of the member just started (no ``Chunk``/``MemberEnd``).
 
-        No ``Chunk`` or ``MemberEnd`` follows for this member. Returns how many bytes of
-        body and padding have not been fed yet: the caller skips exactly that many in its
-        source before feeding again; ``offset`` is then the next header's offset.
-
-        Raises:
-            RuntimeError: not called right after a ``MemberStart``.
+        Returns how many of those bytes were not fed yet: the caller skips that many in its
+        source before feeding again. Only valid right after a ``MemberStart``.
         """
         if not self._skippable:
             raise RuntimeError("skip_body() is only valid right after a MemberStart")
@@ -427,11 +378,7 @@ class TarDecoder:
         return total - dropped
 
     def next_event(self) -> Event:
-        """Return the next event, or ``NEED_DATA`` when more input is needed.
-
-        Raises:
-            MalformedArchive: the bytes are not a well-formed tar archive.
-        """
+        """The next event, or ``NEED_DATA`` when more input is needed."""
         self._skippable = False
         while True:
             state = self._state
@@ -441,36 +388,27 @@ class TarDecoder:
                     self._need = -self._offset % BLOCKSIZE
                     return MemberEnd(self._name)
                 if not self._avail:
-                    if self._eof:
-                        raise MalformedArchive(
-                            f"truncated archive: {self._need} bytes of member body missing",
-                            offset=self._offset,
-                            member=self._name,
-                        )
-                    return NEED_DATA
+                    return self._starved(f"{self._need} bytes of member body missing", self._name)
                 return Chunk(self._take_view(self._need))
-            if state == _S_HEADER:
-                event = self._header()
-                if event is None:
-                    continue
-                return event
             if state == _S_PAD:
                 self._need -= self._drop(self._need)
                 if self._need:
-                    if self._eof:
-                        raise MalformedArchive(
-                            "truncated archive: padding missing",
-                            offset=self._offset,
-                            member=self._name,
-                        )
-                    return NEED_DATA
+                    return self._starved("padding missing", self._name)
                 self._state = _S_HEADER
                 continue
-            if state == _S_META:
-                if not self._collect_meta():
-                    return NEED_DATA
-                continue
-            return self._end
+            if state == _S_END:
+                return self._end
+            event = self._header() if state == _S_HEADER else self._collect_meta()
+            if event is not None:
+                return event
+
+    def _starved(self, missing: str, member: str | None = None) -> NeedData:
+        """``NEED_DATA``, or the truncation error once no more input can come."""
+        if self._eof:
+            raise MalformedArchive(
+                f"truncated archive: {missing}", offset=self._offset, member=member
+            )
+        return NEED_DATA
 
     # -- buffer primitives --
 
@@ -535,10 +473,8 @@ class TarDecoder:
     def _header(self) -> Event | None:
         """Decode one header block; None when it was a PAX/GNU record header."""
         if self._avail < BLOCKSIZE:
-            if not self._eof:
-                return NEED_DATA
-            if self._avail:
-                raise MalformedArchive("truncated archive: incomplete header", offset=self._offset)
+            if not self._eof or self._avail:
+                return self._starved("incomplete header")
             if self._pending_offset is not None:
                 raise MalformedArchive(
                     "truncated archive: extended header not followed by a member",
@@ -554,9 +490,9 @@ class TarDecoder:
                 raise MalformedArchive("zero block after an extended header", offset=start)
             return self._finish(start)
         # Header problems name no member: the name in this block is not trustworthy yet.
-        chksum = number_field(block, 148, 156, start, "")
+        chksum = number_field(block, 148, 156, start)
         total = sum(block) - sum(block[148:156]) + 256
-        if total != chksum and signed_checksum(block) != chksum:
+        if total != chksum and 256 + sum(_SIGNED.unpack(block)) != chksum:
             raise MalformedArchive("invalid tar header: checksum mismatch", offset=start)
         type_ = block[156:157]
         # Fast path for the usual "<octal digits>NUL" fields; anything else takes _number.
@@ -567,9 +503,9 @@ class TarDecoder:
             mtime = int(block[136:147], 8)
             mode = int(block[100:107], 8)
         except ValueError:
-            size = number_field(block, 124, 136, start, "")
-            mode = number_field(block, 100, 108, start, "")
-            mtime = number_field(block, 136, 148, start, "")
+            size = number_field(block, 124, 136, start)
+            mode = number_field(block, 100, 108, start)
+            mtime = number_field(block, 136, 148, start)
         if size < 0:
             raise MalformedArchive("invalid tar header: negative size", offset=start)
         if type_ in META_TYPES:
@@ -613,39 +549,26 @@ class TarDecoder:
         self._skippable = True
         return MemberStart(name, size, type_, linkname, mode, mtime, header_offset, self._offset)
 
-    def _collect_meta(self) -> bool:
-        """Gather a PAX/GNU record body and its padding; False when more input is needed."""
-        need = self._meta_need
-        if need:
-            n = min(need, self._avail)
-            if n:
-                self._meta += self._take_bytes(n)
-                self._meta_need = need = need - n
-            if need:
-                if self._eof:
-                    raise MalformedArchive(
-                        "truncated archive: extended header record incomplete",
-                        offset=self._offset,
-                    )
-                return False
+    def _collect_meta(self) -> NeedData | None:
+        """Gather a PAX/GNU record body and its padding; None once it is applied."""
+        if self._meta_need:
+            n = min(self._meta_need, self._avail)
+            self._meta += self._take_bytes(n)
+            self._meta_need -= n
+            if self._meta_need:
+                return self._starved("extended header record incomplete")
         pad = -self._offset % BLOCKSIZE
-        if pad:
-            if self._avail < pad:
-                if self._eof:
-                    raise MalformedArchive(
-                        "truncated archive: extended header padding missing",
-                        offset=self._offset,
-                    )
-                return False
-            self._drop(pad)
+        if self._avail < pad:
+            return self._starved("extended header padding missing")
+        self._drop(pad)
         data = bytes(self._meta)
         self._meta = bytearray()
         kind = self._meta_type
         at = self._pending_offset if self._pending_offset is not None else self._offset
         if kind == GNU_LONGNAME:
-            self._long_name = cstring(data)
+            self._long_name = text_field(data, 0, len(data))
         elif kind == GNU_LONGLINK:
-            self._long_link = cstring(data)
+            self._long_link = text_field(data, 0, len(data))
         else:
             records = parse_pax(data, at)
             if kind == PAX_GLOBAL:
@@ -656,4 +579,4 @@ class TarDecoder:
             else:
                 self._pax = {**self._pax, **records} if self._pax is not None else records
         self._state = _S_HEADER
-        return True
+        return None

@@ -480,16 +480,13 @@ def test_host_is_pinned_by_the_fixture() -> None:  # HOST-3
 
 
 def test_host_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:  # HOST-3
-    previous = platforms.set_host(None)
-    try:
-        monkeypatch.setenv(platforms.HOST_ENV, "linux/arm64/v8")
-        assert platforms.host() == P("linux", "arm64", "v8")
-        assert parse("linux") == P("linux", "arm64")
-        monkeypatch.setenv(platforms.HOST_ENV, "foo")
-        with pytest.raises(InvalidArgument, match=r"CASTAR_HOST_PLATFORM"):
-            platforms.host()
-    finally:
-        platforms.set_host(previous)
+    monkeypatch.setattr(platforms, "_pinned", None)
+    monkeypatch.setenv(platforms.HOST_ENV, "linux/arm64/v8")
+    assert platforms.host() == P("linux", "arm64", "v8")
+    assert parse("linux") == P("linux", "arm64")
+    monkeypatch.setenv(platforms.HOST_ENV, "foo")
+    with pytest.raises(InvalidArgument, match=r"CASTAR_HOST_PLATFORM"):
+        platforms.host()
 
 
 @pytest.mark.parametrize(
@@ -514,11 +511,10 @@ def test_host_autodetection(
     monkeypatch.setattr(platforms._stdlib_platform, "system", lambda: "Linux")
     monkeypatch.setattr(platforms._stdlib_platform, "machine", lambda: machine)
     platforms._detected.cache_clear()
-    previous = platforms.set_host(None)
+    monkeypatch.setattr(platforms, "_pinned", None)
     try:
         assert platforms.host() == expected
     finally:
-        platforms.set_host(previous)
         platforms._detected.cache_clear()
 
 
@@ -566,10 +562,9 @@ def test_host_autodetection_on_windows_keeps_the_build(monkeypatch: pytest.Monke
     monkeypatch.setattr(platforms._stdlib_platform, "machine", lambda: "AMD64")
     monkeypatch.setattr(platforms._stdlib_platform, "version", lambda: "10.0.20348.1234")
     platforms._detected.cache_clear()
-    previous = platforms.set_host(None)
+    monkeypatch.setattr(platforms, "_pinned", None)
     try:
         assert platforms.host() == P("windows", "amd64", "", "10.0.20348")
         assert format_all(platforms.host()) == "windows(10.0.20348)/amd64"
     finally:
-        platforms.set_host(previous)
         platforms._detected.cache_clear()
