@@ -226,12 +226,8 @@ class ImageService:
             if oci.is_manifest(n.descriptor.media_type):
                 end = next((j for j in range(i + 1, len(nodes)) if nodes[j].depth <= n.depth), None)
                 rows.append(await _row(reader, nodes[i:end]))
-        return ImageTree(
-            names=tuple(sorted(r.name for r in group if not reference.is_dangling(r.name))),
-            target=target,
-            manifests=tuple(rows),
-            created_at=min(r.created_at for r in group),
-        )
+        names = tuple(sorted(r.name for r in group if not reference.is_dangling(r.name)))
+        return ImageTree(names, target, tuple(rows), created_at=min(r.created_at for r in group))
 
     async def inspect(self, name: str, platform: str | None = None) -> ImageDetails:
         """The record, its tree and one manifest's and its config's documents.
