@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Final, NoReturn
 
 import anyio
-import anyio.to_thread
 
 from castar import __version__
 from castar._api import Store, open_store
@@ -354,9 +353,6 @@ async def _cmd_verify(store: Store, args: argparse.Namespace) -> int:
     if not report.ok:
         raise DataLoss(f"{len(report.problems)} of {report.checked} blobs are missing or corrupt")
     return 0
-
-
-# -- demo ----------------------------------------------------------------------------------
 
 
 async def _cmd_demo(store: Store, args: argparse.Namespace) -> int:

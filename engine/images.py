@@ -34,7 +34,6 @@ __all__ = [
 ]
 
 Kind = Literal["image", "attestation", "unknown"]
-_HEX_PREFIX = re.compile(r"[a-f0-9]{4,64}")
 
 
 class _Lenient(graph.StoreReader):
@@ -248,9 +247,9 @@ class ImageService:
                 matcher,
             )
             if not rows:
+                shown = reference.display_name(image.name)
                 raise NotFound(
-                    f"image {reference.display_name(image.name)} does not provide platform "
-                    f"{platforms.format(wanted)}"
+                    f"image {shown} does not provide platform {platforms.format(wanted)}"
                 )
             row = next((m for m in rows if m.available), rows[0])
         if row is None:
@@ -305,7 +304,7 @@ def id_hex(ref: str) -> str | None:
     """The lower-case hex an image ID names: ``sha256:<64 hex>`` or 4 to 64 hex, any case."""
     low = ref.lower()
     hex_part = low.removeprefix("sha256:")
-    if not _HEX_PREFIX.fullmatch(hex_part) or (low != hex_part and len(hex_part) != 64):
+    if not re.fullmatch(r"[a-f0-9]{4,64}", hex_part) or (low != hex_part and len(hex_part) != 64):
         return None
     return hex_part
 
@@ -341,12 +340,9 @@ async def _row(reader: _Lenient, nodes: builtins.list[graph.Node]) -> ManifestRo
         platform = await graph.manifest_platform(reader, desc)
     except NotFound:
         platform = None
-    kind: Kind = "image"
-    if oci.is_attestation(desc):
-        kind = "attestation"
-    elif oci.is_pseudo_image(desc) or (
-        platform and platform.os == platform.architecture == "unknown"
-    ):
+    unknown = platform is not None and platform.os == platform.architecture == "unknown"
+    kind: Kind = "attestation" if oci.is_attestation(desc) else "image"
+    if kind == "image" and (unknown or oci.is_pseudo_image(desc)):
         kind = "unknown"
     return ManifestRow(
         descriptor=desc,
