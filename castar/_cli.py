@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Final, NoReturn
 
 import anyio
-import anyio.to_thread
 
 from castar import SaveJob, SaveOptions, __version__
 from castar._api import Store, open_store
@@ -100,9 +99,7 @@ def _json_default(obj: object) -> object:
 
 def _progress_mode(args: argparse.Namespace) -> str:
     """``-q`` silences progress; ``--json`` output keeps the terminal free of bars."""
-    if args.quiet:
-        return "none"
-    if args.progress == "auto" and getattr(args, "json", False):
+    if args.quiet or (args.progress == "auto" and getattr(args, "json", False)):
         return "none"
     return str(args.progress)
 
@@ -204,9 +201,7 @@ def _plan_summary(plan: dict[str, Any]) -> None:
 
 
 async def _cmd_images(store: Store, args: argparse.Namespace) -> int:
-    names = None
-    if args.filter:
-        names = [i.name for i in await store.images.list(args.filter)]
+    names = [i.name for i in await store.images.list(args.filter)] if args.filter else None
     trees = await store.images.tree(names)
     if args.json:
         _dump([t.to_json() for t in trees])
@@ -230,8 +225,7 @@ async def _cmd_images(store: Store, args: argparse.Namespace) -> int:
 
 
 async def _cmd_inspect(store: Store, args: argparse.Namespace) -> int:
-    details = await store.images.inspect(args.image, platform=args.platform)
-    _dump(details.to_json())
+    _dump((await store.images.inspect(args.image, platform=args.platform)).to_json())
     return 0
 
 
@@ -323,15 +317,9 @@ async def _cmd_lease(store: Store, args: argparse.Namespace) -> int:
             _dump([{**dataclasses.asdict(le), "expires_at": le.expires_at} for le in leases])
         else:
             rows = [["ID", "CREATED", "EXPIRES", "LABELS"]]
-            rows += [
-                [
-                    le.id,
-                    _when(le.created_at),
-                    _when(le.expires_at),
-                    ",".join(f"{k}={v}" for k, v in sorted(le.labels.items())),
-                ]
-                for le in leases
-            ]
+            for le in leases:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(le.labels.items()))
+                rows.append([le.id, _when(le.created_at), _when(le.expires_at), labels])
             print("\n".join(table(rows)))
     else:
         for lease_id in args.ids:
@@ -352,9 +340,6 @@ async def _cmd_verify(store: Store, args: argparse.Namespace) -> int:
     if not report.ok:
         raise DataLoss(f"{len(report.problems)} of {report.checked} blobs are missing or corrupt")
     return 0
-
-
-# -- demo ----------------------------------------------------------------------------------
 
 
 async def _cmd_demo(store: Store, args: argparse.Namespace) -> int:

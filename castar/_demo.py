@@ -63,10 +63,7 @@ async def run_demo(
     progress: str = "auto",
     out: Callable[[str], object] = print,
 ) -> None:
-    """Run the demo against ``store``, printing each step with ``out``; the image stays there.
-
-    Raises DataLoss when the saved archive does not round-trip.
-    """
+    """Run the demo in ``store`` (the image stays), printing with ``out``; DataLoss if it fails."""
     plats = parse_platforms(platforms)
     layer_size = max(4096, parse_size(size) // (len(plats) * _LAYERS))
     spec = synth.SynthSpec(name=NAME, platforms=plats, layers=_LAYERS, layer_size=layer_size)

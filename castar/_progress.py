@@ -32,10 +32,7 @@ _JSON_INTERVAL = 0.2
 
 @contextmanager
 def open_progress(description: str, *, mode: str) -> Iterator[ProgressCallback]:
-    """The progress callback for ``--progress MODE`` (``auto``, ``json`` or ``none``).
-
-    ``auto`` is a bar with bytes, rate and ETA when stderr is a terminal, else nothing.
-    """
+    """The callback for ``--progress``: ``auto`` (bytes, rate and ETA on a terminal), ``json``."""
     if mode == "json":
         with _json_lines(description.lower()) as update:
             yield update

@@ -35,8 +35,7 @@ _THREAD_HASH = 1 << 20
 #: Documents larger than this are decoded in a worker thread (io-off-loop).
 INLINE_JSON = 256 << 10
 _T = TypeVar("_T")
-# Indexes nested deeper than this are not followed (content addressing rules out cycles,
-# this only bounds hostile documents).
+# Deeper indexes are not followed: content addressing rules out cycles, this bounds hostile ones.
 _MAX_DEPTH = 32
 
 

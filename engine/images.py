@@ -34,7 +34,6 @@ __all__ = [
 ]
 
 Kind = Literal["image", "attestation", "unknown"]
-_HEX_PREFIX = re.compile(r"[a-f0-9]{4,64}")
 
 
 class _Lenient(graph.StoreReader):
@@ -226,12 +225,8 @@ class ImageService:
             if oci.is_manifest(n.descriptor.media_type):
                 end = next((j for j in range(i + 1, len(nodes)) if nodes[j].depth <= n.depth), None)
                 rows.append(await _row(reader, nodes[i:end]))
-        return ImageTree(
-            names=tuple(sorted(r.name for r in group if not reference.is_dangling(r.name))),
-            target=target,
-            manifests=tuple(rows),
-            created_at=min(r.created_at for r in group),
-        )
+        names = tuple(sorted(r.name for r in group if not reference.is_dangling(r.name)))
+        return ImageTree(names, target, tuple(rows), created_at=min(r.created_at for r in group))
 
     async def inspect(self, name: str, platform: str | None = None) -> ImageDetails:
         """The record, its tree and one manifest's and its config's documents.
@@ -252,9 +247,9 @@ class ImageService:
                 matcher,
             )
             if not rows:
+                shown = reference.display_name(image.name)
                 raise NotFound(
-                    f"image {reference.display_name(image.name)} does not provide platform "
-                    f"{platforms.format(wanted)}"
+                    f"image {shown} does not provide platform {platforms.format(wanted)}"
                 )
             row = next((m for m in rows if m.available), rows[0])
         if row is None:
@@ -309,7 +304,7 @@ def id_hex(ref: str) -> str | None:
     """The lower-case hex an image ID names: ``sha256:<64 hex>`` or 4 to 64 hex, any case."""
     low = ref.lower()
     hex_part = low.removeprefix("sha256:")
-    if not _HEX_PREFIX.fullmatch(hex_part) or (low != hex_part and len(hex_part) != 64):
+    if not re.fullmatch(r"[a-f0-9]{4,64}", hex_part) or (low != hex_part and len(hex_part) != 64):
         return None
     return hex_part
 
@@ -345,12 +340,9 @@ async def _row(reader: _Lenient, nodes: builtins.list[graph.Node]) -> ManifestRo
         platform = await graph.manifest_platform(reader, desc)
     except NotFound:
         platform = None
-    kind: Kind = "image"
-    if oci.is_attestation(desc):
-        kind = "attestation"
-    elif oci.is_pseudo_image(desc) or (
-        platform and platform.os == platform.architecture == "unknown"
-    ):
+    unknown = platform is not None and platform.os == platform.architecture == "unknown"
+    kind: Kind = "attestation" if oci.is_attestation(desc) else "image"
+    if kind == "image" and (unknown or oci.is_pseudo_image(desc)):
         kind = "unknown"
     return ManifestRow(
         descriptor=desc,
