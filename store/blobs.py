@@ -1,8 +1,6 @@
-"""The blob layout of the file backend: ``<root>/blobs/<alg>/<hex>`` (CS, LAY).
+"""The blob layout ``<root>/blobs/<alg>/<hex>`` (CS, LAY): reads, walk, delete, small blobs.
 
-Owns reads, walk, delete, small blobs written whole (``ingest/.tmp-*`` renamed into place),
-``<root>/commit.lock``, the filesystem sync and the blob I/O limiter. Knows nothing of
-ingests, labels, leases or the metadata DB.
+Also ``<root>/commit.lock``, the filesystem sync and the blob I/O limiter.
 """
 
 from __future__ import annotations

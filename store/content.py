@@ -1,9 +1,7 @@
 """The public content store: blobs in the file backend, their records in the metadata DB.
 
-Owns ``ContentStore``, its ``Writer`` and ``SmallBlob`` (CS, ING). A blob exists for callers
-once recorded, which happens after the backend renamed it (fsynced, or marked unsynced
-until ``sync()``), under the shared commit lock GC respects. Imports the backend, the
-metadata DB and leases; never OCI documents, tar or platforms.
+A blob exists for callers once recorded, which happens after the backend renamed it (fsynced,
+or marked unsynced until ``sync()``), under the shared commit lock GC respects.
 """
 
 from __future__ import annotations

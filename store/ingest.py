@@ -1,9 +1,7 @@
-"""Ingests of the file backend end to end, and ``LocalContentStore`` (ING, LAY).
+"""Ingests end to end (ING, LAY): ``<root>/ingest/<sha256(ref)>/`` and ``LocalContentStore``.
 
-Owns ``<root>/ingest/<sha256(ref)>/``: open, per-ref flock, status, resume, abort, the
-``LocalWriter`` that writes ``data`` while hashing, and the commit into the blob layout
-(ING-8, containerd ``plugins/content/local/writer.go`` Commit, step for step; fsyncs
-optional, design rule io-sync). Knows nothing of labels, leases or the metadata DB.
+Open, per-ref flock, status, resume, abort, the ``LocalWriter`` hashing as it writes, and the
+commit into the blob layout (ING-8, containerd ``writer.go`` Commit step for step).
 """
 
 from __future__ import annotations
