@@ -28,7 +28,7 @@ from castar.store.errors import DigestMismatch, InvalidArgument, map_os_errors
 
 if TYPE_CHECKING:
     import hashlib
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 __all__ = [
     "CHUNK",
@@ -295,7 +295,7 @@ class BlobStore:
         offset: int = 0,
         length: int | None = None,
         chunk_size: int = CHUNK,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Stream ``length`` bytes (to the end when None) from ``offset``, ``chunk_size`` a chunk.
 
         Each thread hop reads at least 1 MiB; past the end is short, not an error (CS-2). The
@@ -311,7 +311,7 @@ class BlobStore:
 
     async def _chunks(
         self, path: Path, digest: str, pos: int, length: int | None, chunk: int
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         hop = max(chunk, CHUNK // chunk * chunk)
         fd = -1
         end = 0

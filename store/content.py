@@ -269,10 +269,8 @@ class ContentStore:
         except NotFound as exc:
             raise await self._missing(d) from exc
         finally:
-            close = getattr(chunks, "aclose", None)
-            if close is not None:
-                with anyio.CancelScope(shield=True):
-                    await close()
+            with anyio.CancelScope(shield=True):
+                await chunks.aclose()
 
     async def read_at(self, digest: str, offset: int, n: int) -> bytes:
         """Up to ``n`` bytes at ``offset``; short at the end of the blob (CS-2)."""
