@@ -1,8 +1,6 @@
-"""castar.store: digests, the content store, the metadata database, leases and GC.
+"""castar.store: digests, the content store, the metadata database, leases and GC (no OCI).
 
-Knows nothing about OCI documents, tar or platforms: those live in castar.engine,
-which builds on this package. Names are imported on first use (PEP 562), so a pure
-module such as ``castar.store.digest`` loads without the async store.
+Names are imported on first use (PEP 562), so ``castar.store.digest`` loads alone.
 """
 
 from __future__ import annotations

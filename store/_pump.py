@@ -1,8 +1,7 @@
 """The writer's pipeline: a thread that hashes and writes one writer's steps in order.
 
-The event loop hands a pump its steps without waiting for each, up to ``DEPTH`` in flight,
-so the thread never idles while the loop takes a result and sends the next: a thread hop
-costs a good fraction of a 1 MiB sha256 (io-hops, io-coalesce). Knows nothing of ingests.
+The loop queues up to ``DEPTH`` steps without waiting for each, so the thread never idles
+on a hop (io-hops, io-coalesce).
 """
 
 from __future__ import annotations

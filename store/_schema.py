@@ -1,9 +1,4 @@
-"""The metadata DB's tables, their ``user_version`` migrations, its rows, and the txn runner.
-
-``run_txn`` runs one ``_txn`` function as one transaction and maps ``sqlite3`` errors to
-castar's categories once. Sync code for worker threads; never imports anyio, the file
-backend or anything of OCI.
-"""
+"""The metadata DB's tables and migrations, its rows, and ``run_txn`` (sync, for threads)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
-"""The metadata DB's transactions: one plain sync function per operation, by table family.
+"""The metadata DB's transactions: one sync ``<family>_<op>(conn, ...)`` per operation.
 
-Each ``<family>_<op>(conn, ...)`` runs inside one transaction ``_schema.run_txn`` opened
-(design rule seam-txn), testable without an event loop. Every label write re-derives the GC
-edges (GC-5, GC-6). Never imports anyio or the file backend.
+Each runs inside one ``_schema.run_txn`` transaction (design rule seam-txn); every label write
+re-derives the GC edges (GC-5, GC-6).
 """
 
 from __future__ import annotations

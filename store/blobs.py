@@ -1,13 +1,10 @@
-"""The blob layout of the file backend: ``<root>/blobs/<alg>/<hex>`` (CS, LAY).
+"""The blob layout ``<root>/blobs/<alg>/<hex>`` (CS, LAY): reads, walk, delete, small blobs.
 
-Owns reads, walk, delete, small blobs written whole (``ingest/.tmp-*`` renamed into place),
-``<root>/commit.lock``, the filesystem sync and the blob I/O limiter. Knows nothing of
-ingests, labels, leases or the metadata DB.
+Also ``<root>/commit.lock``, the filesystem sync and the blob I/O limiter.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import ctypes
 import fcntl
@@ -31,7 +28,7 @@ from castar.store.errors import DigestMismatch, InvalidArgument, map_os_errors
 
 if TYPE_CHECKING:
     import hashlib
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 __all__ = [
     "CHUNK",
@@ -298,7 +295,7 @@ class BlobStore:
         offset: int = 0,
         length: int | None = None,
         chunk_size: int = CHUNK,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Stream ``length`` bytes (to the end when None) from ``offset``, ``chunk_size`` a chunk.
 
         Each thread hop reads at least 1 MiB; past the end is short, not an error (CS-2). The
@@ -310,7 +307,41 @@ class BlobStore:
                 f"{_content(digest)}: bad read range (offset {offset}, length {length}, "
                 f"chunk size {chunk_size})"
             )
-        return _BlobChunks(path, digest, offset, length, chunk_size)
+        return self._chunks(path, digest, offset, length, chunk_size)
+
+    async def _chunks(
+        self, path: Path, digest: str, pos: int, length: int | None, chunk: int
+    ) -> AsyncGenerator[bytes, None]:
+        hop = max(chunk, CHUNK // chunk * chunk)
+        fd = -1
+        end = 0
+
+        def pread() -> bytes:
+            nonlocal fd, end
+            with map_os_errors(_content(digest)):
+                if fd < 0:
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                    size = os.fstat(fd).st_size
+                    end = size if length is None else min(pos + length, size)
+                return os.pread(fd, min(hop, end - pos), pos) if end > pos else b""
+
+        try:
+            while True:
+                data = await anyio.to_thread.run_sync(pread, limiter=blob_limiter())
+                if not data:
+                    return
+                pos += len(data)
+                if len(data) <= chunk:
+                    yield data
+                else:
+                    view = memoryview(data)
+                    for i in range(0, len(data), chunk):
+                        yield bytes(view[i : i + chunk])
+                if len(data) < hop or pos >= end:
+                    return
+        finally:
+            if fd >= 0:
+                os.close(fd)
 
     async def read_at(self, digest: str, offset: int, n: int) -> bytes:
         """Up to ``n`` bytes at ``offset`` in one hop; short or empty past the end (CS-2)."""
@@ -483,69 +514,3 @@ def _try_flock(fd: int, op: int) -> bool:
     except BlockingIOError:
         return False
     return True
-
-
-class _BlobChunks:
-    """The iterator :meth:`BlobStore.read` returns: one thread hop per >= 1 MiB."""
-
-    def __init__(
-        self, path: Path, digest: str, offset: int, length: int | None, chunk_size: int
-    ) -> None:
-        self._path = path
-        self._digest = digest
-        self._pos = offset
-        self._end: int | None = None if length is None else offset + length
-        self._chunk = chunk_size
-        self._hop = max(chunk_size, CHUNK // chunk_size * chunk_size)
-        self._fd: int | None = None
-        self._pending: collections.deque[bytes] = collections.deque()
-        self._done = False
-
-    def __aiter__(self) -> _BlobChunks:
-        return self
-
-    def _read_sync(self) -> bytes:
-        with map_os_errors(_content(self._digest)):
-            if self._fd is None:
-                self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
-                size = os.fstat(self._fd).st_size
-                self._end = size if self._end is None else min(self._end, size)
-            assert self._end is not None
-            n = min(self._hop, self._end - self._pos)
-            data = os.pread(self._fd, n, self._pos) if n > 0 else b""
-        self._pos += len(data)
-        if len(data) < self._hop or self._pos >= self._end:
-            self._close_fd()
-        return data
-
-    def _close_fd(self) -> None:
-        self._done = True
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
-
-    async def __anext__(self) -> bytes:
-        if not self._pending:
-            if self._done:
-                raise StopAsyncIteration
-            data = await anyio.to_thread.run_sync(self._read_sync, limiter=blob_limiter())
-            if not data:
-                raise StopAsyncIteration
-            if len(data) <= self._chunk:
-                return data
-            view = memoryview(data)
-            self._pending.extend(
-                bytes(view[i : i + self._chunk]) for i in range(0, len(data), self._chunk)
-            )
-        return self._pending.popleft()
-
-    async def aclose(self) -> None:
-        """Close the blob file; iterating again ends at once."""
-        self._pending.clear()
-        self._close_fd()
-
-    def __del__(self) -> None:
-        fd = self._fd
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)

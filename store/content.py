@@ -1,9 +1,7 @@
 """The public content store: blobs in the file backend, their records in the metadata DB.
 
-Owns ``ContentStore``, its ``Writer`` and ``SmallBlob`` (CS, ING). A blob exists for callers
-once recorded, which happens after the backend renamed it (fsynced, or marked unsynced
-until ``sync()``), under the shared commit lock GC respects. Imports the backend, the
-metadata DB and leases; never OCI documents, tar or platforms.
+A blob exists for callers once recorded, which happens after the backend renamed it (fsynced,
+or marked unsynced until ``sync()``), under the shared commit lock GC respects.
 """
 
 from __future__ import annotations
@@ -271,10 +269,8 @@ class ContentStore:
         except NotFound as exc:
             raise await self._missing(d) from exc
         finally:
-            close = getattr(chunks, "aclose", None)
-            if close is not None:
-                with anyio.CancelScope(shield=True):
-                    await close()
+            with anyio.CancelScope(shield=True):
+                await chunks.aclose()
 
     async def read_at(self, digest: str, offset: int, n: int) -> bytes:
         """Up to ``n`` bytes at ``offset``; short at the end of the blob (CS-2)."""

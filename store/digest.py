@@ -1,9 +1,4 @@
-"""Content digests: validation (DIG-1..6), hashing and blob paths.
-
-A ``Digest`` is a ``str`` subclass so it can be passed wherever a digest string
-is expected; ``Digest(s)`` validates. Pure module: no I/O, no anyio; imports only
-castar.store.errors.
-"""
+"""Content digests (DIG-1..6): ``Digest``, a validated ``str``, hashing and blob paths. Pure."""
 
 from __future__ import annotations
 

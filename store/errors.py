@@ -1,9 +1,6 @@
-"""castar's error hierarchy: containerd errdefs categories, Python-shaped.
+"""castar's error categories (containerd errdefs, ERR-1) and the one ``OSError`` translation.
 
-A category answers "what should the caller do?" (ERR-1, design rule errors-seam);
-``map_os_errors`` is the one translation of ``OSError``. Imports nothing from the rest of
-castar, so every layer can raise these. Messages follow Go's ``%w`` wrapping:
-``<context>: <suffix>``, the suffix being the category's text (``not found``…).
+Messages follow Go's ``%w`` wrapping: ``<context>: <suffix>`` (``not found``…).
 """
 
 from __future__ import annotations

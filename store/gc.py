@@ -1,9 +1,6 @@
-"""Garbage collection marking: pure ``mark``/``sweep`` over one metadata snapshot.
+"""GC marking: containerd ``pkg/gc`` Tricolor/Sweep as pure functions (design rule seam-gc).
 
-``mark`` and ``sweep`` are containerd ``pkg/gc`` Tricolor/Sweep in Python: pure functions over
-nodes and edges (design rule seam-gc). ``roots_and_edges`` turns one metadata snapshot into the
-graph (GC-1..6); ``castar.store.collector`` binds them to the metadata DB and the file backend
-(GC-10). Pure: no anyio, no I/O, no OCI or tar code.
+``roots_and_edges`` turns one metadata snapshot into the graph (GC-1..6).
 """
 
 from __future__ import annotations

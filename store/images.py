@@ -1,8 +1,4 @@
-"""Image records (IMG-1..6): ``Image`` values and the ``ImageStore``.
-
-An image is a name pointing at a target descriptor (DESC-5); images are GC roots unless
-expired. Never imports the file backend, OCI documents or platforms.
-"""
+"""Image records (IMG-1..6): a name pointing at a target descriptor (DESC-5), a GC root."""
 
 from __future__ import annotations
 

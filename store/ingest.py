@@ -1,9 +1,7 @@
-"""Ingests of the file backend end to end, and ``LocalContentStore`` (ING, LAY).
+"""Ingests end to end (ING, LAY): ``<root>/ingest/<sha256(ref)>/`` and ``LocalContentStore``.
 
-Owns ``<root>/ingest/<sha256(ref)>/``: open, per-ref flock, status, resume, abort, the
-``LocalWriter`` that writes ``data`` while hashing, and the commit into the blob layout
-(ING-8, containerd ``plugins/content/local/writer.go`` Commit, step for step; fsyncs
-optional, design rule io-sync). Knows nothing of labels, leases or the metadata DB.
+Open, per-ref flock, status, resume, abort, the ``LocalWriter`` hashing as it writes, and the
+commit into the blob layout (ING-8, containerd ``writer.go`` Commit step for step).
 """
 
 from __future__ import annotations
@@ -92,6 +90,11 @@ def _read_text(path: Path) -> str | None:
         return path.read_text()
     except FileNotFoundError:
         return None
+
+
+def _read_digest(path: Path) -> Digest | None:
+    text = _read_text(path)
+    return parse(text.strip()) if text else None
 
 
 def _read_time(path: Path) -> datetime:
@@ -192,10 +195,7 @@ def open_ingest(
             stored_ref = _read_text(path / "ref")
             try:
                 stored_total = int(_read_text(path / "total") or 0)
-                stored_expected_text = _read_text(path / "expected")
-                stored_expected = (
-                    parse(stored_expected_text.strip()) if stored_expected_text else None
-                )
+                stored_expected = _read_digest(path / "expected")
             except (ValueError, InvalidArgument):  # unreadable state: start over
                 stored_ref, stored_total, stored_expected = None, 0, None
             restart = bool(total and stored_total and total != stored_total)
@@ -246,13 +246,12 @@ def _read_status(path: Path, ref: str | None = None) -> IngestStatus:
         except FileNotFoundError:
             offset, mtime = 0, None
         try:
-            expected = _read_text(path / "expected")
             updated = _read_time(path / "updatedat")
             return IngestStatus(
                 ref=stored_ref,
                 offset=offset,
                 total=int(_read_text(path / "total") or 0),
-                expected=parse(expected.strip()) if expected else None,
+                expected=_read_digest(path / "expected"),
                 started_at=_read_time(path / "startedat"),
                 updated_at=max(updated, mtime) if mtime is not None else updated,
             )
@@ -264,7 +263,7 @@ def _list_ingests(root: Path) -> list[IngestStatus]:
     out = []
     with map_os_errors(f"listing ingests in {root / 'ingest'}"):
         try:
-            entries = sorted(os.listdir(root / "ingest"))
+            entries = os.listdir(root / "ingest")
         except FileNotFoundError:
             return []
     for name in entries:

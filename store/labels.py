@@ -1,8 +1,4 @@
-"""The GC label vocabulary (containerd ``pkg/gc``) and the reference-label rule (GC-2..7).
-
-Pure: no I/O, no anyio. gc.py, verify.py, leases.py, _txn.py and castar.engine read labels
-through these names only.
-"""
+"""The GC label vocabulary (containerd ``pkg/gc``), the reference-label rule (GC-2..7), times."""
 
 from __future__ import annotations
 

@@ -1,8 +1,4 @@
-"""Leases (LEASE-1..7): the ``Lease`` value, ``LeaseManager`` and the current lease.
-
-A lease protects what is written under it from GC until it is deleted or expires. The current
-lease lives in a ContextVar so child tasks inherit it. Never imports the file backend or OCI.
-"""
+"""Leases (LEASE-1..7): ``LeaseManager`` and the current lease (a ContextVar children inherit)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,4 @@
-"""The one progress-event shape of castar's long operations (load, save, verify).
-
-Pure: no I/O, no async library.
-"""
+"""The one progress-event shape of castar's long operations (load, save, verify)."""
 
 from __future__ import annotations
 

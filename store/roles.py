@@ -1,8 +1,7 @@
-"""The roles castar.engine needs from a root, as typing Protocols.
+"""The roles castar.engine needs from a root, as typing Protocols (the narrowest one is taken).
 
-``ContentStore`` plays ``BlobReader`` and ``BlobIngester``, ``ImageStore`` plays
-``ImageRecords`` and ``LeaseManager`` plays ``Leases``. Engine code takes the narrowest one, so
-a reader cannot write and a test can pass a small fake. Typing only: no I/O, no anyio.
+``ContentStore`` plays ``BlobReader`` and ``BlobIngester``, ``ImageStore`` ``ImageRecords``
+and ``LeaseManager`` ``Leases``.
 """
 
 from __future__ import annotations

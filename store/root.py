@@ -1,8 +1,4 @@
-"""``Root``: one root directory's content, image records, leases and GC; ``open_root``.
-
-Composes the file backend and the metadata DB under one root, and owns the boot id that tells
-a crash from a live writer for blobs committed without fsync. Never imports castar.engine.
-"""
+"""``Root``: one root directory's content, images, leases and GC; ``open_root``; the boot id."""
 
 from __future__ import annotations
 

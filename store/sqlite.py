@@ -1,8 +1,6 @@
-"""SQLiteMetadataDB: the async face of a store's metadata DB, and LBL-1's label check.
+"""The metadata DB's async face: one ``_txn`` function per transaction in a worker thread.
 
-``read``/``write`` run one sync ``_txn`` function as one transaction in a worker thread behind
-a ``CapacityLimiter(1)`` (design rule seam-txn), so SQL never runs on the event loop. Never
-imports the file backend or anything of OCI.
+Behind a ``CapacityLimiter(1)`` (design rule seam-txn); also LBL-1's label check.
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
 """Re-hashing of stored blobs: which recorded blobs are missing or corrupt on disk.
 
-Store-only: an image's subtree is reached through the blobs' reference labels
-(``containerd.io/gc.ref.content*``, GC-5), so this module must not import castar.engine.
-Blob files are read in worker threads, one hop per blob, 1 MiB at a time.
+An image's subtree is reached through reference labels (GC-5), never through castar.engine.
 """
 
 from __future__ import annotations
