@@ -31,13 +31,8 @@ class Source(Endpoint):
     ``open_source`` opened itself (paths), never fds, stdin or the caller's objects.
     """
 
-    @property
-    def seekable(self) -> bool:
-        """Whether this is a regular file, readable with ``os.pread`` on ``fileno()``."""
-        return False
-
     def fileno(self) -> int | None:
-        """The OS file descriptor read from, or None for streams and file objects."""
+        """The descriptor of a regular file, read with ``os.pread``; None for anything else."""
         return None
 
     def raw_file(self) -> io.FileIO | None:
@@ -60,13 +55,9 @@ class _FileSource(FileEndpoint, Source):
         self._file: io.FileIO | None = None
         self._regular = False
 
-    @property
-    def seekable(self) -> bool:
-        self.raw_file()  # refuses before opening
-        return self._regular
-
     def fileno(self) -> int | None:
-        return self.raw_file().fileno()
+        fd = self.raw_file().fileno()  # refuses before opening
+        return fd if self._regular else None
 
     def raw_file(self) -> io.FileIO:
         if self._file is None:

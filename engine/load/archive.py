@@ -96,14 +96,12 @@ class Session:
     session: str = field(default_factory=lambda: secrets.token_hex(6))
     catalog: Catalog = field(default_factory=Catalog)
     fd: int | None = None  # seekable archives are read with pread on this fd
-    limiter: anyio.CapacityLimiter = field(
-        default_factory=lambda: anyio.CapacityLimiter(_IN_FLIGHT)
-    )
     written: dict[str, bytes] = field(default_factory=dict)  # documents the load built and stored
     _serial: int = 0
     _buffers: list[bytearray] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.limiter = anyio.CapacityLimiter(_IN_FLIGHT)
         self.reader = graph.Reader(self.document)  # the load's walks decode each document once
 
     def ref(self, name: str) -> str:
@@ -461,7 +459,7 @@ async def _finish_member(
 
 async def read_archive(sess: Session, src: Source, max_size: int | None) -> None:
     """Fill ``sess.catalog``: headers only from a seekable plain tar, else one streaming pass."""
-    fd = src.fileno() if src.seekable else None
+    fd = src.fileno()
     first = b""
     if fd is not None:
 
