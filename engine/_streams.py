@@ -130,23 +130,20 @@ class _StreamSource(Source):
             data = bytes(self._pending[:max_bytes])
             self._pending = self._pending[max_bytes:]
             return data
-        while True:
+        args = (max_bytes,) if self._takes_max else ()
+        data = b""
+        while not data:  # an object stream may hand out empty items
             if self._eof:
                 raise anyio.EndOfStream
             try:
-                if self._takes_max:
-                    data = await self._stream.receive(max_bytes)
-                else:
-                    data = await self._stream.receive()
+                data = await self._stream.receive(*args)
             except (anyio.EndOfStream, anyio.ClosedResourceError):
                 self._eof = True
                 raise anyio.EndOfStream from None
-            if data:
-                break
         if len(data) > max_bytes:
             self._pending = memoryview(data)[max_bytes:]
             return bytes(data[:max_bytes])
-        return data if isinstance(data, bytes) else bytes(data)
+        return bytes(data)  # no copy when it is bytes already
 
     async def receive(self, max_bytes: int = CHUNK_SIZE) -> bytes:
         first = await self._piece(max_bytes)

@@ -6,6 +6,7 @@ Which members count (TAR-5) and the header-only scan of a seekable tar, synchron
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
@@ -62,12 +63,10 @@ def _checked_name(name: str, offset: int) -> str:
 def blob_digest(cleaned: str) -> Digest | None:
     """The digest a ``blobs/<alg>/<hex>`` entry promises, or None for any other name."""
     m = _BLOB_NAME.fullmatch(cleaned)
-    if m is None or m.group(1) not in ALGORITHMS:
-        return None
-    try:
-        return Digest(f"{m.group(1)}:{m.group(2)}")
-    except InvalidArgument:
-        return None
+    if m is not None and m.group(1) in ALGORITHMS:
+        with contextlib.suppress(InvalidArgument):
+            return Digest(f"{m.group(1)}:{m.group(2)}")
+    return None
 
 
 def json_value(data: bytes, what: str, name: str) -> object:

@@ -170,11 +170,10 @@ class _Reader(Protocol):
 
 
 class DecompressedSource:
-    """The decompressed bytes of ``raw``, at most ``CHUNK`` per receive.
+    """The decompressed bytes of ``raw`` (after ``head``), ≤ ``CHUNK`` per receive.
 
-    ``head`` (the bytes read to sniff ``kind``) is given back first. ``direct``, when
-    ``raw`` is a regular file, is its unbuffered file, read in the inflating thread.
-    ``receive`` raises MalformedArchive when the data is corrupt or ends early.
+    ``direct`` is ``raw``'s regular file, read in the inflating thread. Corrupt or short
+    data is MalformedArchive.
     """
 
     def __init__(
