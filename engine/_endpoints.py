@@ -16,19 +16,10 @@ from castar.store.errors import InvalidArgument, NotFound
 if TYPE_CHECKING:
     from types import TracebackType
 
-__all__ = ["CHUNK_SIZE", "Endpoint", "FileEndpoint", "describe", "file_target", "map_open_error"]
+__all__ = ["CHUNK_SIZE", "Endpoint", "FileEndpoint", "describe", "file_target"]
 
 #: Default read size and the size sinks coalesce small writes up to (design rule io-chunk).
 CHUNK_SIZE: Final = 1 << 20
-
-
-def map_open_error(exc: OSError, name: str) -> Exception:
-    """The castar error for an open failure; other OSErrors stay as they are."""
-    if isinstance(exc, FileNotFoundError):
-        return NotFound(f"archive {name}: {exc.strerror or exc}")
-    if isinstance(exc, IsADirectoryError | NotADirectoryError):
-        return InvalidArgument(f"archive {name}: {exc.strerror or exc}")
-    return exc
 
 
 class Endpoint:
@@ -93,8 +84,10 @@ class FileEndpoint:
             raise anyio.ClosedResourceError(f"{self._role} {self.name} is closed")
         try:
             await anyio.to_thread.run_sync(self._open_sync)
-        except OSError as exc:
-            raise map_open_error(exc, self.name) from exc
+        except FileNotFoundError as exc:
+            raise NotFound(f"archive {self.name}: {exc.strerror or exc}") from exc
+        except (IsADirectoryError, NotADirectoryError) as exc:
+            raise InvalidArgument(f"archive {self.name}: {exc.strerror or exc}") from exc
 
 
 def describe(obj: object) -> str:

@@ -31,13 +31,8 @@ class Source(Endpoint):
     ``open_source`` opened itself (paths), never fds, stdin or the caller's objects.
     """
 
-    @property
-    def seekable(self) -> bool:
-        """Whether this is a regular file, readable with ``os.pread`` on ``fileno()``."""
-        return False
-
     def fileno(self) -> int | None:
-        """The OS file descriptor read from, or None for streams and file objects."""
+        """The descriptor of a regular file, read with ``os.pread``; None for anything else."""
         return None
 
     def raw_file(self) -> io.FileIO | None:
@@ -60,13 +55,9 @@ class _FileSource(FileEndpoint, Source):
         self._file: io.FileIO | None = None
         self._regular = False
 
-    @property
-    def seekable(self) -> bool:
-        self.raw_file()  # refuses before opening
-        return self._regular
-
     def fileno(self) -> int | None:
-        return self.raw_file().fileno()
+        fd = self.raw_file().fileno()  # refuses before opening
+        return fd if self._regular else None
 
     def raw_file(self) -> io.FileIO:
         if self._file is None:
@@ -139,23 +130,20 @@ class _StreamSource(Source):
             data = bytes(self._pending[:max_bytes])
             self._pending = self._pending[max_bytes:]
             return data
-        while True:
+        args = (max_bytes,) if self._takes_max else ()
+        data = b""
+        while not data:  # an object stream may hand out empty items
             if self._eof:
                 raise anyio.EndOfStream
             try:
-                if self._takes_max:
-                    data = await self._stream.receive(max_bytes)
-                else:
-                    data = await self._stream.receive()
+                data = await self._stream.receive(*args)
             except (anyio.EndOfStream, anyio.ClosedResourceError):
                 self._eof = True
                 raise anyio.EndOfStream from None
-            if data:
-                break
         if len(data) > max_bytes:
             self._pending = memoryview(data)[max_bytes:]
             return bytes(data[:max_bytes])
-        return data if isinstance(data, bytes) else bytes(data)
+        return bytes(data)  # no copy when it is bytes already
 
     async def receive(self, max_bytes: int = CHUNK_SIZE) -> bytes:
         first = await self._piece(max_bytes)

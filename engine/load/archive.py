@@ -12,7 +12,7 @@ import os
 import secrets
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import anyio
 import anyio.abc
@@ -96,14 +96,12 @@ class Session:
     session: str = field(default_factory=lambda: secrets.token_hex(6))
     catalog: Catalog = field(default_factory=Catalog)
     fd: int | None = None  # seekable archives are read with pread on this fd
-    limiter: anyio.CapacityLimiter = field(
-        default_factory=lambda: anyio.CapacityLimiter(_IN_FLIGHT)
-    )
     written: dict[str, bytes] = field(default_factory=dict)  # documents the load built and stored
     _serial: int = 0
     _buffers: list[bytearray] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.limiter = anyio.CapacityLimiter(_IN_FLIGHT)
         self.reader = graph.Reader(self.document)  # the load's walks decode each document once
 
     def ref(self, name: str) -> str:
@@ -280,17 +278,19 @@ def _too_large(name: str, max_size: int) -> MalformedArchive:
     )
 
 
+def _full(batch: Sequence[tuple[Any, ...]], size: int) -> bool:
+    """Whether a member of ``size`` bytes starts a new batch (design rule io-small-blobs)."""
+    return len(batch) >= BATCH_ENTRIES or sum(e.size for e, *_ in batch) + size > BATCH_BYTES
+
+
 def _batched(entries: Iterable[tuple[Entry, _T]]) -> Iterator[list[tuple[Entry, _T]]]:
     """Runs of at most :data:`BATCH_ENTRIES` members and :data:`BATCH_BYTES` bytes, in order."""
     batch: list[tuple[Entry, _T]] = []
-    size = 0
     for item in entries:
-        n = item[0].size
-        if batch and (len(batch) >= BATCH_ENTRIES or size + n > BATCH_BYTES):
+        if batch and _full(batch, item[0].size):
             yield batch
-            batch, size = [], 0
+            batch = []
         batch.append(item)
-        size += n
     if batch:
         yield batch
 
@@ -300,10 +300,7 @@ def _batched(entries: Iterable[tuple[Entry, _T]]) -> Iterator[list[tuple[Entry, 
 
 @dataclass(eq=False)
 class _StreamReader:
-    """Pulls decoder events from a non-seekable source, ≤ 1 MiB buffered at a time.
-
-    Receiving and hashing take turns on purpose (io-no-pipeline).
-    """
+    """Decoder events from a stream, ≤ 1 MiB buffered; receiving and hashing take turns."""
 
     src: decompress.RawSource
     max_size: int | None
@@ -349,9 +346,8 @@ class _StreamReader:
 async def _ingest_stream(sess: Session, reader: _StreamReader) -> None:
     """Store every regular entry as it streams by (IMP-3); keep the two metadata files.
 
-    A big member's commit runs in a task while the next member streams in. Small members
-    are gathered into batches (a big member or the end closes one early), each stored by a
-    task while the next gathers; one batch is stored at a time, so memory stays bounded.
+    A big member commits in a task while the next streams in; small members gather into
+    batches, each stored by a task while the next gathers (one at a time: bounded memory).
     """
     cat = sess.catalog
     # A big member's commit (its last MiB, a re-hash for another algorithm) holds one of
@@ -360,16 +356,15 @@ async def _ingest_stream(sess: Session, reader: _StreamReader) -> None:
     batches = anyio.Semaphore(1)
     big_commits = anyio.Semaphore(1)
     pending: list[SmallMember] = []
-    pending_bytes = 0
     try:
         async with anyio.create_task_group() as tg:
 
             async def flush() -> None:
-                nonlocal pending, pending_bytes
+                nonlocal pending
                 if pending:
                     await batches.acquire()
                     tg.start_soon(_store_batch, sess, pending, batches)
-                    pending, pending_bytes = [], 0
+                    pending = []
 
             while True:
                 ev = await reader.next()
@@ -387,10 +382,9 @@ async def _ingest_stream(sess: Session, reader: _StreamReader) -> None:
                 else:
                     expected = blob_digest(entry.name)
                     if ev.size <= _SMALL:
-                        if len(pending) >= BATCH_ENTRIES or pending_bytes + ev.size > BATCH_BYTES:
+                        if _full(pending, ev.size):
                             await flush()
                         pending.append((entry, expected, await reader.body()))
-                        pending_bytes += ev.size
                     else:
                         await flush()
                         await _ingest_member(sess, reader, entry, expected, tg, big_commits)
@@ -461,7 +455,7 @@ async def _finish_member(
 
 async def read_archive(sess: Session, src: Source, max_size: int | None) -> None:
     """Fill ``sess.catalog``: headers only from a seekable plain tar, else one streaming pass."""
-    fd = src.fileno() if src.seekable else None
+    fd = src.fileno()
     first = b""
     if fd is not None:
 

@@ -6,7 +6,7 @@ Which members count (TAR-5) and the header-only scan of a seekable tar, synchron
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import posixpath
 import re
@@ -16,18 +16,15 @@ from typing import Final
 from castar.engine import oci
 from castar.engine.tarcodec import NEED_DATA, REGTYPE, SYMTYPE, ArchiveEnd, MemberStart, TarDecoder
 from castar.store.digest import ALGORITHMS, Digest
-from castar.store.errors import InvalidArgument, MalformedArchive, MalformedManifest
+from castar.store.errors import InvalidArgument, MalformedArchive
 
 __all__ = [
     "DOCKER_MANIFEST",
-    "INDEX",
     "LAYOUT",
-    "LAYOUT_VERSION",
     "Catalog",
     "Entry",
     "blob_digest",
     "clean",
-    "json_value",
     "note_member",
     "scan_sync",
 ]
@@ -37,10 +34,8 @@ _REGULAR: Final = frozenset((REGTYPE, b"7"))
 _BLOB_NAME: Final = re.compile(r"blobs/([a-z0-9]+)/([a-f0-9]+)")
 LAYOUT: Final = "oci-layout"
 DOCKER_MANIFEST: Final = "manifest.json"
-INDEX: Final = "index.json"
 #: Entries read as JSON documents instead of being stored (IMP-2).
 _METADATA: Final = frozenset((LAYOUT, DOCKER_MANIFEST))
-LAYOUT_VERSION: Final = "1.0.0"
 
 
 def clean(name: str) -> str:
@@ -62,22 +57,10 @@ def _checked_name(name: str, offset: int) -> str:
 def blob_digest(cleaned: str) -> Digest | None:
     """The digest a ``blobs/<alg>/<hex>`` entry promises, or None for any other name."""
     m = _BLOB_NAME.fullmatch(cleaned)
-    if m is None or m.group(1) not in ALGORITHMS:
-        return None
-    try:
-        return Digest(f"{m.group(1)}:{m.group(2)}")
-    except InvalidArgument:
-        return None
-
-
-def json_value(data: bytes, what: str, name: str) -> object:
-    """The first JSON value of ``data``; trailing bytes are ignored (IMP-2)."""
-    try:
-        text = data.decode("utf-8")
-        value, _ = json.JSONDecoder().raw_decode(text.lstrip())
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise MalformedManifest(f'untar {what} "{name}": {exc}') from exc
-    return value
+    if m is not None and m.group(1) in ALGORITHMS:
+        with contextlib.suppress(InvalidArgument):
+            return Digest(f"{m.group(1)}:{m.group(2)}")
+    return None
 
 
 # -- the archive catalogue -----------------------------------------------------------------

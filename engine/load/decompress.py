@@ -170,11 +170,10 @@ class _Reader(Protocol):
 
 
 class DecompressedSource:
-    """The decompressed bytes of ``raw``, at most ``CHUNK`` per receive.
+    """The decompressed bytes of ``raw`` (after ``head``), ≤ ``CHUNK`` per receive.
 
-    ``head`` (the bytes read to sniff ``kind``) is given back first. ``direct``, when
-    ``raw`` is a regular file, is its unbuffered file, read in the inflating thread.
-    ``receive`` raises MalformedArchive when the data is corrupt or ends early.
+    ``direct`` is ``raw``'s regular file, read in the inflating thread. Corrupt or short
+    data is MalformedArchive.
     """
 
     def __init__(
@@ -186,6 +185,7 @@ class DecompressedSource:
         self._bridge = _Bridge(raw, head, frames, direct)
         self._reader: _Reader | None = None
         self._eof = False
+        self._errors: tuple[type[Exception], ...] = (OSError, EOFError, zlib.error, ValueError)
 
     def _open(self) -> _Reader:
         if self._kind == GZIP:
@@ -199,12 +199,9 @@ class DecompressedSource:
             return reader
         import zstandard
 
-        dctx = zstandard.ZstdDecompressor()
-        return dctx.stream_reader(
-            cast("IO[bytes]", self._bridge),
-            read_size=CHUNK,
-            read_across_frames=True,
-            closefd=False,
+        self._errors += (zstandard.ZstdError,)
+        return zstandard.ZstdDecompressor().stream_reader(
+            cast("IO[bytes]", self._bridge), read_size=CHUNK, read_across_frames=True, closefd=False
         )
 
     def _read_sync(self, max_bytes: int) -> bytes:
@@ -223,21 +220,12 @@ class DecompressedSource:
                 got += len(data)
         except CastarError:
             raise  # the compressed source's own errors keep their kind and text
-        except (OSError, EOFError, zlib.error, ValueError) as exc:
-            raise self._corrupt(exc) from exc
-        except Exception as exc:
-            import zstandard
-
-            if isinstance(exc, zstandard.ZstdError):
-                raise self._corrupt(exc) from exc
-            raise
+        except self._errors as exc:
+            raise MalformedArchive(
+                f"{self._kind} archive {self.name}: corrupt compressed data: {exc}",
+                offset=self._bridge.consumed,
+            ) from exc
         return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def _corrupt(self, exc: BaseException) -> MalformedArchive:
-        return MalformedArchive(
-            f"{self._kind} archive {self.name}: corrupt compressed data: {exc}",
-            offset=self._bridge.consumed,
-        )
 
     async def receive(self, max_bytes: int = CHUNK) -> bytes:
         """Return the next decompressed bytes (≥ 1 byte); ``anyio.EndOfStream`` at the end."""

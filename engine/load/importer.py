@@ -39,9 +39,8 @@ class LoadOptions:
         all_platforms: keep every platform even when ``platforms`` is given.
         skip_missing: tolerate manifests missing from archive and store; None means
             True when no platform is requested (LOAD-2), else False.
-        name: for ``org.opencontainers.image.ref.name`` tags: a prefix (``"repo/x"``
-            names the tag ``latest`` ``repo/x:latest``) or a translator function
-            (see :func:`add_ref_prefix`, :func:`filter_ref_prefix`).
+        name: for ``ref.name`` tags: a prefix (``"repo/x"`` names ``latest`` ``repo/x:latest``)
+            or a translator (:func:`add_ref_prefix`, :func:`filter_ref_prefix`).
         max_size: refuse archives whose (decompressed) size exceeds this many bytes.
     """
 
@@ -211,11 +210,8 @@ async def load(
         InvalidArgument: a bad name or oversized JSON document.
     """
     requested = () if options.all_platforms else options.platforms
-    matcher = (
-        plats.match_any_with_preference(plats.only(plats.host()), requested)
-        if requested
-        else plats.ALL
-    )
+    host = plats.only(plats.host())
+    matcher = plats.match_any_with_preference(host, requested) if requested else plats.ALL
     skip_missing = not requested if options.skip_missing is None else options.skip_missing  # LOAD-2
     wanted = "[" + " ".join(plats.format_all(p) for p in requested) + "]"
     name = options.name

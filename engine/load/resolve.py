@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -18,16 +19,7 @@ import anyio.to_thread
 from castar.engine import graph, oci, platforms, reference
 from castar.engine.load import decompress
 from castar.engine.load.archive import WORKERS, Session
-from castar.engine.load.catalog import (
-    DOCKER_MANIFEST,
-    INDEX,
-    LAYOUT,
-    LAYOUT_VERSION,
-    Catalog,
-    Entry,
-    clean,
-    json_value,
-)
+from castar.engine.load.catalog import DOCKER_MANIFEST, LAYOUT, Catalog, Entry, clean
 from castar.store.digest import Digest, compute
 from castar.store.errors import InvalidArgument, MalformedArchive, MalformedManifest, NotFound
 
@@ -35,6 +27,10 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 __all__ = ["EmptyWalk", "Walk", "fetch_needed", "keep", "resolve", "walk_index"]
+
+
+_INDEX: Final = "index.json"
+_LAYOUT_VERSION: Final = "1.0.0"
 
 
 class EmptyWalk(NotFound):
@@ -52,25 +48,35 @@ async def resolve(sess: Session) -> oci.Descriptor:
     cat = sess.catalog
     layout = cat.documents.get(LAYOUT)
     if layout is not None:
-        value = json_value(layout[1], "oci layout", layout[0])
+        value = _json_value(layout[1], "oci layout", layout[0])
         if not isinstance(value, dict):
             raise MalformedManifest(f'untar oci layout "{layout[0]}": not a JSON object')
         version = value.get("imageLayoutVersion")
         if version:
-            if version != LAYOUT_VERSION:
+            if version != _LAYOUT_VERSION:
                 raise MalformedArchive(f"unsupported OCI version {version}")
-            entry = cat.entries.get(INDEX)
+            entry = cat.entries.get(_INDEX)
             if entry is None:
-                raise MalformedArchive(f"missing index.json in OCI layout {LAYOUT_VERSION}")
+                raise MalformedArchive(f"missing index.json in OCI layout {_LAYOUT_VERSION}")
             return oci.Descriptor(oci.OCI_INDEX, await sess.ensure(entry), entry.size)
     manifest = cat.documents.get(DOCKER_MANIFEST)
     if manifest is not None:
-        items = json_value(manifest[1], "manifest", manifest[0])
+        items = _json_value(manifest[1], "manifest", manifest[0])
         if items is not None:
             if not isinstance(items, list):
                 raise MalformedManifest(f'untar manifest "{manifest[0]}": not a JSON array')
             return await _docker_index(sess, items)
     raise MalformedArchive("unrecognized image format")
+
+
+def _json_value(data: bytes, what: str, name: str) -> object:
+    """The first JSON value of ``data``; trailing bytes are ignored (IMP-2)."""
+    try:
+        text = data.decode("utf-8")
+        value, _ = json.JSONDecoder().raw_decode(text.lstrip())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise MalformedManifest(f'untar {what} "{name}": {exc}') from exc
+    return value
 
 
 def _symlinked(cat: Catalog) -> dict[str, Entry]:
