@@ -160,12 +160,10 @@ class _Recorded:
 
 
 def _read_file(path: Path, size: int) -> bytes | None:
-    try:
-        with open(path, "rb", buffering=0) as f:
-            data = f.read(size + 1)
-    except OSError:
-        return None
-    return data if len(data) == size else None
+    with contextlib.suppress(OSError), open(path, "rb", buffering=0) as f:
+        if len(data := f.read(size + 1)) == size:
+            return data
+    return None
 
 
 async def fetch(content: BlobReader, roots: Sequence[oci.Descriptor]) -> dict[str, Node]:

@@ -186,12 +186,9 @@ class SavePlan:
         out: list[Skipped] = []
         for image in self.images:
             who = image.name or str(image.digest)
-            out.extend(
-                Skipped(who, p.platform, p.digest, p.state)
-                for p in image.platforms
-                if p.state != "complete"
-            )
-            out.extend(Skipped(who, p, None, "not in image") for p in image.not_found)
+            bad = [p for p in image.platforms if p.state != "complete"]
+            out += [Skipped(who, p.platform, p.digest, p.state) for p in bad]
+            out += [Skipped(who, p, None, "not in image") for p in image.not_found]
         return tuple(out)
 
     def to_json(self) -> dict[str, Any]:

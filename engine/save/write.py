@@ -18,6 +18,7 @@ import anyio.from_thread
 import anyio.to_thread
 
 from castar.engine import tarcodec
+from castar.engine._endpoints import CHUNK_SIZE
 from castar.engine.save.sinks import wait_writable, write_all
 from castar.store import digest as digests
 from castar.store.errors import DataLoss, DigestMismatch, SizeMismatch
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Limiters", "store_limiters", "write"]
 
-_CHUNK: Final = 1 << 20  # bytes per read and per stream send
 _HOP: Final = 256 << 20  # bytes one worker-thread hop moves into an fd sink
 _CALL: Final = 64 << 20  # most bytes one copy call moves (cancellation checked between calls)
 _SMALL: Final = 256 << 10  # blobs up to this size are coalesced with the headers
@@ -84,7 +84,7 @@ class _Copier:
     """Moves a plan's bytes in worker threads: ``steps()`` runs one hop per step.
 
     An fd sink's step writes about ``_HOP`` bytes itself and yields no chunks; a stream
-    sink's step reads about ``_CHUNK`` bytes and yields the chunks to send.
+    sink's step reads about ``CHUNK_SIZE`` bytes and yields the chunks to send.
     """
 
     def __init__(self, plan: SavePlan, content: BlobReader, sink: Sink, opts: SaveOptions) -> None:
@@ -114,12 +114,12 @@ class _Copier:
         return None if self._archive is None else digests.from_hasher(self._archive)
 
     def _emit(self, data: Buffer) -> None:
-        """Queue bytes for the sink: small ones coalesced up to ``_CHUNK``."""
+        """Queue bytes for the sink: small ones coalesced up to ``CHUNK_SIZE``."""
         if self._archive is not None:
             self._archive.update(data)
         if len(data) < _SMALL:
             self._pending += data
-            if len(self._pending) >= _CHUNK:
+            if len(self._pending) >= CHUNK_SIZE:
                 self._flush()
         else:
             self._flush()
@@ -144,7 +144,7 @@ class _Copier:
 
     def steps(self) -> Generator[list[bytes], None, None]:
         """Steps of a budget of bytes, ended before blob bytes; ``done`` is set before the last."""
-        budget = _HOP if self._fd is not None else _CHUNK
+        budget = _HOP if self._fd is not None else CHUNK_SIZE
         tail = budget // 4  # what is left of the archive below this joins the current step
         moved = total = 0
         for n in self._pieces():
@@ -209,11 +209,11 @@ class _Copier:
         h = digests.hasher(m.digest.algorithm) if self._opts.verify else None
         buf = None
         if self._fd is not None:  # written before the next read: one buffer serves
-            buf = self._buffer = self._buffer or bytearray(_CHUNK)
+            buf = self._buffer = self._buffer or bytearray(CHUNK_SIZE)
         left = m.size - start
         while left:
             yield _BREAK
-            want = min(_CHUNK, left)
+            want = min(CHUNK_SIZE, left)
             data: Buffer
             if buf is not None:
                 data = memoryview(buf)[: os.readv(src, [memoryview(buf)[:want]])]
@@ -248,7 +248,7 @@ class _Copier:
                 else:  # a blocking socket blocks per call: keep calls to 1 MiB
                     if self._kind == "socket":
                         wait_writable(dst)
-                        count = min(count, _CHUNK)
+                        count = min(count, CHUNK_SIZE)
                     n = os.sendfile(dst, src, offset, count)
             except BlockingIOError:
                 wait_writable(dst)
