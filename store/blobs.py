@@ -79,11 +79,9 @@ class CommitResult:
 
 @dataclass(frozen=True, slots=True)
 class SmallBatch:
-    """What a small-blob batch did, in order.
+    """Each handled item's ``CommitResult`` or ``DigestMismatch`` (TV-44), and what stopped it.
 
-    ``results``: each handled item's ``CommitResult``, or its ``DigestMismatch`` (TV-44: the
-    caller decides). ``error``: what stopped the batch early, else None; later items were not
-    written.
+    Items after ``results`` were not written.
     """
 
     results: list[CommitResult | DigestMismatch]
@@ -165,10 +163,8 @@ def put_small(
 ) -> CommitResult:
     """Write a small blob held whole straight to its address: no ingest directory (§2.10).
 
-    Verified, written to a read-only ``<root>/ingest/.tmp-<pid>-<random>``, fsynced when
-    ``sync`` and renamed into place; the caller holds the commit lock shared, so GC only meets
-    temp files of crashed writers. A failure or a cancel (``check``, up to the rename) removes
-    the temp file. The file is new, so its times are the commit time (LAY-3).
+    Verified, written to a read-only ``ingest/.tmp-<pid>-<random>`` and renamed into place
+    under the caller's shared commit lock; a failure or a cancel before the rename removes it.
     """
     h = hasher(expected.algorithm if expected is not None else algorithm)
     h.update(data)

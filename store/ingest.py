@@ -181,11 +181,10 @@ def open_ingest(
     expected: Digest | None = None,
     cancellable: bool = False,
 ) -> LocalWriter:
-    """Open (or resume, ING-5) the ingest of ``ref`` and lock it (ING-3). Sync: run in a thread.
+    """Open (or resume, ING-5, re-hashing) the ingest of ``ref`` and lock it (ING-3), in a thread.
 
-    Resuming re-hashes the stored data (``cancellable``: in an anyio worker thread, a cancel
-    stops that). A different non-zero ``total`` restarts at offset 0. The hash algorithm is
-    ``expected``'s, else the stored one's, else sha256 (ING-7).
+    A different non-zero ``total`` restarts at offset 0; the hash is ``expected``'s, else the
+    stored one's, else sha256 (ING-7). ``cancellable``: a cancel stops the re-hash.
     """
     check = anyio.from_thread.check_cancelled if cancellable else None
     path = ingest_dir(root, ref)
@@ -305,10 +304,8 @@ class LocalContentStore(BlobStore):
     ) -> LocalWriter:
         """Open the ingest of ``ref`` (unique per import session, ING-14), resuming it (ING-5).
 
-        Raises:
-            InvalidArgument: ``ref must not be empty`` (ING-1), a bad digest or total.
-            Unavailable: ``ref <ref> locked for <duration> (since <time>)`` while another
-                writer, in this process or another, holds the ref (ING-3).
+        Unavailable ``ref <ref> locked for <duration> (since <time>)`` while another writer,
+        in any process, holds the ref (ING-3).
         """
         if not ref:
             raise InvalidArgument("ref must not be empty")
@@ -352,10 +349,8 @@ def _view(data: Buffer) -> memoryview:
 class LocalWriter(AbstractAsyncContextManager["LocalWriter"]):
     """An open, locked ingest: bytes are hashed as they are written (ING-3..9).
 
-    Writes coalesce into a buffer; each 1 MiB becomes a step of the writer's ``Pump``, a
-    thread hashing and writing up to three steps ahead. One task at a time; never interleave
-    ``write`` and ``write_sync``. ``async with``, :meth:`close` or :meth:`commit` release the
-    ref lock.
+    Each 1 MiB written becomes a step of the writer's ``Pump``. One task at a time; never
+    interleave ``write`` and ``write_sync``. ``async with``, ``close`` or ``commit`` unlock.
     """
 
     def __init__(
@@ -432,10 +427,7 @@ class LocalWriter(AbstractAsyncContextManager["LocalWriter"]):
             raise pump.error
 
     def _stop_pump_sync(self) -> None:
-        """Wait for the pump's steps and end it (in a worker thread) before this thread uses the fd.
-
-        A failure not raised yet only marks the writer broken.
-        """
+        """End the pump once its steps are done (in a worker thread); a failure marks it broken."""
         pump, self._pump = self._pump, None
         if pump is None:
             return
