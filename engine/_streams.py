@@ -64,13 +64,13 @@ class _FileSource(FileEndpoint, Source):
             raise self._not_open()
         return self._file
 
-    def _is_open(self) -> bool:
-        return self._file is not None
-
     def _open_sync(self) -> None:
         f = io.FileIO(self._target, "rb", closefd=self._owned)
         self._regular = stat.S_ISREG(os.fstat(f.fileno()).st_mode) and f.seekable()
         self._file = f
+
+    def _is_open(self) -> bool:
+        return self._file is not None
 
     async def receive(self, max_bytes: int = CHUNK_SIZE) -> bytes:
         await self.open()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import os
 import secrets
 import threading
@@ -97,7 +98,7 @@ class Session:
     catalog: Catalog = field(default_factory=Catalog)
     fd: int | None = None  # seekable archives are read with pread on this fd
     written: dict[str, bytes] = field(default_factory=dict)  # documents the load built and stored
-    _serial: int = 0
+    _serial: Iterator[int] = field(default_factory=itertools.count)
     _buffers: list[bytearray] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -106,14 +107,11 @@ class Session:
 
     def ref(self, name: str) -> str:
         """A fresh ingest ref, unique per session (ING-14, EDGE-9)."""
-        self._serial += 1
-        return f"castar-import-{self.session}-{self._serial}-{name[:96]}"
+        return f"castar-import-{self.session}-{next(self._serial)}-{name[:96]}"
 
     async def discard(self, ref: str) -> None:
         with anyio.CancelScope(shield=True), contextlib.suppress(NotFound):
             await self.content.abort(ref)
-
-    # -- blob copies ------------------------------------------------------------------
 
     def _copy_sync(self, w: Writer, entry: Entry) -> None:
         """Copy one member from the archive file into an ingest (one worker-thread call)."""

@@ -63,9 +63,6 @@ def blob_digest(cleaned: str) -> Digest | None:
     return None
 
 
-# -- the archive catalogue -----------------------------------------------------------------
-
-
 @dataclass(slots=True)
 class Entry:
     """A regular member: where its bytes are (seekable) or what it was stored as (stream)."""
@@ -82,9 +79,6 @@ class Catalog:
     symlinks: dict[str, str] = field(default_factory=dict)  # raw name -> raw link target
     # cleaned name (oci-layout, manifest.json) -> (raw name, bytes)
     documents: dict[str, tuple[str, bytes]] = field(default_factory=dict)
-
-
-# -- reading a seekable archive: headers only ----------------------------------------------
 
 
 def scan_sync(fd: int, base: int, size: int) -> Catalog:

@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 __all__ = ["EmptyWalk", "Walk", "fetch_needed", "keep", "resolve", "walk_index"]
 
 
-_INDEX: Final = "index.json"
 _LAYOUT_VERSION: Final = "1.0.0"
 
 
@@ -55,7 +54,7 @@ async def resolve(sess: Session) -> oci.Descriptor:
         if version:
             if version != _LAYOUT_VERSION:
                 raise MalformedArchive(f"unsupported OCI version {version}")
-            entry = cat.entries.get(_INDEX)
+            entry = cat.entries.get("index.json")
             if entry is None:
                 raise MalformedArchive(f"missing index.json in OCI layout {_LAYOUT_VERSION}")
             return oci.Descriptor(oci.OCI_INDEX, await sess.ensure(entry), entry.size)
