@@ -240,22 +240,22 @@ def parse_all(specs: Iterable[str]) -> list[Platform]:
     return out
 
 
-def parse_list(values: Iterable[str]) -> list[Platform]:
-    """Parse ``--platform`` values (repeated, comma-separated); no empty or duplicate items."""
+def parse_list(values: Iterable[str | Platform]) -> list[Platform]:
+    """Parse ``--platform`` values (repeated, comma lists, or Platforms); no empties, duplicates."""
     out: list[Platform] = []
     seen: dict[Platform, str] = {}
     for value in values:
-        for raw in value.split(","):
-            item = raw.strip()
-            if not item:
-                raise InvalidArgument(f"empty platform in {_quote(value)}")
-            (p,) = parse_all([item])
-            key = normalize(p)
-            if key in seen:
+        items = [value] if isinstance(value, Platform) else value.split(",")
+        for item in items:
+            if isinstance(item, str) and not (item := item.strip()):
+                raise InvalidArgument(f"empty platform in {_quote(str(value))}")
+            p = item if isinstance(item, Platform) else parse_all([item])[0]
+            text = item if isinstance(item, str) else format_all(p)
+            if (key := normalize(p)) in seen:
                 raise InvalidArgument(
-                    f"duplicate platform {_quote(item)} (same as {_quote(seen[key])})"
+                    f"duplicate platform {_quote(text)} (same as {_quote(seen[key])})"
                 )
-            seen[key] = item
+            seen[key] = text
             out.append(p)
     return out
 

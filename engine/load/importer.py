@@ -15,13 +15,13 @@ from castar.engine import platforms as plats
 from castar.engine._streams import open_source
 from castar.engine.load.archive import Progress, Session, read_archive
 from castar.engine.load.resolve import EmptyWalk, Walk, fetch_needed, keep, resolve, walk_index
-from castar.engine.platforms import Platform
 from castar.store.digest import Digest
 from castar.store.errors import AlreadyExists, NotFound
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
+    from castar.engine.platforms import Platform
     from castar.store import Image
     from castar.store.progress import ProgressCallback
     from castar.store.roles import BlobIngester, ImageRecords, Leases
@@ -61,10 +61,8 @@ class LoadOptions:
         max_size: int | None = None,
     ) -> LoadOptions:
         """Options from user input: specifiers (comma lists, no duplicates) or Platforms."""
-        given = [platforms] if isinstance(platforms, str) else list(platforms or ())
-        parsed = iter(plats.parse_list(p for p in given if isinstance(p, str)))
-        values = tuple(p if isinstance(p, Platform) else next(parsed) for p in given)
-        return cls(values, all_platforms, skip_missing, name, max_size)
+        given = [platforms] if isinstance(platforms, str) else platforms or ()
+        return cls(tuple(plats.parse_list(given)), all_platforms, skip_missing, name, max_size)
 
 
 # -- names (IMP-11, TV-64) -----------------------------------------------------------------

@@ -93,14 +93,7 @@ class SaveOptions:
     @classmethod
     def parse(cls, platforms: Iterable[str | plat.Platform] | None = None, **fields: Any) -> Self:  # noqa: ANN401
         """Options with ``platforms`` as specifiers (comma lists, no duplicates) or Platforms."""
-        values: list[plat.Platform] = []
-        seen: set[plat.Platform] = set()
-        for p in platforms or ():
-            for value in [p] if isinstance(p, plat.Platform) else plat.parse_list([p]):
-                if (key := plat.normalize(value)) in seen:
-                    raise InvalidArgument(f"duplicate platform {plat.format_all(value)!r}")
-                seen.add(key)
-                values.append(value)
+        values = plat.parse_list(platforms or ())
         return cls(tuple(values), **fields)
 
 

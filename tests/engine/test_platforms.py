@@ -453,6 +453,26 @@ def test_parse_list_accepts_commas_and_repeats() -> None:
     assert parse_list([]) == []
 
 
+def test_parse_list_keeps_platform_values_and_checks_them_for_duplicates() -> None:
+    assert parse_list([P("linux", "arm64"), "linux/amd64,linux/386"]) == [
+        P("linux", "arm64"),
+        P("linux", "amd64"),
+        P("linux", "386"),
+    ]
+    with pytest.raises(InvalidArgument, match=r'^duplicate platform "linux/x86_64"'):
+        parse_list([P("linux", "amd64"), "linux/x86_64"])
+
+
+def test_load_and_save_options_read_a_comma_list_alike() -> None:
+    from castar.engine.load.importer import LoadOptions
+    from castar.engine.save.plan import SaveOptions
+
+    given = ["linux/amd64,linux/arm64", P("linux", "386")]
+    want = (P("linux", "amd64"), P("linux", "arm64"), P("linux", "386"))
+    assert LoadOptions.parse(given).platforms == SaveOptions.parse(given).platforms == want
+    assert LoadOptions.parse("linux/amd64,linux/arm64").platforms == want[:2]
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
