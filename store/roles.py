@@ -90,5 +90,4 @@ class Leases(Protocol):
     def hold(  # noqa: D102
         self, *, expire: timedelta | None = ..., labels: Mapping[str, str] | None = None
     ) -> AbstractAsyncContextManager[Lease]: ...
-    async def add_resource(self, id: str, type: str, resource: str) -> None: ...  # noqa: D102
     async def add_resources(self, id: str, type: str, resources: Iterable[str]) -> None: ...  # noqa: D102

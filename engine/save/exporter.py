@@ -102,15 +102,14 @@ async def plan_save(store: Roles, names: Sequence[str], options: SaveOptions) ->
                 targets.append(t)
     lease = current_lease()
     if lease is not None:  # SAVE-5: protect the targets (and, by their edges, their subtrees)
-        for t in targets:
-            await store.leases.add_resource(lease.id, "content", t.desc.digest)
+        await store.leases.add_resources(lease.id, "content", [t.desc.digest for t in targets])
     nodes = await fetch(store.content, [t.desc for t in targets])
     planner = Planner(nodes, options, plat.host())
     images = [p for t in targets if (p := planner.add(t)) is not None]
     plan = planner.finish(images)
     if lease is not None:  # SAVE-5: the rest of what the archive reads, before the first byte
-        for d in unlinked([t.desc.digest for t in targets], nodes, plan.reads):
-            await store.leases.add_resource(lease.id, "content", d)
+        rest = unlinked([t.desc.digest for t in targets], nodes, plan.reads)
+        await store.leases.add_resources(lease.id, "content", rest)
     return plan
 
 
