@@ -54,7 +54,7 @@ class UnsupportedDigestAlgorithm(InvalidArgument):
     """The algorithm is grammatical but not available (DIG-2)."""
 
     def __init__(self, value: str) -> None:
-        super().__init__("unsupported digest algorithm")
+        super().__init__(f"unsupported digest algorithm {value.partition(':')[0]}")
         self.value = value
 
 

@@ -1,12 +1,14 @@
-"""Whole-archive decompression: gzip and zstd sniffed by magic bytes (IMP-1).
+"""Whole-archive decompression: gzip, zstd, xz and bzip2 sniffed by magic bytes (IMP-1).
 
 ``DecompressedSource`` inflates another source while streaming, in worker threads,
-≥ 1 MiB per hop; isal when importable, else zlib; zstandard.
+≥ 1 MiB per hop; isal when importable, else zlib; zstandard; stdlib lzma and bz2.
 """
 
 from __future__ import annotations
 
+import bz2
 import io
+import lzma
 import zlib
 from typing import IO, Final, Protocol, cast
 
@@ -24,6 +26,8 @@ ZSTD: Final = "zstd"
 
 _GZIP_MAGIC: Final = b"\x1f\x8b\x08"
 _ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
+#: The stdlib-read kinds by magic: their file objects read concatenated streams too.
+_STDLIB: Final = {b"\xfd7zXZ\x00": ("xz", lzma.LZMAFile), b"BZh": ("bzip2", bz2.BZ2File)}
 _ZSTD_SKIPPABLE: Final = 0x184D2A50
 
 
@@ -36,9 +40,12 @@ class RawSource(Protocol):
 
 
 def sniff(head: bytes) -> str | None:
-    """``"gzip"``, ``"zstd"`` (a frame or a skippable one) or None (a plain tar) from 4 bytes."""
+    """``"gzip"``, ``"zstd"`` (a frame or a skippable one), ``"xz"``, ``"bzip2"`` or None."""
     if head.startswith(_GZIP_MAGIC):
         return GZIP
+    kind = next((k for magic, (k, _) in _STDLIB.items() if head.startswith(magic)), None)
+    if kind is not None:
+        return kind
     if head.startswith(_ZSTD_MAGIC):
         return ZSTD
     if len(head) >= 4 and int.from_bytes(head[:4], "little") & 0xFFFFFFF0 == _ZSTD_SKIPPABLE:
@@ -188,6 +195,11 @@ class DecompressedSource:
         self._errors: tuple[type[Exception], ...] = (OSError, EOFError, zlib.error, ValueError)
 
     def _open(self) -> _Reader:
+        opener = next((o for k, o in _STDLIB.values() if k == self._kind), None)
+        if opener is not None:
+            self._errors += (lzma.LZMAError,)
+            stdlib: _Reader = opener(self._bridge)
+            return stdlib
         if self._kind == GZIP:
             try:  # python-isal inflates faster than zlib (io-compression)
                 from isal import igzip

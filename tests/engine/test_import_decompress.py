@@ -37,7 +37,9 @@ class Bytes:
         (b"\x28\xb5\x2f\xfd\x00", ZSTD),
         ((0x184D2A5F).to_bytes(4, "little"), ZSTD),  # skippable frame, any low nibble
         (b"\x1f\x8b\x07\x00", None),  # gzip magic with another method
-        (b"BZh9", None),  # bzip2 is read as a plain tar (IMP-1: MAY)
+        (b"BZh9", "bzip2"),
+        (b"\xfd7zXZ\x00\x00", "xz"),
+        (b"\xfd7zXZ", None),  # a cut xz magic
         (b"ustar", None),
         (b"", None),
     ],
