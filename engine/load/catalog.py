@@ -122,6 +122,11 @@ def note_member(cat: Catalog, ev: MemberStart, offset: int) -> Entry | str | Non
     if ev.type not in _REGULAR:
         return None
     if cleaned not in _METADATA:
+        if cleaned in cat.entries and blob_digest(cleaned) is not None:
+            # IMP-3: a file keeps the last copy, a stream checks the first: refuse both ways
+            raise MalformedArchive(
+                f"blob member {ev.name!r} is given twice", offset=ev.header_offset, member=ev.name
+            )
         entry = cat.entries[cleaned] = Entry(cleaned, ev.size, offset)
         return entry
     if ev.size > oci.MAX_DOCUMENT:
