@@ -188,6 +188,8 @@ class Descriptor:
             digest = Digest(raw_digest)
         except InvalidArgument as exc:
             raise MalformedManifest(f"{where}: invalid digest {raw_digest!r}: {exc}") from exc
+        if o.get("size") is None:  # IMP-16: the OCI spec requires it
+            raise MalformedManifest(f"{where}: size: missing in {digest} ({media_type})")
         size = get_int(o, "size", where)
         if size < 0:
             raise MalformedManifest(f"{where}: invalid size {size} in {digest} ({media_type})")

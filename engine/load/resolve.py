@@ -21,7 +21,14 @@ from castar.engine.load import decompress
 from castar.engine.load.archive import WORKERS, Session
 from castar.engine.load.catalog import DOCKER_MANIFEST, LAYOUT, Catalog, Entry, clean
 from castar.store.digest import Digest, compute
-from castar.store.errors import InvalidArgument, MalformedArchive, MalformedManifest, NotFound
+from castar.store.errors import (
+    InvalidArgument,
+    MalformedArchive,
+    MalformedManifest,
+    NotFound,
+    SizeMismatch,
+    UnsupportedMediaType,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -230,7 +237,11 @@ async def walk_index(sess: Session, top: oci.Descriptor) -> Walk:
     if doc is None:
         raise NotFound(f"content digest {top.digest}")
     entries = list(doc.children)
-    for entry in entries:
+    listed = [(f"index.json: manifests[{i}]", e) for i, e in enumerate(entries)]
+    for where, entry in listed:
+        if not (oci.is_manifest(entry.media_type) or oci.is_index(entry.media_type)):
+            kind = entry.media_type or "no media type"
+            raise UnsupportedMediaType(f"{where}: {kind} is not a manifest or index type")
         _queue_names(sess, walk, entry)
     kept = [e for e in entries if keep(sess, e)]
     if kept:
@@ -241,12 +252,30 @@ async def walk_index(sess: Session, top: oci.Descriptor) -> Walk:
     )
     for node in nodes:  # SkipDesc (IMP-11, EDGE-2): a missing document has no children
         walk.needed.setdefault(node.descriptor.digest, node.descriptor)
+        listed += ((f"document {node.descriptor.digest}", c) for c in node.children)
         if node.children:
             walk.produced = True
             walk.labels[node.descriptor.digest] = oci.children_labels(node.children)
     if not walk.produced:
         raise EmptyWalk
+    await _check_sizes(sess, listed)
     return walk
+
+
+async def _check_sizes(sess: Session, listed: list[tuple[str, oci.Descriptor]]) -> None:
+    """IMP-16: each descriptor's size is that of its blob, in the archive or the store."""
+    sizes = {d.digest: e.size for _, d in listed if (e := sess.blob_entry(d.digest))}
+    infos = await sess.content.infos({d.digest for _, d in listed if d.digest not in sizes})
+    sizes.update((digest, info.size) for digest, info in infos.items())
+    for where, d in listed:
+        size = sizes.get(d.digest, d.size)
+        if size != d.size:
+            raise SizeMismatch(
+                f"{where}: descriptor {d.digest} ({d.media_type}) has size {d.size}, "
+                f"blob has {size}",
+                expected=d.size,
+                actual=size,
+            )
 
 
 def _queue_names(sess: Session, walk: Walk, entry: oci.Descriptor) -> None:

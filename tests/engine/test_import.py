@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import bz2
+import contextlib
 import gzip
 import hashlib
 import io
 import json
+import lzma
 import os
+import re
 import tarfile
 import tempfile
 import threading
@@ -28,11 +32,15 @@ from castar.engine.load.importer import LoadOptions, add_ref_prefix, filter_ref_
 from castar.engine.platforms import pinned_host
 from castar.store import Image, Root, open_root
 from castar.store.errors import (
+    CastarError,
     DigestMismatch,
     FailedPrecondition,
     InvalidArgument,
     MalformedArchive,
+    MalformedManifest,
     NotFound,
+    SizeMismatch,
+    UnsupportedMediaType,
 )
 
 
@@ -763,7 +771,7 @@ def zstd_frames(data: bytes) -> bytes:
     return skippable + c.compress(data[:half]) + c.compress(data[half:])
 
 
-@pytest.mark.parametrize("codec", ["gzip", "gzip-multimember", "zstd"])
+@pytest.mark.parametrize("codec", ["gzip", "gzip-multimember", "zstd", "xz", "bzip2"])
 @pytest.mark.parametrize("stream", [False, True])
 async def test_tv75_compressed_archives_load_like_plain_ones(tmp_path, codec, stream):
     img = make_oci(["linux/amd64", "linux/arm64"], layer_size=300_000)
@@ -772,6 +780,10 @@ async def test_tv75_compressed_archives_load_like_plain_ones(tmp_path, codec, st
         packed = gzip.compress(data, compresslevel=1)
     elif codec == "gzip-multimember":
         packed = gzip.compress(data[:5000]) + gzip.compress(data[5000:])
+    elif codec == "xz":
+        packed = lzma.compress(data[:5000]) + lzma.compress(data[5000:])
+    elif codec == "bzip2":
+        packed = bz2.compress(data[:5000]) + bz2.compress(data[5000:])
     else:
         packed = zstd_frames(data)
     states = []
@@ -784,11 +796,12 @@ async def test_tv75_compressed_archives_load_like_plain_ones(tmp_path, codec, st
     assert states[0] == states[1]
 
 
-@pytest.mark.parametrize("codec", ["gzip", "zstd"])
+@pytest.mark.parametrize("codec", ["gzip", "zstd", "xz", "bzip2"])
 async def test_corrupt_compressed_archive_is_malformed(store, tmp_path, codec):
     img = make_oci(["linux/amd64"], layer_size=100_000)
     data = tar_bytes(img.members)
-    packed = bytearray(gzip.compress(data) if codec == "gzip" else zstd_frames(data))
+    pack = {"gzip": gzip.compress, "zstd": zstd_frames, "xz": lzma.compress, "bzip2": bz2.compress}
+    packed = bytearray(pack[codec](data))
     packed[len(packed) // 2] ^= 0xFF
     packed[len(packed) // 2 + 1] ^= 0xFF
     with pytest.raises(MalformedArchive):
@@ -1098,3 +1111,144 @@ async def test_cancel_while_inflating_a_compressed_file(store, tmp_path):
         await load(store, path, progress=lambda done, total, entry: scope.cancel())
     assert scope.cancelled_caught
     await assert_store_unchanged_after_gc(store, set())
+
+
+# -- descriptors checked against the archive (IMP-16), same verdict from a file and a pipe ---------
+
+_CFG = canon({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}})
+
+
+def checked(manifest_edit: Any = None, entry_edit: Any = None, *, big: bool = False) -> bytes:
+    """A one-manifest OCI archive, its manifest and index.json entry edited before hashing."""
+    layer = (b"layer bytes " * (120_000 if big else 300))[: (1 << 20) + 7 if big else 3000]
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": oci.OCI_MANIFEST,
+        "config": desc(oci.OCI_CONFIG, _CFG),
+        "layers": [desc(oci.OCI_LAYER, layer)],
+    }
+    if manifest_edit:
+        manifest_edit(manifest)
+    data = canon(manifest)
+    entry = desc(oci.OCI_MANIFEST, data, annotations={oci.ANNOTATION_IMAGE_NAME: "docker.io/x/y:1"})
+    if entry_edit:
+        entry_edit(entry)
+    index = canon({"schemaVersion": 2, "manifests": [entry]})
+    blobs = [Member(blob_name(b), b) for b in (data, _CFG, layer)]
+    return tar_bytes(
+        [
+            Member("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
+            *blobs,
+            Member("index.json", index),
+        ]
+    )
+
+
+def _layer_size(n: int | None) -> Any:
+    def edit(m: dict[str, Any]) -> None:
+        m["layers"][0]["size"] = m["layers"][0]["size"] + n if n is not None else 0
+
+    return edit
+
+
+def _set(where: str, key: str, value: object) -> Any:
+    return lambda d: (d[where][0] if where else d).update({key: value})
+
+
+_BAD: dict[str, tuple[bytes, type[Exception], str]] = {
+    "layer-huge": (checked(_set("layers", "size", 10**15)), SizeMismatch, "1000000000000000"),
+    "layer+1": (checked(_layer_size(1)), SizeMismatch, "3001"),
+    "layer-1": (checked(_layer_size(-1)), SizeMismatch, "2999"),
+    "layer-0": (checked(_layer_size(None)), SizeMismatch, "has 3000"),
+    "big-layer+1": (checked(_layer_size(1), big=True), SizeMismatch, "1048584"),
+    "config+5": (
+        checked(lambda m: m["config"].update(size=len(_CFG) + 5)),
+        SizeMismatch,
+        str(len(_CFG) + 5),
+    ),
+    "entry+3": (
+        checked(entry_edit=lambda e: e.update(size=e["size"] + 3)),
+        SizeMismatch,
+        "index.json",
+    ),
+    "layer-without-size": (
+        checked(lambda m: m["layers"][0].pop("size")),
+        MalformedManifest,
+        "size: missing",
+    ),
+    "entry-is-a-config": (
+        checked(entry_edit=lambda e: e.update(mediaType=oci.OCI_CONFIG)),
+        UnsupportedMediaType,
+        "not a manifest or index",
+    ),
+    "sha384-entry": (
+        checked(entry_edit=lambda e: e.update(digest="sha384:" + "a" * 96)),
+        InvalidArgument,
+        "unsupported digest algorithm sha384",
+    ),
+    "sha256+b64u-layer": (
+        checked(
+            _set("layers", "digest", "sha256+b64u:LCa0a2j_xo_5m0U8HTBBNBNCLXBkg7-g-YpeiGJm564")
+        ),
+        InvalidArgument,
+        "unsupported digest algorithm sha256+b64u",
+    ),
+}
+
+
+def _twice(data: bytes, bad_first: bool) -> bytes:
+    """The archive of ``data`` with the layer member given twice, one copy corrupt."""
+    members = []
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        for info in tf.getmembers():
+            body = tf.extractfile(info)
+            members.append(Member(info.name, body.read() if body else b""))
+    layer = next(m for m in members if len(m.data) >= 3000)
+    copies = [layer, Member(layer.name, b"X" + layer.data[1:])]
+    at = members.index(layer)
+    members[at : at + 1] = copies[::-1] if bad_first else copies
+    return tar_bytes(members)
+
+
+for _big in (False, True):
+    for _first in (False, True):
+        _BAD[f"twice-{'big' if _big else 'small'}-{'bad' if _first else 'good'}-first"] = (
+            _twice(checked(big=_big), _first),
+            MalformedArchive,
+            "given twice",
+        )
+
+
+@pytest.mark.parametrize("case", sorted(_BAD))
+@pytest.mark.parametrize("stream", [False, True])
+async def test_imp16_bad_archives_fail_alike_from_a_file_and_a_pipe(store, tmp_path, case, stream):
+    data, error, text = _BAD[case]
+    with pytest.raises(error, match=re.escape(text)):
+        await load(store, ChunkedReader(data) if stream else write(tmp_path, data))
+    assert await store.images.list() == []
+
+
+async def test_imp16_size_mismatch_names_the_descriptor_and_both_sizes(store, tmp_path):
+    data, _, _ = _BAD["config+5"]
+    with pytest.raises(SizeMismatch) as err:
+        await load(store, write(tmp_path, data))
+    n = len(_CFG)
+    assert f"descriptor {sha(_CFG)} ({oci.OCI_CONFIG}) has size {n + 5}" in str(err.value)
+    assert f"blob has {n}" in str(err.value)
+    assert (err.value.expected, err.value.actual) == (n + 5, n)
+
+
+@pytest.mark.parametrize("case", ["good", "good-big", *sorted(_BAD)])
+async def test_what_a_load_lists_as_available_it_can_save(tmp_path, case):
+    from castar.engine.images import ImageService
+    from castar.engine.save import exporter
+
+    data = {"good": checked(), "good-big": checked(big=True)}.get(case) or _BAD[case][0]
+    async with open_root(tmp_path / "s") as s:
+        with contextlib.suppress(CastarError):
+            await load(s, write(tmp_path, data))
+        for tree in await ImageService(s.images, s.content).tree():
+            for row in tree.manifests:
+                if row.available:
+                    for name in tree.names:
+                        await exporter.save(s, [name], tmp_path / "out.tar", exporter.SaveOptions())
