@@ -27,11 +27,7 @@ from castar.engine._json import (
     object_of,
 )
 from castar.store.digest import Digest
-from castar.store.errors import (
-    InvalidArgument,
-    MalformedManifest,
-    UnsupportedMediaType,
-)
+from castar.store.errors import InvalidArgument, MalformedManifest, UnsupportedMediaType
 from castar.store.labels import REF_CONTENT, REFERRER
 
 if TYPE_CHECKING:
@@ -175,12 +171,7 @@ class Descriptor:
 
     @classmethod
     def from_json(cls, obj: object, *, where: str = "descriptor") -> Descriptor:
-        """Decode a descriptor object strictly.
-
-        Raises:
-            MalformedManifest: not an object, a field of the wrong type, an invalid
-                digest, a negative size (DESC-3) or bad base64 ``data``.
-        """
+        """Decode strictly: MalformedManifest for a bad field, digest, size (DESC-3) or ``data``."""
         o = object_of(obj, where)
         media_type = get_str(o, "mediaType", where)
         raw_digest = get_str(o, "digest", where)
@@ -253,7 +244,6 @@ class Manifest(_Document):
 
     def to_json(self) -> Struct:
         """The JSON object in DESC-1 order; ``layers`` is always written (``[]`` when empty)."""
-        # containerd's importer builds layers with make(len) → "[]", never null.
         return self._json(
             Struct(config=self.config.to_json(), layers=[d.to_json() for d in self.layers])
         )
@@ -268,12 +258,7 @@ class Index(_Document):
     media_type: str = field(default=OCI_INDEX, kw_only=True)
 
     def to_json(self) -> Struct:
-        """The JSON object in DESC-1 order; an empty ``manifests`` is written as ``null``.
-
-        Every index castar generates (IMP-9 from an empty ``manifest.json``, EXP-9 when
-        every entry was dropped, EDGE-6) is built by appending to a Go nil slice, which
-        marshals as ``null``. ``mediaType`` is omitted when empty (IMP-9).
-        """
+        """The JSON object in DESC-1 order; no ``manifests`` is ``null`` (IMP-9, EXP-9, EDGE-6)."""
         return self._json(Struct(manifests=[d.to_json() for d in self.manifests] or None))
 
 
@@ -316,11 +301,7 @@ def _index_from(o: Mapping[str, Any], where: str) -> Index:
 
 
 def decode_manifest(data: bytes, *, name: str = "") -> Manifest:
-    """Decode a manifest of at most :data:`MAX_DOCUMENT` bytes as Go does, ``name`` for messages.
-
-    Unknown members are ignored and ``null`` counts as absent; anything else raises
-    ``MalformedManifest``.
-    """
+    """Decode as Go does (unknown members ignored, ``null`` absent), else MalformedManifest."""
     where = _where("manifest", name)
     return _manifest_from(load_object(data, where, MAX_DOCUMENT), where)
 
@@ -332,10 +313,7 @@ def decode_index(data: bytes, *, name: str = "") -> Index:
 
 
 def config_platform(data: bytes, *, name: str = "") -> platforms.Platform | None:
-    """An image config's platform normalised (NORM-3), ``None`` without os and arch (IMP-8).
-
-    Decoded as ``decode_manifest`` decodes; ``rootfs.diff_ids`` is type-checked too, as Go does.
-    """
+    """A config's platform normalised (NORM-3), None without os and arch (IMP-8)."""
     where = _where("config", name)
     o = load_object(data, where, MAX_DOCUMENT)
     if (rootfs := o.get("rootfs")) is not None:
@@ -376,10 +354,7 @@ def _check_document_type(o: Mapping[str, Any], media_type: str) -> None:
 
 
 def children(desc: Descriptor, data: bytes) -> list[Descriptor]:
-    """The children of a node (MT-4): config then layers, or an index's manifests in order.
-
-    Only a manifest's or index's ``data`` is read; a ``subject`` is not a child.
-    """
+    """The children of a node (MT-4): config then layers, or an index's manifests; no subject."""
     if not (is_manifest(desc.media_type) or is_index(desc.media_type)):
         return []
     name = str(desc.digest)

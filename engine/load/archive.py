@@ -1,7 +1,6 @@
 """Getting an archive's bytes into the store: seekable copies and the one-pass stream ingest.
 
-Owns the import ``Session`` (ingest refs unique per session, ING-14; io-limiter,
-io-small-blobs), the one-pass stream ingest (IMP-3), progress and ``read_archive``.
+Owns the import ``Session``, the stream ingest (IMP-3), progress and ``read_archive``.
 """
 
 from __future__ import annotations
@@ -342,15 +341,10 @@ class _StreamReader:
 
 
 async def _ingest_stream(sess: Session, reader: _StreamReader) -> None:
-    """Store every regular entry as it streams by (IMP-3); keep the two metadata files.
-
-    A big member commits in a task while the next streams in; small members gather into
-    batches, each stored by a task while the next gathers (one at a time: bounded memory).
-    """
+    """Store each regular entry as it streams by (IMP-3); commits and batches run in tasks."""
     cat = sess.catalog
-    # A big member's commit (its last MiB, a re-hash for another algorithm) holds one of
-    # the store's two blob-I/O threads: one at a time, so the next member's writes (or a
-    # batch of small ones) always have the other.
+    # One big commit at a time: it holds one of the store's two blob-I/O threads, so the
+    # next member's writes (or a batch of small ones) always have the other.
     batches = anyio.Semaphore(1)
     big_commits = anyio.Semaphore(1)
     pending: list[SmallMember] = []

@@ -1,7 +1,6 @@
 """What an image archive holds: tar-name rules (IMP-2, EDGE-10), the catalogue, a scan.
 
-Which members count (TAR-5) and the header-only scan of a seekable tar, synchronous:
-``scan_sync`` runs in a worker thread.
+Which members count (TAR-5); ``scan_sync`` reads a seekable tar's headers in a worker thread.
 """
 
 from __future__ import annotations

@@ -43,22 +43,15 @@ def sniff(head: bytes) -> str | None:
     """``"gzip"``, ``"zstd"`` (a frame or a skippable one), ``"xz"``, ``"bzip2"`` or None."""
     if head.startswith(_GZIP_MAGIC):
         return GZIP
-    kind = next((k for magic, (k, _) in _STDLIB.items() if head.startswith(magic)), None)
-    if kind is not None:
-        return kind
     if head.startswith(_ZSTD_MAGIC):
         return ZSTD
     if len(head) >= 4 and int.from_bytes(head[:4], "little") & 0xFFFFFFF0 == _ZSTD_SKIPPABLE:
         return ZSTD
-    return None
+    return next((k for magic, (k, _) in _STDLIB.items() if head.startswith(magic)), None)
 
 
 class _ZstdFrames:
-    """Follows zstd frame and block headers (RFC 8878 §3.1), bodies skipped.
-
-    zstandard's streaming reader ends quietly when its input stops inside a frame: this
-    tells whether it stopped between frames.
-    """
+    """Follows zstd frame and block headers (RFC 8878 §3.1): did the input end between frames?"""
 
     _FCS: Final = (0, 2, 4, 8)
     _DID: Final = (0, 1, 2, 4)
@@ -120,11 +113,7 @@ class _ZstdFrames:
 
 
 class _Bridge(io.RawIOBase):
-    """A blocking file object over an async source, read from the decompressing thread.
-
-    Each refill fetches ≥ 1 MiB in one ``from_thread.run`` (which carries cancellation);
-    a regular file (``direct``) is read in the thread itself, checking for cancellation.
-    """
+    """A blocking file over an async source (≥ 1 MiB per hop), or ``direct`` file, cancellable."""
 
     def __init__(
         self, raw: RawSource, head: bytes, frames: _ZstdFrames | None, direct: IO[bytes] | None
@@ -177,11 +166,7 @@ class _Reader(Protocol):
 
 
 class DecompressedSource:
-    """The decompressed bytes of ``raw`` (after ``head``), ≤ ``CHUNK`` per receive.
-
-    ``direct`` is ``raw``'s regular file, read in the inflating thread. Corrupt or short
-    data is MalformedArchive.
-    """
+    """The decompressed bytes of ``head`` + ``raw`` (or its file ``direct``); MalformedArchive."""
 
     def __init__(
         self, raw: RawSource, kind: str, head: bytes = b"", direct: IO[bytes] | None = None

@@ -1,7 +1,6 @@
 """Import ("load") of OCI and Docker image archives into a store (docs/behaviour.md, Load).
 
-Owns ``load()`` and ``LoadOptions``. Must not import the exporter, the CLI or the facade.
-Tar names are only ever map keys.
+Must not import the exporter, the CLI or the facade. Tar names are only ever map keys.
 """
 
 from __future__ import annotations
@@ -193,8 +192,7 @@ async def load(
         source: a path, an int fd, ``"-"`` for stdin, an anyio ``ByteReceiveStream``
             or any object with ``async read(n)``.
         options: what to load.
-        progress: called on the event loop with (bytes done, bytes total or None,
-            current entry) about once per MiB or every 0.1 s.
+        progress: called on the loop with (done, total or None, entry) per MiB or 0.1 s.
 
     Returns:
         The images recorded, in archive order (unnamed ones as ``moby-dangling@<digest>``).

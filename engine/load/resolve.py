@@ -1,7 +1,6 @@
 """From an archive's catalogue to image records-to-be: the top index and the filtered walk.
 
-Owns IMP-5..9 (``index.json`` wins, else an index built from ``manifest.json``), the
-walk below it (IMP-10..14, GC-7 labels, EmptyWalk) and the copy of what it kept.
+Owns IMP-5..9 (the top index), the walk (IMP-10..14, IMP-16, GC-7) and the copy it keeps.
 """
 
 from __future__ import annotations
