@@ -26,21 +26,18 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import castar
 from castar.engine import oci
 from castar.engine.load import importer
 from castar.engine.load.importer import LoadOptions, add_ref_prefix, filter_ref_prefix
 from castar.engine.platforms import pinned_host
 from castar.store import Image, Root, open_root
 from castar.store.errors import (
-    CastarError,
     DigestMismatch,
     FailedPrecondition,
     InvalidArgument,
     MalformedArchive,
-    MalformedManifest,
     NotFound,
-    SizeMismatch,
-    UnsupportedMediaType,
 )
 
 
@@ -1156,29 +1153,33 @@ def _set(where: str, key: str, value: object) -> Any:
 
 
 _BAD: dict[str, tuple[bytes, type[Exception], str]] = {
-    "layer-huge": (checked(_set("layers", "size", 10**15)), SizeMismatch, "1000000000000000"),
-    "layer+1": (checked(_layer_size(1)), SizeMismatch, "3001"),
-    "layer-1": (checked(_layer_size(-1)), SizeMismatch, "2999"),
-    "layer-0": (checked(_layer_size(None)), SizeMismatch, "has 3000"),
-    "big-layer+1": (checked(_layer_size(1), big=True), SizeMismatch, "1048584"),
+    "layer-huge": (
+        checked(_set("layers", "size", 10**15)),
+        castar.SizeMismatch,
+        "1000000000000000",
+    ),
+    "layer+1": (checked(_layer_size(1)), castar.SizeMismatch, "3001"),
+    "layer-1": (checked(_layer_size(-1)), castar.SizeMismatch, "2999"),
+    "layer-0": (checked(_layer_size(None)), castar.SizeMismatch, "has 3000"),
+    "big-layer+1": (checked(_layer_size(1), big=True), castar.SizeMismatch, "1048584"),
     "config+5": (
         checked(lambda m: m["config"].update(size=len(_CFG) + 5)),
-        SizeMismatch,
+        castar.SizeMismatch,
         str(len(_CFG) + 5),
     ),
     "entry+3": (
         checked(entry_edit=lambda e: e.update(size=e["size"] + 3)),
-        SizeMismatch,
+        castar.SizeMismatch,
         "index.json",
     ),
     "layer-without-size": (
         checked(lambda m: m["layers"][0].pop("size")),
-        MalformedManifest,
+        castar.MalformedManifest,
         "size: missing",
     ),
     "entry-is-a-config": (
         checked(entry_edit=lambda e: e.update(mediaType=oci.OCI_CONFIG)),
-        UnsupportedMediaType,
+        castar.UnsupportedMediaType,
         "not a manifest or index",
     ),
     "sha384-entry": (
@@ -1230,7 +1231,7 @@ async def test_imp16_bad_archives_fail_alike_from_a_file_and_a_pipe(store, tmp_p
 
 async def test_imp16_size_mismatch_names_the_descriptor_and_both_sizes(store, tmp_path):
     data, _, _ = _BAD["config+5"]
-    with pytest.raises(SizeMismatch) as err:
+    with pytest.raises(castar.SizeMismatch) as err:
         await load(store, write(tmp_path, data))
     n = len(_CFG)
     assert f"descriptor {sha(_CFG)} ({oci.OCI_CONFIG}) has size {n + 5}" in str(err.value)
@@ -1245,7 +1246,7 @@ async def test_what_a_load_lists_as_available_it_can_save(tmp_path, case):
 
     data = {"good": checked(), "good-big": checked(big=True)}.get(case) or _BAD[case][0]
     async with open_root(tmp_path / "s") as s:
-        with contextlib.suppress(CastarError):
+        with contextlib.suppress(castar.CastarError):
             await load(s, write(tmp_path, data))
         for tree in await ImageService(s.images, s.content).tree():
             for row in tree.manifests:
