@@ -515,3 +515,59 @@ def test_demo_size_and_platform_options_parse() -> None:
             parse_platforms(bad)
     with pytest.raises(InvalidArgument, match='bad size "lots"'):
         parse_size("lots")
+
+
+# -- the store root: its own files are never an output, its parts never links -----------------
+
+
+def test_save_into_the_store_root_is_refused_and_the_store_stays_intact(
+    root: Path, tmp_path: Path
+) -> None:
+    before = snapshot(root)
+    blob = root / "blobs" / "sha256" / before[1][0].removeprefix("sha256:")
+    data = blob.read_bytes()
+    (tmp_path / "link").symlink_to(root / "blobs")
+    for out in (root / "meta.db", blob, root / "new.tar", tmp_path / "link" / "x.tar"):
+        cp = castar(root, "save", "synth", "-o", out)
+        assert cp.returncode == EXIT_INVALID, cp.stderr
+        one_error_line(cp, "inside the store root", str(root.resolve()))
+    assert (snapshot(root), blob.read_bytes()) == (before, data)
+    assert not (root / "new.tar").exists()
+    assert castar(root, "images").returncode == 0
+    assert castar(root, "verify").returncode == 0
+
+
+@pytest.mark.anyio
+async def test_save_many_refuses_a_job_writing_into_the_root(root: Path, tmp_path: Path) -> None:
+    from castar import SaveJob, SaveOptions, open_store
+    from castar.store.errors import InvalidArgument
+
+    async with open_store(root) as store:
+        jobs = [
+            SaveJob(["synth"], tmp_path / "ok.tar", SaveOptions()),
+            SaveJob(["synth"], root / "meta.db", SaveOptions()),
+        ]
+        with pytest.raises(InvalidArgument, match="inside the store root"):
+            await store.save_many(jobs)
+    assert not (tmp_path / "ok.tar").exists()
+    assert castar(root, "verify").returncode == 0
+
+
+@pytest.mark.parametrize("part", ["blobs", "ingest", "meta.db"])
+def test_a_root_whose_part_is_a_symlink_is_refused(root: Path, tmp_path: Path, part: str) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    (root / "ingest").mkdir(exist_ok=True)
+    (root / part).rename(elsewhere)
+    (root / part).symlink_to(elsewhere)
+    cp = castar(root, "images")
+    assert cp.returncode == EXIT_INVALID, cp.stderr
+    one_error_line(cp, f"{part} is a symlink")
+
+
+def test_an_empty_root_is_a_usage_error_never_the_current_directory(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("CASTAR_ROOT", "XDG_DATA_HOME")}
+    for argv, extra in ((["--root", ""], {}), ([], {"CASTAR_ROOT": "", "HOME": ""})):
+        cp = castar(None, *argv, "images", cwd=tmp_path, env={**env, **extra})
+        assert cp.returncode == EXIT_INVALID, cp.stderr
+        one_error_line(cp, "empty store root")
+    assert list(tmp_path.iterdir()) == []
