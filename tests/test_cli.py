@@ -6,6 +6,7 @@ in-process. Exit codes come from one table (castar._cli.EXIT_CODES, design-rules
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -14,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import anyio
@@ -571,3 +573,44 @@ def test_an_empty_root_is_a_usage_error_never_the_current_directory(tmp_path: Pa
         assert cp.returncode == EXIT_INVALID, cp.stderr
         one_error_line(cp, "empty store root")
     assert list(tmp_path.iterdir()) == []
+
+
+_STALLED_SAVE = """
+import sys, time, anyio
+from castar import open_store
+
+async def main():
+    async with open_store(sys.argv[1]) as store:
+        await store.save(["synth"], sys.argv[2], progress=lambda *_: time.sleep(3600))
+
+anyio.run(main, backend=sys.argv[3])
+"""
+
+
+def open_sizes(pid: int, under: Path) -> list[int]:
+    """Sizes of the files under ``under`` that process ``pid`` has open (unnamed ones too)."""
+    sizes = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed meanwhile
+            if os.readlink(fd).startswith(str(under)):
+                sizes.append(fd.stat().st_size)
+    return sizes
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_killed_save_leaves_no_file_behind(root: Path, tmp_path: Path, backend: str) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = [sys.executable, "-c", _STALLED_SAVE, str(root), str(out / "x.tar"), backend]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE)
+    try:
+        for _ in range(6000):  # until the archive's first bytes are in its unnamed file
+            if any(open_sizes(proc.pid, out)) or proc.poll() is not None:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.communicate()[1]
+        assert any(open_sizes(proc.pid, out))
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert list(out.iterdir()) == []

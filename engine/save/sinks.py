@@ -5,6 +5,8 @@ anyio only; imports of the store's errors and ``_endpoints`` only; ``_streams`` 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import inspect
 import os
@@ -116,9 +118,45 @@ class Sink(Endpoint):
         await self.aclose()
 
 
+def _temp_name(path: str, pid: int) -> str:
+    head, tail = os.path.split(path)
+    return os.path.join(head, f".{tail}.castar-{pid}")
+
+
+def _remove_stale_temps(path: str) -> None:
+    """Remove ``.NAME.castar-<pid>`` temps of ``path`` whose writer is dead."""
+    head, tail = os.path.split(path)
+    for entry in os.scandir(head or "."):
+        pid = entry.name.removeprefix(f".{tail}.castar-")
+        if pid == entry.name or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+        except OSError:
+            pass  # alive, someone else's
+
+
+def _link_fd(fd: int, path: str) -> None:
+    """Name the unnamed file ``fd`` ``path`` (a dir fd makes ``os.link`` call ``linkat``)."""
+    head, tail = os.path.split(path)
+    dir_fd = os.open(head or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.link(f"/proc/self/fd/{fd}", tail, dst_dir_fd=dir_fd, follow_symlinks=True)
+    finally:
+        os.close(dir_fd)
+
+
 @final
 class _FileSink(FileEndpoint, Sink):
-    """A path (created or truncated), fd or stdout, written with one hop per flush."""
+    """A path, fd or stdout, written with one hop per flush.
+
+    A path that is not a device or FIFO is written unnamed (Linux ``O_TMPFILE``, else a
+    ``.NAME.castar-<pid>`` temp) and put in place only when the save succeeds: a failed or
+    killed save leaves the directory as it was.
+    """
 
     _role = "sink"
 
@@ -126,6 +164,8 @@ class _FileSink(FileEndpoint, Sink):
         Sink.__init__(self)
         FileEndpoint.__init__(self, target, name)
         self._fd: int | None = None
+        self._place: str | None = None  # the path to put the written file at
+        self._temp: str | None = None  # its name while written, when not O_TMPFILE
 
     def _is_open(self) -> bool:
         return self._fd is not None
@@ -140,10 +180,52 @@ class _FileSink(FileEndpoint, Sink):
         if isinstance(target, int):
             fd = target
         else:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
-            fd = os.open(target, flags, 0o666)
+            path = os.fspath(target)
+            flags = os.O_WRONLY | os.O_CLOEXEC
+            try:
+                in_place = not stat.S_ISREG(os.stat(path).st_mode)
+            except FileNotFoundError:
+                in_place = False
+            if in_place:
+                fd = os.open(path, flags | os.O_CREAT | os.O_TRUNC, 0o666)
+            else:
+                fd = self._open_unnamed(path, flags)
+                self._place = path
         self.kind = _KINDS.get(stat.S_IFMT(os.fstat(fd).st_mode), "stream")
         self._fd = fd
+
+    def _open_unnamed(self, path: str, flags: int) -> int:
+        try:
+            return os.open(os.path.dirname(path) or ".", flags | os.O_TMPFILE, 0o666)
+        except (AttributeError, IsADirectoryError):  # no O_TMPFILE here, or not on this fs
+            pass
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+        _remove_stale_temps(path)
+        self._temp = _temp_name(path, os.getpid())
+        return os.open(self._temp, flags | os.O_CREAT | os.O_TRUNC, 0o666)
+
+    def _release(self, fd: int, keep: bool) -> None:
+        """Put the written file in place if ``keep`` (else drop it), then close ``fd``."""
+        place, temp = self._place, self._temp
+        try:
+            if keep and place is not None and temp is None:
+                try:
+                    _link_fd(fd, place)
+                except FileExistsError:  # replace it atomically: link beside it, then rename
+                    temp = _temp_name(place, os.getpid())
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(temp)
+                    _link_fd(fd, temp)
+            if keep and place is not None and temp is not None:
+                os.replace(temp, place)
+                temp = None
+        finally:
+            os.close(fd)
+            if temp is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)
 
     async def _write(self, *parts: Buffer) -> None:
         await self.open()
@@ -154,15 +236,22 @@ class _FileSink(FileEndpoint, Sink):
         for data in parts:
             write_all(self._fd, data, self.kind)
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, keep: bool = True) -> None:
         with anyio.CancelScope(shield=True):
             try:
                 await self.flush()
+            except BaseException:
+                keep = False
+                raise
             finally:
                 self._closed = True
                 fd, self._fd = self._fd, None
                 if fd is not None and self._owned:
-                    await anyio.to_thread.run_sync(os.close, fd)
+                    await anyio.to_thread.run_sync(self._release, fd, keep)
+
+    async def _abort(self) -> None:
+        self._buf = bytearray()
+        await self.aclose(keep=False)
 
 
 @final
