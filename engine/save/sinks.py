@@ -10,6 +10,7 @@ import errno
 import fcntl
 import inspect
 import os
+import secrets
 import select
 import stat
 import struct
@@ -118,25 +119,25 @@ class Sink(Endpoint):
         await self.aclose()
 
 
-def _temp_name(path: str, pid: int) -> str:
+def _temp_name(path: str) -> str:
     head, tail = os.path.split(path)
-    return os.path.join(head, f".{tail}.castar-{pid}")
+    return os.path.join(head, f".{tail}.castar-{os.getpid()}.{secrets.token_hex(4)}")
 
 
 def _remove_stale_temps(path: str) -> None:
-    """Remove ``.NAME.castar-<pid>`` temps of ``path`` whose writer is dead."""
+    """Remove the ``.NAME.castar-<pid>`` temps of ``path`` whose writer is dead."""
     head, tail = os.path.split(path)
+    prefix = f".{tail}.castar-"
     for entry in os.scandir(head or "."):
-        pid = entry.name.removeprefix(f".{tail}.castar-")
-        if pid == entry.name or not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            with contextlib.suppress(OSError):
-                os.unlink(entry.path)
-        except OSError:
-            pass  # alive, someone else's
+        pid = entry.name.removeprefix(prefix).partition(".")[0]
+        if entry.name.startswith(prefix) and pid.isdigit():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+            except OSError:
+                pass  # alive, someone else's
 
 
 def _link_fd(fd: int, path: str) -> None:
@@ -153,9 +154,8 @@ def _link_fd(fd: int, path: str) -> None:
 class _FileSink(FileEndpoint, Sink):
     """A path, fd or stdout, written with one hop per flush.
 
-    A path that is not a device or FIFO is written unnamed (Linux ``O_TMPFILE``, else a
-    ``.NAME.castar-<pid>`` temp) and put in place only when the save succeeds: a failed or
-    killed save leaves the directory as it was.
+    A path that is not a device or FIFO is written unnamed (``O_TMPFILE``, else a temp) and
+    renamed over it only when the save succeeds: a failed or killed save leaves no file.
     """
 
     _role = "sink"
@@ -164,8 +164,8 @@ class _FileSink(FileEndpoint, Sink):
         Sink.__init__(self)
         FileEndpoint.__init__(self, target, name)
         self._fd: int | None = None
-        self._place: str | None = None  # the path to put the written file at
-        self._temp: str | None = None  # its name while written, when not O_TMPFILE
+        self._place: str | None = None  # where the written file goes on success
+        self._temp: str | None = None  # its name until then, when not O_TMPFILE
 
     def _is_open(self) -> bool:
         return self._fd is not None
@@ -183,43 +183,38 @@ class _FileSink(FileEndpoint, Sink):
             path = os.fspath(target)
             flags = os.O_WRONLY | os.O_CLOEXEC
             try:
-                in_place = not stat.S_ISREG(os.stat(path).st_mode)
+                regular = stat.S_ISREG(os.stat(path).st_mode)
             except FileNotFoundError:
-                in_place = False
-            if in_place:
-                fd = os.open(path, flags | os.O_CREAT | os.O_TRUNC, 0o666)
-            else:
-                fd = self._open_unnamed(path, flags)
+                regular = True
+            if regular:
                 self._place = path
+                fd = self._open_unnamed(path, flags)
+            else:
+                fd = os.open(path, flags | os.O_CREAT | os.O_TRUNC, 0o666)
         self.kind = _KINDS.get(stat.S_IFMT(os.fstat(fd).st_mode), "stream")
         self._fd = fd
 
     def _open_unnamed(self, path: str, flags: int) -> int:
+        _remove_stale_temps(path)
         try:
             return os.open(os.path.dirname(path) or ".", flags | os.O_TMPFILE, 0o666)
-        except (AttributeError, IsADirectoryError):  # no O_TMPFILE here, or not on this fs
+        except AttributeError:  # no O_TMPFILE on this system
             pass
-        except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+        except OSError as exc:  # EISDIR: a kernel without it; EOPNOTSUPP: a file system
+            if exc.errno not in (errno.EISDIR, errno.EOPNOTSUPP):
                 raise
-        _remove_stale_temps(path)
-        self._temp = _temp_name(path, os.getpid())
-        return os.open(self._temp, flags | os.O_CREAT | os.O_TRUNC, 0o666)
+        self._temp = _temp_name(path)
+        return os.open(self._temp, flags | os.O_CREAT | os.O_EXCL, 0o666)
 
     def _release(self, fd: int, keep: bool) -> None:
-        """Put the written file in place if ``keep`` (else drop it), then close ``fd``."""
-        place, temp = self._place, self._temp
+        """Rename the written file into place if ``keep``, else drop it; close ``fd``."""
+        temp = self._temp
         try:
-            if keep and place is not None and temp is None:
-                try:
-                    _link_fd(fd, place)
-                except FileExistsError:  # replace it atomically: link beside it, then rename
-                    temp = _temp_name(place, os.getpid())
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(temp)
+            if keep and self._place is not None:
+                if temp is None:  # O_TMPFILE: link it beside the target first
+                    temp = _temp_name(self._place)
                     _link_fd(fd, temp)
-            if keep and place is not None and temp is not None:
-                os.replace(temp, place)
+                os.replace(temp, self._place)
                 temp = None
         finally:
             os.close(fd)
