@@ -54,13 +54,6 @@ def default_root() -> Path:
     return Path(home) / ".local" / "share" / "castar"
 
 
-def _check_parts(root: Path) -> None:
-    """Refuse a root whose own parts are symlinks: the store would write through them."""
-    for part in ("blobs", "ingest", "meta.db"):
-        if (root / part).is_symlink():
-            raise InvalidArgument(f"store root {root}: {part} is a symlink")
-
-
 @final
 class Root:
     """One root directory's ``content``, ``images``, ``leases`` and GC; see :func:`open_root`.
@@ -118,7 +111,9 @@ async def open_root(
         raise InvalidArgument("empty store root")
     path = Path(root) if root is not None else default_root()
     await anyio.Path(path).mkdir(parents=True, exist_ok=True)
-    await anyio.to_thread.run_sync(_check_parts, path)
+    for part in ("blobs", "ingest", "meta.db"):  # the store would write through a link
+        if await anyio.Path(path / part).is_symlink():
+            raise InvalidArgument(f"store root {path}: {part} is a symlink")
     if boot_id is None:
         boot_id = await anyio.to_thread.run_sync(current_boot_id)
     db = await SQLiteMetadataDB.open(path / "meta.db")
