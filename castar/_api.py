@@ -100,6 +100,7 @@ class Store:
             archive_digest=archive_digest,
             write_behind=write_behind,
         )
+        await self._root.check_output(sink)
         return await exporter.save(self._root, names, sink, options, progress=progress)
 
     async def plan_save(self, names: Sequence[str], options: SaveOptions | None = None) -> SavePlan:
@@ -108,6 +109,8 @@ class Store:
 
     async def save_many(self, jobs: Sequence[SaveJob]) -> list[ExportResult]:
         """Run several exports concurrently; see :func:`castar.engine.save.exporter.save_many`."""
+        for job in jobs:
+            await self._root.check_output(job.sink)
         return await exporter.save_many(self._root, jobs)
 
     async def verify(

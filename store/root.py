@@ -13,6 +13,7 @@ import anyio.to_thread
 
 from castar.store.collector import Collector
 from castar.store.content import ContentStore
+from castar.store.errors import InvalidArgument
 from castar.store.images import ImageStore
 from castar.store.ingest import LocalContentStore
 from castar.store.leases import LeaseManager
@@ -47,7 +48,10 @@ def default_root() -> Path:
         return Path(root)
     if xdg := os.environ.get("XDG_DATA_HOME"):
         return Path(xdg) / "castar"
-    return Path.home() / ".local" / "share" / "castar"
+    home = os.environ["HOME"] if "HOME" in os.environ else os.path.expanduser("~")
+    if not os.path.isabs(home):  # never the current directory
+        raise InvalidArgument("empty store root: set --root, CASTAR_ROOT or HOME")
+    return Path(home) / ".local" / "share" / "castar"
 
 
 @final
@@ -67,6 +71,16 @@ class Root:
         self.images = ImageStore(db, clock)
         self.leases = LeaseManager(db, clock)
         self._collector = Collector(db, backend, clock)
+
+    async def check_output(self, target: object) -> None:
+        """Refuse an output path inside this root (symlinks followed): it would wreck the store."""
+        if not isinstance(target, str | os.PathLike) or target == "-":
+            return
+        path, root = await anyio.to_thread.run_sync(
+            lambda: (Path(target).resolve(), self.root.resolve())
+        )
+        if path.is_relative_to(root):
+            raise InvalidArgument(f"output {os.fspath(target)} is inside the store root {root}")
 
     async def gc(self, *, dry_run: bool = False) -> GCReport:
         """Collect garbage now (GC-1..10); with ``dry_run`` only report what would go."""
@@ -93,8 +107,13 @@ async def open_root(
     Blobs committed unsynced in an earlier boot (a machine crash since) are forgotten: their
     data may be torn. Tests inject ``clock`` (aware UTC now) and ``boot_id``.
     """
+    if root is not None and not os.fspath(root):
+        raise InvalidArgument("empty store root")
     path = Path(root) if root is not None else default_root()
     await anyio.Path(path).mkdir(parents=True, exist_ok=True)
+    for part in ("blobs", "ingest", "meta.db"):  # the store would write through a link
+        if await anyio.Path(path / part).is_symlink():
+            raise InvalidArgument(f"store root {path}: {part} is a symlink")
     if boot_id is None:
         boot_id = await anyio.to_thread.run_sync(current_boot_id)
     db = await SQLiteMetadataDB.open(path / "meta.db")

@@ -6,6 +6,7 @@ in-process. Exit codes come from one table (castar._cli.EXIT_CODES, design-rules
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -14,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import anyio
@@ -515,3 +517,100 @@ def test_demo_size_and_platform_options_parse() -> None:
             parse_platforms(bad)
     with pytest.raises(InvalidArgument, match='bad size "lots"'):
         parse_size("lots")
+
+
+# -- the store root: its own files are never an output, its parts never links -----------------
+
+
+def test_save_into_the_store_root_is_refused_and_the_store_stays_intact(
+    root: Path, tmp_path: Path
+) -> None:
+    before = snapshot(root)
+    blob = root / "blobs" / "sha256" / before[1][0].removeprefix("sha256:")
+    data = blob.read_bytes()
+    (tmp_path / "link").symlink_to(root / "blobs")
+    for out in (root / "meta.db", blob, root / "new.tar", tmp_path / "link" / "x.tar"):
+        cp = castar(root, "save", "synth", "-o", out)
+        assert cp.returncode == EXIT_INVALID, cp.stderr
+        one_error_line(cp, "inside the store root", str(root.resolve()))
+    assert (snapshot(root), blob.read_bytes()) == (before, data)
+    assert not (root / "new.tar").exists()
+    assert castar(root, "images").returncode == 0
+    assert castar(root, "verify").returncode == 0
+
+
+@pytest.mark.anyio
+async def test_save_many_refuses_a_job_writing_into_the_root(root: Path, tmp_path: Path) -> None:
+    from castar import SaveJob, SaveOptions, open_store
+    from castar.store.errors import InvalidArgument
+
+    async with open_store(root) as store:
+        jobs = [
+            SaveJob(["synth"], tmp_path / "ok.tar", SaveOptions()),
+            SaveJob(["synth"], root / "meta.db", SaveOptions()),
+        ]
+        with pytest.raises(InvalidArgument, match="inside the store root"):
+            await store.save_many(jobs)
+    assert not (tmp_path / "ok.tar").exists()
+    assert castar(root, "verify").returncode == 0
+
+
+@pytest.mark.parametrize("part", ["blobs", "ingest", "meta.db"])
+def test_a_root_whose_part_is_a_symlink_is_refused(root: Path, tmp_path: Path, part: str) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    (root / "ingest").mkdir(exist_ok=True)
+    (root / part).rename(elsewhere)
+    (root / part).symlink_to(elsewhere)
+    cp = castar(root, "images")
+    assert cp.returncode == EXIT_INVALID, cp.stderr
+    one_error_line(cp, f"{part} is a symlink")
+
+
+def test_an_empty_root_is_a_usage_error_never_the_current_directory(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("CASTAR_ROOT", "XDG_DATA_HOME")}
+    for argv, extra in ((["--root", ""], {}), ([], {"CASTAR_ROOT": "", "HOME": ""})):
+        cp = castar(None, *argv, "images", cwd=tmp_path, env={**env, **extra})
+        assert cp.returncode == EXIT_INVALID, cp.stderr
+        one_error_line(cp, "empty store root")
+    assert list(tmp_path.iterdir()) == []
+
+
+_STALLED_SAVE = """
+import sys, time, anyio
+from castar import open_store
+
+async def main():
+    async with open_store(sys.argv[1]) as store:
+        await store.save(["synth"], sys.argv[2], progress=lambda *_: time.sleep(3600))
+
+anyio.run(main, backend=sys.argv[3])
+"""
+
+
+def open_sizes(pid: int, under: Path) -> list[int]:
+    """Sizes of the files under ``under`` that process ``pid`` has open (unnamed ones too)."""
+    sizes = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed meanwhile
+            if os.readlink(fd).startswith(str(under)):
+                sizes.append(fd.stat().st_size)
+    return sizes
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_killed_save_leaves_no_file_behind(root: Path, tmp_path: Path, backend: str) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = [sys.executable, "-c", _STALLED_SAVE, str(root), str(out / "x.tar"), backend]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE)
+    try:
+        for _ in range(6000):  # until the archive's first bytes are in its unnamed file
+            if any(open_sizes(proc.pid, out)) or proc.poll() is not None:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.communicate()[1]
+        assert any(open_sizes(proc.pid, out))
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert list(out.iterdir()) == []

@@ -5,8 +5,7 @@ Owns the entry points, the lease a save runs under (SAVE-5, LEASE-6) and the sin
 
 from __future__ import annotations
 
-import os
-from contextlib import AbstractAsyncContextManager, nullcontext, suppress
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, final
@@ -151,23 +150,11 @@ async def _save(
     async with lease:
         async with planning or nullcontext():
             plan = await plan_save(store, job.names, job.options)
-        sink = job.sink
-        ours = None  # a regular file save() created from a path: removed if writing fails
-        try:
-            out = open_sink(sink)
-            async with limiters.hash:  # opens count as blob work: no burst of thread starts
-                await out.open()
-            async with out:
-                if isinstance(sink, str | os.PathLike) and sink != "-" and out.kind == "file":
-                    ours = anyio.Path(os.fspath(sink))
-                size, sha = await write(
-                    plan, store.content, out, job.options, limiters, job.progress
-                )
-        except BaseException:
-            if ours is not None:
-                with anyio.CancelScope(shield=True), suppress(OSError):
-                    await ours.unlink()
-            raise
+        out = open_sink(job.sink)  # a path is put in place only if writing succeeds
+        async with limiters.hash:  # opens count as blob work: no burst of thread starts
+            await out.open()
+        async with out:
+            size, sha = await write(plan, store.content, out, job.options, limiters, job.progress)
     return ExportResult(plan, size, sha)
 
 

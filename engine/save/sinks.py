@@ -5,9 +5,12 @@ anyio only; imports of the store's errors and ``_endpoints`` only; ``_streams`` 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import inspect
 import os
+import secrets
 import select
 import stat
 import struct
@@ -116,9 +119,44 @@ class Sink(Endpoint):
         await self.aclose()
 
 
+def _temp_name(path: str) -> str:
+    head, tail = os.path.split(path)
+    return os.path.join(head, f".{tail}.castar-{os.getpid()}.{secrets.token_hex(4)}")
+
+
+def _remove_stale_temps(path: str) -> None:
+    """Remove the ``.NAME.castar-<pid>`` temps of ``path`` whose writer is dead."""
+    head, tail = os.path.split(path)
+    prefix = f".{tail}.castar-"
+    for entry in os.scandir(head or "."):
+        pid = entry.name.removeprefix(prefix).partition(".")[0]
+        if entry.name.startswith(prefix) and pid.isdigit():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+            except OSError:
+                pass  # alive, someone else's
+
+
+def _link_fd(fd: int, path: str) -> None:
+    """Name the unnamed file ``fd`` ``path`` (a dir fd makes ``os.link`` call ``linkat``)."""
+    head, tail = os.path.split(path)
+    dir_fd = os.open(head or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.link(f"/proc/self/fd/{fd}", tail, dst_dir_fd=dir_fd, follow_symlinks=True)
+    finally:
+        os.close(dir_fd)
+
+
 @final
 class _FileSink(FileEndpoint, Sink):
-    """A path (created or truncated), fd or stdout, written with one hop per flush."""
+    """A path, fd or stdout, written with one hop per flush.
+
+    A path that is not a device or FIFO is written unnamed (``O_TMPFILE``, else a temp) and
+    renamed over it only when the save succeeds: a failed or killed save leaves no file.
+    """
 
     _role = "sink"
 
@@ -126,6 +164,8 @@ class _FileSink(FileEndpoint, Sink):
         Sink.__init__(self)
         FileEndpoint.__init__(self, target, name)
         self._fd: int | None = None
+        self._place: str | None = None  # where the written file goes on success
+        self._temp: str | None = None  # its name until then, when not O_TMPFILE
 
     def _is_open(self) -> bool:
         return self._fd is not None
@@ -140,10 +180,47 @@ class _FileSink(FileEndpoint, Sink):
         if isinstance(target, int):
             fd = target
         else:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
-            fd = os.open(target, flags, 0o666)
+            path = os.fspath(target)
+            flags = os.O_WRONLY | os.O_CLOEXEC
+            try:
+                regular = stat.S_ISREG(os.stat(path).st_mode)
+            except FileNotFoundError:
+                regular = True
+            if regular:
+                self._place = path
+                fd = self._open_unnamed(path, flags)
+            else:
+                fd = os.open(path, flags | os.O_CREAT | os.O_TRUNC, 0o666)
         self.kind = _KINDS.get(stat.S_IFMT(os.fstat(fd).st_mode), "stream")
         self._fd = fd
+
+    def _open_unnamed(self, path: str, flags: int) -> int:
+        _remove_stale_temps(path)
+        try:
+            return os.open(os.path.dirname(path) or ".", flags | os.O_TMPFILE, 0o666)
+        except AttributeError:  # no O_TMPFILE on this system
+            pass
+        except OSError as exc:  # EISDIR: a kernel without it; EOPNOTSUPP: a file system
+            if exc.errno not in (errno.EISDIR, errno.EOPNOTSUPP):
+                raise
+        self._temp = _temp_name(path)
+        return os.open(self._temp, flags | os.O_CREAT | os.O_EXCL, 0o666)
+
+    def _release(self, fd: int, keep: bool) -> None:
+        """Rename the written file into place if ``keep``, else drop it; close ``fd``."""
+        temp = self._temp
+        try:
+            if keep and self._place is not None:
+                if temp is None:  # O_TMPFILE: link it beside the target first
+                    temp = _temp_name(self._place)
+                    _link_fd(fd, temp)
+                os.replace(temp, self._place)
+                temp = None
+        finally:
+            os.close(fd)
+            if temp is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)
 
     async def _write(self, *parts: Buffer) -> None:
         await self.open()
@@ -154,15 +231,22 @@ class _FileSink(FileEndpoint, Sink):
         for data in parts:
             write_all(self._fd, data, self.kind)
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, keep: bool = True) -> None:
         with anyio.CancelScope(shield=True):
             try:
                 await self.flush()
+            except BaseException:
+                keep = False
+                raise
             finally:
                 self._closed = True
                 fd, self._fd = self._fd, None
                 if fd is not None and self._owned:
-                    await anyio.to_thread.run_sync(os.close, fd)
+                    await anyio.to_thread.run_sync(self._release, fd, keep)
+
+    async def _abort(self) -> None:
+        self._buf = bytearray()
+        await self.aclose(keep=False)
 
 
 @final

@@ -5,11 +5,14 @@ a cancelled save leaves no lease behind. Host pinned to linux/amd64 (HOST-3).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
 import os
 import socket
+import subprocess
+import sys
 import tarfile
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -18,6 +21,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import pytest
 
 from castar.engine import oci
@@ -628,3 +632,66 @@ async def test_errors_come_before_the_first_byte_for_every_sink(
         os.close(w)
     assert stream.sends == 0
     assert path.read_bytes() == b"previous content"  # not even truncated
+
+
+# -- a save to a path: put in place only when it succeeds ---------------------------------------
+
+
+@pytest.mark.parametrize("tmpfile", [True, False], ids=["O_TMPFILE", "named-temp"])
+@pytest.mark.parametrize("fail", [False, True], ids=["cancelled", "failing"])
+async def test_an_interrupted_save_leaves_the_directory_as_it_was(
+    store: Root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmpfile: bool, fail: bool
+) -> None:
+    if not tmpfile:
+        monkeypatch.delattr(os, "O_TMPFILE", raising=False)
+    out = anyio.Path(tmp_path / "out")
+    await out.mkdir()
+    await (out / "old.tar").write_bytes(b"old")
+    written: list[int] = []
+
+    async def write_then_stop(plan: object, content: object, sink: Any, *rest: object) -> None:
+        await sink.send(b"x" * 100)
+        await sink.flush()  # the first bytes reach the file
+        written.append(os.fstat(sink.fileno()).st_size)
+        if fail:
+            raise KeyError("sink broke")
+        scope.cancel()
+        await anyio.lowlevel.checkpoint()
+
+    monkeypatch.setattr(exporter, "write", write_then_stop)
+    for target in (out / "old.tar", out / "new.tar"):
+        with anyio.CancelScope() as scope:
+            with pytest.raises(KeyError) if fail else contextlib.nullcontext():
+                await exporter.save(store, [NAME], target, exporter.SaveOptions())
+        assert written[-1] > 0
+        assert [p.name async for p in out.iterdir()] == ["old.tar"]
+        assert await (out / "old.tar").read_bytes() == b"old"
+
+
+async def test_a_save_replaces_an_existing_file_whole(store: Root, tmp_path: Path) -> None:
+    expected = await reference_bytes(store, tmp_path)
+    out = tmp_path / "out.tar"
+    out.write_bytes(b"x" * (len(expected) * 2))
+    await exporter.save(store, [NAME], out, exporter.SaveOptions())
+    assert out.read_bytes() == expected
+    names = sorted([p.name async for p in anyio.Path(tmp_path).iterdir()])
+    assert names == ["out.tar", "reference.tar", "store"]
+
+
+async def test_without_o_tmpfile_stale_temps_of_dead_writers_go(
+    store: Root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delattr(os, "O_TMPFILE", raising=False)
+    dead = subprocess.run(  # noqa: ASYNC221
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    stale = tmp_path / f".out.tar.castar-{dead.stdout.strip()}"
+    live = tmp_path / f".out.tar.castar-{os.getppid()}"
+    stale.write_bytes(b"torn")
+    live.write_bytes(b"being written")
+    await exporter.save(store, [NAME], tmp_path / "out.tar", exporter.SaveOptions())
+    assert not stale.exists()
+    assert live.read_bytes() == b"being written"
