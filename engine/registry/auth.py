@@ -40,9 +40,13 @@ def auth_file() -> Path:
     return _read_paths()[0]
 
 
+def registry_host(key: str) -> str:
+    """The host a registry key names (``host``, ``https://host/v1/``)."""
+    return key.split("://", 1)[-1].split("/", 1)[0]
+
+
 def _matches(key: str, host: str) -> bool:
-    """Whether an ``auths`` or ``credHelpers`` key (``host``, ``https://host/v1/``) names host."""
-    named = key.split("://", 1)[-1].split("/", 1)[0]
+    named = registry_host(key)
     return named == host or (named in _HUB and host in _HUB)
 
 
