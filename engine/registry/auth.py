@@ -1,10 +1,6 @@
-"""Registry credentials: the Docker and containers auth files, credential helpers, login.
+"""Registry credentials from the auth files and credential helpers; login and logout (ERR-5).
 
-Read in order, the first that knows the host winning: ``$REGISTRY_AUTH_FILE``,
-``$DOCKER_CONFIG/config.json``, ``~/.docker/config.json``. In each, ``credHelpers[host]``
-(else ``credsStore``) runs ``docker-credential-<name> get``; then ``auths`` entries
-(base64 ``user:password`` or ``username``/``password``). Secrets are never logged or put
-in an error message. These functions block: call them from a worker thread.
+These functions block: call them from a worker thread.
 """
 
 from __future__ import annotations
