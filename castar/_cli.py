@@ -163,26 +163,13 @@ async def _cmd_save(store: Store, args: argparse.Namespace) -> int:
             "cowardly refusing to write an image archive to a terminal: "
             "use -o FILE or redirect stdout"
         )
-    # Write beside the target and rename on success, so a failed save leaves no
-    # half archive; stdout, devices and FIFOs (e.g. /dev/null) are written in place.
-    target = Path(args.output or "-")
-    sink: str | Path = "-"
-    in_place = to_stdout
-    if not to_stdout:
-        apath = anyio.Path(target)
-        if not await apath.parent.is_dir():
-            raise NotFound(f"output directory {target.parent} (for {target})")
-        in_place = await apath.exists() and not await apath.is_file()
-        sink = target if in_place else target.with_name(f".{target.name}.castar-{os.getpid()}")
-    try:
-        with open_progress("Saving", mode=_progress_mode(args)) as bar:
-            (result,) = await store.save_many([SaveJob(args.images, sink, options, bar)])
-        if not in_place:
-            await anyio.Path(sink).rename(target)
-    finally:
-        if not in_place:
-            with anyio.CancelScope(shield=True):
-                await anyio.Path(sink).unlink(missing_ok=True)
+    # The sink writes a file unnamed and puts it in place only on success (stdout, devices
+    # and FIFOs in place), so a failed or killed save leaves no half archive.
+    sink: str | Path = "-" if to_stdout else Path(args.output)
+    if isinstance(sink, Path) and not await anyio.Path(sink).parent.is_dir():
+        raise NotFound(f"output directory {sink.parent} (for {sink})")
+    with open_progress("Saving", mode=_progress_mode(args)) as bar:
+        (result,) = await store.save_many([SaveJob(args.images, sink, options, bar)])
     if args.json and not to_stdout:
         _dump(result.to_json())
     return 0
