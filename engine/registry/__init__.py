@@ -1,0 +1,1 @@
+"""OCI distribution registry client: pull and push over HTTP (issue 13)."""
