@@ -1,1 +1,1 @@
-"""OCI distribution registry client: pull and push over HTTP (issue 13)."""
+"""OCI distribution registry client: pull, push and the credentials they use (issue 13)."""
