@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import shutil
 import subprocess
 import tarfile
 
@@ -12,6 +13,8 @@ import anyio.to_thread
 import httpx
 import pytest
 
+from castar import open_store
+from castar._cli import main
 from castar.engine import graph, oci, synth
 from castar.engine.load import importer
 from castar.engine.load.importer import LoadOptions
@@ -32,13 +35,18 @@ SPEC = synth.SynthSpec(
 )
 
 
-async def _publish(tmp_path, spec: synth.SynthSpec) -> None:
+def _publish_sync(tmp_path, spec: synth.SynthSpec) -> None:
     """Put ``spec``'s archive into the registry under its name with skopeo (digests kept)."""
+    if shutil.which("skopeo") is None:
+        pytest.skip("skopeo is not installed")
     path = tmp_path / f"{spec.seed}.tar"
-    await anyio.to_thread.run_sync(synth.write_path, spec, path)
+    synth.write_path(spec, path)
     cmd = ["skopeo", "copy", "--all", "--preserve-digests", "--dest-tls-verify=false"]
-    cmd += [f"oci-archive:{path}", f"docker://{spec.name}"]
-    await anyio.to_thread.run_sync(lambda: subprocess.run(cmd, check=True, capture_output=True))
+    subprocess.run([*cmd, f"oci-archive:{path}", f"docker://{spec.name}"], check=True)
+
+
+async def _publish(tmp_path, spec: synth.SynthSpec) -> None:
+    await anyio.to_thread.run_sync(_publish_sync, tmp_path, spec)
 
 
 def _counting(host: str) -> tuple[Registry, list[str]]:
@@ -142,3 +150,26 @@ async def test_failed_pull_leaves_images_unchanged(registry, store, tmp_path):
     with pytest.raises(NotFound, match="requested platform"):
         await pull(*await _roles(store), spec.name, LoadOptions.parse(["linux/riscv64"]))
     assert [i.name for i in await store.images.list()] == [spec.name]
+
+
+async def test_store_pull(registry, tmp_path):
+    spec = dataclasses.replace(SPEC, name=f"{registry.host}/pull/facade:1")
+    await _publish(tmp_path, spec)
+    async with open_store(tmp_path / "s") as s:
+        (image,) = await s.pull(spec.name, platforms=["linux/s390x"])
+        assert image.name == spec.name
+        (again,) = await s.pull(spec.name, all_platforms=True)
+        assert again.target == image.target
+
+
+def test_cli_pull(registry, tmp_path, capsys):
+    spec = dataclasses.replace(SPEC, name=f"{registry.host}/pull/cli:1")
+    _publish_sync(tmp_path, spec)
+    root = str(tmp_path / "s")
+    assert main(["--root", root, "pull", spec.name, "--platform", "linux/amd64", "-q"]) == 0
+    assert capsys.readouterr().out == f"Pulled image: {spec.name}\n"
+    assert main(["--root", root, "pull", spec.name, "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["name"] == spec.name
+    assert main(["--root", root, "pull", f"{registry.host}/pull/cli:absent", "-q"]) == 3
+    assert "404" in capsys.readouterr().err
