@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import getpass
 import json
 import os
 import re
@@ -26,6 +27,7 @@ from castar._demo import run_demo
 from castar._progress import open_progress
 from castar._render import format_size, render_tree, table
 from castar.engine import oci, platforms, reference
+from castar.engine.registry import auth
 from castar.store import digest as digests
 from castar.store.errors import (
     AlreadyExists,
@@ -35,6 +37,8 @@ from castar.store.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
+    Unauthenticated,
 )
 
 if TYPE_CHECKING:
@@ -56,6 +60,8 @@ EXIT_CODES: Final[dict[type[BaseException], int]] = {
     Conflict: 5,
     PermissionError: 5,
     DataLoss: 6,
+    Unauthenticated: 7,
+    PermissionDenied: 7,
 }
 _EPILOG = """\
 exit codes:
@@ -66,6 +72,7 @@ exit codes:
   4  invalid input: bad platform spec, reference or filter, malformed archive
   5  precondition failed: digest or size mismatch, conflict, already exists
   6  data loss: a stored blob is missing or corrupt
+  7  unauthenticated or permission denied by a registry
 
 The store is --root DIR, else $CASTAR_ROOT, else $XDG_DATA_HOME/castar,
 else ~/.local/share/castar. Try: castar demo
@@ -363,6 +370,57 @@ async def _cmd_demo(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
+# -- login and logout: no store, castar's registry auth file -----------------------------
+
+
+async def _cmd_login(args: argparse.Namespace) -> int:
+    host = auth.registry_host(args.registry)
+    user = args.username
+    if user is None and not sys.stdin.isatty():
+        raise InvalidArgument(f"login {host}: no user name: give -u USER")
+    user = user or await anyio.to_thread.run_sync(input, "Username: ")
+    if args.password_stdin:
+        password = (await anyio.to_thread.run_sync(sys.stdin.read)).rstrip("\r\n")
+    elif sys.stdin.isatty():
+        password = await anyio.to_thread.run_sync(getpass.getpass, "Password: ")
+    else:
+        raise InvalidArgument(f"login {host}: no password: give --password-stdin")
+    path = await anyio.to_thread.run_sync(auth.login, host, user, password)
+    _auth_done(args, host, path, f"Credentials for {host} saved in {path}")
+    return 0
+
+
+async def _cmd_logout(args: argparse.Namespace) -> int:
+    host = auth.registry_host(args.registry)
+    path = await anyio.to_thread.run_sync(auth.logout, host)
+    _auth_done(args, host, path, f"Removed the credentials for {host} from {path}")
+    return 0
+
+
+def _auth_done(args: argparse.Namespace, host: str, path: Path, text: str) -> None:
+    if args.json:
+        _dump({"registry": host, "file": str(path)})
+    else:
+        print(text)
+
+
+def _login_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
+    for run, help_, example in (
+        (_cmd_login, "save credentials for a registry (never printed)",
+         "printf %s \"$TOKEN\" | castar login ghcr.io -u me --password-stdin"),
+        (_cmd_logout, "forget a registry's credentials", "castar logout ghcr.io"),
+    ):  # fmt: skip
+        name = run.__name__.removeprefix("_cmd_")
+        p = sub.add_parser(name, help=help_, description=help_, parents=[_common(True)],
+                           epilog=f"example:\n  {example}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+        p.set_defaults(run=run, storeless=True)
+        p.add_argument("registry", metavar="REGISTRY", help="host[:port], e.g. ghcr.io")
+    login = sub.choices["login"]
+    login.add_argument("-u", "--username", metavar="USER")
+    login.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+
+
 # -- the parser and main ---------------------------------------------------------------
 
 
@@ -498,10 +556,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="48M", help="archive size (default: 48M)")
     p.add_argument("--platforms", default="4", metavar="N|P,P...",
                    help=f"how many (2-{len(DEMO_PLATFORMS)}), or a list (default: 4)")  # fmt: skip
+    _login_parsers(sub)
     return parser
 
 
 async def _run(args: argparse.Namespace) -> int:
+    if getattr(args, "storeless", False):
+        return int(await args.run(args))
     async with open_store(args.root) as store:
         return int(await args.run(store, args))
 
