@@ -18,6 +18,7 @@ from castar.engine._streams import CHUNK_SIZE
 from castar.engine.load.archive import Progress, Session
 from castar.engine.load.importer import record
 from castar.engine.load.resolve import Walk, keep
+from castar.engine.registry.auth import credentials_for
 from castar.engine.registry.client import Registry, parse_ref
 from castar.store.digest import parse
 from castar.store.errors import (
@@ -152,7 +153,7 @@ async def pull(
 
     ``options`` selects platforms as for load (LOAD-1: none given keeps all). Only the blobs
     of the kept manifests that the store lacks are fetched; ``registry`` defaults to a new
-    client of the reference's host.
+    client of the reference's host with the credentials of :func:`credentials_for`.
 
     Raises:
         NotFound: the reference is unknown, or no manifest matches the requested platforms.
@@ -165,7 +166,7 @@ async def pull(
     host_platform = plats.only(plats.host())
     matcher = plats.match_any_with_preference(host_platform, requested) if requested else plats.ALL
     own = registry is None
-    reg = Registry(host) if registry is None else registry
+    reg = Registry(host, credentials=credentials_for) if registry is None else registry
     sess = Session(content, matcher, False, None, Progress(progress))
     try:
         async with leases.hold(labels={"castar.pull": sess.session}):

@@ -18,12 +18,13 @@ from castar._cli import main
 from castar.engine import graph, oci, synth
 from castar.engine.load import importer
 from castar.engine.load.importer import LoadOptions
+from castar.engine.registry.auth import login
 from castar.engine.registry.client import Registry
 from castar.engine.registry.pull import SOURCE_LABEL, pull
 from castar.engine.save import exporter
 from castar.engine.save.exporter import SaveOptions
 from castar.store import open_root
-from castar.store.errors import NotFound
+from castar.store.errors import NotFound, Unauthenticated
 
 pytestmark = pytest.mark.anyio
 
@@ -35,18 +36,20 @@ SPEC = synth.SynthSpec(
 )
 
 
-def _publish_sync(tmp_path, spec: synth.SynthSpec) -> None:
+def _publish_sync(tmp_path, spec: synth.SynthSpec, creds: tuple[str, str] | None = None) -> None:
     """Put ``spec``'s archive into the registry under its name with skopeo (digests kept)."""
     if shutil.which("skopeo") is None:
         pytest.skip("skopeo is not installed")
     path = tmp_path / f"{spec.seed}.tar"
     synth.write_path(spec, path)
     cmd = ["skopeo", "copy", "--all", "--preserve-digests", "--dest-tls-verify=false"]
+    if creds is not None:
+        cmd.append("--dest-creds=" + ":".join(creds))
     subprocess.run([*cmd, f"oci-archive:{path}", f"docker://{spec.name}"], check=True)
 
 
-async def _publish(tmp_path, spec: synth.SynthSpec) -> None:
-    await anyio.to_thread.run_sync(_publish_sync, tmp_path, spec)
+async def _publish(tmp_path, spec: synth.SynthSpec, creds: tuple[str, str] | None = None) -> None:
+    await anyio.to_thread.run_sync(_publish_sync, tmp_path, spec, creds)
 
 
 def _counting(host: str) -> tuple[Registry, list[str]]:
@@ -173,3 +176,15 @@ def test_cli_pull(registry, tmp_path, capsys):
     assert row["name"] == spec.name
     assert main(["--root", root, "pull", f"{registry.host}/pull/cli:absent", "-q"]) == 3
     assert "404" in capsys.readouterr().err
+
+
+async def test_pull_with_credentials(auth_registry, store, tmp_path, monkeypatch):
+    spec = dataclasses.replace(SPEC, name=f"{auth_registry.host}/pull/auth:1")
+    await _publish(tmp_path, spec, auth_registry.credentials)
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(tmp_path / "auth.json"))
+    with pytest.raises(Unauthenticated, match="no credentials"):
+        await pull(*await _roles(store), spec.name, LoadOptions())
+    assert await store.images.list() == []
+    await anyio.to_thread.run_sync(login, auth_registry.host, *auth_registry.credentials)
+    (image,) = await pull(*await _roles(store), spec.name, LoadOptions.parse(["linux/arm64"]))
+    assert image.name == spec.name
