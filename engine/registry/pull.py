@@ -14,7 +14,6 @@ import httpx
 
 from castar.engine import graph, oci, reference
 from castar.engine import platforms as plats
-from castar.engine._streams import CHUNK_SIZE
 from castar.engine.load.archive import Progress, Session
 from castar.engine.load.importer import record
 from castar.engine.load.resolve import Walk, keep
@@ -124,7 +123,7 @@ async def _fetch(reader: RegistryReader, desc: oci.Descriptor) -> None:
                         if offset and resp.status_code != 206:  # Range ignored: start over
                             await w.truncate(0)
                             sess.progress.add(-offset, desc.digest)
-                        async for chunk in resp.aiter_bytes(CHUNK_SIZE):
+                        async for chunk in resp.aiter_bytes():
                             await w.write(chunk)
                             sess.progress.add(len(chunk), desc.digest)
                     break
