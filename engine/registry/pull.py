@@ -1,4 +1,4 @@
-"""Pull an image from a registry: the load's filtered walk over registry documents (issue 13).
+"""Pull an image from a registry: the load's filtered walk over registry documents (PULL-1..3).
 
 Documents are fetched and verified into the store as the walk reads them; the configs and
 layers the selection needs and the store lacks are streamed into ingests; the image record
@@ -148,9 +148,9 @@ async def pull(
     registry: Registry | None = None,
     progress: ProgressCallback | None = None,
 ) -> list[Image]:
-    """Pull ``ref`` (a tag or a digest) and record it under its normalised name (IMP-9).
+    """Pull ``ref`` (a tag or a digest) and record it under its normalised name (PULL-1).
 
-    ``options`` selects platforms as for load (LOAD-1: none given keeps all). Only the blobs
+    ``options`` selects platforms as for load (PULL-2). Only the blobs
     of the kept manifests that the store lacks are fetched; ``registry`` defaults to a new
     client of the reference's host with the credentials of :func:`credentials_for`.
 
