@@ -99,3 +99,40 @@ async def test_corrupt_blob_fails_and_changes_nothing(store, tmp_path):
             )
     assert await store.images.list() == []
     assert await store.content.list_statuses() == []
+
+
+class _Stalled(httpx.AsyncByteStream):
+    """A body that sends ``data``, says so, then waits forever."""
+
+    def __init__(self, data: bytes, started: anyio.Event) -> None:
+        self.data = data
+        self.started = started
+
+    async def __aiter__(self):
+        yield self.data
+        self.started.set()
+        await anyio.sleep_forever()
+
+
+async def test_cancelled_pull_leaves_nothing(store, tmp_path):
+    started = anyio.Event()
+
+    def fault(req, data, headers):
+        if len(data) > 1 << 16:
+            return httpx.Response(200, headers=headers, stream=_Stalled(data[:100], started))
+        return None
+
+    reg, _ = await _fake(tmp_path, fault)
+    async with reg, anyio.create_task_group() as tg:
+
+        async def run() -> None:
+            await pull(
+                store.content, store.images, store.leases, SPEC.name, LoadOptions(), registry=reg
+            )
+
+        tg.start_soon(run)
+        await started.wait()
+        tg.cancel_scope.cancel()
+    assert await store.images.list() == []
+    assert await store.content.list_statuses() == []
+    assert await store.leases.list() == []
