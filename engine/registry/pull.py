@@ -174,7 +174,9 @@ async def pull(
             nodes = await graph.walk(
                 reader, [root], keep=lambda d: keep(sess, d), skip_missing=False, unique=True
             )
-            if oci.is_index(root.media_type) and not nodes[0].children:
+            manifests = [n.descriptor for n in nodes if oci.is_manifest(n.descriptor.media_type)]
+            found = [await graph.manifest_platform(reader, m) for m in manifests]
+            if requested and not any(p is not None and matcher.match(p) for p in found):
                 wanted = " ".join(plats.format_all(p) for p in requested)
                 raise NotFound(f"{ref}: no manifest for the requested platform(s) [{wanted}]")
             source = {SOURCE_LABEL + host: repo}

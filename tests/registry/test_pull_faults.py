@@ -12,7 +12,7 @@ from castar.engine import synth
 from castar.engine.load.importer import LoadOptions
 from castar.engine.registry.client import Registry
 from castar.engine.registry.pull import pull
-from castar.store.errors import DigestMismatch
+from castar.store.errors import DigestMismatch, NotFound
 
 pytestmark = pytest.mark.anyio
 
@@ -136,3 +136,15 @@ async def test_cancelled_pull_leaves_nothing(store, tmp_path):
     assert await store.images.list() == []
     assert await store.content.list_statuses() == []
     assert await store.leases.list() == []
+
+
+async def test_lone_manifest_platform_checked(store, tmp_path):
+    reg, _ = await _fake(tmp_path, lambda req, data, headers: None)
+    (manifest,) = synth.plan(SPEC).platforms
+    ref = f"fake.test/fake@{manifest.manifest.digest}"
+    roles = (store.content, store.images, store.leases)
+    async with reg:
+        with pytest.raises(NotFound, match="no manifest for the requested platform"):
+            await pull(*roles, ref, LoadOptions.parse(["linux/arm64"]), registry=reg)
+        (image,) = await pull(*roles, ref, LoadOptions.parse(["linux/amd64"]), registry=reg)
+    assert image.target.digest == manifest.manifest.digest
