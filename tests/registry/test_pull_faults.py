@@ -52,9 +52,8 @@ async def _fake(tmp_path, fault):
         headers = {"Docker-Content-Digest": digest, "Content-Length": str(len(data))}
         if kind == "manifests":
             headers["Content-Type"] = json.loads(data)["mediaType"]
-            return httpx.Response(
-                200, headers=headers, content=b"" if req.method == "HEAD" else data
-            )
+            if req.method == "HEAD":
+                return httpx.Response(200, headers=headers)
         return fault(req, data, headers) or httpx.Response(200, headers=headers, content=data)
 
     reg = Registry("fake.test", plain_http=True)
@@ -148,3 +147,22 @@ async def test_lone_manifest_platform_checked(store, tmp_path):
             await pull(*roles, ref, LoadOptions.parse(["linux/arm64"]), registry=reg)
         (image,) = await pull(*roles, ref, LoadOptions.parse(["linux/amd64"]), registry=reg)
     assert image.target.digest == manifest.manifest.digest
+
+
+@pytest.mark.parametrize("lie", ["body", "header"])
+async def test_document_not_matching_its_digest(store, tmp_path, lie):
+    def fault(req, data, headers):
+        if "/manifests/" not in req.url.path:
+            return None
+        if lie == "header":
+            headers["Docker-Content-Digest"] = "sha256:" + "0" * 64
+            return httpx.Response(200, headers=headers, content=data)
+        return httpx.Response(200, headers=headers, content=b" " + data[:-1])
+
+    reg, _ = await _fake(tmp_path, fault)
+    async with reg:
+        with pytest.raises(DigestMismatch):
+            await pull(
+                store.content, store.images, store.leases, SPEC.name, LoadOptions(), registry=reg
+            )
+    assert await store.images.list() == []
