@@ -61,6 +61,11 @@ async def _fake(tmp_path, fault):
     return reg, seen
 
 
+async def _pull(store, reg, ref=SPEC.name, platforms=None):
+    options = LoadOptions.parse(platforms)
+    return await pull(store.content, store.images, store.leases, ref, options, registry=reg)
+
+
 async def test_dropped_blob_resumes_with_range(store, tmp_path):
     dropped: list[int] = []
 
@@ -75,9 +80,7 @@ async def test_dropped_blob_resumes_with_range(store, tmp_path):
 
     reg, seen = await _fake(tmp_path, fault)
     async with reg:
-        (image,) = await pull(
-            store.content, store.images, store.leases, SPEC.name, LoadOptions(), registry=reg
-        )
+        (image,) = await _pull(store, reg)
     ranges = [r.headers["Range"] for r in seen if "Range" in r.headers]
     assert ranges == [f"bytes={dropped[0]}-"]  # the bytes before the drop are kept
     assert image.name == "fake.test/fake:1"
@@ -93,9 +96,7 @@ async def test_corrupt_blob_fails_and_changes_nothing(store, tmp_path):
     reg, _ = await _fake(tmp_path, fault)
     async with reg:
         with pytest.raises(DigestMismatch):
-            await pull(
-                store.content, store.images, store.leases, SPEC.name, LoadOptions(), registry=reg
-            )
+            await _pull(store, reg)
     assert await store.images.list() == []
     assert await store.content.list_statuses() == []
 
@@ -125,9 +126,7 @@ async def test_cancelled_pull_leaves_nothing(store, tmp_path):
     async with reg, anyio.create_task_group() as tg:
 
         async def run() -> None:
-            await pull(
-                store.content, store.images, store.leases, SPEC.name, LoadOptions(), registry=reg
-            )
+            await _pull(store, reg)
 
         tg.start_soon(run)
         await started.wait()
@@ -141,11 +140,10 @@ async def test_lone_manifest_platform_checked(store, tmp_path):
     reg, _ = await _fake(tmp_path, lambda req, data, headers: None)
     (manifest,) = synth.plan(SPEC).platforms
     ref = f"fake.test/fake@{manifest.manifest.digest}"
-    roles = (store.content, store.images, store.leases)
     async with reg:
         with pytest.raises(NotFound, match="no manifest for the requested platform"):
-            await pull(*roles, ref, LoadOptions.parse(["linux/arm64"]), registry=reg)
-        (image,) = await pull(*roles, ref, LoadOptions.parse(["linux/amd64"]), registry=reg)
+            await _pull(store, reg, ref, ["linux/arm64"])
+        (image,) = await _pull(store, reg, ref, ["linux/amd64"])
     assert image.target.digest == manifest.manifest.digest
 
 
@@ -162,7 +160,5 @@ async def test_document_not_matching_its_digest(store, tmp_path, lie):
     reg, _ = await _fake(tmp_path, fault)
     async with reg:
         with pytest.raises(DigestMismatch):
-            await pull(
-                store.content, store.images, store.leases, SPEC.name, LoadOptions(), registry=reg
-            )
+            await _pull(store, reg)
     assert await store.images.list() == []
