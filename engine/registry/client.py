@@ -198,8 +198,11 @@ class Registry:
         resp = await self._client.get(realm, params=params, auth=basic or httpx.USE_CLIENT_DEFAULT)
         if resp.status_code != 200:
             raise_for("GET", realm, resp.status_code, resp.content)
-        body = resp.json()
-        token = body.get("token") or body.get("access_token")
-        if not token:
+        try:
+            body = resp.json()
+            token = body.get("token") or body.get("access_token")
+        except (ValueError, AttributeError):
+            token = None
+        if not isinstance(token, str) or not token:
             raise InvalidArgument(f"GET {realm}: no token in the answer")
         self._auth[(repo, scope)] = f"Bearer {token}"

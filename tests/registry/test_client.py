@@ -7,7 +7,13 @@ import pytest
 
 from castar.engine.registry import client
 from castar.engine.registry.client import Registry, parse_ref
-from castar.store.errors import CastarError, NotFound, Unauthenticated, Unavailable
+from castar.store.errors import (
+    CastarError,
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -193,3 +199,16 @@ async def test_ok_statuses_and_stream():
             await reg.request("POST", "a", "blobs/uploads/")
         async with reg.stream("GET", "a", "blobs/sha256:00", ok=(202,)) as resp:
             assert b"".join([c async for c in resp.aiter_bytes()]) == b"x" * 100
+
+
+@pytest.mark.parametrize("answer", [b"not json", b"[]", b'{"token": ""}'])
+async def test_bad_token_answer(answer):
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.path == "/token":
+            return httpx.Response(200, content=answer)
+        challenge = 'Bearer realm="http://127.0.0.1:5000/token"'
+        return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+
+    async with _registry(handler) as reg:
+        with pytest.raises(InvalidArgument, match="no token in the answer"):
+            await reg.request("GET", "a", "manifests/x")
