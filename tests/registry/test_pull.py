@@ -201,3 +201,14 @@ async def test_pull_with_credentials(auth_registry, store, tmp_path, monkeypatch
     await anyio.to_thread.run_sync(login, auth_registry.host, *auth_registry.credentials)
     (image,) = await pull(*await _roles(store), spec.name, LoadOptions.parse(["linux/arm64"]))
     assert image.name == spec.name
+
+
+async def test_pull_with_bearer_tokens(token_registry, store, tmp_path):
+    server, tokens = token_registry
+    spec = dataclasses.replace(SPEC, name=f"{server.host}/pull/token:1")
+    await _publish(tmp_path, spec, server.credentials)
+    before = len(tokens.scopes)
+    async with Registry(server.host, credentials=lambda host: server.credentials) as reg:
+        (image,) = await pull(*await _roles(store), spec.name, LoadOptions(), registry=reg)
+    assert image.name == spec.name
+    assert tokens.scopes[before:] == ["repository:pull/token:pull"]  # one token, cached
