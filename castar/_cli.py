@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import anyio
 
@@ -40,6 +40,9 @@ from castar.store.errors import (
     PermissionDenied,
     Unauthenticated,
 )
+
+if TYPE_CHECKING:
+    from castar.store import Image
 
 __all__ = ["EXIT_CODES", "main"]
 
@@ -136,15 +139,28 @@ async def _cmd_load(store: Store, args: argparse.Namespace) -> int:
             name=args.name,
             progress=bar,
         )
+    return _print_images(args, images, "Loaded")
+
+
+def _print_images(args: argparse.Namespace, images: list[Image], verb: str) -> int:
     if args.json:
         _dump([{"name": i.name, "target": str(i.target.digest)} for i in images])
         return 0
     for i in images:  # LOAD-5
         if reference.is_dangling(i.name):
-            print(f"Loaded image ID: {i.target.digest}")
+            print(f"{verb} image ID: {i.target.digest}")
         else:
-            print(f"Loaded image: {reference.display_name(i.name)}")
+            print(f"{verb} image: {reference.display_name(i.name)}")
     return 0
+
+
+async def _cmd_pull(store: Store, args: argparse.Namespace) -> int:
+    plats = platforms.parse_list(args.platform) if args.platform else None
+    with open_progress("Pulling", mode=_progress_mode(args)) as bar:
+        images = await store.pull(
+            args.ref, platforms=plats, all_platforms=args.all_platforms, progress=bar
+        )
+    return _print_images(args, images, "Pulled")
 
 
 async def _cmd_save(store: Store, args: argparse.Namespace) -> int:
@@ -418,6 +434,8 @@ _COMMANDS: Final[dict[str, tuple[Command, str, str, bool, bool]]] = {
              "castar load -i alpine.tar --platform linux/arm64", True, True),
     "save": (_cmd_save, "save images to an OCI archive (with Docker manifest.json)",
              "castar save alpine:latest --platform linux/amd64 -o alpine.tar", True, True),
+    "pull": (_cmd_pull, "pull an image from a registry",
+             "castar pull 127.0.0.1:5000/alpine:3 --platform linux/arm64", True, True),
     "images": (_cmd_images, "list images", "castar images --tree", True, False),
     "inspect": (_cmd_inspect, "show an image's record, platforms and documents",
                 "castar inspect alpine --platform linux/arm64", False, False),
@@ -464,13 +482,16 @@ def _parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         cmd[name].set_defaults(run=run)
-    for name in ("load", "save"):
+    for name in ("load", "save", "pull"):
         cmd[name].add_argument("--platform", action="append", metavar="P[,P...]",
                                help="platforms, e.g. linux/amd64,linux/arm64/v8")  # fmt: skip
     p = cmd["load"]
     p.add_argument("-i", "--input", metavar="FILE", help="archive to read (default: stdin)")
     p.add_argument("--all-platforms", action="store_true", help="load every platform")
     p.add_argument("--name", metavar="PREFIX", help="name images whose archive only gives a tag")
+    p = cmd["pull"]
+    p.add_argument("ref", metavar="REF", help="[registry/]repository[:tag|@digest]")
+    p.add_argument("--all-platforms", action="store_true", help="pull every platform")
     p = cmd["save"]
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("-o", "--output", metavar="FILE", help="archive to write (default: stdout)")

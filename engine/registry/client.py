@@ -1,0 +1,208 @@
+"""One registry host over HTTP: auth challenges, bounded retries, error mapping."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ipaddress
+import random
+import re
+from typing import TYPE_CHECKING, Final, TypedDict, Unpack
+
+import anyio
+import httpx
+
+from castar.engine import reference
+from castar.engine.registry.errors import raise_for
+from castar.store.errors import InvalidArgument, Unauthenticated, Unavailable
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+
+    Body = bytes | AsyncIterable[bytes] | None
+
+__all__ = ["Registry", "parse_ref"]
+
+
+class _Options(TypedDict, total=False):
+    scope: str  # the token scope: pull, or push,pull
+    headers: Mapping[str, str] | None
+    content: Body
+    params: Mapping[str, str] | None
+
+
+_TRIES: Final = 3
+_RETRY_STATUS: Final = frozenset({408, 429})
+_BACKOFF: Final = 0.2  # seconds before the second try, doubled for each next one
+_MAX_WAIT: Final = 10.0  # the longest Retry-After honoured
+_CHALLENGE_RE: Final = re.compile(r'(\w+)="([^"]*)"')
+
+
+def parse_ref(ref: str) -> tuple[str, str, str | None, str | None]:
+    """``(host, repository, tag, digest)`` of ``ref``; a digest wins, else ``latest``."""
+    r = reference.parse_docker_ref(ref)
+    host = "registry-1.docker.io" if r.domain == reference.DEFAULT_DOMAIN else r.domain
+    return host, r.path, r.tag or None, r.digest or None
+
+
+def _is_loopback(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
+    name = name.strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class Registry:
+    """A client of one registry host; an async context manager closing its connections."""
+
+    def __init__(
+        self,
+        host: str,
+        *,
+        credentials: Callable[[str], tuple[str, str] | None] | None = None,
+        plain_http: bool | None = None,
+        jobs: int = 4,
+    ) -> None:
+        plain = _is_loopback(host) if plain_http is None else plain_http
+        self.host = host
+        self.base = f"{'http' if plain else 'https'}://{host}"
+        self.jobs = jobs
+        self._credentials = credentials
+        self._client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=jobs + 2), timeout=httpx.Timeout(60.0)
+        )
+        self._auth: dict[tuple[str, str], str] = {}  # (repo, scope) -> Authorization
+        self._basic: str | None = None  # basic credentials answer every repository
+
+    async def __aenter__(self) -> Registry:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()
+
+    def url(self, repo: str, path: str) -> str:
+        """``path`` under ``/v2/<repo>/``; absolute URLs and ``/``-rooted paths kept."""
+        if path.startswith(("http://", "https://")):
+            return path
+        if path.startswith("/"):
+            return self.base + path
+        return f"{self.base}/v2/{repo}/{path}"
+
+    async def request(
+        self,
+        method: str,
+        repo: str,
+        path: str,
+        *,
+        ok: tuple[int, ...] = (200,),
+        **kw: Unpack[_Options],
+    ) -> httpx.Response:
+        """Send one request, its body read; a status not in ``ok`` raises the mapped error."""
+        async with self.stream(method, repo, path, ok=ok, **kw) as resp:
+            await resp.aread()
+            return resp
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        repo: str,
+        path: str,
+        *,
+        scope: str = "pull",
+        headers: Mapping[str, str] | None = None,
+        content: Body = None,
+        params: Mapping[str, str] | None = None,
+        ok: tuple[int, ...] = (200, 206),
+    ) -> AsyncIterator[httpx.Response]:
+        """Like :meth:`request`, the body left to stream (``aiter_bytes``)."""
+        url = self.url(repo, path)
+        # A body that is not bytes can be sent once: no retry, no auth replay.
+        replayable = content is None or isinstance(content, bytes)
+        authed = False
+        tries = 0
+        while True:
+            tries += 1
+            hdrs = dict(headers or {})
+            token = self._auth.get((repo, scope), self._basic)
+            if token is not None:
+                hdrs["Authorization"] = token
+            req = self._client.build_request(
+                method, url, headers=hdrs, content=content, params=params
+            )
+            try:
+                resp = await self._client.send(req, stream=True)
+            except httpx.TransportError as exc:
+                if tries >= _TRIES or not replayable:
+                    raise Unavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+                await anyio.sleep(self._backoff(tries, None))
+                continue
+            try:
+                status = resp.status_code
+                if status == 401 and not authed and replayable:
+                    challenge = resp.headers.get("WWW-Authenticate", "")
+                    await resp.aclose()
+                    await self._authenticate(repo, scope, challenge, url)
+                    authed = True
+                    tries -= 1
+                    continue
+                if (status in _RETRY_STATUS or status >= 500) and tries < _TRIES and replayable:
+                    wait = self._backoff(tries, resp.headers.get("Retry-After"))
+                    await resp.aclose()
+                    await anyio.sleep(wait)
+                    continue
+                if status not in ok:
+                    await resp.aread()
+                    raise_for(method, url, resp.status_code, resp.content)
+                yield resp
+                return
+            finally:
+                await resp.aclose()
+
+    @staticmethod
+    def _backoff(tries: int, retry_after: str | None) -> float:
+        if retry_after is not None and retry_after.strip().isdigit():
+            return min(float(retry_after), _MAX_WAIT)
+        return _BACKOFF * (1 << (tries - 1)) * (0.5 + random.random())
+
+    async def _authenticate(self, repo: str, scope: str, challenge: str, url: str) -> None:
+        """Answer a 401 ``challenge``: basic credentials, or a bearer token for the scope."""
+        kind, _, rest = challenge.partition(" ")
+        creds = None
+        if self._credentials is not None:  # config files, maybe a credential helper process
+            creds = await anyio.to_thread.run_sync(self._credentials, self.host)
+        basic = None if creds is None else httpx.BasicAuth(*creds)
+        if kind.lower() == "basic":
+            if creds is None:
+                raise Unauthenticated(f"{url}: no credentials for {self.host} (castar login)")
+            pair = base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
+            self._basic = f"Basic {pair}"
+            return
+        if kind.lower() != "bearer":
+            raise InvalidArgument(f"{url}: unsupported authentication challenge {kind!r}")
+        fields = dict(_CHALLENGE_RE.findall(rest))
+        realm = fields.get("realm")
+        if not realm:
+            raise InvalidArgument(f"{url}: bearer challenge without a realm")
+        params = {"scope": f"repository:{repo}:{scope}"}
+        if "service" in fields:
+            params["service"] = fields["service"]
+        resp = await self._client.get(realm, params=params, auth=basic or httpx.USE_CLIENT_DEFAULT)
+        if resp.status_code != 200:
+            raise_for("GET", realm, resp.status_code, resp.content)
+        try:
+            body = resp.json()
+            token = body.get("token") or body.get("access_token")
+        except (ValueError, AttributeError):
+            token = None
+        if not isinstance(token, str) or not token:
+            raise InvalidArgument(f"GET {realm}: no token in the answer")
+        self._auth[(repo, scope)] = f"Bearer {token}"
