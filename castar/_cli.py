@@ -197,6 +197,21 @@ def _plan_summary(plan: dict[str, Any]) -> None:
         print(f"warning: {warning}")
 
 
+# -- push -----------------------------------------------------------------------------------
+
+
+async def _cmd_push(store: Store, args: argparse.Namespace) -> int:
+    plats = platforms.parse_list(args.platform) if args.platform else None  # bad spec: exit 4
+    result = await store.push(args.image, args.ref, platforms=plats)
+    if args.json:
+        _dump(result.to_json())
+        return 0
+    print(f"Pushed {result.ref}: {result.target.digest}")
+    sent = format_size(result.sent)
+    print(f"{len(result.pushed)} uploaded ({sent}), {len(result.skipped)} already present")
+    return 0
+
+
 # -- images, inspect, tag, rm ----------------------------------------------------------------
 
 
@@ -381,6 +396,8 @@ _COMMANDS: Final[dict[str, tuple[Command, str, str, bool, bool]]] = {
              "castar load -i alpine.tar --platform linux/arm64", True, True),
     "save": (_cmd_save, "save images to an OCI archive (with Docker manifest.json)",
              "castar save alpine:latest --platform linux/amd64 -o alpine.tar", True, True),
+    "push": (_cmd_push, "push an image to a registry (one --platform: that manifest alone)",
+             "castar push alpine:latest registry.example:5000/alpine:3", True, False),
     "images": (_cmd_images, "list images", "castar images --tree", True, False),
     "inspect": (_cmd_inspect, "show an image's record, platforms and documents",
                 "castar inspect alpine --platform linux/arm64", False, False),
@@ -444,6 +461,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--write-behind", action="store_true",
                    help="keep the archive out of the page cache as it reaches the disk "
                    "(for big archives: runs at the disk's rate)")  # fmt: skip
+    p = cmd["push"]
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("ref", nargs="?", metavar="REF", help="destination (default: the image's name)")
+    p.add_argument("--platform", action="append", metavar="P", help="push this platform's manifest")
     p = cmd["images"]
     p.add_argument("--tree", action="store_true", help="one row per platform, with availability")
     p.add_argument("--filter", action="append", metavar="KEY=VALUE",

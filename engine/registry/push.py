@@ -1,0 +1,225 @@
+"""Push: an image's stored graph to a registry, children before parents, the tag last."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Self, final
+
+import anyio
+
+from castar.engine import graph, oci, reference
+from castar.engine import platforms as plat
+from castar.engine.images import ImageService
+from castar.engine.registry.client import Registry, parse_ref
+from castar.store.errors import Conflict, InvalidArgument, NotFound
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterable
+
+    from castar.engine.images import ManifestRow
+    from castar.store.roles import BlobReader, ImageRecords, Leases
+
+__all__ = ["PushOptions", "PushResult", "push"]
+
+_SCOPE = "pull,push"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class PushOptions:
+    """``platforms``: empty pushes what the image names, one pushes that platform's manifest."""
+
+    platforms: tuple[plat.Platform, ...] = ()
+
+    @classmethod
+    def parse(cls, platforms: Iterable[str | plat.Platform] | None = None) -> Self:
+        """Options with ``platforms`` as specifiers (comma lists) or Platforms."""
+        return cls(tuple(plat.parse_list(platforms or ())))
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    """What :func:`push` did: the reference and root pushed, uploads, bytes sent, blobs skipped."""
+
+    ref: str
+    target: oci.Descriptor
+    pushed: tuple[oci.Descriptor, ...]
+    sent: int
+    skipped: tuple[oci.Descriptor, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready form."""
+        return {
+            "ref": self.ref,
+            "digest": str(self.target.digest),
+            "mediaType": self.target.media_type,
+            "pushed": [str(d.digest) for d in self.pushed],
+            "sent": self.sent,
+            "skipped": [str(d.digest) for d in self.skipped],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _Body:
+    """A blob's bytes from the store, streamed in the store's chunks each time it is iterated."""
+
+    content: BlobReader
+    digest: str
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return aiter(self.content.read(self.digest))
+
+
+async def push(
+    content: BlobReader,
+    images: ImageRecords,
+    leases: Leases,
+    name: str,
+    ref: str | None,
+    options: PushOptions,
+    *,
+    registry: Registry | None = None,
+) -> PushResult:
+    """Push image ``name`` to ``ref`` (default: its own name), under a lease.
+
+    Raises:
+        NotFound: no such image, the store lacks a platform the image names (before any
+            request), or no manifest for the one platform asked for.
+        Conflict: several manifests for that platform.
+        InvalidArgument: a dangling image without ``ref``, or several platforms.
+    """
+    if len(options.platforms) > 1:
+        raise InvalidArgument("push: give one --platform, or none to push every platform")
+    service = ImageService(images, content)
+    image = await service.resolve(name)
+    if ref is None and reference.is_dangling(image.name):
+        raise InvalidArgument(f"push: image {image.target.digest} has no name: give a reference")
+    ref = ref or image.name
+    host, repo, tag, digest = parse_ref(ref)
+    async with leases.hold(expire=timedelta(hours=24), labels={"castar.push": "1"}) as lease:
+        await leases.add_resources(lease.id, "content", [image.target.digest])
+        (tree,) = await service.tree([image.name])
+        root = _select(tree.manifests, tree.target, options.platforms, ref)
+        if digest is not None and digest != root.digest:
+            raise InvalidArgument(f"push: {ref} names another digest than {root.digest}")
+        reader = graph.StoreReader(content)
+        nodes = await graph.walk(reader, [root], skip_missing=False)
+        order = list({n.descriptor.digest: n.descriptor for n in reversed(nodes)}.values())
+        if registry is None:
+            async with Registry(host) as own:
+                return await _send(own, repo, tag, ref, root, order, content, reader)
+        return await _send(registry, repo, tag, ref, root, order, content, reader)
+
+
+def _select(
+    rows: tuple[ManifestRow, ...],
+    target: oci.Descriptor,
+    wanted: tuple[plat.Platform, ...],
+    ref: str,
+) -> oci.Descriptor:
+    """The root to push: the target whole, or the one manifest of the platform asked for."""
+    if not wanted:
+        missing = [r for r in rows if not r.available]
+        if missing:
+            names = ", ".join(
+                plat.format(r.platform)
+                if r.platform is not None and r.kind == "image"
+                else f"{r.kind} {r.descriptor.digest}"
+                for r in missing
+            )
+            raise NotFound(f"push {ref}: the store lacks {names}: pull it or push one --platform")
+        return target
+    strict = plat.only_strict(wanted[0])
+    found = {
+        r.descriptor.digest: r.descriptor
+        for r in rows
+        if r.kind == "image" and r.available and r.platform and strict.match(r.platform)
+    }
+    if not found:
+        raise NotFound(f"push {ref}: no stored manifest for platform {plat.format(wanted[0])}")
+    if len(found) > 1:
+        raise Conflict(f"push {ref}: several manifests for platform {plat.format(wanted[0])}")
+    return next(iter(found.values()))
+
+
+async def _send(
+    registry: Registry,
+    repo: str,
+    tag: str | None,
+    ref: str,
+    root: oci.Descriptor,
+    order: list[oci.Descriptor],
+    content: BlobReader,
+    reader: graph.StoreReader,
+) -> PushResult:
+    """Blobs ``registry.jobs`` at a time, then documents in ``order``, then the tag."""
+    pushed: list[oci.Descriptor] = []
+    skipped: list[oci.Descriptor] = []
+    limit = anyio.CapacityLimiter(registry.jobs)
+
+    async def upload(desc: oci.Descriptor) -> None:
+        async with limit:
+            head = await registry.request(
+                "HEAD", repo, f"blobs/{desc.digest}", scope=_SCOPE, ok=(200, 404)
+            )
+            if head.status_code == 200:
+                skipped.append(desc)
+                return
+            started = await registry.request(
+                "POST", repo, "blobs/uploads/", scope=_SCOPE, ok=(202,)
+            )
+            location = started.headers["Location"]  # keeps its query (the upload's state)
+            await registry.request(
+                "PUT",
+                repo,
+                f"{location}{'&' if '?' in location else '?'}digest={desc.digest}",
+                scope=_SCOPE,
+                headers={
+                    "Content-Length": str(desc.size),
+                    "Content-Type": "application/octet-stream",
+                },
+                content=_Body(content, desc.digest),
+                ok=(201,),
+            )
+            pushed.append(desc)
+
+    def is_document(desc: oci.Descriptor) -> bool:
+        return oci.is_manifest(desc.media_type) or oci.is_index(desc.media_type)
+
+    async with anyio.create_task_group() as tg:
+        for desc in order:
+            if not is_document(desc):
+                tg.start_soon(upload, desc)
+    for desc in order:
+        if not is_document(desc):
+            continue
+        path = f"manifests/{desc.digest}"
+        head = await registry.request(
+            "HEAD", repo, path, scope=_SCOPE, headers={"Accept": desc.media_type}, ok=(200, 404)
+        )
+        if head.status_code == 200:
+            skipped.append(desc)
+            continue
+        await _put_document(registry, repo, path, desc, reader)
+        pushed.append(desc)
+    if tag is not None:
+        await _put_document(registry, repo, f"manifests/{tag}", root, reader)
+    return PushResult(ref, root, tuple(pushed), sum(d.size for d in pushed), tuple(skipped))
+
+
+async def _put_document(
+    registry: Registry, repo: str, path: str, desc: oci.Descriptor, reader: graph.StoreReader
+) -> None:
+    doc = await reader.read(desc)
+    assert doc is not None  # the walk read it
+    await registry.request(
+        "PUT",
+        repo,
+        path,
+        scope=_SCOPE,
+        headers={"Content-Type": desc.media_type},
+        content=doc.data,
+        ok=(201,),
+    )

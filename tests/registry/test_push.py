@@ -1,0 +1,135 @@
+"""Push to a real registry: skopeo reads back the stored bytes, a second push uploads nothing,
+a store lacking a platform fails before any request, one platform pushes its manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+
+from castar._cli import main
+from castar.engine import graph, oci, synth
+from castar.engine.images import as_oci
+from castar.engine.registry.client import Registry
+from castar.engine.registry.push import PushOptions, PushResult, push
+from castar.store.errors import NotFound
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import httpx
+
+    from castar.store import Image, Root
+
+pytestmark = pytest.mark.anyio
+
+SKOPEO = shutil.which("skopeo")
+
+
+class Counting(Registry):
+    """A registry client recording each request's method and path."""
+
+    def __init__(self, host: str) -> None:
+        super().__init__(host)
+        self.calls: list[tuple[str, str]] = []
+
+    async def request(self, method: str, repo: str, path: str, **kw: Any) -> httpx.Response:
+        self.calls.append((method, path))
+        return await super().request(method, repo, path, **kw)
+
+
+async def _raw(host: str, ref: str) -> bytes:
+    if SKOPEO is None:
+        if os.environ.get("CASTAR_REQUIRE_INTEROP") == "1":
+            pytest.fail("CASTAR_REQUIRE_INTEROP=1 but skopeo is not installed")
+        pytest.skip("skopeo is not installed")
+    cmd = [SKOPEO, "inspect", "--raw", "--tls-verify=false", f"docker://{host}/{ref}"]
+    return (await anyio.run_process(cmd)).stdout
+
+
+async def _push(store: Root, name: str, ref: str, registry: Registry, *plats: str) -> PushResult:
+    roles = (store.content, store.images, store.leases)
+    return await push(*roles, name, ref, PushOptions.parse(plats), registry=registry)
+
+
+async def test_push_then_skopeo_reads_the_stored_index(
+    store: Root, small_image: Image, registry: Any, anyio_backend: str
+) -> None:
+    ref = f"{registry.host}/push-{anyio_backend}/all:1"
+    async with Counting(registry.host) as client:
+        first = await _push(store, small_image.name, ref, client)
+    target = as_oci(small_image.target)
+    assert first.target == target
+    stored = await store.content.read_all(target.digest, limit=oci.MAX_DOCUMENT)
+    assert await _raw(registry.host, f"push-{anyio_backend}/all:1") == stored
+    walked = await graph.walk(graph.StoreReader(store.content), [target], unique=True)
+    assert {d.digest for d in first.pushed} == {n.descriptor.digest for n in walked}
+    assert first.sent == sum(n.descriptor.size for n in walked)
+    assert first.skipped == ()
+    puts = [p for m, p in client.calls if m == "PUT"]
+    assert puts[-1] == "manifests/1"  # the tag last
+
+    async with Counting(registry.host) as again:
+        second = await _push(store, small_image.name, ref, again)
+    assert second.pushed == ()
+    assert second.sent == 0
+    assert {d.digest for d in second.skipped} == {d.digest for d in first.pushed}
+    assert [m for m, _ in again.calls].count("HEAD") == len(walked)
+    assert [c for c in again.calls if c[0] != "HEAD"] == [("PUT", "manifests/1")]
+
+
+async def test_one_platform_pushes_its_manifest_as_the_tag(
+    store: Root, small_image: Image, registry: Any, anyio_backend: str
+) -> None:
+    ref = f"{registry.host}/push-{anyio_backend}/one:arm"
+    async with Registry(registry.host) as client:
+        result = await _push(store, small_image.name, ref, client, "linux/arm64")
+    assert oci.is_manifest(result.target.media_type)
+    assert result.target.platform is not None
+    assert result.target.platform.architecture == "arm64"
+    stored = await store.content.read_all(result.target.digest, limit=oci.MAX_DOCUMENT)
+    assert await _raw(registry.host, f"push-{anyio_backend}/one:arm") == stored
+
+
+async def test_missing_platform_fails_before_any_request(
+    store: Root, small_image: Image, registry: Any, anyio_backend: str
+) -> None:
+    reader = graph.StoreReader(store.content)
+    nodes = await graph.walk(reader, [as_oci(small_image.target)], unique=True)
+    s390x = next(
+        n.descriptor
+        for n in nodes
+        if n.descriptor.platform is not None and n.descriptor.platform.architecture == "s390x"
+    )
+    (layer, *_) = [
+        n.descriptor
+        for n in await graph.walk(reader, [s390x])
+        if oci.is_layer(n.descriptor.media_type)
+    ]
+    await store.content.delete(layer.digest)
+    ref = f"{registry.host}/push-{anyio_backend}/missing:1"
+    async with Counting(registry.host) as client:
+        with pytest.raises(NotFound, match="linux/s390x"):
+            await _push(store, small_image.name, ref, client)
+    assert client.calls == []
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_cli_push_json(
+    tmp_path: Path, registry: Any, backend: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive = tmp_path / "synth.tar"
+    synth.write_path(synth.SynthSpec(name="cli:1", platforms=("linux/amd64",)), archive)
+    base = ["--root", str(tmp_path / "store"), "--backend", backend]
+    assert main([*base, "load", "-q", "-i", str(archive)]) == 0
+    ref = f"{registry.host}/push-cli-{backend}/img:1"
+    capsys.readouterr()
+    assert main([*base, "push", "cli:1", ref, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ref"] == ref
+    assert out["skipped"] == []
+    assert main([*base, "push", "cli:1", ref, "--platform", "linux/riscv64"]) == 3
