@@ -36,7 +36,9 @@ if typing.TYPE_CHECKING:
     from castar.store.errors import MalformedManifest as MalformedManifest
     from castar.store.errors import NotFound as NotFound
     from castar.store.errors import NotImplementedKind as NotImplementedKind
+    from castar.store.errors import PermissionDenied as PermissionDenied
     from castar.store.errors import SizeMismatch as SizeMismatch
+    from castar.store.errors import Unauthenticated as Unauthenticated
     from castar.store.errors import Unavailable as Unavailable
     from castar.store.errors import UnsupportedMediaType as UnsupportedMediaType
     from castar.store.gc import GCReport as GCReport
@@ -57,7 +59,8 @@ _EXPORTS = {
     "castar.store.content": "Info",
     "castar.store.errors": "AlreadyExists CastarError Conflict DataLoss DigestMismatch"
     " FailedPrecondition InvalidArgument MalformedArchive MalformedManifest NotFound"
-    " NotImplementedKind SizeMismatch Unavailable UnsupportedMediaType",
+    " NotImplementedKind PermissionDenied SizeMismatch Unauthenticated Unavailable"
+    " UnsupportedMediaType",
     "castar.store.gc": "GCReport",
     "castar.store.images": "Image",
     "castar.store.leases": "Lease",

@@ -35,6 +35,8 @@ from castar.store.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
+    Unauthenticated,
 )
 
 __all__ = ["EXIT_CODES", "main"]
@@ -53,6 +55,8 @@ EXIT_CODES: Final[dict[type[BaseException], int]] = {
     Conflict: 5,
     PermissionError: 5,
     DataLoss: 6,
+    Unauthenticated: 7,
+    PermissionDenied: 7,
 }
 _EPILOG = """\
 exit codes:
@@ -63,6 +67,7 @@ exit codes:
   4  invalid input: bad platform spec, reference or filter, malformed archive
   5  precondition failed: digest or size mismatch, conflict, already exists
   6  data loss: a stored blob is missing or corrupt
+  7  unauthenticated or permission denied by a registry
 
 The store is --root DIR, else $CASTAR_ROOT, else $XDG_DATA_HOME/castar,
 else ~/.local/share/castar. Try: castar demo

@@ -24,7 +24,9 @@ __all__ = [
     "MalformedManifest",
     "NotFound",
     "NotImplementedKind",
+    "PermissionDenied",
     "SizeMismatch",
+    "Unauthenticated",
     "Unavailable",
     "UnsupportedMediaType",
     "map_os_errors",
@@ -119,6 +121,18 @@ class Unavailable(CastarError):
     """A resource is busy (e.g. an ingest ref is locked by another writer): retry later."""
 
     suffix = "unavailable"
+
+
+class Unauthenticated(CastarError):
+    """A registry wants credentials that were not given or that it rejected."""
+
+    suffix = "unauthenticated"
+
+
+class PermissionDenied(CastarError):
+    """A registry refused the operation to the credentials given."""
+
+    suffix = "permission denied"
 
 
 class Conflict(CastarError):
