@@ -158,32 +158,16 @@ async def _send(
     pushed: list[oci.Descriptor] = []
     skipped: list[oci.Descriptor] = []
     limit = anyio.CapacityLimiter(registry.jobs)
+    failure: list[Exception] = []
 
-    async def upload(desc: oci.Descriptor) -> None:
-        async with limit:
-            head = await registry.request(
-                "HEAD", repo, f"blobs/{desc.digest}", scope=_SCOPE, ok=(200, 404)
-            )
-            if head.status_code == 200:
-                skipped.append(desc)
-                return
-            started = await registry.request(
-                "POST", repo, "blobs/uploads/", scope=_SCOPE, ok=(202,)
-            )
-            location = started.headers["Location"]  # keeps its query (the upload's state)
-            await registry.request(
-                "PUT",
-                repo,
-                f"{location}{'&' if '?' in location else '?'}digest={desc.digest}",
-                scope=_SCOPE,
-                headers={
-                    "Content-Length": str(desc.size),
-                    "Content-Type": "application/octet-stream",
-                },
-                content=_Body(content, desc.digest),
-                ok=(201,),
-            )
-            pushed.append(desc)
+    async def upload(desc: oci.Descriptor, scope: anyio.CancelScope) -> None:
+        try:
+            async with limit:
+                sent = await _blob(registry, repo, desc, content)
+            (pushed if sent else skipped).append(desc)
+        except Exception as exc:  # the first failure is raised, never as an ExceptionGroup
+            failure.append(exc)
+            scope.cancel()
 
     def is_document(desc: oci.Descriptor) -> bool:
         return oci.is_manifest(desc.media_type) or oci.is_index(desc.media_type)
@@ -191,7 +175,9 @@ async def _send(
     async with anyio.create_task_group() as tg:
         for desc in order:
             if not is_document(desc):
-                tg.start_soon(upload, desc)
+                tg.start_soon(upload, desc, tg.cancel_scope)
+    if failure:
+        raise failure[0]
     for desc in order:
         if not is_document(desc):
             continue
@@ -207,6 +193,25 @@ async def _send(
     if tag is not None:
         await _put_document(registry, repo, f"manifests/{tag}", root, reader)
     return PushResult(ref, root, tuple(pushed), sum(d.size for d in pushed), tuple(skipped))
+
+
+async def _blob(registry: Registry, repo: str, desc: oci.Descriptor, content: BlobReader) -> bool:
+    """Upload one blob unless the registry has it: POST, then one PUT streamed from the store."""
+    head = await registry.request("HEAD", repo, f"blobs/{desc.digest}", scope=_SCOPE, ok=(200, 404))
+    if head.status_code == 200:
+        return False
+    started = await registry.request("POST", repo, "blobs/uploads/", scope=_SCOPE, ok=(202,))
+    location = started.headers["Location"]  # keeps its query (the upload's state)
+    await registry.request(
+        "PUT",
+        repo,
+        f"{location}{'&' if '?' in location else '?'}digest={desc.digest}",
+        scope=_SCOPE,
+        headers={"Content-Length": str(desc.size), "Content-Type": "application/octet-stream"},
+        content=_Body(content, desc.digest),
+        ok=(201,),
+    )
+    return True
 
 
 async def _put_document(

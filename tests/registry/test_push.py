@@ -16,7 +16,7 @@ from castar.engine import graph, oci, synth
 from castar.engine.images import as_oci
 from castar.engine.registry.client import Registry
 from castar.engine.registry.push import PushOptions, PushResult, push
-from castar.store.errors import NotFound
+from castar.store.errors import NotFound, Unavailable
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -133,3 +133,32 @@ def test_cli_push_json(
     assert out["ref"] == ref
     assert out["skipped"] == []
     assert main([*base, "push", "cli:1", ref, "--platform", "linux/riscv64"]) == 3
+
+
+async def test_push_with_basic_auth(
+    store: Root, small_image: Image, auth_registry: Any, anyio_backend: str
+) -> None:
+    ref = f"{auth_registry.host}/push-auth-{anyio_backend}/img:1"
+    creds = auth_registry.credentials
+    async with Registry(auth_registry.host, credentials=lambda _host: creds) as client:
+        result = await _push(store, small_image.name, ref, client, "linux/amd64")
+    assert result.pushed
+
+
+class FailingPut(Counting):
+    """Every blob PUT answers a registry error."""
+
+    async def request(self, method: str, repo: str, path: str, **kw: Any) -> httpx.Response:
+        if method == "PUT" and "uploads" in path:
+            raise Unavailable(f"PUT {path}: 503")
+        return await super().request(method, repo, path, **kw)
+
+
+async def test_a_failed_upload_is_raised_alone_and_no_tag_is_pushed(
+    store: Root, small_image: Image, registry: Any, anyio_backend: str
+) -> None:
+    ref = f"{registry.host}/push-{anyio_backend}/fail:1"
+    async with FailingPut(registry.host) as client:
+        with pytest.raises(Unavailable, match="503"):
+            await _push(store, small_image.name, ref, client)
+    assert not any(m == "PUT" and "manifests" in p for m, p in client.calls)
