@@ -1,0 +1,181 @@
+"""Registry credentials: auth files in their order, credential helpers, login and logout."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+import castar
+from castar.engine.registry import auth
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private HOME with neither $DOCKER_CONFIG nor $REGISTRY_AUTH_FILE set."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("DOCKER_CONFIG", raising=False)
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+    return tmp_path / "home"
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def write(path: Path, config: object) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_nothing_configured() -> None:
+    assert auth.credentials_for("127.0.0.1:5000") is None
+
+
+def test_docker_config_auths(home: Path) -> None:
+    write(
+        home / ".docker/config.json",
+        {
+            "auths": {
+                "127.0.0.1:5000": {"auth": b64("alice:pa:ss")},
+                "https://quay.io": {"username": "bob", "password": "pw"},
+                "https://index.docker.io/v1/": {"auth": b64("carol:hub")},
+                "broken.example": {"auth": "!!not base64"},
+            }
+        },
+    )
+    assert auth.credentials_for("127.0.0.1:5000") == ("alice", "pa:ss")
+    assert auth.credentials_for("quay.io") == ("bob", "pw")
+    assert auth.credentials_for("registry-1.docker.io") == ("carol", "hub")
+    assert auth.credentials_for("docker.io") == ("carol", "hub")
+    assert auth.credentials_for("ghcr.io") is None
+    with pytest.raises(castar.InvalidArgument) as info:
+        auth.credentials_for("broken.example")
+    assert "not base64" in str(info.value)
+
+
+def test_files_in_order(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(home / ".docker/config.json", {"auths": {"a.example": {"auth": b64("home:1")}}})
+    docker = write(tmp_path / "dc/config.json", {"auths": {"a.example": {"auth": b64("dc:2")}}})
+    monkeypatch.setenv("DOCKER_CONFIG", str(docker.parent))
+    assert auth.credentials_for("a.example") == ("dc", "2")
+    registry_file = write(tmp_path / "auth.json", {"auths": {"b.example": {"auth": b64("r:3")}}})
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(registry_file))
+    assert auth.credentials_for("b.example") == ("r", "3")
+    assert auth.credentials_for("a.example") == ("dc", "2")  # the next file knows it
+    registry_file.write_text(json.dumps({"auths": {"a.example": {"auth": b64("r:4")}}}))
+    assert auth.credentials_for("a.example") == ("r", "4")
+
+
+def test_malformed_file_names_it_not_its_content(home: Path) -> None:
+    path = home / ".docker/config.json"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"auths": {"a": {"auth": "c2VjcmV0"}')
+    with pytest.raises(castar.InvalidArgument) as info:
+        auth.credentials_for("a")
+    assert str(path) in str(info.value)
+    assert "c2VjcmV0" not in str(info.value)
+
+
+@pytest.fixture
+def helper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``docker-credential-x`` on PATH: knows one server, logs what it was asked."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    script = folder / "docker-credential-x"
+    script.write_text(
+        "#!/bin/sh\n"
+        '[ "$1" = get ] || exit 2\n'
+        "read server\n"
+        f'echo "$server" >> {tmp_path / "asked"}\n'
+        'case "$server" in\n'
+        "  helped.example|https://index.docker.io/v1/)"
+        ' echo \'{"ServerURL":"s","Username":"hu","Secret":"hs"}\' ;;\n'
+        '  bad.example) echo "not json" ;;\n'
+        "  *) echo 'credentials not found in native keychain'; exit 1 ;;\n"
+        "esac\n"
+    )
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    return tmp_path / "asked"
+
+
+def test_cred_helpers(home: Path, helper: Path) -> None:
+    write(
+        home / ".docker/config.json",
+        {
+            "credHelpers": {"helped.example": "x", "docker.io": "x", "other.example": "x"},
+            "auths": {"other.example": {"auth": b64("plain:pw")}},
+        },
+    )
+    assert auth.credentials_for("helped.example") == ("hu", "hs")
+    assert auth.credentials_for("registry-1.docker.io") == ("hu", "hs")
+    # the helper has none: the auths entry still answers
+    assert auth.credentials_for("other.example") == ("plain", "pw")
+    assert auth.credentials_for("unhelped.example") is None  # not the helper's host
+    assert helper.read_text().split() == [
+        "helped.example",
+        "https://index.docker.io/v1/",
+        "other.example",
+    ]
+
+
+def test_creds_store_for_every_host(home: Path, helper: Path) -> None:
+    write(home / ".docker/config.json", {"credsStore": "x", "credHelpers": {"b.example": "nope"}})
+    assert auth.credentials_for("helped.example") == ("hu", "hs")
+    assert auth.credentials_for("elsewhere.example") is None
+    assert auth.credentials_for("b.example") is None  # its own helper is not installed
+    with pytest.raises(castar.InvalidArgument) as info:
+        auth.credentials_for("bad.example")
+    assert str(info.value) == "docker-credential-x: malformed answer: invalid argument"
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_login_writes_0600_and_logout_removes(home: Path) -> None:
+    path = write(home / ".docker/config.json", {"auths": {}, "credsStore": "", "other": [1]})
+    path.chmod(0o644)
+    assert auth.login("127.0.0.1:5000", "castar", "s3cret") == path
+    assert mode(path) == 0o600
+    assert auth.credentials_for("127.0.0.1:5000") == ("castar", "s3cret")
+    assert auth.login("docker.io", "hubber", "x") == path
+    config = json.loads(path.read_text())
+    assert config["other"] == [1]  # what castar does not own is kept
+    assert set(config["auths"]) == {"127.0.0.1:5000", "https://index.docker.io/v1/"}
+    assert auth.credentials_for("registry-1.docker.io") == ("hubber", "x")
+
+    assert auth.logout("127.0.0.1:5000") == path
+    assert auth.credentials_for("127.0.0.1:5000") is None
+    assert mode(path) == 0o600
+    with pytest.raises(castar.NotFound):
+        auth.logout("127.0.0.1:5000")
+    auth.logout("registry-1.docker.io")
+    assert json.loads(path.read_text())["auths"] == {}
+    assert [p.name for p in path.parent.iterdir()] == ["config.json"]  # no temporary left
+
+
+def test_login_prefers_registry_auth_file(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "new/dir/auth.json"
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(target))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "dc"))
+    assert auth.login("h.example", "u", "p") == target
+    assert mode(target) == 0o600
+    assert not (home / ".docker").exists()
+    assert not (tmp_path / "dc").exists()
+    assert auth.credentials_for("h.example") == ("u", "p")
+
+
+def test_login_refuses_a_bad_user() -> None:
+    for user in ("", "a:b"):
+        with pytest.raises(castar.InvalidArgument) as info:
+            auth.login("h.example", user, "s3cret")
+        assert "s3cret" not in str(info.value)
