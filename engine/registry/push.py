@@ -11,6 +11,7 @@ import anyio
 from castar.engine import graph, oci, reference
 from castar.engine import platforms as plat
 from castar.engine.images import ImageService
+from castar.engine.registry.auth import credentials_for
 from castar.engine.registry.client import Registry, parse_ref
 from castar.store.errors import Conflict, InvalidArgument, NotFound
 
@@ -108,7 +109,7 @@ async def push(
         nodes = await graph.walk(reader, [root], skip_missing=False)
         order = list({n.descriptor.digest: n.descriptor for n in reversed(nodes)}.values())
         if registry is None:
-            async with Registry(host) as own:
+            async with Registry(host, credentials=credentials_for) as own:
                 return await _send(own, repo, tag, ref, root, order, content, reader)
         return await _send(registry, repo, tag, ref, root, order, content, reader)
 

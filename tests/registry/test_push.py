@@ -14,6 +14,7 @@ import pytest
 from castar._cli import main
 from castar.engine import graph, oci, synth
 from castar.engine.images import as_oci
+from castar.engine.registry import auth
 from castar.engine.registry.client import Registry
 from castar.engine.registry.push import PushOptions, PushResult, push
 from castar.store.errors import NotFound, Unavailable
@@ -133,6 +134,24 @@ def test_cli_push_json(
     assert out["ref"] == ref
     assert out["skipped"] == []
     assert main([*base, "push", "cli:1", ref, "--platform", "linux/riscv64"]) == 3
+
+
+def test_cli_push_reads_the_auth_file(
+    tmp_path: Path,
+    auth_registry: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(tmp_path / "auth.json"))
+    archive = tmp_path / "synth.tar"
+    synth.write_path(synth.SynthSpec(name="cli:1", platforms=("linux/amd64",)), archive)
+    base = ["--root", str(tmp_path / "store")]
+    assert main([*base, "load", "-q", "-i", str(archive)]) == 0
+    ref = f"{auth_registry.host}/push-cli-auth/img:1"
+    assert main([*base, "push", "cli:1", ref]) != 0
+    assert "no credentials" in capsys.readouterr().err
+    auth.login(auth_registry.host, *auth_registry.credentials)
+    assert main([*base, "push", "cli:1", ref]) == 0
 
 
 async def test_push_with_basic_auth(
