@@ -1,4 +1,4 @@
-"""Push: an image's stored graph to a registry, children before parents, the tag last."""
+"""Push (PUSH-1..3): an image's stored graph to a registry, children first, the tag last."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from castar.engine.images import as_oci
 from castar.engine.registry import auth
 from castar.engine.registry.client import Registry
 from castar.engine.registry.push import PushOptions, PushResult, push
-from castar.store.errors import NotFound, Unavailable
+from castar.store.errors import InvalidArgument, NotFound, Unavailable
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -181,3 +181,21 @@ async def test_a_failed_upload_is_raised_alone_and_no_tag_is_pushed(
         with pytest.raises(Unavailable, match="503"):
             await _push(store, small_image.name, ref, client)
     assert not any(m == "PUT" and "manifests" in p for m, p in client.calls)
+
+
+async def test_a_tagless_ref_pushes_latest_and_a_digest_ref_no_tag(
+    store: Root, small_image: Image, registry: Any, anyio_backend: str
+) -> None:
+    repo = f"push-{anyio_backend}/refs"
+    target = as_oci(small_image.target)
+    async with Counting(registry.host) as client:
+        await _push(store, small_image.name, f"{registry.host}/{repo}", client)
+        assert client.calls[-1] == ("PUT", "manifests/latest")
+        client.calls.clear()
+        await _push(store, small_image.name, f"{registry.host}/{repo}@{target.digest}", client)
+        assert not any(p == "manifests/latest" for _, p in client.calls)
+        other = f"{registry.host}/{repo}@sha256:{'0' * 64}"
+        with pytest.raises(InvalidArgument, match="another digest"):
+            await _push(store, small_image.name, other, client)
+    stored = await store.content.read_all(target.digest, limit=oci.MAX_DOCUMENT)
+    assert await _raw(registry.host, f"{repo}:latest") == stored
