@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Self, final
+from typing import TYPE_CHECKING, Any, Final, Literal, Self, final
 
 import anyio
 
@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 
 __all__ = ["PushOptions", "PushResult", "push"]
 
-_SCOPE = "pull,push"
+_SCOPE: Final = "pull,push"
+#: ``<label><host>``: the repositories a blob was pulled from (containerd's; comma-separated).
+SOURCE_LABEL: Final = "containerd.io/distribution.source."
 
 
 @final
@@ -42,13 +44,14 @@ class PushOptions:
 @final
 @dataclass(frozen=True, slots=True)
 class PushResult:
-    """What :func:`push` did: the reference and root pushed, uploads, bytes sent, blobs skipped."""
+    """What :func:`push` did: reference, root, uploads, bytes sent, blobs present or mounted."""
 
     ref: str
     target: oci.Descriptor
     pushed: tuple[oci.Descriptor, ...]
     sent: int
     skipped: tuple[oci.Descriptor, ...]
+    mounted: tuple[oci.Descriptor, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready form."""
@@ -59,6 +62,7 @@ class PushResult:
             "pushed": [str(d.digest) for d in self.pushed],
             "sent": self.sent,
             "skipped": [str(d.digest) for d in self.skipped],
+            "mounted": [str(d.digest) for d in self.mounted],
         }
 
 
@@ -156,31 +160,32 @@ async def _send(
     reader: graph.StoreReader,
 ) -> PushResult:
     """Blobs ``registry.jobs`` at a time, then documents in ``order``, then the tag."""
-    pushed: list[oci.Descriptor] = []
-    skipped: list[oci.Descriptor] = []
+    done: dict[str, list[oci.Descriptor]] = {"pushed": [], "skipped": [], "mounted": []}
+    blobs = [d for d in order if not _is_document(d)]
+    infos = await content.infos([d.digest for d in blobs])
+    label = SOURCE_LABEL + registry.host
     limit = anyio.CapacityLimiter(registry.jobs)
     failure: list[Exception] = []
 
     async def upload(desc: oci.Descriptor, scope: anyio.CancelScope) -> None:
+        info = infos.get(desc.digest)
+        sources = info.labels.get(label, "").split(",") if info is not None else []
+        source = next((r for r in sources if r and r != repo), None)
         try:
             async with limit:
-                sent = await _blob(registry, repo, desc, content)
-            (pushed if sent else skipped).append(desc)
+                done[await _blob(registry, repo, desc, content, source)].append(desc)
         except Exception as exc:  # the first failure is raised, never as an ExceptionGroup
             failure.append(exc)
             scope.cancel()
 
-    def is_document(desc: oci.Descriptor) -> bool:
-        return oci.is_manifest(desc.media_type) or oci.is_index(desc.media_type)
-
     async with anyio.create_task_group() as tg:
-        for desc in order:
-            if not is_document(desc):
-                tg.start_soon(upload, desc, tg.cancel_scope)
+        for desc in blobs:
+            tg.start_soon(upload, desc, tg.cancel_scope)
     if failure:
         raise failure[0]
+    pushed, skipped = done["pushed"], done["skipped"]
     for desc in order:
-        if not is_document(desc):
+        if not _is_document(desc):
             continue
         path = f"manifests/{desc.digest}"
         head = await registry.request(
@@ -193,15 +198,27 @@ async def _send(
         pushed.append(desc)
     if tag is not None:
         await _put_document(registry, repo, f"manifests/{tag}", root, reader)
-    return PushResult(ref, root, tuple(pushed), sum(d.size for d in pushed), tuple(skipped))
+    sent = sum(d.size for d in pushed)
+    return PushResult(ref, root, tuple(pushed), sent, tuple(skipped), tuple(done["mounted"]))
 
 
-async def _blob(registry: Registry, repo: str, desc: oci.Descriptor, content: BlobReader) -> bool:
-    """Upload one blob unless the registry has it: POST, then one PUT streamed from the store."""
+def _is_document(desc: oci.Descriptor) -> bool:
+    return oci.is_manifest(desc.media_type) or oci.is_index(desc.media_type)
+
+
+async def _blob(
+    registry: Registry, repo: str, desc: oci.Descriptor, content: BlobReader, source: str | None
+) -> Literal["pushed", "skipped", "mounted"]:
+    """One blob: skipped when present, else mounted from ``source``, else POST and one PUT."""
     head = await registry.request("HEAD", repo, f"blobs/{desc.digest}", scope=_SCOPE, ok=(200, 404))
     if head.status_code == 200:
-        return False
-    started = await registry.request("POST", repo, "blobs/uploads/", scope=_SCOPE, ok=(202,))
+        return "skipped"
+    params = None if source is None else {"mount": str(desc.digest), "from": source}
+    started = await registry.request(
+        "POST", repo, "blobs/uploads/", scope=_SCOPE, params=params, ok=(201, 202)
+    )
+    if started.status_code == 201:
+        return "mounted"
     location = started.headers["Location"]  # keeps its query (the upload's state)
     await registry.request(
         "PUT",
@@ -212,7 +229,7 @@ async def _blob(registry: Registry, repo: str, desc: oci.Descriptor, content: Bl
         content=_Body(content, desc.digest),
         ok=(201,),
     )
-    return True
+    return "pushed"
 
 
 async def _put_document(

@@ -16,7 +16,7 @@ from castar.engine import graph, oci, synth
 from castar.engine.images import as_oci
 from castar.engine.registry import auth
 from castar.engine.registry.client import Registry
-from castar.engine.registry.push import PushOptions, PushResult, push
+from castar.engine.registry.push import SOURCE_LABEL, PushOptions, PushResult, push
 from castar.store.errors import InvalidArgument, NotFound, Unavailable
 
 if TYPE_CHECKING:
@@ -199,3 +199,25 @@ async def test_a_tagless_ref_pushes_latest_and_a_digest_ref_no_tag(
             await _push(store, small_image.name, other, client)
     stored = await store.content.read_all(target.digest, limit=oci.MAX_DOCUMENT)
     assert await _raw(registry.host, f"{repo}:latest") == stored
+
+
+async def test_blobs_from_another_repository_of_the_registry_are_mounted(
+    store: Root, small_image: Image, registry: Any, anyio_backend: str
+) -> None:
+    src, dst = f"push-{anyio_backend}/mount-src", f"push-{anyio_backend}/mount-dst"
+    async with Counting(registry.host) as client:
+        first = await _push(
+            store, small_image.name, f"{registry.host}/{src}:1", client, "linux/amd64"
+        )
+        blobs = [d for d in first.pushed if not oci.is_manifest(d.media_type)]
+        for d in blobs:
+            await store.content.update_labels(d.digest, {SOURCE_LABEL + registry.host: src})
+        client.calls.clear()
+        second = await _push(
+            store, small_image.name, f"{registry.host}/{dst}:1", client, "linux/amd64"
+        )
+    assert {d.digest for d in second.mounted} == {d.digest for d in blobs}
+    assert second.sent == first.target.size
+    assert not any(m == "PUT" and "uploads" in p for m, p in client.calls)
+    stored = await store.content.read_all(first.target.digest, limit=oci.MAX_DOCUMENT)
+    assert await _raw(registry.host, f"{dst}:1") == stored
