@@ -211,7 +211,8 @@ async def _cmd_push(store: Store, args: argparse.Namespace) -> int:
     if args.json:
         _dump(result.to_json())
         return 0
-    print(f"Pushed {result.ref}: {result.target.digest}")
+    new = " (a new index of the platforms asked for)" if result.new_index else ""
+    print(f"Pushed {result.ref}: {result.target.digest}{new}")
     sent = format_size(result.sent)
     print(f"{len(result.pushed)} uploaded ({sent}), {len(result.skipped)} already present")
     return 0
@@ -401,7 +402,7 @@ _COMMANDS: Final[dict[str, tuple[Command, str, str, bool, bool]]] = {
              "castar load -i alpine.tar --platform linux/arm64", True, True),
     "save": (_cmd_save, "save images to an OCI archive (with Docker manifest.json)",
              "castar save alpine:latest --platform linux/amd64 -o alpine.tar", True, True),
-    "push": (_cmd_push, "push an image to a registry (one --platform: that manifest alone)",
+    "push": (_cmd_push, "push an image to a registry (--platform: only those platforms)",
              "castar push alpine:latest registry.example:5000/alpine:3", True, False),
     "images": (_cmd_images, "list images", "castar images --tree", True, False),
     "inspect": (_cmd_inspect, "show an image's record, platforms and documents",
@@ -469,7 +470,8 @@ def _parser() -> argparse.ArgumentParser:
     p = cmd["push"]
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("ref", nargs="?", metavar="REF", help="destination (default: the image's name)")
-    p.add_argument("--platform", action="append", metavar="P", help="push this platform's manifest")
+    p.add_argument("--platform", action="append", metavar="P[,P...]",
+                   help="one: its manifest as the tag; several: a new index of them")  # fmt: skip
     p = cmd["images"]
     p.add_argument("--tree", action="store_true", help="one row per platform, with availability")
     p.add_argument("--filter", action="append", metavar="KEY=VALUE",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal, Self, final
 
@@ -13,6 +13,7 @@ from castar.engine import platforms as plat
 from castar.engine.images import ImageService
 from castar.engine.registry.auth import credentials_for
 from castar.engine.registry.client import Registry, parse_ref
+from castar.store.digest import compute
 from castar.store.errors import Conflict, InvalidArgument, NotFound
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ SOURCE_LABEL: Final = "containerd.io/distribution.source."
 @final
 @dataclass(frozen=True, slots=True)
 class PushOptions:
-    """``platforms``: empty pushes what the image names, one pushes that platform's manifest."""
+    """``platforms``: none pushes the image, one its manifest, several an index of them (PUSH-2)."""
 
     platforms: tuple[plat.Platform, ...] = ()
 
@@ -52,6 +53,7 @@ class PushResult:
     sent: int
     skipped: tuple[oci.Descriptor, ...]
     mounted: tuple[oci.Descriptor, ...] = ()
+    new_index: bool = False  # ``target`` is a new index of the platforms asked for
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready form."""
@@ -63,6 +65,7 @@ class PushResult:
             "sent": self.sent,
             "skipped": [str(d.digest) for d in self.skipped],
             "mounted": [str(d.digest) for d in self.mounted],
+            "newIndex": self.new_index,
         }
 
 
@@ -87,16 +90,15 @@ async def push(
     *,
     registry: Registry | None = None,
 ) -> PushResult:
-    """Push image ``name`` to ``ref`` (default: its own name), under a lease.
+    """Push image ``name`` to ``ref`` (default: its own name), under a lease (PUSH-1..3).
 
     Raises:
         NotFound: no such image, the store lacks a platform the image names (before any
-            request), or no manifest for the one platform asked for.
-        Conflict: several manifests for that platform.
-        InvalidArgument: a dangling image without ``ref``, or several platforms.
+            request), or no manifest for a platform asked for.
+        Conflict: several manifests for one platform.
+        InvalidArgument: a dangling image without ``ref``, a digest ``ref`` naming another
+            digest, several platforms of an image that is no index.
     """
-    if len(options.platforms) > 1:
-        raise InvalidArgument("push: give one --platform, or none to push every platform")
     service = ImageService(images, content)
     image = await service.resolve(name)
     if ref is None and reference.is_dangling(image.name):
@@ -106,25 +108,31 @@ async def push(
     async with leases.hold(expire=timedelta(hours=24), labels={"castar.push": "1"}) as lease:
         await leases.add_resources(lease.id, "content", [image.target.digest])
         (tree,) = await service.tree([image.name])
-        root = _select(tree.manifests, tree.target, options.platforms, ref)
+        reader = graph.StoreReader(content)
+        root, index = await _select(reader, tree.manifests, tree.target, options.platforms, ref)
         if digest is not None and digest != root.digest:
             raise InvalidArgument(f"push: {ref} names another digest than {root.digest}")
-        reader = graph.StoreReader(content)
-        nodes = await graph.walk(reader, [root], skip_missing=False)
+        nodes = await graph.walk(
+            reader, [root] if index is None else oci.children(root, index), skip_missing=False
+        )
         order = list({n.descriptor.digest: n.descriptor for n in reversed(nodes)}.values())
+        if index is not None:
+            order.append(root)
+        job = _Job(repo, tag, ref, root, index, content, reader)
         if registry is None:
             async with Registry(host, credentials=credentials_for) as own:
-                return await _send(own, repo, tag, ref, root, order, content, reader)
-        return await _send(registry, repo, tag, ref, root, order, content, reader)
+                return await _send(own, job, order)
+        return await _send(registry, job, order)
 
 
-def _select(
+async def _select(
+    reader: graph.StoreReader,
     rows: tuple[ManifestRow, ...],
     target: oci.Descriptor,
     wanted: tuple[plat.Platform, ...],
     ref: str,
-) -> oci.Descriptor:
-    """The root to push: the target whole, or the one manifest of the platform asked for."""
+) -> tuple[oci.Descriptor, bytes | None]:
+    """The root to push, with its bytes when it is a new index of the platforms asked for."""
     if not wanted:
         missing = [r for r in rows if not r.available]
         if missing:
@@ -134,35 +142,75 @@ def _select(
                 else f"{r.kind} {r.descriptor.digest}"
                 for r in missing
             )
-            raise NotFound(f"push {ref}: the store lacks {names}: pull it or push one --platform")
-        return target
-    strict = plat.only_strict(wanted[0])
+            raise NotFound(f"push {ref}: the store lacks {names}: pull it or push --platform")
+        return target, None
+    picked = {(d := _one(rows, p, ref)).digest: d for p in wanted}
+    if len(wanted) == 1:
+        return next(iter(picked.values())), None
+    if not oci.is_index(target.media_type):
+        raise InvalidArgument(f"push {ref}: several platforms need an index, not a manifest")
+    doc = await reader.read(target)
+    assert doc is not None  # the tree read it
+    old = oci.decode_index(doc.data, name=str(target.digest))
+    available = {r.descriptor.digest for r in rows if r.available}
+    kept = tuple(
+        m
+        for m in old.manifests
+        if m.digest in picked
+        or (m.digest in available and m.annotations.get(oci.ANNOTATION_REFERENCE_DIGEST) in picked)
+    )
+    if not picked.keys() <= {m.digest for m in kept}:
+        raise InvalidArgument(f"push {ref}: a platform asked for is in a nested index")
+    if len(kept) == len(old.manifests):
+        return target, None
+    data = oci.encode_index(replace(old, manifests=kept))
+    desc = oci.Descriptor(
+        target.media_type, compute(data), len(data), annotations=target.annotations
+    )
+    return desc, data
+
+
+def _one(rows: tuple[ManifestRow, ...], want: plat.Platform, ref: str) -> oci.Descriptor:
+    """The one available image manifest of exactly ``want`` (MATCH-3)."""
+    strict = plat.only_strict(want)
     found = {
         r.descriptor.digest: r.descriptor
         for r in rows
         if r.kind == "image" and r.available and r.platform and strict.match(r.platform)
     }
     if not found:
-        raise NotFound(f"push {ref}: no stored manifest for platform {plat.format(wanted[0])}")
+        raise NotFound(f"push {ref}: no stored manifest for platform {plat.format(want)}")
     if len(found) > 1:
-        raise Conflict(f"push {ref}: several manifests for platform {plat.format(wanted[0])}")
+        raise Conflict(f"push {ref}: several manifests for platform {plat.format(want)}")
     return next(iter(found.values()))
 
 
-async def _send(
-    registry: Registry,
-    repo: str,
-    tag: str | None,
-    ref: str,
-    root: oci.Descriptor,
-    order: list[oci.Descriptor],
-    content: BlobReader,
-    reader: graph.StoreReader,
-) -> PushResult:
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """One push: where to, the root (``index``: its bytes when the store has none), the store."""
+
+    repo: str
+    tag: str | None
+    ref: str
+    root: oci.Descriptor
+    index: bytes | None
+    content: BlobReader
+    reader: graph.StoreReader
+
+    async def document(self, desc: oci.Descriptor) -> bytes:
+        if self.index is not None and desc.digest == self.root.digest:
+            return self.index
+        doc = await self.reader.read(desc)
+        assert doc is not None  # the walk read it
+        return doc.data
+
+
+async def _send(registry: Registry, job: _Job, order: list[oci.Descriptor]) -> PushResult:
     """Blobs ``registry.jobs`` at a time, then documents in ``order``, then the tag."""
+    repo = job.repo
     done: dict[str, list[oci.Descriptor]] = {"pushed": [], "skipped": [], "mounted": []}
     blobs = [d for d in order if not _is_document(d)]
-    infos = await content.infos([d.digest for d in blobs])
+    infos = await job.content.infos([d.digest for d in blobs])
     label = SOURCE_LABEL + registry.host
     limit = anyio.CapacityLimiter(registry.jobs)
     failure: list[Exception] = []
@@ -173,7 +221,7 @@ async def _send(
         source = next((r for r in sources if r and r != repo), None)
         try:
             async with limit:
-                done[await _blob(registry, repo, desc, content, source)].append(desc)
+                done[await _blob(registry, repo, desc, job.content, source)].append(desc)
         except Exception as exc:  # the first failure is raised, never as an ExceptionGroup
             failure.append(exc)
             scope.cancel()
@@ -194,12 +242,14 @@ async def _send(
         if head.status_code == 200:
             skipped.append(desc)
             continue
-        await _put_document(registry, repo, path, desc, reader)
+        await _put_document(registry, job, path, desc)
         pushed.append(desc)
-    if tag is not None:
-        await _put_document(registry, repo, f"manifests/{tag}", root, reader)
+    if job.tag is not None:
+        await _put_document(registry, job, f"manifests/{job.tag}", job.root)
     sent = sum(d.size for d in pushed)
-    return PushResult(ref, root, tuple(pushed), sent, tuple(skipped), tuple(done["mounted"]))
+    mounted = tuple(done["mounted"])
+    new = job.index is not None
+    return PushResult(job.ref, job.root, tuple(pushed), sent, tuple(skipped), mounted, new)
 
 
 def _is_document(desc: oci.Descriptor) -> bool:
@@ -232,17 +282,13 @@ async def _blob(
     return "pushed"
 
 
-async def _put_document(
-    registry: Registry, repo: str, path: str, desc: oci.Descriptor, reader: graph.StoreReader
-) -> None:
-    doc = await reader.read(desc)
-    assert doc is not None  # the walk read it
+async def _put_document(registry: Registry, job: _Job, path: str, desc: oci.Descriptor) -> None:
     await registry.request(
         "PUT",
-        repo,
+        job.repo,
         path,
         scope=_SCOPE,
         headers={"Content-Type": desc.media_type},
-        content=doc.data,
+        content=await job.document(desc),
         ok=(201,),
     )

@@ -17,6 +17,7 @@ from castar.engine.images import as_oci
 from castar.engine.registry import auth
 from castar.engine.registry.client import Registry
 from castar.engine.registry.push import SOURCE_LABEL, PushOptions, PushResult, push
+from castar.store.digest import compute
 from castar.store.errors import InvalidArgument, NotFound, Unavailable
 
 if TYPE_CHECKING:
@@ -221,3 +222,37 @@ async def test_blobs_from_another_repository_of_the_registry_are_mounted(
     assert not any(m == "PUT" and "uploads" in p for m, p in client.calls)
     stored = await store.content.read_all(first.target.digest, limit=oci.MAX_DOCUMENT)
     assert await _raw(registry.host, f"{dst}:1") == stored
+
+
+async def test_several_platforms_push_a_new_index_of_them(
+    store: Root, small_image: Image, registry: Any, anyio_backend: str
+) -> None:
+    repo = f"push-{anyio_backend}/some"
+    async with Registry(registry.host) as client:
+        result = await _push(
+            store, small_image.name, f"{registry.host}/{repo}:2", client, "linux/amd64,linux/arm64"
+        )
+    assert result.new_index
+    target = as_oci(small_image.target)
+    assert result.target.digest != target.digest
+    raw = await _raw(registry.host, f"{repo}:2")
+    assert compute(raw) == result.target.digest
+    index = oci.decode_index(raw)
+    kept = [m for m in index.manifests if not oci.is_attestation(m)]
+    attestations = [m for m in index.manifests if oci.is_attestation(m)]
+    assert {m.platform.architecture for m in kept if m.platform} == {"amd64", "arm64"}
+    refs = {m.annotations[oci.ANNOTATION_REFERENCE_DIGEST] for m in attestations}
+    assert refs == {str(m.digest) for m in kept}
+    manifests = {d.digest for d in result.pushed if oci.is_manifest(d.media_type)}
+    assert manifests == {m.digest for m in index.manifests}
+
+    async with Registry(registry.host) as client:
+        every = await _push(
+            store,
+            small_image.name,
+            f"{registry.host}/{repo}:3",
+            client,
+            "linux/amd64,linux/arm64,linux/s390x",
+        )
+    assert not every.new_index
+    assert every.target == target
