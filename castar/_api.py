@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, final
 
 from castar.engine.images import ImageService
 from castar.engine.load import importer
+from castar.engine.registry import pull as _pull
 from castar.engine.registry import push as _push
 from castar.engine.save import exporter
 from castar.store import verify as _verify
@@ -74,6 +75,21 @@ class Store:
         root = self._root
         return await importer.load(
             root.content, root.images, root.leases, source, options, progress=progress
+        )
+
+    async def pull(
+        self,
+        ref: str,
+        *,
+        platforms: Sequence[str | Platform] | None = None,
+        all_platforms: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> list[Image]:
+        """Pull ``ref`` from its registry; see :func:`castar.engine.registry.pull.pull`."""
+        options = importer.LoadOptions.parse(platforms, all_platforms=all_platforms)
+        root = self._root
+        return await _pull.pull(
+            root.content, root.images, root.leases, ref, options, progress=progress
         )
 
     async def save(

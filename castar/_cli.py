@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import getpass
 import json
 import os
 import re
@@ -15,7 +16,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import anyio
 
@@ -26,6 +27,7 @@ from castar._demo import run_demo
 from castar._progress import open_progress
 from castar._render import format_size, render_tree, table
 from castar.engine import oci, platforms, reference
+from castar.engine.registry import auth
 from castar.store import digest as digests
 from castar.store.errors import (
     AlreadyExists,
@@ -38,6 +40,9 @@ from castar.store.errors import (
     PermissionDenied,
     Unauthenticated,
 )
+
+if TYPE_CHECKING:
+    from castar.store import Image
 
 __all__ = ["EXIT_CODES", "main"]
 
@@ -134,15 +139,28 @@ async def _cmd_load(store: Store, args: argparse.Namespace) -> int:
             name=args.name,
             progress=bar,
         )
+    return _print_images(args, images, "Loaded")
+
+
+def _print_images(args: argparse.Namespace, images: list[Image], verb: str) -> int:
     if args.json:
         _dump([{"name": i.name, "target": str(i.target.digest)} for i in images])
         return 0
     for i in images:  # LOAD-5
         if reference.is_dangling(i.name):
-            print(f"Loaded image ID: {i.target.digest}")
+            print(f"{verb} image ID: {i.target.digest}")
         else:
-            print(f"Loaded image: {reference.display_name(i.name)}")
+            print(f"{verb} image: {reference.display_name(i.name)}")
     return 0
+
+
+async def _cmd_pull(store: Store, args: argparse.Namespace) -> int:
+    plats = platforms.parse_list(args.platform) if args.platform else None
+    with open_progress("Pulling", mode=_progress_mode(args)) as bar:
+        images = await store.pull(
+            args.ref, platforms=plats, all_platforms=args.all_platforms, progress=bar
+        )
+    return _print_images(args, images, "Pulled")
 
 
 async def _cmd_save(store: Store, args: argparse.Namespace) -> int:
@@ -368,6 +386,57 @@ async def _cmd_demo(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
+# -- login and logout: no store, castar's registry auth file -----------------------------
+
+
+async def _cmd_login(args: argparse.Namespace) -> int:
+    host = auth.registry_host(args.registry)
+    user = args.username
+    if user is None and not sys.stdin.isatty():
+        raise InvalidArgument(f"login {host}: no user name: give -u USER")
+    user = user or await anyio.to_thread.run_sync(input, "Username: ")
+    if args.password_stdin:
+        password = (await anyio.to_thread.run_sync(sys.stdin.read)).rstrip("\r\n")
+    elif sys.stdin.isatty():
+        password = await anyio.to_thread.run_sync(getpass.getpass, "Password: ")
+    else:
+        raise InvalidArgument(f"login {host}: no password: give --password-stdin")
+    path = await anyio.to_thread.run_sync(auth.login, host, user, password)
+    _auth_done(args, host, path, f"Credentials for {host} saved in {path}")
+    return 0
+
+
+async def _cmd_logout(args: argparse.Namespace) -> int:
+    host = auth.registry_host(args.registry)
+    path = await anyio.to_thread.run_sync(auth.logout, host)
+    _auth_done(args, host, path, f"Removed the credentials for {host} from {path}")
+    return 0
+
+
+def _auth_done(args: argparse.Namespace, host: str, path: Path, text: str) -> None:
+    if args.json:
+        _dump({"registry": host, "file": str(path)})
+    else:
+        print(text)
+
+
+def _login_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
+    for run, help_, example in (
+        (_cmd_login, "save credentials for a registry (never printed)",
+         "printf %s \"$TOKEN\" | castar login ghcr.io -u me --password-stdin"),
+        (_cmd_logout, "forget a registry's credentials", "castar logout ghcr.io"),
+    ):  # fmt: skip
+        name = run.__name__.removeprefix("_cmd_")
+        p = sub.add_parser(name, help=help_, description=help_, parents=[_common(True)],
+                           epilog=f"example:\n  {example}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+        p.set_defaults(run=run, storeless=True)
+        p.add_argument("registry", metavar="REGISTRY", help="host[:port], e.g. ghcr.io")
+    login = sub.choices["login"]
+    login.add_argument("-u", "--username", metavar="USER")
+    login.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+
+
 # -- the parser and main ---------------------------------------------------------------
 
 
@@ -402,6 +471,8 @@ _COMMANDS: Final[dict[str, tuple[Command, str, str, bool, bool]]] = {
              "castar load -i alpine.tar --platform linux/arm64", True, True),
     "save": (_cmd_save, "save images to an OCI archive (with Docker manifest.json)",
              "castar save alpine:latest --platform linux/amd64 -o alpine.tar", True, True),
+    "pull": (_cmd_pull, "pull an image from a registry",
+             "castar pull 127.0.0.1:5000/alpine:3 --platform linux/arm64", True, True),
     "push": (_cmd_push, "push an image to a registry (--platform: only those platforms)",
              "castar push alpine:latest registry.example:5000/alpine:3", True, False),
     "images": (_cmd_images, "list images", "castar images --tree", True, False),
@@ -450,13 +521,16 @@ def _parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         cmd[name].set_defaults(run=run)
-    for name in ("load", "save"):
+    for name in ("load", "save", "pull"):
         cmd[name].add_argument("--platform", action="append", metavar="P[,P...]",
                                help="platforms, e.g. linux/amd64,linux/arm64/v8")  # fmt: skip
     p = cmd["load"]
     p.add_argument("-i", "--input", metavar="FILE", help="archive to read (default: stdin)")
     p.add_argument("--all-platforms", action="store_true", help="load every platform")
     p.add_argument("--name", metavar="PREFIX", help="name images whose archive only gives a tag")
+    p = cmd["pull"]
+    p.add_argument("ref", metavar="REF", help="[registry/]repository[:tag|@digest]")
+    p.add_argument("--all-platforms", action="store_true", help="pull every platform")
     p = cmd["save"]
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("-o", "--output", metavar="FILE", help="archive to write (default: stdout)")
@@ -505,10 +579,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="48M", help="archive size (default: 48M)")
     p.add_argument("--platforms", default="4", metavar="N|P,P...",
                    help=f"how many (2-{len(DEMO_PLATFORMS)}), or a list (default: 4)")  # fmt: skip
+    _login_parsers(sub)
     return parser
 
 
 async def _run(args: argparse.Namespace) -> int:
+    if getattr(args, "storeless", False):
+        return int(await args.run(args))
     async with open_store(args.root) as store:
         return int(await args.run(store, args))
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from castar.store.progress import ProgressCallback
     from castar.store.roles import BlobIngester, ImageRecords, Leases
 
-__all__ = ["LoadOptions", "add_ref_prefix", "filter_ref_prefix", "load"]
+__all__ = ["LoadOptions", "add_ref_prefix", "filter_ref_prefix", "load", "record"]
 
 
 @final
@@ -95,9 +95,9 @@ def filter_ref_prefix(image: str) -> Callable[[str], str]:
     return _ref_translator(image, check_prefix=True)
 
 
-async def _record(sess: Session, images: ImageRecords, walk: Walk) -> list[Image]:
+async def record(content: BlobIngester, images: ImageRecords, walk: Walk) -> list[Image]:
     """Label the kept graph (GC-7), then create or re-target the image records (IMP-15)."""
-    await sess.content.update_labels_many(walk.labels.items())  # skips parents skipped as missing
+    await content.update_labels_many(walk.labels.items())  # skips parents skipped as missing
     for normalized, target in walk.replaced:
         # LOAD-1: the image a name is taken from stays alive as a dangling record
         try:
@@ -225,7 +225,7 @@ async def load(
             # Blobs were committed without fsync: one filesystem sync makes them all
             # durable before any label or image points at them (design rule io-sync).
             await content.sync()
-            loaded = await _record(sess, images, walk)
+            loaded = await record(content, images, walk)
     except NotFound as exc:
         if not requested:
             raise

@@ -1,10 +1,6 @@
-"""Registry credentials: the Docker and containers auth files, credential helpers, login.
+"""Registry credentials from the auth files and credential helpers; login and logout (ERR-5).
 
-Read in order, the first that knows the host winning: ``$REGISTRY_AUTH_FILE``,
-``$DOCKER_CONFIG/config.json``, ``~/.docker/config.json``. In each, ``credHelpers[host]``
-(else ``credsStore``) runs ``docker-credential-<name> get``; then ``auths`` entries
-(base64 ``user:password`` or ``username``/``password``). Secrets are never logged or put
-in an error message. These functions block: call them from a worker thread.
+These functions block: call them from a worker thread.
 """
 
 from __future__ import annotations
@@ -40,9 +36,13 @@ def auth_file() -> Path:
     return _read_paths()[0]
 
 
+def registry_host(key: str) -> str:
+    """The host a registry key names (``host``, ``https://host/v1/``)."""
+    return key.split("://", 1)[-1].split("/", 1)[0]
+
+
 def _matches(key: str, host: str) -> bool:
-    """Whether an ``auths`` or ``credHelpers`` key (``host``, ``https://host/v1/``) names host."""
-    named = key.split("://", 1)[-1].split("/", 1)[0]
+    named = registry_host(key)
     return named == host or (named in _HUB and host in _HUB)
 
 

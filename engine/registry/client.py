@@ -5,24 +5,16 @@ from __future__ import annotations
 import base64
 import contextlib
 import ipaddress
-import json
 import random
 import re
-from typing import TYPE_CHECKING, Final, NoReturn
+from typing import TYPE_CHECKING, Final
 
 import anyio
 import httpx
 
 from castar.engine import reference
-from castar.store.errors import (
-    CastarError,
-    DigestMismatch,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    NotImplementedKind,
-    Unavailable,
-)
+from castar.engine.registry.errors import raise_for
+from castar.store.errors import InvalidArgument, Unauthenticated, Unavailable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
@@ -36,14 +28,6 @@ _RETRY_STATUS: Final = frozenset({408, 429})
 _BACKOFF: Final = 0.2  # seconds before the second try, doubled for each next one
 _MAX_WAIT: Final = 10.0  # the longest Retry-After honoured
 _CHALLENGE_RE: Final = re.compile(r'(\w+)="([^"]*)"')
-_CODES: Final[Mapping[str, type[CastarError]]] = {
-    "NAME_UNKNOWN": NotFound,
-    "MANIFEST_UNKNOWN": NotFound,
-    "BLOB_UNKNOWN": NotFound,
-    "TOOMANYREQUESTS": Unavailable,
-    "DIGEST_INVALID": FailedPrecondition,
-    "UNSUPPORTED": NotImplementedKind,
-}
 
 
 def parse_ref(ref: str) -> tuple[str, str, str | None, str | None]:
@@ -62,23 +46,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
-
-
-def _raise_for(method: str, url: str, resp: httpx.Response) -> NoReturn:
-    code, message = "", ""
-    with contextlib.suppress(ValueError, LookupError, TypeError, AttributeError):
-        err = json.loads(resp.content)["errors"][0]
-        code, message = str(err.get("code", "")), str(err.get("message", ""))
-    what = f"{method} {url}: {resp.status_code} {code or resp.reason_phrase}"
-    text = f"{what}: {message}" if message else what
-    if code == "DIGEST_INVALID":
-        raise DigestMismatch(text, expected="", actual="")
-    kind = _CODES.get(code)
-    if kind is None:
-        kind = Unavailable if resp.status_code >= 500 or resp.status_code == 429 else None
-    if kind is None:
-        kind = NotFound if resp.status_code == 404 else InvalidArgument
-    raise kind(text)
 
 
 class Registry:
@@ -199,7 +166,7 @@ class Registry:
                     continue
                 if status not in ok:
                     await resp.aread()
-                    _raise_for(method, url, resp)
+                    raise_for(method, url, resp.status_code, resp.content)
                 yield resp
                 return
             finally:
@@ -214,13 +181,13 @@ class Registry:
     async def _authenticate(self, repo: str, scope: str, challenge: str, url: str) -> None:
         """Answer a 401 ``challenge``: basic credentials, or a bearer token for the scope."""
         kind, _, rest = challenge.partition(" ")
-        creds = self._credentials(self.host) if self._credentials is not None else None
+        creds = None
+        if self._credentials is not None:  # config files, maybe a credential helper process
+            creds = await anyio.to_thread.run_sync(self._credentials, self.host)
         basic = None if creds is None else httpx.BasicAuth(*creds)
         if kind.lower() == "basic":
             if creds is None:
-                raise InvalidArgument(
-                    f"{url}: authentication required, no credentials for {self.host}"
-                )
+                raise Unauthenticated(f"{url}: no credentials for {self.host} (castar login)")
             pair = base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
             self._auth[(repo, scope)] = f"Basic {pair}"
             return
@@ -235,7 +202,7 @@ class Registry:
             params["service"] = fields["service"]
         resp = await self._client.get(realm, params=params, auth=basic or httpx.USE_CLIENT_DEFAULT)
         if resp.status_code != 200:
-            _raise_for("GET", realm, resp)
+            raise_for("GET", realm, resp.status_code, resp.content)
         body = resp.json()
         token = body.get("token") or body.get("access_token")
         if not token:

@@ -1,4 +1,4 @@
-"""A registry's error answer as castar's error category, the registry's message kept."""
+"""A registry's error answer as castar's error category, the registry's message kept (ERR-4)."""
 
 from __future__ import annotations
 

@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import stat
+import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 import castar
+from castar._cli import main
 from castar.engine.registry import auth
 
 
 @pytest.fixture(autouse=True)
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private HOME with neither $DOCKER_CONFIG nor $REGISTRY_AUTH_FILE set."""
+    """A private HOME, no $DOCKER_CONFIG, $REGISTRY_AUTH_FILE or store location set."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("DOCKER_CONFIG", raising=False)
-    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+    for name in ("DOCKER_CONFIG", "REGISTRY_AUTH_FILE", "CASTAR_ROOT", "XDG_DATA_HOME"):
+        monkeypatch.delenv(name, raising=False)
     return tmp_path / "home"
 
 
@@ -179,3 +183,43 @@ def test_login_refuses_a_bad_user() -> None:
         with pytest.raises(castar.InvalidArgument) as info:
             auth.login("h.example", user, "s3cret")
         assert "s3cret" not in str(info.value)
+
+
+def test_cli_login_and_logout(home: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    path = home / ".docker/config.json"
+    monkeypatch.setattr(sys, "stdin", io.StringIO("s3cret\n"))
+    assert main(["login", "https://127.0.0.1:5000/", "-u", "castar", "--password-stdin"]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"Credentials for 127.0.0.1:5000 saved in {path}\n"
+    assert "s3cret" not in out + err
+    assert mode(path) == 0o600
+    assert auth.credentials_for("127.0.0.1:5000") == ("castar", "s3cret")
+    assert not (home / ".local").exists()  # no store was opened
+
+    assert main(["logout", "127.0.0.1:5000", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"registry": "127.0.0.1:5000", "file": str(path)}
+    assert auth.credentials_for("127.0.0.1:5000") is None
+    assert main(["logout", "127.0.0.1:5000"]) == 3
+    assert "no credentials" in capsys.readouterr().err
+
+
+def test_cli_login_without_a_terminal_needs_its_inputs(
+    monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("s3cret\n"))
+    assert main(["login", "h.example", "--password-stdin"]) == 4
+    assert "give -u USER" in capsys.readouterr().err
+    assert main(["login", "h.example", "-u", "me"]) == 4
+    assert "give --password-stdin" in capsys.readouterr().err
+    assert auth.credentials_for("h.example") is None
+
+
+def test_cli_login_to_a_real_registry(auth_registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    user, password = auth_registry.credentials
+    monkeypatch.setattr(sys, "stdin", io.StringIO(password))
+    assert main(["login", auth_registry.host, "-u", user, "--password-stdin"]) == 0
+    found = auth.credentials_for(auth_registry.host)
+    request = urllib.request.Request(auth_registry.url + "/v2/")
+    request.add_header("Authorization", "Basic " + b64(":".join(found)))
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200

@@ -7,7 +7,7 @@ import pytest
 
 from castar.engine.registry import client
 from castar.engine.registry.client import Registry, parse_ref
-from castar.store.errors import CastarError, InvalidArgument, NotFound, Unavailable
+from castar.store.errors import CastarError, NotFound, Unauthenticated, Unavailable
 
 pytestmark = pytest.mark.anyio
 
@@ -101,7 +101,7 @@ async def test_basic_auth():
     async with _registry(handler, credentials=lambda host: ("u", "p")) as reg:
         await reg.request("HEAD", "a", "blobs/sha256:00")
     async with _registry(handler) as reg:
-        with pytest.raises(InvalidArgument, match=r"no credentials for 127\.0\.0\.1:5000"):
+        with pytest.raises(Unauthenticated, match=r"no credentials for 127\.0\.0\.1:5000"):
             await reg.request("HEAD", "a", "blobs/sha256:00")
 
 
@@ -110,7 +110,7 @@ async def test_credentials_never_in_errors():
         return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="r"'})
 
     async with _registry(handler, credentials=lambda host: ("user", "hunter2")) as reg:
-        with pytest.raises(CastarError) as info:
+        with pytest.raises(Unauthenticated) as info:
             await reg.request("GET", "a", "manifests/x")
     assert "hunter2" not in str(info.value)
     assert "GET http://127.0.0.1:5000/v2/a/manifests/x: 401" in str(info.value)
@@ -181,7 +181,7 @@ async def test_ok_statuses_and_stream():
     async with _registry(handler) as reg:
         resp = await reg.request("POST", "a", "blobs/uploads/", ok=(202,))
         assert resp.headers["Location"] == "/v2/a/u"
-        with pytest.raises(InvalidArgument, match="202"):
+        with pytest.raises(CastarError, match="202"):
             await reg.request("POST", "a", "blobs/uploads/")
         async with reg.stream("GET", "a", "blobs/sha256:00", ok=(202,)) as resp:
             assert b"".join([c async for c in resp.aiter_bytes()]) == b"x" * 100
