@@ -1,23 +1,31 @@
 """Registry fixtures: Debian's ``docker-registry`` (distribution 2.8) on 127.0.0.1.
 
 ``registry`` answers without auth, ``auth_registry`` with htpasswd basic auth (its
-``credentials``). Both are skipped when the binary is absent, unless ``CASTAR_REQUIRE_INTEROP=1``.
-Test modules reach the helpers through fixtures (``load_synth``, ``small_image``): with
+``credentials``), ``token_registry`` with bearer tokens from the tests' own token server.
+All are skipped when the binary is absent, unless ``CASTAR_REQUIRE_INTEROP=1``. Test modules
+reach the helpers through fixtures (``load_synth``, ``small_image``): with
 ``--import-mode=importlib`` a conftest is not importable.
 """
 
 from __future__ import annotations
 
+import base64
+import datetime
+import http.server
+import json
 import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio.to_thread
 import pytest
@@ -87,7 +95,10 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _serve(root: Path, auth: bool) -> Iterator[RegistryServer]:
+def _serve(
+    root: Path, auth: list[str] | None = None, credentials: tuple[str, str] | None = None
+) -> Iterator[RegistryServer]:
+    """Run the registry; ``auth`` is its config's ``auth:`` section, ``credentials`` its user."""
     binary = _binary()
     lines = [
         "version: 0.1",
@@ -104,12 +115,9 @@ def _serve(root: Path, auth: bool) -> Iterator[RegistryServer]:
         "    uploadpurging:",
         "      enabled: false",
     ]
-    if auth:
-        _htpasswd(root / "htpasswd")
-        lines += ["auth:", "  htpasswd:", "    realm: castar", f"    path: {root / 'htpasswd'}"]
+    lines += auth or []
     for _attempt in range(3):  # the free port may be taken before the registry binds it
-        creds = (USER, PASSWORD) if auth else None
-        server = RegistryServer(f"127.0.0.1:{_free_port()}", root, creds)
+        server = RegistryServer(f"127.0.0.1:{_free_port()}", root, credentials)
         config = root / "config.yml"
         config.write_text("\n".join([*lines, "http:", f"  addr: {server.host}", ""]))
         with (root / "registry.log").open("wb") as log:
@@ -139,13 +147,142 @@ def _serve(root: Path, auth: bool) -> Iterator[RegistryServer]:
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
     """A registry without auth, shared by the session (tests use distinct repositories)."""
-    yield from _serve(tmp_path_factory.mktemp("registry"), auth=False)
+    yield from _serve(tmp_path_factory.mktemp("registry"))
 
 
 @pytest.fixture(scope="session")
 def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
     """A registry behind htpasswd basic auth: ``USER`` / ``PASSWORD``."""
-    yield from _serve(tmp_path_factory.mktemp("auth-registry"), auth=True)
+    root = tmp_path_factory.mktemp("auth-registry")
+    _htpasswd(root / "htpasswd")
+    auth = ["auth:", "  htpasswd:", "    realm: castar", f"    path: {root / 'htpasswd'}"]
+    yield from _serve(root, auth, (USER, PASSWORD))
+
+
+@dataclass
+class TokenServer:
+    """The tests' token server: grants what is asked to ``USER``, pull alone to anyone."""
+
+    key: Any
+    certificate: bytes
+    service: str = "castar-registry"
+    issuer: str = "castar-tests"
+    scopes: list[str] = field(default_factory=list)  # every scope asked for, in order
+
+    def token(self, authorization: str | None, scope: str) -> str | None:
+        """A signed token for ``scope``, or None when the credentials are wrong."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec, utils
+
+        self.scopes.append(scope)
+        user = None
+        if authorization:
+            basic = base64.b64decode(authorization.removeprefix("Basic ")).decode()
+            if basic != f"{USER}:{PASSWORD}":
+                return None
+            user = USER
+        access = []
+        if scope:
+            kind, name, actions = scope.rsplit(":", 2)
+            granted = actions.split(",") if user else ["pull"]
+            access.append({"type": kind, "name": name, "actions": granted})
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer,
+            "sub": user or "",
+            "aud": self.service,
+            "exp": now + 300,
+            "nbf": now - 10,
+            "iat": now,
+            "jti": os.urandom(8).hex(),
+            "access": access,
+        }
+        header = {
+            "typ": "JWT",
+            "alg": "ES256",
+            "x5c": [base64.b64encode(self.certificate).decode()],
+        }
+        signed = ".".join(_b64url(json.dumps(part).encode()) for part in (header, claims))
+        der = self.key.sign(signed.encode(), ec.ECDSA(hashes.SHA256()))
+        r, s = utils.decode_dss_signature(der)
+        return f"{signed}.{_b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _token_server(root: Path) -> tuple[TokenServer, Path]:
+    """A token signer with its self-signed certificate written to ``root``."""
+    pytest.importorskip("cryptography")
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "castar-tests")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    bundle = root / "token.pem"
+    bundle.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return TokenServer(key, certificate.public_bytes(serialization.Encoding.DER)), bundle
+
+
+@pytest.fixture(scope="session")
+def token_registry(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[RegistryServer, TokenServer]]:
+    """A registry behind bearer tokens from the tests' token server (``/token`` on loopback).
+
+    The server's ``scopes`` lists every scope asked for, so tests can count token requests.
+    """
+    root = tmp_path_factory.mktemp("token-registry")
+    signer, bundle = _token_server(root)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+            token = signer.token(self.headers.get("Authorization"), query.get("scope", [""])[0])
+            body = json.dumps({"token": token, "access_token": token, "expires_in": 300})
+            self.send_response(401 if token is None else 200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    realm = f"http://127.0.0.1:{httpd.server_address[1]}/token"
+    auth = [
+        "auth:",
+        "  token:",
+        f"    realm: {realm}",
+        f"    service: {signer.service}",
+        f"    issuer: {signer.issuer}",
+        f"    rootcertbundle: {bundle}",
+    ]
+    try:
+        for server in _serve(root, auth, (USER, PASSWORD)):
+            yield server, signer
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
 
 
 @pytest.fixture

@@ -223,3 +223,18 @@ def test_cli_login_to_a_real_registry(auth_registry, monkeypatch: pytest.MonkeyP
     request.add_header("Authorization", "Basic " + b64(":".join(found)))
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
+
+
+def test_cli_never_shows_the_password(home: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    home.mkdir()
+    (home / ".docker").write_text("a file where the folder should be")
+    for argv in (
+        ["--debug", "login", "h.example", "-u", "me", "--password-stdin"],  # cannot write
+        ["--debug", "login", "h.example", "-u", "a:b", "--password-stdin"],  # bad user
+    ):
+        monkeypatch.setattr(sys, "stdin", io.StringIO("s3cret\n"))
+        assert main(argv) != 0
+        out, err = capsys.readouterr()
+        assert "castar: error: " in err
+        assert "s3cret" not in out + err
+        assert base64.b64encode(b"me:s3cret").decode() not in out + err
