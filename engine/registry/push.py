@@ -13,6 +13,7 @@ from castar.engine import platforms as plat
 from castar.engine.images import ImageService
 from castar.engine.registry.auth import credentials_for
 from castar.engine.registry.client import Registry, parse_ref
+from castar.engine.registry.pull import SOURCE_LABEL
 from castar.store.digest import compute
 from castar.store.errors import Conflict, InvalidArgument, NotFound
 
@@ -25,8 +26,6 @@ if TYPE_CHECKING:
 __all__ = ["PushOptions", "PushResult", "push"]
 
 _SCOPE: Final = "pull,push"
-#: ``<label><host>``: the repositories a blob was pulled from (containerd's; comma-separated).
-SOURCE_LABEL: Final = "containerd.io/distribution.source."
 
 
 @final
