@@ -14,10 +14,12 @@ import pytest
 from castar._cli import main
 from castar.engine import graph, oci, synth
 from castar.engine.images import as_oci
+from castar.engine.load.importer import LoadOptions
 from castar.engine.registry import auth
 from castar.engine.registry.client import Registry
-from castar.engine.registry.pull import SOURCE_LABEL
+from castar.engine.registry.pull import SOURCE_LABEL, pull
 from castar.engine.registry.push import PushOptions, PushResult, push
+from castar.store import open_root
 from castar.store.digest import compute
 from castar.store.errors import InvalidArgument, NotFound, Unavailable
 
@@ -257,3 +259,29 @@ async def test_several_platforms_push_a_new_index_of_them(
         )
     assert not every.new_index
     assert every.target == target
+
+
+async def test_round_trip_push_pull_into_a_fresh_store_and_skopeo_copy(
+    store: Root, small_image: Image, registry: Any, anyio_backend: str, tmp_path: Path
+) -> None:
+    ref = f"{registry.host}/push-{anyio_backend}/trip:1"
+    async with Registry(registry.host) as client:
+        await _push(store, small_image.name, ref, client)
+    target = as_oci(small_image.target)
+    async with open_root(tmp_path / "fresh") as fresh:
+        roles = (fresh.content, fresh.images, fresh.leases)
+        (pulled,) = await pull(*roles, ref, LoadOptions.parse(all_platforms=True))
+        assert pulled.target.digest == target.digest
+        walked = await graph.walk(graph.StoreReader(fresh.content), [target], unique=True)
+        assert all(n.present for n in walked)
+        for n in walked:
+            assert (await fresh.content.info(n.descriptor.digest)).size == n.descriptor.size
+    await _raw(registry.host, f"push-{anyio_backend}/trip:1")  # skips without skopeo
+    assert SKOPEO is not None
+    layout = tmp_path / "layout"
+    src = f"docker://{ref}"
+    dst = f"oci:{layout}:trip"
+    cmd = [SKOPEO, "copy", "--all", "--preserve-digests", "--src-tls-verify=false", src, dst]
+    await anyio.run_process(cmd)
+    index = oci.decode_index(await anyio.Path(layout / "index.json").read_bytes())
+    assert [m.digest for m in index.manifests] == [target.digest]
