@@ -134,11 +134,14 @@ class Store:
         ref: str | None = None,
         *,
         platforms: Sequence[str | Platform] | None = None,
+        progress: ProgressCallback | None = None,
     ) -> PushResult:
         """Push an image to a registry; see :func:`castar.engine.registry.push.push`."""
         root = self._root
         options = _push.PushOptions.parse(platforms)
-        return await _push.push(root.content, root.images, root.leases, name, ref, options)
+        return await _push.push(
+            root.content, root.images, root.leases, name, ref, options, progress=progress
+        )
 
     async def verify(
         self, names: Iterable[str] | None = None, *, progress: ProgressCallback | None = None

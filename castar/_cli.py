@@ -225,7 +225,8 @@ def _plan_summary(plan: dict[str, Any]) -> None:
 
 async def _cmd_push(store: Store, args: argparse.Namespace) -> int:
     plats = platforms.parse_list(args.platform) if args.platform else None  # bad spec: exit 4
-    result = await store.push(args.image, args.ref, platforms=plats)
+    with open_progress("Pushing", mode=_progress_mode(args)) as bar:
+        result = await store.push(args.image, args.ref, platforms=plats, progress=bar)
     if args.json:
         _dump(result.to_json())
         return 0
@@ -474,7 +475,7 @@ _COMMANDS: Final[dict[str, tuple[Command, str, str, bool, bool]]] = {
     "pull": (_cmd_pull, "pull an image from a registry",
              "castar pull 127.0.0.1:5000/alpine:3 --platform linux/arm64", True, True),
     "push": (_cmd_push, "push an image to a registry (--platform: only those platforms)",
-             "castar push alpine:latest registry.example:5000/alpine:3", True, False),
+             "castar push alpine:latest registry.example:5000/alpine:3", True, True),
     "images": (_cmd_images, "list images", "castar images --tree", True, False),
     "inspect": (_cmd_inspect, "show an image's record, platforms and documents",
                 "castar inspect alpine --platform linux/arm64", False, False),

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
 
     from castar.engine.images import ManifestRow
+    from castar.store.progress import ProgressCallback
     from castar.store.roles import BlobReader, ImageRecords, Leases
 
 __all__ = ["PushOptions", "PushResult", "push"]
@@ -70,13 +71,15 @@ class PushResult:
 
 @dataclass(frozen=True, slots=True)
 class _Body:
-    """A blob's bytes from the store, streamed in the store's chunks each time it is iterated."""
+    """A blob streamed from the store in its chunks, counted as it goes; iterable again."""
 
-    content: BlobReader
+    job: _Job
     digest: str
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return aiter(self.content.read(self.digest))
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self.job.content.read(self.digest):
+            self.job.advance(len(chunk), self.digest)
+            yield chunk
 
 
 async def push(
@@ -88,8 +91,11 @@ async def push(
     options: PushOptions,
     *,
     registry: Registry | None = None,
+    progress: ProgressCallback | None = None,
 ) -> PushResult:
     """Push image ``name`` to ``ref`` (default: its own name), under a lease (PUSH-1..3).
+
+    ``progress(done, total, digest)`` counts blob bytes, those already present included.
 
     Raises:
         NotFound: no such image, the store lacks a platform the image names (before any
@@ -117,7 +123,7 @@ async def push(
         order = list({n.descriptor.digest: n.descriptor for n in reversed(nodes)}.values())
         if index is not None:
             order.append(root)
-        job = _Job(repo, tag, ref, root, index, content, reader)
+        job = _Job(repo, tag, ref, root, index, content, reader, progress)
         if registry is None:
             async with Registry(host, credentials=credentials_for) as own:
                 return await _send(own, job, order)
@@ -184,7 +190,7 @@ def _one(rows: tuple[ManifestRow, ...], want: plat.Platform, ref: str) -> oci.De
     return next(iter(found.values()))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Job:
     """One push: where to, the root (``index``: its bytes when the store has none), the store."""
 
@@ -195,6 +201,14 @@ class _Job:
     index: bytes | None
     content: BlobReader
     reader: graph.StoreReader
+    progress: ProgressCallback | None
+    total: int = 0
+    done: int = 0
+
+    def advance(self, n: int, digest: str) -> None:
+        self.done += n
+        if self.progress is not None:
+            self.progress(self.done, self.total, digest)
 
     async def document(self, desc: oci.Descriptor) -> bytes:
         if self.index is not None and desc.digest == self.root.digest:
@@ -209,6 +223,7 @@ async def _send(registry: Registry, job: _Job, order: list[oci.Descriptor]) -> P
     repo = job.repo
     done: dict[str, list[oci.Descriptor]] = {"pushed": [], "skipped": [], "mounted": []}
     blobs = [d for d in order if not _is_document(d)]
+    job.total = sum(d.size for d in blobs)
     infos = await job.content.infos([d.digest for d in blobs])
     label = SOURCE_LABEL + registry.host
     limit = anyio.CapacityLimiter(registry.jobs)
@@ -220,7 +235,10 @@ async def _send(registry: Registry, job: _Job, order: list[oci.Descriptor]) -> P
         source = next((r for r in sources if r and r != repo), None)
         try:
             async with limit:
-                done[await _blob(registry, repo, desc, job.content, source)].append(desc)
+                state = await _blob(registry, job, desc, source)
+            done[state].append(desc)
+            if state != "pushed":
+                job.advance(desc.size, desc.digest)
         except Exception as exc:  # the first failure is raised, never as an ExceptionGroup
             failure.append(exc)
             scope.cancel()
@@ -256,9 +274,10 @@ def _is_document(desc: oci.Descriptor) -> bool:
 
 
 async def _blob(
-    registry: Registry, repo: str, desc: oci.Descriptor, content: BlobReader, source: str | None
+    registry: Registry, job: _Job, desc: oci.Descriptor, source: str | None
 ) -> Literal["pushed", "skipped", "mounted"]:
     """One blob: skipped when present, else mounted from ``source``, else POST and one PUT."""
+    repo = job.repo
     head = await registry.request("HEAD", repo, f"blobs/{desc.digest}", scope=_SCOPE, ok=(200, 404))
     if head.status_code == 200:
         return "skipped"
@@ -275,7 +294,7 @@ async def _blob(
         f"{location}{'&' if '?' in location else '?'}digest={desc.digest}",
         scope=_SCOPE,
         headers={"Content-Length": str(desc.size), "Content-Type": "application/octet-stream"},
-        content=_Body(content, desc.digest),
+        content=_Body(job, desc.digest),
         ok=(201,),
     )
     return "pushed"

@@ -285,3 +285,30 @@ async def test_round_trip_push_pull_into_a_fresh_store_and_skopeo_copy(
     await anyio.run_process(cmd)
     index = oci.decode_index(await anyio.Path(layout / "index.json").read_bytes())
     assert [m.digest for m in index.manifests] == [target.digest]
+
+
+async def test_progress_counts_every_blob_byte_sent_or_present(
+    store: Root, small_image: Image, registry: Any, anyio_backend: str
+) -> None:
+    ref = f"{registry.host}/push-{anyio_backend}/progress:1"
+    roles = (store.content, store.images, store.leases)
+    blobs = [
+        n.descriptor
+        for n in await graph.walk(graph.StoreReader(store.content), [as_oci(small_image.target)])
+        if not oci.is_manifest(n.descriptor.media_type)
+        and not oci.is_index(n.descriptor.media_type)
+    ]
+    total = sum({d.digest: d.size for d in blobs}.values())
+    events: list[tuple[int, int | None, str]] = []
+
+    def record(done: int, size: int | None, item: str) -> None:
+        events.append((done, size, item))
+
+    for _ in range(2):  # uploads, then blobs already present
+        events.clear()
+        async with Registry(registry.host) as client:
+            await push(
+                *roles, small_image.name, ref, PushOptions(), registry=client, progress=record
+            )
+        assert events[-1][:2] == (total, total)
+        assert [e[0] for e in events] == sorted(e[0] for e in events)
