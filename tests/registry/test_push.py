@@ -9,6 +9,7 @@ import shutil
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import httpx
 import pytest
 
 from castar._cli import main
@@ -26,8 +27,6 @@ from castar.store.errors import InvalidArgument, NotFound, Unavailable
 if TYPE_CHECKING:
     from pathlib import Path
 
-    import httpx
-
     from castar.store import Image, Root
 
 pytestmark = pytest.mark.anyio
@@ -44,6 +43,12 @@ class Counting(Registry):
 
     async def request(self, method: str, repo: str, path: str, **kw: Any) -> httpx.Response:
         self.calls.append((method, path))
+        if method == "PUT" and "uploads" in path:  # one streamed body of the blob's length
+            body = kw["content"]
+            assert not isinstance(body, bytes)
+            sent = httpx.Request(method, self.url(repo, path), headers=kw["headers"], content=body)
+            assert "transfer-encoding" not in sent.headers
+            assert int(sent.headers["content-length"]) > 0
         return await super().request(method, repo, path, **kw)
 
 
