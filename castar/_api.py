@@ -87,10 +87,8 @@ class Store:
     ) -> list[Image]:
         """Pull ``ref`` from its registry; see :func:`castar.engine.registry.pull.pull`."""
         options = importer.LoadOptions.parse(platforms, all_platforms=all_platforms)
-        root = self._root
-        return await _pull.pull(
-            root.content, root.images, root.leases, ref, options, progress=progress
-        )
+        r = self._root
+        return await _pull.pull(r.content, r.images, r.leases, ref, options, progress=progress)
 
     async def save(
         self,

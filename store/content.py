@@ -405,7 +405,8 @@ class ContentStore:
     async def sync(self, digests: Iterable[str] | None = None) -> int:
         """Make blobs committed with ``sync=False`` durable; how many records were marked.
 
-        One ``syncfs``, then one durable transaction clears the unsynced mark of ``digests``;
+        ``fdatasync`` of exactly those files and their directories (``BlobStore.sync_blobs``),
+        then one durable transaction clears the unsynced mark of ``digests``;
         without them, of every blob committed unsynced in this boot by any process, read
         before the sync (so a later commit is never marked durable too early).
         """
@@ -417,7 +418,7 @@ class ContentStore:
             todo = [parse(d) for d in digests]
         if not todo:
             return 0
-        await self._backend.sync_filesystem()
+        await self._backend.sync_blobs(todo)
         with anyio.CancelScope(shield=True):
             n = await self._db.write(_txn.content_mark_synced, todo)
         return n

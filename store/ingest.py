@@ -30,6 +30,7 @@ from castar.store.blobs import (
     blob_limiter,
     holds,
     rehash,
+    start_writeback,
     sync_dir,
     verified,
 )
@@ -607,6 +608,8 @@ class LocalWriter(AbstractAsyncContextManager["LocalWriter"]):
             with map_os_errors(f"{ctx}: syncing {data}"):
                 if sync:
                     os.fsync(fd)
+                else:  # the operation's final sync_blobs waits for less (design rule io-sync)
+                    start_writeback(fd)
                 written = os.fstat(fd).st_size
             if size > 0 and size != written:
                 raise SizeMismatch(

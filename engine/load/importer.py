@@ -222,8 +222,8 @@ async def load(
                 walk = await walk_index(sess, await resolve(sess))
                 await sess.ensure_small(sess.unstored(walk.needed))  # small blobs first
                 await fetch_needed(sess, walk)
-            # Blobs were committed without fsync: one filesystem sync makes them all
-            # durable before any label or image points at them (design rule io-sync).
+            # Blobs were committed without fsync: one sync of exactly those files makes
+            # them durable before any label or image points at them (design rule io-sync).
             await content.sync()
             loaded = await record(content, images, walk)
     except NotFound as exc:

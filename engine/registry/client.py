@@ -7,7 +7,7 @@ import contextlib
 import ipaddress
 import random
 import re
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypedDict, Unpack
 
 import anyio
 import httpx
@@ -22,6 +22,14 @@ if TYPE_CHECKING:
     Body = bytes | AsyncIterable[bytes] | None
 
 __all__ = ["Registry", "parse_ref"]
+
+
+class _Options(TypedDict, total=False):
+    scope: str  # the token scope: pull, or push,pull
+    headers: Mapping[str, str] | None
+    content: Body
+    params: Mapping[str, str] | None
+
 
 _TRIES: Final = 3
 _RETRY_STATUS: Final = frozenset({408, 429})
@@ -93,18 +101,16 @@ class Registry:
         repo: str,
         path: str,
         *,
-        scope: str = "pull",
-        headers: Mapping[str, str] | None = None,
-        content: Body = None,
-        params: Mapping[str, str] | None = None,
         ok: tuple[int, ...] = (200,),
+        **kw: Unpack[_Options],
     ) -> httpx.Response:
         """Send one request, its body read; a status not in ``ok`` raises the mapped error."""
-        async with self._send(method, repo, path, scope, headers, content, params, ok) as resp:
+        async with self.stream(method, repo, path, ok=ok, **kw) as resp:
             await resp.aread()
             return resp
 
-    def stream(
+    @contextlib.asynccontextmanager
+    async def stream(
         self,
         method: str,
         repo: str,
@@ -112,23 +118,11 @@ class Registry:
         *,
         scope: str = "pull",
         headers: Mapping[str, str] | None = None,
+        content: Body = None,
+        params: Mapping[str, str] | None = None,
         ok: tuple[int, ...] = (200, 206),
-    ) -> contextlib.AbstractAsyncContextManager[httpx.Response]:
-        """Like :meth:`request`, the body left to stream (``aiter_bytes``)."""
-        return self._send(method, repo, path, scope, headers, None, None, ok)
-
-    @contextlib.asynccontextmanager
-    async def _send(
-        self,
-        method: str,
-        repo: str,
-        path: str,
-        scope: str,
-        headers: Mapping[str, str] | None,
-        content: Body,
-        params: Mapping[str, str] | None,
-        ok: tuple[int, ...],
     ) -> AsyncIterator[httpx.Response]:
+        """Like :meth:`request`, the body left to stream (``aiter_bytes``)."""
         url = self.url(repo, path)
         # A body that is not bytes can be sent once: no retry, no auth replay.
         replayable = content is None or isinstance(content, bytes)

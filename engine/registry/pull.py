@@ -1,4 +1,4 @@
-"""Pull an image from a registry: the load's filtered walk over registry documents (issue 13).
+"""Pull an image from a registry: the load's filtered walk over registry documents (PULL-1..3).
 
 Documents are fetched and verified into the store as the walk reads them; the configs and
 layers the selection needs and the store lacks are streamed into ingests; the image record
@@ -14,7 +14,6 @@ import httpx
 
 from castar.engine import graph, oci, reference
 from castar.engine import platforms as plats
-from castar.engine._streams import CHUNK_SIZE
 from castar.engine.load.archive import Progress, Session
 from castar.engine.load.importer import record
 from castar.engine.load.resolve import Walk, keep
@@ -124,7 +123,7 @@ async def _fetch(reader: RegistryReader, desc: oci.Descriptor) -> None:
                         if offset and resp.status_code != 206:  # Range ignored: start over
                             await w.truncate(0)
                             sess.progress.add(-offset, desc.digest)
-                        async for chunk in resp.aiter_bytes(CHUNK_SIZE):
+                        async for chunk in resp.aiter_bytes():
                             await w.write(chunk)
                             sess.progress.add(len(chunk), desc.digest)
                     break
@@ -149,9 +148,9 @@ async def pull(
     registry: Registry | None = None,
     progress: ProgressCallback | None = None,
 ) -> list[Image]:
-    """Pull ``ref`` (a tag or a digest) and record it under its normalised name (IMP-9).
+    """Pull ``ref`` (a tag or a digest) and record it under its normalised name (PULL-1).
 
-    ``options`` selects platforms as for load (LOAD-1: none given keeps all). Only the blobs
+    ``options`` selects platforms as for load (PULL-2). Only the blobs
     of the kept manifests that the store lacks are fetched; ``registry`` defaults to a new
     client of the reference's host with the credentials of :func:`credentials_for`.
 

@@ -1,12 +1,14 @@
-"""The importer's commits: no fsync per blob, ONE filesystem sync per load, before any record.
+"""The importer's commits: no fsync per blob, ONE sync of what it wrote, before any record.
 
-io-sync: every blob is committed with ``sync=False`` and ``store.content.sync()``
-runs once, after the last blob and before labels (GC-7) and image records (IMP-15), so an
-image never points at content a crash could tear. Small entries skip ingest directories.
+io-sync: every blob is committed with ``sync=False``; ``store.content.sync()`` (``fdatasync``
+of each new file, ``fsync`` of its directory, never ``syncfs``) runs once, after the last blob
+and before labels (GC-7) and image records (IMP-15), so an image never points at content a
+crash could tear. Small entries skip ingest directories.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager
@@ -71,7 +73,7 @@ class Spy:
             monkeypatch.setattr(cls, name, spy)
 
         record(ContentStore, "sync", "sync")
-        record(ContentStore, "update_labels", "label")
+        record(ContentStore, "update_labels_many", "label")
         record(ImageStore, "create", "image")
         record(ImageStore, "update", "image")
         real_commit = LocalWriter.commit
@@ -152,6 +154,30 @@ async def test_load_syncs_once_after_the_last_blob_and_before_any_record(
     assert spy.commit_syncs
     assert not any(spy.commit_syncs)  # no per-blob fsync
     assert unsynced(store.root) == []  # the one sync made them all durable
+
+
+@pytest.mark.parametrize("kind", ["file", "stream"])
+async def test_load_flushes_exactly_its_blobs_and_never_the_whole_file_system(
+    store: Root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    path, data = await archive(tmp_path, BIG)  # big layers through ingests, small documents
+    flushed: list[str] = []
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    def forbidden(*_: object) -> None:
+        raise AssertionError("a load synced the whole file system")
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    monkeypatch.setattr(os, "sync", forbidden)
+    monkeypatch.setattr(os, "syncfs", forbidden, raising=False)
+    await load(store, path if kind == "file" else Stream(data))
+    stored = sorted(str(p) for p in (store.root / "blobs" / "sha256").iterdir())
+    assert sorted(flushed) == stored
+    assert unsynced(store.root) == []
 
 
 async def test_small_entries_are_stored_without_ingest_directories(

@@ -25,6 +25,7 @@ from castar.engine.save import exporter
 from castar.engine.save.exporter import SaveOptions
 from castar.store import open_root
 from castar.store.errors import NotFound, Unauthenticated
+from castar.store.verify import verify
 
 pytestmark = pytest.mark.anyio
 
@@ -45,7 +46,9 @@ def _publish_sync(tmp_path, spec: synth.SynthSpec, creds: tuple[str, str] | None
     cmd = ["skopeo", "copy", "--all", "--preserve-digests", "--dest-tls-verify=false"]
     if creds is not None:
         cmd.append("--dest-creds=" + ":".join(creds))
-    subprocess.run([*cmd, f"oci-archive:{path}", f"docker://{spec.name}"], check=True)
+    subprocess.run(
+        [*cmd, f"oci-archive:{path}", f"docker://{spec.name}"], check=True, capture_output=True
+    )
 
 
 async def _publish(tmp_path, spec: synth.SynthSpec, creds: tuple[str, str] | None = None) -> None:
@@ -123,7 +126,14 @@ async def test_pulled_image_saves_like_the_loaded_one(registry, store, other, tm
     archive = tmp_path / "orig.tar"
     await anyio.to_thread.run_sync(synth.write_path, spec, archive)
     await importer.load(*await _roles(other), archive, LoadOptions())
-    (image,) = await pull(*await _roles(store), spec.name, LoadOptions())
+    ticks: list[tuple[int, int | None, str]] = []
+    (image,) = await pull(
+        *await _roles(store), spec.name, LoadOptions(), progress=lambda *t: ticks.append(t)
+    )
+    assert ticks[-1][0] == ticks[-1][1] > 0  # every fetched byte reported
+    report = await verify(store.content)
+    assert report.problems == ()
+    assert report.checked == len(synth.plan(spec).blobs)
     by_digest = f"{registry.host}/pull/all@{image.target.digest}"
     (pinned,) = await pull(*await _roles(store), by_digest, LoadOptions())
     assert pinned.name == by_digest
@@ -171,6 +181,9 @@ def test_cli_pull(registry, tmp_path, capsys):
     root = str(tmp_path / "s")
     assert main(["--root", root, "pull", spec.name, "--platform", "linux/amd64", "-q"]) == 0
     assert capsys.readouterr().out == f"Pulled image: {spec.name}\n"
+    assert main(["--root", root, "images", "--tree"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert [r.split()[-1] for r in rows if "linux/" in r] == ["yes", "no", "no"]
     assert main(["--root", root, "pull", spec.name, "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["name"] == spec.name

@@ -58,17 +58,33 @@ async def read_all(store: Root, digest: str) -> bytes:
 
 
 class SyncSpy:
-    """Counts filesystem syncs (``LocalContentStore.sync_filesystem``)."""
+    """Records what a sync flushes: ``os.fdatasync`` per file, ``os.fsync`` per directory.
+
+    ``os.sync`` and ``os.syncfs`` fail the test: they flush every dirty page of the file
+    system, other processes' too (design rule io-sync).
+    """
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.calls = 0
-        real = LocalContentStore.sync_filesystem
+        self.files: list[str] = []
+        self.dirs: list[str] = []
+        real_data, real_sync = os.fdatasync, os.fsync
 
-        async def spy(backend: LocalContentStore) -> None:
-            self.calls += 1
-            await real(backend)
+        def fdatasync(fd: int) -> None:
+            self.files.append(os.readlink(f"/proc/self/fd/{fd}"))
+            real_data(fd)
 
-        monkeypatch.setattr(LocalContentStore, "sync_filesystem", spy)
+        def fsync(fd: int) -> None:
+            if os.path.isdir(path := os.readlink(f"/proc/self/fd/{fd}")):
+                self.dirs.append(path)
+            real_sync(fd)
+
+        def forbidden(*_: object) -> None:
+            raise AssertionError("a whole-file-system sync")
+
+        monkeypatch.setattr(os, "fdatasync", fdatasync)
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "sync", forbidden)
+        monkeypatch.setattr(os, "syncfs", forbidden, raising=False)
 
 
 # -- deferred sync ---------------------------------------------------------------------------
@@ -88,17 +104,30 @@ async def test_unsynced_commit_is_readable_recorded_and_marked_with_the_boot(
     assert marks(store.root) == {big: BOOT, small: BOOT, durable: None}
 
 
-async def test_sync_does_one_filesystem_sync_and_clears_every_mark(
+async def test_sync_flushes_exactly_the_unsynced_blobs_and_their_directory(
     store: Root, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spy = SyncSpy(monkeypatch)
+    await store.content.write_blob(b"durable")  # synced at commit: not again
     digests = [(await store.content.write_blob(b"%d" % i, sync=False)).digest for i in range(5)]
+    spy = SyncSpy(monkeypatch)
     assert await store.content.sync() == 5
-    assert spy.calls == 1
+    assert sorted(spy.files) == sorted(str(blob_file(store.root, d)) for d in digests)
+    assert spy.dirs == [str(store.root / "blobs" / "sha256")]
     assert set(marks(store.root).values()) == {None}
     assert await store.content.sync() == 0  # nothing left: no sync at all
-    assert spy.calls == 1
+    assert len(spy.files) == 5
     assert [await read_all(store, d) for d in digests] == [b"%d" % i for i in range(5)]
+
+
+async def test_sync_skips_a_blob_collected_before_it(
+    store: Root, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gone = (await store.content.write_blob(b"gone", sync=False)).digest
+    kept = (await store.content.write_blob(b"kept", sync=False)).digest
+    blob_file(store.root, gone).unlink()
+    spy = SyncSpy(monkeypatch)
+    await store.content.sync()
+    assert spy.files == [str(blob_file(store.root, kept))]
 
 
 async def test_sync_of_given_digests_clears_only_those(store: Root) -> None:

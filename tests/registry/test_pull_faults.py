@@ -1,0 +1,138 @@
+"""Pull faults a real registry cannot be made to produce, from a fake one (MockTransport)."""
+
+from __future__ import annotations
+
+import json
+
+import anyio.to_thread
+import httpx
+import pytest
+
+from castar.engine import synth
+from castar.engine.load.importer import LoadOptions
+from castar.engine.registry.client import Registry
+from castar.engine.registry.pull import pull
+from castar.store.errors import DigestMismatch
+
+pytestmark = pytest.mark.anyio
+
+SPEC = synth.SynthSpec(name="fake.test/fake:1", platforms=("linux/amd64",), layers=1)
+
+
+class _Dropped(httpx.AsyncByteStream):
+    """A body cut off after ``data``, as when the connection drops."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def __aiter__(self):
+        yield self.data
+        raise httpx.ReadError("connection reset by peer")
+
+
+def _layout(tmp_path) -> tuple[dict[str, bytes], str]:
+    """Every blob of ``SPEC`` by digest, and the digest of its image index."""
+    synth.write_layout(SPEC, tmp_path / "layout")
+    blobs = {
+        f"sha256:{p.name}": p.read_bytes() for p in (tmp_path / "layout/blobs/sha256").iterdir()
+    }
+    index = json.loads((tmp_path / "layout/index.json").read_bytes())
+    return blobs, index["manifests"][0]["digest"]
+
+
+async def _fake(tmp_path, fault):
+    blobs, top = await anyio.to_thread.run_sync(_layout, tmp_path)
+    seen: list[httpx.Request] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append(req)
+        kind, ref = req.url.path.split("/")[-2:]
+        digest = top if ref == "1" else ref
+        data = blobs[digest]
+        headers = {"Docker-Content-Digest": digest, "Content-Length": str(len(data))}
+        if kind == "manifests":
+            headers["Content-Type"] = json.loads(data)["mediaType"]
+            return httpx.Response(
+                200, headers=headers, content=b"" if req.method == "HEAD" else data
+            )
+        return fault(req, data, headers) or httpx.Response(200, headers=headers, content=data)
+
+    reg = Registry("fake.test", plain_http=True)
+    reg._client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return reg, seen
+
+
+async def test_dropped_blob_resumes_with_range(store, tmp_path):
+    dropped: list[int] = []
+
+    def fault(req, data, headers):
+        start = int(req.headers.get("Range", "bytes=0-")[6:-1])
+        if len(data) > 1 << 16 and not dropped:
+            dropped.append(len(data) // 3)
+            return httpx.Response(200, headers=headers, stream=_Dropped(data[: len(data) // 3]))
+        if start:
+            return httpx.Response(206, content=data[start:])
+        return None
+
+    reg, seen = await _fake(tmp_path, fault)
+    async with reg:
+        (image,) = await pull(
+            store.content, store.images, store.leases, SPEC.name, LoadOptions(), registry=reg
+        )
+    ranges = [r.headers["Range"] for r in seen if "Range" in r.headers]
+    assert ranges == [f"bytes={dropped[0]}-"]  # the bytes before the drop are kept
+    assert image.name == "fake.test/fake:1"
+    assert await store.content.list_statuses() == []
+
+
+async def test_corrupt_blob_fails_and_changes_nothing(store, tmp_path):
+    def fault(req, data, headers):
+        if len(data) > 1 << 16:
+            return httpx.Response(200, headers=headers, content=b"x" + data[1:])
+        return None
+
+    reg, _ = await _fake(tmp_path, fault)
+    async with reg:
+        with pytest.raises(DigestMismatch):
+            await pull(
+                store.content, store.images, store.leases, SPEC.name, LoadOptions(), registry=reg
+            )
+    assert await store.images.list() == []
+    assert await store.content.list_statuses() == []
+
+
+class _Stalled(httpx.AsyncByteStream):
+    """A body that sends ``data``, says so, then waits forever."""
+
+    def __init__(self, data: bytes, started: anyio.Event) -> None:
+        self.data = data
+        self.started = started
+
+    async def __aiter__(self):
+        yield self.data
+        self.started.set()
+        await anyio.sleep_forever()
+
+
+async def test_cancelled_pull_leaves_nothing(store, tmp_path):
+    started = anyio.Event()
+
+    def fault(req, data, headers):
+        if len(data) > 1 << 16:
+            return httpx.Response(200, headers=headers, stream=_Stalled(data[:100], started))
+        return None
+
+    reg, _ = await _fake(tmp_path, fault)
+    async with reg, anyio.create_task_group() as tg:
+
+        async def run() -> None:
+            await pull(
+                store.content, store.images, store.leases, SPEC.name, LoadOptions(), registry=reg
+            )
+
+        tg.start_soon(run)
+        await started.wait()
+        tg.cancel_scope.cancel()
+    assert await store.images.list() == []
+    assert await store.content.list_statuses() == []
+    assert await store.leases.list() == []
