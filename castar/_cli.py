@@ -391,48 +391,40 @@ async def _cmd_demo(store: Store, args: argparse.Namespace) -> int:
 
 
 async def _cmd_login(args: argparse.Namespace) -> int:
-    host = auth.registry_host(args.registry)
-    user = args.username
-    if user is None and not sys.stdin.isatty():
-        raise InvalidArgument(f"login {host}: no user name: give -u USER")
-    user = user or await anyio.to_thread.run_sync(input, "Username: ")
-    if args.password_stdin:
-        password = (await anyio.to_thread.run_sync(sys.stdin.read)).rstrip("\r\n")
-    elif sys.stdin.isatty():
-        password = await anyio.to_thread.run_sync(getpass.getpass, "Password: ")
+    host = args.registry
+    if args.command == "logout":
+        path = await anyio.to_thread.run_sync(auth.logout, host)
+        text = f"Removed the credentials for {host} from {path}"
     else:
-        raise InvalidArgument(f"login {host}: no password: give --password-stdin")
-    path = await anyio.to_thread.run_sync(auth.login, host, user, password)
-    _auth_done(args, host, path, f"Credentials for {host} saved in {path}")
-    return 0
-
-
-async def _cmd_logout(args: argparse.Namespace) -> int:
-    host = auth.registry_host(args.registry)
-    path = await anyio.to_thread.run_sync(auth.logout, host)
-    _auth_done(args, host, path, f"Removed the credentials for {host} from {path}")
-    return 0
-
-
-def _auth_done(args: argparse.Namespace, host: str, path: Path, text: str) -> None:
+        user, password = await anyio.to_thread.run_sync(_login_inputs, args)
+        path = await anyio.to_thread.run_sync(auth.login, host, user, password)
+        text = f"Credentials for {host} saved in {path}"
     if args.json:
-        _dump({"registry": host, "file": str(path)})
-    else:
-        print(text)
+        text = json.dumps({"registry": host, "file": str(path)}, indent=2)
+    print(text)
+    return 0
+
+
+def _login_inputs(args: argparse.Namespace) -> tuple[str, str]:
+    if not (sys.stdin.isatty() or (args.username and args.password_stdin)):
+        raise InvalidArgument(f"login {args.registry}: no terminal: give -u USER --password-stdin")
+    user = args.username or input("Username: ")
+    password = sys.stdin.read().rstrip("\r\n") if args.password_stdin else getpass.getpass()
+    return user, password
 
 
 def _login_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
-    for run, help_, example in (
-        (_cmd_login, "save credentials for a registry (never printed)",
+    for name, help_, example in (
+        ("login", "save credentials for a registry (never printed)",
          "printf %s \"$TOKEN\" | castar login ghcr.io -u me --password-stdin"),
-        (_cmd_logout, "forget a registry's credentials", "castar logout ghcr.io"),
+        ("logout", "forget a registry's credentials", "castar logout ghcr.io"),
     ):  # fmt: skip
-        name = run.__name__.removeprefix("_cmd_")
         p = sub.add_parser(name, help=help_, description=help_, parents=[_common(True)],
                            epilog=f"example:\n  {example}",
                            formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-        p.set_defaults(run=run, storeless=True)
-        p.add_argument("registry", metavar="REGISTRY", help="host[:port], e.g. ghcr.io")
+        p.set_defaults(run=_cmd_login, storeless=True)
+        p.add_argument("registry", metavar="REGISTRY", type=auth.registry_host,
+                       help="host[:port], e.g. ghcr.io")  # fmt: skip
     login = sub.choices["login"]
     login.add_argument("-u", "--username", metavar="USER")
     login.add_argument("--password-stdin", action="store_true", help="read the password from stdin")

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Final
 
-from castar.store.errors import InvalidArgument, NotFound, map_os_errors
+from castar.store.errors import InvalidArgument, NotFound, Unavailable, map_os_errors
 
 #: Docker Hub's names: its auth entries use the v1 index URL as the key.
 _HUB: Final = ("registry-1.docker.io", "docker.io", "index.docker.io")
@@ -63,9 +63,12 @@ def _from_helper(name: str, host: str) -> tuple[str, str] | None:
     if tool is None:
         return None
     server = _HUB_KEY if host in _HUB else host
-    done = subprocess.run(
-        [tool, "get"], input=server.encode(), capture_output=True, timeout=60, check=False
-    )
+    try:
+        done = subprocess.run(
+            [tool, "get"], input=server.encode(), capture_output=True, timeout=60, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise Unavailable(f"docker-credential-{name}: no answer in 60 s") from None
     if done.returncode != 0:  # "credentials not found"; its output may hold secrets
         return None
     try:

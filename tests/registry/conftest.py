@@ -89,7 +89,8 @@ def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url + "/v2/", timeout=1):
             return True
-    except urllib.error.HTTPError:
+    except urllib.error.HTTPError as e:
+        e.close()
         return True
     except OSError:
         return False

@@ -41,6 +41,7 @@ def test_token_registry_wants_a_bearer_token(token_registry) -> None:
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(request, timeout=10)
     assert info.value.code == 401
+    info.value.close()
     challenge = info.value.headers["WWW-Authenticate"]
     assert challenge.startswith("Bearer realm=")
     assert f'service="{tokens.service}"' in challenge
@@ -68,4 +69,5 @@ def status_of(request: urllib.request.Request) -> int:
         with urllib.request.urlopen(request, timeout=10) as response:
             return int(response.status)
     except urllib.error.HTTPError as e:
+        e.close()
         return e.code
