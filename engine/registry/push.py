@@ -120,6 +120,7 @@ async def push(
         nodes = await graph.walk(
             reader, [root] if index is None else oci.children(root, index), skip_missing=False
         )
+        # Reversed, each digest where the walk last reached it: children before every parent.
         order = list({n.descriptor.digest: n.descriptor for n in reversed(nodes)}.values())
         if index is not None:
             order.append(root)
