@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal, Self, final
@@ -27,6 +28,10 @@ if TYPE_CHECKING:
 __all__ = ["PushOptions", "PushResult", "push"]
 
 _SCOPE: Final = "pull,push"
+#: Per client, the (repository, digest) blobs being sent (single flight).
+_FLIGHTS: weakref.WeakKeyDictionary[Registry, dict[tuple[str, str], anyio.Event]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 @final
@@ -277,7 +282,26 @@ def _is_document(desc: oci.Descriptor) -> bool:
 async def _blob(
     registry: Registry, job: _Job, desc: oci.Descriptor, source: str | None
 ) -> Literal["pushed", "skipped", "mounted"]:
-    """One blob: skipped when present, else mounted from ``source``, else POST and one PUT."""
+    """One blob: skipped when present, else mounted from ``source``, else POST and one PUT.
+
+    Pushes sharing ``registry`` send a blob to a repository once: the others wait, then HEAD.
+    """
+    repo = job.repo
+    flights = _FLIGHTS.setdefault(registry, {})
+    key = (repo, str(desc.digest))
+    while (flight := flights.get(key)) is not None:
+        await flight.wait()
+    flights[key] = flight = anyio.Event()
+    try:
+        return await _send_blob(registry, job, desc, source)
+    finally:
+        del flights[key]
+        flight.set()
+
+
+async def _send_blob(
+    registry: Registry, job: _Job, desc: oci.Descriptor, source: str | None
+) -> Literal["pushed", "skipped", "mounted"]:
     repo = job.repo
     head = await registry.request("HEAD", repo, f"blobs/{desc.digest}", scope=_SCOPE, ok=(200, 404))
     if head.status_code == 200:

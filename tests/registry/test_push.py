@@ -317,3 +317,16 @@ async def test_progress_counts_every_blob_byte_sent_or_present(
             )
         assert events[-1][:2] == (total, total)
         assert [e[0] for e in events] == sorted(e[0] for e in events)
+
+
+async def test_concurrent_pushes_through_one_client_send_each_blob_once(
+    store: Root, small_image: Image, registry: Any, anyio_backend: str
+) -> None:
+    repo = f"{registry.host}/push-{anyio_backend}/flight"
+    async with Counting(registry.host) as client, anyio.create_task_group() as tg:
+        for i in range(4):
+            tg.start_soon(_push, store, small_image.name, f"{repo}:{i}", client)
+    walked = await graph.walk(graph.StoreReader(store.content), [as_oci(small_image.target)])
+    blobs = {n.descriptor.digest for n in walked if not oci.is_manifest(n.descriptor.media_type)}
+    blobs -= {small_image.target.digest}
+    assert sum(1 for m, p in client.calls if m == "PUT" and "uploads" in p) == len(blobs)
