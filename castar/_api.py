@@ -132,11 +132,12 @@ class Store:
         ref: str | None = None,
         *,
         platforms: Sequence[str | Platform] | None = None,
+        jobs: int = 4,
         progress: ProgressCallback | None = None,
     ) -> PushResult:
         """Push an image to a registry; see :func:`castar.engine.registry.push.push`."""
         root = self._root
-        options = _push.PushOptions.parse(platforms)
+        options = _push.PushOptions.parse(platforms, jobs)
         return await _push.push(
             root.content, root.images, root.leases, name, ref, options, progress=progress
         )

@@ -226,7 +226,9 @@ def _plan_summary(plan: dict[str, Any]) -> None:
 async def _cmd_push(store: Store, args: argparse.Namespace) -> int:
     plats = platforms.parse_list(args.platform) if args.platform else None  # bad spec: exit 4
     with open_progress("Pushing", mode=_progress_mode(args)) as bar:
-        result = await store.push(args.image, args.ref, platforms=plats, progress=bar)
+        result = await store.push(
+            args.image, args.ref, platforms=plats, jobs=args.jobs, progress=bar
+        )
     if args.json:
         _dump(result.to_json())
         return 0
@@ -539,6 +541,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("ref", nargs="?", metavar="REF", help="destination (default: the image's name)")
     p.add_argument("--platform", action="append", metavar="P[,P...]",
                    help="one: its manifest as the tag; several: a new index of them")  # fmt: skip
+    p.add_argument("--jobs", type=int, default=4, metavar="N", help="blobs in flight (default: 4)")
     p = cmd["images"]
     p.add_argument("--tree", action="store_true", help="one row per platform, with availability")
     p.add_argument("--filter", action="append", metavar="KEY=VALUE",

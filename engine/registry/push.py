@@ -37,14 +37,20 @@ _FLIGHTS: weakref.WeakKeyDictionary[Registry, dict[tuple[str, str], anyio.Event]
 @final
 @dataclass(frozen=True, slots=True)
 class PushOptions:
-    """``platforms``: none pushes the image, one its manifest, several an index of them (PUSH-2)."""
+    """``platforms``: none pushes the image, one its manifest, several an index of them (PUSH-2).
+
+    ``jobs``: blobs in flight at once, when :func:`push` opens its own client.
+    """
 
     platforms: tuple[plat.Platform, ...] = ()
+    jobs: int = 4
 
     @classmethod
-    def parse(cls, platforms: Iterable[str | plat.Platform] | None = None) -> Self:
+    def parse(cls, platforms: Iterable[str | plat.Platform] | None = None, jobs: int = 4) -> Self:
         """Options with ``platforms`` as specifiers (comma lists) or Platforms."""
-        return cls(tuple(plat.parse_list(platforms or ())))
+        if jobs < 1:
+            raise InvalidArgument(f"push: jobs must be at least 1, not {jobs}")
+        return cls(tuple(plat.parse_list(platforms or ())), jobs)
 
 
 @final
@@ -131,7 +137,7 @@ async def push(
             order.append(root)
         job = _Job(repo, tag, ref, root, index, content, reader, progress)
         if registry is None:
-            async with Registry(host, credentials=credentials_for) as own:
+            async with Registry(host, credentials=credentials_for, jobs=options.jobs) as own:
                 return await _send(own, job, order)
         return await _send(registry, job, order)
 

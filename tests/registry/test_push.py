@@ -138,11 +138,12 @@ def test_cli_push_json(
     assert main([*base, "load", "-q", "-i", str(archive)]) == 0
     ref = f"{registry.host}/push-cli-{backend}/img:1"
     capsys.readouterr()
-    assert main([*base, "push", "cli:1", ref, "--json"]) == 0
+    assert main([*base, "push", "cli:1", ref, "--json", "--jobs", "1"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["ref"] == ref
     assert out["skipped"] == []
     assert main([*base, "push", "cli:1", ref, "--platform", "linux/riscv64"]) == 3
+    assert main([*base, "push", "cli:1", ref, "--jobs", "0"]) == 4
 
 
 def test_cli_push_reads_the_auth_file(
