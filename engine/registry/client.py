@@ -76,6 +76,7 @@ class Registry:
             limits=httpx.Limits(max_connections=jobs + 2), timeout=httpx.Timeout(60.0)
         )
         self._auth: dict[tuple[str, str], str] = {}  # (repo, scope) -> Authorization
+        self._basic: str | None = None  # basic credentials answer every repository
 
     async def __aenter__(self) -> Registry:
         return self
@@ -131,7 +132,7 @@ class Registry:
         while True:
             tries += 1
             hdrs = dict(headers or {})
-            token = self._auth.get((repo, scope))
+            token = self._auth.get((repo, scope), self._basic)
             if token is not None:
                 hdrs["Authorization"] = token
             req = self._client.build_request(
@@ -183,7 +184,7 @@ class Registry:
             if creds is None:
                 raise Unauthenticated(f"{url}: no credentials for {self.host} (castar login)")
             pair = base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
-            self._auth[(repo, scope)] = f"Basic {pair}"
+            self._basic = f"Basic {pair}"
             return
         if kind.lower() != "bearer":
             raise InvalidArgument(f"{url}: unsupported authentication challenge {kind!r}")

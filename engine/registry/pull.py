@@ -174,16 +174,20 @@ async def pull(
             nodes = await graph.walk(
                 reader, [root], keep=lambda d: keep(sess, d), skip_missing=False, unique=True
             )
-            if oci.is_index(root.media_type) and not nodes[0].children:
-                wanted = " ".join(plats.format_all(p) for p in requested)
-                raise NotFound(f"{ref}: no manifest for the requested platform(s) [{wanted}]")
+            if requested:
+                kept = [n.descriptor for n in nodes if oci.is_manifest(n.descriptor.media_type)]
+                found = [await graph.manifest_platform(reader, m) for m in kept]
+                if not any(p is not None and matcher.match(p) for p in found):
+                    wanted = " ".join(plats.format_all(p) for p in requested)
+                    raise NotFound(f"{ref}: no manifest for the requested platform(s) [{wanted}]")
             source = {SOURCE_LABEL + host: repo}
             walk = Walk(queued=[(name, root)])
             for node in nodes:
                 labels = oci.children_labels(node.children)
                 walk.labels[node.descriptor.digest] = {**labels, **source}
                 walk.needed.setdefault(node.descriptor.digest, node.descriptor)
-            todo = [d for d in walk.needed.values() if not await content.exists(d.digest)]
+            stored = await content.infos(walk.needed)
+            todo = [d for k, d in walk.needed.items() if k not in stored]
             sess.progress.total = sum(d.size for d in todo)
             await sess.pool(todo, reg.jobs, lambda d: _fetch(reader, d), tick=True)
             sess.progress.report()

@@ -98,8 +98,16 @@ async def test_basic_auth():
             return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="r"'})
         return httpx.Response(200)
 
-    async with _registry(handler, credentials=lambda host: ("u", "p")) as reg:
+    calls = []
+
+    def counted(req: httpx.Request) -> httpx.Response:
+        calls.append(req.headers.get("Authorization"))
+        return handler(req)
+
+    async with _registry(counted, credentials=lambda host: ("u", "p")) as reg:
         await reg.request("HEAD", "a", "blobs/sha256:00")
+        await reg.request("HEAD", "b", "blobs/sha256:00", scope="push,pull")
+    assert calls == [None, "Basic dTpw", "Basic dTpw"]  # one challenge for the host
     async with _registry(handler) as reg:
         with pytest.raises(Unauthenticated, match=r"no credentials for 127\.0\.0\.1:5000"):
             await reg.request("HEAD", "a", "blobs/sha256:00")

@@ -12,7 +12,7 @@ from castar.engine import synth
 from castar.engine.load.importer import LoadOptions
 from castar.engine.registry.client import Registry
 from castar.engine.registry.pull import pull
-from castar.store.errors import DigestMismatch
+from castar.store.errors import DigestMismatch, NotFound
 
 pytestmark = pytest.mark.anyio
 
@@ -52,9 +52,8 @@ async def _fake(tmp_path, fault):
         headers = {"Docker-Content-Digest": digest, "Content-Length": str(len(data))}
         if kind == "manifests":
             headers["Content-Type"] = json.loads(data)["mediaType"]
-            return httpx.Response(
-                200, headers=headers, content=b"" if req.method == "HEAD" else data
-            )
+            if req.method == "HEAD":
+                return httpx.Response(200, headers=headers)
         return fault(req, data, headers) or httpx.Response(200, headers=headers, content=data)
 
     reg = Registry("fake.test", plain_http=True)
@@ -136,3 +135,34 @@ async def test_cancelled_pull_leaves_nothing(store, tmp_path):
     assert await store.images.list() == []
     assert await store.content.list_statuses() == []
     assert await store.leases.list() == []
+
+
+async def test_lone_manifest_platform_checked(store, tmp_path):
+    reg, _ = await _fake(tmp_path, lambda req, data, headers: None)
+    (manifest,) = synth.plan(SPEC).platforms
+    ref = f"fake.test/fake@{manifest.manifest.digest}"
+    roles = (store.content, store.images, store.leases)
+    async with reg:
+        with pytest.raises(NotFound, match="no manifest for the requested platform"):
+            await pull(*roles, ref, LoadOptions.parse(["linux/arm64"]), registry=reg)
+        (image,) = await pull(*roles, ref, LoadOptions.parse(["linux/amd64"]), registry=reg)
+    assert image.target.digest == manifest.manifest.digest
+
+
+@pytest.mark.parametrize("lie", ["body", "header"])
+async def test_document_not_matching_its_digest(store, tmp_path, lie):
+    def fault(req, data, headers):
+        if "/manifests/" not in req.url.path:
+            return None
+        if lie == "header":
+            headers["Docker-Content-Digest"] = "sha256:" + "0" * 64
+            return httpx.Response(200, headers=headers, content=data)
+        return httpx.Response(200, headers=headers, content=b" " + data[:-1])
+
+    reg, _ = await _fake(tmp_path, fault)
+    async with reg:
+        with pytest.raises(DigestMismatch):
+            await pull(
+                store.content, store.images, store.leases, SPEC.name, LoadOptions(), registry=reg
+            )
+    assert await store.images.list() == []
