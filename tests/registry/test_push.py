@@ -22,7 +22,13 @@ from castar.engine.registry.pull import SOURCE_LABEL, pull
 from castar.engine.registry.push import PushOptions, PushResult, push
 from castar.store import open_root
 from castar.store.digest import compute
-from castar.store.errors import InvalidArgument, NotFound, Unavailable
+from castar.store.errors import (
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -331,3 +337,17 @@ async def test_concurrent_pushes_through_one_client_send_each_blob_once(
     blobs = {n.descriptor.digest for n in walked if not oci.is_manifest(n.descriptor.media_type)}
     blobs -= {small_image.target.digest}
     assert sum(1 for m, p in client.calls if m == "PUT" and "uploads" in p) == len(blobs)
+
+
+async def test_push_with_a_bearer_token_asks_the_push_scope(
+    store: Root, small_image: Image, token_registry: Any, anyio_backend: str
+) -> None:
+    server, tokens = token_registry
+    repo = f"push-token-{anyio_backend}/img"
+    creds = ("castar", "secret")  # the token server's user
+    async with Registry(server.host, credentials=lambda _host: creds) as client:
+        await _push(store, small_image.name, f"{server.host}/{repo}:1", client, "linux/amd64")
+    assert {s for s in tokens.scopes if repo in s} == {f"repository:{repo}:pull,push"}
+    async with Registry(server.host) as anonymous:
+        with pytest.raises((Unauthenticated, PermissionDenied)):  # a pull-only token
+            await _push(store, small_image.name, f"{server.host}/{repo}:2", anonymous)
