@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, final
 from castar.engine.images import ImageService
 from castar.engine.load import importer
 from castar.engine.registry import pull as _pull
+from castar.engine.registry import push as _push
 from castar.engine.save import exporter
 from castar.store import verify as _verify
 from castar.store.root import Root, open_root
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from castar.engine.platforms import Platform
+    from castar.engine.registry.push import PushResult
     from castar.engine.save.exporter import ExportResult, SaveJob, SaveOptions, SavePlan
     from castar.store.content import ContentStore
     from castar.store.images import Image
@@ -126,6 +128,22 @@ class Store:
         for job in jobs:
             await self._root.check_output(job.sink)
         return await exporter.save_many(self._root, jobs)
+
+    async def push(
+        self,
+        name: str,
+        ref: str | None = None,
+        *,
+        platforms: Sequence[str | Platform] | None = None,
+        jobs: int = 4,
+        progress: ProgressCallback | None = None,
+    ) -> PushResult:
+        """Push an image to a registry; see :func:`castar.engine.registry.push.push`."""
+        root = self._root
+        options = _push.PushOptions.parse(platforms, jobs)
+        return await _push.push(
+            root.content, root.images, root.leases, name, ref, options, progress=progress
+        )
 
     async def verify(
         self, names: Iterable[str] | None = None, *, progress: ProgressCallback | None = None

@@ -207,6 +207,25 @@ def _plan_summary(plan: dict[str, Any]) -> None:
         print(f"warning: {warning}")
 
 
+# -- push -----------------------------------------------------------------------------------
+
+
+async def _cmd_push(store: Store, args: argparse.Namespace) -> int:
+    plats = platforms.parse_list(args.platform) if args.platform else None  # bad spec: exit 4
+    with open_progress("Pushing", mode=_progress_mode(args)) as bar:
+        result = await store.push(
+            args.image, args.ref, platforms=plats, jobs=args.jobs, progress=bar
+        )
+    if args.json:
+        _dump(result.to_json())
+        return 0
+    new = " (a new index of the platforms asked for)" if result.new_index else ""
+    print(f"Pushed {result.ref}: {result.target.digest}{new}")
+    sent = format_size(result.sent)
+    print(f"{len(result.pushed)} uploaded ({sent}), {len(result.skipped)} already present")
+    return 0
+
+
 # -- images, inspect, tag, rm ----------------------------------------------------------------
 
 
@@ -436,6 +455,8 @@ _COMMANDS: Final[dict[str, tuple[Command, str, str, bool, bool]]] = {
              "castar save alpine:latest --platform linux/amd64 -o alpine.tar", True, True),
     "pull": (_cmd_pull, "pull an image from a registry",
              "castar pull 127.0.0.1:5000/alpine:3 --platform linux/arm64", True, True),
+    "push": (_cmd_push, "push an image to a registry (--platform: only those platforms)",
+             "castar push alpine:latest registry.example:5000/alpine:3", True, True),
     "images": (_cmd_images, "list images", "castar images --tree", True, False),
     "inspect": (_cmd_inspect, "show an image's record, platforms and documents",
                 "castar inspect alpine --platform linux/arm64", False, False),
@@ -502,6 +523,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--write-behind", action="store_true",
                    help="keep the archive out of the page cache as it reaches the disk "
                    "(for big archives: runs at the disk's rate)")  # fmt: skip
+    p = cmd["push"]
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("ref", nargs="?", metavar="REF", help="destination (default: the image's name)")
+    p.add_argument("--platform", action="append", metavar="P[,P...]",
+                   help="one: its manifest as the tag; several: a new index of them")  # fmt: skip
+    p.add_argument("--jobs", type=int, default=4, metavar="N", help="blobs in flight (default: 4)")
     p = cmd["images"]
     p.add_argument("--tree", action="store_true", help="one row per platform, with availability")
     p.add_argument("--filter", action="append", metavar="KEY=VALUE",

@@ -1,0 +1,343 @@
+"""Push (PUSH-1..3): an image's stored graph to a registry, children first, the tag last."""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Final, Literal, Self, final
+
+import anyio
+
+from castar.engine import graph, oci, reference
+from castar.engine import platforms as plat
+from castar.engine.images import ImageService
+from castar.engine.registry.auth import credentials_for
+from castar.engine.registry.client import Registry, parse_ref
+from castar.engine.registry.pull import SOURCE_LABEL
+from castar.store.digest import compute
+from castar.store.errors import Conflict, InvalidArgument, NotFound
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterable
+
+    from castar.engine.images import ManifestRow
+    from castar.store.progress import ProgressCallback
+    from castar.store.roles import BlobReader, ImageRecords, Leases
+
+__all__ = ["PushOptions", "PushResult", "push"]
+
+_SCOPE: Final = "pull,push"
+#: Per client, the (repository, digest) blobs being sent (single flight).
+_FLIGHTS: weakref.WeakKeyDictionary[Registry, dict[tuple[str, str], anyio.Event]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class PushOptions:
+    """``platforms``: none pushes the image, one its manifest, several an index of them (PUSH-2).
+
+    ``jobs``: blobs in flight at once, when :func:`push` opens its own client.
+    """
+
+    platforms: tuple[plat.Platform, ...] = ()
+    jobs: int = 4
+
+    @classmethod
+    def parse(cls, platforms: Iterable[str | plat.Platform] | None = None, jobs: int = 4) -> Self:
+        """Options with ``platforms`` as specifiers (comma lists) or Platforms."""
+        if jobs < 1:
+            raise InvalidArgument(f"push: jobs must be at least 1, not {jobs}")
+        return cls(tuple(plat.parse_list(platforms or ())), jobs)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    """What :func:`push` did: reference, root, uploads, bytes sent, blobs present or mounted."""
+
+    ref: str
+    target: oci.Descriptor
+    pushed: tuple[oci.Descriptor, ...]
+    sent: int
+    skipped: tuple[oci.Descriptor, ...]
+    mounted: tuple[oci.Descriptor, ...] = ()
+    new_index: bool = False  # ``target`` is a new index of the platforms asked for
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready form."""
+        return {
+            "ref": self.ref,
+            "digest": str(self.target.digest),
+            "mediaType": self.target.media_type,
+            "pushed": [str(d.digest) for d in self.pushed],
+            "sent": self.sent,
+            "skipped": [str(d.digest) for d in self.skipped],
+            "mounted": [str(d.digest) for d in self.mounted],
+            "newIndex": self.new_index,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _Body:
+    """A blob streamed from the store in its chunks, counted as it goes; iterable again."""
+
+    job: _Job
+    digest: str
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self.job.content.read(self.digest):
+            self.job.advance(len(chunk), self.digest)
+            yield chunk
+
+
+async def push(
+    content: BlobReader,
+    images: ImageRecords,
+    leases: Leases,
+    name: str,
+    ref: str | None,
+    options: PushOptions,
+    *,
+    registry: Registry | None = None,
+    progress: ProgressCallback | None = None,
+) -> PushResult:
+    """Push image ``name`` to ``ref`` (default: its own name), under a lease (PUSH-1..3).
+
+    ``progress(done, total, digest)`` counts blob bytes, those already present included.
+
+    Raises:
+        NotFound: no such image, the store lacks a platform the image names (before any
+            request), or no manifest for a platform asked for.
+        Conflict: several manifests for one platform.
+        InvalidArgument: a dangling image without ``ref``, a digest ``ref`` naming another
+            digest, several platforms of an image that is no index.
+    """
+    service = ImageService(images, content)
+    image = await service.resolve(name)
+    if ref is None and reference.is_dangling(image.name):
+        raise InvalidArgument(f"push: image {image.target.digest} has no name: give a reference")
+    ref = ref or image.name
+    host, repo, tag, digest = parse_ref(ref)
+    async with leases.hold(expire=timedelta(hours=24), labels={"castar.push": "1"}) as lease:
+        await leases.add_resources(lease.id, "content", [image.target.digest])
+        (tree,) = await service.tree([image.name])
+        reader = graph.StoreReader(content)
+        root, index = await _select(reader, tree.manifests, tree.target, options.platforms, ref)
+        if digest is not None and digest != root.digest:
+            raise InvalidArgument(f"push: {ref} names another digest than {root.digest}")
+        nodes = await graph.walk(
+            reader, [root] if index is None else oci.children(root, index), skip_missing=False
+        )
+        # Reversed, each digest where the walk last reached it: children before every parent.
+        order = list({n.descriptor.digest: n.descriptor for n in reversed(nodes)}.values())
+        if index is not None:
+            order.append(root)
+        job = _Job(repo, tag, ref, root, index, content, reader, progress)
+        if registry is None:
+            async with Registry(host, credentials=credentials_for, jobs=options.jobs) as own:
+                return await _send(own, job, order)
+        return await _send(registry, job, order)
+
+
+async def _select(
+    reader: graph.StoreReader,
+    rows: tuple[ManifestRow, ...],
+    target: oci.Descriptor,
+    wanted: tuple[plat.Platform, ...],
+    ref: str,
+) -> tuple[oci.Descriptor, bytes | None]:
+    """The root to push, with its bytes when it is a new index of the platforms asked for."""
+    if not wanted:
+        missing = [r for r in rows if not r.available]
+        if missing:
+            names = ", ".join(
+                plat.format(r.platform)
+                if r.platform is not None and r.kind == "image"
+                else f"{r.kind} {r.descriptor.digest}"
+                for r in missing
+            )
+            raise NotFound(f"push {ref}: the store lacks {names}: pull it or push --platform")
+        return target, None
+    picked = {(d := _one(rows, p, ref)).digest: d for p in wanted}
+    if len(wanted) == 1:
+        return next(iter(picked.values())), None
+    if not oci.is_index(target.media_type):
+        raise InvalidArgument(f"push {ref}: several platforms need an index, not a manifest")
+    doc = await reader.read(target)
+    assert doc is not None  # the tree read it
+    old = oci.decode_index(doc.data, name=str(target.digest))
+    available = {r.descriptor.digest for r in rows if r.available}
+    kept = tuple(
+        m
+        for m in old.manifests
+        if m.digest in picked
+        or (m.digest in available and m.annotations.get(oci.ANNOTATION_REFERENCE_DIGEST) in picked)
+    )
+    if not picked.keys() <= {m.digest for m in kept}:
+        raise InvalidArgument(f"push {ref}: a platform asked for is in a nested index")
+    if len(kept) == len(old.manifests):
+        return target, None
+    data = oci.encode_index(replace(old, manifests=kept))
+    desc = oci.Descriptor(
+        target.media_type, compute(data), len(data), annotations=target.annotations
+    )
+    return desc, data
+
+
+def _one(rows: tuple[ManifestRow, ...], want: plat.Platform, ref: str) -> oci.Descriptor:
+    """The one available image manifest of exactly ``want`` (MATCH-3)."""
+    strict = plat.only_strict(want)
+    found = {
+        r.descriptor.digest: r.descriptor
+        for r in rows
+        if r.kind == "image" and r.available and r.platform and strict.match(r.platform)
+    }
+    if not found:
+        raise NotFound(f"push {ref}: no stored manifest for platform {plat.format(want)}")
+    if len(found) > 1:
+        raise Conflict(f"push {ref}: several manifests for platform {plat.format(want)}")
+    return next(iter(found.values()))
+
+
+@dataclass(slots=True)
+class _Job:
+    """One push: where to, the root (``index``: its bytes when the store has none), the store."""
+
+    repo: str
+    tag: str | None
+    ref: str
+    root: oci.Descriptor
+    index: bytes | None
+    content: BlobReader
+    reader: graph.StoreReader
+    progress: ProgressCallback | None
+    total: int = 0
+    done: int = 0
+
+    def advance(self, n: int, digest: str) -> None:
+        self.done += n
+        if self.progress is not None:
+            self.progress(self.done, self.total, digest)
+
+    async def document(self, desc: oci.Descriptor) -> bytes:
+        if self.index is not None and desc.digest == self.root.digest:
+            return self.index
+        doc = await self.reader.read(desc)
+        assert doc is not None  # the walk read it
+        return doc.data
+
+
+async def _send(registry: Registry, job: _Job, order: list[oci.Descriptor]) -> PushResult:
+    """Blobs ``registry.jobs`` at a time, then documents in ``order``, then the tag."""
+    repo = job.repo
+    done: dict[str, list[oci.Descriptor]] = {"pushed": [], "skipped": [], "mounted": []}
+    blobs = [d for d in order if not _is_document(d)]
+    job.total = sum(d.size for d in blobs)
+    infos = await job.content.infos([d.digest for d in blobs])
+    label = SOURCE_LABEL + registry.host
+    limit = anyio.CapacityLimiter(registry.jobs)
+    failure: list[Exception] = []
+
+    async def upload(desc: oci.Descriptor, scope: anyio.CancelScope) -> None:
+        info = infos.get(desc.digest)
+        sources = info.labels.get(label, "").split(",") if info is not None else []
+        source = next((r for r in sources if r and r != repo), None)
+        try:
+            async with limit:
+                state = await _blob(registry, job, desc, source)
+            done[state].append(desc)
+            if state != "pushed":
+                job.advance(desc.size, desc.digest)
+        except Exception as exc:  # the first failure is raised, never as an ExceptionGroup
+            failure.append(exc)
+            scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        for desc in blobs:
+            tg.start_soon(upload, desc, tg.cancel_scope)
+    if failure:
+        raise failure[0]
+    pushed, skipped = done["pushed"], done["skipped"]
+    for desc in order:
+        if not _is_document(desc):
+            continue
+        path = f"manifests/{desc.digest}"
+        head = await registry.request(
+            "HEAD", repo, path, scope=_SCOPE, headers={"Accept": desc.media_type}, ok=(200, 404)
+        )
+        if head.status_code == 200:
+            skipped.append(desc)
+            continue
+        await _put_document(registry, job, path, desc)
+        pushed.append(desc)
+    if job.tag is not None:
+        await _put_document(registry, job, f"manifests/{job.tag}", job.root)
+    sent = sum(d.size for d in pushed)
+    mounted = tuple(done["mounted"])
+    new = job.index is not None
+    return PushResult(job.ref, job.root, tuple(pushed), sent, tuple(skipped), mounted, new)
+
+
+def _is_document(desc: oci.Descriptor) -> bool:
+    return oci.is_manifest(desc.media_type) or oci.is_index(desc.media_type)
+
+
+async def _blob(
+    registry: Registry, job: _Job, desc: oci.Descriptor, source: str | None
+) -> Literal["pushed", "skipped", "mounted"]:
+    """One blob: skipped when present, else mounted from ``source``, else POST and one PUT.
+
+    Pushes sharing ``registry`` send a blob to a repository once: the others wait, then HEAD.
+    """
+    repo = job.repo
+    flights = _FLIGHTS.setdefault(registry, {})
+    key = (repo, str(desc.digest))
+    while (flight := flights.get(key)) is not None:
+        await flight.wait()
+    flights[key] = flight = anyio.Event()
+    try:
+        return await _send_blob(registry, job, desc, source)
+    finally:
+        del flights[key]
+        flight.set()
+
+
+async def _send_blob(
+    registry: Registry, job: _Job, desc: oci.Descriptor, source: str | None
+) -> Literal["pushed", "skipped", "mounted"]:
+    repo = job.repo
+    head = await registry.request("HEAD", repo, f"blobs/{desc.digest}", scope=_SCOPE, ok=(200, 404))
+    if head.status_code == 200:
+        return "skipped"
+    params = None if source is None else {"mount": str(desc.digest), "from": source}
+    started = await registry.request(
+        "POST", repo, "blobs/uploads/", scope=_SCOPE, params=params, ok=(201, 202)
+    )
+    if started.status_code == 201:
+        return "mounted"
+    location = started.headers["Location"]  # keeps its query (the upload's state)
+    await registry.request(
+        "PUT",
+        repo,
+        f"{location}{'&' if '?' in location else '?'}digest={desc.digest}",
+        scope=_SCOPE,
+        headers={"Content-Length": str(desc.size), "Content-Type": "application/octet-stream"},
+        content=_Body(job, desc.digest),
+        ok=(201,),
+    )
+    return "pushed"
+
+
+async def _put_document(registry: Registry, job: _Job, path: str, desc: oci.Descriptor) -> None:
+    await registry.request(
+        "PUT",
+        job.repo,
+        path,
+        scope=_SCOPE,
+        headers={"Content-Type": desc.media_type},
+        content=await job.document(desc),
+        ok=(201,),
+    )
