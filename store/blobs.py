@@ -1,8 +1,4 @@
-"""The blob layout ``<root>/blobs/<alg>/<hex>`` (CS, LAY): reads, walk, delete, small blobs.
-
-Also ``<root>/commit.lock``, the sync of committed blobs (never the whole file system) and
-the blob I/O limiter.
-"""
+"""The blob layout ``blobs/<alg>/<hex>`` (CS, LAY), ``commit.lock``, blob sync and limiter."""
 
 from __future__ import annotations
 
@@ -83,10 +79,7 @@ class CommitResult:
 
 @dataclass(frozen=True, slots=True)
 class SmallBatch:
-    """Each handled item's ``CommitResult`` or ``DigestMismatch`` (TV-44), and what stopped it.
-
-    Items after ``results`` were not written.
-    """
+    """Each handled item's ``CommitResult`` or ``DigestMismatch`` (TV-44), and what stopped it."""
 
     results: list[CommitResult | DigestMismatch]
     error: BaseException | None
@@ -114,11 +107,7 @@ def sync_dir(path: Path) -> None:
 
 
 def holds(target: Path, size: int, digest: Digest, check: Callable[[], None] | None = None) -> bool:
-    """True when the file at a blob address really holds ``digest`` (``size`` bytes).
-
-    A file there is normally the same blob (ING-12: another ref won), but may be an unsynced
-    commit torn by a crash, so it is re-hashed before it is trusted.
-    """
+    """True when the file at a blob address holds ``digest`` (re-hashed: it may be torn, ING-12)."""
     try:
         fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -165,11 +154,7 @@ def put_small(
     sync: bool,
     check: Callable[[], None] | None = None,
 ) -> CommitResult:
-    """Write a small blob held whole straight to its address: no ingest directory (§2.10).
-
-    Verified, written to a read-only ``ingest/.tmp-<pid>-<random>`` and renamed into place
-    under the caller's shared commit lock; a failure or a cancel before the rename removes it.
-    """
+    """Write a small blob held whole straight to its address: no ingest directory (§2.10)."""
     h = hasher(expected.algorithm if expected is not None else algorithm)
     h.update(data)
     digest = verified(from_hasher(h), expected)
@@ -219,10 +204,7 @@ def put_small_batch(
     sync: bool,
     check: Callable[[], None] | None = None,
 ) -> SmallBatch:
-    """:func:`put_small` for each ``(data, expected)`` in turn (a callable ``data`` is called).
-
-    A digest mismatch takes its item's place and the batch goes on; anything else stops it.
-    """
+    """:func:`put_small` for each ``(data, expected)``; a digest mismatch does not stop it."""
     results: list[CommitResult | DigestMismatch] = []
     for data, expected in items:
         try:
@@ -252,10 +234,7 @@ def _content(digest: str) -> str:
 
 
 class BlobStore:
-    """Committed blobs under one root directory (LAY-1), created lazily by the first write.
-
-    Disk work runs in worker threads (blob I/O shares :func:`blob_limiter`).
-    """
+    """Committed blobs under one root directory (LAY-1), created lazily by the first write."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -265,11 +244,7 @@ class BlobStore:
         return f"{type(self).__name__}({str(self.root)!r})"
 
     def blob_path(self, digest: str) -> Path:
-        """Where the committed blob lives (DIG-6); the file may not exist.
-
-        Raises:
-            InvalidArgument: ``cannot calculate blob path from invalid digest: <why>`` (DIG-4).
-        """
+        """Where the committed blob lives (DIG-6); InvalidArgument for a bad digest (DIG-4)."""
         try:
             d = parse(digest)
         except InvalidArgument as exc:
@@ -296,11 +271,7 @@ class BlobStore:
         length: int | None = None,
         chunk_size: int = CHUNK,
     ) -> AsyncGenerator[bytes, None]:
-        """Stream ``length`` bytes (to the end when None) from ``offset``, ``chunk_size`` a chunk.
-
-        Each thread hop reads at least 1 MiB; past the end is short, not an error (CS-2). The
-        file opens on the first iteration (NotFound then); ``aclose()`` when stopping early.
-        """
+        """Stream ``length`` bytes (to the end when None) from ``offset``; short past end (CS-2)."""
         path = self.blob_path(digest)
         if offset < 0 or (length is not None and length < 0) or chunk_size < 1:
             raise InvalidArgument(
@@ -408,12 +379,7 @@ class BlobStore:
 
     @contextlib.asynccontextmanager
     async def commit_lock(self, *, exclusive: bool) -> AsyncIterator[None]:
-        """A cross-process reader/writer lock: ``flock`` on ``<root>/commit.lock``.
-
-        Commits hold it shared from the rename until their DB row is written; GC's content
-        sweep holds it exclusive so it never sees a renamed-but-unrecorded blob. Waiting polls
-        a non-blocking ``flock``, so it is cancellable.
-        """
+        """A cross-process reader/writer ``flock`` on ``<root>/commit.lock``."""
         op = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
 
         def open_and_try() -> tuple[int, bool]:
@@ -435,11 +401,7 @@ class BlobStore:
     async def commit_small_batch(
         self, items: Sequence[tuple[SmallData, Digest | None]], *, sync: bool = True
     ) -> AsyncIterator[SmallBatch]:
-        """Write small blobs (``(data, expected)`` each) in ONE worker-thread hop, lock held shared.
-
-        The commit lock stays held until the block exits, so the caller records the blobs
-        renamed (even when ``SmallBatch.error`` stopped the batch), then raises the error.
-        """
+        """Write small blobs in ONE worker-thread hop, holding the commit lock shared until exit."""
         op = fcntl.LOCK_SH | fcntl.LOCK_NB
 
         def put() -> SmallBatch:
@@ -464,12 +426,7 @@ class BlobStore:
             os.close(fd)
 
     async def sync_blobs(self, digests: Sequence[str]) -> None:
-        """Make committed blobs durable: ``fdatasync`` each file, then ``fsync`` its directory.
-
-        Exactly these files, never ``syncfs``/``sync`` (design rule io-sync), spread over up to
-        ``_SYNC_THREADS`` worker threads: the disk serves parallel flushes faster than a queue
-        of one. A file collected meanwhile is skipped (nothing left to keep).
-        """
+        """``fdatasync`` each committed blob, then ``fsync`` its dir; never ``syncfs`` (io-sync)."""
         paths = [self.blob_path(d) for d in digests]
         dirs = sorted({p.parent for p in paths})
 
@@ -498,11 +455,7 @@ class BlobStore:
 
 
 def start_writeback(fd: int) -> None:
-    """Start writing a finished blob's pages now (``sync_file_range(WRITE)``), not waiting.
-
-    The operation's final ``fdatasync`` then has little left to wait for; a no-op where the
-    call is missing.
-    """
+    """Start writing a finished blob's pages now (``sync_file_range(WRITE)``); no-op if missing."""
     if _sync_file_range is not None:
         _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 

@@ -1,8 +1,4 @@
-"""Ingests end to end (ING, LAY): ``<root>/ingest/<sha256(ref)>/`` and ``LocalContentStore``.
-
-Open, per-ref flock, status, resume, abort, the ``LocalWriter`` hashing as it writes, and the
-commit into the blob layout (ING-8, containerd ``writer.go`` Commit step for step).
-"""
+"""Ingests (ING, LAY) in ``<root>/ingest/<sha256(ref)>/``: ``LocalWriter`` and the file store."""
 
 from __future__ import annotations
 
@@ -59,11 +55,7 @@ _log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class IngestStatus:
-    """The state of one ingest (ING-6).
-
-    ``offset`` counts the bytes in its data file, ``total`` is 0 when unknown, ``updated_at``
-    is the latest of the ``updatedat`` file and the data's mtime.
-    """
+    """The state of one ingest (ING-6); ``total`` is 0 when unknown."""
 
     ref: str
     offset: int
@@ -126,12 +118,7 @@ def go_duration(seconds: float) -> str:
 
 
 def _lock_ref(path: Path, ref: str) -> int:
-    """Take the ref's exclusive flock and return its fd (ING-3, across processes).
-
-    A commit or abort elsewhere may remove the directory at any point before ``flock``: its
-    ``mkdir`` may then see it existing, its ``open`` miss it or its lock land on an unlinked
-    file (the inode check); each retries.
-    """
+    """Take the ref's exclusive flock and return its fd (ING-3); retries on a removed dir."""
     lock_path = path / "lock"
     while True:
         with contextlib.suppress(FileExistsError):
@@ -184,8 +171,7 @@ def open_ingest(
 ) -> LocalWriter:
     """Open (or resume, ING-5, re-hashing) the ingest of ``ref`` and lock it (ING-3), in a thread.
 
-    A different non-zero ``total`` restarts at offset 0; the hash is ``expected``'s, else the
-    stored one's, else sha256 (ING-7). ``cancellable``: a cancel stops the re-hash.
+    A different non-zero ``total`` restarts at offset 0; the hash follows ING-7.
     """
     check = anyio.from_thread.check_cancelled if cancellable else None
     path = ingest_dir(root, ref)
@@ -295,19 +281,12 @@ def _abort_ingest(root: Path, ref: str, if_unlocked: bool) -> bool:
 
 @final
 class LocalContentStore(BlobStore):
-    """The file backend: the blob layout plus in-progress ingests under one root (LAY-1).
-
-    Safe across tasks and processes: ingests are flocked per ref, commits are atomic renames.
-    """
+    """The file backend: the blob layout plus in-progress ingests under one root (LAY-1)."""
 
     async def open_writer(
         self, ref: str, *, total: int | None = None, expected: str | None = None
     ) -> LocalWriter:
-        """Open the ingest of ``ref`` (unique per import session, ING-14), resuming it (ING-5).
-
-        Unavailable ``ref <ref> locked for <duration> (since <time>)`` while another writer,
-        in any process, holds the ref (ING-3).
-        """
+        """Open the ingest of ``ref`` (ING-14), resuming it (ING-5); Unavailable if held (ING-3)."""
         if not ref:
             raise InvalidArgument("ref must not be empty")
         if total is not None and total < 0:
@@ -328,8 +307,7 @@ class LocalContentStore(BlobStore):
     async def abort(self, ref: str, *, if_unlocked: bool = False) -> bool:
         """Remove an ingest and its data (ING-10); NotFound when there is none.
 
-        With ``if_unlocked`` a locked ref is left alone (False). Otherwise it is removed even
-        under a live writer, as containerd does; that writer's commit then fails NotFound.
+        With ``if_unlocked`` a locked ref is left alone (False), else removed under a live writer.
         """
         return await anyio.to_thread.run_sync(_abort_ingest, self.root, ref, if_unlocked)
 
@@ -348,11 +326,7 @@ def _view(data: Buffer) -> memoryview:
 
 
 class LocalWriter(AbstractAsyncContextManager["LocalWriter"]):
-    """An open, locked ingest: bytes are hashed as they are written (ING-3..9).
-
-    Each 1 MiB written becomes a step of the writer's ``Pump``. One task at a time; never
-    interleave ``write`` and ``write_sync``. ``async with``, ``close`` or ``commit`` unlock.
-    """
+    """An open, locked ingest hashing bytes as they are written (ING-3..9); one task at a time."""
 
     def __init__(
         self,
@@ -458,10 +432,7 @@ class LocalWriter(AbstractAsyncContextManager["LocalWriter"]):
     async def write(self, data: Buffer) -> None:
         """Append ``data``: buffered below 1 MiB, else queued for the pump in 1 MiB steps.
 
-        ``bytes`` are queued uncopied (pieces under 256 KiB are buffered), other buffers
-        copied, so the caller may reuse its buffer at once; waits only while the pump is
-        three steps ahead. On a cancel ``offset`` counts exactly the bytes accepted. A
-        failed step's error is raised by a later ``write`` or by :meth:`commit`.
+        The caller may reuse its buffer at once; a failed step's error is raised later.
         """
         fd = self._open_fd("write")
         self._raise_pump_error()
@@ -559,20 +530,10 @@ class LocalWriter(AbstractAsyncContextManager["LocalWriter"]):
                 )
 
     async def commit(self, size: int, expected: str | None, *, sync: bool = True) -> CommitResult:
-        """Verify the ingest and move it to ``blobs/<alg>/<hex>`` (ING-8), in one thread hop.
+        """Verify the ingest and move it to ``blobs/<alg>/<hex>`` (ING-8) as containerd does.
 
-        Order (containerd ``writer.go`` Commit): flush, fsync data, size check, digest check
-        (re-hashing for another algorithm), then either keep a blob file that :func:`holds`
-        these bytes (``existed``) or chmod, rename into place, fsync the directory; then remove
-        the ingest. A mismatch keeps the ingest data. The ref lock is always released. A cancel
-        is honoured up to the rename, never after. ``size`` <= 0 and ``expected`` None skip
-        their checks; ``sync=False`` skips both fsyncs (design rule io-sync).
-
-        Raises:
-            FailedPrecondition: ``cannot commit on closed writer``.
-            SizeMismatch: ``unexpected commit size <written>, expected <size>``.
-            DigestMismatch: ``unexpected commit digest <computed>, expected <expected>``.
-            NotFound: the ingest was aborted under the writer.
+        A mismatch keeps the ingest data; a cancel is honoured up to the rename, never after.
+        ``sync=False`` skips both fsyncs (design rule io-sync).
         """
         if self._fd is None:
             raise FailedPrecondition("cannot commit on closed writer")
