@@ -1,8 +1,4 @@
-"""The writer's pipeline: a thread that hashes and writes one writer's steps in order.
-
-The loop queues up to ``DEPTH`` steps without waiting for each, so the thread never idles
-on a hop (io-hops, io-coalesce).
-"""
+"""The writer's pipeline: a thread that hashes and writes one writer's steps in order (io-hops)."""
 
 from __future__ import annotations
 
@@ -57,10 +53,7 @@ def hash_and_write(fd: int, h: hashlib._Hash, data: Buffer) -> None:
 class Pump:
     """One writer's steps, hashed into ``h`` and appended to ``fd`` by a thread of its own.
 
-    One task at a time calls :meth:`room` (waits while ``DEPTH`` steps are in flight),
-    :meth:`put` (never waits) and :meth:`drain`. Finished steps are *reaped*: counted in
-    ``done_bytes`` or, for the first failure, kept in ``error``; later steps are skipped.
-    Non-``bytes`` buffers are copied at ``put``, so the caller may reuse them at once.
+    The first failure is kept in ``error``; later steps are skipped.
     """
 
     def __init__(self, fd: int, h: hashlib._Hash) -> None:

@@ -212,9 +212,7 @@ def run_txn(
 ) -> T:
     """Run ``fn(conn, *args)`` as one transaction: committed if it returns, rolled back if not.
 
-    Writes take the RESERVED lock up front (``BEGIN IMMEDIATE``) so two processes never
-    deadlock upgrading read locks. A non-durable write skips the WAL fsync: it may be lost in
-    a power cut, but is never reordered after a later durable commit.
+    Writes ``BEGIN IMMEDIATE`` so two processes never deadlock; non-durable skips the WAL fsync.
     """
     with _map_sqlite_errors():
         if not durable:

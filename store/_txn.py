@@ -1,7 +1,6 @@
 """The metadata DB's transactions: one sync ``<family>_<op>(conn, ...)`` per operation.
 
-Each runs inside one ``_schema.run_txn`` transaction (design rule seam-txn); every label write
-re-derives the GC edges (GC-5, GC-6).
+Each runs in one ``run_txn`` (design rule seam-txn); label writes re-derive edges (GC-5, GC-6).
 """
 
 from __future__ import annotations
@@ -163,10 +162,7 @@ def content_labels(
     replace: bool,
     now: datetime,
 ) -> dict[Digest, Info]:
-    """Merge (or replace) blobs' labels; an empty value deletes the key (CS-5).
-
-    Unrecorded digests are skipped (missing from the result).
-    """
+    """Merge (or replace) blobs' labels; an empty value deletes the key (CS-5); skip unrecorded."""
     out = {}
     for digest, labels in updates.items():
         current = content_info(conn, digest)
@@ -277,10 +273,7 @@ def content_commit_batch(
     now: datetime,
     unsynced_boot: str | None = None,
 ) -> tuple[list[bool], list[int | None]]:
-    """Record ``(digest, size, labels)`` blobs and join the ``joins`` digests (TV-44) at once.
-
-    Returns whether each row was created, and each join's recorded size (None: unrecorded).
-    """
+    """Record ``(digest, size, labels)`` blobs and join the ``joins`` digests (TV-44) at once."""
     created = [_insert_content(conn, d, n, labels, now, unsynced_boot) for d, n, labels in blobs]
     joined: list[int | None] = []
     for d in joins:

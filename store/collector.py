@@ -40,9 +40,7 @@ class Collector:
     async def collect(self, *, dry_run: bool = False) -> GCReport:
         """Sweep the metadata in one write transaction, then the backend under the commit lock.
 
-        The content sweep re-reads the recorded digests under the exclusive lock, so a blob a
-        concurrent commit renamed is never garbage. Backend ingests are listed BEFORE the
-        ingest rows are read (writers record the row first); held ingests are never aborted.
+        Backend ingests are listed BEFORE the ingest rows are read; held ones are never aborted.
         """
         async with self._lock:
             now = self._clock()

@@ -1,7 +1,6 @@
 """The public content store: blobs in the file backend, their records in the metadata DB.
 
-A blob exists for callers once recorded, which happens after the backend renamed it (fsynced,
-or marked unsynced until ``sync()``), under the shared commit lock GC respects.
+A blob exists for callers once recorded, after the backend renamed it, under the commit lock.
 """
 
 from __future__ import annotations
@@ -61,9 +60,7 @@ SMALL_BLOB: Final = 1 << 20
 class SmallBlob:
     """One blob of :meth:`ContentStore.write_small_blobs`: at most 1 MiB, stored whole.
 
-    ``data`` may be a function returning the bytes, called in the worker thread writing the
-    batch; ``digest`` (its algorithm is used) is what they must hash to; ``labels`` are a new
-    record's (LBL-1); ``media_type`` is echoed in the returned :class:`Descriptor`.
+    ``data`` may be a function returning the bytes; ``labels`` are a new record's (LBL-1).
     """
 
     data: SmallData
@@ -109,16 +106,8 @@ class Writer:
     ) -> Digest:
         """Verify, publish and record the blob (ING-8); it joins the current lease.
 
-        ``size`` 0 and ``digest`` None skip their checks. ``sync=False`` skips the fsyncs and
-        marks the row unsynced until :meth:`ContentStore.sync`; a machine crash before that
-        drops the row at the next ``open_root`` (design rule io-sync).
-
-        Raises:
-            FailedPrecondition: the writer was already committed.
-            SizeMismatch, DigestMismatch: the data is not what was promised; the ingest is
-                removed and nothing is recorded.
-            AlreadyExists: ``content <d>: already exists`` when the digest was recorded
-                before (the digest still joins the current lease).
+        ``sync=False`` marks the row unsynced until :meth:`ContentStore.sync` (design rule io-sync);
+        AlreadyExists when the digest was recorded before (it still joins the current lease).
         """
         if self._done:
             raise FailedPrecondition("cannot commit on closed writer")
@@ -173,8 +162,7 @@ class Writer:
 class ContentStore:
     """Blobs with records: the content store callers see (CS, ING).
 
-    ``clock`` returns the aware UTC now; ``boot_id`` marks blobs committed without fsync
-    (None, unknown, makes every commit sync).
+    ``boot_id`` marks blobs committed without fsync (None makes every commit sync).
     """
 
     def __init__(
@@ -309,10 +297,8 @@ class ContentStore:
     ) -> AsyncIterator[Writer]:
         """Open an ingest ``ref``; leaving the block without commit keeps it resumable (ING-5).
 
-        The ingest row is recorded before the backend ingest exists, so GC never meets an
-        unrecorded in-flight ingest: it joins the current lease, else it expires (ING-13).
-        AlreadyExists when ``digest`` is recorded (joining the lease first, ING-2);
-        Unavailable while another writer holds ``ref`` (ING-3).
+        The row is recorded before the backend ingest, so GC never meets it unrecorded (ING-13).
+        AlreadyExists when ``digest`` is recorded (ING-2); Unavailable if ``ref`` is held (ING-3).
         """
         if not ref:
             raise InvalidArgument("ref must not be empty")
@@ -342,14 +328,8 @@ class ContentStore:
     ) -> list[Descriptor]:
         """Store small blobs: ONE worker-thread hop writes them, ONE transaction records them.
 
-        Each is verified and renamed to its address under the shared commit lock, then all are
-        recorded in the current lease (``sync`` as for :meth:`Writer.commit`). A blob already
-        recorded is a success (ING-11, ING-2), as is data missing a recorded ``digest``
-        (TV-44). Every verified blob is recorded before the first DigestMismatch is raised;
-        anything else (a cancel, a read or I/O error) stops the batch, and the blobs renamed
-        before it are recorded, so only recorded, verified blobs are ever visible. Bad digests,
-        labels (LBL-1) or sizes are InvalidArgument before anything is written. Returns one
-        descriptor per blob, in order.
+        A blob already recorded is a success (ING-11, ING-2, TV-44); every verified blob is recorded
+        before the first DigestMismatch is raised. Bad digests, labels (LBL-1) or sizes raise first.
         """
         items = list(blobs)
         if not items:
@@ -405,10 +385,7 @@ class ContentStore:
     async def sync(self, digests: Iterable[str] | None = None) -> int:
         """Make blobs committed with ``sync=False`` durable; how many records were marked.
 
-        ``fdatasync`` of exactly those files and their directories (``BlobStore.sync_blobs``),
-        then one durable transaction clears the unsynced mark of ``digests``;
-        without them, of every blob committed unsynced in this boot by any process, read
-        before the sync (so a later commit is never marked durable too early).
+        Without ``digests``, every blob committed unsynced in this boot, read before the sync.
         """
         if self._boot is None:
             return 0  # no boot id: every commit synced already
@@ -426,9 +403,7 @@ class ContentStore:
     async def drop_stale(self) -> list[Digest]:
         """Forget blobs committed unsynced before a machine crash (another boot id).
 
-        Their data may be torn: the rows go (and leave every lease), then their files, under
-        the exclusive commit lock, so no concurrent commit of the same digest can be trusting
-        the torn file meanwhile. ``open_root`` calls this.
+        The rows go, then their files, under the exclusive commit lock. ``open_root`` calls this.
         """
         if self._boot is None or not await self._db.read(_txn.content_stale, self._boot):
             return []  # the usual case: one read, no lock
@@ -457,9 +432,7 @@ class ContentStore:
     ) -> Descriptor:
         """Store ``data`` and return its descriptor; an existing blob counts as success (ING-11).
 
-        A ``digest`` already recorded means a streamed ``data`` is not read (TV-44); a resumed
-        ingest skips the bytes it holds; busy refs are retried (ING-4). Bytes of at most 1 MiB
-        take the small-blob path (io-small-blobs). ``sync`` is as for :meth:`Writer.commit`.
+        A recorded ``digest`` skips reading ``data`` (TV-44); busy refs are retried (ING-4).
         """
         expected = parse(digest) if digest else None
         if isinstance(data, bytes | bytearray | memoryview):

@@ -1,7 +1,4 @@
-"""GC marking: containerd ``pkg/gc`` Tricolor/Sweep as pure functions (design rule seam-gc).
-
-``roots_and_edges`` turns one metadata snapshot into the graph (GC-1..6).
-"""
+"""GC marking: containerd ``pkg/gc`` Tricolor/Sweep as pure functions (design rule seam-gc)."""
 
 from __future__ import annotations
 

@@ -68,10 +68,7 @@ class LeaseManager(Records):
         labels: Mapping[str, str] | None = None,
         durable: bool = True,
     ) -> Lease:
-        """Create a lease (random id when None) expiring after ``expire`` if given.
-
-        ``durable=False`` skips the fsync, for leases held only while an operation runs.
-        """
+        """Create a lease (random id when None); ``durable=False`` skips the fsync."""
         if id is None:
             id = random_lease_id()
         if not id:
@@ -90,10 +87,7 @@ class LeaseManager(Records):
         expire: timedelta | None = timedelta(hours=24),
         labels: Mapping[str, str] | None = None,
     ) -> AsyncIterator[Lease]:
-        """Create a lease and make it current for the block (child tasks too); delete it on exit.
-
-        What the block writes joins it (LEASE-5); a lease GC already removed is no error.
-        """
+        """Create a lease current for the block (child tasks too, LEASE-5); delete it on exit."""
         # Not durable: worthless after a power cut, and each durable commit costs an fsync.
         lease = await self.create(expire=expire, labels=labels, durable=False)
         token = _current.set(lease)
@@ -109,10 +103,7 @@ class LeaseManager(Records):
         return await self._db.read(_txn.lease_list)
 
     async def delete(self, id: str, *, durable: bool = True) -> None:
-        """Delete a lease; what only it protected becomes garbage (LEASE-3).
-
-        ``durable=False``: a delete lost in a power cut keeps the lease until it expires.
-        """
+        """Delete a lease; what only it protected becomes garbage (LEASE-3)."""
         await self._db.write(_txn.lease_delete, id, durable=durable)
 
     async def add_resource(self, id: str, type: str, resource: str) -> None:

@@ -1,7 +1,4 @@
-"""Re-hashing of stored blobs: which recorded blobs are missing or corrupt on disk.
-
-An image's subtree is reached through reference labels (GC-5), never through castar.engine.
-"""
+"""Re-hashing of stored blobs: which recorded blobs are missing or corrupt on disk."""
 
 from __future__ import annotations
 
@@ -47,11 +44,7 @@ class BlobProblem:
 @final
 @dataclass(frozen=True, slots=True)
 class VerifyReport:
-    """What :func:`verify` checked and found, by digest.
-
-    ``absent`` are digests an image references that were never stored (a sparse image, e.g.
-    platforms filtered out at load): not a problem.
-    """
+    """What :func:`verify` checked and found, by digest; ``absent`` were never stored (fine)."""
 
     checked: int
     bytes_checked: int
@@ -140,8 +133,7 @@ async def verify(
 ) -> VerifyReport:
     """Re-hash recorded blobs (two at once) and report the bad ones; nothing is changed.
 
-    ``digests`` are roots checked with everything they reference (an image's target digest
-    checks its stored subtree); None checks every recorded blob.
+    ``digests`` are roots checked with what they reference (GC-5); None checks every blob.
     """
     if digests is None:
         todo = {info.digest: info.size for info in await content.walk()}
