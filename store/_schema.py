@@ -76,9 +76,6 @@ MIGRATIONS: Final[list[list[str]]] = [
 ]
 
 
-# --- rows ------------------------------------------------------------------------------------
-
-
 @final
 @dataclass(frozen=True, slots=True)
 class Descriptor:
@@ -155,9 +152,6 @@ def to_ts(dt: datetime) -> str:
 def from_ts(text: str) -> datetime:
     """A stored timestamp back as an aware datetime."""
     return datetime.fromisoformat(text)
-
-
-# --- connection and transactions ---------------------------------------------------------------
 
 
 @contextlib.contextmanager

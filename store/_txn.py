@@ -26,8 +26,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
     from datetime import datetime
 
-# --- labels and edges ---------------------------------------------------------------------------
-
 #: The label table of each labelled kind, and its owner column.
 _LABELS: Final = {
     "content": ("content_labels", "digest"),
@@ -70,9 +68,6 @@ def _set_labels(conn: sqlite3.Connection, kind: str, owner: str, labels: Mapping
         )
 
 
-# --- lease membership ---------------------------------------------------------------------------
-
-
 def _require_lease(conn: sqlite3.Connection, lease: str, message: str) -> None:
     if conn.execute("SELECT 1 FROM leases WHERE id = ?", (lease,)).fetchone() is None:
         raise NotFound(message)
@@ -105,9 +100,6 @@ def _drop(conn: sqlite3.Connection, kind: str, key: str, *, leases: bool) -> int
     if leases:
         conn.execute("DELETE FROM lease_resources WHERE type = ? AND resource = ?", (type_, key))
     return n
-
-
-# --- content and ingests ------------------------------------------------------------------------
 
 
 def content_info(conn: sqlite3.Connection, digest: str) -> Info | None:
@@ -317,8 +309,6 @@ def content_drop_stale(conn: sqlite3.Connection, boot: str) -> list[str]:
     return stale
 
 
-# --- images -------------------------------------------------------------------------------------
-
 _IMAGE_COLS: Final = "name, media_type, digest, size, annotations, created_at, updated_at"
 
 
@@ -388,9 +378,6 @@ def image_delete(conn: sqlite3.Connection, name: str, target: str | None) -> Non
     _drop(conn, "image", name, leases=False)
 
 
-# --- leases -------------------------------------------------------------------------------------
-
-
 def lease_create(
     conn: sqlite3.Connection, id_: str, labels: Mapping[str, str], now: datetime
 ) -> Lease:
@@ -430,9 +417,6 @@ def lease_remove(conn: sqlite3.Connection, id_: str, type_: str, resource: str) 
         "DELETE FROM lease_resources WHERE id = ? AND type = ? AND resource = ?",
         (id_, type_, resource),
     )
-
-
-# --- garbage collection -------------------------------------------------------------------------
 
 
 def gc_graph(conn: sqlite3.Connection) -> GCGraph:
