@@ -23,15 +23,9 @@ if TYPE_CHECKING:
     from castar.store.roles import BlobReader, ImageRecords
 
 __all__ = [
-    "ImageDetails",
-    "ImageService",
-    "ImageTree",
-    "ManifestRow",
-    "Removal",
-    "as_oci",
-    "find",
+    "ImageDetails", "ImageService", "ImageTree", "ManifestRow", "Removal", "as_oci", "find",
     "id_hex",
-]
+]  # fmt: skip
 
 Kind = Literal["image", "attestation", "unknown"]
 
@@ -171,10 +165,7 @@ def as_oci(target: DescriptorLike) -> oci.Descriptor:
 
 @final
 class ImageService:
-    """Image records (IMG-1..5) plus the views and edits the CLI and users need.
-
-    Names may be full, familiar (``alpine``), a target digest or a unique image-ID prefix.
-    """
+    """Image records (IMG-1..5) by full or familiar name, target digest or image-ID prefix."""
 
     def __init__(self, records: ImageRecords, content: BlobReader) -> None:
         self._records = records
@@ -186,11 +177,7 @@ class ImageService:
         self.delete = records.delete
 
     async def list(self, filters: Sequence[str] = ()) -> builtins.list[Image]:
-        """Records in name order (IMG-5) passing every filter.
-
-        ``reference=<glob>`` (full or familiar name; OR-ed), ``label=<key>[=<value>]``
-        (AND-ed), ``dangling=true|false``; any other is InvalidArgument.
-        """
+        """Records in name order (IMG-5) passing every reference/label/dangling filter."""
         passes = _filter(filters)
         return [img for img in await self._records.list() if passes(img)]
 
@@ -229,11 +216,7 @@ class ImageService:
         return ImageTree(names, target, tuple(rows), created_at=min(r.created_at for r in group))
 
     async def inspect(self, name: str, platform: str | None = None) -> ImageDetails:
-        """The record, its tree and one manifest's and its config's documents.
-
-        ``platform`` picks the best match (``only(platform)``, MATCH-7 order, available first;
-        NotFound if none); without it, only a single-manifest image shows its manifest.
-        """
+        """The record, its tree, and the best (MATCH-7) or only manifest and its config."""
         wanted = None if platform is None else platforms.parse(platform)
         image = await self.resolve(name)
         reader = _Lenient(self._content)
@@ -310,11 +293,7 @@ def id_hex(ref: str) -> str | None:
 
 
 async def find(records: ImageRecords, ref: str) -> tuple[Image, bool]:
-    """The record ``ref`` names, and whether by name rather than by ID (SAVE-4, ``rm``).
-
-    Tried as given, normalised, then as an image-ID prefix (:func:`id_hex`) of targets:
-    Conflict when it matches several images.
-    """
+    """The record ``ref`` names (as given, normalised, ID prefix), and whether by name (SAVE-4)."""
     names = [ref]
     with contextlib.suppress(InvalidArgument):
         names.append(reference.normalize(ref))

@@ -1,8 +1,4 @@
-"""Platforms: the value, specifier parsing and formatting, matchers, the host.
-
-Owns ``Platform`` and its text and JSON forms (PLAT-1..6, NORM-1..3, FMT-1..2, DESC-1), the
-host platform (HOST-1..4) and the matchers (MATCH-1..7).
-"""
+"""Platforms: PLAT-1..6, NORM-1..3, FMT-1..2, DESC-1, the host (HOST-1..4), MATCH-1..7."""
 
 from __future__ import annotations
 
@@ -102,10 +98,7 @@ def _from_env(spec: str) -> Platform:
 
 
 def host() -> Platform:
-    """The pinned host, else ``$CASTAR_HOST_PLATFORM``, else the detected one (HOST-1..3).
-
-    An amd64 host stays plain ``amd64``: castar does not detect the amd64 level (HOST-2).
-    """
+    """The pinned host, else ``$CASTAR_HOST_PLATFORM``, else the detected one (HOST-1..3)."""
     if _pinned is not None:
         return _pinned
     env = os.environ.get(HOST_ENV, "").strip()

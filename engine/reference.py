@@ -1,8 +1,4 @@
-"""Docker image references: the distribution/reference grammar as docker and containerd use it.
-
-Owns IMP-9 normalisation (``alpine`` → ``docker.io/library/alpine:latest``), EXP-10 familiar
-names, EXP-3 ``org.opencontainers.image.ref.name`` values and LOAD-1 ``moby-dangling@<digest>``.
-"""
+"""Docker image references: normalisation (IMP-9), familiar names (EXP-10), EXP-3, LOAD-1."""
 
 from __future__ import annotations
 
@@ -125,10 +121,7 @@ def _split_docker_domain(name: str) -> tuple[str, str]:
 
 
 def parse_normalized(s: str) -> Reference:
-    """Parse a name as docker does, filling in ``docker.io`` and ``library/`` but no tag.
-
-    Go ``reference.ParseNormalizedNamed``: ``foo/bar:1`` → ``docker.io/foo/bar:1``.
-    """
+    """Go ``reference.ParseNormalizedNamed``: ``foo/bar:1`` → ``docker.io/foo/bar:1``."""
     if _IDENTIFIER_RE.fullmatch(s):
         raise InvalidArgument(
             f"invalid repository name ({s}), cannot specify 64-byte hexadecimal strings"
@@ -201,11 +194,7 @@ def _valid_url_host(host: str) -> bool:
 
 
 def ref_name_annotation(name: str) -> str:
-    """The ``org.opencontainers.image.ref.name`` value for an exported image (EXP-3).
-
-    The tag (after the path's first ``:`` or ``@``) when ``name`` reads as a URL ``host/path``
-    and the tag does not start with ``@``; else the full name.
-    """
+    """EXP-3 ``ref.name``: the tag when ``name`` reads as a URL ``host/path:tag``, else it."""
     if "://" in name or any(c in name for c in "?#"):
         return name
     host, _, path = name.partition("/")

@@ -1,8 +1,6 @@
-"""The tar codec: the deterministic header encoder and a sans-IO streaming decoder.
+"""The tar wire format (TAR-1..4, EDGE-12/13): deterministic header encoder, sans-IO decoder.
 
-Owns the tar wire format (TAR-1..4, EDGE-12/13): typeflags and field layout, the header
-encoder, and a decoder for USTAR, PAX ``x``/``g``, GNU ``L``/``K``, base-256 numbers and V7
-that hands each member out as events, body bytes as views of the fed buffers.
+The decoder reads USTAR, PAX ``x``/``g``, GNU ``L``/``K``, base-256 and V7, as events.
 """
 
 from __future__ import annotations
@@ -230,11 +228,7 @@ def encode_header(
 @final
 @dataclass(frozen=True, slots=True)
 class MemberStart:
-    """A member's header, PAX/GNU records applied (``name``: PAX ``path`` > GNU ``L`` > ustar).
-
-    ``size`` is 0 for header-only types; a NUL ``type`` reads ``b"0"`` (``b"5"`` for a V7
-    name ending in ``/``); ``header_offset`` is that of its first record, as ``TarInfo.offset``.
-    """
+    """A member's header, PAX/GNU records applied; ``header_offset`` is its first record's."""
 
     name: str
     size: int
@@ -288,9 +282,7 @@ Event = MemberStart | Chunk | MemberEnd | ArchiveEnd | NeedData
 
 # -- decoder ---------------------------------------------------------------------------------
 
-# Fed buffers stay memoryviews in a deque, so bodies go out as slices without copying; only
-# header blocks and PAX/GNU records are copied. Each state needs a bounded number of bytes to
-# make progress, so next_event is O(fed bytes) overall and never loops without input.
+# Bodies go out as slices of the fed buffers; only headers and PAX/GNU records are copied.
 _S_HEADER: Final = 0
 _S_META: Final = 1  # collecting a PAX / GNU record body
 _S_BODY: Final = 2
@@ -300,11 +292,9 @@ _S_END: Final = 4
 
 @final
 class TarDecoder:
-    """Sans-IO tar decoder (design rule seam-tar, TAR-4): ``feed`` bytes, pull events.
+    """Sans-IO tar decoder (design rule seam-tar, TAR-4): ``feed`` bytes (kept), pull events.
 
-    Checksums are verified (unsigned or signed sums, as tarfile). The archive ends at the
-    first zero block or at EOF on a member boundary; any truncation or malformed input
-    raises ``MalformedArchive``. Fed buffers are referenced: do not mutate them.
+    Ends at the first zero block or EOF on a member boundary; else ``MalformedArchive``.
     """
 
     __slots__ = (
@@ -362,11 +352,7 @@ class TarDecoder:
         self._eof = True
 
     def skip_body(self) -> int:
-        """Skip the body and padding of the member just started (no ``Chunk``/``MemberEnd``).
-
-        Returns how many of those bytes were not fed yet: the caller skips that many in its
-        source before feeding again. Only valid right after a ``MemberStart``.
-        """
+        """Skip the just-started member's body; returns the bytes to skip in the source."""
         if not self._skippable:
             raise RuntimeError("skip_body() is only valid right after a MemberStart")
         self._skippable = False
@@ -489,13 +475,11 @@ class TarDecoder:
             if self._pending_offset is not None:
                 raise MalformedArchive("zero block after an extended header", offset=start)
             return self._finish(start)
-        # Header problems name no member: the name in this block is not trustworthy yet.
         chksum = number_field(block, 148, 156, start)
         total = sum(block) - sum(block[148:156]) + 256
         if total != chksum and 256 + sum(_SIGNED.unpack(block)) != chksum:
             raise MalformedArchive("invalid tar header: checksum mismatch", offset=start)
         type_ = block[156:157]
-        # Fast path for the usual "<octal digits>NUL" fields; anything else takes _number.
         try:
             if block[135] != 0 or block[147] != 0 or block[107] != 0:
                 raise ValueError

@@ -1,7 +1,4 @@
-"""The exporter ("save"): images from the store to an OCI + Docker image archive.
-
-Owns the entry points, the lease a save runs under (SAVE-5, LEASE-6) and the sink's lifetime.
-"""
+"""The exporter ("save"): images to an OCI + Docker archive under a lease (SAVE-5, LEASE-6)."""
 
 from __future__ import annotations
 
@@ -79,10 +76,7 @@ class SaveJob:
 
 
 async def plan_save(store: Roles, names: Sequence[str], options: SaveOptions) -> SavePlan:
-    """What :func:`save` would write, with every error it raises before its first byte.
-
-    ``names`` are image names, digests or image-id prefixes (SAVE-4); the caller's current
-    lease gets every blob the archive reads (SAVE-5).
+    """What :func:`save` would write; the current lease gets every blob read (SAVE-4, SAVE-5).
 
     Raises:
         NotFound: an unknown name, no manifest for a platform, or missing content
@@ -120,14 +114,9 @@ async def save(
     *,
     progress: ProgressCallback | None = None,
 ) -> ExportResult:
-    """Export images as one OCI image archive (with Docker's ``manifest.json``).
+    """Export images as one OCI archive, planned first (TAR-1..3, DESC-2, SAVE-1..3, EDGE-1).
 
-    Plans first (:func:`plan_save`) under a lease holding every blob it reads (SAVE-5,
-    LEASE-6), so errors come before the sink is opened. Same content, names and options
-    give the same bytes (TAR-1..3, DESC-2). Platforms: SAVE-1..3, EDGE-1.
-
-    ``sink``: see :func:`~castar.engine.save.sinks.open_sink`; ``progress(written, size,
-    member)`` is called on the event loop after each hop.
+    ``sink``: see :func:`~castar.engine.save.sinks.open_sink`; ``progress`` runs after each hop.
 
     Raises:
         NotFound, Conflict, InvalidArgument: see :func:`plan_save`, before any byte.
@@ -161,11 +150,7 @@ async def _save(
 async def save_many(
     store: Roles, jobs: Sequence[SaveJob], *, limit: int | None = None
 ) -> list[ExportResult]:
-    """Run several :func:`save` jobs concurrently; the results in job order.
-
-    Blob work shares the store's budgets, or one ``CapacityLimiter(limit)``. The first
-    failure cancels the others and is raised (never as an ExceptionGroup).
-    """
+    """Run :func:`save` jobs concurrently; the first failure cancels the rest and is raised."""
     one = anyio.CapacityLimiter(limit) if limit else None  # both kinds of hop take it
     limiters = Limiters(one, one) if one is not None else store_limiters(store.content)
     planning = anyio.CapacityLimiter(_PLANS_AT_ONCE)

@@ -86,11 +86,7 @@ def _document(data: bytes) -> tuple[dict[str, Any] | None, str]:
 
 
 class _Planning(graph.Reader):
-    """Planning's reader: records in batches, SAVE-1 referrers after a document's children.
-
-    A record is looked up with every blob reached since the last lookup: one ``infos`` call
-    per document, never one per layer.
-    """
+    """Planning's reader: one ``infos`` call per document, SAVE-1 referrers after children."""
 
     def __init__(self, content: BlobReader) -> None:
         super().__init__(self._load)
@@ -167,10 +163,7 @@ def _read_file(path: Path, size: int) -> bytes | None:
 
 
 async def fetch(content: BlobReader, roots: Sequence[oci.Descriptor]) -> dict[str, Node]:
-    """A node for every blob reachable from ``roots``, in one depth-first walk.
-
-    Faults surface in walk order, before an archive's first byte (EXP-7, EXP-13).
-    """
+    """A node for every blob reachable from ``roots``; faults in walk order (EXP-7, EXP-13)."""
     reader = _Planning(content)
     nodes: dict[str, Node] = {}
     for n in await graph.walk(reader, roots, blobs=reader.present, unique=True):

@@ -1,8 +1,4 @@
-"""The save plan (what an archive holds, ``--dry-run --json``) and its planner; pure, no I/O.
-
-``Planner`` walks the fetched nodes (EXP-7, EXP-9), selects platforms (SAVE-1..3, MATCH-7)
-and lays out the ``index.json``/``manifest.json`` entries (EXP-3/4/10) and members.
-"""
+"""The save plan (``--dry-run --json``) and its pure planner: EXP-3/4/7/9/10, SAVE-1..3, MATCH-7."""
 
 from __future__ import annotations
 
@@ -23,17 +19,9 @@ if TYPE_CHECKING:
     from castar.store.digest import Digest
 
 __all__ = [
-    "MISSING_POLICIES",
-    "ImagePlan",
-    "Member",
-    "Node",
-    "Planner",
-    "PlatformPlan",
-    "SaveOptions",
-    "SavePlan",
-    "Skipped",
-    "Target",
-]
+    "MISSING_POLICIES", "ImagePlan", "Member", "Node", "Planner", "PlatformPlan", "SaveOptions",
+    "SavePlan", "Skipped", "Target",
+]  # fmt: skip
 
 MISSING_POLICIES: Final = ("sparse", "prune", "fail")
 _SOURCE_LABEL: Final = "containerd.io/distribution.source"
@@ -69,13 +57,7 @@ class Target:
 @final
 @dataclass(frozen=True, slots=True)
 class SaveOptions:
-    """How to save: what the archive selects and how it is written.
-
-    ``missing``: ``sparse`` leaves out what the store lacks (EXP-7), ``prune`` writes a new
-    index of the complete platforms, ``fail`` raises NotFound. ``verify`` and
-    ``archive_digest`` hash while copying (no zero-copy); ``write_behind`` keeps a file's
-    written pages out of the page cache (same bytes, disk-rate save, hence opt-in).
-    """
+    """How to save: ``missing`` is ``sparse`` (EXP-7), ``prune`` or ``fail``."""
 
     platforms: tuple[plat.Platform, ...] = ()  # empty: all (SAVE-1..3)
     missing: str = "sparse"
@@ -112,11 +94,7 @@ class Member:
 @final
 @dataclass(frozen=True, slots=True)
 class PlatformPlan:
-    """One platform manifest (or nested index) of an image.
-
-    ``platform`` is the descriptor's (else config's) platform or ``unknown``; ``state`` is
-    ``complete``, ``partial`` (EXP-7) or ``missing``; ``attestation`` per MT-5.
-    """
+    """One platform manifest or nested index: ``state`` complete, partial (EXP-7) or missing."""
 
     platform: str
     digest: Digest
@@ -139,10 +117,7 @@ class Skipped:
 @final
 @dataclass(frozen=True, slots=True)
 class ImagePlan:
-    """One ``index.json`` entry: the target, one manifest (SAVE-2) or a pruned index.
-
-    ``name`` is what the name annotations carry (EXP-3), None by digest or id (SAVE-4).
-    """
+    """One ``index.json`` entry; ``name`` for EXP-3 annotations, None by digest or id (SAVE-4)."""
 
     reference: str
     name: str | None
@@ -158,10 +133,7 @@ class ImagePlan:
 @final
 @dataclass(frozen=True, slots=True)
 class SavePlan:
-    """Everything :func:`save` will write: ``members`` in order, ``size`` with the end marker.
-
-    ``warnings`` include images left out (EDGE-6).
-    """
+    """What :func:`save` writes: ``members`` in order, ``size`` with the end marker (EDGE-6)."""
 
     images: tuple[ImagePlan, ...]
     members: tuple[Member, ...]

@@ -1,7 +1,4 @@
-"""Byte sinks: paths, fds, stdout, anyio streams, async writers (design rule io-coalesce).
-
-anyio only; imports of the store's errors and ``_endpoints`` only; ``_streams`` re-exports it.
-"""
+"""Byte sinks: paths, fds, stdout, anyio streams, async writers (design rule io-coalesce)."""
 
 from __future__ import annotations
 
@@ -72,10 +69,7 @@ def write_all(fd: int, data: Buffer, kind: str) -> None:
 
 
 class Sink(Endpoint):
-    """Where archive bytes go; ``send`` coalesces small writes up to 1 MiB.
-
-    Whoever writes to ``fileno()`` directly must ``await flush()`` first.
-    """
+    """Where archive bytes go; ``send`` coalesces, so ``flush()`` before using ``fileno()``."""
 
     #: "file" (regular file), "pipe", "socket", or "stream" (anything else: send() only).
     kind: SinkKind = "stream"
@@ -152,11 +146,7 @@ def _link_fd(fd: int, path: str) -> None:
 
 @final
 class _FileSink(FileEndpoint, Sink):
-    """A path, fd or stdout, written with one hop per flush.
-
-    A path that is not a device or FIFO is written unnamed (``O_TMPFILE``, else a temp) and
-    renamed over it only when the save succeeds: a failed or killed save leaves no file.
-    """
+    """A path, fd or stdout; a regular path is written unnamed and put in place on success."""
 
     _role = "sink"
 
@@ -265,11 +255,7 @@ class _StreamSink(Sink):
 
 
 def open_sink(obj: object) -> Sink:
-    """Adapt ``obj`` to a ``Sink``; no I/O until it is entered.
-
-    ``obj``: a path (created or truncated), ``"-"`` (stdout), an fd, an object with ``async
-    send`` (an anyio ``ByteSendStream``) or ``async write(b)``; else InvalidArgument.
-    """
+    """A path, ``"-"``, an fd, or an object with ``async send``/``write`` as a ``Sink``."""
     if isinstance(obj, Sink):
         return obj
     target = file_target(obj, 1, "<stdout>")

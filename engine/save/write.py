@@ -1,8 +1,4 @@
-"""Writing a save plan to a sink with the cheapest copy it allows (EXP-8).
-
-``copy_file_range`` to files, ``splice`` to pipes, ``sendfile`` to sockets, 1 MiB chunks
-to async streams; the blob files come from the content role's ``path``.
-"""
+"""Writing a save plan to a sink with the cheapest copy it allows (EXP-8)."""
 
 from __future__ import annotations
 
@@ -44,11 +40,7 @@ _BREAK: Final = -1
 
 
 class _WriteBehind:
-    """Keeps an archive's pages out of the page cache once the kernel has written them.
-
-    Every ``_WINDOW`` bytes, ``posix_fadvise(DONTNEED)`` starts the newest window's writeback
-    and drops windows older than the one before (never a dirty page). Worker threads only.
-    """
+    """Drops an archive's written-back pages from the page cache, a window behind the newest."""
 
     def __init__(self, fd: int, appending: bool) -> None:
         self._fd = fd
@@ -81,11 +73,7 @@ class _WriteBehind:
 
 
 class _Copier:
-    """Moves a plan's bytes in worker threads: ``steps()`` runs one hop per step.
-
-    An fd sink's step writes about ``_HOP`` bytes itself and yields no chunks; a stream
-    sink's step reads about ``CHUNK_SIZE`` bytes and yields the chunks to send.
-    """
+    """Moves a plan's bytes in worker threads; a stream sink's steps yield chunks to send."""
 
     def __init__(self, plan: SavePlan, content: BlobReader, sink: Sink, opts: SaveOptions) -> None:
         self._plan = plan
