@@ -7,7 +7,6 @@ is written last (IMP-15), all under a lease, so a failed pull changes no image.
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING, Final
 
 import httpx
@@ -94,7 +93,7 @@ class RegistryReader(graph.Reader):
                     expected=desc.digest,
                     actual=header,
                 )
-            with contextlib.suppress(AlreadyExists):  # the write verifies size and digest
+            try:  # the write verifies size and digest: the bytes in hand are the document
                 await self.content.write_blob(
                     resp.content,
                     digest=desc.digest,
@@ -102,6 +101,9 @@ class RegistryReader(graph.Reader):
                     ref=self.sess.ref(desc.digest),
                     sync=False,
                 )
+                return resp.content
+            except AlreadyExists:
+                pass  # stored meanwhile: read it back as any stored document
         return await graph.read_document(self.content, desc)
 
 
@@ -191,7 +193,7 @@ async def pull(
             sess.progress.total = sum(d.size for d in todo)
             await sess.pool(todo, reg.jobs, lambda d: _fetch(reader, d), tick=True)
             sess.progress.report()
-            # One filesystem sync makes every blob durable before a record points at them.
+            # One sync of exactly what was written, before a record points at it (io-sync).
             await content.sync()
             return await record(content, images, walk)
     finally:

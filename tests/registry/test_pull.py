@@ -120,6 +120,24 @@ async def test_one_platform_fetches_only_its_blobs(registry, store, tmp_path):
     assert seen == ["HEAD /v2/pull/one/manifests/1"]
 
 
+async def test_fetched_documents_are_decoded_from_the_bytes_in_hand(
+    registry, store, tmp_path, monkeypatch
+):
+    spec = dataclasses.replace(SPEC, name=f"{registry.host}/pull/inhand:1")
+    await _publish(tmp_path, spec)
+    read_back: list[str] = []
+    real = graph.read_document
+
+    async def spy(content, desc):
+        read_back.append(str(desc.digest))
+        return await real(content, desc)
+
+    monkeypatch.setattr(graph, "read_document", spy)
+    (image,) = await pull(*await _roles(store), spec.name, LoadOptions.parse())
+    assert image.name == spec.name
+    assert read_back == []  # written once, never read back from the store
+
+
 async def test_pulled_image_saves_like_the_loaded_one(registry, store, other, tmp_path):
     spec = dataclasses.replace(SPEC, name=f"{registry.host}/pull/all:1")
     await _publish(tmp_path, spec)
