@@ -30,14 +30,24 @@ __all__ = [
 Kind = Literal["image", "attestation", "unknown"]
 
 
-class _Lenient(graph.StoreReader):
-    """The tree view's reader: an unusable document reads as absent (``verify`` says why)."""
+class _Lenient:
+    """The tree view's reader over a store reader: an unusable document reads as absent.
+
+    ``verify`` says why; sharing the inner reader lets a caller walk the same documents
+    strictly afterwards without decoding them again.
+    """
+
+    def __init__(self, inner: graph.StoreReader) -> None:
+        self._inner = inner
 
     async def read(self, desc: oci.Descriptor) -> graph.Document | None:
         try:
-            return await super().read(desc)
+            return await self._inner.read(desc)
         except (NotFound, InvalidArgument, FailedPrecondition):
             return None
+
+    async def exists(self, desc: oci.Descriptor) -> bool:
+        return await self._inner.exists(desc)
 
 
 @final
@@ -185,9 +195,14 @@ class ImageService:
         """The record ``ref`` names, as :func:`find`."""
         return (await find(self._records, ref))[0]
 
-    async def tree(self, names: Iterable[str] | None = None) -> builtins.list[ImageTree]:
-        """The tree view (TREE-1..3) of ``names`` (default all): by target, sorted by name."""
-        return await self._trees(names, _Lenient(self._content))
+    async def tree(
+        self, names: Iterable[str] | None = None, reader: graph.StoreReader | None = None
+    ) -> builtins.list[ImageTree]:
+        """The tree view (TREE-1..3) of ``names`` (default all): by target, sorted by name.
+
+        ``reader``: a store reader whose decoded documents the caller goes on to use.
+        """
+        return await self._trees(names, _Lenient(reader or graph.StoreReader(self._content)))
 
     async def _trees(
         self, names: Iterable[str] | None, reader: _Lenient
@@ -219,7 +234,7 @@ class ImageService:
         """The record, its tree, and the best (MATCH-7) or only manifest and its config."""
         wanted = None if platform is None else platforms.parse(platform)
         image = await self.resolve(name)
-        reader = _Lenient(self._content)
+        reader = _Lenient(graph.StoreReader(self._content))
         (tree,) = await self._trees([image.name], reader)
         row = tree.manifests[0] if len(tree.manifests) == 1 else None
         if wanted is not None:

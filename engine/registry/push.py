@@ -123,8 +123,8 @@ async def push(
     host, repo, tag, digest = parse_ref(ref)
     async with leases.hold(expire=timedelta(hours=24), labels={"castar.push": "1"}) as lease:
         await leases.add_resources(lease.id, "content", [image.target.digest])
-        (tree,) = await service.tree([image.name])
-        reader = graph.StoreReader(content)
+        reader = graph.StoreReader(content)  # one decode per document: tree, then the walk
+        (tree,) = await service.tree([image.name], reader)
         root, index = await _select(reader, tree.manifests, tree.target, options.platforms, ref)
         if digest is not None and digest != root.digest:
             raise InvalidArgument(f"push: {ref} names another digest than {root.digest}")

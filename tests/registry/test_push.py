@@ -98,6 +98,23 @@ async def test_push_then_skopeo_reads_the_stored_index(
     assert [c for c in again.calls if c[0] != "HEAD"] == [("PUT", "manifests/1")]
 
 
+async def test_push_reads_each_document_once(
+    store: Root, small_image: Image, registry: Any, anyio_backend: str, monkeypatch: Any
+) -> None:
+    reads: list[str] = []
+    real = graph.read_document
+
+    async def spy(content: Any, desc: Any) -> bytes:
+        reads.append(str(desc.digest))
+        return await real(content, desc)
+
+    monkeypatch.setattr(graph, "read_document", spy)
+    async with Counting(registry.host) as client:
+        await _push(store, small_image.name, f"{registry.host}/once-{anyio_backend}/a:1", client)
+    assert reads
+    assert sorted(reads) == sorted(set(reads))  # the tree and the push walk share one reader
+
+
 async def test_one_platform_pushes_its_manifest_as_the_tag(
     store: Root, small_image: Image, registry: Any, anyio_backend: str
 ) -> None:
