@@ -7,8 +7,6 @@ from typing import TYPE_CHECKING, final
 
 from castar.engine.images import ImageService
 from castar.engine.load import importer
-from castar.engine.registry import pull as _pull
-from castar.engine.registry import push as _push
 from castar.engine.save import exporter
 from castar.store import verify as _verify
 from castar.store.root import Root, open_root
@@ -88,6 +86,8 @@ class Store:
         """Pull ``ref`` from its registry; see :func:`castar.engine.registry.pull.pull`."""
         options = importer.LoadOptions.parse(platforms, all_platforms=all_platforms)
         r = self._root
+        from castar.engine.registry import pull as _pull  # httpx loads for registry work only
+
         return await _pull.pull(r.content, r.images, r.leases, ref, options, progress=progress)
 
     async def save(
@@ -140,6 +140,8 @@ class Store:
     ) -> PushResult:
         """Push an image to a registry; see :func:`castar.engine.registry.push.push`."""
         root = self._root
+        from castar.engine.registry import push as _push  # httpx loads for registry work only
+
         options = _push.PushOptions.parse(platforms, jobs)
         return await _push.push(
             root.content, root.images, root.leases, name, ref, options, progress=progress

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -138,3 +140,9 @@ def test_castar_store_names_load_on_first_use() -> None:
     assert all(getattr(castar.store, n) is not None for n in castar.store.__all__)
     with pytest.raises(AttributeError):
         _ = castar.store.nope
+
+
+def test_the_cli_and_the_facade_load_no_http_client_until_a_registry_is_used() -> None:
+    code = "import sys, castar._cli, castar._api; print('httpx' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
