@@ -73,6 +73,11 @@ MIGRATIONS: Final[list[list[str]]] = [
         "ALTER TABLE content ADD COLUMN unsynced_boot TEXT",
         "CREATE INDEX content_unsynced ON content (unsynced_boot) WHERE unsynced_boot IS NOT NULL",
     ],
+    [
+        # LEASE-8: an operation lease names its owner lock (``<root>/owners/<owner>/lock``);
+        # NULL (every lease of an older store, and user leases) means it has no owner.
+        "ALTER TABLE leases ADD COLUMN owner TEXT",
+    ],
 ]
 
 
@@ -142,6 +147,7 @@ class GCGraph:
     content: Mapping[Digest, tuple[int, Mapping[str, str]]]  # digest -> (size, labels)
     ingests: Sequence[tuple[str, str | None, datetime | None]]  # (ref, expected, expires_at)
     edges: Sequence[Edge] = ()
+    owners: Mapping[str, str] = field(default_factory=dict)  # lease id -> owner (LEASE-8)
 
 
 def to_ts(dt: datetime) -> str:

@@ -379,9 +379,14 @@ def image_delete(conn: sqlite3.Connection, name: str, target: str | None) -> Non
 
 
 def lease_create(
-    conn: sqlite3.Connection, id_: str, labels: Mapping[str, str], now: datetime
+    conn: sqlite3.Connection,
+    id_: str,
+    labels: Mapping[str, str],
+    now: datetime,
+    owner: str | None = None,
 ) -> Lease:
-    if conn.execute("INSERT OR IGNORE INTO leases VALUES (?, ?)", (id_, to_ts(now))).rowcount == 0:
+    sql = "INSERT OR IGNORE INTO leases (id, created_at, owner) VALUES (?, ?, ?)"
+    if conn.execute(sql, (id_, to_ts(now), owner)).rowcount == 0:
         raise AlreadyExists(f'lease "{id_}"')
     _set_labels(conn, "lease", id_, labels)
     return Lease(id_, now, dict(labels))
@@ -439,7 +444,8 @@ def gc_graph(conn: sqlite3.Connection) -> GCGraph:
     edges = [
         Edge(*row) for row in conn.execute("SELECT key, src_kind, src, dst_kind, dst FROM edges")
     ]
-    return GCGraph(lease_list(conn), resources, images, content, ingests, edges)
+    owners = dict(conn.execute("SELECT id, owner FROM leases WHERE owner IS NOT NULL"))
+    return GCGraph(lease_list(conn), resources, images, content, ingests, edges, owners)
 
 
 def gc_sweep(

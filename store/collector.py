@@ -11,6 +11,7 @@ from castar.store import _txn
 from castar.store.digest import Digest
 from castar.store.errors import NotFound
 from castar.store.gc import GCReport, Node, decide, describe, path_to, roots_and_edges
+from castar.store.leases import dead_owners, release_owners
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -41,10 +42,21 @@ class Collector:
         """Sweep the metadata in one write transaction, then the backend under the commit lock.
 
         Backend ingests are listed BEFORE the ingest rows are read; held ones are never aborted.
+        Owner locks are taken before the sweep, so a lease made meanwhile is never dead.
         """
         async with self._lock:
             now = self._clock()
-            graph, doomed = await self._db.write(_txn.gc_sweep, lambda g: decide(g, now), dry_run)
+            root = self._backend.root
+            dead = await anyio.to_thread.run_sync(dead_owners, root)
+            swept_ok = False
+            try:
+                graph, doomed = await self._db.write(
+                    _txn.gc_sweep, lambda g: decide(g, now, dead), dry_run
+                )
+                swept_ok = not dry_run
+            finally:  # their leases are gone from the metadata: then so may their locks
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(release_owners, root, dead, swept_ok)
             swept = {Digest(k) for kind, k in doomed if kind == "content"}
             removed, orphan_bytes = await self._sweep_content(swept, dry_run)
             ingests = await self._sweep_ingests(

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple, final
 from castar.store.labels import FLAT, ROOT, expired
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Collection, Iterable, Mapping, Sequence
     from datetime import datetime
 
     from castar.store._schema import GCGraph
@@ -86,9 +86,12 @@ _RESOURCE_KINDS: Final = {"content": "content", "images": "image", "ingests": "i
 
 
 def roots_and_edges(
-    graph: GCGraph, now: datetime
+    graph: GCGraph, now: datetime, dead: Collection[str] = ()
 ) -> tuple[list[Node], dict[Node, list[Node]], list[Node]]:
-    """Roots (GC-2), edges (GC-4..6) and every node of a metadata snapshot, evaluated at ``now``."""
+    """Roots (GC-2), edges (GC-4..6) and every node of a snapshot, at ``now``.
+
+    A lease whose owner is in ``dead`` is expired (LEASE-8).
+    """
     roots: list[Node] = []
     edges: dict[Node, list[Node]] = {}
     all_nodes: list[Node] = []
@@ -102,7 +105,7 @@ def roots_and_edges(
         all_nodes.append(node)
         if lease.labels.get(FLAT):
             flat_leases.add(lease.id)
-        if not expired(lease.labels, now):
+        if not expired(lease.labels, now) and graph.owners.get(lease.id) not in dead:
             roots.append(node)
     for lease_id, type_, resource in graph.resources:
         if kind := _RESOURCE_KINDS.get(type_):
@@ -131,9 +134,9 @@ def roots_and_edges(
     return roots, edges, all_nodes
 
 
-def decide(graph: GCGraph, now: datetime) -> list[tuple[str, str]]:
+def decide(graph: GCGraph, now: datetime, dead: Collection[str] = ()) -> list[tuple[str, str]]:
     """The (kind, key) pairs a collection at ``now`` removes from the metadata."""
-    roots, edges, all_nodes = roots_and_edges(graph, now)
+    roots, edges, all_nodes = roots_and_edges(graph, now, dead)
     return [(n.kind, n.key) for n in sweep(mark(roots, edges), all_nodes)]
 
 

@@ -45,7 +45,14 @@ from castar.store.labels import format_time, parse_expire
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["IngestStatus", "LocalContentStore", "LocalWriter", "ingest_dir", "open_ingest"]
+__all__ = [
+    "IngestStatus",
+    "LocalContentStore",
+    "LocalWriter",
+    "ingest_dir",
+    "lock_dir",
+    "open_ingest",
+]
 
 #: The smallest piece of a ``bytes`` write queued as a step of its own, uncopied.
 _MIN_STEP: Final = CHUNK // 4
@@ -117,8 +124,11 @@ def go_duration(seconds: float) -> str:
     return out + (f"{secs:.3f}".rstrip("0").rstrip(".") or "0") + "s"
 
 
-def _lock_ref(path: Path, ref: str) -> int:
-    """Take the ref's exclusive flock and return its fd (ING-3); retries on a removed dir."""
+def lock_dir(path: Path, ref: str) -> int:
+    """Take ``path/lock``'s exclusive flock and return its fd (ING-3, LEASE-8).
+
+    The lock dies with its process, so a free lock means no live owner; retries on a removed dir.
+    """
     lock_path = path / "lock"
     while True:
         with contextlib.suppress(FileExistsError):
@@ -176,7 +186,7 @@ def open_ingest(
     check = anyio.from_thread.check_cancelled if cancellable else None
     path = ingest_dir(root, ref)
     with map_os_errors(_ctx(ref)):
-        lock_fd = _lock_ref(path, ref)
+        lock_fd = lock_dir(path, ref)
         try:
             stored_ref = _read_text(path / "ref")
             try:
@@ -267,7 +277,7 @@ def _abort_ingest(root: Path, ref: str, if_unlocked: bool) -> bool:
             raise NotFound(ctx)
         lock_fd = None
         try:
-            lock_fd = _lock_ref(path, ref)
+            lock_fd = lock_dir(path, ref)
         except Unavailable:
             if if_unlocked:
                 return False

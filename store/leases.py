@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
+import shutil
 import time
 from contextlib import asynccontextmanager, suppress
 from contextvars import ContextVar
@@ -15,13 +17,24 @@ import anyio
 from castar.store import _txn
 from castar.store._schema import Lease
 from castar.store.digest import parse
-from castar.store.errors import InvalidArgument, NotFound, NotImplementedKind
+from castar.store.errors import (
+    InvalidArgument,
+    NotFound,
+    NotImplementedKind,
+    Unavailable,
+    map_os_errors,
+)
+from castar.store.ingest import lock_dir
 from castar.store.labels import EXPIRE, rfc3339
 from castar.store.sqlite import Records, validate_labels
 
 if TYPE_CHECKING:
     import builtins
-    from collections.abc import AsyncIterator, Iterable, Mapping
+    from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+    from datetime import datetime
+    from pathlib import Path
+
+    from castar.store.sqlite import SQLiteMetadataDB
 
 __all__ = [
     "RESOURCE_TYPES",
@@ -29,7 +42,9 @@ __all__ = [
     "LeaseManager",
     "current_lease",
     "current_lease_id",
+    "dead_owners",
     "random_lease_id",
+    "release_owners",
 ]
 
 #: Resource types a lease can hold in castar (LEASE-4; snapshots are out of scope).
@@ -56,9 +71,46 @@ def random_lease_id() -> str:
     return f"{ns}-{base64.urlsafe_b64encode(os.urandom(3)).decode()}"
 
 
+def _owners(root: Path) -> Path:
+    return root / "owners"
+
+
+def _claim(root: Path, id: str) -> tuple[Path, int]:
+    """Lock ``<root>/owners/<sha256 hex of id>`` for this process (LEASE-8)."""
+    path = _owners(root) / hashlib.sha256(id.encode()).hexdigest()
+    with map_os_errors(f'lease "{id}": owner lock {path}'):
+        return path, lock_dir(path, id)
+
+
+def dead_owners(root: Path) -> dict[str, int]:
+    """The owner locks no live process holds, now locked here: owner -> fd (LEASE-8)."""
+    out: dict[str, int] = {}
+    with map_os_errors(f"owner locks in {_owners(root)}"):
+        try:
+            names = os.listdir(_owners(root))
+        except FileNotFoundError:
+            return out
+        for name in names:
+            with suppress(Unavailable, NotADirectoryError):
+                out[name] = lock_dir(_owners(root) / name, name)
+    return out
+
+
+def release_owners(root: Path, owners: Mapping[str, int], remove: bool) -> None:
+    """Close locks of :func:`dead_owners` or :func:`_claim`, removing their directories first."""
+    for name, fd in owners.items():
+        if remove:
+            shutil.rmtree(_owners(root) / name, ignore_errors=True)
+        os.close(fd)
+
+
 @final
 class LeaseManager(Records):
-    """Creates, lists and deletes leases and their resources."""
+    """Creates, lists and deletes leases and their resources; operation leases have owners."""
+
+    def __init__(self, db: SQLiteMetadataDB, clock: Callable[[], datetime], root: Path) -> None:
+        super().__init__(db, clock)
+        self._root = root
 
     async def create(
         self,
@@ -69,6 +121,16 @@ class LeaseManager(Records):
         durable: bool = True,
     ) -> Lease:
         """Create a lease (random id when None); ``durable=False`` skips the fsync."""
+        return await self._create(id, expire, labels, durable, None)
+
+    async def _create(
+        self,
+        id: str | None,
+        expire: timedelta | None,
+        labels: Mapping[str, str] | None,
+        durable: bool,
+        owner: str | None,
+    ) -> Lease:
         if id is None:
             id = random_lease_id()
         if not id:
@@ -78,7 +140,7 @@ class LeaseManager(Records):
         if expire is not None:
             merged[EXPIRE] = rfc3339(now + expire)
         validate_labels(merged)
-        return await self._db.write(_txn.lease_create, id, merged, now, durable=durable)
+        return await self._db.write(_txn.lease_create, id, merged, now, owner, durable=durable)
 
     @asynccontextmanager
     async def hold(
@@ -87,16 +149,25 @@ class LeaseManager(Records):
         expire: timedelta | None = timedelta(hours=24),
         labels: Mapping[str, str] | None = None,
     ) -> AsyncIterator[Lease]:
-        """Create a lease current for the block (child tasks too, LEASE-5); delete it on exit."""
-        # Not durable: worthless after a power cut, and each durable commit costs an fsync.
-        lease = await self.create(expire=expire, labels=labels, durable=False)
-        token = _current.set(lease)
+        """Create a lease current for the block (child tasks too, LEASE-5); delete it on exit.
+
+        This process holds the lease's owner lock until then: GC reaps it if we die (LEASE-8).
+        """
+        id = random_lease_id()
+        path, fd = await anyio.to_thread.run_sync(_claim, self._root, id)
         try:
-            yield lease
+            # Not durable: worthless after a power cut, and each durable commit costs an fsync.
+            lease = await self._create(id, expire, labels, False, path.name)
+            token = _current.set(lease)
+            try:
+                yield lease
+            finally:
+                _current.reset(token)
+                with anyio.CancelScope(shield=True), suppress(NotFound):
+                    await self.delete(lease.id, durable=False)
         finally:
-            _current.reset(token)
-            with anyio.CancelScope(shield=True), suppress(NotFound):
-                await self.delete(lease.id, durable=False)
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(release_owners, self._root, {path.name: fd}, True)
 
     async def list(self) -> builtins.list[Lease]:
         """All leases, ascending by id (LEASE-7)."""

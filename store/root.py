@@ -69,7 +69,7 @@ class Root:
         self._db = db
         self.content = ContentStore(backend, db, clock, boot_id)
         self.images = ImageStore(db, clock)
-        self.leases = LeaseManager(db, clock)
+        self.leases = LeaseManager(db, clock, root)
         self._collector = Collector(db, backend, clock)
 
     async def check_output(self, target: object) -> None:
@@ -111,7 +111,7 @@ async def open_root(
         raise InvalidArgument("empty store root")
     path = Path(root) if root is not None else default_root()
     await anyio.Path(path).mkdir(parents=True, exist_ok=True)
-    for part in ("blobs", "ingest", "meta.db"):  # the store would write through a link
+    for part in ("blobs", "ingest", "owners", "meta.db"):  # the store would write through a link
         if await anyio.Path(path / part).is_symlink():
             raise InvalidArgument(f"store root {path}: {part} is a symlink")
     if boot_id is None:

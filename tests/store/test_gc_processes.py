@@ -1,4 +1,4 @@
-"""GC against another OS process on the same root (GC-10, GC-11, LEASE-5, ING-13).
+"""GC against another OS process on the same root (GC-10, GC-11, LEASE-5, LEASE-8, ING-13).
 
 A child process holds a lease with committed blobs and an in-flight ingest and keeps committing,
 while this process runs ``gc()`` over and over: nothing the child protects may go, and every
@@ -51,10 +51,13 @@ async def main():
             while not await anyio.Path(sys.argv[2] + ".release").exists():
                 await anyio.sleep(0.01)
         say("DONE")
-        if len(sys.argv) > 3:  # crash mode: die holding a lease and an ingest
+        if len(sys.argv) > 3:  # crash mode: die holding a lease, a blob and an ingest
+            from datetime import timedelta
+            await store.leases.create("user", expire=timedelta(hours=1))
             async with store.leases.hold(), store.content.writer("crash-ingest") as w:
+                desc = await store.content.write_blob(b"crash blob")
                 await w.write(b"lost")
-                say("CRASHME")
+                say("CRASHME", desc.digest)
                 await anyio.sleep_forever()
 
 anyio.run(main)
@@ -144,7 +147,7 @@ class Clock:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-async def test_killed_child_lease_expires_and_gc_reclaims(tmp_path: Path) -> None:
+async def test_a_killed_owner_s_lease_and_ingest_go_at_the_next_gc(tmp_path: Path) -> None:
     root, stop = tmp_path / "root", tmp_path / "stop"
     await anyio.Path(stop).touch()  # the child skips its commit loop
     await anyio.Path(f"{stop}.release").touch()  # and releases its first lease at once
@@ -152,23 +155,27 @@ async def test_killed_child_lease_expires_and_gc_reclaims(tmp_path: Path) -> Non
     with anyio.fail_after(15):
         async with (
             open_root(root, clock=clock) as store,
-            child(root, stop, "crash") as (
-                proc,
-                lines,
-            ),
+            child(root, stop, "crash") as (proc, lines),
         ):
-            while (await lines.next())[0] != "CRASHME":
+            while (words := await lines.next())[0] != "CRASHME":
                 pass
+            blob = words[1]
             report = await store.gc()  # the first lease is gone: its ingest is garbage
             assert report.ingests_removed == ["child-ingest"]
+            report = await store.gc()  # LEASE-8: a live owner elsewhere keeps its lease
+            assert (report.leases_removed, report.ingests_removed, report.removed) == ([], [], [])
             assert "crash-ingest" in [s.ref for s in await store.content.list_statuses()]
             proc.send_signal(signal.SIGKILL)  # no cleanup runs: lease and ingest stay
             await proc.wait()
-            assert len(await store.leases.list()) == 1
-            assert (await store.gc()).ingests_removed == []  # the lease has not expired
-            clock.offset = timedelta(hours=25)
-            report = await store.gc()  # GC-3: expired lease goes, then its ingest (GC-10)
+            assert len(await store.leases.list()) == 2
+            report = await store.gc()  # LEASE-8: the dead owner's lease is expired at once
             assert len(report.leases_removed) == 1
+            assert report.leases_removed != ["user"]
             assert report.ingests_removed == ["crash-ingest"]
+            assert report.removed == [blob]  # unpinned with its lease
             assert await store.content.list_statuses() == []
-            assert await store.leases.list() == []
+            assert [le.id for le in await store.leases.list()] == ["user"]
+            assert os.listdir(root / "owners") == []
+            assert (await store.gc()).leases_removed == []  # a user lease keeps its expiry
+            clock.offset = timedelta(hours=2)
+            assert (await store.gc()).leases_removed == ["user"]
