@@ -117,5 +117,8 @@ class Collector:
         graph = await self._db.read(_txn.gc_graph)
         if digest not in graph.content:
             return []
-        roots, edges, _ = roots_and_edges(graph, self._clock())
+        root = self._backend.root
+        dead = await anyio.to_thread.run_sync(dead_owners, root)
+        await anyio.to_thread.run_sync(release_owners, root, dead, False)
+        roots, edges, _ = roots_and_edges(graph, self._clock(), dead)
         return [describe(n) for n in path_to(roots, edges, Node("content", digest))]

@@ -27,6 +27,8 @@ async def test_an_operation_lease_holds_its_owner_lock_until_it_ends(tmp_path: P
     async with open_root(root) as store, open_root(root) as other:
         async with store.leases.hold() as lease:
             assert len(owner_dirs(root)) == 1
+            blob = (await store.content.write_blob(b"held")).digest
+            assert await other.explain(blob) == [f"lease {lease.id}", blob]
             report = await other.gc()  # the lock is per open file: this process counts too
             assert report.leases_removed == []
             assert [le.id for le in await other.leases.list()] == [lease.id]
@@ -45,6 +47,7 @@ async def test_a_dead_owner_is_reported_by_a_dry_run_and_reaped_by_gc(tmp_path: 
             _txn.lease_create, "L", {}, store.leases._clock(), "dead"
         )
         await store.leases.add_resource(lease.id, "content", blob)
+        assert await store.explain(blob) == []  # what only a dead owner held is garbage
         report = await store.gc(dry_run=True)
         assert (report.leases_removed, report.removed) == (["L"], [blob])
         assert sorted(owner_dirs(root)) == ["dead", "orphan"]
