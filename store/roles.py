@@ -55,7 +55,7 @@ class BlobIngester(BlobReader, Protocol):
         sync: bool = True,
     ) -> Descriptor: ...
     async def write_small_blobs(  # noqa: D102
-        self, blobs: Iterable[SmallBlob], *, sync: bool = True
+        self, blobs: Iterable[SmallBlob], *, sync: bool = True, created: set[Digest] | None = None
     ) -> list[Descriptor]: ...
     async def update_labels(self, digest: str, labels: Mapping[str, str]) -> Info: ...  # noqa: D102
     async def update_labels_many(  # noqa: D102
@@ -63,6 +63,8 @@ class BlobIngester(BlobReader, Protocol):
     ) -> dict[Digest, Info]: ...
     async def sync(self, digests: Iterable[str] | None = None) -> int: ...  # noqa: D102
     async def delete(self, digest: str) -> None: ...  # noqa: D102
+    async def drop_unused(self, digests: Iterable[str]) -> list[Digest]: ...  # noqa: D102
+    def free_space(self) -> int: ...  # noqa: D102
     async def abort(self, ref: str) -> None: ...  # noqa: D102
 
 

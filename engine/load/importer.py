@@ -233,6 +233,8 @@ async def load(
             else f"found, but some content is missing: {exc}"
         )
         raise NotFound(f"requested platform(s) ({wanted}) {why}") from exc
+    if unused := sess.created.difference(walk.needed):
+        await content.drop_unused(unused)  # LOAD-8: what the selection leaves out goes now
     if requested:
         await _verify_platforms(sess, walk, loaded, wanted)  # LOAD-4
     return loaded
