@@ -1,0 +1,178 @@
+"""Loads that cannot fill the disk and leave nothing the selection does not use (LOAD-7, LOAD-8).
+
+Archives are generated here (engine.synth, tarfile); sources are files and non-seekable streams.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from castar.engine import synth
+from castar.engine.load import archive, importer
+from castar.engine.load.importer import LoadOptions
+from castar.engine.platforms import pinned_host
+from castar.store import ContentStore, Image, Root, open_root
+from castar.store.errors import MalformedArchive, Unavailable
+
+BIG = 2 << 20  # over the 1 MiB small-member limit: these go through an ingest
+SPEC = synth.SynthSpec(
+    name="limits/img:1",
+    platforms=("linux/amd64", "linux/arm64", "linux/arm/v7"),
+    layers=2,
+    layer_size=BIG,
+    order="containerd",  # blobs first: a stream meets every blob before index.json
+)
+
+
+async def load(root: Root, source: object, **options: Any) -> list[Image]:
+    roles = (root.content, root.images, root.leases)
+    return await importer.load(*roles, source, LoadOptions.parse(**options))
+
+
+class Stream:
+    """A non-seekable source: an object with ``async read(n)``."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = memoryview(data)
+
+    async def read(self, n: int) -> bytes:
+        out, self._data = self._data[:n], self._data[n:]
+        await anyio.lowlevel.checkpoint()
+        return bytes(out)
+
+
+@pytest.fixture(autouse=True)
+def _host() -> Iterator[None]:
+    with pinned_host("linux/amd64"):
+        yield
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Root]:
+    async with open_root(tmp_path / "store") as s:
+        yield s
+
+
+def synth_bytes(spec: synth.SynthSpec) -> bytes:
+    buf = io.BytesIO()
+    synth.write(spec, buf)
+    return buf.getvalue()
+
+
+def source(tmp_path: Path, data: bytes, stream: bool) -> object:
+    if stream:
+        return Stream(data)
+    path = tmp_path / "archive.tar"
+    path.write_bytes(data)
+    return path
+
+
+async def blobs(root: Root) -> set[str]:
+    return {str(i.digest) for i in await root.content.walk()}
+
+
+def ingest_dirs(root: Root) -> list[str]:
+    return [p.name for p in (root.root / "ingest").iterdir()]
+
+
+# -- LOAD-8: a filtered load from a stream leaves what the same load from a file leaves -------
+
+
+async def test_load8_filtered_stream_load_leaves_the_file_loads_blob_set(tmp_path):
+    data = synth_bytes(SPEC)
+    sets = []
+    for stream in (False, True):
+        async with open_root(tmp_path / f"s{stream}") as root:
+            images = await load(root, source(tmp_path, data, stream), platforms="linux/arm64")
+            assert [i.name for i in images] == ["docker.io/limits/img:1"]
+            sets.append(await blobs(root))
+            assert await root.leases.list() == []
+            assert (await root.gc()).removed == []  # nothing was left for the next GC
+    assert sets[0] == sets[1]
+    assert 0 < len(sets[0]) < len(synth.plan(SPEC).blobs)
+
+
+async def test_load8_blobs_other_images_leases_or_the_store_hold_are_kept(store, tmp_path):
+    # amd64 loaded from a file; arm/v7's config stored before (unused by any image); a lease
+    # names one arm/v7 layer. A filtered stream load of arm64 drops only arm/v7's other blobs.
+    data = synth_bytes(SPEC)
+    await load(store, source(tmp_path, data, False), platforms="linux/amd64")
+    plan = synth.plan(SPEC)
+    v7 = plan.platforms[2]
+    config = b"".join(plan.blob_chunks(v7.config.digest))
+    await store.content.write_blob(config, digest=v7.config.digest)
+    before = await blobs(store)
+    leased = str(v7.layers[0].digest)
+    async with store.leases.hold() as lease:
+        await store.leases.add_resources(lease.id, "content", [leased])
+        await load(store, Stream(data), platforms="linux/arm64")
+        after = await blobs(store)
+    arm64 = plan.platforms[1]
+    assert before | {leased} | {str(d.digest) for d in (arm64.manifest, arm64.config)} <= after
+    assert {str(d.digest) for d in arm64.layers} <= after
+    assert str(v7.manifest.digest) not in after  # written by the stream, unused: gone
+    assert str(v7.layers[1].digest) not in after
+    assert str(plan.index.digest) in after  # the image's own index
+
+
+# -- LOAD-7: a member never fills the disk; --max-size from member headers ------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_load7_a_member_over_the_free_space_is_refused_before_a_byte(
+    store, tmp_path, monkeypatch, stream
+):
+    free = BIG + archive.RESERVE - 1  # one byte short for any 2 MiB layer
+    monkeypatch.setattr(ContentStore, "free_space", lambda self: free)
+    with pytest.raises(Unavailable) as err:
+        await load(store, source(tmp_path, synth_bytes(SPEC), stream))
+    message = str(err.value)
+    assert message.startswith("blob blobs/sha256/")
+    assert f"of {BIG} bytes" in message
+    assert f"{archive.RESERVE}-byte reserve" in message
+    assert f"({free} bytes free)" in message
+    assert ingest_dirs(store) == []  # the partial ingest is gone when the load returns
+    assert await store.images.list() == []
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_load7_free_space_is_checked_again_as_a_member_streams(
+    store, tmp_path, monkeypatch, stream
+):
+    # Another writer fills the disk while a 72 MiB member is being written: the load stops
+    # within the next check, long before the member's end.
+    member = 72 << 20
+    spec = synth.SynthSpec(platforms=("linux/amd64",), layers=1, layer_size=member)
+    calls: list[int] = []
+
+    def free_space(self: ContentStore) -> int:
+        calls.append(1)
+        return (1 << 40) if len(calls) == 1 else archive.RESERVE
+
+    monkeypatch.setattr(ContentStore, "free_space", free_space)
+    with pytest.raises(Unavailable, match="still to write"):
+        await load(store, source(tmp_path, synth_bytes(spec), stream))
+    assert len(calls) == 2
+    assert ingest_dirs(store) == []
+
+
+async def test_load7_max_size_refuses_a_stream_at_the_member_header(store, monkeypatch):
+    opened: list[str] = []
+    real = ContentStore.writer
+
+    def writer(self: ContentStore, ref: str, **kw: Any) -> Any:
+        opened.append(ref)
+        return real(self, ref, **kw)
+
+    monkeypatch.setattr(ContentStore, "writer", writer)
+    data = synth_bytes(SPEC)
+    with pytest.raises(MalformedArchive, match="larger than the 3000000-byte limit"):
+        await load(store, Stream(data), max_size=3_000_000)
+    assert len(opened) <= 1  # the second 2 MiB layer's header is over the limit: never opened
+    assert await store.images.list() == []
