@@ -6,6 +6,7 @@ Archives are generated here (engine.synth, tarfile); sources are files and non-s
 from __future__ import annotations
 
 import io
+import tarfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
+from castar._cli import main
 from castar.engine import synth
 from castar.engine.load import archive, importer
 from castar.engine.load.importer import LoadOptions
@@ -172,7 +174,22 @@ async def test_load7_max_size_refuses_a_stream_at_the_member_header(store, monke
 
     monkeypatch.setattr(ContentStore, "writer", writer)
     data = synth_bytes(SPEC)
-    with pytest.raises(MalformedArchive, match="larger than the 3000000-byte limit"):
-        await load(store, Stream(data), max_size=3_000_000)
-    assert len(opened) <= 1  # the second 2 MiB layer's header is over the limit: never opened
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        second = [m for m in tf.getmembers() if m.size == BIG][1]
+    limit = second.offset_data + BIG // 2  # the archive is read 1 MiB past it before its end
+    with pytest.raises(MalformedArchive, match=f"larger than the {limit}-byte limit"):
+        await load(store, Stream(data), max_size=limit)
+    assert len(opened) == 1  # the second layer's header is over the limit: never opened
     assert await store.images.list() == []
+
+
+def test_load7_cli_max_size_takes_human_sizes(tmp_path, capsys):
+    path = tmp_path / "archive.tar"
+    path.write_bytes(synth_bytes(SPEC))
+    root = str(tmp_path / "cli")
+    assert main(["--root", root, "load", "-q", "-i", str(path), "--max-size", "1M"]) == 4
+    assert "larger than the 1048576-byte limit (max_size)" in capsys.readouterr().err
+    assert main(["--root", root, "load", "-q", "-i", str(path), "--max-size", "ten"]) == 4
+    assert 'bad size "ten"' in capsys.readouterr().err
+    assert main(["--root", root, "load", "-q", "-i", str(path), "--max-size", "10G"]) == 0
+    assert "Loaded image: limits/img:1" in capsys.readouterr().out
