@@ -6,6 +6,7 @@ Which members count (TAR-5); ``scan_sync`` reads a seekable tar's headers in a w
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import posixpath
 import re
@@ -24,6 +25,7 @@ __all__ = [
     "Entry",
     "blob_digest",
     "clean",
+    "never_used",
     "note_member",
     "scan_sync",
 ]
@@ -108,6 +110,18 @@ def scan_sync(fd: int, base: int, size: int) -> Catalog:
         found = note_member(cat, ev, base + ev.data_offset)
         if isinstance(found, str):
             cat.documents[found] = (ev.name, os.pread(fd, ev.size, base + ev.data_offset))
+
+
+def never_used(cat: Catalog, cleaned: str) -> bool:
+    """LOAD-9: ``repositories``; once an OCI layout is seen (IMP-5), non-blobs but index.json."""
+    if cleaned == "repositories":
+        return True
+    if cleaned == "index.json" or blob_digest(cleaned) is not None or LAYOUT not in cat.documents:
+        return False
+    with contextlib.suppress(ValueError):  # a bad layout fails later, in resolve (IMP-2)
+        layout = json.loads(cat.documents[LAYOUT][1])
+        return isinstance(layout, dict) and bool(layout.get("imageLayoutVersion"))
+    return False
 
 
 def note_member(cat: Catalog, ev: MemberStart, offset: int) -> Entry | str | None:

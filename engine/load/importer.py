@@ -217,7 +217,7 @@ async def load(
         async with leases.hold(labels={"castar.import": sess.session}):
             async with open_source(source) as src:  # a seekable file is read until the end
                 await read_archive(sess, src, options.max_size)
-                walk = await walk_index(sess, top := await resolve(sess))
+                walk = await walk_index(sess, await resolve(sess))
                 await sess.ensure_small(sess.unstored(walk.needed))  # small blobs first
                 await fetch_needed(sess, walk)
             # Blobs were committed without fsync: one sync of exactly those files makes
@@ -233,9 +233,8 @@ async def load(
             else f"found, but some content is missing: {exc}"
         )
         raise NotFound(f"requested platform(s) ({wanted}) {why}") from exc
-    # LOAD-8: what the selection leaves out goes now, and the archive's top index (GC-11)
-    if unused := sess.created.difference(walk.needed.keys() - {top.digest}):
-        await content.drop_unused(unused)
+    if unused := sess.created.difference(walk.needed):
+        await content.drop_unused(unused)  # LOAD-8: what the selection leaves out goes now
     if requested:
         await _verify_platforms(sess, walk, loaded, wanted)  # LOAD-4
     return loaded

@@ -20,6 +20,7 @@ from castar.engine.load import archive, importer
 from castar.engine.load.importer import LoadOptions
 from castar.engine.platforms import pinned_host
 from castar.store import ContentStore, Image, Root, open_root
+from castar.store.digest import compute
 from castar.store.errors import MalformedArchive, Unavailable
 
 BIG = 2 << 20  # over the 1 MiB small-member limit: these go through an ingest
@@ -95,7 +96,8 @@ async def test_load8_filtered_stream_load_leaves_the_file_loads_blob_set(tmp_pat
             assert [i.name for i in images] == ["docker.io/limits/img:1"]
             sets.append(await blobs(root))
             assert await root.leases.list() == []
-            assert (await root.gc()).removed == []  # nothing was left for the next GC
+            index_json = str(compute(synth.plan(SPEC).index_json))
+            assert (await root.gc()).removed == [index_json]  # only the archive's index (GC-11)
     assert sets[0] == sets[1]
     assert 0 < len(sets[0]) < len(synth.plan(SPEC).blobs)
 
@@ -193,3 +195,51 @@ def test_load7_cli_max_size_takes_human_sizes(tmp_path, capsys):
     assert 'bad size "ten"' in capsys.readouterr().err
     assert main(["--root", root, "load", "-q", "-i", str(path), "--max-size", "10G"]) == 0
     assert "Loaded image: limits/img:1" in capsys.readouterr().out
+
+
+# -- LOAD-9: members no image can use are streamed past --------------------------------------
+
+
+def with_extra(data: bytes, extra: dict[str, bytes]) -> bytes:
+    """``data`` with ``extra`` members added right after its ``oci-layout``."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(data)) as src, tarfile.open(fileobj=out, mode="w") as tf:
+        for m in src.getmembers():
+            tf.addfile(m, src.extractfile(m) if m.isfile() else None)
+            if m.name == "oci-layout":
+                for name, body in extra.items():
+                    tf.addfile(_info(name, body), io.BytesIO(body))
+    return out.getvalue()
+
+
+def _info(name: str, body: bytes) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = len(body)
+    return info
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_load9_non_blob_members_after_an_oci_layout_are_never_written(
+    store, tmp_path, monkeypatch, stream
+):
+    junk = {"junk/big.bin": b"j" * BIG, "repositories": b'{"a":{"1":"x"}}', "notes.txt": b"hi"}
+    data = with_extra(synth_bytes(synth.SynthSpec(platforms=("linux/amd64",), layers=1)), junk)
+    written: list[object] = []  # ingest refs (they carry the member name) and small bodies
+    real_writer, real_small = ContentStore.writer, ContentStore.write_small_blobs
+
+    def writer(self: ContentStore, ref: str, **kw: Any) -> Any:
+        written.append(ref)
+        return real_writer(self, ref, **kw)
+
+    async def small(self: ContentStore, blobs: Any, **kw: Any) -> Any:
+        blobs = list(blobs)
+        written.extend(bytes(b.data() if callable(b.data) else b.data) for b in blobs)
+        return await real_small(self, blobs, **kw)
+
+    monkeypatch.setattr(ContentStore, "writer", writer)
+    monkeypatch.setattr(ContentStore, "write_small_blobs", small)
+    images = await load(store, source(tmp_path, data, stream))
+    assert [i.name for i in images] == ["docker.io/library/synth:latest"]
+    assert not any("junk" in str(w) for w in written)
+    assert junk["repositories"] not in written
+    assert junk["notes.txt"] not in written
