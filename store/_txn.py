@@ -369,6 +369,28 @@ def image_put(
     return rec
 
 
+def image_get_many(conn: sqlite3.Connection, names: Sequence[str]) -> dict[str, Image]:
+    return {n: rec for n in names if (rec := image_get(conn, n)) is not None}
+
+
+def image_put_many(
+    conn: sqlite3.Connection,
+    keep: Sequence[tuple[str, Descriptor, Mapping[str, str]]],
+    targets: Sequence[tuple[str, Descriptor]],
+    lease: str | None,
+    now: datetime,
+) -> list[Image]:
+    """Create each ``keep`` image unless its name exists, then re-target or create ``targets``."""
+    for name, target, labels in keep:
+        if image_get(conn, name) is None:
+            image_put(conn, name, target, labels, True, lease, now)
+    out = []
+    for name, target in targets:
+        create = conn.execute("SELECT 1 FROM images WHERE name = ?", (name,)).fetchone() is None
+        out.append(image_put(conn, name, target, {} if create else None, create, lease, now))
+    return out
+
+
 def image_delete(conn: sqlite3.Connection, name: str, target: str | None) -> None:
     row = conn.execute("SELECT digest FROM images WHERE name = ?", (name,)).fetchone()
     if row is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    import builtins
     from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
     from contextlib import AbstractAsyncContextManager
     from datetime import timedelta
@@ -84,6 +85,13 @@ class ImageRecords(Protocol):
         labels: Mapping[str, str] | None = None,
     ) -> Image: ...
     async def delete(self, name: str, *, target: str | None = None) -> None: ...  # noqa: D102
+    async def get_many(self, names: Iterable[str]) -> dict[str, Image]: ...  # noqa: D102
+    async def put_many(  # noqa: D102
+        self,
+        targets: Iterable[tuple[str, DescriptorLike]],
+        *,
+        keep: Iterable[tuple[str, DescriptorLike, Mapping[str, str]]] = (),
+    ) -> builtins.list[Image]: ...
 
 
 class Leases(Protocol):

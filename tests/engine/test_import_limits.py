@@ -6,6 +6,7 @@ Archives are generated here (engine.synth, tarfile); sources are files and non-s
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from castar.engine.platforms import pinned_host
 from castar.store import ContentStore, Image, Root, open_root
 from castar.store.digest import compute
 from castar.store.errors import MalformedArchive, Unavailable
+from castar.store.sqlite import SQLiteMetadataDB
 
 BIG = 2 << 20  # over the 1 MiB small-member limit: these go through an ingest
 SPEC = synth.SynthSpec(
@@ -243,3 +245,49 @@ async def test_load9_non_blob_members_after_an_oci_layout_are_never_written(
     assert not any("junk" in str(w) for w in written)
     assert junk["repositories"] not in written
     assert junk["notes.txt"] not in written
+
+
+# -- many records, many members: batched (issue 15's time blow-ups) -------------------------
+
+
+def many_names(n: int) -> bytes:
+    """An OCI archive whose index.json gives one small manifest ``n`` names."""
+    spec = synth.SynthSpec(platforms=("linux/amd64", "linux/arm64"), layers=1, layer_size=100)
+    data = synth_bytes(spec)
+    plan = synth.plan(spec)
+    entry = {"mediaType": plan.index.media_type, "digest": plan.index.digest}
+    entries = [
+        {**entry, "size": plan.index.size, "annotations": {"io.containerd.image.name": f"m/x:{i}"}}
+        for i in range(n)
+    ]
+    index = json.dumps({"schemaVersion": 2, "manifests": entries}).encode()
+    out = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(data)) as src, tarfile.open(fileobj=out, mode="w") as tf:
+        for m in src.getmembers():
+            if m.name == "index.json":
+                tf.addfile(_info(m.name, index), io.BytesIO(index))
+            elif m.name != "manifest.json":
+                tf.addfile(m, src.extractfile(m) if m.isfile() else None)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_imp15_many_image_records_are_written_in_one_transaction(
+    store, tmp_path, monkeypatch, stream
+):
+    n = 1_000
+    writes: list[str] = []
+    real = SQLiteMetadataDB.write
+
+    async def write(self: SQLiteMetadataDB, fn: Any, *args: Any, **kw: Any) -> Any:
+        writes.append(fn.__name__)
+        return await real(self, fn, *args, **kw)
+
+    monkeypatch.setattr(SQLiteMetadataDB, "write", write)
+    images = await load(store, source(tmp_path, many_names(n), stream))
+    assert len(images) == n
+    assert len(await store.images.list()) == n
+    assert [w for w in writes if w.startswith("image")] == ["image_put_many"]
+    writes.clear()
+    await load(store, source(tmp_path, many_names(n), stream))  # a reload re-targets them all
+    assert [w for w in writes if w.startswith("image")] == ["image_put_many"]
