@@ -12,7 +12,7 @@ import os
 import secrets
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import anyio
 import anyio.abc
@@ -174,8 +174,20 @@ class Session:
         return data
 
     async def store_small(self, batch: Sequence[SmallMember]) -> list[Digest]:
-        """Store small members in one write hop and one record transaction (ING-11, IMP-4)."""
-        blobs = [SmallBlob(data, expected) for _, expected, data in batch]
+        """Store small members in one write hop and one record transaction (ING-11, IMP-4).
+
+        Members with the same bytes read already (e.g. many empty ones) are written once.
+        """
+        blobs: list[SmallBlob] = []
+        first: dict[tuple[bytes, Digest | None], int] = {}
+        index = []
+        for _, expected, data in batch:
+            i = len(blobs)
+            if isinstance(data, bytes):
+                i = first.setdefault((data, expected), i)
+            if i == len(blobs):
+                blobs.append(SmallBlob(data, expected))
+            index.append(i)
         try:
             descs = await self.content.write_small_blobs(blobs, sync=False, created=self.created)
         except DigestMismatch as exc:
@@ -183,9 +195,10 @@ class Session:
             if entry is None:  # pragma: no cover - only an expected digest can mismatch
                 raise
             raise _imp4(entry, exc) from exc
-        for (entry, _, _), desc in zip(batch, descs, strict=True):
-            entry.digest = desc.digest
-        return [desc.digest for desc in descs]
+        digests = [descs[i].digest for i in index]
+        for (entry, _, _), digest in zip(batch, digests, strict=True):
+            entry.digest = digest
+        return digests
 
     def unstored(self, digests: Iterable[str]) -> list[tuple[Entry, Digest]]:
         """The archive members of ``digests`` not stored yet; progress counts their bytes."""
@@ -309,19 +322,21 @@ def _too_large(name: str, max_size: int) -> MalformedArchive:
     )
 
 
-def _full(batch: Sequence[tuple[Any, ...]], size: int) -> bool:
+def _full(entries: int, nbytes: int, size: int) -> bool:
     """Whether a member of ``size`` bytes starts a new batch (design rule io-small-blobs)."""
-    return len(batch) >= BATCH_ENTRIES or sum(e.size for e, *_ in batch) + size > BATCH_BYTES
+    return entries >= BATCH_ENTRIES or nbytes + size > BATCH_BYTES
 
 
 def _batched(entries: Iterable[tuple[Entry, _T]]) -> Iterator[list[tuple[Entry, _T]]]:
     """Runs of at most :data:`BATCH_ENTRIES` members and :data:`BATCH_BYTES` bytes, in order."""
     batch: list[tuple[Entry, _T]] = []
+    nbytes = 0
     for item in entries:
-        if batch and _full(batch, item[0].size):
+        if batch and _full(len(batch), nbytes, item[0].size):
             yield batch
-            batch = []
+            batch, nbytes = [], 0
         batch.append(item)
+        nbytes += item[0].size
     if batch:
         yield batch
 
@@ -382,15 +397,16 @@ async def _ingest_stream(sess: Session, reader: _StreamReader) -> None:
     batches = anyio.Semaphore(1)
     big_commits = anyio.Semaphore(1)
     pending: list[SmallMember] = []
+    nbytes = 0  # of pending
     try:
         async with anyio.create_task_group() as tg:
 
             async def flush() -> None:
-                nonlocal pending
+                nonlocal pending, nbytes
                 if pending:
                     await batches.acquire()
                     tg.start_soon(_store_batch, sess, pending, batches)
-                    pending = []
+                    pending, nbytes = [], 0
 
             while True:
                 ev = await reader.next()
@@ -413,9 +429,10 @@ async def _ingest_stream(sess: Session, reader: _StreamReader) -> None:
                 else:
                     expected = blob_digest(entry.name)
                     if ev.size <= _SMALL:
-                        if _full(pending, ev.size):
+                        if _full(len(pending), nbytes, ev.size):
                             await flush()
                         pending.append((entry, expected, await reader.body()))
+                        nbytes += ev.size
                     else:
                         await flush()
                         await _ingest_member(sess, reader, entry, expected, tg, big_commits)

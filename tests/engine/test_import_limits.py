@@ -291,3 +291,30 @@ async def test_imp15_many_image_records_are_written_in_one_transaction(
     writes.clear()
     await load(store, source(tmp_path, many_names(n), stream))  # a reload re-targets them all
     assert [w for w in writes if w.startswith("image")] == ["image_put_many"]
+
+
+async def test_many_empty_members_from_a_stream_are_written_once_a_batch(store, monkeypatch):
+    # Before the oci-layout nothing tells a stream which members are unused (LOAD-9): 2,000
+    # empty ones are stored, but the same bytes only once per batch, and dropped at the end.
+    n = 2_000
+    data = synth_bytes(synth.SynthSpec(platforms=("linux/amd64",), layers=1, layer_size=100))
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tf:
+        for i in range(n):
+            tf.addfile(_info(f"e/{i}", b""), io.BytesIO(b""))
+        with tarfile.open(fileobj=io.BytesIO(data)) as src:
+            for m in src.getmembers():
+                tf.addfile(m, src.extractfile(m) if m.isfile() else None)
+    sizes: list[int] = []
+    real = ContentStore.write_small_blobs
+
+    async def small(self: ContentStore, blobs: Any, **kw: Any) -> Any:
+        blobs = list(blobs)
+        sizes.append(len(blobs))
+        return await real(self, blobs, **kw)
+
+    monkeypatch.setattr(ContentStore, "write_small_blobs", small)
+    images = await load(store, Stream(out.getvalue()))
+    assert [i.name for i in images] == ["docker.io/library/synth:latest"]
+    assert sum(sizes) <= n // archive.BATCH_ENTRIES + 1 + len(synth.plan(SPEC).blobs)
+    assert str(compute(b"")) not in await blobs(store)  # unused, new: gone (LOAD-8)
