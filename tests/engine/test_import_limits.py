@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,6 @@ from castar._cli import main
 from castar.engine import synth
 from castar.engine.load import archive, importer
 from castar.engine.load.importer import LoadOptions
-from castar.engine.platforms import pinned_host
 from castar.store import ContentStore, Image, Root, open_root
 from castar.store.digest import compute
 from castar.store.errors import MalformedArchive, Unavailable
@@ -52,12 +51,6 @@ class Stream:
         return bytes(out)
 
 
-@pytest.fixture(autouse=True)
-def _host() -> Iterator[None]:
-    with pinned_host("linux/amd64"):
-        yield
-
-
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Root]:
     async with open_root(tmp_path / "store") as s:
@@ -71,11 +64,10 @@ def synth_bytes(spec: synth.SynthSpec) -> bytes:
 
 
 def source(tmp_path: Path, data: bytes, stream: bool) -> object:
-    if stream:
-        return Stream(data)
-    path = tmp_path / "archive.tar"
-    path.write_bytes(data)
-    return path
+    """The archive as a non-seekable stream, or as a file."""
+    if not stream:
+        (tmp_path / "archive.tar").write_bytes(data)
+    return Stream(data) if stream else tmp_path / "archive.tar"
 
 
 async def blobs(root: Root) -> set[str]:
