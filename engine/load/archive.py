@@ -22,14 +22,7 @@ import anyio.to_thread
 from castar.engine import graph, oci
 from castar.engine._endpoints import CHUNK_SIZE as CHUNK
 from castar.engine.load import decompress
-from castar.engine.load.catalog import (
-    Catalog,
-    Entry,
-    blob_digest,
-    never_used,
-    note_member,
-    scan_sync,
-)
+from castar.engine.load.catalog import Catalog, Entry, blob_digest, note_member, scan_sync
 from castar.engine.tarcodec import NEED_DATA, ArchiveEnd, Chunk, MemberEnd, MemberStart, TarDecoder
 from castar.store.content import SmallBlob
 from castar.store.digest import Digest
@@ -419,9 +412,6 @@ async def _ingest_stream(sess: Session, reader: _StreamReader) -> None:
                 if reader.max_size is not None and ev.data_offset + ev.size > reader.max_size:
                     raise _too_large(reader.src.name, reader.max_size)  # known from the header
                 entry = note_member(cat, ev, -1)
-                if isinstance(entry, Entry) and never_used(cat, entry.name):
-                    del cat.entries[entry.name]  # LOAD-9: streamed past, never written
-                    entry = None
                 if entry is None:
                     await reader.drain()
                 elif isinstance(entry, str):
