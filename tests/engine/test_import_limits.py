@@ -20,6 +20,7 @@ from castar.engine import synth
 from castar.engine.load import archive, importer
 from castar.engine.load.importer import LoadOptions
 from castar.store import ContentStore, Image, Root, open_root
+from castar.store.content import Descriptor
 from castar.store.digest import compute
 from castar.store.errors import MalformedArchive, Unavailable
 from castar.store.sqlite import SQLiteMetadataDB
@@ -310,3 +311,21 @@ async def test_many_empty_members_from_a_stream_are_written_once_a_batch(store, 
     assert [i.name for i in images] == ["docker.io/library/synth:latest"]
     assert sum(sizes) <= n // archive.BATCH_ENTRIES + 1 + len(synth.plan(SPEC).blobs)
     assert str(compute(b"")) not in await blobs(store)  # unused, new: gone (LOAD-8)
+
+
+async def test_imp15_put_many_keeps_labels_and_created_at_like_update(store):
+    t1 = Descriptor("application/vnd.oci.image.index.v1+json", compute(b"1"), 10)
+    t2 = Descriptor("application/vnd.oci.image.index.v1+json", compute(b"2"), 10)
+    labels = {"k": "v", "containerd.io/gc.ref.content.m": str(compute(b"3"))}
+    old = await store.images.create("x", t1, labels=labels)
+    kept = (str(compute(b"4")), t1, {"a": "b"})
+    put = await store.images.put_many([("x", t2), ("y", t1), ("y", t2)], keep=[kept, ("x", t1, {})])
+    assert [(i.name, i.target.digest) for i in put] == [
+        ("x", t2.digest),
+        ("y", t1.digest),
+        ("y", t2.digest),
+    ]
+    x, y = await store.images.get("x"), await store.images.get("y")
+    assert (x.target.digest, x.labels, x.created_at) == (t2.digest, labels, old.created_at)
+    assert (y.target.digest, y.labels) == (t2.digest, {})
+    assert (await store.images.get(kept[0])).labels == {"a": "b"}
