@@ -23,7 +23,7 @@ import anyio
 from castar import SaveJob, SaveOptions, __version__
 from castar._api import Store, open_store
 from castar._demo import PLATFORMS as DEMO_PLATFORMS
-from castar._demo import run_demo
+from castar._demo import parse_size, run_demo
 from castar._progress import open_progress
 from castar._render import format_size, render_tree, table
 from castar.engine import oci, platforms, reference
@@ -120,6 +120,7 @@ def _progress_mode(args: argparse.Namespace) -> str:
 async def _cmd_load(store: Store, args: argparse.Namespace) -> int:
     # parsed here so a bad spec exits 4 before the store is touched; parsed once
     plats = platforms.parse_list(args.platform) if args.platform else None
+    max_size = parse_size(args.max_size) if args.max_size is not None else None
     source: object
     if args.input in (None, "-"):
         if sys.stdin.isatty():
@@ -138,6 +139,7 @@ async def _cmd_load(store: Store, args: argparse.Namespace) -> int:
             all_platforms=args.all_platforms,
             name=args.name,
             progress=bar,
+            max_size=max_size,
         )
     return _print_images(args, images, "Loaded")
 
@@ -510,6 +512,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--input", metavar="FILE", help="archive to read (default: stdin)")
     p.add_argument("--all-platforms", action="store_true", help="load every platform")
     p.add_argument("--name", metavar="PREFIX", help="name images whose archive only gives a tag")
+    p.add_argument("--max-size", metavar="SIZE", help="refuse archives over SIZE (e.g. 10G)")
     p = cmd["pull"]
     p.add_argument("ref", metavar="REF", help="[registry/]repository[:tag|@digest]")
     p.add_argument("--all-platforms", action="store_true", help="pull every platform")

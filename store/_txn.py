@@ -369,6 +369,47 @@ def image_put(
     return rec
 
 
+def image_get_many(conn: sqlite3.Connection, names: Sequence[str]) -> dict[str, Image]:
+    return {n: rec for n in names if (rec := image_get(conn, n)) is not None}
+
+
+def image_put_many(
+    conn: sqlite3.Connection,
+    keep: Sequence[tuple[str, Descriptor, Mapping[str, str]]],
+    targets: Sequence[tuple[str, Descriptor]],
+    lease: str | None,
+    now: datetime,
+) -> list[Image]:
+    """Create each ``keep`` image unless its name exists, then re-target or create ``targets``.
+
+    A target keeps its labels (and so its edges) or has none: only the image rows change.
+    """
+    for name, target, labels in keep:
+        if image_get(conn, name) is None:
+            image_put(conn, name, target, labels, True, lease, now)
+    put: dict[str, Image] = {}
+    out = []
+    for name, target in targets:
+        old = put.get(name) or image_get(conn, name)
+        labels = {} if old is None else old.labels
+        rec = put[name] = Image(name, target, labels, now if old is None else old.created_at, now)
+        out.append(rec)
+        if lease is not None and EXPIRE in labels:  # IMG-6
+            _add_resources(conn, lease, "images", [name])
+    conn.executemany(  # an upsert: REPLACE would cascade-delete the kept labels
+        "INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET"
+        " media_type = excluded.media_type, digest = excluded.digest, size = excluded.size,"
+        " annotations = excluded.annotations, updated_at = excluded.updated_at",
+        [
+            (r.name, r.target.media_type, r.target.digest, r.target.size,
+             json.dumps(dict(r.target.annotations), sort_keys=True),
+             to_ts(r.created_at), to_ts(r.updated_at))
+            for r in put.values()
+        ],
+    )  # fmt: skip
+    return out
+
+
 def image_delete(conn: sqlite3.Connection, name: str, target: str | None) -> None:
     row = conn.execute("SELECT digest FROM images WHERE name = ?", (name,)).fetchone()
     if row is None:

@@ -5,6 +5,7 @@ A blob exists for callers once recorded, after the backend renamed it, under the
 
 from __future__ import annotations
 
+import os
 import random
 import uuid
 from contextlib import asynccontextmanager, suppress
@@ -27,7 +28,9 @@ from castar.store.errors import (
     NotFound,
     SizeMismatch,
     Unavailable,
+    map_os_errors,
 )
+from castar.store.gc import mark, roots_and_edges
 from castar.store.leases import current_lease_id
 from castar.store.sqlite import validate_labels
 
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
     from pathlib import Path
 
+    from castar.store._schema import GCGraph
     from castar.store.blobs import SmallData
     from castar.store.ingest import IngestStatus, LocalContentStore, LocalWriter
     from castar.store.sqlite import SQLiteMetadataDB
@@ -324,12 +328,17 @@ class ContentStore:
                 await w._close()
 
     async def write_small_blobs(
-        self, blobs: Iterable[SmallBlob], *, sync: bool = True
+        self,
+        blobs: Iterable[SmallBlob],
+        *,
+        sync: bool = True,
+        created: set[Digest] | None = None,
     ) -> list[Descriptor]:
         """Store small blobs: ONE worker-thread hop writes them, ONE transaction records them.
 
         A blob already recorded is a success (ING-11, ING-2, TV-44); every verified blob is recorded
         before the first DigestMismatch is raised. Bad digests, labels (LBL-1) or sizes raise first.
+        The digests this call recorded first are added to ``created``.
         """
         items = list(blobs)
         if not items:
@@ -347,20 +356,23 @@ class ContentStore:
         async with self._backend.commit_small_batch(work, sync=unsynced is None) as batch:
             joined: list[int | None] = []
             if batch.results:
+                good = [
+                    (r.digest, r.size, labels[i])
+                    for i, r in enumerate(batch.results)
+                    if not isinstance(r, DigestMismatch)
+                ]
                 with anyio.CancelScope(shield=True):
-                    _, joined = await self._db.write(
+                    new, joined = await self._db.write(
                         _txn.content_commit_batch,
-                        [
-                            (r.digest, r.size, labels[i])
-                            for i, r in enumerate(batch.results)
-                            if not isinstance(r, DigestMismatch)
-                        ],
+                        good,
                         [r.expected for r in batch.results if isinstance(r, DigestMismatch)],
                         current_lease_id(),
                         self._clock(),
                         unsynced,
                         durable=unsynced is None,
                     )
+                if created is not None:
+                    created.update(d for (d, _, _), n in zip(good, new, strict=True) if n)
         out: list[Descriptor] = []
         sizes = iter(joined)
         failure: DigestMismatch | None = None
@@ -399,6 +411,41 @@ class ContentStore:
         with anyio.CancelScope(shield=True):
             n = await self._db.write(_txn.content_mark_synced, todo)
         return n
+
+    def free_space(self) -> int:
+        """Bytes an unprivileged writer may still put on the store's file system (blocking)."""
+        with map_os_errors("store free space"):
+            st = os.statvfs(self._backend.root / "ingest")
+        return st.f_bavail * st.f_frsize
+
+    async def drop_unused(self, digests: Iterable[str]) -> list[Digest]:
+        """Remove at once those of ``digests`` nothing keeps: rows, then files (LOAD-8).
+
+        GC's marking (GC-2..6) decides, with every image, lease and ingest a root, expired or
+        not; all under the exclusive commit lock, so no commit or read of them races it.
+        """
+        todo = {parse(d) for d in digests}
+        if not todo:
+            return []
+        now = self._clock()
+
+        def unused(graph: GCGraph) -> list[tuple[str, str]]:
+            roots, edges, nodes = roots_and_edges(graph, now)
+            roots += (n for n in nodes if n.kind != "content")
+            live = mark(roots, edges)
+            gone = todo.intersection(graph.content).difference(
+                n.key for n in live if n.kind == "content"
+            )
+            return [("content", d) for d in sorted(gone)]
+
+        async with self._backend.commit_lock(exclusive=True):
+            _, doomed = await self._db.write(_txn.gc_sweep, unused, False)
+            gone = [Digest(d) for _, d in doomed]
+            with anyio.CancelScope(shield=True):
+                for d in gone:
+                    with suppress(NotFound):
+                        await self._backend.delete(d)
+        return gone
 
     async def drop_stale(self) -> list[Digest]:
         """Forget blobs committed unsynced before a machine crash (another boot id).

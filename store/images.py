@@ -14,7 +14,7 @@ from castar.store.sqlite import Records, validate_labels
 
 if TYPE_CHECKING:
     import builtins
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
 
 __all__ = ["DescriptorLike", "Image", "ImageStore"]
 
@@ -58,8 +58,7 @@ class ImageStore(Records):
         create: bool,
     ) -> Image:
         # IMG-1's order: the name, then the target, then the labels.
-        if not name:
-            raise InvalidArgument("image name must not be empty")
+        self._name(name)
         checked = None if target is None else _target(target)
         if labels is not None:
             validate_labels(labels)
@@ -99,6 +98,35 @@ class ImageStore(Records):
     ) -> Image:
         """Replace the target and/or the labels of an image (IMG-3); created_at is kept."""
         return await self._put(name, target, labels, create=False)
+
+    async def get_many(self, names: Iterable[str]) -> dict[str, Image]:
+        """The images of ``names`` that exist, by name, in ONE read transaction."""
+        return await self._db.read(_txn.image_get_many, list(names))
+
+    async def put_many(
+        self,
+        targets: Iterable[tuple[str, DescriptorLike]],
+        *,
+        keep: Iterable[tuple[str, DescriptorLike, Mapping[str, str]]] = (),
+    ) -> builtins.list[Image]:
+        """Put images in ONE transaction: the images of ``targets``, in order.
+
+        Each ``keep`` image is created unless its name exists; then each of ``targets`` is
+        re-targeted as :meth:`update` does, or created without labels.
+        """
+        kept = [(self._name(n), _target(t), dict(labels)) for n, t, labels in keep]
+        for _, _, labels in kept:
+            validate_labels(labels)
+        todo = [(self._name(n), _target(t)) for n, t in targets]
+        return await self._db.write(
+            _txn.image_put_many, kept, todo, current_lease_id(), self._clock()
+        )
+
+    @staticmethod
+    def _name(name: str) -> str:
+        if not name:
+            raise InvalidArgument("image name must not be empty")
+        return name
 
     async def delete(self, name: str, *, target: str | None = None) -> None:
         """Delete an image; with ``target`` only if it still points there (IMG-4)."""

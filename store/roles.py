@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    import builtins
     from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
     from contextlib import AbstractAsyncContextManager
     from datetime import timedelta
@@ -55,7 +56,7 @@ class BlobIngester(BlobReader, Protocol):
         sync: bool = True,
     ) -> Descriptor: ...
     async def write_small_blobs(  # noqa: D102
-        self, blobs: Iterable[SmallBlob], *, sync: bool = True
+        self, blobs: Iterable[SmallBlob], *, sync: bool = True, created: set[Digest] | None = None
     ) -> list[Descriptor]: ...
     async def update_labels(self, digest: str, labels: Mapping[str, str]) -> Info: ...  # noqa: D102
     async def update_labels_many(  # noqa: D102
@@ -63,6 +64,8 @@ class BlobIngester(BlobReader, Protocol):
     ) -> dict[Digest, Info]: ...
     async def sync(self, digests: Iterable[str] | None = None) -> int: ...  # noqa: D102
     async def delete(self, digest: str) -> None: ...  # noqa: D102
+    async def drop_unused(self, digests: Iterable[str]) -> list[Digest]: ...  # noqa: D102
+    def free_space(self) -> int: ...  # noqa: D102
     async def abort(self, ref: str) -> None: ...  # noqa: D102
 
 
@@ -82,6 +85,13 @@ class ImageRecords(Protocol):
         labels: Mapping[str, str] | None = None,
     ) -> Image: ...
     async def delete(self, name: str, *, target: str | None = None) -> None: ...  # noqa: D102
+    async def get_many(self, names: Iterable[str]) -> dict[str, Image]: ...  # noqa: D102
+    async def put_many(  # noqa: D102
+        self,
+        targets: Iterable[tuple[str, DescriptorLike]],
+        *,
+        keep: Iterable[tuple[str, DescriptorLike, Mapping[str, str]]] = (),
+    ) -> builtins.list[Image]: ...
 
 
 class Leases(Protocol):

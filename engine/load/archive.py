@@ -12,7 +12,7 @@ import os
 import secrets
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import anyio
 import anyio.abc
@@ -26,7 +26,13 @@ from castar.engine.load.catalog import Catalog, Entry, blob_digest, note_member,
 from castar.engine.tarcodec import NEED_DATA, ArchiveEnd, Chunk, MemberEnd, MemberStart, TarDecoder
 from castar.store.content import SmallBlob
 from castar.store.digest import Digest
-from castar.store.errors import AlreadyExists, DigestMismatch, MalformedArchive, NotFound
+from castar.store.errors import (
+    AlreadyExists,
+    DigestMismatch,
+    MalformedArchive,
+    NotFound,
+    Unavailable,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -55,6 +61,10 @@ BATCH_ENTRIES: Final = 64
 BATCH_BYTES: Final = 4 << 20
 #: Batches being stored at once: the store's two blob-I/O threads.
 _BATCHES: Final = 2
+#: LOAD-7: free space a load leaves on the store's file system beyond what a member still
+#: needs, checked as each member starts and every :data:`_ROOM_EVERY` bytes of it.
+RESERVE: Final = 64 << 20
+_ROOM_EVERY: Final = 64 << 20
 
 _T = TypeVar("_T")
 
@@ -97,6 +107,7 @@ class Session:
     catalog: Catalog = field(default_factory=Catalog)
     fd: int | None = None  # seekable archives are read with pread on this fd
     written: dict[str, bytes] = field(default_factory=dict)  # documents the load built and stored
+    created: set[Digest] = field(default_factory=set)  # blobs this load recorded first (LOAD-8)
     _serial: Iterator[int] = field(default_factory=itertools.count)
     _buffers: list[bytearray] = field(default_factory=list)
 
@@ -107,6 +118,18 @@ class Session:
     def ref(self, name: str) -> str:
         """A fresh ingest ref, unique per session (ING-14, EDGE-9)."""
         return f"castar-import-{self.session}-{next(self._serial)}-{name[:96]}"
+
+    def room(self, entry: Entry, left: int) -> None:
+        """LOAD-7: refuse to write ``left`` more bytes of ``entry`` into too little free space.
+
+        Blocking (one statvfs): called in a worker thread.
+        """
+        free = self.content.free_space()
+        if free < left + RESERVE:
+            raise Unavailable(
+                f"blob {entry.name} of {entry.size} bytes: {left} bytes still to write would leave"
+                f" less than the {RESERVE}-byte reserve free in the store ({free} bytes free)"
+            )
 
     async def discard(self, ref: str) -> None:
         with anyio.CancelScope(shield=True), contextlib.suppress(NotFound):
@@ -121,6 +144,8 @@ class Session:
             offset = entry.offset
             left = entry.size
             while left:
+                if (entry.size - left) % _ROOM_EVERY < CHUNK:
+                    self.room(entry, left)
                 n = os.preadv(self.fd, [view[: min(left, CHUNK)]], offset)
                 if n == 0:
                     raise _truncated(entry, left, offset)
@@ -142,18 +167,31 @@ class Session:
         return data
 
     async def store_small(self, batch: Sequence[SmallMember]) -> list[Digest]:
-        """Store small members in one write hop and one record transaction (ING-11, IMP-4)."""
-        blobs = [SmallBlob(data, expected) for _, expected, data in batch]
+        """Store small members in one write hop and one record transaction (ING-11, IMP-4).
+
+        Members with the same bytes read already (e.g. many empty ones) are written once.
+        """
+        blobs: list[SmallBlob] = []
+        first: dict[tuple[bytes, Digest | None], int] = {}
+        index = []
+        for _, expected, data in batch:
+            i = len(blobs)
+            if isinstance(data, bytes):
+                i = first.setdefault((data, expected), i)
+            if i == len(blobs):
+                blobs.append(SmallBlob(data, expected))
+            index.append(i)
         try:
-            descs = await self.content.write_small_blobs(blobs, sync=False)
+            descs = await self.content.write_small_blobs(blobs, sync=False, created=self.created)
         except DigestMismatch as exc:
             entry = next((e for e, x, _ in batch if x is not None and x == exc.expected), None)
             if entry is None:  # pragma: no cover - only an expected digest can mismatch
                 raise
             raise _imp4(entry, exc) from exc
-        for (entry, _, _), desc in zip(batch, descs, strict=True):
-            entry.digest = desc.digest
-        return [desc.digest for desc in descs]
+        digests = [descs[i].digest for i in index]
+        for (entry, _, _), digest in zip(batch, digests, strict=True):
+            entry.digest = digest
+        return digests
 
     def unstored(self, digests: Iterable[str]) -> list[tuple[Entry, Digest]]:
         """The archive members of ``digests`` not stored yet; progress counts their bytes."""
@@ -211,7 +249,7 @@ class Session:
         try:
             async with self.content.writer(ref, size=entry.size, digest=expected) as w:
                 await anyio.to_thread.run_sync(self._copy_sync, w, entry, limiter=self.limiter)
-                digest = await _commit(w, entry, expected)
+                digest = await _commit(self, w, entry, expected)
         except AlreadyExists:
             assert expected is not None
             digest = expected
@@ -243,10 +281,12 @@ class Session:
             return None
 
 
-async def _commit(w: Writer, entry: Entry, expected: Digest | None) -> Digest:
+async def _commit(sess: Session, w: Writer, entry: Entry, expected: Digest | None) -> Digest:
     """Commit with fsync deferred to ``load``'s one sync (io-sync); IMP-4 error, ING-11."""
     try:
-        return await w.commit(entry.size, expected, sync=False)
+        digest = await w.commit(entry.size, expected, sync=False)
+        sess.created.add(digest)
+        return digest
     except AlreadyExists:
         return expected or w.digest()
     except DigestMismatch as exc:
@@ -275,19 +315,21 @@ def _too_large(name: str, max_size: int) -> MalformedArchive:
     )
 
 
-def _full(batch: Sequence[tuple[Any, ...]], size: int) -> bool:
+def _full(entries: int, nbytes: int, size: int) -> bool:
     """Whether a member of ``size`` bytes starts a new batch (design rule io-small-blobs)."""
-    return len(batch) >= BATCH_ENTRIES or sum(e.size for e, *_ in batch) + size > BATCH_BYTES
+    return entries >= BATCH_ENTRIES or nbytes + size > BATCH_BYTES
 
 
 def _batched(entries: Iterable[tuple[Entry, _T]]) -> Iterator[list[tuple[Entry, _T]]]:
     """Runs of at most :data:`BATCH_ENTRIES` members and :data:`BATCH_BYTES` bytes, in order."""
     batch: list[tuple[Entry, _T]] = []
+    nbytes = 0
     for item in entries:
-        if batch and _full(batch, item[0].size):
+        if batch and _full(len(batch), nbytes, item[0].size):
             yield batch
-            batch = []
+            batch, nbytes = [], 0
         batch.append(item)
+        nbytes += item[0].size
     if batch:
         yield batch
 
@@ -348,15 +390,16 @@ async def _ingest_stream(sess: Session, reader: _StreamReader) -> None:
     batches = anyio.Semaphore(1)
     big_commits = anyio.Semaphore(1)
     pending: list[SmallMember] = []
+    nbytes = 0  # of pending
     try:
         async with anyio.create_task_group() as tg:
 
             async def flush() -> None:
-                nonlocal pending
+                nonlocal pending, nbytes
                 if pending:
                     await batches.acquire()
                     tg.start_soon(_store_batch, sess, pending, batches)
-                    pending = []
+                    pending, nbytes = [], 0
 
             while True:
                 ev = await reader.next()
@@ -366,6 +409,8 @@ async def _ingest_stream(sess: Session, reader: _StreamReader) -> None:
                 if not isinstance(ev, MemberStart):  # pragma: no cover - members are read whole
                     continue
                 reader.member = ev.name
+                if reader.max_size is not None and ev.data_offset + ev.size > reader.max_size:
+                    raise _too_large(reader.src.name, reader.max_size)  # known from the header
                 entry = note_member(cat, ev, -1)
                 if entry is None:
                     await reader.drain()
@@ -374,9 +419,10 @@ async def _ingest_stream(sess: Session, reader: _StreamReader) -> None:
                 else:
                     expected = blob_digest(entry.name)
                     if ev.size <= _SMALL:
-                        if _full(pending, ev.size):
+                        if _full(len(pending), nbytes, ev.size):
                             await flush()
                         pending.append((entry, expected, await reader.body()))
+                        nbytes += ev.size
                     else:
                         await flush()
                         await _ingest_member(sess, reader, entry, expected, tg, big_commits)
@@ -405,8 +451,13 @@ async def _ingest_member(
             entry.digest = expected
             await reader.drain()  # already stored: the bytes are not written again (ING-2)
             return
+        await anyio.to_thread.run_sync(sess.room, entry, entry.size)
+        written = 0
         while isinstance(ev := await reader.next(), Chunk):
             await w.write(ev.data)
+            before, written = written, written + len(ev.data)
+            if written // _ROOM_EVERY != before // _ROOM_EVERY:
+                await anyio.to_thread.run_sync(sess.room, entry, entry.size - written)
         await commits.acquire()
     except BaseException:
         with anyio.CancelScope(shield=True):
@@ -434,7 +485,7 @@ async def _finish_member(
 ) -> None:
     try:
         try:
-            entry.digest = await _commit(w, entry, expected)
+            entry.digest = await _commit(sess, w, entry, expected)
         finally:
             with anyio.CancelScope(shield=True):
                 await stack.aclose()

@@ -6,6 +6,7 @@ Which members count (TAR-5); ``scan_sync`` reads a seekable tar's headers in a w
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import posixpath
 import re
@@ -110,10 +111,24 @@ def scan_sync(fd: int, base: int, size: int) -> Catalog:
             cat.documents[found] = (ev.name, os.pread(fd, ev.size, base + ev.data_offset))
 
 
+def _never_used(cat: Catalog, cleaned: str) -> bool:
+    """LOAD-9: ``repositories``; once an OCI layout is seen (IMP-5), non-blobs but index.json."""
+    if cleaned == "repositories":
+        return True
+    raw = cat.documents.get(LAYOUT, ("", b""))[1]
+    if cleaned == "index.json" or blob_digest(cleaned) is not None or not 0 < len(raw) < 4096:
+        return False  # a big layout is read once, by resolve
+    with contextlib.suppress(ValueError, RecursionError):  # a bad one fails in resolve (IMP-2)
+        layout = json.loads(raw)
+        return isinstance(layout, dict) and bool(layout.get("imageLayoutVersion"))
+    return False
+
+
 def note_member(cat: Catalog, ev: MemberStart, offset: int) -> Entry | str | None:
     """Record a member by kind (TAR-5): its new entry, a document's name to read, or None.
 
-    Documents are ``oci-layout`` and ``manifest.json``, returned by their cleaned name.
+    Documents are ``oci-layout`` and ``manifest.json``, returned by their cleaned name;
+    members no image can use (LOAD-9) are None.
     """
     cleaned = _checked_name(ev.name, ev.header_offset)
     if ev.type == SYMTYPE:
@@ -121,6 +136,8 @@ def note_member(cat: Catalog, ev: MemberStart, offset: int) -> Entry | str | Non
     if ev.type not in _REGULAR:
         return None
     if cleaned not in _METADATA:
+        if _never_used(cat, cleaned):
+            return None  # LOAD-9: streamed past, never written
         if cleaned in cat.entries and blob_digest(cleaned) is not None:
             # IMP-3: a file keeps the last copy, a stream checks the first: refuse both ways
             raise MalformedArchive(

@@ -5,7 +5,6 @@ Must not import the exporter, the CLI or the facade. Tar names are only ever map
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, final
 
@@ -15,7 +14,7 @@ from castar.engine._streams import open_source
 from castar.engine.load.archive import Progress, Session, read_archive
 from castar.engine.load.resolve import EmptyWalk, Walk, fetch_needed, keep, resolve, walk_index
 from castar.store.digest import Digest
-from castar.store.errors import AlreadyExists, NotFound
+from castar.store.errors import NotFound
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -97,34 +96,23 @@ def filter_ref_prefix(image: str) -> Callable[[str], str]:
 async def record(content: BlobIngester, images: ImageRecords, walk: Walk) -> list[Image]:
     """Label the kept graph (GC-7), then create or re-target the image records (IMP-15)."""
     await content.update_labels_many(walk.labels.items())  # skips parents skipped as missing
+    olds = await images.get_many({n for n, _ in walk.replaced}) if walk.replaced else {}
+    keep = []
     for normalized, target in walk.replaced:
         # LOAD-1: the image a name is taken from stays alive as a dangling record
-        try:
-            old = await images.get(normalized)
-        except NotFound:
-            continue
-        if old.target.digest == target.digest:
+        old = olds.get(normalized)
+        if old is None or old.target.digest == target.digest:
             continue
         labels = {
             k: v
             for k, v in old.labels.items()
             if k not in (oci.ANNOTATION_IMAGE_NAME, oci.ANNOTATION_REF_NAME)
         }
-        with contextlib.suppress(AlreadyExists):
-            await images.create(
-                reference.dangling_name(old.target.digest), old.target, labels=labels
-            )
+        keep.append((reference.dangling_name(old.target.digest), old.target, labels))
     out: dict[str, Image] = {}
-    for name, target in walk.queued:
-        try:
-            image = await images.update(name, target=target)
-        except NotFound:
-            try:
-                image = await images.create(name, target)
-            except AlreadyExists:
-                image = await images.update(name, target=target)
-        out.pop(name, None)
-        out[name] = image
+    for image in await images.put_many(walk.queued, keep=keep):  # one transaction (IMP-15)
+        out.pop(image.name, None)
+        out[image.name] = image
     return list(out.values())
 
 
@@ -233,6 +221,8 @@ async def load(
             else f"found, but some content is missing: {exc}"
         )
         raise NotFound(f"requested platform(s) ({wanted}) {why}") from exc
+    if unused := sess.created.difference(walk.needed):
+        await content.drop_unused(unused)  # LOAD-8: what the selection leaves out goes now
     if requested:
         await _verify_platforms(sess, walk, loaded, wanted)  # LOAD-4
     return loaded

@@ -1,0 +1,331 @@
+"""Loads that cannot fill the disk and leave nothing the selection does not use (LOAD-7, LOAD-8).
+
+Archives are generated here (engine.synth, tarfile); sources are files and non-seekable streams.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from castar._cli import main
+from castar.engine import synth
+from castar.engine.load import archive, importer
+from castar.engine.load.importer import LoadOptions
+from castar.store import ContentStore, Image, Root, open_root
+from castar.store.content import Descriptor
+from castar.store.digest import compute
+from castar.store.errors import MalformedArchive, Unavailable
+from castar.store.sqlite import SQLiteMetadataDB
+
+BIG = 2 << 20  # over the 1 MiB small-member limit: these go through an ingest
+SPEC = synth.SynthSpec(
+    name="limits/img:1",
+    platforms=("linux/amd64", "linux/arm64", "linux/arm/v7"),
+    layers=2,
+    layer_size=BIG,
+    order="containerd",  # blobs first: a stream meets every blob before index.json
+)
+
+
+async def load(root: Root, source: object, **options: Any) -> list[Image]:
+    roles = (root.content, root.images, root.leases)
+    return await importer.load(*roles, source, LoadOptions.parse(**options))
+
+
+class Stream:
+    """A non-seekable source: an object with ``async read(n)``."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = memoryview(data)
+
+    async def read(self, n: int) -> bytes:
+        out, self._data = self._data[:n], self._data[n:]
+        await anyio.lowlevel.checkpoint()
+        return bytes(out)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Root]:
+    async with open_root(tmp_path / "store") as s:
+        yield s
+
+
+def synth_bytes(spec: synth.SynthSpec) -> bytes:
+    buf = io.BytesIO()
+    synth.write(spec, buf)
+    return buf.getvalue()
+
+
+def source(tmp_path: Path, data: bytes, stream: bool) -> object:
+    """The archive as a non-seekable stream, or as a file."""
+    if not stream:
+        (tmp_path / "archive.tar").write_bytes(data)
+    return Stream(data) if stream else tmp_path / "archive.tar"
+
+
+async def blobs(root: Root) -> set[str]:
+    return {str(i.digest) for i in await root.content.walk()}
+
+
+def ingest_dirs(root: Root) -> list[str]:
+    return [p.name for p in (root.root / "ingest").iterdir()]
+
+
+# -- LOAD-8: a filtered load from a stream leaves what the same load from a file leaves -------
+
+
+async def test_load8_filtered_stream_load_leaves_the_file_loads_blob_set(tmp_path):
+    data = synth_bytes(SPEC)
+    sets = []
+    for stream in (False, True):
+        async with open_root(tmp_path / f"s{stream}") as root:
+            images = await load(root, source(tmp_path, data, stream), platforms="linux/arm64")
+            assert [i.name for i in images] == ["docker.io/limits/img:1"]
+            sets.append(await blobs(root))
+            assert await root.leases.list() == []
+            index_json = str(compute(synth.plan(SPEC).index_json))
+            assert (await root.gc()).removed == [index_json]  # only the archive's index (GC-11)
+    assert sets[0] == sets[1]
+    assert 0 < len(sets[0]) < len(synth.plan(SPEC).blobs)
+
+
+async def test_load8_blobs_other_images_leases_or_the_store_hold_are_kept(store, tmp_path):
+    # amd64 loaded from a file; arm/v7's config stored before (unused by any image); a lease
+    # names one arm/v7 layer, an open ingest expects the other. A filtered stream load of
+    # arm64 then drops only arm/v7's manifest.
+    data = synth_bytes(SPEC)
+    await load(store, source(tmp_path, data, False), platforms="linux/amd64")
+    plan = synth.plan(SPEC)
+    v7 = plan.platforms[2]
+    config = b"".join(plan.blob_chunks(v7.config.digest))
+    await store.content.write_blob(config, digest=v7.config.digest)
+    before = await blobs(store)
+    leased, ingested = str(v7.layers[0].digest), str(v7.layers[1].digest)
+    async with store.leases.hold() as lease, store.content.writer("other", digest=ingested):
+        await store.leases.add_resources(lease.id, "content", [leased])
+        await load(store, Stream(data), platforms="linux/arm64")
+        after = await blobs(store)
+    arm64 = plan.platforms[1]
+    assert before | {leased, ingested} <= after  # an open ingest expects the second layer
+    assert {str(d.digest) for d in (arm64.manifest, arm64.config, *arm64.layers)} <= after
+    assert str(v7.manifest.digest) not in after  # written by the stream, unused: gone
+    assert str(plan.index.digest) in after  # the image's own index
+
+
+# -- LOAD-7: a member never fills the disk; --max-size from member headers ------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_load7_a_member_over_the_free_space_is_refused_before_a_byte(
+    store, tmp_path, monkeypatch, stream
+):
+    free = BIG + archive.RESERVE - 1  # one byte short for any 2 MiB layer
+    monkeypatch.setattr(ContentStore, "free_space", lambda self: free)
+    with pytest.raises(Unavailable) as err:
+        await load(store, source(tmp_path, synth_bytes(SPEC), stream))
+    message = str(err.value)
+    assert message.startswith("blob blobs/sha256/")
+    assert f"of {BIG} bytes" in message
+    assert f"{archive.RESERVE}-byte reserve" in message
+    assert f"({free} bytes free)" in message
+    assert ingest_dirs(store) == []  # the partial ingest is gone when the load returns
+    assert await store.images.list() == []
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_load7_free_space_is_checked_again_as_a_member_streams(
+    store, tmp_path, monkeypatch, stream
+):
+    # Another writer fills the disk while a 72 MiB member is being written: the load stops
+    # within the next check, long before the member's end.
+    member = 72 << 20
+    spec = synth.SynthSpec(platforms=("linux/amd64",), layers=1, layer_size=member)
+    calls: list[int] = []
+
+    def free_space(self: ContentStore) -> int:
+        calls.append(1)
+        return (1 << 40) if len(calls) == 1 else archive.RESERVE
+
+    monkeypatch.setattr(ContentStore, "free_space", free_space)
+    with pytest.raises(Unavailable, match="still to write"):
+        await load(store, source(tmp_path, synth_bytes(spec), stream))
+    assert len(calls) == 2
+    assert ingest_dirs(store) == []
+
+
+async def test_load7_max_size_refuses_a_stream_at_the_member_header(store, monkeypatch):
+    opened: list[str] = []
+    real = ContentStore.writer
+
+    def writer(self: ContentStore, ref: str, **kw: Any) -> Any:
+        opened.append(ref)
+        return real(self, ref, **kw)
+
+    monkeypatch.setattr(ContentStore, "writer", writer)
+    data = synth_bytes(SPEC)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        second = [m for m in tf.getmembers() if m.size == BIG][1]
+    limit = second.offset_data + BIG // 2  # the archive is read 1 MiB past it before its end
+    with pytest.raises(MalformedArchive, match=f"larger than the {limit}-byte limit"):
+        await load(store, Stream(data), max_size=limit)
+    assert len(opened) == 1  # the second layer's header is over the limit: never opened
+    assert await store.images.list() == []
+
+
+def test_load7_cli_max_size_takes_human_sizes(tmp_path, capsys):
+    path = tmp_path / "archive.tar"
+    path.write_bytes(synth_bytes(SPEC))
+    root = str(tmp_path / "cli")
+    assert main(["--root", root, "load", "-q", "-i", str(path), "--max-size", "1M"]) == 4
+    assert "larger than the 1048576-byte limit (max_size)" in capsys.readouterr().err
+    assert main(["--root", root, "load", "-q", "-i", str(path), "--max-size", "ten"]) == 4
+    assert 'bad size "ten"' in capsys.readouterr().err
+    assert main(["--root", root, "load", "-q", "-i", str(path), "--max-size", "10G"]) == 0
+    assert "Loaded image: limits/img:1" in capsys.readouterr().out
+
+
+# -- LOAD-9: members no image can use are streamed past --------------------------------------
+
+
+def with_extra(data: bytes, extra: dict[str, bytes]) -> bytes:
+    """``data`` with ``extra`` members added right after its ``oci-layout``."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(data)) as src, tarfile.open(fileobj=out, mode="w") as tf:
+        for m in src.getmembers():
+            tf.addfile(m, src.extractfile(m) if m.isfile() else None)
+            if m.name == "oci-layout":
+                for name, body in extra.items():
+                    tf.addfile(_info(name, body), io.BytesIO(body))
+    return out.getvalue()
+
+
+def _info(name: str, body: bytes) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = len(body)
+    return info
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_load9_non_blob_members_after_an_oci_layout_are_never_written(
+    store, tmp_path, monkeypatch, stream
+):
+    junk = {"junk/big.bin": b"j" * BIG, "repositories": b'{"a":{"1":"x"}}', "notes.txt": b"hi"}
+    data = with_extra(synth_bytes(synth.SynthSpec(platforms=("linux/amd64",), layers=1)), junk)
+    written: list[object] = []  # ingest refs (they carry the member name) and small bodies
+    real_writer, real_small = ContentStore.writer, ContentStore.write_small_blobs
+
+    def writer(self: ContentStore, ref: str, **kw: Any) -> Any:
+        written.append(ref)
+        return real_writer(self, ref, **kw)
+
+    async def small(self: ContentStore, blobs: Any, **kw: Any) -> Any:
+        blobs = list(blobs)
+        written.extend(bytes(b.data() if callable(b.data) else b.data) for b in blobs)
+        return await real_small(self, blobs, **kw)
+
+    monkeypatch.setattr(ContentStore, "writer", writer)
+    monkeypatch.setattr(ContentStore, "write_small_blobs", small)
+    images = await load(store, source(tmp_path, data, stream))
+    assert [i.name for i in images] == ["docker.io/library/synth:latest"]
+    assert not any("junk" in str(w) for w in written)
+    assert junk["repositories"] not in written
+    assert junk["notes.txt"] not in written
+
+
+# -- many records, many members: batched (issue 15's time blow-ups) -------------------------
+
+
+def many_names(n: int) -> bytes:
+    """An OCI archive whose index.json gives one small manifest ``n`` names."""
+    spec = synth.SynthSpec(platforms=("linux/amd64", "linux/arm64"), layers=1, layer_size=100)
+    data = synth_bytes(spec)
+    plan = synth.plan(spec)
+    entry = {"mediaType": plan.index.media_type, "digest": plan.index.digest}
+    entries = [
+        {**entry, "size": plan.index.size, "annotations": {"io.containerd.image.name": f"m/x:{i}"}}
+        for i in range(n)
+    ]
+    index = json.dumps({"schemaVersion": 2, "manifests": entries}).encode()
+    out = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(data)) as src, tarfile.open(fileobj=out, mode="w") as tf:
+        for m in src.getmembers():
+            if m.name == "index.json":
+                tf.addfile(_info(m.name, index), io.BytesIO(index))
+            elif m.name != "manifest.json":
+                tf.addfile(m, src.extractfile(m) if m.isfile() else None)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_imp15_many_image_records_are_written_in_one_transaction(
+    store, tmp_path, monkeypatch, stream
+):
+    n = 1_000
+    writes: list[str] = []
+    real = SQLiteMetadataDB.write
+
+    async def write(self: SQLiteMetadataDB, fn: Any, *args: Any, **kw: Any) -> Any:
+        writes.append(fn.__name__)
+        return await real(self, fn, *args, **kw)
+
+    monkeypatch.setattr(SQLiteMetadataDB, "write", write)
+    images = await load(store, source(tmp_path, many_names(n), stream))
+    assert len(images) == n
+    assert len(await store.images.list()) == n
+    assert [w for w in writes if w.startswith("image")] == ["image_put_many"]
+    writes.clear()
+    await load(store, source(tmp_path, many_names(n), stream))  # a reload re-targets them all
+    assert [w for w in writes if w.startswith("image")] == ["image_put_many"]
+
+
+async def test_many_empty_members_from_a_stream_are_written_once_a_batch(store, monkeypatch):
+    # Before the oci-layout nothing tells a stream which members are unused (LOAD-9): 2,000
+    # empty ones are stored, but the same bytes only once per batch, and dropped at the end.
+    n = 2_000
+    data = synth_bytes(synth.SynthSpec(platforms=("linux/amd64",), layers=1, layer_size=100))
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tf:
+        for i in range(n):
+            tf.addfile(_info(f"e/{i}", b""), io.BytesIO(b""))
+        with tarfile.open(fileobj=io.BytesIO(data)) as src:
+            for m in src.getmembers():
+                tf.addfile(m, src.extractfile(m) if m.isfile() else None)
+    sizes: list[int] = []
+    real = ContentStore.write_small_blobs
+
+    async def small(self: ContentStore, blobs: Any, **kw: Any) -> Any:
+        blobs = list(blobs)
+        sizes.append(len(blobs))
+        return await real(self, blobs, **kw)
+
+    monkeypatch.setattr(ContentStore, "write_small_blobs", small)
+    images = await load(store, Stream(out.getvalue()))
+    assert [i.name for i in images] == ["docker.io/library/synth:latest"]
+    assert sum(sizes) <= n // archive.BATCH_ENTRIES + 1 + len(synth.plan(SPEC).blobs)
+    assert str(compute(b"")) not in await blobs(store)  # unused, new: gone (LOAD-8)
+
+
+async def test_imp15_put_many_keeps_labels_and_created_at_like_update(store):
+    t1 = Descriptor("application/vnd.oci.image.index.v1+json", compute(b"1"), 10)
+    t2 = Descriptor("application/vnd.oci.image.index.v1+json", compute(b"2"), 10)
+    labels = {"k": "v", "containerd.io/gc.ref.content.m": str(compute(b"3"))}
+    old = await store.images.create("x", t1, labels=labels)
+    kept = (str(compute(b"4")), t1, {"a": "b"})
+    put = await store.images.put_many([("x", t2), ("y", t1), ("y", t2)], keep=[kept, ("x", t1, {})])
+    assert [(i.name, i.target.digest) for i in put] == [
+        ("x", t2.digest),
+        ("y", t1.digest),
+        ("y", t2.digest),
+    ]
+    x, y = await store.images.get("x"), await store.images.get("y")
+    assert (x.target.digest, x.labels, x.created_at) == (t2.digest, labels, old.created_at)
+    assert (y.target.digest, y.labels) == (t2.digest, {})
+    assert (await store.images.get(kept[0])).labels == {"a": "b"}
