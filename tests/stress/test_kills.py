@@ -14,7 +14,7 @@ KILLS = h.knob(2, 60)
 #: Defect 4 (leases and ingests of a killed load) is checked at a chosen moment below; a random
 #: kill meets it only sometimes. Empty this once the fix has merged.
 KNOWN = ("defect 4",)
-SIZE = h.knob(4 << 20, 200 << 20)
+SIZE = h.knob(2 << 20, 200 << 20)
 
 
 @pytest.mark.parametrize("pipe", [False, True], ids=["file", "pipe"])
