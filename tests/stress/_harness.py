@@ -503,6 +503,26 @@ def concurrent_loads(work: Path, processes: int, size: int) -> Tally:
     return tally
 
 
+async def concurrent_store_loads(work: Path, tasks: int, size: int) -> Tally:
+    """``tasks`` ``store.load`` calls of one archive at once in one process: one result."""
+    tally = Tally(f"{tasks} concurrent store.load tasks")
+    path, root = work / "one.tar", work / "root"
+    image = await anyio.to_thread.run_sync(archive, path, VICTIM, size)
+    results = []
+
+    async def load(s: Store) -> None:
+        results.append([(i.name, i.target.digest) for i in await s.load(path)])
+
+    async with open_store(root) as s, anyio.create_task_group() as tg:
+        for _ in range(tasks):
+            tg.start_soon(load, s)
+    tally.runs = len(results)
+    if results != [[(VICTIM, image.index.digest)]] * tasks:
+        tally.finding(f"inconsistent results: {results}")
+    tally.add(await anyio.to_thread.run_sync(audit, root, [VICTIM]))
+    return tally
+
+
 @contextlib.contextmanager
 def tmpfs(path: Path, size: int) -> Iterator[Path]:
     """A small tmpfs at ``path`` (needs root); ``OSError`` when it cannot be mounted."""

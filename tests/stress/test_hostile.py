@@ -61,7 +61,7 @@ def _small(compression: str) -> bytes:
 
 
 SAMPLES = {c: _small(c) for c in ("none", "gzip", "zstd")}
-EXAMPLES = h.knob(40, 1000)
+EXAMPLES = h.knob(25, 1000)
 _edits = st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 255)), max_size=4)
 
 
