@@ -37,7 +37,7 @@ def enospc_load(work: Path, room: int) -> h.Tally:
     for pipe in (False, True):
         with h.tmpfs(work / f"small{pipe:d}", room) as mnt:
             root = mnt / "root"
-            h._must(h.castar(root, "load", "-q", "-i", str(keep)), "load", tally)
+            h.must(h.castar(root, "load", "-q", "-i", str(keep)), "load", tally)
             before = _free(mnt)
             args = ("load", "-q") if pipe else ("load", "-q", "-i", str(victim))
             run = h.castar(root, *args, pipe=victim if pipe else None)
@@ -60,7 +60,7 @@ def enospc_save(work: Path, room: int) -> h.Tally:
     tally = h.Tally("ENOSPC mid-save")
     root, src = work / "root", work / "a.tar"
     h.archive(src, h.KEEP, 2 * room)
-    h._must(h.castar(root, "load", "-q", "-i", str(src)), "load", tally)
+    h.must(h.castar(root, "load", "-q", "-i", str(src)), "load", tally)
     with h.tmpfs(work / "small", room) as mnt:
         run = h.castar(root, "save", "-q", "keep", "-o", str(mnt / "out.tar"))
         tally.runs += 1
@@ -80,7 +80,7 @@ def read_only(work: Path) -> h.Tally:
     h.archive(victim, h.VICTIM, 1 << 20, seed=1)
     with h.tmpfs(work / "ro", 64 << 20) as mnt:
         root = mnt / "root"
-        h._must(h.castar(root, "load", "-q", "-i", str(keep)), "load", tally)
+        h.must(h.castar(root, "load", "-q", "-i", str(keep)), "load", tally)
         subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
         try:
             out = work / "out.tar"
@@ -91,7 +91,7 @@ def read_only(work: Path) -> h.Tally:
                 ("save", "keep", "-o", str(out)),
             ):
                 tally.runs += 1
-                h._must(h.castar(root, *args), f"{args[0]} on a read-only root", tally)
+                h.must(h.castar(root, *args), f"{args[0]} on a read-only root", tally)
             run = h.castar(root, "load", "-q", "-i", str(victim))
             tally.runs += 1
             if run.rc != 5 or "read-only" not in run.error:
@@ -164,7 +164,7 @@ def output_into_store(work: Path) -> h.Tally:
     tally = h.Tally("save -o into the store")
     root, src = work / "root", work / "a.tar"
     image = h.archive(src, h.KEEP, 1 << 20)
-    h._must(h.castar(root, "load", "-q", "-i", str(src)), "load", tally)
+    h.must(h.castar(root, "load", "-q", "-i", str(src)), "load", tally)
     blob = root / "blobs" / "sha256" / image.blobs[0].digest.encoded
     link = work / "link.tar"
     link.symlink_to(root / "meta.db")

@@ -275,7 +275,8 @@ def held_locks(root: Path) -> list[str]:
 
 def leftovers(root: Path) -> list[str]:
     """Leases and ingests still there after ``gc`` once no command runs (defect 4 shapes)."""
-    castar(root, "gc") if (root / "meta.db").exists() else None
+    if (root / "meta.db").exists():
+        castar(root, "gc")
     out = []
     leases = castar(root, "lease", "ls", "--json")
     if leases.rc == 0 and leases.out.strip() not in ("", "[]"):
@@ -362,7 +363,7 @@ def _killed(cmd: Command, moment: float, tally: Tally) -> Run:
     return run
 
 
-def _must(run: Run, what: str, tally: Tally) -> bool:
+def must(run: Run, what: str, tally: Tally) -> bool:
     if run.hung:
         tally.stuck += 1
         tally.details.append(f"{what} hung")
@@ -380,7 +381,7 @@ def kill_load(work: Path, runs: int, size: int, *, pipe: bool, seed: int = 0) ->
     archive(victim, VICTIM, size, seed=1)
     args = ("load", "-q") if pipe else ("load", "-q", "-i", str(victim))
     source = victim if pipe else None
-    _must(castar(root, "load", "-q", "-i", str(keep)), "load", tally)
+    must(castar(root, "load", "-q", "-i", str(keep)), "load", tally)
     span = castar(root, *args, pipe=source).seconds
     remove(root, VICTIM)
     for _ in range(runs):
@@ -389,7 +390,7 @@ def kill_load(work: Path, runs: int, size: int, *, pipe: bool, seed: int = 0) ->
         for text in leftovers(root):
             tally.finding(text)
         again = castar(root, *args, pipe=source)
-        if _must(again, "the repeated load", tally):
+        if must(again, "the repeated load", tally):
             tally.add(audit(root, [KEEP, VICTIM], printed_names(again)))
         remove(root, VICTIM)
     for text in outside_changes(root, work, allowed=[keep, victim]):
@@ -403,7 +404,7 @@ def kill_save(work: Path, runs: int, size: int, *, seed: int = 0) -> Tally:
     rng = random.Random(seed)
     root, src, out = work / "root", work / "keep.tar", work / "out"
     archive(src, KEEP, size)
-    _must(castar(root, "load", "-q", "-i", str(src)), "load", tally)
+    must(castar(root, "load", "-q", "-i", str(src)), "load", tally)
     out.mkdir()
     target = out / "saved.tar"
     first = castar(root, "save", "-q", "keep", "-o", str(target))
@@ -432,15 +433,15 @@ def kill_gc(work: Path, runs: int, size: int, *, seed: int = 0) -> Tally:
     archive(paths[0], a, size, a_platforms)
     archive(paths[1], b, size, b_platforms)
     for p in paths:
-        _must(castar(root, "load", "-q", "-i", str(p)), "load", tally)
+        must(castar(root, "load", "-q", "-i", str(p)), "load", tally)
     castar(root, "rm", b)
     span = castar(root, "gc").seconds
     for _ in range(runs):
-        _must(castar(root, "load", "-q", "-i", str(paths[1])), "the repeated load", tally)
+        must(castar(root, "load", "-q", "-i", str(paths[1])), "the repeated load", tally)
         castar(root, "rm", b)
         _killed(Command(root, "gc"), rng.uniform(0, span), tally)
         tally.add(audit(root, [a]))
-        _must(castar(root, "gc"), "gc after a killed gc", tally)
+        must(castar(root, "gc"), "gc after a killed gc", tally)
     return tally
 
 
@@ -462,7 +463,7 @@ def load_rm_against_gc(work: Path, seconds: float, size: int) -> Tally:
         while not stop.is_set():
             gcs.append(castar(root, "gc"))
 
-    _must(castar(root, "load", "-q", "-i", str(paths[0][1])), "load", tally)
+    must(castar(root, "load", "-q", "-i", str(paths[0][1])), "load", tally)
     collector = threading.Thread(target=collect, daemon=True)
     collector.start()
     end = time.monotonic() + seconds
@@ -470,14 +471,14 @@ def load_rm_against_gc(work: Path, seconds: float, size: int) -> Tally:
         while time.monotonic() < end:
             for name, path in paths:
                 tally.runs += 1
-                _must(castar(root, "load", "-q", "-i", str(path)), "a load beside gc", tally)
-                _must(castar(root, "rm", name), "an rm beside gc", tally)
-                _must(castar(root, "load", "-q", "-i", str(path)), "a load beside gc", tally)
+                must(castar(root, "load", "-q", "-i", str(path)), "a load beside gc", tally)
+                must(castar(root, "rm", name), "an rm beside gc", tally)
+                must(castar(root, "load", "-q", "-i", str(path)), "a load beside gc", tally)
     finally:
         stop.set()
         collector.join()
     for run in gcs:
-        _must(run, "a gc beside loads", tally)
+        must(run, "a gc beside loads", tally)
     tally.add(audit(root, every=True))
     tally.case += f" ({len(gcs)} gc runs)"
     return tally
@@ -493,7 +494,7 @@ def concurrent_loads(work: Path, processes: int, size: int) -> Tally:
     for cmd in cmds:
         run = cmd.wait()
         tally.runs += 1
-        _must(run, "a concurrent load", tally)
+        must(run, "a concurrent load", tally)
         printed.update(printed_names(run))
     found = audit(root, [VICTIM], sorted(printed))
     tally.add(found)
