@@ -77,24 +77,34 @@ class Command:
     """A running ``castar`` process; ``pipe`` feeds that file through a real pipe on stdin.
 
     ``feed``: give only that many bytes of it, then hold the pipe open until the process ends.
+    ``measure``: start it from a small wrapper process, so its peak memory is its own (a child
+    forked straight from this process starts its high-water mark at this process's size).
     """
 
     def __init__(
-        self, root: Path, *args: str, pipe: Path | None = None, feed: int | None = None
+        self,
+        root: Path,
+        *args: str,
+        pipe: Path | None = None,
+        feed: int | None = None,
+        measure: bool = False,
     ) -> None:
         self._done = threading.Event()
         self._out = tempfile.TemporaryFile()  # noqa: SIM115 - closed by wait()
         self._err = tempfile.TemporaryFile()  # noqa: SIM115
         env = {k: v for k, v in os.environ.items() if not k.startswith("CASTAR_")}
         self.started = time.monotonic()
+        argv = [sys.executable, "-m", "castar", "--root", str(root), *args]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "castar", "--root", str(root), *args],
+            [sys.executable, "-c", _MEASURE, *argv] if measure else argv,
             stdin=subprocess.PIPE if pipe is not None else subprocess.DEVNULL,
             stdout=self._out,
             stderr=self._err,
             cwd=neutral_dir(),
             env=env,
+            start_new_session=measure,  # the hang guard then ends the wrapper and its child
         )
+        self._group = measure
         self._feeder = None
         if pipe is not None:
             self._feeder = threading.Thread(target=self._feed, args=(pipe, feed), daemon=True)
@@ -113,7 +123,7 @@ class Command:
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(self.proc.pid, signal.SIGKILL)
+            (os.killpg if self._group else os.kill)(self.proc.pid, signal.SIGKILL)
 
     def wait(self, timeout: float = HANG) -> Run:
         deadline = time.monotonic() + timeout
@@ -136,13 +146,27 @@ class Command:
             f.seek(0)
             text.append(f.read().decode(errors="replace"))
             f.close()
-        rss = usage.ru_maxrss * 1024
-        return Run(self.proc.returncode, text[0], text[1], rss, seconds, hung)
+        rss = usage.ru_maxrss
+        err, tag, measured = text[1].rpartition(_MAXRSS)
+        if tag:
+            text[1], rss = err, int(measured)
+        return Run(self.proc.returncode, text[0], text[1], rss * 1024, seconds, hung)
 
 
-def castar(root: Path, *args: str, pipe: Path | None = None, timeout: float = HANG) -> Run:
+_MAXRSS = "\ncastar-stress maxrss "
+_MEASURE = f"""
+import resource, subprocess, sys
+rc = subprocess.call(sys.argv[1:])
+sys.stderr.write({_MAXRSS!r} + str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(rc if rc >= 0 else 128 - rc)
+"""
+
+
+def castar(
+    root: Path, *args: str, pipe: Path | None = None, timeout: float = HANG, measure: bool = False
+) -> Run:
     """Run one command to its end."""
-    return Command(root, *args, pipe=pipe).wait(timeout)
+    return Command(root, *args, pipe=pipe, measure=measure).wait(timeout)
 
 
 _NEUTRAL: list[Path] = []

@@ -102,7 +102,7 @@ def load_both_ways(work: Path, case: str, make: Callable[[Path], None], ok: set[
     for pipe in (False, True):
         root = roots / ("pipe" if pipe else "file")
         args = ("load", "-q") if pipe else ("load", "-q", "-i", str(path))
-        run = h.castar(root, *args, pipe=path if pipe else None, timeout=120)
+        run = h.castar(root, *args, pipe=path if pipe else None, timeout=120, measure=True)
         tally.runs += 1
         verdicts[pipe] = run.rc
         if run.hung:
