@@ -43,10 +43,8 @@ def enospc_load(work: Path, room: int) -> h.Tally:
             run = h.castar(root, *args, pipe=victim if pipe else None)
             tally.runs += 1
             verdicts.add(run.rc)
-            if run.rc != 1 or "space" not in run.error:
-                tally.finding(
-                    f"a load on a full disk: want exit 1 naming the space, {run.describe()}"
-                )
+            if run.rc != 1 or not _names_space(run):
+                tally.finding(f"a load on a full disk: want exit 1 naming it, {run.describe()}")
             if _free(mnt) < before - (1 << 20):
                 tally.finding("the space of a failed load is not given back when it returns")
             tally.add(h.audit(root, [h.KEEP]))
