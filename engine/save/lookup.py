@@ -53,7 +53,10 @@ async def resolve(store: Roles, ref: str) -> list[Target]:
             if tagged:
                 return [Target(ref, i.name, as_oci(i.target)) for i in tagged]
     image, named = await images.find(store.images, ref)
-    return [Target(ref, image.name if named else None, as_oci(image.target))]
+    name = image.name if named else None
+    with contextlib.suppress(InvalidArgument):  # IMG-7: a save writes the normalised form
+        name = name and reference.normalize(name)
+    return [Target(ref, name, as_oci(image.target))]
 
 
 async def _by_digest(store: Roles, ref: str, digest: Digest) -> Target:
