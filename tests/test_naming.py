@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 import tarfile
 from typing import TYPE_CHECKING
 
@@ -109,8 +110,8 @@ SHAPES = {
 def check_names(
     capsys: pytest.CaptureFixture[str], backend: str, root: Path, tmp_path: Path, names: set[str]
 ) -> None:
-    """Each name resolves, a save names it alike in index.json and manifest.json, and a
-    reload of that save prints the names manifest.json gives."""
+    """Each name resolves (inspect, save, tag, rm), a save names it alike in index.json and
+    manifest.json, and a reload of that save prints the names manifest.json gives."""
     for i, name in enumerate(sorted(names)):
         run(capsys, backend, root, "inspect", name)
         out_path = tmp_path / f"out-{i}.tar"
@@ -121,6 +122,9 @@ def check_names(
         reloaded = run(capsys, backend, tmp_path / f"again-{i}", "load", "-i", str(out_path))
         if images:
             assert reloaded.splitlines() == [f"Loaded image: {n}" for n in repo_tags]
+        copy = shutil.copytree(root, tmp_path / f"copy-{i}")  # tag and rm change the store
+        run(capsys, backend, copy, "tag", name, "probe:1")
+        run(capsys, backend, copy, "rm", name)
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
