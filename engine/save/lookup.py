@@ -43,6 +43,10 @@ async def resolve(store: Roles, ref: str) -> list[Target]:
     """The targets ``ref`` names (SAVE-4): by name (a repository: its tags), else by digest/id."""
     key = ref.lower() if images.id_hex(ref) is not None else ref
     if reference.is_digest_ref(key):
+        with contextlib.suppress(NotFound):  # IMG-7: a record so named, whatever its target
+            image, named = await images.find(store.images, ref)
+            if named:
+                return [Target(ref, None, as_oci(image.target))]
         return [await _by_digest(store, ref, digests.parse(reference.parse_any(key).digest))]
     with contextlib.suppress(InvalidArgument):
         parsed = reference.parse_normalized(ref)
