@@ -230,11 +230,15 @@ def dangling_digest(name: str) -> Digest | None:
 
 
 def display_name(name: str) -> str:
-    """How docker shows a name (LOAD-4/5): a dangling one as its digest, else familiarised."""
+    """How a record name prints so that it resolves (IMG-7, LOAD-5).
+
+    Dangling as its digest, a normalised name familiarised, any other (IMG-1) as stored.
+    """
     digest = dangling_digest(name)
     if digest is not None:
         return str(digest)
     try:
-        return familiarize(name)
+        ref = parse_docker_ref(name)
     except InvalidArgument:
         return name
+    return ref.familiar() if str(ref) == name else name

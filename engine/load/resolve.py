@@ -284,11 +284,11 @@ def _queue_names(sess: Session, walk: Walk, entry: oci.Descriptor) -> None:
         name = entry.annotations.get(oci.ANNOTATION_REF_NAME, "")
         if name and sess.translator is not None:
             name = sess.translator(name)
-    if name:
-        walk.queued.append((name, entry))
+    normalized = _normalized(name)
+    if normalized is not None:
+        walk.queued.append((normalized, entry))
     if oci.is_referrer(entry):
         return  # MT-6: no digest-named record for a referrer
-    normalized = _normalized(name)
     if normalized is None:
         walk.queued.append((reference.dangling_name(entry.digest), entry))
     else:
@@ -296,9 +296,9 @@ def _queue_names(sess: Session, walk: Walk, entry: oci.Descriptor) -> None:
 
 
 def _normalized(name: str) -> str | None:
-    """Go ``ParseNormalizedNamed(name).String()``, None when empty or unparseable (LOAD-1)."""
+    """The name recorded (IMG-7), None when empty or not a reference (LOAD-1: dangling)."""
     with contextlib.suppress(InvalidArgument):
-        return str(reference.parse_normalized(name)) if name else None
+        return reference.normalize(name) if name else None
     return None
 
 

@@ -43,6 +43,10 @@ async def resolve(store: Roles, ref: str) -> list[Target]:
     """The targets ``ref`` names (SAVE-4): by name (a repository: its tags), else by digest/id."""
     key = ref.lower() if images.id_hex(ref) is not None else ref
     if reference.is_digest_ref(key):
+        with contextlib.suppress(NotFound):  # IMG-7: a record so named, whatever its target
+            image, named = await images.find(store.images, ref)
+            if named:
+                return [Target(ref, None, as_oci(image.target))]
         return [await _by_digest(store, ref, digests.parse(reference.parse_any(key).digest))]
     with contextlib.suppress(InvalidArgument):
         parsed = reference.parse_normalized(ref)
@@ -53,7 +57,10 @@ async def resolve(store: Roles, ref: str) -> list[Target]:
             if tagged:
                 return [Target(ref, i.name, as_oci(i.target)) for i in tagged]
     image, named = await images.find(store.images, ref)
-    return [Target(ref, image.name if named else None, as_oci(image.target))]
+    name = image.name if named else None
+    with contextlib.suppress(InvalidArgument):  # IMG-7: a save writes the normalised form
+        name = name and reference.normalize(name)
+    return [Target(ref, name, as_oci(image.target))]
 
 
 async def _by_digest(store: Roles, ref: str, digest: Digest) -> Target:

@@ -360,11 +360,30 @@ def two_ref_names(extra: tuple[str, ...] = ()) -> tuple[list[Member], dict[str, 
     return members, {"target": sha(img.index)}
 
 
-async def test_tv64_ref_names_without_translator_name_images_by_the_bare_tag(store, tmp_path):
+async def test_tv64_ref_names_without_translator_are_recorded_normalised(store, tmp_path):
     members, t = two_ref_names()
     images = await load(store, write(tmp_path, tar_bytes(members)))
-    assert [i.name for i in images] == ["latest", "docker.io/lib/img:ok"]
-    assert await image_map(store) == {"latest": t["target"], "docker.io/lib/img:ok": t["target"]}
+    bare = "docker.io/library/latest:latest"  # IMG-7: the bare tag read as a reference
+    assert [i.name for i in images] == [bare, "docker.io/lib/img:ok"]
+    assert await image_map(store) == {bare: t["target"], "docker.io/lib/img:ok": t["target"]}
+
+
+async def test_img7_a_name_that_is_no_reference_gives_only_the_dangling_record(store, tmp_path):
+    img = make_oci(["linux/amd64"], name=None, ref_name="V1")
+    images = await load(store, write(tmp_path, tar_bytes(img.members)))
+    assert [i.name for i in images] == [f"moby-dangling@{sha(img.index)}"]
+
+
+async def test_img7_a_familiar_image_name_retargets_the_normalised_record(store, tmp_path):
+    """``io.containerd.image.name: x`` is ``docker.io/library/x:latest``; the old target stays."""
+    old = make_oci(["linux/amd64"], name="docker.io/library/x:latest", seed="old")
+    new = make_oci(["linux/amd64"], name="x", seed="new")
+    await load(store, write(tmp_path, tar_bytes(old.members), "old.tar"))
+    await load(store, write(tmp_path, tar_bytes(new.members), "new.tar"))
+    assert await image_map(store) == {
+        "docker.io/library/x:latest": sha(new.index),
+        f"moby-dangling@{sha(old.index)}": sha(old.index),
+    }
 
 
 @pytest.mark.parametrize("how", ["string", "function"])

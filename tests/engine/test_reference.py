@@ -196,7 +196,8 @@ def test_dangling_names() -> None:  # LOAD-1, TV-74
 def test_display_name() -> None:  # LOAD-4, LOAD-5
     assert reference.display_name(dangling_name(D2)) == D2
     assert reference.display_name("docker.io/library/alpine:latest") == "alpine:latest"
-    assert reference.display_name("latest") == "latest:latest"
+    assert reference.display_name("docker.io/library/latest:latest") == "latest:latest"
+    assert reference.display_name("latest") == "latest"  # IMG-7: not normalised, as stored
     assert reference.display_name("Not Valid") == "Not Valid"
 
 

@@ -131,7 +131,7 @@ async def test_skopeo_oci_archive_with_a_platform_filter(store, archives, stream
     path = archives["oci"]
     await load(store, Pipe(path) if stream else path, platforms=["linux/arm64"])
     (image,) = await store.images.list()
-    assert image.name == "1"  # EDGE-16: a bare ref.name without a translator
+    assert image.name == "docker.io/library/1:latest"  # EDGE-16, IMG-7: a bare ref.name
     await store.gc()
     by_platform = await manifests_by_platform(store, image.target.digest)
     available = {p for p, d in by_platform.items() if await complete(store, d)}
