@@ -16,7 +16,7 @@ from castar.engine.registry.auth import credentials_for
 from castar.engine.registry.client import Registry, parse_ref
 from castar.engine.registry.pull import SOURCE_LABEL
 from castar.store.digest import compute
-from castar.store.errors import Conflict, InvalidArgument, NotFound
+from castar.store.errors import Conflict, InvalidArgument, NotFound, Unavailable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["PushOptions", "PushResult", "push"]
 
 _SCOPE: Final = "pull,push"
+_RESUMES: Final = 3  # chunked uploads resumed at most this often after a failed chunk
 #: Per client, the (repository, digest) blobs being sent (single flight).
 _FLIGHTS: weakref.WeakKeyDictionary[Registry, dict[tuple[str, str], anyio.Event]] = (
     weakref.WeakKeyDictionary()
@@ -39,18 +40,27 @@ _FLIGHTS: weakref.WeakKeyDictionary[Registry, dict[tuple[str, str], anyio.Event]
 class PushOptions:
     """``platforms``: none pushes the image, one its manifest, several an index of them (PUSH-2).
 
-    ``jobs``: blobs in flight at once, when :func:`push` opens its own client.
+    ``jobs``: blobs in flight at once, when :func:`push` opens its own client. ``chunk``: a
+    blob larger than this goes up in resumable ``PATCH`` chunks of this size (PUSH-4).
     """
 
     platforms: tuple[plat.Platform, ...] = ()
     jobs: int = 4
+    chunk: int = 64 << 20
 
     @classmethod
-    def parse(cls, platforms: Iterable[str | plat.Platform] | None = None, jobs: int = 4) -> Self:
+    def parse(
+        cls,
+        platforms: Iterable[str | plat.Platform] | None = None,
+        jobs: int = 4,
+        chunk: int = 64 << 20,
+    ) -> Self:
         """Options with ``platforms`` as specifiers (comma lists) or Platforms."""
         if jobs < 1:
             raise InvalidArgument(f"push: jobs must be at least 1, not {jobs}")
-        return cls(tuple(plat.parse_list(platforms or ())), jobs)
+        if chunk < 1:
+            raise InvalidArgument(f"push: chunk size must be at least 1 byte, not {chunk}")
+        return cls(tuple(plat.parse_list(platforms or ())), jobs, chunk)
 
 
 @final
@@ -80,15 +90,20 @@ class PushResult:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Body:
-    """A blob streamed from the store in its chunks, counted as it goes; iterable again."""
+    """A blob (or ``length`` bytes of it at ``offset``) streamed from the store, counted."""
 
     job: _Job
     digest: str
+    offset: int = 0
+    length: int | None = None
+    sent: int = 0
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self.job.content.read(self.digest):
+        reading = self.job.content.read(self.digest, offset=self.offset, length=self.length)
+        async for chunk in reading:
+            self.sent += len(chunk)
             self.job.advance(len(chunk), self.digest)
             yield chunk
 
@@ -135,7 +150,7 @@ async def push(
         order = list({n.descriptor.digest: n.descriptor for n in reversed(nodes)}.values())
         if index is not None:
             order.append(root)
-        job = _Job(repo, tag, ref, root, index, content, reader, progress)
+        job = _Job(repo, tag, ref, root, index, content, reader, progress, options.chunk)
         if registry is None:
             async with Registry(host, credentials=credentials_for, jobs=options.jobs) as own:
                 return await _send(own, job, order)
@@ -214,6 +229,7 @@ class _Job:
     content: BlobReader
     reader: graph.StoreReader
     progress: ProgressCallback | None
+    chunk: int
     total: int = 0
     done: int = 0
 
@@ -319,16 +335,71 @@ async def _send_blob(
     if started.status_code == 201:
         return "mounted"
     location = started.headers["Location"]  # keeps its query (the upload's state)
+    headers = {"Content-Type": "application/octet-stream"}
+    if desc.size <= job.chunk:
+        body: _Body | None = _Body(job, desc.digest)
+        headers["Content-Length"] = str(desc.size)
+    else:
+        location, body = await _patch(registry, job, desc, location), None
+        headers["Content-Length"] = "0"
     await registry.request(
         "PUT",
         repo,
-        f"{location}{'&' if '?' in location else '?'}digest={desc.digest}",
+        _with(location, digest=str(desc.digest)),
         scope=_SCOPE,
-        headers={"Content-Length": str(desc.size), "Content-Type": "application/octet-stream"},
-        content=_Body(job, desc.digest),
+        headers=headers,
+        content=body,
         ok=(201,),
     )
     return "pushed"
+
+
+def _with(location: str, **params: str) -> str:
+    """``location`` (an upload URL that keeps its state in its query) with ``params`` added."""
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return f"{location}{'&' if '?' in location else '?'}{query}"
+
+
+async def _patch(registry: Registry, job: _Job, desc: oci.Descriptor, location: str) -> str:
+    """Send ``desc`` in ``job.chunk``-sized ``PATCH`` chunks; the upload's last location.
+
+    A chunk that fails (connection lost, 5xx, 416) resumes from the offset the registry
+    reports for the upload (``GET`` of it: ``Range: 0-<last>``), at most ``_RESUMES`` times.
+    """
+    offset = resumes = 0
+    while offset < desc.size:
+        n = min(job.chunk, desc.size - offset)
+        body = _Body(job, desc.digest, offset, n)
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(n),
+            "Content-Range": f"{offset}-{offset + n - 1}",
+        }
+        try:
+            resp = await registry.request(
+                "PATCH",
+                job.repo,
+                location,
+                scope=_SCOPE,
+                headers=headers,
+                content=body,
+                ok=(202, 416),
+            )
+        except Unavailable:
+            resp = None
+        if resp is not None and resp.status_code == 202:
+            location = resp.headers.get("Location", location)
+            offset += n
+            continue
+        job.advance(-body.sent, desc.digest)
+        resumes += 1
+        if resumes > _RESUMES:
+            raise Unavailable(f"push {job.ref}: upload of {desc.digest} failed {resumes} times")
+        status = await registry.request("GET", job.repo, location, scope=_SCOPE, ok=(204,))
+        location = status.headers.get("Location", location)
+        last = status.headers.get("Range", "").rpartition("-")[2]
+        offset = int(last) + 1 if last.isdigit() else 0
+    return location
 
 
 async def _put_document(registry: Registry, job: _Job, path: str, desc: oci.Descriptor) -> None:
