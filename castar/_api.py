@@ -9,6 +9,7 @@ from castar.engine.images import ImageService
 from castar.engine.load import importer
 from castar.engine.save import exporter
 from castar.store import verify as _verify
+from castar.store.errors import InvalidArgument
 from castar.store.root import Root, open_root
 
 if TYPE_CHECKING:
@@ -136,13 +137,20 @@ class Store:
         *,
         platforms: Sequence[str | Platform] | None = None,
         jobs: int = 4,
+        index: str = "new",
         progress: ProgressCallback | None = None,
     ) -> PushResult:
-        """Push an image to a registry; see :func:`castar.engine.registry.push.push`."""
+        """Push an image to a registry; see :func:`castar.engine.registry.push.push`.
+
+        ``index``: with several ``platforms``, ``"new"`` pushes an index of just them,
+        ``"sparse"`` the image's own index (which registries may refuse).
+        """
         root = self._root
         from castar.engine.registry import push as _push  # httpx loads for registry work only
 
-        options = _push.PushOptions.parse(platforms, jobs)
+        if index not in ("new", "sparse"):
+            raise InvalidArgument(f"push: index must be 'new' or 'sparse', not {index!r}")
+        options = _push.PushOptions.parse(platforms, jobs, sparse=index == "sparse")
         return await _push.push(
             root.content, root.images, root.leases, name, ref, options, progress=progress
         )

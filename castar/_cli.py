@@ -216,7 +216,7 @@ async def _cmd_push(store: Store, args: argparse.Namespace) -> int:
     plats = platforms.parse_list(args.platform) if args.platform else None  # bad spec: exit 4
     with open_progress("Pushing", mode=_progress_mode(args)) as bar:
         result = await store.push(
-            args.image, args.ref, platforms=plats, jobs=args.jobs, progress=bar
+            args.image, args.ref, platforms=plats, jobs=args.jobs, index=args.index, progress=bar
         )
     if args.json:
         _dump(result.to_json())
@@ -532,6 +532,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--platform", action="append", metavar="P[,P...]",
                    help="one: its manifest as the tag; several: a new index of them")  # fmt: skip
     p.add_argument("--jobs", type=int, default=4, metavar="N", help="blobs in flight (default: 4)")
+    p.add_argument("--index", choices=["new", "sparse"], default="new",
+                   help="several platforms: a new index of them (default), or the image's "
+                   "own index, only they pushed (sparse: registries may refuse it)")  # fmt: skip
     p = cmd["images"]
     p.add_argument("--tree", action="store_true", help="one row per platform, with availability")
     p.add_argument("--filter", action="append", metavar="KEY=VALUE",

@@ -77,6 +77,7 @@ class Registry:
         )
         self._auth: dict[tuple[str, str], str] = {}  # (repo, scope) -> Authorization
         self._basic: str | None = None  # basic credentials answer every repository
+        self._auth_lock = anyio.Lock()  # concurrent 401s fetch one token, not one each
 
     async def __aenter__(self) -> Registry:
         return self
@@ -150,7 +151,9 @@ class Registry:
                 if status == 401 and not authed and replayable:
                     challenge = resp.headers.get("WWW-Authenticate", "")
                     await resp.aclose()
-                    await self._authenticate(repo, scope, challenge, url)
+                    async with self._auth_lock:  # unless another task renewed it meanwhile
+                        if self._auth.get((repo, scope), self._basic) == token:
+                            await self._authenticate(repo, scope, challenge, url)
                     authed = True
                     tries -= 1
                     continue

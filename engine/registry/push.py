@@ -16,18 +16,25 @@ from castar.engine.registry.auth import credentials_for
 from castar.engine.registry.client import Registry, parse_ref
 from castar.engine.registry.pull import SOURCE_LABEL
 from castar.store.digest import compute
-from castar.store.errors import Conflict, InvalidArgument, NotFound
+from castar.store.errors import (
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
 
-    from castar.engine.images import ManifestRow
+    from castar.engine.images import ImageTree, ManifestRow
     from castar.store.progress import ProgressCallback
     from castar.store.roles import BlobReader, ImageRecords, Leases
 
 __all__ = ["PushOptions", "PushResult", "push"]
 
 _SCOPE: Final = "pull,push"
+_RESUMES: Final = 3  # chunked uploads resumed at most this often after a failed chunk
 #: Per client, the (repository, digest) blobs being sent (single flight).
 _FLIGHTS: weakref.WeakKeyDictionary[Registry, dict[tuple[str, str], anyio.Event]] = (
     weakref.WeakKeyDictionary()
@@ -39,18 +46,34 @@ _FLIGHTS: weakref.WeakKeyDictionary[Registry, dict[tuple[str, str], anyio.Event]
 class PushOptions:
     """``platforms``: none pushes the image, one its manifest, several an index of them (PUSH-2).
 
-    ``jobs``: blobs in flight at once, when :func:`push` opens its own client.
+    ``jobs``: blobs in flight at once, when :func:`push` opens its own client. ``chunk``: a
+    blob larger than this goes up in resumable ``PATCH`` chunks of this size (PUSH-4).
+    ``sparse``: with platforms, push the original index, not a new one (PUSH-5).
     """
 
     platforms: tuple[plat.Platform, ...] = ()
     jobs: int = 4
+    chunk: int = 64 << 20
+    sparse: bool = False
 
     @classmethod
-    def parse(cls, platforms: Iterable[str | plat.Platform] | None = None, jobs: int = 4) -> Self:
+    def parse(
+        cls,
+        platforms: Iterable[str | plat.Platform] | None = None,
+        jobs: int = 4,
+        chunk: int = 64 << 20,
+        *,
+        sparse: bool = False,
+    ) -> Self:
         """Options with ``platforms`` as specifiers (comma lists) or Platforms."""
         if jobs < 1:
             raise InvalidArgument(f"push: jobs must be at least 1, not {jobs}")
-        return cls(tuple(plat.parse_list(platforms or ())), jobs)
+        if chunk < 1:
+            raise InvalidArgument(f"push: chunk size must be at least 1 byte, not {chunk}")
+        wanted = tuple(plat.parse_list(platforms or ()))
+        if sparse and not wanted:
+            raise InvalidArgument("push: a sparse index needs --platform")
+        return cls(wanted, jobs, chunk, sparse)
 
 
 @final
@@ -80,15 +103,20 @@ class PushResult:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Body:
-    """A blob streamed from the store in its chunks, counted as it goes; iterable again."""
+    """A blob (or ``length`` bytes of it at ``offset``) streamed from the store, counted."""
 
     job: _Job
     digest: str
+    offset: int = 0
+    length: int | None = None
+    sent: int = 0
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self.job.content.read(self.digest):
+        reading = self.job.content.read(self.digest, offset=self.offset, length=self.length)
+        async for chunk in reading:
+            self.sent += len(chunk)
             self.job.advance(len(chunk), self.digest)
             yield chunk
 
@@ -125,17 +153,15 @@ async def push(
         await leases.add_resources(lease.id, "content", [image.target.digest])
         reader = graph.StoreReader(content)  # one decode per document: tree, then the walk
         (tree,) = await service.tree([image.name], reader)
-        root, index = await _select(reader, tree.manifests, tree.target, options.platforms, ref)
+        root, index, kept = await _select(reader, tree, options, ref)
         if digest is not None and digest != root.digest:
             raise InvalidArgument(f"push: {ref} names another digest than {root.digest}")
-        nodes = await graph.walk(
-            reader, [root] if index is None else oci.children(root, index), skip_missing=False
-        )
+        nodes = await graph.walk(reader, [root] if kept is None else kept, skip_missing=False)
         # Reversed, each digest where the walk last reached it: children before every parent.
         order = list({n.descriptor.digest: n.descriptor for n in reversed(nodes)}.values())
-        if index is not None:
+        if kept is not None:
             order.append(root)
-        job = _Job(repo, tag, ref, root, index, content, reader, progress)
+        job = _Job(repo, tag, ref, root, index, content, reader, progress, options)
         if registry is None:
             async with Registry(host, credentials=credentials_for, jobs=options.jobs) as own:
                 return await _send(own, job, order)
@@ -143,13 +169,13 @@ async def push(
 
 
 async def _select(
-    reader: graph.StoreReader,
-    rows: tuple[ManifestRow, ...],
-    target: oci.Descriptor,
-    wanted: tuple[plat.Platform, ...],
-    ref: str,
-) -> tuple[oci.Descriptor, bytes | None]:
-    """The root to push, with its bytes when it is a new index of the platforms asked for."""
+    reader: graph.StoreReader, tree: ImageTree, options: PushOptions, ref: str
+) -> tuple[oci.Descriptor, bytes | None, list[oci.Descriptor] | None]:
+    """The root to push, its bytes when it is a new index, and an index root's children to push.
+
+    ``None`` children: the root's whole graph.
+    """
+    rows, target, wanted = tree.manifests, tree.target, options.platforms
     if not wanted:
         missing = [r for r in rows if not r.available]
         if missing:
@@ -160,10 +186,10 @@ async def _select(
                 for r in missing
             )
             raise NotFound(f"push {ref}: the store lacks {names}: pull it or push --platform")
-        return target, None
+        return target, None, None
     picked = {(d := _one(rows, p, ref)).digest: d for p in wanted}
-    if len(wanted) == 1:
-        return next(iter(picked.values())), None
+    if len(wanted) == 1 and not options.sparse:
+        return next(iter(picked.values())), None, None
     if not oci.is_index(target.media_type):
         raise InvalidArgument(f"push {ref}: several platforms need an index, not a manifest")
     doc = await reader.read(target)
@@ -178,13 +204,13 @@ async def _select(
     )
     if not picked.keys() <= {m.digest for m in kept}:
         raise InvalidArgument(f"push {ref}: a platform asked for is in a nested index")
-    if len(kept) == len(old.manifests):
-        return target, None
+    if options.sparse or len(kept) == len(old.manifests):
+        return target, None, list(kept)
     data = oci.encode_index(replace(old, manifests=kept))
     desc = oci.Descriptor(
         target.media_type, compute(data), len(data), annotations=target.annotations
     )
-    return desc, data
+    return desc, data, list(kept)
 
 
 def _one(rows: tuple[ManifestRow, ...], want: plat.Platform, ref: str) -> oci.Descriptor:
@@ -214,6 +240,7 @@ class _Job:
     content: BlobReader
     reader: graph.StoreReader
     progress: ProgressCallback | None
+    options: PushOptions
     total: int = 0
     done: int = 0
 
@@ -271,7 +298,16 @@ async def _send(registry: Registry, job: _Job, order: list[oci.Descriptor]) -> P
         if head.status_code == 200:
             skipped.append(desc)
             continue
-        await _put_document(registry, job, path, desc)
+        try:
+            await _put_document(registry, job, path, desc)
+        except FailedPrecondition as exc:  # distribution: MANIFEST_BLOB_UNKNOWN
+            if not (job.options.sparse and desc.digest == job.root.digest):
+                raise
+            raise FailedPrecondition(
+                f"push {job.ref}: the registry refuses a sparse index (it names manifests not "
+                f"pushed): push without --index sparse for an index of just those platforms"
+                f" ({exc})"
+            ) from exc
         pushed.append(desc)
     if job.tag is not None:
         await _put_document(registry, job, f"manifests/{job.tag}", job.root)
@@ -319,16 +355,71 @@ async def _send_blob(
     if started.status_code == 201:
         return "mounted"
     location = started.headers["Location"]  # keeps its query (the upload's state)
+    headers = {"Content-Type": "application/octet-stream"}
+    if desc.size <= job.options.chunk:
+        body: _Body | None = _Body(job, desc.digest)
+        headers["Content-Length"] = str(desc.size)
+    else:
+        location, body = await _patch(registry, job, desc, location), None
+        headers["Content-Length"] = "0"
     await registry.request(
         "PUT",
         repo,
-        f"{location}{'&' if '?' in location else '?'}digest={desc.digest}",
+        _with(location, digest=str(desc.digest)),
         scope=_SCOPE,
-        headers={"Content-Length": str(desc.size), "Content-Type": "application/octet-stream"},
-        content=_Body(job, desc.digest),
+        headers=headers,
+        content=body,
         ok=(201,),
     )
     return "pushed"
+
+
+def _with(location: str, **params: str) -> str:
+    """``location`` (an upload URL that keeps its state in its query) with ``params`` added."""
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return f"{location}{'&' if '?' in location else '?'}{query}"
+
+
+async def _patch(registry: Registry, job: _Job, desc: oci.Descriptor, location: str) -> str:
+    """Send ``desc`` in ``job.options.chunk``-sized ``PATCH`` chunks; the upload's last location.
+
+    A chunk that fails (connection lost, 5xx, 416) resumes from the offset the registry
+    reports for the upload (``GET`` of it: ``Range: 0-<last>``), at most ``_RESUMES`` times.
+    """
+    offset = resumes = 0
+    while offset < desc.size:
+        n = min(job.options.chunk, desc.size - offset)
+        body = _Body(job, desc.digest, offset, n)
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(n),
+            "Content-Range": f"{offset}-{offset + n - 1}",
+        }
+        try:
+            resp = await registry.request(
+                "PATCH",
+                job.repo,
+                location,
+                scope=_SCOPE,
+                headers=headers,
+                content=body,
+                ok=(202, 416),
+            )
+        except Unavailable:
+            resp = None
+        if resp is not None and resp.status_code == 202:
+            location = resp.headers.get("Location", location)
+            offset += n
+            continue
+        job.advance(-body.sent, desc.digest)
+        resumes += 1
+        if resumes > _RESUMES:
+            raise Unavailable(f"push {job.ref}: upload of {desc.digest} failed {resumes} times")
+        status = await registry.request("GET", job.repo, location, scope=_SCOPE, ok=(204,))
+        location = status.headers.get("Location", location)
+        last = status.headers.get("Range", "").rpartition("-")[2]
+        offset = int(last) + 1 if last.isdigit() else 0
+    return location
 
 
 async def _put_document(registry: Registry, job: _Job, path: str, desc: oci.Descriptor) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anyio
 import httpx
 import pytest
 
@@ -96,6 +97,32 @@ async def test_bearer_token_fetched_once_per_scope():
         assert (await reg.request("GET", "a/b", "manifests/2")).content == b"doc"
     assert [p for p, _ in seen] == ["/v2/a/b/manifests/1", "/token", "/v2/a/b/manifests/1",
                                     "/v2/a/b/manifests/2"]  # fmt: skip
+
+
+async def test_concurrent_challenges_fetch_one_token():
+    tokens = 0
+    challenged = 0
+    all_challenged = anyio.Event()
+
+    async def handler(req: httpx.Request) -> httpx.Response:
+        nonlocal tokens, challenged
+        if req.url.path == "/token":
+            tokens += 1
+            return httpx.Response(200, json={"token": "T"})
+        if req.headers.get("Authorization") != "Bearer T":
+            challenged += 1
+            if challenged == 8:
+                all_challenged.set()
+            await all_challenged.wait()  # every request is challenged before any token
+            challenge = 'Bearer realm="http://127.0.0.1:5000/token",service="reg"'
+            return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+        return httpx.Response(200, content=b"doc")
+
+    async with _registry(handler, jobs=8) as reg, anyio.create_task_group() as tg:
+        for i in range(8):
+            tg.start_soon(reg.request, "GET", "a/b", f"manifests/{i}")
+    assert challenged == 8
+    assert tokens == 1
 
 
 async def test_basic_auth():

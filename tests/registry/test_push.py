@@ -23,6 +23,7 @@ from castar.engine.registry.push import PushOptions, PushResult, push
 from castar.store import open_root
 from castar.store.digest import compute
 from castar.store.errors import (
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -368,3 +369,28 @@ async def test_push_with_a_bearer_token_asks_the_push_scope(
     async with Registry(server.host) as anonymous:
         with pytest.raises((Unauthenticated, PermissionDenied)):  # a pull-only token
             await _push(store, small_image.name, f"{server.host}/{repo}:2", anonymous)
+
+
+async def test_a_sparse_index_is_refused_by_the_registry_with_a_clear_error(
+    store: Root, small_image: Image, registry: Any, anyio_backend: str
+) -> None:
+    repo = f"sparse-{anyio_backend}/a"
+    roles = (store.content, store.images, store.leases)
+    options = PushOptions.parse(["linux/arm64"], sparse=True)
+    async with Counting(registry.host) as client:
+        with pytest.raises(FailedPrecondition, match="refuses a sparse index"):
+            await push(
+                *roles, small_image.name, f"{registry.host}/{repo}:1", options, registry=client
+            )
+    target = as_oci(small_image.target)
+    assert ("PUT", f"manifests/{target.digest}") in client.calls  # the original index, as asked
+    assert ("PUT", "manifests/1") not in client.calls  # no tag
+    async with Registry(registry.host) as client:
+        arm = await push(*roles, small_image.name, f"{registry.host}/{repo}:2",
+                         PushOptions.parse(["linux/arm64"]), registry=client)  # fmt: skip
+    assert oci.is_manifest(arm.target.media_type)  # the child it needs is there now
+
+
+def test_a_sparse_index_needs_platforms() -> None:
+    with pytest.raises(InvalidArgument, match="sparse index needs --platform"):
+        PushOptions.parse(sparse=True)
