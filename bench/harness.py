@@ -248,37 +248,39 @@ def run_cases(
         case_bytes = resolved.get(case.bytes_from, case.bytes)
         if case.bytes_from and case.bytes_from not in resolved:
             case_bytes = _castar_save_size(case, env, scratch)
-        for entry in case.entries:
-            log(f"  {case.id:<14} {entry.tool:<9} {entry.label}")
-            done: list[Run] = []
-            if entry.tool in slow:
-                err = f"not run: {TIMED_OUT} in {slow[entry.tool]}"
-            else:
-                try:
-                    done, err = measure(entry, runs, scratch / "proc", env=env, timeout=timeout)
-                except Exception as exc:  # a setup step of a peer failed: note it, go on
-                    err = f"setup failed: {exc}"
-                if err.startswith(TIMED_OUT) and entry.kind != "castar":
-                    slow[entry.tool] = case.id
-            if entry.output is not None and done and done[0].rc == 0 and entry.output.exists():
-                case_bytes = _tree_size(entry.output)
-            results.append(
-                Result(
-                    case.id,
-                    entry.tool,
-                    entry.kind,
-                    entry.label,
-                    entry.command,
-                    case_bytes,
-                    done,
-                    err,
+        try:
+            for entry in case.entries:
+                log(f"  {case.id:<14} {entry.tool:<9} {entry.label}")
+                done: list[Run] = []
+                if entry.tool in slow:
+                    err = f"not run: {TIMED_OUT} in {slow[entry.tool]}"
+                else:
+                    try:
+                        done, err = measure(entry, runs, scratch / "proc", env=env, timeout=timeout)
+                    except Exception as exc:  # a setup step of a peer failed: note it, go on
+                        err = f"setup failed: {exc}"
+                    if err.startswith(TIMED_OUT) and entry.kind != "castar":
+                        slow[entry.tool] = case.id
+                if entry.output is not None and done and done[0].rc == 0 and entry.output.exists():
+                    case_bytes = _tree_size(entry.output)
+                results.append(
+                    Result(
+                        case.id,
+                        entry.tool,
+                        entry.kind,
+                        entry.label,
+                        entry.command,
+                        case_bytes,
+                        done,
+                        err,
+                    )
                 )
-            )
-            if err:
-                log(f"    failed: {err}")
+                if err:
+                    log(f"    failed: {err}")
+        finally:  # a busy writer or a tmpfs store is gone also when a case is interrupted
+            if case.cleanup is not None:
+                case.cleanup()
         resolved[case.id] = case_bytes
-        if case.cleanup is not None:
-            case.cleanup()
     return results
 
 
