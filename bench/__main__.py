@@ -146,7 +146,6 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
     }
     warm = [arch.plain, arch.gzip, arch.zstd, *(a.plain for a in small.values())]
     subprocess.run(["bash", "-c", f"cat {' '.join(map(str, warm))} > /dev/null"], check=False)
-    start = harness.start_time()
     opts = _cases.Options(
         castar_only=args.castar_only,
         peers=tuple(p for p in args.peers.split(",") if p),
@@ -158,7 +157,11 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
         ctrd = _peers.Containerd(Path(tempfile.mkdtemp(prefix="castar-ctrd-")))
     try:
         cases = _cases.build(arch, workload, scratch, opts, ctrd, small)
-        results = harness.run_cases(cases, runs, scratch, log=_log, timeout=args.timeout)
+        warm = _cases.warmup(small["small"], scratch / "warm")
+        results = harness.run_cases(
+            cases, runs, scratch, log=_log, timeout=args.timeout, warmup=warm
+        )
+        start = harness.start_time(scratch)
     finally:
         if ctrd is not None:
             ctrd.stop()
