@@ -206,6 +206,18 @@ def build(
     skopeo = "skopeo copy -q"
     ctr = ctrd.ctr if ctrd is not None else "ctr"
 
+    def skopeo_save(src: str) -> Entry:
+        label = "skopeo copy --all oci: oci-archive:"
+        return Entry(
+            "skopeo", "peer", label, f"{skopeo} --all oci:{src} oci-archive:{o}", _fresh(out)
+        )
+
+    def skopeo_load(src: str) -> Entry:
+        label = "skopeo copy --all oci-archive: oci:"
+        return Entry(
+            "skopeo", "peer", label, f"{skopeo} --all oci-archive:{src} oci:{d}:x", _fresh(dest)
+        )
+
     saved_ready = _loaded(castar, saved_store, arch.plain, out)
 
     def ctr_loaded() -> None:
@@ -279,15 +291,7 @@ def build(
             )
         )
         if peer["skopeo"]:
-            c.entries.append(
-                Entry(
-                    "skopeo",
-                    "peer",
-                    "skopeo copy --all oci-archive: oci:",
-                    f"{skopeo} --all oci-archive:{sq} oci:{d}:x",
-                    _fresh(dest),
-                )
-            )
+            c.entries.append(skopeo_load(sq))
         c = case(f"{name}-save", f"save the {n}-platform {sa.size / 1e6:.2f} MB image", 0)
         c.cleanup = _fresh(saved, out)
         c.entries.append(
@@ -301,15 +305,7 @@ def build(
             )
         )
         if peer["skopeo"]:
-            c.entries.append(
-                Entry(
-                    "skopeo",
-                    "peer",
-                    "skopeo copy --all oci: oci-archive:",
-                    f"{skopeo} --all oci:{shlex.quote(str(sa.layout))} oci-archive:{o}",
-                    _fresh(out),
-                )
-            )
+            c.entries.append(skopeo_save(shlex.quote(str(sa.layout))))
         if name == "small" and base:
             busy = BusyWriter(work / "busy.dd")
             fresh_root = _fresh(sroot)
@@ -385,15 +381,7 @@ def build(
             )
         )
     if peer["skopeo"]:
-        c.entries.append(
-            Entry(
-                "skopeo",
-                "peer",
-                "skopeo copy --all oci-archive: oci:",
-                f"{skopeo} --all oci-archive:{a} oci:{d}:x",
-                _fresh(dest),
-            )
-        )
+        c.entries.append(skopeo_load(a))
 
     if SHM.is_dir():
         shm = SHM / f"castar-bench-{work.name}"
@@ -587,15 +575,7 @@ def build(
             )
         )
     if peer["skopeo"]:
-        c.entries.append(
-            Entry(
-                "skopeo",
-                "peer",
-                "skopeo copy --all oci: oci-archive:",
-                f"{skopeo} --all oci:{layout} oci-archive:{o}",
-                _fresh(out),
-            )
-        )
+        c.entries.append(skopeo_save(layout))
 
     c = case("save-pipe", "save all platforms to a pipe", 0, clean_save)
     c.bytes_from = "save-file"  # a pipe leaves no file: count what save-file wrote
