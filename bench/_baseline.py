@@ -1,12 +1,14 @@
 """The physical baseline: a plain synchronous read + sha256 + write loop, one thread.
 
-``python -m bench._baseline SRC_DIR DST_DIR`` copies every file of SRC_DIR into
+``python -m bench._baseline [--sync] SRC_DIR DST_DIR`` copies every file of SRC_DIR into
 DST_DIR while hashing it, 1 MiB ``readinto`` at a time into a reused buffer: what an
-import must do at least (design rule bench-baseline). Imports no castar.
+import must do at least (design rule bench-baseline). ``--sync`` ends with one ``syncfs``
+of DST_DIR's file system (the one-sync baseline). Imports no castar.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import sys
@@ -36,11 +38,26 @@ def copy_tree(src: Path, dst: Path) -> int:
     return total
 
 
+def syncfs(path: Path) -> None:
+    """One ``syncfs(2)`` of the file system holding ``path``."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.syncfs(fd) != 0:
+            raise OSError(ctypes.get_errno(), "syncfs")
+    finally:
+        os.close(fd)
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: python -m bench._baseline SRC_DIR DST_DIR", file=sys.stderr)
+    sync = argv[:1] == ["--sync"]
+    args = argv[1:] if sync else argv
+    if len(args) != 2:
+        print("usage: python -m bench._baseline [--sync] SRC_DIR DST_DIR", file=sys.stderr)
         return 2
-    copy_tree(Path(argv[0]), Path(argv[1]))
+    copy_tree(Path(args[0]), Path(args[1]))
+    if sync:
+        syncfs(Path(args[1]))
     return 0
 
 

@@ -1,20 +1,26 @@
 """The cases of ``python -m bench``: what castar, the baselines and the peers run in each.
 
-Owns ``Case`` and ``build``: load (file, pipe, one and two platforms, gzip and zstd
-archives), save (file, pipe, two and one platforms, 16 concurrent) and the round trip,
-each with the same-work baselines (sha256sum, GNU tar, a sync Python copy) and peers
-(skopeo, containerd's ctr, umoci) that apply. Commands are shell strings run under
-``bash -c``. Imports only the harness and the peer helpers.
+Owns ``Case`` and ``build``: start-up against the interpreter's and anyio's floors, the
+small archives' load and save (also beside a busy writer), load (file, pipe, tmpfs, one
+and two platforms, gzip and zstd archives), save (file, pipe, two and one platforms, 16
+concurrent) and the round trip, each with the same-work baselines (sha256sum, GNU tar, a
+sync Python copy, ``dd conv=fsync``) and peers (skopeo, containerd's ctr, umoci) that
+apply. Commands are shell strings run under ``bash -c``. Imports only the harness and the
+peer helpers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import math
 import shlex
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench._peers import Containerd, ensure_dir_gone
@@ -23,11 +29,20 @@ from bench.harness import Entry
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from pathlib import Path
 
 #: Every case id, in run order (``--cases`` picks from these).
 CASE_IDS = (
+    "start-floor",
+    "start-version",
+    "start-help",
+    "start-images",
+    "small-load",
+    "small-save",
+    "busy-load",
+    "alpine-load",
+    "alpine-save",
     "load-file",
+    "load-shm",
     "load-pipe",
     "load-one",
     "load-two",
@@ -41,6 +56,12 @@ CASE_IDS = (
     "roundtrip",
 )
 ONE = "linux/arm64"  # the platform one-platform cases select (after amd64 in every preset)
+#: Cases left out by ``--castar-only``: the floors are baselines, and the busy writer's
+#: gigabytes of dirty pages are no smoke test.
+NOT_CASTAR_ONLY = ("start-floor", "busy-load")
+ANYIO_FLOOR = "import anyio, sqlite3; anyio.run(anyio.sleep, 0)"
+SHM = Path("/dev/shm")
+MIB = 1 << 20
 
 
 @dataclass(slots=True)
@@ -79,10 +100,82 @@ def _fresh(*paths: Path) -> Callable[[], None]:
     return setup
 
 
+class BusyWriter:
+    """A ``dd`` writing gigabytes without syncing into ``path``, started on first use."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the writer (once) and wait until its dirty pages pile up."""
+        if self._proc is not None:
+            return
+        free = shutil.disk_usage(self.path.parent).free
+        count = min(16 << 30, free // 4) // MIB
+        self._proc = subprocess.Popen(
+            ["dd", "if=/dev/zero", f"of={self.path}", "bs=1M", f"count={count}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and self._proc.poll() is None:
+            with contextlib.suppress(FileNotFoundError):
+                if self.path.stat().st_size >= 1 << 30:
+                    break
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Kill the writer and remove its file."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+        ensure_dir_gone(self.path)
+
+
+def warmup(small: Archives, root: Path) -> list[str]:
+    """Untimed commands that import what the cases import (the bytecode caches fill)."""
+    py, r = shlex.quote(sys.executable), shlex.quote(str(root))
+    a, gz, zst = (shlex.quote(str(p)) for p in (small.plain, small.gzip, small.zstd))
+    castar = f"{py} -m castar --root {r}"
+    return [
+        f"{castar} --help; {castar} images",
+        f"{castar} load -q -i {a} && {castar} save -q {IMAGE} -o {r}.tar",
+        f"{castar} load -q -i {gz}; {castar} load -q -i {zst}; rm -rf {r} {r}.tar",
+        f"{py} -c {shlex.quote(ANYIO_FLOOR)}",
+    ]
+
+
+def _loaded(castar: str, root: Path, archive: Path, out: Path) -> Callable[[], None]:
+    """Setup for a save: ``root`` holds ``archive`` (loaded once, untimed); ``out`` is gone."""
+
+    def setup() -> None:
+        if not (root / "done").exists():
+            ensure_dir_gone(root)
+            subprocess.run(
+                [*shlex.split(castar), "--root", str(root), "load", "-i", str(archive)],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            (root / "done").touch()
+        ensure_dir_gone(out)
+
+    return setup
+
+
 def build(
-    arch: Archives, workload: Workload, work: Path, opts: Options, ctrd: Containerd | None
+    arch: Archives,
+    workload: Workload,
+    work: Path,
+    opts: Options,
+    ctrd: Containerd | None,
+    small: dict[str, Archives] | None = None,
 ) -> list[Case]:
-    """Every case for this workload, minus the ones ``opts`` leaves out (noted in skipped)."""
+    """Every case for this workload, minus the ones ``opts`` leaves out (noted in skipped).
+
+    ``small`` names the small archives (``_workload.SMALL``) whose cases run too.
+    """
     py = shlex.quote(sys.executable)
     store, saved_store, out, dest = (
         work / "store",
@@ -95,8 +188,10 @@ def build(
     o, d = shlex.quote(str(out)), shlex.quote(str(dest))
     if importlib.util.find_spec("castar._cli") is not None:
         castar, quiet = f"{py} -m castar --backend {opts.backend}", " -q"
+        every = " --all-platforms"
     else:  # a tree without the CLI yet: the same library calls through bench._castar_case
         castar, quiet = f"{py} -m bench._castar_case --backend {opts.backend}", ""
+        every = ""
     load = f"{castar} --root {shlex.quote(str(store))} load{quiet}"
     save = f"{castar} --root {shlex.quote(str(saved_store))} save{quiet} {IMAGE}"
     n_plat = len(workload.platforms)
@@ -111,25 +206,19 @@ def build(
     skopeo = "skopeo copy -q"
     ctr = ctrd.ctr if ctrd is not None else "ctr"
 
-    def saved_ready() -> None:
-        """castar's store for the save cases: the whole archive, loaded once (untimed)."""
-        if not (saved_store / "done").exists():
-            ensure_dir_gone(saved_store)
-            subprocess.run(
-                [
-                    *shlex.split(castar),
-                    "--root",
-                    str(saved_store),
-                    "load",
-                    *quiet.split(),
-                    "-i",
-                    str(arch.plain),
-                ],
-                check=True,
-                stdout=subprocess.DEVNULL,
-            )
-            (saved_store / "done").touch()
-        ensure_dir_gone(out)
+    def skopeo_save(src: str) -> Entry:
+        label = "skopeo copy --all oci: oci-archive:"
+        return Entry(
+            "skopeo", "peer", label, f"{skopeo} --all oci:{src} oci-archive:{o}", _fresh(out)
+        )
+
+    def skopeo_load(src: str) -> Entry:
+        label = "skopeo copy --all oci-archive: oci:"
+        return Entry(
+            "skopeo", "peer", label, f"{skopeo} --all oci-archive:{src} oci:{d}:x", _fresh(dest)
+        )
+
+    saved_ready = _loaded(castar, saved_store, arch.plain, out)
 
     def ctr_loaded() -> None:
         assert ctrd is not None
@@ -165,6 +254,78 @@ def build(
 
     clean_load = _fresh(store, dest, out)
 
+    # -- start-up and small archives ----------------------------------------------------------
+    if base:
+        c = case("start-floor", "the interpreter's floor and any anyio program's", 0)
+        c.entries += [
+            Entry("python", "baseline", "python -c pass", f"{py} -c pass"),
+            Entry(
+                "anyio",
+                "baseline",
+                f'python -c "{ANYIO_FLOOR}"',
+                f"{py} -c {shlex.quote(ANYIO_FLOOR)}",
+            ),
+        ]
+    empty = work / "empty-store"
+    for cid, args, what in (
+        ("start-version", "--version", "castar --version"),
+        ("start-help", "--help", "castar --help"),
+        ("start-images", f"--backend {opts.backend} --root {shlex.quote(str(empty))} images", ""),
+    ):
+        what = what or "castar images (an empty store)"
+        c = case(cid, what, 0, _fresh(empty))
+        c.entries.append(Entry("castar", "castar", what, f"{py} -m castar {args}", _fresh(empty)))
+    for name, sa in (small or {}).items():
+        sq, sroot, saved = (
+            shlex.quote(str(sa.plain)),
+            work / f"{name}-store",
+            work / f"{name}-saved",
+        )
+        small_load = f"{castar} --root {shlex.quote(str(sroot))} load{quiet}{every} -i {sq}"
+        n = len(sa.image.platforms)
+        c = case(f"{name}-load", f"load a {n}-platform {sa.size / 1e6:.2f} MB archive", sa.size)
+        c.cleanup = _fresh(sroot, dest)
+        c.entries.append(
+            Entry(
+                "castar", "castar", "castar load --all-platforms -i FILE", small_load, _fresh(sroot)
+            )
+        )
+        if peer["skopeo"]:
+            c.entries.append(skopeo_load(sq))
+        c = case(f"{name}-save", f"save the {n}-platform {sa.size / 1e6:.2f} MB image", 0)
+        c.cleanup = _fresh(saved, out)
+        c.entries.append(
+            Entry(
+                "castar",
+                "castar",
+                "castar save -o FILE",
+                f"{castar} --root {shlex.quote(str(saved))} save{quiet} {IMAGE} -o {o}",
+                _loaded(castar, saved, sa.plain, out),
+                output=out,
+            )
+        )
+        if peer["skopeo"]:
+            c.entries.append(skopeo_save(shlex.quote(str(sa.layout))))
+        if name == "small" and base:
+            busy = BusyWriter(work / "busy.dd")
+            fresh_root = _fresh(sroot)
+
+            def beside(busy: BusyWriter = busy, fresh: Callable[[], None] = fresh_root) -> None:
+                busy.start()
+                fresh()
+
+            c = case("busy-load", "the small load while dd writes GBs unsynced", sa.size)
+            c.cleanup = busy.stop
+            c.entries.append(
+                Entry(
+                    "castar",
+                    "castar",
+                    "castar load --all-platforms (dd beside)",
+                    small_load,
+                    beside,
+                )
+            )
+
     # -- load ---------------------------------------------------------------------------------
     c = case("load-file", "load all platforms from a file", arch.size, clean_load)
     c.entries.append(
@@ -177,6 +338,21 @@ def build(
                 "baseline",
                 "sync read+sha256+write of the blobs (1 thread)",
                 f"{py} -m bench._baseline {layout}/blobs/sha256 {d}",
+                _fresh(dest),
+            ),
+            Entry(
+                "python-syncfs",
+                "baseline",
+                "the same, then one syncfs (the one-sync baseline)",
+                f"{py} -m bench._baseline --sync {layout}/blobs/sha256 {d}",
+                _fresh(dest),
+            ),
+            Entry(
+                "dd",
+                "baseline",
+                "dd bs=1M conv=fsync of the case's bytes (the durable limit)",
+                f"dd if=/dev/zero of={d} bs=1M count={math.ceil(arch.size / MIB)} conv=fsync "
+                "status=none",
                 _fresh(dest),
             ),
             Entry(
@@ -205,15 +381,33 @@ def build(
             )
         )
     if peer["skopeo"]:
+        c.entries.append(skopeo_load(a))
+
+    if SHM.is_dir():
+        shm = SHM / f"castar-bench-{work.name}"
+        shm_store, shm_dest = shm / "store", shm / "dest"
+        c = case("load-shm", "load all platforms into a store on tmpfs", arch.size, _fresh(shm))
         c.entries.append(
             Entry(
-                "skopeo",
-                "peer",
-                "skopeo copy --all oci-archive: oci:",
-                f"{skopeo} --all oci-archive:{a} oci:{d}:x",
-                _fresh(dest),
+                "castar",
+                "castar",
+                "castar --root /dev/shm/… load -i FILE",
+                f"{castar} --root {shlex.quote(str(shm_store))} load{quiet} -i {a}",
+                _fresh(shm_store),
             )
         )
+        if base:
+            c.entries.append(
+                Entry(
+                    "python",
+                    "baseline",
+                    "sync read+sha256+write of the blobs into tmpfs (1 thread)",
+                    f"{py} -m bench._baseline {layout}/blobs/sha256 {shlex.quote(str(shm_dest))}",
+                    _fresh(shm_dest),
+                )
+            )
+    else:
+        opts.skipped.append({"case": "load-shm", "tool": "*", "note": f"no {SHM}"})
 
     c = case("load-pipe", "load all platforms from a pipe", arch.size, clean_load)
     c.entries.append(
@@ -381,15 +575,7 @@ def build(
             )
         )
     if peer["skopeo"]:
-        c.entries.append(
-            Entry(
-                "skopeo",
-                "peer",
-                "skopeo copy --all oci: oci-archive:",
-                f"{skopeo} --all oci:{layout} oci-archive:{o}",
-                _fresh(out),
-            )
-        )
+        c.entries.append(skopeo_save(layout))
 
     c = case("save-pipe", "save all platforms to a pipe", 0, clean_save)
     c.bytes_from = "save-file"  # a pipe leaves no file: count what save-file wrote
@@ -526,6 +712,8 @@ def build(
         )
 
     _skip_missing(opts)
+    if opts.castar_only:
+        cases = [c for c in cases if c.id not in NOT_CASTAR_ONLY]
     if opts.cases:
         cases = [c for c in cases if c.id in opts.cases]
     return cases

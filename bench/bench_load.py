@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import fcntl
 import hashlib
 import json
@@ -30,6 +29,7 @@ import tarfile
 import time
 from pathlib import Path
 
+from bench._baseline import syncfs
 from bench._workload import PLATFORMS
 
 WORK = Path(os.environ.get("CASTAR_BENCH_DIR", "/tmp/castar-bench-load"))
@@ -62,17 +62,6 @@ def make_archive(path: Path, platforms: int, layers: int, layer_size: int) -> tu
 
 
 # -- child cases ------------------------------------------------------------------------------
-
-
-def syncfs(path: Path) -> None:
-    """One ``syncfs(2)`` of the filesystem holding ``path`` (what ``load`` does once)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if libc.syncfs(fd) != 0:
-            raise OSError(ctypes.get_errno(), "syncfs")
-    finally:
-        os.close(fd)
 
 
 def baseline(archive: Path, root: Path, *, fsync: bool, sync_end: bool = False) -> dict[str, float]:

@@ -232,15 +232,17 @@ def run_cases(
     *,
     log: Callable[[str], None],
     timeout: float = 0,
+    warmup: Sequence[str] = (),
 ) -> list[Result]:
     """Measure every entry of every case, castar first so its output sets the case bytes.
 
+    The ``warmup`` commands run once first, untimed.
+
     A peer or baseline that times out is not run again in later cases (noted); castar is.
     """
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env["TMPDIR"] = str(scratch / "tmp")  # skopeo unpacks oci-archive: sources there
-    (scratch / "tmp").mkdir(parents=True, exist_ok=True)
+    env = bench_env(scratch)
+    for cmd in warmup:  # untimed: the bytecode caches every later run finds
+        subprocess.run(["bash", "-c", cmd], env=env, cwd=REPO, capture_output=True, check=False)
     results: list[Result] = []
     resolved: dict[str, int] = {}
     slow: dict[str, str] = {}  # tool -> the case it timed out in
@@ -248,38 +250,56 @@ def run_cases(
         case_bytes = resolved.get(case.bytes_from, case.bytes)
         if case.bytes_from and case.bytes_from not in resolved:
             case_bytes = _castar_save_size(case, env, scratch)
-        for entry in case.entries:
-            log(f"  {case.id:<14} {entry.tool:<9} {entry.label}")
-            done: list[Run] = []
-            if entry.tool in slow:
-                err = f"not run: {TIMED_OUT} in {slow[entry.tool]}"
-            else:
-                try:
-                    done, err = measure(entry, runs, scratch / "proc", env=env, timeout=timeout)
-                except Exception as exc:  # a setup step of a peer failed: note it, go on
-                    err = f"setup failed: {exc}"
-                if err.startswith(TIMED_OUT) and entry.kind != "castar":
-                    slow[entry.tool] = case.id
-            if entry.output is not None and done and done[0].rc == 0 and entry.output.exists():
-                case_bytes = _tree_size(entry.output)
-            results.append(
-                Result(
-                    case.id,
-                    entry.tool,
-                    entry.kind,
-                    entry.label,
-                    entry.command,
-                    case_bytes,
-                    done,
-                    err,
+        try:
+            for entry in case.entries:
+                log(f"  {case.id:<14} {entry.tool:<9} {entry.label}")
+                done: list[Run] = []
+                if entry.tool in slow:
+                    err = f"not run: {TIMED_OUT} in {slow[entry.tool]}"
+                else:
+                    try:
+                        done, err = measure(entry, runs, scratch / "proc", env=env, timeout=timeout)
+                    except Exception as exc:  # a setup step of a peer failed: note it, go on
+                        err = f"setup failed: {exc}"
+                    if err.startswith(TIMED_OUT) and entry.kind != "castar":
+                        slow[entry.tool] = case.id
+                if entry.output is not None and done and done[0].rc == 0 and entry.output.exists():
+                    case_bytes = _tree_size(entry.output)
+                results.append(
+                    Result(
+                        case.id,
+                        entry.tool,
+                        entry.kind,
+                        entry.label,
+                        entry.command,
+                        case_bytes,
+                        done,
+                        err,
+                    )
                 )
-            )
-            if err:
-                log(f"    failed: {err}")
+                if err:
+                    log(f"    failed: {err}")
+        finally:  # a busy writer or a tmpfs store is gone also when a case is interrupted
+            if case.cleanup is not None:
+                case.cleanup()
         resolved[case.id] = case_bytes
-        if case.cleanup is not None:
-            case.cleanup()
     return results
+
+
+def bench_env(scratch: Path) -> dict[str, str]:
+    """The environment of every timed process.
+
+    Bytecode is cached as an installed program's is (``PYTHONDONTWRITEBYTECODE`` would
+    make every run compile castar's and the stdlib's sources again), in a cache beside
+    the scratch directory rather than in the source tree.
+    """
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(scratch.parent / "pycache")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["TMPDIR"] = str(scratch / "tmp")  # skopeo unpacks oci-archive: sources there
+    (scratch / "tmp").mkdir(parents=True, exist_ok=True)
+    return env
 
 
 def _castar_save_size(case: _cases.Case, env: dict[str, str], scratch: Path) -> int:
@@ -301,7 +321,7 @@ def _castar_save_size(case: _cases.Case, env: dict[str, str], scratch: Path) -> 
         return 0
 
 
-def start_time(runs: int = 3) -> float:
+def start_time(scratch: Path, runs: int = 3) -> float:
     """Median seconds for ``python -m castar --version``: the fixed cost in every castar case."""
     times = []
     for _ in range(runs):
@@ -309,6 +329,7 @@ def start_time(runs: int = 3) -> float:
         subprocess.run(
             [sys.executable, "-m", "castar", "--version"],
             cwd=REPO,
+            env=bench_env(scratch),
             capture_output=True,
             check=False,
         )
