@@ -79,6 +79,11 @@ def _claim(root: Path, id: str) -> tuple[Path, int]:
     """Lock ``<root>/owners/<sha256 hex of id>`` for this process (LEASE-8)."""
     path = _owners(root) / hashlib.sha256(id.encode()).hexdigest()
     with map_os_errors(f'lease "{id}": owner lock {path}'):
+        for wait in (0.001, 0.004, 0.016, 0.064, 0.256):
+            try:
+                return path, lock_dir(path, id)
+            except Unavailable:  # a gc took the new, still unrecorded lock as an orphan's
+                time.sleep(wait)
         return path, lock_dir(path, id)
 
 

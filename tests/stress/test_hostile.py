@@ -25,7 +25,7 @@ from tests.stress import _hostile
 
 CASES = _hostile.cases(members=h.knob(20_000, 200_000), bomb_size=h.knob(96 << 20, 4 << 30))
 #: What each case still trips on main; the lead drops a mark when its fix merges.
-KNOWN = {"bomb": "issue 15 defect 10"}
+KNOWN: dict[str, str] = {}
 
 
 @pytest.mark.parametrize(

@@ -11,9 +11,8 @@ import pytest
 from tests.stress import _harness as h
 
 KILLS = h.knob(2, 60)
-#: Defect 4 (leases and ingests of a killed load) is checked at a chosen moment below; a random
-#: kill meets it only sometimes. Empty this once the fix has merged.
-KNOWN = ("defect 4",)
+#: Findings of known, still open defects that a random kill may meet (none now).
+KNOWN: tuple[str, ...] = ()
 SIZE = h.knob(2 << 20, 200 << 20)
 
 
@@ -41,7 +40,6 @@ def _wait_for(check, what):
         time.sleep(0.01)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15 defect 4")
 def test_a_killed_loads_lease_and_ingest_go_at_the_next_gc(tmp_path):
     root, path = tmp_path / "root", tmp_path / "a.tar"
     image = h.archive(path, h.VICTIM, 16 << 20)
