@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -432,6 +433,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"castar: error: {message} (see: {self.prog} --help)\n")
 
 
+@functools.cache  # one parent per flag set: argparse copies its actions into each command
 def _common(json_flag: bool = False, quiet: bool = False) -> _Parser:
     p = _Parser(add_help=False)
     # Global options are accepted after the command too; SUPPRESS keeps the top-level value.
