@@ -6,7 +6,7 @@ A blob exists for callers once recorded, after the backend renamed it, under the
 from __future__ import annotations
 
 import random
-import uuid
+import secrets
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -442,7 +442,7 @@ class ContentStore:
                 (desc,) = await self.write_small_blobs([blob], sync=sync)
                 return desc
         if ref is None:
-            ref = f"castar-blob-{expected or uuid.uuid4().hex}"
+            ref = f"castar-blob-{expected or secrets.token_hex(16)}"  # uuid would import platform
         delay = 0.016
         while True:
             try:
