@@ -6,9 +6,6 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, final
 
 from castar.engine.images import ImageService
-from castar.engine.load import importer
-from castar.engine.save import exporter
-from castar.store import verify as _verify
 from castar.store.errors import InvalidArgument
 from castar.store.root import Root, open_root
 
@@ -64,6 +61,8 @@ class Store:
         The keywords are :class:`~castar.engine.load.importer.LoadOptions`' fields, with
         ``platforms`` given as specifiers or :class:`Platform` values.
         """
+        from castar.engine.load import importer  # each command loads only its own engine part
+
         options = importer.LoadOptions.parse(
             platforms,
             all_platforms=all_platforms,
@@ -85,9 +84,11 @@ class Store:
         progress: ProgressCallback | None = None,
     ) -> list[Image]:
         """Pull ``ref`` from its registry; see :func:`castar.engine.registry.pull.pull`."""
+        from castar.engine.load import importer
+        from castar.engine.registry import pull as _pull  # httpx loads for registry work only
+
         options = importer.LoadOptions.parse(platforms, all_platforms=all_platforms)
         r = self._root
-        from castar.engine.registry import pull as _pull  # httpx loads for registry work only
 
         return await _pull.pull(r.content, r.images, r.leases, ref, options, progress=progress)
 
@@ -109,6 +110,8 @@ class Store:
         The keywords are :class:`~castar.engine.save.exporter.SaveOptions`' fields, with
         ``platforms`` given as specifiers or :class:`Platform` values.
         """
+        from castar.engine.save import exporter
+
         options = exporter.SaveOptions.parse(
             platforms,
             missing=missing,
@@ -122,10 +125,14 @@ class Store:
 
     async def plan_save(self, names: Sequence[str], options: SaveOptions | None = None) -> SavePlan:
         """What :meth:`save` would write, without writing (``castar save --dry-run``)."""
+        from castar.engine.save import exporter
+
         return await exporter.plan_save(self._root, names, options or exporter.SaveOptions())
 
     async def save_many(self, jobs: Sequence[SaveJob]) -> list[ExportResult]:
         """Run several exports concurrently; see :func:`castar.engine.save.exporter.save_many`."""
+        from castar.engine.save import exporter
+
         for job in jobs:
             await self._root.check_output(job.sink)
         return await exporter.save_many(self._root, jobs)
@@ -159,6 +166,8 @@ class Store:
         self, names: Iterable[str] | None = None, *, progress: ProgressCallback | None = None
     ) -> VerifyReport:
         """Re-hash stored blobs: all of them, or the stored subtrees of the named images."""
+        from castar.store import verify as _verify
+
         roots = (
             None if names is None else [(await self.images.resolve(n)).target.digest for n in names]
         )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import getpass
+import functools
 import json
 import os
 import re
@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import anyio
 
-from castar import SaveJob, SaveOptions, __version__
-from castar._api import Store, open_store
+from castar import __version__
 from castar._demo import PLATFORMS as DEMO_PLATFORMS
 from castar._demo import parse_size, run_demo
 from castar._progress import open_progress
@@ -42,7 +41,10 @@ from castar.store.errors import (
 )
 
 if TYPE_CHECKING:
+    from castar._api import Store
     from castar.store import Image
+
+    Command = Callable[[Store, argparse.Namespace], Awaitable[int]]
 
 __all__ = ["EXIT_CODES", "main"]
 
@@ -77,8 +79,6 @@ exit codes:
 The store is --root DIR, else $CASTAR_ROOT, else $XDG_DATA_HOME/castar,
 else ~/.local/share/castar. Try: castar demo
 """
-
-Command = Callable[[Store, argparse.Namespace], Awaitable[int]]
 
 
 def _exit_code(exc: BaseException) -> int | None:
@@ -166,6 +166,8 @@ async def _cmd_pull(store: Store, args: argparse.Namespace) -> int:
 
 
 async def _cmd_save(store: Store, args: argparse.Namespace) -> int:
+    from castar.engine.save.exporter import SaveJob, SaveOptions
+
     # built first so a bad spec exits 4 before anything else is checked
     options = SaveOptions.parse(args.platform, missing=args.missing, write_behind=args.write_behind)
     if args.dry_run:
@@ -399,6 +401,8 @@ async def _cmd_login(args: argparse.Namespace) -> int:
 def _login_inputs(args: argparse.Namespace) -> tuple[str, str]:
     if not (sys.stdin.isatty() or (args.username and args.password_stdin)):
         raise InvalidArgument(f"login {args.registry}: no terminal: give -u USER --password-stdin")
+    import getpass
+
     user = args.username or input("Username: ")
     password = sys.stdin.read().rstrip("\r\n") if args.password_stdin else getpass.getpass()
     return user, password
@@ -431,6 +435,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"castar: error: {message} (see: {self.prog} --help)\n")
 
 
+@functools.cache  # one parent per flag set: argparse copies its actions into each command
 def _common(json_flag: bool = False, quiet: bool = False) -> _Parser:
     p = _Parser(add_help=False)
     # Global options are accepted after the command too; SUPPRESS keeps the top-level value.
@@ -573,6 +578,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    from castar._api import open_store  # after parsing: --help needs no store or engine
+
     if getattr(args, "storeless", False):
         return int(await args.run(args))
     async with open_store(args.root) as store:

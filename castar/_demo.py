@@ -11,15 +11,16 @@ from typing import TYPE_CHECKING, Final
 import anyio
 import anyio.to_thread
 
-from castar._api import Store, open_store
 from castar._progress import open_progress
 from castar._render import format_size, render_tree
 from castar.engine import platforms as plat
-from castar.engine import reference, synth
+from castar.engine import reference
 from castar.store.errors import DataLoss, InvalidArgument
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from castar._api import Store
 
 __all__ = ["NAME", "PLATFORMS", "parse_platforms", "parse_size", "run_demo"]
 
@@ -64,6 +65,9 @@ async def run_demo(
     out: Callable[[str], object] = print,
 ) -> None:
     """Run the demo in ``store`` (the image stays), printing with ``out``; DataLoss if it fails."""
+    from castar._api import open_store
+    from castar.engine import synth
+
     plats = parse_platforms(platforms)
     layer_size = max(4096, parse_size(size) // (len(plats) * _LAYERS))
     spec = synth.SynthSpec(name=NAME, platforms=plats, layers=_LAYERS, layer_size=layer_size)

@@ -9,16 +9,6 @@ import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -54,6 +44,16 @@ def _short(what: object) -> str:
 
 @contextmanager
 def _bar(description: str) -> Iterator[ProgressCallback]:
+    from rich.console import Console  # rich loads only when a bar is drawn
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),

@@ -7,7 +7,6 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
-from decimal import Decimal
 from json.encoder import encode_basestring
 from typing import Any, Final
 
@@ -53,6 +52,8 @@ def _json_float(f: float) -> str:
         raise InvalidArgument(f"json: unsupported value: {f!r}")
     r = repr(f)
     if f == 0 or 1e-6 <= abs(f) < 1e21:
+        from decimal import Decimal
+
         text = format(Decimal(r), "f")
         return text.rstrip("0").rstrip(".") if "." in text else text
     mant, _, exp = r.partition("e")

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import functools
 import os
-import platform as _stdlib_platform
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final, Protocol, TypeVar, final
-from urllib.parse import unquote_to_bytes
 
 from castar.engine._goquote import quote as _quote
 from castar.engine._json import Struct, get_str, get_strs, object_of
@@ -75,6 +73,8 @@ _pinned: Platform | None = None
 
 @functools.cache
 def _detected() -> Platform:
+    import platform as _stdlib_platform  # start-up: loaded when the host is first asked for
+
     system = _stdlib_platform.system().lower() or "linux"
     machine = _stdlib_platform.machine().lower()
     if machine in _MACHINES:
@@ -167,6 +167,8 @@ def _unescape(s: str, spec: str) -> str:
         return s
     if re.search(r"%(?![0-9A-Fa-f]{2})", s):
         raise InvalidArgument(f"{_quote(spec)}: invalid URL escape in {_quote(s)}")
+    from urllib.parse import unquote_to_bytes
+
     try:
         return unquote_to_bytes(s).decode()
     except UnicodeDecodeError as err:

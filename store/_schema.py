@@ -196,7 +196,9 @@ def connect(path: Path) -> sqlite3.Connection:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
-            run_txn(conn, True, _migrate, ())
+            # LAY-5: a current schema costs this one read; only a migration writes
+            if conn.execute("PRAGMA user_version").fetchone() != (len(MIGRATIONS),):
+                run_txn(conn, True, _migrate, ())
         except BaseException:
             conn.close()
             raise

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import functools
 import logging
@@ -456,11 +455,14 @@ class BlobStore:
 
 def start_writeback(fd: int) -> None:
     """Start writing a finished blob's pages now (``sync_file_range(WRITE)``); no-op if missing."""
-    if _sync_file_range is not None:
-        _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+    if (sync_file_range := _libc_sync_file_range()) is not None:
+        sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
+@functools.cache
 def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    import ctypes  # start-up: loaded with the first blob that needs it
+
     try:
         fn = ctypes.CDLL(None, use_errno=True).sync_file_range
     except (OSError, AttributeError):
@@ -470,7 +472,6 @@ def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
 
 
 _SYNC_FILE_RANGE_WRITE: Final = 2
-_sync_file_range = _libc_sync_file_range()
 
 
 async def _wait_flock(fd: int, op: int, held: bool) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import random
-import uuid
+import secrets
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -489,7 +489,7 @@ class ContentStore:
                 (desc,) = await self.write_small_blobs([blob], sync=sync)
                 return desc
         if ref is None:
-            ref = f"castar-blob-{expected or uuid.uuid4().hex}"
+            ref = f"castar-blob-{expected or secrets.token_hex(16)}"  # uuid would import platform
         delay = 0.016
         while True:
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -11,7 +12,6 @@ from typing import TYPE_CHECKING, Final, final
 import anyio
 import anyio.to_thread
 
-from castar.store.collector import Collector
 from castar.store.content import ContentStore
 from castar.store.errors import InvalidArgument
 from castar.store.images import ImageStore
@@ -22,6 +22,7 @@ from castar.store.sqlite import SQLiteMetadataDB
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
+    from castar.store.collector import Collector
     from castar.store.gc import GCReport
 
 __all__ = ["Root", "current_boot_id", "default_root", "open_root"]
@@ -70,7 +71,7 @@ class Root:
         self.content = ContentStore(backend, db, clock, boot_id)
         self.images = ImageStore(db, clock)
         self.leases = LeaseManager(db, clock, root)
-        self._collector = Collector(db, backend, clock)
+        self._gc_parts = (db, backend, clock)
 
     async def check_output(self, target: object) -> None:
         """Refuse an output path inside this root (symlinks followed): it would wreck the store."""
@@ -81,6 +82,12 @@ class Root:
         )
         if path.is_relative_to(root):
             raise InvalidArgument(f"output {os.fspath(target)} is inside the store root {root}")
+
+    @functools.cached_property
+    def _collector(self) -> Collector:
+        from castar.store.collector import Collector  # start-up: only gc and explain mark
+
+        return Collector(*self._gc_parts)
 
     async def gc(self, *, dry_run: bool = False) -> GCReport:
         """Collect garbage now (GC-1..10); with ``dry_run`` only report what would go."""

@@ -146,3 +146,23 @@ def test_the_cli_and_the_facade_load_no_http_client_until_a_registry_is_used() -
     code = "import sys, castar._cli, castar._api; print('httpx' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_images_and_help_load_no_load_save_synth_or_rich_modules(tmp_path: Path) -> None:
+    # start-up: a command imports only the engine parts it runs
+    code = (
+        "import contextlib, io, sys\n"
+        "from castar._cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    assert main(['--root', {str(tmp_path)!r}, 'images']) == 0\n"
+        "    try:\n"
+        "        main(['--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(' '.join(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    heavy = ("castar.engine.load", "castar.engine.save", "castar.engine.synth", "rich")
+    loaded = {m for m in out.stdout.split() if m.startswith(heavy)}
+    assert "castar.engine.images" in out.stdout.split()  # the command did run
+    assert loaded == set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import platform
 from pathlib import Path
 
 import pytest
@@ -528,8 +529,8 @@ def test_host_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:  # HOST
 def test_host_autodetection(
     monkeypatch: pytest.MonkeyPatch, machine: str, expected: Platform
 ) -> None:
-    monkeypatch.setattr(platforms._stdlib_platform, "system", lambda: "Linux")
-    monkeypatch.setattr(platforms._stdlib_platform, "machine", lambda: machine)
+    monkeypatch.setattr(platform, "system", lambda: "Linux")
+    monkeypatch.setattr(platform, "machine", lambda: machine)
     platforms._detected.cache_clear()
     monkeypatch.setattr(platforms, "_pinned", None)
     try:
@@ -578,9 +579,9 @@ def test_module_is_pure() -> None:
 
 def test_host_autodetection_on_windows_keeps_the_build(monkeypatch: pytest.MonkeyPatch) -> None:
     # HOST-1: on Windows the host spec carries major.minor.build as its OS version.
-    monkeypatch.setattr(platforms._stdlib_platform, "system", lambda: "Windows")
-    monkeypatch.setattr(platforms._stdlib_platform, "machine", lambda: "AMD64")
-    monkeypatch.setattr(platforms._stdlib_platform, "version", lambda: "10.0.20348.1234")
+    monkeypatch.setattr(platform, "system", lambda: "Windows")
+    monkeypatch.setattr(platform, "machine", lambda: "AMD64")
+    monkeypatch.setattr(platform, "version", lambda: "10.0.20348.1234")
     platforms._detected.cache_clear()
     monkeypatch.setattr(platforms, "_pinned", None)
     try:

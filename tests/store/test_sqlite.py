@@ -5,6 +5,7 @@ The ``_txn`` functions are plain sync code, so most of this runs without an even
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -117,3 +118,16 @@ async def test_use_after_close_is_failed_precondition(tmp_path: Path) -> None:
         pass
     with pytest.raises(FailedPrecondition, match="metadata database"):
         await store.images.list()
+
+
+async def test_opening_an_existing_store_writes_nothing(tmp_path: Path) -> None:
+    # LAY-5: the schema check is one read; a write would reach meta.db at the closing checkpoint
+    async with open_root(tmp_path / "root"):
+        pass
+    meta = tmp_path / "root" / "meta.db"
+    os.utime(meta, ns=(0, 0))  # any write sets the mtime to now
+    before = meta.read_bytes()
+    async with open_root(tmp_path / "root") as store:
+        assert await store.images.list() == []
+    assert meta.stat().st_mtime_ns == 0
+    assert meta.read_bytes() == before
