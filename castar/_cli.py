@@ -54,7 +54,7 @@ EXIT_USAGE: Final = 2
 
 
 class _UsageError(InvalidArgument):
-    """The command line cannot work as given (a closed stdout): exit 2."""
+    """The command line cannot work as given (a closed stdout): exit 2 (ERR-8)."""
 
 
 #: The one table from error category to exit code (most specific class wins).
@@ -595,7 +595,7 @@ async def _command(args: argparse.Namespace) -> int:
 async def _cancel_on_signal(
     scope: anyio.CancelScope, ended: list[int], *, task_status: TaskStatus[None]
 ) -> None:
-    # The first SIGINT or SIGTERM cancels the command; leaving restores the default handlers,
+    # ERR-6: the first SIGINT or SIGTERM cancels the command; leaving restores the defaults,
     # so a second one ends the process at once.
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         task_status.started()
@@ -640,8 +640,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not isinstance(exc, Exception):
             raise
         if isinstance(exc, BrokenPipeError):
-            # A closed pipe (castar images | head) is not an error; keep the exit flush quiet.
-            # save turns it into its own error (the archive is cut short).
+            # ERR-7: a closed pipe (castar images | head) is not an error; keep the exit flush
+            # quiet. save fails with its own error instead (the archive is cut short).
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
         code = _exit_code(exc)
