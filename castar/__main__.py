@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+_SIGNALLED = 128  # exit codes above this: ended by a signal (128 + its number)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -16,9 +21,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"castar {__version__}")
         return 0
-    from castar._cli import main as cli
+    try:
+        from castar._cli import main as cli
 
-    return cli(args)
+        code = cli(args)
+    except KeyboardInterrupt:  # Ctrl-C while castar loads
+        return _SIGNALLED + signal.SIGINT
+    if code > _SIGNALLED:
+        # A worker thread the signal left blocked in a read (an idle pipe) must not hold up
+        # the exit: the command's own clean-up has run.
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import re
+import signal
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -41,6 +42,8 @@ from castar.store.errors import (
 )
 
 if TYPE_CHECKING:
+    from anyio.abc import TaskStatus
+
     from castar._api import Store
     from castar.store import Image
 
@@ -50,8 +53,15 @@ __all__ = ["EXIT_CODES", "main"]
 
 EXIT_OTHER: Final = 1
 EXIT_USAGE: Final = 2
+
+
+class _UsageError(InvalidArgument):
+    """The command line cannot work as given (a closed stdout): exit 2 (ERR-8)."""
+
+
 #: The one table from error category to exit code (most specific class wins).
 EXIT_CODES: Final[dict[type[BaseException], int]] = {
+    _UsageError: EXIT_USAGE,
     NotFound: 3,
     FileNotFoundError: 3,
     InvalidArgument: 4,
@@ -75,10 +85,13 @@ exit codes:
   5  precondition failed: digest or size mismatch, conflict, already exists
   6  data loss: a stored blob is missing or corrupt
   7  unauthenticated or permission denied by a registry
+  130, 143  ended by SIGINT (Ctrl-C) or SIGTERM (128 + the signal's number)
 
 The store is --root DIR, else $CASTAR_ROOT, else $XDG_DATA_HOME/castar,
 else ~/.local/share/castar. Try: castar demo
 """
+
+_BACKENDS: Final = ("asyncio", "trio")
 
 
 def _exit_code(exc: BaseException) -> int | None:
@@ -123,6 +136,8 @@ async def _cmd_load(store: Store, args: argparse.Namespace) -> int:
     max_size = parse_size(args.max_size) if args.max_size is not None else None
     source: object
     if args.input in (None, "-"):
+        if sys.stdin is None:
+            raise _UsageError("stdin is closed: use -i FILE or redirect stdin")
         if sys.stdin.isatty():
             raise InvalidArgument(
                 "requested load from stdin, but stdin is a terminal: use -i FILE or redirect stdin"
@@ -178,6 +193,8 @@ async def _cmd_save(store: Store, args: argparse.Namespace) -> int:
             _plan_summary(plan)
         return 0
     to_stdout = args.output in (None, "-")
+    if to_stdout and sys.stdout is None:
+        raise _UsageError("stdout is closed: use -o FILE or redirect stdout")
     if to_stdout and sys.stdout.isatty():
         raise InvalidArgument(
             "cowardly refusing to write an image archive to a terminal: "
@@ -315,13 +332,18 @@ _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def _duration(text: str) -> timedelta | None:
-    """``1h``, ``90m``, ``1h30m``, ``2d``; ``0`` or ``never`` mean no expiry."""
+    """``1h``, ``90m``, ``1h30m``, ``2d``; ``0`` or ``never`` mean no expiry (argparse type)."""
     if text in ("0", "never"):
         return None
     parts = _DURATION.findall(text)
     if not parts or "".join(n + u for n, u in parts) != text:
-        raise InvalidArgument(f'bad duration "{text}": expected e.g. 90s, 30m, 1h30m, 2d or never')
-    return timedelta(seconds=sum(float(n) * _UNITS[u] for n, u in parts))
+        raise argparse.ArgumentTypeError(
+            f'bad duration "{text}": expected e.g. 90s, 30m, 1h30m, 2d or never'
+        )
+    try:
+        return timedelta(seconds=sum(float(n) * _UNITS[u] for n, u in parts))
+    except OverflowError:
+        raise argparse.ArgumentTypeError(f'duration "{text}" is too long') from None
 
 
 def _labels(values: Sequence[str] | None) -> dict[str, str]:
@@ -340,9 +362,7 @@ def _when(dt: datetime | None) -> str:
 
 async def _cmd_lease(store: Store, args: argparse.Namespace) -> int:
     if args.lease_command == "create":
-        lease = await store.leases.create(
-            args.id, expire=_duration(args.expire), labels=_labels(args.label)
-        )
+        lease = await store.leases.create(args.id, expire=args.expire, labels=_labels(args.label))
         print(lease.id)
     elif args.lease_command == "ls":
         leases = await store.leases.list()
@@ -493,7 +513,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser.add_argument(
         "--backend",
-        choices=["asyncio", "trio"],
+        choices=_BACKENDS,
         default=os.environ.get("CASTAR_BACKEND", "asyncio"),
         help="event loop (default: $CASTAR_BACKEND or asyncio)",
     )
@@ -562,7 +582,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = lease_parser("create", "create a lease and print its id", "castar lease create --expire 1h")
     p.add_argument("--id", help="lease id (default: random)")
-    p.add_argument("--expire", default="24h", metavar="DURATION",
+    p.add_argument("--expire", default="24h", metavar="DURATION", type=_duration,
                    help="e.g. 30m, 1h, 2d, or never (default: 24h)")  # fmt: skip
     p.add_argument("--label", action="append", metavar="KEY=VALUE")
     lease_parser("ls", "list leases", "castar lease ls --json", json_flag=True)
@@ -577,13 +597,41 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _run(args: argparse.Namespace) -> int:
+async def _command(args: argparse.Namespace) -> int:
     from castar._api import open_store  # after parsing: --help needs no store or engine
 
     if getattr(args, "storeless", False):
         return int(await args.run(args))
     async with open_store(args.root) as store:
         return int(await args.run(store, args))
+
+
+async def _cancel_on_signal(
+    scope: anyio.CancelScope, ended: list[int], *, task_status: TaskStatus[None]
+) -> None:
+    # ERR-6: the first SIGINT or SIGTERM cancels the command; leaving restores the defaults,
+    # so a second one ends the process at once.
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async for signum in signals:
+            ended.append(128 + signum)
+            scope.cancel()
+            return
+
+
+async def _run(args: argparse.Namespace) -> int:
+    """The command under anyio cancellation by a signal (``finally`` blocks run): 128 + it."""
+    ended: list[int] = []
+    code = EXIT_OTHER
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(_cancel_on_signal, tg.cancel_scope, ended)
+            code = await _command(args)
+            tg.cancel_scope.cancel()
+    except Exception:
+        if not ended:
+            raise
+    return ended[0] if ended else code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -593,18 +641,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "run", None) is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    if args.backend not in _BACKENDS:
+        parser.error(f'backend "{args.backend}" (from $CASTAR_BACKEND): use asyncio or trio')
     try:
         return anyio.run(_run, args, backend=args.backend)
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        # A closed pipe (castar images | head) is not an error; keep the exit flush quiet.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except Exception as group:
+    except BaseException as group:
         exc: BaseException = group
         while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
             exc = exc.exceptions[0]
+        if isinstance(exc, KeyboardInterrupt):  # a signal before (or after) the handler's time
+            return 128 + signal.SIGINT
+        if not isinstance(exc, Exception):
+            raise
+        if isinstance(exc, BrokenPipeError):
+            # ERR-7: a closed pipe (castar images | head) is not an error; keep the exit flush
+            # quiet. save fails with its own error instead (the archive is cut short).
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
         code = _exit_code(exc)
         if code is None or args.debug:
             traceback.print_exception(exc)

@@ -121,11 +121,10 @@ class _Bridge(io.RawIOBase):
         super().__init__()
         self._raw = raw
         self._direct = direct
-        self._buf = memoryview(head)
+        self._head = head  # fed to ``frames`` on the first read, so its errors are mapped
+        self._buf = memoryview(b"")
         self._eof = False
         self._frames = frames
-        if frames is not None and head:
-            frames.feed(self._buf)
         self.consumed = 0
 
     def readable(self) -> bool:
@@ -141,7 +140,9 @@ class _Bridge(io.RawIOBase):
         if not self._buf:
             if self._eof:
                 return 0
-            if self._direct is not None:  # a regular file: read it right here
+            if self._head:
+                data, self._head = self._head, b""
+            elif self._direct is not None:  # a regular file: read it right here
                 anyio.from_thread.check_cancelled()
                 data = self._direct.read(CHUNK)
             else:

@@ -12,6 +12,7 @@ import select
 import stat
 import struct
 import termios
+import time
 from typing import TYPE_CHECKING, Final, Literal, final
 
 import anyio
@@ -144,6 +145,21 @@ def _link_fd(fd: int, path: str) -> None:
         os.close(dir_fd)
 
 
+def _open_special(path: str, flags: int, *, fifo: bool) -> int:
+    """Open a device or FIFO without blocking: a FIFO waits for its reader cancellably."""
+    while True:
+        try:
+            fd = os.open(path, flags | os.O_NONBLOCK)
+        except OSError as exc:  # ENXIO: a FIFO nobody reads yet
+            if not (fifo and exc.errno == errno.ENXIO):
+                raise
+            anyio.from_thread.check_cancelled()
+            time.sleep(0.05)
+            continue
+        os.set_blocking(fd, True)
+        return fd
+
+
 @final
 class _FileSink(FileEndpoint, Sink):
     """A path, fd or stdout; a regular path is written unnamed and put in place on success."""
@@ -173,14 +189,14 @@ class _FileSink(FileEndpoint, Sink):
             path = os.fspath(target)
             flags = os.O_WRONLY | os.O_CLOEXEC
             try:
-                regular = stat.S_ISREG(os.stat(path).st_mode)
+                mode = os.stat(path).st_mode
             except FileNotFoundError:
-                regular = True
-            if regular:
+                mode = stat.S_IFREG
+            if stat.S_ISREG(mode):
                 self._place = path
                 fd = self._open_unnamed(path, flags)
             else:
-                fd = os.open(path, flags | os.O_CREAT | os.O_TRUNC, 0o666)
+                fd = _open_special(path, flags, fifo=stat.S_ISFIFO(mode))
         self.kind = _KINDS.get(stat.S_IFMT(os.fstat(fd).st_mode), "stream")
         self._fd = fd
 

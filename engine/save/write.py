@@ -17,7 +17,7 @@ from castar.engine import tarcodec
 from castar.engine._endpoints import CHUNK_SIZE
 from castar.engine.save.sinks import wait_writable, write_all
 from castar.store import digest as digests
-from castar.store.errors import DataLoss, DigestMismatch, SizeMismatch
+from castar.store.errors import DataLoss, DigestMismatch, SizeMismatch, Unavailable
 
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterator
@@ -301,6 +301,8 @@ async def write(
                 await sink.send(chunk)
             if progress is not None:
                 progress(copier.written, plan.size, copier.item)
+    except BrokenPipeError as exc:  # the reader left: the archive is cut short, save failed
+        raise Unavailable(f"output {sink.name} closed after {copier.written} bytes") from exc
     finally:
         if copier.done:  # parked at its last yield: closing runs no I/O
             steps.close()
