@@ -166,3 +166,24 @@ def test_images_and_help_load_no_load_save_synth_or_rich_modules(tmp_path: Path)
     loaded = {m for m in out.stdout.split() if m.startswith(heavy)}
     assert "castar.engine.images" in out.stdout.split()  # the command did run
     assert loaded == set()
+
+
+def test_help_and_a_usage_error_load_no_event_loop_store_or_engine() -> None:
+    # start-up: --help and a bad command line are argparse's work alone (castar._commands,
+    # anyio and the engine load when a command runs)
+    code = (
+        "import contextlib, io, sys\n"
+        "from castar._cli import main\n"
+        "out, err = io.StringIO(), io.StringIO()\n"
+        "for argv in (['--help'], ['load', '--bogus']):\n"
+        "    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):\n"
+        "        try:\n"
+        "            main(argv)\n"
+        "        except SystemExit:\n"
+        "            pass\n"
+        "print(' '.join(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    heavy = ("anyio", "castar._commands", "castar._api", "castar.engine", "sqlite3")
+    assert {m for m in out.stdout.split() if m.startswith(heavy)} == set()
+    assert "argparse" in out.stdout.split()  # the parser did run
