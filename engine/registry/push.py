@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal, Self, final
@@ -273,8 +274,8 @@ async def _send(registry: Registry, job: _Job, order: list[oci.Descriptor]) -> P
         sources = info.labels.get(label, "").split(",") if info is not None else []
         source = next((r for r in sources if r and r != repo), None)
         try:
-            async with limit:
-                state = await _blob(registry, job, desc, source)
+            async with _flight(registry, repo, str(desc.digest)), limit:
+                state = await _send_blob(registry, job, desc, source)
             done[state].append(desc)
             if state != "pushed":
                 job.advance(desc.size, desc.digest)
@@ -292,14 +293,16 @@ async def _send(registry: Registry, job: _Job, order: list[oci.Descriptor]) -> P
         if not _is_document(desc):
             continue
         path = f"manifests/{desc.digest}"
-        head = await registry.request(
-            "HEAD", repo, path, scope=_SCOPE, headers={"Accept": desc.media_type}, ok=(200, 404)
-        )
-        if head.status_code == 200:
-            skipped.append(desc)
-            continue
         try:
-            await _put_document(registry, job, path, desc)
+            async with _flight(registry, repo, str(desc.digest)):
+                head = await registry.request(
+                    "HEAD", repo, path, scope=_SCOPE, headers={"Accept": desc.media_type},
+                    ok=(200, 404),
+                )  # fmt: skip
+                if head.status_code == 200:
+                    skipped.append(desc)
+                    continue
+                await _put_document(registry, job, path, desc)
         except FailedPrecondition as exc:  # distribution: MANIFEST_BLOB_UNKNOWN
             if not (job.options.sparse and desc.digest == job.root.digest):
                 raise
@@ -310,7 +313,8 @@ async def _send(registry: Registry, job: _Job, order: list[oci.Descriptor]) -> P
             ) from exc
         pushed.append(desc)
     if job.tag is not None:
-        await _put_document(registry, job, f"manifests/{job.tag}", job.root)
+        async with _flight(registry, repo, str(job.root.digest)):
+            await _put_document(registry, job, f"manifests/{job.tag}", job.root)
     sent = sum(d.size for d in pushed)
     mounted = tuple(done["mounted"])
     new = job.index is not None
@@ -321,21 +325,20 @@ def _is_document(desc: oci.Descriptor) -> bool:
     return oci.is_manifest(desc.media_type) or oci.is_index(desc.media_type)
 
 
-async def _blob(
-    registry: Registry, job: _Job, desc: oci.Descriptor, source: str | None
-) -> Literal["pushed", "skipped", "mounted"]:
-    """One blob: skipped when present, else mounted from ``source``, else POST and one PUT.
+@asynccontextmanager
+async def _flight(registry: Registry, repo: str, digest: str) -> AsyncIterator[None]:
+    """Pushes sharing ``registry`` send a blob or document to a repository one at a time.
 
-    Pushes sharing ``registry`` send a blob to a repository once: the others wait, then HEAD.
+    The others wait, then HEAD it and skip it. Documents too: distribution 2.8 can answer
+    ``DIGEST_INVALID`` to one of two concurrent PUTs of the same manifest.
     """
-    repo = job.repo
     flights = _FLIGHTS.setdefault(registry, {})
-    key = (repo, str(desc.digest))
+    key = (repo, digest)
     while (flight := flights.get(key)) is not None:
         await flight.wait()
     flights[key] = flight = anyio.Event()
     try:
-        return await _send_blob(registry, job, desc, source)
+        yield
     finally:
         del flights[key]
         flight.set()

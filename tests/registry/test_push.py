@@ -30,6 +30,7 @@ from castar.store.errors import (
     Unauthenticated,
     Unavailable,
 )
+from tests.registry._clients import Recording
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -41,15 +42,10 @@ pytestmark = pytest.mark.anyio
 SKOPEO = shutil.which("skopeo")
 
 
-class Counting(Registry):
-    """A registry client recording each request's method and path."""
-
-    def __init__(self, host: str) -> None:
-        super().__init__(host)
-        self.calls: list[tuple[str, str]] = []
+class Counting(Recording):
+    """Recording, and every blob PUT is one streamed body of a known length."""
 
     async def request(self, method: str, repo: str, path: str, **kw: Any) -> httpx.Response:
-        self.calls.append((method, path))
         if method == "PUT" and "uploads" in path:  # one streamed body of the blob's length
             body = kw["content"]
             assert not isinstance(body, bytes)

@@ -12,6 +12,7 @@ from castar.engine import oci
 from castar.engine.registry.client import Registry
 from castar.engine.registry.push import PushOptions, push
 from castar.store.errors import InvalidArgument, Unavailable
+from tests.registry._clients import Recording
 
 if TYPE_CHECKING:
     from castar.store import Image, Root
@@ -27,23 +28,13 @@ async def _push(store: Root, name: str, ref: str, registry: Registry, chunk: int
     return await push(*roles, name, ref, options, registry=registry)
 
 
-class Counting(Registry):
-    def __init__(self, host: str) -> None:
-        super().__init__(host)
-        self.calls: list[tuple[str, dict[str, str]]] = []
-
-    async def request(self, method: str, repo: str, path: str, **kw: Any) -> httpx.Response:
-        self.calls.append((method, dict(kw.get("headers") or {})))
-        return await super().request(method, repo, path, **kw)
-
-
 async def test_big_blobs_go_up_in_patch_chunks_to_the_real_registry(
     store: Root, small_image: Image, registry: Any, anyio_backend: str
 ) -> None:
     ref = f"{registry.host}/chunks-{anyio_backend}/a:1"
-    async with Counting(registry.host) as client:
+    async with Recording(registry.host) as client:
         result = await _push(store, small_image.name, ref, client)
-    patches = [h for m, h in client.calls if m == "PATCH"]
+    patches = [h for (m, _), h in zip(client.calls, client.headers, strict=True) if m == "PATCH"]
     big = [d for d in result.pushed if d.size > CHUNK and not oci.is_manifest(d.media_type)]
     assert big
     assert len(patches) == sum(-(-d.size // CHUNK) for d in big)
