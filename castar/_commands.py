@@ -321,6 +321,10 @@ async def _cmd_login(args: argparse.Namespace) -> int:
         text = f"Removed the credentials for {host} from {path}"
     else:
         user, password = await anyio.to_thread.run_sync(_login_inputs, args)
+        auth.check_user(host, user)
+        from castar.engine.registry.client import check_credentials  # httpx: registry work only
+
+        await check_credentials(host, user, password)  # as Docker: nothing saved unless accepted
         path = await anyio.to_thread.run_sync(auth.login, host, user, password)
         text = f"Credentials for {host} saved in {path}"
     if args.json:

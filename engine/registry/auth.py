@@ -124,10 +124,15 @@ def _write(path: Path, config: dict[str, Any]) -> None:
             raise
 
 
-def login(host: str, user: str, password: str) -> Path:
-    """Record ``user``/``password`` for ``host`` in ``auth_file()`` (mode 0600); return it."""
+def check_user(host: str, user: str) -> None:
+    """A user name basic auth can carry: not empty, no ``:``."""
     if not user or ":" in user:
         raise InvalidArgument(f"login {host}: user name {user!r} is empty or holds ':'")
+
+
+def login(host: str, user: str, password: str) -> Path:
+    """Record ``user``/``password`` for ``host`` in ``auth_file()`` (mode 0600); return it."""
+    check_user(host, user)
     path = auth_file()
     config = _load(path)
     auths = config.setdefault("auths", {})

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     Body = bytes | AsyncIterable[bytes] | None
 
-__all__ = ["Registry", "parse_ref"]
+__all__ = ["Registry", "check_credentials", "parse_ref"]
 
 
 class _Options(TypedDict, total=False):
@@ -195,7 +195,7 @@ class Registry:
         realm = fields.get("realm")
         if not realm:
             raise InvalidArgument(f"{url}: bearer challenge without a realm")
-        params = {"scope": f"repository:{repo}:{scope}"}
+        params = {"scope": f"repository:{repo}:{scope}"} if repo else {}  # "": login's check
         if "service" in fields:
             params["service"] = fields["service"]
         resp = await self._client.get(realm, params=params, auth=basic or httpx.USE_CLIENT_DEFAULT)
@@ -209,3 +209,12 @@ class Registry:
         if not isinstance(token, str) or not token:
             raise InvalidArgument(f"GET {realm}: no token in the answer")
         self._auth[(repo, scope)] = f"Bearer {token}"
+
+
+async def check_credentials(host: str, user: str, password: str) -> None:
+    """Docker's login check: ``GET /v2/`` with the credentials (a token for no scope), else raise.
+
+    A registry without authentication answers 200 to anyone: the check passes.
+    """
+    async with Registry(host, credentials=lambda _host: (user, password)) as registry:
+        await registry.request("GET", "", "/v2/")

@@ -185,22 +185,52 @@ def test_login_refuses_a_bad_user() -> None:
         assert "s3cret" not in str(info.value)
 
 
-def test_cli_login_and_logout(home: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_cli_login_and_logout(
+    home: Path, auth_registry, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
     path = home / ".docker/config.json"
-    monkeypatch.setattr(sys, "stdin", io.StringIO("s3cret\n"))
-    assert main(["login", "https://127.0.0.1:5000/", "-u", "castar", "--password-stdin"]) == 0
+    host = auth_registry.host
+    user, password = auth_registry.credentials
+    monkeypatch.setattr(sys, "stdin", io.StringIO(password + "\n"))
+    assert main(["login", f"http://{host}/", "-u", user, "--password-stdin"]) == 0
     out, err = capsys.readouterr()
-    assert out == f"Credentials for 127.0.0.1:5000 saved in {path}\n"
-    assert "s3cret" not in out + err
+    assert out == f"Credentials for {host} saved in {path}\n"
+    assert password not in out + err
     assert mode(path) == 0o600
-    assert auth.credentials_for("127.0.0.1:5000") == ("castar", "s3cret")
+    assert auth.credentials_for(host) == (user, password)
     assert not (home / ".local").exists()  # no store was opened
 
-    assert main(["logout", "127.0.0.1:5000", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"registry": "127.0.0.1:5000", "file": str(path)}
-    assert auth.credentials_for("127.0.0.1:5000") is None
-    assert main(["logout", "127.0.0.1:5000"]) == 3
+    assert main(["logout", host, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"registry": host, "file": str(path)}
+    assert auth.credentials_for(host) is None
+    assert main(["logout", host]) == 3
     assert "no credentials" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["basic", "bearer"])
+def test_cli_login_checks_the_credentials_with_the_registry_first(
+    kind: str, home: Path, auth_registry, token_registry, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    # As docker login: the registry must accept them (GET /v2/), else exit 7 and nothing saved.
+    server = auth_registry if kind == "basic" else token_registry[0]
+    user, password = server.credentials
+    monkeypatch.setattr(sys, "stdin", io.StringIO("wrong-" + password))
+    assert main(["login", server.host, "-u", user, "--password-stdin"]) == 7
+    out, err = capsys.readouterr()
+    assert err.startswith("castar: error: ")
+    assert "wrong-" not in out + err
+    assert not (home / ".docker").exists()
+    monkeypatch.setattr(sys, "stdin", io.StringIO(password))
+    assert main(["login", server.host, "-u", user, "--password-stdin"]) == 0
+    assert auth.credentials_for(server.host) == (user, password)
+
+
+def test_cli_login_to_a_registry_without_auth_saves_the_credentials(
+    registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("anything"))
+    assert main(["login", registry.host, "-u", "me", "--password-stdin"]) == 0
+    assert auth.credentials_for(registry.host) == ("me", "anything")
 
 
 def test_cli_login_without_a_terminal_needs_its_inputs(
@@ -224,11 +254,13 @@ def test_cli_login_to_a_real_registry(auth_registry, monkeypatch: pytest.MonkeyP
         assert response.status == 200
 
 
-def test_cli_never_shows_the_password(home: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_cli_never_shows_the_password(
+    home: Path, registry, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
     home.mkdir()
     (home / ".docker").write_text("a file where the folder should be")
     for argv in (
-        ["--debug", "login", "h.example", "-u", "me", "--password-stdin"],  # cannot write
+        ["--debug", "login", registry.host, "-u", "me", "--password-stdin"],  # cannot write
         ["--debug", "login", "h.example", "-u", "a:b", "--password-stdin"],  # bad user
     ):
         monkeypatch.setattr(sys, "stdin", io.StringIO("s3cret\n"))
