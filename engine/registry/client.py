@@ -26,6 +26,7 @@ __all__ = ["Registry", "check_credentials", "parse_ref"]
 
 class _Options(TypedDict, total=False):
     scope: str  # the token scope: pull, or push,pull
+    mount: str | None  # a repository of the registry also read (a mount's source)
     headers: Mapping[str, str] | None
     content: Body
     params: Mapping[str, str] | None
@@ -75,7 +76,7 @@ class Registry:
         self._client = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=jobs + 2), timeout=httpx.Timeout(60.0)
         )
-        self._auth: dict[tuple[str, str], str] = {}  # (repo, scope) -> Authorization
+        self._auth: dict[tuple[str, ...], str] = {}  # token scopes -> Authorization
         self._basic: str | None = None  # basic credentials answer every repository
         self._auth_lock = anyio.Lock()  # concurrent 401s fetch one token, not one each
 
@@ -119,6 +120,7 @@ class Registry:
         path: str,
         *,
         scope: str = "pull",
+        mount: str | None = None,
         headers: Mapping[str, str] | None = None,
         content: Body = None,
         params: Mapping[str, str] | None = None,
@@ -126,6 +128,9 @@ class Registry:
     ) -> AsyncIterator[httpx.Response]:
         """Like :meth:`request`, the body left to stream (``aiter_bytes``)."""
         url = self.url(repo, path)
+        scopes: tuple[str, ...] = (f"repository:{repo}:{scope}",) if repo else ()  # "": login
+        if mount is not None:  # a mount needs pull on its source too, in the same token
+            scopes += (f"repository:{mount}:pull",)
         # A body that is not bytes can be sent once: no retry, no auth replay.
         replayable = content is None or isinstance(content, bytes)
         authed = False
@@ -133,7 +138,7 @@ class Registry:
         while True:
             tries += 1
             hdrs = dict(headers or {})
-            token = self._auth.get((repo, scope), self._basic)
+            token = self._auth.get(scopes, self._basic)
             if token is not None:
                 hdrs["Authorization"] = token
             req = self._client.build_request(
@@ -152,8 +157,8 @@ class Registry:
                     challenge = resp.headers.get("WWW-Authenticate", "")
                     await resp.aclose()
                     async with self._auth_lock:  # unless another task renewed it meanwhile
-                        if self._auth.get((repo, scope), self._basic) == token:
-                            await self._authenticate(repo, scope, challenge, url)
+                        if self._auth.get(scopes, self._basic) == token:
+                            await self._authenticate(scopes, challenge, url)
                     authed = True
                     tries -= 1
                     continue
@@ -176,7 +181,7 @@ class Registry:
             return min(float(retry_after), _MAX_WAIT)
         return _BACKOFF * (1 << (tries - 1)) * (0.5 + random.random())
 
-    async def _authenticate(self, repo: str, scope: str, challenge: str, url: str) -> None:
+    async def _authenticate(self, scopes: tuple[str, ...], challenge: str, url: str) -> None:
         """Answer a 401 ``challenge``: basic credentials, or a bearer token for the scope."""
         kind, _, rest = challenge.partition(" ")
         creds = None
@@ -195,9 +200,9 @@ class Registry:
         realm = fields.get("realm")
         if not realm:
             raise InvalidArgument(f"{url}: bearer challenge without a realm")
-        params = {"scope": f"repository:{repo}:{scope}"} if repo else {}  # "": login's check
+        params = httpx.QueryParams([("scope", scope) for scope in scopes])
         if "service" in fields:
-            params["service"] = fields["service"]
+            params = params.add("service", fields["service"])
         resp = await self._client.get(realm, params=params, auth=basic or httpx.USE_CLIENT_DEFAULT)
         if resp.status_code != 200:
             raise_for("GET", realm, resp.status_code, resp.content)
@@ -208,7 +213,7 @@ class Registry:
             token = None
         if not isinstance(token, str) or not token:
             raise InvalidArgument(f"GET {realm}: no token in the answer")
-        self._auth[(repo, scope)] = f"Bearer {token}"
+        self._auth[scopes] = f"Bearer {token}"
 
 
 async def check_credentials(host: str, user: str, password: str) -> None:

@@ -353,7 +353,7 @@ async def _send_blob(
         return "skipped"
     params = None if source is None else {"mount": str(desc.digest), "from": source}
     started = await registry.request(
-        "POST", repo, "blobs/uploads/", scope=_SCOPE, params=params, ok=(201, 202)
+        "POST", repo, "blobs/uploads/", scope=_SCOPE, mount=source, params=params, ok=(201, 202)
     )
     if started.status_code == 201:
         return "mounted"

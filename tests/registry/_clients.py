@@ -13,8 +13,8 @@ if TYPE_CHECKING:
 class Recording(Registry):
     """``calls`` holds each request's (method, path), ``headers`` its headers, in order."""
 
-    def __init__(self, host: str) -> None:
-        super().__init__(host)
+    def __init__(self, host: str, **kw: Any) -> None:
+        super().__init__(host, **kw)
         self.calls: list[tuple[str, str]] = []
         self.headers: list[dict[str, str]] = []
 

@@ -169,13 +169,15 @@ class TokenServer:
     service: str = "castar-registry"
     issuer: str = "castar-tests"
     scopes: list[str] = field(default_factory=list)  # every scope asked for, in order
+    requests: list[list[str]] = field(default_factory=list)  # the scopes of each token asked
 
-    def token(self, authorization: str | None, scope: str) -> str | None:
-        """A signed token for ``scope``, or None when the credentials are wrong."""
+    def token(self, authorization: str | None, scopes: list[str]) -> str | None:
+        """A signed token for ``scopes``, or None when the credentials are wrong."""
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import ec, utils
 
-        self.scopes.append(scope)
+        self.scopes += scopes
+        self.requests.append(scopes)
         user = None
         if authorization:
             basic = base64.b64decode(authorization.removeprefix("Basic ")).decode()
@@ -183,7 +185,7 @@ class TokenServer:
                 return None
             user = USER
         access = []
-        if scope:
+        for scope in scopes:
             kind, name, actions = scope.rsplit(":", 2)
             granted = actions.split(",") if user else ["pull"]
             access.append({"type": kind, "name": name, "actions": granted})
@@ -254,7 +256,7 @@ def token_registry(
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
-            token = signer.token(self.headers.get("Authorization"), query.get("scope", [""])[0])
+            token = signer.token(self.headers.get("Authorization"), query.get("scope", []))
             body = json.dumps({"token": token, "access_token": token, "expires_in": 300})
             self.send_response(401 if token is None else 200)
             self.send_header("Content-Type", "application/json")

@@ -253,6 +253,30 @@ async def test_blobs_from_another_repository_of_the_registry_are_mounted(
     assert await _raw(registry.host, f"{dst}:1") == stored
 
 
+async def test_a_mount_behind_bearer_tokens_asks_pull_on_its_source_in_the_same_token(
+    store: Root, small_image: Image, token_registry: Any, anyio_backend: str
+) -> None:
+    # distribution mounts only when the token grants pull on `from`; else it answers 202 and
+    # the blob is uploaded again.
+    server, tokens = token_registry
+    src, dst = f"mount-token-{anyio_backend}/src", f"mount-token-{anyio_backend}/dst"
+    creds = server.credentials
+    async with Counting(server.host, credentials=lambda _host: creds) as client:
+        first = await _push(
+            store, small_image.name, f"{server.host}/{src}:1", client, "linux/amd64"
+        )
+        blobs = [d for d in first.pushed if not oci.is_manifest(d.media_type)]
+        for d in blobs:
+            await store.content.update_labels(d.digest, {SOURCE_LABEL + server.host: src})
+        client.calls.clear()
+        second = await _push(
+            store, small_image.name, f"{server.host}/{dst}:1", client, "linux/amd64"
+        )
+    assert {d.digest for d in second.mounted} == {d.digest for d in blobs}
+    assert not any(m == "PUT" and "uploads" in p for m, p in client.calls)
+    assert [f"repository:{dst}:pull,push", f"repository:{src}:pull"] in tokens.requests
+
+
 async def test_several_platforms_push_a_new_index_of_them(
     store: Root, small_image: Image, registry: Any, anyio_backend: str
 ) -> None:
