@@ -66,7 +66,10 @@ def test_save_cut_short_by_its_reader_fails_and_a_cut_listing_succeeds(work: Pat
             )  # fmt: skip
         with os.fdopen(read, "rb") as reader:
             reader.read(40 if argv == ["images"] else 1000)
-        _, err = proc.communicate(timeout=120)
+        try:
+            _, err = proc.communicate(timeout=120)
+        finally:
+            proc.kill()  # a save that hangs must not outlive the test (and spin on)
         assert proc.returncode == code, err
         if code:
             (line,) = err.strip().splitlines()

@@ -59,8 +59,10 @@ def write_all(fd: int, data: Buffer, kind: str) -> None:
     while view:
         room = _pipe_room(fd) if kind == "pipe" else None
         if room == 0:
+            # A full pipe whose reader left stays full and selects writable: write anyway,
+            # at most what a writable pipe takes without blocking, so EPIPE can say so.
             wait_writable(fd)
-            continue
+            room = select.PIPE_BUF
         try:
             n = os.write(fd, view if room is None else view[:room])
         except BlockingIOError:

@@ -695,3 +695,34 @@ async def test_without_o_tmpfile_stale_temps_of_dead_writers_go(
     await exporter.save(store, [NAME], tmp_path / "out.tar", exporter.SaveOptions())
     assert not stale.exists()
     assert live.read_bytes() == b"being written"
+
+
+def test_writing_into_a_full_pipe_whose_reader_left_fails_at_once() -> None:
+    # A full pipe keeps its bytes after the reader closes and selects writable: write_all
+    # once looped on it for ever (a `castar save | head -c 1000` that never ended).
+    from castar.engine.save.sinks import write_all
+
+    read, write = os.pipe()
+    try:
+        os.set_blocking(write, False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(write, b"\0" * 65536)
+        os.set_blocking(write, True)
+        os.close(read)
+        outcome: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                write_all(write, b"archive bytes", "pipe")
+            except BaseException as exc:  # handed to the test thread
+                outcome.append(exc)
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        worker.join(60)  # a hang guard only: the fixed code returns at once
+        assert not worker.is_alive(), "write_all spins on a full pipe with no reader"
+        assert len(outcome) == 1
+        assert isinstance(outcome[0], BrokenPipeError)
+    finally:
+        os.close(write)
