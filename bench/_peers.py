@@ -1,9 +1,12 @@
-"""Peer tools for the harness: which are installed, their versions, and a private containerd.
+"""Peer tools for the harness: which are installed, their versions, a private containerd
+and a private registry.
 
 Owns ``Containerd``: a containerd daemon of the harness's own (CRI plugin disabled,
 private root, state dir and unix socket under a temp dir) that ``ctr --address SOCK``
 talks to, restarted on a fresh root when a case needs an empty store, and stopped at
-the end. Imports no castar.
+the end; and ``DockerRegistry``: Debian's ``docker-registry`` (distribution) on
+127.0.0.1 with filesystem storage under a temp dir, restarted empty for every push run.
+Imports no castar.
 """
 
 from __future__ import annotations
@@ -12,11 +15,15 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 PEERS = ("skopeo", "ctr", "umoci")
+REGISTRY = "/usr/bin/docker-registry"
 
 
 def which(tool: str) -> str | None:
@@ -162,6 +169,97 @@ class Containerd:
         except OSError:
             pass
         return 0
+
+
+_REGISTRY_CONFIG = """\
+version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: {data}
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: {host}
+"""
+
+
+class DockerRegistry:
+    """A private ``docker-registry`` (distribution 2.8) on 127.0.0.1, storage under ``base``.
+
+    The port is picked once, so commands built before the first start stay valid over
+    restarts. ``state`` says what the registry holds ("" when empty or unknown), so the
+    pull cases push their image once and the push cases start from an empty registry.
+    """
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.host = f"127.0.0.1:{s.getsockname()[1]}"
+        self.log = base / "registry.log"
+        self.state = ""
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The registry's ``http://`` base."""
+        return f"http://{self.host}"
+
+    def start(self, *, fresh: bool = True) -> None:
+        """(Re)start the registry; ``fresh`` wipes its storage first."""
+        self.stop()
+        data = self.base / "data"
+        if fresh:
+            shutil.rmtree(data, ignore_errors=True)
+            self.state = ""
+        self.base.mkdir(parents=True, exist_ok=True)
+        config = self.base / "config.yml"
+        config.write_text(_REGISTRY_CONFIG.format(data=data, host=self.host))
+        with open(self.log, "ab") as log:
+            self._proc = subprocess.Popen(
+                [REGISTRY, "serve", str(config)],
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"docker-registry exited at start; see {self.log}")
+            if self._answers():
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"docker-registry did not answer on {self.host} in 30 s")
+
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + "/v2/", timeout=1):
+                return True
+        except urllib.error.HTTPError as e:
+            e.close()
+            return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """Stop the registry if it runs (SIGTERM, then SIGKILL after 10 s)."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def ensure_dir_gone(path: Path) -> None:

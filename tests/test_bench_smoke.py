@@ -15,10 +15,12 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # bench/ is not part of the wheel: import it from the checkout
     sys.path.insert(0, str(REPO))
 
-from bench import _cases, _report, _workload  # noqa: E402
+from bench import _cases, _peers, _report, _workload  # noqa: E402
 from bench.harness import Result, Run  # noqa: E402
 
 CASTAR_CASES = set(_cases.CASE_IDS) - set(_cases.NOT_CASTAR_ONLY)
+if not Path(_peers.REGISTRY).exists():  # the pull and push cases need the real registry
+    CASTAR_CASES -= set(_cases.REGISTRY_CASES)
 START_CASES = {"start-version", "start-help", "start-images"}  # timed, no bytes
 
 
@@ -72,6 +74,9 @@ def test_tiny_preset_castar_only_times_every_case_and_writes_json(tmp_path: Path
         by_case["save-one"]["bytes"] < by_case["save-two"]["bytes"] < by_case["save-file"]["bytes"]
     )
     assert by_case["small-load"]["bytes"] < 400_000 < by_case["alpine-load"]["bytes"]
+    if "push-16" in by_case:  # every blob of the image, also when one platform moves
+        assert by_case["pull"]["bytes"] == by_case["pull-one"]["bytes"] == by_case["push"]["bytes"]
+        assert "in every push: uploaded 1x" in by_case["push-16"]["note"]
     assert "| load-file | castar |" in proc.stdout  # the Markdown table on stdout
     # castar runs as installed programs do: with bytecode caches, kept out of the source tree
     assert list((tmp_path / "work" / "pycache").rglob("castar/_cli*.pyc")), "no bytecode cache"
@@ -176,6 +181,36 @@ def test_time_goals_compare_seconds_and_the_large_preset_has_its_own_targets() -
     assert "| start-version | castar | castar | - | - | ±0% |  | 50 | <= 2x: missed;" in table
     goals = _report.goals_table(list(medium.values()))
     assert "| castar --version <= 2 x python -c pass | <= 2x | 2.50x | missed |" in goals
+
+
+def test_registry_goals_take_the_lower_bound_and_push_16_checks_itself() -> None:
+    results = [
+        _result("pull", "castar", 1.0),
+        _result("pull", "curl", 0.5),  # 2,000 MB/s
+        _result("pull", "dd", 1.25),  # 800 MB/s: the lower bound; castar 1.25x of it
+        _result("pull-one", "castar", 0.1),  # 10x the full pull: met
+        _result("push", "castar", 2.0),
+        _result("push", "curl", 1.0),  # castar at 0.5x curl's upload: missed
+        _result("push-16", "castar", 1.0),
+    ]
+    goals = {g["id"]: g for g in _report.evaluate(results, "tiny")}
+    assert goals["pull-vs-bound"]["tool"] == "dd"
+    assert goals["pull-vs-bound"]["ratio"] == pytest.approx(1.25)
+    assert goals["pull-vs-bound"]["status"] == "met"
+    assert goals["push-vs-curl"]["status"] == "missed"
+    assert goals["pull-one-vs-pull"]["ratio"] == pytest.approx(10)
+    assert goals["push-16-once"]["status"] == "met"
+    assert goals["pull-vs-skopeo"]["status"] == "not measured"
+    table = _report.table(results, list(goals.values()))
+    assert "| pull | dd | dd | 800 | 800 | ±0% | 1.25x | 50 | >= 0.8x: met |" in table
+    assert "| push-16 | castar | castar | 1,000 | 1,000 | ±0% | 1.00x | 50 | met;" in table
+    without_dd = {g["id"]: g for g in _report.evaluate(results[:2], "tiny")}
+    assert without_dd["pull-vs-bound"]["status"] == "not measured"  # both bounds or none
+    failed = [*results[:-1], _result("push-16", "castar", 1.0, rc=1)]  # a blob went up twice
+    assert {g["id"]: g for g in _report.evaluate(failed)}["push-16-once"]["status"] == "missed"
+    assert {g["id"]: g for g in _report.evaluate(results[:-1])}["push-16-once"]["status"] == (
+        "not measured"
+    )
 
 
 def test_a_failed_peer_is_not_measured_and_shows_as_failed() -> None:
