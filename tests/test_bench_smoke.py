@@ -279,3 +279,26 @@ def test_plot_draws_a_png_or_says_matplotlib_is_missing(tmp_path: Path) -> None:
     else:
         assert why == ""
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(not Path(_peers.REGISTRY).exists(), reason="needs docker-registry")
+def test_bench_http_moves_the_blob_both_ways_with_each_installed_client() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.bench_http", "--mib", "1", "--rounds", "2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for client in ("httpx", "httpx2"):
+        if importlib.util.find_spec(client) is None:
+            assert f"- {client} is not installed: not measured" in proc.stdout
+            continue
+        for backend in ("asyncio", "trio"):
+            for direction in ("GET", "PUT"):
+                row = f"| {client} | {backend} | {direction} | "
+                (line,) = [x for x in proc.stdout.splitlines() if x.startswith(row)]
+                assert len(line.split("|")[5].split(" / ")) == 2  # every round's MB/s
+        assert f"| {client} | " in proc.stdout.split("import + first AsyncClient()")[1]
