@@ -796,7 +796,9 @@ def _registry_cases(
             if reg.state != "image":
                 reg.start(fresh=True)
                 saved_ready()
-                subprocess.run([*shlex.split(push), IMAGE, ref], check=True)
+                subprocess.run(
+                    [*shlex.split(push), IMAGE, ref], check=True, stdout=subprocess.DEVNULL
+                )
                 reg.state = "image"
             for p in gone:
                 ensure_dir_gone(p)
