@@ -163,9 +163,9 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
             shared = _workload.archive(_workload.shared_base(workload), work / "archives")
     try:
         cases = _cases.build(arch, workload, scratch, opts, ctrd, small, reg, shared)
-        warm = _cases.warmup(small["small"], scratch / "warm")
+        warmups = _cases.warmup(small["small"], scratch / "warm")
         results = harness.run_cases(
-            cases, runs, scratch, log=_log, timeout=args.timeout, warmup=warm
+            cases, runs, scratch, log=_log, timeout=args.timeout, warmup=warmups
         )
         start = harness.start_time(scratch)
     finally:

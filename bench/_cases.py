@@ -805,6 +805,9 @@ def _registry_cases(
 
         return setup
 
+    def forget() -> None:  # after a push case, what the registry holds is unknown
+        reg.state = ""
+
     def empty(*then: Callable[[], None]) -> Callable[[], None]:
         def setup() -> None:
             for f in then:
@@ -835,123 +838,72 @@ def _registry_cases(
     curl = not opts.castar_only and shutil.which("curl") is not None
     base = not opts.castar_only
 
-    c = Case("pull", "pull all platforms from the registry (loopback)", nbytes)
-    cases.append(c)
-    c.entries.append(
-        Entry(
-            "castar",
-            "castar",
-            "castar pull --all-platforms",
-            f"{pull} --all-platforms {ref}",
-            holds_image(store),
-        )
-    )
-    if curl:
-        c.entries.append(
-            Entry(
+    layout = shlex.quote(str(arch.layout))
+    one_of = f"{skopeo} --override-os {os_} --override-arch {arch_}"
+    dd = f"dd if=/dev/zero of={d} bs=1M count={math.ceil(nbytes / MIB)} conv=fsync status=none"
+    pulled, pushed, into = holds_image(dest), empty(), holds_image(store)
+    rows: dict[tuple[str, str], list[tuple[str, str, str, Callable[[], None]]]] = {
+        ("pull", "pull all platforms from the registry (loopback)"): [
+            ("castar", "castar pull --all-platforms", f"{pull} --all-platforms {ref}", into),
+            (
                 "curl",
-                "baseline",
                 "curl GET of every blob to a file (one connection)",
                 f"mkdir -p {d} && curl -sSf -K {shlex.quote(str(get_cfg))}",
-                holds_image(dest),
-            )
-        )
-    if base:
-        c.entries.append(
-            Entry(
-                "dd",
-                "baseline",
-                "dd bs=1M conv=fsync of the case's bytes (the durable limit)",
-                f"dd if=/dev/zero of={d} bs=1M count={math.ceil(nbytes / MIB)} conv=fsync "
-                "status=none",
-                _fresh(dest),
-            )
-        )
-    if peer["skopeo"]:
-        c.entries.append(
-            Entry(
+                pulled,
+            ),
+            ("dd", "dd bs=1M conv=fsync of the case's bytes (the durable limit)", dd, _fresh(dest)),
+            (
                 "skopeo",
-                "peer",
                 "skopeo copy --all docker:// oci:",
                 f"{skopeo} --all --src-tls-verify=false docker://{ref} oci:{d}:x",
-                holds_image(dest),
-            )
-        )
-
-    c = Case("pull-one", f"pull one platform ({one}) of {len(arch.image.platforms)}", nbytes)
-    cases.append(c)
-    c.entries.append(
-        Entry(
-            "castar",
-            "castar",
-            f"castar pull --platform {one}",
-            f"{pull} --platform {one} {ref}",
-            holds_image(store),
-        )
-    )
-    if peer["skopeo"]:
-        c.entries.append(
-            Entry(
+                pulled,
+            ),
+        ],
+        ("pull-one", f"pull one platform ({one}) of {len(arch.image.platforms)}"): [
+            ("castar", f"castar pull --platform {one}", f"{pull} --platform {one} {ref}", into),
+            (
                 "skopeo",
-                "peer",
                 f"skopeo copy --override-arch {arch_} docker:// oci:",
-                f"{skopeo} --override-os {os_} --override-arch {arch_} --src-tls-verify=false "
-                f"docker://{ref} oci:{d}:x",
-                holds_image(dest),
-            )
-        )
-
-    layout = shlex.quote(str(arch.layout))
-    c = Case("push", "push all platforms to an empty registry (loopback)", nbytes)
-    c.cleanup = lambda: setattr(reg, "state", "")  # what the registry holds is unknown now
-    cases.append(c)
-    c.entries.append(
-        Entry("castar", "castar", "castar push", f"{push} {IMAGE} {ref}", empty(saved_ready))
-    )
-    if curl:
-        c.entries.append(
-            Entry(
+                f"{one_of} --src-tls-verify=false docker://{ref} oci:{d}:x",
+                pulled,
+            ),
+        ],
+        ("push", "push all platforms to an empty registry (loopback)"): [
+            ("castar", "castar push", f"{push} {IMAGE} {ref}", empty(saved_ready)),
+            (
                 "curl",
-                "baseline",
                 "curl POST + PUT --data-binary of every blob (manifests aside)",
                 f"bash {shlex.quote(str(put_sh))}",
-                empty(),
-            )
-        )
-    if peer["skopeo"]:
-        c.entries.append(
-            Entry(
+                pushed,
+            ),
+            (
                 "skopeo",
-                "peer",
                 "skopeo copy --all oci: docker://",
                 f"{skopeo} --all --dest-tls-verify=false oci:{layout} docker://{ref}",
-                empty(),
-            )
-        )
-
-    c = Case("push-one", f"push one platform ({one}) to an empty registry", nbytes)
-    c.cleanup = lambda: setattr(reg, "state", "")
-    cases.append(c)
-    c.entries.append(
-        Entry(
-            "castar",
-            "castar",
-            f"castar push --platform {one}",
-            f"{push} --platform {one} {IMAGE} {ref}",
-            empty(saved_ready),
-        )
-    )
-    if peer["skopeo"]:
-        c.entries.append(
-            Entry(
+                pushed,
+            ),
+        ],
+        ("push-one", f"push one platform ({one}) to an empty registry"): [
+            (
+                "castar",
+                f"castar push --platform {one}",
+                f"{push} --platform {one} {IMAGE} {ref}",
+                empty(saved_ready),
+            ),
+            (
                 "skopeo",
-                "peer",
                 f"skopeo copy --override-arch {arch_} oci: docker://",
-                f"{skopeo} --override-os {os_} --override-arch {arch_} --dest-tls-verify=false "
-                f"oci:{layout} docker://{ref}",
-                empty(),
-            )
-        )
+                f"{one_of} --dest-tls-verify=false oci:{layout} docker://{ref}",
+                pushed,
+            ),
+        ],
+    }
+    use = {"castar": True, "curl": curl, "dd": base, "skopeo": peer["skopeo"]}
+    kinds = {"castar": "castar", "curl": "baseline", "dd": "baseline", "skopeo": "peer"}
+    for (cid, title), entries in rows.items():
+        c = Case(cid, title, nbytes, cleanup=forget if cid.startswith("push") else None)
+        c.entries += [Entry(t, kinds[t], what, cmd, up) for t, what, cmd, up in entries if use[t]]
+        cases.append(c)
 
     if shared is None:  # not asked for: its archive is not written
         return cases
@@ -961,7 +913,7 @@ def _registry_cases(
         "16 concurrent one-platform pushes sharing a base layer (one process, one client)",
         shared[1],
     )
-    c.cleanup = lambda: setattr(reg, "state", "")
+    c.cleanup = forget
     cases.append(c)
     c.entries.append(
         Entry(

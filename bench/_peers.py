@@ -21,6 +21,10 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 PEERS = ("skopeo", "ctr", "umoci")
 REGISTRY = "/usr/bin/docker-registry"
@@ -82,7 +86,44 @@ disabled_plugins = [
 """
 
 
-class Containerd:
+class _Daemon:
+    """A daemon of the harness's own under ``base``, logging to ``log``; ``state`` says
+    what it holds ("" when empty or unknown)."""
+
+    def __init__(self, base: Path, log: str) -> None:
+        self.base = base
+        self.log = base / log
+        self.state = ""
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def _launch(self, argv: list[str], name: str, ready: Callable[[], bool], poll: float) -> None:
+        """Start ``argv`` and wait up to 30 s until ``ready()``; stopped again if never."""
+        with open(self.log, "ab") as log:
+            self._proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"{name} exited at start; see {self.log}")
+            if ready():
+                return
+            time.sleep(poll)
+        self.stop()
+        raise RuntimeError(f"{name} did not answer in 30 s; see {self.log}")
+
+    def stop(self) -> None:
+        """Stop the daemon if it runs (SIGTERM, then SIGKILL after 10 s)."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Containerd(_Daemon):
     """A private containerd daemon under ``base`` (root, state, socket, log).
 
     ``state`` says what the store holds ("" when empty or unknown) so cases can
@@ -90,11 +131,8 @@ class Containerd:
     """
 
     def __init__(self, base: Path) -> None:
-        self.base = base
+        super().__init__(base, "containerd.log")
         self.sock = base / "c.sock"  # short: unix socket paths are capped at 108 bytes
-        self.log = base / "containerd.log"
-        self.state = ""
-        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def ctr(self) -> str:
@@ -119,38 +157,13 @@ class Containerd:
         config.write_text(
             _CONFIG.format(root=root, state=state, sock=self.sock, opt=self.base / "opt")
         )
-        with open(self.log, "ab") as log:
-            self._proc = subprocess.Popen(
-                ["containerd", "--config", str(config)],
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"containerd exited at start; see {self.log}")
-            if self.sock.exists():
-                ok = subprocess.run(
-                    [*self.ctr.split(), "version"], capture_output=True, timeout=10, check=False
-                )
-                if ok.returncode == 0:
-                    return
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"containerd did not answer on {self.sock} in 30 s; see {self.log}")
+        self._launch(["containerd", "--config", str(config)], "containerd", self._answers, 0.05)
 
-    def stop(self) -> None:
-        """Stop the daemon if it runs (SIGTERM, then SIGKILL after 10 s)."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    def _answers(self) -> bool:
+        if not self.sock.exists():
+            return False
+        argv = [*self.ctr.split(), "version"]
+        return subprocess.run(argv, capture_output=True, timeout=10, check=False).returncode == 0
 
     def reset_peak(self) -> None:
         """Reset the daemon's peak RSS (VmHWM) so the next reading covers one run."""
@@ -190,7 +203,7 @@ http:
 """
 
 
-class DockerRegistry:
+class DockerRegistry(_Daemon):
     """A private ``docker-registry`` (distribution 2.8) on 127.0.0.1, storage under ``base``.
 
     The port is picked once, so commands built before the first start stay valid over
@@ -199,13 +212,10 @@ class DockerRegistry:
     """
 
     def __init__(self, base: Path) -> None:
-        self.base = base
+        super().__init__(base, "registry.log")
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.host = f"127.0.0.1:{s.getsockname()[1]}"
-        self.log = base / "registry.log"
-        self.state = ""
-        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -222,22 +232,7 @@ class DockerRegistry:
         self.base.mkdir(parents=True, exist_ok=True)
         config = self.base / "config.yml"
         config.write_text(_REGISTRY_CONFIG.format(data=data, host=self.host))
-        with open(self.log, "ab") as log:
-            self._proc = subprocess.Popen(
-                [REGISTRY, "serve", str(config)],
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"docker-registry exited at start; see {self.log}")
-            if self._answers():
-                return
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"docker-registry did not answer on {self.host} in 30 s")
+        self._launch([REGISTRY, "serve", str(config)], "docker-registry", self._answers, 0.02)
 
     def _answers(self) -> bool:
         try:
@@ -248,18 +243,6 @@ class DockerRegistry:
             return True
         except OSError:
             return False
-
-    def stop(self) -> None:
-        """Stop the registry if it runs (SIGTERM, then SIGKILL after 10 s)."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def ensure_dir_gone(path: Path) -> None:

@@ -24,28 +24,22 @@ if not Path(_peers.REGISTRY).exists():  # the pull and push cases need the real 
 START_CASES = {"start-version", "start-help", "start-images"}  # timed, no bytes
 
 
-def _bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _python(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "--preset",
-            "tiny",
-            "--castar-only",
-            "--runs",
-            "1",
-            "--workdir",
-            str(tmp_path / "work"),
-            "--json",
-            str(tmp_path / "out.json"),
-            *args,
-        ],
+        [sys.executable, *args],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         check=False,
+    )
+
+
+def _bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    work, out = str(tmp_path / "work"), str(tmp_path / "out.json")
+    return _python(
+        *("-m", "bench", "--preset", "tiny", "--castar-only", "--runs", "1"),
+        *("--workdir", work, "--json", out, *args),
     )
 
 
@@ -194,13 +188,18 @@ def test_registry_goals_take_the_lower_bound_and_push_16_checks_itself() -> None
         _result("push-16", "castar", 1.0),
     ]
     goals = {g["id"]: g for g in _report.evaluate(results, "tiny")}
-    assert goals["pull-vs-bound"]["tool"] == "dd"
-    assert goals["pull-vs-bound"]["ratio"] == pytest.approx(1.25)
-    assert goals["pull-vs-bound"]["status"] == "met"
-    assert goals["push-vs-curl"]["status"] == "missed"
+    assert (goals["pull-vs-bound"]["tool"], goals["pull-vs-bound"]["ratio"]) == (
+        "dd",
+        pytest.approx(1.25),
+    )
     assert goals["pull-one-vs-pull"]["ratio"] == pytest.approx(10)
-    assert goals["push-16-once"]["status"] == "met"
-    assert goals["pull-vs-skopeo"]["status"] == "not measured"
+    wanted = {
+        "pull-vs-bound": "met",
+        "push-vs-curl": "missed",
+        "push-16-once": "met",
+        "pull-vs-skopeo": "not measured",
+    }
+    assert {k: goals[k]["status"] for k in wanted} == wanted
     table = _report.table(results, list(goals.values()))
     assert "| pull | dd | dd | 800 | 800 | ±0% | 1.25x | 50 | >= 0.8x: met |" in table
     assert "| push-16 | castar | castar | 1,000 | 1,000 | ±0% | 1.00x | 50 | met;" in table
@@ -253,14 +252,7 @@ def test_report_reprints_a_saved_run_without_running_anything(tmp_path: Path) ->
     }
     saved = tmp_path / "run.json"
     saved.write_text(json.dumps(doc))
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--report", str(saved), "--workdir", str(tmp_path / "w")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    proc = _python("-m", "bench", "--report", str(saved), "--workdir", str(tmp_path / "w"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "preset `large`, 2026-01-02 03:04 UTC" in proc.stdout
     assert "| load-file | ctr | ctr | 83 | 83 | ±0% | 12.00x | 50 | >= 10x: met |" in proc.stdout
@@ -283,14 +275,7 @@ def test_plot_draws_a_png_or_says_matplotlib_is_missing(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not Path(_peers.REGISTRY).exists(), reason="needs docker-registry")
 def test_bench_http_moves_the_blob_both_ways_with_each_installed_client() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.bench_http", "--mib", "1", "--rounds", "2"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    proc = _python("-m", "bench.bench_http", "--mib", "1", "--rounds", "2")
     assert proc.returncode == 0, proc.stderr[-2000:]
     for client in ("httpx", "httpx2"):
         if importlib.util.find_spec(client) is None:
