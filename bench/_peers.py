@@ -12,14 +12,13 @@ Imports no castar.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -235,14 +234,16 @@ class DockerRegistry(_Daemon):
         self._launch([REGISTRY, "serve", str(config)], "docker-registry", self._answers, 0.02)
 
     def _answers(self) -> bool:
+        """Whether ``GET /v2/`` gets any HTTP answer (a 401 too)."""
+        conn = http.client.HTTPConnection(self.host, timeout=1)
         try:
-            with urllib.request.urlopen(self.url + "/v2/", timeout=1):
-                return True
-        except urllib.error.HTTPError as e:
-            e.close()
+            conn.request("GET", "/v2/")
+            conn.getresponse().close()
             return True
         except OSError:
             return False
+        finally:
+            conn.close()
 
 
 def ensure_dir_gone(path: Path) -> None:
