@@ -155,17 +155,25 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
     ctrd = None
     if not opts.castar_only and "ctr" in opts.peers and _peers.which("ctr"):
         ctrd = _peers.Containerd(Path(tempfile.mkdtemp(prefix="castar-ctrd-")))
+    reg, shared = None, None
+    wanted = set(opts.cases or _cases.CASE_IDS)
+    if wanted & set(_cases.REGISTRY_CASES) and Path(_peers.REGISTRY).exists():
+        reg = _peers.DockerRegistry(scratch / "registry")  # its storage in the run's temp dir
+        if "push-16" in wanted:
+            shared = _workload.archive(_workload.shared_base(workload), work / "archives")
     try:
-        cases = _cases.build(arch, workload, scratch, opts, ctrd, small)
-        warm = _cases.warmup(small["small"], scratch / "warm")
+        cases = _cases.build(arch, workload, scratch, opts, ctrd, small, reg, shared)
+        warmups = _cases.warmup(small["small"], scratch / "warm")
         results = harness.run_cases(
-            cases, runs, scratch, log=_log, timeout=args.timeout, warmup=warm
+            cases, runs, scratch, log=_log, timeout=args.timeout, warmup=warmups
         )
         start = harness.start_time(scratch)
     finally:
         if ctrd is not None:
             ctrd.stop()
             shutil.rmtree(ctrd.base, ignore_errors=True)
+        if reg is not None:
+            reg.stop()
         shutil.rmtree(scratch, ignore_errors=True)
 
     tools = {"castar": f"castar (python -m castar --backend {args.backend})"}
@@ -216,6 +224,8 @@ def _print(doc: dict[str, Any], results: list[harness.Result]) -> None:
     for r in results:
         if not r.ok and r.tool != "castar":
             print(f"\n- {r.tool} failed in {r.case}: {r.note}", end="")
+        elif r.ok and r.note:
+            print(f"\n- {r.tool} in {r.case}: {r.note}", end="")
     print()
 
 

@@ -3,10 +3,11 @@
 Owns ``Case`` and ``build``: start-up against the interpreter's and anyio's floors, the
 small archives' load and save (also beside a busy writer), load (file, pipe, tmpfs, one
 and two platforms, gzip and zstd archives), save (file, pipe, two and one platforms, 16
-concurrent) and the round trip, each with the same-work baselines (sha256sum, GNU tar, a
-sync Python copy, ``dd conv=fsync``) and peers (skopeo, containerd's ctr, umoci) that
-apply. Commands are shell strings run under ``bash -c``. Imports only the harness and the
-peer helpers.
+concurrent), the round trip, and pull and push (all platforms, one, 16 concurrent pushes
+sharing a base layer) against the harness's own registry, each with the same-work
+baselines (sha256sum, GNU tar, a sync Python copy, ``dd conv=fsync``, curl moving the
+same blobs) and peers (skopeo, containerd's ctr, umoci) that apply. Commands are shell
+strings run under ``bash -c``. Imports only the harness and the peer helpers.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench._peers import Containerd, ensure_dir_gone
+from bench._peers import REGISTRY, Containerd, DockerRegistry, ensure_dir_gone
 from bench._workload import IMAGE, Archives, Workload
 from bench.harness import Entry
 
@@ -54,6 +55,20 @@ CASE_IDS = (
     "save-one",
     "save-16",
     "roundtrip",
+    "pull",
+    "pull-one",
+    "push",
+    "push-one",
+    "push-16",
+)
+REGISTRY_CASES = ("pull", "pull-one", "push", "push-one", "push-16")
+ACCEPT = ", ".join(
+    (
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    )
 )
 ONE = "linux/arm64"  # the platform one-platform cases select (after amd64 in every preset)
 #: Cases left out by ``--castar-only``: the floors are baselines, and the busy writer's
@@ -144,6 +159,9 @@ def warmup(small: Archives, root: Path) -> list[str]:
         f"{castar} load -q -i {a} && {castar} save -q {IMAGE} -o {r}.tar",
         f"{castar} load -q -i {gz}; {castar} load -q -i {zst}; rm -rf {r} {r}.tar",
         f"{py} -c {shlex.quote(ANYIO_FLOOR)}",
+        # httpx imports its transport (httpcore) when a client is made, not when imported
+        f"{py} -c 'import castar.engine.registry.pull, castar.engine.registry.push, httpx; "
+        "httpx.AsyncClient()'",
     ]
 
 
@@ -171,10 +189,14 @@ def build(
     opts: Options,
     ctrd: Containerd | None,
     small: dict[str, Archives] | None = None,
+    reg: DockerRegistry | None = None,
+    shared: tuple[Path, int] | None = None,
 ) -> list[Case]:
     """Every case for this workload, minus the ones ``opts`` leaves out (noted in skipped).
 
-    ``small`` names the small archives (``_workload.SMALL``) whose cases run too.
+    ``small`` names the small archives (``_workload.SMALL``) whose cases run too; ``reg``
+    the registry of the pull and push cases, ``shared`` push-16's archive (16 platforms
+    sharing a base layer) and the bytes of its blobs.
     """
     py = shlex.quote(sys.executable)
     store, saved_store, out, dest = (
@@ -711,6 +733,13 @@ def build(
             )
         )
 
+    if reg is not None:
+        cases += _registry_cases(arch, work, opts, reg, shared, one, castar, saved_ready, peer)
+    else:
+        opts.skipped.append(
+            {"case": ",".join(REGISTRY_CASES), "tool": "*", "note": f"no {REGISTRY}"}
+        )
+
     _skip_missing(opts)
     if opts.castar_only:
         cases = [c for c in cases if c.id not in NOT_CASTAR_ONLY]
@@ -730,3 +759,176 @@ def _skip_missing(opts: Options) -> None:
             opts.skipped.append(
                 {"case": "*", "tool": p, "note": f"{', '.join(missing)} not installed"}
             )
+
+
+def _registry_cases(
+    arch: Archives,
+    work: Path,
+    opts: Options,
+    reg: DockerRegistry,
+    shared: tuple[Path, int] | None,
+    one: str,
+    castar: str,
+    saved_ready: Callable[[], None],
+    peer: dict[str, bool],
+) -> list[Case]:
+    """pull, pull-one, push, push-one and push-16 against ``reg`` on loopback.
+
+    Every case counts the bytes of every blob of the image (documents included), also
+    when one platform is moved: rates compare as times do. A pull starts from a fresh
+    store and a registry holding the image (pushed once, untimed); a push from the loaded
+    store and an empty registry (restarted on fresh storage before every run).
+    """
+    py = shlex.quote(sys.executable)
+    store, saved_store, dest = work / "store", work / "saved-store", work / "dest"
+    shared_store = work / "shared-store"
+    d = shlex.quote(str(dest))
+    ref = f"{reg.host}/bench/synth:latest"
+    skopeo = "skopeo copy -q"
+    nbytes = sum(b.size for b in arch.image.blobs)
+    os_, arch_ = one.split("/")[:2]
+    pull = f"{castar} --root {shlex.quote(str(store))} pull -q"
+    push = f"{castar} --root {shlex.quote(str(saved_store))} push -q"
+    cases: list[Case] = []
+
+    def holds_image(*gone: Path) -> Callable[[], None]:
+        def setup() -> None:
+            if reg.state != "image":
+                reg.start(fresh=True)
+                saved_ready()
+                subprocess.run(
+                    [*shlex.split(push), IMAGE, ref], check=True, stdout=subprocess.DEVNULL
+                )
+                reg.state = "image"
+            for p in gone:
+                ensure_dir_gone(p)
+
+        return setup
+
+    def forget() -> None:  # after a push case, what the registry holds is unknown
+        reg.state = ""
+
+    def empty(*then: Callable[[], None]) -> Callable[[], None]:
+        def setup() -> None:
+            for f in then:
+                f()
+            reg.start(fresh=True)
+
+        return setup
+
+    blobs = [b for b in arch.image.blobs if not _is_document(b.media_type)]
+    get_cfg = work / "curl-get.cfg"
+    lines = [f'header = "Accept: {ACCEPT}"']
+    for i, b in enumerate(arch.image.blobs):
+        kind = "manifests" if _is_document(b.media_type) else "blobs"
+        lines += [f'url = "{reg.url}/v2/bench/synth/{kind}/{b.digest}"', f'output = "{dest}/{i}"']
+    get_cfg.write_text("\n".join(lines) + "\n")
+    put_sh, files = work / "curl-put.sh", arch.layout / "blobs" / "sha256"
+    put_sh.write_text(
+        "set -euo pipefail\n"
+        f"base={reg.url}/v2/bench/synth/blobs/uploads/\n"
+        "up() {\n"
+        '  loc=$(curl -sSf -X POST -D - -o /dev/null "$base" | tr -d "\\r"'
+        " | sed -n 's/^[Ll]ocation: //p')\n"
+        "  curl -sSf -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' "
+        '--data-binary "@$2" "$loc&digest=$1"\n'
+        "}\n"
+        + "".join(f"up {b.digest} {shlex.quote(str(files / b.digest.encoded))}\n" for b in blobs)
+    )
+    curl = not opts.castar_only and shutil.which("curl") is not None
+    base = not opts.castar_only
+
+    layout = shlex.quote(str(arch.layout))
+    one_of = f"{skopeo} --override-os {os_} --override-arch {arch_}"
+    dd = f"dd if=/dev/zero of={d} bs=1M count={math.ceil(nbytes / MIB)} conv=fsync status=none"
+    pulled, pushed, into = holds_image(dest), empty(), holds_image(store)
+    rows: dict[tuple[str, str], list[tuple[str, str, str, Callable[[], None]]]] = {
+        ("pull", "pull all platforms from the registry (loopback)"): [
+            ("castar", "castar pull --all-platforms", f"{pull} --all-platforms {ref}", into),
+            (
+                "curl",
+                "curl GET of every blob to a file (one connection)",
+                f"mkdir -p {d} && curl -sSf -K {shlex.quote(str(get_cfg))}",
+                pulled,
+            ),
+            ("dd", "dd bs=1M conv=fsync of the case's bytes (the durable limit)", dd, _fresh(dest)),
+            (
+                "skopeo",
+                "skopeo copy --all docker:// oci:",
+                f"{skopeo} --all --src-tls-verify=false docker://{ref} oci:{d}:x",
+                pulled,
+            ),
+        ],
+        ("pull-one", f"pull one platform ({one}) of {len(arch.image.platforms)}"): [
+            ("castar", f"castar pull --platform {one}", f"{pull} --platform {one} {ref}", into),
+            (
+                "skopeo",
+                f"skopeo copy --override-arch {arch_} docker:// oci:",
+                f"{one_of} --src-tls-verify=false docker://{ref} oci:{d}:x",
+                pulled,
+            ),
+        ],
+        ("push", "push all platforms to an empty registry (loopback)"): [
+            ("castar", "castar push", f"{push} {IMAGE} {ref}", empty(saved_ready)),
+            (
+                "curl",
+                "curl POST + PUT --data-binary of every blob (manifests aside)",
+                f"bash {shlex.quote(str(put_sh))}",
+                pushed,
+            ),
+            (
+                "skopeo",
+                "skopeo copy --all oci: docker://",
+                f"{skopeo} --all --dest-tls-verify=false oci:{layout} docker://{ref}",
+                pushed,
+            ),
+        ],
+        ("push-one", f"push one platform ({one}) to an empty registry"): [
+            (
+                "castar",
+                f"castar push --platform {one}",
+                f"{push} --platform {one} {IMAGE} {ref}",
+                empty(saved_ready),
+            ),
+            (
+                "skopeo",
+                f"skopeo copy --override-arch {arch_} oci: docker://",
+                f"{one_of} --dest-tls-verify=false oci:{layout} docker://{ref}",
+                pushed,
+            ),
+        ],
+    }
+    use = {"castar": True, "curl": curl, "dd": base, "skopeo": peer["skopeo"]}
+    kinds = {"castar": "castar", "curl": "baseline", "dd": "baseline", "skopeo": "peer"}
+    for (cid, title), entries in rows.items():
+        c = Case(cid, title, nbytes, cleanup=forget if cid.startswith("push") else None)
+        c.entries += [Entry(t, kinds[t], what, cmd, up) for t, what, cmd, up in entries if use[t]]
+        cases.append(c)
+
+    if shared is None:  # not asked for: its archive is not written
+        return cases
+    summary = work / "push-16.txt"
+    c = Case(
+        "push-16",
+        "16 concurrent one-platform pushes sharing a base layer (one process, one client)",
+        shared[1],
+    )
+    c.cleanup = forget
+    cases.append(c)
+    c.entries.append(
+        Entry(
+            "castar",
+            "castar",
+            "16 pushes to one repository, platforms in turn",
+            f"{py} -m bench._castar_case --backend {opts.backend} --root "
+            f"{shlex.quote(str(shared_store))} push-many --count 16 {IMAGE} "
+            f"{reg.host}/bench/shared > {shlex.quote(str(summary))}",
+            empty(_loaded(castar, shared_store, shared[0], summary)),
+            report=summary,
+        )
+    )
+    return cases
+
+
+def _is_document(media_type: str) -> bool:
+    return "manifest" in media_type or "index" in media_type

@@ -1,22 +1,32 @@
-"""Peer tools for the harness: which are installed, their versions, and a private containerd.
+"""Peer tools for the harness: which are installed, their versions, a private containerd
+and a private registry.
 
 Owns ``Containerd``: a containerd daemon of the harness's own (CRI plugin disabled,
 private root, state dir and unix socket under a temp dir) that ``ctr --address SOCK``
 talks to, restarted on a fresh root when a case needs an empty store, and stopped at
-the end. Imports no castar.
+the end; and ``DockerRegistry``: Debian's ``docker-registry`` (distribution) on
+127.0.0.1 with filesystem storage under a temp dir, restarted empty for every push run.
+Imports no castar.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 PEERS = ("skopeo", "ctr", "umoci")
+REGISTRY = "/usr/bin/docker-registry"
 
 
 def which(tool: str) -> str | None:
@@ -75,7 +85,44 @@ disabled_plugins = [
 """
 
 
-class Containerd:
+class _Daemon:
+    """A daemon of the harness's own under ``base``, logging to ``log``; ``state`` says
+    what it holds ("" when empty or unknown)."""
+
+    def __init__(self, base: Path, log: str) -> None:
+        self.base = base
+        self.log = base / log
+        self.state = ""
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def _launch(self, argv: list[str], name: str, ready: Callable[[], bool], poll: float) -> None:
+        """Start ``argv`` and wait up to 30 s until ``ready()``; stopped again if never."""
+        with open(self.log, "ab") as log:
+            self._proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"{name} exited at start; see {self.log}")
+            if ready():
+                return
+            time.sleep(poll)
+        self.stop()
+        raise RuntimeError(f"{name} did not answer in 30 s; see {self.log}")
+
+    def stop(self) -> None:
+        """Stop the daemon if it runs (SIGTERM, then SIGKILL after 10 s)."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Containerd(_Daemon):
     """A private containerd daemon under ``base`` (root, state, socket, log).
 
     ``state`` says what the store holds ("" when empty or unknown) so cases can
@@ -83,11 +130,8 @@ class Containerd:
     """
 
     def __init__(self, base: Path) -> None:
-        self.base = base
+        super().__init__(base, "containerd.log")
         self.sock = base / "c.sock"  # short: unix socket paths are capped at 108 bytes
-        self.log = base / "containerd.log"
-        self.state = ""
-        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def ctr(self) -> str:
@@ -112,38 +156,13 @@ class Containerd:
         config.write_text(
             _CONFIG.format(root=root, state=state, sock=self.sock, opt=self.base / "opt")
         )
-        with open(self.log, "ab") as log:
-            self._proc = subprocess.Popen(
-                ["containerd", "--config", str(config)],
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"containerd exited at start; see {self.log}")
-            if self.sock.exists():
-                ok = subprocess.run(
-                    [*self.ctr.split(), "version"], capture_output=True, timeout=10, check=False
-                )
-                if ok.returncode == 0:
-                    return
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"containerd did not answer on {self.sock} in 30 s; see {self.log}")
+        self._launch(["containerd", "--config", str(config)], "containerd", self._answers, 0.05)
 
-    def stop(self) -> None:
-        """Stop the daemon if it runs (SIGTERM, then SIGKILL after 10 s)."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    def _answers(self) -> bool:
+        if not self.sock.exists():
+            return False
+        argv = [*self.ctr.split(), "version"]
+        return subprocess.run(argv, capture_output=True, timeout=10, check=False).returncode == 0
 
     def reset_peak(self) -> None:
         """Reset the daemon's peak RSS (VmHWM) so the next reading covers one run."""
@@ -162,6 +181,69 @@ class Containerd:
         except OSError:
             pass
         return 0
+
+
+_REGISTRY_CONFIG = """\
+version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: {data}
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: {host}
+"""
+
+
+class DockerRegistry(_Daemon):
+    """A private ``docker-registry`` (distribution 2.8) on 127.0.0.1, storage under ``base``.
+
+    The port is picked once, so commands built before the first start stay valid over
+    restarts. ``state`` says what the registry holds ("" when empty or unknown), so the
+    pull cases push their image once and the push cases start from an empty registry.
+    """
+
+    def __init__(self, base: Path) -> None:
+        super().__init__(base, "registry.log")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.host = f"127.0.0.1:{s.getsockname()[1]}"
+
+    @property
+    def url(self) -> str:
+        """The registry's ``http://`` base."""
+        return f"http://{self.host}"
+
+    def start(self, *, fresh: bool = True) -> None:
+        """(Re)start the registry; ``fresh`` wipes its storage first."""
+        self.stop()
+        data = self.base / "data"
+        if fresh:
+            shutil.rmtree(data, ignore_errors=True)
+            self.state = ""
+        self.base.mkdir(parents=True, exist_ok=True)
+        config = self.base / "config.yml"
+        config.write_text(_REGISTRY_CONFIG.format(data=data, host=self.host))
+        self._launch([REGISTRY, "serve", str(config)], "docker-registry", self._answers, 0.02)
+
+    def _answers(self) -> bool:
+        """Whether ``GET /v2/`` gets any HTTP answer (a 401 too)."""
+        conn = http.client.HTTPConnection(self.host, timeout=1)
+        try:
+            conn.request("GET", "/v2/")
+            conn.getresponse().close()
+            return True
+        except OSError:
+            return False
+        finally:
+            conn.close()
 
 
 def ensure_dir_gone(path: Path) -> None:

@@ -8,6 +8,7 @@ workload into a cache. Imports castar only for the generator and platform parsin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
@@ -29,6 +30,18 @@ PLATFORMS = (
     "linux/ppc64le",
     "linux/s390x",
     "linux/riscv64",
+)
+#: The 16 platforms of push-16's image: 16 one-platform pushes sharing a base layer.
+SIXTEEN = (
+    *PLATFORMS,
+    "linux/mips64le",
+    "linux/mips64",
+    "linux/loong64",
+    "linux/arm/v5",
+    "windows/amd64",
+    "freebsd/amd64",
+    "netbsd/amd64",
+    "darwin/arm64",
 )
 MIB = 1 << 20
 IMAGE = "docker.io/library/synth:latest"
@@ -122,6 +135,13 @@ SMALL = {
 }
 
 
+def shared_base(workload: Workload) -> Workload:
+    """push-16's image: 16 platforms of two layers of the workload's size, the first shared."""
+    return Workload(
+        platforms=SIXTEEN, layers=2, layer_size=workload.layer_size, shared_fraction=0.5
+    )
+
+
 def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -196,6 +216,25 @@ def prepare(workload: Workload, cache: Path, one_platform: str) -> Archives:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return paths
+
+
+def archive(workload: Workload, cache: Path) -> tuple[Path, int]:
+    """Only the plain archive of ``workload`` (``cache/<key>.tar``) and its blobs' bytes."""
+    path = cache / f"{workload.key()}.tar"
+    image = synth.plan(workload.spec())
+    nbytes = sum(b.size for b in image.blobs)
+    if path.exists() and path.stat().st_size == image.size:
+        return path, nbytes
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache, prefix=f".{path.name}-")
+    os.close(fd)
+    try:
+        synth.write_path(image, tmp)
+        os.replace(tmp, path)  # a concurrent or interrupted bench never sees half of it
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return path, nbytes
 
 
 def _compress(src: Path, dst: Path, kind: str) -> None:

@@ -55,6 +55,7 @@ class Entry:
         setup: untimed, before each run (fresh store, output removed).
         daemon: a daemon whose peak RSS adds to the client's (containerd).
         output: a file whose size, after the first run, becomes the case's bytes.
+        report: a file the command writes whose text, after the runs, is the result's note.
     """
 
     tool: str
@@ -64,6 +65,7 @@ class Entry:
     setup: Callable[[], None] | None = None
     daemon: Any = None
     output: Path | None = None
+    report: Path | None = None
 
 
 @dataclass(slots=True)
@@ -265,6 +267,8 @@ def run_cases(
                         slow[entry.tool] = case.id
                 if entry.output is not None and done and done[0].rc == 0 and entry.output.exists():
                     case_bytes = _tree_size(entry.output)
+                if entry.report is not None and done and entry.report.exists():
+                    err = " | ".join(x for x in (entry.report.read_text().strip(), err) if x)
                 results.append(
                     Result(
                         case.id,
@@ -278,7 +282,7 @@ def run_cases(
                     )
                 )
                 if err:
-                    log(f"    failed: {err}")
+                    log(f"    {'note' if results[-1].ok else 'failed'}: {err}")
         finally:  # a busy writer or a tmpfs store is gone also when a case is interrupted
             if case.cleanup is not None:
                 case.cleanup()

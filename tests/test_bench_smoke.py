@@ -15,35 +15,31 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # bench/ is not part of the wheel: import it from the checkout
     sys.path.insert(0, str(REPO))
 
-from bench import _cases, _report, _workload  # noqa: E402
+from bench import _cases, _peers, _report, _workload  # noqa: E402
 from bench.harness import Result, Run  # noqa: E402
 
 CASTAR_CASES = set(_cases.CASE_IDS) - set(_cases.NOT_CASTAR_ONLY)
+if not Path(_peers.REGISTRY).exists():  # the pull and push cases need the real registry
+    CASTAR_CASES -= set(_cases.REGISTRY_CASES)
 START_CASES = {"start-version", "start-help", "start-images"}  # timed, no bytes
 
 
-def _bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _python(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "--preset",
-            "tiny",
-            "--castar-only",
-            "--runs",
-            "1",
-            "--workdir",
-            str(tmp_path / "work"),
-            "--json",
-            str(tmp_path / "out.json"),
-            *args,
-        ],
+        [sys.executable, *args],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         check=False,
+    )
+
+
+def _bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    work, out = str(tmp_path / "work"), str(tmp_path / "out.json")
+    return _python(
+        *("-m", "bench", "--preset", "tiny", "--castar-only", "--runs", "1"),
+        *("--workdir", work, "--json", out, *args),
     )
 
 
@@ -72,6 +68,9 @@ def test_tiny_preset_castar_only_times_every_case_and_writes_json(tmp_path: Path
         by_case["save-one"]["bytes"] < by_case["save-two"]["bytes"] < by_case["save-file"]["bytes"]
     )
     assert by_case["small-load"]["bytes"] < 400_000 < by_case["alpine-load"]["bytes"]
+    if "push-16" in by_case:  # every blob of the image, also when one platform moves
+        assert by_case["pull"]["bytes"] == by_case["pull-one"]["bytes"] == by_case["push"]["bytes"]
+        assert "in every push: uploaded 1x" in by_case["push-16"]["note"]
     assert "| load-file | castar |" in proc.stdout  # the Markdown table on stdout
     # castar runs as installed programs do: with bytecode caches, kept out of the source tree
     assert list((tmp_path / "work" / "pycache").rglob("castar/_cli*.pyc")), "no bytecode cache"
@@ -178,6 +177,41 @@ def test_time_goals_compare_seconds_and_the_large_preset_has_its_own_targets() -
     assert "| castar --version <= 2 x python -c pass | <= 2x | 2.50x | missed |" in goals
 
 
+def test_registry_goals_take_the_lower_bound_and_push_16_checks_itself() -> None:
+    results = [
+        _result("pull", "castar", 1.0),
+        _result("pull", "curl", 0.5),  # 2,000 MB/s
+        _result("pull", "dd", 1.25),  # 800 MB/s: the lower bound; castar 1.25x of it
+        _result("pull-one", "castar", 0.1),  # 10x the full pull: met
+        _result("push", "castar", 2.0),
+        _result("push", "curl", 1.0),  # castar at 0.5x curl's upload: missed
+        _result("push-16", "castar", 1.0),
+    ]
+    goals = {g["id"]: g for g in _report.evaluate(results, "tiny")}
+    assert (goals["pull-vs-bound"]["tool"], goals["pull-vs-bound"]["ratio"]) == (
+        "dd",
+        pytest.approx(1.25),
+    )
+    assert goals["pull-one-vs-pull"]["ratio"] == pytest.approx(10)
+    wanted = {
+        "pull-vs-bound": "met",
+        "push-vs-curl": "missed",
+        "push-16-once": "met",
+        "pull-vs-skopeo": "not measured",
+    }
+    assert {k: goals[k]["status"] for k in wanted} == wanted
+    table = _report.table(results, list(goals.values()))
+    assert "| pull | dd | dd | 800 | 800 | ±0% | 1.25x | 50 | >= 0.8x: met |" in table
+    assert "| push-16 | castar | castar | 1,000 | 1,000 | ±0% | 1.00x | 50 | met;" in table
+    without_dd = {g["id"]: g for g in _report.evaluate(results[:2], "tiny")}
+    assert without_dd["pull-vs-bound"]["status"] == "not measured"  # both bounds or none
+    failed = [*results[:-1], _result("push-16", "castar", 1.0, rc=1)]  # a blob went up twice
+    assert {g["id"]: g for g in _report.evaluate(failed)}["push-16-once"]["status"] == "missed"
+    assert {g["id"]: g for g in _report.evaluate(results[:-1])}["push-16-once"]["status"] == (
+        "not measured"
+    )
+
+
 def test_a_failed_peer_is_not_measured_and_shows_as_failed() -> None:
     results = [_result("load-file", "castar", 1.0), _result("load-file", "ctr", 3.0, rc=1)]
     goals = {g["id"]: g for g in _report.evaluate(results)}
@@ -218,14 +252,7 @@ def test_report_reprints_a_saved_run_without_running_anything(tmp_path: Path) ->
     }
     saved = tmp_path / "run.json"
     saved.write_text(json.dumps(doc))
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--report", str(saved), "--workdir", str(tmp_path / "w")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    proc = _python("-m", "bench", "--report", str(saved), "--workdir", str(tmp_path / "w"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "preset `large`, 2026-01-02 03:04 UTC" in proc.stdout
     assert "| load-file | ctr | ctr | 83 | 83 | ±0% | 12.00x | 50 | >= 10x: met |" in proc.stdout
@@ -244,3 +271,19 @@ def test_plot_draws_a_png_or_says_matplotlib_is_missing(tmp_path: Path) -> None:
     else:
         assert why == ""
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(not Path(_peers.REGISTRY).exists(), reason="needs docker-registry")
+def test_bench_http_moves_the_blob_both_ways_with_each_installed_client() -> None:
+    proc = _python("-m", "bench.bench_http", "--mib", "1", "--rounds", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for client in ("httpx", "httpx2"):
+        if importlib.util.find_spec(client) is None:
+            assert f"- {client} is not installed: not measured" in proc.stdout
+            continue
+        for backend in ("asyncio", "trio"):
+            for direction in ("GET", "PUT"):
+                row = f"| {client} | {backend} | {direction} | "
+                (line,) = [x for x in proc.stdout.splitlines() if x.startswith(row)]
+                assert len(line.split("|")[5].split(" / ")) == 2  # every round's MB/s
+        assert f"| {client} | " in proc.stdout.split("import + first AsyncClient()")[1]
