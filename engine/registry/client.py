@@ -7,6 +7,7 @@ import contextlib
 import ipaddress
 import random
 import re
+import ssl
 from typing import TYPE_CHECKING, Final, TypedDict, Unpack
 
 import anyio
@@ -58,7 +59,10 @@ def _is_loopback(host: str) -> bool:
 
 
 class Registry:
-    """A client of one registry host; an async context manager closing its connections."""
+    """A client of one registry host; an async context manager closing its connections.
+
+    ``transport`` replaces httpx's own (a proxy, a test's fake registry).
+    """
 
     def __init__(
         self,
@@ -67,14 +71,21 @@ class Registry:
         credentials: Callable[[str], tuple[str, str] | None] | None = None,
         plain_http: bool | None = None,
         jobs: int = 4,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         plain = _is_loopback(host) if plain_http is None else plain_http
         self.host = host
         self.base = f"{'http' if plain else 'https'}://{host}"
         self.jobs = jobs
         self._credentials = credentials
+        # Registries send blob GETs on to storage (307 to a CDN); httpx drops Authorization
+        # when a redirect leaves the origin. TLS is checked against the system trust store.
         self._client = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=jobs + 2), timeout=httpx.Timeout(60.0)
+            limits=httpx.Limits(max_connections=jobs + 2),
+            timeout=httpx.Timeout(60.0),
+            follow_redirects=True,
+            verify=ssl.create_default_context(),
+            transport=transport,
         )
         self._auth: dict[tuple[str, ...], str] = {}  # token scopes -> Authorization
         self._basic: str | None = None  # basic credentials answer every repository

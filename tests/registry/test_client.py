@@ -20,9 +20,7 @@ pytestmark = pytest.mark.anyio
 
 
 def _registry(handler, **kw) -> Registry:
-    reg = Registry("127.0.0.1:5000", **kw)
-    reg._client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    return reg
+    return Registry("127.0.0.1:5000", transport=httpx.MockTransport(handler), **kw)
 
 
 @pytest.fixture(autouse=True)

@@ -56,9 +56,7 @@ async def _fake(tmp_path, fault):
                 return httpx.Response(200, headers=headers)
         return fault(req, data, headers) or httpx.Response(200, headers=headers, content=data)
 
-    reg = Registry("fake.test", plain_http=True)
-    reg._client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    return reg, seen
+    return Registry("fake.test", plain_http=True, transport=httpx.MockTransport(handler)), seen
 
 
 async def _pull(store, reg, ref=SPEC.name, platforms=None):
@@ -162,3 +160,42 @@ async def test_document_not_matching_its_digest(store, tmp_path, lie):
         with pytest.raises(DigestMismatch):
             await _pull(store, reg)
     assert await store.images.list() == []
+
+
+async def test_blob_gets_follow_a_redirect_to_storage_without_the_credentials(store, tmp_path):
+    # Docker Hub, ghcr.io and others answer a blob GET with 307 to a CDN: castar follows it,
+    # and the registry's Authorization does not go to the other host.
+    blobs, top = await anyio.to_thread.run_sync(_layout, tmp_path)
+    cdn: list[httpx.Request] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.host == "cdn.test":
+            cdn.append(req)
+            return httpx.Response(200, content=blobs[req.url.path.rsplit("/", 1)[1]])
+        if "Authorization" not in req.headers:
+            return httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="fake"'})
+        kind, ref = req.url.path.split("/")[-2:]
+        digest = top if ref == "1" else ref
+        if kind == "blobs":
+            return httpx.Response(307, headers={"Location": f"https://cdn.test/b/{digest}?sig=x"})
+        data = blobs[digest]
+        media_type = json.loads(data)["mediaType"]
+        headers = {"Docker-Content-Digest": digest, "Content-Type": media_type}
+        if req.method == "HEAD":
+            return httpx.Response(200, headers={**headers, "Content-Length": str(len(data))})
+        return httpx.Response(200, headers=headers, content=data)
+
+    reg = Registry(
+        "fake.test",
+        plain_http=True,
+        credentials=lambda _host: ("me", "secret"),
+        transport=httpx.MockTransport(handler),
+    )
+    async with reg:
+        (image,) = await _pull(store, reg)
+    assert cdn
+    assert all("Authorization" not in r.headers for r in cdn)
+    assert {r.url.path.rsplit("/", 1)[1] for r in cdn} <= set(blobs)
+    for digest in {r.url.path.rsplit("/", 1)[1] for r in cdn}:
+        assert await store.content.read_all(digest, limit=1 << 24) == blobs[digest]
+    assert image.name == SPEC.name

@@ -89,8 +89,8 @@ class _Uploads:
 
 async def _fake_push(store: Root, image: Image, fault: Any) -> tuple[Any, _Uploads]:
     fake = _Uploads(fault)
-    reg = Registry("fake.test", plain_http=True, jobs=1)  # one upload at a time
-    reg._client = httpx.AsyncClient(transport=httpx.MockTransport(fake))
+    transport = httpx.MockTransport(fake)
+    reg = Registry("fake.test", plain_http=True, jobs=1, transport=transport)  # one at a time
     async with reg:
         return await _push(store, image.name, "fake.test/r:1", reg), fake
 

@@ -55,8 +55,7 @@ async def test_concurrent_pushes_put_each_document_once_and_never_two_at_a_time(
     store: Root, small_image: Image
 ) -> None:
     fake = _Manifests()
-    reg = Registry("fake.test", plain_http=True)
-    reg._client = httpx.AsyncClient(transport=httpx.MockTransport(fake))
+    reg = Registry("fake.test", plain_http=True, transport=httpx.MockTransport(fake))
     roles = (store.content, store.images, store.leases)
     results: list[Any] = []
 
