@@ -174,10 +174,29 @@ def _print_images(args: argparse.Namespace, images: list[Image], verb: str) -> i
 async def _cmd_pull(store: Store, args: argparse.Namespace) -> int:
     plats = platforms.parse_list(args.platform) if args.platform else None
     with open_progress("Pulling", mode=_progress_mode(args)) as bar:
-        images = await store.pull(
-            args.ref, platforms=plats, all_platforms=args.all_platforms, progress=bar
+        results = await store.pull_many(
+            args.refs,
+            platforms=plats,
+            all_platforms=args.all_platforms,
+            jobs=args.jobs,
+            progress=bar,
         )
-    return _print_images(args, images, "Pulled")
+    rows: list[dict[str, object]] = []  # PULL-4: a row per image recorded, per failed ref
+    errors: list[tuple[str, BaseException]] = []
+    for r in results:
+        rows += [{"ref": r.ref, "name": i.name, "target": str(i.target.digest)} for i in r.images]
+        if r.error is not None:
+            errors.append((r.ref, r.error))
+            rows.append({"ref": r.ref, "error": _message(r.error), "exit": _exit_code(r.error)})
+    if args.json:
+        _dump(rows)
+    else:
+        _print_images(args, [i for r in results for i in r.images], "Pulled")
+    for ref, exc in errors:
+        if args.debug:
+            traceback.print_exception(exc)
+        print(f"castar: error: {ref}: {_message(exc)}", file=sys.stderr)
+    return (_exit_code(errors[0][1]) or EXIT_OTHER) if errors else 0
 
 
 async def _cmd_save(store: Store, args: argparse.Namespace) -> int:
@@ -539,8 +558,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--name", metavar="PREFIX", help="name images whose archive only gives a tag")
     p.add_argument("--max-size", metavar="SIZE", help="refuse archives over SIZE (e.g. 10G)")
     p = cmd["pull"]
-    p.add_argument("ref", metavar="REF", help="[registry/]repository[:tag|@digest]")
+    p.add_argument("refs", nargs="+", metavar="REF", help="[registry/]repository[:tag|@digest]")
     p.add_argument("--all-platforms", action="store_true", help="pull every platform")
+    p.add_argument("--jobs", type=int, default=4, metavar="N",
+                   help="blobs in flight per registry, refs at once (default: 4)")  # fmt: skip
     p = cmd["save"]
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("-o", "--output", metavar="FILE", help="archive to write (default: stdout)")

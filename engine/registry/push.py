@@ -13,7 +13,7 @@ from castar.engine import graph, oci, reference
 from castar.engine import platforms as plat
 from castar.engine.images import ImageService
 from castar.engine.registry.auth import credentials_for
-from castar.engine.registry.client import Registry, parse_ref
+from castar.engine.registry.client import Registry, parse_ref, single_flight
 from castar.engine.registry.pull import SOURCE_LABEL
 from castar.store.digest import compute
 from castar.store.errors import (
@@ -328,17 +328,8 @@ async def _blob(
 
     Pushes sharing ``registry`` send a blob to a repository once: the others wait, then HEAD.
     """
-    repo = job.repo
-    flights = _FLIGHTS.setdefault(registry, {})
-    key = (repo, str(desc.digest))
-    while (flight := flights.get(key)) is not None:
-        await flight.wait()
-    flights[key] = flight = anyio.Event()
-    try:
+    async with single_flight(_FLIGHTS.setdefault(registry, {}), (job.repo, str(desc.digest))):
         return await _send_blob(registry, job, desc, source)
-    finally:
-        del flights[key]
-        flight.set()
 
 
 async def _send_blob(
