@@ -565,9 +565,10 @@ def _parser() -> argparse.ArgumentParser:
     p = cmd["save"]
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("-o", "--output", metavar="FILE", help="archive to write (default: stdout)")
-    p.add_argument("--missing", choices=["sparse", "prune", "fail"], default="sparse",
+    p.add_argument("--missing", choices=["sparse", "prune", "fail", "fetch"], default="sparse",
                    help="content not in the store: omit it (sparse, default), write an index "
-                   "of the exported platforms only (prune), or fail")  # fmt: skip
+                   "of the exported platforms only (prune), fail, or pull it first from the "
+                   "registry the image came from (fetch)")  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
     p.add_argument("--write-behind", action="store_true",
                    help="keep the archive out of the page cache as it reaches the disk "

@@ -332,7 +332,7 @@ async def pull_many(
 async def fetch_missing(
     content: BlobIngester, root: oci.Descriptor, options: LoadOptions, *, who: str
 ) -> None:
-    """Fetch what the store lacks of ``root``'s selected graph from where it came.
+    """Fetch what the store lacks of ``root``'s selected graph from where it came (SAVE-7).
 
     The source is ``root``'s ``containerd.io/distribution.source.<registry>=<repo>`` label;
     everything is written under the current lease and labelled as a pull labels it, so the
