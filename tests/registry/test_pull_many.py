@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
-import subprocess
 
 import anyio
 import anyio.to_thread
@@ -27,22 +25,6 @@ A = synth.SynthSpec(platforms=("linux/amd64", "linux/arm64"), layers=2, layer_si
 B = dataclasses.replace(A, platforms=("linux/amd64", "linux/s390x"))
 
 
-def _publish_sync(tmp_path, spec: synth.SynthSpec) -> None:
-    if shutil.which("skopeo") is None:
-        pytest.skip("skopeo is not installed")
-    path = tmp_path / f"{spec.name.rsplit('/', 1)[1].replace(':', '-')}.tar"
-    synth.write_path(spec, path)
-    cmd = ["skopeo", "copy", "--all", "--preserve-digests", "--dest-tls-verify=false"]
-    subprocess.run(
-        [*cmd, f"oci-archive:{path}", f"docker://{spec.name}"], check=True, capture_output=True
-    )
-
-
-async def _publish(tmp_path, *specs: synth.SynthSpec) -> None:
-    for spec in specs:
-        await anyio.to_thread.run_sync(_publish_sync, tmp_path, spec)
-
-
 def _is_document(desc: oci.Descriptor) -> bool:
     return oci.is_manifest(desc.media_type) or oci.is_index(desc.media_type)
 
@@ -51,9 +33,12 @@ def _named(host: str, repo: str, spec: synth.SynthSpec) -> synth.SynthSpec:
     return dataclasses.replace(spec, name=f"{host}/{repo}:1")
 
 
-async def test_a_blob_two_pulls_share_is_fetched_once(registry, store, tmp_path, monkeypatch):
+async def test_a_blob_two_pulls_share_is_fetched_once(
+    registry, publish, store, tmp_path, monkeypatch
+):
     a, b = _named(registry.host, "many/a", A), _named(registry.host, "many/b", B)
-    await _publish(tmp_path, a, b)
+    await anyio.to_thread.run_sync(publish, a)
+    await anyio.to_thread.run_sync(publish, b)
     blobs = [{str(x.digest) for x in synth.plan(s).blobs if not _is_document(x)} for s in (a, b)]
     shared = blobs[0] & blobs[1]
     seen: list[str] = []
@@ -95,9 +80,9 @@ async def test_a_blob_two_pulls_share_is_fetched_once(registry, store, tmp_path,
     assert set(gets) == blobs[0] | blobs[1]
 
 
-async def test_a_failed_ref_keeps_the_others(registry, store, tmp_path):
+async def test_a_failed_ref_keeps_the_others(registry, publish, store, tmp_path):
     a = _named(registry.host, "many/keep", A)
-    await _publish(tmp_path, a)
+    await anyio.to_thread.run_sync(publish, a)
     refs = [f"{registry.host}/many/keep:absent", a.name, "Not A Reference"]
     results = await pulling.pull_many(
         store.content, store.images, store.leases, refs, LoadOptions()
@@ -117,11 +102,11 @@ async def test_a_failed_ref_keeps_the_others(registry, store, tmp_path):
         )
 
 
-async def test_pulling_another_platform_keeps_the_first_alive(registry, store, tmp_path):
+async def test_pulling_another_platform_keeps_the_first_alive(registry, publish, store, tmp_path):
     # GC-7 numbers an index's manifest edges by position: the second pull must label the
     # platforms stored before too, or the first platform's manifest loses its edge.
     a = _named(registry.host, "many/gc", A)
-    await _publish(tmp_path, a)
+    await anyio.to_thread.run_sync(publish, a)
     roles = (store.content, store.images, store.leases)
     (image,) = await pulling.pull(*roles, a.name, LoadOptions.parse(["linux/arm64"]))
     await pulling.pull(*roles, a.name, LoadOptions.parse(["linux/amd64"]))
@@ -133,19 +118,20 @@ async def test_pulling_another_platform_keeps_the_first_alive(registry, store, t
         assert await store.content.exists(manifest.digest), manifest.platform
 
 
-async def test_store_pull_many(registry, tmp_path):
+async def test_store_pull_many(registry, publish, tmp_path):
     a, b = _named(registry.host, "many/facade-a", A), _named(registry.host, "many/facade-b", B)
-    await _publish(tmp_path, a, b)
+    await anyio.to_thread.run_sync(publish, a)
+    await anyio.to_thread.run_sync(publish, b)
     async with open_store(tmp_path / "s") as s:
         results = await s.pull_many([a.name, b.name], platforms=["linux/amd64"])
         assert [[i.name for i in r.images] for r in results] == [[a.name], [b.name]]
         assert sorted(i.name for i in await s.images.list()) == sorted([a.name, b.name])
 
 
-def test_cli_pull_several(registry, tmp_path, capsys):
+def test_cli_pull_several(registry, publish, tmp_path, capsys):
     a, b = _named(registry.host, "many/cli-a", A), _named(registry.host, "many/cli-b", B)
-    _publish_sync(tmp_path, a)
-    _publish_sync(tmp_path, b)
+    publish(a)
+    publish(b)
     root = str(tmp_path / "s")
     assert main(["--root", root, "pull", a.name, b.name, "-q"]) == 0
     assert capsys.readouterr().out == f"Pulled image: {a.name}\nPulled image: {b.name}\n"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import subprocess
 
 import anyio.to_thread
 import httpx
@@ -23,23 +21,14 @@ from castar.store.errors import NotFound
 
 pytestmark = pytest.mark.anyio
 
+#: Four platforms, each with an attestation, sharing their first layer.
 SPEC = synth.SynthSpec(
-    platforms=("linux/amd64", "linux/arm64", "linux/s390x"),
+    platforms=("linux/amd64", "linux/arm64", "linux/s390x", "linux/ppc64le"),
     layers=2,
-    layer_size=8 << 10,
+    layer_size=4 << 10,
+    shared_fraction=0.5,
     attestations=True,
 )
-
-
-def _publish_sync(tmp_path, spec: synth.SynthSpec) -> None:
-    if shutil.which("skopeo") is None:
-        pytest.skip("skopeo is not installed")
-    path = tmp_path / f"{spec.name.rsplit('/', 1)[1].replace(':', '-')}.tar"
-    synth.write_path(spec, path)
-    cmd = ["skopeo", "copy", "--all", "--preserve-digests", "--dest-tls-verify=false"]
-    subprocess.run(
-        [*cmd, f"oci-archive:{path}", f"docker://{spec.name}"], check=True, capture_output=True
-    )
 
 
 def _roles(s):
@@ -62,9 +51,9 @@ async def full(tmp_path):
         yield s
 
 
-async def test_fetch_saves_the_whole_image(registry, store, full, tmp_path):
+async def test_fetch_saves_the_whole_image(registry, publish, store, full, tmp_path):
     spec = dataclasses.replace(SPEC, name=f"{registry.host}/fetch/whole:1")
-    await anyio.to_thread.run_sync(_publish_sync, tmp_path, spec)
+    await anyio.to_thread.run_sync(publish, spec)
     await pull(*_roles(full), spec.name, LoadOptions())
     await exporter.save(full, [spec.name], tmp_path / "full.tar", SaveOptions())
     await pull(*_roles(store), spec.name, LoadOptions.parse(["linux/arm64"]))
@@ -80,9 +69,9 @@ async def test_fetch_saves_the_whole_image(registry, store, full, tmp_path):
     assert await store.leases.list() == []
 
 
-async def test_fetch_of_one_platform_fetches_that_platform(registry, store, tmp_path):
+async def test_fetch_of_one_platform_fetches_that_platform(registry, publish, store, tmp_path):
     spec = dataclasses.replace(SPEC, name=f"{registry.host}/fetch/one:1")
-    await anyio.to_thread.run_sync(_publish_sync, tmp_path, spec)
+    await anyio.to_thread.run_sync(publish, spec)
     await pull(*_roles(store), spec.name, LoadOptions.parse(["linux/arm64"]))
     opts = SaveOptions.parse(["linux/s390x"], missing="fetch")
     await exporter.save(store, [spec.name], tmp_path / "s390x.tar", opts)
@@ -91,7 +80,7 @@ async def test_fetch_of_one_platform_fetches_that_platform(registry, store, tmp_
 
 
 async def test_without_a_source_or_with_a_failed_fetch_nothing_is_written(
-    registry, store, tmp_path
+    registry, publish, store, tmp_path
 ):
     archive = tmp_path / "orig.tar"
     await anyio.to_thread.run_sync(synth.write_path, SPEC, archive)
@@ -109,7 +98,7 @@ async def test_without_a_source_or_with_a_failed_fetch_nothing_is_written(
     out.unlink()
 
     spec = dataclasses.replace(SPEC, name=f"{registry.host}/fetch/broken:1")
-    await anyio.to_thread.run_sync(_publish_sync, tmp_path, spec)
+    await anyio.to_thread.run_sync(publish, spec)
     (before,) = await pull(*_roles(store), spec.name, LoadOptions.parse(["linux/amd64"]))
     layers = [b.digest for b in synth.plan(spec).blobs if oci.is_layer(b.media_type)]
     stored = await store.content.infos(layers)
@@ -124,9 +113,9 @@ async def test_without_a_source_or_with_a_failed_fetch_nothing_is_written(
     assert (await store.images.get(spec.name)).target == before.target
 
 
-def test_cli_save_missing_fetch(registry, tmp_path, capsys):
+def test_cli_save_missing_fetch(registry, publish, tmp_path, capsys):
     spec = dataclasses.replace(SPEC, name=f"{registry.host}/fetch/cli:1")
-    _publish_sync(tmp_path, spec)
+    publish(spec)
     root = str(tmp_path / "s")
     assert main(["--root", root, "pull", spec.name, "--platform", "linux/amd64", "-q"]) == 0
     out = tmp_path / "out.tar"
@@ -134,4 +123,4 @@ def test_cli_save_missing_fetch(registry, tmp_path, capsys):
     assert out.stat().st_size > 0
     assert main(["--root", root, "images", "--tree"]) == 0
     rows = capsys.readouterr().out.splitlines()
-    assert [r.split()[-1] for r in rows if "linux/" in r] == ["yes", "yes", "yes"]
+    assert [r.split()[-1] for r in rows if "linux/" in r] == ["yes"] * 4
