@@ -27,6 +27,8 @@ from castar.store.errors import (
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
 
+    import httpx
+
     from castar.engine.images import ImageTree, ManifestRow
     from castar.store.progress import ProgressCallback
     from castar.store.roles import BlobReader, ImageRecords, Leases
@@ -299,7 +301,7 @@ async def _send(registry: Registry, job: _Job, order: list[oci.Descriptor]) -> P
             skipped.append(desc)
             continue
         try:
-            await _put_document(registry, job, path, desc)
+            put = await _put_document(registry, job, path, desc)
         except FailedPrecondition as exc:  # distribution: MANIFEST_BLOB_UNKNOWN
             if not (job.options.sparse and desc.digest == job.root.digest):
                 raise
@@ -309,6 +311,8 @@ async def _send(registry: Registry, job: _Job, order: list[oci.Descriptor]) -> P
                 f" ({exc})"
             ) from exc
         pushed.append(desc)
+        if "OCI-Subject" not in put.headers:  # no referrers API (PUSH-6)
+            await _referrers_tag(registry, job, desc)
     if job.tag is not None:
         await _put_document(registry, job, f"manifests/{job.tag}", job.root)
     sent = sum(d.size for d in pushed)
@@ -413,13 +417,47 @@ async def _patch(registry: Registry, job: _Job, desc: oci.Descriptor, location: 
     return location
 
 
-async def _put_document(registry: Registry, job: _Job, path: str, desc: oci.Descriptor) -> None:
-    await registry.request(
+async def _put_document(
+    registry: Registry, job: _Job, path: str, desc: oci.Descriptor
+) -> httpx.Response:
+    return await registry.request(
         "PUT",
         job.repo,
         path,
         scope=_SCOPE,
         headers={"Content-Type": desc.media_type},
         content=await job.document(desc),
+        ok=(201,),
+    )
+
+
+async def _referrers_tag(registry: Registry, job: _Job, desc: oci.Descriptor) -> None:
+    """PUSH-6: a document with a ``subject`` joins the subject's ``<alg>-<hex>`` tag index."""
+    data = await job.document(desc)
+    decode = oci.decode_index if oci.is_index(desc.media_type) else oci.decode_manifest
+    doc = decode(data, name=str(desc.digest))
+    if doc.subject is None:
+        return
+    artifact = doc.artifact_type
+    if not artifact and isinstance(doc, oci.Manifest):
+        artifact = doc.config.media_type
+    entry = oci.Descriptor(
+        desc.media_type, desc.digest, desc.size, annotations=doc.annotations, artifact_type=artifact
+    )
+    subject = doc.subject.digest
+    path = f"manifests/{subject.algorithm}-{subject.encoded}"
+    got = await registry.request(
+        "GET", job.repo, path, scope=_SCOPE, headers={"Accept": oci.OCI_INDEX}, ok=(200, 404)
+    )
+    old = oci.decode_index(got.content, name=path) if got.status_code == 200 else oci.Index()
+    if any(m.digest == desc.digest for m in old.manifests):
+        return
+    await registry.request(
+        "PUT",
+        job.repo,
+        path,
+        scope=_SCOPE,
+        headers={"Content-Type": oci.OCI_INDEX},
+        content=oci.encode_index(replace(old, manifests=(*old.manifests, entry))),
         ok=(201,),
     )
