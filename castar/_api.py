@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from castar.engine.platforms import Platform
+    from castar.engine.registry.pull import PullResult
     from castar.engine.registry.push import PushResult
     from castar.engine.save.exporter import ExportResult, SaveJob, SaveOptions, SavePlan
     from castar.store.content import ContentStore
@@ -91,6 +92,25 @@ class Store:
         r = self._root
 
         return await _pull.pull(r.content, r.images, r.leases, ref, options, progress=progress)
+
+    async def pull_many(
+        self,
+        refs: Sequence[str],
+        *,
+        platforms: Sequence[str | Platform] | None = None,
+        all_platforms: bool = False,
+        jobs: int = 4,
+        progress: ProgressCallback | None = None,
+    ) -> list[PullResult]:
+        """Pull several references at once; see :func:`castar.engine.registry.pull.pull_many`."""
+        from castar.engine.load import importer
+        from castar.engine.registry import pull as _pull
+
+        options = importer.LoadOptions.parse(platforms, all_platforms=all_platforms)
+        r = self._root
+        return await _pull.pull_many(
+            r.content, r.images, r.leases, refs, options, jobs=jobs, progress=progress
+        )
 
     async def save(
         self,

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from datetime import timedelta
 
-__all__ = ["EXIT_CODES", "UsageError", "main"]
+__all__ = ["EXIT_CODES", "UsageError", "exit_code", "main", "message"]
 
 EXIT_OTHER: Final = 1
 EXIT_USAGE: Final = 2
@@ -75,14 +75,14 @@ else ~/.local/share/castar. Try: castar demo
 _BACKENDS: Final = ("asyncio", "trio")
 
 
-def _exit_code(exc: BaseException) -> int | None:
+def exit_code(exc: BaseException) -> int | None:
     for cls in type(exc).__mro__:
         if cls in EXIT_CODES:
             return EXIT_CODES[cls]
     return EXIT_OTHER if isinstance(exc, CastarError | OSError) else None
 
 
-def _message(exc: BaseException) -> str:
+def message(exc: BaseException) -> str:
     if isinstance(exc, OSError) and not isinstance(exc, CastarError) and exc.strerror:
         where = f"{exc.filename}: " if exc.filename is not None else ""
         return f"{where}{exc.strerror.lower()}"
@@ -227,14 +227,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--name", metavar="PREFIX", help="name images whose archive only gives a tag")
     p.add_argument("--max-size", metavar="SIZE", help="refuse archives over SIZE (e.g. 10G)")
     p = cmd["pull"]
-    p.add_argument("ref", metavar="REF", help="[registry/]repository[:tag|@digest]")
+    p.add_argument("refs", nargs="+", metavar="REF", help="[registry/]repository[:tag|@digest]")
     p.add_argument("--all-platforms", action="store_true", help="pull every platform")
+    p.add_argument("--jobs", type=int, default=4, metavar="N",
+                   help="blobs in flight per registry, refs at once (default: 4)")  # fmt: skip
     p = cmd["save"]
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("-o", "--output", metavar="FILE", help="archive to write (default: stdout)")
-    p.add_argument("--missing", choices=["sparse", "prune", "fail"], default="sparse",
+    p.add_argument("--missing", choices=["sparse", "prune", "fail", "fetch"], default="sparse",
                    help="content not in the store: omit it (sparse, default), write an index "
-                   "of the exported platforms only (prune), or fail")  # fmt: skip
+                   "of the exported platforms only (prune), fail, or pull it first from the "
+                   "registry the image came from (fetch)")  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
     p.add_argument("--write-behind", action="store_true",
                    help="keep the archive out of the page cache as it reaches the disk "
@@ -311,10 +314,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             # quiet. save fails with its own error instead (the archive is cut short).
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
-        code = _exit_code(exc)
+        code = exit_code(exc)
         if code is None or args.debug:
             import traceback
 
             traceback.print_exception(exc)
-        print(f"castar: error: {_message(exc)}", file=sys.stderr)
+        print(f"castar: error: {message(exc)}", file=sys.stderr)
         return code if code is not None else EXIT_OTHER

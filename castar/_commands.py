@@ -10,6 +10,7 @@ import dataclasses
 import json
 import signal
 import sys
+import traceback
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from castar._api import open_store
-from castar._cli import EXIT_OTHER, UsageError
+from castar._cli import EXIT_OTHER, UsageError, exit_code, message
 from castar._demo import parse_size, run_demo
 from castar._progress import open_progress
 from castar._render import format_size, render_tree, table
@@ -104,10 +105,29 @@ def _print_images(args: argparse.Namespace, images: list[Image], verb: str) -> i
 async def _cmd_pull(store: Store, args: argparse.Namespace) -> int:
     plats = platforms.parse_list(args.platform) if args.platform else None
     with open_progress("Pulling", mode=_progress_mode(args)) as bar:
-        images = await store.pull(
-            args.ref, platforms=plats, all_platforms=args.all_platforms, progress=bar
+        results = await store.pull_many(
+            args.refs,
+            platforms=plats,
+            all_platforms=args.all_platforms,
+            jobs=args.jobs,
+            progress=bar,
         )
-    return _print_images(args, images, "Pulled")
+    rows: list[dict[str, object]] = []  # PULL-4: a row per image recorded, per failed ref
+    errors: list[tuple[str, BaseException]] = []
+    for r in results:
+        rows += [{"ref": r.ref, "name": i.name, "target": str(i.target.digest)} for i in r.images]
+        if r.error is not None:
+            errors.append((r.ref, r.error))
+            rows.append({"ref": r.ref, "error": message(r.error), "exit": exit_code(r.error)})
+    if args.json:
+        _dump(rows)
+    else:
+        _print_images(args, [i for r in results for i in r.images], "Pulled")
+    for ref, exc in errors:
+        if args.debug:
+            traceback.print_exception(exc)
+        print(f"castar: error: {ref}: {message(exc)}", file=sys.stderr)
+    return (exit_code(errors[0][1]) or EXIT_OTHER) if errors else 0
 
 
 async def _cmd_save(store: Store, args: argparse.Namespace) -> int:

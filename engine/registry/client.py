@@ -8,7 +8,7 @@ import ipaddress
 import random
 import re
 import ssl
-from typing import TYPE_CHECKING, Final, TypedDict, Unpack
+from typing import TYPE_CHECKING, Final, TypedDict, TypeVar, Unpack
 
 import anyio
 import httpx
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     Body = bytes | AsyncIterable[bytes] | None
 
-__all__ = ["Registry", "check_credentials", "parse_ref"]
+__all__ = ["Registry", "check_credentials", "parse_ref", "single_flight"]
 
 
 class _Options(TypedDict, total=False):
@@ -33,6 +33,7 @@ class _Options(TypedDict, total=False):
     params: Mapping[str, str] | None
 
 
+_K = TypeVar("_K")
 _TRIES: Final = 3
 _RETRY_STATUS: Final = frozenset({408, 429})
 _BACKOFF: Final = 0.2  # seconds before the second try, doubled for each next one
@@ -45,6 +46,19 @@ def parse_ref(ref: str) -> tuple[str, str, str | None, str | None]:
     r = reference.parse_docker_ref(ref)
     host = "registry-1.docker.io" if r.domain == reference.DEFAULT_DOMAIN else r.domain
     return host, r.path, r.tag or None, r.digest or None
+
+
+@contextlib.asynccontextmanager
+async def single_flight(flights: dict[_K, anyio.Event], key: _K) -> AsyncIterator[None]:
+    """Run the block for ``key`` once at a time: later callers wait for it, then run theirs."""
+    while (flight := flights.get(key)) is not None:
+        await flight.wait()
+    flights[key] = flight = anyio.Event()
+    try:
+        yield
+    finally:
+        del flights[key]
+        flight.set()
 
 
 def _is_loopback(host: str) -> bool:
@@ -77,6 +91,7 @@ class Registry:
         self.host = host
         self.base = f"{'http' if plain else 'https'}://{host}"
         self.jobs = jobs
+        self.transfers = anyio.CapacityLimiter(jobs)  # blobs in flight, whoever sends them
         self._credentials = credentials
         # Registries send blob GETs on to storage (307 to a CDN); httpx drops Authorization
         # when a redirect leaves the origin. TLS is checked against the system trust store.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import weakref
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal, Self, final
@@ -14,7 +13,7 @@ from castar.engine import graph, oci, reference
 from castar.engine import platforms as plat
 from castar.engine.images import ImageService
 from castar.engine.registry.auth import credentials_for
-from castar.engine.registry.client import Registry, parse_ref
+from castar.engine.registry.client import Registry, parse_ref, single_flight
 from castar.engine.registry.pull import SOURCE_LABEL
 from castar.store.digest import compute
 from castar.store.errors import (
@@ -27,6 +26,9 @@ from castar.store.errors import (
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
+    from contextlib import AbstractAsyncContextManager
+
+    import httpx
 
     from castar.engine.images import ImageTree, ManifestRow
     from castar.store.progress import ProgressCallback
@@ -302,7 +304,7 @@ async def _send(registry: Registry, job: _Job, order: list[oci.Descriptor]) -> P
                 if head.status_code == 200:
                     skipped.append(desc)
                     continue
-                await _put_document(registry, job, path, desc)
+                put = await _put_document(registry, job, path, desc)
         except FailedPrecondition as exc:  # distribution: MANIFEST_BLOB_UNKNOWN
             if not (job.options.sparse and desc.digest == job.root.digest):
                 raise
@@ -312,6 +314,8 @@ async def _send(registry: Registry, job: _Job, order: list[oci.Descriptor]) -> P
                 f" ({exc})"
             ) from exc
         pushed.append(desc)
+        if "OCI-Subject" not in put.headers:  # no referrers API (PUSH-6)
+            await _referrers_tag(registry, job, desc)
     if job.tag is not None:
         async with _flight(registry, repo, str(job.root.digest)):
             await _put_document(registry, job, f"manifests/{job.tag}", job.root)
@@ -325,23 +329,13 @@ def _is_document(desc: oci.Descriptor) -> bool:
     return oci.is_manifest(desc.media_type) or oci.is_index(desc.media_type)
 
 
-@asynccontextmanager
-async def _flight(registry: Registry, repo: str, digest: str) -> AsyncIterator[None]:
+def _flight(registry: Registry, repo: str, digest: str) -> AbstractAsyncContextManager[None]:
     """Pushes sharing ``registry`` send a blob or document to a repository one at a time.
 
     The others wait, then HEAD it and skip it. Documents too: distribution 2.8 can answer
     ``DIGEST_INVALID`` to one of two concurrent PUTs of the same manifest.
     """
-    flights = _FLIGHTS.setdefault(registry, {})
-    key = (repo, digest)
-    while (flight := flights.get(key)) is not None:
-        await flight.wait()
-    flights[key] = flight = anyio.Event()
-    try:
-        yield
-    finally:
-        del flights[key]
-        flight.set()
+    return single_flight(_FLIGHTS.setdefault(registry, {}), (repo, digest))
 
 
 async def _send_blob(
@@ -425,13 +419,47 @@ async def _patch(registry: Registry, job: _Job, desc: oci.Descriptor, location: 
     return location
 
 
-async def _put_document(registry: Registry, job: _Job, path: str, desc: oci.Descriptor) -> None:
-    await registry.request(
+async def _put_document(
+    registry: Registry, job: _Job, path: str, desc: oci.Descriptor
+) -> httpx.Response:
+    return await registry.request(
         "PUT",
         job.repo,
         path,
         scope=_SCOPE,
         headers={"Content-Type": desc.media_type},
         content=await job.document(desc),
+        ok=(201,),
+    )
+
+
+async def _referrers_tag(registry: Registry, job: _Job, desc: oci.Descriptor) -> None:
+    """PUSH-6: a document with a ``subject`` joins the subject's ``<alg>-<hex>`` tag index."""
+    data = await job.document(desc)
+    decode = oci.decode_index if oci.is_index(desc.media_type) else oci.decode_manifest
+    doc = decode(data, name=str(desc.digest))
+    if doc.subject is None:
+        return
+    artifact = doc.artifact_type
+    if not artifact and isinstance(doc, oci.Manifest):
+        artifact = doc.config.media_type
+    entry = oci.Descriptor(
+        desc.media_type, desc.digest, desc.size, annotations=doc.annotations, artifact_type=artifact
+    )
+    subject = doc.subject.digest
+    path = f"manifests/{subject.algorithm}-{subject.encoded}"
+    got = await registry.request(
+        "GET", job.repo, path, scope=_SCOPE, headers={"Accept": oci.OCI_INDEX}, ok=(200, 404)
+    )
+    old = oci.decode_index(got.content, name=path) if got.status_code == 200 else oci.Index()
+    if any(m.digest == desc.digest for m in old.manifests):
+        return
+    await registry.request(
+        "PUT",
+        job.repo,
+        path,
+        scope=_SCOPE,
+        headers={"Content-Type": oci.OCI_INDEX},
+        content=oci.encode_index(replace(old, manifests=(*old.manifests, entry))),
         ok=(201,),
     )

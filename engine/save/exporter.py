@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, cast, final
 
 import anyio
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from castar.engine.save.plan import ImagePlan, Skipped, Target
     from castar.store.digest import Digest
     from castar.store.progress import ProgressCallback
+    from castar.store.roles import BlobIngester
 
 __all__ = ["ExportResult", "SaveJob", "SaveOptions", "SavePlan", "plan_save", "save", "save_many"]
 
@@ -136,15 +137,33 @@ async def _save(
         if current_lease() is not None
         else store.leases.hold(expire=timedelta(hours=24), labels={"castar.export": "1"})
     )
+    options = job.options
     async with lease:
+        if options.missing == "fetch":  # SAVE-7: complete first; then anything missing fails
+            await _fetch_missing(store, job.names, options)
+            options = replace(options, missing="fail")
         async with planning or nullcontext():
-            plan = await plan_save(store, job.names, job.options)
+            plan = await plan_save(store, job.names, options)
         out = open_sink(job.sink)  # a path is put in place only if writing succeeds
         async with limiters.hash:  # opens count as blob work: no burst of thread starts
             await out.open()
         async with out:
-            size, sha = await write(plan, store.content, out, job.options, limiters, job.progress)
+            size, sha = await write(plan, store.content, out, options, limiters, job.progress)
     return ExportResult(plan, size, sha)
+
+
+async def _fetch_missing(store: Roles, names: Sequence[str], options: SaveOptions) -> None:
+    """SAVE-7: pull what the store lacks of each target's selection from where it came."""
+    from castar.engine.load.importer import LoadOptions  # httpx loads for a fetch only
+    from castar.engine.registry.pull import fetch_missing
+
+    content = cast("BlobIngester", store.content)  # a save that fetches runs on a whole root
+    done: set[str] = set()
+    for ref in [names] if isinstance(names, str) else names:
+        for t in await resolve(store, ref):
+            if t.desc.digest not in done:
+                done.add(t.desc.digest)
+                await fetch_missing(content, t.desc, LoadOptions(options.platforms), who=t.who)
 
 
 async def save_many(

@@ -23,7 +23,7 @@ __all__ = [
     "SavePlan", "Skipped", "Target",
 ]  # fmt: skip
 
-MISSING_POLICIES: Final = ("sparse", "prune", "fail")
+MISSING_POLICIES: Final = ("sparse", "prune", "fail", "fetch")
 _SOURCE_LABEL: Final = "containerd.io/distribution.source"
 _OCI_LAYOUT: Final = b'{"imageLayoutVersion":"1.0.0"}'
 
@@ -57,7 +57,7 @@ class Target:
 @final
 @dataclass(frozen=True, slots=True)
 class SaveOptions:
-    """How to save: ``missing`` is ``sparse`` (EXP-7), ``prune`` or ``fail``."""
+    """How to save: ``missing`` is ``sparse`` (EXP-7), ``prune``, ``fail`` or ``fetch`` (SAVE-7)."""
 
     platforms: tuple[plat.Platform, ...] = ()  # empty: all (SAVE-1..3)
     missing: str = "sparse"

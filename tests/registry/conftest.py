@@ -289,6 +289,23 @@ def token_registry(
 
 
 @pytest.fixture
+def publish(tmp_path: Path) -> Callable[[synth.SynthSpec], None]:
+    """``publish(spec)``: ``spec``'s archive put into a registry under its name by skopeo."""
+    if shutil.which("skopeo") is None:
+        pytest.skip("skopeo is not installed")
+
+    def run(spec: synth.SynthSpec) -> None:
+        path = tmp_path / f"publish-{id(spec)}.tar"
+        synth.write_path(spec, path)
+        cmd = ["skopeo", "copy", "--all", "--preserve-digests", "--dest-tls-verify=false"]
+        subprocess.run(
+            [*cmd, f"oci-archive:{path}", f"docker://{spec.name}"], check=True, capture_output=True
+        )
+
+    return run
+
+
+@pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Root]:
     """A fresh castar store."""
     async with open_root(tmp_path / "store") as s:
