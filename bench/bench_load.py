@@ -6,8 +6,8 @@ Every case runs in its own subprocess (fresh store under /tmp, peak RSS = that p
 ``ru_maxrss``) while a 1 ms ticker measures the longest event-loop stall. Cases: load from
 a file, from a pipe (``cat archive |``), a one-platform load of the same archive, the
 sync baseline (design rule bench-baseline) over the same bytes (each member to a new file,
-fsync'd like a durable per-blob commit, without fsync, and with one syncfs at the end like
-``load``), a small ~20 MiB archive for RSS, and 5,000 small layers against the same
+fsync'd like a durable per-blob commit, without fsync, and with one syncfs at the end: the
+one-sync baseline), a small ~20 MiB archive for RSS, and 5,000 small layers against the same
 baselines. Archives are cached in /tmp, never committed. Figures are medians of ``--runs``
 runs.
 """
@@ -68,7 +68,8 @@ def baseline(archive: Path, root: Path, *, fsync: bool, sync_end: bool = False) 
     """Plain sync loop: each tar member read, sha256'd and written to a new file.
 
     ``fsync``: each file and the directory fsync'd (a per-blob durable commit); ``sync_end``:
-    one ``syncfs`` after the last file instead, the way ``load`` makes its blobs durable.
+    one ``syncfs`` after the last file instead (the one-sync baseline; ``load`` syncs only its
+    own files, design rule io-sync).
     """
     out = root / "blobs"
     out.mkdir(parents=True)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-_SIGNALLED = 128  # exit codes above this: ended by a signal (128 + its number)
+_SIGNALLED = 128  # castar._cli.EXIT_SIGNALLED, before that module can load
 
 
 def main(argv: Sequence[str] | None = None) -> int:

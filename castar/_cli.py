@@ -1,6 +1,6 @@
 """The ``castar`` command line: argparse, one exit-code table, ``main`` (commands: _commands).
 
-The only place that catches CastarError broadly (design rule errors-seam).
+The only place that catches CastarError broadly (design rule errors-exit-codes).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ __all__ = ["EXIT_CODES", "UsageError", "exit_code", "main", "message"]
 
 EXIT_OTHER: Final = 1
 EXIT_USAGE: Final = 2
-EXIT_SIGINT: Final = 130  # 128 + SIGINT, as shells report
+EXIT_SIGNALLED: Final = 128  # ended by a signal: 128 + its number, as shells report
 
 
 class UsageError(InvalidArgument):
@@ -108,6 +108,15 @@ def _duration(text: str) -> timedelta | None:
         return timedelta(seconds=sum(float(n) * _UNITS[u] for n, u in parts))
     except OverflowError:
         raise argparse.ArgumentTypeError(f'duration "{text}" is too long') from None
+
+
+def _size(text: str) -> int:
+    from castar._demo import parse_size
+
+    try:
+        return parse_size(text)
+    except InvalidArgument as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def _registry_host(text: str) -> str:
@@ -225,7 +234,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--input", metavar="FILE", help="archive to read (default: stdin)")
     p.add_argument("--all-platforms", action="store_true", help="load every platform")
     p.add_argument("--name", metavar="PREFIX", help="name images whose archive only gives a tag")
-    p.add_argument("--max-size", metavar="SIZE", help="refuse archives over SIZE (e.g. 10G)")
+    p.add_argument("--max-size", metavar="SIZE", type=_size,
+                   help="refuse archives over SIZE (e.g. 10G)")  # fmt: skip
     p = cmd["pull"]
     p.add_argument("refs", nargs="+", metavar="REF", help="[registry/]repository[:tag|@digest]")
     p.add_argument("--all-platforms", action="store_true", help="pull every platform")
@@ -306,7 +316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
             exc = exc.exceptions[0]
         if isinstance(exc, KeyboardInterrupt):  # a signal before (or after) the handler's time
-            return EXIT_SIGINT
+            import signal
+
+            return EXIT_SIGNALLED + signal.SIGINT
         if not isinstance(exc, Exception):
             raise
         if isinstance(exc, BrokenPipeError):

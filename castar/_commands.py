@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from castar._api import open_store
-from castar._cli import EXIT_OTHER, UsageError, exit_code, message
-from castar._demo import parse_size, run_demo
+from castar._cli import EXIT_OTHER, EXIT_SIGNALLED, UsageError, exit_code, message
+from castar._demo import run_demo
 from castar._progress import open_progress
 from castar._render import format_size, render_tree, table
 from castar.engine import oci, platforms, reference
@@ -64,7 +64,6 @@ def _progress_mode(args: argparse.Namespace) -> str:
 async def _cmd_load(store: Store, args: argparse.Namespace) -> int:
     # parsed here so a bad spec exits 4 before the store is touched; parsed once
     plats = platforms.parse_list(args.platform) if args.platform else None
-    max_size = parse_size(args.max_size) if args.max_size is not None else None
     source: object
     if args.input in (None, "-"):
         if sys.stdin is None:
@@ -85,7 +84,7 @@ async def _cmd_load(store: Store, args: argparse.Namespace) -> int:
             all_platforms=args.all_platforms,
             name=args.name,
             progress=bar,
-            max_size=max_size,
+            max_size=args.max_size,
         )
     return _print_images(args, images, "Loaded")
 
@@ -340,7 +339,8 @@ async def _cmd_login(args: argparse.Namespace) -> int:
         path = await anyio.to_thread.run_sync(auth.logout, host)
         text = f"Removed the credentials for {host} from {path}"
     else:
-        user, password = await anyio.to_thread.run_sync(_login_inputs, args)
+        # a prompt or an idle --password-stdin pipe must not outlast Ctrl-C (ERR-6)
+        user, password = await anyio.to_thread.run_sync(_login_inputs, args, abandon_on_cancel=True)
         auth.check_user(host, user)
         from castar.engine.registry.client import check_credentials  # httpx: registry work only
 
@@ -379,7 +379,7 @@ async def _cancel_on_signal(
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         task_status.started()
         async for signum in signals:
-            ended.append(128 + signum)
+            ended.append(EXIT_SIGNALLED + signum)
             scope.cancel()
             return
 

@@ -36,7 +36,10 @@ def parse_size(text: str) -> int:
     m = _SIZE.fullmatch(text.strip())
     if m is None:
         raise InvalidArgument(f'bad size "{text}": expected e.g. 64M, 1G or 500000')
-    return int(float(m[1]) * 1024 ** ("kmgt".find(m[2].lower()) + 1 if m[2] else 0))
+    try:
+        return int(float(m[1]) * 1024 ** ("kmgt".find(m[2].lower()) + 1 if m[2] else 0))
+    except OverflowError:
+        raise InvalidArgument(f'size "{text}" is too large') from None
 
 
 def parse_platforms(value: str) -> list[str]:

@@ -153,7 +153,7 @@ def put_small(
     sync: bool,
     check: Callable[[], None] | None = None,
 ) -> CommitResult:
-    """Write a small blob held whole straight to its address: no ingest directory (§2.10)."""
+    """A small blob held whole, written straight to its address: no ingest (io-small-blobs)."""
     h = hasher(expected.algorithm if expected is not None else algorithm)
     h.update(data)
     digest = verified(from_hasher(h), expected)

@@ -698,8 +698,8 @@ async def test_without_o_tmpfile_stale_temps_of_dead_writers_go(
 
 
 def test_writing_into_a_full_pipe_whose_reader_left_fails_at_once() -> None:
-    # A full pipe keeps its bytes after the reader closes and selects writable: write_all
-    # once looped on it for ever (a `castar save | head -c 1000` that never ended).
+    # A full pipe keeps its bytes after the reader closes and selects writable: the write
+    # must still be tried, so EPIPE ends `castar save | head -c 1000`.
     from castar.engine.save.sinks import write_all
 
     read, write = os.pipe()
@@ -720,7 +720,7 @@ def test_writing_into_a_full_pipe_whose_reader_left_fails_at_once() -> None:
 
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
-        worker.join(60)  # a hang guard only: the fixed code returns at once
+        worker.join(60)  # a hang guard only
         assert not worker.is_alive(), "write_all spins on a full pipe with no reader"
         assert len(outcome) == 1
         assert isinstance(outcome[0], BrokenPipeError)

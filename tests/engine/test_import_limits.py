@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -186,8 +187,13 @@ def test_load7_cli_max_size_takes_human_sizes(tmp_path, capsys):
     root = str(tmp_path / "cli")
     assert main(["--root", root, "load", "-q", "-i", str(path), "--max-size", "1M"]) == 4
     assert "larger than the 1048576-byte limit (max_size)" in capsys.readouterr().err
-    assert main(["--root", root, "load", "-q", "-i", str(path), "--max-size", "ten"]) == 4
-    assert 'bad size "ten"' in capsys.readouterr().err
+    for bad, why in (("ten", 'bad size "ten"'), ("9" * 400 + "G", "is too large")):
+        other = str(tmp_path / "unused")  # a usage error (ERR-8): no store is opened
+        with pytest.raises(SystemExit) as exit_:
+            main(["--root", other, "load", "-q", "-i", str(path), "--max-size", bad])
+        assert exit_.value.code == 2
+        assert why in capsys.readouterr().err
+        assert not os.path.exists(other)
     assert main(["--root", root, "load", "-q", "-i", str(path), "--max-size", "10G"]) == 0
     assert "Loaded image: limits/img:1" in capsys.readouterr().out
 
