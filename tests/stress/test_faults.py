@@ -31,9 +31,6 @@ def test_a_read_only_root_reads_and_refuses_writes(tmp_path, mounts):
     assert not f.read_only(tmp_path).problems()
 
 
-# A finding of this suite, not yet numbered in the issue: sync_blobs' task group lets an
-# ExceptionGroup of DataLoss out of load instead of one castar error.
-@pytest.mark.xfail(strict=True, reason="issue 15 finding: a failed fsync raises ExceptionGroup")
 def test_a_failing_fsync_fails_the_load_and_records_nothing(tmp_path):
     assert not f.failing_fsync(tmp_path).problems()
 
