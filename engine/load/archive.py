@@ -107,7 +107,7 @@ class Session:
     catalog: Catalog = field(default_factory=Catalog)
     fd: int | None = None  # seekable archives are read with pread on this fd
     written: dict[str, bytes] = field(default_factory=dict)  # documents the load built and stored
-    created: set[Digest] = field(default_factory=set)  # blobs this load recorded first (LOAD-8)
+    created: set[Digest] = field(default_factory=set)  # first recorded by this load: LOAD-8
     _serial: Iterator[int] = field(default_factory=itertools.count)
     _buffers: list[bytearray] = field(default_factory=list)
 
@@ -127,8 +127,9 @@ class Session:
         free = self.content.free_space()
         if free < left + RESERVE:
             raise Unavailable(
-                f"blob {entry.name} of {entry.size} bytes: {left} bytes still to write would leave"
-                f" less than the {RESERVE}-byte reserve free in the store ({free} bytes free)"
+                f"blob {entry.name} of {entry.size} bytes: {left} bytes still to write would"
+                f" leave less than the {RESERVE}-byte reserve of free space in the store"
+                f" ({free} bytes free)"
             )
 
     async def discard(self, ref: str) -> None:

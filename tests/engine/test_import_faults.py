@@ -1,10 +1,11 @@
-"""A load that fails in the store: one castar error, no record.
+"""A load that fails: one castar error, no record, its space given back (LOAD-10).
 
 Archives are generated here (engine.synth); sources are files and non-seekable streams.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -16,13 +17,20 @@ import anyio
 import pytest
 
 from castar.engine import synth
-from castar.engine.load import importer
+from castar.engine.load import archive, importer
 from castar.engine.load.importer import LoadOptions
 from castar.store import Image, Root, open_root
-from castar.store.errors import DataLoss
+from castar.store.errors import DataLoss, Unavailable
 
 SPEC = synth.SynthSpec(
     name="faults/img:1", platforms=("linux/amd64", "linux/arm64"), layers=3, layer_size=4096
+)
+BIG = synth.SynthSpec(
+    name="faults/big:1",
+    platforms=("linux/amd64", "linux/arm64"),
+    layers=2,
+    layer_size=2 << 20,  # over the 1 MiB small-member limit: these go through an ingest
+    order="containerd",  # blobs first: a stream meets every blob before index.json
 )
 
 
@@ -75,6 +83,49 @@ async def test_a_failing_fsync_is_one_data_loss_naming_the_blob(
         await load(store, source(tmp_path, synth_bytes(SPEC), stream))
     assert isinstance(err.value.__cause__, OSError)
     assert await store.images.list() == []
+    assert await store.content.walk() == []  # LOAD-10
     monkeypatch.undo()
     images = await load(store, source(tmp_path, synth_bytes(SPEC), stream))  # a retry loads it
     assert [i.name for i in images] == ["docker.io/faults/img:1"]
+
+
+async def blobs(root: Root) -> set[str]:
+    return {str(i.digest) for i in await root.content.walk()}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("how", ["error", "cancel"])
+async def test_load10_a_failed_load_deletes_what_it_created_and_nothing_else(
+    store, tmp_path, monkeypatch, stream, how
+):
+    # The second big member's free-space check fails or cancels the load. Kept: a layer
+    # stored before, one another lease names, one an open ingest expects.
+    plan = synth.plan(BIG)
+    amd64, arm64 = plan.platforms
+    stored = amd64.layers[0].digest
+    await store.content.write_blob(b"".join(plan.blob_chunks(stored)), digest=stored)
+    leased, ingested = str(arm64.layers[0].digest), str(arm64.config.digest)
+    checks: list[str] = []
+    scope = anyio.CancelScope()
+
+    def room(self: archive.Session, entry: object, left: int) -> None:
+        checks.append(str(entry))
+        if len(checks) == 2 and how == "cancel":
+            anyio.from_thread.run_sync(scope.cancel)
+        elif len(checks) == 2:
+            raise Unavailable("injected")
+
+    monkeypatch.setattr(archive.Session, "room", room)
+    async with store.leases.hold() as lease, store.content.writer("other", digest=ingested):
+        await store.leases.add_resources(lease.id, "content", [leased])
+        with scope, pytest.raises(Unavailable) if how == "error" else contextlib.nullcontext():
+            await load(store, source(tmp_path, synth_bytes(BIG), stream))
+        assert scope.cancelled_caught == (how == "cancel")
+        assert str(stored) in await blobs(store)
+        assert await blobs(store) <= {str(stored), leased, ingested}
+        assert [s.ref for s in await store.content.list_statuses()] == ["other"]
+        assert [x.id for x in await store.leases.list()] == [lease.id]
+    assert await store.images.list() == []
+    monkeypatch.undo()
+    images = await load(store, source(tmp_path, synth_bytes(BIG), stream))
+    assert [i.name for i in images] == ["docker.io/faults/big:1"]

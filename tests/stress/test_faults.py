@@ -17,7 +17,6 @@ def mounts():
         pytest.skip(f"needs a tmpfs mount: {exc}")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15 defect 10")
 def test_enospc_mid_load_gives_a_clear_error_and_the_space_back(tmp_path, mounts):
     assert not f.enospc_load(tmp_path, 8 << 20).problems()
 
