@@ -442,6 +442,19 @@ async def _ingest_member(
     """Stream one member into an ingest, then hand its commit to a task of ``tg``."""
     ref = sess.ref(entry.name)
     stack = contextlib.AsyncExitStack()
+
+    async def room(left: int) -> None:
+        try:
+            await anyio.to_thread.run_sync(sess.room, entry, left)
+        except Unavailable:
+            # LOAD-7: the space goes back first; then the rest of the member is read, not
+            # written, so a truncated archive is refused as from a file, before the space is.
+            with anyio.CancelScope(shield=True):
+                await stack.aclose()
+            await sess.discard(ref)
+            await reader.drain()
+            raise
+
     try:
         try:
             w = await stack.enter_async_context(
@@ -452,13 +465,13 @@ async def _ingest_member(
             entry.digest = expected
             await reader.drain()  # already stored: the bytes are not written again (ING-2)
             return
-        await anyio.to_thread.run_sync(sess.room, entry, entry.size)
+        await room(entry.size)
         written = 0
         while isinstance(ev := await reader.next(), Chunk):
             await w.write(ev.data)
             before, written = written, written + len(ev.data)
             if written // _ROOM_EVERY != before // _ROOM_EVERY:
-                await anyio.to_thread.run_sync(sess.room, entry, entry.size - written)
+                await room(entry.size - written)
         await commits.acquire()
     except BaseException:
         with anyio.CancelScope(shield=True):
