@@ -25,7 +25,7 @@ from castar.engine.load import decompress
 from castar.engine.load.catalog import Catalog, Entry, blob_digest, note_member, scan_sync
 from castar.engine.tarcodec import NEED_DATA, ArchiveEnd, Chunk, MemberEnd, MemberStart, TarDecoder
 from castar.store.content import SmallBlob
-from castar.store.digest import Digest
+from castar.store.digest import Digest, from_hasher, hasher
 from castar.store.errors import (
     AlreadyExists,
     DigestMismatch,
@@ -35,6 +35,7 @@ from castar.store.errors import (
 )
 
 if TYPE_CHECKING:
+    import hashlib
     from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
     from typing import TypeAlias
 
@@ -417,6 +418,8 @@ async def _ingest_stream(sess: Session, reader: _StreamReader) -> None:
                     await reader.drain()
                 elif isinstance(entry, str):
                     cat.documents[entry] = (ev.name, await reader.body())
+                elif entry.copy:
+                    await _check_copy(reader, entry)
                 else:
                     expected = blob_digest(entry.name)
                     if ev.size <= _SMALL:
@@ -481,6 +484,43 @@ async def _ingest_member(
     tg.start_soon(_finish_member, sess, w, stack, entry, expected, commits)
 
 
+async def _check_copy(reader: _StreamReader, entry: Entry) -> None:
+    """IMP-3: a blob member given again is hashed as it passes, never stored."""
+    h = _copy_hasher(entry)
+    while isinstance(ev := await reader.next(), Chunk):
+        await anyio.to_thread.run_sync(h.update, ev.data)
+    _checked_copy(entry, h)
+
+
+def _check_copies_sync(fd: int, copies: Iterable[Entry]) -> None:
+    """IMP-3: each blob member given again in a seekable file must hash to its name."""
+    for entry in copies:
+        h = _copy_hasher(entry)
+        offset, left = entry.offset, entry.size
+        while left:
+            data = os.pread(fd, min(left, CHUNK), offset)
+            if not data:
+                raise _truncated(entry, left, offset)
+            h.update(data)
+            offset += len(data)
+            left -= len(data)
+            anyio.from_thread.check_cancelled()
+        _checked_copy(entry, h)
+
+
+def _copy_hasher(entry: Entry) -> hashlib._Hash:
+    expected = blob_digest(entry.name)
+    assert expected is not None  # only a blob member is a copy
+    return hasher(expected.algorithm)
+
+
+def _checked_copy(entry: Entry, h: hashlib._Hash) -> None:
+    expected, actual = blob_digest(entry.name), from_hasher(h)
+    if actual != expected:
+        assert expected is not None
+        raise _imp4(entry, DigestMismatch("", expected=expected, actual=actual))
+
+
 async def _store_batch(sess: Session, batch: list[SmallMember], done: anyio.Semaphore) -> None:
     """Store a batch of small members read whole, while the next batch gathers."""
     try:
@@ -527,6 +567,8 @@ async def read_archive(sess: Session, src: Source, max_size: int | None) -> None
                 raise _too_large(src.name, max_size)
             sess.catalog = await anyio.to_thread.run_sync(scan_sync, fd, base, size)
             sess.fd = fd
+            if sess.catalog.copies:
+                await anyio.to_thread.run_sync(_check_copies_sync, fd, sess.catalog.copies)
             return
     else:
         while len(first) < 8:

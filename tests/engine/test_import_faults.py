@@ -9,6 +9,7 @@ import contextlib
 import errno
 import io
 import os
+import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ from castar.engine import synth
 from castar.engine.load import archive, importer
 from castar.engine.load.importer import LoadOptions
 from castar.store import Image, Root, open_root
-from castar.store.errors import DataLoss, Unavailable
+from castar.store.digest import compute
+from castar.store.errors import DataLoss, DigestMismatch, Unavailable
+from castar.store.verify import verify
 
 SPEC = synth.SynthSpec(
     name="faults/img:1", platforms=("linux/amd64", "linux/arm64"), layers=3, layer_size=4096
@@ -129,3 +132,53 @@ async def test_load10_a_failed_load_deletes_what_it_created_and_nothing_else(
     monkeypatch.undo()
     images = await load(store, source(tmp_path, synth_bytes(BIG), stream))
     assert [i.name for i in images] == ["docker.io/faults/big:1"]
+
+
+# -- IMP-3: a blob member given twice ---------------------------------------------------------
+
+
+def twice(spec: synth.SynthSpec, bad: str) -> tuple[bytes, str]:
+    """The archive with its first layer member given twice; ``bad`` names the changed copy."""
+    layer = synth.plan(spec).platforms[0].layers[0]
+    name = f"blobs/sha256/{layer.digest.encoded}"
+    out = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(synth_bytes(spec))) as src,
+        tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as dst,
+    ):
+        for m in src:
+            if m.name != name:
+                dst.addfile(m, src.extractfile(m) if m.isfile() else None)
+                continue
+            body = src.extractfile(m).read()  # type: ignore[union-attr]
+            other = bytes(len(body))
+            for copy in (other if bad == "first" else body, other if bad == "second" else body):
+                dst.addfile(m, io.BytesIO(copy))
+    return out.getvalue(), name
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("size", [4096, 2 << 20])
+async def test_imp3_an_identical_second_copy_of_a_blob_is_accepted(store, tmp_path, stream, size):
+    spec = synth.SynthSpec(name="faults/twice:1", platforms=("linux/amd64",), layer_size=size)
+    data, _ = twice(spec, bad="none")
+    images = await load(store, source(tmp_path, data, stream))
+    assert [i.name for i in images] == ["docker.io/faults/twice:1"]
+    assert not (await verify(store.content)).problems
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("size", [4096, 2 << 20])
+@pytest.mark.parametrize("bad", ["first", "second"])
+async def test_imp3_a_differing_copy_of_a_blob_is_a_digest_mismatch(
+    store, tmp_path, stream, size, bad
+):
+    spec = synth.SynthSpec(name="faults/twice:1", platforms=("linux/amd64",), layer_size=size)
+    data, name = twice(spec, bad=bad)
+    zeros = str(compute(bytes(size)))
+    with pytest.raises(DigestMismatch) as err:
+        await load(store, source(tmp_path, data, stream))
+    want = f"blob {name}: unexpected digest {zeros}, expected sha256:{name.rsplit('/', 1)[1]}"
+    assert str(err.value).startswith(want)
+    assert await store.images.list() == []
+    assert await store.content.walk() == []  # LOAD-10
