@@ -447,9 +447,13 @@ class BlobStore:
                     sync_dir(d)
 
         n = min(_SYNC_THREADS, len(paths))
-        async with anyio.create_task_group() as tg:
-            for i in range(n):
-                tg.start_soon(functools.partial(anyio.to_thread.run_sync, flush, paths[i::n]))
+        try:
+            async with anyio.create_task_group() as tg:
+                for i in range(n):
+                    tg.start_soon(functools.partial(anyio.to_thread.run_sync, flush, paths[i::n]))
+        except BaseExceptionGroup as group:  # errors-no-group: the first failure, alone
+            first = group.exceptions[0]
+            raise first from first.__cause__
         await anyio.to_thread.run_sync(flush_dirs)
 
 

@@ -25,7 +25,7 @@ from castar.engine.load import decompress
 from castar.engine.load.catalog import Catalog, Entry, blob_digest, note_member, scan_sync
 from castar.engine.tarcodec import NEED_DATA, ArchiveEnd, Chunk, MemberEnd, MemberStart, TarDecoder
 from castar.store.content import SmallBlob
-from castar.store.digest import Digest
+from castar.store.digest import Digest, from_hasher, hasher
 from castar.store.errors import (
     AlreadyExists,
     DigestMismatch,
@@ -35,6 +35,7 @@ from castar.store.errors import (
 )
 
 if TYPE_CHECKING:
+    import hashlib
     from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
     from typing import TypeAlias
 
@@ -107,7 +108,7 @@ class Session:
     catalog: Catalog = field(default_factory=Catalog)
     fd: int | None = None  # seekable archives are read with pread on this fd
     written: dict[str, bytes] = field(default_factory=dict)  # documents the load built and stored
-    created: set[Digest] = field(default_factory=set)  # blobs this load recorded first (LOAD-8)
+    created: set[Digest] = field(default_factory=set)  # first recorded by this load: LOAD-8
     _serial: Iterator[int] = field(default_factory=itertools.count)
     _buffers: list[bytearray] = field(default_factory=list)
 
@@ -127,8 +128,9 @@ class Session:
         free = self.content.free_space()
         if free < left + RESERVE:
             raise Unavailable(
-                f"blob {entry.name} of {entry.size} bytes: {left} bytes still to write would leave"
-                f" less than the {RESERVE}-byte reserve free in the store ({free} bytes free)"
+                f"blob {entry.name} of {entry.size} bytes: {left} bytes still to write would"
+                f" leave less than the {RESERVE}-byte reserve of free space in the store"
+                f" ({free} bytes free)"
             )
 
     async def discard(self, ref: str) -> None:
@@ -416,6 +418,8 @@ async def _ingest_stream(sess: Session, reader: _StreamReader) -> None:
                     await reader.drain()
                 elif isinstance(entry, str):
                     cat.documents[entry] = (ev.name, await reader.body())
+                elif entry.copy:
+                    await _check_copy(reader, entry)
                 else:
                     expected = blob_digest(entry.name)
                     if ev.size <= _SMALL:
@@ -441,6 +445,19 @@ async def _ingest_member(
     """Stream one member into an ingest, then hand its commit to a task of ``tg``."""
     ref = sess.ref(entry.name)
     stack = contextlib.AsyncExitStack()
+
+    async def room(left: int) -> None:
+        try:
+            await anyio.to_thread.run_sync(sess.room, entry, left)
+        except Unavailable:
+            # LOAD-7: the space goes back first; then the rest of the member is read, not
+            # written, so a truncated archive is refused as from a file, before the space is.
+            with anyio.CancelScope(shield=True):
+                await stack.aclose()
+            await sess.discard(ref)
+            await reader.drain()
+            raise
+
     try:
         try:
             w = await stack.enter_async_context(
@@ -451,13 +468,13 @@ async def _ingest_member(
             entry.digest = expected
             await reader.drain()  # already stored: the bytes are not written again (ING-2)
             return
-        await anyio.to_thread.run_sync(sess.room, entry, entry.size)
+        await room(entry.size)
         written = 0
         while isinstance(ev := await reader.next(), Chunk):
             await w.write(ev.data)
             before, written = written, written + len(ev.data)
             if written // _ROOM_EVERY != before // _ROOM_EVERY:
-                await anyio.to_thread.run_sync(sess.room, entry, entry.size - written)
+                await room(entry.size - written)
         await commits.acquire()
     except BaseException:
         with anyio.CancelScope(shield=True):
@@ -465,6 +482,43 @@ async def _ingest_member(
         await sess.discard(ref)
         raise
     tg.start_soon(_finish_member, sess, w, stack, entry, expected, commits)
+
+
+async def _check_copy(reader: _StreamReader, entry: Entry) -> None:
+    """IMP-3: a blob member given again is hashed as it passes, never stored."""
+    h = _copy_hasher(entry)
+    while isinstance(ev := await reader.next(), Chunk):
+        await anyio.to_thread.run_sync(h.update, ev.data)
+    _checked_copy(entry, h)
+
+
+def _check_copies_sync(fd: int, copies: Iterable[Entry]) -> None:
+    """IMP-3: each blob member given again in a seekable file must hash to its name."""
+    for entry in copies:
+        h = _copy_hasher(entry)
+        offset, left = entry.offset, entry.size
+        while left:
+            data = os.pread(fd, min(left, CHUNK), offset)
+            if not data:
+                raise _truncated(entry, left, offset)
+            h.update(data)
+            offset += len(data)
+            left -= len(data)
+            anyio.from_thread.check_cancelled()
+        _checked_copy(entry, h)
+
+
+def _copy_hasher(entry: Entry) -> hashlib._Hash:
+    expected = blob_digest(entry.name)
+    assert expected is not None  # only a blob member is a copy
+    return hasher(expected.algorithm)
+
+
+def _checked_copy(entry: Entry, h: hashlib._Hash) -> None:
+    expected, actual = blob_digest(entry.name), from_hasher(h)
+    if actual != expected:
+        assert expected is not None
+        raise _imp4(entry, DigestMismatch("", expected=expected, actual=actual))
 
 
 async def _store_batch(sess: Session, batch: list[SmallMember], done: anyio.Semaphore) -> None:
@@ -513,6 +567,8 @@ async def read_archive(sess: Session, src: Source, max_size: int | None) -> None
                 raise _too_large(src.name, max_size)
             sess.catalog = await anyio.to_thread.run_sync(scan_sync, fd, base, size)
             sess.fd = fd
+            if sess.catalog.copies:
+                await anyio.to_thread.run_sync(_check_copies_sync, fd, sess.catalog.copies)
             return
     else:
         while len(first) < 8:

@@ -71,6 +71,7 @@ class Entry:
     size: int
     offset: int = -1  # first body byte in a seekable file, -1 in a stream
     digest: Digest | None = None  # set once the bytes are in the store
+    copy: bool = False  # a blob member given again: only checked against its name (IMP-3)
 
 
 @dataclass(slots=True)
@@ -79,6 +80,7 @@ class Catalog:
     symlinks: dict[str, str] = field(default_factory=dict)  # raw name -> raw link target
     # cleaned name (oci-layout, manifest.json) -> (raw name, bytes)
     documents: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    copies: list[Entry] = field(default_factory=list)  # a seekable file's, for IMP-3
 
 
 def scan_sync(fd: int, base: int, size: int) -> Catalog:
@@ -139,10 +141,10 @@ def note_member(cat: Catalog, ev: MemberStart, offset: int) -> Entry | str | Non
         if _never_used(cat, cleaned):
             return None  # LOAD-9: streamed past, never written
         if cleaned in cat.entries and blob_digest(cleaned) is not None:
-            # IMP-3: a file keeps the last copy, a stream checks the first: refuse both ways
-            raise MalformedArchive(
-                f"blob member {ev.name!r} is given twice", offset=ev.header_offset, member=ev.name
-            )
+            copy = Entry(cleaned, ev.size, offset, copy=True)  # IMP-3: the first copy is used
+            if offset >= 0:
+                cat.copies.append(copy)
+            return copy
         entry = cat.entries[cleaned] = Entry(cleaned, ev.size, offset)
         return entry
     if ev.size > oci.MAX_DOCUMENT:

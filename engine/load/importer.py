@@ -5,8 +5,11 @@ Must not import the exporter, the CLI or the facade. Tar names are only ever map
 
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, final
+
+import anyio
 
 from castar.engine import graph, oci, reference
 from castar.engine import platforms as plats
@@ -14,7 +17,7 @@ from castar.engine._streams import open_source
 from castar.engine.load.archive import Progress, Session, read_archive
 from castar.engine.load.resolve import EmptyWalk, Walk, fetch_needed, keep, resolve, walk_index
 from castar.store.digest import Digest
-from castar.store.errors import NotFound
+from castar.store.errors import CastarError, NotFound
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -202,16 +205,23 @@ async def load(
     translator = add_ref_prefix(name) if isinstance(name, str) else name
     sess = Session(content, matcher, skip_missing, translator, Progress(progress))
     try:
-        async with leases.hold(labels={"castar.import": sess.session}):
-            async with open_source(source) as src:  # a seekable file is read until the end
-                await read_archive(sess, src, options.max_size)
-                walk = await walk_index(sess, await resolve(sess))
-                await sess.ensure_small(sess.unstored(walk.needed))  # small blobs first
-                await fetch_needed(sess, walk)
-            # Blobs were committed without fsync: one sync of exactly those files makes
-            # them durable before any label or image points at them (design rule io-sync).
-            await content.sync()
-            loaded = await record(content, images, walk)
+        try:
+            async with leases.hold(labels={"castar.import": sess.session}):
+                async with open_source(source) as src:  # a seekable file is read until the end
+                    await read_archive(sess, src, options.max_size)
+                    walk = await walk_index(sess, await resolve(sess))
+                    await sess.ensure_small(sess.unstored(walk.needed))  # small blobs first
+                    await fetch_needed(sess, walk)
+                # Blobs were committed without fsync: one sync of exactly those files makes
+                # them durable before any label or image points at them (design rule io-sync).
+                await content.sync()
+                loaded = await record(content, images, walk)
+        except BaseException:
+            # LOAD-10: a failed load gives its space back now, not at the next GC; a cleanup
+            # that fails too (the disk is still full) leaves the rest to GC, this error stands.
+            with anyio.CancelScope(shield=True), suppress(CastarError):
+                await content.drop_unused(sess.created)
+            raise
     except NotFound as exc:
         if not requested:
             raise

@@ -1234,8 +1234,8 @@ for _big in (False, True):
     for _first in (False, True):
         _BAD[f"twice-{'big' if _big else 'small'}-{'bad' if _first else 'good'}-first"] = (
             _twice(checked(big=_big), _first),
-            MalformedArchive,
-            "given twice",
+            castar.DigestMismatch,
+            ": unexpected digest sha256:",
         )
 
 

@@ -1,10 +1,13 @@
-"""Loads that cannot fill the disk and leave nothing the selection does not use (LOAD-7, LOAD-8).
+"""Loads that cannot fill the disk, leave nothing the selection does not use and nothing when
+they fail (LOAD-7, LOAD-8, LOAD-10); a blob member given twice (IMP-3).
 
 Archives are generated here (engine.synth, tarfile); sources are files and non-seekable streams.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import os
@@ -23,8 +26,9 @@ from castar.engine.load.importer import LoadOptions
 from castar.store import ContentStore, Image, Root, open_root
 from castar.store.content import Descriptor
 from castar.store.digest import compute
-from castar.store.errors import MalformedArchive, Unavailable
+from castar.store.errors import DataLoss, DigestMismatch, MalformedArchive, Unavailable
 from castar.store.sqlite import SQLiteMetadataDB
+from castar.store.verify import verify
 
 BIG = 2 << 20  # over the 1 MiB small-member limit: these go through an ingest
 SPEC = synth.SynthSpec(
@@ -77,7 +81,8 @@ async def blobs(root: Root) -> set[str]:
 
 
 def ingest_dirs(root: Root) -> list[str]:
-    return [p.name for p in (root.root / "ingest").iterdir()]
+    ingest = root.root / "ingest"  # made by the first ingest
+    return [p.name for p in ingest.iterdir()] if ingest.exists() else []
 
 
 # -- LOAD-8: a filtered load from a stream leaves what the same load from a file leaves -------
@@ -138,6 +143,25 @@ async def test_load7_a_member_over_the_free_space_is_refused_before_a_byte(
     assert f"{archive.RESERVE}-byte reserve" in message
     assert f"({free} bytes free)" in message
     assert ingest_dirs(store) == []  # the partial ingest is gone when the load returns
+    assert await store.images.list() == []
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_load7_a_truncated_member_is_refused_as_such_before_the_free_space(
+    store, tmp_path, monkeypatch, stream
+):
+    # The same bytes, the same verdict: a file sees the member end past its end before any
+    # copy; a stream reads the member on without writing it once the free space is short.
+    free = BIG + archive.RESERVE - 1
+    monkeypatch.setattr(ContentStore, "free_space", lambda self: free)
+    data = synth_bytes(SPEC)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        first = next(m for m in tf.getmembers() if m.size == BIG)
+    cut = data[: first.offset_data + BIG // 2]
+    with pytest.raises(MalformedArchive, match=r"^truncated archive: ") as err:
+        await load(store, source(tmp_path, cut, stream))
+    assert err.value.member == first.name
+    assert ingest_dirs(store) == []
     assert await store.images.list() == []
 
 
@@ -335,3 +359,117 @@ async def test_imp15_put_many_keeps_labels_and_created_at_like_update(store):
     assert (x.target.digest, x.labels, x.created_at) == (t2.digest, labels, old.created_at)
     assert (y.target.digest, y.labels) == (t2.digest, {})
     assert (await store.images.get(kept[0])).labels == {"a": "b"}
+
+
+# -- a load that fails: one castar error, no record, its space given back (LOAD-10) ---------
+
+SMALL = synth.SynthSpec(
+    name="limits/small:1", platforms=("linux/amd64", "linux/arm64"), layers=3, layer_size=4096
+)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_failing_fsync_is_one_data_loss_naming_the_blob(
+    store, tmp_path, monkeypatch, stream
+):
+    # Every blob's fdatasync fails, in each of the sync's threads: one error, not a group.
+    def fail(fd: int) -> None:
+        raise OSError(errno.EIO, "injected")
+
+    monkeypatch.setattr(os, "fdatasync", fail)
+    with pytest.raises(DataLoss, match=r"^syncing .*/blobs/sha256/[0-9a-f]{64}: injected") as err:
+        await load(store, source(tmp_path, synth_bytes(SMALL), stream))
+    assert isinstance(err.value.__cause__, OSError)
+    assert await store.images.list() == []
+    assert await store.content.walk() == []  # LOAD-10
+    monkeypatch.undo()
+    images = await load(store, source(tmp_path, synth_bytes(SMALL), stream))  # a retry loads it
+    assert [i.name for i in images] == ["docker.io/limits/small:1"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("how", ["error", "cancel"])
+async def test_load10_a_failed_load_deletes_what_it_created_and_nothing_else(
+    store, tmp_path, monkeypatch, stream, how
+):
+    # The second big member's free-space check fails or cancels the load. Kept: a layer
+    # stored before, one another lease names, one an open ingest expects.
+    plan = synth.plan(SPEC)
+    amd64, arm64, _ = plan.platforms
+    stored = amd64.layers[0].digest
+    await store.content.write_blob(b"".join(plan.blob_chunks(stored)), digest=stored)
+    leased, ingested = str(arm64.layers[0].digest), str(arm64.config.digest)
+    checks: list[str] = []
+    scope = anyio.CancelScope()
+
+    def room(self: archive.Session, entry: object, left: int) -> None:
+        checks.append(str(entry))
+        if len(checks) == 2 and how == "cancel":
+            anyio.from_thread.run_sync(scope.cancel)
+        elif len(checks) == 2:
+            raise Unavailable("injected")
+
+    monkeypatch.setattr(archive.Session, "room", room)
+    async with store.leases.hold() as lease, store.content.writer("other", digest=ingested):
+        await store.leases.add_resources(lease.id, "content", [leased])
+        with scope, pytest.raises(Unavailable) if how == "error" else contextlib.nullcontext():
+            await load(store, source(tmp_path, synth_bytes(SPEC), stream))
+        assert scope.cancelled_caught == (how == "cancel")
+        assert str(stored) in await blobs(store)
+        assert await blobs(store) <= {str(stored), leased, ingested}
+        assert [s.ref for s in await store.content.list_statuses()] == ["other"]
+        assert [x.id for x in await store.leases.list()] == [lease.id]
+    assert await store.images.list() == []
+    monkeypatch.undo()
+    images = await load(store, source(tmp_path, synth_bytes(SPEC), stream))
+    assert [i.name for i in images] == ["docker.io/limits/img:1"]
+
+
+# -- IMP-3: a blob member given twice ---------------------------------------------------------
+
+
+def twice(spec: synth.SynthSpec, bad: str) -> tuple[bytes, str]:
+    """The archive with its first layer member given twice; ``bad`` names the changed copy."""
+    layer = synth.plan(spec).platforms[0].layers[0]
+    name = f"blobs/sha256/{layer.digest.encoded}"
+    out = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(synth_bytes(spec))) as src,
+        tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as dst,
+    ):
+        for m in src:
+            if m.name != name:
+                dst.addfile(m, src.extractfile(m) if m.isfile() else None)
+                continue
+            body = src.extractfile(m).read()  # type: ignore[union-attr]
+            other = bytes(len(body))
+            for copy in (other if bad == "first" else body, other if bad == "second" else body):
+                dst.addfile(m, io.BytesIO(copy))
+    return out.getvalue(), name
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("size", [4096, 2 << 20])
+async def test_imp3_an_identical_second_copy_of_a_blob_is_accepted(store, tmp_path, stream, size):
+    spec = synth.SynthSpec(name="limits/twice:1", platforms=("linux/amd64",), layer_size=size)
+    data, _ = twice(spec, bad="none")
+    images = await load(store, source(tmp_path, data, stream))
+    assert [i.name for i in images] == ["docker.io/limits/twice:1"]
+    assert not (await verify(store.content)).problems
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("size", [4096, 2 << 20])
+@pytest.mark.parametrize("bad", ["first", "second"])
+async def test_imp3_a_differing_copy_of_a_blob_is_a_digest_mismatch(
+    store, tmp_path, stream, size, bad
+):
+    spec = synth.SynthSpec(name="limits/twice:1", platforms=("linux/amd64",), layer_size=size)
+    data, name = twice(spec, bad=bad)
+    zeros = str(compute(bytes(size)))
+    with pytest.raises(DigestMismatch) as err:
+        await load(store, source(tmp_path, data, stream))
+    want = f"blob {name}: unexpected digest {zeros}, expected sha256:{name.rsplit('/', 1)[1]}"
+    assert str(err.value).startswith(want)
+    assert await store.images.list() == []
+    assert await store.content.walk() == []  # LOAD-10

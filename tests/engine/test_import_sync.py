@@ -190,10 +190,10 @@ async def test_small_entries_are_stored_without_ingest_directories(
     assert len(spy.commit_syncs) >= len(synth.plan(SMALL).blobs)  # every blob, plus the index
 
 
-async def test_a_failed_sync_records_no_image_and_its_blobs_stay_marked_unsynced(
+async def test_a_failed_sync_records_no_image_and_its_unsynced_blobs_are_gone(
     store: Root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A failure before the sync: no image, and the blobs stay unsynced garbage for GC.
+    # A failure before the sync: no image, and the unsynced blobs it recorded go (LOAD-10).
     path, _ = await archive(tmp_path, SMALL)
     spy = Spy(monkeypatch)
 
@@ -206,4 +206,5 @@ async def test_a_failed_sync_records_no_image_and_its_blobs_stay_marked_unsynced
     assert "image" not in spy.events
     assert "label" not in spy.events
     assert await store.images.list() == []
-    assert unsynced(store.root)  # a crash now drops them at the next open; else GC does
+    assert unsynced(store.root) == []
+    assert await store.content.walk() == []

@@ -28,11 +28,23 @@ def _names_space(run: h.Run) -> bool:
 
 
 def enospc_load(work: Path, room: int) -> h.Tally:
-    """A load that fills a ``room``-byte tmpfs root, from a file and from a pipe."""
+    """A load too big for a ``room``-byte tmpfs root, from a file and from a pipe.
+
+    Members over 1 MiB meet the free-space check (LOAD-7); small ones fill the disk (ENOSPC).
+    """
     tally = h.Tally("ENOSPC mid-load")
-    victim, keep = work / "victim.tar", work / "keep.tar"
-    h.archive(victim, h.VICTIM, 2 * room, seed=1)
+    keep = work / "keep.tar"
     h.archive(keep, h.KEEP, 1 << 20)
+    victims = {"big": work / "victim-big.tar", "small": work / "victim-small.tar"}
+    h.archive(victims["big"], h.VICTIM, 2 * room, seed=1)
+    small = ("linux/amd64", "linux/arm64", "linux/arm/v7", "linux/ppc64le")  # 1 MiB layers
+    h.archive(victims["small"], h.VICTIM, 2 * room, small, seed=1)
+    for kind, victim in victims.items():
+        _enospc_load(work / kind, tally, keep, victim, room)
+    return tally
+
+
+def _enospc_load(work: Path, tally: h.Tally, keep: Path, victim: Path, room: int) -> None:
     verdicts = set()
     for pipe in (False, True):
         with h.tmpfs(work / f"small{pipe:d}", room) as mnt:
@@ -50,7 +62,6 @@ def enospc_load(work: Path, room: int) -> h.Tally:
             tally.add(h.audit(root, [h.KEEP]))
     if len(verdicts) > 1:
         tally.finding(f"file and pipe disagree on a full disk: exits {sorted(verdicts)}")
-    return tally
 
 
 def enospc_save(work: Path, room: int) -> h.Tally:

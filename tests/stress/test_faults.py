@@ -17,7 +17,6 @@ def mounts():
         pytest.skip(f"needs a tmpfs mount: {exc}")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15 defect 10")
 def test_enospc_mid_load_gives_a_clear_error_and_the_space_back(tmp_path, mounts):
     assert not f.enospc_load(tmp_path, 8 << 20).problems()
 
@@ -31,9 +30,6 @@ def test_a_read_only_root_reads_and_refuses_writes(tmp_path, mounts):
     assert not f.read_only(tmp_path).problems()
 
 
-# A finding of this suite, not yet numbered in the issue: sync_blobs' task group lets an
-# ExceptionGroup of DataLoss out of load instead of one castar error.
-@pytest.mark.xfail(strict=True, reason="issue 15 finding: a failed fsync raises ExceptionGroup")
 def test_a_failing_fsync_fails_the_load_and_records_nothing(tmp_path):
     assert not f.failing_fsync(tmp_path).problems()
 

@@ -25,10 +25,7 @@ from tests.stress import _hostile
 
 CASES = _hostile.cases(members=h.knob(20_000, 200_000), bomb_size=h.knob(96 << 20, 4 << 30))
 #: What each case still trips on main; the lead drops a mark when its fix merges.
-KNOWN = {
-    "huge-field": "issue 15 finding: from a pipe a huge size field meets the free-space check "
-    "(exit 1) before the file's size check (exit 4): the verdicts differ"
-}
+KNOWN: dict[str, str] = {}
 
 
 @pytest.mark.parametrize(
