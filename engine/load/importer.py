@@ -172,8 +172,8 @@ async def load(
     """Import an OCI or Docker image archive and record its images (last: IMP-15).
 
     Plain, gzip or zstd (IMP-1). A seekable plain tar is read index-first, reading only
-    the needed blobs not yet stored; any other source in one pass, what is left out
-    going at the next GC (EDGE-17). Blobs are verified (IMP-4) and synced once before
+    the needed blobs not yet stored; any other source in one pass, the blobs it wrote that
+    the selection does not use deleted before it returns (LOAD-8). Blobs are verified (IMP-4) and synced once before
     any record points at them, all under a lease (GC-11): a failure changes no image.
 
     Args:
@@ -212,8 +212,9 @@ async def load(
                     walk = await walk_index(sess, await resolve(sess))
                     await sess.ensure_small(sess.unstored(walk.needed))  # small blobs first
                     await fetch_needed(sess, walk)
-                # Blobs were committed without fsync: one sync of exactly those files makes
-                # them durable before any label or image points at them (design rule io-sync).
+                # Blobs were committed without fsync: syncing the unsynced blob files (not the
+                # file system) makes them durable before any label or image points at them
+                # (design rule io-sync).
                 await content.sync()
                 loaded = await record(content, images, walk)
         except BaseException:
