@@ -173,8 +173,9 @@ async def load(
 
     Plain, gzip or zstd (IMP-1). A seekable plain tar is read index-first, reading only
     the needed blobs not yet stored; any other source in one pass, the blobs it wrote that
-    the selection does not use deleted before it returns (LOAD-8). Blobs are verified (IMP-4) and synced once before
-    any record points at them, all under a lease (GC-11): a failure changes no image.
+    the selection does not use deleted before it returns (LOAD-8). Blobs are verified
+    (IMP-4) and synced once before any record points at them, all under a lease (GC-11): a
+    failure changes no image.
 
     Args:
         content: the blobs to import into.
