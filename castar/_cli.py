@@ -39,6 +39,7 @@ from castar.store.errors import (
     NotFound,
     PermissionDenied,
     Unauthenticated,
+    UsageError,
 )
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ EXIT_OTHER: Final = 1
 EXIT_USAGE: Final = 2
 #: The one table from error category to exit code (most specific class wins).
 EXIT_CODES: Final[dict[type[BaseException], int]] = {
+    UsageError: EXIT_USAGE,
     NotFound: 3,
     FileNotFoundError: 3,
     InvalidArgument: 4,

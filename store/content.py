@@ -334,6 +334,7 @@ class ContentStore:
         items = list(blobs)
         if not items:
             return []
+        self._db.check_writable()  # the files are written before the records
         expected = [parse(b.digest) if b.digest else None for b in items]
         labels = [dict(b.labels) for b in items]
         for item, item_labels in zip(items, labels, strict=True):

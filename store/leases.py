@@ -88,6 +88,9 @@ class LeaseManager(Records):
         labels: Mapping[str, str] | None = None,
     ) -> AsyncIterator[Lease]:
         """Create a lease current for the block (child tasks too, LEASE-5); delete it on exit."""
+        if self._db.read_only is not None:  # nothing on it can be collected: nothing to hold
+            yield Lease(random_lease_id(), self._clock(), dict(labels or {}))
+            return
         # Not durable: worthless after a power cut, and each durable commit costs an fsync.
         lease = await self.create(expire=expire, labels=labels, durable=False)
         token = _current.set(lease)

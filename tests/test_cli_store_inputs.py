@@ -1,0 +1,137 @@
+"""Store roots and names the command line is given: read-only stores, bad roots, bad names.
+
+Commands run in-process through castar._cli.main, once per anyio backend (``--backend``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from castar._cli import main
+from castar.engine import synth
+
+SPEC = synth.SynthSpec(name="synth", platforms=("linux/amd64",), layers=2, layer_size=64 << 10)
+EXIT_USAGE, EXIT_PRECONDITION, EXIT_DATA_LOSS = 2, 5, 6
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def run(
+    root: Path | str, *args: str | Path, backend: str, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str, str]:
+    """``castar --root ROOT --backend BACKEND ARGS`` in-process: (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    code = main(["--root", str(root), "--backend", backend, *map(str, args)])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+def error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("castar: error: ")
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding ``a.tar`` (the synth archive) and ``root``, a store it was loaded into."""
+    where = tmp_path_factory.mktemp("loaded")
+    synth.write_path(SPEC, where / "a.tar")
+    assert main(["--root", str(where / "root"), "load", "-q", "-i", str(where / "a.tar")]) == 0
+    return where
+
+
+def _mount(*args: str) -> bool:
+    if shutil.which("mount") is None:
+        return False
+    return subprocess.run(["mount", *args], capture_output=True, check=False).returncode == 0
+
+
+@pytest.fixture
+def read_only_root(loaded: Path, tmp_path: Path) -> Iterator[Path]:
+    """A copy of the loaded store that cannot be written: a read-only tmpfs when root (whom
+    ``chmod`` does not stop), else the copy with every write bit cleared."""
+    if os.geteuid() != 0:
+        shutil.copytree(loaded / "root", tmp_path / "root")
+        subprocess.run(["chmod", "-R", "a-w", tmp_path / "root"], check=True)
+        yield tmp_path / "root"
+        subprocess.run(["chmod", "-R", "u+w", tmp_path / "root"], check=True)
+        return
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if not _mount("-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mnt)):
+        pytest.skip("mounting a tmpfs is not permitted here")
+    try:
+        shutil.copytree(loaded / "root", mnt / "root")
+        assert _mount("-o", "remount,ro", str(mnt))
+        yield mnt / "root"
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_read_commands_work_on_a_read_only_store(
+    read_only_root: Path, tmp_path: Path, backend: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = read_only_root  # LAY-5
+    code, out, _ = run(root, "images", backend=backend, capsys=capsys)
+    assert code == 0
+    assert "synth:latest" in out
+    assert run(root, "inspect", "synth", backend=backend, capsys=capsys)[0] == 0
+    assert run(root, "verify", backend=backend, capsys=capsys)[0] == 0
+    out_tar = tmp_path / "out.tar"
+    assert run(root, "save", "synth", "-o", out_tar, backend=backend, capsys=capsys)[0] == 0
+    with tarfile.open(out_tar) as tar:
+        assert {"index.json", "manifest.json", "oci-layout"} <= set(tar.getnames())
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("load", "-q", "-i", "ARCHIVE"),
+        ("rm", "synth"),
+        ("tag", "synth", "other:1"),
+        ("gc",),
+        ("lease", "create"),
+    ],
+)
+def test_writes_to_a_read_only_store_fail_with_a_clear_error(
+    read_only_root: Path,
+    loaded: Path,
+    args: tuple[str, ...],
+    backend: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = [str(loaded / "a.tar") if a == "ARCHIVE" else a for a in args]  # LAY-5
+    code, _, err = run(read_only_root, *argv, backend=backend, capsys=capsys)
+    assert code == EXIT_PRECONDITION, err
+    assert f"store is read-only: {read_only_root}" in error_line(err)
+    code, out, _ = run(read_only_root, "images", backend=backend, capsys=capsys)
+    assert code == 0
+    assert "synth:latest" in out
+
+
+@pytest.mark.parametrize("kind", ["proc", "long", "file"])
+def test_a_root_that_cannot_hold_a_store_is_a_usage_error_naming_it(
+    tmp_path: Path, kind: str, backend: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "file").write_bytes(b"not a store")  # LAY-6, ERR-6
+    root = {"proc": "/proc", "long": str(tmp_path / ("x" * 5000)), "file": str(tmp_path / "file")}
+    code, _, err = run(root[kind], "images", backend=backend, capsys=capsys)
+    assert code == EXIT_USAGE, err
+    line = error_line(err)
+    assert f"store root {root[kind][:60]}" in line
+    assert len(line) < 300
+    assert not Path("/proc/meta.db").exists()
+    assert (tmp_path / "file").read_bytes() == b"not a store"
