@@ -135,3 +135,41 @@ def test_a_root_that_cannot_hold_a_store_is_a_usage_error_naming_it(
     assert len(line) < 300
     assert not Path("/proc/meta.db").exists()
     assert (tmp_path / "file").read_bytes() == b"not a store"
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if "meta.db" not in p.name)
+
+
+@pytest.mark.parametrize("name", ["../x", "a" * 10_000, "upper/Case", "x" * 256])
+def test_a_bad_name_to_record_is_a_usage_error_before_anything_is_written(
+    loaded: Path, tmp_path: Path, name: str, backend: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "root"  # IMG-7, ERR-6
+    shutil.copytree(loaded / "root", root)
+    before = (_tree(root), run(root, "images", backend=backend, capsys=capsys)[1])
+    for argv in (
+        ("load", "-q", "-i", loaded / "a.tar", "--name", name),
+        ("tag", "synth", name),
+        ("tag", "no-such-image", name),
+    ):
+        code, _, err = run(root, *argv, backend=backend, capsys=capsys)
+        assert code == EXIT_USAGE, err
+        line = error_line(err)
+        assert f'image name "{name[:60]}' in line
+        assert len(line) < 400
+    assert (_tree(root), run(root, "images", backend=backend, capsys=capsys)[1]) == before
+
+
+def test_a_load_name_is_a_repository(
+    loaded: Path, tmp_path: Path, backend: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "root"  # IMG-7
+    argv = ("load", "-q", "-i", loaded / "a.tar", "--name")
+    code, _, err = run(root, *argv, "foo:1", backend=backend, capsys=capsys)
+    assert code == EXIT_USAGE
+    assert "a repository takes no tag or digest" in error_line(err)
+    assert run(root, *argv, "localhost:5000/my/app", backend=backend, capsys=capsys)[0] == 0
+    assert (
+        run(root, "tag", "synth", "localhost:5000/my/app:2", backend=backend, capsys=capsys)[0] == 0
+    )
