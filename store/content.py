@@ -298,7 +298,8 @@ class ContentStore:
         """Open an ingest ``ref``; leaving the block without commit keeps it resumable (ING-5).
 
         The row is recorded before the backend ingest, so GC never meets it unrecorded (ING-13).
-        AlreadyExists when ``digest`` is recorded (ING-2); Unavailable if ``ref`` is held (ING-3).
+        AlreadyExists when ``digest`` is recorded (ING-2) and a file holds it (else it is written
+        again: a repair); Unavailable if ``ref`` is held (ING-3).
         """
         if not ref:
             raise InvalidArgument("ref must not be empty")
@@ -313,8 +314,19 @@ class ContentStore:
             now,
             durable=False,
         )
-        if exists:
-            raise AlreadyExists(f"content {expected}")
+        if exists and expected is not None:
+            if await self._backend.is_file(expected):
+                raise AlreadyExists(f"content {expected}")
+            # Recorded, but no file holds it (data loss): written again, its commit repairs it.
+            await self._db.write(
+                _txn.ingest_open,
+                ref,
+                None,
+                current_lease_id(),
+                now + INGEST_TTL,
+                now,
+                durable=False,
+            )
         backend = await self._backend.open_writer(ref, total=size or None, expected=expected)
         w = Writer(self, backend, ref)
         try:

@@ -173,3 +173,35 @@ def test_a_load_name_is_a_repository(
     assert (
         run(root, "tag", "synth", "localhost:5000/my/app:2", backend=backend, capsys=capsys)[0] == 0
     )
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An archive whose layers are over the small-blob size: each goes through an ingest."""
+    path = tmp_path_factory.mktemp("big") / "big.tar"
+    synth.write_path(synth.SynthSpec(name="big", layers=1, layer_size=(1 << 20) + 4096), path)
+    return path
+
+
+@pytest.mark.parametrize("which", ["largest", "smallest"])
+def test_a_blob_replaced_by_a_directory_is_data_loss_and_a_reload_repairs_it(
+    big: Path, tmp_path: Path, which: str, backend: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "root"  # CS-8
+    assert run(root, "load", "-q", "-i", big, backend=backend, capsys=capsys)[0] == 0
+    blobs = sorted((root / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_size)
+    victim = blobs[-1] if which == "largest" else blobs[0]
+    victim.unlink()
+    victim.mkdir()
+    (victim / "junk").write_bytes(b"x")
+    out = tmp_path / "out.tar"
+    code, _, err = run(root, "save", "big", "-o", out, backend=backend, capsys=capsys)
+    assert code == EXIT_DATA_LOSS, err
+    assert f"{victim} is not a file" in error_line(err)
+    code, out_text, _ = run(root, "verify", backend=backend, capsys=capsys)
+    assert code == EXIT_DATA_LOSS
+    assert f"corrupt blob sha256:{victim.name}" in out_text
+    assert run(root, "load", "-q", "-i", big, backend=backend, capsys=capsys)[0] == 0
+    assert victim.is_file()
+    assert run(root, "verify", backend=backend, capsys=capsys)[0] == 0
+    assert run(root, "save", "big", "-o", out, backend=backend, capsys=capsys)[0] == 0
