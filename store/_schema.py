@@ -230,8 +230,7 @@ def _open_read_only(uri: str, path: Path) -> sqlite3.Connection:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
         if version != len(MIGRATIONS):
             raise FailedPrecondition(
-                f"store is read-only: {path.parent}: its metadata schema is version {version}, "
-                f"this castar's {len(MIGRATIONS)}"
+                f"store is read-only: {path.parent}: schema {version}, not {len(MIGRATIONS)}"
             )
     except BaseException:
         conn.close()

@@ -305,28 +305,13 @@ class ContentStore:
             raise InvalidArgument("ref must not be empty")
         expected = parse(digest) if digest else None
         now = self._clock()
-        exists = await self._db.write(  # non-durable: no writer survives a power cut
-            _txn.ingest_open,
-            ref,
-            expected,
-            current_lease_id(),
-            now + INGEST_TTL,
-            now,
-            durable=False,
-        )
+        row = (current_lease_id(), now + INGEST_TTL, now)  # non-durable: no writer survives a crash
+        exists = await self._db.write(_txn.ingest_open, ref, expected, *row, durable=False)
         if exists and expected is not None:
             if await self._backend.is_file(expected):
                 raise AlreadyExists(f"content {expected}")
             # Recorded, but no file holds it (data loss): written again, its commit repairs it.
-            await self._db.write(
-                _txn.ingest_open,
-                ref,
-                None,
-                current_lease_id(),
-                now + INGEST_TTL,
-                now,
-                durable=False,
-            )
+            await self._db.write(_txn.ingest_open, ref, None, *row, durable=False)
         backend = await self._backend.open_writer(ref, total=size or None, expected=expected)
         w = Writer(self, backend, ref)
         try:

@@ -51,10 +51,7 @@ class SQLiteMetadataDB:
 
     @classmethod
     async def open(cls, path: Path, *, read_only: bool = False) -> SQLiteMetadataDB:
-        """Open (creating and migrating as needed) the database file at ``path``.
-
-        ``read_only``: open it as it is and refuse every write (a read-only root).
-        """
+        """Open (creating and migrating as needed) the database at ``path``; or ``read_only``."""
         conn = await anyio.to_thread.run_sync(connect, path, read_only)
         return cls(conn, path.parent if read_only else None)
 
