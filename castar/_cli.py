@@ -39,6 +39,7 @@ from castar.store.errors import (
     NotFound,
     PermissionDenied,
     Unauthenticated,
+    UsageError,
 )
 
 if TYPE_CHECKING:
@@ -54,14 +55,9 @@ __all__ = ["EXIT_CODES", "main"]
 EXIT_OTHER: Final = 1
 EXIT_USAGE: Final = 2
 
-
-class _UsageError(InvalidArgument):
-    """The command line cannot work as given (a closed stdout): exit 2 (ERR-8)."""
-
-
 #: The one table from error category to exit code (most specific class wins).
 EXIT_CODES: Final[dict[type[BaseException], int]] = {
-    _UsageError: EXIT_USAGE,
+    UsageError: EXIT_USAGE,
     NotFound: 3,
     FileNotFoundError: 3,
     InvalidArgument: 4,
@@ -137,7 +133,7 @@ async def _cmd_load(store: Store, args: argparse.Namespace) -> int:
     source: object
     if args.input in (None, "-"):
         if sys.stdin is None:
-            raise _UsageError("stdin is closed: use -i FILE or redirect stdin")
+            raise UsageError("stdin is closed: use -i FILE or redirect stdin")
         if sys.stdin.isatty():
             raise InvalidArgument(
                 "requested load from stdin, but stdin is a terminal: use -i FILE or redirect stdin"
@@ -194,7 +190,7 @@ async def _cmd_save(store: Store, args: argparse.Namespace) -> int:
         return 0
     to_stdout = args.output in (None, "-")
     if to_stdout and sys.stdout is None:
-        raise _UsageError("stdout is closed: use -o FILE or redirect stdout")
+        raise UsageError("stdout is closed: use -o FILE or redirect stdout")
     if to_stdout and sys.stdout.isatty():
         raise InvalidArgument(
             "cowardly refusing to write an image archive to a terminal: "
