@@ -5,6 +5,7 @@ Commands run in-process through castar._cli.main, once per anyio backend (``--ba
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -59,12 +60,11 @@ def _mount(*args: str) -> bool:
     return subprocess.run(["mount", *args], capture_output=True, check=False).returncode == 0
 
 
-@pytest.fixture
-def read_only_root(loaded: Path, tmp_path: Path) -> Iterator[Path]:
-    """A copy of the loaded store that cannot be written: a read-only tmpfs when root (whom
+def _read_only_copy(src: Path, tmp_path: Path) -> Iterator[Path]:
+    """A copy of the store ``src`` that cannot be written: a read-only tmpfs when root (whom
     ``chmod`` does not stop), else the copy with every write bit cleared."""
     if os.geteuid() != 0:
-        shutil.copytree(loaded / "root", tmp_path / "root")
+        shutil.copytree(src, tmp_path / "root")
         subprocess.run(["chmod", "-R", "a-w", tmp_path / "root"], check=True)
         yield tmp_path / "root"
         subprocess.run(["chmod", "-R", "u+w", tmp_path / "root"], check=True)
@@ -74,11 +74,17 @@ def read_only_root(loaded: Path, tmp_path: Path) -> Iterator[Path]:
     if not _mount("-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mnt)):
         pytest.skip("mounting a tmpfs is not permitted here")
     try:
-        shutil.copytree(loaded / "root", mnt / "root")
+        shutil.copytree(src, mnt / "root")
         assert _mount("-o", "remount,ro", str(mnt))
         yield mnt / "root"
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
+def read_only_root(loaded: Path, tmp_path: Path) -> Iterator[Path]:
+    """The loaded store, read-only."""
+    yield from _read_only_copy(loaded / "root", tmp_path)
 
 
 def test_read_commands_work_on_a_read_only_store(
@@ -120,6 +126,29 @@ def test_writes_to_a_read_only_store_fail_with_a_clear_error(
     code, out, _ = run(read_only_root, "images", backend=backend, capsys=capsys)
     assert code == 0
     assert "synth:latest" in out
+
+
+@pytest.fixture
+def read_only_root_with_a_dead_owner(loaded: Path, tmp_path: Path) -> Iterator[Path]:
+    """The loaded store, read-only, holding the owner lock a killed command leaves (LEASE-8)."""
+    copy = tmp_path / "copy"
+    shutil.copytree(loaded / "root", copy)
+    (copy / "owners" / "dead").mkdir(parents=True)
+    (copy / "owners" / "dead" / "lock").touch()
+    yield from _read_only_copy(copy, tmp_path)
+
+
+def test_gc_on_a_read_only_store_touches_no_owner_lock(
+    read_only_root_with_a_dead_owner: Path, backend: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = read_only_root_with_a_dead_owner  # LAY-6
+    code, _, err = run(root, "gc", backend=backend, capsys=capsys)
+    assert code == EXIT_PRECONDITION, err
+    assert f"store is read-only: {root}" in error_line(err)
+    digest = json.loads(run(root, "images", "--json", backend=backend, capsys=capsys)[1])[0]["id"]
+    code, out, err = run(root, "gc", "--why", digest, backend=backend, capsys=capsys)
+    assert code == 0, err
+    assert "synth" in out
 
 
 @pytest.mark.parametrize("kind", ["proc", "long", "file"])
