@@ -1,7 +1,8 @@
 """``python -m bench.reliability [--quick]``: the reliability campaign (issue 15) as a table.
 
 Runs the long version of tests/stress (its code, imported): >= 60 SIGKILLs each of load from
-a file and from a pipe (a 200 MB archive), save -o FILE and gc after rm; 3 minutes of load/rm
+a file and from a pipe (a 200 MB archive), save -o FILE and gc after rm, pull and push (a 64 MB
+image, against the registry tests' docker-registry); 3 minutes of load/rm
 against a gc loop; concurrent loads; the faults and the hostile inputs. ``--quick`` runs the
 short pass. Prints one Markdown row per case: runs, kills, torn, lost, stuck, findings.
 """
@@ -47,8 +48,25 @@ def _hostile_case(work: Path, case: str, make: Callable[[Path], None], ok: set[i
     return tally
 
 
+def _registry_kills(work: Path, kills: int, size: int) -> list[h.Tally]:
+    try:
+        with h.registry(work / "registry") as host:
+            (work / "pull").mkdir()
+            (work / "push").mkdir()
+            return [
+                h.kill_pull(work / "pull", kills, size, host),
+                h.kill_push(work / "push", kills, size, host),
+            ]
+    except OSError as exc:  # no docker-registry here: say so in the table
+        rows = [h.Tally("kill pull"), h.Tally("kill push")]
+        for row in rows:
+            row.finding(f"skipped: {exc}")
+        return rows
+
+
 def campaign(work: Path, quick: bool) -> list[h.Tally]:
     kills, size = (3, 4 << 20) if quick else (60, 200 << 20)
+    registry_size = 6 << 20 if quick else 64 << 20
     seconds, members, bomb = (15.0, 20_000, 96 << 20) if quick else (180.0, 200_000, 4 << 30)
     n = iter(range(1000))
 
@@ -62,6 +80,7 @@ def campaign(work: Path, quick: bool) -> list[h.Tally]:
         h.kill_load(fresh(), kills, size, pipe=True),
         h.kill_save(fresh(), kills, size),
         h.kill_gc(fresh(), kills, size),
+        *_registry_kills(fresh(), kills, registry_size),
         h.load_rm_against_gc(fresh(), seconds, 2 << 20),
         h.concurrent_loads(fresh(), 4, size // 4),
         anyio.run(h.concurrent_store_loads, fresh(), 8, size // 4),

@@ -23,21 +23,18 @@ from castar.store.errors import (
     NotFound,
     PermissionDenied,
     Unauthenticated,
+    UsageError,
 )
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from datetime import timedelta
 
-__all__ = ["EXIT_CODES", "UsageError", "exit_code", "main", "message"]
+__all__ = ["EXIT_CODES", "exit_code", "main", "message"]
 
 EXIT_OTHER: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_SIGNALLED: Final = 128  # ended by a signal: 128 + its number, as shells report
-
-
-class UsageError(InvalidArgument):
-    """The command line cannot work as given (a closed stdout): exit 2 (ERR-8)."""
 
 
 #: The one table from error category to exit code (most specific class wins).

@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from castar._api import open_store
-from castar._cli import EXIT_OTHER, EXIT_SIGNALLED, UsageError, exit_code, message
+from castar._cli import EXIT_OTHER, EXIT_SIGNALLED, exit_code, message
 from castar._demo import run_demo
 from castar._progress import open_progress
 from castar._render import format_size, render_tree, table
 from castar.engine import oci, platforms, reference
 from castar.engine.registry import auth
 from castar.store import digest as digests
-from castar.store.errors import DataLoss, InvalidArgument, NotFound
+from castar.store.errors import DataLoss, InvalidArgument, NotFound, UsageError
 
 if TYPE_CHECKING:
     import argparse

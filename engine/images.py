@@ -259,8 +259,8 @@ class ImageService:
 
     async def tag(self, src: str, dst: str) -> Image:
         """Point ``dst`` (normalised) at ``src``'s target; a new ``dst`` copies ``src``'s labels."""
+        name = reference.check_name(dst)  # IMG-8: a bad name is a usage error, whatever src is
         image = await self.resolve(src)
-        name = reference.normalize(dst)
         try:
             return await self._records.update(name, target=image.target)
         except NotFound:

@@ -9,12 +9,12 @@ from typing import Final, final
 from castar.engine._goquote import quote as _quote
 from castar.store.digest import Digest
 from castar.store.digest import parse as parse_digest
-from castar.store.errors import InvalidArgument
+from castar.store.errors import InvalidArgument, UsageError, shorten
 
 __all__ = [
-    "DANGLING_PREFIX", "Reference", "dangling_digest", "dangling_name", "display_name",
-    "familiarize", "is_dangling", "is_digest_ref", "normalize", "parse", "parse_any",
-    "parse_docker_ref", "parse_normalized", "ref_name_annotation",
+    "DANGLING_PREFIX", "Reference", "check_name", "dangling_digest", "dangling_name",
+    "display_name", "familiarize", "is_dangling", "is_digest_ref", "normalize", "parse",
+    "parse_any", "parse_docker_ref", "parse_normalized", "ref_name_annotation",
 ]  # fmt: skip
 
 DEFAULT_DOMAIN: Final = "docker.io"
@@ -151,6 +151,20 @@ def normalize(name: str) -> str:
         return str(parse_docker_ref(name))
     except InvalidArgument as err:
         raise InvalidArgument(f"normalize image ref {_quote(name)}: {err.message}") from err
+
+
+def check_name(name: str, *, repository: bool = False) -> str:
+    """A name the user gives to record, normalised; UsageError if it is no reference (IMG-8).
+
+    ``repository``: a ``load --name`` prefix, which takes no tag or digest.
+    """
+    try:
+        ref = parse_normalized(name)
+        if repository and not ref.is_name_only:
+            raise InvalidArgument("a repository takes no tag or digest")
+    except InvalidArgument as err:
+        raise UsageError(f"image name {_quote(shorten(name))}: {shorten(err.message)}") from err
+    return normalize(name)
 
 
 def familiarize(name: str) -> str:

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import urllib.parse
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, TypeVar, final
 
-from castar.store.errors import CastarError, DataLoss, FailedPrecondition, Unavailable
+from castar.store.errors import (
+    CastarError,
+    DataLoss,
+    FailedPrecondition,
+    Unavailable,
+    UsageError,
+    shorten,
+)
 from castar.store.labels import EXPIRE, FLAT, parse_expire
 
 if TYPE_CHECKING:
@@ -187,10 +195,19 @@ def _migrate(conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """Open ``path`` in WAL mode with foreign keys on and migrate it to ``len(MIGRATIONS)``."""
+def connect(path: Path, read_only: bool = False) -> sqlite3.Connection:
+    """Open ``path`` in WAL mode with foreign keys on and migrate it to ``len(MIGRATIONS)``.
+
+    ``read_only``: open it as it is (a read-only root), never writing, not even at open.
+    """
+    where = f"store root {shorten(str(path.parent))}"
     with _map_sqlite_errors():
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60)
+        if read_only:
+            return _connect_read_only(path, where)
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60)
+        except sqlite3.OperationalError as exc:  # /proc, a directory: no store can live there
+            raise UsageError(f"{where}: cannot create {path.name}: {exc}") from exc
         try:
             conn.execute("PRAGMA busy_timeout = 60000")
             conn.execute("PRAGMA journal_mode = WAL")
@@ -202,6 +219,30 @@ def connect(path: Path) -> sqlite3.Connection:
         except BaseException:
             conn.close()
             raise
+    return conn
+
+
+def _connect_read_only(path: Path, where: str) -> sqlite3.Connection:
+    if not path.exists():
+        raise UsageError(f"{where}: read-only, and holds no store")
+    uri = f"file:{urllib.parse.quote(str(path))}"
+    try:  # through the -wal and -shm files of a live writer
+        return _open_read_only(f"{uri}?mode=ro", path)
+    except sqlite3.OperationalError:  # none: a read-only directory can have no writer
+        return _open_read_only(f"{uri}?immutable=1", path)
+
+
+def _open_read_only(uri: str, path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    try:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version != len(MIGRATIONS):
+            raise FailedPrecondition(
+                f"store is read-only: {path.parent}: schema {version}, not {len(MIGRATIONS)}"
+            )
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 

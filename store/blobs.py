@@ -8,6 +8,8 @@ import functools
 import logging
 import os
 import secrets
+import shutil
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ from anyio.lowlevel import RunVar
 
 from castar.store._pump import write_all
 from castar.store.digest import ALGORITHMS, CANONICAL, Buffer, Digest, from_hasher, hasher, parse
-from castar.store.errors import DigestMismatch, InvalidArgument, map_os_errors
+from castar.store.errors import DataLoss, DigestMismatch, InvalidArgument, map_os_errors
 
 if TYPE_CHECKING:
     import hashlib
@@ -106,13 +108,20 @@ def sync_dir(path: Path) -> None:
 
 
 def holds(target: Path, size: int, digest: Digest, check: Callable[[], None] | None = None) -> bool:
-    """True when the file at a blob address holds ``digest`` (re-hashed: it may be torn, ING-12)."""
+    """True when the file at a blob address holds ``digest`` (re-hashed: it may be torn, ING-12).
+
+    A directory there is no blob (a corrupt store): it is removed, so the blob can be renamed in.
+    """
     try:
         fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
     try:
-        if os.fstat(fd).st_size != size:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(target)  # refuses a link to a directory: never removes what it points to
+            return False
+        if st.st_size != size:
             return False
         h = hasher(digest.algorithm)
         rehash(fd, h, check)
@@ -232,6 +241,16 @@ def _content(digest: str) -> str:
     return f"content digest {digest}"
 
 
+def _open_blob(path: Path, digest: str) -> tuple[int, int]:
+    """A committed blob's fd and size; anything but a file there is DataLoss (a corrupt store)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise DataLoss(f"content {digest}: {path} is not a file")
+    return fd, st.st_size
+
+
 class BlobStore:
     """Committed blobs under one root directory (LAY-1), created lazily by the first write."""
 
@@ -251,6 +270,10 @@ class BlobStore:
                 f"cannot calculate blob path from invalid digest: {exc.message}"
             ) from exc
         return self._blobs / d.algorithm / d.encoded
+
+    async def is_file(self, digest: str) -> bool:
+        """Whether a file is at the blob's address (not whether it holds the blob)."""
+        return await anyio.to_thread.run_sync(os.path.isfile, self.blob_path(digest))
 
     async def stat(self, digest: str) -> int:
         """The size of a committed blob; NotFound ``content digest <d>: not found``."""
@@ -290,8 +313,7 @@ class BlobStore:
             nonlocal fd, end
             with map_os_errors(_content(digest)):
                 if fd < 0:
-                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                    size = os.fstat(fd).st_size
+                    fd, size = _open_blob(path, digest)
                     end = size if length is None else min(pos + length, size)
                 return os.pread(fd, min(hop, end - pos), pos) if end > pos else b""
 
@@ -321,7 +343,7 @@ class BlobStore:
 
         def pread() -> bytes:
             with map_os_errors(_content(digest)):
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                fd, _ = _open_blob(path, digest)
                 try:
                     return os.pread(fd, n, offset)
                 finally:

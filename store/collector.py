@@ -44,6 +44,7 @@ class Collector:
         Backend ingests are listed BEFORE the ingest rows are read; held ones are never aborted.
         Owner locks are taken before the sweep, so a lease made meanwhile is never dead.
         """
+        self._db.check_writable()  # before the owner locks: a read-only store has none to take
         async with self._lock:
             now = self._clock()
             root = self._backend.root
@@ -118,7 +119,9 @@ class Collector:
         if digest not in graph.content:
             return []
         root = self._backend.root
-        dead = await anyio.to_thread.run_sync(dead_owners, root)
-        await anyio.to_thread.run_sync(release_owners, root, dead, False)
+        dead: dict[str, int] = {}
+        if self._db.read_only is None:  # a read-only store: no lock to take, no owner to reap
+            dead = await anyio.to_thread.run_sync(dead_owners, root)
+            await anyio.to_thread.run_sync(release_owners, root, dead, False)
         roots, edges, _ = roots_and_edges(graph, self._clock(), dead)
         return [describe(n) for n in path_to(roots, edges, Node("content", digest))]

@@ -302,23 +302,20 @@ class ContentStore:
         """Open an ingest ``ref``; leaving the block without commit keeps it resumable (ING-5).
 
         The row is recorded before the backend ingest, so GC never meets it unrecorded (ING-13).
-        AlreadyExists when ``digest`` is recorded (ING-2); Unavailable if ``ref`` is held (ING-3).
+        AlreadyExists when ``digest`` is recorded (ING-2) and a file holds it (else it is written
+        again: a repair); Unavailable if ``ref`` is held (ING-3).
         """
         if not ref:
             raise InvalidArgument("ref must not be empty")
         expected = parse(digest) if digest else None
         now = self._clock()
-        exists = await self._db.write(  # non-durable: no writer survives a power cut
-            _txn.ingest_open,
-            ref,
-            expected,
-            current_lease_id(),
-            now + INGEST_TTL,
-            now,
-            durable=False,
-        )
-        if exists:
-            raise AlreadyExists(f"content {expected}")
+        row = (current_lease_id(), now + INGEST_TTL, now)  # non-durable: no writer survives a crash
+        exists = await self._db.write(_txn.ingest_open, ref, expected, *row, durable=False)
+        if exists and expected is not None:
+            if await self._backend.is_file(expected):
+                raise AlreadyExists(f"content {expected}")
+            # Recorded, but no file holds it (data loss): written again, its commit repairs it.
+            await self._db.write(_txn.ingest_open, ref, None, *row, durable=False)
         backend = await self._backend.open_writer(ref, total=size or None, expected=expected)
         w = Writer(self, backend, ref)
         try:
@@ -343,6 +340,7 @@ class ContentStore:
         items = list(blobs)
         if not items:
             return []
+        self._db.check_writable()  # the files are written before the records
         expected = [parse(b.digest) if b.digest else None for b in items]
         labels = [dict(b.labels) for b in items]
         for item, item_labels in zip(items, labels, strict=True):

@@ -29,7 +29,9 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "UnsupportedMediaType",
+    "UsageError",
     "map_os_errors",
+    "shorten",
 ]
 
 
@@ -66,6 +68,10 @@ class InvalidArgument(CastarError, ValueError):
     """The caller's input is wrong: fix the input, retrying will not help."""
 
     suffix = "invalid argument"
+
+
+class UsageError(InvalidArgument):
+    """A command-line value (a store root, a name to record) is not valid: the CLI exits 2."""
 
 
 class MalformedArchive(InvalidArgument):
@@ -151,6 +157,11 @@ class DataLoss(CastarError):
     """A recorded blob is missing or corrupt on disk: the store needs repair."""
 
     suffix = "data loss"
+
+
+def shorten(text: str, limit: int = 80) -> str:
+    """``text`` cut for a message: a 10,000-character name or path is named, not printed."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 _NOT_FOUND: Final = frozenset({errno.ENOENT, errno.ENOTDIR})

@@ -158,6 +158,9 @@ class LeaseManager(Records):
 
         This process holds the lease's owner lock until then: GC reaps it if we die (LEASE-8).
         """
+        if self._db.read_only is not None:  # nothing on it can be collected: nothing to hold
+            yield Lease(random_lease_id(), self._clock(), dict(labels or {}))
+            return
         id = random_lease_id()
         path, fd = await anyio.to_thread.run_sync(_claim, self._root, id)
         try:

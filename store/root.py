@@ -13,7 +13,7 @@ import anyio
 import anyio.to_thread
 
 from castar.store.content import ContentStore
-from castar.store.errors import InvalidArgument
+from castar.store.errors import InvalidArgument, UsageError, shorten
 from castar.store.images import ImageStore
 from castar.store.ingest import LocalContentStore
 from castar.store.leases import LeaseManager
@@ -51,7 +51,7 @@ def default_root() -> Path:
         return Path(xdg) / "castar"
     home = os.environ["HOME"] if "HOME" in os.environ else os.path.expanduser("~")
     if not os.path.isabs(home):  # never the current directory
-        raise InvalidArgument("empty store root: set --root, CASTAR_ROOT or HOME")
+        raise UsageError("empty store root: set --root, CASTAR_ROOT or HOME")
     return Path(home) / ".local" / "share" / "castar"
 
 
@@ -102,6 +102,22 @@ class Root:
         await self._db.aclose()
 
 
+def _prepare(path: Path) -> bool:
+    """Make the root if needed (a bad one is a UsageError naming it); True if it is read-only."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UsageError(f"store root {shorten(str(path))}: not a directory") from None
+    except OSError as exc:
+        why = (exc.strerror or str(exc)).lower()
+        raise UsageError(f"store root {shorten(str(path))}: {why}") from exc
+    for part in ("blobs", "ingest", "owners", "meta.db"):  # the store would write through a link
+        if (path / part).is_symlink():
+            raise InvalidArgument(f"store root {path}: {part} is a symlink")
+    db = path / "meta.db"
+    return not os.access(path, os.W_OK) or (db.exists() and not os.access(db, os.W_OK))
+
+
 @asynccontextmanager
 async def open_root(
     root: str | os.PathLike[str] | None = None,
@@ -115,18 +131,16 @@ async def open_root(
     data may be torn. Tests inject ``clock`` (aware UTC now) and ``boot_id``.
     """
     if root is not None and not os.fspath(root):
-        raise InvalidArgument("empty store root")
+        raise UsageError("empty store root")
     path = Path(root) if root is not None else default_root()
-    await anyio.Path(path).mkdir(parents=True, exist_ok=True)
-    for part in ("blobs", "ingest", "owners", "meta.db"):  # the store would write through a link
-        if await anyio.Path(path / part).is_symlink():
-            raise InvalidArgument(f"store root {path}: {part} is a symlink")
+    read_only = await anyio.to_thread.run_sync(_prepare, path)
     if boot_id is None:
         boot_id = await anyio.to_thread.run_sync(current_boot_id)
-    db = await SQLiteMetadataDB.open(path / "meta.db")
+    db = await SQLiteMetadataDB.open(path / "meta.db", read_only=read_only)
     store = Root(path, db, clock or _utcnow, boot_id)
     try:
-        await store.content.drop_stale()
+        if not read_only:  # a read-only store is read as it is: nothing there can change
+            await store.content.drop_stale()
         yield store
     finally:
         with anyio.CancelScope(shield=True):

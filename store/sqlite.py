@@ -11,7 +11,7 @@ import anyio
 import anyio.to_thread
 
 from castar.store._schema import connect, run_txn
-from castar.store.errors import InvalidArgument
+from castar.store.errors import FailedPrecondition, InvalidArgument
 
 if TYPE_CHECKING:
     import sqlite3
@@ -43,19 +43,26 @@ def validate_labels(labels: Mapping[str, str]) -> None:
 class SQLiteMetadataDB:
     """The metadata database at ``<root>/meta.db`` (SQLite in WAL mode, LAY-4), multi-process."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, read_only: Path | None = None) -> None:
         self._conn = conn
         self._limiter = anyio.CapacityLimiter(1)
+        #: The root of a read-only store (every write is refused), else None.
+        self.read_only = read_only
 
     @classmethod
-    async def open(cls, path: Path) -> SQLiteMetadataDB:
-        """Open (creating and migrating as needed) the database file at ``path``."""
-        conn = await anyio.to_thread.run_sync(connect, path)
-        return cls(conn)
+    async def open(cls, path: Path, *, read_only: bool = False) -> SQLiteMetadataDB:
+        """Open (creating and migrating as needed) the database at ``path``; or ``read_only``."""
+        conn = await anyio.to_thread.run_sync(connect, path, read_only)
+        return cls(conn, path.parent if read_only else None)
 
     async def aclose(self) -> None:
         """Close the connection."""
         await anyio.to_thread.run_sync(self._conn.close, limiter=self._limiter)
+
+    def check_writable(self) -> None:
+        """FailedPrecondition ``store is read-only: <root>`` on a read-only store."""
+        if self.read_only is not None:
+            raise FailedPrecondition(f"store is read-only: {self.read_only}")
 
     async def read(self, fn: Callable[[sqlite3.Connection, *Ts], T], *args: *Ts) -> T:
         """``fn(conn, *args)`` (a ``_txn`` function) as one read transaction."""
@@ -67,6 +74,7 @@ class SQLiteMetadataDB:
         self, fn: Callable[[sqlite3.Connection, *Ts], T], *args: *Ts, durable: bool = True
     ) -> T:
         """``fn(conn, *args)`` as one write transaction; ``durable=False`` skips the WAL fsync."""
+        self.check_writable()
         return await anyio.to_thread.run_sync(
             run_txn, self._conn, True, fn, args, durable, limiter=self._limiter
         )

@@ -203,6 +203,8 @@ async def load(
     skip_missing = not requested if options.skip_missing is None else options.skip_missing  # LOAD-2
     wanted = "[" + " ".join(plats.format_all(p) for p in requested) + "]"
     name = options.name
+    if isinstance(name, str) and name:
+        reference.check_name(name, repository=True)  # IMG-8, before anything is written
     translator = add_ref_prefix(name) if isinstance(name, str) else name
     sess = Session(content, matcher, skip_missing, translator, Progress(progress))
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -180,7 +181,10 @@ class _Copier:
                 f"failed to get reader: content {m.digest}: recorded but missing on disk"
             ) from None
         try:
-            actual = os.fstat(src).st_size
+            st = os.fstat(src)
+            if not stat.S_ISREG(st.st_mode):  # a corrupt store: data loss, not a size mismatch
+                raise DataLoss(f"content {m.digest}: {self._content.path(m.digest)} is not a file")
+            actual = st.st_size
             if actual != m.size:
                 raise _short(m, actual, f": store file has {actual} bytes")
             if self.zero_copy and m.size > _SMALL:

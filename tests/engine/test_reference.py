@@ -23,7 +23,7 @@ from castar.engine.reference import (
     ref_name_annotation,
 )
 from castar.store.digest import InvalidDigestLength, UnsupportedDigestAlgorithm
-from castar.store.errors import InvalidArgument
+from castar.store.errors import InvalidArgument, UsageError
 
 D = "sha256:" + "ab" * 32
 D2 = "sha256:" + "cd" * 32
@@ -191,6 +191,21 @@ def test_dangling_names() -> None:  # LOAD-1, TV-74
     assert reference.dangling_digest("moby-dangling@sha256:zz") is None
     with pytest.raises(InvalidArgument):
         dangling_name("sha256:abc")
+
+
+def test_check_name_normalises_a_good_name_and_refuses_a_bad_one() -> None:  # IMG-8
+    assert reference.check_name("alpine") == "docker.io/library/alpine:latest"
+    assert (
+        reference.check_name("localhost:5000/a/b", repository=True) == "localhost:5000/a/b:latest"
+    )
+    for bad in ("../x", "", "a" * 256, "a" * 10_000, "a/B", "x:" + "t" * 129):
+        with pytest.raises(UsageError, match=r'^image name "') as err:
+            reference.check_name(bad)
+        assert len(str(err.value)) < 300
+    for with_tag in ("a:1", f"a@{D}"):
+        reference.check_name(with_tag)
+        with pytest.raises(UsageError, match="a repository takes no tag or digest"):
+            reference.check_name(with_tag, repository=True)
 
 
 def test_display_name() -> None:  # LOAD-4, LOAD-5

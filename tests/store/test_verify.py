@@ -92,3 +92,28 @@ async def test_roots_check_only_their_labelled_subtree_and_list_absent_children(
     _clobber(store.content.path(child.digest), b"CHILD")
     report = await verify(store.content, [parent.digest])
     assert [p.digest for p in report.problems] == [child.digest]
+
+
+async def test_a_blob_replaced_by_a_directory_is_data_loss_and_writing_it_again_repairs_it(
+    store: Root,
+) -> None:
+    blobs = {data: await store.content.write_blob(data) for data in (b"small", BIG)}  # CS-8
+    for desc in blobs.values():
+        path = store.content.path(desc.digest)
+        path.unlink()
+        path.mkdir()
+        (path / "junk").write_bytes(b"x")
+    report = await verify(store.content)
+    assert {p.digest for p in report.problems if p.kind == "corrupt"} == {
+        d.digest for d in blobs.values()
+    }
+    for desc in blobs.values():
+        with pytest.raises(DataLoss, match="is not a file"):
+            await store.content.read_at(desc.digest, 0, 10)
+        with pytest.raises(DataLoss, match="is not a file"):
+            async for _ in store.content.read(desc.digest):
+                pass
+    for data, desc in blobs.items():
+        assert (await store.content.write_blob(data, digest=desc.digest)).digest == desc.digest
+        assert await store.content.read_at(desc.digest, 0, len(data)) == data
+    assert (await verify(store.content)).ok

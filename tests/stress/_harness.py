@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import random
+import secrets
 import shutil
 import signal
 import subprocess
@@ -20,6 +22,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,16 +278,16 @@ async def _save_one(s: Store, name: str, platform: Platform | None, found: Audit
         os.close(null)
 
 
-def printed_names(run: Run) -> list[str]:
-    """The names a load printed (``Loaded image: NAME``)."""
-    tag = "Loaded image: "
+def printed_names(run: Run, verb: str = "Loaded") -> list[str]:
+    """The names a load (a pull: ``verb`` ``Pulled``) printed (``Loaded image: NAME``)."""
+    tag = f"{verb} image: "
     return [ln[len(tag) :] for ln in run.out.splitlines() if ln.startswith(tag)]
 
 
 def held_locks(root: Path) -> list[str]:
     """The store's locks some process still holds (tried exclusively, without blocking)."""
     held = []
-    for path in [root / "commit.lock", *root.glob("ingest/*/lock")]:
+    for path in [root / "commit.lock", *root.glob("ingest/*/lock"), *root.glob("owners/*/lock")]:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except OSError:
@@ -466,6 +470,123 @@ def kill_gc(work: Path, runs: int, size: int, *, seed: int = 0) -> Tally:
         _killed(Command(root, "gc"), rng.uniform(0, span), tally)
         tally.add(audit(root, [a]))
         must(castar(root, "gc"), "gc after a killed gc", tally)
+    return tally
+
+
+# -- registry kills ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def registry(work: Path) -> Iterator[str]:
+    """The registry tests' registry (tests/registry/conftest.py) serving from ``work``: its host.
+
+    ``OSError`` when docker-registry is not installed.
+    """
+    from tests.registry import conftest as fixtures
+
+    if not os.access(fixtures.BINARY, os.X_OK):
+        raise OSError(f"{fixtures.BINARY} is not installed (apt-get install docker-registry)")
+    work.mkdir(parents=True, exist_ok=True)
+    with contextlib.contextmanager(fixtures._serve)(work) as server:
+        yield server.host
+
+
+def _tagged(ref: str) -> bool:
+    """Whether the registry lists ``ref``'s tag (a manifest was put under it)."""
+    host, _, rest = ref.partition("/")
+    repo, _, tag = rest.rpartition(":")
+    try:
+        with urllib.request.urlopen(f"http://{host}/v2/{repo}/tags/list", timeout=HANG) as r:
+            return tag in (json.load(r).get("tags") or [])
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        if exc.code == 404:  # no such repository yet
+            return False
+        raise
+
+
+def registry_holds(work: Path, ref: str, digest: str | None, tally: Tally) -> None:
+    """The registry holds ``ref`` whole or not at all; ``digest``: it must, with that target.
+
+    Whole: a pull of every platform into a fresh root (in this process) gets ``digest`` and
+    an image the audit finds complete.
+    """
+    if not _tagged(ref):
+        if digest is not None:
+            tally.details.append(f"{ref}: not in the registry after a push that succeeded")
+            tally.lost += 1
+        return
+    check = work / "check"
+
+    async def pull() -> list[str]:
+        async with open_store(check) as s:
+            return [str(i.target.digest) for i in await s.pull(ref, all_platforms=True)]
+
+    try:
+        try:
+            got = anyio.run(pull)
+        except CastarError as exc:
+            tally.torn += 1
+            tally.details.append(f"{ref}: tagged in the registry but does not pull: {exc}")
+            return
+        if digest is not None and got != [digest]:
+            tally.finding(f"{ref}: the registry holds {got}, the push said {digest}")
+        found = audit(check, [ref])
+        tally.add(found)
+    finally:
+        shutil.rmtree(check, ignore_errors=True)
+
+
+def kill_pull(work: Path, runs: int, size: int, host: str, *, seed: int = 0) -> Tally:
+    """SIGKILL ``pull`` from the registry at ``host`` at uniformly random moments, check each."""
+    tally = Tally("kill pull")
+    rng = random.Random(seed)
+    root, keep, src = work / "root", work / "keep.tar", work / "victim.tar"
+    ref = f"{host}/kills-{secrets.token_hex(4)}/pull:v"
+    archive(keep, KEEP, 1 << 20)
+    archive(src, VICTIM, size, seed=1)
+    for path in (keep, src):
+        must(castar(root, "load", "-q", "-i", str(path)), "load", tally)
+    must(castar(root, "push", "-q", VICTIM, ref), "push", tally)
+    remove(root, VICTIM)
+    args = ("pull", "-q", "--all-platforms", ref)
+    first = castar(root, *args)
+    span = first.seconds
+    if printed_names(first, "Pulled") != [reference.display_name(ref)]:
+        tally.finding(f"a pull printed {first.out!r}")
+    remove(root, ref)
+    for _ in range(runs):
+        _killed(Command(root, *args), rng.uniform(0, span), tally)
+        tally.add(audit(root, [KEEP]))
+        for text in leftovers(root):
+            tally.finding(text)
+        again = castar(root, *args)
+        if must(again, "the repeated pull", tally):
+            tally.add(audit(root, [KEEP, ref], printed_names(again, "Pulled")))
+        remove(root, ref)
+    return tally
+
+
+def kill_push(work: Path, runs: int, size: int, host: str, *, seed: int = 0) -> Tally:
+    """SIGKILL ``push`` to the registry at ``host`` at random moments: the store stays whole,
+    the registry holds the image whole or not at all, a repeated push succeeds."""
+    tally = Tally("kill push")
+    rng = random.Random(seed)
+    root, src = work / "root", work / "victim.tar"
+    repo = f"{host}/kills-{secrets.token_hex(4)}"
+    archive(src, VICTIM, size, seed=2)
+    must(castar(root, "load", "-q", "-i", str(src)), "load", tally)
+    span = castar(root, "push", "-q", VICTIM, f"{repo}/first:v").seconds
+    for i in range(runs):
+        ref = f"{repo}/push{i}:v"  # a new repository: every blob is uploaded again
+        _killed(Command(root, "push", "-q", VICTIM, ref), rng.uniform(0, span), tally)
+        tally.add(audit(root, [VICTIM]))
+        for text in leftovers(root):
+            tally.finding(text)
+        registry_holds(work, ref, None, tally)
+        again = castar(root, "push", "-q", "--json", VICTIM, ref)
+        if must(again, "the repeated push", tally):
+            registry_holds(work, ref, json.loads(again.out)["digest"], tally)
     return tally
 
 

@@ -16,6 +16,9 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # the helpers are imported as tests.stress._harness
     sys.path.insert(0, str(REPO))
 
+# The registry tests' real registry (docker-registry), for the pull and push kills.
+from tests.registry.conftest import registry as registry  # noqa: E402
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     here = Path(__file__).parent

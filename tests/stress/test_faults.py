@@ -25,7 +25,6 @@ def test_enospc_mid_save_leaves_nothing(tmp_path, mounts):
     assert not f.enospc_save(tmp_path, 4 << 20).problems()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15 defect 9")
 def test_a_read_only_root_reads_and_refuses_writes(tmp_path, mounts):
     assert not f.read_only(tmp_path).problems()
 

@@ -1,4 +1,5 @@
-"""SIGKILL at random moments of load, save and gc: the store stays whole, nothing stays locked."""
+"""SIGKILL at random moments of load, save, gc, pull and push: the store stays whole, nothing
+stays locked, the registry holds a pushed image whole or not at all."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ KILLS = h.knob(2, 60)
 #: Findings of known, still open defects that a random kill may meet (none now).
 KNOWN: tuple[str, ...] = ()
 SIZE = h.knob(2 << 20, 200 << 20)
+#: The image pulled and pushed (against the registry tests' registry, a real one).
+REGISTRY_SIZE = h.knob(6 << 20, 64 << 20)
 
 
 @pytest.mark.parametrize("pipe", [False, True], ids=["file", "pipe"])
@@ -30,6 +33,18 @@ def test_sigkill_during_save_leaves_a_whole_target_or_none(tmp_path):
 
 def test_sigkill_during_gc_after_rm_loses_nothing(tmp_path):
     tally = h.kill_gc(tmp_path, KILLS, SIZE)
+    assert not tally.problems(*KNOWN)
+
+
+def test_sigkill_during_pull_loses_nothing(tmp_path, registry):
+    tally = h.kill_pull(tmp_path, KILLS, REGISTRY_SIZE, registry.host)
+    assert tally.runs == KILLS
+    assert not tally.problems(*KNOWN)
+
+
+def test_sigkill_during_push_leaves_the_image_whole_or_absent(tmp_path, registry):
+    tally = h.kill_push(tmp_path, KILLS, REGISTRY_SIZE, registry.host)
+    assert tally.runs == KILLS
     assert not tally.problems(*KNOWN)
 
 
