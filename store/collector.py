@@ -111,7 +111,7 @@ class Collector:
                     aborted = False
             if aborted and status.ref not in ingests:
                 ingests.append(status.ref)
-        return ingests
+        return ingests + await self._backend.remove_unnamed(dry_run=dry_run)
 
     async def explain(self, digest: str) -> list[str]:
         """The path from a root to ``digest`` that keeps it alive; [] when it is garbage."""

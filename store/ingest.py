@@ -269,6 +269,35 @@ def _list_ingests(root: Path) -> list[IngestStatus]:
     return out
 
 
+#: How old a directory with no ``ref`` must be before GC takes it for a dead writer's: a
+#: live one writes ``ref`` right after taking the lock (ING-16).
+UNNAMED_GRACE: Final = 60.0
+
+
+def _remove_unnamed(root: Path, dry_run: bool) -> list[str]:
+    """ING-16: remove ingest directories a writer died in before naming them; their names."""
+    out = []
+    with map_os_errors(f"listing ingests in {root / 'ingest'}"):
+        try:
+            entries = os.listdir(root / "ingest")
+        except FileNotFoundError:
+            return []
+    for name in entries:
+        path = root / "ingest" / name
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError, Unavailable):
+            if (path / "ref").exists() or time.time() - path.stat().st_mtime < UNNAMED_GRACE:
+                continue
+            fd = lock_dir(path, name)  # Unavailable: a live writer holds it after all
+            try:
+                if not (path / "ref").exists():
+                    if not dry_run:
+                        shutil.rmtree(path)
+                    out.append(name)
+            finally:
+                os.close(fd)
+    return out
+
+
 def _abort_ingest(root: Path, ref: str, if_unlocked: bool) -> bool:
     path = ingest_dir(root, ref)
     ctx = _ctx(ref)
@@ -313,6 +342,10 @@ class LocalContentStore(BlobStore):
     async def list_ingests(self) -> list[IngestStatus]:
         """Every readable ingest, sorted by ref (ING-6); half-created ones are skipped."""
         return await anyio.to_thread.run_sync(_list_ingests, self.root)
+
+    async def remove_unnamed(self, *, dry_run: bool = False) -> list[str]:
+        """Remove the half-created ingest directories of dead writers (ING-16); their names."""
+        return await anyio.to_thread.run_sync(_remove_unnamed, self.root, dry_run)
 
     async def abort(self, ref: str, *, if_unlocked: bool = False) -> bool:
         """Remove an ingest and its data (ING-10); NotFound when there is none.

@@ -3,6 +3,8 @@ tables through the public store (GC-1..10, TV-48..51)."""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -307,6 +309,38 @@ async def test_unrecorded_backend_ingest_is_aborted_unless_held(store: Root) -> 
     finally:
         await held.close()
     assert (await store.gc()).ingests_removed == ["held"]
+
+
+async def test_a_dead_writers_unnamed_ingest_goes_once_old_a_fresh_or_held_one_stays(
+    store: Root,
+) -> None:
+    # ING-16: a writer killed after taking its lock and before writing `ref` left a directory
+    # no listing names; GC removes it once it is older than the grace and its lock is free.
+    from castar.store.ingest import UNNAMED_GRACE, lock_dir
+
+    ingest = store.root / "ingest"
+    dead, fresh, held = (ingest / n for n in ("dead", "fresh", "held"))
+
+    def make() -> int:
+        for path in (dead, fresh, held):
+            os.close(lock_dir(path, path.name))
+        (dead / "data").write_bytes(b"partial")
+        holder = lock_dir(held, "held")
+        old = time.time() - UNNAMED_GRACE - 5
+        for path in (dead, held):
+            os.utime(path, (old, old))
+        return holder
+
+    holder = await anyio.to_thread.run_sync(make)
+    try:
+        assert (await store.gc(dry_run=True)).ingests_removed == ["dead"]
+        assert dead.exists()
+        assert (await store.gc()).ingests_removed == ["dead"]
+        assert not dead.exists()
+        assert fresh.exists()  # its writer may be about to name it
+        assert held.exists()  # a live writer holds it
+    finally:
+        os.close(holder)
 
 
 async def test_dry_run_reports_orphan_files_and_ingests_and_touches_nothing(store: Root) -> None:
