@@ -30,9 +30,10 @@ from castar.store.errors import (
     NotFound,
     Unavailable,
 )
+from castar.store.leases import current_lease
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
 
     from castar.engine.load.importer import LoadOptions
     from castar.store import Image
@@ -60,12 +61,19 @@ class RegistryReader(graph.Reader):
     Without a ``registry`` (no source known) what the store lacks is NotFound.
     """
 
-    def __init__(self, registry: Registry | None, repo: str, sess: Session) -> None:
+    def __init__(self, registry: Registry | None, repo: str, sess: Session, leases: Leases) -> None:
         super().__init__(self._load)
         self.registry = registry
         self.repo = repo
         self.sess = sess
         self.content = sess.content
+        self.leases = leases
+
+    async def hold(self, digests: Iterable[str]) -> None:
+        """Add ``digests`` to the current lease: what is stored stays until it ends (PULL-6)."""
+        lease = current_lease()
+        if lease is not None:
+            await self.leases.add_resources(lease.id, "content", digests)
 
     def source(self, digest: str) -> Registry:
         """The client to fetch ``digest`` with."""
@@ -96,7 +104,11 @@ class RegistryReader(graph.Reader):
         return oci.Descriptor(media_type, digest, size)
 
     async def _load(self, desc: oci.Descriptor) -> bytes:
-        if not await self.content.exists(desc.digest):
+        stored = await self.content.exists(desc.digest)
+        if stored:  # leased, then checked again: it may have gone before
+            await self.hold([desc.digest])
+            stored = await self.content.exists(desc.digest)
+        if not stored:
             if desc.size > oci.MAX_DOCUMENT:
                 raise InvalidArgument(
                     f"document {desc.digest}: size {desc.size} exceeds {oci.MAX_DOCUMENT} bytes"
@@ -187,6 +199,7 @@ async def _transfer(
         walk.needed.setdefault(node.descriptor.digest, node.descriptor)
         if oci.is_index(node.descriptor.media_type) and node.present:
             docs[node.descriptor.digest] = await reader.read(node.descriptor)
+    await reader.hold(walk.needed)  # before the check: a GC cannot take what it finds stored
     stored = await content.infos(
         {*walk.needed, *(c.digest for d in docs.values() if d for c in d.children)}
     )
@@ -259,7 +272,7 @@ async def _pull(
     requested, matcher = _matcher(options)
     sess = Session(content, matcher, False, None, progress)
     async with leases.hold(labels={"castar.pull": sess.session}):
-        reader = RegistryReader(registry, repo, sess)
+        reader = RegistryReader(registry, repo, sess, leases)
         root = await reader.resolve(digest or tag or reference.DEFAULT_TAG)
         nodes = await graph.walk(
             reader, [root], keep=lambda d: keep(sess, d), skip_missing=False, unique=True
@@ -330,7 +343,7 @@ async def pull_many(
 
 
 async def fetch_missing(
-    content: BlobIngester, root: oci.Descriptor, options: LoadOptions, *, who: str
+    content: BlobIngester, leases: Leases, root: oci.Descriptor, options: LoadOptions, *, who: str
 ) -> None:
     """Fetch what the store lacks of ``root``'s selected graph from where it came (SAVE-7).
 
@@ -345,7 +358,7 @@ async def fetch_missing(
     host, repo = sources[0] if sources else ("", "")
     registry = Registry(host, credentials=credentials_for) if sources else None
     sess = Session(content, _matcher(options)[1], False, None, Progress(None))
-    reader = RegistryReader(registry, repo, sess)
+    reader = RegistryReader(registry, repo, sess, leases)
     try:
         nodes = await graph.walk(
             reader, [root], keep=lambda d: keep(sess, d), skip_missing=False, unique=True
