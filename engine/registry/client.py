@@ -19,6 +19,7 @@ from castar.store.errors import InvalidArgument, Unauthenticated, Unavailable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+    from contextlib import AbstractAsyncContextManager
 
     Body = bytes | AsyncIterable[bytes] | None
 
@@ -134,25 +135,36 @@ class Registry:
         **kw: Unpack[_Options],
     ) -> httpx.Response:
         """Send one request, its body read; a status not in ``ok`` raises the mapped error."""
-        async with self.stream(method, repo, path, ok=ok, **kw) as resp:
-            await resp.aread()
+        async with self._send(method, repo, path, ok=ok, read=True, **kw) as resp:
             return resp
 
-    @contextlib.asynccontextmanager
-    async def stream(
+    def stream(
         self,
         method: str,
         repo: str,
         path: str,
         *,
+        ok: tuple[int, ...] = (200, 206),
+        **kw: Unpack[_Options],
+    ) -> AbstractAsyncContextManager[httpx.Response]:
+        """Like :meth:`request`, the body left to stream (``aiter_bytes``)."""
+        return self._send(method, repo, path, ok=ok, read=False, **kw)
+
+    @contextlib.asynccontextmanager
+    async def _send(
+        self,
+        method: str,
+        repo: str,
+        path: str,
+        *,
+        ok: tuple[int, ...],
+        read: bool,
         scope: str = "pull",
         mount: str | None = None,
         headers: Mapping[str, str] | None = None,
         content: Body = None,
         params: Mapping[str, str] | None = None,
-        ok: tuple[int, ...] = (200, 206),
     ) -> AsyncIterator[httpx.Response]:
-        """Like :meth:`request`, the body left to stream (``aiter_bytes``)."""
         url = self.url(repo, path)
         scopes: tuple[str, ...] = (f"repository:{repo}:{scope}",) if repo else ()  # "": login
         if mount is not None:  # a mount needs pull on its source too, in the same token
@@ -173,9 +185,7 @@ class Registry:
             try:
                 resp = await self._client.send(req, stream=True)
             except httpx.TransportError as exc:
-                if tries >= _TRIES or not replayable:
-                    raise Unavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
-                await anyio.sleep(self._backoff(tries, None))
+                await self._retry(tries if replayable else _TRIES, method, url, exc)
                 continue
             try:
                 status = resp.status_code
@@ -193,13 +203,24 @@ class Registry:
                     await resp.aclose()
                     await anyio.sleep(wait)
                     continue
+                if read or status not in ok:
+                    try:
+                        await resp.aread()
+                    except httpx.TransportError as exc:
+                        await self._retry(tries if replayable else _TRIES, method, url, exc)
+                        continue
                 if status not in ok:
-                    await resp.aread()
                     raise_for(method, url, resp.status_code, resp.content)
                 yield resp
                 return
             finally:
                 await resp.aclose()
+
+    async def _retry(self, tries: int, method: str, url: str, exc: httpx.TransportError) -> None:
+        """Wait before try ``tries + 1``; after the last one, raise Unavailable."""
+        if tries >= _TRIES:
+            raise Unavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+        await anyio.sleep(self._backoff(tries, None))
 
     @staticmethod
     def _backoff(tries: int, retry_after: str | None) -> float:
@@ -229,7 +250,15 @@ class Registry:
         params = httpx.QueryParams([("scope", scope) for scope in scopes])
         if "service" in fields:
             params = params.add("service", fields["service"])
-        resp = await self._client.get(realm, params=params, auth=basic or httpx.USE_CLIENT_DEFAULT)
+        resp, tries = None, 0
+        while resp is None:
+            tries += 1
+            try:
+                resp = await self._client.get(
+                    realm, params=params, auth=basic or httpx.USE_CLIENT_DEFAULT
+                )
+            except httpx.TransportError as exc:
+                await self._retry(tries, "GET", realm, exc)
         if resp.status_code != 200:
             raise_for("GET", realm, resp.status_code, resp.content)
         try:
