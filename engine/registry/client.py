@@ -169,7 +169,8 @@ class Registry:
         scopes: tuple[str, ...] = (f"repository:{repo}:{scope}",) if repo else ()  # "": login
         if mount is not None:  # a mount needs pull on its source too, in the same token
             scopes += (f"repository:{mount}:pull",)
-        # A body that is not bytes can be sent once: no retry, no auth replay.
+        # A body that is not bytes can be sent once: no retry; a 401 renews the token, then
+        # raises Unauthenticated for its sender to start over (PUSH-7).
         replayable = content is None or isinstance(content, bytes)
         authed = False
         tries = 0
@@ -190,16 +191,13 @@ class Registry:
             try:
                 status = resp.status_code
                 if status == 401 and not authed and replayable:
-                    challenge = resp.headers.get("WWW-Authenticate", "")
                     await resp.aclose()
-                    async with self._auth_lock:  # unless another task renewed it meanwhile
-                        if self._auth.get(scopes, self._basic) == token:
-                            await self._authenticate(scopes, challenge, url)
+                    await self._renew(scopes, token, resp, url)
                     authed = True
                     tries -= 1
                     continue
                 if (status in _RETRY_STATUS or status >= 500) and tries < _TRIES and replayable:
-                    wait = self._backoff(tries, resp.headers.get("Retry-After"))
+                    wait = self.backoff(tries, resp.headers.get("Retry-After"))
                     await resp.aclose()
                     await anyio.sleep(wait)
                     continue
@@ -210,20 +208,31 @@ class Registry:
                         await self._retry(tries if replayable else _TRIES, method, url, exc)
                         continue
                 if status not in ok:
+                    if status == 401 and not authed:  # the body is gone: its sender may retry
+                        await self._renew(scopes, token, resp, url)
                     raise_for(method, url, resp.status_code, resp.content)
                 yield resp
                 return
             finally:
                 await resp.aclose()
 
+    async def _renew(
+        self, scopes: tuple[str, ...], token: str | None, resp: httpx.Response, url: str
+    ) -> None:
+        """Answer ``resp``'s 401 challenge, unless another task renewed ``token`` meanwhile."""
+        async with self._auth_lock:
+            if self._auth.get(scopes, self._basic) == token:
+                await self._authenticate(scopes, resp.headers.get("WWW-Authenticate", ""), url)
+
     async def _retry(self, tries: int, method: str, url: str, exc: httpx.TransportError) -> None:
         """Wait before try ``tries + 1``; after the last one, raise Unavailable."""
         if tries >= _TRIES:
             raise Unavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
-        await anyio.sleep(self._backoff(tries, None))
+        await anyio.sleep(self.backoff(tries, None))
 
     @staticmethod
-    def _backoff(tries: int, retry_after: str | None) -> float:
+    def backoff(tries: int, retry_after: str | None = None) -> float:
+        """Seconds to wait after try ``tries``: ``Retry-After``, else doubling, jittered."""
         if retry_after is not None and retry_after.strip().isdigit():
             return min(float(retry_after), _MAX_WAIT)
         return _BACKOFF * (1 << (tries - 1)) * (0.5 + random.random())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal, Self, final
 
@@ -21,6 +21,7 @@ from castar.store.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -38,6 +39,7 @@ __all__ = ["PushOptions", "PushResult", "push"]
 
 _SCOPE: Final = "pull,push"
 _RESUMES: Final = 3  # chunked uploads resumed at most this often after a failed chunk
+_TRIES: Final = 3  # a blob upload that fails Unavailable is started over until this many tries
 #: Per client, the (repository, digest) blobs being sent (single flight).
 _FLIGHTS: weakref.WeakKeyDictionary[Registry, dict[tuple[str, str], anyio.Event]] = (
     weakref.WeakKeyDictionary()
@@ -246,9 +248,11 @@ class _Job:
     options: PushOptions
     total: int = 0
     done: int = 0
+    sent: dict[str, int] = field(default_factory=dict)  # progress counted, per blob
 
     def advance(self, n: int, digest: str) -> None:
         self.done += n
+        self.sent[digest] = self.sent.get(digest, 0) + n
         if self.progress is not None:
             self.progress(self.done, self.total, digest)
 
@@ -339,6 +343,27 @@ def _flight(registry: Registry, repo: str, digest: str) -> AbstractAsyncContextM
 
 
 async def _send_blob(
+    registry: Registry, job: _Job, desc: oci.Descriptor, source: str | None
+) -> Literal["pushed", "skipped", "mounted"]:
+    """Send one blob; a failed upload starts over with backoff (PUSH-7), its progress undone."""
+    tries = 0
+    renewed = False
+    while True:
+        tries += 1
+        try:
+            return await _upload(registry, job, desc, source)
+        except Unauthenticated:
+            if renewed:  # the client renewed the token on the 401: one more try with it
+                raise
+            renewed = True
+        except Unavailable:
+            if tries >= _TRIES:
+                raise
+            await anyio.sleep(registry.backoff(tries))
+        job.advance(-job.sent.get(desc.digest, 0), desc.digest)
+
+
+async def _upload(
     registry: Registry, job: _Job, desc: oci.Descriptor, source: str | None
 ) -> Literal["pushed", "skipped", "mounted"]:
     repo = job.repo
