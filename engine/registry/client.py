@@ -15,7 +15,7 @@ import httpx
 
 from castar.engine import reference
 from castar.engine.registry.errors import raise_for
-from castar.store.errors import InvalidArgument, Unauthenticated, Unavailable
+from castar.store.errors import InvalidArgument, SizeMismatch, Unauthenticated, Unavailable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
@@ -32,6 +32,7 @@ class _Options(TypedDict, total=False):
     headers: Mapping[str, str] | None
     content: Body
     params: Mapping[str, str] | None
+    limit: int | None  # the most body bytes read: more is SizeMismatch, before it is all read
 
 
 _K = TypeVar("_K")
@@ -60,6 +61,23 @@ async def single_flight(flights: dict[_K, anyio.Event], key: _K) -> AsyncIterato
     finally:
         del flights[key]
         flight.set()
+
+
+async def _read(resp: httpx.Response, limit: int | None, method: str, url: str) -> None:
+    """Read ``resp``'s body, failing SizeMismatch once more than ``limit`` bytes arrive."""
+    if limit is None:
+        await resp.aread()
+        return
+    data = bytearray()
+    async for chunk in resp.aiter_bytes():
+        data += chunk
+        if len(data) > limit:
+            raise SizeMismatch(
+                f"{method} {url}: the answer is larger than {limit} bytes",
+                expected=limit,
+                actual=len(data),
+            )
+    resp._content = bytes(data)  # what aread() keeps: resp.content is the body
 
 
 def _is_loopback(host: str) -> bool:
@@ -164,6 +182,7 @@ class Registry:
         headers: Mapping[str, str] | None = None,
         content: Body = None,
         params: Mapping[str, str] | None = None,
+        limit: int | None = None,
     ) -> AsyncIterator[httpx.Response]:
         url = self.url(repo, path)
         scopes: tuple[str, ...] = (f"repository:{repo}:{scope}",) if repo else ()  # "": login
@@ -203,7 +222,7 @@ class Registry:
                     continue
                 if read or status not in ok:
                     try:
-                        await resp.aread()
+                        await _read(resp, limit if status in ok else None, method, url)
                     except httpx.TransportError as exc:
                         await self._retry(tries if replayable else _TRIES, method, url, exc)
                         continue

@@ -119,7 +119,11 @@ class RegistryReader(graph.Reader):
                 else "blobs"
             )
             resp = await self.source(desc.digest).request(
-                "GET", self.repo, f"{kind}/{desc.digest}", headers={"Accept": ACCEPT}
+                "GET",
+                self.repo,
+                f"{kind}/{desc.digest}",
+                headers={"Accept": ACCEPT},
+                limit=desc.size,
             )
             header = resp.headers.get("Docker-Content-Digest")
             if kind == "manifests" and header is not None and header != desc.digest:

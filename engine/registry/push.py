@@ -474,7 +474,13 @@ async def _referrers_tag(registry: Registry, job: _Job, desc: oci.Descriptor) ->
     subject = doc.subject.digest
     path = f"manifests/{subject.algorithm}-{subject.encoded}"
     got = await registry.request(
-        "GET", job.repo, path, scope=_SCOPE, headers={"Accept": oci.OCI_INDEX}, ok=(200, 404)
+        "GET",
+        job.repo,
+        path,
+        scope=_SCOPE,
+        headers={"Accept": oci.OCI_INDEX},
+        ok=(200, 404),
+        limit=oci.MAX_DOCUMENT,
     )
     old = oci.decode_index(got.content, name=path) if got.status_code == 200 else oci.Index()
     if any(m.digest == desc.digest for m in old.manifests):
