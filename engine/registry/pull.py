@@ -30,6 +30,7 @@ from castar.store.errors import (
     NotFound,
     Unavailable,
 )
+from castar.store.labels import SOURCE
 from castar.store.leases import current_lease
 
 if TYPE_CHECKING:
@@ -48,7 +49,6 @@ ACCEPT: Final = ", ".join(
     (oci.OCI_INDEX, oci.OCI_MANIFEST, oci.DOCKER_MANIFEST_LIST, oci.DOCKER_MANIFEST)
 )
 _TRIES: Final = 3  # connections dropped mid-blob are resumed with Range this often
-SOURCE_LABEL: Final = "containerd.io/distribution.source."
 #: Per store, the blobs being fetched (single flight, PULL-4).
 _FLIGHTS: weakref.WeakKeyDictionary[BlobIngester, dict[Digest, anyio.Event]] = (
     weakref.WeakKeyDictionary()
@@ -79,7 +79,7 @@ class RegistryReader(graph.Reader):
         """The client to fetch ``digest`` with."""
         if self.registry is None:
             raise NotFound(
-                f"content digest {digest}: not in the store, and no {SOURCE_LABEL}<registry>"
+                f"content digest {digest}: not in the store, and no {SOURCE}<registry>"
                 " label says where to fetch it from"
             )
         return self.registry
@@ -196,7 +196,7 @@ async def _transfer(
     """Label the walked graph (GC-7, PULL-3) and fetch the blobs the store lacks, synced."""
     sess, content = reader.sess, reader.content
     registry = reader.registry
-    source = {} if registry is None else {SOURCE_LABEL + registry.host: reader.repo}
+    key = None if registry is None else SOURCE + registry.host
     walk = Walk(queued=queued)
     docs = {}
     for node in nodes:
@@ -213,7 +213,11 @@ async def _transfer(
         if doc is not None:  # PULL-5: the children already stored keep their GC-7 edges
             kept = {k.digest for k in kids}
             kids = tuple(c for c in doc.children if c.digest in kept or c.digest in stored)
-        walk.labels[node.descriptor.digest] = {**oci.children_labels(kids), **source}
+        labels = walk.labels[node.descriptor.digest] = oci.children_labels(kids)
+        if key is not None:  # PULL-8: one more repository in the list
+            info = stored.get(node.descriptor.digest)
+            repos = info.labels.get(key, "").split(",") if info is not None else []
+            labels[key] = ",".join(sorted({*filter(None, repos), reader.repo}))
     todo = [d for k, d in walk.needed.items() if k not in stored]
     if todo:
         reader.source(todo[0].digest)
@@ -356,10 +360,8 @@ async def fetch_missing(
     image's record keeps it once that lease ends. Nothing missing: no request is sent.
     """
     labels = (await content.info(root.digest)).labels
-    sources = sorted(
-        (k.removeprefix(SOURCE_LABEL), v) for k, v in labels.items() if k.startswith(SOURCE_LABEL)
-    )
-    host, repo = sources[0] if sources else ("", "")
+    sources = sorted((k.removeprefix(SOURCE), v) for k, v in labels.items() if k.startswith(SOURCE))
+    host, repo = (sources[0][0], sources[0][1].split(",")[0]) if sources else ("", "")
     registry = Registry(host, credentials=credentials_for) if sources else None
     sess = Session(content, _matcher(options)[1], False, None, Progress(None))
     reader = RegistryReader(registry, repo, sess, leases)

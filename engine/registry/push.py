@@ -14,7 +14,6 @@ from castar.engine import platforms as plat
 from castar.engine.images import ImageService
 from castar.engine.registry.auth import credentials_for
 from castar.engine.registry.client import Registry, parse_ref, single_flight
-from castar.engine.registry.pull import SOURCE_LABEL
 from castar.store.digest import compute
 from castar.store.errors import (
     Conflict,
@@ -24,6 +23,7 @@ from castar.store.errors import (
     Unauthenticated,
     Unavailable,
 )
+from castar.store.labels import SOURCE
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
@@ -271,7 +271,7 @@ async def _send(registry: Registry, job: _Job, order: list[oci.Descriptor]) -> P
     blobs = [d for d in order if not _is_document(d)]
     job.total = sum(d.size for d in blobs)
     infos = await job.content.infos([d.digest for d in blobs])
-    label = SOURCE_LABEL + registry.host
+    label = SOURCE + registry.host
     limit = anyio.CapacityLimiter(registry.jobs)
     failure: list[Exception] = []
 
