@@ -14,6 +14,7 @@ import anyio
 import httpx
 
 from castar.engine import reference
+from castar.engine.registry.auth import HUB
 from castar.engine.registry.errors import raise_for
 from castar.store.errors import InvalidArgument, SizeMismatch, Unauthenticated, Unavailable
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
     Body = bytes | AsyncIterable[bytes] | None
 
-__all__ = ["Registry", "check_credentials", "parse_ref", "single_flight"]
+__all__ = ["Registry", "api_host", "check_credentials", "parse_ref", "single_flight"]
 
 
 class _Options(TypedDict, total=False):
@@ -46,8 +47,12 @@ _CHALLENGE_RE: Final = re.compile(r'(\w+)="([^"]*)"')
 def parse_ref(ref: str) -> tuple[str, str, str | None, str | None]:
     """``(host, repository, tag, digest)`` of ``ref``; a digest wins, else ``latest``."""
     r = reference.parse_docker_ref(ref)
-    host = "registry-1.docker.io" if r.domain == reference.DEFAULT_DOMAIN else r.domain
-    return host, r.path, r.tag or None, r.digest or None
+    return api_host(r.domain), r.path, r.tag or None, r.digest or None
+
+
+def api_host(host: str) -> str:
+    """The host serving ``host``'s registry API: Docker Hub's names go to its API host."""
+    return HUB[0] if host in HUB else host
 
 
 @contextlib.asynccontextmanager
@@ -304,5 +309,5 @@ async def check_credentials(host: str, user: str, password: str) -> None:
 
     A registry without authentication answers 200 to anyone: the check passes.
     """
-    async with Registry(host, credentials=lambda _host: (user, password)) as registry:
+    async with Registry(api_host(host), credentials=lambda _host: (user, password)) as registry:
         await registry.request("GET", "", "/v2/")

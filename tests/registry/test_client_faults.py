@@ -1,4 +1,4 @@
-"""Transport failures while a body is read, or a token is fetched, are Unavailable (ERR-9)."""
+"""Transport failures reading a body or fetching a token (ERR-9); the login check (ERR-5)."""
 
 from __future__ import annotations
 
@@ -90,3 +90,20 @@ async def test_token_fetch_failures_retried_then_unavailable(fails):
             with pytest.raises(Unavailable, match=r"GET http://auth\.test/token.*ConnectError"):
                 await reg.request("GET", "a/b", "manifests/1")
     assert len(tokens) == min(fails + 1, client._TRIES)
+
+
+@pytest.mark.parametrize("name", ["docker.io", "index.docker.io", "registry-1.docker.io"])
+async def test_login_to_docker_hub_checks_its_api_host(monkeypatch, name):
+    seen: list[httpx.URL] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append(req.url)
+        return httpx.Response(200)
+
+    class Fake(Registry):
+        def __init__(self, host: str, **kw) -> None:
+            super().__init__(host, transport=httpx.MockTransport(handler), **kw)
+
+    monkeypatch.setattr(client, "Registry", Fake)
+    await client.check_credentials(name, "me", "secret")
+    assert [str(u) for u in seen] == ["https://registry-1.docker.io/v2/"]
