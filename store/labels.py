@@ -18,6 +18,7 @@ __all__ = [
     "REFERRER",
     "REF_CONTENT",
     "ROOT",
+    "SOURCE",
     "Edge",
     "expired",
     "format_time",
@@ -33,6 +34,8 @@ FLAT: Final = "containerd.io/gc.flat"
 ROOT: Final = "containerd.io/gc.root"
 REF: Final = "containerd.io/gc.ref."
 BREF: Final = "containerd.io/gc.bref."
+#: ``<prefix><registry host>``: the comma list of repositories content came from (PULL-3).
+SOURCE: Final = "containerd.io/distribution.source."
 REF_CONTENT: Final = REF + "content"
 #: ``<REFERRER><first 12 hex of the referrer>`` = the digest of a manifest naming a subject.
 REFERRER: Final = REF_CONTENT + ".referrer.sha256."

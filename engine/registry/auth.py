@@ -17,8 +17,9 @@ from typing import Any, Final
 from castar.store.errors import InvalidArgument, NotFound, Unavailable, map_os_errors
 
 #: Docker Hub's names: its auth entries use the v1 index URL as the key.
-_HUB: Final = ("registry-1.docker.io", "docker.io", "index.docker.io")
-_HUB_KEY: Final = "https://index.docker.io/v1/"
+#: Docker Hub's names; the first serves its registry API.
+HUB: Final = ("registry-1.docker.io", "docker.io", "index.docker.io")
+_KEY_OFHUB: Final = "https://index.docker.io/v1/"
 
 
 def _read_paths() -> list[Path]:
@@ -43,7 +44,7 @@ def registry_host(key: str) -> str:
 
 def _matches(key: str, host: str) -> bool:
     named = registry_host(key)
-    return named == host or (named in _HUB and host in _HUB)
+    return named == host or (named in HUB and host in HUB)
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -62,7 +63,7 @@ def _from_helper(name: str, host: str) -> tuple[str, str] | None:
     tool = shutil.which(f"docker-credential-{name}")
     if tool is None:
         return None
-    server = _HUB_KEY if host in _HUB else host
+    server = _KEY_OFHUB if host in HUB else host
     try:
         done = subprocess.run(
             [tool, "get"], input=server.encode(), capture_output=True, timeout=60, check=False
@@ -137,7 +138,7 @@ def login(host: str, user: str, password: str) -> Path:
     config = _load(path)
     auths = config.setdefault("auths", {})
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    auths[_HUB_KEY if host in _HUB else host] = {"auth": token}
+    auths[_KEY_OFHUB if host in HUB else host] = {"auth": token}
     _write(path, config)
     return path
 

@@ -14,15 +14,17 @@ import anyio
 import httpx
 
 from castar.engine import reference
+from castar.engine.registry.auth import HUB
 from castar.engine.registry.errors import raise_for
-from castar.store.errors import InvalidArgument, Unauthenticated, Unavailable
+from castar.store.errors import InvalidArgument, SizeMismatch, Unauthenticated, Unavailable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+    from contextlib import AbstractAsyncContextManager
 
     Body = bytes | AsyncIterable[bytes] | None
 
-__all__ = ["Registry", "check_credentials", "parse_ref", "single_flight"]
+__all__ = ["Registry", "api_host", "check_credentials", "parse_ref", "single_flight"]
 
 
 class _Options(TypedDict, total=False):
@@ -31,6 +33,7 @@ class _Options(TypedDict, total=False):
     headers: Mapping[str, str] | None
     content: Body
     params: Mapping[str, str] | None
+    limit: int | None  # the most body bytes read: more is SizeMismatch, before it is all read
 
 
 _K = TypeVar("_K")
@@ -44,8 +47,12 @@ _CHALLENGE_RE: Final = re.compile(r'(\w+)="([^"]*)"')
 def parse_ref(ref: str) -> tuple[str, str, str | None, str | None]:
     """``(host, repository, tag, digest)`` of ``ref``; a digest wins, else ``latest``."""
     r = reference.parse_docker_ref(ref)
-    host = "registry-1.docker.io" if r.domain == reference.DEFAULT_DOMAIN else r.domain
-    return host, r.path, r.tag or None, r.digest or None
+    return api_host(r.domain), r.path, r.tag or None, r.digest or None
+
+
+def api_host(host: str) -> str:
+    """The host serving ``host``'s registry API: Docker Hub's names go to its API host."""
+    return HUB[0] if host in HUB else host
 
 
 @contextlib.asynccontextmanager
@@ -59,6 +66,23 @@ async def single_flight(flights: dict[_K, anyio.Event], key: _K) -> AsyncIterato
     finally:
         del flights[key]
         flight.set()
+
+
+async def _read(resp: httpx.Response, limit: int | None, method: str, url: str) -> None:
+    """Read ``resp``'s body, failing SizeMismatch once more than ``limit`` bytes arrive."""
+    if limit is None:
+        await resp.aread()
+        return
+    data = bytearray()
+    async for chunk in resp.aiter_bytes():
+        data += chunk
+        if len(data) > limit:
+            raise SizeMismatch(
+                f"{method} {url}: the answer is larger than {limit} bytes",
+                expected=limit,
+                actual=len(data),
+            )
+    resp._content = bytes(data)  # what aread() keeps: resp.content is the body
 
 
 def _is_loopback(host: str) -> bool:
@@ -134,30 +158,43 @@ class Registry:
         **kw: Unpack[_Options],
     ) -> httpx.Response:
         """Send one request, its body read; a status not in ``ok`` raises the mapped error."""
-        async with self.stream(method, repo, path, ok=ok, **kw) as resp:
-            await resp.aread()
+        async with self._send(method, repo, path, ok=ok, read=True, **kw) as resp:
             return resp
 
-    @contextlib.asynccontextmanager
-    async def stream(
+    def stream(
         self,
         method: str,
         repo: str,
         path: str,
         *,
+        ok: tuple[int, ...] = (200, 206),
+        **kw: Unpack[_Options],
+    ) -> AbstractAsyncContextManager[httpx.Response]:
+        """Like :meth:`request`, the body left to stream (``aiter_bytes``)."""
+        return self._send(method, repo, path, ok=ok, read=False, **kw)
+
+    @contextlib.asynccontextmanager
+    async def _send(
+        self,
+        method: str,
+        repo: str,
+        path: str,
+        *,
+        ok: tuple[int, ...],
+        read: bool,
         scope: str = "pull",
         mount: str | None = None,
         headers: Mapping[str, str] | None = None,
         content: Body = None,
         params: Mapping[str, str] | None = None,
-        ok: tuple[int, ...] = (200, 206),
+        limit: int | None = None,
     ) -> AsyncIterator[httpx.Response]:
-        """Like :meth:`request`, the body left to stream (``aiter_bytes``)."""
         url = self.url(repo, path)
         scopes: tuple[str, ...] = (f"repository:{repo}:{scope}",) if repo else ()  # "": login
         if mount is not None:  # a mount needs pull on its source too, in the same token
             scopes += (f"repository:{mount}:pull",)
-        # A body that is not bytes can be sent once: no retry, no auth replay.
+        # A body that is not bytes can be sent once: no retry; a 401 renews the token, then
+        # raises Unauthenticated for its sender to start over (PUSH-7).
         replayable = content is None or isinstance(content, bytes)
         authed = False
         tries = 0
@@ -173,36 +210,53 @@ class Registry:
             try:
                 resp = await self._client.send(req, stream=True)
             except httpx.TransportError as exc:
-                if tries >= _TRIES or not replayable:
-                    raise Unavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
-                await anyio.sleep(self._backoff(tries, None))
+                await self._retry(tries if replayable else _TRIES, method, url, exc)
                 continue
             try:
                 status = resp.status_code
                 if status == 401 and not authed and replayable:
-                    challenge = resp.headers.get("WWW-Authenticate", "")
                     await resp.aclose()
-                    async with self._auth_lock:  # unless another task renewed it meanwhile
-                        if self._auth.get(scopes, self._basic) == token:
-                            await self._authenticate(scopes, challenge, url)
+                    await self._renew(scopes, token, resp, url)
                     authed = True
                     tries -= 1
                     continue
                 if (status in _RETRY_STATUS or status >= 500) and tries < _TRIES and replayable:
-                    wait = self._backoff(tries, resp.headers.get("Retry-After"))
+                    wait = self.backoff(tries, resp.headers.get("Retry-After"))
                     await resp.aclose()
                     await anyio.sleep(wait)
                     continue
+                if read or status not in ok:
+                    try:
+                        await _read(resp, limit if status in ok else None, method, url)
+                    except httpx.TransportError as exc:
+                        await self._retry(tries if replayable else _TRIES, method, url, exc)
+                        continue
                 if status not in ok:
-                    await resp.aread()
+                    if status == 401 and not authed:  # the body is gone: its sender may retry
+                        await self._renew(scopes, token, resp, url)
                     raise_for(method, url, resp.status_code, resp.content)
                 yield resp
                 return
             finally:
                 await resp.aclose()
 
+    async def _renew(
+        self, scopes: tuple[str, ...], token: str | None, resp: httpx.Response, url: str
+    ) -> None:
+        """Answer ``resp``'s 401 challenge, unless another task renewed ``token`` meanwhile."""
+        async with self._auth_lock:
+            if self._auth.get(scopes, self._basic) == token:
+                await self._authenticate(scopes, resp.headers.get("WWW-Authenticate", ""), url)
+
+    async def _retry(self, tries: int, method: str, url: str, exc: httpx.TransportError) -> None:
+        """Wait before try ``tries + 1``; after the last one, raise Unavailable."""
+        if tries >= _TRIES:
+            raise Unavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+        await anyio.sleep(self.backoff(tries, None))
+
     @staticmethod
-    def _backoff(tries: int, retry_after: str | None) -> float:
+    def backoff(tries: int, retry_after: str | None = None) -> float:
+        """Seconds to wait after try ``tries``: ``Retry-After``, else doubling, jittered."""
         if retry_after is not None and retry_after.strip().isdigit():
             return min(float(retry_after), _MAX_WAIT)
         return _BACKOFF * (1 << (tries - 1)) * (0.5 + random.random())
@@ -229,7 +283,15 @@ class Registry:
         params = httpx.QueryParams([("scope", scope) for scope in scopes])
         if "service" in fields:
             params = params.add("service", fields["service"])
-        resp = await self._client.get(realm, params=params, auth=basic or httpx.USE_CLIENT_DEFAULT)
+        resp, tries = None, 0
+        while resp is None:
+            tries += 1
+            try:
+                resp = await self._client.get(
+                    realm, params=params, auth=basic or httpx.USE_CLIENT_DEFAULT
+                )
+            except httpx.TransportError as exc:
+                await self._retry(tries, "GET", realm, exc)
         if resp.status_code != 200:
             raise_for("GET", realm, resp.status_code, resp.content)
         try:
@@ -247,5 +309,5 @@ async def check_credentials(host: str, user: str, password: str) -> None:
 
     A registry without authentication answers 200 to anyone: the check passes.
     """
-    async with Registry(host, credentials=lambda _host: (user, password)) as registry:
+    async with Registry(api_host(host), credentials=lambda _host: (user, password)) as registry:
         await registry.request("GET", "", "/v2/")

@@ -30,9 +30,11 @@ from castar.store.errors import (
     NotFound,
     Unavailable,
 )
+from castar.store.labels import SOURCE
+from castar.store.leases import current_lease
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
 
     from castar.engine.load.importer import LoadOptions
     from castar.store import Image
@@ -47,7 +49,6 @@ ACCEPT: Final = ", ".join(
     (oci.OCI_INDEX, oci.OCI_MANIFEST, oci.DOCKER_MANIFEST_LIST, oci.DOCKER_MANIFEST)
 )
 _TRIES: Final = 3  # connections dropped mid-blob are resumed with Range this often
-SOURCE_LABEL: Final = "containerd.io/distribution.source."
 #: Per store, the blobs being fetched (single flight, PULL-4).
 _FLIGHTS: weakref.WeakKeyDictionary[BlobIngester, dict[Digest, anyio.Event]] = (
     weakref.WeakKeyDictionary()
@@ -60,18 +61,25 @@ class RegistryReader(graph.Reader):
     Without a ``registry`` (no source known) what the store lacks is NotFound.
     """
 
-    def __init__(self, registry: Registry | None, repo: str, sess: Session) -> None:
+    def __init__(self, registry: Registry | None, repo: str, sess: Session, leases: Leases) -> None:
         super().__init__(self._load)
         self.registry = registry
         self.repo = repo
         self.sess = sess
         self.content = sess.content
+        self.leases = leases
+
+    async def hold(self, digests: Iterable[str]) -> None:
+        """Add ``digests`` to the current lease: what is stored stays until it ends (PULL-6)."""
+        lease = current_lease()
+        if lease is not None:
+            await self.leases.add_resources(lease.id, "content", digests)
 
     def source(self, digest: str) -> Registry:
         """The client to fetch ``digest`` with."""
         if self.registry is None:
             raise NotFound(
-                f"content digest {digest}: not in the store, and no {SOURCE_LABEL}<registry>"
+                f"content digest {digest}: not in the store, and no {SOURCE}<registry>"
                 " label says where to fetch it from"
             )
         return self.registry
@@ -96,7 +104,11 @@ class RegistryReader(graph.Reader):
         return oci.Descriptor(media_type, digest, size)
 
     async def _load(self, desc: oci.Descriptor) -> bytes:
-        if not await self.content.exists(desc.digest):
+        stored = await self.content.exists(desc.digest)
+        if stored:  # leased, then checked again: it may have gone before
+            await self.hold([desc.digest])
+            stored = await self.content.exists(desc.digest)
+        if not stored:
             if desc.size > oci.MAX_DOCUMENT:
                 raise InvalidArgument(
                     f"document {desc.digest}: size {desc.size} exceeds {oci.MAX_DOCUMENT} bytes"
@@ -107,7 +119,11 @@ class RegistryReader(graph.Reader):
                 else "blobs"
             )
             resp = await self.source(desc.digest).request(
-                "GET", self.repo, f"{kind}/{desc.digest}", headers={"Accept": ACCEPT}
+                "GET",
+                self.repo,
+                f"{kind}/{desc.digest}",
+                headers={"Accept": ACCEPT},
+                limit=desc.size,
             )
             header = resp.headers.get("Docker-Content-Digest")
             if kind == "manifests" and header is not None and header != desc.digest:
@@ -180,13 +196,14 @@ async def _transfer(
     """Label the walked graph (GC-7, PULL-3) and fetch the blobs the store lacks, synced."""
     sess, content = reader.sess, reader.content
     registry = reader.registry
-    source = {} if registry is None else {SOURCE_LABEL + registry.host: reader.repo}
+    key = None if registry is None else SOURCE + registry.host
     walk = Walk(queued=queued)
     docs = {}
     for node in nodes:
         walk.needed.setdefault(node.descriptor.digest, node.descriptor)
         if oci.is_index(node.descriptor.media_type) and node.present:
             docs[node.descriptor.digest] = await reader.read(node.descriptor)
+    await reader.hold(walk.needed)  # before the check: a GC cannot take what it finds stored
     stored = await content.infos(
         {*walk.needed, *(c.digest for d in docs.values() if d for c in d.children)}
     )
@@ -196,7 +213,11 @@ async def _transfer(
         if doc is not None:  # PULL-5: the children already stored keep their GC-7 edges
             kept = {k.digest for k in kids}
             kids = tuple(c for c in doc.children if c.digest in kept or c.digest in stored)
-        walk.labels[node.descriptor.digest] = {**oci.children_labels(kids), **source}
+        labels = walk.labels[node.descriptor.digest] = oci.children_labels(kids)
+        if key is not None:  # PULL-8: one more repository in the list
+            info = stored.get(node.descriptor.digest)
+            repos = info.labels.get(key, "").split(",") if info is not None else []
+            labels[key] = ",".join(sorted({*filter(None, repos), reader.repo}))
     todo = [d for k, d in walk.needed.items() if k not in stored]
     if todo:
         reader.source(todo[0].digest)
@@ -259,7 +280,7 @@ async def _pull(
     requested, matcher = _matcher(options)
     sess = Session(content, matcher, False, None, progress)
     async with leases.hold(labels={"castar.pull": sess.session}):
-        reader = RegistryReader(registry, repo, sess)
+        reader = RegistryReader(registry, repo, sess, leases)
         root = await reader.resolve(digest or tag or reference.DEFAULT_TAG)
         nodes = await graph.walk(
             reader, [root], keep=lambda d: keep(sess, d), skip_missing=False, unique=True
@@ -330,7 +351,7 @@ async def pull_many(
 
 
 async def fetch_missing(
-    content: BlobIngester, root: oci.Descriptor, options: LoadOptions, *, who: str
+    content: BlobIngester, leases: Leases, root: oci.Descriptor, options: LoadOptions, *, who: str
 ) -> None:
     """Fetch what the store lacks of ``root``'s selected graph from where it came (SAVE-7).
 
@@ -339,13 +360,11 @@ async def fetch_missing(
     image's record keeps it once that lease ends. Nothing missing: no request is sent.
     """
     labels = (await content.info(root.digest)).labels
-    sources = sorted(
-        (k.removeprefix(SOURCE_LABEL), v) for k, v in labels.items() if k.startswith(SOURCE_LABEL)
-    )
-    host, repo = sources[0] if sources else ("", "")
+    sources = sorted((k.removeprefix(SOURCE), v) for k, v in labels.items() if k.startswith(SOURCE))
+    host, repo = (sources[0][0], sources[0][1].split(",")[0]) if sources else ("", "")
     registry = Registry(host, credentials=credentials_for) if sources else None
     sess = Session(content, _matcher(options)[1], False, None, Progress(None))
-    reader = RegistryReader(registry, repo, sess)
+    reader = RegistryReader(registry, repo, sess, leases)
     try:
         nodes = await graph.walk(
             reader, [root], keep=lambda d: keep(sess, d), skip_missing=False, unique=True

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal, Self, final
 
@@ -14,15 +14,16 @@ from castar.engine import platforms as plat
 from castar.engine.images import ImageService
 from castar.engine.registry.auth import credentials_for
 from castar.engine.registry.client import Registry, parse_ref, single_flight
-from castar.engine.registry.pull import SOURCE_LABEL
 from castar.store.digest import compute
 from castar.store.errors import (
     Conflict,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Unauthenticated,
     Unavailable,
 )
+from castar.store.labels import SOURCE
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
@@ -38,6 +39,7 @@ __all__ = ["PushOptions", "PushResult", "push"]
 
 _SCOPE: Final = "pull,push"
 _RESUMES: Final = 3  # chunked uploads resumed at most this often after a failed chunk
+_TRIES: Final = 3  # a blob upload that fails Unavailable is started over until this many tries
 #: Per client, the (repository, digest) blobs being sent (single flight).
 _FLIGHTS: weakref.WeakKeyDictionary[Registry, dict[tuple[str, str], anyio.Event]] = (
     weakref.WeakKeyDictionary()
@@ -246,9 +248,11 @@ class _Job:
     options: PushOptions
     total: int = 0
     done: int = 0
+    sent: dict[str, int] = field(default_factory=dict)  # progress counted, per blob
 
     def advance(self, n: int, digest: str) -> None:
         self.done += n
+        self.sent[digest] = self.sent.get(digest, 0) + n
         if self.progress is not None:
             self.progress(self.done, self.total, digest)
 
@@ -267,7 +271,7 @@ async def _send(registry: Registry, job: _Job, order: list[oci.Descriptor]) -> P
     blobs = [d for d in order if not _is_document(d)]
     job.total = sum(d.size for d in blobs)
     infos = await job.content.infos([d.digest for d in blobs])
-    label = SOURCE_LABEL + registry.host
+    label = SOURCE + registry.host
     limit = anyio.CapacityLimiter(registry.jobs)
     failure: list[Exception] = []
 
@@ -339,6 +343,27 @@ def _flight(registry: Registry, repo: str, digest: str) -> AbstractAsyncContextM
 
 
 async def _send_blob(
+    registry: Registry, job: _Job, desc: oci.Descriptor, source: str | None
+) -> Literal["pushed", "skipped", "mounted"]:
+    """Send one blob; a failed upload starts over with backoff (PUSH-7), its progress undone."""
+    tries = 0
+    renewed = False
+    while True:
+        tries += 1
+        try:
+            return await _upload(registry, job, desc, source)
+        except Unauthenticated:
+            if renewed:  # the client renewed the token on the 401: one more try with it
+                raise
+            renewed = True
+        except Unavailable:
+            if tries >= _TRIES:
+                raise
+            await anyio.sleep(registry.backoff(tries))
+        job.advance(-job.sent.get(desc.digest, 0), desc.digest)
+
+
+async def _upload(
     registry: Registry, job: _Job, desc: oci.Descriptor, source: str | None
 ) -> Literal["pushed", "skipped", "mounted"]:
     repo = job.repo
@@ -449,7 +474,13 @@ async def _referrers_tag(registry: Registry, job: _Job, desc: oci.Descriptor) ->
     subject = doc.subject.digest
     path = f"manifests/{subject.algorithm}-{subject.encoded}"
     got = await registry.request(
-        "GET", job.repo, path, scope=_SCOPE, headers={"Accept": oci.OCI_INDEX}, ok=(200, 404)
+        "GET",
+        job.repo,
+        path,
+        scope=_SCOPE,
+        headers={"Accept": oci.OCI_INDEX},
+        ok=(200, 404),
+        limit=oci.MAX_DOCUMENT,
     )
     old = oci.decode_index(got.content, name=path) if got.status_code == 200 else oci.Index()
     if any(m.digest == desc.digest for m in old.manifests):

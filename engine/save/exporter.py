@@ -163,7 +163,9 @@ async def _fetch_missing(store: Roles, names: Sequence[str], options: SaveOption
         for t in await resolve(store, ref):
             if t.desc.digest not in done:
                 done.add(t.desc.digest)
-                await fetch_missing(content, t.desc, LoadOptions(options.platforms), who=t.who)
+                await fetch_missing(
+                    content, store.leases, t.desc, LoadOptions(options.platforms), who=t.who
+                )
 
 
 async def save_many(

@@ -10,6 +10,7 @@ from castar.engine import oci, reference, tarcodec
 from castar.engine import platforms as plat
 from castar.store import digest as digests
 from castar.store.errors import Conflict, InvalidArgument, NotFound
+from castar.store.labels import SOURCE
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
@@ -24,7 +25,6 @@ __all__ = [
 ]  # fmt: skip
 
 MISSING_POLICIES: Final = ("sparse", "prune", "fail", "fetch")
-_SOURCE_LABEL: Final = "containerd.io/distribution.source"
 _OCI_LAYOUT: Final = b'{"imageLayoutVersion":"1.0.0"}'
 
 
@@ -461,7 +461,7 @@ class Planner:
         annotations = {k: v for k, v in desc.annotations.items() if k not in names}
         node = self._nodes.get(labelled)
         labels = node.labels if node is not None else {}
-        annotations.update((k, v) for k, v in labels.items() if k.startswith(_SOURCE_LABEL))
+        annotations.update((k, v) for k, v in labels.items() if k.startswith(SOURCE))
         if target.name is not None:
             annotations[oci.ANNOTATION_IMAGE_NAME] = target.name
             annotations[oci.ANNOTATION_REF_NAME] = reference.ref_name_annotation(target.name)

@@ -20,11 +20,12 @@ from castar.engine.load import importer
 from castar.engine.load.importer import LoadOptions
 from castar.engine.registry.auth import login
 from castar.engine.registry.client import Registry
-from castar.engine.registry.pull import SOURCE_LABEL, pull
+from castar.engine.registry.pull import pull
 from castar.engine.save import exporter
 from castar.engine.save.exporter import SaveOptions
 from castar.store import open_root
 from castar.store.errors import NotFound, Unauthenticated
+from castar.store.labels import SOURCE
 from castar.store.verify import verify
 
 pytestmark = pytest.mark.anyio
@@ -84,7 +85,7 @@ async def _save(s, name: str, path) -> dict[str, bytes]:
     index = json.loads(out["index.json"])
     for entry in index["manifests"]:
         entry["annotations"] = {
-            k: v for k, v in entry["annotations"].items() if not k.startswith(SOURCE_LABEL)
+            k: v for k, v in entry["annotations"].items() if not k.startswith(SOURCE)
         }
     out["index.json"] = json.dumps(index).encode()
     return out

@@ -18,7 +18,7 @@ from castar.engine.images import as_oci
 from castar.engine.load.importer import LoadOptions
 from castar.engine.registry import auth
 from castar.engine.registry.client import Registry
-from castar.engine.registry.pull import SOURCE_LABEL, pull
+from castar.engine.registry.pull import pull
 from castar.engine.registry.push import PushOptions, PushResult, push
 from castar.store import open_root
 from castar.store.digest import compute
@@ -30,6 +30,7 @@ from castar.store.errors import (
     Unauthenticated,
     Unavailable,
 )
+from castar.store.labels import SOURCE
 from tests.registry._clients import Recording
 
 if TYPE_CHECKING:
@@ -241,7 +242,7 @@ async def test_blobs_from_another_repository_of_the_registry_are_mounted(
         )
         blobs = [d for d in first.pushed if not oci.is_manifest(d.media_type)]
         for d in blobs:
-            await store.content.update_labels(d.digest, {SOURCE_LABEL + registry.host: src})
+            await store.content.update_labels(d.digest, {SOURCE + registry.host: src})
         client.calls.clear()
         second = await _push(
             store, small_image.name, f"{registry.host}/{dst}:1", client, "linux/amd64"
@@ -267,7 +268,7 @@ async def test_a_mount_behind_bearer_tokens_asks_pull_on_its_source_in_the_same_
         )
         blobs = [d for d in first.pushed if not oci.is_manifest(d.media_type)]
         for d in blobs:
-            await store.content.update_labels(d.digest, {SOURCE_LABEL + server.host: src})
+            await store.content.update_labels(d.digest, {SOURCE + server.host: src})
         client.calls.clear()
         second = await _push(
             store, small_image.name, f"{server.host}/{dst}:1", client, "linux/amd64"
