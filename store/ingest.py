@@ -255,14 +255,17 @@ def _read_status(path: Path, ref: str | None = None) -> IngestStatus:
             raise DataLoss(f"{ctx}: unreadable status in {path}: {exc}") from exc
 
 
-def _list_ingests(root: Path) -> list[IngestStatus]:
-    out = []
+def _ingest_names(root: Path) -> list[str]:
     with map_os_errors(f"listing ingests in {root / 'ingest'}"):
         try:
-            entries = os.listdir(root / "ingest")
+            return os.listdir(root / "ingest")
         except FileNotFoundError:
             return []
-    for name in entries:
+
+
+def _list_ingests(root: Path) -> list[IngestStatus]:
+    out = []
+    for name in _ingest_names(root):
         with contextlib.suppress(NotFound, DataLoss):
             out.append(_read_status(root / "ingest" / name))
     out.sort(key=lambda s: s.ref)
@@ -277,12 +280,7 @@ UNNAMED_GRACE: Final = 60.0
 def _remove_unnamed(root: Path, dry_run: bool) -> list[str]:
     """ING-16: remove ingest directories a writer died in before naming them; their names."""
     out = []
-    with map_os_errors(f"listing ingests in {root / 'ingest'}"):
-        try:
-            entries = os.listdir(root / "ingest")
-        except FileNotFoundError:
-            return []
-    for name in entries:
+    for name in _ingest_names(root):
         path = root / "ingest" / name
         with contextlib.suppress(FileNotFoundError, NotADirectoryError, Unavailable):
             if (path / "ref").exists() or time.time() - path.stat().st_mtime < UNNAMED_GRACE:

@@ -232,21 +232,25 @@ async def test_a_tagless_ref_pushes_latest_and_a_digest_ref_no_tag(
     assert await _raw(registry.host, f"{repo}:latest") == stored
 
 
+async def _push_then_mount(
+    store: Root, image: Image, client: Counting, src: str, dst: str
+) -> tuple[PushResult, PushResult, list[Any]]:
+    """Push ``image`` to ``src``, label its blobs as from there, push it to ``dst``."""
+    first = await _push(store, image.name, f"{client.host}/{src}:1", client, "linux/amd64")
+    blobs = [d for d in first.pushed if not oci.is_manifest(d.media_type)]
+    for d in blobs:
+        await store.content.update_labels(d.digest, {SOURCE + client.host: src})
+    client.calls.clear()
+    second = await _push(store, image.name, f"{client.host}/{dst}:1", client, "linux/amd64")
+    return first, second, blobs
+
+
 async def test_blobs_from_another_repository_of_the_registry_are_mounted(
     store: Root, small_image: Image, registry: Any, anyio_backend: str
 ) -> None:
     src, dst = f"push-{anyio_backend}/mount-src", f"push-{anyio_backend}/mount-dst"
     async with Counting(registry.host) as client:
-        first = await _push(
-            store, small_image.name, f"{registry.host}/{src}:1", client, "linux/amd64"
-        )
-        blobs = [d for d in first.pushed if not oci.is_manifest(d.media_type)]
-        for d in blobs:
-            await store.content.update_labels(d.digest, {SOURCE + registry.host: src})
-        client.calls.clear()
-        second = await _push(
-            store, small_image.name, f"{registry.host}/{dst}:1", client, "linux/amd64"
-        )
+        first, second, blobs = await _push_then_mount(store, small_image, client, src, dst)
     assert {d.digest for d in second.mounted} == {d.digest for d in blobs}
     assert second.sent == first.target.size
     assert not any(m == "PUT" and "uploads" in p for m, p in client.calls)
@@ -263,16 +267,7 @@ async def test_a_mount_behind_bearer_tokens_asks_pull_on_its_source_in_the_same_
     src, dst = f"mount-token-{anyio_backend}/src", f"mount-token-{anyio_backend}/dst"
     creds = server.credentials
     async with Counting(server.host, credentials=lambda _host: creds) as client:
-        first = await _push(
-            store, small_image.name, f"{server.host}/{src}:1", client, "linux/amd64"
-        )
-        blobs = [d for d in first.pushed if not oci.is_manifest(d.media_type)]
-        for d in blobs:
-            await store.content.update_labels(d.digest, {SOURCE + server.host: src})
-        client.calls.clear()
-        second = await _push(
-            store, small_image.name, f"{server.host}/{dst}:1", client, "linux/amd64"
-        )
+        _, second, blobs = await _push_then_mount(store, small_image, client, src, dst)
     assert {d.digest for d in second.mounted} == {d.digest for d in blobs}
     assert not any(m == "PUT" and "uploads" in p for m, p in client.calls)
     assert [f"repository:{dst}:pull,push", f"repository:{src}:pull"] in tokens.requests
