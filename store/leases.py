@@ -75,16 +75,18 @@ def _owners(root: Path) -> Path:
     return root / "owners"
 
 
-def _claim(root: Path, id: str) -> tuple[Path, int]:
-    """Lock ``<root>/owners/<sha256 hex of id>`` for this process (LEASE-8)."""
-    path = _owners(root) / hashlib.sha256(id.encode()).hexdigest()
-    with map_os_errors(f'lease "{id}": owner lock {path}'):
-        for wait in (0.001, 0.004, 0.016, 0.064, 0.256):
-            try:
-                return path, lock_dir(path, id)
-            except Unavailable:  # a gc took the new, still unrecorded lock as an orphan's
-                time.sleep(wait)
-        return path, lock_dir(path, id)
+def _claim(root: Path) -> tuple[str, Path, int]:
+    """A fresh lease id and ``<root>/owners/<sha256 hex of it>`` locked for this process.
+
+    A gc may take a new, still unrecorded lock as an orphan's and hold it for its whole
+    sweep (LEASE-8): then the next id's directory, which no gc has listed, is taken instead.
+    """
+    for _ in range(8):
+        id = random_lease_id()
+        path = _owners(root) / hashlib.sha256(id.encode()).hexdigest()
+        with map_os_errors(f'lease "{id}": owner lock {path}'), suppress(Unavailable):
+            return id, path, lock_dir(path, id)
+    raise Unavailable(f"owner locks in {_owners(root)}: every new lock was taken at once")
 
 
 def dead_owners(root: Path) -> dict[str, int]:
@@ -161,8 +163,7 @@ class LeaseManager(Records):
         if self._db.read_only is not None:  # nothing on it can be collected: nothing to hold
             yield Lease(random_lease_id(), self._clock(), dict(labels or {}))
             return
-        id = random_lease_id()
-        path, fd = await anyio.to_thread.run_sync(_claim, self._root, id)
+        id, path, fd = await anyio.to_thread.run_sync(_claim, self._root)
         try:
             # Not durable: worthless after a power cut, and each durable commit costs an fsync.
             lease = await self._create(id, expire, labels, False, path.name)

@@ -114,3 +114,25 @@ async def test_a_killed_load_leaves_nothing_once_gc_has_run(tmp_path: Path) -> N
             assert await s.leases.list() == []
             assert (await s.gc()).removed == []  # the loaded image keeps every blob it has
             assert [i.name for i in await s.images.list()] == [image.name]
+
+
+async def test_a_new_lease_whose_owner_lock_a_gc_holds_takes_another_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # LEASE-8: a gc can take a new, unrecorded owner lock as an orphan's for its whole sweep;
+    # the hold then takes a fresh id's lock (no gc listed it) instead of waiting on this one.
+    import hashlib
+
+    from castar.store import leases as leases_mod
+    from castar.store.ingest import lock_dir
+
+    ids = iter(["held-by-gc", "fresh"])
+    monkeypatch.setattr(leases_mod, "random_lease_id", lambda: next(ids))
+    async with open_root(tmp_path / "root") as root:
+        taken = root.root / "owners" / hashlib.sha256(b"held-by-gc").hexdigest()
+        fd = await anyio.to_thread.run_sync(lock_dir, taken, "gc")
+        try:
+            async with root.leases.hold() as lease:
+                assert lease.id == "fresh"
+        finally:
+            os.close(fd)
