@@ -272,7 +272,7 @@ async def _send(registry: Registry, job: _Job, order: list[oci.Descriptor]) -> P
     job.total = sum(d.size for d in blobs)
     infos = await job.content.infos([d.digest for d in blobs])
     label = SOURCE + registry.host
-    limit = anyio.CapacityLimiter(registry.jobs)
+    limit = registry.transfers  # per registry, whichever push or pull sends
     failure: list[Exception] = []
 
     async def upload(desc: oci.Descriptor, scope: anyio.CancelScope) -> None:
