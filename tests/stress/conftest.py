@@ -25,3 +25,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.is_relative_to(here):
             item.add_marker(pytest.mark.stress)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The commands' working directory goes with the session (it must have stayed empty)."""
+    import shutil
+
+    from tests.stress import _harness
+
+    for path in _harness._NEUTRAL:
+        shutil.rmtree(path, ignore_errors=True)

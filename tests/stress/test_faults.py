@@ -9,9 +9,9 @@ from tests.stress import _harness as h
 
 
 @pytest.fixture
-def mounts():
-    try:
-        with h.tmpfs(h.neutral_dir().parent / "castar-stress-probe", 1 << 20):
+def mounts(tmp_path_factory):
+    try:  # a probe of this session's own: another session's mount is never touched
+        with h.tmpfs(tmp_path_factory.mktemp("tmpfs-probe"), 1 << 20):
             pass
     except OSError as exc:
         pytest.skip(f"needs a tmpfs mount: {exc}")
