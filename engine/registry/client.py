@@ -209,7 +209,7 @@ class Registry:
             )
             try:
                 resp = await self._client.send(req, stream=True)
-            except httpx.TransportError as exc:
+            except httpx.RequestError as exc:
                 await self._retry(tries if replayable else _TRIES, method, url, exc)
                 continue
             try:
@@ -228,7 +228,7 @@ class Registry:
                 if read or status not in ok:
                     try:
                         await _read(resp, limit if status in ok else None, method, url)
-                    except httpx.TransportError as exc:
+                    except httpx.RequestError as exc:
                         await self._retry(tries if replayable else _TRIES, method, url, exc)
                         continue
                 if status not in ok:
@@ -248,7 +248,7 @@ class Registry:
             if self._auth.get(scopes, self._basic) == token:
                 await self._authenticate(scopes, resp.headers.get("WWW-Authenticate", ""), url)
 
-    async def _retry(self, tries: int, method: str, url: str, exc: httpx.TransportError) -> None:
+    async def _retry(self, tries: int, method: str, url: str, exc: httpx.RequestError) -> None:
         """Wait before try ``tries + 1``; after the last one, raise Unavailable."""
         if tries >= _TRIES:
             raise Unavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
@@ -290,7 +290,7 @@ class Registry:
                 resp = await self._client.get(
                     realm, params=params, auth=basic or httpx.USE_CLIENT_DEFAULT
                 )
-            except httpx.TransportError as exc:
+            except httpx.RequestError as exc:
                 await self._retry(tries, "GET", realm, exc)
         if resp.status_code != 200:
             raise_for("GET", realm, resp.status_code, resp.content)

@@ -179,9 +179,10 @@ async def _stream(registry: Registry, reader: RegistryReader, desc: oci.Descript
                             await w.write(chunk)
                             sess.progress.add(len(chunk), desc.digest)
                     break
-                except httpx.TransportError as exc:
+                except httpx.RequestError as exc:
                     if attempt == _TRIES - 1:
-                        raise Unavailable(f"GET blob {desc.digest}: {exc!r}") from exc
+                        url = registry.url(reader.repo, f"blobs/{desc.digest}")
+                        raise Unavailable(f"GET {url}: {type(exc).__name__}: {exc}") from exc
             await w.commit(desc.size, desc.digest, sync=False)
     except AlreadyExists:
         pass  # stored meanwhile

@@ -1,4 +1,4 @@
-"""Transport failures reading a body or fetching a token (ERR-10); the login check (ERR-5)."""
+"""Request failures reading a body or fetching a token (ERR-10); the login check (ERR-5)."""
 
 from __future__ import annotations
 
@@ -67,6 +67,21 @@ async def test_an_error_body_cut_off_is_unavailable():
     async with _registry(handler) as reg:
         with pytest.raises(Unavailable, match="ReadError"):
             await reg.request("GET", "a/b", "manifests/1")
+
+
+async def test_an_undecodable_body_is_retried_then_unavailable():
+    # A body its Content-Encoding does not decode is a RequestError, not a TransportError:
+    # it is retried like a dropped connection, then Unavailable, never a raw httpx error.
+    seen: list[str] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append(req.url.path)
+        return httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=b"not gzip")
+
+    async with _registry(handler) as reg:
+        with pytest.raises(Unavailable, match=r"GET http://reg\.test/v2/a/b/manifests/1: Decod"):
+            await reg.request("GET", "a/b", "manifests/1")
+    assert len(seen) == client._TRIES
 
 
 @pytest.mark.parametrize("fails", [1, client._TRIES])

@@ -10,9 +10,10 @@ import pytest
 
 from castar.engine import synth
 from castar.engine.load.importer import LoadOptions
+from castar.engine.registry import pull as pull_module
 from castar.engine.registry.client import Registry
 from castar.engine.registry.pull import pull
-from castar.store.errors import DigestMismatch, NotFound
+from castar.store.errors import DigestMismatch, NotFound, Unavailable
 
 pytestmark = pytest.mark.anyio
 
@@ -143,6 +144,26 @@ async def test_lone_manifest_platform_checked(store, tmp_path):
             await _pull(store, reg, ref, ["linux/arm64"])
         (image,) = await _pull(store, reg, ref, ["linux/amd64"])
     assert image.target.digest == manifest.manifest.digest
+
+
+async def test_undecodable_blob_is_unavailable_and_changes_nothing(store, tmp_path):
+    tries: list[str] = []
+
+    def fault(req, data, headers):
+        if len(data) > 1 << 16:
+            tries.append(req.url.path)
+            headers["Content-Encoding"] = "gzip"
+            return httpx.Response(200, headers=headers, content=data)  # not gzip
+        return None
+
+    reg, _ = await _fake(tmp_path, fault)
+    async with reg:
+        blob_url = r"GET http://fake\.test/v2/fake/blobs/sha256:\w+"
+        with pytest.raises(Unavailable, match=blob_url + ": DecodingError"):
+            await _pull(store, reg)
+    assert len(tries) == pull_module._TRIES
+    assert await store.images.list() == []
+    assert await store.content.list_statuses() == []
 
 
 @pytest.mark.parametrize("lie", ["body", "header"])
