@@ -575,6 +575,13 @@ class LocalWriter(AbstractAsyncContextManager["LocalWriter"]):
 
         A mismatch keeps the ingest data; a cancel is honoured up to the rename, never after.
         ``sync=False`` skips both fsyncs (design rule io-sync).
+
+        Raises:
+            SizeMismatch: ``size`` is not 0 and not the number of bytes written.
+            DigestMismatch: ``expected`` is given and is not the digest of the bytes written.
+            FailedPrecondition: the writer is closed.
+            DataLoss: the disk failed reading back or syncing the data (EIO).
+            Unavailable: the file system is full (ENOSPC).
         """
         if self._fd is None:
             raise FailedPrecondition("cannot commit on closed writer")
