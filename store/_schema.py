@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import sqlite3
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,6 +42,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+#: How long a statement waits for another process's lock on the database (busy_timeout).
+_BUSY_SECONDS: Final = 60
 
 #: Each entry moves the schema from version ``i`` to ``i + 1`` (``PRAGMA user_version``).
 MIGRATIONS: Final[list[list[str]]] = [
@@ -205,12 +210,14 @@ def connect(path: Path, read_only: bool = False) -> sqlite3.Connection:
         if read_only:
             return _connect_read_only(path, where)
         try:
-            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60)
+            conn = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=_BUSY_SECONDS
+            )
         except sqlite3.OperationalError as exc:  # /proc, a directory: no store can live there
             raise UsageError(f"{where}: cannot create {path.name}: {exc}") from exc
         try:
-            conn.execute("PRAGMA busy_timeout = 60000")
-            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA busy_timeout = {_BUSY_SECONDS * 1000}")
+            _wal(conn)
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
             # LAY-5: a current schema costs this one read; only a migration writes
@@ -220,6 +227,25 @@ def connect(path: Path, read_only: bool = False) -> sqlite3.Connection:
             conn.close()
             raise
     return conn
+
+
+def _wal(conn: sqlite3.Connection) -> None:
+    """Switch a new database to WAL, waiting out other processes creating it at once.
+
+    Turning a rollback-journal database into WAL takes an exclusive lock that SQLite does
+    not wait for under ``busy_timeout``: several processes opening one new root at once get
+    "database is locked" from this pragma alone. Once a database is WAL it stays WAL, so
+    this waits only while a root is being created.
+    """
+    deadline = time.monotonic() + _BUSY_SECONDS
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005 + 0.02 * random.random())
 
 
 def _connect_read_only(path: Path, where: str) -> sqlite3.Connection:

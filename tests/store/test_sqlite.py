@@ -131,3 +131,39 @@ async def test_opening_an_existing_store_writes_nothing(tmp_path: Path) -> None:
         assert await store.images.list() == []
     assert meta.stat().st_mtime_ns == 0
     assert meta.read_bytes() == before
+
+
+class _Locked:
+    """A connection whose WAL switch meets ``fails`` locks first (a root being created)."""
+
+    def __init__(self, fails: int, message: str = "database is locked") -> None:
+        self.fails, self.message, self.calls = fails, message, 0
+
+    def execute(self, sql: str) -> None:
+        assert sql == "PRAGMA journal_mode = WAL"
+        self.calls += 1
+        if self.calls <= self.fails:
+            raise sqlite3.OperationalError(self.message)
+
+
+def test_the_wal_switch_waits_out_other_processes_creating_the_root() -> None:
+    # SQLite does not wait under busy_timeout for the exclusive lock this pragma takes, so
+    # processes opening one new root at once met "database is locked" (a stress finding).
+    conn = _Locked(fails=3)
+    _schema._wal(conn)  # type: ignore[arg-type]
+    assert conn.calls == 4
+
+
+def test_the_wal_switch_raises_other_errors_at_once() -> None:
+    conn = _Locked(fails=1, message="disk I/O error")
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+        _schema._wal(conn)  # type: ignore[arg-type]
+    assert conn.calls == 1
+
+
+def test_the_wal_switch_gives_up_after_the_busy_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_schema, "_BUSY_SECONDS", 0)
+    conn = _Locked(fails=1 << 30)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        _schema._wal(conn)  # type: ignore[arg-type]
+    assert conn.calls <= 2
