@@ -189,7 +189,13 @@ class Session:
             entry = next((e for e, x, _ in batch if x is not None and x == exc.expected), None)
             if entry is None:  # pragma: no cover - only an expected digest can mismatch
                 raise
-            raise _imp4(entry, exc) from exc
+            if self.fd is not None:  # read because the walk needs it: the load fails now
+                raise _imp4(entry, exc) from exc
+            # From a stream every member is stored as it passes, needed or not: the bad one
+            # waits for the walk (Entry.mismatch); the rest are stored (verified blobs were
+            # recorded already, so this pass only records what the first one skipped).
+            entry.mismatch = _imp4(entry, exc)
+            return await self.store_small([m for m in batch if m[0] is not entry])
         digests = [descs[i].digest for i in index]
         for (entry, _, _), digest in zip(batch, digests, strict=True):
             entry.digest = digest
@@ -198,6 +204,8 @@ class Session:
     def unstored(self, digests: Iterable[str]) -> list[tuple[Entry, Digest]]:
         """The archive members of ``digests`` not stored yet; progress counts their bytes."""
         todo = [(e, Digest(d)) for d in digests if (e := self.blob_entry(d)) and e.digest is None]
+        for entry, _ in todo:
+            _needed(entry)
         if todo:
             self.progress.total = self.progress.done + sum(e.size for e, _ in todo)
         return todo
@@ -243,6 +251,7 @@ class Session:
         """Store ``entry``'s bytes unless stored (ING-2), checked against ``expected`` (IMP-4)."""
         if entry.digest is not None:
             return entry.digest
+        _needed(entry)
         if entry.size <= _SMALL:
             read = functools.partial(self._read_small, entry)
             (digest,) = await self.store_small([(entry, expected, read)])
@@ -270,6 +279,8 @@ class Session:
         """A document: the bytes stored from the archive as they pass, else from the store."""
         data = self.written.get(desc.digest)
         entry = self.blob_entry(desc.digest)
+        if data is None and entry is not None:
+            _needed(entry)
         if data is None and entry is not None and entry.digest is None and entry.size <= _SMALL:
             data = await anyio.to_thread.run_sync(self._read_small, entry)
             await self.store_small([(entry, Digest(desc.digest), data)])
@@ -293,6 +304,12 @@ async def _commit(sess: Session, w: Writer, entry: Entry, expected: Digest | Non
         return expected or w.digest()
     except DigestMismatch as exc:
         raise _imp4(entry, exc) from exc
+
+
+def _needed(entry: Entry) -> None:
+    """The walk needs ``entry``: a stream's member that did not match its name fails now."""
+    if entry.mismatch is not None:
+        raise entry.mismatch
 
 
 def _imp4(entry: Entry, exc: DigestMismatch) -> DigestMismatch:
@@ -543,6 +560,9 @@ async def _finish_member(
         finally:
             with anyio.CancelScope(shield=True):
                 await stack.aclose()
+    except DigestMismatch as exc:
+        entry.mismatch = exc  # not needed yet, perhaps never (Entry.mismatch)
+        await sess.discard(w.ref)
     except BaseException:
         await sess.discard(w.ref)
         raise

@@ -16,7 +16,7 @@ from typing import Final
 from castar.engine import oci
 from castar.engine.tarcodec import NEED_DATA, REGTYPE, SYMTYPE, ArchiveEnd, MemberStart, TarDecoder
 from castar.store.digest import ALGORITHMS, Digest
-from castar.store.errors import InvalidArgument, MalformedArchive
+from castar.store.errors import DigestMismatch, InvalidArgument, MalformedArchive
 
 __all__ = [
     "DOCKER_MANIFEST",
@@ -72,6 +72,9 @@ class Entry:
     offset: int = -1  # first body byte in a seekable file, -1 in a stream
     digest: Digest | None = None  # set once the bytes are in the store
     copy: bool = False  # a blob member given again: only checked against its name (IMP-3)
+    # IMP-4 from a stream: the member did not hash to its name. It was not stored, and the
+    # load fails with this error only if the walk needs it, as a file's load would.
+    mismatch: DigestMismatch | None = None
 
 
 @dataclass(slots=True)

@@ -1134,9 +1134,14 @@ async def test_cancel_while_inflating_a_compressed_file(store, tmp_path):
 _CFG = canon({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}})
 
 
+def checked_layer(*, big: bool = False) -> bytes:
+    """The layer of ``checked``'s archive."""
+    return (b"layer bytes " * (120_000 if big else 300))[: (1 << 20) + 7 if big else 3000]
+
+
 def checked(manifest_edit: Any = None, entry_edit: Any = None, *, big: bool = False) -> bytes:
     """A one-manifest OCI archive, its manifest and index.json entry edited before hashing."""
-    layer = (b"layer bytes " * (120_000 if big else 300))[: (1 << 20) + 7 if big else 3000]
+    layer = checked_layer(big=big)
     manifest = {
         "schemaVersion": 2,
         "mediaType": oci.OCI_MANIFEST,
@@ -1256,6 +1261,42 @@ async def test_imp16_size_mismatch_names_the_descriptor_and_both_sizes(store, tm
     assert f"descriptor {sha(_CFG)} ({oci.OCI_CONFIG}) has size {n + 5}" in str(err.value)
     assert f"blob has {n}" in str(err.value)
     assert (err.value.expected, err.value.actual) == (n + 5, n)
+
+
+def _with_unused(data: bytes, *bodies: bytes) -> tuple[bytes, list[str]]:
+    """``data`` with blob members no image uses, each named for other bytes, first in the tar."""
+    members = []
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        for info in tf.getmembers():
+            body = tf.extractfile(info)
+            members.append(Member(info.name, body.read() if body else b""))
+    bad = [Member(blob_name(b"promised " + body), body) for body in bodies]
+    return tar_bytes([members[0], *bad, *members[1:]]), [m.name for m in bad]
+
+
+_UNUSED = {
+    "small": (b"s" * 500,),
+    "two-small": (b"s" * 500, b"t" * 700),  # one batch: each mismatch is set aside in turn
+    "big": (b"b" * ((1 << 20) + 3),),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_UNUSED))
+@pytest.mark.parametrize("stream", [False, True])
+async def test_imp4_an_unused_corrupt_blob_member_loads_alike_from_a_file_and_a_pipe(
+    store, tmp_path, case, stream
+):
+    """A file's load never reads a member no image needs; a pipe's hashes it as it passes and
+    keeps the mismatch until the walk asks for it. Same bytes, same verdict: the image loads,
+    the corrupt member is not stored and no ingest of it is left."""
+    data, names = _with_unused(checked(), *_UNUSED[case])
+    loaded = await load(store, ChunkedReader(data) if stream else write(tmp_path, data))
+    assert [i.name for i in loaded] == ["docker.io/x/y:1"]
+    stored = await blob_set(store)
+    assert {sha(_CFG), sha(checked_layer())} <= stored
+    assert not {"sha256:" + n.rsplit("/", 1)[1] for n in names} & stored
+    assert await store.content.list_statuses() == []
+    assert await store.leases.list() == []
 
 
 @pytest.mark.parametrize("case", ["good", "good-big", *sorted(_BAD)])

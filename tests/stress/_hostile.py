@@ -93,6 +93,26 @@ def duplicate_member(path: Path) -> None:
     path.write_bytes(out.getvalue())
 
 
+def unused_corrupt_member(path: Path) -> None:
+    """A valid archive with an extra blob member, first, whose bytes are not the ones its name
+    promises: no image needs it (IMP-4: a file never reads it, a pipe sets it aside)."""
+    buf = io.BytesIO()
+    synth.write(synth.SynthSpec("unused", ("linux/amd64",), 1, 4096), buf)
+    buf.seek(0)
+    out = io.BytesIO()
+    with (
+        tarfile.open(fileobj=buf) as src,
+        tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as dst,
+    ):
+        body = b"not what the name promises"
+        info = tarfile.TarInfo(f"blobs/sha256/{hashlib.sha256(body + b'!').hexdigest()}")
+        info.size = len(body)
+        dst.addfile(info, io.BytesIO(body))
+        for m in src:
+            dst.addfile(m, src.extractfile(m) if m.isfile() else None)
+    path.write_bytes(out.getvalue())
+
+
 def load_both_ways(work: Path, case: str, make: Callable[[Path], None], ok: set[int]) -> h.Tally:
     """Load the generated archive from a file and from a pipe into fresh roots; check both."""
     tally = h.Tally(case)
@@ -136,4 +156,5 @@ def cases(members: int, bomb_size: int) -> dict[str, tuple[Callable[[Path], None
         "deep-json": (deep_json, {4}),
         "member-count": (lambda p: many_members(p, members), {0}),
         "duplicate-member": (duplicate_member, {0, 4, 5}),
+        "unused-corrupt-member": (unused_corrupt_member, {0}),
     }
