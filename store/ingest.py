@@ -202,9 +202,9 @@ def open_ingest(
                     with contextlib.suppress(FileNotFoundError):
                         (path / name).unlink()
                 stored_total, stored_expected = 0, None
-                _write_atomic(path / "ref", ref)
                 _write_atomic(path / "startedat", now)
                 _write_atomic(path / "updatedat", now)
+                _write_atomic(path / "ref", ref)  # last: a named ingest has a readable status
             if total and not stored_total:
                 _write_atomic(path / "total", str(total))
                 stored_total = total
@@ -272,9 +272,32 @@ def _list_ingests(root: Path) -> list[IngestStatus]:
     return out
 
 
-#: How old a directory with no ``ref`` must be before GC takes it for a dead writer's: a
-#: live one writes ``ref`` right after taking the lock (ING-16).
+#: How old a directory with no writer's mark in its lock must be before GC takes it for a
+#: dead writer's: a live one may be between ``mkdir`` and taking the lock (ING-16).
 UNNAMED_GRACE: Final = 60.0
+
+
+def _named(path: Path) -> bool:
+    """Whether ``path`` is an ingest a listing shows: ``ref`` and a readable status (ING-16)."""
+    try:
+        _read_status(path)
+    except (NotFound, DataLoss):
+        return False
+    return True
+
+
+def _writer_left(path: Path) -> bool:
+    """Whether a writer took ``path``'s lock or made ``path`` over a minute ago (ING-16).
+
+    A writer writes its time into the lock as it takes it; either way, a lock that is free
+    now means that writer is gone.
+    """
+    try:
+        if os.stat(path / "lock").st_size > 0:
+            return True
+    except FileNotFoundError:
+        pass
+    return time.time() - path.stat().st_mtime >= UNNAMED_GRACE
 
 
 def _remove_unnamed(root: Path, dry_run: bool) -> list[str]:
@@ -283,11 +306,11 @@ def _remove_unnamed(root: Path, dry_run: bool) -> list[str]:
     for name in _ingest_names(root):
         path = root / "ingest" / name
         with contextlib.suppress(FileNotFoundError, NotADirectoryError, Unavailable):
-            if (path / "ref").exists() or time.time() - path.stat().st_mtime < UNNAMED_GRACE:
+            if _named(path) or not _writer_left(path):
                 continue
             fd = lock_dir(path, name)  # Unavailable: a live writer holds it after all
             try:
-                if not (path / "ref").exists():
+                if not _named(path):
                     if not dry_run:
                         shutil.rmtree(path)
                     out.append(name)

@@ -311,36 +311,64 @@ async def test_unrecorded_backend_ingest_is_aborted_unless_held(store: Root) -> 
     assert (await store.gc()).ingests_removed == ["held"]
 
 
-async def test_a_dead_writers_unnamed_ingest_goes_once_old_a_fresh_or_held_one_stays(
+async def test_a_dead_writers_unnamed_ingest_goes_at_once_a_fresh_or_held_one_stays(
     store: Root,
 ) -> None:
-    # ING-16: a writer killed after taking its lock and before writing `ref` left a directory
-    # no listing names; GC removes it once it is older than the grace and its lock is free.
+    # ING-16: a writer killed after taking its lock and before naming its ingest left a
+    # directory no listing shows: with no `ref` ("dead"), or with `ref` but a torn status
+    # ("torn": killed while writing `updatedat` by an older castar); a lock file with no time
+    # in it is a writer between `mkdir` and the lock ("fresh"), kept until the grace ends.
     from castar.store.ingest import UNNAMED_GRACE, lock_dir
 
     ingest = store.root / "ingest"
-    dead, fresh, held = (ingest / n for n in ("dead", "fresh", "held"))
+    dead, torn, fresh, stale, held = (
+        ingest / n for n in ("dead", "torn", "fresh", "stale", "held")
+    )
 
     def make() -> int:
-        for path in (dead, fresh, held):
+        for path in (dead, torn, held):
             os.close(lock_dir(path, path.name))
         (dead / "data").write_bytes(b"partial")
-        holder = lock_dir(held, "held")
+        (torn / "ref").write_text("torn")
+        (torn / "startedat").write_text("2026-01-01T00:00:00Z")
+        for path in (fresh, stale):
+            path.mkdir()
+            (path / "lock").touch()
         old = time.time() - UNNAMED_GRACE - 5
-        for path in (dead, held):
-            os.utime(path, (old, old))
-        return holder
+        os.utime(stale, (old, old))
+        return lock_dir(held, "held")
 
     holder = await anyio.to_thread.run_sync(make)
     try:
-        assert (await store.gc(dry_run=True)).ingests_removed == ["dead"]
+        assert await store.content.list_statuses() == []  # none of them is listed
+        assert (await store.gc(dry_run=True)).ingests_removed == ["dead", "stale", "torn"]
         assert dead.exists()
-        assert (await store.gc()).ingests_removed == ["dead"]
+        assert (await store.gc()).ingests_removed == ["dead", "stale", "torn"]
         assert not dead.exists()
-        assert fresh.exists()  # its writer may be about to name it
+        assert not torn.exists()
+        assert not stale.exists()
+        assert fresh.exists()  # its writer may be about to take the lock
         assert held.exists()  # a live writer holds it
     finally:
         os.close(holder)
+
+
+async def test_a_writer_names_its_ingest_last(store: Root, monkeypatch) -> None:
+    # ING-16: killed at any point of opening, a writer leaves a named, listable ingest or an
+    # unnamed one: `ref` is written after the status files a listing reads.
+    from castar.store import ingest as ingest_mod
+
+    order: list[str] = []
+    real = ingest_mod._write_atomic
+
+    def spy(path: os.PathLike[str], text: str) -> None:
+        order.append(os.path.basename(path))
+        real(path, text)
+
+    monkeypatch.setattr(ingest_mod, "_write_atomic", spy)
+    w = await LocalContentStore(store.root).open_writer("named-last")
+    await w.close()
+    assert order[: order.index("ref") + 1] == ["startedat", "updatedat", "ref"]
 
 
 async def test_dry_run_reports_orphan_files_and_ingests_and_touches_nothing(store: Root) -> None:
