@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import logging
 import os
+import secrets
 import shutil
 import time
 from contextlib import AbstractAsyncContextManager
@@ -124,19 +126,33 @@ def go_duration(seconds: float) -> str:
     return out + (f"{secs:.3f}".rstrip("0").rstrip(".") or "0") + "s"
 
 
+#: Prefixes of the ingest directory's scratch entries (ING-16): a directory being made, with
+#: its lock already taken, before it is renamed to its name; one being removed, renamed away
+#: first so that no half-removed directory is ever left under a name.
+_NEW: Final = ".new-"
+TRASH: Final = ".trash-"
+
+
 def lock_dir(path: Path, ref: str) -> int:
     """Take ``path/lock``'s exclusive flock and return its fd (ING-3, LEASE-8).
 
-    The lock dies with its process, so a free lock means no live owner; retries on a removed dir.
+    A missing ``path`` is made as a scratch sibling whose lock is taken and marked with the
+    time, then renamed into place: a directory under its name always has a lock a writer
+    marked (ING-16). The lock dies with its process, so a free lock means no live owner;
+    retries on a removed dir.
     """
     lock_path = path / "lock"
     while True:
-        with contextlib.suppress(FileExistsError):
-            path.mkdir(mode=0o755, parents=True)
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
-            continue
+            made = _made_locked(path)
+            if made is not None:
+                return made
+            try:  # a directory is there already: another writer's, or one from before ING-16
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except FileNotFoundError:
+                continue
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -149,13 +165,56 @@ def lock_dir(path: Path, ref: str) -> int:
             if not same:
                 os.close(fd)
                 continue
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, _now().encode(), 0)
+            _mark(fd)
             return fd
         except BaseException:
             with contextlib.suppress(OSError):
                 os.close(fd)
             raise
+
+
+def _mark(fd: int) -> None:
+    """Write the time into a lock just taken; it is never empty on the way (ING-16)."""
+    stamp = _now().encode()
+    os.pwrite(fd, stamp, 0)
+    os.ftruncate(fd, len(stamp))
+
+
+def _made_locked(path: Path) -> int | None:
+    """Make ``path`` with its lock taken and marked (ING-16); None if a directory is there."""
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    while True:
+        scratch = path.with_name(f"{_NEW}{secrets.token_hex(8)}")
+        scratch.mkdir(mode=0o755)
+        fd = -1
+        try:
+            fd = os.open(scratch / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # a gc took it for a dead maker's: it removes it
+                os.close(fd)
+                continue
+            _mark(fd)
+            os.rename(scratch, path)  # replaces only an empty directory
+            return fd
+        except BaseException as exc:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            shutil.rmtree(scratch, ignore_errors=True)
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                return None
+            raise
+
+
+def remove_dir(path: Path) -> None:
+    """Remove a locked directory: renamed away first, so a kill leaves no half of it (ING-16)."""
+    trash = path.with_name(f"{TRASH}{secrets.token_hex(8)}")
+    try:
+        os.rename(path, trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash)  # what a failure leaves has no ingest's name: gc removes it (ING-16)
 
 
 def _locked(fd: int, ref: str) -> Unavailable:
@@ -266,6 +325,8 @@ def _ingest_names(root: Path) -> list[str]:
 def _list_ingests(root: Path) -> list[IngestStatus]:
     out = []
     for name in _ingest_names(root):
+        if name.startswith("."):  # scratch (ING-16): being made or removed, not an ingest
+            continue
         with contextlib.suppress(NotFound, DataLoss):
             out.append(_read_status(root / "ingest" / name))
     out.sort(key=lambda s: s.ref)
@@ -301,10 +362,19 @@ def _writer_left(path: Path) -> bool:
 
 
 def _remove_unnamed(root: Path, dry_run: bool) -> list[str]:
-    """ING-16: remove ingest directories a writer died in before naming them; their names."""
+    """ING-16: remove ingest directories a writer died in before naming them; their names.
+
+    Scratch directories a removal was killed in go too (they were removed already: unlisted).
+    """
     out = []
     for name in _ingest_names(root):
         path = root / "ingest" / name
+        if not path.is_dir() or path.is_symlink():  # small blobs' temp files: not ingests
+            continue
+        if name.startswith(TRASH):
+            if not dry_run:
+                shutil.rmtree(path, ignore_errors=True)
+            continue
         with contextlib.suppress(FileNotFoundError, NotADirectoryError, Unavailable):
             if _named(path) or not _writer_left(path):
                 continue
@@ -312,7 +382,7 @@ def _remove_unnamed(root: Path, dry_run: bool) -> list[str]:
             try:
                 if not _named(path):
                     if not dry_run:
-                        shutil.rmtree(path)
+                        remove_dir(path)
                     out.append(name)
             finally:
                 os.close(fd)
@@ -332,7 +402,7 @@ def _abort_ingest(root: Path, ref: str, if_unlocked: bool) -> bool:
             if if_unlocked:
                 return False
         try:
-            shutil.rmtree(path)
+            remove_dir(path)
         finally:
             if lock_fd is not None:
                 os.close(lock_fd)
@@ -379,7 +449,7 @@ class LocalContentStore(BlobStore):
 def _remove_ingest(path: Path, ref: str) -> None:
     """Remove an ingest after its commit: failing here cannot undo the commit, so log it."""
     try:
-        shutil.rmtree(path)
+        remove_dir(path)
     except OSError as exc:
         _log.warning("%s: failed to remove ingest directory %s: %s", _ctx(ref), path, exc)
 

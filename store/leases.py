@@ -24,7 +24,7 @@ from castar.store.errors import (
     Unavailable,
     map_os_errors,
 )
-from castar.store.ingest import lock_dir
+from castar.store.ingest import TRASH, lock_dir, remove_dir
 from castar.store.labels import EXPIRE, rfc3339
 from castar.store.sqlite import Records, validate_labels
 
@@ -98,6 +98,9 @@ def dead_owners(root: Path) -> dict[str, int]:
         except FileNotFoundError:
             return out
         for name in names:
+            if name.startswith(TRASH):  # removed already, its removal killed (ING-16)
+                shutil.rmtree(_owners(root) / name, ignore_errors=True)
+                continue
             with suppress(Unavailable, NotADirectoryError):
                 out[name] = lock_dir(_owners(root) / name, name)
     return out
@@ -107,7 +110,8 @@ def release_owners(root: Path, owners: Mapping[str, int], remove: bool) -> None:
     """Close locks of :func:`dead_owners` or :func:`_claim`, removing their directories first."""
     for name, fd in owners.items():
         if remove:
-            shutil.rmtree(_owners(root) / name, ignore_errors=True)
+            with suppress(OSError):
+                remove_dir(_owners(root) / name)
         os.close(fd)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from datetime import timedelta
@@ -277,19 +278,21 @@ async def test_concurrent_write_blob_of_one_digest_both_succeed(store: Root) -> 
 async def test_ingest_open_retries_when_its_directory_vanishes_after_mkdir(
     store: Root, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The race above made deterministic: the loser's mkdir finds the directory the winner
-    # made, and the winner's commit removes it before the loser opens its lock file.
+    # The race above made deterministic: the loser's made directory cannot take the name
+    # because the winner's is there, and the winner's commit removes it before the loser
+    # opens its lock file; the loser tries again and makes it.
     path = ingest_dir(store.root, "r")
-    real_mkdir = os.mkdir
+    real_rename = os.rename
     raced = []
 
-    def mkdir(p: str | os.PathLike[str], mode: int = 0o777) -> None:
-        if Path(p) == path and not raced:
-            raced.append(p)
-            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(p))
-        real_mkdir(p, mode)
+    def rename(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        if Path(dst) == path and not raced:
+            raced.append(dst)
+            shutil.rmtree(src)
+            raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY), str(dst))
+        real_rename(src, dst)
 
-    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(os, "rename", rename)
 
     async def source() -> AsyncIterator[bytes]:
         yield HELLO
@@ -298,6 +301,7 @@ async def test_ingest_open_retries_when_its_directory_vanishes_after_mkdir(
     assert raced
     assert desc.digest == H_HELLO
     assert await store.content.list_statuses() == []
+    assert not list((store.root / "ingest").iterdir())  # no scratch directory is left
 
 
 async def test_size_mismatch_leaves_nothing(store: Root) -> None:

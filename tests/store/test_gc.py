@@ -353,6 +353,60 @@ async def test_a_dead_writers_unnamed_ingest_goes_at_once_a_fresh_or_held_one_st
         os.close(holder)
 
 
+async def test_gc_removes_what_a_killed_making_or_removal_left_and_keeps_a_held_one(
+    store: Root,
+) -> None:
+    # ING-16: an ingest directory is made as a `.new-` scratch and removed by renaming it to
+    # `.trash-` first. A kill inside a removal leaves a `.trash-` one, maybe with `ref` still in
+    # it: no listing shows it and gc removes it at once. A kill inside a making leaves a `.new-`
+    # one whose lock is free: gc removes it; one whose maker holds the lock stays.
+    from castar.store.ingest import lock_dir
+
+    ingest = store.root / "ingest"
+    trash, dead, held = ingest / ".trash-1", ingest / ".new-dead", ingest / ".new-held"
+
+    def make() -> int:
+        os.close(lock_dir(trash, "t"))
+        (trash / "ref").write_text("half-removed")
+        (trash / "startedat").write_text("2026-01-01T00:00:00Z")
+        (trash / "updatedat").write_text("2026-01-01T00:00:00Z")
+        os.close(lock_dir(dead, "d"))
+        return lock_dir(held, "h")
+
+    holder = await anyio.to_thread.run_sync(make)
+    try:
+        assert await store.content.list_statuses() == []
+        assert (await store.gc()).ingests_removed == [".new-dead"]
+        assert sorted(p.name for p in ingest.iterdir()) == [".new-held"]
+    finally:
+        os.close(holder)
+
+
+async def test_an_ingest_directory_gets_its_name_with_its_lock_taken_and_marked(
+    store: Root, monkeypatch
+) -> None:
+    # ING-16: no directory is ever under an ingest's name without a writer's mark in its lock,
+    # so a gc never has to guess whether a writer is about to take it.
+    from castar.store.ingest import ingest_dir
+
+    real = os.rename
+    seen: list[tuple[bool, int]] = []
+
+    def rename(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        if os.path.basename(dst) == ingest_dir(store.root, "marked").name:
+            seen.append((os.path.exists(dst), os.stat(os.path.join(src, "lock")).st_size))
+        real(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    w = await LocalContentStore(store.root).open_writer("marked")
+    await w.close()
+    assert len(seen) == 1
+    assert seen[0][0] is False  # not there before it is renamed into place
+    assert seen[0][1] > 0  # its lock has the maker's time in it
+    monkeypatch.setattr(os, "rename", real)
+    assert [s.ref for s in await store.content.list_statuses()] == ["marked"]
+
+
 async def test_a_writer_names_its_ingest_last(store: Root, monkeypatch) -> None:
     # ING-16: killed at any point of opening, a writer leaves a named, listable ingest or an
     # unnamed one: `ref` is written after the status files a listing reads.
