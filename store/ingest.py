@@ -54,6 +54,8 @@ __all__ = [
     "ingest_dir",
     "lock_dir",
     "open_ingest",
+    "remove_dir",
+    "sweep_scratch",
 ]
 
 #: The smallest piece of a ``bytes`` write queued as a step of its own, uncopied.
@@ -130,7 +132,7 @@ def go_duration(seconds: float) -> str:
 #: its lock already taken, before it is renamed to its name; one being removed, renamed away
 #: first so that no half-removed directory is ever left under a name.
 _NEW: Final = ".new-"
-TRASH: Final = ".trash-"
+_TRASH: Final = ".trash-"
 
 
 def lock_dir(path: Path, ref: str) -> int:
@@ -181,19 +183,19 @@ def _mark(fd: int) -> None:
 
 
 def _made_locked(path: Path) -> int | None:
-    """Make ``path`` with its lock taken and marked (ING-16); None if a directory is there."""
-    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    """Make ``path`` with its lock taken and marked (ING-16); None if a directory is there.
+
+    A gc removes a scratch whose lock it finds free or missing at once (:func:`sweep_scratch`):
+    a maker that loses its scratch so, at any step, starts again with a new one.
+    """
     while True:
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         scratch = path.with_name(f"{_NEW}{secrets.token_hex(8)}")
         scratch.mkdir(mode=0o755)
         fd = -1
         try:
             fd = os.open(scratch / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # a gc took it for a dead maker's: it removes it
-                os.close(fd)
-                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             _mark(fd)
             os.rename(scratch, path)  # replaces only an empty directory
             return fd
@@ -202,6 +204,8 @@ def _made_locked(path: Path) -> int | None:
                 with contextlib.suppress(OSError):
                     os.close(fd)
             shutil.rmtree(scratch, ignore_errors=True)
+            if isinstance(exc, (BlockingIOError, FileNotFoundError)):  # a gc took the scratch
+                continue
             if isinstance(exc, OSError) and exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
                 return None
             raise
@@ -209,12 +213,43 @@ def _made_locked(path: Path) -> int | None:
 
 def remove_dir(path: Path) -> None:
     """Remove a locked directory: renamed away first, so a kill leaves no half of it (ING-16)."""
-    trash = path.with_name(f"{TRASH}{secrets.token_hex(8)}")
+    trash = path.with_name(f"{_TRASH}{secrets.token_hex(8)}")
     try:
         os.rename(path, trash)
     except FileNotFoundError:
         return
     shutil.rmtree(trash)  # what a failure leaves has no ingest's name: gc removes it (ING-16)
+
+
+def sweep_scratch(path: Path, dry_run: bool = False) -> bool:
+    """Whether ``path`` is a scratch directory (ING-16); one no live maker holds is removed.
+
+    A ``.trash-`` one was being removed; a ``.new-`` one whose lock is free or not there yet
+    goes too: its maker, if it lives, starts again (:func:`_made_locked`).
+    """
+    if path.name.startswith(_TRASH):
+        if not dry_run:
+            shutil.rmtree(path, ignore_errors=True)
+        return True
+    if not path.name.startswith(_NEW):
+        return False
+    fd = -1
+    try:
+        fd = os.open(path / "lock", os.O_RDWR | os.O_CLOEXEC)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # its maker holds it
+        os.close(fd)
+        return True
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # no lock yet: taken away from under a live maker, it starts again
+    try:
+        if not dry_run:
+            with contextlib.suppress(OSError):
+                remove_dir(path)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    return True
 
 
 def _locked(fd: int, ref: str) -> Unavailable:
@@ -364,16 +399,14 @@ def _writer_left(path: Path) -> bool:
 def _remove_unnamed(root: Path, dry_run: bool) -> list[str]:
     """ING-16: remove ingest directories a writer died in before naming them; their names.
 
-    Scratch directories a removal was killed in go too (they were removed already: unlisted).
+    Scratch directories no live maker holds go too, unlisted: they were never ingests.
     """
     out = []
     for name in _ingest_names(root):
         path = root / "ingest" / name
         if not path.is_dir() or path.is_symlink():  # small blobs' temp files: not ingests
             continue
-        if name.startswith(TRASH):
-            if not dry_run:
-                shutil.rmtree(path, ignore_errors=True)
+        if sweep_scratch(path, dry_run):
             continue
         with contextlib.suppress(FileNotFoundError, NotADirectoryError, Unavailable):
             if _named(path) or not _writer_left(path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import shutil
 import time
 from contextlib import asynccontextmanager, suppress
 from contextvars import ContextVar
@@ -24,7 +23,7 @@ from castar.store.errors import (
     Unavailable,
     map_os_errors,
 )
-from castar.store.ingest import TRASH, lock_dir, remove_dir
+from castar.store.ingest import lock_dir, remove_dir, sweep_scratch
 from castar.store.labels import EXPIRE, rfc3339
 from castar.store.sqlite import Records, validate_labels
 
@@ -98,8 +97,7 @@ def dead_owners(root: Path) -> dict[str, int]:
         except FileNotFoundError:
             return out
         for name in names:
-            if name.startswith(TRASH):  # removed already, its removal killed (ING-16)
-                shutil.rmtree(_owners(root) / name, ignore_errors=True)
+            if sweep_scratch(_owners(root) / name):  # a lock being made or removed (ING-16)
                 continue
             with suppress(Unavailable, NotADirectoryError):
                 out[name] = lock_dir(_owners(root) / name, name)

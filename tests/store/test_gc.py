@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
@@ -359,11 +360,14 @@ async def test_gc_removes_what_a_killed_making_or_removal_left_and_keeps_a_held_
     # ING-16: an ingest directory is made as a `.new-` scratch and removed by renaming it to
     # `.trash-` first. A kill inside a removal leaves a `.trash-` one, maybe with `ref` still in
     # it: no listing shows it and gc removes it at once. A kill inside a making leaves a `.new-`
-    # one whose lock is free: gc removes it; one whose maker holds the lock stays.
+    # one whose lock is free or not made yet: gc removes it at once, unlisted (no ingest); one
+    # whose maker holds the lock stays.
     from castar.store.ingest import lock_dir
 
     ingest = store.root / "ingest"
-    trash, dead, held = ingest / ".trash-1", ingest / ".new-dead", ingest / ".new-held"
+    trash, dead, bare, held = (
+        ingest / n for n in (".trash-1", ".new-dead", ".new-bare", ".new-held")
+    )
 
     def make() -> int:
         os.close(lock_dir(trash, "t"))
@@ -371,15 +375,46 @@ async def test_gc_removes_what_a_killed_making_or_removal_left_and_keeps_a_held_
         (trash / "startedat").write_text("2026-01-01T00:00:00Z")
         (trash / "updatedat").write_text("2026-01-01T00:00:00Z")
         os.close(lock_dir(dead, "d"))
+        bare.mkdir()
         return lock_dir(held, "h")
 
     holder = await anyio.to_thread.run_sync(make)
     try:
         assert await store.content.list_statuses() == []
-        assert (await store.gc()).ingests_removed == [".new-dead"]
+        assert (await store.gc(dry_run=True)).ingests_removed == []
+        assert bare.exists()
+        assert (await store.gc()).ingests_removed == []
         assert sorted(p.name for p in ingest.iterdir()) == [".new-held"]
     finally:
         os.close(holder)
+
+
+async def test_a_maker_whose_scratch_a_gc_takes_starts_again(
+    store: Root, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ING-16: a gc removes a `.new-` scratch without a lock at once, also a live maker's that
+    # is between `mkdir` and creating the lock: that maker makes a new scratch and succeeds.
+    from castar.store import ingest as ingest_mod
+
+    real_open = os.open
+    swept: list[str] = []
+
+    def racing_open(
+        path: str | os.PathLike[str], flags: int, mode: int = 0o777, **kw: int | None
+    ) -> int:
+        p = Path(path)
+        if p.name == "lock" and p.parent.name.startswith(".new-") and not swept:
+            swept.append(p.parent.name)
+            assert ingest_mod.sweep_scratch(p.parent)  # a gc, just before the lock is made
+        return real_open(path, flags, mode, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", racing_open)
+    w = await LocalContentStore(store.root).open_writer("raced")
+    await w.close()
+    monkeypatch.setattr(os, "open", real_open)
+    assert swept
+    assert [s.ref for s in await store.content.list_statuses()] == ["raced"]
+    assert not (store.root / "ingest" / swept[0]).exists()
 
 
 async def test_an_ingest_directory_gets_its_name_with_its_lock_taken_and_marked(
