@@ -11,16 +11,16 @@ import ssl
 from typing import TYPE_CHECKING, Final, TypedDict, TypeVar, Unpack
 
 import anyio
-import httpcore
 import httpx
 
 from castar.engine import reference
+from castar.engine.registry import _net
 from castar.engine.registry.auth import HUB
 from castar.engine.registry.errors import raise_for
 from castar.store.errors import InvalidArgument, SizeMismatch, Unauthenticated, Unavailable
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+    from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
     from contextlib import AbstractAsyncContextManager
 
     Body = bytes | AsyncIterable[bytes] | None
@@ -43,87 +43,6 @@ _RETRY_STATUS: Final = frozenset({408, 429})
 _BACKOFF: Final = 0.2  # seconds before the second try, doubled for each next one
 _MAX_WAIT: Final = 10.0  # the longest Retry-After honoured
 _CHALLENGE_RE: Final = re.compile(r'(\w+)="([^"]*)"')
-
-
-#: Bytes one socket read may return. httpcore asks for 64 KiB; a blob body read in 1 MiB
-#: reads costs the event loop, h11 and the ingest a sixteenth of the steps.
-READ_SIZE: Final = 1 << 20
-
-
-class _Stream(httpcore.AsyncNetworkStream):
-    """httpcore's stream, each read asking for at least :data:`READ_SIZE` bytes.
-
-    The signatures, ``timeout`` arguments included, are httpcore's interface (ASYNC109).
-    """
-
-    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
-        self._stream = stream
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
-        return await self._stream.read(max(max_bytes, READ_SIZE), timeout)
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        await self._stream.write(buffer, timeout)
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109
-    ) -> httpcore.AsyncNetworkStream:
-        return _Stream(await self._stream.start_tls(ssl_context, server_hostname, timeout))
-
-    def get_extra_info(self, info: str) -> object:
-        return self._stream.get_extra_info(info)
-
-
-class _Backend(httpcore.AsyncNetworkBackend):
-    """httpcore's anyio backend (asyncio and trio), its streams reading in big steps."""
-
-    def __init__(self) -> None:
-        self._backend = httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        return _Stream(
-            await self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
-        )
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        return _Stream(await self._backend.connect_unix_socket(path, timeout, socket_options))
-
-    async def sleep(self, seconds: float) -> None:
-        await self._backend.sleep(seconds)
-
-
-def _transport(ssl_context: ssl.SSLContext, limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
-    """The transport of httpx (its error mapping), its pool on :class:`_Backend`.
-
-    httpx takes no network backend, so its pool is replaced by one made as it makes it.
-    """
-    transport = httpx.AsyncHTTPTransport(verify=ssl_context, limits=limits)
-    transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=ssl_context,
-        max_connections=limits.max_connections,
-        max_keepalive_connections=limits.max_keepalive_connections,
-        keepalive_expiry=limits.keepalive_expiry,
-        network_backend=_Backend(),
-    )
-    return transport
 
 
 def parse_ref(ref: str) -> tuple[str, str, str | None, str | None]:
@@ -208,7 +127,7 @@ class Registry:
             timeout=httpx.Timeout(60.0),
             follow_redirects=True,
             verify=tls,
-            transport=transport or _transport(tls, limits),
+            transport=transport or _net.transport(tls, limits),
         )
         self._auth: dict[tuple[str, ...], str] = {}  # token scopes -> Authorization
         self._basic: str | None = None  # basic credentials answer every repository

@@ -231,31 +231,3 @@ async def test_pull_with_bearer_tokens(token_registry, store, tmp_path):
         (image,) = await pull(*await _roles(store), spec.name, LoadOptions(), registry=reg)
     assert image.name == spec.name
     assert tokens.scopes[before:] == ["repository:pull/token:pull"]  # one token, cached
-
-
-async def test_the_client_reads_its_sockets_in_big_steps(registry, store, tmp_path, monkeypatch):
-    # httpcore asks each socket read for 64 KiB; the client's streams ask for READ_SIZE, so a
-    # blob body costs the event loop, h11 and the ingest a sixteenth of the steps.
-    from castar.engine.registry import client as client_mod
-
-    spec = dataclasses.replace(SPEC, name=f"{registry.host}/pull/steps:1", layer_size=1 << 20)
-    await _publish(tmp_path, spec)
-    asked: list[int] = []
-    real_connect = client_mod.httpcore.AnyIOBackend.connect_tcp
-
-    async def connect_tcp(self, *a, **kw):
-        stream = await real_connect(self, *a, **kw)
-        real_read = stream.read
-
-        async def read(max_bytes: int, *rest: float | None) -> bytes:
-            asked.append(max_bytes)
-            return await real_read(max_bytes, *rest)
-
-        stream.read = read
-        return stream
-
-    monkeypatch.setattr(client_mod.httpcore.AnyIOBackend, "connect_tcp", connect_tcp)
-    (image,) = await pull(*await _roles(store), spec.name, LoadOptions.parse(["linux/arm64"]))
-    assert image.name == spec.name
-    assert asked  # the client's connections are made through httpcore's anyio backend
-    assert min(asked) >= client_mod.READ_SIZE

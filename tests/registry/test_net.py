@@ -1,0 +1,288 @@
+"""The registry client's sockets (engine/registry/_net.py) against loopback servers."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import ipaddress
+import socket
+import ssl
+import struct
+from typing import TYPE_CHECKING
+
+import anyio
+import httpcore
+import httpx
+import pytest
+from anyio.streams.tls import TLSListener
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from castar.engine.registry import _net
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+    from pathlib import Path
+
+    from anyio.abc import ByteStream
+
+pytestmark = pytest.mark.anyio
+
+_BODY = bytes(range(256)) * (3 * 4096 + 7)  # 3 MiB and a bit: more than one buffer's worth
+
+
+def _cert(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a self-signed certificate for localhost, and a client trusting it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pem = tmp_path / "cert.pem"
+    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    keyfile = tmp_path / "key.pem"
+    keyfile.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(pem, keyfile)
+    client = ssl.create_default_context(cafile=str(pem))
+    return server, client
+
+
+@contextlib.asynccontextmanager
+async def _serve(
+    handle: Callable[[ByteStream], Awaitable[None]],
+    tls: ssl.SSLContext | None = None,
+    rcvbuf: int | None = None,
+) -> AsyncIterator[int]:
+    """Serve ``handle`` on a loopback port, once per connection, until the block ends."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    if rcvbuf:  # the connections accepted take the listener's receive buffer
+        sock = listener.extra(anyio.abc.SocketAttribute.raw_socket)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    served = TLSListener(listener, tls, standard_compatible=False) if tls else listener
+    async with served, anyio.create_task_group() as tg:
+        tg.start_soon(served.serve, handle)
+        yield port
+        tg.cancel_scope.cancel()
+
+
+async def _read_all(stream: httpcore.AsyncNetworkStream) -> tuple[bytes, list[int]]:
+    got, sizes = bytearray(), []
+    while chunk := await stream.read(65536, 10):
+        got += chunk
+        sizes.append(len(chunk))
+    return bytes(got), sizes
+
+
+async def test_reads_hand_out_up_to_a_whole_buffer_in_order_then_the_end():
+    sent = anyio.Event()
+
+    async def handle(conn: ByteStream) -> None:
+        async with conn:
+            await conn.send(_BODY)
+            sent.set()
+
+    async with _serve(handle) as port:
+        stream = await _net._Backend().connect_tcp("127.0.0.1", port, 10)
+        try:
+            await sent.wait()
+            got, sizes = await _read_all(stream)
+            assert got == _BODY  # every byte, in order, then b"" at the end of the stream
+            assert max(sizes) <= _net.READ_SIZE
+            assert stream.get_extra_info("server_addr")[1] == port
+            assert stream.get_extra_info("is_readable")  # at its end: the pool would drop it
+        finally:
+            await stream.aclose()
+
+
+async def test_an_asyncio_connection_reads_on_while_its_caller_works(anyio_backend):
+    # anyio's asyncio stream hands out one transport chunk (<= 256 KiB) a read and stops the
+    # socket's reader between reads; this stream keeps reading into a READ_SIZE buffer.
+    if anyio_backend != "asyncio":
+        pytest.skip("trio's connections are anyio's (see the next test)")
+
+    async def handle(conn: ByteStream) -> None:
+        async with conn:
+            await conn.send(_BODY)
+            await anyio.sleep_forever()
+
+    async with _serve(handle) as port:
+        stream = await _net._Backend().connect_tcp("127.0.0.1", port, 10)
+        try:
+            assert isinstance(stream, _net._AsyncioStream)
+            with anyio.fail_after(10):  # the caller reads nothing: the buffer fills, then pauses
+                while stream.held < _net.READ_SIZE:  # noqa: ASYNC110 (no event to wait on)
+                    await anyio.sleep(0.01)
+            assert stream.held == _net.READ_SIZE
+            assert await stream.read(65536, 10) == _BODY[: _net.READ_SIZE]
+            assert stream.held < _net.READ_SIZE  # handed out whole; reading resumed
+            rest = bytearray()
+            while len(rest) < len(_BODY) - _net.READ_SIZE:
+                rest += await stream.read(65536, 10)
+            assert bytes(rest) == _BODY[_net.READ_SIZE :]
+            with pytest.raises(httpcore.ReadTimeout):  # nothing more comes: a read times out
+                await stream.read(65536, 0.05)
+        finally:
+            await stream.aclose()
+
+
+async def test_a_trio_connection_asks_anyio_for_a_whole_buffer(anyio_backend, monkeypatch):
+    if anyio_backend != "trio":
+        pytest.skip("asyncio's connections are the module's own (see the previous test)")
+    asked: list[int] = []
+    real_connect = httpcore.AnyIOBackend.connect_tcp
+
+    async def connect_tcp(self, *a, **kw):
+        stream = await real_connect(self, *a, **kw)
+        real_read = stream.read
+
+        async def read(max_bytes: int, *rest: float | None) -> bytes:
+            asked.append(max_bytes)
+            return await real_read(max_bytes, *rest)
+
+        stream.read = read
+        return stream
+
+    monkeypatch.setattr(httpcore.AnyIOBackend, "connect_tcp", connect_tcp)
+
+    async def handle(conn: ByteStream) -> None:
+        async with conn:
+            await conn.send(_BODY)
+
+    async with _serve(handle) as port:
+        stream = await _net._Backend().connect_tcp("127.0.0.1", port, 10)
+        try:
+            got, _ = await _read_all(stream)
+            assert got == _BODY
+            assert asked
+            assert min(asked) >= _net.READ_SIZE
+        finally:
+            await stream.aclose()
+
+
+@contextlib.contextmanager
+def _backlog() -> Iterator[socket.socket]:
+    """A plain listening socket with a small receive buffer: a connection waits in its
+    backlog, read by nobody (an event-loop server would read it into memory at once)."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        yield listener
+
+
+_SMALL = [(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)]
+_BIG = _BODY * 5  # 15 MiB: well past the small socket buffers
+
+
+def _accept_and_read(listener: socket.socket) -> bytes:
+    conn, _ = listener.accept()
+    with conn:
+        got = bytearray()
+        while len(got) < len(_BIG):
+            got += conn.recv(1 << 20)
+        conn.sendall(b"ok")
+    return bytes(got)
+
+
+async def test_a_big_write_reaches_a_slow_reader_whole():
+    with _backlog() as listener:
+        port = listener.getsockname()[1]
+        stream = await _net._Backend().connect_tcp("127.0.0.1", port, 10, socket_options=_SMALL)
+        try:
+            received: list[bytes] = []
+
+            async def serve() -> None:
+                received.append(await anyio.to_thread.run_sync(_accept_and_read, listener))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(serve)
+                await stream.write(_BIG, 30)
+                assert await stream.read(65536, 30) == b"ok"
+            assert received == [_BIG]
+        finally:
+            await stream.aclose()
+
+
+async def test_an_asyncio_write_waits_while_nobody_reads(anyio_backend):
+    # The transport takes every byte at once; the write returns only when its buffer drains.
+    if anyio_backend != "asyncio":
+        pytest.skip("trio's connections are anyio's")
+    with _backlog() as listener:
+        port = listener.getsockname()[1]
+        stream = await _net._Backend().connect_tcp("127.0.0.1", port, 10, socket_options=_SMALL)
+        try:
+            with pytest.raises(httpcore.WriteTimeout):
+                await stream.write(_BIG, 0.2)
+            got = await anyio.to_thread.run_sync(_accept_and_read, listener)
+            assert got == _BIG  # a timed-out write still goes out whole, then the answer
+            assert await stream.read(65536, 10) == b"ok"
+        finally:
+            await stream.aclose()
+
+
+async def test_a_connection_reset_is_a_read_error_and_a_refused_one_a_connect_error():
+    async def handle(conn: ByteStream) -> None:
+        sock = conn.extra(anyio.abc.SocketAttribute.raw_socket)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await conn.aclose()  # SO_LINGER 0: the close is a reset
+
+    async with _serve(handle) as port:
+        stream = await _net._Backend().connect_tcp("127.0.0.1", port, 10)
+        try:
+            with pytest.raises((httpcore.ReadError, httpcore.WriteError)):  # noqa: PT012
+                for _ in range(100):  # a reset ends a read, or the write after an end
+                    await stream.write(b"x" * 65536, 10)
+                    await stream.read(65536, 10)
+        finally:
+            await stream.aclose()
+    with pytest.raises(httpcore.ConnectError):
+        await _net._Backend().connect_tcp("127.0.0.1", port, 10)
+
+
+async def test_tls_through_the_client_on_either_backend(tmp_path):
+    server_ctx, client_ctx = _cert(tmp_path)
+    body = _BODY[: 2 * _net.READ_SIZE + 5]
+
+    async def handle(conn: ByteStream) -> None:
+        async with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += await conn.receive()
+            head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            await conn.send(head + body)
+
+    async with _serve(handle, server_ctx) as port:
+        limits = httpx.Limits(max_connections=2)
+        async with httpx.AsyncClient(transport=_net.transport(client_ctx, limits)) as http:
+            resp = await http.get(f"https://localhost:{port}/v2/")
+            assert resp.status_code == 200
+            assert resp.content == body
+        untrusting = ssl.create_default_context()  # the system's store: the certificate fails
+        async with httpx.AsyncClient(transport=_net.transport(untrusting, limits)) as http:
+            with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                await http.get(f"https://localhost:{port}/v2/")
