@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from typing import TYPE_CHECKING, Final
 
 import anyio
@@ -232,6 +233,65 @@ class _AnyIOStream(httpcore.AsyncNetworkStream):
         return self._stream.get_extra_info(info)
 
 
+#: How long one address is tried before the next starts too (RFC 8305, as anyio's connect_tcp).
+_HAPPY_EYEBALLS_DELAY: Final = 0.25
+
+
+async def _connect(
+    host: str, port: int, local_address: str | None
+) -> tuple[asyncio.Transport, _Protocol]:
+    """A connection to the first of ``host``'s addresses to answer (happy eyeballs).
+
+    Each address is one ``create_connection`` of its own, started
+    :data:`_HAPPY_EYEBALLS_DELAY` after the one before or as soon as it fails, the rest
+    cancelled when one connects. asyncio's own ``happy_eyeballs_delay`` is not used: a
+    cancelled staggered race there can leave a connected socket nobody closes (3.11).
+    """
+    loop = asyncio.get_running_loop()
+    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses = list(dict.fromkeys((family, sockaddr[:2]) for family, *_, sockaddr in infos))
+    made: list[tuple[asyncio.Transport, _Protocol]] = []
+    errors: list[OSError] = []
+
+    async def attempt(family: int, address: tuple[str, int], failed: anyio.Event) -> None:
+        try:
+            transport, protocol = await loop.create_connection(
+                _Protocol,
+                address[0],
+                address[1],
+                family=family,
+                local_addr=(local_address, 0) if local_address else None,
+            )
+        except OSError as exc:
+            errors.append(exc)
+            failed.set()
+            return
+        assert isinstance(transport, asyncio.Transport)
+        made.append((transport, protocol))
+        tg.cancel_scope.cancel()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for family, address in addresses:
+                failed = anyio.Event()
+                tg.start_soon(attempt, family, address, failed)
+                with anyio.move_on_after(_HAPPY_EYEBALLS_DELAY):
+                    await failed.wait()
+    except BaseException:
+        for transport, _ in made:
+            transport.close()
+        raise
+    for transport, _ in made[1:]:  # two answered at once: the first is kept
+        transport.close()
+    if not made:
+        raise (
+            errors[0]
+            if len(errors) == 1
+            else OSError(f"all connection attempts failed: {'; '.join(map(str, errors))}")
+        )
+    return made[0]
+
+
 class _Backend(httpcore.AsyncNetworkBackend):
     """TCP connections as :class:`_AsyncioStream` on asyncio, else as :class:`_AnyIOStream`."""
 
@@ -250,15 +310,8 @@ class _Backend(httpcore.AsyncNetworkBackend):
             return _AnyIOStream(
                 await self._anyio.connect_tcp(host, port, timeout, local_address, socket_options)
             )
-        loop = asyncio.get_running_loop()
         with _mapped(httpcore.ConnectTimeout, httpcore.ConnectError), anyio.fail_after(timeout):
-            transport, protocol = await loop.create_connection(
-                _Protocol,
-                host,
-                port,
-                local_addr=(local_address, 0) if local_address else None,
-                happy_eyeballs_delay=0.25,  # RFC 8305's, as anyio's connect_tcp
-            )
+            transport, protocol = await _connect(host, port, local_address)
         with _mapped(httpcore.ConnectTimeout, httpcore.ConnectError):
             try:
                 sock = transport.get_extra_info("socket")

@@ -286,3 +286,50 @@ async def test_tls_through_the_client_on_either_backend(tmp_path):
         async with httpx.AsyncClient(transport=_net.transport(untrusting, limits)) as http:
             with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
                 await http.get(f"https://localhost:{port}/v2/")
+
+
+async def test_a_host_s_next_address_is_tried_when_one_refuses(anyio_backend, monkeypatch):
+    if anyio_backend != "asyncio":
+        pytest.skip("trio's connections are anyio's")
+    with socket.socket() as closed:  # a port nobody listens on: refused at once
+        closed.bind(("127.0.0.1", 0))
+        refused = closed.getsockname()[1]
+
+    async def handle(conn: ByteStream) -> None:
+        async with conn:
+            await conn.send(b"hi")
+
+    async with _serve(handle) as port:
+
+        async def getaddrinfo(host: str, port_: int, **kw: object) -> list[tuple[object, ...]]:
+            tcp = (socket.AF_INET, socket.SOCK_STREAM, 6, "")
+            return [(*tcp, ("127.0.0.1", refused)), (*tcp, ("127.0.0.1", port))]
+
+        monkeypatch.setattr(_net.anyio, "getaddrinfo", getaddrinfo)
+        stream = await _net._Backend().connect_tcp("example.test", 0, 10)
+        try:
+            assert stream.get_extra_info("server_addr") == ("127.0.0.1", port)
+            assert await stream.read(65536, 10) == b"hi"
+        finally:
+            await stream.aclose()
+        monkeypatch.setattr(_net, "_HAPPY_EYEBALLS_DELAY", 0.0)  # both at once: one is kept
+        for _ in range(5):
+            async with _serve(handle) as port2:
+
+                async def both(host: str, port_: int, **kw: object) -> list[tuple[object, ...]]:
+                    tcp = (socket.AF_INET, socket.SOCK_STREAM, 6, "")
+                    return [(*tcp, ("127.0.0.1", port)), (*tcp, ("127.0.0.1", port2))]
+
+                monkeypatch.setattr(_net.anyio, "getaddrinfo", both)
+                stream = await _net._Backend().connect_tcp("example.test", 0, 10)
+                try:
+                    assert await stream.read(65536, 10) == b"hi"
+                finally:
+                    await stream.aclose()
+
+    async def only_refused(host: str, port_: int, **kw: object) -> list[tuple[object, ...]]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", refused))]
+
+    monkeypatch.setattr(_net.anyio, "getaddrinfo", only_refused)
+    with pytest.raises(httpcore.ConnectError, match="ConnectionRefusedError"):
+        await _net._Backend().connect_tcp("example.test", 0, 10)
