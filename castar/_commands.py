@@ -20,11 +20,9 @@ import anyio
 
 from castar._api import open_store
 from castar._cli import EXIT_OTHER, EXIT_SIGNALLED, exit_code, message
-from castar._demo import run_demo
 from castar._progress import open_progress
 from castar._render import format_size, render_tree, table
 from castar.engine import oci, platforms, reference
-from castar.engine.registry import auth
 from castar.store import digest as digests
 from castar.store.errors import DataLoss, InvalidArgument, NotFound, UsageError
 
@@ -326,6 +324,8 @@ async def _cmd_verify(store: Store, args: argparse.Namespace) -> int:
 
 
 async def _cmd_demo(store: Store, args: argparse.Namespace) -> int:
+    from castar._demo import run_demo  # start-up: only the demo needs it
+
     await run_demo(store, size=args.size, platforms=args.platforms, progress=_progress_mode(args))
     return 0
 
@@ -334,6 +334,8 @@ async def _cmd_demo(store: Store, args: argparse.Namespace) -> int:
 
 
 async def _cmd_login(args: argparse.Namespace) -> int:
+    from castar.engine.registry import auth  # start-up: only login and logout need it
+
     host = args.registry
     if args.command == "logout":
         path = await anyio.to_thread.run_sync(auth.logout, host)

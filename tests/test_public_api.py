@@ -148,7 +148,7 @@ def test_the_cli_and_the_facade_load_no_http_client_until_a_registry_is_used() -
     assert out.stdout.strip() == "False"
 
 
-def test_images_and_help_load_no_load_save_synth_or_rich_modules(tmp_path: Path) -> None:
+def test_images_and_help_load_no_load_save_synth_registry_or_rich_modules(tmp_path: Path) -> None:
     # start-up: a command imports only the engine parts it runs
     code = (
         "import contextlib, io, sys\n"
@@ -162,7 +162,14 @@ def test_images_and_help_load_no_load_save_synth_or_rich_modules(tmp_path: Path)
         "print(' '.join(sorted(sys.modules)))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    heavy = ("castar.engine.load", "castar.engine.save", "castar.engine.synth", "rich")
+    heavy = (
+        "castar.engine.load",
+        "castar.engine.save",
+        "castar.engine.synth",
+        "castar.engine.registry",
+        "castar._demo",
+        "rich",
+    )
     loaded = {m for m in out.stdout.split() if m.startswith(heavy)}
     assert "castar.engine.images" in out.stdout.split()  # the command did run
     assert loaded == set()
