@@ -10,7 +10,6 @@ reach the helpers through fixtures (``load_synth``, ``small_image``): with
 from __future__ import annotations
 
 import base64
-import datetime
 import http.server
 import json
 import os
@@ -218,25 +217,11 @@ def _b64url(data: bytes) -> str:
 def _token_server(root: Path) -> tuple[TokenServer, Path]:
     """A token signer with its self-signed certificate written to ``root``."""
     pytest.importorskip("cryptography")
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from cryptography.hazmat.primitives import serialization
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "castar-tests")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    from tests.registry._certs import self_signed
+
+    key, certificate = self_signed("castar-tests")
     bundle = root / "token.pem"
     bundle.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     return TokenServer(key, certificate.public_bytes(serialization.Encoding.DER)), bundle

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import datetime
-import ipaddress
 import socket
 import ssl
 import struct
@@ -15,12 +13,10 @@ import httpcore
 import httpx
 import pytest
 from anyio.streams.tls import TLSListener
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from castar.engine.registry import _net
+from tests.registry._certs import self_signed
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -35,26 +31,7 @@ _BODY = bytes(range(256)) * (3 * 4096 + 7)  # 3 MiB and a bit: more than one buf
 
 def _cert(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """A server context with a self-signed certificate for localhost, and a client trusting it."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    key, cert = self_signed("localhost", ("localhost", "127.0.0.1"))
     pem = tmp_path / "cert.pem"
     pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     keyfile = tmp_path / "key.pem"
@@ -288,6 +265,24 @@ async def test_tls_through_the_client_on_either_backend(tmp_path):
                 await http.get(f"https://localhost:{port}/v2/")
 
 
+def _resolves_to(monkeypatch: pytest.MonkeyPatch, *ports: int) -> None:
+    """Any host name resolves to 127.0.0.1 on ``ports``, in that order."""
+
+    async def getaddrinfo(host: str, port: int, **kw: object) -> list[tuple[object, ...]]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", p)) for p in ports]
+
+    monkeypatch.setattr(_net.anyio, "getaddrinfo", getaddrinfo)
+
+
+async def _says_hi(*ports: int) -> None:
+    stream = await _net._Backend().connect_tcp("example.test", 0, 10)
+    try:
+        assert stream.get_extra_info("server_addr") in [("127.0.0.1", p) for p in ports]
+        assert await stream.read(65536, 10) == b"hi"
+    finally:
+        await stream.aclose()
+
+
 async def test_a_host_s_next_address_is_tried_when_one_refuses(anyio_backend, monkeypatch):
     if anyio_backend != "asyncio":
         pytest.skip("trio's connections are anyio's")
@@ -300,36 +295,13 @@ async def test_a_host_s_next_address_is_tried_when_one_refuses(anyio_backend, mo
             await conn.send(b"hi")
 
     async with _serve(handle) as port:
-
-        async def getaddrinfo(host: str, port_: int, **kw: object) -> list[tuple[object, ...]]:
-            tcp = (socket.AF_INET, socket.SOCK_STREAM, 6, "")
-            return [(*tcp, ("127.0.0.1", refused)), (*tcp, ("127.0.0.1", port))]
-
-        monkeypatch.setattr(_net.anyio, "getaddrinfo", getaddrinfo)
-        stream = await _net._Backend().connect_tcp("example.test", 0, 10)
-        try:
-            assert stream.get_extra_info("server_addr") == ("127.0.0.1", port)
-            assert await stream.read(65536, 10) == b"hi"
-        finally:
-            await stream.aclose()
+        _resolves_to(monkeypatch, refused, port)
+        await _says_hi(port)
         monkeypatch.setattr(_net, "_HAPPY_EYEBALLS_DELAY", 0.0)  # both at once: one is kept
         for _ in range(5):
             async with _serve(handle) as port2:
-
-                async def both(host: str, port_: int, **kw: object) -> list[tuple[object, ...]]:
-                    tcp = (socket.AF_INET, socket.SOCK_STREAM, 6, "")
-                    return [(*tcp, ("127.0.0.1", port)), (*tcp, ("127.0.0.1", port2))]
-
-                monkeypatch.setattr(_net.anyio, "getaddrinfo", both)
-                stream = await _net._Backend().connect_tcp("example.test", 0, 10)
-                try:
-                    assert await stream.read(65536, 10) == b"hi"
-                finally:
-                    await stream.aclose()
-
-    async def only_refused(host: str, port_: int, **kw: object) -> list[tuple[object, ...]]:
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", refused))]
-
-    monkeypatch.setattr(_net.anyio, "getaddrinfo", only_refused)
+                _resolves_to(monkeypatch, port, port2)
+                await _says_hi(port, port2)  # the other closed (an open one fails the test)
+    _resolves_to(monkeypatch, refused)
     with pytest.raises(httpcore.ConnectError, match="ConnectionRefusedError"):
         await _net._Backend().connect_tcp("example.test", 0, 10)
