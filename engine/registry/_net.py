@@ -66,7 +66,6 @@ class _Protocol(asyncio.BufferedProtocol):
         self.eof = False
         self.lost: Exception | None = None  # the error the connection ended with
         self.transport: asyncio.Transport | None = None
-        self._paused = False
         self._readable: asyncio.Future[None] | None = None
         self._writable: asyncio.Future[None] | None = None  # while the kernel's buffer is full
 
@@ -80,8 +79,7 @@ class _Protocol(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         self.held += nbytes
         if self.held == len(self.buffer) and self.transport is not None:
-            self.transport.pause_reading()
-            self._paused = True
+            self.transport.pause_reading()  # until take() empties it
         self._wake_reader()
 
     def eof_received(self) -> bool:
@@ -120,16 +118,13 @@ class _Protocol(asyncio.BufferedProtocol):
         while self._writable is not None:
             await self._writable
 
-    def take(self, max_bytes: int) -> bytes:
-        """Up to ``max_bytes`` of what is held, the rest moved to the buffer's start."""
-        n = min(self.held, max_bytes)
+    def take(self) -> bytes:
+        """All that is held (a read asks for at least the buffer's size); reading resumes."""
+        full = self.held == len(self.buffer)  # reading was paused when the buffer filled
         with memoryview(self.buffer) as view:
-            data = bytes(view[:n])
-            if n < self.held:
-                view[: self.held - n] = view[n : self.held]
-        self.held -= n
-        if self._paused and self.transport is not None:
-            self._paused = False
+            data = bytes(view[: self.held])
+        self.held = 0
+        if full and self.transport is not None:
             self.transport.resume_reading()
         return data
 
@@ -154,8 +149,8 @@ class _AsyncioStream(httpcore.AsyncNetworkStream):
             else:
                 with anyio.fail_after(timeout):
                     await p.readable()
-        if p.held:
-            return p.take(max(max_bytes, READ_SIZE))
+        if p.held:  # all of it, up to READ_SIZE: more than httpcore asks, as _AnyIOStream asks
+            return p.take()
         if p.lost is not None:
             raise httpcore.ReadError(_describe(p.lost)) from p.lost
         return b""
